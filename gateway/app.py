@@ -1,0 +1,58 @@
+"""The composition root: builds config, engine, stores and the pipeline once, and passes them in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway import db, migrate
+from gateway.blobs import BlobStore
+from gateway.clock import Clock, system_clock
+from gateway.config import Config
+from gateway.events import Listeners
+from gateway.pipeline import BUILTIN, Handler, load_handlers
+
+
+@dataclass
+class App:
+    config: Config
+    engine: Engine
+    sessions: sessionmaker[Session]
+    blobs: BlobStore
+    clock: Clock
+    handlers: list[tuple[str, Handler]]
+    listeners: Listeners = field(default_factory=list)
+
+    def intake(self):  # type: ignore[no-untyped-def]
+        from gateway.intake import Intake
+
+        return Intake(self)
+
+    def upgrade_db(self) -> tuple[str | None, str]:
+        return migrate.upgrade(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def build_app(config: Config, *, clock: Clock = system_clock, pipeline: Sequence[str] = BUILTIN,
+              engine: Engine | None = None) -> App:
+    if engine is None:
+        engine = db.make_engine(config.database_url, busy_timeout_ms=config.get("database", "busy_timeout_ms"),
+                                pool_size=config.get("database", "pool_size"))
+    app = App(config=config, engine=engine, sessions=db.session_factory(engine),
+              blobs=BlobStore(config.attachments_dir), clock=clock, handlers=load_handlers(pipeline))
+    for install in _FEATURES:
+        install(app)
+    return app
+
+
+def _install_features() -> list:  # type: ignore[type-arg]
+    """Features that listen to ticket events (notifications, SLA) register themselves here."""
+    return []
+
+
+_FEATURES = _install_features()

@@ -1,0 +1,82 @@
+"""The `ticket-gateway` command. Each command group is a module listed in COMMANDS; heavy imports happen
+inside the commands so that the MTA pipe mode (`ingest` from stdin) starts fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+# command modules, each with `register(subparsers)`; order = order in --help
+COMMANDS: tuple[str, ...] = (
+    "gateway.cli.ingest",
+    "gateway.cli.tickets",
+    "gateway.cli.mail",
+    "gateway.cli.directory",
+    "gateway.cli.admin",
+)
+
+
+class UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ticket-gateway", description="Email-to-ticket gateway.")
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML config file (default: $TICKET_GATEWAY_CONFIG, else built-in defaults)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: 2 on usage errors
+        return EX_USAGE if e.code not in (0, None) else EX_OK
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EX_USAGE
+    from gateway.config import ConfigError, load
+
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        print(f"ticket-gateway: configuration error: {e}", file=sys.stderr)
+        return EX_CONFIG
+    level = "DEBUG" if args.verbose else config.get("logging", "level")
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args, config) or 0)
+    except UsageError as e:
+        print(f"ticket-gateway: {e}", file=sys.stderr)
+        return EX_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def open_app(config, *, upgrade: bool = False):  # type: ignore[no-untyped-def]
+    """Build the App; with upgrade=True bring the schema up to date first (serve, ingest)."""
+    from gateway.app import build_app
+
+    app = build_app(config)
+    if upgrade:
+        from gateway.migrate import ensure_current
+
+        ensure_current(app.engine)
+    return app

@@ -1,0 +1,58 @@
+"""`ticket-gateway check-config` and `db upgrade`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    c = sub.add_parser("check-config", help="validate the configuration and show where things go")
+    c.add_argument("--example", action="store_true", help="print the documented example config (all keys)")
+    c.set_defaults(func=check_config)
+    d = sub.add_parser("db", help="database maintenance")
+    dsub = d.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    up = dsub.add_parser("upgrade", help="create or upgrade the schema to the newest version")
+    up.set_defaults(func=db_upgrade)
+
+
+def check_config(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+    if args.example:
+        from gateway.config import example_toml
+
+        sys.stdout.write(example_toml())
+        return 0
+    print(f"config: {config.source}: OK")
+    print(f"database: {_redact(config.database_url)}")
+    print(f"attachments: {config.attachments_dir}")
+    print(f"addresses: {', '.join(config.gateway_addresses)}")
+    print(f"unknown senders: {config.gateway['unknown_senders']}")
+    return 0
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return url
+
+
+def db_upgrade(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+    from gateway.cli import EX_TEMPFAIL
+    from gateway.db import is_unavailable, make_engine
+    from gateway.migrate import upgrade
+
+    engine = make_engine(config.database_url)
+    try:
+        before, after = upgrade(engine)
+    except Exception as e:  # noqa: BLE001
+        if is_unavailable(e):
+            print(f"ticket-gateway: database unavailable: {e}", file=sys.stderr)
+            return EX_TEMPFAIL
+        raise
+    finally:
+        engine.dispose()
+    print(f"database {_redact(config.database_url)}: {before or 'empty'} -> {after}")
+    return 0

@@ -1,0 +1,158 @@
+"""`ticket-gateway ingest [PATH ...]`: message files, Maildirs, mboxes, or one message on stdin (MTA pipe).
+
+Exit 0 when every mail was stored (ticket, comment, ignored, duplicate, rejected and quarantined all count),
+75 (EX_TEMPFAIL) when a mail could not be stored so that the MTA tries again, 64 on usage errors, 65/66
+when an input cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from gateway.cli import EX_DATAERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL, UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("ingest", help="take mail from files, Maildirs, mboxes or stdin")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="message file, Maildir or mbox; '-' or none: stdin")
+    p.add_argument("--dry-run", action="store_true", help="show what would happen, write nothing")
+    p.add_argument("--json", action="store_true", help="one JSON object per mail")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("--sender", metavar="ADDR", help="envelope sender (MTA pipe: ${sender})")
+    p.add_argument("--recipient", metavar="ADDR", action="append", default=[],
+                   help="envelope recipient (MTA pipe: ${original_recipient}); repeatable")
+    p.set_defaults(func=run)
+
+
+def _is_maildir(p: Path) -> bool:
+    return p.is_dir() and (p / "cur").is_dir() and (p / "new").is_dir()
+
+
+def _is_mbox(p: Path) -> bool:
+    try:
+        with p.open("rb") as f:
+            return f.read(5) == b"From "
+    except OSError:
+        return False
+
+
+def iter_sources(paths: list[str]) -> Iterator[tuple[str, str, bytes | None, int | None]]:
+    """(source, ref, raw bytes or None when unreadable, total count hint)."""
+    import mailbox
+
+    for arg in paths:
+        p = Path(arg)
+        if _is_maildir(p):
+            files = sorted(f for d in ("new", "cur") for f in (p / d).iterdir() if f.is_file())
+            for f in files:
+                yield "maildir", str(f), _read(f), len(files)
+        elif p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file())
+            for f in files:
+                yield "file", str(f), _read(f), len(files)
+        elif _is_mbox(p):
+            box = mailbox.mbox(str(p), create=False)
+            try:
+                keys = box.keys()
+                for k in keys:
+                    yield "mbox", f"{p}#{k}", box.get_bytes(k), len(keys)
+            finally:
+                box.close()
+        else:
+            yield "file", str(p), _read(p), 1
+
+
+def _read(p: Path) -> bytes | None:
+    try:
+        return p.read_bytes()
+    except OSError:
+        return None
+
+
+class Progress:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.n = 0
+
+    def step(self, total: int | None) -> None:
+        self.n += 1
+        if self.enabled and total and total > 1:
+            width = 30
+            done = int(width * self.n / total)
+            sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {self.n}/{total}")
+            if self.n >= total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+    from gateway.cli import open_app
+    from gateway.db import StoreUnavailable
+    from gateway.intake import Envelope
+
+    paths = [a for a in args.paths if a != "-"]
+    stdin = not args.paths or "-" in args.paths
+    if stdin and paths:
+        raise UsageError("ingest: read stdin ('-') or paths, not both")
+    for a in paths:
+        if not os.path.exists(a):
+            print(f"ticket-gateway: ingest: no such file or directory: {a}", file=sys.stderr)
+            return EX_NOINPUT
+    try:
+        app = open_app(config, upgrade=not args.dry_run)
+    except Exception as e:  # noqa: BLE001
+        from gateway.db import is_unavailable
+
+        if is_unavailable(e):
+            print(f"ticket-gateway: store unavailable, try again later: {e}", file=sys.stderr)
+            return EX_TEMPFAIL
+        raise
+    intake = app.intake()
+    rcpts = tuple(a.lower() for a in args.recipient)
+    status = EX_OK
+    if stdin:
+        raw = sys.stdin.buffer.read()
+        sources: Iterator[tuple[str, str, bytes | None, int | None]] = iter([("stdin", "stdin", raw, 1)])
+    else:
+        sources = iter_sources(paths)
+    progress = Progress(sys.stderr.isatty() and not args.json)
+    counts: dict[str, int] = {}
+    try:
+        for source, ref, raw, total in sources:
+            progress.step(total)
+            if raw is None:
+                print(f"ticket-gateway: ingest: cannot read {ref}", file=sys.stderr)
+                status = status or EX_DATAERR
+                continue
+            env = Envelope(mail_from=args.sender, rcpt_tos=rcpts, source=source,
+                           source_ref=None if source == "stdin" else ref)
+            try:
+                result = intake.ingest(raw, env, dry_run=args.dry_run)
+            except StoreUnavailable as e:
+                print(f"ticket-gateway: could not store {ref}: {e}", file=sys.stderr)
+                return EX_TEMPFAIL
+            counts[result.outcome] = counts.get(result.outcome, 0) + 1
+            if args.json:
+                d = result.as_dict()
+                d["source"] = ref
+                print(json.dumps(d, ensure_ascii=False))
+            elif args.dry_run:
+                print(f"{ref}: would be {result.outcome}"
+                      + (f" on ticket #{result.ticket_number}" if result.ticket_number else "")
+                      + (f": {result.reason}" if result.reason else ""))
+                for line in result.trace:
+                    print(f"  {line}")
+            elif not args.quiet and (total or 0) <= 1:
+                print(f"mail {result.mail_id}: {result.outcome}"
+                      + (f" #{result.ticket_number}" if result.ticket_number else "")
+                      + (f" ({result.reason})" if result.reason else ""))
+    finally:
+        app.close()
+    if not args.quiet and not args.json and sum(counts.values()) > 1:
+        print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    return status

@@ -1,0 +1,121 @@
+"""`ticket-gateway mail list|show|replay`: every inbound mail and what became of it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gateway.cli import UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("mail", help="inbound mail: list, show with decision trace, replay quarantined")
+    msub = p.add_subparsers(dest="mail_command", metavar="ACTION", required=True)
+    ls = msub.add_parser("list", help="every inbound mail, newest first")
+    ls.add_argument("--status", help="only this outcome: received, ticket, comment, ignored, duplicate, "
+                    "rejected, quarantined")
+    ls.add_argument("--limit", type=int, default=0)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=list_mail)
+    sh = msub.add_parser("show", help="one mail with its decision trace")
+    sh.add_argument("id", type=int)
+    sh.add_argument("--json", action="store_true")
+    sh.add_argument("--raw", action="store_true", help="print the raw message")
+    sh.set_defaults(func=show_mail)
+    rp = msub.add_parser("replay", help="run a quarantined or rejected mail through the pipeline again")
+    rp.add_argument("ids", type=int, nargs="+", metavar="ID")
+    rp.set_defaults(func=replay_mail)
+
+
+def _numbers(s, ticket_ids):  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from gateway.models import Ticket
+
+    ids = {i for i in ticket_ids if i is not None}
+    if not ids:
+        return {}
+    return dict(s.execute(select(Ticket.id, Ticket.number).where(Ticket.id.in_(ids))).all())
+
+
+def list_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from gateway.cli import open_app
+    from gateway.models import MAIL_OUTCOMES, InboundMail
+    from gateway.views import mail_dict
+
+    if args.status and args.status not in MAIL_OUTCOMES:
+        raise UsageError(f"--status must be one of {', '.join(MAIL_OUTCOMES)}")
+    app = open_app(config, upgrade=True)
+    with app.sessions() as s:
+        q = select(InboundMail).order_by(InboundMail.id.desc())
+        if args.status:
+            q = q.where(InboundMail.outcome == args.status)
+        if args.limit:
+            q = q.limit(args.limit)
+        mails = s.scalars(q).all()
+        numbers = _numbers(s, [m.ticket_id for m in mails])
+        rows = [mail_dict(m, numbers.get(m.ticket_id)) for m in mails]
+    if args.json:
+        json.dump(rows, sys.stdout, ensure_ascii=False, indent=1)
+        print()
+        return 0
+    for r in rows:
+        t = f"#{r['ticket']}" if r["ticket"] else "-"
+        print(f"{r['id']:<6} {r['received_at'][:19]} {r['source']:<7} {r['outcome']:<11} {t:<7} "
+              f"{(r['sender'] or '-')[:30]:<30} {(r['subject'] or '')[:50]}"
+              + (f"  [{r['reason'][:80]}]" if r["reason"] and r["outcome"] not in ("ticket", "comment") else ""))
+    if not rows:
+        print("no mail")
+    return 0
+
+
+def show_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+    from gateway.cli import open_app
+    from gateway.models import InboundMail
+    from gateway.views import mail_dict
+
+    app = open_app(config, upgrade=True)
+    with app.sessions() as s:
+        m = s.get(InboundMail, args.id)
+        if m is None:
+            raise UsageError(f"no mail {args.id}")
+        if args.raw:
+            sys.stdout.buffer.write(m.raw.data)
+            return 0
+        d = mail_dict(m, _numbers(s, [m.ticket_id]).get(m.ticket_id), trace=True)
+    if args.json:
+        json.dump(d, sys.stdout, ensure_ascii=False, indent=1)
+        print()
+        return 0
+    for k in ("id", "message_id", "sender", "subject", "source", "source_ref", "envelope_from", "envelope_to",
+              "received_at", "processed_at", "size", "sha256", "outcome", "reason", "ticket", "attempts"):
+        print(f"{k + ':':<15} {d[k]}")
+    print("trace:")
+    for line in d["trace"]:
+        print(f"  - {line}")
+    return 0
+
+
+def replay_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+    from gateway.cli import EX_TEMPFAIL, open_app
+    from gateway.db import StoreUnavailable
+
+    app = open_app(config, upgrade=True)
+    intake = app.intake()
+    status = 0
+    for mail_id in args.ids:
+        try:
+            r = intake.replay(mail_id)
+        except (KeyError, ValueError) as e:
+            print(f"ticket-gateway: mail replay {mail_id}: {e.args[0]}", file=sys.stderr)
+            status = 1
+            continue
+        except StoreUnavailable as e:
+            print(f"ticket-gateway: store unavailable: {e}", file=sys.stderr)
+            return EX_TEMPFAIL
+        print(f"mail {mail_id}: {r.outcome}" + (f" #{r.ticket_number}" if r.ticket_number else "")
+              + (f" ({r.reason})" if r.reason else ""))
+    return status

@@ -1,0 +1,96 @@
+"""Engine and sessions.
+
+SQLite (the embedded default) runs in WAL mode with a busy timeout and `synchronous=FULL` (a committed mail
+survives a power cut), and every transaction starts with `BEGIN IMMEDIATE`: a deferred BEGIN that reads and
+then writes fails under concurrent writers instead of waiting. PostgreSQL runs through psycopg 3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or written: the caller must answer 'try again later'."""
+
+
+def make_engine(url: str, *, busy_timeout_ms: int = 30000, pool_size: int = 5) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            dbapi_conn.isolation_level = None  # let us issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):  # type: ignore[no-untyped-def]
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                         connect_args={"connect_timeout": 10} if "psycopg" in url else {})
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Errors that mean 'the store is down or full', not 'this mail is bad'."""
+    if isinstance(exc, StoreUnavailable):
+        return True
+    if isinstance(exc, OperationalError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+        return True
+    return False
+
+
+def retry_on_conflict(fn: Callable[[], T], *, attempts: int = 5) -> T:
+    """Run a write transaction again when a concurrent writer won a unique-constraint race
+    or PostgreSQL reported a serialization failure/deadlock."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except IntegrityError:
+            if i == attempts - 1:
+                raise
+        except OperationalError as e:
+            code = getattr(getattr(e, "orig", None), "sqlstate", None)
+            if code not in ("40001", "40P01") or i == attempts - 1:
+                raise
+        time.sleep(0.01 * (i + 1))
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One write transaction: commit on success, roll back on any exception."""
+    with factory() as session:
+        with session.begin():
+            yield session

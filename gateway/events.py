@@ -1,0 +1,59 @@
+"""Domain events, delivered to the App's listeners inside the transaction that caused them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Protocol
+
+from sqlalchemy.orm import Session
+
+from gateway.models import Comment, Contact, Ticket
+
+
+@dataclass
+class TicketCreated:
+    ticket: Ticket
+    mail_id: int | None = None  # the inbound mail that opened it, if any
+    auto: bool = False  # opened from an automated source
+
+
+@dataclass
+class CommentAdded:
+    ticket: Ticket
+    comment: Comment
+    mail_id: int | None = None
+
+
+@dataclass
+class TicketChanged:
+    ticket: Ticket
+    changes: dict[str, tuple[Any, Any]]  # field -> (old, new)
+    by: Contact | None = None
+    at: datetime | None = None
+
+
+@dataclass
+class MailIgnored:
+    mail_id: int
+    kind: str  # auto_reply | bounce | bulk | list | loop
+    reason: str
+    ticket: Ticket | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MailRejected:
+    mail_id: int
+    sender: str | None
+    reason: str
+
+
+Event = TicketCreated | CommentAdded | TicketChanged | MailIgnored | MailRejected
+
+
+class Listener(Protocol):
+    def __call__(self, session: Session, event: Event) -> None: ...
+
+
+Listeners = list[Callable[[Session, Event], None]]

@@ -1,0 +1,277 @@
+"""The one door: every transport (SMTP, LMTP, IMAP, stdin, files) hands raw bytes and an envelope here.
+
+`store()` writes the raw mail durably and commits: only then may a transport say yes (250, or move the IMAP
+message). `process()` runs the pipeline over a stored mail in one write transaction and records the outcome;
+it is idempotent (a processed mail returns its recorded result), so a crash between the two steps is
+recovered by `process_pending()`.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import hashlib
+import logging
+import traceback
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import object_session
+
+from gateway.db import StoreUnavailable, is_unavailable, transaction
+from gateway.events import MailRejected
+from gateway.models import InboundMail, InboundRaw, Ticket
+from gateway.outcomes import Ignore, Outcome, Quarantine, Reject, TryLater
+from gateway.pipeline import MailContext, run
+from gateway.tickets import Directory, Tickets
+
+if TYPE_CHECKING:
+    from gateway.app import App
+
+log = logging.getLogger("gateway.intake")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    mail_from: str | None = None           # SMTP MAIL FROM ('' for the null sender <>), None if unknown
+    rcpt_tos: tuple[str, ...] = ()
+    source: str = "stdin"                  # smtp | lmtp | imap | stdin | file | maildir | mbox
+    source_ref: str | None = None          # e.g. imap account/folder/uidvalidity/uid, or a file path
+
+
+@dataclass
+class Result:
+    mail_id: int
+    outcome: str
+    reason: str | None = None
+    ticket_number: int | None = None
+    comment_id: int | None = None
+    trace: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mail_id": self.mail_id, "outcome": self.outcome, "reason": self.reason,
+                "ticket": self.ticket_number, "comment_id": self.comment_id, "trace": self.trace}
+
+
+def _header_summary(raw: bytes) -> tuple[str | None, str | None, str | None]:
+    """Best-effort (message_id, sender, subject) for listings; the pipeline fills in the parsed values."""
+    try:
+        end = raw.find(b"\n\n")
+        head = raw[: end if 0 <= end < 256 * 1024 else 256 * 1024]
+        msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+
+        def clean(v: Any) -> str | None:
+            if v is None:
+                return None
+            s = str(v).replace("\r", " ").replace("\n", " ").strip()
+            return s.encode("utf-8", "replace").decode("utf-8")[:998] or None
+
+        return clean(msg.get("Message-ID")), clean(msg.get("From")), clean(msg.get("Subject"))
+    except Exception:  # noqa: BLE001 -- a listing hint only
+        return None, None, None
+
+
+class Intake:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.handlers = app.handlers
+
+    # Step 1: durable ---------------------------------------------------------------
+    def store(self, raw: bytes, envelope: Envelope) -> int:
+        """Write the raw mail and commit. Raises StoreUnavailable when it could not be stored."""
+        mid, sender, subject = _header_summary(raw)
+        mail = InboundMail(received_at=self.app.clock(), source=envelope.source, source_ref=envelope.source_ref,
+                           envelope_from=envelope.mail_from, envelope_to=list(envelope.rcpt_tos),
+                           message_id=mid, sender=sender[:320] if sender else None, subject=subject,
+                           sha256=hashlib.sha256(raw).hexdigest(), size=len(raw), outcome="received",
+                           trace=[], attempts=0)
+        mail.raw = InboundRaw(data=raw)
+        try:
+            with transaction(self.app.sessions) as s:
+                s.add(mail)
+                s.flush()
+                return mail.id
+        except Exception as e:
+            if is_unavailable(e):
+                raise StoreUnavailable(str(e)) from e
+            raise
+
+    # Step 2: thread ----------------------------------------------------------------
+    def process(self, mail_id: int, *, dry_run: bool = False) -> Result:
+        for attempt in range(5):
+            try:
+                return self._process_once(mail_id, dry_run=dry_run)
+            except IntegrityError:
+                # a concurrent delivery of the same mail won the dedupe claim: run again, see the duplicate
+                log.info("mail %s: conflict with a concurrent writer, running again", mail_id)
+                if attempt == 4:
+                    raise
+            except StoreUnavailable:
+                raise
+            except Exception as e:
+                if is_unavailable(e):
+                    raise StoreUnavailable(str(e)) from e
+                raise
+        raise AssertionError("unreachable")
+
+    def ingest(self, raw: bytes, envelope: Envelope, *, dry_run: bool = False) -> Result:
+        if dry_run:
+            return self._dry_run(raw, envelope)
+        mail_id = self.store(raw, envelope)
+        return self.process(mail_id)
+
+    def _context(self, session: Any, mail: InboundMail, raw: bytes, dry_run: bool) -> MailContext:
+        app = self.app
+        return MailContext(session=session, config=app.config, clock=app.clock, blobs=app.blobs,
+                           tickets=Tickets(session, clock=app.clock, listeners=app.listeners),
+                           directory=Directory(session, app.clock), mail=mail, raw=raw, dry_run=dry_run,
+                           trace=list(mail.trace or []))
+
+    def _process_once(self, mail_id: int, *, dry_run: bool) -> Result:
+        ctx: MailContext | None = None
+        with self.app.sessions() as s:
+            with s.begin():
+                q = select(InboundMail).where(InboundMail.id == mail_id)
+                if s.bind is not None and s.bind.dialect.name == "postgresql":
+                    q = q.with_for_update()
+                mail = s.scalar(q)
+                if mail is None:
+                    raise KeyError(f"no inbound mail {mail_id}")
+                if mail.outcome != "received":
+                    return self._result(mail)
+                raw = mail.raw.data
+                ctx = self._context(s, mail, raw, dry_run)
+                mail.attempts += 1
+                sp = s.begin_nested()
+                try:
+                    outcome = run(ctx, self.handlers)
+                    sp.commit()
+                    self._record(ctx, outcome, None)
+                    result = self._result(mail)
+                except Ignore as o:  # keeps what handlers wrote (a bounce note on its ticket)
+                    sp.commit()
+                    self._record(ctx, o.outcome, o.reason)
+                    result = self._result(mail)
+                except TryLater as o:
+                    sp.rollback()
+                    raise StoreUnavailable(o.reason) from o
+                except Outcome as o:
+                    sp.rollback()
+                    self._record(ctx, o.outcome, o.reason)
+                    if isinstance(o, Reject):
+                        ctx.tickets.emit(MailRejected(mail.id, ctx.sender_email, o.reason))
+                    result = self._result(mail)
+                except IntegrityError:
+                    raise
+                except Exception as e:  # noqa: BLE001 -- every other failure quarantines the mail
+                    if is_unavailable(e):
+                        raise
+                    sp.rollback()
+                    reason = f"internal error in pipeline: {type(e).__name__}: {e}"[:2000]
+                    ctx.note("traceback: " + "".join(traceback.format_exception_only(type(e), e)).strip()[:1000])
+                    self._record(ctx, "quarantined", reason)
+                    log.exception("mail %s quarantined", mail_id)
+                    result = self._result(mail)
+                if dry_run:
+                    s.rollback()
+                return result
+
+    def _record(self, ctx: MailContext, outcome: str, reason: str | None) -> None:
+        mail = ctx.mail
+        p = ctx.parsed
+        if p is not None:
+            mail.message_id = p.message_id or mail.message_id
+            mail.sender = (ctx.sender_email or p.from_addr or mail.sender or None)
+            mail.subject = p.subject or mail.subject
+        if outcome not in ("ticket", "comment", "ignored", "duplicate"):
+            # nothing was produced: release the dedupe claims (rolled back with the savepoint anyway)
+            mail.claim_sha256 = None
+            mail.claim_msgid = None
+        if outcome in ("ticket", "comment") and ctx.ticket is not None:
+            mail.ticket_id = ctx.ticket.id
+            mail.comment_id = ctx.comment.id if ctx.comment is not None else None
+        elif outcome == "ignored" and ctx.ticket is not None:
+            mail.ticket_id = ctx.ticket.id
+        else:
+            mail.ticket_id = None if outcome in ("quarantined", "rejected") else mail.ticket_id
+        mail.outcome = outcome
+        mail.reason = reason
+        ctx.note(f"outcome: {outcome}" + (f" ({reason})" if reason else ""))
+        mail.trace = list(ctx.trace)
+        mail.processed_at = self.app.clock()
+        ctx.session.flush()
+
+    @staticmethod
+    def _result(mail: InboundMail) -> Result:
+        number = None
+        s = object_session(mail)
+        if mail.ticket_id is not None and s is not None:
+            t = s.get(Ticket, mail.ticket_id)
+            number = t.number if t else None
+        return Result(mail.id, mail.outcome, mail.reason, number, mail.comment_id, list(mail.trace or []))
+
+    def _dry_run(self, raw: bytes, envelope: Envelope) -> Result:
+        """Store and process inside one transaction that is rolled back: nothing is written."""
+        with self.app.sessions() as s:
+            s.begin()
+            try:
+                mid, sender, subject = _header_summary(raw)
+                mail = InboundMail(received_at=self.app.clock(), source=envelope.source,
+                                   source_ref=envelope.source_ref, envelope_from=envelope.mail_from,
+                                   envelope_to=list(envelope.rcpt_tos), message_id=mid, sender=sender,
+                                   subject=subject, sha256=hashlib.sha256(raw).hexdigest(), size=len(raw),
+                                   outcome="received", trace=[], attempts=0)
+                s.add(mail)
+                s.flush()
+                ctx = self._context(s, mail, raw, True)
+                try:
+                    outcome = run(ctx, self.handlers)
+                    self._record(ctx, outcome, None)
+                except TryLater as o:
+                    raise StoreUnavailable(o.reason) from o
+                except Outcome as o:
+                    self._record(ctx, o.outcome, o.reason)
+                except Exception as e:  # noqa: BLE001
+                    if is_unavailable(e):
+                        raise
+                    self._record(ctx, "quarantined", f"internal error in pipeline: {type(e).__name__}: {e}")
+                result = self._result(mail)
+                result.mail_id = 0
+                return result
+            finally:
+                s.rollback()
+
+    # Recovery and replay -------------------------------------------------------------
+    def pending(self, *, older_than: timedelta = timedelta(0), limit: int = 100) -> list[int]:
+        cutoff = self.app.clock() - older_than
+        with self.app.sessions() as s:
+            return list(s.scalars(select(InboundMail.id).where(InboundMail.outcome == "received",
+                                                               InboundMail.received_at <= cutoff)
+                                  .order_by(InboundMail.id).limit(limit)))
+
+    def process_pending(self, *, older_than: timedelta = timedelta(0), limit: int = 100) -> int:
+        """Thread every stored mail that was not processed yet (after a crash, or an outage)."""
+        done = 0
+        for mail_id in self.pending(older_than=older_than, limit=limit):
+            self.process(mail_id)
+            done += 1
+        return done
+
+    def replay(self, mail_id: int) -> Result:
+        """Run a quarantined (or rejected) mail through the pipeline again."""
+        with transaction(self.app.sessions) as s:
+            mail = s.get(InboundMail, mail_id)
+            if mail is None:
+                raise KeyError(f"no inbound mail {mail_id}")
+            if mail.outcome not in ("quarantined", "rejected", "received"):
+                raise ValueError(f"mail {mail_id} is {mail.outcome}; only quarantined or rejected mail is replayed")
+            previous = mail.outcome
+            mail.outcome = "received"
+            mail.trace = list(mail.trace or []) + [f"replay requested (was {previous}: {mail.reason})"]
+        return self.process(mail_id)
+
+
+__all__ = ["Envelope", "Intake", "Result", "StoreUnavailable", "Quarantine"]

@@ -1,0 +1,254 @@
+"""The store: SQLAlchemy 2.x models. The schema itself is created by Alembic (gateway/migrations)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+STATUSES = ("open", "in_progress", "pending", "resolved", "closed")
+PRIORITIES = ("low", "medium", "high", "critical")
+TYPES = ("incident", "problem", "service_request", "change_request")
+ROLES = ("customer", "staff")
+MAIL_OUTCOMES = ("received", "ticket", "comment", "ignored", "duplicate", "rejected", "quarantined")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on SQLite (naive storage) and PostgreSQL (timestamptz)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Organisation(Base):
+    __tablename__ = "organisations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    domains: Mapped[list[OrganisationDomain]] = relationship(back_populates="organisation", lazy="selectin")
+
+
+class OrganisationDomain(Base):
+    __tablename__ = "organisation_domains"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
+    domain: Mapped[str] = mapped_column(String(255), unique=True)
+    organisation: Mapped[Organisation] = relationship(back_populates="domains")
+
+
+class Contact(Base):
+    """A person who writes to or works at the help desk (customer or staff)."""
+
+    __tablename__ = "contacts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    role: Mapped[str] = mapped_column(String(16), default="customer")
+    organisation_id: Mapped[int | None] = mapped_column(ForeignKey("organisations.id"), nullable=True)
+    auto_registered: Mapped[bool] = mapped_column(Boolean, default=False)
+    undeliverable: Mapped[bool] = mapped_column(Boolean, default=False)
+    undeliverable_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    organisation: Mapped[Organisation | None] = relationship(lazy="joined")
+
+    @property
+    def is_staff(self) -> bool:
+        return self.role == "staff"
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, unique=True)
+    subject: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    priority: Mapped[str] = mapped_column(String(16), default="medium")
+    type: Mapped[str] = mapped_column(String(24), default="incident")
+    reporter_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    # The address that really wrote the first mail (differs from the reporter under 'default-reporter').
+    sender_email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    organisation_id: Mapped[int | None] = mapped_column(ForeignKey("organisations.id"), nullable=True)
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), nullable=True)
+    group: Mapped[str | None] = mapped_column("group_name", String(100), nullable=True)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    description: Mapped[str] = mapped_column(Text, default="")  # the first mail's visible text
+    description_full: Mapped[str] = mapped_column(Text, default="")  # the first mail's whole text
+    description_html: Mapped[str | None] = mapped_column(Text, nullable=True)  # nh3-sanitised
+    source_mail_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the mail that opened it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # SLA (filled by the SLA feature)
+    sla_policy: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    first_response_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    response_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    resolution_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    sla_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    remind_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    reporter: Mapped[Contact] = relationship(foreign_keys=[reporter_id], lazy="joined")
+    assignee: Mapped[Contact | None] = relationship(foreign_keys=[assignee_id], lazy="joined")
+    organisation: Mapped[Organisation | None] = relationship(lazy="joined")
+    watchers: Mapped[list[Watcher]] = relationship(back_populates="ticket", lazy="selectin",
+                                                   cascade="all, delete-orphan")
+    comments: Mapped[list[Comment]] = relationship(back_populates="ticket", order_by="Comment.id",
+                                                   lazy="select", cascade="all, delete-orphan")
+    attachments: Mapped[list[Attachment]] = relationship(back_populates="ticket", order_by="Attachment.id",
+                                                         lazy="select", cascade="all, delete-orphan")
+
+    __table_args__ = (
+        Index("ix_tickets_status", "status"),
+        Index("ix_tickets_response_due", "response_due_at"),
+        Index("ix_tickets_resolution_due", "resolution_due_at"),
+        Index("ix_tickets_remind_at", "remind_at"),
+    )
+
+
+class TicketLink(Base):
+    __tablename__ = "ticket_links"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
+    other_ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32), default="related")  # related | follow_up_of
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (UniqueConstraint("ticket_id", "other_ticket_id", "kind"),)
+
+
+class Watcher(Base):
+    __tablename__ = "watchers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ticket: Mapped[Ticket] = relationship(back_populates="watchers")
+    contact: Mapped[Contact] = relationship(lazy="joined")
+    __table_args__ = (UniqueConstraint("ticket_id", "contact_id"),)
+
+
+class Comment(Base):
+    __tablename__ = "comments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), nullable=True)
+    author_email: Mapped[str | None] = mapped_column(String(320), nullable=True)  # the real sender
+    body: Mapped[str] = mapped_column(Text, default="")  # visible text (quotes/signature stripped)
+    full_text: Mapped[str] = mapped_column(Text, default="")  # the whole text as received
+    html: Mapped[str | None] = mapped_column(Text, nullable=True)  # nh3-sanitised HTML
+    internal: Mapped[bool] = mapped_column(Boolean, default=False)
+    by_staff: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str] = mapped_column(String(16), default="mail")  # mail | cli | system
+    inbound_mail_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_mail.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ticket: Mapped[Ticket] = relationship(back_populates="comments")
+    author: Mapped[Contact | None] = relationship(lazy="joined")
+    attachments: Mapped[list[Attachment]] = relationship(back_populates="comment", lazy="selectin")
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
+    comment_id: Mapped[int | None] = mapped_column(ForeignKey("comments.id"), nullable=True)
+    filename: Mapped[str] = mapped_column(Text)  # sanitised display name; never a storage path
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    content_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    inline: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ticket: Mapped[Ticket] = relationship(back_populates="attachments")
+    comment: Mapped[Comment | None] = relationship(back_populates="attachments")
+
+
+class InboundMail(Base):
+    """Every mail that reached the gateway, whatever became of it."""
+
+    __tablename__ = "inbound_mail"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(16))  # smtp | lmtp | imap | stdin | file | maildir | mbox
+    source_ref: Mapped[str | None] = mapped_column(Text, nullable=True)
+    envelope_from: Mapped[str | None] = mapped_column(Text, nullable=True)
+    envelope_to: Mapped[list[str]] = mapped_column(JSON, default=list)
+    message_id: Mapped[str | None] = mapped_column(Text, nullable=True, index=True)
+    sender: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    subject: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    outcome: Mapped[str] = mapped_column(String(16), default="received")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    trace: Mapped[list[str]] = mapped_column(JSON, default=list)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"), nullable=True)
+    comment_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Dedupe claims: set only on the one mail that produced something; unique so that two concurrent
+    # deliveries of the same mail cannot both win (the loser retries and sees the duplicate).
+    claim_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    claim_msgid: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)  # sha256(msgid|sender)
+    raw: Mapped[InboundRaw] = relationship(lazy="select", cascade="all, delete-orphan", uselist=False)
+    __table_args__ = (Index("ix_inbound_mail_outcome", "outcome"),)
+
+
+class InboundRaw(Base):
+    """The raw bytes of an inbound mail, kept apart so that listing mail stays light."""
+
+    __tablename__ = "inbound_raw"
+    mail_id: Mapped[int] = mapped_column(ForeignKey("inbound_mail.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class TicketMessageId(Base):
+    """Every Message-ID known for a ticket (inbound and outbound), for threading replies."""
+
+    __tablename__ = "ticket_message_ids"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[str] = mapped_column(Text, index=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    direction: Mapped[str] = mapped_column(String(8), default="in")  # in | out
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (UniqueConstraint("message_id", "ticket_id"),)
+
+
+class Counter(Base):
+    """Named counters (ticket numbers), incremented under a row lock."""
+
+    __tablename__ = "counters"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)

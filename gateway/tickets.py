@@ -1,0 +1,253 @@
+"""Ticket and contact operations shared by the pipeline and the CLI.
+
+Every change goes through here so that listeners (notifications, SLA) see it in the same transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from gateway.clock import Clock
+from gateway.events import CommentAdded, Event, Listeners, TicketChanged, TicketCreated
+from gateway.models import (
+    PRIORITIES,
+    STATUSES,
+    TYPES,
+    Comment,
+    Contact,
+    Counter,
+    Organisation,
+    OrganisationDomain,
+    Ticket,
+    TicketLink,
+    TicketMessageId,
+    Watcher,
+)
+
+
+class InvalidChange(ValueError):
+    pass
+
+
+def normalise_email(addr: str) -> str:
+    return addr.strip().lower()
+
+
+class Directory:
+    """Contacts and organisations."""
+
+    def __init__(self, session: Session, clock: Clock) -> None:
+        self.s = session
+        self.clock = clock
+
+    def contact(self, email: str) -> Contact | None:
+        return self.s.scalar(select(Contact).where(Contact.email == normalise_email(email)))
+
+    def organisation(self, name: str) -> Organisation | None:
+        return self.s.scalar(select(Organisation).where(Organisation.name == name))
+
+    def organisation_for_domain(self, domain: str) -> Organisation | None:
+        row = self.s.scalar(select(OrganisationDomain).where(OrganisationDomain.domain == domain.lower()))
+        return row.organisation if row else None
+
+    def add_organisation(self, name: str, domains: Iterable[str] = ()) -> Organisation:
+        org = self.organisation(name)
+        if org is None:
+            org = Organisation(name=name, created_at=self.clock())
+            self.s.add(org)
+            self.s.flush()
+        for d in domains:
+            d = d.strip().lower().lstrip("@")
+            if d and self.s.scalar(select(OrganisationDomain).where(OrganisationDomain.domain == d)) is None:
+                self.s.add(OrganisationDomain(organisation_id=org.id, domain=d))
+        self.s.flush()
+        self.s.refresh(org)
+        return org
+
+    def add_contact(self, email: str, *, name: str = "", staff: bool = False,
+                    organisation: Organisation | None = None, auto_registered: bool = False) -> Contact:
+        email = normalise_email(email)
+        c = self.contact(email)
+        if c is None:
+            if organisation is None:
+                organisation = self.organisation_for_domain(email.rpartition("@")[2])
+            c = Contact(email=email, name=name, role="staff" if staff else "customer",
+                        organisation_id=organisation.id if organisation else None,
+                        auto_registered=auto_registered, undeliverable=False, created_at=self.clock())
+            self.s.add(c)
+            self.s.flush()
+        else:
+            if name:
+                c.name = name
+            if staff:
+                c.role = "staff"
+            if organisation is not None:
+                c.organisation_id = organisation.id
+            self.s.flush()
+        return c
+
+
+class Tickets:
+    def __init__(self, session: Session, *, clock: Clock, listeners: Listeners | None = None) -> None:
+        self.s = session
+        self.clock = clock
+        self.listeners = listeners if listeners is not None else []
+
+    def emit(self, event: Event) -> None:
+        for listener in self.listeners:
+            listener(self.s, event)
+
+    # Queries --------------------------------------------------------------
+    def get(self, number: int) -> Ticket | None:
+        return self.s.scalar(select(Ticket).where(Ticket.number == number))
+
+    def by_message_ids(self, ids: Sequence[str]) -> list[tuple[str, Ticket]]:
+        """Tickets that know any of these Message-IDs, in the order of `ids` (most relevant first)."""
+        if not ids:
+            return []
+        rows = self.s.execute(
+            select(TicketMessageId.message_id, Ticket).join(Ticket, Ticket.id == TicketMessageId.ticket_id)
+            .where(TicketMessageId.message_id.in_(list(ids)[:200]))).all()
+        order = {mid: i for i, mid in enumerate(ids)}
+        return [(mid, t) for mid, t in sorted(rows, key=lambda r: (order.get(r[0], 1 << 30), -r[1].id))]
+
+    def is_participant(self, ticket: Ticket, contact: Contact | None, email: str | None) -> str | None:
+        """Why this sender may write to the ticket, or None: reporter, first sender, watcher, staff,
+        member of the ticket's organisation."""
+        email = normalise_email(email) if email else None
+        if contact is not None and contact.is_staff:
+            return "staff"
+        if contact is not None and contact.id == ticket.reporter_id:
+            return "reporter"
+        if email and ticket.sender_email and email == ticket.sender_email:
+            return "original sender"
+        if email and any(w.contact.email == email for w in ticket.watchers):
+            return "watcher"
+        if (contact is not None and contact.organisation_id is not None
+                and contact.organisation_id == ticket.organisation_id):
+            return "member of the ticket's organisation"
+        return None
+
+    # Changes --------------------------------------------------------------
+    def next_number(self) -> int:
+        value = self.s.execute(update(Counter).where(Counter.name == "ticket")
+                               .values(value=Counter.value + 1).returning(Counter.value)).scalar_one()
+        return int(value)
+
+    def create(self, *, subject: str, reporter: Contact, sender_email: str | None = None,
+               description: str = "", description_full: str = "", description_html: str | None = None,
+               organisation_id: int | None = None, priority: str = "medium", type: str = "incident",
+               group: str | None = None, tags: list[str] | None = None, source_mail_id: int | None = None,
+               message_ids: Iterable[str] = (), at: datetime | None = None) -> Ticket:
+        if priority not in PRIORITIES:
+            raise InvalidChange(f"unknown priority {priority!r}")
+        if type not in TYPES:
+            raise InvalidChange(f"unknown type {type!r}")
+        now = at or self.clock()
+        t = Ticket(number=self.next_number(), subject=subject or "(no subject)", status="open",
+                   priority=priority, type=type, reporter_id=reporter.id,
+                   sender_email=normalise_email(sender_email) if sender_email else reporter.email,
+                   organisation_id=organisation_id if organisation_id is not None else reporter.organisation_id,
+                   group=group, tags=list(tags or []), description=description,
+                   description_full=description_full or description, description_html=description_html,
+                   source_mail_id=source_mail_id, created_at=now, updated_at=now)
+        self.s.add(t)
+        self.s.flush()
+        for mid in message_ids:
+            self.remember_message_id(t, mid, "in")
+        self.emit(TicketCreated(t, mail_id=source_mail_id))
+        return t
+
+    def add_comment(self, ticket: Ticket, *, author: Contact | None, author_email: str | None, body: str,
+                    full_text: str = "", html: str | None = None, internal: bool = False,
+                    source: str = "mail", mail_id: int | None = None, at: datetime | None = None) -> Comment:
+        now = at or self.clock()
+        c = Comment(ticket_id=ticket.id, author_id=author.id if author else None,
+                    author_email=normalise_email(author_email) if author_email else (author.email if author else None),
+                    body=body, full_text=full_text or body, html=html, internal=internal,
+                    by_staff=bool(author and author.is_staff), source=source, inbound_mail_id=mail_id,
+                    created_at=now)
+        self.s.add(c)
+        ticket.updated_at = now
+        self.s.flush()
+        self.emit(CommentAdded(ticket, c, mail_id=mail_id))
+        return c
+
+    def add_watcher(self, ticket: Ticket, contact: Contact) -> bool:
+        if contact.id == ticket.reporter_id or any(w.contact_id == contact.id for w in ticket.watchers):
+            return False
+        ticket.watchers.append(Watcher(contact_id=contact.id, contact=contact, created_at=self.clock()))
+        self.s.flush()
+        return True
+
+    def remember_message_id(self, ticket: Ticket, message_id: str | None, direction: str = "in") -> None:
+        if not message_id:
+            return
+        exists = self.s.scalar(select(TicketMessageId.id).where(TicketMessageId.message_id == message_id,
+                                                                 TicketMessageId.ticket_id == ticket.id))
+        if exists is None:
+            self.s.add(TicketMessageId(message_id=message_id, ticket_id=ticket.id, direction=direction,
+                                       created_at=self.clock()))
+            self.s.flush()
+
+    def link(self, ticket: Ticket, other: Ticket, *, kind: str = "related", reason: str = "") -> None:
+        exists = self.s.scalar(select(TicketLink.id).where(TicketLink.ticket_id == ticket.id,
+                                                           TicketLink.other_ticket_id == other.id,
+                                                           TicketLink.kind == kind))
+        if exists is None:
+            self.s.add(TicketLink(ticket_id=ticket.id, other_ticket_id=other.id, kind=kind, reason=reason,
+                                  created_at=self.clock()))
+            self.s.flush()
+
+    def links(self, ticket: Ticket) -> list[tuple[str, int]]:
+        rows = self.s.execute(select(TicketLink.kind, Ticket.number)
+                              .join(Ticket, Ticket.id == TicketLink.other_ticket_id)
+                              .where(TicketLink.ticket_id == ticket.id)).all()
+        back = self.s.execute(select(TicketLink.kind, Ticket.number)
+                              .join(Ticket, Ticket.id == TicketLink.ticket_id)
+                              .where(TicketLink.other_ticket_id == ticket.id)).all()
+        return [(k, n) for k, n in rows] + [(f"{k} (from)", n) for k, n in back]
+
+    def change(self, ticket: Ticket, *, by: Contact | None = None, **fields: Any) -> dict[str, tuple[Any, Any]]:
+        """Change status, priority, type, assignee (a Contact or None), group, tags, remind_at."""
+        now = self.clock()
+        changes: dict[str, tuple[Any, Any]] = {}
+        for name, value in fields.items():
+            if name == "status" and value not in STATUSES:
+                raise InvalidChange(f"unknown status {value!r} (one of {', '.join(STATUSES)})")
+            if name == "priority" and value not in PRIORITIES:
+                raise InvalidChange(f"unknown priority {value!r} (one of {', '.join(PRIORITIES)})")
+            if name == "type" and value not in TYPES:
+                raise InvalidChange(f"unknown type {value!r} (one of {', '.join(TYPES)})")
+            if name == "assignee":
+                old = ticket.assignee
+                if (old.id if old else None) != (value.id if value else None):
+                    changes["assignee"] = (old.email if old else None, value.email if value else None)
+                    ticket.assignee_id = value.id if value else None
+                    ticket.assignee = value
+                continue
+            if name not in ("status", "priority", "type", "group", "tags", "remind_at"):
+                raise InvalidChange(f"cannot change {name!r}")
+            old = getattr(ticket, name)
+            if old != value:
+                changes[name] = (old, value)
+                setattr(ticket, name, value)
+        if "status" in changes:
+            new = changes["status"][1]
+            if new == "closed":
+                ticket.closed_at = now
+                ticket.resolved_at = ticket.resolved_at or now
+            elif new == "resolved":
+                ticket.resolved_at = now
+            else:
+                ticket.closed_at = None
+                ticket.resolved_at = None
+        if changes:
+            ticket.updated_at = now
+            self.s.flush()
+            self.emit(TicketChanged(ticket, changes, by=by, at=now))
+        return changes

@@ -1,0 +1,66 @@
+"""Who wrote the mail: a known contact, or the unknown-sender policy (register / reject / default-reporter)."""
+
+from __future__ import annotations
+
+import email.utils
+from email.message import Message
+
+from gateway.outcomes import Quarantine, Reject
+from gateway.pipeline import MailContext
+
+
+def parse_single_address(msg: Message, header: str) -> str | None:
+    """The one address in a header, lowercased, or None when absent, several or malformed."""
+    try:
+        values = msg.get_all(header) or []
+        pairs = email.utils.getaddresses([str(v) for v in values])
+    except Exception:  # noqa: BLE001 -- a malformed header is simply not usable
+        return None
+    addrs = [a for _, a in pairs if a]
+    if len(addrs) != 1 or addrs[0].count("@") != 1:
+        return None
+    return addrs[0].strip().lower()
+
+
+def _sender_address(ctx: MailContext) -> str:
+    p = ctx.parsed
+    assert p is not None
+    if p.from_addr:
+        return p.from_addr
+    problem = p.from_problem or "no usable From address"
+    sender_hdr = parse_single_address(p.message, "Sender")
+    if sender_hdr and p.from_problem and "addresses" in p.from_problem:
+        ctx.note(f"identify: {problem}; using the Sender header {sender_hdr}")
+        return sender_hdr
+    if p.from_problem == "no From header" and ctx.mail.envelope_from:
+        env = ctx.mail.envelope_from.strip().lower()
+        if env.count("@") == 1:
+            ctx.note(f"identify: no From header; using the envelope sender {env}")
+            return env
+    raise Quarantine(f"no usable sender: {problem}")
+
+
+def handle(ctx: MailContext) -> None:
+    p = ctx.parsed
+    assert p is not None
+    email = _sender_address(ctx)
+    if ctx.config.is_gateway_address(email):
+        raise Quarantine(f"mail claims to come from the gateway's own address {email}")
+    ctx.sender_email = email
+    ctx.sender_name = p.from_name
+    contact = ctx.directory.contact(email)
+    if contact is not None:
+        ctx.sender = ctx.reporter = contact
+        ctx.note(f"identify: known {contact.role} {email}")
+        return
+    policy = ctx.config.gateway["unknown_senders"]
+    if policy == "register":
+        ctx.sender = ctx.reporter = ctx.directory.add_contact(email, name=p.from_name, auto_registered=True)
+        org = ctx.sender.organisation
+        ctx.note(f"identify: registered new customer {email}" + (f" (organisation {org.name})" if org else ""))
+    elif policy == "reject":
+        raise Reject(f"unknown sender {email} (policy 'reject')")
+    else:
+        default = ctx.config.gateway["default_reporter"]
+        ctx.reporter = ctx.directory.contact(default) or ctx.directory.add_contact(default, name="Unknown sender")
+        ctx.note(f"identify: unknown sender {email}; reporter is {default} (policy 'default-reporter')")

@@ -1,0 +1,64 @@
+"""Which ticket a mail belongs to: In-Reply-To/References against every Message-ID known for a ticket,
+then a subject tag like [#42]. A match counts only for a participant of that ticket; a stranger's mail opens a
+ticket of its own, linked to the one it named. A reply to a closed ticket reopens it within
+gateway.reopen_days, else opens a new ticket linked to the old one.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from gateway.models import Ticket
+from gateway.pipeline import MailContext
+
+
+def tag_pattern(prefix: str) -> re.Pattern[str]:
+    return re.compile(r"\[" + re.escape(prefix) + r"\s*(\d{1,12})\]", re.IGNORECASE)
+
+
+def _candidates(ctx: MailContext) -> list[tuple[str, Ticket]]:
+    p = ctx.parsed
+    assert p is not None
+    found: list[tuple[str, Ticket]] = []
+    ids = list(dict.fromkeys(p.in_reply_to + list(reversed(p.references))))
+    for mid, t in ctx.tickets.by_message_ids(ids):
+        found.append((f"{'In-Reply-To' if mid in p.in_reply_to else 'References'} <{mid}>", t))
+    for m in tag_pattern(ctx.config.gateway["subject_tag_prefix"]).finditer(p.subject):
+        t = ctx.tickets.get(int(m.group(1)))
+        if t is not None:
+            found.append((f"subject tag {m.group(0)}", t))
+    return found
+
+
+def handle(ctx: MailContext) -> None:
+    if ctx.ticket is not None:  # an earlier handler (a reply token) already matched
+        return
+    seen: set[int] = set()
+    for how, ticket in _candidates(ctx):
+        if ticket.id in seen:
+            continue
+        seen.add(ticket.id)
+        why = ctx.tickets.is_participant(ticket, ctx.sender, ctx.sender_email)
+        if why is None:
+            ctx.note(f"match: {how} names ticket #{ticket.number}, but {ctx.sender_email} is not a participant "
+                     "of it (not reporter, watcher, staff or organisation member): opening a ticket of its own")
+            if ctx.related is None:
+                ctx.related, ctx.related_kind = ticket, "related"
+                ctx.related_reason = f"{ctx.sender_email} referred to #{ticket.number} ({how}) without being a participant"
+            continue
+        ctx.note(f"match: {how} -> ticket #{ticket.number} ({ctx.sender_email} is {why})")
+        if ticket.status == "closed":
+            closed = ticket.closed_at or ticket.updated_at
+            limit = timedelta(days=ctx.config.gateway["reopen_days"])
+            if ctx.clock() - closed > limit:
+                ctx.note(f"match: #{ticket.number} was closed {closed:%Y-%m-%d}, more than "
+                         f"{ctx.config.gateway['reopen_days']} days ago: opening a follow-up ticket")
+                ctx.related, ctx.related_kind = ticket, "follow_up_of"
+                ctx.related_reason = f"reply to #{ticket.number}, closed on {closed:%Y-%m-%d}"
+                return
+        ctx.ticket = ticket
+        ctx.related = None
+        return
+    if not seen:
+        ctx.note("match: no ticket referenced: a new ticket")
