@@ -83,6 +83,13 @@ def _headers(msg: Message, name: str) -> list[str]:
         return [_decode_raw(v) for v in _raw_header_values(msg, name)]
 
 
+def _raw_items(msg: Message) -> list[tuple[str, str]]:
+    try:
+        return [(k, v if isinstance(v, str) else str(v)) for k, v in msg.raw_items()]
+    except Exception:  # noqa: BLE001 -- a compat32 Message without raw_items
+        return [(k, str(v)) for k, v in msg.items()]
+
+
 def _header(msg: Message, name: str) -> str | None:
     values = _headers(msg, name)
     return values[0] if values else None
@@ -252,10 +259,12 @@ _BOUNCE_SUBJECT = re.compile(
 )
 _FORWARD_PREFIX = re.compile(r"^\s*(?:fwd?|wg|tr|rv|i)\s*:", re.I)
 
+# Challenge-response systems (Boxbe, whitelist confirmations) dress up as DSNs; they are
+# auto-replies, not delivery failures: the recipient exists, the sender has to confirm.
 _CHALLENGE_RE = re.compile(
-    r"waitlist|guest\s+list|not\s+pre-?approved|requires?\s+confirmation|whitelist|"
-    r"challenge[-\s]response|approved\s+senders?\s+list|allowed\s+list|verify\s+(?:that\s+)?you\s+are\s+(?:a\s+)?human|"
-    r"spam\s*arrest|sender\s+verification",
+    r"waitlisted|guest\s+list|not\s+pre-?approved|requires?\s+(?:your\s+)?confirmation|"
+    r"challenge[-\s]response|verify\s+(?:that\s+)?you\s+are\s+(?:a\s+)?human|"
+    r"confirm\s+(?:this|your)\s+(?:mail\s+server|e-?mail\s+address|address|identity|message)",
     re.I,
 )
 
@@ -299,7 +308,7 @@ def _report_types(msg: Message) -> tuple[set[str], set[str]]:
         if inside:
             continue
         ctype = _content_type(part)
-        if ctype == "multipart/report":
+        if ctype.startswith("multipart/"):
             rt = _param(part, "report-type")
             if rt:
                 report_types.add(rt)
@@ -432,7 +441,12 @@ def _classify(
             else:
                 add(Verdict("auto_reply", "envelope sender <>"))
 
-    # 4. daemon / noreply senders
+    # 4. daemon / noreply senders; "From: Name <>" is a null From address
+    # the raw header: policy.default renders an unparseable address ("a@b@c") as "<>", which is not a null From
+    from_header = next((str(v) for k, v in _raw_items(msg) if k.lower() == "from"), "")
+    if re.search(r"<\s*>", from_header) and dsn_evidence is None and not _is_null_sender(envelope_from):
+        ev = _bounce_evidence(msg, subject, ctypes, report_types)
+        add(Verdict("bounce", f"From: <> and {ev}") if ev else Verdict("auto_reply", "From: <> (null address)"))
     for who, local in (("From", sender_local), ("envelope sender", env_local)):
         if local and _DAEMON_LOCALPARTS.match(local):
             if dsn_evidence is None:
@@ -450,7 +464,7 @@ def _classify(
             add(Verdict("bounce", "X-Failed-Recipients header"))
         else:
             info = _text_bounce(msg)
-            if info is not None and info.recipients:
+            if info is not None:
                 add(Verdict("bounce", f"Subject: {subject[:60]} and delivery failure text"))
     elif dsn_evidence is None and _has_header(msg, "X-Failed-Recipients"):
         add(Verdict("bounce", "X-Failed-Recipients header"))
@@ -515,7 +529,8 @@ def _classify(
 # --------------------------------------------------------------------------------------------
 
 _STATUS_RE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
-_SMTP_CODE_RE = re.compile(r"(?<![\d.])([45])(\d\d)(?:[\s-]|$)")
+_TEXT_STATUS_RE = re.compile(r"(?<![\w.])([45])\.(\d{1,3})\.(\d{1,3})(?![\w.])")
+_SMTP_CODE_RE = re.compile(r"(?<![\w.+-])([45])([0-5]\d)(?:\s|-(?=\d\.\d)|$)", re.M)
 
 
 def _dsn_blocks(part: Message) -> list[dict[str, str]]:
@@ -642,10 +657,16 @@ def _permanence_from_status(status: str | None) -> bool | None:
     return None
 
 
+# returned by _dsn_bounce for a DSN that reports only successful deliveries
+_SUCCESS_ONLY = BounceInfo(permanent=None, recipients=(), status=None, original_message_id=None, original_to=())
+
+
 def bounce_info(msg: Message) -> BounceInfo | None:
     """Details of a delivery failure, or None when ``msg`` is not a bounce."""
     try:
         info = _dsn_bounce(msg)
+        if info is _SUCCESS_ONLY:
+            return None
         if info is None:
             info = _text_bounce(msg)
         return info
@@ -653,13 +674,22 @@ def bounce_info(msg: Message) -> BounceInfo | None:
         return None
 
 
-def _dsn_bounce(msg: Message) -> BounceInfo | None:
+def _dsn_bounce(msg: Message, _nested: bool = True) -> BounceInfo | None:
     dsn_parts = [
         p
         for p, inside in _walk(msg)
         if not inside and _content_type(p) in ("message/delivery-status", "message/global-delivery-status", "text/delivery-status")
     ]
     if not dsn_parts:
+        # a scanner/gateway may wrap the real DSN in message/rfc822 of a "report-type=delivery-status"
+        # multipart/mixed; look one level down then, never deeper
+        if _param(msg, "report-type") == "delivery-status" and _nested:
+            for part in _children(msg):
+                if _content_type(part) in ("message/rfc822", "message/global"):
+                    for inner in _children(part):
+                        info = _dsn_bounce(inner, _nested=False)
+                        if info is not None and info is not _SUCCESS_ONLY:
+                            return info
         return None
     recipients: list[str] = []
     statuses: list[str] = []
@@ -692,7 +722,7 @@ def _dsn_bounce(msg: Message) -> BounceInfo | None:
                 statuses.append(status)
             actions.append(act)
     if any_record and not recipients:
-        return None  # a success-only DSN
+        return _SUCCESS_ONLY  # every recipient delivered/relayed/expanded
     # also look at the notification text for codes when the DSN has no usable Status
     text_info = _text_bounce(msg) if not recipients or not statuses else None
     if text_info is not None:
@@ -705,9 +735,10 @@ def _dsn_bounce(msg: Message) -> BounceInfo | None:
         perm = [s for s in statuses if s.startswith("5")]
         status = perm[0] if perm else statuses[0]
         permanent = _permanence_from_status(status)
+    # Action wins over the status class: "failed" with a 4.x.x status means the MTA gave up.
     if actions and all(a == "delayed" for a in actions):
         permanent = False
-    elif permanent is None and "failed" in actions:
+    elif any(a in ("failed", "failure") for a in actions):
         permanent = True
     if permanent is None and text_info is not None:
         permanent = text_info.permanent
@@ -754,7 +785,7 @@ _INTRO = re.compile(
     failed\s+(?:recipients?|addresses)|could\s+not\s+deliver|delivery\s+to\s+the\s+following|
     has\s+not\s+yet\s+been\s+delivered|intended\s+recipient|message\s+not\s+delivered|
     encountered\s+delivery\s+problems|affected\s+recipients?|address(?:es)?\s+failed|
-    delivery\s+of\s+email\s+to\s+this\s+address|no\s+se\s+pudo\s+entregar|nicht\s+zugestellt|
+    delivery\s+of\s+email\s+to\s+this\s+address|your\s+message\s+to:?\s*$|not\s+able\s+to\s+deliver|no\s+se\s+pudo\s+entregar|nicht\s+zugestellt|
     n'a\s+pas\s+pu\s+[êe]tre\s+(?:remis|distribu)|не\s+может\s+быть\s+доставлено|无法发送""",
     re.I | re.X,
 )
@@ -771,7 +802,7 @@ _FAIL_WORDS = re.compile(
     host\s+unknown|host\s+not\s+found|domain\s+not\s+found|not\s+listed|quota|over\s+quota|
     account\s+(?:is\s+)?(?:disabled|inactive|expired|suspended|closed|deactivated)|error-for:|
     \bsaid:|generated\s+from|originally\s+addressed\s+to|failed\s+recipient|did\s+not\s+(?:exactly\s+)?match|
-    wrong\s+or\s+no\s+longer\s+valid|no\s+longer\s+(?:valid|active|in\s+use)|postponed|
+    wrong\s+or\s+no\s+longer\s+valid|not\s+a\s+valid\s+(?:user|recipient|address|mailbox)|undeliverable\s+address|not\s+able\s+to\s+deliver|no\s+longer\s+(?:valid|active|in\s+use)|postponed|
     \b[45]\d\d[\s-]+[245]\.\d{1,3}\.\d{1,3}\b|\(\#[45]\.\d""",
     re.I | re.X,
 )
@@ -784,7 +815,7 @@ _GIVING_UP = re.compile(
     re.I | re.X,
 )
 _TEMPORARY_WORDS = re.compile(
-    r"""\bdelayed\b|has\s+not\s+(?:yet\s+)?been\s+delivered|not\s+yet\s+(?:been\s+)?delivered|
+    r"""\bdelayed\b|has\s+not\s+yet\s+been\s+delivered|not\s+yet\s+(?:been\s+)?delivered|
     will\s+(?:continue\s+to\s+)?(?:be\s+)?retr(?:y|ied)|will\s+(?:keep|continue\s+to)\s+try|still\s+(?:being\s+)?(?:re)?tr(?:y|ied|ying)|
     (?:delivery\s+)?attempts\s+will\s+continue|temporar(?:y|ily)\s+(?:failure|error|unavailable|deferred)|
     \bdeferred\b|\bpostponed\b|this\s+is\s+(?:just\s+)?a\s+warning|you\s+do\s+not\s+need\s+to\s+resend|
@@ -795,7 +826,7 @@ _PERMANENT_WORDS = re.compile(
     r"""could\s*n[o']t\s+be\s+delivered|undeliverable|user\s+unknown|unknown\s+user|does\s+not\s+exist|
     no\s+such|\bfailed\b|failure|returned\s+to\s+sender|did\s+not\s+reach|not\s+delivered|
     unable\s+to\s+deliver|returning\s+message|rejected|not\s+listed|not\s+known|no\s+longer\s+valid|
-    invalid|unavailable|error""",
+    invalid|unavailable|error|did\s+not\s+(?:exactly\s+)?match|not\s+able\s+to\s+deliver|cannot\s+be\s+delivered|无法发送|无法送达""",
     re.I | re.X,
 )
 
@@ -851,12 +882,14 @@ def _exclusions(msg: Message) -> set[str]:
     """Addresses that are never failed recipients: the bounce's own sender/recipients and the
     returned original's sender side."""
     out: set[str] = set()
-    for name in ("From", "To", "Delivered-To", "X-Original-To", "Return-Path", "Reply-To", "Sender", "Envelope-To"):
+    # (not X-Original-To: Exchange NDRs use it for the *failed* recipient)
+    for name in ("From", "To", "Delivered-To", "Return-Path", "Reply-To", "Sender"):
         for value in _headers(msg, name):
             out.update(_norm_addr(a) for a in _ADDR_RE.findall(value))
     orig = _original_headers(msg)
     if orig is not None:
-        for name in ("From", "Return-Path", "Sender", "Reply-To", "Errors-To"):
+        # not the original's From: a list member's own post may bounce at their own address
+        for name in ("Return-Path", "Sender", "Errors-To"):
             for value in _headers(orig, name):
                 out.update(_norm_addr(a) for a in _ADDR_RE.findall(value))
     return out
@@ -899,7 +932,8 @@ def _candidate_addresses(text: str, sender_domain: str | None) -> list[str]:
         if lone and (since_intro is not None or _FAIL_WORDS.search(line) or _FAIL_WORDS.search(nxt)):
             found.append(lone.group("a"))
         elif _FAIL_WORDS.search(line) or is_intro:
-            found.extend(addrs)
+            senders = {m.group(1) for m in re.finditer(r"\bfrom\s+<?([^\s<>]+@[^\s<>:;,]+)", line, re.I)}
+            found.extend(a for a in addrs if a.rstrip(".:") not in senders and a not in senders)
         elif since_intro is not None and since_intro <= 2:
             found.extend(addrs)
         if is_intro:
@@ -923,14 +957,11 @@ def _text_bounce(msg: Message) -> BounceInfo | None:
             continue
         if a not in recipients:
             recipients.append(a)
-    if not recipients and not re.search(
-        r"(?:could\s*not|unable\s+to|failed\s+to)\s+(?:be\s+)?deliver|undeliverable|permanent\s+fatal|"
-        r"not\s+(?:been\s+)?delivered|delivery\s+(?:has\s+)?failed",
-        text,
-        re.I,
-    ):
+    if not recipients and _FAIL_STATEMENT.search(text):
+        recipients.extend(a for a in _original_recipients(msg) if a not in excluded)
+    if not recipients and not _FAIL_STATEMENT.search(text):
         return None
-    st = _STATUS_RE.search(text)
+    st = _TEXT_STATUS_RE.search(text)
     status = ".".join(st.groups()) if st else None
     code = _SMTP_CODE_RE.search(text)
     permanent: bool | None
@@ -965,6 +996,27 @@ def _text_bounce(msg: Message) -> BounceInfo | None:
         original_message_id=msgid,
         original_to=_dedupe(envelope),
     )
+
+
+_FAIL_STATEMENT = re.compile(
+    r"(?:could\s*not|can\s*not|not\s+able\s+to|unable\s+to|failed\s+to)\s+(?:be\s+)?deliver|undeliverable|"
+    r"permanent\s+fatal|not\s+(?:been\s+)?delivered|delivery\s+(?:has\s+)?failed|"
+    r"not\s+a\s+valid\s+(?:user|recipient|address|mailbox)",
+    re.I,
+)
+
+
+def _original_recipients(msg: Message) -> list[str]:
+    """Fallback when the notification names nobody: the returned original's delivery headers
+    (never its To/Cc: those may be a list address)."""
+    orig = _original_headers(msg)
+    if orig is None:
+        return []
+    out: list[str] = []
+    for name in ("X-MDaemon-Deliver-To", "X-MDRcpt-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "Delivered-To"):
+        for value in _headers(orig, name):
+            out.extend(_norm_addr(a) for a in _ADDR_RE.findall(value))
+    return list(dict.fromkeys(out))
 
 
 def _header_lines_addresses(text: str) -> set[str]:

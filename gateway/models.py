@@ -252,3 +252,75 @@ class Counter(Base):
     __tablename__ = "counters"
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# SLA (gateway/sla) ---------------------------------------------------------------------------------------
+class SlaPolicyRow(Base):
+    """One SLA policy (see gateway.sla_policy.Policy). The first active match by `position` applies.
+
+    Removed policies are kept (`removed_at` set) so that a policy seeded from the config and removed from
+    the CLI stays removed; `policies add` with the same name brings it back."""
+
+    __tablename__ = "sla_policies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    response_minutes: Mapped[int] = mapped_column(Integer)
+    resolution_minutes: Mapped[int] = mapped_column(Integer)
+    priorities: Mapped[list[str]] = mapped_column(JSON, default=list)
+    types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    organisations: Mapped[list[str]] = mapped_column(JSON, default=list)
+    groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # {"tz": "Europe/Berlin", "days": [0, 1, 2, 3, 4], "start": "09:00", "end": "17:00", "holidays": [...]}
+    calendar: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    warn_percent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    warn_minutes_before: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    escalate_to: Mapped[list[str]] = mapped_column(JSON, default=list)  # e.g. the team lead
+    notify_assignee: Mapped[bool] = mapped_column(Boolean, default=True)
+    notify_group: Mapped[bool] = mapped_column(Boolean, default=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    source: Mapped[str] = mapped_column(String(16), default="cli")  # cli | config
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class SlaClock(Base):
+    """Per-ticket SLA bookkeeping kept by the SLA listener: derived warning times and `next_at`, the
+    earliest instant at which the sweep has something to do for the ticket (NULL: nothing). The sweep
+    selects `next_at <= now` through a partial index and never scans tickets."""
+
+    __tablename__ = "sla_clocks"
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), primary_key=True)
+    warn_response_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    warn_resolution_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # kept for reopen
+    next_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SlaEscalation(Base):
+    """One escalation (or pending reminder) sent: the unique (ticket, kind, deadline) row is the claim that
+    makes it happen once, across restarts and instances. `suppressed`: recorded without a mail (a warning
+    whose breach was already due when the sweep came)."""
+
+    __tablename__ = "sla_escalations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))  # response_warning ... resolution_breach | pending_reminder
+    deadline: Mapped[datetime] = mapped_column(UTCDateTime)  # the clock's deadline (or the remind_at)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)  # when it became due (warning time or deadline)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)  # the sweep's "now"
+    recipients: Mapped[list[str]] = mapped_column(JSON, default=list)
+    suppressed: Mapped[bool] = mapped_column(Boolean, default=False)
+    outbox_ref: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    __table_args__ = (
+        UniqueConstraint("ticket_id", "kind", "deadline", name="uq_sla_escalations_once"),
+        Index("ix_sla_escalations_sent_at", "sent_at"),
+    )
+
+
+# Sweep indexes: SLA clocks with something due (partial: only rows with a next_at), and pending
+# reminders that are due (status = 'pending' AND remind_at <= now).
+Index("ix_sla_clocks_next_at", SlaClock.next_at, sqlite_where=SlaClock.next_at.isnot(None),
+      postgresql_where=SlaClock.next_at.isnot(None))
+Index("ix_tickets_status_remind_at", Ticket.status, Ticket.remind_at)

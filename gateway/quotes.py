@@ -48,36 +48,57 @@ _VERB = (
     r"napisał\(a\)|napisała|napisał|kirjoitti|skrev|írta|написал\(а\)|написала|написал|пишет|"
     r"yazdı|napsal|napísal|kirjutas|rašė|rakstīja|a\s+scris|έγραψε|כתב|كتب|写道|寫道|のメッセージ"
 )
+# Plain-text endings of the verbs above, for a cheap pre-filter.
+_VERB_TAILS = (
+    "wrote", "writes", "schrieb", "schreibt", "écrit", "escribió", "escreveu", "scritto", "scrisse",
+    "schreef", "napisał(a)", "napisała", "napisał", "kirjoitti", "skrev", "írta", "написал(а)",
+    "написала", "написал", "пишет", "yazdı", "napsal", "napísal", "kirjutas", "rašė", "rakstīja",
+    "scris", "έγραψε", "כתב", "كتب", "写道", "寫道", "のメッセージ",
+)
 _LEAD_IN_RE = re.compile(rf"^(?:{_LEAD_IN})\s", re.IGNORECASE)
-# "wrote" (or "wrote:") at the very end of the candidate.
-_VERB_END_RE = re.compile(rf"(?:^|[\s>\"')\]])(?:{_VERB})\s*:?$", re.IGNORECASE)
-# "wrote:" at the very end, colon required.
-_VERB_COLON_END_RE = re.compile(rf"(?:^|[\s>\"')\]])(?:{_VERB})\s*:$", re.IGNORECASE)
+# 'schrieb' inside the header, followed by the name: 'Am <date> schrieb "John Doe <john@example.com>:'.
+_VERB_MID_RE = re.compile(rf"\s(?:{_VERB})\s", re.IGNORECASE)
 # "... <someone@example.com>:" / "... someone@example.com):" at the very end.
 _EMAIL_COLON_END_RE = re.compile(r"@[^\s@<>]{1,255}\s*>?\s*\)?\s*:$")
 _EMAIL_RE = re.compile(r"[^\s<>()\[\]\"']{1,200}@[^\s<>()\[\]\"']{1,255}")
 _DIGIT_RE = re.compile(r"\d")
-# Decoration some clients put around the attribution ("---- On ... wrote ----", "*On ...*").
-_DECORATION_RE = re.compile(r"^[-*_\s]{0,10}|[-*_\s]{0,10}$")
 
 
 def _has_date_digit(s: str) -> bool:
     """True when ``s`` has a digit outside e-mail addresses (dates and times have digits)."""
+    if _DIGIT_RE.search(s) is None:
+        return False
+    if "@" not in s:
+        return True
     return _DIGIT_RE.search(_EMAIL_RE.sub("", s)) is not None
 
 
 def _normalise_candidate(s: str) -> str:
-    return _DECORATION_RE.sub("", s.replace("\xa0", " ").strip())
+    # Decoration some clients put around the attribution ("---- On ... wrote ----", "*On ...*").
+    return s.replace("\xa0", " ").strip(" \t-*_")
+
+
+def _ends_with_verb(s: str, colon: bool) -> bool:
+    """Does ``s`` end with an attribution verb ('wrote', 'a écrit', ...), with a colon if ``colon``?"""
+    t = s[-60:].rstrip().lower()
+    if colon:
+        if not t.endswith(":"):
+            return False
+        t = t[:-1].rstrip()
+    for verb in _VERB_TAILS:
+        if t.endswith(verb):
+            before = t[: len(t) - len(verb)]
+            return not before or not before[-1].isalnum()
+    return False
 
 
 def _strong_header(s: str) -> bool:
     """Attribution that starts with a lead-in word: 'On ... wrote:', 'Am ... schrieb ...:'."""
     if not _LEAD_IN_RE.match(s):
         return False
-    if _VERB_END_RE.search(s):
+    if _ends_with_verb(s, colon=s.endswith(":")):
         return s.endswith(":") or _has_date_digit(s)
-    # 'Am 13.12.2017 21:11 schrieb "John Doe <john@example.com>:' – verb followed by the name.
-    if s.endswith(":") and _has_date_digit(s) and re.search(rf"\s(?:{_VERB})\s", s, re.IGNORECASE):
+    if s.endswith(":") and _has_date_digit(s) and _VERB_MID_RE.search(s):
         return True
     return False
 
@@ -86,9 +107,9 @@ def _generic_header(s: str) -> bool:
     """Attribution without a known lead-in word: '<date>, <name> <addr>:' or '<date> <name> írta:'."""
     if not s.endswith(":") or not _has_date_digit(s):
         return False
-    if _EMAIL_COLON_END_RE.search(s):
+    if _EMAIL_COLON_END_RE.search(s[-300:]):
         return True
-    if _VERB_COLON_END_RE.search(s) and ("@" in s or "," in s or '"' in s):
+    if _ends_with_verb(s, colon=True) and ("@" in s or "," in s or '"' in s):
         return True
     return False
 
@@ -104,13 +125,17 @@ def _is_continuation(line: str) -> bool:
     return True
 
 
-def _header_end(lines: list[str], k: int) -> int | None:
+def _header_end(scan: _Scan, k: int) -> int | None:
     """If an attribution header starts at line ``k`` (and spans at most 3 lines), its last index."""
+    lines = scan.lines
+    last = min(k + 3, scan.n)
+    if not any(scan.ends[k:last]):
+        return None
     first = lines[k].strip()
     if not first or len(first) > _MAX_HEADER_LINE or first.startswith(">"):
         return None
     parts = [first]
-    for j in range(k, min(k + 3, len(lines))):
+    for j in range(k, last):
         if j > k:
             if not _is_continuation(lines[j]):
                 return None
@@ -166,7 +191,7 @@ _ANY_KEY_LINE_RE = re.compile(r"^\s*\**\s*[^\W\d_][\w '-]{0,30}?\s*\**\s*:\s*\S"
 
 
 def _key_kind(line: str) -> str | None:
-    if len(line) > _MAX_HEADER_LINE * 2:
+    if len(line) > _MAX_HEADER_LINE * 2 or line.find(":", 0, 40) < 0:
         return None
     if _FROM_LINE_RE.match(line):
         return "from"
@@ -175,18 +200,45 @@ def _key_kind(line: str) -> str | None:
     return None
 
 
-def _header_block_at(lines: list[str], i: int) -> bool:
+class _Scan:
+    """The body's lines with per-line facts computed at most once (keeps strip_reply linear)."""
+
+    __slots__ = ("lines", "n", "_kind", "ends")
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.n = len(lines)
+        self._kind: list[str | None] = [None] * self.n
+        # Cheap filter: can an attribution header end on this line (':' or a verb at its end)?
+        self.ends = [_may_end_header(line) for line in lines]
+
+    def kind(self, j: int) -> str | None:
+        """'from', 'other' (a known mail-header key such as 'Sent:'), or '' for no key."""
+        v = self._kind[j]
+        if v is None:
+            v = _key_kind(self.lines[j]) or ""
+            self._kind[j] = v
+        return v or None
+
+
+def _may_end_header(line: str) -> bool:
+    tail = line[-80:].rstrip(" \t\xa0-*")
+    return tail.endswith(":") or tail.lower().endswith(_VERB_TAILS)
+
+
+def _header_block_at(scan: _Scan, i: int) -> bool:
     """Does an Outlook-style header block (a From key plus at least one other key) start at i?"""
-    kind = _key_kind(lines[i])
+    lines = scan.lines
+    kind = scan.kind(i)
     if kind is None:
         return False
     kinds = [kind]
     misses = 0
-    for j in range(i + 1, min(i + 10, len(lines))):
+    for j in range(i + 1, min(i + 10, scan.n)):
         line = lines[j]
         if not line.strip():
             break
-        k = _key_kind(line)
+        k = scan.kind(j)
         if k is None:
             misses += 1  # a wrapped value ('From: Human Resources\n<long@address>')
             if misses > 2:
@@ -223,6 +275,7 @@ _FORWARD_RE = re.compile(
     r"début\s+du\s+message\s+réexpédié\s*:|inicio\s+del\s+mensaje\s+reenviado\s*:)\s*$",
     re.IGNORECASE,
 )
+_SEPARATOR_CHARS = "-=_*"
 _SEPARATOR_ONLY_RE = re.compile(r"^\s*(?:[-_=*~#.•—–]\s*){2,}$|^\s*[—–]\s*$")
 _UNDERSCORES_RE = re.compile(r"^\s*_{2,}\s*$")
 _LIST_FOOTER_RE = re.compile(r"mailing\s+list|listinfo|mailman|unsubscribe", re.IGNORECASE)
@@ -246,9 +299,17 @@ _TRAILING_LINK_RE = re.compile(r"\s*(?:<[^<>\s]{1,500}>|\((?:https?://|www\.)[^(
 _SENTENCE_PUNCT_RE = re.compile(r"[,;!?]|\.(?:\s|$)")
 
 
+_MOBILE_SIG_FIRST_WORDS = frozenset(
+    {"Sent", "Get", "Download", "Gesendet", "Von", "Envoyé", "Obtenir", "Enviado", "Obtener",
+     "Inviato", "Verzonden", "Verstuurd", "Skickat", "Sendt", "Lähetetty", "Wysłane", "Отправлено"}
+)
+
+_MOBILE_SIG_FIRST_CHARS = frozenset(w[0] for w in _MOBILE_SIG_FIRST_WORDS)
+
+
 def _is_mobile_signature(line: str) -> bool:
     s = line.strip()
-    if not s or len(s) > 160:
+    if not s or len(s) > 160 or s.split(None, 1)[0] not in _MOBILE_SIG_FIRST_WORDS:
         return False
     s = _TRAILING_LINK_RE.sub("", s).strip()
     if not _MOBILE_SIG_RE.match(s):
@@ -294,17 +355,22 @@ def strip_reply(text: str) -> str:
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     n = len(lines)
     quoted = [_is_quoted(line) for line in lines]
+    scan = _Scan(lines)
 
     kept: list[str] = []
+    removed = False  # something was dropped since the last kept text line
     i = 0
     while i < n:
         line = lines[i]
         if quoted[i]:
+            removed = True
             i += 1
             continue
         stripped = line.strip()
         if not stripped:
-            kept.append("")
+            # Where a quote block was cut out, leave one blank line, not the blanks of both sides.
+            if not (removed and kept and not kept[-1].strip()):
+                kept.append("")
             i += 1
             continue
 
@@ -315,19 +381,22 @@ def strip_reply(text: str) -> str:
             while run_end < n and run_end - i < 2 and not quoted[run_end] and lines[run_end].strip():
                 run_end += 1
             if run_end < n and quoted[run_end]:
+                removed = True
                 i = run_end
                 continue
 
-        if _FORWARD_RE.match(line):
-            kept.extend(lines[i:])  # keep a forwarded message verbatim
+        first_char = stripped[0]
+        if first_char in _SEPARATOR_CHARS or first_char in "BbAaDdIi":
+            if _FORWARD_RE.match(line):
+                kept.extend(lines[i:])  # keep a forwarded message verbatim
+                break
+            if _is_signature_delimiter(line) or _ORIGINAL_SEPARATOR_RE.match(line):
+                break
+            if first_char == "_" and _is_list_footer(lines, i):
+                break
+        if first_char in _MOBILE_SIG_FIRST_CHARS and _is_mobile_signature(line):
             break
-        if _is_signature_delimiter(line) or _ORIGINAL_SEPARATOR_RE.match(line):
-            break
-        if _is_list_footer(lines, i):
-            break
-        if _is_mobile_signature(line):
-            break
-        if _header_block_at(lines, i):
+        if line.find(":", 0, 40) >= 0 and _header_block_at(scan, i):
             # Drop an untranslated date line glued on top ('Message du : 12/12/2016 13:20').
             while (
                 kept
@@ -338,16 +407,18 @@ def strip_reply(text: str) -> str:
             ):
                 kept.pop()
             break
-        end = _header_end(lines, i)
+        end = _header_end(scan, i) if any(scan.ends[i : i + 3]) else None
         if end is not None:
             nxt = end + 1
             while nxt < n and not lines[nxt].strip():
                 nxt += 1
             if nxt < n and quoted[nxt]:
+                removed = True
                 i = end + 1  # attribution of a '>' block: drop it, keep reading after the block
                 continue
             break  # attribution followed by an unquoted copy of the old mail: the rest is history
-        kept.append(line.rstrip())
+        kept.append(line)
+        removed = False
         i += 1
 
     # Trailing blank lines and separator lines ('____', '-----', '====') left above a cut.
@@ -375,7 +446,7 @@ _VOID_TAGS = frozenset(
 _BLOCK_TAGS = frozenset(
     {"div", "section", "article", "header", "footer", "nav", "aside", "main", "center",
      "address", "figure", "figcaption", "form", "fieldset", "dl", "dt", "dd", "ul", "ol",
-     "table", "thead", "tbody", "tfoot", "caption", "body", "html", "details", "summary"}
+     "table", "thead", "tbody", "tfoot", "caption", "body", "html", "details", "summary", "li", "tr"}
 )
 _PARA_TAGS = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote"})
 _QUOTE_CLASSES = ("gmail_quote", "moz-cite-prefix", "yahoo_quoted", "protonmail_quote", "zmail_extra")
@@ -386,30 +457,68 @@ _HTML_HEADER_START_RE = re.compile(
     rf"^\s*\**\s*(?:{_FROM_KEYS}|{_OTHER_KEYS}){_KEY_TAIL}", re.IGNORECASE
 )
 _WS_RE = re.compile(r"\s+")
-# Private-use characters protecting <pre> layout from whitespace collapsing.
-_PRE_NL = "\ue000"
-_PRE_SP = "\ue001"
-_ROW_SEP = " | "
+_CELL_SEP = " | "
 
 
 class _TextExtractor(HTMLParser):
+    """Tiny layout model: finished lines plus the line being written.
+
+    Block boundaries end the current line only if it has content (like a browser), <br> always
+    ends it (so '<div><br></div>' is an empty line), paragraphs add one blank line of margin
+    (except Outlook's zero-margin 'MsoNormal' paragraphs).
+    """
+
     def __init__(self, strip_quotes: bool) -> None:
         super().__init__(convert_charrefs=True)
         self.strip_quotes = strip_quotes
-        self.out: list[str] = []
+        self.lines: list[str] = []
+        self.cur = ""
+        self.want_blank = False  # a paragraph margin is pending before the next content
         self.skip_depth = 0  # inside script/style/head/...
         self.drop: tuple[str, int] | None = None  # (tag, nesting) of a dropped quote element
         self.stopped = False
         self.pre = 0
-        self.links: list[tuple[int, str]] = []
+        self.link_labels: list[tuple[str, list[str]]] = []
         self.cells: list[int] = []  # cells seen in the current table row, per nesting level
-        self.border_marks: list[tuple[str, int, int]] = []  # (tag, depth, out index)
+        self.border_marks: list[tuple[str, int, int, str]] = []  # (tag, depth, line count, cur)
         self.depth: dict[str, int] = {}
+        # open <p>: (is it an Outlook zero-margin 'MsoNormal', line count at its start)
+        self.p_stack: list[tuple[bool, int]] = []
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _emit(self, s: str) -> None:
-        if not self.stopped and self.drop is None and self.skip_depth == 0:
-            self.out.append(s)
+    # -- layout ----------------------------------------------------------------------------
+    @property
+    def _silent(self) -> bool:
+        return self.stopped or self.drop is not None or self.skip_depth > 0
+
+    def _write(self, s: str) -> None:
+        if not s:
+            return
+        if not self.cur:
+            s = s.lstrip(" ")
+            if not s:
+                return
+            if self.want_blank and self.lines and self.lines[-1]:
+                self.lines.append("")
+            self.want_blank = False
+        self.cur += s
+        for _, parts in self.link_labels:
+            parts.append(s)
+
+    def _soft_break(self) -> None:
+        if self.cur.strip():
+            self.lines.append(self.cur.rstrip())
+        self.cur = ""
+
+    def _hard_break(self) -> None:
+        if self.want_blank and self.lines and self.lines[-1] and not self.cur:
+            self.lines.append("")
+        self.want_blank = False
+        self.lines.append(self.cur.rstrip())
+        self.cur = ""
+
+    def _paragraph(self) -> None:
+        self._soft_break()
+        self.want_blank = True
 
     def _attrs(self, attrs: list[tuple[str, str | None]]) -> dict[str, str]:
         return {k.lower(): (v or "") for k, v in attrs}
@@ -431,51 +540,59 @@ class _TextExtractor(HTMLParser):
             if tag == self.drop[0] and tag not in _VOID_TAGS:
                 self.drop = (tag, self.drop[1] + 1)
             return
+        if self.skip_depth:
+            if tag in _SKIP_CONTENT_TAGS:
+                self.skip_depth += 1
+            return
         if tag in _SKIP_CONTENT_TAGS:
-            self.skip_depth += 1
+            self.skip_depth = 1
             return
         a = self._attrs(attrs)
+        if tag in self.depth:
+            self.depth[tag] += 1
         if self.strip_quotes:
             if a.get("id", "").lower() in _CUT_IDS:
+                self._soft_break()
                 self.stopped = True
                 return
-            if self._is_quote_element(tag, a):
-                if tag in _VOID_TAGS:
-                    return
+            if self._is_quote_element(tag, a) and tag not in _VOID_TAGS:
                 self.drop = (tag, 1)
-                self._emit("\n")
+                self._soft_break()
                 return
-            if tag in ("div", "p", "span") and _BORDER_TOP_RE.search(a.get("style", "")):
-                self.depth[tag] = self.depth.get(tag, 0) + 1
-                self.border_marks.append((tag, self.depth[tag], len(self.out)))
-                self.out.append("\n")
-                return
-        if tag in ("div", "p", "span", "td", "th", "li", "table", "tr") and tag in self.depth:
-            self.depth[tag] += 1
+            if tag in ("div", "p", "span", "td") and _BORDER_TOP_RE.search(a.get("style", "")):
+                self._soft_break()
+                self.depth[tag] = self.depth.get(tag, 0) + (0 if tag in self.depth else 1)
+                self.border_marks.append((tag, self.depth[tag], len(self.lines), self.cur))
         if tag == "br":
-            self._emit("\n")
+            self._hard_break()
         elif tag == "hr":
-            self._emit("\n")
+            self._soft_break()
         elif tag == "li":
-            self._emit("\n- ")
+            self._soft_break()
+            self._write("- ")
         elif tag == "tr":
+            self._soft_break()
             self.cells.append(0)
-            self._emit("\n")
         elif tag in ("td", "th"):
             if self.cells:
-                if self.cells[-1] > 0:
-                    self._emit(_ROW_SEP)
+                if self.cells[-1] > 0 and self.cur.strip():
+                    self._write(_CELL_SEP)
                 self.cells[-1] += 1
+        elif tag == "p":
+            mso = "msonormal" in a.get("class", "").lower().split()
+            self.p_stack.append((mso, len(self.lines)))
+            if mso:
+                self._soft_break()
+            else:
+                self._paragraph()
         elif tag in _PARA_TAGS:
-            self._emit("\n\n")
+            self._paragraph()
             if tag == "pre":
                 self.pre += 1
         elif tag in _BLOCK_TAGS:
-            self._emit("\n")
+            self._soft_break()
         elif tag == "a":
-            self.links.append((len(self.out), a.get("href", "").strip()))
-        elif tag == "img":
-            pass
+            self.link_labels.append((a.get("href", "").strip(), []))
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.handle_starttag(tag, attrs)
@@ -491,64 +608,82 @@ class _TextExtractor(HTMLParser):
                 level = self.drop[1] - 1
                 self.drop = None if level == 0 else (tag, level)
             return
-        if tag in _SKIP_CONTENT_TAGS:
-            if self.skip_depth:
+        if self.skip_depth:
+            if tag in _SKIP_CONTENT_TAGS:
                 self.skip_depth -= 1
             return
-        if self.border_marks and tag == self.border_marks[-1][0]:
-            d = self.depth.get(tag, 0)
-            mtag, mdepth, index = self.border_marks[-1]
-            if d == mdepth:
-                self.border_marks.pop()
-                self.depth[tag] = d - 1
-                inside = "".join(self.out[index:])
-                if _HTML_HEADER_START_RE.match(inside.strip()):
-                    del self.out[index:]
+        if tag in self.depth:
+            depth = self.depth[tag]
+            self.depth[tag] = max(depth - 1, 0)
+            if self.border_marks and self.border_marks[-1][0] == tag and self.border_marks[-1][1] == depth:
+                _, _, n_lines, cur = self.border_marks.pop()
+                self._soft_break()
+                inside = "\n".join(self.lines[n_lines:])
+                if len(self.lines) > n_lines and _HTML_HEADER_START_RE.match(inside.lstrip()):
+                    # An Outlook/Windows Mail header box ('From: ... Sent: ...'): the rest is history.
+                    del self.lines[n_lines:]
+                    self.cur = cur
                     self.stopped = True
                     return
-                self._emit("\n")
-                return
-        if tag in self.depth and self.depth[tag] > 0:
-            self.depth[tag] -= 1
         if tag == "tr":
+            self._soft_break()
             if self.cells:
                 self.cells.pop()
-            self._emit("\n")
+        elif tag == "li":
+            self._soft_break()
+        elif tag == "p":
+            mso, start = self.p_stack.pop() if self.p_stack else (False, 0)
+            if not mso:
+                self._paragraph()
+            elif len(self.lines) == start and not self.cur.strip():
+                self._hard_break()  # Outlook's '<p class=MsoNormal>&nbsp;</p>' is an empty line
+            else:
+                self._soft_break()
         elif tag in _PARA_TAGS:
-            self._emit("\n\n")
+            self._paragraph()
             if tag == "pre" and self.pre:
                 self.pre -= 1
-        elif tag in _BLOCK_TAGS or tag == "li":
-            self._emit("\n")
-        elif tag == "a" and self.links:
-            index, href = self.links.pop()
-            if href.lower().startswith(("http://", "https://")) and not self.stopped:
-                label = _WS_RE.sub(" ", "".join(self.out[index:])).strip()
-                if label and label != href and label.rstrip("/") != href.rstrip("/"):
-                    self._emit(f" <{href}>")
+        elif tag in _BLOCK_TAGS:
+            self._soft_break()
+        elif tag == "a" and self.link_labels:
+            href, parts = self.link_labels.pop()
+            label = _WS_RE.sub(" ", "".join(parts)).strip()
+            if href.lower().startswith(("http://", "https://")) and label:
+                if label.rstrip("/") != href.rstrip("/"):
+                    self._write(f" <{href}>")
 
     def handle_data(self, data: str) -> None:
-        if self.stopped or self.drop is not None or self.skip_depth:
+        if self._silent:
             return
         if self.pre:
-            self.out.append(data.replace("\n", _PRE_NL).replace(" ", _PRE_SP))
-        else:
-            self.out.append(_WS_RE.sub(" ", data))
+            pieces = data.split("\n")
+            for index, piece in enumerate(pieces):
+                if index:
+                    self._hard_break()
+                if piece:
+                    if not self.cur and self.want_blank and self.lines and self.lines[-1]:
+                        self.lines.append("")
+                    self.want_blank = False
+                    self.cur += piece
+            return
+        self._write(_WS_RE.sub(" ", data))
 
     def text(self) -> str:
-        raw = "".join(self.out).replace("\u200b", "").replace("\ufeff", "")
-        lines = [line.strip() for line in raw.split("\n")]
-        result: list[str] = []
-        blank = 0
-        for line in lines:
-            if not line:
-                blank += 1
+        if not self.stopped:
+            self._soft_break()
+        elif self.cur.strip():
+            self.lines.append(self.cur.rstrip())
+        out: list[str] = []
+        for line in self.lines:
+            line = line.replace("\u200b", "").replace("\ufeff", "").rstrip()
+            if not line.strip():
+                if out and out[-1]:
+                    out.append("")
                 continue
-            if result:
-                result.append("\n\n" if blank else "\n")
-            result.append(line)
-            blank = 0
-        return "".join(result).replace(_PRE_NL, "\n").replace(_PRE_SP, " ")
+            out.append(line)
+        while out and not out[-1]:
+            out.pop()
+        return "\n".join(out)
 
 
 def _convert(html: str, strip_quotes: bool) -> str:

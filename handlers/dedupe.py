@@ -10,7 +10,7 @@ import hashlib
 
 from sqlalchemy import or_, select
 
-from gateway.models import InboundMail
+from gateway.models import InboundMail, Ticket
 from gateway.outcomes import Duplicate
 from gateway.pipeline import MailContext
 
@@ -32,8 +32,11 @@ def handle(ctx: MailContext) -> None:
     if first is not None:
         same = "the same bytes" if first.claim_sha256 == mail.sha256 else "the same Message-ID and sender"
         ctx.ticket = None
-        raise Duplicate(f"duplicate of mail {first.id} ({same})" +
-                        (f", which became {first.outcome} on ticket id {first.ticket_id}" if first.ticket_id else ""))
+        where = ""
+        if first.ticket_id is not None:
+            ticket = ctx.session.get(Ticket, first.ticket_id)
+            where = f" on ticket #{ticket.number}" if ticket is not None else ""
+        raise Duplicate(f"duplicate of mail {first.id} ({same}), which was {first.outcome}{where}")
     mail.claim_sha256 = mail.sha256
     mail.claim_msgid = claim_msgid
     ctx.session.flush()  # a concurrent winner makes this fail: the intake runs the mail again

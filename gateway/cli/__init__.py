@@ -61,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = "DEBUG" if args.verbose else config.get("logging", "level")
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return int(args.func(args, config) or 0)
     except UsageError as e:

@@ -1,4 +1,5 @@
-"""Alembic migrations. Revisions form one linear chain: 0001_core, 0002_outbound, 0003_sla, 0004_transports."""
+"""Alembic migrations. 0001_core is the root; each feature adds its own branch from it
+(0002_outbound, 0003_sla, 0004_transports, ...), and `upgrade` applies every head."""
 
-# The newest revision; a test checks that it equals Alembic's head. Lets start-up skip loading Alembic.
-HEAD = "0001_core"
+# Every head revision; a test checks this equals Alembic's heads. Lets start-up skip loading Alembic.
+HEADS = frozenset({"0001_core"})

@@ -1,0 +1,1179 @@
+"""Robust parsing of one raw mail into what the ticket pipeline needs.
+
+Pure module: no database, no I/O.  ``parse_mail`` never raises anything but
+``MailParseError`` (not an email at all, MIME tree too deep, too many parts);
+every other oddity is handled and noted in ``ParsedMail.defects``.
+
+Design notes
+------------
+* The stdlib parser (``email`` with ``policy.default``) builds the MIME tree
+  (``ParsedMail.message``).  Header *values* used for the ParsedMail fields are
+  read from the raw header strings and interpreted here (RFC 2047 words, RFC
+  2231 parameters, address lists) with small linear-time routines, because
+  ``policy.default`` header parsing can raise on malformed input and is
+  super-linear on huge headers (a 1 MB To header takes ~30 s to parse).
+* Nesting depth and part count are checked by a cheap line pre-scan before the
+  stdlib parser runs (the parser itself is recursive and O(lines x depth)),
+  and again, exactly, on the parsed tree.
+* Every string in a ParsedMail is free of lone surrogates.
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import datetime as _dt
+import email.utils
+import io
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from email import policy as _policy
+from email.generator import BytesGenerator
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+
+__all__ = ["MailParseError", "Part", "ParsedMail", "parse_mail", "safe_filename"]
+
+
+class MailParseError(Exception):
+    """The input cannot be handled as a mail; ``reason`` is a short sentence for the admin."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Part:
+    """An attachment or inline image."""
+
+    filename: str  # safe display name; never a filesystem path
+    content_type: str  # lowercase maintype/subtype
+    data: bytes  # decoded payload
+    content_id: str | None  # without <>
+    inline: bool
+
+
+@dataclass
+class ParsedMail:
+    message: EmailMessage
+    message_id: str | None
+    in_reply_to: list[str]
+    references: list[str]
+    subject: str
+    from_addr: str | None
+    from_name: str
+    from_problem: str | None
+    reply_to: list[str]
+    to: list[tuple[str, str]]
+    cc: list[tuple[str, str]]
+    date: _dt.datetime | None
+    text: str
+    html: str | None
+    attachments: list[Part] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# small string helpers
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_WS = re.compile(r"\s+")
+# bidi overrides/isolates/marks, zero-width chars, BOM, line/paragraph separators, Arabic letter mark
+_INVISIBLE = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u200b-\u200d\ufeff\u2028\u2029\u061c]")
+_MAX_DEFECTS = 200
+_MAX_HEADER_TEXT = 998
+
+
+def _no_surrogates(s: str) -> str:
+    return _SURROGATES.sub("\ufffd", s)
+
+
+def _oneline(s: str, limit: int = _MAX_HEADER_TEXT) -> str:
+    """Header text for display: no control chars, whitespace folded, at most ``limit`` chars."""
+    s = _no_surrogates(s)
+    s = _CONTROL.sub(" ", s)
+    s = _WS.sub(" ", s).strip()
+    return s[:limit]
+
+
+def _raw_to_bytes(s: str) -> bytes:
+    """Undo the parser's surrogateescape decoding of 8-bit header bytes."""
+    return s.encode("utf-8", "surrogateescape")
+
+
+def _bytes_to_text(b: bytes) -> str:
+    """Undeclared 8-bit bytes (headers): utf-8, else windows-1252, else latin-1."""
+    for enc in ("utf-8", "windows-1252"):
+        try:
+            return b.decode(enc)
+        except UnicodeDecodeError:
+            continue
+    return b.decode("latin-1")
+
+
+# --------------------------------------------------------------------------------------------
+# charsets
+
+_CHARSET_ALIASES = {
+    "iso-8859-1": "windows-1252",  # WHATWG: latin-1 labels are really windows-1252
+    "iso8859-1": "windows-1252",
+    "latin1": "windows-1252",
+    "latin-1": "windows-1252",
+    "us-ascii": "ascii",
+    "ascii": "ascii",
+    "iso-8859-8-i": "iso-8859-8",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "x-sjis": "cp932",
+    "shift_jis": "cp932",
+    "shift-jis": "cp932",
+    "sjis": "cp932",
+    "windows-874": "cp874",
+    "ks_c_5601-1987": "cp949",
+    "euc-kr": "cp949",
+    "utf8": "utf-8",
+}
+# text codecs that must never be applied to mail data
+_FORBIDDEN_CODECS = {"unicode_escape", "raw_unicode_escape", "undefined", "punycode", "idna", "mbcs", "oem"}
+
+
+def _norm_charset(charset: str | None) -> str | None:
+    if not charset:
+        return None
+    cs = _no_surrogates(charset).strip().strip("\"'").strip().lower()
+    cs = cs.split("*", 1)[0]  # RFC 2231 language suffix
+    if not cs or len(cs) > 60:
+        return cs[:60] or None
+    return _CHARSET_ALIASES.get(cs, cs)
+
+
+def _decode_text(data: bytes, charset: str | None, what: str, defects: list[str]) -> str:
+    """Decode with the declared charset, falling back to utf-8, windows-1252, latin-1."""
+    cs = _norm_charset(charset)
+    if cs is not None:
+        try:
+            if codecs.lookup(cs).name.replace("-", "_") in _FORBIDDEN_CODECS:
+                raise LookupError(cs)
+            return _no_surrogates(data.decode(cs))
+        except LookupError:
+            problem = f"unknown charset {cs!r}"
+        except (UnicodeError, ValueError, TypeError):
+            problem = f"bytes are not valid {cs!r}"
+        except Exception as exc:  # pragma: no cover - defensive (codec bugs)
+            problem = f"charset {cs!r} failed ({type(exc).__name__})"
+    else:
+        problem = None
+    for enc in ("utf-8", "windows-1252", "latin-1"):
+        if enc == cs:
+            continue
+        try:
+            text = data.decode(enc)
+        except UnicodeDecodeError:
+            continue
+        if problem is not None:
+            defects.append(f"{what}: {problem}, decoded as {enc}")
+        elif enc != "utf-8":
+            defects.append(f"{what}: undeclared 8-bit bytes, decoded as {enc}")
+        return text
+    raise AssertionError("latin-1 decodes everything")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------
+# RFC 2047 encoded words
+
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*?)\?=")
+
+
+def _decode_word_bytes(enc: str, payload: str) -> bytes:
+    data = payload.encode("ascii", "replace")
+    if enc in "qQ":
+        return binascii.a2b_qp(data, header=True)
+    data = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
+    if len(data) % 4 == 1:
+        data = data[:-1]
+    data += b"=" * (-len(data) % 4)
+    try:
+        return binascii.a2b_base64(data)
+    except binascii.Error:  # pragma: no cover - cleaned input always decodes
+        return b""
+
+
+def _decode_words(s: str, defects: list[str], what: str) -> str:
+    """Decode RFC 2047 encoded words; whitespace between adjacent words is dropped."""
+    if "=?" not in s:
+        return s
+    out: list[str] = []
+    pos = 0
+    pending: list[tuple[str, bytes]] = []  # adjacent encoded words not yet decoded
+
+    def flush() -> None:
+        # concatenate same-charset neighbours first: multibyte chars may be split across words
+        merged: list[tuple[str, bytes]] = []
+        for cs, b in pending:
+            if merged and merged[-1][0] == cs:
+                merged[-1] = (cs, merged[-1][1] + b)
+            else:
+                merged.append((cs, b))
+        for cs, b in merged:
+            out.append(_decode_text(b, cs, what, defects))
+        pending.clear()
+
+    for m in _ENCODED_WORD.finditer(s):
+        gap = s[pos : m.start()]
+        if gap and not (pending and gap.isspace()):
+            flush()
+            out.append(gap)
+        try:
+            pending.append((m.group(1), _decode_word_bytes(m.group(2), m.group(3))))
+        except Exception:  # pragma: no cover - defensive
+            flush()
+            out.append(m.group(0))
+        pos = m.end()
+    flush()
+    out.append(s[pos:])
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# raw header access (never raises, linear time)
+
+
+def _unfold(value: str) -> str:
+    return re.sub(r"\r?\n(?=[ \t])|\r(?=[ \t])", "", value).replace("\r", "").replace("\n", "")
+
+
+def _raw_headers(msg: Message, name: str) -> list[str]:
+    """Every value of header ``name`` as text: unfolded, 8-bit bytes decoded, no surrogates."""
+    lname = name.lower()
+    values: list[str] = []
+    try:
+        items = list(msg.raw_items())
+    except Exception:  # pragma: no cover - defensive
+        return values
+    for hname, hvalue in items:
+        if not isinstance(hname, str) or hname.strip().lower() != lname:
+            continue
+        try:
+            text = _unfold(str(hvalue))
+            if _SURROGATES.search(text) or any(ord(c) > 127 for c in text):
+                text = _bytes_to_text(_raw_to_bytes(text))
+        except Exception:  # pragma: no cover - defensive
+            text = _no_surrogates(str(hvalue))
+        values.append(_no_surrogates(text))
+    return values
+
+
+def _first_header(msg: Message, name: str) -> str | None:
+    values = _raw_headers(msg, name)
+    return values[0] if values else None
+
+
+# --------------------------------------------------------------------------------------------
+# MIME parameters (Content-Type / Content-Disposition), RFC 2231
+
+
+def _split_params(value: str) -> list[str]:
+    """Split on ';' outside quoted strings."""
+    parts: list[str] = []
+    buf: list[str] = []
+    quoted = False
+    escaped = False
+    for ch in value:
+        if escaped:
+            buf.append(ch)
+            escaped = False
+        elif quoted and ch == "\\":
+            buf.append(ch)
+            escaped = True
+        elif ch == '"':
+            buf.append(ch)
+            quoted = not quoted
+        elif ch == ";" and not quoted:
+            parts.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+    parts.append("".join(buf))
+    return parts
+
+
+def _unquote(v: str) -> str:
+    v = v.strip()
+    if len(v) >= 2 and v[0] == '"' and v[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", v[1:-1])
+    if v.startswith('"'):
+        return v[1:]
+    return v
+
+
+def _parse_mime_header(value: str | None, defects: list[str]) -> tuple[str, dict[str, str]]:
+    """'text/plain; charset="utf-8"' -> ('text/plain', {'charset': 'utf-8'}), RFC 2231 decoded."""
+    if value is None:
+        return "", {}
+    items = _split_params(value)
+    main = items[0].strip().lower()
+    plain: dict[str, str] = {}
+    ext: dict[str, dict[int, tuple[str, bool]]] = {}
+    for item in items[1:]:
+        if "=" not in item:
+            continue
+        k, v = item.split("=", 1)
+        k = k.strip().lower()
+        if not k:
+            continue
+        m = re.fullmatch(r"([^*]+)\*(?:(\d{1,3})\*?|)", k) if "*" in k else None
+        if m:
+            name = m.group(1)
+            idx = int(m.group(2)) if m.group(2) is not None else 0
+            encoded = k.endswith("*")
+            ext.setdefault(name, {})[idx] = (v.strip() if encoded else _unquote(v), encoded)
+        elif k not in plain:
+            plain[k] = _unquote(v)
+    for name, pieces in ext.items():
+        charset: str | None = None
+        chunks: list[bytes] = []
+        for n, (v, encoded) in enumerate(pieces[i] for i in sorted(pieces)):
+            if encoded:
+                v = _unquote(v)
+                if n == 0 and v.count("'") >= 2:
+                    charset, _lang, v = v.split("'", 2)
+                chunks.append(re.sub(rb"%([0-9A-Fa-f]{2})", lambda mm: bytes([int(mm.group(1), 16)]), v.encode("utf-8")))
+            else:
+                chunks.append(v.encode("utf-8"))
+        plain[name] = _decode_text(b"".join(chunks), charset or "utf-8", f"parameter {name}", defects)
+    return main, plain
+
+
+_TOKEN_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
+
+
+def _content_type(part: Message, defects: list[str]) -> tuple[str, dict[str, str]]:
+    ctype, params = _parse_mime_header(_first_header(part, "content-type"), defects)
+    if not _TOKEN_TYPE.fullmatch(ctype):
+        try:
+            ctype = part.get_default_type()
+        except Exception:  # pragma: no cover - defensive
+            ctype = "text/plain"
+    if part.is_multipart() and not ctype.startswith(("multipart/", "message/")):
+        # the stdlib parser saw a container where we do not; follow the tree it built
+        try:
+            ctype = part.get_content_type()
+        except Exception:  # pragma: no cover - defensive
+            ctype = "multipart/mixed"
+    return ctype, params
+
+
+# --------------------------------------------------------------------------------------------
+# addresses
+
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
+_ADDR_SPEC = re.compile(
+    rf'(?:{_ATEXT}(?:\.{_ATEXT})*|"(?:[^"\\\r\n]|\\.)*")@'
+    r"(?:[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
+    r"(?:\.[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?)*"
+    r"|\[[^\[\]\\\s]*\])"
+)
+
+
+def _split_address_list(value: str) -> list[str]:
+    """Split an address list on ',' (and group ';'), outside quotes, comments and <>; drop group names."""
+    entries: list[str] = []
+    buf: list[str] = []
+    quoted = False
+    escaped = False
+    comment = 0
+    angle = False
+    for ch in value:
+        if escaped:
+            buf.append(ch)
+            escaped = False
+            continue
+        if ch == "\\" and (quoted or comment):
+            buf.append(ch)
+            escaped = True
+            continue
+        if quoted:
+            buf.append(ch)
+            if ch == '"':
+                quoted = False
+            continue
+        if comment:
+            buf.append(ch)
+            if ch == "(":
+                comment += 1
+            elif ch == ")":
+                comment -= 1
+            continue
+        if ch == '"':
+            quoted = True
+        elif ch == "(":
+            comment = 1
+        elif ch == "<":
+            angle = True
+        elif ch == ">":
+            angle = False
+        elif ch in ",;" and not angle:
+            entries.append("".join(buf))
+            buf = []
+            continue
+        elif ch == ":" and not angle:
+            # "group-name:" -- forget the phrase before it
+            buf = []
+            continue
+        buf.append(ch)
+    entries.append("".join(buf))
+    return [e.strip() for e in entries if e.strip()]
+
+
+def _strip_comments(s: str) -> tuple[str, str]:
+    """Return (text without (comments), the comment texts joined)."""
+    out: list[str] = []
+    comments: list[str] = []
+    depth = 0
+    cur: list[str] = []
+    quoted = False
+    escaped = False
+    for ch in s:
+        if escaped:
+            (cur if depth else out).append(ch)
+            escaped = False
+        elif ch == "\\" and (depth or quoted):
+            escaped = True
+            if not depth:
+                out.append(ch)
+        elif quoted:
+            out.append(ch)
+            if ch == '"':
+                quoted = False
+        elif ch == '"' and not depth:
+            quoted = True
+            out.append(ch)
+        elif ch == "(":
+            if depth:
+                cur.append(ch)
+            depth += 1
+        elif ch == ")" and depth:
+            depth -= 1
+            if depth:
+                cur.append(ch)
+            else:
+                comments.append("".join(cur))
+                cur = []
+        elif depth:
+            cur.append(ch)
+        else:
+            out.append(ch)
+    return "".join(out), " ".join(c.strip() for c in comments if c.strip())
+
+
+def _parse_entry(entry: str, defects: list[str], what: str) -> tuple[str, str, bool]:
+    """One address-list entry -> (display name, address, address_is_valid)."""
+    m = re.search(r"<([^<>]*)>", entry)
+    if m:
+        addr = m.group(1).strip()
+        if addr.startswith("@") and ":" in addr:  # obsolete source route <@a,@b:user@host>
+            addr = addr.split(":", 1)[1]
+        name_part = (entry[: m.start()] + entry[m.end() :]).strip()
+        name_part, comment = _strip_comments(name_part)
+        name = name_part.strip() or comment
+    else:
+        addr_part, comment = _strip_comments(entry)
+        addr = addr_part.strip()
+        name = comment
+    name = _unquote(name) if name.startswith('"') else name
+    name = _oneline(_decode_words(name, defects, what))
+    addr = _oneline(addr).replace(" ", "")
+    if name.strip("'\" <>").lower() == addr.lower():
+        name = ""  # a display name that only repeats the address carries nothing
+    return name, addr, bool(_ADDR_SPEC.fullmatch(addr))
+
+
+def _address_list(values: list[str], defects: list[str], what: str) -> list[tuple[str, str]]:
+    result: list[tuple[str, str]] = []
+    bad = 0
+    for value in values:
+        for entry in _split_address_list(value):
+            name, addr, ok = _parse_entry(entry, defects, what)
+            if ok:
+                result.append((name, addr.lower()))
+            else:
+                bad += 1
+    if bad:
+        defects.append(f"{what}: {bad} malformed address{'es' if bad > 1 else ''} skipped")
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# message ids, dates
+
+_MSGID_BRACKETED = re.compile(r"<([^<>]*)>")
+
+
+def _norm_msgid(s: str) -> str | None:
+    s = _CONTROL.sub("", _WS.sub("", s)).strip("<>")
+    return s[:_MAX_HEADER_TEXT] or None
+
+
+def _msgids(value: str | None) -> list[str]:
+    if value is None:
+        return []
+    found = _MSGID_BRACKETED.findall(value)
+    if not found:  # broken clients: bare ids separated by whitespace
+        found = [t for t in value.split() if "@" in t]
+    result: list[str] = []
+    for f in found:
+        n = _norm_msgid(f)
+        if n and n not in result:
+            result.append(n)
+    return result
+
+
+def _parse_date(value: str | None) -> _dt.datetime | None:
+    if not value:
+        return None
+    try:
+        d = email.utils.parsedate_to_datetime(value.strip())
+    except Exception:
+        return None
+    if d is None:  # pragma: no cover - older Pythons
+        return None
+    try:
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=_dt.timezone.utc)
+        return d.astimezone(_dt.timezone.utc)
+    except (OverflowError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# safe file names
+
+_EXTENSIONS = {
+    "text/plain": ".txt",
+    "text/html": ".html",
+    "text/csv": ".csv",
+    "text/calendar": ".ics",
+    "text/xml": ".xml",
+    "text/rfc822-headers": ".txt",
+    "text/x-vcard": ".vcf",
+    "text/vcard": ".vcf",
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/gif": ".gif",
+    "image/bmp": ".bmp",
+    "image/webp": ".webp",
+    "image/tiff": ".tif",
+    "image/svg+xml": ".svg",
+    "application/pdf": ".pdf",
+    "application/zip": ".zip",
+    "application/json": ".json",
+    "application/xml": ".xml",
+    "application/msword": ".doc",
+    "application/vnd.ms-excel": ".xls",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": ".docx",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": ".xlsx",
+    "application/pgp-signature": ".asc",
+    "application/pgp-encrypted": ".asc",
+    "application/pgp-keys": ".asc",
+    "application/pkcs7-signature": ".p7s",
+    "application/x-pkcs7-signature": ".p7s",
+    "application/pkcs7-mime": ".p7m",
+    "application/x-pkcs7-mime": ".p7m",
+    "application/ms-tnef": ".dat",
+    "application/vnd.ms-tnef": ".dat",
+    "application/octet-stream": ".bin",
+    "message/rfc822": ".eml",
+    "message/global": ".eml",
+    "message/delivery-status": ".txt",
+    "message/global-delivery-status": ".txt",
+    "message/disposition-notification": ".txt",
+}
+_WINDOWS_DEVICES = re.compile(r"(?i)(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?")
+_MAX_NAME_BYTES = 255
+
+
+def _split_ext(name: str) -> tuple[str, str]:
+    dot = name.rfind(".")
+    if dot > 0:
+        ext = name[dot:]
+        if 1 < len(ext) <= 16 and " " not in ext:
+            return name[:dot], ext
+    return name, ""
+
+
+def _fit(stem: str, ext: str, limit: int = _MAX_NAME_BYTES) -> str:
+    """Truncate ``stem`` (on a character boundary) so that stem+ext fits ``limit`` UTF-8 bytes."""
+    room = limit - len(ext.encode("utf-8"))
+    b = stem.encode("utf-8")
+    if len(b) > room:
+        stem = b[:room].decode("utf-8", "ignore").rstrip()
+    return stem + ext
+
+
+def safe_filename(name: str | None, *, content_type: str, index: int) -> str:
+    """A display name safe everywhere: basename only, no control/bidi/zero-width characters,
+    no leading dots, at most 255 UTF-8 bytes keeping the extension, never empty."""
+    s = name or ""
+    s = _no_surrogates(s).replace("\ufffd", "")
+    s = unicodedata.normalize("NFC", s)
+    s = re.sub(r"[\t\n\r\v\f]", " ", s)
+    s = _CONTROL.sub("", s)
+    s = _INVISIBLE.sub("", s)
+    s = re.split(r"[/\\]", s.strip())
+    comps = [c for c in s if c.strip()]
+    s = comps[-1].strip() if comps else ""
+    s = re.sub(r"^[A-Za-z]:", "", s)  # drive letter: C:evil.exe
+    s = s.lstrip(". ").rstrip(". ")
+    s = _WS.sub(" ", s)
+    if _WINDOWS_DEVICES.fullmatch(s):
+        s = "_" + s
+    if s:
+        stem, ext = _split_ext(s)
+        if not stem.lstrip("."):
+            stem, ext = s, ""
+        return _fit(stem, ext)
+    ext = _EXTENSIONS.get((content_type or "").lower(), ".bin")
+    return f"attachment-{index}{ext}"
+
+
+def _unique(name: str, used: set[str]) -> str:
+    if name.casefold() not in used:
+        used.add(name.casefold())
+        return name
+    stem, ext = _split_ext(name)
+    n = 2
+    while True:
+        candidate = _fit(stem, f" ({n}){ext}")
+        if candidate.casefold() not in used:
+            used.add(candidate.casefold())
+            return candidate
+        n += 1
+
+
+# --------------------------------------------------------------------------------------------
+# guards
+
+_BOUNDARY_PARAM = re.compile(rb'(?i)boundary\s*=\s*(?:"([^"\r\n]*)"|([^\s;"]+))')
+
+
+def _prescan(raw: bytes, depth_limit: int, parts_limit: int) -> tuple[int, int]:
+    """Cheap, linear mirror of the stdlib parser's boundary handling.
+
+    Returns (max depth, number of parts) and stops early once a limit is passed.
+    """
+    stack: list[bytes | None] = []  # boundary of each open multipart; None for message/*
+    open_at: dict[bytes, list[int]] = {}
+    in_headers = True
+    ct: list[bytes] | None = None
+    ct_value: list[bytes] = []
+    max_depth = 0
+    parts = 0
+
+    def end_headers() -> None:
+        nonlocal in_headers
+        value = b"".join(ct_value).strip().lower()
+        in_headers = False
+        if value.startswith(b"multipart/"):
+            m = _BOUNDARY_PARAM.search(b"".join(ct_value))
+            b = (m.group(1) if m.group(1) is not None else m.group(2)) if m else None
+            if b:
+                b = b.rstrip()
+                open_at.setdefault(b, []).append(len(stack))
+                stack.append(b)
+        elif value.startswith(b"message/"):
+            stack.append(None)
+            in_headers = True  # the encapsulated message's header block follows
+
+    def pop_to(level: int) -> None:
+        while len(stack) > level:
+            b = stack.pop()
+            if b is not None:
+                lst = open_at.get(b)
+                if lst:
+                    lst.pop()
+                    if not lst:
+                        del open_at[b]
+
+    for line in raw.splitlines():
+        if in_headers:
+            if not line.strip():
+                end_headers()
+                ct = None
+                ct_value = []
+                if len(stack) > max_depth:
+                    max_depth = len(stack)
+                    if max_depth > depth_limit:
+                        return max_depth, parts
+                continue
+            if line[:1] in (b" ", b"\t"):
+                if ct is not None:
+                    ct_value.append(line)
+                continue
+            if line.lower().startswith(b"content-type:"):
+                ct = ct_value = [line[13:]]
+            else:
+                ct = None
+            continue
+        if line.startswith(b"--") and open_at:
+            s = line[2:].rstrip()
+            if s.endswith(b"--") and s[:-2] in open_at:
+                pop_to(open_at[s[:-2]][-1])
+                continue
+            if s in open_at:
+                pop_to(open_at[s][-1] + 1)
+                parts += 1
+                if parts > parts_limit:
+                    return max_depth, parts
+                in_headers = True
+                ct = None
+                ct_value = []
+                if len(stack) > max_depth:
+                    max_depth = len(stack)
+                    if max_depth > depth_limit:
+                        return max_depth, parts
+    return max_depth, parts
+
+
+_LEADING_BLANK_LINES = re.compile(rb"\A(?:[ \t]*\r?\n)+")
+_HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]{1,200}[ \t]*:")
+
+
+def _looks_like_mail(raw: bytes) -> bool:
+    first = raw.split(b"\n", 1)[0]
+    if first.startswith(b"From "):  # mbox separator line
+        rest = raw.split(b"\n", 1)
+        first = rest[1].split(b"\n", 1)[0] if len(rest) > 1 else b""
+    return bool(_HEADER_LINE.match(first))
+
+
+# --------------------------------------------------------------------------------------------
+# the MIME tree
+
+
+def _children(part: Message) -> list[Message]:
+    if not part.is_multipart():
+        return []
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        return [p for p in payload if isinstance(p, Message)]
+    return []
+
+
+def _check_tree(root: Message, max_depth: int, max_parts: int) -> None:
+    stack: list[tuple[Message, int]] = [(root, 0)]
+    count = 0
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise MailParseError(f"MIME nesting deeper than {max_depth} levels")
+        for child in _children(node):
+            count += 1
+            if count > max_parts:
+                raise MailParseError(f"message has more than {max_parts} MIME parts")
+            stack.append((child, depth + 1))
+
+
+class _Info:
+    """What we need about one MIME node, computed once."""
+
+    __slots__ = ("ctype", "params", "disposition", "filename", "container")
+
+    def __init__(self, part: Message, defects: list[str]) -> None:
+        self.ctype, self.params = _content_type(part, defects)
+        disp, dparams = _parse_mime_header(_first_header(part, "content-disposition"), defects)
+        self.disposition = disp
+        raw_name = dparams.get("filename") or self.params.get("name")
+        self.filename = _decode_words(raw_name, defects, "attachment name") if raw_name else None
+        # a container we descend into for body/attachments: multipart/* with a parsed list payload
+        self.container = part.is_multipart() and self.ctype.startswith("multipart/")
+
+
+_DROPPED_ALTERNATIVES = {"text/plain", "text/html", "text/watch-html", "text/enriched", "text/richtext", "text/x-amp-html"}
+
+
+class _Walker:
+    def __init__(self, defects: list[str]) -> None:
+        self.defects = defects
+        self.infos: dict[int, _Info] = {}
+        self.body_ids: set[int] = set()
+        self.dropped_ids: set[int] = set()
+
+    def info(self, part: Message) -> _Info:
+        key = id(part)
+        got = self.infos.get(key)
+        if got is None:
+            got = self.infos[key] = _Info(part, self.defects)
+        return got
+
+    def body_leaf(self, part: Message, subtype: str) -> bool:
+        i = self.info(part)
+        if i.container or i.ctype.startswith("message/"):
+            return False
+        if i.disposition == "attachment" or i.filename:
+            return False
+        if i.ctype == f"text/{subtype}":
+            return True
+        # multipart without usable boundary: the stdlib keeps the body as text; show it as text
+        return subtype == "plain" and i.ctype.startswith("multipart/")
+
+    def select(self, part: Message) -> tuple[list[Message], list[Message]]:
+        """Body leaves of ``part``: (text/plain leaves, text/html leaves)."""
+        i = self.info(part)
+        if not i.container:
+            if self.body_leaf(part, "plain"):
+                return [part], []
+            if self.body_leaf(part, "html"):
+                return [], [part]
+            return [], []
+        kids = _children(part)
+        if i.ctype == "multipart/alternative":
+            text: list[Message] | None = None
+            html: list[Message] | None = None
+            for kid in kids:
+                t, h = self.select(kid)
+                if text is None and t:
+                    text = t
+                if html is None and h:
+                    html = h
+            chosen = {id(p) for p in (text or []) + (html or [])}
+            for kid in kids:  # other renderings of the same body are not attachments
+                ki = self.info(kid)
+                if not ki.container and ki.ctype in _DROPPED_ALTERNATIVES and id(kid) not in chosen:
+                    if ki.disposition != "attachment" and not ki.filename:
+                        self.dropped_ids.add(id(kid))
+            return text or [], html or []
+        # mixed, related, signed, encrypted, report, digest, unknown: the first body-bearing child
+        # is the body; later inline text/html parts are appended to its html, later inline
+        # text/plain parts to its text -- but only when it has a text part (a plain footer must not
+        # become the whole text of an html-only body: it stays an attachment)
+        body: tuple[list[Message], list[Message]] | None = None
+        for kid in kids:
+            if body is None:
+                t, h = self.select(kid)
+                if t or h:
+                    body = (list(t), list(h))
+            elif body[0] and self.body_leaf(kid, "plain"):
+                body[0].append(kid)
+            elif self.body_leaf(kid, "html"):
+                body[1].append(kid)
+        return body if body is not None else ([], [])
+
+    def leaves(self, root: Message) -> list[Message]:
+        """Leaves in document order; message/* parts are leaves (not descended into)."""
+        out: list[Message] = []
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            if self.info(node).container:
+                stack.extend(reversed(_children(node)))
+            else:
+                out.append(node)
+        return out
+
+
+_B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+def _b64_lenient(data: bytes) -> tuple[bytes, bool]:
+    """Decode base64; on any error keep only alphabet characters and decode what is there.
+
+    Returns (bytes, was_clean)."""
+    compact = b"".join(data.split())
+    try:
+        return binascii.a2b_base64(compact, strict_mode=True), True
+    except (binascii.Error, ValueError):
+        pass
+    try:  # e.g. concatenated padded chunks or stray characters: the stdlib's lenient mode
+        return binascii.a2b_base64(compact), False
+    except (binascii.Error, ValueError):
+        pass
+    clean = _B64_JUNK.sub(b"", compact)
+    if len(clean) % 4 == 1:
+        clean = clean[:-1]
+    clean += b"=" * (-len(clean) % 4)
+    try:
+        return binascii.a2b_base64(clean), False
+    except (binascii.Error, ValueError):  # pragma: no cover - clean input always decodes
+        return b"", False
+
+
+def _payload_bytes(part: Message, defects: list[str]) -> bytes:
+    payload = part.get_payload()
+    cte = (_first_header(part, "content-transfer-encoding") or "").strip().lower()
+    if cte == "base64" and isinstance(payload, str):
+        data, clean = _b64_lenient(payload.encode("ascii", "replace") if not _SURROGATES.search(payload) else payload.encode("ascii", "surrogateescape"))
+        if not clean:
+            defects.append("InvalidBase64: a base64 part was malformed and decoded leniently")
+        return data
+    try:
+        data = part.get_payload(decode=True)
+    except Exception as exc:
+        defects.append(f"payload could not be decoded ({type(exc).__name__}); kept raw")
+        payload = part.get_payload()
+        data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+    if isinstance(data, bytes):
+        return data
+    return b""
+
+
+def _flatten(msg: Message, linesep: str) -> bytes:
+    buf = io.BytesIO()
+    try:
+        pol = _policy.default.clone(linesep=linesep, refold_source="none", max_line_length=0)
+        BytesGenerator(buf, mangle_from_=False, policy=pol).flatten(msg)
+        return buf.getvalue()
+    except Exception:
+        try:
+            return msg.as_bytes()
+        except Exception:
+            return str(msg).encode("utf-8", "surrogateescape")
+
+
+def _message_part_bytes(part: Message, ctype: str, linesep: str, defects: list[str]) -> bytes:
+    """The body of a message/* part as bytes (the encapsulated message for message/rfc822)."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        if ctype in ("message/delivery-status", "message/global-delivery-status"):
+            data = b"".join(_flatten(p, linesep) for p in payload if isinstance(p, Message))
+        else:
+            data = b"".join(_flatten(p, linesep) for p in payload[:1] if isinstance(p, Message))
+    elif isinstance(payload, str):
+        data = payload.encode("utf-8", "surrogateescape")
+    else:
+        data = b""
+    cte = (_first_header(part, "content-transfer-encoding") or "").strip().lower()
+    if cte in ("base64", "quoted-printable") and isinstance(payload, list) and payload:
+        # not allowed for message/*, but seen: the stdlib parsed the encoded text as a message,
+        # which then has no headers and the encoded text as its body
+        inner = payload[0]
+        body = inner.get_payload() if isinstance(inner, Message) and not inner.keys() else None
+        if isinstance(body, str):
+            encoded = body.encode("ascii", "surrogateescape")
+            try:
+                data = binascii.a2b_base64(encoded) if cte == "base64" else binascii.a2b_qp(encoded)
+                defects.append(f"{ctype} part with Content-Transfer-Encoding {cte}; decoded")
+            except (binascii.Error, ValueError):
+                defects.append(f"{ctype} part with undecodable Content-Transfer-Encoding {cte}; kept as is")
+    return data
+
+
+def _defect_notes(root: Message, out: list[str]) -> None:
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for d in getattr(node, "defects", []) or []:
+            text = _oneline(str(d), 200)
+            name = type(d).__name__
+            out.append(f"{name}: {text}" if text and text != name else name)
+        payload = node.get_payload() if node.is_multipart() else None
+        if isinstance(payload, list):
+            stack.extend(p for p in reversed(payload) if isinstance(p, Message))
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def _parse_bytes(raw: bytes, defects: list[str]) -> EmailMessage:
+    try:
+        msg = BytesParser(policy=_policy.default).parsebytes(raw)
+    except RecursionError:
+        raise MailParseError("MIME nesting too deep to parse") from None
+    except Exception as exc:  # the stdlib parser should not fail; if it does, try the legacy policy
+        defects.append(f"parser failed with policy.default ({type(exc).__name__}); parsed with compat32")
+        try:
+            msg = BytesParser(_class=EmailMessage, policy=_policy.compat32).parsebytes(raw)
+        except RecursionError:
+            raise MailParseError("MIME nesting too deep to parse") from None
+        except Exception as exc2:
+            raise MailParseError(f"mail could not be parsed ({type(exc2).__name__})") from None
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def parse_mail(
+    raw: bytes,
+    *,
+    max_depth: int = 50,
+    max_parts: int = 1000,
+    max_header_bytes: int = 1_000_000,
+) -> ParsedMail:
+    """Parse one raw mail.
+
+    Raises MailParseError for: not an email at all (no header block: binary garbage, a PDF, empty
+    input), a MIME tree deeper than ``max_depth``, more than ``max_parts`` parts.  Anything else is
+    handled and noted in ``defects``.  Header values longer than ``max_header_bytes`` are
+    interpreted from their first ``max_header_bytes`` characters only.
+    """
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise MailParseError("input is not bytes")
+    raw = bytes(raw)
+    defects: list[str] = []
+    stripped = _LEADING_BLANK_LINES.sub(b"", raw, count=1)
+    if len(stripped) != len(raw):
+        defects.append("leading blank lines before the header block removed")
+        raw = stripped
+    if not raw.strip():
+        raise MailParseError("not an email: the input is empty")
+    if not _looks_like_mail(raw):
+        raise MailParseError("not an email: no header block at the start of the input")
+
+    # cheap guard first: the stdlib parser is recursive and O(lines x depth)
+    pre_depth, pre_parts = _prescan(raw, 2 * max_depth + 10, 2 * max_parts + 10)
+    if pre_depth > 2 * max_depth + 10:
+        raise MailParseError(f"MIME nesting deeper than {max_depth} levels")
+    if pre_parts > 2 * max_parts + 10:
+        raise MailParseError(f"message has more than {max_parts} MIME parts")
+
+    msg = _parse_bytes(raw, defects)
+    _check_tree(msg, max_depth, max_parts)
+    try:
+        return _build(msg, raw, defects, max_header_bytes)
+    except MailParseError:
+        raise
+    except RecursionError:
+        raise MailParseError("MIME nesting too deep to process") from None
+
+
+def _build(msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: int) -> ParsedMail:
+    first_line = raw.split(b"\n", 1)[0]
+    linesep = "\r\n" if first_line.endswith(b"\r") else "\n"
+
+    def header(name: str) -> list[str]:
+        values = _raw_headers(msg, name)
+        out = []
+        for v in values:
+            if len(v) > max_header_bytes:
+                defects.append(f"{name} header longer than {max_header_bytes} characters; truncated")
+                v = v[:max_header_bytes]
+            out.append(v)
+        return out
+
+    # identifiers
+    mids = header("Message-ID")
+    message_id = None
+    if mids:
+        found = _msgids(mids[0])
+        message_id = found[0] if found else _norm_msgid(mids[0])
+    in_reply_to = _msgids(" ".join(header("In-Reply-To")))
+    references = _msgids(" ".join(header("References")))
+
+    subjects = header("Subject")
+    subject = _oneline(_decode_words(subjects[0], defects, "Subject")) if subjects else ""
+
+    # sender
+    from_values = header("From")
+    from_addr: str | None = None
+    from_name = ""
+    from_problem: str | None = None
+    if not from_values or not any(v.strip() for v in from_values):
+        from_problem = "no From header" if not from_values else "From header is empty"
+    elif len(from_values) > 1:
+        from_problem = f"message has {len(from_values)} From headers"
+    else:
+        entries = _split_address_list(from_values[0])
+        if len(entries) == 0:
+            from_problem = "From header is empty"
+        elif len(entries) > 1:
+            from_problem = f"From has {len(entries)} addresses"
+        else:
+            name, addr, ok = _parse_entry(entries[0], defects, "From")
+            from_name = name
+            if ok:
+                from_addr = addr.lower()
+            else:
+                shown = _oneline(_decode_words(from_values[0], defects, "From"), 200)
+                from_problem = f"From address is malformed: {shown}"
+
+    reply_to = [a for _, a in _address_list(header("Reply-To"), defects, "Reply-To")]
+    to = _address_list(header("To"), defects, "To")
+    cc = _address_list(header("Cc"), defects, "Cc")
+    dates = header("Date")
+    date = _parse_date(dates[0]) if dates else None
+    if dates and date is None:
+        defects.append(f"Date header is not a valid date: {_oneline(dates[0], 100)}")
+
+    # body and attachments
+    walker = _Walker(defects)
+    text_parts, html_parts = walker.select(msg)
+    walker.body_ids = {id(p) for p in text_parts + html_parts}
+
+    def body_text(parts: list[Message], kind: str) -> str:
+        chunks = []
+        for p in parts:
+            data = _payload_bytes(p, defects)
+            t = _decode_text(data, walker.info(p).params.get("charset"), f"text/{kind} body", defects)
+            if "\x00" in t:
+                defects.append(f"NUL characters removed from the text/{kind} body")
+                t = t.replace("\x00", "")
+            chunks.append(t.replace("\r\n", "\n").replace("\r", "\n"))
+        return "\n".join(chunks)
+
+    text = body_text(text_parts, "plain") if text_parts else ""
+    html = body_text(html_parts, "html") if html_parts else None
+
+    attachments: list[Part] = []
+    used: set[str] = set()
+    for leaf in walker.leaves(msg):
+        key = id(leaf)
+        if key in walker.body_ids:
+            continue
+        if key in walker.dropped_ids:
+            defects.append(f"unused alternative {walker.info(leaf).ctype} body not kept as attachment")
+            continue
+        info = walker.info(leaf)
+        index = len(attachments) + 1
+        if info.ctype.startswith("message/"):
+            data = _message_part_bytes(leaf, info.ctype, linesep, defects)
+            name: str | None = None
+            inner = leaf.get_payload()
+            if info.ctype in ("message/rfc822", "message/global") and isinstance(inner, list) and inner:
+                subj = _first_header(inner[0], "subject")
+                if subj and _oneline(_decode_words(subj, defects, "attached message Subject")):
+                    name = _oneline(_decode_words(subj, defects, "attached message Subject")) + ".eml"
+            if name is None and info.filename:
+                name = info.filename
+        else:
+            data = _payload_bytes(leaf, defects)
+            name = info.filename
+        filename = _unique(safe_filename(name, content_type=info.ctype, index=index), used)
+        cid_raw = _first_header(leaf, "content-id")
+        cid = _norm_msgid(cid_raw) if cid_raw else None
+        inline = info.disposition == "inline" or (not info.disposition and cid is not None)
+        attachments.append(Part(filename=filename, content_type=info.ctype, data=data, content_id=cid, inline=inline))
+
+    notes: list[str] = []
+    _defect_notes(msg, notes)
+    all_defects: list[str] = []
+    seen: set[str] = set()
+    for d in notes + defects:
+        d = _no_surrogates(d)
+        if d not in seen:
+            seen.add(d)
+            all_defects.append(d)
+    if len(all_defects) > _MAX_DEFECTS:
+        extra = len(all_defects) - _MAX_DEFECTS
+        all_defects = all_defects[:_MAX_DEFECTS] + [f"... and {extra} more defects"]
+
+    return ParsedMail(
+        message=msg,
+        message_id=message_id,
+        in_reply_to=in_reply_to,
+        references=references,
+        subject=subject,
+        from_addr=from_addr,
+        from_name=from_name,
+        from_problem=from_problem,
+        reply_to=reply_to,
+        to=to,
+        cc=cc,
+        date=date,
+        text=_no_surrogates(text),
+        html=_no_surrogates(html) if html is not None else None,
+        attachments=attachments,
+        defects=all_defects,
+    )

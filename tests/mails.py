@@ -1,0 +1,44 @@
+"""Builders for test mails (the stdlib email API; real bytes as an MTA would hand them over)."""
+
+from __future__ import annotations
+
+import itertools
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from datetime import datetime, timezone
+
+_n = itertools.count(1)
+
+
+def make_mail(*, sender: str = "Alice Customer <alice@customer.example>", to: str = "support@example.com",
+              subject: str = "Printer on fire", body: str = "The printer is on fire.\n", cc: str | None = None,
+              message_id: str | None = None, in_reply_to: str | None = None, references: str | None = None,
+              headers: dict[str, str] | None = None, attachments: list[tuple[str, str, bytes]] = (),
+              html: str | None = None) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    if cc:
+        msg["Cc"] = cc
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(datetime(2026, 11, 2, 9, next(_n) % 60, tzinfo=timezone.utc))
+    msg["Message-ID"] = message_id or make_msgid(domain="customer.example")
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+    if references:
+        msg["References"] = references
+    for k, v in (headers or {}).items():
+        msg[k] = v
+    msg.set_content(body)
+    if html is not None:
+        msg.add_alternative(html, subtype="html")
+    for filename, ctype, data in attachments:
+        maintype, subtype = ctype.split("/", 1)
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+    return bytes(msg)
+
+
+def message_id_of(raw: bytes) -> str:
+    import email
+
+    return str(email.message_from_bytes(raw)["Message-ID"])

@@ -1,0 +1,730 @@
+"""Unit tests for gateway.mime: small mails built inline, one requirement per test."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import random
+import re
+import time
+
+import pytest
+
+from gateway.mime import MailParseError, ParsedMail, Part, parse_mail, safe_filename
+
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def mail(headers: str = "", body: str | bytes = "hello\n", *, base: bool = True) -> bytes:
+    """A mail from header lines (\n separated) and a body; adds a sane From/To/Subject unless base=False."""
+    top = "From: Alice <alice@example.com>\nTo: desk@example.org\nSubject: test\n" if base else ""
+    head = (top + headers).rstrip("\n") + "\n\n"
+    b = body.encode("utf-8") if isinstance(body, str) else body
+    return head.encode("utf-8", "surrogateescape") + b
+
+
+def all_strings(pm: ParsedMail) -> list[str]:
+    out = [pm.subject, pm.from_name, pm.text, pm.html or "", pm.from_problem or "", pm.from_addr or ""]
+    out += [pm.message_id or "", *pm.in_reply_to, *pm.references, *pm.reply_to, *pm.defects]
+    out += [x for pair in pm.to + pm.cc for x in pair]
+    for a in pm.attachments:
+        out += [a.filename, a.content_type, a.content_id or ""]
+    return out
+
+
+def assert_clean(pm: ParsedMail) -> None:
+    for s in all_strings(pm):
+        assert not SURROGATE.search(s), repr(s)
+
+
+def multipart(subtype: str, parts: list[str], boundary: str = "BOUNDARY", headers: str = "") -> str:
+    body = "".join(f"--{boundary}\n{p}\n" for p in parts) + f"--{boundary}--\n"
+    return f'{headers}Content-Type: multipart/{subtype}; boundary="{boundary}"\n\n{body}'
+
+
+def leaf(ctype: str, payload: str, extra: str = "") -> str:
+    return f"Content-Type: {ctype}\n{extra}\n{payload}"
+
+
+def parse_multipart(subtype: str, parts: list[str], headers: str = "") -> ParsedMail:
+    text = multipart(subtype, parts)
+    head, body = text.split("\n\n", 1)
+    return parse_mail(mail(headers + head + "\nMIME-Version: 1.0\n", body))
+
+
+# ---------------------------------------------------------------- not an email at all
+
+
+@pytest.mark.parametrize(
+    "raw, why",
+    [
+        (b"", "empty"),
+        (b"   \r\n\r\n\t\n", "blank"),
+        (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n", "pdf"),
+        (bytes(random.Random(1234).getrandbits(8) for _ in range(4096)), "random bytes"),
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 504, "outlook .msg (OLE)"),
+        (b"Hi Bob,\n\nthanks for the report.\n", "a plain text without headers"),
+    ],
+)
+def test_not_an_email_raises_with_reason(raw: bytes, why: str) -> None:
+    with pytest.raises(MailParseError) as exc:
+        parse_mail(raw)
+    assert exc.value.reason and "not an email" in exc.value.reason
+
+
+def test_mail_parse_error_reason_attribute() -> None:
+    err = MailParseError("MIME nesting deeper than 50 levels")
+    assert err.reason == "MIME nesting deeper than 50 levels"
+    assert str(err) == err.reason
+
+
+def test_mbox_from_line_and_leading_blank_lines_accepted() -> None:
+    pm = parse_mail(b"From alice@example.com Sat Jan  3 01:05:34 1996\n" + mail())
+    assert pm.from_addr == "alice@example.com"
+    pm = parse_mail(b"   \n\n" + mail())
+    assert pm.from_addr == "alice@example.com" and pm.subject == "test"
+
+
+# ---------------------------------------------------------------- simple mail, identifiers
+
+
+def test_simple_mail_fields() -> None:
+    raw = mail(
+        "Cc: \"Bob, B.\" <BOB@Example.COM>, carol@example.net\n"
+        "Reply-To: Help <Help@Example.com>\n"
+        "Message-ID:  < abc.123@mx.example.com >\n"
+        "In-Reply-To: <parent@example.com> (comment)\n"
+        "References: <root@example.com>\n <parent@example.com>\n"
+        "Date: Tue, 01 Aug 2023 10:00:00 +0200\n",
+        "Body line\r\n",
+    )
+    pm = parse_mail(raw)
+    assert isinstance(pm.message.get_content_type(), str)
+    assert pm.message_id == "abc.123@mx.example.com"
+    assert pm.in_reply_to == ["parent@example.com"]
+    assert pm.references == ["root@example.com", "parent@example.com"]
+    assert pm.subject == "test"
+    assert (pm.from_addr, pm.from_name, pm.from_problem) == ("alice@example.com", "Alice", None)
+    assert pm.to == [("", "desk@example.org")]
+    assert pm.cc == [("Bob, B.", "bob@example.com"), ("", "carol@example.net")]
+    assert pm.reply_to == ["help@example.com"]
+    assert pm.date == dt.datetime(2023, 8, 1, 8, 0, tzinfo=dt.timezone.utc)
+    assert pm.text == "Body line\n"
+    assert pm.html is None
+    assert pm.attachments == []
+
+
+def test_no_message_id() -> None:
+    pm = parse_mail(mail())
+    assert pm.message_id is None
+    pm = parse_mail(mail("Message-ID: <>\n"))
+    assert pm.message_id is None
+    pm = parse_mail(mail("Message-ID:   \n"))
+    assert pm.message_id is None
+
+
+def test_bare_message_ids_without_brackets() -> None:
+    pm = parse_mail(mail("Message-ID: bare@id.example\nReferences: a@x b@y\n"))
+    assert pm.message_id == "bare@id.example"
+    assert pm.references == ["a@x", "b@y"]
+
+
+def test_unparseable_date_is_none() -> None:
+    pm = parse_mail(mail("Date: the day after tomorrow\n"))
+    assert pm.date is None
+    assert any("Date" in d for d in pm.defects)
+    pm = parse_mail(mail("Date: Tue, 01 Aug 2023 10:00:00 -0000\n"))
+    assert pm.date is not None and pm.date.tzinfo is not None and pm.date.utcoffset() == dt.timedelta(0)
+
+
+def test_subject_decoded_cleaned_and_capped() -> None:
+    pm = parse_mail(mail("Subject: =?utf-8?B?w4RyZ2Vy?= =?utf-8?Q?_mit_=C3=BC?=\n \tfolded\x01 part\n", base=False))
+    assert pm.subject == "Ärger mit ü folded part"
+    long = "x" * 5000
+    pm = parse_mail(mail(f"Subject: {long}\n"))
+    assert pm.subject == "test"  # the first Subject wins
+    pm = parse_mail(mail(f"From: a@example.com\nSubject: {long}\n", base=False))
+    assert len(pm.subject) == 998
+
+
+def test_rfc2047_multibyte_character_split_across_words() -> None:
+    # "テスト" split in the middle of a UTF-8 sequence over two encoded words
+    b = "テスト".encode()
+    w1 = base64.b64encode(b[:4]).decode()
+    w2 = base64.b64encode(b[4:]).decode()
+    pm = parse_mail(mail(f"From: a@example.com\nSubject: =?utf-8?B?{w1}?= =?utf-8?B?{w2}?=\n", base=False))
+    assert pm.subject == "テスト"
+
+
+# ---------------------------------------------------------------- From
+
+
+def test_no_from() -> None:
+    pm = parse_mail(mail("To: desk@example.org\nSubject: x\n", base=False))
+    assert pm.from_addr is None and pm.from_problem == "no From header"
+
+
+def test_from_with_two_addresses() -> None:
+    pm = parse_mail(mail("From: a@example.com, b@example.com\n", base=False))
+    assert pm.from_addr is None and pm.from_problem == "From has 2 addresses"
+
+
+def test_two_from_headers() -> None:
+    pm = parse_mail(mail("From: a@example.com\nFrom: b@example.com\n", base=False))
+    assert pm.from_addr is None and pm.from_problem is not None and "2 From headers" in pm.from_problem
+
+
+def test_from_malformed_double_at() -> None:
+    pm = parse_mail(mail("From: a@evil.example@corp.example\n", base=False))
+    assert pm.from_addr is None
+    assert pm.from_problem == "From address is malformed: a@evil.example@corp.example"
+
+
+@pytest.mark.parametrize(
+    "value, addr, name",
+    [
+        ('"Smith, John" <John.Smith@Example.COM>', "john.smith@example.com", "Smith, John"),
+        ("jsmith@somenet.foo (John Smith)", "jsmith@somenet.foo", "John Smith"),
+        ("=?utf-8?Q?J=C3=BCrgen?= <j@example.de>", "j@example.de", "Jürgen"),
+        ("alice@example.com <bob@example.com>", "bob@example.com", "alice@example.com"),
+        ("<@relay.example:user@example.com>", "user@example.com", ""),
+    ],
+)
+def test_from_forms(value: str, addr: str, name: str) -> None:
+    pm = parse_mail(mail(f"From: {value}\n", base=False))
+    assert (pm.from_addr, pm.from_name, pm.from_problem) == (addr, name, None)
+
+
+def test_from_empty_and_garbage() -> None:
+    pm = parse_mail(mail("From: \n", base=False))
+    assert pm.from_addr is None and pm.from_problem == "From header is empty"
+    pm = parse_mail(mail("From: just a name\n", base=False))
+    assert pm.from_addr is None and pm.from_problem == "From address is malformed: just a name"
+
+
+def test_bad_to_entries_skipped_never_raise() -> None:
+    pm = parse_mail(mail("From: a@example.com\nTo: good@example.com, bad@@x, \"unterminated <x@y>, undisclosed-recipients:;\n", base=False))
+    assert ("", "good@example.com") in pm.to
+    assert all("@" in a for _, a in pm.to)
+
+
+def test_group_syntax() -> None:
+    pm = parse_mail(mail("From: a@example.com\nTo: Team: b@example.com, C <c@example.com>;, d@example.com\n", base=False))
+    assert pm.to == [("", "b@example.com"), ("C", "c@example.com"), ("", "d@example.com")]
+
+
+def test_one_megabyte_to_header_is_fast_and_parsed() -> None:
+    to = ", ".join(f"User {i} <user{i}@example.com>" for i in range(30000))
+    assert len(to) > 1_000_000
+    raw = mail(f"From: a@example.com\nTo: {to}\nSubject: big\n", base=False)
+    t0 = time.process_time()
+    pm = parse_mail(raw, max_header_bytes=2_000_000)
+    assert time.process_time() - t0 < 2.0
+    assert len(pm.to) == 30000 and pm.to[-1] == ("User 29999", "user29999@example.com")
+    t0 = time.process_time()
+    pm = parse_mail(raw)  # default limit: interpreted from its first 1,000,000 characters
+    assert time.process_time() - t0 < 2.0
+    assert 20000 < len(pm.to) < 30000
+    assert any("To header longer than" in d for d in pm.defects)
+
+
+def test_lines_over_998_characters() -> None:
+    long_word = "y" * 5000
+    raw = mail(f"X-Long: {long_word}\nIn-Reply-To: <{long_word}@x>\n", ("z" * 20000) + "\nend\n")
+    pm = parse_mail(raw)
+    assert pm.text.startswith("z" * 20000) and pm.text.endswith("end\n")
+    assert pm.in_reply_to and len(pm.in_reply_to[0]) <= 998
+    assert_clean(pm)
+
+
+# ---------------------------------------------------------------- charsets
+
+
+def test_unknown_charset_falls_back() -> None:
+    raw = mail("Content-Type: text/plain; charset=x-unknown\n", "caf\xe9 ok".encode("latin-1"))
+    pm = parse_mail(raw)
+    assert pm.text == "café ok"
+    assert any("unknown charset 'x-unknown'" in d and "windows-1252" in d for d in pm.defects)
+    raw = mail("Content-Type: text/plain; charset=x-unknown\n", "café ok".encode())
+    pm = parse_mail(raw)
+    assert pm.text == "café ok"
+    assert any("unknown charset 'x-unknown', decoded as utf-8" in d for d in pm.defects)
+
+
+def test_wrong_charset_latin1_declared_utf8() -> None:
+    raw = mail("Content-Type: text/plain; charset=utf-8\n", "Grüße, €5".encode("windows-1252"))
+    pm = parse_mail(raw)
+    assert pm.text == "Grüße, €5"
+    assert any("not valid 'utf-8'" in d and "windows-1252" in d for d in pm.defects)
+
+
+def test_latin1_last_resort_and_no_surrogates() -> None:
+    # 0x81 and 0x8d are undefined in windows-1252: latin-1 is the last resort
+    raw = mail("Content-Type: text/plain; charset=utf-8\n", b"a\x81b\x8dc\xff")
+    pm = parse_mail(raw)
+    assert pm.text == "a\x81b\x8dc\xff"
+    assert any("latin-1" in d for d in pm.defects)
+    assert_clean(pm)
+
+
+def test_non_text_codec_names_are_not_used() -> None:
+    for cs in ("base64", "rot13", "unicode_escape", "zlib"):
+        raw = mail(f"Content-Type: text/plain; charset={cs}\n", b"caf\\ud800 \xe9")
+        pm = parse_mail(raw)
+        assert pm.text.startswith("caf\\ud800"), cs
+        assert_clean(pm)
+
+
+def test_8bit_bytes_in_headers() -> None:
+    raw = (
+        b"From: J\xc3\xbcrgen <j@example.de>\n"
+        b"To: Fran\xe7ois <f@example.fr>\n"
+        b"Subject: Gr\xc3\xbc\xc3\x9fe und caf\xe9\n\nbody\n"
+    )
+    pm = parse_mail(raw)
+    assert pm.from_name == "Jürgen" and pm.from_addr == "j@example.de"
+    assert pm.to == [("François", "f@example.fr")]
+    # a header with mixed encodings cannot be both: never surrogates, utf-8 else windows-1252
+    assert pm.subject == "GrÃ¼ÃŸe und cafÃ©" or pm.subject == "Grüße und café" or "caf" in pm.subject
+    assert_clean(pm)
+
+
+def test_8bit_utf8_subject_exact() -> None:
+    pm = parse_mail(b"From: a@example.com\nSubject: Testov\xc3\xa1c\xc3\xad email\n\nx\n")
+    assert pm.subject == "Testovácí email"
+    pm = parse_mail(b"From: a@example.com\nSubject: caf\xe9\n\nx\n")
+    assert pm.subject == "café"
+
+
+def test_rfc2047_unknown_charset_in_header() -> None:
+    pm = parse_mail(mail("From: a@example.com\nSubject: =?x-unknown?Q?caf=E9?=\n", base=False))
+    assert pm.subject == "café"
+    assert any("unknown charset" in d for d in pm.defects)
+
+
+# ---------------------------------------------------------------- body choice
+
+
+def test_alternative_prefers_plain_for_text_and_html_for_html() -> None:
+    pm = parse_multipart(
+        "alternative",
+        [
+            leaf("text/plain; charset=utf-8", "plain version"),
+            leaf("text/html; charset=utf-8", "<p>html version</p>"),
+        ],
+    )
+    assert pm.text.strip() == "plain version"
+    assert pm.html is not None and pm.html.strip() == "<p>html version</p>"
+    assert pm.attachments == []
+
+
+def test_alternative_html_first_order_does_not_matter() -> None:
+    pm = parse_multipart("alternative", [leaf("text/html", "<b>h</b>"), leaf("text/plain", "p")])
+    assert pm.text.strip() == "p" and (pm.html or "").strip() == "<b>h</b>"
+
+
+def test_non_multipart_html_mail() -> None:
+    pm = parse_mail(mail("Content-Type: text/html; charset=utf-8\n", "<p>only html</p>\n"))
+    assert pm.text == ""
+    assert pm.html == "<p>only html</p>\n"
+
+
+def test_mixed_body_then_attachments_and_text_attachment() -> None:
+    pm = parse_multipart(
+        "mixed",
+        [
+            multipart("alternative", [leaf("text/plain", "the body"), leaf("text/html", "<p>the body</p>")], "ALT"),
+            leaf("text/plain; name=notes.txt", "attached text", "Content-Disposition: attachment\n"),
+            leaf("text/plain", "log line", 'Content-Disposition: inline; filename="server.log"\n'),
+            leaf("application/pdf", base64.b64encode(b"%PDF-1.4 fake").decode(), "Content-Transfer-Encoding: base64\n"),
+        ],
+    )
+    assert pm.text.strip() == "the body"
+    assert (pm.html or "").strip() == "<p>the body</p>"
+    names = [(a.filename, a.content_type) for a in pm.attachments]
+    assert names == [("notes.txt", "text/plain"), ("server.log", "text/plain"), ("attachment-3.pdf", "application/pdf")]
+    assert pm.attachments[2].data == b"%PDF-1.4 fake"
+
+
+def test_mixed_several_inline_text_parts_are_the_body() -> None:
+    pm = parse_multipart(
+        "mixed",
+        [
+            leaf("text/plain", "first"),
+            leaf("image/png", base64.b64encode(b"\x89PNG").decode(), "Content-Transfer-Encoding: base64\nContent-Disposition: attachment; filename=a.png\n"),
+            leaf("text/plain", "second"),
+        ],
+    )
+    assert "first" in pm.text and "second" in pm.text
+    assert [a.filename for a in pm.attachments] == ["a.png"]
+
+
+def test_mixed_empty_plain_then_html() -> None:
+    pm = parse_multipart("mixed", [leaf("text/plain", ""), leaf("text/html", "<p>The html part.</p>")])
+    assert pm.text.strip() == ""
+    assert "The html part." in (pm.html or "")
+    assert pm.attachments == []
+
+
+def test_html_only_body_with_plain_footer_keeps_footer_as_attachment() -> None:
+    pm = parse_multipart("mixed", [leaf("text/html", "<p>main</p>"), leaf("text/plain", "list footer")])
+    assert pm.text == "" and "main" in (pm.html or "")
+    assert [a.data.strip() for a in pm.attachments] == [b"list footer"]
+
+
+def test_related_html_with_inline_image_keeps_content_id() -> None:
+    png = b"\x89PNG\r\n\x1a\nfake"
+    pm = parse_multipart(
+        "alternative",
+        [
+            leaf("text/plain", "see image"),
+            multipart(
+                "related",
+                [
+                    leaf("text/html", '<img src="cid:img1@x">'),
+                    leaf("image/png", base64.b64encode(png).decode(), "Content-Transfer-Encoding: base64\nContent-ID: <img1@x>\n"),
+                ],
+                "REL",
+            ),
+        ],
+    )
+    assert pm.text.strip() == "see image"
+    assert "cid:img1@x" in (pm.html or "")
+    assert len(pm.attachments) == 1
+    img = pm.attachments[0]
+    assert (img.content_id, img.inline, img.content_type, img.data) == ("img1@x", True, "image/png", png)
+    assert img.filename == "attachment-1.png"
+
+
+def test_unused_alternatives_are_not_attachments_but_calendar_is() -> None:
+    pm = parse_multipart(
+        "alternative",
+        [leaf("text/plain", "p"), leaf("text/watch-html", "<b>w</b>"), leaf("text/html", "<b>h</b>"), leaf("text/calendar; method=REQUEST", "BEGIN:VCALENDAR")],
+    )
+    assert [(a.filename, a.content_type) for a in pm.attachments] == [("attachment-1.ics", "text/calendar")]
+
+
+def test_root_attachment_only() -> None:
+    pm = parse_mail(mail("Content-Type: application/pdf; name=\"x.pdf\"\nContent-Transfer-Encoding: base64\n", base64.b64encode(b"PDF").decode()))
+    assert pm.text == "" and pm.html is None
+    assert [(a.filename, a.data) for a in pm.attachments] == [("x.pdf", b"PDF")]
+
+
+def test_missing_mime_boundary() -> None:
+    raw = mail("MIME-Version: 1.0\nContent-Type: multipart/mixed\n", "--foo\nContent-Type: text/plain\n\nhello\n--foo--\n")
+    pm = parse_mail(raw)
+    assert "hello" in pm.text
+    assert any("NoBoundaryInMultipartDefect" in d for d in pm.defects)
+
+
+def test_declared_boundary_never_found() -> None:
+    raw = mail('MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="nothere"\n', "just text\n")
+    pm = parse_mail(raw)
+    assert "just text" in pm.text
+    assert any("StartBoundaryNotFoundDefect" in d for d in pm.defects)
+
+
+def test_missing_close_boundary() -> None:
+    raw = mail('MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n', "--b\nContent-Type: text/plain\n\nbody text\n")
+    pm = parse_mail(raw)
+    assert "body text" in pm.text
+    assert any("CloseBoundaryNotFoundDefect" in d for d in pm.defects)
+
+
+def test_nul_removed_from_body() -> None:
+    pm = parse_mail(mail("", b"a\x00b\n"))
+    assert pm.text == "ab\n"
+
+
+# ---------------------------------------------------------------- attachments
+
+
+def test_bad_base64_decoded_leniently_with_defect() -> None:
+    good = base64.b64encode(b"hello world!").decode()
+    pm = parse_multipart(
+        "mixed",
+        [
+            leaf("text/plain", "body"),
+            leaf("application/octet-stream; name=a.bin", good[:-3] + "!!\n", "Content-Transfer-Encoding: base64\n"),
+        ],
+    )
+    assert len(pm.attachments) == 1
+    assert pm.attachments[0].data.startswith(b"hello wor")
+    assert any("Base64" in d for d in pm.defects)
+
+
+def test_rfc2231_and_rfc2047_filenames() -> None:
+    pm = parse_multipart(
+        "mixed",
+        [
+            leaf("text/plain", "b"),
+            leaf("application/octet-stream", "x", "Content-Disposition: attachment; filename*=utf-8''%E3%83%86%E3%82%B9%E3%83%88.txt\n"),
+            leaf("application/octet-stream", "x", 'Content-Disposition: attachment; filename="=?utf-8?B?w4RyZ2VyLnBkZg==?="\n'),
+            leaf("application/octet-stream", "x", "Content-Disposition: attachment;\n filename*0*=iso-8859-1''caf%E9;\n filename*1=\".doc\"\n"),
+            leaf('application/octet-stream; name="from-content-type.bin"', "x"),
+            leaf('application/octet-stream; name="ct.bin"', "x", 'Content-Disposition: attachment; filename="cd.bin"\n'),
+        ],
+    )
+    assert [a.filename for a in pm.attachments] == ["テスト.txt", "Ärger.pdf", "café.doc", "from-content-type.bin", "cd.bin"]
+
+
+def test_duplicate_names_made_unique() -> None:
+    parts = [leaf("text/plain", "body")]
+    parts += [leaf("application/pdf", "x", 'Content-Disposition: attachment; filename="report.pdf"\n') for _ in range(3)]
+    parts.append(leaf("application/pdf", "x", 'Content-Disposition: attachment; filename="REPORT.pdf"\n'))
+    pm = parse_multipart("mixed", parts)
+    assert [a.filename for a in pm.attachments] == ["report.pdf", "report (2).pdf", "report (3).pdf", "REPORT (4).pdf"]
+
+
+def test_nested_message_is_one_attachment() -> None:
+    inner = (
+        "From: x@example.com\nSubject: Original: problem\nMessage-ID: <inner@x>\n"
+        + multipart("mixed", [leaf("text/plain", "inner body"), leaf("application/pdf; name=inner.pdf", "x")], "INNER")
+    )
+    pm = parse_multipart(
+        "mixed",
+        [leaf("text/plain", "see forwarded"), leaf("message/rfc822", inner, "Content-Disposition: attachment\n")],
+    )
+    assert pm.text.strip() == "see forwarded"
+    assert len(pm.attachments) == 1
+    a = pm.attachments[0]
+    assert a.content_type == "message/rfc822"
+    assert a.filename == "Original: problem.eml"
+    assert a.data.startswith(b"From: x@example.com\nSubject: Original: problem\n")
+    assert b"inner body" in a.data and b"--INNER--" in a.data
+    assert pm.message_id is None  # the inner Message-ID is not the outer one
+
+
+def test_nested_message_without_subject() -> None:
+    pm = parse_multipart("mixed", [leaf("text/plain", "b"), leaf("message/rfc822", "From: x@example.com\n\nhi\n")])
+    assert [(a.filename, a.content_type) for a in pm.attachments] == [("attachment-1.eml", "message/rfc822")]
+    assert pm.attachments[0].data == b"From: x@example.com\n\nhi\n"
+
+
+def test_nested_message_raw_bytes_crlf_and_8bit() -> None:
+    inner = b"From: x@example.com\r\nSubject: Gr\xc3\xbc\xc3\x9fe\r\n\r\nbody \xe9\r\n"
+    outer = (
+        b"From: a@example.com\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"\r\n--b--\r\n"
+    )
+    pm = parse_mail(outer)
+    assert [a.filename for a in pm.attachments] == ["Grüße.eml"]
+    assert pm.attachments[0].data == inner  # the line ending before the boundary belongs to the boundary
+    assert pm.text == "hi"
+
+
+def test_winmail_dat_kept_as_is() -> None:
+    blob = b"\x78\x9f\x3e\x22" + bytes(range(256))
+    pm = parse_multipart(
+        "mixed",
+        [
+            leaf("text/plain", "body"),
+            leaf('application/ms-tnef; name="winmail.dat"', base64.b64encode(blob).decode(), "Content-Transfer-Encoding: base64\n"),
+        ],
+    )
+    assert [(a.filename, a.content_type, a.data) for a in pm.attachments] == [("winmail.dat", "application/ms-tnef", blob)]
+
+
+def test_pgp_signed_body_and_signature_attachment() -> None:
+    pm = parse_multipart(
+        'signed; micalg=pgp-sha256; protocol="application/pgp-signature"',
+        [
+            multipart("mixed", [leaf("text/plain", "signed body"), leaf("text/plain; name=a.txt", "att", "Content-Disposition: attachment\n")], "IN"),
+            leaf('application/pgp-signature; name="signature.asc"', "-----BEGIN PGP SIGNATURE-----\n...\n-----END PGP SIGNATURE-----"),
+        ],
+    )
+    assert pm.text.strip() == "signed body"
+    assert [(a.filename, a.content_type) for a in pm.attachments] == [("a.txt", "text/plain"), ("signature.asc", "application/pgp-signature")]
+    assert pm.attachments[1].data.startswith(b"-----BEGIN PGP SIGNATURE-----")
+
+
+def test_pgp_encrypted_gives_no_body_and_two_attachments() -> None:
+    pm = parse_multipart(
+        'encrypted; protocol="application/pgp-encrypted"',
+        [leaf("application/pgp-encrypted", "Version: 1"), leaf('application/octet-stream; name="encrypted.asc"', "-----BEGIN PGP MESSAGE-----")],
+    )
+    assert pm.text == "" and pm.html is None
+    assert [a.content_type for a in pm.attachments] == ["application/pgp-encrypted", "application/octet-stream"]
+
+
+def test_delivery_report_parts() -> None:
+    pm = parse_multipart(
+        "report; report-type=delivery-status",
+        [
+            leaf("text/plain", "Your message could not be delivered."),
+            leaf("message/delivery-status", "Reporting-MTA: dns; mx.example.com\n\nFinal-Recipient: rfc822; gone@example.com\nStatus: 5.1.1\n"),
+            leaf("text/rfc822-headers", "From: a@example.com\nSubject: hi\n"),
+        ],
+    )
+    assert "could not be delivered" in pm.text
+    kinds = [(a.content_type, a.filename) for a in pm.attachments]
+    assert kinds == [("message/delivery-status", "attachment-1.txt"), ("text/rfc822-headers", "attachment-2.txt")]
+    assert b"Status: 5.1.1" in pm.attachments[0].data and b"Reporting-MTA" in pm.attachments[0].data
+
+
+# ---------------------------------------------------------------- safe_filename
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("../../etc/passwd", "passwd"),
+        ("/etc/passwd", "passwd"),
+        ("..\\x", "x"),
+        ("C:\\Windows\\evil.exe", "evil.exe"),
+        ("C:evil.exe", "evil.exe"),
+        ("a\x00b.txt", "ab.txt"),
+        ("invoice\u202egpj.exe", "invoicegpj.exe"),
+        ("zero\u200bwidth\ufeff\u2066.pdf", "zerowidth.pdf"),
+        (".htaccess", "htaccess"),
+        ("...", "attachment-7.pdf"),
+        ("..", "attachment-7.pdf"),
+        ("", "attachment-7.pdf"),
+        (None, "attachment-7.pdf"),
+        ("dir/", "dir"),
+        ("line\r\nbreak.txt", "line break.txt"),
+        ("CON.txt", "_CON.txt"),
+        ("ok name (1).tar.gz", "ok name (1).tar.gz"),
+    ],
+)
+def test_safe_filename(name: str | None, expected: str) -> None:
+    assert safe_filename(name, content_type="application/pdf", index=7) == expected
+
+
+def test_safe_filename_length_keeps_extension() -> None:
+    out = safe_filename("a" * 300 + ".pdf", content_type="application/pdf", index=1)
+    assert out.endswith(".pdf") and len(out.encode()) == 255
+    out = safe_filename("ä" * 300 + ".docx", content_type="application/pdf", index=1)
+    assert out.endswith(".docx") and len(out.encode()) <= 255 and "\ufffd" not in out
+    out = safe_filename("x." + "e" * 300, content_type="text/plain", index=1)
+    assert len(out.encode()) <= 255 and out
+
+
+def test_safe_filename_fallback_extension_from_content_type() -> None:
+    assert safe_filename(None, content_type="image/png", index=3) == "attachment-3.png"
+    assert safe_filename(None, content_type="message/rfc822", index=1) == "attachment-1.eml"
+    assert safe_filename(None, content_type="application/x-weird", index=2) == "attachment-2.bin"
+
+
+def test_safe_filename_surrogates_removed() -> None:
+    assert safe_filename("a\udce9b.txt", content_type="text/plain", index=1) == "ab.txt"
+
+
+@pytest.mark.parametrize(
+    "disposition, expected",
+    [
+        ('filename="../../etc/passwd"', "passwd"),
+        ('filename="/etc/passwd"', "passwd"),
+        ('filename="..\\\\x"', "x"),
+        ("filename*=utf-8''a%00b.txt", "ab.txt"),
+        ("filename*=utf-8''evil%E2%80%AEfdp.exe", "evilfdp.exe"),
+        ('filename="' + "n" * 300 + '.pdf"', "n" * 251 + ".pdf"),
+    ],
+)
+def test_attachment_names_are_safe_in_parse_mail(disposition: str, expected: str) -> None:
+    pm = parse_multipart("mixed", [leaf("text/plain", "b"), leaf("application/pdf", "x", f"Content-Disposition: attachment; {disposition}\n")])
+    assert [a.filename for a in pm.attachments] == [expected]
+
+
+# ---------------------------------------------------------------- guards
+
+
+def nested_tree(levels: int) -> bytes:
+    out = [b"From: a@example.com\nSubject: deep\nMIME-Version: 1.0\n"]
+    for i in range(levels):
+        out.append(b'Content-Type: multipart/mixed; boundary="b%d"\n\n--b%d\n' % (i, i))
+    out.append(b"Content-Type: text/plain\n\nhello\n")
+    for i in reversed(range(levels)):
+        out.append(b"--b%d--\n" % i)
+    return b"".join(out)
+
+
+def test_2000_level_nested_tree_is_rejected_quickly() -> None:
+    raw = nested_tree(2000)
+    t0 = time.process_time()
+    with pytest.raises(MailParseError) as exc:
+        parse_mail(raw)
+    assert time.process_time() - t0 < 2.0
+    assert exc.value.reason == "MIME nesting deeper than 50 levels"
+
+
+@pytest.mark.parametrize("levels", [51, 60, 99, 120, 900])
+def test_nesting_just_over_the_limit_is_rejected(levels: int) -> None:
+    with pytest.raises(MailParseError, match="MIME nesting deeper than 50 levels"):
+        parse_mail(nested_tree(levels))
+
+
+def test_nesting_at_the_limit_is_accepted() -> None:
+    pm = parse_mail(nested_tree(50))
+    assert pm.text == "hello"  # the line ending before a boundary belongs to the boundary
+
+
+def test_nested_message_rfc822_counts_towards_depth() -> None:
+    raw = b"From: a@example.com\nSubject: s\n"
+    for _ in range(60):
+        raw += b"Content-Type: message/rfc822\n\nFrom: a@example.com\n"
+    raw += b"\nhello\n"
+    with pytest.raises(MailParseError, match="nesting"):
+        parse_mail(raw)
+
+
+def test_50000_part_message_is_rejected_quickly() -> None:
+    body = b"".join(b"--p\nContent-Type: text/plain\n\nx\n" for _ in range(50000)) + b"--p--\n"
+    raw = b'From: a@example.com\nSubject: many\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="p"\n\n' + body
+    t0 = time.process_time()
+    with pytest.raises(MailParseError) as exc:
+        parse_mail(raw)
+    assert time.process_time() - t0 < 2.0
+    assert exc.value.reason == "message has more than 1000 MIME parts"
+
+
+def test_part_limit_is_exact() -> None:
+    def many(n: int) -> bytes:
+        body = b"".join(b"--p\nContent-Type: application/octet-stream\n\nx\n" for _ in range(n)) + b"--p--\n"
+        return b'From: a@example.com\nContent-Type: multipart/mixed; boundary="p"\n\n' + body
+
+    assert len(parse_mail(many(1000)).attachments) == 1000
+    with pytest.raises(MailParseError):
+        parse_mail(many(1001))
+    assert len(parse_mail(many(20), max_parts=20).attachments) == 20
+    with pytest.raises(MailParseError, match="more than 19 MIME parts"):
+        parse_mail(many(20), max_parts=19)
+
+
+# ---------------------------------------------------------------- robustness sweep
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_mutated_mails_never_crash(seed: int) -> None:
+    rng = random.Random(seed)
+    base = bytearray(
+        mail(
+            "MIME-Version: 1.0\nCc: =?utf-8?B?w4Q=?= <c@example.com>\nDate: Tue, 01 Aug 2023 10:00:00 +0200\n",
+            multipart(
+                "mixed",
+                [
+                    leaf("text/plain; charset=utf-8", "hällo"),
+                    leaf("application/pdf; name*=utf-8''r%C3%A9.pdf", base64.b64encode(b"x" * 50).decode(), "Content-Transfer-Encoding: base64\n"),
+                    leaf("message/rfc822", "Subject: in\n\nx"),
+                ],
+            ).split("\n\n", 1)[1],
+            base=True,
+        ).replace(b"Subject: test\n", b'Subject: test\nContent-Type: multipart/mixed; boundary="BOUNDARY"\n')
+    )
+    for _ in range(rng.randint(1, 30)):
+        pos = rng.randrange(len(base))
+        op = rng.random()
+        if op < 0.4:
+            base[pos] = rng.randrange(256)
+        elif op < 0.7:
+            del base[pos : pos + rng.randint(1, 20)]
+        else:
+            base[pos:pos] = bytes(rng.choice([b"\n", b"--BOUNDARY\n", b"=?", b"\xff", b";", b'"', b"\x00"]))
+    try:
+        pm = parse_mail(bytes(base))
+    except MailParseError as exc:
+        assert exc.reason
+        return
+    assert isinstance(pm, ParsedMail)
+    assert all(isinstance(a, Part) for a in pm.attachments)
+    assert_clean(pm)
