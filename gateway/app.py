@@ -52,7 +52,14 @@ def build_app(config: Config, *, clock: Clock = system_clock, pipeline: Sequence
 
 def _install_features() -> list:  # type: ignore[type-arg]
     """Features that listen to ticket events (notifications, SLA) register themselves here."""
-    return []
+    features: list = []  # type: ignore[type-arg]
+    from gateway.sla import install as install_sla
+
+    features.append(install_sla)
+    from gateway.outbound import install as install_outbound
+
+    features.append(install_outbound)
+    return features
 
 
 _FEATURES = _install_features()

@@ -68,6 +68,12 @@ def _raw_header_values(msg: Message, name: str) -> list[str]:
 
 
 def _decode_raw(value: str) -> str:
+    if any("\udc80" <= c <= "\udcff" for c in value):  # raw 8-bit bytes kept as surrogates by the parser
+        b = value.encode("utf-8", "surrogateescape")
+        try:
+            value = b.decode("utf-8")
+        except UnicodeDecodeError:
+            value = b.decode("windows-1252", "replace")
     try:
         return str(make_header(decode_header(value)))
     except Exception:
@@ -75,19 +81,9 @@ def _decode_raw(value: str) -> str:
 
 
 def _headers(msg: Message, name: str) -> list[str]:
-    """All values of header ``name`` as str, never raising."""
-    try:
-        values = msg.get_all(name) or []
-        return [str(v) for v in values]
-    except Exception:
-        return [_decode_raw(v) for v in _raw_header_values(msg, name)]
-
-
-def _raw_items(msg: Message) -> list[tuple[str, str]]:
-    try:
-        return [(k, v if isinstance(v, str) else str(v)) for k, v in msg.raw_items()]
-    except Exception:  # noqa: BLE001 -- a compat32 Message without raw_items
-        return [(k, str(v)) for k, v in msg.items()]
+    """All values of header ``name`` as str, never raising. Read raw and decoded here: policy.default's
+    address parser can spend minutes of CPU on one hostile header, and renders bad addresses as '<>'."""
+    return [_decode_raw(" ".join(v.split())) for v in _raw_header_values(msg, name)]
 
 
 def _header(msg: Message, name: str) -> str | None:
@@ -442,8 +438,7 @@ def _classify(
                 add(Verdict("auto_reply", "envelope sender <>"))
 
     # 4. daemon / noreply senders; "From: Name <>" is a null From address
-    # the raw header: policy.default renders an unparseable address ("a@b@c") as "<>", which is not a null From
-    from_header = next((str(v) for k, v in _raw_items(msg) if k.lower() == "from"), "")
+    from_header = _header(msg, "From") or ""
     if re.search(r"<\s*>", from_header) and dsn_evidence is None and not _is_null_sender(envelope_from):
         ev = _bounce_evidence(msg, subject, ctypes, report_types)
         add(Verdict("bounce", f"From: <> and {ev}") if ev else Verdict("auto_reply", "From: <> (null address)"))

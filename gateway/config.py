@@ -63,6 +63,17 @@ def _tag_prefix(v: str) -> str | None:
     return None if re.fullmatch(r"[A-Za-z0-9#_-]{1,16}", v) else "letters, digits, # _ - only (1-16)"
 
 
+def _group_addresses(v: dict[str, Any]) -> str | None:
+    bad = [k for k, a in v.items() if not isinstance(a, str) or not _ADDR.match(a)]
+    return f"{bad[0]}: not an email address: {v[bad[0]]!r}" if bad else None
+
+
+def _sla_policies(v: list[Any]) -> str | None:
+    from gateway.sla.store import check_seed  # only when the config seeds policies
+
+    return check_seed(v)
+
+
 SCHEMA: dict[str, Section] = {
     "gateway": Section(
         "What the gateway is and whom it serves.",
@@ -84,6 +95,12 @@ SCHEMA: dict[str, Section] = {
             "subject_tag_prefix": Key(str, "#", "Subject tag prefix: '#' gives '[#42]'.", check=_tag_prefix),
             "reopen_days": Key(int, 14, "A reply to a closed ticket reopens it within this many days of closing; "
                                "later it opens a new ticket linked to the old one.", check=_non_negative),
+            "body_delimiters": Key(list, [], "Lines that end the useful text of a mail (for example "
+                                   "'--- Reply above this line ---'); the text from such a line on is dropped from "
+                                   "the visible text (also when quoted with '>'). The full text is kept.",
+                                   item_type=str),
+            "body_delimiters_regex": Key(bool, False, "Treat gateway.body_delimiters as regular expressions "
+                                         "(Python syntax) matched against whole lines."),
             "staff_comments_internal": Key(bool, False,
                                            "Comments that staff send by mail are internal notes (else public)."),
         },
@@ -110,6 +127,177 @@ SCHEMA: dict[str, Section] = {
             "max_mime_depth": Key(int, 50, "Deepest MIME nesting parsed; deeper mail is quarantined.",
                                   check=_positive),
             "max_mime_parts": Key(int, 1000, "Most MIME parts parsed; more is quarantined.", check=_positive),
+            "max_sessions": Key(int, 100, "SMTP/LMTP: most concurrent sessions over all listeners; more are "
+                                "answered 421 and closed.", check=_positive),
+            "max_recipients": Key(int, 100, "SMTP/LMTP: most recipients per mail; more get 452.", check=_positive),
+            "session_idle_seconds": Key(int, 300, "SMTP/LMTP: close a session when the client sends nothing for "
+                                        "this long (also inside DATA).", check=_positive),
+            "session_max_seconds": Key(int, 1800, "SMTP/LMTP: close a session that lasts longer than this "
+                                       "(slow clients).", check=_positive),
+        },
+    ),
+    "listen": Section(
+        "SMTP and LMTP listeners ([[listen]], any number). Without any [[listen]] table the service listens on "
+        "127.0.0.1:2525 (SMTP) and 127.0.0.1:2424 (LMTP).",
+        {
+            "protocol": Key(str, "smtp", "What the listener speaks.", choices=("smtp", "lmtp")),
+            "host": Key(str, "127.0.0.1", "Address to bind ('::' or '0.0.0.0' for all)."),
+            "port": Key(int, 0, "TCP port. 0: the protocol's default (SMTP 2525, LMTP 2424).", check=_port),
+            "path": Key(str, "", "Unix socket path instead of host and port (e.g. for Postfix LMTP)."),
+            "socket_mode": Key(str, "0660", "Permissions of the Unix socket (octal).",
+                               check=lambda v: None if re.fullmatch(r"0?[0-7]{3}", v) else "an octal mode like 0660"),
+            "tls_cert": Key(str, "", "PEM certificate (chain) file: offer STARTTLS. Empty: no STARTTLS."),
+            "tls_key": Key(str, "", "PEM private key file for tls_cert."),
+            "require_starttls": Key(bool, False, "Refuse mail before STARTTLS (needs tls_cert and tls_key)."),
+        },
+        many=True,
+        example_items=({"protocol": "smtp", "host": "127.0.0.1", "port": 2525},
+                       {"protocol": "lmtp", "host": "127.0.0.1", "port": 2424}),
+    ),
+    "routes": Section(
+        "Defaults for new tickets by recipient address ([[routes]], any number). The first route whose address "
+        "matches a recipient of the mail (exactly, or its +token sub-addresses) applies.",
+        {
+            "address": Key(str, None, "Required: a gateway address.", check=lambda v: _addresses([v])),
+            "group": Key(str, "", "Group (queue) new tickets are assigned to. Empty: none."),
+            "priority": Key(str, "medium", "Priority of new tickets.", choices=("low", "medium", "high", "critical")),
+            "type": Key(str, "incident", "Type of new tickets.",
+                        choices=("incident", "problem", "service_request", "change_request")),
+        },
+        many=True,
+        example_items=({"address": "support@localhost", "group": "first-level", "priority": "medium",
+                        "type": "incident"},),
+    ),
+    "serve": Section(
+        "The long-running service (`ticket-gateway serve`).",
+        {
+            "hostname": Key(str, "", "Name in the SMTP/LMTP greeting. Empty: this host's name."),
+            "workers": Key(int, 1, "Threads that turn stored mail into tickets and comments.", check=_positive),
+            "pending_sweep_seconds": Key(int, 60, "How often stored mail that was not threaded yet (after an "
+                                         "outage or a crash) is threaded again.", check=_positive),
+            "shutdown_grace_seconds": Key(int, 20, "On SIGTERM: how long in-flight sessions may take to finish "
+                                          "(the process exits within this plus a few seconds).",
+                                          check=lambda v: None if 1 <= v <= 25 else "must be 1-25"),
+        },
+    ),
+    "outbound": Section(
+        "Outgoing mail (acknowledgements and notifications): who it comes from and how it leaves. Every mail "
+        "is first written to the outbox table in the same transaction as the change that caused it, then "
+        "delivered by the service (or `ticket-gateway outbox flush`) with retries.",
+        {
+            "enabled": Key(bool, True, "Write notifications to the outbox at all."),
+            "from_address": Key(str, "", "From address of every mail. Empty: the first of gateway.addresses. "
+                                "Replies go to a signed sub-address of it (support+<token>@...), so it should be "
+                                "one of gateway.addresses.", check=lambda v: _addresses([v]) if v else None),
+            "from_name": Key(str, "Support", "Display name in From."),
+            "domain": Key(str, "", "Domain of the Message-IDs of outgoing mail. Empty: the domain of from_address.",
+                          check=lambda v: None if not v or re.fullmatch(r"[A-Za-z0-9.-]+", v)
+                          else "a domain name like example.com"),
+            "reply_secret": Key(str, "", "Secret for the signed reply addresses (HMAC), at least 24 characters "
+                                "(96 bits or more; e.g. `openssl rand -hex 16`). Empty: a random secret is generated "
+                                "on first start and kept in <gateway.data_dir>/reply-secret (back it up with the "
+                                "database: changing it invalidates the reply addresses of mail already sent).",
+                                check=lambda v: None if not v or len(v) >= 24 else "must be at least 24 characters"),
+            "relay_host": Key(str, "", "SMTP relay (smarthost) that delivers the mail. Empty: no relay; mail is "
+                              "written to the Maildir <gateway.data_dir>/outbox-maildir instead (read it to see what "
+                              "would have been sent)."),
+            "relay_port": Key(int, 587, "Port of the relay.", check=_port),
+            "relay_security": Key(str, "starttls", "'starttls' (submission, port 587), 'tls' (implicit TLS, port "
+                                  "465) or 'none' (plain, e.g. a local MTA on port 25).",
+                                  choices=("starttls", "tls", "none")),
+            "relay_user": Key(str, "", "Login name at the relay. Empty: no login."),
+            "relay_password_file": Key(str, "", "File holding the relay password (first line)."),
+            "relay_timeout_seconds": Key(int, 30, "Network timeout talking to the relay.", check=_positive),
+            "retry_base_seconds": Key(int, 60, "First retry this long after a temporary failure; doubled each time.",
+                                      check=_positive),
+            "retry_max_seconds": Key(int, 3600, "Longest wait between two tries.", check=_positive),
+            "give_up_hours": Key(int, 48, "A mail still not accepted this long after it was queued is marked "
+                                 "failed.", check=_positive),
+            "batch_size": Key(int, 200, "Most mails claimed by one delivery round.", check=_positive),
+            "lease_seconds": Key(int, 300, "A claimed mail not confirmed within this time (crashed sender) is "
+                                 "delivered again, with the same Message-ID.", check=_positive),
+        },
+    ),
+    "notifications": Section(
+        "Which events send mail, to whom, with which templates, and the caps that stop mail loops.",
+        {
+            "ticket_created": Key(bool, True, "Acknowledge a new ticket to its reporter (never to auto-replies, "
+                                  "bounces, bulk mail, no-reply senders or the gateway itself)."),
+            "staff_new_ticket": Key(bool, True, "Tell staff about a new ticket (all staff contacts)."),
+            "comment": Key(bool, True, "Send public comments to the reporter, watchers and assignee (never to "
+                           "their author)."),
+            "internal_note": Key(bool, True, "Send internal notes to the staff concerned (assignee, staff watchers)."),
+            "status": Key(bool, True, "Tell the reporter and watchers when a ticket is resolved, closed or pending."),
+            "assignment": Key(bool, True, "Tell the new assignee."),
+            "rejected": Key(bool, True, "Send a polite notice to a rejected unknown sender (at most one per sender "
+                            "per day)."),
+            "cc_watchers": Key(bool, True, "Show the reporter in To and the watchers in Cc of every copy (each "
+                               "recipient still gets a copy of their own with a personal reply address). false: "
+                               "each copy names its recipient only."),
+            "template_dir": Key(str, "", "Directory with templates overriding the built-in ones (same file names, "
+                                "e.g. comment.txt.j2). Empty: built-in templates only."),
+            "max_per_ticket_10min": Key(int, 10, "Most notification rounds caused by inbound mail per ticket in "
+                                        "10 minutes; more are suppressed (loop guard).", check=_positive),
+            "max_per_recipient_day": Key(int, 40, "Most mails caused by inbound mail to one address in 24 hours; "
+                                         "more are suppressed (loop guard).", check=_positive),
+        },
+    ),
+    "imap": Section(
+        "IMAP mailboxes the gateway fetches mail from ([[imap]], any number). Each new message is stored and "
+        "threaded, then moved to processed_folder (quarantine_folder when quarantined); the service waits "
+        "with IDLE where the server has it, else polls. `ticket-gateway imap poll` drains them once.",
+        {
+            "name": Key(str, None, "Required: a short unique name for the account (logs, state, --account).",
+                        check=lambda v: None if re.fullmatch(r"[A-Za-z0-9._-]{1,100}", v)
+                        else "letters, digits, . _ - only (1-100)"),
+            "host": Key(str, None, "Required: the IMAP server's host name."),
+            "port": Key(int, 0, "TCP port. 0: 993 for security 'tls', else 143.", check=_port),
+            "security": Key(str, "tls", "Connection security (certificates are verified).",
+                            choices=("tls", "starttls", "none")),
+            "user": Key(str, None, "Required: the login name."),
+            "password": Key(str, "", "The password (prefer password_file)."),
+            "password_file": Key(str, "", "File whose first line is the password (relative to the config file)."),
+            "address": Key(str, "", "The gateway address this mailbox receives mail for (recorded as the "
+                           "envelope recipient; selects routing). Empty: none.",
+                           check=lambda v: _addresses([v]) if v else None),
+            "folder": Key(str, "INBOX", "Folder to fetch from."),
+            "processed_folder": Key(str, "Processed", "Where fetched mail is moved after it was stored (created "
+                                    "when missing). Empty: fetched mail is deleted from the server."),
+            "quarantine_folder": Key(str, "Quarantine", "Where quarantined mail (and mail over "
+                                     "limits.max_message_size) is moved (created when missing). Empty: "
+                                     "processed_folder."),
+            "poll_seconds": Key(int, 60, "Servers without IDLE: how often the folder is checked.", check=_positive),
+            "idle_seconds": Key(int, 300, "Servers with IDLE: re-issue IDLE this often (servers drop idle "
+                                "clients after 30 minutes; NAT boxes sooner).", check=_positive),
+            "batch_size": Key(int, 50, "Messages fetched per FETCH command.", check=_positive),
+            "timeout_seconds": Key(int, 60, "Network timeout for connecting and for every read.", check=_positive),
+        },
+        many=True,
+        example_items=({"name": "support", "host": "imap.example.com", "security": "tls",
+                        "user": "support@example.com", "password_file": "/etc/ticket-gateway/imap-password",
+                        "address": "support@example.com", "folder": "INBOX", "processed_folder": "Processed",
+                        "quarantine_folder": "Quarantine"},),
+    ),
+    "sla": Section(
+        "Service levels: response and resolution deadlines, pending reminders and escalation mails. Policies "
+        "live in the database (`ticket-gateway sla policies add|list|remove`); `policies` below seeds it.",
+        {
+            "enabled": Key(bool, True, "Stamp SLA deadlines on tickets and run the SLA sweep."),
+            "sweep_seconds": Key(int, 60, "How often `serve` sweeps for due escalations and pending reminders "
+                                 "(`ticket-gateway sla tick` sweeps once by hand).", check=_positive),
+            "at_risk_minutes": Key(int, 60, "A running clock this close to its deadline shows as at risk (amber) "
+                                   "even before its warning threshold.", check=_positive),
+            "batch_size": Key(int, 500, "Tickets handled per sweep transaction.", check=_positive),
+            "group_addresses": Key(dict, {}, "Where mail for a group goes (pending reminders when the ticket has "
+                                   "no assignee, escalations): group name -> address, e.g. "
+                                   "{ first-level = \"l1@example.com\" }.", check=lambda v: _group_addresses(v)),
+            "policies": Key(list, [], "Policies seeded into the database on first use, in order (a policy whose "
+                            "name the database knows, even a removed one, is left alone). Each: { name, response, "
+                            "resolution (minutes), priorities, types, organisations, groups (lists; empty: all), "
+                            "warn_at (percent used, default 80), warn_before (minutes), escalate_to (addresses), "
+                            "calendar (\"Europe/Berlin mon-fri 09:00-17:00\"; none: around the clock), holidays "
+                            "(dates), notify_assignee, notify_group, active }.", item_type=dict,
+                            check=lambda v: _sla_policies(v)),
         },
     ),
     "logging": Section(

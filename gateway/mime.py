@@ -151,6 +151,35 @@ def _norm_charset(charset: str | None) -> str | None:
     return _CHARSET_ALIASES.get(cs, cs)
 
 
+_JIS_VARIANTS = {"iso2022_jp": ("iso2022_jp_ext", "iso2022_jp_2", "iso2022_jp_3", "iso2022_jp_2004"),
+                 "shift_jis": ("cp932",), "euc_jp": ("euc_jis_2004",), "gb2312": ("gb18030",), "gbk": ("gb18030",),
+                 "euc_kr": ("cp949",), "ks_c_5601_1987": ("cp949",)}
+
+
+def _mostly_decodable(data: bytes, cs: str) -> str | None:
+    """Text in the declared charset despite a few bad bytes: a vendor superset of the charset
+    (ISO-2022-JP extensions, CP932, GB18030, ...) or, when at most 1 in 50 characters is bad, the declared
+    charset with the bad bytes replaced. None when the declared charset is plainly wrong."""
+    name = codecs.lookup(cs).name.replace("-", "_")
+    for variant in _JIS_VARIANTS.get(name, ()):
+        try:
+            return _no_surrogates(data.decode(variant))
+        except (UnicodeError, LookupError):
+            continue
+    text = data.decode(cs, "replace")
+    bad = text.count("\ufffd")
+    if name.startswith("iso2022"):
+        return _no_surrogates(text)
+    if name == "utf_8":
+        # real UTF-8 with a few broken bytes has more well-formed multibyte characters than broken ones;
+        # Latin-1 text labelled UTF-8 has none
+        good = sum(1 for c in text if c > "\x7f" and c != "\ufffd")
+        return _no_surrogates(text) if good >= bad else None
+    if bad and bad * 50 <= max(len(text), 1):
+        return _no_surrogates(text)
+    return None
+
+
 def _decode_text(data: bytes, charset: str | None, what: str, defects: list[str]) -> str:
     """Decode with the declared charset, falling back to utf-8, windows-1252, latin-1."""
     cs = _norm_charset(charset)
@@ -163,6 +192,10 @@ def _decode_text(data: bytes, charset: str | None, what: str, defects: list[str]
             problem = f"unknown charset {cs!r}"
         except (UnicodeError, ValueError, TypeError):
             problem = f"bytes are not valid {cs!r}"
+            mostly = _mostly_decodable(data, cs)
+            if mostly is not None:
+                defects.append(f"{what}: {problem}, undecodable bytes replaced with U+FFFD")
+                return mostly
         except Exception as exc:  # pragma: no cover - defensive (codec bugs)
             problem = f"charset {cs!r} failed ({type(exc).__name__})"
     else:
@@ -373,8 +406,9 @@ def _content_type(part: Message, defects: list[str]) -> tuple[str, dict[str, str
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
 _ADDR_SPEC = re.compile(
     rf'(?:{_ATEXT}(?:\.{_ATEXT})*|"(?:[^"\\\r\n]|\\.)*")@'
-    r"(?:[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
-    r"(?:\.[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?)*"
+    # domain labels: letters, digits, hyphens inside; '_' is tolerated (seen in real mail)
+    r"(?:[A-Za-z0-9_\u0080-\U0010ffff](?:[A-Za-z0-9_\-\u0080-\U0010ffff]*[A-Za-z0-9_\u0080-\U0010ffff])?"
+    r"(?:\.[A-Za-z0-9_\u0080-\U0010ffff](?:[A-Za-z0-9_\-\u0080-\U0010ffff]*[A-Za-z0-9_\u0080-\U0010ffff])?)*"
     r"|\[[^\[\]\\\s]*\])"
 )
 

@@ -321,6 +321,71 @@ class SlaEscalation(Base):
 
 # Sweep indexes: SLA clocks with something due (partial: only rows with a next_at), and pending
 # reminders that are due (status = 'pending' AND remind_at <= now).
-Index("ix_sla_clocks_next_at", SlaClock.next_at, sqlite_where=SlaClock.next_at.isnot(None),
-      postgresql_where=SlaClock.next_at.isnot(None))
+Index("ix_sla_clocks_next_at", SlaClock.next_at, SlaClock.ticket_id,
+      sqlite_where=SlaClock.next_at.isnot(None), postgresql_where=SlaClock.next_at.isnot(None))
 Index("ix_tickets_status_remind_at", Ticket.status, Ticket.remind_at)
+
+
+# Outbound mail (gateway.outbound) ----------------------------------------------------------------------------
+OUTBOX_STATUSES = ("queued", "sent", "failed", "suppressed")
+
+
+class OutboxMail(Base):
+    """One outgoing mail to one envelope recipient, written in the transaction of the change that caused it.
+
+    `raw` holds the finished bytes, so a resend (after a crash or a lost answer) is identical and keeps its
+    Message-ID. The rows are also the rate-limit bookkeeping (per ticket, per recipient): `suppressed` rows
+    record mail that a cap or a rule held back, with the reason in last_error."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"), nullable=True)
+    comment_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    event: Mapped[str] = mapped_column(String(32))  # ticket_created | staff_new_ticket | comment | ...
+    batch: Mapped[str] = mapped_column(String(32))  # one per event: the notification round
+    caused_by_mail: Mapped[bool] = mapped_column(Boolean, default=False)  # counts against the rate caps
+    recipient: Mapped[str] = mapped_column(String(320))  # the one envelope recipient
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"), nullable=True)
+    token: Mapped[str | None] = mapped_column(String(64), nullable=True)  # reply/VERP token
+    envelope_from: Mapped[str] = mapped_column(String(320))
+    message_id: Mapped[str] = mapped_column(String(255), unique=True)  # without <>
+    subject: Mapped[str] = mapped_column(Text, default="")
+    raw: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | sent | failed | suppressed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    claim_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    __table_args__ = (
+        Index("ix_outbox_due", "status", "next_attempt_at"),
+        Index("ix_outbox_recipient", "recipient", "created_at"),
+        Index("ix_outbox_ticket", "ticket_id", "created_at"),
+        Index("ix_outbox_token", "token"),
+    )
+
+
+# IMAP poller (gateway/imap.py) -----------------------------------------------------------------------------
+class ImapSeen(Base):
+    """A message the IMAP poller stored, keyed on (account, folder, UIDVALIDITY, UID).
+
+    state: stored (in inbound_mail, not threaded yet) | processed (threaded; `outcome` says how) | moved (left
+    the folder for `moved_to`). A message found again in the folder in state processed or moved is only moved,
+    never stored twice."""
+
+    __tablename__ = "imap_seen"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account: Mapped[str] = mapped_column(String(100))
+    folder: Mapped[str] = mapped_column(String(500))
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uid: Mapped[int] = mapped_column(BigInteger)
+    mail_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_mail.id", ondelete="SET NULL"), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="stored")
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    moved_to: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (UniqueConstraint("account", "folder", "uidvalidity", "uid", name="uq_imap_seen_key"),
+                      Index("ix_imap_seen_mail_id", "mail_id"))

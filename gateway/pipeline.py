@@ -29,6 +29,7 @@ BUILTIN: tuple[str, ...] = (
     "dedupe",       # the same mail again makes nothing new
     "classify",     # auto-replies, bounces, bulk and list mail are ignored
     "identify",     # who wrote it: known contact, or the unknown-sender policy
+    "token",        # our own mail coming back is a loop; a signed reply address names its ticket
     "match",        # which ticket: In-Reply-To/References, subject tag; participants only
     "extract",      # visible text (quotes and signatures stripped), full text, sanitised HTML
     "thread",       # create the ticket or add the comment; Cc -> watchers

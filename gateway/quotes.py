@@ -126,11 +126,42 @@ def _is_continuation(line: str) -> bool:
 
 
 def _header_end(scan: _Scan, k: int) -> int | None:
-    """If an attribution header starts at line ``k`` (and spans at most 3 lines), its last index."""
+    """If an attribution header starts at line ``k`` (and spans at most 3 lines), its last index.
+
+    A header ends on the first line that can end one (':' or a verb at its end), so at most one
+    candidate is evaluated per start line.
+    """
     lines = scan.lines
-    last = min(k + 3, scan.n)
-    if not any(scan.ends[k:last]):
+    first = lines[k].strip()
+    if not first or len(first) > _MAX_HEADER_LINE or first.startswith(">"):
         return None
+    parts = [first]
+    for j in range(k, min(k + 3, scan.n)):
+        if j > k:
+            if not _is_continuation(lines[j]):
+                return None
+            nxt = lines[j].strip()
+            if _LEAD_IN_RE.match(_normalise_candidate(nxt)):
+                return None  # the header starts later, on that line
+            parts.append(nxt)
+        if not scan.ends[j]:
+            continue
+        cand = _normalise_candidate(" ".join(parts))
+        if _strong_header(cand):
+            return j
+        if not _generic_header(cand):
+            return None
+        if j == k:
+            return j
+        # A wrapped generic header carries its date on the first line, and no shorter
+        # suffix may already be a header on its own ('Version 2 is out.\n<date> <addr>:').
+        if not _has_date_digit(first):
+            return None
+        for m in range(k + 1, j + 1):
+            if _generic_header(_normalise_candidate(" ".join(x.strip() for x in lines[m : j + 1]))):
+                return None
+        return j
+    return None
     first = lines[k].strip()
     if not first or len(first) > _MAX_HEADER_LINE or first.startswith(">"):
         return None

@@ -21,7 +21,13 @@ def attachment_dict(a: Attachment) -> dict[str, Any]:
             "content_id": a.content_id, "inline": a.inline}
 
 
-def ticket_dict(session: Session, t: Ticket, *, full: bool = True) -> dict[str, Any]:
+def ticket_dict(session: Session, t: Ticket, *, full: bool = True, now: datetime | None = None,
+                sla_state: str | None = None) -> dict[str, Any]:
+    """`sla_state`: the precomputed badge state (else computed here as of `now`, default: the system time)."""
+    if sla_state is None:
+        from gateway.sla.state import session_ticket_state
+
+        sla_state = session_ticket_state(session, t, now)
     d: dict[str, Any] = {
         "number": t.number,
         "subject": t.subject,
@@ -46,6 +52,7 @@ def ticket_dict(session: Session, t: Ticket, *, full: bool = True) -> dict[str, 
             "first_response_at": iso(t.first_response_at),
             "paused_at": iso(t.sla_paused_at),
             "remind_at": iso(t.remind_at),
+            "state": sla_state,  # breached | paused | at_risk | on_track | met | none
         },
     }
     if full:

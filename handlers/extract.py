@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
 from gateway.pipeline import MailContext
 from gateway.quotes import html_to_text, sanitize_html, strip_html_reply, strip_reply
+
+
+def cut_at_delimiters(text: str, delimiters: list[str], *, regex: bool = False) -> str:
+    """The text before the first line that is one of the configured delimiter lines (quoted or not)."""
+    wanted = [d.strip() for d in delimiters if d.strip()]
+    if not wanted:
+        return text
+    patterns = [re.compile(d) for d in wanted] if regex else []
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        bare = line.lstrip("> \t").strip()
+        if (bare in wanted) if not regex else any(p.fullmatch(bare) for p in patterns):
+            return "\n".join(lines[:i]).rstrip()
+    return text
 
 
 def handle(ctx: MailContext) -> None:
@@ -16,8 +32,13 @@ def handle(ctx: MailContext) -> None:
         from_html = True
     ctx.full_text = text
     ctx.html = sanitize_html(p.html) if p.html else None
+    delimiters = ctx.config.gateway["body_delimiters"]
+    cut = cut_at_delimiters(text, delimiters, regex=ctx.config.gateway["body_delimiters_regex"])
+    if cut != text:
+        ctx.note("extract: text cut at a configured delimiter line")
+        text = cut
     if ctx.ticket is not None:
-        visible = strip_html_reply(p.html) if from_html and p.html else strip_reply(text)
+        visible = strip_html_reply(p.html) if from_html and p.html and not delimiters else strip_reply(text)
         ctx.body = visible
         if visible != text.strip():
             ctx.note(f"extract: quoted history/signature stripped ({len(text)} -> {len(visible)} characters)")

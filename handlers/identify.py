@@ -5,14 +5,14 @@ from __future__ import annotations
 import email.utils
 from email.message import Message
 
-from gateway.outcomes import Quarantine, Reject
+from gateway.outcomes import Ignore, Quarantine, Reject
 from gateway.pipeline import MailContext
 
 
 def parse_single_address(msg: Message, header: str) -> str | None:
     """The one address in a header, lowercased, or None when absent, several or malformed."""
-    try:
-        values = msg.get_all(header) or []
+    try:  # raw values: policy.default's address parser is slow on hostile input
+        values = [v for k, v in msg.raw_items() if k.lower() == header.lower()]
         pairs = email.utils.getaddresses([str(v) for v in values])
     except Exception:  # noqa: BLE001 -- a malformed header is simply not usable
         return None
@@ -32,11 +32,15 @@ def _sender_address(ctx: MailContext) -> str:
     if sender_hdr and p.from_problem and "addresses" in p.from_problem:
         ctx.note(f"identify: {problem}; using the Sender header {sender_hdr}")
         return sender_hdr
-    if p.from_problem == "no From header" and ctx.mail.envelope_from:
-        env = ctx.mail.envelope_from.strip().lower()
+    if p.from_problem == "no From header":
+        env = (ctx.mail.envelope_from or "").strip().strip("<>").lower()
         if env.count("@") == 1:
             ctx.note(f"identify: no From header; using the envelope sender {env}")
             return env
+        return_path = parse_single_address(p.message, "Return-Path")
+        if return_path:
+            ctx.note(f"identify: no From header; using the Return-Path header {return_path}")
+            return return_path
     raise Quarantine(f"no usable sender: {problem}")
 
 
@@ -45,7 +49,7 @@ def handle(ctx: MailContext) -> None:
     assert p is not None
     email = _sender_address(ctx)
     if ctx.config.is_gateway_address(email):
-        raise Quarantine(f"mail claims to come from the gateway's own address {email}")
+        raise Ignore(f"loop: mail from the gateway's own address {email}")
     ctx.sender_email = email
     ctx.sender_name = p.from_name
     contact = ctx.directory.contact(email)

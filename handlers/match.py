@@ -14,7 +14,9 @@ from gateway.pipeline import MailContext
 
 
 def tag_pattern(prefix: str) -> re.Pattern[str]:
-    return re.compile(r"\[" + re.escape(prefix) + r"\s*(\d{1,12})\]", re.IGNORECASE)
+    """[#42], and the same tag after words as other trackers write it ([Project - Bug #42]); glued ids such
+    as [12345#1] are not tags."""
+    return re.compile(r"\[(?:[^\[\]]{0,100}\s)?" + re.escape(prefix) + r"\s*(\d{1,12})\]", re.IGNORECASE)
 
 
 def _candidates(ctx: MailContext) -> list[tuple[str, Ticket]]:

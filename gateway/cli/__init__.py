@@ -21,9 +21,13 @@ EX_CONFIG = 78
 COMMANDS: tuple[str, ...] = (
     "gateway.cli.ingest",
     "gateway.cli.tickets",
+    "gateway.cli.sla",
     "gateway.cli.mail",
     "gateway.cli.directory",
     "gateway.cli.admin",
+    "gateway.cli.outbox",
+    "gateway.cli.imap",
+    "gateway.cli.serve",
 )
 
 

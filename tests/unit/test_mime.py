@@ -285,7 +285,7 @@ def test_8bit_bytes_in_headers() -> None:
     assert pm.from_name == "Jürgen" and pm.from_addr == "j@example.de"
     assert pm.to == [("François", "f@example.fr")]
     # a header with mixed encodings cannot be both: never surrogates, utf-8 else windows-1252
-    assert pm.subject == "GrÃ¼ÃŸe und cafÃ©" or pm.subject == "Grüße und café" or "caf" in pm.subject
+    assert pm.subject == "GrÃ¼ÃŸe und café"  # the whole value is one encoding: windows-1252 here
     assert_clean(pm)
 
 

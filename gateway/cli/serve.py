@@ -1,0 +1,20 @@
+"""`ticket-gateway serve`: the long-running service (SMTP/LMTP listeners, pollers, periodic jobs).
+
+Exit 0 after SIGTERM/SIGINT, 75 when the store is unreachable at start (systemd restarts the unit), 78 on
+a configuration error, 71 when a listener cannot bind.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="run the service: SMTP/LMTP listeners, pollers, periodic jobs")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+    from gateway.service import serve
+
+    return serve(config, verbose=bool(getattr(args, "verbose", False)))

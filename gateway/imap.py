@@ -1,0 +1,606 @@
+"""The IMAP poller: fetches mail from IMAP mailboxes (`[[imap]]` accounts) into the intake.
+
+For every message in the account's folder (UNDELETED, in UID order, in batches):
+
+1. look up its key (account, folder, UIDVALIDITY, UID) in `imap_seen`: a message already stored and threaded
+   (a crash or an error after the commit, before the move) is only moved, never fetched again;
+2. otherwise fetch `BODY.PEEK[]` (the \\Seen flag is left alone), `Intake.store()` (durable) and
+   `Intake.process()` (threaded), then record the key with the mail id and outcome in `imap_seen`;
+3. only then move it: to `processed_folder`, or to `quarantine_folder` when the pipeline quarantined it
+   (UID MOVE when the server has MOVE, else UID COPY + \\Deleted + UID EXPUNGE). Mail over
+   `limits.max_message_size` is moved to the quarantine folder without being fetched.
+
+A new UIDVALIDITY (the folder was recreated) or a crash between commit and move makes the message be
+fetched and stored again; the core's dedupe (same Message-ID and sender, or same bytes) records it as a
+`duplicate`, so no second ticket is ever opened. When the database is unreachable the message stays where
+it is and the poller tries again later (backing off).
+
+Running it:
+
+- once (tests, cron, `ticket-gateway imap poll`): `ImapPoller(app, account).poll_once()` drains the folder
+  and returns a `PollResult` (counts);
+- as a service: `ImapPoller(app, account).run(stop_event)` blocks until `stop_event` (a `threading.Event`)
+  is set: drain, then IDLE (re-issued every `idle_seconds`) where the server has it, else sleep
+  `poll_seconds`; reconnect with exponential backoff (1 s doubling to 5 min) on any IMAP or network error.
+  `start_pollers(app, stop_event)` starts one daemon thread per configured account and returns the threads;
+  from asyncio use `await asyncio.to_thread(poller.run, stop_event)` (and set the event to stop: the
+  loop notices within about a second and logs out).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+
+from sqlalchemy import select, tuple_
+
+from gateway.db import StoreUnavailable, is_unavailable, retry_on_conflict, transaction
+from gateway.models import ImapSeen
+
+if TYPE_CHECKING:
+    from imapclient import IMAPClient
+
+    from gateway.app import App
+    from gateway.config import Config
+
+log = logging.getLogger("gateway.imap")
+
+DELETED = b"\\Deleted"
+BODY = b"BODY[]"
+MAX_BATCH_BYTES = 32 * 1024 * 1024  # a batch's fetch stops growing at this many bytes (one big mail alone)
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 300.0
+STOP_CHECK = 1.0  # how often a blocking wait looks at the stop event, in seconds
+
+
+@dataclass(frozen=True)
+class ImapAccount:
+    """One `[[imap]]` table."""
+
+    name: str
+    host: str
+    user: str
+    port: int = 0
+    security: str = "tls"  # tls | starttls | none
+    password: str = ""
+    password_file: str = ""
+    folder: str = "INBOX"
+    processed_folder: str = "Processed"
+    quarantine_folder: str = "Quarantine"
+    address: str = ""
+    poll_seconds: float = 60.0
+    idle_seconds: float = 300.0
+    batch_size: int = 50
+    timeout_seconds: float = 60.0
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any], base_dir: Path | None = None) -> ImapAccount:
+        known = {f for f in cls.__dataclass_fields__ if f != "base_dir"}
+        values = {k: v for k, v in table.items() if k in known}
+        return cls(**values, base_dir=base_dir or Path.cwd())
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.security == "tls" else 143)
+
+    def secret(self) -> str:
+        if self.password_file:
+            p = Path(self.password_file).expanduser()
+            p = p if p.is_absolute() else self.base_dir / p
+            lines = p.read_text().splitlines()
+            return lines[0] if lines else ""
+        return self.password
+
+    def ref(self, folder: str, uidvalidity: int, uid: int) -> str:
+        return f"{self.name}/{folder}/{uidvalidity}/{uid}"
+
+
+def accounts(config: Config) -> list[ImapAccount]:
+    """The configured `[[imap]]` accounts. Raises ConfigError for duplicate names or both password keys."""
+    from gateway.config import ConfigError
+
+    out: list[ImapAccount] = []
+    for i, table in enumerate(config.values.get("imap", [])):
+        acct = ImapAccount.from_config(table, config.base_dir)
+        if any(a.name == acct.name for a in out):
+            raise ConfigError(f"imap[{i}].name: {acct.name!r} is used by another [[imap]] account")
+        if acct.password and acct.password_file:
+            raise ConfigError(f"imap[{i}].password_file: give password or password_file, not both")
+        out.append(acct)
+    return out
+
+
+@dataclass
+class PollResult:
+    """What one drain did. `outcomes` counts the pipeline outcomes of mails threaded in this drain."""
+
+    account: str
+    uidvalidity: int | None = None
+    found: int = 0           # messages in the folder when the drain started (UNDELETED)
+    fetched: int = 0         # bodies fetched
+    stored: int = 0          # stored through the intake
+    known: int = 0           # already stored before (crash or error before the move): moved without fetching
+    moved: int = 0           # moved to the processed folder
+    quarantined: int = 0     # moved to the quarantine folder (pipeline quarantine, or over the size limit)
+    oversize: int = 0        # over limits.max_message_size: not fetched, moved to quarantine
+    deferred: int = 0        # left in place: the database was unavailable
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def store_unavailable(self) -> bool:
+        return self.deferred > 0
+
+    def add(self, other: PollResult) -> None:
+        for k in ("found", "fetched", "stored", "known", "moved", "quarantined", "oversize", "deferred"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.outcomes.update(other.outcomes)
+        self.uidvalidity = other.uidvalidity
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"account": self.account, "uidvalidity": self.uidvalidity, "found": self.found,
+                "fetched": self.fetched, "stored": self.stored, "known": self.known, "moved": self.moved,
+                "quarantined": self.quarantined, "oversize": self.oversize, "deferred": self.deferred,
+                "outcomes": dict(self.outcomes)}
+
+
+class Deferred(Exception):
+    """The database is unavailable: stop this drain, leave the rest in place."""
+
+
+class ImapPoller:
+    """Drains one account's folder into the intake; see the module docstring."""
+
+    def __init__(self, app: App, account: ImapAccount | Mapping[str, Any], *,
+                 client_factory: Any = None) -> None:
+        self.app = app
+        self.account = account if isinstance(account, ImapAccount) else ImapAccount.from_config(
+            account, app.config.base_dir)
+        self.intake = app.intake()
+        self.max_size = int(app.config.get("limits", "max_message_size"))
+        self._client_factory = client_factory
+        self.client: IMAPClient | None = None
+        self.capabilities: frozenset[bytes] = frozenset()
+        self.use_move: bool | None = None  # None: MOVE when the server has it; tests force False
+        self._folders_ready = False
+        # test hook: called after a batch was stored and recorded, before it is moved; raising simulates a crash
+        self.before_move: Any = None
+        # what the service loop is doing: new | connecting | draining | waiting | idling | backoff | stopped
+        self.state = "new"
+        self.idling = threading.Event()  # set while the loop waits in IDLE (tests wait for it)
+        self.log = logging.LoggerAdapter(log, {"account": self.account.name})
+
+    # Connection ---------------------------------------------------------------------------------------------
+    def connect(self) -> IMAPClient:
+        from imapclient import IMAPClient
+        from imapclient.imapclient import SocketTimeout
+
+        a = self.account
+        timeout = SocketTimeout(connect=a.timeout_seconds, read=a.timeout_seconds)
+        if self._client_factory is not None:
+            client = self._client_factory(a)
+        elif a.security == "tls":
+            client = IMAPClient(a.host, port=a.effective_port, ssl=True, ssl_context=ssl.create_default_context(),
+                                timeout=timeout)
+        else:
+            client = IMAPClient(a.host, port=a.effective_port, ssl=False, timeout=timeout)
+            if a.security == "starttls":
+                client.starttls(ssl.create_default_context())
+        try:
+            client.login(a.user, a.secret())
+            self.capabilities = frozenset(c.upper() for c in client.capabilities())
+            self.client = client
+            self._ensure_folders()
+        except BaseException:
+            self._close(client)
+            self.client = None
+            raise
+        self.log.debug("connected to %s:%s as %s", a.host, a.effective_port, a.user)
+        return client
+
+    def disconnect(self) -> None:
+        if self.client is not None:
+            self._close(self.client)
+        self.client = None
+
+    @staticmethod
+    def _close(client: IMAPClient) -> None:
+        try:
+            client.logout()
+        except Exception:  # noqa: BLE001 -- already gone
+            try:
+                client.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _ensure_folders(self) -> None:
+        assert self.client is not None
+        for folder in {self.account.processed_folder, self.account.quarantine_folder}:
+            if folder and not self.client.folder_exists(folder):
+                try:
+                    self.client.create_folder(folder)
+                    self.log.info("created folder %r", folder)
+                except self.client.Error:
+                    if not self.client.folder_exists(folder):  # created concurrently is fine
+                        raise
+
+    def _select(self) -> int:
+        assert self.client is not None
+        info = self.client.select_folder(self.account.folder)
+        return int(info[b"UIDVALIDITY"])
+
+    @property
+    def has_move(self) -> bool:
+        return b"MOVE" in self.capabilities if self.use_move is None else self.use_move
+
+    @property
+    def has_idle(self) -> bool:
+        return b"IDLE" in self.capabilities
+
+    # One drain ----------------------------------------------------------------------------------------------
+    def poll_once(self) -> PollResult:
+        """Connect (if not connected), drain the folder, and return the counts. Leaves the connection open
+        when it was open before (the service loop), else logs out."""
+        was_connected = self.client is not None
+        if not was_connected:
+            self.connect()
+        try:
+            return self.drain()
+        finally:
+            if not was_connected:
+                self.disconnect()
+
+    def drain(self) -> PollResult:
+        """Process every message in the folder, in batches, until it is empty (or the store is down)."""
+        assert self.client is not None
+        total = PollResult(self.account.name)
+        tried: set[int] = set()
+        uidvalidity: int | None = None
+        while True:
+            validity = self._select()
+            if validity != uidvalidity:
+                if uidvalidity is not None:
+                    self.log.warning("UIDVALIDITY of %r changed (%s -> %s)", self.account.folder, uidvalidity,
+                                     validity)
+                uidvalidity, tried = validity, set()
+            total.uidvalidity = uidvalidity
+            uids = sorted(set(self.client.search(["UNDELETED"])) - tried)
+            if not uids:
+                break
+            tried.update(uids)
+            total.found += len(uids)
+            try:
+                self._drain_uids(uidvalidity, uids, total)
+            except Deferred:
+                break
+            # new mail may have arrived meanwhile: look again (messages tried in this drain are not retried)
+        if total.deferred:
+            self.log.warning("database unavailable: %d message(s) left in %r for later", total.deferred,
+                             self.account.folder)
+        elif total.fetched or total.known or total.oversize:
+            self.log.info("drained %r: %s", self.account.folder, total.as_dict())
+        return total
+
+    def _drain_uids(self, uidvalidity: int, uids: list[int], result: PollResult) -> None:
+        left_before = result.moved + result.quarantined
+        try:
+            for chunk in _chunks(uids, max(self.account.batch_size, 1) * 4):
+                self._drain_chunk(uidvalidity, chunk, result)
+        except Deferred:
+            # whatever was not moved stays in the folder for the next drain
+            result.deferred += len(uids) - (result.moved + result.quarantined - left_before)
+            raise
+
+    def _drain_chunk(self, uidvalidity: int, chunk: list[int], result: PollResult) -> None:
+        a = self.account
+        try:
+            known = self._known(uidvalidity, chunk)
+        except Exception as e:
+            if is_unavailable(e):
+                raise Deferred() from e
+            raise
+        # sizes first: batches stay bounded in bytes, and oversize mail is never fetched
+        sizes = self._sizes(chunk)
+        todo: list[int] = []
+        to_processed: list[int] = []
+        to_quarantine: list[int] = []
+        for uid in chunk:
+            if uid not in sizes:  # expunged meanwhile
+                continue
+            row = known.get(uid)
+            if row is not None and row.state in ("processed", "moved"):
+                # stored and threaded before; the move did not happen (crash, error): only move it now
+                result.known += 1
+                (to_quarantine if row.outcome == "quarantined" else to_processed).append(uid)
+            elif sizes[uid] > self.max_size:
+                self.log.warning("uid %s is %d bytes, over limits.max_message_size: moved to %r unfetched",
+                                 uid, sizes[uid], a.quarantine_folder)
+                result.oversize += 1
+                to_quarantine.append(uid)
+            else:
+                todo.append(uid)
+        self._move_batch(uidvalidity, to_processed, to_quarantine, result)
+        for batch in _batches(todo, sizes, max(a.batch_size, 1), MAX_BATCH_BYTES):
+            self._handle_batch(uidvalidity, batch, known, result)
+
+    def _envelope(self, uidvalidity: int, uid: int):  # type: ignore[no-untyped-def]
+        from gateway.intake import Envelope
+
+        a = self.account
+        return Envelope(mail_from=None, rcpt_tos=(a.address.lower(),) if a.address else (), source="imap",
+                        source_ref=a.ref(a.folder, uidvalidity, uid))
+
+    def _handle_batch(self, uidvalidity: int, batch: list[int], known: dict[int, ImapSeen],
+                      result: PollResult) -> None:
+        assert self.client is not None
+        data = self.client.fetch(batch, ["BODY.PEEK[]"])
+        done: list[tuple[int, int, str]] = []  # (uid, mail_id, outcome)
+        pending: list[tuple[int, int]] = []    # stored, not threaded: the store went away in between
+        unavailable: BaseException | None = None
+        for uid in batch:
+            item = data.get(uid)
+            raw = item.get(BODY) if item else None
+            if raw is None:  # expunged meanwhile
+                continue
+            result.fetched += 1
+            row = known.get(uid)
+            mail_id = row.mail_id if row is not None else None  # stored before, threading did not finish
+            try:
+                if mail_id is None:
+                    mail_id = self.intake.store(bytes(raw), self._envelope(uidvalidity, uid))
+                    result.stored += 1
+                res = self.intake.process(mail_id)
+            except StoreUnavailable as e:
+                if mail_id is not None and (row is None or row.mail_id != mail_id):
+                    pending.append((uid, mail_id))
+                unavailable = e
+                break
+            result.outcomes[res.outcome] += 1
+            done.append((uid, mail_id, res.outcome))
+        # remember what was stored; if that fails it only costs a refetch (the core dedupes)
+        try:
+            self._record(uidvalidity, done, pending)
+        except Exception as e:
+            if not is_unavailable(e):
+                raise
+            self.log.warning("could not record IMAP state (%s); the messages stay for the next poll", e)
+            unavailable = unavailable or e
+            done = []
+        if self.before_move is not None and done:
+            self.before_move([u for u, _, _ in done])
+        self._move_batch(uidvalidity, [u for u, _, o in done if o != "quarantined"],
+                         [u for u, _, o in done if o == "quarantined"], result)
+        if unavailable is not None:
+            raise Deferred() from unavailable
+
+    # State ----------------------------------------------------------------------------------------------------
+    def _known(self, uidvalidity: int, uids: Sequence[int]) -> dict[int, ImapSeen]:
+        a = self.account
+        with self.app.sessions() as s:
+            rows = s.scalars(select(ImapSeen).where(ImapSeen.account == a.name, ImapSeen.folder == a.folder,
+                                                    ImapSeen.uidvalidity == uidvalidity,
+                                                    ImapSeen.uid.in_(list(uids))))
+            return {r.uid: r for r in rows}
+
+    def _record(self, uidvalidity: int, done: list[tuple[int, int, str]], pending: list[tuple[int, int]]) -> None:
+        if not done and not pending:
+            return
+        a = self.account
+        now = self.app.clock()
+        rows = [(uid, mail_id, "processed", outcome) for uid, mail_id, outcome in done]
+        rows += [(uid, mail_id, "stored", None) for uid, mail_id in pending]
+
+        def write() -> None:
+            with transaction(self.app.sessions) as s:
+                uids = [r[0] for r in rows]
+                existing = {r.uid: r for r in s.scalars(select(ImapSeen).where(
+                    ImapSeen.account == a.name, ImapSeen.folder == a.folder, ImapSeen.uidvalidity == uidvalidity,
+                    ImapSeen.uid.in_(uids)))}
+                for uid, mail_id, state, outcome in rows:
+                    r = existing.get(uid)
+                    if r is None:
+                        s.add(ImapSeen(account=a.name, folder=a.folder, uidvalidity=uidvalidity, uid=uid,
+                                       mail_id=mail_id, state=state, outcome=outcome, created_at=now,
+                                       updated_at=now))
+                    else:
+                        r.mail_id, r.state, r.outcome, r.updated_at = mail_id, state, outcome, now
+
+        retry_on_conflict(write)
+
+    def _mark_moved(self, uidvalidity: int, moved: Iterable[tuple[int, str]]) -> None:
+        moved = list(moved)
+        if not moved:
+            return
+        a = self.account
+        now = self.app.clock()
+        by_folder: dict[str, list[int]] = {}
+        for uid, folder in moved:
+            by_folder.setdefault(folder, []).append(uid)
+        try:
+            with transaction(self.app.sessions) as s:
+                for folder, uids in by_folder.items():
+                    for r in s.scalars(select(ImapSeen).where(
+                            ImapSeen.account == a.name, ImapSeen.folder == a.folder,
+                            ImapSeen.uidvalidity == uidvalidity, ImapSeen.uid.in_(uids))):
+                        r.state = "moved"
+                        r.moved_to = folder
+                        r.updated_at = now
+        except Exception as e:  # noqa: BLE001 -- bookkeeping only: the messages have left the folder
+            if not is_unavailable(e):
+                raise
+            self.log.warning("could not mark %d message(s) as moved: %s", len(moved), e)
+
+    # Moving ---------------------------------------------------------------------------------------------------
+    def _move_batch(self, uidvalidity: int, to_processed: list[int], to_quarantine: list[int],
+                    result: PollResult) -> None:
+        a = self.account
+        moved: list[tuple[int, str]] = []
+        if to_processed:
+            self._move(to_processed, a.processed_folder)
+            result.moved += len(to_processed)
+            moved += [(u, a.processed_folder) for u in to_processed]
+        if to_quarantine:
+            self._move(to_quarantine, a.quarantine_folder or a.processed_folder)
+            result.quarantined += len(to_quarantine)
+            moved += [(u, a.quarantine_folder or a.processed_folder) for u in to_quarantine]
+        self._mark_moved(uidvalidity, moved)
+
+    def _move(self, uids: list[int], folder: str) -> None:
+        assert self.client is not None
+        if not folder:
+            # no destination configured: flag and expunge (the mail lives on in the gateway)
+            self.client.add_flags(uids, [DELETED], silent=True)
+            self._expunge(uids)
+            return
+        if self.has_move:
+            self.client.move(uids, folder)
+        else:
+            self.client.copy(uids, folder)
+            self.client.add_flags(uids, [DELETED], silent=True)
+            self._expunge(uids)
+
+    def _expunge(self, uids: list[int]) -> None:
+        assert self.client is not None
+        if b"UIDPLUS" in self.capabilities:
+            self.client.uid_expunge(uids)
+        else:  # without UIDPLUS only a plain EXPUNGE exists: it also removes others' \Deleted messages
+            self.client.expunge()
+
+    def _sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        assert self.client is not None
+        data = self.client.fetch(list(uids), ["RFC822.SIZE"])
+        return {uid: int(d.get(b"RFC822.SIZE", 0)) for uid, d in data.items() if uid in set(uids)}
+
+    # The service loop -----------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Poll until `stop` is set: drain, then wait for new mail (IDLE or poll_seconds); reconnect with
+        backoff on errors. Never raises for IMAP, network or database trouble; logs it and retries."""
+        a = self.account
+        backoff = BACKOFF_FIRST
+        self.log.info("IMAP poller for %s@%s:%s folder %r started", a.user, a.host, a.effective_port, a.folder)
+        while not stop.is_set():
+            try:
+                if self.client is None:
+                    self.state = "connecting"
+                    self.connect()
+                self.state = "draining"
+                result = self.drain()
+                if result.deferred:
+                    # the store is down: keep the connection, retry after a growing pause
+                    self.state = "backoff"
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                backoff = BACKOFF_FIRST
+                if self.has_idle:
+                    self._idle(stop)
+                else:
+                    self.state = "waiting"
+                    stop.wait(a.poll_seconds)
+            except Exception as e:  # noqa: BLE001 -- network, server or database trouble: reconnect later
+                if is_unavailable(e) and not isinstance(e, (OSError,)):
+                    self.log.warning("database unavailable: %s; retrying in %.0f s", e, backoff)
+                else:
+                    self.log.warning("IMAP error (%s: %s); reconnecting in %.0f s", type(e).__name__, e,
+                                     backoff)
+                self.disconnect()
+                self.state = "backoff"
+                stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        self.disconnect()
+        self.state = "stopped"
+        self.log.info("IMAP poller %s stopped", a.name)
+
+    def _idle(self, stop: threading.Event) -> None:
+        """IDLE until new mail, `idle_seconds` (then re-issued by the caller) or `stop`. Raises ConnectionError
+        when the connection died (an empty answer long before the timeout: the socket hit EOF)."""
+        assert self.client is not None
+        client = self.client
+        client.idle()
+        self.state = "idling"
+        self.idling.set()
+        deadline = time.monotonic() + self.account.idle_seconds
+        new_mail = False
+        dead = False
+        try:
+            while not stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                wait = min(STOP_CHECK, remaining)
+                started = time.monotonic()
+                responses = client.idle_check(timeout=wait)
+                if not responses:
+                    if time.monotonic() - started < wait * 0.5:
+                        dead = True  # readable but nothing to read: EOF
+                        break
+                    continue
+                for resp in responses:
+                    if len(resp) >= 2 and resp[1] in (b"EXISTS", b"RECENT"):
+                        new_mail = True
+                    elif resp and resp[0] == b"BYE":
+                        dead = True
+                if new_mail or dead:
+                    break
+        finally:
+            self.idling.clear()
+            if dead:
+                self.disconnect()
+            else:
+                client.idle_done()
+        if dead:
+            raise ConnectionError("IMAP connection closed during IDLE")
+        self.log.debug("IDLE ended (%s)", "new mail" if new_mail else "stop" if stop.is_set() else "re-issue")
+
+
+def _chunks(items: Sequence[int], n: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), n):
+        yield list(items[i:i + n])
+
+
+def _batches(uids: Sequence[int], sizes: Mapping[int, int], count: int, max_bytes: int) -> Iterator[list[int]]:
+    batch: list[int] = []
+    size = 0
+    for uid in uids:
+        s = sizes.get(uid, 0)
+        if batch and (len(batch) >= count or size + s > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(uid)
+        size += s
+    if batch:
+        yield batch
+
+
+# Service helpers ----------------------------------------------------------------------------------------------
+def start_pollers(app: App, stop: threading.Event, *, names: Sequence[str] | None = None) -> list[threading.Thread]:
+    """Start one daemon thread per `[[imap]]` account (or the named ones); they end when `stop` is set.
+    Join them (with a timeout) after setting the event."""
+    threads = []
+    for account in accounts(app.config):
+        if names is not None and account.name not in names:
+            continue
+        poller = ImapPoller(app, account)
+        t = threading.Thread(target=poller.run, args=(stop,), name=f"imap-{account.name}", daemon=True)
+        t.start()
+        threads.append(t)
+    return threads
+
+
+def poll_accounts(app: App, names: Sequence[str] | None = None) -> list[PollResult]:
+    """Drain every configured account once (the CLI and cron)."""
+    out = []
+    for account in accounts(app.config):
+        if names is not None and account.name not in names:
+            continue
+        out.append(ImapPoller(app, account).poll_once())
+    return out
+
+
+__all__ = ["ImapAccount", "ImapPoller", "PollResult", "accounts", "poll_accounts", "start_pollers"]

@@ -1,0 +1,148 @@
+"""Build outgoing mail with the stdlib `email` API only (EmailMessage, headerregistry.Address, policy.SMTP).
+
+Every header value passes through `one_line` (no CR, LF or other control character survives, whether it came
+raw or RFC 2047-encoded and decoded by the parser), addresses must be plain addr-specs, and envelope
+recipients are never read back from headers: a subject or a display name can neither add a header nor a
+recipient.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
+
+from gateway.outbound.ratelimit import is_sendable_address
+from gateway.outbound.render import one_line
+
+LOOP_HEADER = "X-Ticket-Gateway-Loop"  # the same name gateway.autoreply.classify treats as a loop
+_MSGID_OK = re.compile(r"^[\x21-\x3b\x3d\x3f-\x7e]{1,250}$")  # printable ASCII without < > and space
+_MAX_REFERENCES = 20
+
+
+@dataclass
+class Outgoing:
+    from_name: str
+    from_addr: str
+    to: list[tuple[str, str]]
+    subject: str
+    text: str
+    html: str
+    message_id: str  # without <>
+    date: datetime
+    reply_to: str | None = None
+    cc: list[tuple[str, str]] = field(default_factory=list)
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    auto_submitted: str = "auto-generated"  # auto-replied for acknowledgements
+    precedence_bulk: bool = False
+    loop_value: str = ""
+    thread_topic: str | None = None
+    thread_index: str | None = None
+
+
+def new_message_id(domain: str, ticket_number: int | None) -> str:
+    """`tg.<32 hex>.<ticket>@domain`: unique, on our domain, recognisable when it comes back (loops)."""
+    return f"tg.{uuid.uuid4().hex}.{ticket_number or 0}@{domain}"
+
+
+_OUR_MSGID = re.compile(r"^tg\.[0-9a-f]{32}\.\d+@(.+)$", re.I)
+
+
+def is_our_message_id(message_id: str | None, domain: str) -> bool:
+    if not message_id:
+        return False
+    m = _OUR_MSGID.match(message_id.strip().strip("<>"))
+    return bool(m) and m.group(1).lower() == domain.lower()
+
+
+def _address(name: str, addr: str) -> Address | None:
+    if not is_sendable_address(addr):
+        return None
+    local, _, domain = addr.rpartition("@")
+    return Address(display_name=one_line(name, 200), username=local, domain=domain)
+
+
+def clean_ids(ids: list[str]) -> list[str]:
+    out: list[str] = []
+    for i in ids:
+        i = (i or "").strip().strip("<>")
+        if _MSGID_OK.match(i) and "@" in i and i not in out:
+            out.append(i)
+    return out
+
+
+def references_chain(ids: list[str]) -> list[str]:
+    """The thread's first Message-ID and the most recent ones (RFC 5322 allows trimming the middle)."""
+    ids = clean_ids(ids)
+    if len(ids) <= _MAX_REFERENCES:
+        return ids
+    return [ids[0]] + ids[-(_MAX_REFERENCES - 1):]
+
+
+def thread_index(root_time: datetime, root_key: str, now: datetime) -> str:
+    """Outlook's Thread-Index: a 22-byte header block (FILETIME of the thread's start, a GUID for the thread)
+    and one 5-byte child block for this message's offset from the start."""
+    def filetime(dt: datetime) -> int:
+        return int((dt.astimezone(timezone.utc) - datetime(1601, 1, 1, tzinfo=timezone.utc)).total_seconds()
+                   * 10_000_000)
+
+    root = filetime(root_time)
+    head = (root >> 16).to_bytes(6, "big") + hashlib.md5(root_key.encode("utf-8")).digest()
+    delta = max(0, filetime(now) - root)
+    if delta < (1 << 49):
+        code = (delta >> 18) & 0x7FFFFFFF
+    else:
+        code = 0x80000000 | ((delta >> 23) & 0x7FFFFFFF)
+    child = code.to_bytes(4, "big") + bytes([(hashlib.md5(str(now).encode()).digest()[0] & 0xF0)])
+    return base64.b64encode(head + child).decode("ascii")
+
+
+def build(m: Outgoing) -> bytes:
+    msg = EmailMessage(policy=SMTP)
+    sender = _address(m.from_name, m.from_addr)
+    if sender is None:
+        raise ValueError(f"outbound.from_address is not a plain address: {m.from_addr!r}")
+    msg["From"] = sender
+    to = [a for a in (_address(n, x) for n, x in m.to) if a is not None]
+    if not to:
+        raise ValueError("no usable recipient address")
+    msg["To"] = to
+    cc = [a for a in (_address(n, x) for n, x in m.cc) if a is not None]
+    if cc:
+        msg["Cc"] = cc
+    if m.reply_to:
+        rt = _address(m.from_name, m.reply_to)
+        if rt is not None:
+            msg["Reply-To"] = rt
+    msg["Subject"] = one_line(m.subject) or "(no subject)"
+    msg["Date"] = format_datetime(m.date.astimezone(timezone.utc))
+    msg["Message-ID"] = f"<{m.message_id}>"
+    refs = references_chain(m.references)
+    irt = clean_ids([m.in_reply_to] if m.in_reply_to else [])
+    if irt:
+        msg["In-Reply-To"] = f"<{irt[0]}>"
+        if irt[0] not in refs:
+            refs.append(irt[0])
+    if refs:
+        msg["References"] = " ".join(f"<{i}>" for i in refs)
+    if m.thread_topic:
+        msg["Thread-Topic"] = one_line(m.thread_topic, 255)
+    if m.thread_index:
+        msg["Thread-Index"] = m.thread_index
+    msg["Auto-Submitted"] = m.auto_submitted
+    msg["X-Auto-Response-Suppress"] = "All"
+    if m.precedence_bulk:
+        msg["Precedence"] = "bulk"
+    msg[LOOP_HEADER] = one_line(m.loop_value or m.from_addr, 200)
+    # quoted-printable: 7-bit clean for any relay (no 8BITMIME needed), lines always short
+    msg.set_content(m.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    msg.add_alternative(m.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    return msg.as_bytes(policy=SMTP)

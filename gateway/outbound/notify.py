@@ -1,0 +1,377 @@
+"""The event listener: turns ticket events into outbox rows, inside the transaction that caused them.
+
+Who gets what (each recipient gets a copy of their own: a personal signed Reply-To/VERP address and a
+Message-ID remembered against the ticket, so every reply threads back):
+* TicketCreated: acknowledgement to the reporter (the real sender under 'default-reporter'); new-ticket notice
+  to every staff contact.
+* CommentAdded: public -> reporter, watchers, assignee; internal -> assignee and staff watchers. Never to the
+  author, never to the gateway's own addresses, undeliverable contacts or automatic (noreply, daemon)
+  addresses. System notes (bounce summaries) send nothing.
+* TicketChanged: status resolved/closed/pending -> reporter and watchers; new assignee -> the assignee.
+* MailRejected: one polite notice per sender per day.
+* MailIgnored (bounce): a permanent failure reported to one of our VERP addresses marks the contact the
+  token was issued to undeliverable.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable
+
+from markupsafe import Markup
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from gateway.config import Config
+from gateway.db import is_unavailable
+from gateway.events import CommentAdded, MailIgnored, MailRejected, TicketChanged, TicketCreated
+from gateway.models import Contact, InboundMail, OutboxMail, Ticket, TicketMessageId
+from gateway.outbound import compose, ratelimit, tokens
+from gateway.outbound.render import Templates, context, fmt_time
+
+log = logging.getLogger("gateway.outbound")
+
+
+@dataclass
+class Recipient:
+    email: str
+    name: str = ""
+    contact: Contact | None = None
+
+    @property
+    def is_staff(self) -> bool:
+        return bool(self.contact and self.contact.is_staff)
+
+
+class Outbound:
+    """Listener registered in app.listeners by gateway.outbound.install."""
+
+    def __init__(self, config: Config, clock: Any, templates: Templates, secret: bytes) -> None:
+        self.config = config
+        self.clock = clock
+        self.templates = templates
+        self.secret = secret
+        ob, n = config.outbound, config.notifications
+        self.n = n
+        self.bases = config.gateway_addresses
+        self.from_addr = (ob["from_address"] or self.bases[0]).lower()
+        self.from_name = ob["from_name"]
+        base = self.from_addr
+        if not config.is_gateway_address(base):
+            base = self.bases[0]
+        self.reply_base = base  # replies go to <local>+<token>@<domain> of a gateway address
+        self.domain = (ob["domain"] or self.from_addr.rpartition("@")[2]).lower()
+        self.tag_prefix = config.gateway["subject_tag_prefix"]
+        self.default_reporter = config.gateway["default_reporter"].lower()
+        self.caps = ratelimit.Caps(n["max_per_ticket_10min"], n["max_per_recipient_day"])
+
+    # Entry point ---------------------------------------------------------------------------------------
+    def __call__(self, session: Session, event: Any) -> None:
+        try:
+            with session.begin_nested():
+                self.dispatch(session, event)
+        except Exception as e:  # noqa: BLE001 -- a notification must never cost the mail its ticket
+            if is_unavailable(e):
+                raise
+            log.exception("outbound: could not queue notifications for %s", type(event).__name__)
+
+    def dispatch(self, session: Session, event: Any) -> None:
+        if isinstance(event, TicketCreated):
+            self._ticket_created(session, event)
+        elif isinstance(event, CommentAdded):
+            self._comment(session, event)
+        elif isinstance(event, TicketChanged):
+            self._changed(session, event)
+        elif isinstance(event, MailRejected):
+            self._rejected(session, event)
+        elif isinstance(event, MailIgnored):
+            self._ignored(session, event)
+
+    # Helpers -------------------------------------------------------------------------------------------
+    def tag(self, ticket: Ticket) -> str:
+        return f"[{self.tag_prefix}{ticket.number}]"
+
+    def gateway_ctx(self) -> dict[str, str]:
+        return {"from_name": self.from_name, "address": self.from_addr}
+
+    def ticket_ctx(self, ticket: Ticket) -> dict[str, Any]:
+        rep = self.reporter_of(ticket)
+        return {"number": ticket.number, "tag": self.tag(ticket), "subject": ticket.subject,
+                "status": ticket.status, "priority": ticket.priority, "type": ticket.type,
+                "group": ticket.group or "", "reporter_name": rep.name if rep else "",
+                "reporter_email": rep.email if rep else "", "description": ticket.description or "",
+                "description_html": Markup(_sanitize(ticket.description_html)),
+                "created_at": fmt_time(ticket.created_at)}
+
+    def reporter_of(self, ticket: Ticket) -> Recipient | None:
+        rep = ticket.reporter
+        if rep is not None and rep.email != self.default_reporter:
+            return Recipient(rep.email, rep.name or "", rep)
+        if ticket.sender_email:
+            return Recipient(ticket.sender_email, "", None)
+        return None
+
+    def usable(self, r: Recipient | None) -> bool:
+        if r is None or not ratelimit.is_sendable_address(r.email):
+            return False
+        if self.config.is_gateway_address(r.email) or r.email == self.default_reporter:
+            return False
+        if ratelimit.is_automatic_address(r.email):
+            return False
+        if r.contact is not None and r.contact.undeliverable:
+            return False
+        return True
+
+    @staticmethod
+    def unique(rs: Iterable[Recipient | None], exclude: set[str]) -> list[Recipient]:
+        out: dict[str, Recipient] = {}
+        for r in rs:
+            if r is None:
+                continue
+            e = r.email.lower()
+            if e in exclude or e in out:
+                continue
+            out[e] = r
+        return list(out.values())
+
+    # Events --------------------------------------------------------------------------------------------
+    def _ticket_created(self, s: Session, ev: TicketCreated) -> None:
+        t = ev.ticket
+        by_mail = ev.mail_id is not None
+        if self.n["ticket_created"] and not ev.auto:
+            rep = self.reporter_of(t)
+            if rep is not None and self.usable(rep):
+                self.enqueue(s, "ticket_created", t, [rep], by_mail=by_mail, auto_submitted="auto-replied",
+                             bulk=True, mail_id=ev.mail_id)
+        if self.n["staff_new_ticket"]:
+            staff = [Recipient(c.email, c.name or "", c)
+                     for c in s.scalars(select(Contact).where(Contact.role == "staff").order_by(Contact.id))]
+            rep = self.reporter_of(t)
+            exclude = {rep.email} if rep else set()
+            staff = [r for r in self.unique(staff, exclude) if self.usable(r)]
+            if staff:
+                self.enqueue(s, "staff_new_ticket", t, staff, by_mail=by_mail, mail_id=ev.mail_id, visible=False)
+
+    def _comment(self, s: Session, ev: CommentAdded) -> None:
+        t, c = ev.ticket, ev.comment
+        if c.source == "system":
+            return
+        author = {e for e in (c.author_email, c.author.email if c.author else None) if e}
+        cctx = {"body": c.body or "", "html": Markup(_sanitize(c.html)),
+                "author_name": (c.author.name if c.author else "") or "",
+                "author_email": c.author_email or (c.author.email if c.author else "") or "",
+                "internal": c.internal, "created_at": fmt_time(c.created_at)}
+        watchers = [Recipient(w.contact.email, w.contact.name or "", w.contact) for w in t.watchers]
+        assignee = Recipient(t.assignee.email, t.assignee.name or "", t.assignee) if t.assignee else None
+        if c.internal:
+            if not self.n["internal_note"]:
+                return
+            rs = [r for r in self.unique([assignee] + watchers, author) if r.is_staff and self.usable(r)]
+            if rs:
+                self.enqueue(s, "internal_note", t, rs, by_mail=ev.mail_id is not None, comment=cctx,
+                             comment_id=c.id, mail_id=ev.mail_id, visible=False)
+            return
+        if not self.n["comment"]:
+            return
+        rs = [r for r in self.unique([self.reporter_of(t)] + watchers + [assignee], author) if self.usable(r)]
+        if rs:
+            self.enqueue(s, "comment", t, rs, by_mail=ev.mail_id is not None, comment=cctx, comment_id=c.id,
+                         mail_id=ev.mail_id)
+
+    def _changed(self, s: Session, ev: TicketChanged) -> None:
+        t = ev.ticket
+        by = {ev.by.email} if ev.by is not None else set()
+        changed_by = (ev.by.name or ev.by.email) if ev.by is not None else ""
+        if "status" in ev.changes and self.n["status"]:
+            old, new = ev.changes["status"]
+            if new in ("resolved", "closed", "pending"):
+                watchers = [Recipient(w.contact.email, w.contact.name or "", w.contact) for w in t.watchers]
+                rs = [r for r in self.unique([self.reporter_of(t)] + watchers, by) if self.usable(r)]
+                if rs:
+                    self.enqueue(s, "status", t, rs, by_mail=False, changed_by=changed_by,
+                                 changes=[{"field": "status", "old": old, "new": new}])
+        if "assignee" in ev.changes and self.n["assignment"] and t.assignee is not None:
+            old, new = ev.changes["assignee"]
+            r = Recipient(t.assignee.email, t.assignee.name or "", t.assignee)
+            if r.email not in by and self.usable(r):
+                self.enqueue(s, "assignment", t, [r], by_mail=False, changed_by=changed_by, visible=False,
+                             changes=[{"field": "assignee", "old": old or "", "new": new or ""}])
+
+    def _rejected(self, s: Session, ev: MailRejected) -> None:
+        if not self.n["rejected"] or not ev.sender:
+            return
+        r = Recipient(ev.sender.lower())
+        if not self.usable(r):
+            return
+        now = self.clock()
+        sent = s.scalar(select(func.count(OutboxMail.id)).where(
+            OutboxMail.event == "rejected", OutboxMail.recipient == r.email, OutboxMail.status != "suppressed",
+            OutboxMail.created_at >= now - ratelimit.REJECT_NOTICE_WINDOW)) or 0
+        if not ratelimit.reject_notice_allowed(sent):
+            return
+        mail = s.get(InboundMail, ev.mail_id)
+        subject = (mail.subject if mail else "") or ""
+        self.enqueue(s, "rejected", None, [r], by_mail=True, original_subject=subject, mail_id=ev.mail_id,
+                     auto_submitted="auto-replied", bulk=True)
+
+    def _ignored(self, s: Session, ev: MailIgnored) -> None:
+        if ev.kind != "bounce":
+            return
+        d = ev.details or {}
+        mail = s.get(InboundMail, ev.mail_id)
+        addrs = list(d.get("original_to") or []) + list((mail.envelope_to if mail else None) or [])
+        row = None
+        for a in addrs:
+            tok = tokens.token_of_address(a, self.bases)
+            if tok:
+                row = s.scalar(select(OutboxMail).where(OutboxMail.token == tok).order_by(OutboxMail.id.desc())
+                               .limit(1))
+                if row is not None:
+                    break
+        failed = {x.lower() for x in d.get("recipients") or []}
+        if row is None and d.get("original_message_id"):
+            cand = s.scalar(select(OutboxMail).where(OutboxMail.message_id == d["original_message_id"]))
+            if cand is not None and cand.recipient in failed:
+                row = cand
+        if row is None:
+            return
+        permanent = d.get("permanent")
+        what = f"{'hard' if permanent else 'soft' if permanent is False else 'unclassified'} bounce" + (
+            f" {d['status']}" if d.get("status") else "") + f" (inbound mail {ev.mail_id})"
+        row.last_error = (f"{row.last_error}; " if row.last_error else "") + what
+        if permanent:
+            contact = s.scalar(select(Contact).where(Contact.email == row.recipient))
+            if contact is not None and not contact.undeliverable:
+                contact.undeliverable = True
+                contact.undeliverable_reason = f"{what} on {fmt_time(self.clock())}"
+                log.info("outbound: %s marked undeliverable after a %s", row.recipient, what)
+        s.flush()
+
+    # Writing the outbox ---------------------------------------------------------------------------------
+    def enqueue(self, s: Session, event: str, ticket: Ticket | None, recipients: list[Recipient], *,
+                by_mail: bool, comment: dict[str, Any] | None = None, comment_id: int | None = None,
+                changes: list[dict[str, Any]] | None = None, changed_by: str = "", original_subject: str = "",
+                mail_id: int | None = None, auto_submitted: str = "auto-generated", bulk: bool = False,
+                visible: bool = True) -> list[OutboxMail]:
+        now = self.clock()
+        batch = uuid.uuid4().hex
+        suppressed: dict[str, str] = {}
+        if by_mail:
+            suppressed = self._caps(s, ticket, [r.email for r in recipients], now)
+        tctx = self.ticket_ctx(ticket) if ticket is not None else _empty_ticket()
+        # threading: the inbound thread, this recipient's last copy, the mail that caused the event
+        inbound: list[str] = []
+        last_out: dict[str, str] = {}
+        trigger: str | None = None
+        if ticket is not None:
+            inbound = list(s.scalars(select(TicketMessageId.message_id).where(
+                TicketMessageId.ticket_id == ticket.id, TicketMessageId.direction == "in")
+                .order_by(TicketMessageId.id)))
+            last_ids = (select(func.max(OutboxMail.id)).where(OutboxMail.ticket_id == ticket.id,
+                                                             OutboxMail.status != "suppressed")
+                        .group_by(OutboxMail.recipient))
+            for rcpt, mid in s.execute(select(OutboxMail.recipient, OutboxMail.message_id)
+                                       .where(OutboxMail.id.in_(last_ids))):
+                last_out[rcpt] = mid
+        if mail_id is not None:
+            m = s.get(InboundMail, mail_id)
+            trigger = m.message_id.strip().strip("<>") if m is not None and m.message_id else None
+        to_vis: list[tuple[str, str]] = []
+        cc_vis: list[tuple[str, str]] = []
+        if visible and ticket is not None and self.n["cc_watchers"]:
+            rep = self.reporter_of(ticket)
+            if rep is not None and self.usable(rep):
+                to_vis.append((rep.name, rep.email))
+            cc_vis = [(w.contact.name or "", w.contact.email) for w in ticket.watchers
+                      if not self.config.is_gateway_address(w.contact.email)
+                      and ratelimit.is_sendable_address(w.contact.email)]
+        rows: list[OutboxMail] = []
+        for r in recipients:
+            tok = (tokens.make_token(self.secret, ticket_id=ticket.id, ticket_number=ticket.number,
+                                     recipient=r.email) if ticket is not None else None)
+            reply = tokens.token_address(self.reply_base, tok) if tok else None
+            mid = compose.new_message_id(self.domain, ticket.number if ticket is not None else None)
+            row = OutboxMail(created_at=now, ticket_id=ticket.id if ticket is not None else None,
+                             comment_id=comment_id, event=event, batch=batch, caused_by_mail=by_mail,
+                             recipient=r.email, contact_id=r.contact.id if r.contact is not None else None,
+                             token=tok, envelope_from=reply or self.from_addr, message_id=mid,
+                             status="queued", attempts=0, next_attempt_at=now)
+            if r.email in suppressed:
+                row.status, row.last_error, row.next_attempt_at, row.raw = "suppressed", suppressed[r.email], None, b""
+                row.subject = ""
+                s.add(row)
+                rows.append(row)
+                continue
+            ctx = context(event=event, ticket=tctx,
+                          recipient={"name": r.name, "email": r.email, "is_staff": r.is_staff},
+                          gateway=self.gateway_ctx(), reply_address=reply or self.from_addr, comment=comment,
+                          changes=changes, changed_by=changed_by, original_subject=original_subject)
+            out = self.templates.render(event, ctx)
+            subject = out.subject
+            if ticket is not None and self.tag(ticket).lower() not in subject.lower():
+                subject = f"{self.tag(ticket)} {subject}"
+            to = list(to_vis)
+            cc = [c for c in cc_vis if c[1] not in {x[1] for x in to}]
+            if r.email not in {x[1] for x in to + cc}:
+                to = [(r.name, r.email)] + to
+            own = last_out.get(r.email)
+            refs = compose.references_chain(inbound)
+            if own and own not in refs:
+                refs.append(own)
+            irt = trigger or own or (inbound[-1] if inbound else None)
+            raw = compose.build(compose.Outgoing(
+                from_name=self.from_name, from_addr=self.from_addr, to=to, cc=cc, subject=subject,
+                text=out.text, html=out.html, message_id=mid, date=now, reply_to=reply, in_reply_to=irt,
+                references=refs, auto_submitted=auto_submitted, precedence_bulk=bulk, loop_value=self.domain,
+                thread_topic=ticket.subject if ticket is not None else None,
+                thread_index=(compose.thread_index(ticket.created_at, f"{self.domain}/{ticket.id}", now)
+                              if ticket is not None else None)))
+            row.raw = raw
+            row.subject = subject
+            s.add(row)
+            rows.append(row)
+            if ticket is not None:
+                s.add(TicketMessageId(message_id=mid, ticket_id=ticket.id, direction="out", created_at=now))
+        s.flush()
+        return rows
+
+    def _caps(self, s: Session, ticket: Ticket | None, emails: list[str], now: datetime) -> dict[str, str]:
+        """Recipients held back by the loop guards, with the reason."""
+        out: dict[str, str] = {}
+        if ticket is not None:
+            rounds = s.scalar(select(func.count(func.distinct(OutboxMail.batch))).where(
+                OutboxMail.ticket_id == ticket.id, OutboxMail.caused_by_mail.is_(True),
+                OutboxMail.status != "suppressed",
+                OutboxMail.created_at >= ratelimit.window_start(now, ratelimit.TICKET_WINDOW))) or 0
+            if not ratelimit.ticket_round_allowed(rounds, self.caps):
+                why = (f"rate cap: {rounds} notification rounds for ticket #{ticket.number} in 10 minutes "
+                       f"(notifications.max_per_ticket_10min = {self.caps.max_per_ticket})")
+                return {e: why for e in emails}
+        counts = dict(s.execute(select(OutboxMail.recipient, func.count(OutboxMail.id)).where(
+            OutboxMail.recipient.in_(emails), OutboxMail.caused_by_mail.is_(True),
+            OutboxMail.status != "suppressed",
+            OutboxMail.created_at >= ratelimit.window_start(now, ratelimit.RECIPIENT_WINDOW)
+        ).group_by(OutboxMail.recipient)).all())
+        for e in emails:
+            n = counts.get(e, 0)
+            if not ratelimit.recipient_allowed(n, self.caps):
+                out[e] = (f"rate cap: {n} mails to {e} in 24 hours "
+                          f"(notifications.max_per_recipient_day = {self.caps.max_per_recipient})")
+        return out
+
+
+def _sanitize(html: str | None) -> str:
+    if not html:
+        return ""
+    from gateway.quotes import sanitize_html
+
+    return sanitize_html(html)
+
+
+def _empty_ticket() -> dict[str, Any]:
+    return {"number": 0, "tag": "", "subject": "", "status": "", "priority": "", "type": "", "group": "",
+            "reporter_name": "", "reporter_email": "", "description": "", "description_html": Markup(""),
+            "created_at": ""}

@@ -1,0 +1,133 @@
+"""Jinja2 templates for notifications: built-in ones (package `gateway.templates`) overridable file by file from
+`notifications.template_dir`; StrictUndefined; every template rendered once with sample data at start-up."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+EVENTS: tuple[str, ...] = ("ticket_created", "staff_new_ticket", "comment", "internal_note", "status",
+                           "assignment", "rejected")
+PARTS: tuple[str, ...] = ("subject", "txt", "html")
+
+
+class TemplateError(Exception):
+    """A template that cannot be loaded or rendered (raised at start-up)."""
+
+
+def builtin_dir() -> Path:
+    try:
+        from importlib.resources import files
+
+        p = Path(str(files("gateway.templates")))
+        if (p / "comment.txt.j2").is_file():
+            return p
+    except Exception:  # noqa: BLE001 -- not installed as a package: the source tree
+        pass
+    return Path(__file__).resolve().parents[2] / "templates"
+
+
+@dataclass
+class Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+_CTRL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u0085]")
+_WS = re.compile(r"\s+")
+
+
+def one_line(s: str, limit: int = 900) -> str:
+    """Header text: no control characters at all (CR/LF, NUL, U+2028...), whitespace folded."""
+    return _WS.sub(" ", _CTRL.sub(" ", s)).strip()[:limit]
+
+
+class Templates:
+    def __init__(self, override_dir: str | Path | None = None) -> None:
+        from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+        loaders = []
+        if override_dir:
+            d = Path(override_dir)
+            if not d.is_dir():
+                raise TemplateError(f"notifications.template_dir: not a directory: {d}")
+            loaders.append(FileSystemLoader(str(d)))
+        loaders.append(FileSystemLoader(str(builtin_dir())))
+        self.env = Environment(loader=ChoiceLoader(loaders), undefined=StrictUndefined,
+                               autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
+                               keep_trailing_newline=True, trim_blocks=False)
+        self._cache: dict[str, Any] = {}
+
+    def _get(self, name: str):  # type: ignore[no-untyped-def]
+        t = self._cache.get(name)
+        if t is None:
+            t = self._cache[name] = self.env.get_template(name)
+        return t
+
+    def render(self, event: str, context: dict[str, Any]) -> Rendered:
+        out = []
+        for part in PARTS:
+            name = f"{event}.{part}.j2"
+            out.append(self._get(name).render(**context))
+        return Rendered(subject=one_line(out[0]), text=out[1], html=out[2])
+
+    def check(self) -> None:
+        """Render every event with sample data: a missing file or variable raises TemplateError now."""
+        for event in EVENTS:
+            try:
+                self.render(event, sample_context(event))
+            except Exception as e:  # noqa: BLE001 -- jinja2 raises many kinds
+                where = getattr(e, "name", None) or getattr(e, "filename", None) or event
+                lineno = getattr(e, "lineno", None)
+                raise TemplateError(f"template {where}{f' line {lineno}' if lineno else ''} for event {event!r}: "
+                                    f"{type(e).__name__}: {e}") from e
+
+
+def fmt_time(dt: datetime | None) -> str:
+    if dt is None:
+        return ""
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def context(*, event: str, ticket: dict[str, Any], recipient: dict[str, Any], gateway: dict[str, str],
+            reply_address: str, comment: dict[str, Any] | None = None, changes: list[dict[str, Any]] | None = None,
+            changed_by: str = "", original_subject: str = "") -> dict[str, Any]:
+    tag = ticket.get("tag", "")
+    hint = (f"Reply to this mail to add to ticket {tag}." if tag else "")
+    return {"event": event, "ticket": ticket, "recipient": recipient, "gateway": gateway, "comment": comment,
+            "changes": changes or [], "changed_by": changed_by, "reply_address": reply_address,
+            "reply_hint": hint, "original_subject": original_subject}
+
+
+def sample_context(event: str) -> dict[str, Any]:
+    from markupsafe import Markup
+
+    ticket = {"number": 42, "tag": "[#42]", "subject": "Printer on fire", "status": "open", "priority": "medium",
+              "type": "incident", "group": "", "reporter_name": "Alice Customer",
+              "reporter_email": "alice@customer.example", "description": "The printer is on fire.",
+              "description_html": Markup(""), "created_at": "2026-11-02 09:30 UTC"}
+    comment = None
+    if event in ("comment", "internal_note"):
+        comment = {"body": "Have you tried turning it off?", "html": Markup("<p>Have you tried turning it off?</p>"),
+                   "author_name": "Bob Staff", "author_email": "bob@example.com",
+                   "internal": event == "internal_note", "created_at": "2026-11-02 09:45 UTC"}
+    changes = []
+    if event == "status":
+        ticket["status"] = "resolved"
+        changes = [{"field": "status", "old": "open", "new": "resolved"}]
+    if event == "assignment":
+        changes = [{"field": "assignee", "old": "", "new": "bob@example.com"}]
+    if event == "rejected":
+        ticket = {"number": 0, "tag": "", "subject": "", "status": "", "priority": "", "type": "", "group": "",
+                  "reporter_name": "", "reporter_email": "", "description": "", "description_html": Markup(""),
+                  "created_at": ""}
+    return context(event=event, ticket=ticket,
+                   recipient={"name": "Alice Customer", "email": "alice@customer.example", "is_staff": False},
+                   gateway={"from_name": "Support", "address": "support@example.com"},
+                   reply_address="support+42-abcdefghijklmnopqrstuvwx@example.com", comment=comment,
+                   changes=changes, changed_by="Bob Staff" if event in ("status", "assignment") else "",
+                   original_subject="Hello" if event == "rejected" else "")

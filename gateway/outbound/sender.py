@@ -1,0 +1,330 @@
+"""Delivery of the outbox: claim due rows in the database, send them through the relay (or into the local
+Maildir), record the result. Idempotent and safe to run from several processes at once.
+
+Claiming: one UPDATE sets a fresh claim token and a lease on rows that are queued, due and not leased by
+someone else (PostgreSQL adds FOR UPDATE SKIP LOCKED to the inner SELECT; SQLite serialises writers with
+BEGIN IMMEDIATE). Only the holder of the claim token may mark a row sent or failed. A sender that dies after
+sending but before recording leaves a lease that expires: the row is sent again with the same bytes and the
+same Message-ID (at-least-once; receivers and our own dedupe recognise the repeat).
+"""
+
+from __future__ import annotations
+
+import logging
+import mailbox
+import smtplib
+import ssl
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from sqlalchemy import and_, or_, select, update
+
+from gateway.db import transaction
+from gateway.models import OutboxMail
+
+if TYPE_CHECKING:
+    from gateway.app import App
+
+log = logging.getLogger("gateway.outbound.sender")
+
+try:  # the shared pure backoff (gateway/sla_policy.py), else our own below
+    from gateway.sla_policy import next_backoff as _shared_backoff
+except Exception:  # noqa: BLE001
+    _shared_backoff = None
+
+
+def backoff(attempt: int, base_seconds: float, cap_seconds: float) -> timedelta:
+    """Delay after `attempt` failed tries: base * 2**(attempt-1), at most cap. Pure."""
+    cap = max(cap_seconds, base_seconds)
+    if _shared_backoff is not None:
+        return _shared_backoff(max(1, attempt), base_seconds=base_seconds, factor=2, cap_seconds=cap)
+    return timedelta(seconds=min(cap, base_seconds * 2 ** max(0, attempt - 1)))
+
+
+class Temporary(Exception):
+    """Try this row again later."""
+
+
+class Permanent(Exception):
+    """Never try this row again."""
+
+
+class TransportDown(Exception):
+    """The relay cannot be reached at all: every row of this round is retried later."""
+
+
+@dataclass
+class Counts:
+    claimed: int = 0
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"claimed": self.claimed, "sent": self.sent, "deferred": self.deferred, "failed": self.failed}
+
+    def add(self, other: "Counts") -> None:
+        self.claimed += other.claimed
+        self.sent += other.sent
+        self.deferred += other.deferred
+        self.failed += other.failed
+        self.errors += other.errors[:10]
+
+
+# Transports -----------------------------------------------------------------------------------------------
+class MaildirTransport:
+    """The embedded default: every mail lands in <data_dir>/outbox-maildir/new, envelope noted on top."""
+
+    def __init__(self, path: Path) -> None:
+        self.box = mailbox.Maildir(str(path), create=True)
+
+    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> None:
+        head = f"Return-Path: <{envelope_from}>\r\nX-Original-To: {rcpt}\r\n".encode("ascii", "replace")
+        self.box.add((head + raw).replace(b"\r\n", b"\n"))
+
+    def close(self) -> None:
+        pass
+
+
+class SMTPTransport:
+    def __init__(self, cfg: dict[str, Any], base_dir: Path) -> None:
+        self.cfg = cfg
+        self.base_dir = base_dir
+        self.conn: smtplib.SMTP | None = None
+
+    def _password(self) -> str:
+        p = Path(self.cfg["relay_password_file"])
+        if not p.is_absolute():
+            p = self.base_dir / p
+        try:
+            return p.read_text("utf-8").splitlines()[0].strip()
+        except (OSError, IndexError) as e:
+            raise TransportDown(f"cannot read outbound.relay_password_file {p}: {e}") from e
+
+    def connect(self) -> smtplib.SMTP:
+        c = self.cfg
+        host, port, timeout = c["relay_host"], c["relay_port"], c["relay_timeout_seconds"]
+        try:
+            if c["relay_security"] == "tls":
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout,
+                                                      context=ssl.create_default_context())
+            else:
+                conn = smtplib.SMTP(host, port, timeout=timeout)
+            conn.ehlo_or_helo_if_needed()
+            if c["relay_security"] == "starttls":
+                conn.starttls(context=ssl.create_default_context())
+                conn.ehlo()
+            if c["relay_user"]:
+                conn.login(c["relay_user"], self._password())
+        except smtplib.SMTPAuthenticationError as e:
+            raise TransportDown(f"relay login failed: {e.smtp_code} {_text(e.smtp_error)}") from e
+        except (OSError, smtplib.SMTPException, ssl.SSLError) as e:
+            raise TransportDown(f"relay {host}:{port} unreachable: {type(e).__name__}: {e}") from e
+        return conn
+
+    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> None:
+        if self.conn is None:
+            self.conn = self.connect()
+        try:
+            refused = self.conn.sendmail(envelope_from, [rcpt], raw)
+        except smtplib.SMTPRecipientsRefused as e:
+            code, msg = next(iter(e.recipients.values()), (451, b"refused"))
+            _raise_for(code, msg, f"recipient {rcpt} refused")
+        except smtplib.SMTPSenderRefused as e:
+            _raise_for(e.smtp_code, e.smtp_error, f"sender {envelope_from} refused")
+        except smtplib.SMTPDataError as e:
+            _raise_for(e.smtp_code, e.smtp_error, "message refused")
+        except smtplib.SMTPResponseException as e:
+            self._drop()
+            _raise_for(e.smtp_code, e.smtp_error, "relay error")
+        except (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPException) as e:
+            self._drop()
+            raise TransportDown(f"relay connection lost: {type(e).__name__}: {e}") from e
+        if refused:
+            code, msg = next(iter(refused.values()))
+            _raise_for(code, msg, f"recipient {rcpt} refused")
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.conn = None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.quit()
+            except Exception:  # noqa: BLE001
+                pass
+            self._drop()
+
+
+def _text(msg: Any) -> str:
+    if isinstance(msg, bytes):
+        msg = msg.decode("utf-8", "replace")
+    return " ".join(str(msg).split())[:500]
+
+
+def _raise_for(code: int, msg: Any, what: str) -> None:
+    text = f"{what}: {code} {_text(msg)}"
+    if 500 <= int(code) < 600:
+        raise Permanent(text)
+    raise Temporary(text)
+
+
+def make_transport(app: "App") -> Any:
+    cfg = app.config.outbound
+    if not cfg["relay_host"]:
+        return MaildirTransport(app.config.data_dir / "outbox-maildir")
+    return SMTPTransport(cfg, app.config.base_dir)
+
+
+# The delivery round ----------------------------------------------------------------------------------------
+def claim(app: "App", now: datetime, limit: int) -> tuple[str, list[int]]:
+    token = uuid.uuid4().hex
+    lease = timedelta(seconds=app.config.outbound["lease_seconds"])
+    free = or_(OutboxMail.claimed_until.is_(None), OutboxMail.claimed_until <= now)
+    due = and_(OutboxMail.status == "queued", OutboxMail.next_attempt_at <= now, free)
+    with transaction(app.sessions) as s:
+        inner = select(OutboxMail.id).where(due).order_by(OutboxMail.next_attempt_at, OutboxMail.id).limit(limit)
+        if s.bind is not None and s.bind.dialect.name == "postgresql":
+            inner = inner.with_for_update(skip_locked=True)
+        ids = list(s.scalars(inner))
+        if not ids:
+            return token, []
+        s.execute(update(OutboxMail).where(OutboxMail.id.in_(ids), due)
+                  .values(claim_token=token, claimed_until=now + lease, attempts=OutboxMail.attempts + 1)
+                  .execution_options(synchronize_session=False))
+        got = list(s.scalars(select(OutboxMail.id).where(OutboxMail.claim_token == token)
+                             .order_by(OutboxMail.next_attempt_at, OutboxMail.id)))
+    return token, got
+
+
+def deliver_due(app: "App", now: datetime | None = None, *, limit: int | None = None,
+                transport: Any = None) -> Counts:
+    """One delivery round: claim what is due at `now` (default: the app's clock), send it, record it."""
+    now = now or app.clock()
+    cfg = app.config.outbound
+    limit = limit or cfg["batch_size"]
+    token, ids = claim(app, now, limit)
+    counts = Counts(claimed=len(ids))
+    if not ids:
+        return counts
+    own = transport is None
+    transport = transport or make_transport(app)
+    results: list[tuple[int, str, str | None]] = []  # (id, sent|retry|failed, error)
+    down: str | None = None
+    try:
+        for start in range(0, len(ids), 50):
+            chunk = ids[start:start + 50]
+            with app.sessions() as s:
+                rows = {r.id: r for r in s.execute(
+                    select(OutboxMail.id, OutboxMail.envelope_from, OutboxMail.recipient, OutboxMail.raw)
+                    .where(OutboxMail.id.in_(chunk), OutboxMail.claim_token == token))}
+            for row_id in chunk:
+                row = rows.get(row_id)
+                if row is None:
+                    continue  # lost the claim (lease expired and someone else took it)
+                if down is not None:
+                    results.append((row_id, "retry", down))
+                    continue
+                try:
+                    transport.send(row.envelope_from, row.recipient, row.raw)
+                    results.append((row_id, "sent", None))
+                except Permanent as e:
+                    results.append((row_id, "failed", str(e)))
+                except Temporary as e:
+                    results.append((row_id, "retry", str(e)))
+                except TransportDown as e:
+                    down = str(e)
+                    results.append((row_id, "retry", down))
+                except OSError as e:  # Maildir: disk full and the like
+                    down = f"{type(e).__name__}: {e}"
+                    results.append((row_id, "retry", down))
+            _record(app, token, now, results, counts)
+    finally:
+        if own:
+            transport.close()
+        _record(app, token, now, results, counts)
+    if down:
+        log.warning("outbound: relay unavailable (%s); %d mail(s) deferred", down, counts.deferred)
+    return counts
+
+
+def _record(app: "App", token: str, now: datetime, results: list[tuple[int, str, str | None]],
+            counts: Counts) -> None:
+    if not results:
+        return
+    cfg = app.config.outbound
+    give_up = timedelta(hours=cfg["give_up_hours"])
+    with transaction(app.sessions) as s:
+        rows = {r.id: r for r in s.scalars(select(OutboxMail).where(
+            OutboxMail.id.in_([i for i, _, _ in results]), OutboxMail.claim_token == token))}
+        for row_id, what, err in results:
+            row = rows.get(row_id)
+            if row is None:
+                continue
+            row.claim_token = None
+            row.claimed_until = None
+            if what == "sent":
+                row.status = "sent"
+                row.sent_at = now
+                row.next_attempt_at = None
+                counts.sent += 1
+            elif what == "failed":
+                row.status = "failed"
+                row.last_error = err
+                row.next_attempt_at = None
+                counts.failed += 1
+                counts.errors.append(f"outbox {row_id}: {err}")
+                log.warning("outbound: mail %s to %s failed permanently: %s", row_id, row.recipient, err)
+            else:
+                if now - row.created_at >= give_up:
+                    row.status = "failed"
+                    row.last_error = f"gave up after {row.attempts} attempts over {cfg['give_up_hours']} hours: {err}"
+                    row.next_attempt_at = None
+                    counts.failed += 1
+                else:
+                    row.last_error = err
+                    row.next_attempt_at = now + backoff(row.attempts, cfg["retry_base_seconds"],
+                                                        cfg["retry_max_seconds"])
+                    counts.deferred += 1
+    results.clear()
+
+
+def flush(app: "App", now: Callable[[], datetime] | None = None, *, max_rounds: int = 10_000) -> Counts:
+    """Deliver until nothing is due any more (`outbox flush`)."""
+    total = Counts()
+    for _ in range(max_rounds):
+        c = deliver_due(app, (now or app.clock)())
+        total.add(c)
+        if c.claimed == 0 or c.sent + c.failed == 0:
+            break
+    return total
+
+
+def retry(app: "App", outbox_id: int) -> OutboxMail:
+    """Queue a failed (or deferred, or suppressed) mail again, due now."""
+    with transaction(app.sessions) as s:
+        row = s.get(OutboxMail, outbox_id)
+        if row is None:
+            raise KeyError(f"no outbox mail {outbox_id}")
+        if row.status == "sent":
+            raise ValueError(f"outbox mail {outbox_id} was already sent on {row.sent_at}")
+        if row.status == "suppressed" and not row.raw:
+            raise ValueError(f"outbox mail {outbox_id} was suppressed before it was built ({row.last_error})")
+        row.status = "queued"
+        row.next_attempt_at = app.clock()
+        row.claim_token = None
+        row.claimed_until = None
+        row.created_at = app.clock()  # outbound.give_up_hours counts again from now
+        row.last_error = (row.last_error + "; " if row.last_error else "") + "retry requested"
+        s.flush()
+        return row
+

@@ -1,0 +1,96 @@
+"""A tiny SMTP sink (aiosmtpd) on a loopback port, for tests, the benchmark and local trials:
+`python -m gateway.outbound.sink [PORT]` prints what it receives."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    at: float = field(default_factory=time.monotonic)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Sink:
+    """Start/stop an aiosmtpd server in a background thread; `received` collects every accepted mail."""
+
+    def __init__(self, port: int | None = None, *, reject: dict[str, int] | None = None) -> None:
+        self.port = port or free_port()
+        self.received: list[Received] = []
+        self.reject = dict(reject or {})  # recipient -> SMTP code to answer at RCPT
+        self.lock = threading.Lock()
+        self.controller = None
+        self.arrived = threading.Condition(self.lock)
+
+    # aiosmtpd handler hooks
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        code = self.reject.get(address.lower())
+        if code:
+            return f"{code} {'5.1.1 no such user' if code >= 500 else '4.2.0 try later'}"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        data = envelope.original_content or envelope.content
+        with self.arrived:
+            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(data)))
+            self.arrived.notify_all()
+        return "250 Message accepted"
+
+    def start(self) -> "Sink":
+        from aiosmtpd.controller import Controller
+
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port, decode_data=False,
+                                     data_size_limit=0, ready_timeout=10)
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def wait_for(self, n: int, timeout: float = 10.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while len(self.received) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.arrived.wait(left)
+            return list(self.received)
+
+    def __enter__(self) -> "Sink":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    sink = Sink(int(sys.argv[1]) if len(sys.argv) > 1 else 2526).start()
+    print(f"SMTP sink on 127.0.0.1:{sink.port}; Ctrl-C to stop", flush=True)
+    seen = 0
+    try:
+        while True:
+            time.sleep(0.5)
+            for r in sink.received[seen:]:
+                print(f"--- from {r.mail_from} to {', '.join(r.rcpt_tos)} ({len(r.data)} bytes)\n"
+                      + r.data.decode("utf-8", "replace"), flush=True)
+            seen = len(sink.received)
+    except KeyboardInterrupt:
+        sink.stop()

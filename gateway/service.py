@@ -1,0 +1,455 @@
+"""`ticket-gateway serve`: one asyncio loop hosting the SMTP/LMTP listeners, pollers and periodic jobs.
+
+Start: migrations (`ensure_current`), listeners bound, components installed, READY=1 to systemd, then every
+mail stored but not threaded yet (a crash, an outage) is threaded. Stored mail is threaded by worker threads
+fed from a queue; a periodic sweep catches anything the queue missed.
+
+SIGTERM/SIGINT: stop accepting, say 421 to idle sessions, let sessions inside a mail finish (up to
+`serve.shutdown_grace_seconds`), wait for stores in flight, exit 0 -- within 30 s. SIGHUP: reopen the log file.
+
+Plugging in more work (the IMAP poller, other periodic jobs) -- a component is a function taking the Service,
+listed in COMPONENTS as "module:function", called before start:
+
+    def install(service):
+        for account in service.config.values.get("imap") or []:
+            service.add_task(f"imap {account['user']}", lambda svc, a=account: poll(svc, a))
+        service.add_job("imap-cleanup", cleanup, seconds=3600)   # sync callable, runs in a thread
+
+A task is `async def poll(service, account)`: it runs until `service.stopping` (an asyncio.Event) is set, is
+cancelled if still running at the end of the grace period, and must not exit on errors (log, back off, retry).
+Sync code in a task goes through `await service.run_sync(fn, *args)`; sync code may watch
+`service.stop_requested` (a threading.Event). Mail goes in through `await service.store(raw, envelope,
+thread=False)` then `result = await service.process(mail_id)` (both raise StoreUnavailable on an outage):
+they share the service's database write gate, which keeps SQLite writers from sleeping in its busy handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Iterator
+
+from gateway.config import Config
+from gateway.db import StoreUnavailable, is_unavailable
+from gateway.intake import Envelope, Result
+
+log = logging.getLogger("gateway.service")
+
+# Components that add tasks and jobs: "module:function", function(service) called before start.
+COMPONENTS: tuple[str, ...] = ()
+
+HARD_EXIT_SECONDS = 28.0   # from SIGTERM: whatever still runs then is abandoned (exit 0 stays within 30 s)
+
+
+# systemd ---------------------------------------------------------------------------------------------------
+class Notifier:
+    """sd_notify(3) over $NOTIFY_SOCKET, standard library only. Silent no-op outside systemd."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ) if env is None else env
+        addr = env.get("NOTIFY_SOCKET", "")
+        if addr.startswith("@"):
+            addr = "\0" + addr[1:]  # abstract namespace
+        self.address = addr if addr[:1] in ("/", "\0") else ""
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        self.watchdog_usec = int(usec) if usec.isdigit() and (not pid or pid == str(os.getpid())) else 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+    def send(self, *lines: str) -> bool:
+        if not self.address:
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                s.sendto("\n".join(lines).encode(), self.address)
+            return True
+        except OSError as e:
+            log.warning("sd_notify failed: %s", e)
+            return False
+
+    def watchdog_interval(self) -> float | None:
+        """Seconds between WATCHDOG=1 pings (half the watchdog timeout), or None when systemd wants none."""
+        return self.watchdog_usec / 2e6 if self.watchdog_usec else None
+
+
+# The database write gate ----------------------------------------------------------------------------------
+class WriteGate:
+    """One writer at a time in this process (SQLite only; PostgreSQL: a no-op), urgent writers first.
+
+    SQLite has one writer anyway; when a second one waits inside SQLite, its busy handler sleeps in steps up to
+    100 ms. Waiting here instead hands the lock over at once, and a store (a client waits for its 250) goes
+    before threading work."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._cond = threading.Condition()
+        self._busy = False
+        self._urgent = 0
+
+    @contextlib.contextmanager
+    def hold(self, urgent: bool) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        with self._cond:
+            if urgent:
+                self._urgent += 1
+            try:
+                while self._busy or (not urgent and self._urgent):
+                    self._cond.wait()
+            finally:
+                if urgent:
+                    self._urgent -= 1
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
+# Logging --------------------------------------------------------------------------------------------------
+class LogFile:
+    """logging.file: replaces the stderr handler; reopen() after logrotate moved the file (SIGHUP)."""
+
+    def __init__(self, path: str, level: int) -> None:
+        self.handler = logging.FileHandler(path, encoding="utf-8", delay=False)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        root.addHandler(self.handler)
+        root.setLevel(level)
+
+    def reopen(self) -> None:
+        old = self.handler.setStream(self.handler._open())
+        if old is not None:
+            old.close()
+
+
+# The service ----------------------------------------------------------------------------------------------
+class Service:
+    def __init__(self, config: Config, *, app: Any = None, verbose: bool = False,
+                 notifier: Notifier | None = None, handle_signals: bool = True) -> None:
+        self.config = config
+        self.handle_signals = handle_signals
+        self.verbose = verbose
+        self._app = app
+        self.notifier = notifier or Notifier()
+        serve = config.values["serve"]
+        self.grace = float(serve["shutdown_grace_seconds"])
+        self.sweep_seconds = float(serve["pending_sweep_seconds"])
+        self.workers = int(serve["workers"])
+        self.stopping: asyncio.Event | None = None            # set when shutdown starts (tasks end on it)
+        self.stop_requested = threading.Event()                # the same, for sync code in threads
+        self.listeners: list[Any] = []
+        self.intake: Any = None
+        self.registry: Any = None
+        self.queue: asyncio.Queue[int] | None = None
+        self.gate = WriteGate(False)
+        self._tasks: list[tuple[str, Callable[[Service], Awaitable[None]]]] = []
+        self._jobs: list[tuple[str, Callable[[], Any], float, bool]] = []
+        self._running: list[asyncio.Task[Any]] = []
+        self._workers: list[asyncio.Task[Any]] = []
+        self._inflight: set[asyncio.Future[Any]] = set()
+        self._started = threading.Event()                      # tests: listeners are bound
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._logfile: LogFile | None = None
+        self.store_pool = ThreadPoolExecutor(8, thread_name_prefix="store")
+        self.process_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="thread")
+        self.pool = ThreadPoolExecutor(32, thread_name_prefix="svc")
+
+    # Plug-in API ---------------------------------------------------------------------------------------
+    @property
+    def app(self) -> Any:
+        if self._app is None:
+            from gateway.app import build_app
+
+            self._app = build_app(self.config)
+        return self._app
+
+    def add_task(self, name: str, factory: Callable[[Service], Awaitable[None]]) -> None:
+        """A long-running coroutine `factory(service)`, started after the listeners, ended by `stopping`."""
+        self._tasks.append((name, factory))
+
+    def add_job(self, name: str, func: Callable[[], Any], seconds: float, *, start_now: bool = False) -> None:
+        """A periodic job (APScheduler interval; coalesce, one instance at a time). `func` is a plain callable
+        (runs in a thread) or a coroutine function."""
+        self._jobs.append((name, func, seconds, start_now))
+
+    async def run_sync(self, func: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, func, *args)
+
+    async def store(self, raw: bytes, envelope: Envelope, *, thread: bool = True) -> int:
+        """Store durably (the commit happened when this returns). thread=True: the workers thread it next."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.store_pool, self._store_sync, raw, envelope)
+        self._inflight.add(fut)
+        fut.add_done_callback(lambda f: self._stored(f, thread))
+        # shielded: a client that hangs up while we commit does not orphan the mail (the sweep would catch
+        # it, but the callback queues it at once)
+        return await asyncio.shield(fut)
+
+    async def process(self, mail_id: int) -> Result:
+        return await asyncio.get_running_loop().run_in_executor(self.process_pool, self._process_sync, mail_id)
+
+    def enqueue(self, mail_id: int) -> None:
+        if self.queue is not None:
+            self.queue.put_nowait(mail_id)
+
+    # Sync parts (threads) ------------------------------------------------------------------------------
+    def _store_sync(self, raw: bytes, envelope: Envelope) -> int:
+        with self.gate.hold(urgent=True):
+            return self.intake.store(raw, envelope)
+
+    def _process_sync(self, mail_id: int) -> Result:
+        with self.gate.hold(urgent=False):
+            return self.intake.process(mail_id)
+
+    def _stored(self, fut: asyncio.Future[int], thread: bool) -> None:
+        self._inflight.discard(fut)
+        if thread and not fut.cancelled() and fut.exception() is None:
+            self.enqueue(fut.result())
+
+    def sweep(self, older_than: float | None = None) -> int:
+        """Thread every stored mail still 'received' (Intake.pending + process, like process_pending, but
+        one broken mail does not stop the rest and a shutdown stops it between mails)."""
+        from datetime import timedelta
+
+        age = timedelta(seconds=self.sweep_seconds if older_than is None else older_than)
+        done = 0
+        seen: set[int] = set()
+        while not self.stop_requested.is_set():
+            ids = [i for i in self.intake.pending(older_than=age, limit=100) if i not in seen]
+            if not ids:
+                break
+            for mail_id in ids:
+                if self.stop_requested.is_set():
+                    break
+                seen.add(mail_id)
+                try:
+                    self._process_sync(mail_id)
+                    done += 1
+                except StoreUnavailable:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    if is_unavailable(e):
+                        raise StoreUnavailable(str(e)) from e
+                    log.exception("sweep: mail %s failed", mail_id)
+        if done:
+            log.info("sweep: threaded %d stored mail(s)", done)
+        return done
+
+    # Running -------------------------------------------------------------------------------------------
+    def install_components(self) -> None:
+        for spec in COMPONENTS:
+            module, _, func = spec.partition(":")
+            getattr(importlib.import_module(module), func or "install")(self)
+
+    async def _worker(self, n: int) -> None:
+        assert self.queue is not None
+        while True:
+            mail_id = await self.queue.get()
+            try:
+                result = await self.process(mail_id)
+                log.debug("mail %s: %s", mail_id, result.outcome)
+            except StoreUnavailable as e:
+                log.warning("mail %s stored, threading postponed (store unavailable: %s)", mail_id, e)
+            except Exception:  # noqa: BLE001
+                log.exception("mail %s: threading failed; the sweep tries again", mail_id)
+
+    async def _run_task(self, name: str, factory: Callable[[Service], Awaitable[None]]) -> None:
+        try:
+            await factory(self)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.exception("task %s failed", name)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.send("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    def _job(self, name: str, func: Callable[[], Any]) -> Callable[[], Awaitable[None]]:
+        async def job() -> None:
+            try:
+                if asyncio.iscoroutinefunction(func):
+                    await func()
+                else:
+                    await asyncio.get_running_loop().run_in_executor(self.pool, func)
+            except StoreUnavailable as e:
+                log.warning("job %s: store unavailable: %s", name, e)
+            except Exception:  # noqa: BLE001
+                log.exception("job %s failed", name)
+        return job
+
+    def request_stop(self, why: str = "") -> None:
+        if self.stopping is not None and not self.stopping.is_set():
+            log.info("stopping%s", f" ({why})" if why else "")
+            self.stopping.set()
+            self.stop_requested.set()
+
+    def stop_threadsafe(self) -> None:
+        """request_stop from another thread (tests, embedding)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.request_stop, "requested")
+
+    def reopen_logs(self) -> None:
+        if self._logfile is not None:
+            self._logfile.reopen()
+            log.info("log file reopened")
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (or request_stop). Returns the exit code."""
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        from gateway.cli import EX_CONFIG, EX_TEMPFAIL
+        from gateway.config import ConfigError
+        from gateway.migrate import ensure_current
+        from gateway.smtp import SessionRegistry, quiet_aiosmtpd, start_listeners
+
+        loop = self._loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        quiet_aiosmtpd(self.verbose)
+        logging.getLogger("apscheduler").setLevel(logging.DEBUG if self.verbose else logging.WARNING)
+        logfile = self.config.get("logging", "file")
+        if logfile:
+            level = logging.DEBUG if self.verbose else getattr(logging, self.config.get("logging", "level"))
+            self._logfile = LogFile(str(self.config.base_dir / os.path.expanduser(logfile)), level)
+
+        try:
+            app = await loop.run_in_executor(self.pool, lambda: self.app)
+            await loop.run_in_executor(self.pool, ensure_current, app.engine)
+        except Exception as e:  # noqa: BLE001
+            if is_unavailable(e):
+                log.error("store unavailable at start, giving up (systemd restarts us): %s", e)
+                return EX_TEMPFAIL
+            raise
+        self.intake = app.intake()
+        self.gate = WriteGate(app.engine.dialect.name == "sqlite")
+
+        self.registry = SessionRegistry(self.config.get("limits", "max_sessions"))
+        self.queue = asyncio.Queue()
+        try:
+            self.listeners = await start_listeners(self.config, self.store, self.registry)
+        except ConfigError as e:
+            log.error("configuration error: %s", e)
+            return EX_CONFIG
+        except OSError as e:
+            log.error("cannot listen: %s", e)
+            return 71  # EX_OSERR
+        self.install_components()
+
+        if self.handle_signals:
+            for sig, what in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
+                loop.add_signal_handler(sig, self.request_stop, what)
+            loop.add_signal_handler(signal.SIGHUP, self.reopen_logs)
+
+        scheduler = AsyncIOScheduler(event_loop=loop, timezone=timezone.utc)
+        jobs = [("pending-sweep", self.sweep, self.sweep_seconds, False),
+                ("startup-sweep", lambda: self.sweep(0), 0, True)] + self._jobs
+        for name, func, seconds, start_now in jobs:
+            if seconds <= 0:  # one-off
+                scheduler.add_job(self._job(name, func), "date", run_date=datetime.now(timezone.utc), id=name,
+                                  name=name, misfire_grace_time=None)
+                continue
+            kw: dict[str, Any] = {"next_run_time": datetime.now(timezone.utc)} if start_now else {}
+            scheduler.add_job(self._job(name, func), "interval", seconds=seconds, id=name, name=name,
+                              coalesce=True, max_instances=1, misfire_grace_time=max(1, int(seconds)), **kw)
+        scheduler.start()
+        self._workers = [loop.create_task(self._worker(i), name=f"worker-{i}") for i in range(self.workers)]
+        self._running = [loop.create_task(self._run_task(n, f), name=n) for n, f in self._tasks]
+        wd = self.notifier.watchdog_interval()
+        watchdog = loop.create_task(self._watchdog(wd)) if wd else None
+
+        log.info("listening: %s", ", ".join(li.where for li in self.listeners))
+        self.notifier.send("READY=1", f"STATUS=listening: {', '.join(li.where for li in self.listeners)}",
+                           f"MAINPID={os.getpid()}")
+        self._started.set()
+
+        await self.stopping.wait()
+        t0 = time.monotonic()
+        self.notifier.send("STOPPING=1", "STATUS=finishing sessions")
+        # 1. stop accepting; 421 to idle sessions; sessions inside a mail go on until the grace deadline
+        self.registry.closing = True
+        from gateway.smtp import stop_listeners
+
+        await stop_listeners(self.listeners)
+        deadline = t0 + self.grace
+        while self.registry.live and time.monotonic() < deadline:
+            self.registry.close_idle()
+            self.registry.changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.registry.changed.wait(), 0.1)
+        if self.registry.live:
+            log.warning("%d session(s) still busy after %.0fs: closing them (no 250 was given)",
+                        len(self.registry.live), self.grace)
+            self.registry.abort_all()
+        # 2. stores in flight finish (they were committing: their mail is kept and queued)
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=max(0.5, t0 + self.grace + 3 - time.monotonic()))
+        # 3. pollers and other tasks end on `stopping`; cancel what is left
+        if self._running:
+            _, pending = await asyncio.wait(self._running, timeout=max(0.1, deadline - time.monotonic()))
+            for t in pending:
+                t.cancel()
+        # 4. queued threading work: keep going until the deadline; the rest waits in the store for next start
+        assert self.queue is not None
+        while not self.queue.empty() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = self.queue.qsize()
+        if left:
+            log.info("%d stored mail(s) will be threaded at next start", left)
+        scheduler.shutdown(wait=False)
+        for t in self._workers + ([watchdog] if watchdog else []):
+            t.cancel()
+        await asyncio.gather(*self._workers, *self._running, return_exceptions=True)
+        # 5. threads: in-flight pipeline runs finish (their transactions are short); then close the store
+        ok = await loop.run_in_executor(None, self._join_pools, t0 + HARD_EXIT_SECONDS - 2)
+        if ok:
+            with contextlib.suppress(Exception):
+                self.app.close()
+        log.info("stopped after %.1fs", time.monotonic() - t0)
+        return 0
+
+    def _join_pools(self, until: float) -> bool:
+        pools = (self.store_pool, self.process_pool, self.pool)
+        for p in pools:
+            p.shutdown(wait=False, cancel_futures=True)
+        threads = [t for p in pools for t in getattr(p, "_threads", ())]
+        for t in threads:
+            t.join(max(0.0, until - time.monotonic()))
+        alive = [t.name for t in threads if t.is_alive()]
+        if alive:
+            log.error("threads still running at shutdown: %s", ", ".join(alive))
+        return not alive
+
+
+def serve(config: Config, *, verbose: bool = False) -> int:
+    """Run the service in a new event loop (the `serve` command)."""
+    service = Service(config, verbose=verbose)
+    code = asyncio.run(service.run())
+    lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if lingering:
+        # a thread stuck in a database call must not keep us past systemd's stop timeout; its transaction is
+        # rolled back by the database like after a crash
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+__all__ = ["COMPONENTS", "Notifier", "Service", "WriteGate", "serve"]

@@ -1,0 +1,30 @@
+"""Small dialect helpers (SQLite and PostgreSQL) for the SLA feature."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from sqlalchemy import Table
+from sqlalchemy.orm import Session
+
+
+def insert_ignore(session: Session, table: Table, values: Mapping[str, Any],
+                  conflict: Sequence[str]) -> int | None:
+    """INSERT ... ON CONFLICT (conflict) DO NOTHING RETURNING id: the new row's id, or None when a row with
+    the same key exists (committed, or in flight in another transaction that then commits: PostgreSQL waits
+    for it). This is the database-side claim behind every once-only action."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    pk = list(table.primary_key.columns)[0]
+    stmt = insert(table).values(**values).on_conflict_do_nothing(index_elements=list(conflict)).returning(pk)
+    return session.execute(stmt).scalar()
+
+
+def for_update(query: Any, session: Session) -> Any:
+    """Lock the selected rows on PostgreSQL, skipping rows another instance holds (SQLite: BEGIN IMMEDIATE
+    already serialises writers)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return query.with_for_update(skip_locked=True)
+    return query

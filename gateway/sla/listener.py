@@ -1,0 +1,203 @@
+"""The SLA listener: keeps every ticket's deadlines right, inside the transaction of the change.
+
+* TicketCreated: the first active matching policy (configured order) stamps response and resolution deadlines.
+* CommentAdded: the first public comment by staff is the first response (an internal note, a system comment
+  or an automatic acknowledgement is not).
+* TicketChanged:
+    - status -> pending pauses both clocks (`sla_paused_at`); leaving pending resumes them and pushes the
+      running deadlines by the paused span (business time with a calendar); the pending reminder
+      (`remind_at`) ends with the pending status;
+    - resolved/closed stops the clocks; reopening pushes the resolution deadline (and a response deadline
+      that was never met) by the time spent resolved -- a late resolution stays a breach;
+    - priority, type, organisation or group changes re-run the policy choice; when the policy changes the
+      running deadlines are recomputed (met ones stay met).
+  After every event the ticket's SlaClock row (derived warning times, `next_at` for the sweep) is refreshed.
+
+Escalations already recorded for a clock follow its deadline across pauses (a resume moves their deadline
+with the clock), so a pause never causes a second warning; a new deadline from a policy change or a reopen
+can escalate again.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from gateway.events import CommentAdded, Event, TicketChanged, TicketCreated
+from gateway.models import Comment, SlaClock, SlaEscalation, Ticket
+from gateway.sla import state as st
+from gateway.sla.store import PolicyStore, StoredPolicy
+from gateway.sla_policy import Policy, change_policy, choose_policy, deadlines, reopen, resume, warn_times
+
+log = logging.getLogger(__name__)
+
+OPEN = ("open", "in_progress", "pending")
+DONE = ("resolved", "closed")
+# Comment sources that are never a response (the outbound acknowledgement, system notes).
+AUTO_SOURCES = frozenset({"system", "auto", "autoreply", "auto_reply", "ack", "acknowledgement", "notification"})
+POLICY_FIELDS = ("priority", "type", "group", "organisation", "organisation_id")
+
+
+def is_first_response(c: Comment) -> bool:
+    return bool(c.by_staff and not c.internal and c.author_id is not None and (c.source or "") not in AUTO_SOURCES)
+
+
+class SlaListener:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._seeded = False
+
+    # Entry point ---------------------------------------------------------------------------------------------
+    def __call__(self, session: Session, event: Event) -> None:
+        if isinstance(event, TicketCreated):
+            self.created(session, event.ticket)
+        elif isinstance(event, CommentAdded):
+            self.commented(session, event.ticket, event.comment)
+        elif isinstance(event, TicketChanged):
+            self.changed(session, event.ticket, event.changes, event.at or event.ticket.updated_at)
+
+    # Policies ------------------------------------------------------------------------------------------------
+    def policies(self, session: Session) -> list[StoredPolicy]:
+        store = PolicyStore(session, self.app.clock)
+        if not self._seeded:
+            seed = self.app.config.get("sla", "policies")
+            if seed:
+                store.seed(seed)
+            self._seeded = True
+        return store.policies()
+
+    @staticmethod
+    def choose(policies: list[StoredPolicy], t: Ticket) -> Policy | None:
+        return choose_policy([p.policy for p in policies], priority=t.priority, type=t.type,
+                             organisation=t.organisation.name if t.organisation else None, group=t.group)
+
+    @staticmethod
+    def by_name(policies: list[StoredPolicy], name: str | None) -> Policy | None:
+        for p in policies:
+            if p.name == name:
+                return p.policy
+        return None
+
+    # Events --------------------------------------------------------------------------------------------------
+    def created(self, s: Session, t: Ticket) -> None:
+        policy = self.choose(self.policies(s), t)
+        if policy is None:
+            return
+        t.sla_policy = policy.name
+        t.response_due_at, t.resolution_due_at = deadlines(policy, t.created_at)
+        if t.status == "pending":
+            t.sla_paused_at = t.created_at
+        self.refresh(s, t, policy, t.created_at, new=True)
+
+    def commented(self, s: Session, t: Ticket, c: Comment) -> None:
+        if t.first_response_at is not None or not is_first_response(c):
+            return
+        t.first_response_at = c.created_at
+        if t.sla_policy is not None:
+            self.refresh(s, t, self.by_name(self.policies(s), t.sla_policy), c.created_at)
+
+    def changed(self, s: Session, t: Ticket, changes: dict[str, tuple[Any, Any]], at: datetime) -> None:
+        touches_status = "status" in changes
+        touches_policy = any(f in changes for f in POLICY_FIELDS)
+        if not touches_status and not touches_policy:
+            return
+        policies = self.policies(s)
+        policy = self.by_name(policies, t.sla_policy)
+        clock = s.get(SlaClock, t.id)
+        if touches_status:
+            old, new = changes["status"]
+            if old == "pending" and new != "pending":
+                self._resume(s, t, policy, at)
+                if "remind_at" not in changes or changes["remind_at"][1] is None or new in DONE:
+                    t.remind_at = None  # the reminder belongs to the pending status
+            if old in DONE and new not in DONE:
+                self._reopen(s, t, policy, clock, at)
+            if new in DONE and old not in DONE and clock is not None:
+                clock.resolved_at = t.resolved_at or at
+            if new == "pending" and old != "pending" and t.sla_paused_at is None:
+                t.sla_paused_at = at
+        if touches_policy:
+            chosen = self.choose(policies, t)
+            if (chosen.name if chosen else None) != t.sla_policy:
+                t.response_due_at, t.resolution_due_at = change_policy(
+                    policy, chosen, t.created_at, response_due=t.response_due_at,
+                    resolution_due=t.resolution_due_at, first_response_at=t.first_response_at,
+                    resolved_at=t.resolved_at)
+                log.info("ticket #%s: SLA policy %s -> %s", t.number, t.sla_policy,
+                         chosen.name if chosen else None)
+                t.sla_policy = chosen.name if chosen else None
+                policy = chosen
+        if t.sla_policy is None and clock is None:
+            return
+        self.refresh(s, t, policy, at)
+
+    # Clock operations ----------------------------------------------------------------------------------------
+    def _resume(self, s: Session, t: Ticket, policy: Policy | None, at: datetime) -> None:
+        paused = t.sla_paused_at
+        t.sla_paused_at = None
+        if paused is None or policy is None:
+            return
+        at = max(at, paused)
+        for kinds, attr, met in ((st.RESPONSE_KINDS, "response_due_at", t.first_response_at is not None),
+                                 (st.RESOLUTION_KINDS, "resolution_due_at", False)):
+            due = getattr(t, attr)
+            if due is None:
+                continue
+            pushed = resume(policy, due, paused, at, met=met)
+            if pushed != due:
+                setattr(t, attr, pushed)
+                self._move_escalations(s, t, kinds, due, pushed)
+
+    def _reopen(self, s: Session, t: Ticket, policy: Policy | None, clock: SlaClock | None, at: datetime) -> None:
+        resolved_at = clock.resolved_at if clock is not None else None
+        if clock is not None:
+            clock.resolved_at = None
+        if policy is None or resolved_at is None or at < resolved_at:
+            return
+        if t.resolution_due_at is not None:
+            t.resolution_due_at = reopen(policy, t.resolution_due_at, resolved_at, at)
+        if t.response_due_at is not None and t.first_response_at is None:
+            # resolving stopped the response clock too; it resumes without a response yet
+            t.response_due_at = reopen(policy, t.response_due_at, resolved_at, at)
+
+    @staticmethod
+    def _move_escalations(s: Session, t: Ticket, kinds: tuple[str, ...], old: datetime, new: datetime) -> None:
+        """Escalations sent for a clock stay sent when a pause pushes its deadline."""
+        s.execute(update(SlaEscalation).where(SlaEscalation.ticket_id == t.id, SlaEscalation.kind.in_(kinds),
+                                              SlaEscalation.deadline == old)
+                  .values(deadline=new).execution_options(synchronize_session=False))
+
+    def refresh(self, s: Session, t: Ticket, policy: Policy | None, at: datetime, *, new: bool = False) -> None:
+        """Recompute the derived warning times and the sweep's `next_at` for the ticket's current state."""
+        refresh_clock(s, t, policy, at, new=new)
+
+
+def sent_kinds(s: Session, t: Ticket) -> set[str]:
+    """Escalation kinds already recorded for the ticket's current deadlines."""
+    rows = s.execute(select(SlaEscalation.kind, SlaEscalation.deadline)
+                     .where(SlaEscalation.ticket_id == t.id)).all()
+    return {kind for kind, deadline in rows if deadline == st.due_for_kind(t, kind)}
+
+
+def refresh_clock(s: Session, t: Ticket, policy: Policy | None, at: datetime, *, new: bool = False,
+                  sent: set[str] | None = None, clock: SlaClock | None = None) -> SlaClock | None:
+    if clock is None and not new:
+        clock = s.get(SlaClock, t.id)
+    if clock is None:
+        clock = SlaClock(ticket_id=t.id, updated_at=at)
+        s.add(clock)
+    if policy is not None:
+        clock.warn_response_at, clock.warn_resolution_at = warn_times(
+            policy, t.created_at, t.response_due_at, t.resolution_due_at)
+    else:  # no policy (or it was deleted): keep deadlines, warn nothing new
+        clock.warn_response_at = clock.warn_resolution_at = None
+    if sent is None:
+        sent = set() if new else sent_kinds(s, t)
+    clock.next_at = st.next_at(t, clock.warn_response_at, clock.warn_resolution_at, sent)
+    clock.updated_at = at
+    s.flush()
+    return clock

@@ -1,0 +1,155 @@
+"""SLA mails (escalations and pending reminders) through the outbound helper's outbox.
+
+Adapter over `gateway.outbound.notify.Outbound` (issue 4), which owns composing, the signed reply addresses,
+the ticket's thread headers (In-Reply-To/References/Thread-Index), Message-IDs and the outbox rows. We reuse
+the Outbound listener the App already has (so `outbound.enabled` and its settings apply) and hand it our
+templates' extra variable `sla` through a thin Templates wrapper; the mail is queued in the caller's
+transaction, so it exists if and only if the escalation's claim row commits.
+
+Templates: `templates/sla_<kind>.{subject,txt,html}.j2` for kind in response_warning, response_breach,
+resolution_warning, resolution_breach, pending_reminder -- the outbound format (see templates/README.md),
+with one more variable `sla`:
+
+    sla.kind          response_warning | response_breach | resolution_warning | resolution_breach | pending_reminder
+    sla.what          "response warning", ...
+    sla.clock         response | resolution | reminder
+    sla.deadline      the deadline (or the reminder date), "2026-11-02 10:00 UTC"
+    sla.due_at        when this became due (the warning time or the deadline)
+    sla.now           the sweep's instant
+    sla.left          "12 minutes left" / "overdue by 1 hour 5 minutes" (relative to sla.now)
+    sla.policy        the policy's name (empty for reminders)
+    sla.target        "30 minutes" (the clock's target; empty for reminders)
+    sla.assignee      the assignee's address (or empty)
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from datetime import datetime
+from typing import Any
+
+from gateway.models import Contact, Ticket
+from gateway.sla.store import StoredPolicy
+
+log = logging.getLogger(__name__)
+
+KINDS = ("response_warning", "response_breach", "resolution_warning", "resolution_breach", "pending_reminder")
+
+
+def event_name(kind: str) -> str:
+    return f"sla_{kind}"
+
+
+def duration_text(minutes: float) -> str:
+    minutes = int(round(abs(minutes)))
+    d, rest = divmod(minutes, 24 * 60)
+    h, m = divmod(rest, 60)
+    parts = [f"{d} day{'s' * (d != 1)}"] if d else []
+    parts += [f"{h} hour{'s' * (h != 1)}"] if h else []
+    parts += [f"{m} minute{'s' * (m != 1)}"] if m or not parts else []
+    return " ".join(parts)
+
+
+class _WithSla:
+    """Templates wrapper: every render gets the `sla` variable too."""
+
+    def __init__(self, inner: Any, sla: dict[str, Any]) -> None:
+        self.inner = inner
+        self.sla = sla
+
+    def render(self, event: str, ctx: dict[str, Any]) -> Any:
+        return self.inner.render(event, {**ctx, "sla": self.sla})
+
+
+def sample_sla(kind: str) -> dict[str, Any]:
+    return {"kind": kind, "what": kind.replace("_", " "), "clock": kind.split("_")[0] if kind != "pending_reminder"
+            else "reminder", "deadline": "2026-11-02 10:00 UTC", "due_at": "2026-11-02 09:54 UTC",
+            "now": "2026-11-02 09:55 UTC", "left": "5 minutes left", "policy": "critical",
+            "target": "30 minutes", "assignee": "bob@example.com"}
+
+
+class SlaMailer:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.groups: dict[str, str] = {k: v.lower() for k, v in app.config.get("sla", "group_addresses").items()}
+        self.outbound = self._find_outbound(app)
+        if self.outbound is None:
+            log.debug("SLA: no outbound listener on the App (outbound disabled?): escalations are recorded, "
+                      "not mailed")
+
+    @staticmethod
+    def _find_outbound(app: Any) -> Any:
+        from gateway.outbound import notifier_of
+
+        return notifier_of(app)
+
+    @staticmethod
+    def check_templates(templates: Any) -> None:
+        """Render every SLA template with sample data (raises on a missing file or variable)."""
+        from gateway.outbound.render import sample_context
+
+        for kind in KINDS:
+            _WithSla(templates, sample_sla(kind)).render(event_name(kind), sample_context("assignment"))
+
+    # Recipients ----------------------------------------------------------------------------------------------
+    def _usable(self, email: str, contact: Contact | None = None) -> bool:
+        if self.outbound is None:
+            return "@" in email
+        from gateway.outbound.notify import Recipient
+
+        return bool(self.outbound.usable(Recipient(email, "", contact)))
+
+    def group_address(self, t: Ticket) -> str | None:
+        return self.groups.get(t.group) if t.group else None
+
+    def escalation_recipients(self, s: Any, t: Ticket, policy: StoredPolicy | None) -> list[str]:
+        out: list[str] = []
+        if (policy is None or policy.notify_assignee) and t.assignee is not None \
+                and self._usable(t.assignee.email, t.assignee):
+            out.append(t.assignee.email)
+        group = self.group_address(t)
+        if (policy is None or policy.notify_group) and group and self._usable(group):
+            out.append(group)
+        for addr in (policy.escalate_to if policy is not None else ()):
+            if self._usable(addr):
+                out.append(addr)
+        return list(dict.fromkeys(a.lower() for a in out))
+
+    def reminder_recipients(self, s: Any, t: Ticket) -> list[str]:
+        if t.assignee is not None and self._usable(t.assignee.email, t.assignee):
+            return [t.assignee.email.lower()]
+        group = self.group_address(t)
+        return [group] if group and self._usable(group) else []
+
+    # Sending -------------------------------------------------------------------------------------------------
+    def send(self, s: Any, t: Ticket, kind: str, recipients: list[str], *, deadline: datetime, due_at: datetime,
+             now: datetime, policy: StoredPolicy | None = None) -> str | None:
+        """Queue one mail per recipient in the outbox (in the caller's transaction); returns the outbox batch."""
+        if self.outbound is None or not recipients:
+            return None
+        from sqlalchemy import select
+
+        from gateway.outbound.notify import Recipient
+        from gateway.outbound.render import fmt_time
+
+        minutes = (deadline - now).total_seconds() / 60
+        clock = "reminder" if kind == "pending_reminder" else kind.split("_")[0]
+        target = ""
+        if policy is not None and clock != "reminder":
+            p = policy.policy
+            target = duration_text(p.response_minutes if clock == "response" else p.resolution_minutes)
+            if p.calendar is not None:
+                target += " (business hours)"
+        sla = {"kind": kind, "what": kind.replace("_", " "), "clock": clock, "deadline": fmt_time(deadline),
+               "due_at": fmt_time(due_at), "now": fmt_time(now),
+               "left": (f"{duration_text(minutes)} left" if minutes > 0 else
+                        f"overdue by {duration_text(minutes)}" if minutes < 0 else "due now"),
+               "policy": policy.name if policy is not None and clock != "reminder" else "",
+               "target": target, "assignee": t.assignee.email if t.assignee else ""}
+        contacts = {c.email: c for c in s.scalars(select(Contact).where(Contact.email.in_(recipients)))}
+        rs = [Recipient(e, contacts[e].name or "" if e in contacts else "", contacts.get(e)) for e in recipients]
+        ob = copy.copy(self.outbound)
+        ob.templates = _WithSla(self.outbound.templates, sla)
+        rows = ob.enqueue(s, event_name(kind), t, rs, by_mail=False, visible=False)
+        return rows[0].batch if rows else None

@@ -1,0 +1,227 @@
+"""The periodic SLA sweep: pending reminders and escalations, each exactly once.
+
+Selection goes through indexes only: pending reminders by `tickets(status, remind_at)`, escalations by the
+partial index `sla_clocks(next_at, ticket_id) WHERE next_at IS NOT NULL` (keyset pages), never a scan of the
+tickets. Each page is one transaction: the tickets are locked (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so two
+instances share the work; SQLite serialises writers), re-checked, and every mail is claimed by inserting its
+unique (ticket, kind, deadline) row in `sla_escalations` (`ON CONFLICT DO NOTHING`) in the same transaction
+as its outbox row: a mail is queued if and only if its claim row commits. A scheduler that was down catches
+up once (only the latest threshold of each clock is mailed; a warning whose breach is due is recorded as
+suppressed).
+
+`sweep(app, now=...)` evaluates as of `now` (default: the App's clock).
+"""
+
+from __future__ import annotations
+
+import logging
+import time as _time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from gateway.db import retry_on_conflict, transaction
+from gateway.models import SlaClock, SlaEscalation, Ticket
+from gateway.sla import state as st
+from gateway.sla.dbutil import for_update, insert_ignore
+from gateway.sla.store import PolicyStore, StoredPolicy
+from gateway.sla_policy import escalations_due
+from gateway.tickets import Tickets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepResult:
+    now: datetime
+    escalations: list[tuple[int, str, list[str]]] = field(default_factory=list)  # (number, kind, recipients)
+    suppressed: list[tuple[int, str]] = field(default_factory=list)
+    reminders: list[tuple[int, list[str]]] = field(default_factory=list)
+    skipped: int = 0  # already done or held by another instance
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (f"SLA sweep as of {self.now.isoformat()}: {len(self.escalations)} escalation(s), "
+                f"{len(self.reminders)} reminder(s), {len(self.suppressed)} suppressed, {self.skipped} skipped "
+                f"({self.seconds * 1000:.0f} ms)")
+
+
+class Sweeper:
+    def __init__(self, app: Any, now: datetime | None = None, *, batch_size: int | None = None) -> None:
+        from gateway.sla.mail import SlaMailer
+
+        self.app = app
+        self.now = now or app.clock()
+        if self.now.tzinfo is None:
+            raise ValueError("sweep: an aware 'now' is needed")
+        self.batch = batch_size or app.config.get("sla", "batch_size")
+        self.mailer = SlaMailer(app)
+        self.result = SweepResult(now=self.now)
+        self._policies: dict[str, StoredPolicy] | None = None
+
+    def policies(self, s: Session) -> dict[str, StoredPolicy]:
+        if self._policies is None:
+            self._policies = {p.name: p for p in PolicyStore(s, self.app.clock).policies()}
+        return self._policies
+
+    # Pending reminders -----------------------------------------------------------------------------------
+    def due_reminders(self, s: Session, after: tuple[datetime, int] | None) -> list[tuple[int, datetime]]:
+        q = (select(Ticket.id, Ticket.remind_at)
+             .where(Ticket.status == "pending", Ticket.remind_at <= self.now))
+        if after is not None:
+            q = q.where(or_(Ticket.remind_at > after[0], and_(Ticket.remind_at == after[0], Ticket.id > after[1])))
+        return [(i, r) for i, r in s.execute(q.order_by(Ticket.remind_at, Ticket.id).limit(self.batch))]
+
+    def reminders_page(self, after: tuple[datetime, int] | None) -> tuple[datetime, int] | None:
+        def work() -> tuple[datetime, int] | None:
+            with transaction(self.app.sessions) as s:
+                due = self.due_reminders(s, after)
+                if not due:
+                    return None
+                ids = [i for i, _ in due]
+                locked = set(s.scalars(for_update(select(Ticket.id).where(Ticket.id.in_(ids)), s)))
+                self.result.skipped += len(ids) - len(locked)
+                tickets = Tickets(s, clock=lambda: self.now, listeners=self.app.listeners)
+                for t in s.scalars(select(Ticket).where(Ticket.id.in_(locked)).order_by(Ticket.id)):
+                    self.remind(s, tickets, t)
+                return due[-1][1], due[-1][0]
+        return self._page(work)
+
+    def remind(self, s: Session, tickets: Tickets, t: Ticket) -> None:
+        if t.status != "pending" or t.remind_at is None or t.remind_at > self.now:
+            self.result.skipped += 1  # done meanwhile by someone else
+            return
+        remind_at = t.remind_at
+        recipients = self.mailer.reminder_recipients(s, t)
+        claim = insert_ignore(s, SlaEscalation.__table__, dict(
+            ticket_id=t.id, kind=st.REMINDER, deadline=remind_at, due_at=remind_at, sent_at=self.now,
+            recipients=recipients, suppressed=not recipients), ["ticket_id", "kind", "deadline"])
+        tickets.change(t, status="open")  # listeners: SLA resumes, remind_at cleared, notifications
+        if claim is None:
+            self.result.skipped += 1
+            return
+        if recipients:
+            ref = self.mailer.send(s, t, st.REMINDER, recipients, deadline=remind_at, due_at=remind_at,
+                                   now=self.now)
+            self._set_ref(s, claim, ref)
+        self.result.reminders.append((t.number, recipients))
+        log.info("ticket #%s: pending reminder due %s -> open; mailed %s", t.number, remind_at.isoformat(),
+                 ", ".join(recipients) or "nobody (no assignee, no group address)")
+
+    # Escalations -----------------------------------------------------------------------------------------
+    def due_clocks(self, s: Session, after: tuple[datetime, int] | None) -> list[tuple[int, datetime]]:
+        q = select(SlaClock.ticket_id, SlaClock.next_at).where(SlaClock.next_at <= self.now)
+        if after is not None:
+            q = q.where(or_(SlaClock.next_at > after[0],
+                            and_(SlaClock.next_at == after[0], SlaClock.ticket_id > after[1])))
+        return [(i, n) for i, n in s.execute(q.order_by(SlaClock.next_at, SlaClock.ticket_id).limit(self.batch))]
+
+    def escalations_page(self, after: tuple[datetime, int] | None) -> tuple[datetime, int] | None:
+        def work() -> tuple[datetime, int] | None:
+            with transaction(self.app.sessions) as s:
+                due = self.due_clocks(s, after)
+                if not due:
+                    return None
+                ids = [i for i, _ in due]
+                # lock order as in a ticket change (ticket row, then its clock): no deadlock with listeners
+                locked = sorted(s.scalars(for_update(select(Ticket.id).where(Ticket.id.in_(ids)), s)))
+                self.result.skipped += len(ids) - len(locked)
+                if locked:
+                    clocks = {c.ticket_id: c for c in s.scalars(select(SlaClock).where(
+                        SlaClock.ticket_id.in_(locked)).execution_options(populate_existing=True))}
+                    sent: dict[int, list[tuple[str, datetime]]] = {}
+                    for tid, kind, deadline in s.execute(select(
+                            SlaEscalation.ticket_id, SlaEscalation.kind, SlaEscalation.deadline)
+                            .where(SlaEscalation.ticket_id.in_(locked))):
+                        sent.setdefault(tid, []).append((kind, deadline))
+                    for t in s.scalars(select(Ticket).where(Ticket.id.in_(locked)).order_by(Ticket.id)
+                                       .execution_options(populate_existing=True)):
+                        self.escalate(s, t, clocks.get(t.id), sent.get(t.id, []))
+                return due[-1][1], due[-1][0]
+        return self._page(work)
+
+    def escalate(self, s: Session, t: Ticket, clock: SlaClock | None,
+                 sent_rows: list[tuple[str, datetime]]) -> None:
+        if clock is None or clock.next_at is None or clock.next_at > self.now:
+            self.result.skipped += 1  # done meanwhile by another instance
+            return
+        sent = {k for k, d in sent_rows if d == st.due_for_kind(t, k)}
+        stored = self.policies(s).get(t.sla_policy or "")
+        for esc in escalations_due(self.now, response_due=t.response_due_at, resolution_due=t.resolution_due_at,
+                                   first_response_at=t.first_response_at, resolved_at=t.resolved_at,
+                                   paused_at=t.sla_paused_at, warn_response_at=clock.warn_response_at,
+                                   warn_resolution_at=clock.warn_resolution_at, sent=sent):
+            deadline = st.due_for_kind(t, esc.kind)
+            assert deadline is not None
+            recipients = self.mailer.escalation_recipients(s, t, stored)
+            claim = insert_ignore(s, SlaEscalation.__table__, dict(
+                ticket_id=t.id, kind=esc.kind, deadline=deadline, due_at=esc.at, sent_at=self.now,
+                recipients=recipients, suppressed=not recipients), ["ticket_id", "kind", "deadline"])
+            sent.add(esc.kind)
+            if esc.kind.endswith("_breach"):  # the breach says more than its warning: record, do not mail
+                warning = esc.kind.replace("_breach", "_warning")
+                if warning not in sent:
+                    if insert_ignore(s, SlaEscalation.__table__, dict(
+                            ticket_id=t.id, kind=warning, deadline=deadline, due_at=esc.at, sent_at=self.now,
+                            recipients=[], suppressed=True), ["ticket_id", "kind", "deadline"]) is not None:
+                        self.result.suppressed.append((t.number, warning))
+                    sent.add(warning)
+            if claim is None:
+                self.result.skipped += 1
+                continue
+            if recipients:
+                ref = self.mailer.send(s, t, esc.kind, recipients, deadline=deadline, due_at=esc.at,
+                                       now=self.now, policy=stored)
+                self._set_ref(s, claim, ref)
+                self.result.escalations.append((t.number, esc.kind, recipients))
+                log.info("ticket #%s: %s (due %s) mailed to %s", t.number, esc.kind, deadline.isoformat(),
+                         ", ".join(recipients))
+            else:
+                self.result.suppressed.append((t.number, esc.kind))
+                log.warning("ticket #%s: %s due but nobody to tell (no assignee, group address or "
+                            "escalation address)", t.number, esc.kind)
+        clock.next_at = st.next_at(t, clock.warn_response_at, clock.warn_resolution_at, sent)
+        clock.updated_at = self.now
+
+    def _page(self, work: Any) -> tuple[datetime, int] | None:
+        """Run one page transaction (retried on a lost race); results count only once it committed."""
+        r = self.result
+
+        def attempt() -> tuple[datetime, int] | None:
+            mark = (len(r.escalations), len(r.suppressed), len(r.reminders), r.skipped)
+            try:
+                return work()
+            except Exception:
+                del r.escalations[mark[0]:], r.suppressed[mark[1]:], r.reminders[mark[2]:]
+                r.skipped = mark[3]
+                raise
+        return retry_on_conflict(attempt)
+
+    @staticmethod
+    def _set_ref(s: Session, claim: int, ref: str | None) -> None:
+        if ref:
+            row = s.get(SlaEscalation, claim)
+            if row is not None:
+                row.outbox_ref = ref[:64]
+
+    # Whole sweep -----------------------------------------------------------------------------------------
+    def run(self) -> SweepResult:
+        started = _time.monotonic()
+        after = None
+        while (after := self.reminders_page(after)) is not None:
+            pass
+        after = None
+        while (after := self.escalations_page(after)) is not None:
+            pass
+        self.result.seconds = _time.monotonic() - started
+        if self.result.escalations or self.result.reminders:
+            log.info("%s", self.result.summary())
+        return self.result
+
+
+def sweep(app: Any, now: datetime | None = None, *, batch_size: int | None = None) -> SweepResult:
+    """One SLA sweep as of `now` (default: the App's clock). Safe to run in several processes at once."""
+    return Sweeper(app, now, batch_size=batch_size).run()

@@ -1,0 +1,309 @@
+"""SMTP and LMTP listeners (aiosmtpd) inside the service's own asyncio loop.
+
+One rule above all: `250` only after `Intake.store()` committed the raw mail. Threading into tickets happens
+after the answer, from the stored mail (the service's workers call `Intake.process`). Anything that goes
+wrong on our side -- database down, disk full, a bug -- answers `451 4.3.0` so the sending MTA tries again;
+never a 5xx that would bounce a customer's mail.
+
+aiosmtpd reads DATA lines with `readuntil(b"\\r\\n")` and ends DATA only on a `.` line between two CRLFs, so a
+bare LF (`\\n.\\n`, `\\r\\n.\\n`, `\\n.\\r\\n`) never ends a mail early and the bytes after it never become
+commands: SMTP smuggling cannot create a second message (tests/integration/test_smtp.py checks this).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope as SMTPEnvelope, Session as SMTPSession
+
+from gateway.config import Config, ConfigError
+from gateway.intake import Envelope
+
+log = logging.getLogger("gateway.smtp")
+
+DEFAULT_PORTS = {"smtp": 2525, "lmtp": 2424}
+DEFAULT_LISTENERS: tuple[dict[str, Any], ...] = (
+    {"protocol": "smtp", "host": "127.0.0.1", "port": 2525, "path": "", "socket_mode": "0660", "tls_cert": "",
+     "tls_key": "", "require_starttls": False},
+    {"protocol": "lmtp", "host": "127.0.0.1", "port": 2424, "path": "", "socket_mode": "0660", "tls_cert": "",
+     "tls_key": "", "require_starttls": False},
+)
+
+TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
+# Lines longer than this inside DATA are refused after the DATA (aiosmtpd: 500) and never split into commands.
+# RFC 5321 says 1000; real mail from broken generators is longer, Postfix itself wraps at 999.
+LINE_LIMIT = 64 * 1024
+# per-session budgets for commands that carry no mail (aiosmtpd answers 421 and closes when spent)
+CALL_LIMITS = {"NOOP": 100, "HELP": 20, "VRFY": 20, "EXPN": 20, "*": 100_000}
+
+
+StoreFn = Callable[[bytes, Envelope], Awaitable[int]]
+
+
+def listener_specs(config: Config) -> list[dict[str, Any]]:
+    """The configured [[listen]] tables (defaults filled in), else the two loopback defaults."""
+    specs = [dict(t) for t in (config.values.get("listen") or [])] or [dict(t) for t in DEFAULT_LISTENERS]
+    for i, t in enumerate(specs):
+        if not t["port"]:
+            t["port"] = DEFAULT_PORTS[t["protocol"]]
+        if bool(t["tls_cert"]) != bool(t["tls_key"]):
+            raise ConfigError(f"listen[{i}].tls_key: tls_cert and tls_key go together")
+        if t["require_starttls"] and not t["tls_cert"]:
+            raise ConfigError(f"listen[{i}].require_starttls: needs tls_cert and tls_key")
+    return specs
+
+
+def route_for(config: Config, recipients: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Routing defaults (group, priority, type) of the first [[routes]] entry matching a recipient.
+
+    For the pipeline (MailContext.routing): `ctx.routing = route_for(ctx.config, ctx.mail.envelope_to or [])`.
+    """
+    for route in config.values.get("routes") or []:
+        want = route["address"].lower()
+        for rcpt in recipients:
+            addr = (rcpt or "").lower()
+            local, _, domain = addr.rpartition("@")
+            if addr == want or f"{local.split('+', 1)[0]}@{domain}" == want:
+                out = {"priority": route["priority"], "type": route["type"]}
+                if route["group"]:
+                    out["group"] = route["group"]
+                return out
+    return {}
+
+
+class SessionRegistry:
+    """Live SMTP/LMTP sessions over all listeners: the concurrency cap and graceful shutdown."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.live: set[_Sessions] = set()
+        self.closing = False
+        self.changed = asyncio.Event()
+
+    def full(self) -> bool:
+        return len(self.live) >= self.limit
+
+    def add(self, s: _Sessions) -> None:
+        self.live.add(s)
+
+    def discard(self, s: _Sessions) -> None:
+        self.live.discard(s)
+        self.changed.set()
+
+    def close_idle(self) -> int:
+        """Say 421 to sessions between mails and close them; sessions inside a mail transaction go on."""
+        n = 0
+        for s in list(self.live):
+            if s.idle():
+                s.goodbye("421 4.3.2 Service shutting down, please try again later")
+                n += 1
+        return n
+
+    def abort_all(self) -> None:
+        for s in list(self.live):
+            if s.transport is not None:
+                s.transport.abort()
+
+
+class _Refuse(asyncio.Protocol):
+    """Answers a connection over the session cap and closes it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(b"421 4.7.0 Too many connections, please try again later\r\n")
+        transport.close()
+
+
+class _Sessions:
+    """Mixed into aiosmtpd's SMTP/LMTP: registry, idle timer reset on every byte, a hard session deadline."""
+
+    line_length_limit = LINE_LIMIT
+    registry: SessionRegistry
+    max_seconds: float
+    transport: Any
+    envelope: Any
+    loop: asyncio.AbstractEventLoop
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = getattr(self, "_registered", False) is False
+        super().connection_made(transport)  # type: ignore[misc]
+        if first:
+            self._registered = True
+            self.registry.add(self)
+            self._deadline = self.loop.call_later(self.max_seconds, self._session_too_long)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.registry.discard(self)
+        d = getattr(self, "_deadline", None)
+        if d is not None:
+            d.cancel()
+        super().connection_lost(error)  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        if self.transport is not None:
+            self._reset_timeout()  # type: ignore[attr-defined]  # idle means no bytes, also inside DATA
+
+    def _session_too_long(self) -> None:
+        log.info("%r session lasted longer than %ss: closing", getattr(self.session, "peer", None),  # type: ignore
+                 self.max_seconds)
+        self.goodbye("421 4.4.2 Session too long, please try again")
+
+    def idle(self) -> bool:
+        """Between mails: no MAIL FROM given (so no DATA running, no store in flight)."""
+        return self.transport is not None and (self.envelope is None or self.envelope.mail_from is None)
+
+    def goodbye(self, line: str) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            try:
+                t.write(line.encode("ascii") + b"\r\n")
+            finally:
+                t.close()
+
+
+class GatewaySMTP(_Sessions, SMTP):
+    pass
+
+
+class GatewayLMTP(_Sessions, LMTP):
+    pass
+
+
+class Handler:
+    """aiosmtpd handler: accept only our addresses, store durably, answer."""
+
+    def __init__(self, config: Config, protocol: str, store: StoreFn) -> None:
+        self.config = config
+        self.protocol = protocol
+        self.store = store
+        self.max_recipients = config.get("limits", "max_recipients")
+
+    async def handle_RCPT(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if not self.config.is_gateway_address(address):
+            return f"550 5.1.1 <{address}>: Recipient address rejected: not served here"
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope) -> str:
+        raw = envelope.original_content
+        assert isinstance(raw, (bytes, bytearray))
+        peer = session.peer
+        ref = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else (str(peer) if peer else None)
+        sender = envelope.mail_from
+        if sender is not None and sender.strip() in ("<>", ""):
+            sender = ""  # the null sender (bounces, auto-replies)
+        env = Envelope(mail_from=sender,
+                       rcpt_tos=tuple(envelope.rcpt_tos), source=self.protocol, source_ref=ref)
+        try:
+            mail_id = await self.store(raw if isinstance(raw, bytes) else bytes(raw), env)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- whatever it is, the sender must try again, not bounce
+            log.warning("%r could not store mail from %r: %s: %s", peer, envelope.mail_from, type(e).__name__, e)
+            return self._answer(envelope, TEMPFAIL)
+        return self._answer(envelope, f"250 2.0.0 OK stored as mail {mail_id}")
+
+    def _answer(self, envelope: SMTPEnvelope, line: str) -> str:
+        if self.protocol != "lmtp":
+            return line
+        # LMTP (RFC 2033): one reply per accepted recipient, in RCPT order
+        code, _, text = line.partition(" ")
+        return "\r\n".join(f"{code} {text} <{r}>" if code == "250" else line for r in envelope.rcpt_tos)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("session error: %s: %s", type(error).__name__, error, exc_info=error)
+        return TEMPFAIL
+
+
+@dataclass
+class Listener:
+    spec: dict[str, Any]
+    server: asyncio.AbstractServer
+
+    @property
+    def where(self) -> str:
+        s = self.spec
+        if s["path"]:
+            return f"{s['protocol']} unix:{s['path']}"
+        socks = self.server.sockets or []
+        addr = socks[0].getsockname() if socks else (s["host"], s["port"])
+        return f"{s['protocol']} {addr[0]}:{addr[1]}"
+
+
+def tls_context(spec: dict[str, Any], base: Path) -> ssl.SSLContext | None:
+    if not spec["tls_cert"]:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(base / spec["tls_cert"]), str(base / spec["tls_key"]))
+    return ctx
+
+
+async def start_listeners(config: Config, store: StoreFn, registry: SessionRegistry) -> list[Listener]:
+    """Bind every configured listener in the running loop; returns them (close with stop_listeners)."""
+    loop = asyncio.get_running_loop()
+    hostname = config.get("serve", "hostname") or socket.gethostname()
+    limits = config.values["limits"]
+    out: list[Listener] = []
+    try:
+        for spec in listener_specs(config):
+            cls = GatewayLMTP if spec["protocol"] == "lmtp" else GatewaySMTP
+            handler = Handler(config, spec["protocol"], store)
+            tls = tls_context(spec, config.base_dir)
+
+            def factory(cls: type = cls, handler: Handler = handler, tls: ssl.SSLContext | None = tls,
+                        spec: dict[str, Any] = spec) -> asyncio.Protocol:
+                if registry.closing or registry.full():
+                    if not registry.closing:
+                        log.warning("session cap (%d) reached: refusing a connection", registry.limit)
+                    return _Refuse()
+                proto = cls(handler, data_size_limit=limits["max_message_size"], hostname=hostname,
+                            tls_context=tls, require_starttls=spec["require_starttls"],
+                            timeout=limits["session_idle_seconds"], command_call_limit=CALL_LIMITS, loop=loop)
+                proto.registry = registry
+                proto.max_seconds = limits["session_max_seconds"]
+                return proto
+
+            if spec["path"]:
+                path = Path(spec["path"])
+                if path.is_socket():
+                    path.unlink()  # stale socket of an earlier run
+                server = await loop.create_unix_server(factory, str(path))
+                os.chmod(path, int(spec["socket_mode"], 8))
+            else:
+                server = await loop.create_server(factory, spec["host"], spec["port"], reuse_address=True)
+            out.append(Listener(spec, server))
+    except BaseException:
+        await stop_listeners(out)
+        raise
+    return out
+
+
+async def stop_listeners(listeners: list[Listener]) -> None:
+    for li in listeners:
+        li.server.close()
+    for li in listeners:
+        if li.spec["path"]:
+            try:
+                if Path(li.spec["path"]).is_socket():
+                    os.unlink(li.spec["path"])
+            except OSError:
+                pass
+
+
+def quiet_aiosmtpd(verbose: bool) -> None:
+    """aiosmtpd logs every command at INFO on 'mail.log'; keep that for -v."""
+    logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose else logging.WARNING)
+

@@ -1,0 +1,85 @@
+"""Signed reply addresses and loops, before `match`.
+
+* Our own mail coming back (our loop header, or a Message-ID minted by gateway.outbound on our domain) is
+  ignored as a loop: never a ticket, never answered.
+* A recipient `support+<number>-<mac>@...` (envelope, To or Cc) whose HMAC binds that ticket to the sender
+  matches the ticket directly. A valid token used by someone else grants nothing: the sender is judged on
+  their own by `match` (a stranger opens a ticket of their own, linked to the one named). A forged token
+  matches nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from gateway.events import MailIgnored
+from gateway.models import OutboxMail
+from gateway.outbound import compose, reply_secret, tokens
+from gateway.outcomes import Ignore
+from gateway.pipeline import MailContext
+
+
+def _domain(ctx: MailContext) -> str:
+    ob = ctx.config.outbound
+    return (ob["domain"] or (ob["from_address"] or ctx.config.gateway_addresses[0]).rpartition("@")[2]).lower()
+
+
+def _loop(ctx: MailContext) -> str | None:
+    p = ctx.parsed
+    assert p is not None
+    try:
+        if p.message.get(compose.LOOP_HEADER) is not None:
+            return f"{compose.LOOP_HEADER} header present"
+    except Exception:  # noqa: BLE001 -- a malformed header: look at the Message-ID only
+        pass
+    if compose.is_our_message_id(p.message_id, _domain(ctx)):
+        return f"our own Message-ID <{p.message_id}> came back"
+    return None
+
+
+def handle(ctx: MailContext) -> None:
+    p = ctx.parsed
+    assert p is not None
+    why = _loop(ctx)
+    if why:
+        ctx.note(f"token: loop: {why}")
+        ctx.tickets.emit(MailIgnored(ctx.mail.id, "loop", why))
+        raise Ignore(f"loop: {why}")
+    if ctx.ticket is not None:
+        return
+    bases = ctx.config.gateway_addresses
+    addrs = list(ctx.mail.envelope_to or []) + [a for _, a in p.to] + [a for _, a in p.cc]
+    seen: set[str] = set()
+    for addr in addrs:
+        tok = tokens.token_of_address(addr, bases)
+        if tok is None or tok in seen:
+            continue
+        seen.add(tok)
+        parsed = tokens.parse_token(tok)
+        assert parsed is not None
+        ticket = ctx.tickets.get(parsed.number)
+        secret = reply_secret(ctx.config)
+        if ticket is None or not ctx.sender_email:
+            ctx.note(f"token: {addr} names no ticket we know: ignored (forged)")
+            continue
+        if tokens.verify(secret, tok, ticket_id=ticket.id, recipient=ctx.sender_email):
+            ctx.note(f"token: reply address {addr} signed for {ctx.sender_email} -> ticket #{ticket.number}")
+            if ticket.status == "closed":
+                closed = ticket.closed_at or ticket.updated_at
+                days = ctx.config.gateway["reopen_days"]
+                if ctx.clock() - closed > timedelta(days=days):
+                    ctx.note(f"token: #{ticket.number} was closed {closed:%Y-%m-%d}, more than {days} days ago: "
+                             "opening a follow-up ticket")
+                    ctx.related, ctx.related_kind = ticket, "follow_up_of"
+                    ctx.related_reason = f"reply to #{ticket.number}, closed on {closed:%Y-%m-%d}"
+                    return
+            ctx.ticket = ticket
+            return
+        issued = ctx.session.scalar(select(OutboxMail.recipient).where(OutboxMail.token == tok).limit(1))
+        if issued is not None:
+            ctx.note(f"token: {addr} was issued to someone else, not to {ctx.sender_email}: it grants nothing "
+                     "(the sender is judged on their own)")
+        else:
+            ctx.note(f"token: {addr} does not verify: forged, ignored")

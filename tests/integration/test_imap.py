@@ -1,0 +1,411 @@
+"""The IMAP poller against a real Dovecot (tests/dovecot.py), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from gateway.imap import ImapAccount, ImapPoller, accounts
+from gateway.models import Comment, ImapSeen, InboundMail, Ticket
+from mails import make_mail, message_id_of
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Crash(BaseException):
+    """Stands in for the process dying (not an Exception: nothing may catch it)."""
+
+
+def tickets(app) -> int:
+    with app.sessions() as s:
+        return s.scalar(select(func.count()).select_from(Ticket))
+
+
+def mails(app) -> list[InboundMail]:
+    with app.sessions() as s:
+        return list(s.scalars(select(InboundMail).order_by(InboundMail.id)))
+
+
+def poller(app, dovecot, **over) -> ImapPoller:
+    return ImapPoller(app, dovecot.account_config(**over))
+
+
+def crlf(raws) -> list[bytes]:
+    """Messages as IMAP hands them back (CRLF line ends), sorted."""
+    return sorted(r.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") for r in raws)
+
+
+def wait_for(cond, timeout: float = 10.0, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+NO_FROM = (b"To: support@example.com\r\nSubject: who am I\r\nMessage-ID: <nofrom-1@example.net>\r\n"
+           b"Date: Mon, 02 Nov 2026 09:00:00 +0000\r\n\r\nno sender at all\r\n")
+
+
+# New mail, replies, quarantine ------------------------------------------------------------------------------
+def test_new_mails_become_tickets_and_move_to_processed(make_app, dovecot):
+    app = make_app()
+    raws = [make_mail(subject=f"Problem {i}", sender=f"Cust {i} <c{i}@customer.example>") for i in range(3)]
+    dovecot.append_many(raws)
+    r = poller(app, dovecot).poll_once()
+    assert r.outcomes == {"ticket": 3}
+    assert (r.fetched, r.stored, r.moved, r.quarantined, r.deferred) == (3, 3, 3, 0, 0)
+    assert tickets(app) == 3
+    assert dovecot.count("INBOX") == 0
+    assert crlf(dovecot.messages("Processed")) == crlf(raws)  # folders created on demand
+    assert dovecot.count("Quarantine") == 0
+    uidvalidity = dovecot.uidvalidity("INBOX")
+    stored = mails(app)
+    assert [m.source for m in stored] == ["imap"] * 3
+    assert [m.source_ref for m in stored] == [f"test/INBOX/{uidvalidity}/{u}" for u in (1, 2, 3)]
+    with app.sessions() as s:
+        seen = list(s.scalars(select(ImapSeen).order_by(ImapSeen.uid)))
+    assert [(x.account, x.folder, x.uidvalidity, x.uid, x.state, x.outcome, x.moved_to) for x in seen] == [
+        ("test", "INBOX", uidvalidity, u, "moved", "ticket", "Processed") for u in (1, 2, 3)]
+    assert [x.mail_id for x in seen] == [m.id for m in stored]
+    # nothing left: a second drain does nothing
+    again = poller(app, dovecot).poll_once()
+    assert (again.found, again.fetched, again.stored) == (0, 0, 0)
+
+
+def test_fetch_leaves_the_seen_flag_alone_and_uses_batches(make_app, dovecot):
+    app = make_app()
+    dovecot.append_many(make_mail(subject=f"Batch {i}", sender=f"b{i}@customer.example") for i in range(7))
+    r = poller(app, dovecot, batch_size=2).poll_once()
+    assert r.outcomes == {"ticket": 7} and r.moved == 7
+    with dovecot.client() as c:
+        c.select_folder("Processed", readonly=True)
+        flags = c.get_flags(c.search(["ALL"]))
+    assert all(b"\\Seen" not in f for f in flags.values())
+
+
+def test_replies_thread_onto_the_ticket(make_app, dovecot):
+    app = make_app()
+    first = make_mail(subject="VPN down")
+    dovecot.append(first)
+    poller(app, dovecot).poll_once()
+    with app.sessions() as s:
+        t = s.scalars(select(Ticket)).one()
+    reply = make_mail(subject=f"Re: [#{t.number}] VPN down", body="Still down.\n",
+                      in_reply_to=message_id_of(first), references=message_id_of(first))
+    dovecot.append(reply)
+    r = poller(app, dovecot).poll_once()
+    assert r.outcomes == {"comment": 1}
+    assert tickets(app) == 1
+    with app.sessions() as s:
+        comments = list(s.scalars(select(Comment).where(Comment.ticket_id == t.id)))
+    assert any("Still down" in c.body for c in comments)
+    assert dovecot.count("Processed") == 2
+
+
+def test_quarantined_mail_goes_to_the_quarantine_folder(make_app, dovecot):
+    app = make_app()
+    good = make_mail(subject="fine")
+    dovecot.append_many([NO_FROM, good])
+    r = poller(app, dovecot).poll_once()
+    assert r.outcomes == {"quarantined": 1, "ticket": 1}
+    assert (r.moved, r.quarantined) == (1, 1)
+    assert crlf(dovecot.messages("Quarantine")) == crlf([NO_FROM])
+    assert crlf(dovecot.messages("Processed")) == crlf([good])
+    assert dovecot.count("INBOX") == 0
+
+
+def test_mail_over_the_size_limit_is_quarantined_unfetched(make_app, dovecot):
+    app = make_app(limits={"max_message_size": 4000})
+    big = make_mail(subject="huge", body="x" * 10_000 + "\n")
+    small = make_mail(subject="small")
+    dovecot.append_many([big, small])
+    r = poller(app, dovecot).poll_once()
+    assert (r.oversize, r.fetched, r.quarantined, r.moved) == (1, 1, 1, 1)
+    assert crlf(dovecot.messages("Quarantine")) == crlf([big])
+    assert [m.subject for m in mails(app)] == ["small"]
+
+
+def test_without_move_capability_copy_delete_expunge(make_app, dovecot):
+    app = make_app()
+    raws = [make_mail(subject=f"copy {i}", sender=f"k{i}@customer.example") for i in range(3)] + [NO_FROM]
+    dovecot.append_many(raws)
+    p = poller(app, dovecot, processed_folder="Archive/Tickets", quarantine_folder="Archive/Bad")
+    p.use_move = False
+    r = p.poll_once()
+    assert (r.moved, r.quarantined) == (3, 1)
+    with dovecot.client() as c:
+        c.select_folder("INBOX", readonly=True)
+        assert c.search(["ALL"]) == []  # expunged, not just flagged
+    assert crlf(dovecot.messages("Archive/Tickets")) == crlf(raws[:3])
+    assert crlf(dovecot.messages("Archive/Bad")) == crlf([NO_FROM])
+
+
+# Nothing twice ------------------------------------------------------------------------------------------------
+def test_crash_between_commit_and_move_makes_no_duplicate(make_app, dovecot):
+    app = make_app()
+    raws = [make_mail(subject=f"crash {i}", sender=f"x{i}@customer.example") for i in range(3)]
+    dovecot.append_many(raws)
+    p = poller(app, dovecot)
+
+    def die(uids):
+        raise Crash(uids)
+
+    p.before_move = die
+    with pytest.raises(Crash):
+        p.poll_once()
+    p.disconnect()
+    assert tickets(app) == 3 and dovecot.count("INBOX") == 3  # committed, not moved
+    r = poller(app, dovecot).poll_once()  # "after the restart"
+    assert (r.known, r.fetched, r.stored, r.moved) == (3, 0, 0, 3)
+    assert tickets(app) == 3 and len(mails(app)) == 3
+    assert dovecot.count("INBOX") == 0 and dovecot.count("Processed") == 3
+
+
+def test_crash_before_the_imap_state_was_recorded_makes_no_duplicate(make_app, dovecot):
+    """Stored and threaded through the intake, but the poller died before it wrote imap_seen or moved."""
+    from gateway.intake import Envelope
+
+    app = make_app()
+    raw = make_mail(subject="half done")
+    dovecot.append(raw)
+    intake = app.intake()
+    intake.process(intake.store(raw, Envelope(source="imap", source_ref="test/INBOX/?/1")))
+    assert tickets(app) == 1
+    r = poller(app, dovecot).poll_once()
+    assert r.outcomes == {"duplicate": 1} and r.moved == 1
+    assert tickets(app) == 1
+    assert dovecot.count("INBOX") == 0 and dovecot.count("Processed") == 1
+
+
+def test_uidvalidity_change_makes_no_duplicate(make_app, dovecot):
+    app = make_app()
+    raws = [make_mail(subject=f"validity {i}", sender=f"v{i}@customer.example") for i in range(2)]
+    dovecot.append_many(raws, folder="Support")
+    p = poller(app, dovecot, folder="Support")
+    p.before_move = lambda uids: (_ for _ in ()).throw(Crash(uids))
+    with pytest.raises(Crash):
+        p.poll_once()
+    p.disconnect()
+    old = dovecot.uidvalidity("Support")
+    dovecot.recreate_folder("Support")  # same messages, new UIDVALIDITY, UIDs start again at 1
+    assert dovecot.uidvalidity("Support") != old and dovecot.count("Support") == 2
+    r = poller(app, dovecot, folder="Support").poll_once()
+    assert r.outcomes == {"duplicate": 2} and r.known == 0 and r.moved == 2
+    assert tickets(app) == 2
+    assert dovecot.count("Support") == 0 and dovecot.count("Processed") == 2
+    dovecot.append(raws[0], folder="Support")  # someone puts a processed mail back: a new UID
+    r = poller(app, dovecot, folder="Support").poll_once()
+    assert r.outcomes == {"duplicate": 1}
+    assert tickets(app) == 2
+
+
+def test_two_accounts_keep_separate_state(make_app, dovecot, dovecot_server):
+    app = make_app()
+    other = dovecot_server.add_user()
+    dovecot.append(make_mail(subject="first box", sender="one@customer.example"))
+    other.append(make_mail(subject="second box", sender="two@customer.example"))
+    cfg = {"imap": [dovecot.account_config("a"), other.account_config("b")]}
+    app.config.values.update(cfg)
+    from gateway.imap import poll_accounts
+
+    results = poll_accounts(app)
+    assert [(r.account, r.outcomes) for r in results] == [("a", {"ticket": 1}), ("b", {"ticket": 1})]
+    with app.sessions() as s:
+        assert sorted(s.scalars(select(ImapSeen.account))) == ["a", "b"]
+
+
+# The store is down ---------------------------------------------------------------------------------------------
+def test_database_unreachable_leaves_the_mail_and_it_arrives_later(tmp_path, sqlite_url, clock, dovecot):
+    from conftest import make_config
+    from gateway.app import build_app
+
+    app = build_app(make_config(tmp_path, sqlite_url, database={"busy_timeout_ms": 200}), clock=clock)
+    try:
+        raws = [make_mail(subject=f"outage {i}", sender=f"o{i}@customer.example") for i in range(3)]
+        dovecot.append_many(raws)
+        lock = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            r = poller(app, dovecot).poll_once()
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert r.deferred == 3 and r.stored == 0 and r.moved == 0
+        assert dovecot.count("INBOX") == 3 and dovecot.count("Processed") == 0
+        assert tickets(app) == 0
+        r = poller(app, dovecot).poll_once()
+        assert r.outcomes == {"ticket": 3} and r.deferred == 0
+        assert dovecot.count("INBOX") == 0 and dovecot.count("Processed") == 3
+        assert tickets(app) == 3
+    finally:
+        app.close()
+
+
+def test_store_lost_between_store_and_process_recovers(make_app, dovecot, monkeypatch):
+    """The database goes away after the raw mail was committed: the mail stays, nothing is doubled."""
+    from gateway.db import StoreUnavailable
+
+    app = make_app()
+    raws = [make_mail(subject=f"flaky {i}", sender=f"f{i}@customer.example") for i in range(3)]
+    dovecot.append_many(raws)
+    p = poller(app, dovecot)
+    real = p.intake.process
+    calls = {"n": 0}
+
+    def flaky(mail_id, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise StoreUnavailable("database went away")
+        return real(mail_id, **kw)
+
+    monkeypatch.setattr(p.intake, "process", flaky)
+    r = p.poll_once()
+    assert r.outcomes == {"ticket": 1} and r.moved == 1 and r.deferred == 2
+    assert dovecot.count("INBOX") == 2
+    r = poller(app, dovecot).poll_once()
+    assert r.outcomes == {"ticket": 2} and r.stored == 1  # the stored one is threaded, not stored again
+    assert tickets(app) == 3 and len(mails(app)) == 3
+    assert dovecot.count("INBOX") == 0
+
+
+# The service loop ---------------------------------------------------------------------------------------------
+def _start(p: ImapPoller) -> tuple[threading.Event, threading.Thread]:
+    stop = threading.Event()
+    t = threading.Thread(target=p.run, args=(stop,), daemon=True)
+    t.start()
+    return stop, t
+
+
+def test_idle_picks_up_a_mail_appended_while_idling(make_app, dovecot):
+    app = make_app()
+    p = poller(app, dovecot, poll_seconds=3600)  # only IDLE can see the new mail in time
+    stop, t = _start(p)
+    try:
+        assert p.idling.wait(10), p.state
+        dovecot.append(make_mail(subject="while idling"))
+        started = time.monotonic()
+        assert wait_for(lambda: tickets(app) == 1 and dovecot.count("INBOX") == 0, timeout=5)
+        assert time.monotonic() - started < 5
+    finally:
+        stop.set()
+        t.join(10)
+    assert not t.is_alive() and p.state == "stopped"
+
+
+def test_idle_is_reissued(make_app, dovecot):
+    app = make_app()
+    p = poller(app, dovecot, idle_seconds=1)
+    stop, t = _start(p)
+    try:
+        assert p.idling.wait(10)
+        # after idle_seconds the loop leaves IDLE, drains and idles again
+        assert wait_for(lambda: not p.idling.is_set(), timeout=3)
+        assert p.idling.wait(3)
+        dovecot.append(make_mail(subject="after re-issue"))
+        assert wait_for(lambda: tickets(app) == 1, timeout=5)
+    finally:
+        stop.set()
+        t.join(10)
+    assert not t.is_alive()
+
+
+def test_dead_connection_during_idle_reconnects(make_app, dovecot, dovecot_server):
+    app = make_app()
+    p = poller(app, dovecot)
+    stop, t = _start(p)
+    try:
+        assert p.idling.wait(10)
+        # the server drops the connection (as a restart or a NAT timeout would)
+        kicked = subprocess.run(["doveadm", "-c", str(dovecot_server.root / "dovecot.conf"), "kick", dovecot.user],
+                                capture_output=True, timeout=10)
+        assert kicked.returncode == 0, kicked.stderr
+        assert wait_for(lambda: p.state in ("backoff", "connecting", "draining"), timeout=5)
+        dovecot.append(make_mail(subject="after reconnect"))
+        assert wait_for(lambda: tickets(app) == 1 and dovecot.count("INBOX") == 0, timeout=10)
+    finally:
+        stop.set()
+        t.join(10)
+    assert not t.is_alive()
+
+
+def test_poll_mode_without_idle(make_app, dovecot):
+    app = make_app()
+    p = poller(app, dovecot, poll_seconds=1)
+    p.connect()
+    p.capabilities = p.capabilities - {b"IDLE"}
+    stop, t = _start(p)
+    try:
+        assert wait_for(lambda: p.state == "waiting", timeout=10)
+        dovecot.append(make_mail(subject="polled"))
+        assert wait_for(lambda: tickets(app) == 1 and dovecot.count("INBOX") == 0, timeout=5)
+    finally:
+        stop.set()
+        t.join(10)
+    assert not t.is_alive()
+
+
+def test_unreachable_server_backs_off_and_stops_promptly(make_app, dovecot):
+    from dovecot import free_port
+
+    app = make_app()
+    p = poller(app, dovecot, port=free_port(), timeout_seconds=2)
+    stop, t = _start(p)
+    assert wait_for(lambda: p.state == "backoff", timeout=10)
+    stop.set()
+    t.join(5)
+    assert not t.is_alive()
+
+
+# Configuration and CLI ------------------------------------------------------------------------------------------
+def test_config_accounts(tmp_path):
+    from gateway.config import ConfigError, validate
+
+    (tmp_path / "pw").write_text("s3cret\nignored\n")
+    cfg = validate({"imap": [{"name": "a", "host": "h", "user": "u", "password_file": "pw"},
+                             {"name": "b", "host": "h", "user": "u", "security": "none", "password": "x"}]},
+                   base_dir=tmp_path)
+    a, b = accounts(cfg)
+    assert (a.effective_port, a.secret(), b.effective_port, b.secret()) == (993, "s3cret", 143, "x")
+    assert isinstance(a, ImapAccount) and a.folder == "INBOX" and a.processed_folder == "Processed"
+    with pytest.raises(ConfigError, match=r"imap\[0\]\.host"):
+        validate({"imap": [{"name": "a", "user": "u"}]})
+    with pytest.raises(ConfigError, match=r"imap\[0\]\.security"):
+        validate({"imap": [{"name": "a", "host": "h", "user": "u", "security": "ssl"}]})
+    with pytest.raises(ConfigError, match="used by another"):
+        accounts(validate({"imap": [{"name": "a", "host": "h", "user": "u"}] * 2}))
+
+
+def test_cli_imap_poll(tmp_path, sqlite_url, dovecot):
+    from conftest import run_cli, write_config
+
+    dovecot.append_many([make_mail(subject="via cli"), NO_FROM])
+    acct = dovecot.account_config("box")
+    extra = "\n[[imap]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in acct.items())
+    cfg = write_config(tmp_path, sqlite_url, extra)
+    bad = run_cli("imap", "poll", "--account", "nope", config=cfg)
+    assert bad.returncode == 64, bad.stderr
+    out = run_cli("imap", "poll", "--account", "box", "--json", config=cfg)
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["account"] == "box" and d["outcomes"] == {"ticket": 1, "quarantined": 1}
+    assert (d["moved"], d["quarantined"]) == (1, 1)
+    out = run_cli("imap", "poll", config=cfg)
+    assert out.returncode == 0 and b"box: 0 fetched (nothing new)" in out.stdout, out
+
+
+def test_cli_imap_poll_unreachable_server_is_tempfail(tmp_path, sqlite_url):
+    from conftest import run_cli, write_config
+    from dovecot import free_port
+
+    extra = (f'\n[[imap]]\nname = "gone"\nhost = "127.0.0.1"\nport = {free_port()}\nsecurity = "none"\n'
+             f'user = "u"\npassword = "p"\ntimeout_seconds = 2\n')
+    out = run_cli("imap", "poll", config=write_config(tmp_path, sqlite_url, extra))
+    assert out.returncode == 75, out

@@ -1,0 +1,439 @@
+"""SMTP and LMTP listener: real sessions over loopback sockets (smtplib and raw sockets) against the service
+running in-process on free ports, with the store on SQLite and PostgreSQL (`db_url`)."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from mails import make_mail
+
+from gateway.config import validate
+from gateway.db import StoreUnavailable
+from gateway.models import InboundMail, Ticket
+from gateway.service import Notifier, Service
+from gateway.smtp import route_for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def config_for(tmp_path: Path, db_url: str, *, listen: list[dict[str, Any]] | None = None,
+               limits: dict[str, Any] | None = None, **sections: Any):
+    data: dict[str, Any] = {
+        "gateway": {"data_dir": str(tmp_path / "var"), "addresses": ["support@example.com", "billing@example.com"],
+                    "unknown_senders": "register"},
+        "database": {"url": db_url},
+        "listen": listen if listen is not None else [
+            {"protocol": "smtp", "port": free_port()}, {"protocol": "lmtp", "port": free_port()}],
+        "limits": limits or {},
+        "serve": {"hostname": "gw.test", "pending_sweep_seconds": 1},
+    }
+    data.update(sections)
+    return validate(data, base_dir=tmp_path)
+
+
+class Running:
+    """The service in a background thread with its own loop (no signal handlers there)."""
+
+    def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
+        self.service = Service(config, notifier=Notifier({}), handle_signals=False)
+        self.code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        if not self.service._started.wait(30):
+            raise RuntimeError(f"service did not start (exit code {self.code})")
+
+    def _run(self) -> None:
+        self.code = asyncio.run(self.service.run())
+
+    def port(self, protocol: str) -> int:
+        for li in self.service.listeners:
+            if li.spec["protocol"] == protocol and not li.spec["path"]:
+                return li.server.sockets[0].getsockname()[1]
+        raise KeyError(protocol)
+
+    def stop(self) -> None:
+        self.service.stop_threadsafe()
+        self.thread.join(40)
+        assert not self.thread.is_alive()
+
+    # the store
+    def mails(self) -> list[InboundMail]:
+        with self.service.app.sessions() as s:
+            return list(s.scalars(select(InboundMail).order_by(InboundMail.id)))
+
+    def wait_processed(self, n: int, timeout: float = 20) -> list[InboundMail]:
+        end = time.monotonic() + timeout
+        while True:
+            mails = self.mails()
+            if len(mails) >= n and all(m.outcome != "received" for m in mails):
+                return mails
+            if time.monotonic() > end:
+                raise AssertionError(f"not processed: {[(m.id, m.outcome) for m in mails]}")
+            time.sleep(0.05)
+
+    def tickets(self) -> int:
+        with self.service.app.sessions() as s:
+            return s.scalar(select(func.count()).select_from(Ticket)) or 0
+
+
+@pytest.fixture
+def serve(tmp_path, db_url):  # type: ignore[no-untyped-def]
+    running: list[Running] = []
+
+    def start(**kw: Any) -> Running:
+        r = Running(config_for(tmp_path, db_url, **kw))
+        running.append(r)
+        return r
+
+    yield start
+    for r in running:
+        if r.thread.is_alive():
+            r.stop()
+
+
+class Raw:
+    """A raw SMTP client: exact bytes on the wire."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.buf = b""
+        self.greeting = self.reply()
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed; buffer {self.buf!r}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def reply(self) -> bytes:
+        """One (possibly multi-line) reply; returns its last line."""
+        while True:
+            line = self.line()
+            if line[3:4] != b"-":
+                return line
+
+    def cmd(self, data: bytes) -> bytes:
+        self.sock.sendall(data)
+        return self.reply()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# --- the basics ---------------------------------------------------------------------------------------------
+@pytest.mark.pg
+def test_smtp_mail_is_stored_before_250_and_threaded_after(serve) -> None:  # type: ignore[no-untyped-def]
+    r = serve()
+    raw = make_mail(subject="Printer on fire", message_id="<p1@customer.example>")
+    with smtplib.SMTP("127.0.0.1", r.port("smtp"), timeout=10) as s:
+        code, ehlo = s.ehlo()
+        assert code == 250 and b"SIZE 52428800" in ehlo and b"8BITMIME" in ehlo
+        s.mail("alice@customer.example")
+        s.rcpt("support@example.com")
+        code, msg = s.data(raw)
+        assert code == 250 and b"2.0.0" in msg
+        # 250 means committed: the row exists the moment the client has its answer
+        mails = r.mails()
+        assert len(mails) == 1 and mails[0].source == "smtp"
+        assert mails[0].envelope_from == "alice@customer.example"
+        assert mails[0].envelope_to == ["support@example.com"]
+    (m,) = r.wait_processed(1)
+    assert m.outcome == "ticket" and r.tickets() == 1
+
+
+@pytest.mark.pg
+def test_rcpt_only_gateway_addresses_and_plus_tokens(serve) -> None:  # type: ignore[no-untyped-def]
+    r = serve()
+    with smtplib.SMTP("127.0.0.1", r.port("smtp"), timeout=10) as s:
+        s.ehlo()
+        s.mail("alice@customer.example")
+        code, msg = s.rcpt("someone@example.com")
+        assert (code, msg[:5]) == (550, b"5.1.1")
+        assert s.rcpt("support+ticket-42@example.com")[0] == 250
+        assert s.rcpt("BILLING@example.com")[0] == 250
+        assert s.data(make_mail())[0] == 250
+        s.rset()
+        s.mail("<>")  # the null sender (bounces) is accepted and recorded as ''
+        s.rcpt("support@example.com")
+        assert s.data(make_mail(subject="bounce-ish"))[0] == 250
+    mails = r.wait_processed(2)
+    assert mails[0].envelope_to == ["support+ticket-42@example.com", "BILLING@example.com"]
+    assert mails[1].envelope_from == ""
+
+
+def test_lmtp_answers_once_per_accepted_recipient(serve) -> None:  # type: ignore[no-untyped-def]
+    r = serve()
+    lm = smtplib.LMTP("127.0.0.1", r.port("lmtp"), timeout=10)
+    try:
+        assert lm.ehlo()[0] == 250  # smtplib sends LHLO
+        assert lm.mail("alice@customer.example")[0] == 250
+        assert lm.rcpt("support@example.com")[0] == 250
+        assert lm.rcpt("nobody@example.com")[0] == 550
+        assert lm.rcpt("billing+x@example.com")[0] == 250
+        code, first = lm.data(make_mail())
+        code2, second = lm.getreply()  # smtplib reads one reply; LMTP sends one per recipient
+        assert (code, code2) == (250, 250)
+        assert first.endswith(b"<support@example.com>") and second.endswith(b"<billing+x@example.com>")
+        assert lm.noop()[0] == 250  # nothing left over in the stream
+    finally:
+        lm.close()
+    (m,) = r.wait_processed(1)
+    assert m.source == "lmtp"
+
+
+def test_lmtp_on_a_unix_socket(serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "lmtp.sock"
+    r = serve(listen=[{"protocol": "lmtp", "path": str(path), "socket_mode": "0600"}])
+    assert path.is_socket() and (path.stat().st_mode & 0o777) == 0o600
+    lm = smtplib.LMTP(str(path), timeout=10)
+    try:
+        lm.ehlo()
+        lm.mail("alice@customer.example")
+        lm.rcpt("support@example.com")
+        assert lm.data(make_mail())[0] == 250
+    finally:
+        lm.close()
+    r.wait_processed(1)
+    r.stop()
+    assert not path.exists()
+
+
+def test_helo_and_ehlo_are_not_lmtp(serve) -> None:  # type: ignore[no-untyped-def]
+    r = serve()
+    c = Raw(r.port("lmtp"))
+    assert c.cmd(b"EHLO x\r\n").startswith(b"500")
+    assert c.cmd(b"LHLO x\r\n").startswith(b"250")
+    c.close()
+
+
+# --- size, long lines, smuggling -----------------------------------------------------------------------------
+def test_size_is_advertised_and_enforced(serve) -> None:  # type: ignore[no-untyped-def]
+    r = serve(limits={"max_message_size": 20_000})
+    with smtplib.SMTP("127.0.0.1", r.port("smtp"), timeout=10) as s:
+        s.ehlo()
+        assert s.esmtp_features["size"] == "20000"
+        assert s.mail("alice@customer.example", ["SIZE=30000"])[0] == 552
+        s.rset()
+        s.mail("alice@customer.example")
+        s.rcpt("support@example.com")
+        code, _ = s.data(make_mail(body="x" * 70 + "\n" * 1 + ("y" * 70 + "\n") * 400))
+        assert code == 552
+        # the session goes on and a fitting mail is accepted
+        s.mail("alice@customer.example")
+        s.rcpt("support@example.com")
+        assert s.data(make_mail())[0] == 250
+    assert len(r.wait_processed(1)) == 1
+
+
+@pytest.mark.parametrize("smuggle", [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\n..\n"])
+def test_smtp_smuggling_does_not_create_a_second_message(serve, smuggle) -> None:  # type: ignore[no-untyped-def]
+    r = serve()
+    c = Raw(r.port("smtp"))
+    assert c.cmd(b"EHLO client.example\r\n").startswith(b"250")
+    assert c.cmd(b"MAIL FROM:<alice@customer.example>\r\n").startswith(b"250")
+    assert c.cmd(b"RCPT TO:<support@example.com>\r\n").startswith(b"250")
+    assert c.cmd(b"DATA\r\n").startswith(b"354")
+    body = (b"From: alice@customer.example\r\nTo: support@example.com\r\nSubject: first\r\n"
+            b"Message-ID: <first@customer.example>\r\n\r\nhello" + smuggle +
+            b"MAIL FROM:<mallory@evil.example>\r\nRCPT TO:<support@example.com>\r\nDATA\r\n"
+            b"From: ceo@example.com\r\nSubject: smuggled\r\nMessage-ID: <smuggled@evil.example>\r\n\r\nwire money\r\n"
+            b".\r\n")
+    assert c.cmd(body).startswith(b"250")  # exactly one answer: one message
+    assert c.cmd(b"QUIT\r\n").startswith(b"221")
+    assert c.buf == b""  # no second reply waiting
+    c.close()
+    mails = r.wait_processed(1)
+    assert len(mails) == 1
+    with r.service.app.sessions() as s:
+        raw = s.get(InboundMail, mails[0].id).raw.data
+    assert b"wire money" in raw and b"MAIL FROM:<mallory@evil.example>" in raw  # it is body text, not a command
+
+
+def test_overlong_lines_are_refused_without_becoming_commands(serve) -> None:  # type: ignore[no-untyped-def]
+    r = serve()
+    c = Raw(r.port("smtp"))
+    c.cmd(b"EHLO client.example\r\n")
+    c.cmd(b"MAIL FROM:<alice@customer.example>\r\n")
+    c.cmd(b"RCPT TO:<support@example.com>\r\n")
+    assert c.cmd(b"DATA\r\n").startswith(b"354")
+    long = b"A" * 70_000 + b"\r\nQUIT\r\n" + b"B" * 80_000 + b"\r\n.\r\n"
+    reply = c.cmd(b"Subject: long\r\n\r\n" + long)
+    assert reply.startswith(b"500")  # aiosmtpd: line too long, after the whole DATA
+    assert c.cmd(b"NOOP\r\n").startswith(b"250")  # 'QUIT' inside DATA was data, the session is still there
+    c.close()
+    time.sleep(0.3)
+    assert r.mails() == []
+    # a too-long command line is refused too, and the session goes on
+    c = Raw(r.port("smtp"))
+    assert c.cmd(b"EHLO " + b"x" * 100_000 + b"\r\n").startswith(b"500")
+    assert c.cmd(b"NOOP\r\n").startswith(b"250")
+    c.close()
+
+
+# --- failures answer 451, never 5xx ------------------------------------------------------------------------
+@pytest.mark.parametrize("error", [StoreUnavailable("database is down"), OSError(28, "No space left on device"),
+                                   RuntimeError("a bug")])
+def test_store_failures_answer_451(serve, monkeypatch, error) -> None:  # type: ignore[no-untyped-def]
+    r = serve()
+
+    def broken(raw: bytes, env: Any) -> int:
+        raise error
+
+    monkeypatch.setattr(r.service.intake, "store", broken)
+    with smtplib.SMTP("127.0.0.1", r.port("smtp"), timeout=10) as s:
+        s.ehlo()
+        s.mail("alice@customer.example")
+        s.rcpt("support@example.com")
+        code, msg = s.data(make_mail())
+        assert (code, msg[:5]) == (451, b"4.3.0")
+    lm = smtplib.LMTP("127.0.0.1", r.port("lmtp"), timeout=10)
+    lm.ehlo()
+    lm.mail("alice@customer.example")
+    lm.rcpt("support@example.com")
+    lm.rcpt("billing@example.com")
+    assert lm.data(make_mail())[0] == 451 and lm.getreply()[0] == 451
+    lm.close()
+    assert r.mails() == []
+
+
+def test_handler_errors_answer_451_not_500(serve, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    r = serve()
+
+    def boom(addr: Any) -> bool:
+        raise RuntimeError("bug in address check")
+
+    monkeypatch.setattr(r.service.config, "is_gateway_address", boom)
+    with smtplib.SMTP("127.0.0.1", r.port("smtp"), timeout=10) as s:
+        s.ehlo()
+        s.mail("alice@customer.example")
+        code, msg = s.rcpt("support@example.com")
+        assert (code, msg[:5]) == (451, b"4.3.0")
+
+
+def test_client_dropping_mid_data_stores_nothing(serve) -> None:  # type: ignore[no-untyped-def]
+    r = serve()
+    c = Raw(r.port("smtp"))
+    c.cmd(b"EHLO client.example\r\n")
+    c.cmd(b"MAIL FROM:<alice@customer.example>\r\n")
+    c.cmd(b"RCPT TO:<support@example.com>\r\n")
+    c.cmd(b"DATA\r\n")
+    c.sock.sendall(b"Subject: half\r\n\r\n" + b"line\r\n" * 5000)
+    c.sock.close()
+    time.sleep(0.5)
+    assert r.mails() == [] and not r.service.registry.live
+
+
+# --- sessions: cap, timeouts, TLS --------------------------------------------------------------------------
+def test_session_cap(serve) -> None:  # type: ignore[no-untyped-def]
+    r = serve(limits={"max_sessions": 2})
+    a, b = Raw(r.port("smtp")), Raw(r.port("lmtp"))
+    assert a.greeting.startswith(b"220") and b.greeting.startswith(b"220")
+    c = Raw(r.port("smtp"))
+    assert c.greeting.startswith(b"421 4.7.0")
+    a.close()
+    time.sleep(0.3)
+    d = Raw(r.port("smtp"))
+    assert d.greeting.startswith(b"220")
+    for x in (b, c, d):
+        x.close()
+
+
+def test_idle_and_slow_clients_are_cut_off(serve) -> None:  # type: ignore[no-untyped-def]
+    r = serve(limits={"session_idle_seconds": 1, "session_max_seconds": 3})
+    idle = Raw(r.port("smtp"))
+    t = time.monotonic()
+    with pytest.raises(ConnectionError):
+        idle.line()
+    assert 0.8 < time.monotonic() - t < 3
+    # a client that trickles bytes inside DATA is not idle, but the session deadline ends it
+    slow = Raw(r.port("smtp"))
+    slow.cmd(b"EHLO client.example\r\n")
+    slow.cmd(b"MAIL FROM:<alice@customer.example>\r\n")
+    slow.cmd(b"RCPT TO:<support@example.com>\r\n")
+    slow.cmd(b"DATA\r\n")
+    t = time.monotonic()
+    with pytest.raises(OSError):
+        for _ in range(100):
+            slow.sock.sendall(b"x")
+            time.sleep(0.2)
+    assert 1.5 < time.monotonic() - t < 6
+    assert r.mails() == []
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=gw.test",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")], check=True, capture_output=True)
+    return d / "cert.pem", d / "key.pem"
+
+
+def test_starttls_and_require_starttls(serve, cert) -> None:  # type: ignore[no-untyped-def]
+    crt, key = cert
+    r = serve(listen=[{"protocol": "smtp", "port": free_port(), "tls_cert": str(crt), "tls_key": str(key),
+                       "require_starttls": True}])
+    ctx = ssl.create_default_context(cafile=str(crt))
+    ctx.check_hostname = False
+    with smtplib.SMTP("127.0.0.1", r.port("smtp"), timeout=10) as s:
+        s.ehlo()
+        assert s.has_extn("starttls")
+        assert s.mail("alice@customer.example")[0] == 530  # not before STARTTLS
+        s.starttls(context=ctx)
+        s.ehlo()
+        s.mail("alice@customer.example")
+        s.rcpt("support@example.com")
+        assert s.data(make_mail())[0] == 250
+    r.wait_processed(1)
+
+
+def test_listener_config_errors(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    from gateway.config import ConfigError
+    from gateway.smtp import listener_specs
+
+    cfg = config_for(tmp_path, sqlite_url, listen=[{"protocol": "smtp", "require_starttls": True}])
+    with pytest.raises(ConfigError, match=r"listen\[0\].require_starttls"):
+        listener_specs(cfg)
+    cfg = config_for(tmp_path, sqlite_url, listen=[])
+    assert [(s["protocol"], s["host"], s["port"]) for s in listener_specs(cfg)] == [
+        ("smtp", "127.0.0.1", 2525), ("lmtp", "127.0.0.1", 2424)]
+    cfg = config_for(tmp_path, sqlite_url, listen=[{"protocol": "lmtp"}])
+    assert listener_specs(cfg)[0]["port"] == 2424
+
+
+def test_routes_by_recipient(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    cfg = config_for(tmp_path, sqlite_url, routes=[
+        {"address": "billing@example.com", "group": "finance", "priority": "high", "type": "service_request"},
+        {"address": "support@example.com"}])
+    assert route_for(cfg, ["Billing+inv-7@example.com"]) == {
+        "group": "finance", "priority": "high", "type": "service_request"}
+    assert route_for(cfg, ["support@example.com"]) == {"priority": "medium", "type": "incident"}
+    assert route_for(cfg, ["other@example.com"]) == {}
+
+
+def test_stop_closes_idle_sessions_with_421(serve) -> None:  # type: ignore[no-untyped-def]
+    r = serve()
+    c = Raw(r.port("smtp"))
+    c.cmd(b"EHLO client.example\r\n")
+    t = time.monotonic()
+    r.stop()
+    assert time.monotonic() - t < 5
+    assert c.line().startswith(b"421 4.3.2")
+    assert r.code == 0
