@@ -407,10 +407,8 @@ class Service:
             _, pending = await asyncio.wait(self._running, timeout=max(0.1, deadline - time.monotonic()))
             for t in pending:
                 t.cancel()
-        # 4. queued threading work: keep going until the deadline; the rest waits in the store for next start
+        # 4. queued threading work is not waited for: it is stored, and threaded at the next start
         assert self.queue is not None
-        while not self.queue.empty() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
         left = self.queue.qsize()
         if left:
             log.info("%d stored mail(s) will be threaded at next start", left)

@@ -165,8 +165,12 @@ class DovecotServer:
 
     def add_user(self, name: str | None = None, password: str = PASSWORD) -> DovecotAccount:
         name = name or f"user{next(self._users)}"
-        with (self.root / "passwd").open("a") as f:
-            f.write(f"{name}:{{PLAIN}}{password}::::::\n")
+        passwd = self.root / "passwd"
+        lines = passwd.read_text() + f"{name}:{{PLAIN}}{password}::::::\n"
+        tmp = passwd.with_suffix(".tmp")
+        tmp.write_text(lines)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, passwd)  # a new inode: Dovecot re-reads the file on its next lookup
         return DovecotAccount(self, self.host, self.port, name, password)
 
     def stop(self) -> None:

@@ -63,11 +63,37 @@ def is_our_message_id(message_id: str | None, domain: str) -> bool:
     return bool(m) and m.group(1).lower() == domain.lower()
 
 
+_ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?", re.ASCII)
+
+
+def header_text(value: str, limit: int = 900) -> str:
+    """Free text for a header (subject, display name): one line, and no RFC 2047 encoded-word left in it.
+
+    The stdlib decodes encoded-words in values *assigned* to headers too (before Python 3.11.10/3.12.5 it
+    then wrote a decoded CR/LF out as a new header line), so text that looks encoded is decoded here,
+    repeatedly, and cleaned after every round; whatever still looks like an encoded-word is defused."""
+    from email.header import decode_header, make_header
+
+    text = one_line(value, limit)
+    for _ in range(5):
+        if not _ENCODED_WORD.search(text):
+            return text
+        try:
+            decoded = str(make_header(decode_header(text)))
+        except Exception:  # noqa: BLE001 -- undecodable: defuse below
+            break
+        decoded = one_line(decoded, limit)
+        if decoded == text:
+            break
+        text = decoded
+    return _ENCODED_WORD.sub(lambda m: "=\u200b" + m.group(0)[1:], text) if _ENCODED_WORD.search(text) else text
+
+
 def _address(name: str, addr: str) -> Address | None:
     if not is_sendable_address(addr):
         return None
     local, _, domain = addr.rpartition("@")
-    return Address(display_name=one_line(name, 200), username=local, domain=domain)
+    return Address(display_name=header_text(name, 200), username=local, domain=domain)
 
 
 def clean_ids(ids: list[str]) -> list[str]:
@@ -122,7 +148,7 @@ def build(m: Outgoing) -> bytes:
         rt = _address(m.from_name, m.reply_to)
         if rt is not None:
             msg["Reply-To"] = rt
-    msg["Subject"] = one_line(m.subject) or "(no subject)"
+    msg["Subject"] = header_text(m.subject) or "(no subject)"
     msg["Date"] = format_datetime(m.date.astimezone(timezone.utc))
     msg["Message-ID"] = f"<{m.message_id}>"
     refs = references_chain(m.references)
@@ -134,15 +160,27 @@ def build(m: Outgoing) -> bytes:
     if refs:
         msg["References"] = " ".join(f"<{i}>" for i in refs)
     if m.thread_topic:
-        msg["Thread-Topic"] = one_line(m.thread_topic, 255)
+        msg["Thread-Topic"] = header_text(m.thread_topic, 255)
     if m.thread_index:
         msg["Thread-Index"] = m.thread_index
     msg["Auto-Submitted"] = m.auto_submitted
     msg["X-Auto-Response-Suppress"] = "All"
     if m.precedence_bulk:
         msg["Precedence"] = "bulk"
-    msg[LOOP_HEADER] = one_line(m.loop_value or m.from_addr, 200)
+    msg[LOOP_HEADER] = header_text(m.loop_value or m.from_addr, 200)
     # quoted-printable: 7-bit clean for any relay (no 8BITMIME needed), lines always short
     msg.set_content(m.text, subtype="plain", charset="utf-8", cte="quoted-printable")
     msg.add_alternative(m.html, subtype="html", charset="utf-8", cte="quoted-printable")
-    return msg.as_bytes(policy=SMTP)
+    raw = msg.as_bytes(policy=SMTP)
+    _verify_headers(raw, [k for k in msg.keys()])
+    return raw
+
+
+def _verify_headers(raw: bytes, expected: list[str]) -> None:
+    """Defence in depth: the generated header block holds exactly the headers we set, nothing more."""
+    from email.parser import BytesHeaderParser
+    from email.policy import compat32
+
+    head = BytesHeaderParser(policy=compat32).parsebytes(raw)
+    if [k.lower() for k in head.keys()] != [k.lower() for k in expected]:
+        raise ValueError(f"refusing to send: generated headers {head.keys()} differ from {expected}")

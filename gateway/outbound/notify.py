@@ -315,7 +315,9 @@ class Outbound:
                 subject = f"{self.tag(ticket)} {subject}"
             to = list(to_vis)
             cc = [c for c in cc_vis if c[1] not in {x[1] for x in to}]
-            if r.email not in {x[1] for x in to + cc}:
+            if not to:
+                to, cc = [(r.name, r.email)], [c for c in cc if c[1] != r.email]
+            elif r.email not in {x[1] for x in to + cc}:
                 to = [(r.name, r.email)] + to
             own = last_out.get(r.email)
             refs = compose.references_chain(inbound)

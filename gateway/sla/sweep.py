@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.db import retry_on_conflict, transaction
@@ -49,6 +49,24 @@ class SweepResult:
                 f"({self.seconds * 1000:.0f} ms)")
 
 
+def due_reminders_query(now: datetime, limit: int, after: tuple[datetime, int] | None = None) -> Select[Any]:
+    """Pending tickets whose reminder is due, in (remind_at, id) keyset pages: index tickets(status, remind_at)."""
+    q = select(Ticket.id, Ticket.remind_at).where(Ticket.status == "pending", Ticket.remind_at <= now)
+    if after is not None:
+        q = q.where(or_(Ticket.remind_at > after[0], and_(Ticket.remind_at == after[0], Ticket.id > after[1])))
+    return q.order_by(Ticket.remind_at, Ticket.id).limit(limit)
+
+
+def due_clocks_query(now: datetime, limit: int, after: tuple[datetime, int] | None = None) -> Select[Any]:
+    """Tickets with an escalation due, in (next_at, ticket_id) keyset pages: the partial index
+    sla_clocks(next_at, ticket_id) WHERE next_at IS NOT NULL."""
+    q = select(SlaClock.ticket_id, SlaClock.next_at).where(SlaClock.next_at <= now)
+    if after is not None:
+        q = q.where(or_(SlaClock.next_at > after[0],
+                        and_(SlaClock.next_at == after[0], SlaClock.ticket_id > after[1])))
+    return q.order_by(SlaClock.next_at, SlaClock.ticket_id).limit(limit)
+
+
 class Sweeper:
     def __init__(self, app: Any, now: datetime | None = None, *, batch_size: int | None = None) -> None:
         from gateway.sla.mail import SlaMailer
@@ -69,11 +87,7 @@ class Sweeper:
 
     # Pending reminders -----------------------------------------------------------------------------------
     def due_reminders(self, s: Session, after: tuple[datetime, int] | None) -> list[tuple[int, datetime]]:
-        q = (select(Ticket.id, Ticket.remind_at)
-             .where(Ticket.status == "pending", Ticket.remind_at <= self.now))
-        if after is not None:
-            q = q.where(or_(Ticket.remind_at > after[0], and_(Ticket.remind_at == after[0], Ticket.id > after[1])))
-        return [(i, r) for i, r in s.execute(q.order_by(Ticket.remind_at, Ticket.id).limit(self.batch))]
+        return [(i, r) for i, r in s.execute(due_reminders_query(self.now, self.batch, after))]
 
     def reminders_page(self, after: tuple[datetime, int] | None) -> tuple[datetime, int] | None:
         def work() -> tuple[datetime, int] | None:
@@ -113,11 +127,7 @@ class Sweeper:
 
     # Escalations -----------------------------------------------------------------------------------------
     def due_clocks(self, s: Session, after: tuple[datetime, int] | None) -> list[tuple[int, datetime]]:
-        q = select(SlaClock.ticket_id, SlaClock.next_at).where(SlaClock.next_at <= self.now)
-        if after is not None:
-            q = q.where(or_(SlaClock.next_at > after[0],
-                            and_(SlaClock.next_at == after[0], SlaClock.ticket_id > after[1])))
-        return [(i, n) for i, n in s.execute(q.order_by(SlaClock.next_at, SlaClock.ticket_id).limit(self.batch))]
+        return [(i, n) for i, n in s.execute(due_clocks_query(self.now, self.batch, after))]
 
     def escalations_page(self, after: tuple[datetime, int] | None) -> tuple[datetime, int] | None:
         def work() -> tuple[datetime, int] | None:

@@ -23,7 +23,12 @@ import pytest
 
 from tests.conftest import (PG_ADMIN_URL, ROOT, _pg_url, drop_pg_database, new_pg_database, new_sqlite_database,
                             run_cli)
-from mails import make_mail
+from mails import make_mail as _make_mail
+
+
+def make_mail(**kw) -> bytes:  # type: ignore[no-untyped-def]
+    """A test mail with CRLF line ends, as an MTA puts it on the wire (smtplib sends bytes unchanged)."""
+    return _make_mail(**kw).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def free_port() -> int:
@@ -358,7 +363,7 @@ def test_database_unreachable_answers_451_and_everything_arrives_later(tmp_path)
 def test_sigterm_under_load_exits_in_time_and_loses_nothing(sqlite_serve) -> None:  # type: ignore[no-untyped-def]
     srv = sqlite_serve()
     srv.start()
-    mails = corpus(400, "term")
+    mails = corpus(2000, "term")
     acked: set[str] = set()
     tried: set[str] = set()
     lock = threading.Lock()
@@ -377,12 +382,12 @@ def test_sigterm_under_load_exits_in_time_and_loses_nothing(sqlite_serve) -> Non
     threads = [threading.Thread(target=client, args=(mails[i::4],)) for i in range(4)]
     for t in threads:
         t.start()
-    time.sleep(2.0)
+    time.sleep(1.5)
     rc, took = srv.term()
     for t in threads:
         t.join(30)
     assert rc == 0 and took < 30, (rc, took)
-    assert len(acked) > 20
+    assert 20 < len(acked) < len(mails)
     srv.start()  # threads whatever the old process left stored
     rows = srv.wait_threaded()
     made = Counter(m["message_id"] for m in rows if m["outcome"] == "ticket")

@@ -16,13 +16,18 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from mails import make_mail
+from mails import make_mail as _make_mail
 
 from gateway.config import validate
 from gateway.db import StoreUnavailable
 from gateway.models import InboundMail, Ticket
 from gateway.service import Notifier, Service
 from gateway.smtp import route_for
+
+
+def make_mail(**kw: Any) -> bytes:
+    """A test mail with CRLF line ends, as an MTA puts it on the wire (smtplib sends bytes unchanged)."""
+    return _make_mail(**kw).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def free_port() -> int:

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine (as root), installing what it needs first:
+# Debian packages (python3-venv, dovecot-imapd, postgresql) when missing, a virtualenv with the project,
+# and a running PostgreSQL on 127.0.0.1:5432 (trust auth for local tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v python3 >/dev/null || need_pkgs+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
+[ -x /usr/sbin/dovecot ] || need_pkgs+=(dovecot-imapd)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_pkgs+=(postgresql)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# PostgreSQL on 127.0.0.1:5432 with trust auth for the test user (the machine's own, or the one installed above)
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  ver=$(ls /usr/lib/postgresql | sort -V | tail -n1)
+  if ! pg_lsclusters -h 2>/dev/null | grep -q .; then
+    pg_createcluster "$ver" main >/dev/null
+  fi
+  conf=$(ls /etc/postgresql/*/main/pg_hba.conf | head -n1)
+  grep -q "ticket-gateway tests" "$conf" || sed -i '1i # ticket-gateway tests\nhost all all 127.0.0.1/32 trust\nlocal all all trust' "$conf"
+  pg_ctlcluster --skip-systemctl-redirect "$(basename "$(dirname "$(dirname "$conf")")")" main start
+  for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+
+venv=${TG_VENV:-.venv}
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check -e ".[test]"
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
