@@ -173,6 +173,9 @@ SCHEMA: dict[str, Section] = {
         {
             "hostname": Key(str, "", "Name in the SMTP/LMTP greeting. Empty: this host's name."),
             "workers": Key(int, 1, "Threads that turn stored mail into tickets and comments.", check=_positive),
+            "defer_seconds": Key(int, 30, "While mail is arriving, threading waits (senders get their 250 "
+                                 "sooner; SQLite has one writer) -- at most this long per mail. 0: thread at once.",
+                                 check=_non_negative),
             "pending_sweep_seconds": Key(int, 60, "How often stored mail that was not threaded yet (after an "
                                          "outage or a crash) is threaded again.", check=_positive),
             "shutdown_grace_seconds": Key(int, 20, "On SIGTERM: how long in-flight sessions may take to finish "

@@ -174,6 +174,7 @@ class ImapPoller:
         # what the service loop is doing: new | connecting | draining | waiting | idling | backoff | stopped
         self.state = "new"
         self.idling = threading.Event()  # set while the loop waits in IDLE (tests wait for it)
+        self.idle_count = 0  # IDLE commands issued
         self.log = logging.LoggerAdapter(log, {"account": self.account.name})
 
     # Connection ---------------------------------------------------------------------------------------------
@@ -523,6 +524,7 @@ class ImapPoller:
         assert self.client is not None
         client = self.client
         client.idle()
+        self.idle_count += 1
         self.state = "idling"
         self.idling.set()
         deadline = time.monotonic() + self.account.idle_seconds

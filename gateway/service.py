@@ -153,12 +153,15 @@ class Service:
         self.grace = float(serve["shutdown_grace_seconds"])
         self.sweep_seconds = float(serve["pending_sweep_seconds"])
         self.workers = int(serve["workers"])
+        self.defer = float(serve["defer_seconds"])
+        self.ingest_busy = False                               # mail is arriving (see _watch_ingest)
+        self._last_busy = 0.0
         self.stopping: asyncio.Event | None = None            # set when shutdown starts (tasks end on it)
         self.stop_requested = threading.Event()                # the same, for sync code in threads
         self.listeners: list[Any] = []
         self.intake: Any = None
         self.registry: Any = None
-        self.queue: asyncio.Queue[int] | None = None
+        self.queue: asyncio.Queue[tuple[int, float]] | None = None
         self.gate = WriteGate(False)
         self._tasks: list[tuple[str, Callable[[Service], Awaitable[None]]]] = []
         self._jobs: list[tuple[str, Callable[[], Any], float, bool]] = []
@@ -204,11 +207,13 @@ class Service:
         return await asyncio.shield(fut)
 
     async def process(self, mail_id: int) -> Result:
+        """Thread a stored mail now (raises StoreUnavailable on an outage)."""
         return await asyncio.get_running_loop().run_in_executor(self.process_pool, self._process_sync, mail_id)
 
     def enqueue(self, mail_id: int) -> None:
+        """Have the workers thread a stored mail (after arriving mail, up to serve.defer_seconds)."""
         if self.queue is not None:
-            self.queue.put_nowait(mail_id)
+            self.queue.put_nowait((mail_id, time.monotonic()))
 
     # Sync parts (threads) ------------------------------------------------------------------------------
     def _store_sync(self, raw: bytes, envelope: Envelope) -> int:
@@ -219,8 +224,14 @@ class Service:
         with self.gate.hold(urgent=False):
             return self.intake.process(mail_id)
 
+    def _wait_quiet(self, since: float) -> None:
+        """(thread) Let arriving mail go first: wait while it arrives, until `since` + defer_seconds."""
+        while self.ingest_busy and time.monotonic() - since < self.defer and not self.stop_requested.is_set():
+            time.sleep(0.02)
+
     def _stored(self, fut: asyncio.Future[int], thread: bool) -> None:
         self._inflight.discard(fut)
+        self._last_busy = time.monotonic()
         if thread and not fut.cancelled() and fut.exception() is None:
             self.enqueue(fut.result())
 
@@ -240,6 +251,7 @@ class Service:
                 if self.stop_requested.is_set():
                     break
                 seen.add(mail_id)
+                self._wait_quiet(time.monotonic())
                 try:
                     self._process_sync(mail_id)
                     done += 1
@@ -259,10 +271,21 @@ class Service:
             module, _, func = spec.partition(":")
             getattr(importlib.import_module(module), func or "install")(self)
 
+    async def _watch_ingest(self) -> None:
+        """ingest_busy: a store in flight or a session inside a mail now or in the last 150 ms."""
+        while True:
+            now = time.monotonic()
+            if self._inflight or (self.registry is not None and self.registry.in_transaction()):
+                self._last_busy = now
+            self.ingest_busy = now - self._last_busy < 0.15
+            await asyncio.sleep(0.02)
+
     async def _worker(self, n: int) -> None:
         assert self.queue is not None
         while True:
-            mail_id = await self.queue.get()
+            mail_id, queued = await self.queue.get()
+            while self.ingest_busy and time.monotonic() - queued < self.defer:
+                await asyncio.sleep(0.02)
             try:
                 result = await self.process(mail_id)
                 log.debug("mail %s: %s", mail_id, result.outcome)
@@ -372,6 +395,7 @@ class Service:
                               coalesce=True, max_instances=1, misfire_grace_time=max(1, int(seconds)), **kw)
         scheduler.start()
         self._workers = [loop.create_task(self._worker(i), name=f"worker-{i}") for i in range(self.workers)]
+        self._workers.append(loop.create_task(self._watch_ingest(), name="watch-ingest"))
         self._running = [loop.create_task(self._run_task(n, f), name=n) for n, f in self._tasks]
         wd = self.notifier.watchdog_interval()
         watchdog = loop.create_task(self._watchdog(wd)) if wd else None

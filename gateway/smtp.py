@@ -5,9 +5,10 @@ after the answer, from the stored mail (the service's workers call `Intake.proce
 wrong on our side -- database down, disk full, a bug -- answers `451 4.3.0` so the sending MTA tries again;
 never a 5xx that would bounce a customer's mail.
 
-aiosmtpd reads DATA lines with `readuntil(b"\\r\\n")` and ends DATA only on a `.` line between two CRLFs, so a
-bare LF (`\\n.\\n`, `\\r\\n.\\n`, `\\n.\\r\\n`) never ends a mail early and the bytes after it never become
-commands: SMTP smuggling cannot create a second message (tests/integration/test_smtp.py checks this).
+DATA (our own reader, `_Sessions.smtp_DATA`, with aiosmtpd's wire rules) reads lines with `readuntil(b"\\r\\n")`
+and ends only on a `.` line between two CRLFs, so a bare LF (`\\n.\\n`, `\\r\\n.\\n`, `\\n.\\r\\n`) never ends a
+mail early and the bytes after it never become commands: SMTP smuggling cannot create a second message
+(tests/integration/test_smtp.py checks this with raw sockets).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope as SMTPEnvelope, Session as SMTPSession
+from aiosmtpd.smtp import MISSING, SMTP, Envelope as SMTPEnvelope, Session as SMTPSession
 
 from gateway.config import Config, ConfigError
 from gateway.intake import Envelope
@@ -107,6 +108,10 @@ class SessionRegistry:
                 n += 1
         return n
 
+    def in_transaction(self) -> bool:
+        """Some session is inside a mail (MAIL FROM given, DATA not answered yet)."""
+        return any(s.envelope is not None and s.envelope.mail_from is not None for s in list(self.live))
+
     def abort_all(self) -> None:
         for s in list(self.live):
             if s.transport is not None:
@@ -151,6 +156,65 @@ class _Sessions:
         super().data_received(data)  # type: ignore[misc]
         if self.transport is not None:
             self._reset_timeout()  # type: ignore[attr-defined]  # idle means no bytes, also inside DATA
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA into one buffer (aiosmtpd keeps a list with one object per line: ~3x the mail in memory).
+
+        Same wire rules as aiosmtpd: only CRLF ends a line, only CRLF "." CRLF ends the mail, a leading dot of a
+        line is removed. Lines of any length are data (a bare-LF mail is one long line; nothing in it can end
+        the mail or become a command); the only limit is the size: over it, the rest is read and dropped and
+        the answer is 552."""
+        if await self.check_helo_needed():  # type: ignore[attr-defined]
+            return
+        if await self.check_auth_needed("DATA"):  # type: ignore[attr-defined]
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")  # type: ignore[attr-defined]
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")  # type: ignore[attr-defined]
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")  # type: ignore[attr-defined]
+        reader: asyncio.StreamReader = self._reader  # type: ignore[attr-defined]
+        limit = self.data_size_limit  # type: ignore[attr-defined]
+        buf = bytearray()
+        size = 0
+        too_big = False
+        at_start = True
+        while self.transport is not None:
+            try:
+                line = await reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as e:
+                line = await reader.read(e.consumed)  # a long line: its next piece, still data
+            except asyncio.IncompleteReadError:
+                raise ConnectionResetError("connection closed during DATA") from None
+            except asyncio.CancelledError:
+                log.info("%r connection lost during DATA", getattr(self.session, "peer", None))  # type: ignore
+                self._writer.close()  # type: ignore[attr-defined]
+                raise
+            if not line:
+                raise ConnectionResetError("connection closed during DATA")
+            if at_start and line == b".\r\n":
+                break
+            size += len(line)
+            if limit and size > limit:
+                if not too_big:
+                    too_big = True
+                    buf = bytearray()
+            elif not too_big:
+                buf += line[1:] if at_start and line[:1] == b"." else line
+            at_start = line.endswith(b"\r\n")
+        if too_big:
+            self._set_post_data_state()  # type: ignore[attr-defined]
+            await self.push("552 5.3.4 Error: Too much mail data")  # type: ignore[attr-defined]
+            return
+        content = bytes(buf)
+        del buf
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")  # type: ignore[attr-defined]
+        self._set_post_data_state()  # type: ignore[attr-defined]
+        await self.push("250 OK" if status is MISSING else status)  # type: ignore[attr-defined]
 
     def _session_too_long(self) -> None:
         log.info("%r session lasted longer than %ss: closing", getattr(self.session, "peer", None),  # type: ignore

@@ -154,6 +154,7 @@ class DovecotServer:
     host: str
     port: int
     proc: subprocess.Popen[bytes]
+    pool: int = 0
     _users: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -163,15 +164,13 @@ class DovecotServer:
         except OSError:
             return ""
 
-    def add_user(self, name: str | None = None, password: str = PASSWORD) -> DovecotAccount:
-        name = name or f"user{next(self._users)}"
-        passwd = self.root / "passwd"
-        lines = passwd.read_text() + f"{name}:{{PLAIN}}{password}::::::\n"
-        tmp = passwd.with_suffix(".tmp")
-        tmp.write_text(lines)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, passwd)  # a new inode: Dovecot re-reads the file on its next lookup
-        return DovecotAccount(self, self.host, self.port, name, password)
+    def add_user(self) -> DovecotAccount:
+        """The next unused account of the pool written at start (Dovecot re-reads a changed passwd-file at
+        most once a second, so accounts are not added on the fly)."""
+        n = next(self._users)
+        if n > self.pool:
+            raise RuntimeError(f"all {self.pool} test accounts are used; start_dovecot(users=...) for more")
+        return DovecotAccount(self, self.host, self.port, f"user{n}", PASSWORD)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -277,14 +276,16 @@ class DovecotAccount:
         return DovecotAccount._Session(self)
 
 
-def start_dovecot(root: Path, *, port: int | None = None, timeout: float = 20) -> DovecotServer:
+def start_dovecot(root: Path, *, port: int | None = None, users: int = 1000, timeout: float = 20) -> DovecotServer:
+    """Start Dovecot under `root` with accounts user1..user<users> (password PASSWORD)."""
     binary = dovecot_binary()
     if binary is None:
         raise FileNotFoundError("dovecot is not installed (Debian: apt-get install -y dovecot-imapd)")
     root = Path(root)
     for d in ("run", "state", "mail", "home"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    (root / "passwd").touch()
+    (root / "passwd").write_text("".join(f"user{i}:{{PLAIN}}{PASSWORD}::::::\n" for i in range(1, users + 1)))
+    os.chmod(root / "passwd", 0o644)
     uid, gid = os.getuid(), os.getgid()
     if uid == 0:
         login_user = _user_or("dovenull", "nobody")
@@ -317,7 +318,7 @@ def start_dovecot(root: Path, *, port: int | None = None, timeout: float = 20) -
         proc = subprocess.Popen([binary, "-F", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
-        server = DovecotServer(root, "127.0.0.1", the_port, proc)
+        server = DovecotServer(root, "127.0.0.1", the_port, proc, pool=users)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:

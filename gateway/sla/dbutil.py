@@ -22,6 +22,22 @@ def insert_ignore(session: Session, table: Table, values: Mapping[str, Any],
     return session.execute(stmt).scalar()
 
 
+def insert_many_ignore(session: Session, table: Table, rows: Sequence[Mapping[str, Any]],
+                       conflict: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING (id, ticket_id, kind): only the rows this
+    statement inserted come back (chunks of 500 rows)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    out: list[tuple[Any, ...]] = []
+    for k in range(0, len(rows), 500):
+        stmt = (insert(table).values(list(rows[k:k + 500])).on_conflict_do_nothing(index_elements=list(conflict))
+                .returning(table.c.id, table.c.ticket_id, table.c.kind))
+        out += [tuple(r) for r in session.execute(stmt)]
+    return out
+
+
 def for_update(query: Any, session: Session) -> Any:
     """Lock the selected rows on PostgreSQL, skipping rows another instance holds (SQLite: BEGIN IMMEDIATE
     already serialises writers)."""

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.db import retry_on_conflict, transaction
 from gateway.models import SlaClock, SlaEscalation, Ticket
 from gateway.sla import state as st
-from gateway.sla.dbutil import for_update, insert_ignore
+from gateway.sla.dbutil import for_update, insert_ignore, insert_many_ignore
 from gateway.sla.store import PolicyStore, StoredPolicy
 from gateway.sla_policy import escalations_due
 from gateway.tickets import Tickets
@@ -147,54 +147,71 @@ class Sweeper:
                             SlaEscalation.ticket_id, SlaEscalation.kind, SlaEscalation.deadline)
                             .where(SlaEscalation.ticket_id.in_(locked))):
                         sent.setdefault(tid, []).append((kind, deadline))
-                    for t in s.scalars(select(Ticket).where(Ticket.id.in_(locked)).order_by(Ticket.id)
-                                       .execution_options(populate_existing=True)):
-                        self.escalate(s, t, clocks.get(t.id), sent.get(t.id, []))
+                    tickets = list(s.scalars(select(Ticket).where(Ticket.id.in_(locked)).order_by(Ticket.id)
+                                             .execution_options(populate_existing=True)))
+                    self.escalate_page(s, tickets, clocks, sent)
                 return due[-1][1], due[-1][0]
         return self._page(work)
 
-    def escalate(self, s: Session, t: Ticket, clock: SlaClock | None,
-                 sent_rows: list[tuple[str, datetime]]) -> None:
-        if clock is None or clock.next_at is None or clock.next_at > self.now:
-            self.result.skipped += 1  # done meanwhile by another instance
-            return
-        sent = {k for k, d in sent_rows if d == st.due_for_kind(t, k)}
-        stored = self.policies(s).get(t.sla_policy or "")
-        for esc in escalations_due(self.now, response_due=t.response_due_at, resolution_due=t.resolution_due_at,
-                                   first_response_at=t.first_response_at, resolved_at=t.resolved_at,
-                                   paused_at=t.sla_paused_at, warn_response_at=clock.warn_response_at,
-                                   warn_resolution_at=clock.warn_resolution_at, sent=sent):
-            deadline = st.due_for_kind(t, esc.kind)
-            assert deadline is not None
-            recipients = self.mailer.escalation_recipients(s, t, stored)
-            claim = insert_ignore(s, SlaEscalation.__table__, dict(
-                ticket_id=t.id, kind=esc.kind, deadline=deadline, due_at=esc.at, sent_at=self.now,
-                recipients=recipients, suppressed=not recipients), ["ticket_id", "kind", "deadline"])
-            sent.add(esc.kind)
-            if esc.kind.endswith("_breach"):  # the breach says more than its warning: record, do not mail
-                warning = esc.kind.replace("_breach", "_warning")
-                if warning not in sent:
-                    if insert_ignore(s, SlaEscalation.__table__, dict(
-                            ticket_id=t.id, kind=warning, deadline=deadline, due_at=esc.at, sent_at=self.now,
-                            recipients=[], suppressed=True), ["ticket_id", "kind", "deadline"]) is not None:
-                        self.result.suppressed.append((t.number, warning))
-                    sent.add(warning)
-            if claim is None:
-                self.result.skipped += 1
+    def escalate_page(self, s: Session, tickets: list[Ticket], clocks: dict[int, SlaClock],
+                      sent_rows: dict[int, list[tuple[str, datetime]]]) -> None:
+        """Plan every due escalation of the page, claim them all with one multi-row INSERT ... ON CONFLICT DO
+        NOTHING RETURNING (only the rows this transaction inserted come back), then mail exactly those."""
+        rows: list[dict[str, Any]] = []
+        mails: dict[tuple[int, str], tuple[Ticket, Any, datetime, list[str], StoredPolicy | None]] = {}
+        by_id = {t.id: t for t in tickets}
+        for t in tickets:
+            clock = clocks.get(t.id)
+            if clock is None or clock.next_at is None or clock.next_at > self.now:
+                self.result.skipped += 1  # done meanwhile by another instance
                 continue
-            if recipients:
-                ref = self.mailer.send(s, t, esc.kind, recipients, deadline=deadline, due_at=esc.at,
-                                       now=self.now, policy=stored)
-                self._set_ref(s, claim, ref)
-                self.result.escalations.append((t.number, esc.kind, recipients))
-                log.info("ticket #%s: %s (due %s) mailed to %s", t.number, esc.kind, deadline.isoformat(),
-                         ", ".join(recipients))
-            else:
-                self.result.suppressed.append((t.number, esc.kind))
+            sent = {k for k, d in sent_rows.get(t.id, []) if d == st.due_for_kind(t, k)}
+            stored = self.policies(s).get(t.sla_policy or "")
+            for esc in escalations_due(self.now, response_due=t.response_due_at,
+                                       resolution_due=t.resolution_due_at, first_response_at=t.first_response_at,
+                                       resolved_at=t.resolved_at, paused_at=t.sla_paused_at,
+                                       warn_response_at=clock.warn_response_at,
+                                       warn_resolution_at=clock.warn_resolution_at, sent=sent):
+                deadline = st.due_for_kind(t, esc.kind)
+                assert deadline is not None
+                recipients = self.mailer.escalation_recipients(s, t, stored)
+                rows.append(dict(ticket_id=t.id, kind=esc.kind, deadline=deadline, due_at=esc.at, sent_at=self.now,
+                                 recipients=recipients, suppressed=not recipients, outbox_ref=None))
+                mails[(t.id, esc.kind)] = (t, esc, deadline, recipients, stored)
+                sent.add(esc.kind)
+                if esc.kind.endswith("_breach"):  # the breach says more than its warning: record, do not mail
+                    warning = esc.kind.replace("_breach", "_warning")
+                    if warning not in sent:
+                        rows.append(dict(ticket_id=t.id, kind=warning, deadline=deadline, due_at=esc.at,
+                                         sent_at=self.now, recipients=[], suppressed=True, outbox_ref=None))
+                        sent.add(warning)
+            clock.next_at = st.next_at(t, clock.warn_response_at, clock.warn_resolution_at, sent)
+            clock.updated_at = self.now
+        if not rows:
+            return
+        claimed = insert_many_ignore(s, SlaEscalation.__table__, rows, ["ticket_id", "kind", "deadline"])
+        refs = []
+        for claim_id, ticket_id, kind in claimed:
+            planned = mails.get((ticket_id, kind))
+            if planned is None:  # a suppressed warning under its breach
+                self.result.suppressed.append((by_id[ticket_id].number, kind))
+                continue
+            t, esc, deadline, recipients, stored = planned
+            if not recipients:
+                self.result.suppressed.append((t.number, kind))
                 log.warning("ticket #%s: %s due but nobody to tell (no assignee, group address or "
-                            "escalation address)", t.number, esc.kind)
-        clock.next_at = st.next_at(t, clock.warn_response_at, clock.warn_resolution_at, sent)
-        clock.updated_at = self.now
+                            "escalation address)", t.number, kind)
+                continue
+            ref = self.mailer.send(s, t, kind, recipients, deadline=deadline, due_at=esc.at, now=self.now,
+                                   policy=stored)
+            if ref:
+                refs.append({"id": claim_id, "outbox_ref": ref[:64]})
+            self.result.escalations.append((t.number, kind, recipients))
+            log.info("ticket #%s: %s (due %s) mailed to %s", t.number, kind, deadline.isoformat(),
+                     ", ".join(recipients))
+        self.result.skipped += sum(1 for key in mails if key not in {(c[1], c[2]) for c in claimed})
+        if refs:
+            s.execute(update(SlaEscalation), refs)
 
     def _page(self, work: Any) -> tuple[datetime, int] | None:
         """Run one page transaction (retried on a lost race); results count only once it committed."""
@@ -213,9 +230,8 @@ class Sweeper:
     @staticmethod
     def _set_ref(s: Session, claim: int, ref: str | None) -> None:
         if ref:
-            row = s.get(SlaEscalation, claim)
-            if row is not None:
-                row.outbox_ref = ref[:64]
+            s.execute(update(SlaEscalation).where(SlaEscalation.id == claim).values(outbox_ref=ref[:64])
+                      .execution_options(synchronize_session=False))
 
     # Whole sweep -----------------------------------------------------------------------------------------
     def run(self) -> SweepResult:

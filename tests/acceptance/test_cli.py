@@ -143,3 +143,34 @@ def test_python_dash_m_and_console_script_agree(tmp_path):
     script = [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main(['--help']))"]
     assert subprocess.run(script, capture_output=True).returncode == 0
     assert run_cli("--help").returncode == 0
+
+
+def test_ingest_upgrades_an_older_database(tmp_path):
+    """A database left at the first schema revision is brought up to date by `ingest` itself."""
+    from alembic import command
+
+    from gateway.db import make_engine
+    from gateway.migrate import _alembic_config, current_revisions, head_revisions
+
+    url = "sqlite:///" + str(tmp_path / "old.db")
+    engine = make_engine(url)
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001_core")
+    assert current_revisions(engine) == {"0001_core"}
+    p = run_cli("ingest", config=write_config(tmp_path, url), input=make_mail())
+    assert p.returncode == 0, p.stderr
+    assert current_revisions(engine) == head_revisions()
+    engine.dispose()
+
+
+def test_ingest_a_whole_corpus_folder_as_a_subprocess(tmp_path, corpus):
+    cfg = write_config(tmp_path, "sqlite:///" + str(tmp_path / "c.db"))
+    p = run_cli("ingest", "--json", str(corpus / "redmine" / "mail_handler"), config=cfg)
+    assert p.returncode == 0, p.stderr
+    results = [json.loads(line) for line in p.stdout.splitlines()]
+    assert len(results) == len(list((corpus / "redmine" / "mail_handler").iterdir()))
+    assert all(r["outcome"] in ("ticket", "comment", "ignored", "duplicate", "rejected", "quarantined")
+               for r in results)
+    assert not [r for r in results if (r["reason"] or "").startswith("internal error")]

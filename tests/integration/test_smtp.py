@@ -272,25 +272,43 @@ def test_smtp_smuggling_does_not_create_a_second_message(serve, smuggle) -> None
     assert b"wire money" in raw and b"MAIL FROM:<mallory@evil.example>" in raw  # it is body text, not a command
 
 
-def test_overlong_lines_are_refused_without_becoming_commands(serve) -> None:  # type: ignore[no-untyped-def]
+def test_overlong_lines_are_data_and_never_commands(serve) -> None:  # type: ignore[no-untyped-def]
     r = serve()
     c = Raw(r.port("smtp"))
     c.cmd(b"EHLO client.example\r\n")
     c.cmd(b"MAIL FROM:<alice@customer.example>\r\n")
     c.cmd(b"RCPT TO:<support@example.com>\r\n")
     assert c.cmd(b"DATA\r\n").startswith(b"354")
-    long = b"A" * 70_000 + b"\r\nQUIT\r\n" + b"B" * 80_000 + b"\r\n.\r\n"
-    reply = c.cmd(b"Subject: long\r\n\r\n" + long)
-    assert reply.startswith(b"500")  # aiosmtpd: line too long, after the whole DATA
+    # lines far over the reader's limit (64 KiB), one with a bare-LF "end of data" and commands inside
+    long = (b"A" * 70_000 + b"\r\nQUIT\r\n" + b"B" * 80_000 + b"\n.\nRSET\nMAIL FROM:<x@evil.example>\n"
+            + b"C" * 200_000 + b"\r\n.\r\n")
+    reply = c.cmd(b"Subject: long\r\nMessage-ID: <long@customer.example>\r\n\r\n" + long)
+    assert reply.startswith(b"250")  # exactly one reply: one mail
     assert c.cmd(b"NOOP\r\n").startswith(b"250")  # 'QUIT' inside DATA was data, the session is still there
+    assert c.buf == b""
     c.close()
-    time.sleep(0.3)
-    assert r.mails() == []
-    # a too-long command line is refused too, and the session goes on
+    (m,) = r.wait_processed(1)
+    with r.service.app.sessions() as s:
+        raw = s.get(InboundMail, m.id).raw.data
+    assert raw.endswith(b"C" * 200_000 + b"\r\n") and b"\r\nQUIT\r\n" in raw
+    # a too-long command line is refused, and the session goes on
     c = Raw(r.port("smtp"))
     assert c.cmd(b"EHLO " + b"x" * 100_000 + b"\r\n").startswith(b"500")
     assert c.cmd(b"NOOP\r\n").startswith(b"250")
     c.close()
+
+
+def test_dot_stuffing_is_undone(serve) -> None:  # type: ignore[no-untyped-def]
+    r = serve()
+    body = b"Subject: dots\r\nMessage-ID: <dots@customer.example>\r\n\r\n.leading dot\r\n..two\r\nmid.dle\r\n"
+    with smtplib.SMTP("127.0.0.1", r.port("smtp"), timeout=10) as s:
+        s.ehlo()
+        s.mail("alice@customer.example")
+        s.rcpt("support@example.com")
+        assert s.data(body)[0] == 250  # smtplib doubles leading dots on the wire
+    (m,) = r.wait_processed(1)
+    with r.service.app.sessions() as s:
+        assert s.get(InboundMail, m.id).raw.data == body
 
 
 # --- failures answer 451, never 5xx ------------------------------------------------------------------------

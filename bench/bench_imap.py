@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""IMAP benchmark (not a test): N corpus mails appended to a real Dovecot, drained by the IMAP poller.
+
+    .venv/bin/python bench/bench_imap.py            # 5,000 mails (target: >= 150 msg/s)
+    .venv/bin/python bench/bench_imap.py -n 500     # a quick run
+
+The corpus comes from ../shared/bench/gen_corpus.py (generated under bench/out/corpus-N when missing; same
+seed and N give the same bytes). Reported in the same run, on the same mails:
+
+- baseline `raw fetch`: imapclient alone: SELECT, SEARCH, UID FETCH BODY.PEEK[] in batches (no store);
+- `pipeline only`: Intake.store + Intake.process of the same bytes read from the .eml files (no IMAP);
+- `poller`: ImapPoller.poll_once(): fetch, store, thread, MOVE to Processed (the real thing).
+
+Database: a fresh SQLite under bench/out (default) or --db URL (e.g. a scratch PostgreSQL database).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from dovecot import start_dovecot  # noqa: E402
+
+GEN = Path(os.environ.get("TG_GEN_CORPUS") or ROOT.parent / "shared" / "bench" / "gen_corpus.py")
+OUT = ROOT / "bench" / "out"
+
+
+def corpus(n: int, seed: int) -> list[Path]:
+    d = OUT / f"corpus-{n}-{seed}"
+    eml = d / "eml"
+    if not (eml.is_dir() and len(list(eml.glob("*.eml"))) == n):
+        shutil.rmtree(d, ignore_errors=True)
+        print(f"generating {n} mails with {GEN} ...", file=sys.stderr)
+        subprocess.run([sys.executable, str(GEN), str(d), "-n", str(n), "--seed", str(seed)], check=True)
+    return sorted(eml.glob("*.eml"))
+
+
+def make_app(db_url: str | None, work: Path):  # type: ignore[no-untyped-def]
+    from gateway.app import build_app
+    from gateway.config import validate
+
+    url = db_url or f"sqlite:///{work / 'gateway.db'}"
+    cfg = validate({"gateway": {"data_dir": str(work), "addresses": ["support@helpdesk.example.com"],
+                                "unknown_senders": "register"},
+                    "database": {"url": url}}, base_dir=work)
+    app = build_app(cfg)
+    app.upgrade_db()
+    return app
+
+
+def reset_pg(url: str) -> None:
+    """A scratch PostgreSQL database: drop every table so that each phase starts empty."""
+    from sqlalchemy import create_engine, text
+
+    e = create_engine(url)
+    with e.begin() as c:
+        c.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    e.dispose()
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=5000, help="mails (default 5000)")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--db", metavar="URL", help="database URL (default: a fresh SQLite under bench/out)")
+    ap.add_argument("--no-pipeline-baseline", action="store_true", help="skip the pipeline-only run")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    args = ap.parse_args()
+
+    files = corpus(args.n, args.seed)
+    raws = [f.read_bytes() for f in files]
+    total_bytes = sum(len(r) for r in raws)
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="imap-", dir=OUT))
+    server = start_dovecot(work / "dovecot", users=3)
+    figures: dict[str, object] = {"n": len(raws), "mbytes": round(total_bytes / 1e6, 1),
+                                  "batch_size": args.batch_size}
+    try:
+        from imapclient import IMAPClient
+
+        acct = server.add_user()
+
+        def client() -> IMAPClient:
+            c = IMAPClient(acct.host, port=acct.port, ssl=False, timeout=60)
+            c.login(acct.user, acct.password)
+            return c
+
+        # Append ------------------------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        c = client()
+        for raw in raws:
+            c.append("INBOX", raw)
+        c.logout()
+        figures["append_msg_s"] = round(rate(len(raws), time.perf_counter() - t0), 1)
+
+        # Baseline: raw fetch ------------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        c = client()
+        c.select_folder("INBOX", readonly=True)
+        uids = sorted(c.search(["ALL"]))
+        got = 0
+        for i in range(0, len(uids), args.batch_size):
+            data = c.fetch(uids[i:i + args.batch_size], ["BODY.PEEK[]"])
+            got += sum(1 for d in data.values() if b"BODY[]" in d)
+        c.logout()
+        raw_s = time.perf_counter() - t0
+        assert got == len(raws), (got, len(raws))
+        figures["raw_fetch_msg_s"] = round(rate(got, raw_s), 1)
+
+        # Baseline: the pipeline without IMAP ---------------------------------------------------------------
+        if not args.no_pipeline_baseline:
+            from gateway.intake import Envelope
+
+            if args.db:
+                reset_pg(args.db)
+            pwork = work / "pipeline"
+            pwork.mkdir()
+            app = make_app(args.db, pwork)
+            intake = app.intake()
+            t0 = time.perf_counter()
+            for i, raw in enumerate(raws):
+                intake.process(intake.store(raw, Envelope(source="file", source_ref=str(i))))
+            pipe_s = time.perf_counter() - t0
+            app.close()
+            figures["pipeline_only_msg_s"] = round(rate(len(raws), pipe_s), 1)
+
+        # The poller ------------------------------------------------------------------------------------------
+        from gateway.imap import ImapPoller
+
+        if args.db:
+            reset_pg(args.db)
+        iwork = work / "poller"
+        iwork.mkdir()
+        app = make_app(args.db, iwork)
+        poller = ImapPoller(app, acct.account_config("bench", batch_size=args.batch_size, timeout_seconds=120))
+        t0 = time.perf_counter()
+        result = poller.poll_once()
+        poll_s = time.perf_counter() - t0
+        app.close()
+        moved = result.moved + result.quarantined
+        assert moved == len(raws) and result.deferred == 0, result.as_dict()
+        left = acct.count("INBOX")
+        assert left == 0, left
+        figures["poller_msg_s"] = round(rate(moved, poll_s), 1)
+        figures["poller_seconds"] = round(poll_s, 2)
+        figures["outcomes"] = dict(Counter(result.outcomes))
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"IMAP benchmark: {figures['n']} mails, {figures['mbytes']} MB, batch {args.batch_size}, "
+          f"database {args.db or 'sqlite (fresh)'}")
+    print(f"  append to Dovecot (setup)      {figures['append_msg_s']:>8} msg/s")
+    print(f"  baseline: raw imapclient fetch {figures['raw_fetch_msg_s']:>8} msg/s")
+    if "pipeline_only_msg_s" in figures:
+        print(f"  baseline: pipeline, no IMAP    {figures['pipeline_only_msg_s']:>8} msg/s")
+    ratio = figures["poller_msg_s"] / figures["raw_fetch_msg_s"]  # type: ignore[operator]
+    verdict = "OK" if figures["poller_msg_s"] >= 150 else "BELOW TARGET"  # type: ignore[operator]
+    print(f"  poller: fetch+store+thread+MOVE {figures['poller_msg_s']:>7} msg/s  ({figures['poller_seconds']} s; "
+          f"{ratio:.1%} of raw fetch; target >= 150 msg/s: {verdict})")
+    print(f"  outcomes: {figures['outcomes']}")
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
