@@ -113,6 +113,9 @@ def accounts(config: Config) -> list[ImapAccount]:
             raise ConfigError(f"imap[{i}].name: {acct.name!r} is used by another [[imap]] account")
         if acct.password and acct.password_file:
             raise ConfigError(f"imap[{i}].password_file: give password or password_file, not both")
+        for key in ("processed_folder", "quarantine_folder"):
+            if getattr(acct, key) == acct.folder:
+                raise ConfigError(f"imap[{i}].{key}: must differ from folder ({acct.folder!r})")
         out.append(acct)
     return out
 
@@ -137,12 +140,6 @@ class PollResult:
     def store_unavailable(self) -> bool:
         return self.deferred > 0
 
-    def add(self, other: PollResult) -> None:
-        for k in ("found", "fetched", "stored", "known", "moved", "quarantined", "oversize", "deferred"):
-            setattr(self, k, getattr(self, k) + getattr(other, k))
-        self.outcomes.update(other.outcomes)
-        self.uidvalidity = other.uidvalidity
-
     def as_dict(self) -> dict[str, Any]:
         return {"account": self.account, "uidvalidity": self.uidvalidity, "found": self.found,
                 "fetched": self.fetched, "stored": self.stored, "known": self.known, "moved": self.moved,
@@ -152,6 +149,15 @@ class PollResult:
 
 class Deferred(Exception):
     """The database is unavailable: stop this drain, leave the rest in place."""
+
+
+class Stopped(Exception):
+    """The stop event was set: the drain ends after the mails in hand are moved."""
+
+
+class _Prefixed(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"imap {self.extra['account']}: {msg}", kwargs  # type: ignore[index]
 
 
 class ImapPoller:
@@ -168,14 +174,14 @@ class ImapPoller:
         self.client: IMAPClient | None = None
         self.capabilities: frozenset[bytes] = frozenset()
         self.use_move: bool | None = None  # None: MOVE when the server has it; tests force False
-        self._folders_ready = False
         # test hook: called after a batch was stored and recorded, before it is moved; raising simulates a crash
         self.before_move: Any = None
         # what the service loop is doing: new | connecting | draining | waiting | idling | backoff | stopped
         self.state = "new"
         self.idling = threading.Event()  # set while the loop waits in IDLE (tests wait for it)
         self.idle_count = 0  # IDLE commands issued
-        self.log = logging.LoggerAdapter(log, {"account": self.account.name})
+        self.log = _Prefixed(log, {"account": self.account.name})
+        self._stop: threading.Event | None = None  # set by run(): a drain stops between mails
 
     # Connection ---------------------------------------------------------------------------------------------
     def connect(self) -> IMAPClient:
@@ -278,7 +284,7 @@ class ImapPoller:
             total.found += len(uids)
             try:
                 self._drain_uids(uidvalidity, uids, total)
-            except Deferred:
+            except (Deferred, Stopped):
                 break
             # new mail may have arrived meanwhile: look again (messages tried in this drain are not retried)
         if total.deferred:
@@ -292,6 +298,8 @@ class ImapPoller:
         left_before = result.moved + result.quarantined
         try:
             for chunk in _chunks(uids, max(self.account.batch_size, 1) * 4):
+                if self._stop is not None and self._stop.is_set():
+                    raise Stopped()
                 self._drain_chunk(uidvalidity, chunk, result)
         except Deferred:
             # whatever was not moved stays in the folder for the next drain
@@ -344,7 +352,11 @@ class ImapPoller:
         done: list[tuple[int, int, str]] = []  # (uid, mail_id, outcome)
         pending: list[tuple[int, int]] = []    # stored, not threaded: the store went away in between
         unavailable: BaseException | None = None
+        stopped = False
         for uid in batch:
+            if self._stop is not None and self._stop.is_set():
+                stopped = True  # the rest stays in the folder for the next start
+                break
             item = data.get(uid)
             raw = item.get(BODY) if item else None
             if raw is None:  # expunged meanwhile
@@ -379,6 +391,8 @@ class ImapPoller:
                          [u for u, _, o in done if o == "quarantined"], result)
         if unavailable is not None:
             raise Deferred() from unavailable
+        if stopped:
+            raise Stopped()
 
     # State ----------------------------------------------------------------------------------------------------
     def _known(self, uidvalidity: int, uids: Sequence[int]) -> dict[int, ImapSeen]:
@@ -475,8 +489,9 @@ class ImapPoller:
 
     def _sizes(self, uids: Sequence[int]) -> dict[int, int]:
         assert self.client is not None
+        wanted = set(uids)
         data = self.client.fetch(list(uids), ["RFC822.SIZE"])
-        return {uid: int(d.get(b"RFC822.SIZE", 0)) for uid, d in data.items() if uid in set(uids)}
+        return {uid: int(d.get(b"RFC822.SIZE", 0)) for uid, d in data.items() if uid in wanted}
 
     # The service loop -----------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -484,7 +499,8 @@ class ImapPoller:
         backoff on errors. Never raises for IMAP, network or database trouble; logs it and retries."""
         a = self.account
         backoff = BACKOFF_FIRST
-        self.log.info("IMAP poller for %s@%s:%s folder %r started", a.user, a.host, a.effective_port, a.folder)
+        self._stop = stop
+        self.log.info("polling %s@%s:%s folder %r", a.user, a.host, a.effective_port, a.folder)
         while not stop.is_set():
             try:
                 if self.client is None:
@@ -515,8 +531,9 @@ class ImapPoller:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
         self.disconnect()
+        self._stop = None
         self.state = "stopped"
-        self.log.info("IMAP poller %s stopped", a.name)
+        self.log.info("stopped")
 
     def _idle(self, stop: threading.Event) -> None:
         """IDLE until new mail, `idle_seconds` (then re-issued by the caller) or `stop`. Raises ConnectionError
@@ -539,7 +556,7 @@ class ImapPoller:
                 started = time.monotonic()
                 responses = client.idle_check(timeout=wait)
                 if not responses:
-                    if time.monotonic() - started < wait * 0.5:
+                    if wait >= 0.2 and time.monotonic() - started < wait * 0.5:
                         dead = True  # readable but nothing to read: EOF
                         break
                     continue

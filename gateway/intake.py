@@ -80,8 +80,7 @@ class Intake:
         self.handlers = app.handlers
 
     # Step 1: durable ---------------------------------------------------------------
-    def store(self, raw: bytes, envelope: Envelope) -> int:
-        """Write the raw mail and commit. Raises StoreUnavailable when it could not be stored."""
+    def _new_row(self, raw: bytes, envelope: Envelope) -> InboundMail:
         mid, sender, subject = _header_summary(raw)
         mail = InboundMail(received_at=self.app.clock(), source=envelope.source, source_ref=envelope.source_ref,
                            envelope_from=envelope.mail_from, envelope_to=list(envelope.rcpt_tos),
@@ -89,6 +88,11 @@ class Intake:
                            sha256=hashlib.sha256(raw).hexdigest(), size=len(raw), outcome="received",
                            trace=[], attempts=0)
         mail.raw = InboundRaw(data=raw)
+        return mail
+
+    def store(self, raw: bytes, envelope: Envelope) -> int:
+        """Write the raw mail and commit. Raises StoreUnavailable when it could not be stored."""
+        mail = self._new_row(raw, envelope)
         try:
             with transaction(self.app.sessions) as s:
                 s.add(mail)
@@ -100,13 +104,27 @@ class Intake:
             raise
 
     # Step 2: thread ----------------------------------------------------------------
-    def process(self, mail_id: int, *, dry_run: bool = False) -> Result:
+    def process(self, mail_id: int) -> Result:
+        """Thread a stored mail; a mail already processed returns its recorded result."""
+        return self._retrying(lambda: self._process_stored(mail_id), f"mail {mail_id}")
+
+    def ingest(self, raw: bytes, envelope: Envelope, *, dry_run: bool = False, durable_first: bool = True) -> Result:
+        """Store and thread one mail. durable_first=True commits the raw mail on its own first (a transport
+        that must answer quickly threads later); False does both in one transaction, for sources that keep
+        the mail until we return (files, an MTA pipe waiting for the exit code): one commit instead of two."""
+        if dry_run:
+            return self._retrying(lambda: self._run_new(raw, envelope, dry_run=True), "dry run")
+        if durable_first:
+            return self.process(self.store(raw, envelope))
+        return self._retrying(lambda: self._run_new(raw, envelope, dry_run=False), "mail")
+
+    def _retrying(self, fn: Any, what: str) -> Result:
         for attempt in range(5):
             try:
-                return self._process_once(mail_id, dry_run=dry_run)
+                return fn()
             except IntegrityError:
                 # a concurrent delivery of the same mail won the dedupe claim: run again, see the duplicate
-                log.info("mail %s: conflict with a concurrent writer, running again", mail_id)
+                log.info("%s: conflict with a concurrent writer, running again", what)
                 if attempt == 4:
                     raise
             except StoreUnavailable:
@@ -117,12 +135,6 @@ class Intake:
                 raise
         raise AssertionError("unreachable")
 
-    def ingest(self, raw: bytes, envelope: Envelope, *, dry_run: bool = False) -> Result:
-        if dry_run:
-            return self._dry_run(raw, envelope)
-        mail_id = self.store(raw, envelope)
-        return self.process(mail_id)
-
     def _context(self, session: Any, mail: InboundMail, raw: bytes, dry_run: bool) -> MailContext:
         app = self.app
         return MailContext(session=session, config=app.config, clock=app.clock, blobs=app.blobs,
@@ -130,8 +142,7 @@ class Intake:
                            directory=Directory(session, app.clock), mail=mail, raw=raw, dry_run=dry_run,
                            trace=list(mail.trace or []))
 
-    def _process_once(self, mail_id: int, *, dry_run: bool) -> Result:
-        ctx: MailContext | None = None
+    def _process_stored(self, mail_id: int) -> Result:
         with self.app.sessions() as s:
             with s.begin():
                 q = select(InboundMail).where(InboundMail.id == mail_id)
@@ -142,42 +153,58 @@ class Intake:
                     raise KeyError(f"no inbound mail {mail_id}")
                 if mail.outcome != "received":
                     return self._result(mail)
-                raw = mail.raw.data
-                ctx = self._context(s, mail, raw, dry_run)
-                mail.attempts += 1
-                sp = s.begin_nested()
-                try:
-                    outcome = run(ctx, self.handlers)
-                    sp.commit()
-                    self._record(ctx, outcome, None)
-                    result = self._result(mail)
-                except Ignore as o:  # keeps what handlers wrote (a bounce note on its ticket)
-                    sp.commit()
-                    self._record(ctx, o.outcome, o.reason)
-                    result = self._result(mail)
-                except TryLater as o:
-                    sp.rollback()
-                    raise StoreUnavailable(o.reason) from o
-                except Outcome as o:
-                    sp.rollback()
-                    self._record(ctx, o.outcome, o.reason)
-                    if isinstance(o, Reject):
-                        ctx.tickets.emit(MailRejected(mail.id, ctx.sender_email, o.reason))
-                    result = self._result(mail)
-                except IntegrityError:
-                    raise
-                except Exception as e:  # noqa: BLE001 -- every other failure quarantines the mail
-                    if is_unavailable(e):
-                        raise
-                    sp.rollback()
-                    reason = f"internal error in pipeline: {type(e).__name__}: {e}"[:2000]
-                    ctx.note("traceback: " + "".join(traceback.format_exception_only(type(e), e)).strip()[:1000])
-                    self._record(ctx, "quarantined", reason)
-                    log.exception("mail %s quarantined", mail_id)
-                    result = self._result(mail)
+                return self._run(s, mail, mail.raw.data, dry_run=False)
+
+    def _run_new(self, raw: bytes, envelope: Envelope, *, dry_run: bool) -> Result:
+        with self.app.sessions() as s:
+            s.begin()
+            try:
+                mail = self._new_row(raw, envelope)
+                s.add(mail)
+                s.flush()
+                result = self._run(s, mail, raw, dry_run=dry_run)
                 if dry_run:
+                    result.mail_id = 0
                     s.rollback()
+                else:
+                    s.commit()
                 return result
+            except BaseException:
+                s.rollback()
+                raise
+
+    def _run(self, s: Any, mail: InboundMail, raw: bytes, *, dry_run: bool) -> Result:
+        """The pipeline over one mail row, inside the caller's transaction. Handlers run in a savepoint: an
+        outcome that writes nothing (reject, quarantine) rolls back what they did and keeps the mail row."""
+        ctx = self._context(s, mail, raw, dry_run)
+        mail.attempts += 1
+        sp = s.begin_nested()
+        try:
+            outcome = run(ctx, self.handlers)
+            sp.commit()
+            self._record(ctx, outcome, None)
+        except Ignore as o:  # keeps what handlers wrote (a bounce note on its ticket)
+            sp.commit()
+            self._record(ctx, o.outcome, o.reason)
+        except TryLater as o:
+            sp.rollback()
+            raise StoreUnavailable(o.reason) from o
+        except Outcome as o:
+            sp.rollback()
+            self._record(ctx, o.outcome, o.reason)
+            if isinstance(o, Reject):
+                ctx.tickets.emit(MailRejected(mail.id, ctx.sender_email, o.reason))
+        except IntegrityError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- every other failure quarantines the mail
+            if is_unavailable(e):
+                raise
+            sp.rollback()
+            reason = f"internal error in pipeline: {type(e).__name__}: {e}"[:2000]
+            ctx.note("traceback: " + "".join(traceback.format_exception_only(type(e), e)).strip()[:1000])
+            self._record(ctx, "quarantined", reason)
+            log.exception("mail %s quarantined", mail.id)
+        return self._result(mail)
 
     def _record(self, ctx: MailContext, outcome: str, reason: str | None) -> None:
         mail = ctx.mail
@@ -212,37 +239,6 @@ class Intake:
             t = s.get(Ticket, mail.ticket_id)
             number = t.number if t else None
         return Result(mail.id, mail.outcome, mail.reason, number, mail.comment_id, list(mail.trace or []))
-
-    def _dry_run(self, raw: bytes, envelope: Envelope) -> Result:
-        """Store and process inside one transaction that is rolled back: nothing is written."""
-        with self.app.sessions() as s:
-            s.begin()
-            try:
-                mid, sender, subject = _header_summary(raw)
-                mail = InboundMail(received_at=self.app.clock(), source=envelope.source,
-                                   source_ref=envelope.source_ref, envelope_from=envelope.mail_from,
-                                   envelope_to=list(envelope.rcpt_tos), message_id=mid, sender=sender,
-                                   subject=subject, sha256=hashlib.sha256(raw).hexdigest(), size=len(raw),
-                                   outcome="received", trace=[], attempts=0)
-                s.add(mail)
-                s.flush()
-                ctx = self._context(s, mail, raw, True)
-                try:
-                    outcome = run(ctx, self.handlers)
-                    self._record(ctx, outcome, None)
-                except TryLater as o:
-                    raise StoreUnavailable(o.reason) from o
-                except Outcome as o:
-                    self._record(ctx, o.outcome, o.reason)
-                except Exception as e:  # noqa: BLE001
-                    if is_unavailable(e):
-                        raise
-                    self._record(ctx, "quarantined", f"internal error in pipeline: {type(e).__name__}: {e}")
-                result = self._result(mail)
-                result.mail_id = 0
-                return result
-            finally:
-                s.rollback()
 
     # Recovery and replay -------------------------------------------------------------
     def pending(self, *, older_than: timedelta = timedelta(0), limit: int = 100) -> list[int]:

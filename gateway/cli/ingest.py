@@ -132,7 +132,7 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
             env = Envelope(mail_from=args.sender, rcpt_tos=rcpts, source=source,
                            source_ref=None if source == "stdin" else ref)
             try:
-                result = intake.ingest(raw, env, dry_run=args.dry_run)
+                result = intake.ingest(raw, env, dry_run=args.dry_run, durable_first=False)
             except StoreUnavailable as e:
                 print(f"ticket-gateway: could not store {ref}: {e}", file=sys.stderr)
                 return EX_TEMPFAIL

@@ -30,12 +30,10 @@ def insert_many_ignore(session: Session, table: Table, rows: Sequence[Mapping[st
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    out: list[tuple[Any, ...]] = []
-    for k in range(0, len(rows), 500):
-        stmt = (insert(table).values(list(rows[k:k + 500])).on_conflict_do_nothing(index_elements=list(conflict))
-                .returning(table.c.id, table.c.ticket_id, table.c.kind))
-        out += [tuple(r) for r in session.execute(stmt)]
-    return out
+    stmt = (insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+            .returning(table.c.id, table.c.ticket_id, table.c.kind))
+    # executemany with RETURNING: SQLAlchemy's "insertmanyvalues" batches it into multi-row statements
+    return [tuple(r) for r in session.execute(stmt, [dict(r) for r in rows])]
 
 
 def for_update(query: Any, session: Session) -> Any:

@@ -142,6 +142,7 @@ class SlaListener:
         if paused is None or policy is None:
             return
         at = max(at, paused)
+        recorded: list[tuple[str, datetime]] | None = None
         for kinds, attr, met in ((st.RESPONSE_KINDS, "response_due_at", t.first_response_at is not None),
                                  (st.RESOLUTION_KINDS, "resolution_due_at", False)):
             due = getattr(t, attr)
@@ -150,7 +151,10 @@ class SlaListener:
             pushed = resume(policy, due, paused, at, met=met)
             if pushed != due:
                 setattr(t, attr, pushed)
-                self._move_escalations(s, t, kinds, due, pushed)
+                if recorded is None:
+                    recorded = [(k, d) for k, d in s.execute(select(SlaEscalation.kind, SlaEscalation.deadline)
+                                                             .where(SlaEscalation.ticket_id == t.id))]
+                self._move_escalations(s, t, kinds, due, pushed, recorded)
 
     def _reopen(self, s: Session, t: Ticket, policy: Policy | None, clock: SlaClock | None, at: datetime) -> None:
         resolved_at = clock.resolved_at if clock is not None else None
@@ -165,8 +169,11 @@ class SlaListener:
             t.response_due_at = reopen(policy, t.response_due_at, resolved_at, at)
 
     @staticmethod
-    def _move_escalations(s: Session, t: Ticket, kinds: tuple[str, ...], old: datetime, new: datetime) -> None:
+    def _move_escalations(s: Session, t: Ticket, kinds: tuple[str, ...], old: datetime, new: datetime,
+                          recorded: list[tuple[str, datetime]]) -> None:
         """Escalations sent for a clock stay sent when a pause pushes its deadline."""
+        if not any(k in kinds and d == old for k, d in recorded):
+            return
         s.execute(update(SlaEscalation).where(SlaEscalation.ticket_id == t.id, SlaEscalation.kind.in_(kinds),
                                               SlaEscalation.deadline == old)
                   .values(deadline=new).execution_options(synchronize_session=False))

@@ -335,6 +335,81 @@ def test_dead_connection_during_idle_reconnects(make_app, dovecot, dovecot_serve
     assert not t.is_alive()
 
 
+class CuttableProxy:
+    """A TCP proxy to Dovecot whose connections can be cut silently (no BYE: the client just sees EOF),
+    as when a server is restarted hard or a NAT box forgets the connection."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import socket
+
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.conns: list = []
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                c, _ = self.listener.accept()
+            except OSError:
+                return
+            u = socket.create_connection(self.target)
+            self.conns += [c, u]
+            self.accepted += 1
+            for a, b in ((c, u), (u, c)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for x in (a, b):
+            try:
+                x.close()
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        import socket
+
+        conns, self.conns = self.conns, []
+        for x in conns:
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def test_silently_dropped_connection_during_idle_reconnects(make_app, dovecot):
+    """An early empty idle_check (EOF) is a dead connection: reconnect, do not spin or hang."""
+    app = make_app()
+    proxy = CuttableProxy(dovecot.host, dovecot.port)
+    p = poller(app, dovecot, port=proxy.port, idle_seconds=600)
+    stop, t = _start(p)
+    try:
+        assert p.idling.wait(10)
+        proxy.cut()
+        assert wait_for(lambda: proxy.accepted >= 2 and p.idling.is_set(), timeout=10), p.state
+        dovecot.append(make_mail(subject="after a silent drop"))
+        assert wait_for(lambda: tickets(app) == 1 and dovecot.count("INBOX") == 0, timeout=5)
+    finally:
+        stop.set()
+        t.join(10)
+        proxy.close()
+    assert not t.is_alive()
+
+
 def test_poll_mode_without_idle(make_app, dovecot):
     app = make_app()
     p = poller(app, dovecot, poll_seconds=1)
@@ -349,6 +424,32 @@ def test_poll_mode_without_idle(make_app, dovecot):
         stop.set()
         t.join(10)
     assert not t.is_alive()
+
+
+def test_stop_during_a_long_drain_moves_what_is_done_and_leaves_the_rest(make_app, dovecot, monkeypatch):
+    app = make_app()
+    raws = [make_mail(subject=f"long {i}", sender=f"l{i}@customer.example") for i in range(40)]
+    dovecot.append_many(raws)
+    p = poller(app, dovecot, batch_size=5)
+    stop = threading.Event()
+    real = p.intake.process
+    calls = {"n": 0}
+
+    def process(mail_id, **kw):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            stop.set()  # SIGTERM arrives while the 7th mail is threaded
+        return real(mail_id, **kw)
+
+    monkeypatch.setattr(p.intake, "process", process)
+    t = threading.Thread(target=p.run, args=(stop,), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive() and p.state == "stopped"
+    assert tickets(app) == 7 and dovecot.count("Processed") == 7 and dovecot.count("INBOX") == 33
+    r = poller(app, dovecot).poll_once()
+    assert r.outcomes == {"ticket": 33}
+    assert tickets(app) == 40 and len(mails(app)) == 40
 
 
 def test_unreachable_server_backs_off_and_stops_promptly(make_app, dovecot):

@@ -159,14 +159,15 @@ def test_same_mail_twice_and_same_message_id_from_same_sender(app):
     assert count(app, Ticket) == 2
 
 
-def test_same_mail_ten_times_in_parallel_makes_one_ticket(app):
+@pytest.mark.parametrize("durable_first", [True, False])
+def test_same_mail_ten_times_in_parallel_makes_one_ticket(app, durable_first):
     raw = make_mail()
     results = []
     barrier = threading.Barrier(10)
 
     def worker():
         barrier.wait()
-        results.append(ingest(app, raw).outcome)
+        results.append(app.intake().ingest(raw, ENV, durable_first=durable_first).outcome)
 
     threads = [threading.Thread(target=worker) for _ in range(10)]
     for t in threads:
