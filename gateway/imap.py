@@ -134,6 +134,7 @@ class PollResult:
     quarantined: int = 0     # moved to the quarantine folder (pipeline quarantine, or over the size limit)
     oversize: int = 0        # over limits.max_message_size: not fetched, moved to quarantine
     deferred: int = 0        # left in place: the database was unavailable
+    failed: int = 0          # left in place: an unexpected error (logged); tried again on the next drain
     outcomes: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -144,6 +145,7 @@ class PollResult:
         return {"account": self.account, "uidvalidity": self.uidvalidity, "found": self.found,
                 "fetched": self.fetched, "stored": self.stored, "known": self.known, "moved": self.moved,
                 "quarantined": self.quarantined, "oversize": self.oversize, "deferred": self.deferred,
+                "failed": self.failed,
                 "outcomes": dict(self.outcomes)}
 
 
@@ -369,11 +371,16 @@ class ImapPoller:
                     mail_id = self.intake.store(bytes(raw), self._envelope(uidvalidity, uid))
                     result.stored += 1
                 res = self.intake.process(mail_id)
-            except StoreUnavailable as e:
+            except Exception as e:  # noqa: BLE001
                 if mail_id is not None and (row is None or row.mail_id != mail_id):
-                    pending.append((uid, mail_id))
-                unavailable = e
-                break
+                    pending.append((uid, mail_id))  # stored: the next drain threads it, never stores it again
+                if isinstance(e, StoreUnavailable) or is_unavailable(e):
+                    unavailable = e
+                    break
+                # not the store's fault and not quarantined by the pipeline: leave this one, go on
+                self.log.exception("uid %s: could not be processed; it stays in %r", uid, self.account.folder)
+                result.failed += 1
+                continue
             result.outcomes[res.outcome] += 1
             done.append((uid, mail_id, res.outcome))
         # remember what was stored; if that fails it only costs a refetch (the core dedupes)

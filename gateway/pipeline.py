@@ -31,6 +31,7 @@ BUILTIN: tuple[str, ...] = (
     "identify",     # who wrote it: known contact, or the unknown-sender policy
     "token",        # our own mail coming back is a loop; a signed reply address names its ticket
     "match",        # which ticket: In-Reply-To/References, subject tag; participants only
+    "route",        # defaults for a new ticket (group, priority, type) from the recipient address
     "extract",      # visible text (quotes and signatures stripped), full text, sanitised HTML
     "thread",       # create the ticket or add the comment; Cc -> watchers
     "attachments",  # store attachments content-addressed, linked to the ticket/comment

@@ -45,7 +45,9 @@ from gateway.intake import Envelope, Result
 log = logging.getLogger("gateway.service")
 
 # Components that add tasks and jobs: "module:function", function(service) called before start.
-COMPONENTS: tuple[str, ...] = ()
+COMPONENTS: tuple[str, ...] = (
+    "gateway.sla:install_service",
+)
 
 HARD_EXIT_SECONDS = 28.0   # from SIGTERM: whatever still runs then is abandoned (exit 0 stays within 30 s)
 
@@ -243,6 +245,7 @@ class Service:
         age = timedelta(seconds=self.sweep_seconds if older_than is None else older_than)
         done = 0
         seen: set[int] = set()
+        started = time.monotonic()
         while not self.stop_requested.is_set():
             ids = [i for i in self.intake.pending(older_than=age, limit=100) if i not in seen]
             if not ids:
@@ -251,7 +254,7 @@ class Service:
                 if self.stop_requested.is_set():
                     break
                 seen.add(mail_id)
-                self._wait_quiet(time.monotonic())
+                self._wait_quiet(started)
                 try:
                     self._process_sync(mail_id)
                     done += 1

@@ -27,6 +27,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope as SMTPEnvelope, Session as SM
 
 from gateway.config import Config, ConfigError
 from gateway.intake import Envelope
+from gateway.routing import route_for  # noqa: F401 -- kept importable from here
 
 log = logging.getLogger("gateway.smtp")
 
@@ -53,6 +54,9 @@ def listener_specs(config: Config) -> list[dict[str, Any]]:
     """The configured [[listen]] tables (defaults filled in), else the two loopback defaults."""
     specs = [dict(t) for t in (config.values.get("listen") or [])] or [dict(t) for t in DEFAULT_LISTENERS]
     for i, t in enumerate(specs):
+        for k in ("path", "tls_cert", "tls_key"):
+            if t[k]:
+                t[k] = str(config.base_dir / os.path.expanduser(t[k]))  # relative to the config file
         if not t["port"]:
             t["port"] = DEFAULT_PORTS[t["protocol"]]
         if bool(t["tls_cert"]) != bool(t["tls_key"]):
@@ -60,24 +64,6 @@ def listener_specs(config: Config) -> list[dict[str, Any]]:
         if t["require_starttls"] and not t["tls_cert"]:
             raise ConfigError(f"listen[{i}].require_starttls: needs tls_cert and tls_key")
     return specs
-
-
-def route_for(config: Config, recipients: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Routing defaults (group, priority, type) of the first [[routes]] entry matching a recipient.
-
-    For the pipeline (MailContext.routing): `ctx.routing = route_for(ctx.config, ctx.mail.envelope_to or [])`.
-    """
-    for route in config.values.get("routes") or []:
-        want = route["address"].lower()
-        for rcpt in recipients:
-            addr = (rcpt or "").lower()
-            local, _, domain = addr.rpartition("@")
-            if addr == want or f"{local.split('+', 1)[0]}@{domain}" == want:
-                out = {"priority": route["priority"], "type": route["type"]}
-                if route["group"]:
-                    out["group"] = route["group"]
-                return out
-    return {}
 
 
 class SessionRegistry:
@@ -307,11 +293,11 @@ class Listener:
         return f"{s['protocol']} {addr[0]}:{addr[1]}"
 
 
-def tls_context(spec: dict[str, Any], base: Path) -> ssl.SSLContext | None:
+def tls_context(spec: dict[str, Any]) -> ssl.SSLContext | None:
     if not spec["tls_cert"]:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(base / spec["tls_cert"]), str(base / spec["tls_key"]))
+    ctx.load_cert_chain(spec["tls_cert"], spec["tls_key"])
     return ctx
 
 
@@ -325,7 +311,7 @@ async def start_listeners(config: Config, store: StoreFn, registry: SessionRegis
         for spec in listener_specs(config):
             cls = GatewayLMTP if spec["protocol"] == "lmtp" else GatewaySMTP
             handler = Handler(config, spec["protocol"], store)
-            tls = tls_context(spec, config.base_dir)
+            tls = tls_context(spec)
 
             def factory(cls: type = cls, handler: Handler = handler, tls: ssl.SSLContext | None = tls,
                         spec: dict[str, Any] = spec) -> asyncio.Protocol:

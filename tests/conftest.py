@@ -145,7 +145,10 @@ def make_config(tmp_path: Path, db_url: str, **sections):  # type: ignore[no-unt
                         "unknown_senders": "register"},
             "database": {"url": db_url}}
     for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
+        if isinstance(values, list):  # an array of tables ([[routes]], [[imap]], ...)
+            data[name] = values
+        else:
+            data.setdefault(name, {}).update(values)
     return validate(data, base_dir=tmp_path)
 
 

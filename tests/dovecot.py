@@ -7,7 +7,8 @@ free loopback port; `Dovecot.stop()` tears it down. Nothing outside `root` is re
 
 Run as root (CI, containers) the master runs as root, the mail processes as `nobody` (Dovecot refuses uid 0
 for mail; `root/mail` and `root/home` are handed to `nobody`) and the login and internal processes as
-`dovenull`/`dovecot` when those users exist (the Debian package creates them), else `nobody`. Run as an ordinary user, every process runs as that user ("rootless" Dovecot).
+`dovenull`/`dovecot` when those users exist (the Debian package creates them), else `nobody`. Run as an
+ordinary user, every process runs as that user ("rootless" Dovecot).
 
 Debian/Ubuntu packages: `dovecot-core` and `dovecot-imapd` (`apt-get install -y dovecot-imapd` pulls both).
 The binary is found on PATH or in /usr/sbin; TG_DOVECOT=/path/to/dovecot overrides it.

@@ -276,6 +276,29 @@ def test_store_lost_between_store_and_process_recovers(make_app, dovecot, monkey
     assert dovecot.count("INBOX") == 0
 
 
+def test_unexpected_error_leaves_that_mail_and_goes_on(make_app, dovecot, monkeypatch):
+    app = make_app()
+    raws = [make_mail(subject=f"poison {i}", sender=f"p{i}@customer.example") for i in range(3)]
+    dovecot.append_many(raws)
+    p = poller(app, dovecot)
+    real = p.intake.process
+    calls = {"n": 0}
+
+    def process(mail_id, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("a bug")
+        return real(mail_id, **kw)
+
+    monkeypatch.setattr(p.intake, "process", process)
+    r = p.poll_once()
+    assert (r.failed, r.moved, r.stored) == (1, 2, 3) and r.outcomes == {"ticket": 2}
+    assert dovecot.count("INBOX") == 1
+    r = poller(app, dovecot).poll_once()  # the stored mail is threaded, not stored a second time
+    assert (r.failed, r.moved, r.stored) == (0, 1, 0) and r.outcomes == {"ticket": 1}
+    assert tickets(app) == 3 and len(mails(app)) == 3
+
+
 # The service loop ---------------------------------------------------------------------------------------------
 def _start(p: ImapPoller) -> tuple[threading.Event, threading.Thread]:
     stop = threading.Event()

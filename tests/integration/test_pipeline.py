@@ -317,3 +317,18 @@ def test_decision_trace_is_kept(app):
         trace = s.get(InboundMail, r.mail_id).trace
     assert trace[0].startswith("parse:") and trace[-1] == "outcome: ticket"
     assert any(line.startswith("identify:") for line in trace)
+
+
+def test_routes_set_defaults_of_new_tickets_by_recipient(make_app):
+    app = make_app(routes=[{"address": "billing@example.com", "group": "billing", "priority": "high",
+                            "type": "service_request"}],
+                   gateway={"addresses": ["support@example.com", "billing@example.com"]})
+    r = app.intake().ingest(make_mail(to="billing+x1@example.com"),
+                            Envelope(mail_from="alice@customer.example", rcpt_tos=("billing+x1@example.com",)))
+    t = ticket(app, r.ticket_number)
+    assert (t["group"], t["priority"], t["type"]) == ("billing", "high", "service_request")
+    r2 = app.intake().ingest(make_mail(to="billing@example.com", subject="via imap"), Envelope(source="imap"))
+    assert ticket(app, r2.ticket_number)["group"] == "billing"  # no envelope: the To header decides
+    r3 = ingest(app, make_mail(subject="plain support"))
+    t3 = ticket(app, r3.ticket_number)
+    assert (t3["group"], t3["priority"]) == (None, "medium")

@@ -277,6 +277,10 @@ class Proxy:
     def down(self) -> None:
         with self.lock:
             if self.listener is not None:
+                try:
+                    self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked in the other thread
+                except OSError:
+                    pass
                 self.listener.close()
                 self.listener = None
             for c in self.conns:
