@@ -216,6 +216,8 @@ SCHEMA: dict[str, Section] = {
             "retry_max_seconds": Key(int, 3600, "Longest wait between two tries.", check=_positive),
             "give_up_hours": Key(int, 48, "A mail still not accepted this long after it was queued is marked "
                                  "failed.", check=_positive),
+            "deliver_seconds": Key(int, 5, "`serve`: how often the outbox is checked for mail that is due.",
+                                   check=_positive),
             "batch_size": Key(int, 200, "Most mails claimed by one delivery round.", check=_positive),
             "lease_seconds": Key(int, 300, "A claimed mail not confirmed within this time (crashed sender) is "
                                  "delivered again, with the same Message-ID.", check=_positive),

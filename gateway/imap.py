@@ -10,9 +10,10 @@ For every message in the account's folder (UNDELETED, in UID order, in batches):
    (UID MOVE when the server has MOVE, else UID COPY + \\Deleted + UID EXPUNGE). Mail over
    `limits.max_message_size` is moved to the quarantine folder without being fetched.
 
-A new UIDVALIDITY (the folder was recreated) or a crash between commit and move makes the message be
-fetched and stored again; the core's dedupe (same Message-ID and sender, or same bytes) records it as a
-`duplicate`, so no second ticket is ever opened. When the database is unreachable the message stays where
+A crash between the commit and the move leaves the message in the folder: found in `imap_seen`, it is only
+moved. A new UIDVALIDITY (the folder was recreated), or a crash before `imap_seen` was written, makes the
+message be fetched and stored again; the core's dedupe (same Message-ID and sender, or same bytes) records
+it as a `duplicate`, so no second ticket is ever opened. When the database is unreachable the message stays where
 it is and the poller tries again later (backing off).
 
 Running it:
@@ -22,9 +23,10 @@ Running it:
 - as a service: `ImapPoller(app, account).run(stop_event)` blocks until `stop_event` (a `threading.Event`)
   is set: drain, then IDLE (re-issued every `idle_seconds`) where the server has it, else sleep
   `poll_seconds`; reconnect with exponential backoff (1 s doubling to 5 min) on any IMAP or network error.
-  `start_pollers(app, stop_event)` starts one daemon thread per configured account and returns the threads;
-  from asyncio use `await asyncio.to_thread(poller.run, stop_event)` (and set the event to stop: the
-  loop notices within about a second and logs out).
+  `start_pollers(app, stop_event)` starts one daemon thread per configured account and returns the threads
+  (join them after setting the event); from asyncio, `await run_pollers(app, stop_event)` runs them on a
+  dedicated executor and returns when all have stopped. After `stop_event.set()` a poller finishes the mail
+  in hand (moves what is committed), logs out and returns within about a second.
 """
 
 from __future__ import annotations
@@ -574,12 +576,15 @@ class ImapPoller:
                         dead = True
                 if new_mail or dead:
                     break
-        finally:
+        except BaseException:
             self.idling.clear()
-            if dead:
-                self.disconnect()
-            else:
-                client.idle_done()
+            self.disconnect()  # the connection is in an unknown state: the caller reconnects
+            raise
+        self.idling.clear()
+        if dead:
+            self.disconnect()
+        else:
+            client.idle_done()  # fails (and the caller reconnects) on a connection that died silently
         if dead:
             raise ConnectionError("IMAP connection closed during IDLE")
         self.log.debug("IDLE ended (%s)", "new mail" if new_mail else "stop" if stop.is_set() else "re-issue")
@@ -619,6 +624,21 @@ def start_pollers(app: App, stop: threading.Event, *, names: Sequence[str] | Non
     return threads
 
 
+async def run_pollers(app: App, stop: threading.Event, *, names: Sequence[str] | None = None) -> None:
+    """asyncio: run every account's poller (or the named ones) in its own thread until `stop` is set; returns
+    when all have ended (about a second after `stop` is set, plus a batch in hand). Uses a dedicated
+    executor, so that pollers never occupy the loop's default executor (asyncio.to_thread)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    pollers = [ImapPoller(app, a) for a in accounts(app.config) if names is None or a.name in names]
+    if not pollers:
+        return
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=len(pollers), thread_name_prefix="imap") as pool:
+        await asyncio.gather(*(loop.run_in_executor(pool, p.run, stop) for p in pollers))
+
+
 def poll_accounts(app: App, names: Sequence[str] | None = None) -> list[PollResult]:
     """Drain every configured account once (the CLI and cron)."""
     out = []
@@ -629,4 +649,4 @@ def poll_accounts(app: App, names: Sequence[str] | None = None) -> list[PollResu
     return out
 
 
-__all__ = ["ImapAccount", "ImapPoller", "PollResult", "accounts", "poll_accounts", "start_pollers"]
+__all__ = ["ImapAccount", "ImapPoller", "PollResult", "accounts", "poll_accounts", "run_pollers", "start_pollers"]

@@ -68,3 +68,16 @@ def flush(app: "App", **kw):  # type: ignore[no-untyped-def]
     from gateway.outbound.sender import flush as _flush
 
     return _flush(app, **kw)
+
+
+def install_service(service) -> None:  # type: ignore[no-untyped-def]
+    """Component for gateway.service (COMPONENTS entry "gateway.outbound:install_service"): deliver what is
+    due every outbound.deliver_seconds. Not behind the service's write gate: talking to a slow relay must
+    never hold up incoming mail (SQLite's busy timeout covers the short claim/record writes)."""
+    if notifier_of(service.app) is None:
+        return
+
+    def job() -> None:
+        deliver_due(service.app)
+
+    service.add_job("outbox-deliver", job, service.config.get("outbound", "deliver_seconds"), start_now=True)

@@ -475,6 +475,40 @@ def test_stop_during_a_long_drain_moves_what_is_done_and_leaves_the_rest(make_ap
     assert tickets(app) == 40 and len(mails(app)) == 40
 
 
+def test_service_helpers_threads_and_asyncio(make_app, dovecot, dovecot_server):
+    import asyncio
+
+    from gateway.imap import run_pollers, start_pollers
+
+    app = make_app()
+    other = dovecot_server.add_user()
+    app.config.values["imap"] = [dovecot.account_config("a"), other.account_config("b")]
+    stop = threading.Event()
+    threads = start_pollers(app, stop)
+    assert [t.name for t in threads] == ["imap-a", "imap-b"]
+    dovecot.append(make_mail(subject="thread a", sender="ta@customer.example"))
+    other.append(make_mail(subject="thread b", sender="tb@customer.example"))
+    assert wait_for(lambda: tickets(app) == 2, timeout=10)
+    stop.set()
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive()
+
+    async def main() -> None:
+        stop2 = threading.Event()
+        task = asyncio.create_task(run_pollers(app, stop2))
+        await asyncio.sleep(0.5)
+        dovecot.append(make_mail(subject="async a", sender="aa@customer.example"))
+        deadline = time.monotonic() + 10
+        while tickets(app) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        stop2.set()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
+    assert tickets(app) == 3
+
+
 def test_unreachable_server_backs_off_and_stops_promptly(make_app, dovecot):
     from dovecot import free_port
 

@@ -332,3 +332,10 @@ def test_routes_set_defaults_of_new_tickets_by_recipient(make_app):
     r3 = ingest(app, make_mail(subject="plain support"))
     t3 = ticket(app, r3.ticket_number)
     assert (t3["group"], t3["priority"]) == (None, "medium")
+
+
+def test_store_many_is_one_transaction_then_each_mail_threads(app):
+    intake = app.intake()
+    ids = intake.store_many([(make_mail(subject=f"batch {i}"), ENV) for i in range(5)])
+    assert len(set(ids)) == 5
+    assert [intake.process(i).outcome for i in ids] == ["ticket"] * 5
