@@ -109,11 +109,17 @@ class Tickets:
         """Tickets that know any of these Message-IDs, in the order of `ids` (most relevant first)."""
         if not ids:
             return []
-        rows = self.s.execute(
-            select(TicketMessageId.message_id, Ticket).join(Ticket, Ticket.id == TicketMessageId.ticket_id)
-            .where(TicketMessageId.message_id.in_(list(ids)[:200]))).all()
+        rows = self.s.execute(select(TicketMessageId.message_id, TicketMessageId.ticket_id)
+                              .where(TicketMessageId.message_id.in_(list(ids)[:200]))).all()
+        if not rows:  # the common case (a new conversation): one indexed lookup, no ticket loaded
+            return []
         order = {mid: i for i, mid in enumerate(ids)}
-        return [(mid, t) for mid, t in sorted(rows, key=lambda r: (order.get(r[0], 1 << 30), -r[1].id))]
+        out = []
+        for mid, ticket_id in sorted(rows, key=lambda r: (order.get(r[0], 1 << 30), -r[1])):
+            t = self.s.get(Ticket, ticket_id)
+            if t is not None:
+                out.append((mid, t))
+        return out
 
     def is_participant(self, ticket: Ticket, contact: Contact | None, email: str | None) -> str | None:
         """Why this sender may write to the ticket, or None: reporter, first sender, watcher, staff,
@@ -154,11 +160,11 @@ class Tickets:
                    organisation_id=organisation_id if organisation_id is not None else reporter.organisation_id,
                    group=group, tags=list(tags or []), description=description,
                    description_full=description_full or description, description_html=description_html,
-                   source_mail_id=source_mail_id, created_at=now, updated_at=now)
+                   source_mail_id=source_mail_id, created_at=now, updated_at=now, watchers=[])
         self.s.add(t)
         self.s.flush()
-        for mid in message_ids:
-            self.remember_message_id(t, mid, "in")
+        for mid in dict.fromkeys(m for m in message_ids if m):  # a new ticket knows none yet: no lookup
+            self.s.add(TicketMessageId(message_id=mid, ticket_id=t.id, direction="in", created_at=now))
         self.emit(TicketCreated(t, mail_id=source_mail_id))
         return t
 

@@ -27,8 +27,9 @@ def handle(ctx: MailContext) -> None:
     conds = [InboundMail.claim_sha256 == mail.sha256]
     if claim_msgid:
         conds.append(InboundMail.claim_msgid == claim_msgid)
-    first = ctx.session.scalar(select(InboundMail).where(or_(*conds), InboundMail.id != mail.id)
-                               .order_by(InboundMail.id).limit(1))
+    first = ctx.session.execute(
+        select(InboundMail.id, InboundMail.claim_sha256, InboundMail.outcome, InboundMail.ticket_id)
+        .where(or_(*conds), InboundMail.id != mail.id).order_by(InboundMail.id).limit(1)).first()
     if first is not None:
         same = "the same bytes" if first.claim_sha256 == mail.sha256 else "the same Message-ID and sender"
         ctx.ticket = None

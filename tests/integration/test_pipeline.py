@@ -339,3 +339,29 @@ def test_store_many_is_one_transaction_then_each_mail_threads(app):
     ids = intake.store_many([(make_mail(subject=f"batch {i}"), ENV) for i in range(5)])
     assert len(set(ids)) == 5
     assert [intake.process(i).outcome for i in ids] == ["ticket"] * 5
+
+
+def test_inline_images_forwarded_mail_and_winmail_dat_are_kept(app):
+    from email.message import EmailMessage
+
+    inner = make_mail(subject="Original problem", body="the original text")
+    outer = EmailMessage()
+    outer["From"] = "alice@customer.example"
+    outer["To"] = "support@example.com"
+    outer["Subject"] = "Fwd: Original problem"
+    outer["Message-ID"] = "<fwd1@customer.example>"
+    outer.set_content("see below")
+    outer.add_alternative('<p>see <img src="cid:logo1@x"></p>', subtype="html")
+    outer.get_payload()[1].add_related(b"\x89PNG fake", maintype="image", subtype="png", cid="<logo1@x>")
+    outer.make_mixed()
+    import email as _email
+    outer.add_attachment(_email.message_from_bytes(inner, policy=_email.policy.default))  # message/rfc822
+    outer.add_attachment(b"\x78\x9f\x3e\x22tnef", maintype="application", subtype="ms-tnef", filename="winmail.dat")
+    r = ingest(app, bytes(outer))
+    atts = {a["filename"]: a for a in ticket(app, r.ticket_number)["attachments"]}
+    png = [a for a in atts.values() if a["content_type"] == "image/png"]
+    assert png and png[0]["content_id"] == "logo1@x" and png[0]["inline"]
+    eml = [a for a in atts.values() if a["content_type"] == "message/rfc822"]
+    assert eml and eml[0]["filename"].endswith(".eml")
+    assert app.blobs.get(eml[0]["sha256"]).find(b"the original text") >= 0
+    assert atts["winmail.dat"]["content_type"] == "application/ms-tnef"
