@@ -60,9 +60,12 @@ def wait_220(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:  #
 
 def vm(pid: int, key: str) -> float:
     """VmHWM / VmRSS of a process, MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return 0.0
 
 
@@ -118,7 +121,7 @@ def crlf(raw: bytes) -> bytes:
 
 
 def _client(args: tuple[int, list[str], mp.synchronize.Event, mp.Queue]) -> None:  # type: ignore[name-defined]
-    port, files, go, results = args
+    port, files, go, results, interval = args
     # an MTA sends CRLF line ends (smtplib sends bytes unchanged; bare LF lines are not lines in SMTP)
     msgs = [(_sender(p), crlf(Path(p).read_bytes())) for p in files]
     s = smtplib.SMTP("127.0.0.1", port, timeout=120)
@@ -126,7 +129,9 @@ def _client(args: tuple[int, list[str], mp.synchronize.Event, mp.Queue]) -> None
     go.wait()
     t0 = time.time()
     ok = fail = 0
-    for sender, raw in msgs:
+    for k, (sender, raw) in enumerate(msgs):
+        if interval:  # a paced client: mail k leaves at t0 + k * interval
+            time.sleep(max(0.0, t0 + k * interval - time.time()))
         for attempt in range(20):
             try:
                 s.sendmail(sender, [ADDRESS], raw)
@@ -149,11 +154,13 @@ def _client(args: tuple[int, list[str], mp.synchronize.Event, mp.Queue]) -> None
     results.put((t0, t1, ok, fail))
 
 
-def send_all(port: int, files: list[str], clients: int) -> dict:
+def send_all(port: int, files: list[str], clients: int, rate: float = 0.0) -> dict:
     ctx = mp.get_context("fork")
     go = ctx.Event()
     results = ctx.Queue()
-    procs = [ctx.Process(target=_client, args=((port, files[i::clients], go, results),)) for i in range(clients)]
+    interval = clients / rate if rate else 0.0
+    procs = [ctx.Process(target=_client, args=((port, files[i::clients], go, results, interval),))
+             for i in range(clients)]
     for p in procs:
         p.start()
     time.sleep(0.5 + 0.002 * len(files))  # the clients read their files and connect
@@ -185,7 +192,7 @@ def sink_pass(files: list[str], clients: int, work: Path) -> dict:
 
 
 class Serve:
-    def __init__(self, work: Path, db_url: str | None) -> None:
+    def __init__(self, work: Path, db_url: str | None, serve_options: list[str] | None = None) -> None:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         self.work = work
@@ -208,6 +215,7 @@ port = {self.port}
 
 [serve]
 hostname = "bench"
+{chr(10).join(serve_options or [])}
 
 [logging]
 level = "WARNING"
@@ -277,10 +285,11 @@ def _fresh_pg(url: str, tag: str) -> str:
     return u.set(database=name).render_as_string(hide_password=False)
 
 
-def serve_pass(files: list[str], clients: int, work: Path, db_url: str | None) -> dict:
-    srv = Serve(work / f"serve-{clients}", db_url)
+def serve_pass(files: list[str], clients: int, work: Path, db_url: str | None,
+               serve_options: list[str] | None = None, rate: float = 0.0) -> dict:
+    srv = Serve(work / f"serve-{clients}", db_url, serve_options)
     try:
-        r = send_all(srv.port, files, clients)
+        r = send_all(srv.port, files, clients, rate)
         r["hwm_mib"] = vm(srv.proc.pid, "VmHWM")
         srv.wait_threaded()
         lat, outcomes, last = srv.latencies()
@@ -336,6 +345,10 @@ def main() -> None:
     ap.add_argument("--clients", default="1,8", help="concurrent clients per pass (default 1,8)")
     ap.add_argument("--db-url", help="store for serve (default: SQLite in bench/out)")
     ap.add_argument("--no-rss", action="store_true", help="skip the 25 MB mail")
+    ap.add_argument("--serve-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a [serve] setting for serve, TOML syntax (e.g. defer_seconds=30); repeatable")
+    ap.add_argument("--steady", type=float, default=0.0, metavar="RATE",
+                    help="also a paced pass: 2 clients sending RATE mail/s in all (first 20 s worth of the corpus)")
     ap.add_argument("--sink", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.sink:
@@ -353,11 +366,11 @@ def main() -> None:
           flush=True)
     work = OUT / f"run-{args.n}"
     report: dict = {"n": len(files), "store": "postgresql" if args.db_url else "sqlite", "passes": []}
-    for c in [int(x) for x in args.clients.split(",")]:
+    for c in [int(x) for x in args.clients.split(",") if x.strip()]:  # --clients "": the 25 MB mail only
         sink = sink_pass(files, c, work)
         print(f"[{c} client(s)] sink : {sink['rate']:7.1f} mail/s  ({sink['seconds']:.1f}s, {sink['ok']} ok, "
               f"peak RSS {sink['hwm_mib']:.0f} MiB)", flush=True)
-        srv = serve_pass(files, c, work, args.db_url)
+        srv = serve_pass(files, c, work, args.db_url, args.serve_option)
         ratio = srv["rate"] / sink["rate"]
         print(f"[{c} client(s)] serve: {srv['rate']:7.1f} mail/s  ({srv['seconds']:.1f}s, {srv['ok']} ok, "
               f"{srv['retries']} retried)  = {100 * ratio:.0f}% of the sink (target >= 80%) "
@@ -367,6 +380,12 @@ def main() -> None:
               f"outcomes {srv['outcomes']}; peak RSS {srv['hwm_mib']:.0f} MiB; SIGTERM exit {srv['stop_s']:.1f}s",
               flush=True)
         report["passes"].append({"clients": c, "sink": sink, "serve": srv, "ratio": ratio})
+    if args.steady:
+        part = files[: int(args.steady * 20)]
+        srv = serve_pass(part, 2, work, args.db_url, args.serve_option, rate=args.steady)
+        print(f"[steady {args.steady:g} mail/s, 2 clients] serve: {srv['rate']:.1f} mail/s ({srv['ok']} ok); "
+              f"250 -> ticket p50 {srv['p50']:.2f}s p95 {srv['p95']:.2f}s max {srv['max']:.2f}s", flush=True)
+        report["steady"] = srv
     if not args.no_rss:
         r = rss_pass(work, args.db_url)
         print(f"25 MB mail ({r['size_mib']:.1f} MiB): serve peak RSS {r['hwm_mib']:.0f} MiB (target < 150) "

@@ -173,9 +173,18 @@ SCHEMA: dict[str, Section] = {
         {
             "hostname": Key(str, "", "Name in the SMTP/LMTP greeting. Empty: this host's name."),
             "workers": Key(int, 1, "Threads that turn stored mail into tickets and comments.", check=_positive),
-            "defer_seconds": Key(int, 30, "While mail is arriving, threading waits (senders get their 250 "
-                                 "sooner; SQLite has one writer) -- at most this long per mail. 0: thread at once.",
+            "defer_seconds": Key(int, 30, "In a burst of arriving mail (see thread_share), threading of a stored "
+                                 "mail waits at most this long; then it takes every other turn with the stores. "
+                                 "0: thread at once, always.",
                                  check=_non_negative),
+            "thread_share": Key(float, 0.75, "SQLite (one writer): threading (turning stored mail into tickets) "
+                                "takes every other turn with storing arriving mail as long as keeping pace needs "
+                                "at most this share of the database's write lock (mail/s x seconds per "
+                                "threading transaction). In a burst faster than that (until it falls below 3/4 "
+                                "of it), arriving mail goes first (senders get their 250 sooner) and threading "
+                                "catches up after it, waiting at most defer_seconds per mail. 0: never while "
+                                "mail arrives.",
+                                check=lambda v: None if 0 <= v <= 1 else "must be between 0 and 1"),
             "pending_sweep_seconds": Key(int, 60, "How often stored mail that was not threaded yet (after an "
                                          "outage or a crash) is threaded again.", check=_positive),
             "shutdown_grace_seconds": Key(int, 20, "On SIGTERM: how long in-flight sessions may take to finish "

@@ -4,8 +4,9 @@ For every message in the account's folder (UNDELETED, in UID order, in batches):
 
 1. look up its key (account, folder, UIDVALIDITY, UID) in `imap_seen`: a message already stored and threaded
    (a crash or an error after the commit, before the move) is only moved, never fetched again;
-2. otherwise fetch `BODY.PEEK[]` (the \\Seen flag is left alone), `Intake.store()` (durable) and
-   `Intake.process()` (threaded), then record the key with the mail id and outcome in `imap_seen`;
+2. otherwise fetch `BODY.PEEK[]` (the \\Seen flag is left alone), `Intake.store_many()` (the batch's new
+   mails, durable, one commit) and `Intake.process()` each (threaded), then record the keys with the mail
+   ids and outcomes in `imap_seen`;
 3. only then move it: to `processed_folder`, or to `quarantine_folder` when the pipeline quarantined it
    (UID MOVE when the server has MOVE, else UID COPY + \\Deleted + UID EXPUNGE). Mail over
    `limits.max_message_size` is moved to the quarantine folder without being fetched.
@@ -351,34 +352,51 @@ class ImapPoller:
 
     def _handle_batch(self, uidvalidity: int, batch: list[int], known: dict[int, ImapSeen],
                       result: PollResult) -> None:
+        """Fetch a batch, store the new mails in one transaction (one commit for the batch), thread them one
+        by one, record their keys, then move them."""
         assert self.client is not None
         data = self.client.fetch(batch, ["BODY.PEEK[]"])
-        done: list[tuple[int, int, str]] = []  # (uid, mail_id, outcome)
-        pending: list[tuple[int, int]] = []    # stored, not threaded: the store went away in between
-        unavailable: BaseException | None = None
-        stopped = False
+        mail_ids: dict[int, int] = {}  # uid -> stored mail id, in UID order
+        fresh: list[tuple[int, bytes]] = []
         for uid in batch:
-            if self._stop is not None and self._stop.is_set():
-                stopped = True  # the rest stays in the folder for the next start
-                break
             item = data.get(uid)
             raw = item.get(BODY) if item else None
             if raw is None:  # expunged meanwhile
                 continue
             result.fetched += 1
             row = known.get(uid)
-            mail_id = row.mail_id if row is not None else None  # stored before, threading did not finish
+            if row is not None and row.mail_id is not None:
+                mail_ids[uid] = row.mail_id  # stored before, threading did not finish
+            else:
+                fresh.append((uid, bytes(raw)))
+                mail_ids[uid] = 0
+        if fresh:
             try:
-                if mail_id is None:
-                    mail_id = self.intake.store(bytes(raw), self._envelope(uidvalidity, uid))
-                    result.stored += 1
+                ids = self.intake.store_many([(raw, self._envelope(uidvalidity, uid)) for uid, raw in fresh])
+            except Exception as e:
+                if isinstance(e, StoreUnavailable) or is_unavailable(e):
+                    raise Deferred() from e  # nothing was stored: everything stays in the folder
+                raise
+            result.stored += len(ids)
+            for (uid, _), mail_id in zip(fresh, ids):
+                mail_ids[uid] = mail_id
+        del data, fresh
+        done: list[tuple[int, int, str]] = []  # (uid, mail_id, outcome)
+        pending: list[tuple[int, int]] = []    # stored, not threaded: the next drain threads, never re-stores
+        unavailable: BaseException | None = None
+        stopped = False
+        for uid, mail_id in mail_ids.items():
+            if unavailable is not None or stopped or (self._stop is not None and self._stop.is_set()):
+                stopped = unavailable is None
+                pending.append((uid, mail_id))  # stays in the folder for the next drain
+                continue
+            try:
                 res = self.intake.process(mail_id)
             except Exception as e:  # noqa: BLE001
-                if mail_id is not None and (row is None or row.mail_id != mail_id):
-                    pending.append((uid, mail_id))  # stored: the next drain threads it, never stores it again
+                pending.append((uid, mail_id))
                 if isinstance(e, StoreUnavailable) or is_unavailable(e):
                     unavailable = e
-                    break
+                    continue
                 # not the store's fault and not quarantined by the pipeline: leave this one, go on
                 self.log.exception("uid %s: could not be processed; it stays in %r", uid, self.account.folder)
                 result.failed += 1
@@ -386,6 +404,7 @@ class ImapPoller:
             result.outcomes[res.outcome] += 1
             done.append((uid, mail_id, res.outcome))
         # remember what was stored; if that fails it only costs a refetch (the core dedupes)
+        pending = [(u, m) for u, m in pending if not (known.get(u) is not None and known[u].mail_id == m)]
         try:
             self._record(uidvalidity, done, pending)
         except Exception as e:

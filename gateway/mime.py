@@ -12,9 +12,19 @@ Design notes
   2231 parameters, address lists) with small linear-time routines, because
   ``policy.default`` header parsing can raise on malformed input and is
   super-linear on huge headers (a 1 MB To header takes ~30 s to parse).
-* Nesting depth and part count are checked by a cheap line pre-scan before the
-  stdlib parser runs (the parser itself is recursive and O(lines x depth)),
-  and again, exactly, on the parsed tree.
+* Nesting depth and part count are checked by a cheap structural pre-scan
+  (``_Scan``: a mirror of the stdlib FeedParser's boundary handling that jumps
+  over bodies with ``bytes.find``) before the stdlib parser runs (the parser
+  itself is recursive and O(lines x depth)), and again, exactly, on the parsed
+  tree.
+* Large bodies (``_BIG_BODY``, 64 KiB) of non-text leaves outside message/*
+  parts are kept out of the stdlib parser: it parses a skeleton of the mail in
+  which each such body is a one-line placeholder, the skeleton's tree is
+  verified to have exactly the structure the full parse would have
+  (``_parse_fast``; otherwise the whole mail is parsed as before), and the
+  bodies are decoded straight from the raw bytes (base64, quoted-printable, or
+  as is), so a 24 MB mail costs about one copy of its attachments instead of
+  ~8x its size.  Results are identical to the full parse, defects included.
 * Every string in a ParsedMail is free of lone surrogates.
 """
 
@@ -25,9 +35,11 @@ import codecs
 import datetime as _dt
 import email.utils
 import io
+import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from email import errors as _errors
 from email import policy as _policy
 from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
@@ -57,6 +69,16 @@ class Part:
 
 @dataclass
 class ParsedMail:
+    """Everything the pipeline needs from one mail.
+
+    ``message`` is the stdlib's MIME tree (policy.default): all headers of all parts, the structure,
+    and the payloads of text parts, message/* parts and small parts are as the stdlib parses them.
+    The payload of a large (>= 64 KiB) non-text leaf outside message/* parts is a one-line
+    placeholder ``[gateway.mime placeholder N NONCE, a body of SIZE bytes kept out of the parsed
+    tree]`` instead of the encoded body: its decoded bytes are in ``attachments``.  Read attachment
+    data from ``attachments``, never from ``message``.
+    """
+
     message: EmailMessage
     message_id: str | None
     in_reply_to: list[str]
@@ -689,87 +711,206 @@ def _unique(name: str, used: set[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# guards
+# guards and the structural pre-scan
 
-_BOUNDARY_PARAM = re.compile(rb'(?i)boundary\s*=\s*(?:"([^"\r\n]*)"|([^\s;"]+))')
+_EOL = re.compile(rb"\r\n|\r|\n")
+# the stdlib FeedParser's headerRE (email.feedparser), on bytes
+_HEADER_START = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
+_BIG_BODY = 64 * 1024  # leaf bodies at least this large are split off before the stdlib parser runs
+_TEXT_CT = re.compile(rb"(?i)\s*text/")
 
 
-def _prescan(raw: bytes, depth_limit: int, parts_limit: int) -> tuple[int, int]:
-    """Cheap, linear mirror of the stdlib parser's boundary handling.
+class _TooDeep(Exception):
+    pass
 
-    Returns (max depth, number of parts) and stops early once a limit is passed.
+
+class _TooMany(Exception):
+    pass
+
+
+class _Scan:
+    """Linear mirror of the stdlib FeedParser's structure handling, on bytes, with ``bytes.find``.
+
+    It walks the MIME structure the way ``email.feedparser`` does (lines end in CRLF, CR or LF; a
+    boundary line is ``--boundary``, optional ``--``, optional blanks, end of line; the boundaries of
+    every enclosing multipart end a part; consecutive boundary lines; missing start/close boundaries;
+    preamble/epilogue; message/* bodies are a nested message; multipart/digest parts default to
+    message/rfc822), but jumps over bodies with ``find`` instead of reading them line by line.
+
+    It serves two purposes: the cheap depth/part-count guard before the (recursive, O(lines x depth))
+    stdlib parser runs, and finding the large leaf bodies (``big``: (start, end, boundaries in force))
+    that ``_parse_fast`` keeps out of the stdlib parser.  Content-Type is interpreted with the compat32
+    rules; where that disagrees with what policy.default sees, the verification in ``_parse_fast``
+    notices and the mail takes the plain path.
     """
-    stack: list[bytes | None] = []  # boundary of each open multipart; None for message/*
-    open_at: dict[bytes, list[int]] = {}
-    in_headers = True
-    ct: list[bytes] | None = None
-    ct_value: list[bytes] = []
-    max_depth = 0
-    parts = 0
 
-    def end_headers() -> None:
-        nonlocal in_headers
-        value = b"".join(ct_value).strip().lower()
-        in_headers = False
-        if value.startswith(b"multipart/"):
-            m = _BOUNDARY_PARAM.search(b"".join(ct_value))
-            b = (m.group(1) if m.group(1) is not None else m.group(2)) if m else None
-            if b:
-                b = b.rstrip()
-                open_at.setdefault(b, []).append(len(stack))
-                stack.append(b)
-        elif value.startswith(b"message/"):
-            stack.append(None)
-            in_headers = True  # the encapsulated message's header block follows
+    def __init__(self, raw: bytes, depth_limit: int, parts_limit: int, big_min: int | None) -> None:
+        self.raw = raw
+        self.n = len(raw)
+        self.depth_limit = depth_limit
+        self.parts_limit = parts_limit
+        self.big_min = big_min
+        self.max_depth = 0
+        self.parts = 0
+        self.big: list[tuple[int, int, frozenset[bytes]]] = []
+        self._res: dict[bytes, re.Pattern[bytes]] = {}
+        self._next: dict[bytes, tuple[int, int]] = {}  # boundary -> (searched from, first match at or after; n = none)
 
-    def pop_to(level: int) -> None:
-        while len(stack) > level:
-            b = stack.pop()
-            if b is not None:
-                lst = open_at.get(b)
-                if lst:
-                    lst.pop()
-                    if not lst:
-                        del open_at[b]
+    # -- boundary lines
 
-    for line in raw.splitlines():
-        if in_headers:
-            if not line.strip():
-                end_headers()
-                ct = None
-                ct_value = []
-                if len(stack) > max_depth:
-                    max_depth = len(stack)
-                    if max_depth > depth_limit:
-                        return max_depth, parts
-                continue
-            if line[:1] in (b" ", b"\t"):
-                if ct is not None:
-                    ct_value.append(line)
-                continue
-            if line.lower().startswith(b"content-type:"):
-                ct = ct_value = [line[13:]]
+    def _re(self, b: bytes) -> re.Pattern[bytes]:
+        r = self._res.get(b)
+        if r is None:
+            r = self._res[b] = re.compile(re.escape(b"--" + b) + rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
+        return r
+
+    def _next_of(self, b: bytes, pos: int) -> int:
+        """First position >= pos where a line matching boundary ``b`` starts (self.n if none)."""
+        cached = self._next.get(b)
+        if cached is not None and cached[0] <= pos <= cached[1]:
+            return cached[1]
+        raw, needle, rx = self.raw, b"--" + b, self._re(b)
+        p = raw.find(needle, pos)
+        while p >= 0:
+            if (p == 0 or raw[p - 1] in (10, 13)) and rx.match(raw, p):
+                break
+            p = raw.find(needle, p + 1)
+        found = p if p >= 0 else self.n
+        self._next[b] = (pos, found)
+        return found
+
+    def _next_boundary(self, pos: int, bounds: tuple[bytes, ...]) -> int:
+        best = self.n
+        for b in bounds:
+            p = self._next_of(b, pos)
+            if p < best:
+                best = p
+        return best
+
+    def _matches(self, pos: int, bounds: tuple[bytes, ...]) -> bool:
+        return pos < self.n and any(self._next_of(b, pos) == pos for b in bounds)
+
+    # -- entities
+
+    def run(self) -> None:
+        self._entity(0, (), 0, False, False)
+
+    def _entity(self, pos: int, bounds: tuple[bytes, ...], depth: int, digest_kid: bool, in_message: bool) -> int:
+        """Parse one entity starting at ``pos``; return where it ends (a boundary line in ``bounds`` or EOF)."""
+        if depth > self.max_depth:
+            self.max_depth = depth
+            if depth > self.depth_limit:
+                raise _TooDeep
+        raw, n = self.raw, self.n
+        ct: list[bytes] | None = None  # lines of the first Content-Type header
+        in_ct = False
+        while pos < n:
+            if raw.startswith(b"--", pos) and self._matches(pos, bounds):
+                return pos  # the enclosing boundary ends the header block: empty body
+            if not _HEADER_START.match(raw, pos):
+                if raw[pos] in (10, 13):
+                    pos = _EOL.match(raw, pos).end()  # type: ignore[union-attr]
+                break
+            end = self._line_end(pos)
+            c = raw[pos]
+            if c in (32, 9):
+                if in_ct and ct is not None:
+                    ct.append(raw[pos:end])
+            elif raw.startswith(b"From ", pos):
+                in_ct = False  # unix-from / misplaced envelope line: not a header
             else:
-                ct = None
-            continue
-        if line.startswith(b"--") and open_at:
-            s = line[2:].rstrip()
-            if s.endswith(b"--") and s[:-2] in open_at:
-                pop_to(open_at[s[:-2]][-1])
-                continue
-            if s in open_at:
-                pop_to(open_at[s][-1] + 1)
-                parts += 1
-                if parts > parts_limit:
-                    return max_depth, parts
-                in_headers = True
-                ct = None
-                ct_value = []
-                if len(stack) > max_depth:
-                    max_depth = len(stack)
-                    if max_depth > depth_limit:
-                        return max_depth, parts
-    return max_depth, parts
+                colon = raw.find(b":", pos, end)
+                in_ct = ct is None and raw[pos:colon].lower() == b"content-type"
+                if in_ct:
+                    ct = [raw[colon + 1 : end]]
+            pos = end
+        ctype, boundary = self._interpret(ct, digest_kid)
+        maintype = ctype.split("/", 1)[0]
+        if ctype == "message/delivery-status" or (maintype == "multipart" and boundary is None):
+            return self._next_boundary(pos, bounds)
+        if maintype == "message":
+            self._count_part()
+            return self._entity(pos, bounds, depth + 1, False, True)
+        if maintype == "multipart":
+            assert boundary is not None
+            return self._multipart(pos, bounds, boundary, depth, ctype == "multipart/digest", in_message)
+        end = self._next_boundary(pos, bounds)
+        if (
+            self.big_min is not None
+            and end - pos >= self.big_min
+            and not in_message
+            and ct is not None
+            and not _TEXT_CT.match(b"".join(ct))
+        ):
+            self.big.append((pos, end, frozenset(bounds)))
+        return end
+
+    def _line_end(self, pos: int) -> int:
+        m = _EOL.search(self.raw, pos)
+        return m.end() if m else self.n
+
+    def _count_part(self) -> None:
+        self.parts += 1
+        if self.parts > self.parts_limit:
+            raise _TooMany
+
+    def _multipart(self, pos: int, bounds: tuple[bytes, ...], b: bytes, depth: int, digest: bool, in_message: bool) -> int:
+        raw, n = self.raw, self.n
+        rx = self._re(b)
+        inner = (b, *bounds) if b not in bounds else bounds
+        p = self._next_boundary(pos, inner)
+        if p >= n or self._matches(p, bounds):
+            return p  # start boundary not found
+        m = rx.match(raw, p)
+        assert m is not None
+        if m.group(1):  # a close boundary before any part: no parts; the rest is epilogue
+            return self._next_boundary(m.end(), bounds)
+        pos = m.end()
+        while True:
+            # consecutive boundary lines of this multipart delimit no part
+            while pos < n and raw.startswith(b"--", pos) and not self._matches(pos, bounds):
+                m = rx.match(raw, pos)
+                if m is None:
+                    break
+                pos = m.end()
+            self._count_part()
+            end = self._entity(pos, inner, depth + 1, digest, in_message)
+            if end >= n or self._matches(end, bounds):
+                return end  # close boundary not found
+            m = rx.match(raw, end)
+            assert m is not None
+            if m.group(1):
+                return self._next_boundary(m.end(), bounds)  # epilogue
+            pos = m.end()
+
+    @staticmethod
+    def _interpret(ct: list[bytes] | None, digest_kid: bool) -> tuple[str, bytes | None]:
+        m = Message()
+        if digest_kid:
+            m.set_default_type("message/rfc822")
+        if ct is not None:
+            value = b"".join(ct).lstrip(b" \t").rstrip(b"\r\n").decode("ascii", "surrogateescape")
+            m.set_raw("Content-Type", value)
+        try:
+            ctype = m.get_content_type()
+            boundary = m.get_boundary() if ctype.startswith("multipart/") else None
+            return ctype, boundary.encode("ascii", "surrogateescape") if boundary is not None else None
+        except Exception:  # e.g. a boundary with characters the line matcher can never see
+            return "application/octet-stream", None
+
+
+def _guard(raw: bytes, max_depth: int, max_parts: int, big_min: int | None) -> _Scan:
+    """Cheap structural pre-scan; raises MailParseError when the tree is clearly too deep or too big."""
+    scan = _Scan(raw, 2 * max_depth + 10, 2 * max_parts + 10, big_min)
+    try:
+        scan.run()
+    except _TooDeep:
+        raise MailParseError(f"MIME nesting deeper than {max_depth} levels") from None
+    except _TooMany:
+        raise MailParseError(f"message has more than {max_parts} MIME parts") from None
+    except RecursionError:
+        raise MailParseError("MIME nesting too deep to parse") from None
+    return scan
 
 
 _LEADING_BLANK_LINES = re.compile(rb"\A(?:[ \t]*\r?\n)+")
@@ -777,11 +918,13 @@ _HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]{1,200}[ \t]*:")
 
 
 def _looks_like_mail(raw: bytes) -> bool:
-    first = raw.split(b"\n", 1)[0]
-    if first.startswith(b"From "):  # mbox separator line
-        rest = raw.split(b"\n", 1)
-        first = rest[1].split(b"\n", 1)[0] if len(rest) > 1 else b""
-    return bool(_HEADER_LINE.match(first))
+    start = 0
+    if raw.startswith(b"From "):  # mbox separator line
+        nl = raw.find(b"\n")
+        if nl < 0:
+            return False
+        start = nl + 1
+    return bool(_HEADER_LINE.match(raw, start))
 
 
 # --------------------------------------------------------------------------------------------
@@ -935,7 +1078,60 @@ def _b64_lenient(data: bytes) -> tuple[bytes, bool]:
         return b"", False
 
 
-def _payload_bytes(part: Message, defects: list[str]) -> bytes:
+_B64_CLEAN_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\n\r\x0b\x0c"
+_UU = ("x-uuencode", "uuencode", "uue", "x-uue")
+_CHUNK = 1 << 20
+
+
+def _b64_region(raw: bytes, start: int, end: int) -> tuple[bytes, bool]:
+    """``_b64_lenient(raw[start:end])`` without copying the encoded text first.
+
+    Non-strict ``a2b_base64`` skips every non-alphabet byte (whitespace included) the same way
+    whether or not whitespace was removed first, so it decodes the region directly.  Whether the
+    strict decode of the whitespace-free text would succeed ("clean") depends only on: every byte
+    being alphabet, '=' or whitespace; the number of alphabet characters before the first '=' mod 4;
+    and what follows that '='.  That short equivalent is handed to the strict decoder itself."""
+    try:
+        out = binascii.a2b_base64(memoryview(raw)[start:end])
+    except (binascii.Error, ValueError):
+        return _b64_lenient(raw[start:end])  # rare: the slow, copying way
+    for i in range(start, end, _CHUNK):  # 1 MiB at a time: never a copy of the whole region
+        if raw[i : min(i + _CHUNK, end)].translate(None, _B64_CLEAN_BYTES):
+            return out, False
+    eq = raw.find(b"=", start, end)
+    stop = end if eq < 0 else eq
+    if end - stop > 4096:  # '=' far from the end (concatenated chunks?): the slow, exact way
+        return out, _b64_lenient(raw[start:end])[1]
+    alphabet = (stop - start) - sum(raw.count(c, start, stop) for c in (b" ", b"\t", b"\n", b"\r", b"\x0b", b"\x0c"))
+    head = b"A" * (alphabet % 4 + (4 if alphabet >= 4 else 0))
+    try:
+        binascii.a2b_base64(head + b"".join(raw[stop:end].split()), strict_mode=True)
+    except (binascii.Error, ValueError):
+        return out, False
+    return out, True
+
+
+def _region_bytes(part: Message, raw: bytes, start: int, end: int, defects: list[str]) -> bytes:
+    """What ``_payload_bytes`` returns for ``part`` had its payload been ``raw[start:end]`` (``_parse_fast``)."""
+    cte = (_first_header(part, "content-transfer-encoding") or "").strip().lower()
+    if cte == "base64":
+        data, clean = _b64_region(raw, start, end)
+        if not clean:
+            defects.append("InvalidBase64: a base64 part was malformed and decoded leniently")
+        return data
+    if str(part.get("content-transfer-encoding", "")).lower() == "quoted-printable":
+        return binascii.a2b_qp(memoryview(raw)[start:end])
+    return raw[start:end]
+
+
+_Big = dict[int, tuple[bytes, int, int]]  # id(part) -> (raw, start, end): a body kept out of the stdlib parser
+
+
+def _payload_bytes(part: Message, defects: list[str], big: _Big | None = None) -> bytes:
+    if big:
+        region = big.get(id(part))
+        if region is not None:
+            return _region_bytes(part, *region, defects)
     payload = part.get_payload()
     cte = (_first_header(part, "content-transfer-encoding") or "").strip().lower()
     if cte == "base64" and isinstance(payload, str):
@@ -1043,6 +1239,11 @@ def parse_mail(
     handled and noted in ``defects``.  Header values longer than ``max_header_bytes`` are
     interpreted from their first ``max_header_bytes`` characters only.
     """
+    return _parse(raw, max_depth=max_depth, max_parts=max_parts, max_header_bytes=max_header_bytes, big_min=_BIG_BODY)
+
+
+def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int, big_min: int | None) -> ParsedMail:
+    """``parse_mail``; ``big_min=None`` disables the large-body fast path (tests compare both paths)."""
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise MailParseError("input is not bytes")
     raw = bytes(raw)
@@ -1051,31 +1252,145 @@ def parse_mail(
     if len(stripped) != len(raw):
         defects.append("leading blank lines before the header block removed")
         raw = stripped
-    if not raw.strip():
+    del stripped
+    if not raw or raw.isspace():
         raise MailParseError("not an email: the input is empty")
     if not _looks_like_mail(raw):
         raise MailParseError("not an email: no header block at the start of the input")
 
     # cheap guard first: the stdlib parser is recursive and O(lines x depth)
-    pre_depth, pre_parts = _prescan(raw, 2 * max_depth + 10, 2 * max_parts + 10)
-    if pre_depth > 2 * max_depth + 10:
-        raise MailParseError(f"MIME nesting deeper than {max_depth} levels")
-    if pre_parts > 2 * max_parts + 10:
-        raise MailParseError(f"message has more than {max_parts} MIME parts")
+    scan = _guard(raw, max_depth, max_parts, big_min)
 
-    msg = _parse_bytes(raw, defects)
+    fast = _parse_fast(raw, scan, list(defects)) if scan.big else None
+    if fast is not None:
+        msg, big, defects = fast
+    else:
+        msg = _parse_bytes(raw, defects)
+        big = {}
     _check_tree(msg, max_depth, max_parts)
     try:
-        return _build(msg, raw, defects, max_header_bytes)
+        return _build(msg, raw, defects, max_header_bytes, big)
     except MailParseError:
         raise
     except RecursionError:
         raise MailParseError("MIME nesting too deep to process") from None
 
 
-def _build(msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: int) -> ParsedMail:
-    first_line = raw.split(b"\n", 1)[0]
-    linesep = "\r\n" if first_line.endswith(b"\r") else "\n"
+_PLACEHOLDER = "[gateway.mime placeholder {index} {nonce}, a body of {size} bytes kept out of the parsed tree]"
+
+
+def _parse_fast(
+    raw: bytes, scan: _Scan, defects: list[str]
+) -> tuple[EmailMessage, _Big, list[str]] | None:
+    """Parse with the large leaf bodies found by ``scan`` kept out of the stdlib parser.
+
+    The stdlib parses a skeleton: ``raw`` with each large body replaced by a one-line placeholder
+    (plus the body's last line ending).  The result is used only when it provably has the structure
+    the full parse would have: each placeholder is the whole payload of a part the stdlib reads as a
+    plain leaf (not multipart/*, not message/*), whose header block ended at a blank line, and whose
+    enclosing multipart boundaries (as the stdlib sees them) are exactly those the scan checked the
+    body against.  The prefix before a body is then parsed identically, no line of the body ends it,
+    and the rest is the same text in the same state.  Otherwise: None, and the caller parses ``raw``.
+
+    Returns (message, {id(part): body region}, defects).  Large leaves that are text, inside a
+    message/* part, or have an encoding this path does not decode get their exact payload back.
+    """
+    nonce = binascii.hexlify(os.urandom(6)).decode()
+    view = memoryview(raw)
+    pieces: list[bytes] = []
+    tokens: dict[str, tuple[int, int, int, frozenset[bytes]]] = {}
+    last = 0
+    for index, (start, end, bounds) in enumerate(scan.big):
+        if raw.endswith(b"\r\n", start, end):
+            eol = 2
+        elif end > start and raw[end - 1] in (10, 13):
+            eol = 1
+        else:
+            eol = 0
+        token = _PLACEHOLDER.format(index=index, nonce=nonce, size=end - start - eol)
+        pieces.append(view[last:start].tobytes())
+        pieces.append(token.encode("ascii") + raw[end - eol : end])
+        tokens[token] = (start, end, eol, bounds)
+        last = end
+    pieces.append(view[last:].tobytes())
+    skeleton = b"".join(pieces)
+    del pieces
+
+    n_defects = len(defects)
+    msg = _parse_bytes(skeleton, defects)
+    if len(defects) != n_defects:  # the stdlib parser failed on policy.default: take the plain path
+        return None
+
+    found: dict[str, tuple[Message, bool, bool]] = {}  # token -> (part, line ending stripped, inside message/*)
+    try:
+        stack: list[tuple[Message, frozenset[bytes], bool]] = [(msg, frozenset(), False)]
+        while stack:
+            node, bounds, in_message = stack.pop()
+            payload = node._payload
+            if isinstance(payload, list):
+                maintype = node.get_content_maintype()
+                if maintype == "multipart":
+                    b = node.get_boundary()
+                    if b is None:
+                        return None
+                    kid_bounds = bounds | {b.encode("ascii", "surrogateescape")}
+                else:
+                    kid_bounds = bounds
+                kid_in_message = in_message or maintype == "message"
+                stack.extend((k, kid_bounds, kid_in_message) for k in payload if isinstance(k, Message))
+                continue
+            if not isinstance(payload, str) or not payload.startswith("[gateway.mime placeholder "):
+                continue
+            stripped = False
+            token = payload
+            if token not in tokens:
+                token = payload.rstrip("\r\n")
+                if token not in tokens or len(payload) - len(token) != tokens[token][2]:
+                    return None
+            else:
+                stripped = tokens[token][2] > 0
+            if token in found or tokens[token][3] != bounds:
+                return None
+            if node.get_content_maintype() in ("multipart", "message"):
+                return None
+            if any(isinstance(d, _errors.MissingHeaderBodySeparatorDefect) for d in node.defects):
+                return None
+            found[token] = (node, stripped, in_message)
+    except (UnicodeError, RecursionError):
+        return None
+    if len(found) != len(tokens):
+        return None
+
+    big: _Big = {}
+    scratch: list[str] = []
+    for token, (node, stripped, in_message) in found.items():
+        start, end, eol, _bounds = tokens[token]
+        if stripped:
+            end -= eol
+        keep = not in_message
+        if keep:
+            try:
+                ctype, _params = _content_type(node, scratch)
+                keep = ctype.split("/", 1)[0] not in ("text", "multipart", "message") and node.get_content_maintype() != "text"
+                cte = (_first_header(node, "content-transfer-encoding") or "").strip().lower()
+                scte = str(node.get("content-transfer-encoding", "")).lower()
+                if cte != "base64" and (scte == "base64" or scte in _UU):
+                    keep = False
+            except Exception:
+                keep = False
+        if keep:
+            big[id(node)] = (raw, start, end)
+        else:  # the exact payload the full parse would have produced
+            node.set_payload(raw[start:end].decode("ascii", "surrogateescape"))
+    return msg, big, defects
+
+
+def _build(
+    msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: int, big: _Big
+) -> ParsedMail:
+    nl = raw.find(b"\n")
+    first_line_cr = raw.endswith(b"\r") if nl < 0 else raw.startswith(b"\r", nl - 1) and nl > 0
+    linesep = "\r\n" if first_line_cr else "\n"
 
     def header(name: str) -> list[str]:
         values = _raw_headers(msg, name)
@@ -1139,7 +1454,7 @@ def _build(msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: 
     def body_text(parts: list[Message], kind: str) -> str:
         chunks = []
         for p in parts:
-            data = _payload_bytes(p, defects)
+            data = _payload_bytes(p, defects, big)
             t = _decode_text(data, walker.info(p).params.get("charset"), f"text/{kind} body", defects)
             if "\x00" in t:
                 defects.append(f"NUL characters removed from the text/{kind} body")
@@ -1172,7 +1487,7 @@ def _build(msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: 
             if name is None and info.filename:
                 name = info.filename
         else:
-            data = _payload_bytes(leaf, defects)
+            data = _payload_bytes(leaf, defects, big)
             name = info.filename
         filename = _unique(safe_filename(name, content_type=info.ctype, index=index), used)
         cid_raw = _first_header(leaf, "content-id")

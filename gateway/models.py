@@ -333,9 +333,13 @@ OUTBOX_STATUSES = ("queued", "sent", "failed", "suppressed")
 class OutboxMail(Base):
     """One outgoing mail to one envelope recipient, written in the transaction of the change that caused it.
 
-    `raw` holds the finished bytes, so a resend (after a crash or a lost answer) is identical and keeps its
-    Message-ID. The rows are also the rate-limit bookkeeping (per ticket, per recipient): `suppressed` rows
-    record mail that a cap or a rule held back, with the reason in last_error."""
+    Enqueueing is cheap: the row holds what identifies the mail (event, ticket, comment, recipient, the
+    Message-ID and reply token fixed now) and in `params` the few values frozen at event time (old/new
+    status, the trigger mail, the SLA figures, ...). The delivery round renders the templates and builds the
+    bytes on the row's first claim and stores them in `raw` (NULL until then), so a resend (after a crash or a
+    lost answer) is identical and keeps its Message-ID; `subject` is filled in at the same time. The rows are
+    also the rate-limit bookkeeping (per ticket, per recipient): `suppressed` rows record mail that a cap or a
+    rule held back, with the reason in last_error (the cap decision is taken at enqueue)."""
 
     __tablename__ = "outbox"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -350,8 +354,9 @@ class OutboxMail(Base):
     token: Mapped[str | None] = mapped_column(String(64), nullable=True)  # reply/VERP token
     envelope_from: Mapped[str] = mapped_column(String(320))
     message_id: Mapped[str] = mapped_column(String(255), unique=True)  # without <>
-    subject: Mapped[str] = mapped_column(Text, default="")
-    raw: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    subject: Mapped[str] = mapped_column(Text, default="")  # filled in when the bytes are built
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # values frozen at enqueue
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True, nullable=True)  # built on first claim
     status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | sent | failed | suppressed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -361,7 +366,8 @@ class OutboxMail(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     __table_args__ = (
         Index("ix_outbox_due", "status", "next_attempt_at"),
-        Index("ix_outbox_recipient", "recipient", "created_at"),
+        # rate caps at enqueue count from the index alone (no table lookups per counted mail)
+        Index("ix_outbox_recipient", "recipient", "caused_by_mail", "created_at", "status"),
         Index("ix_outbox_ticket", "ticket_id", "created_at"),
         Index("ix_outbox_token", "token"),
     )

@@ -4,6 +4,14 @@ Start: migrations (`ensure_current`), listeners bound, components installed, REA
 mail stored but not threaded yet (a crash, an outage) is threaded. Stored mail is threaded by worker threads
 fed from a queue; a periodic sweep catches anything the queue missed.
 
+Storing uses group commit (`GroupCommit`): mails whose DATA ends while a store commits go together into the
+next `Intake.store_many` (one transaction, one fsync); each sender gets its 250 after the commit holding its
+mail, a failed batch answers 451 to each of its mails. On SQLite (one writer) the `WriteGate` alternates
+between a store batch and one threading transaction. While mail arrives slowly enough for threading to keep
+pace with at most `serve.thread_share` of the gate, it does; in a burst it could not keep pace with anyway,
+arriving mail goes first and threading catches up after it (at most `serve.defer_seconds` per mail, then it
+takes every other turn).
+
 SIGTERM/SIGINT: stop accepting, say 421 to idle sessions, let sessions inside a mail finish (up to
 `serve.shutdown_grace_seconds`), wait for stores in flight, exit 0 -- within 30 s. SIGHUP: reopen the log file.
 
@@ -89,17 +97,22 @@ class Notifier:
 
 # The database write gate ----------------------------------------------------------------------------------
 class WriteGate:
-    """One writer at a time in this process (SQLite only; PostgreSQL: a no-op), urgent writers first.
+    """One writer at a time in this process (SQLite only; PostgreSQL: a no-op), fair between the two kinds.
 
     SQLite has one writer anyway; when a second one waits inside SQLite, its busy handler sleeps in steps up to
-    100 ms. Waiting here instead hands the lock over at once, and a store (a client waits for its 250) goes
-    before threading work."""
+    100 ms. Waiting here instead hands the lock over at once. Urgent writers (a store: clients wait for their
+    250) go first, but not forever: when an urgent holder leaves while non-urgent writers (threading, sweeps)
+    wait, the next turn is theirs. With group commit (one store batch at a time holds the gate for all the
+    mails that arrived meanwhile) stores and threading alternate: a store waits for at most one threading
+    transaction, and threading keeps going while mail arrives."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._cond = threading.Condition()
         self._busy = False
-        self._urgent = 0
+        self._urgent = 0        # urgent writers waiting
+        self._other = 0         # non-urgent writers waiting
+        self._owed = False      # an urgent writer went while others waited: the next turn is theirs
 
     @contextlib.contextmanager
     def hold(self, urgent: bool) -> Iterator[None]:
@@ -109,19 +122,99 @@ class WriteGate:
         with self._cond:
             if urgent:
                 self._urgent += 1
+            else:
+                self._other += 1
             try:
-                while self._busy or (not urgent and self._urgent):
+                while self._busy or ((self._owed and self._other) if urgent else (self._urgent and not self._owed)):
                     self._cond.wait()
             finally:
                 if urgent:
                     self._urgent -= 1
+                else:
+                    self._other -= 1
+            if not urgent:
+                self._owed = False
             self._busy = True
         try:
             yield
         finally:
             with self._cond:
                 self._busy = False
+                if urgent and self._other:
+                    self._owed = True
                 self._cond.notify_all()
+
+
+# Group commit ---------------------------------------------------------------------------------------------
+class GroupCommit:
+    """Stores with group commit: mails whose DATA completes while a store is committing wait for it to end
+    and then go together in the next `Intake.store_many` (one transaction, one fsync for all, all or none).
+    Each caller's future resolves only after the commit that holds its mail (its id), or with that commit's
+    exception (every mail of a failed batch: the caller answers 451).
+
+    SQLite: one batch in flight (there is one writer anyway). PostgreSQL: a few batches in parallel.
+    Runs on the event loop; the commits run in `pool`."""
+
+    def __init__(self, commit: Callable[[list[tuple[bytes, Envelope]]], list[int]], pool: ThreadPoolExecutor,
+                 *, parallel: int = 1, max_items: int = 256, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.commit = commit
+        self.pool = pool
+        self.parallel = parallel
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.waiting: list[tuple[bytes, Envelope, asyncio.Future[int]]] = []
+        self.running = 0
+        self.batches = 0            # statistics (tests, logs)
+        self.mails = 0
+
+    def submit(self, raw: bytes, envelope: Envelope) -> asyncio.Future[int]:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.waiting.append((raw, envelope, fut))
+        self._next()
+        return fut
+
+    def _next(self) -> None:
+        while self.waiting and self.running < self.parallel:
+            n = size = 0
+            for raw, _, _ in self.waiting:
+                if n and (n >= self.max_items or size + len(raw) > self.max_bytes):
+                    break
+                n += 1
+                size += len(raw)
+            batch, self.waiting = self.waiting[:n], self.waiting[n:]
+            try:
+                done = asyncio.get_running_loop().run_in_executor(self.pool, self.commit,
+                                                                  [(r, e) for r, e, _ in batch])
+            except RuntimeError as e:  # the pool was shut down (the service is stopping): nothing stored
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(StoreUnavailable(f"store closed: {e}"))
+                continue
+            self.running += 1
+            self.batches += 1
+            self.mails += n
+            done.add_done_callback(lambda f, batch=batch: self._done(f, batch))  # type: ignore[misc]
+
+    def _done(self, f: asyncio.Future[list[int]], batch: list[tuple[bytes, Envelope, asyncio.Future[int]]]) -> None:
+        self.running -= 1
+        try:
+            if f.cancelled():  # the pool shut down under us: nothing was committed
+                error: BaseException | None = StoreUnavailable("store cancelled (shutting down)")
+                ids: list[int] = []
+            else:
+                error = f.exception()
+                ids = [] if error is not None else f.result()
+                if error is None and len(ids) != len(batch):
+                    error = RuntimeError(f"store_many returned {len(ids)} ids for {len(batch)} mails")
+            for i, (_, _, fut) in enumerate(batch):
+                if fut.done():
+                    continue
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(ids[i])
+        finally:
+            self._next()
 
 
 # Logging --------------------------------------------------------------------------------------------------
@@ -157,7 +250,13 @@ class Service:
         self.sweep_seconds = float(serve["pending_sweep_seconds"])
         self.workers = int(serve["workers"])
         self.defer = float(serve["defer_seconds"])
+        self.share = float(serve["thread_share"])              # see _may_thread
         self.ingest_busy = False                               # mail is arriving (see _watch_ingest)
+        self.arrivals = 0.0                                    # mails stored per second (moving average)
+        self.thread_seconds = 0.02                             # write-gate time per threaded mail (moving average)
+        self.burst = False                                     # mail arrives faster than threading keeps pace
+        self._stored_count = 0
+        self._store_wait = 0.0                                 # seconds store batches waited for the gate
         self._last_busy = 0.0
         self.stopping: asyncio.Event | None = None            # set when shutdown starts (tasks end on it)
         self.stop_requested = threading.Event()                # the same, for sync code in threads
@@ -166,6 +265,7 @@ class Service:
         self.registry: Any = None
         self.queue: asyncio.Queue[tuple[int, float]] | None = None
         self.gate = WriteGate(False)
+        self.group_commit: GroupCommit | None = None
         self._tasks: list[tuple[str, Callable[[Service], Awaitable[None]]]] = []
         self._jobs: list[tuple[str, Callable[[], Any], float, bool]] = []
         self._running: list[asyncio.Task[Any]] = []
@@ -200,9 +300,15 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(self.pool, func, *args)
 
     async def store(self, raw: bytes, envelope: Envelope, *, thread: bool = True) -> int:
-        """Store durably (the commit happened when this returns). thread=True: the workers thread it next."""
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.store_pool, self._store_sync, raw, envelope)
+        """Store durably (the commit happened when this returns). thread=True: the workers thread it next.
+
+        Group commit: stores that arrive while one is committing go together in the next transaction; this
+        returns once the commit holding this mail is done (raises what that commit raised)."""
+        if self.group_commit is None:  # before run(): no batching
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[int] = loop.run_in_executor(self.store_pool, self._store_sync, raw, envelope)
+        else:
+            fut = self.group_commit.submit(raw, envelope)
         self._inflight.add(fut)
         fut.add_done_callback(lambda f: self._stored(f, thread))
         # shielded: a client that hangs up while we commit does not orphan the mail (the sweep would catch
@@ -223,17 +329,41 @@ class Service:
         with self.gate.hold(urgent=True):
             return self.intake.store(raw, envelope)
 
+    def _store_many_sync(self, items: list[tuple[bytes, Envelope]]) -> list[int]:
+        t = time.monotonic()
+        with self.gate.hold(urgent=True):
+            self._store_wait += time.monotonic() - t  # (one batch in flight on SQLite: no lost updates)
+            return self.intake.store_many(items)
+
     def _process_sync(self, mail_id: int) -> Result:
         with self.gate.hold(urgent=False):
-            return self.intake.process(mail_id)
+            t = time.monotonic()
+            try:
+                return self.intake.process(mail_id)
+            finally:
+                held = time.monotonic() - t
+                self.thread_seconds = 0.9 * self.thread_seconds + 0.1 * held
+
+    def _may_thread(self, since: float) -> bool:
+        """Threading may take its next turn (alternating with store batches at the write gate): no mail
+        arriving (or PostgreSQL: no single writer); or mail arrives slowly enough for threading to keep pace
+        with at most serve.thread_share of the write gate; or the mail it is about to thread has waited
+        serve.defer_seconds since `since`. In a burst faster than that, threading could not keep pace anyway:
+        the arriving mail goes first (senders get their 250 sooner) and threading catches up after it."""
+        if not self.gate.enabled or not self.ingest_busy:
+            return True
+        need = self.arrivals * self.thread_seconds
+        self.burst = need > (0.75 * self.share if self.burst else self.share)  # a little hysteresis
+        return not self.burst or time.monotonic() - since >= self.defer
 
     def _wait_quiet(self, since: float) -> None:
-        """(thread) Let arriving mail go first: wait while it arrives, until `since` + defer_seconds."""
-        while self.ingest_busy and time.monotonic() - since < self.defer and not self.stop_requested.is_set():
+        """(thread) Let arriving mail go first (see _may_thread)."""
+        while not self._may_thread(since) and not self.stop_requested.is_set():
             time.sleep(0.02)
 
     def _stored(self, fut: asyncio.Future[int], thread: bool) -> None:
         self._inflight.discard(fut)
+        self._stored_count += 1
         self._last_busy = time.monotonic()
         if thread and not fut.cancelled() and fut.exception() is None:
             self.enqueue(fut.result())
@@ -276,9 +406,21 @@ class Service:
             getattr(importlib.import_module(module), func or "install")(self)
 
     async def _watch_ingest(self) -> None:
-        """ingest_busy: a store in flight or a session inside a mail now or in the last 150 ms."""
+        """ingest_busy: a store in flight or a session inside a mail now or in the last 150 ms. arrivals: mails
+        stored per second not counting the time stores waited for the write gate (a sender slowed by threading
+        still counts at its own pace), sampled every 200 ms, averaged over about a second; a clear burst counts
+        at once."""
+        sampled = time.monotonic()
         while True:
             now = time.monotonic()
+            if now - sampled >= 0.2:
+                # the senders' own rate: without the time their stores waited for threading at the gate
+                waited, self._store_wait = min(self._store_wait, 0.9 * (now - sampled)), 0.0
+                rate, self._stored_count = self._stored_count / (now - sampled - waited), 0
+                smooth = 0.8 * self.arrivals + 0.2 * rate
+                # a clear burst (twice what thread_share allows) counts at once, anything else smoothed
+                self.arrivals = max(rate, smooth) if rate * self.thread_seconds > 2 * self.share else smooth
+                sampled = now
             if self._inflight or (self.registry is not None and self.registry.in_transaction()):
                 self._last_busy = now
             self.ingest_busy = now - self._last_busy < 0.15
@@ -288,7 +430,7 @@ class Service:
         assert self.queue is not None
         while True:
             mail_id, queued = await self.queue.get()
-            while self.ingest_busy and time.monotonic() - queued < self.defer:
+            while not self._may_thread(queued):
                 await asyncio.sleep(0.02)
             try:
                 result = await self.process(mail_id)
@@ -367,7 +509,9 @@ class Service:
                 return EX_TEMPFAIL
             raise
         self.intake = app.intake()
-        self.gate = WriteGate(app.engine.dialect.name == "sqlite")
+        sqlite = app.engine.dialect.name == "sqlite"
+        self.gate = WriteGate(sqlite)
+        self.group_commit = GroupCommit(self._store_many_sync, self.store_pool, parallel=1 if sqlite else 4)
 
         self.registry = SessionRegistry(self.config.get("limits", "max_sessions"))
         self.queue = asyncio.Queue()

@@ -11,6 +11,11 @@ Message-ID remembered against the ticket, so every reply threads back):
 * MailRejected: one polite notice per sender per day.
 * MailIgnored (bounce): a permanent failure reported to one of our VERP addresses marks the contact the
   token was issued to undeliverable.
+
+Queueing is cheap (it runs inside the transaction of the change, e.g. while a mail is ingested): one small
+row per recipient with its Message-ID and signed reply token fixed now, the rate-cap decision taken now, and
+the values that must describe the event as it happened (`OutboxMail.params`). Rendering the templates and
+building the bytes happens in the delivery round (gateway.outbound.build, on the row's first claim).
 """
 
 from __future__ import annotations
@@ -21,16 +26,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
-from markupsafe import Markup
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from gateway.config import Config
 from gateway.db import is_unavailable
 from gateway.events import CommentAdded, MailIgnored, MailRejected, TicketChanged, TicketCreated
 from gateway.models import Contact, InboundMail, OutboxMail, Ticket, TicketMessageId
-from gateway.outbound import compose, ratelimit, tokens
-from gateway.outbound.render import Templates, context, fmt_time
+from gateway.outbound import ratelimit, tokens
+from gateway.outbound.render import Templates, fmt_time
 
 log = logging.getLogger("gateway.outbound")
 
@@ -70,6 +74,8 @@ class Outbound:
 
     # Entry point ---------------------------------------------------------------------------------------
     def __call__(self, session: Session, event: Any) -> None:
+        if not self.relevant(event):
+            return  # no savepoint, no round trip for events that can never send anything
         try:
             with session.begin_nested():
                 self.dispatch(session, event)
@@ -77,6 +83,24 @@ class Outbound:
             if is_unavailable(e):
                 raise
             log.exception("outbound: could not queue notifications for %s", type(event).__name__)
+
+    def relevant(self, event: Any) -> bool:
+        """False when `dispatch` would certainly do nothing for this event (cheap, no queries)."""
+        n = self.n
+        if isinstance(event, TicketCreated):
+            return bool(n["ticket_created"] or n["staff_new_ticket"])
+        if isinstance(event, CommentAdded):
+            return event.comment.source != "system" and bool(n["internal_note"] if event.comment.internal
+                                                               else n["comment"])
+        if isinstance(event, TicketChanged):
+            ch = event.changes
+            return bool(("status" in ch and n["status"] and ch["status"][1] in ("resolved", "closed", "pending"))
+                        or ("assignee" in ch and n["assignment"] and event.ticket.assignee is not None))
+        if isinstance(event, MailRejected):
+            return bool(n["rejected"] and event.sender)
+        if isinstance(event, MailIgnored):
+            return event.kind == "bounce"
+        return False
 
     def dispatch(self, session: Session, event: Any) -> None:
         if isinstance(event, TicketCreated):
@@ -98,6 +122,9 @@ class Outbound:
         return {"from_name": self.from_name, "address": self.from_addr}
 
     def ticket_ctx(self, ticket: Ticket) -> dict[str, Any]:
+        """The template variable `ticket` (delivery time: gateway.outbound.build)."""
+        from markupsafe import Markup
+
         rep = self.reporter_of(ticket)
         return {"number": ticket.number, "tag": self.tag(ticket), "subject": ticket.subject,
                 "status": ticket.status, "priority": ticket.priority, "type": ticket.type,
@@ -160,10 +187,6 @@ class Outbound:
         if c.source == "system":
             return
         author = {e for e in (c.author_email, c.author.email if c.author else None) if e}
-        cctx = {"body": c.body or "", "html": Markup(_sanitize(c.html)),
-                "author_name": (c.author.name if c.author else "") or "",
-                "author_email": c.author_email or (c.author.email if c.author else "") or "",
-                "internal": c.internal, "created_at": fmt_time(c.created_at)}
         watchers = [Recipient(w.contact.email, w.contact.name or "", w.contact) for w in t.watchers]
         assignee = Recipient(t.assignee.email, t.assignee.name or "", t.assignee) if t.assignee else None
         if c.internal:
@@ -171,14 +194,14 @@ class Outbound:
                 return
             rs = [r for r in self.unique([assignee] + watchers, author) if r.is_staff and self.usable(r)]
             if rs:
-                self.enqueue(s, "internal_note", t, rs, by_mail=ev.mail_id is not None, comment=cctx,
+                self.enqueue(s, "internal_note", t, rs, by_mail=ev.mail_id is not None,
                              comment_id=c.id, mail_id=ev.mail_id, visible=False)
             return
         if not self.n["comment"]:
             return
         rs = [r for r in self.unique([self.reporter_of(t)] + watchers + [assignee], author) if self.usable(r)]
         if rs:
-            self.enqueue(s, "comment", t, rs, by_mail=ev.mail_id is not None, comment=cctx, comment_id=c.id,
+            self.enqueue(s, "comment", t, rs, by_mail=ev.mail_id is not None, comment_id=c.id,
                          mail_id=ev.mail_id)
 
     def _changed(self, s: Session, ev: TicketChanged) -> None:
@@ -252,93 +275,80 @@ class Outbound:
 
     # Writing the outbox ---------------------------------------------------------------------------------
     def enqueue(self, s: Session, event: str, ticket: Ticket | None, recipients: list[Recipient], *,
-                by_mail: bool, comment: dict[str, Any] | None = None, comment_id: int | None = None,
-                changes: list[dict[str, Any]] | None = None, changed_by: str = "", original_subject: str = "",
-                mail_id: int | None = None, auto_submitted: str = "auto-generated", bulk: bool = False,
-                visible: bool = True) -> list[OutboxMail]:
+                by_mail: bool, comment_id: int | None = None, changes: list[dict[str, Any]] | None = None,
+                changed_by: str = "", original_subject: str = "", mail_id: int | None = None,
+                auto_submitted: str = "auto-generated", bulk: bool = False, visible: bool = True,
+                extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Queue one row per recipient (rate caps decided now); returns the rows' values. Nothing is
+        rendered here: see gateway.outbound.build."""
         now = self.clock()
-        batch = uuid.uuid4().hex
         suppressed: dict[str, str] = {}
         if by_mail:
             suppressed = self._caps(s, ticket, [r.email for r in recipients], now)
-        tctx = self.ticket_ctx(ticket) if ticket is not None else _empty_ticket()
-        # threading: the inbound thread, this recipient's last copy, the mail that caused the event
-        inbound: list[str] = []
-        last_out: dict[str, str] = {}
-        trigger: str | None = None
-        if ticket is not None:
-            inbound = list(s.scalars(select(TicketMessageId.message_id).where(
-                TicketMessageId.ticket_id == ticket.id, TicketMessageId.direction == "in")
-                .order_by(TicketMessageId.id)))
-            last_ids = (select(func.max(OutboxMail.id)).where(OutboxMail.ticket_id == ticket.id,
-                                                             OutboxMail.status != "suppressed")
-                        .group_by(OutboxMail.recipient))
-            for rcpt, mid in s.execute(select(OutboxMail.recipient, OutboxMail.message_id)
-                                       .where(OutboxMail.id.in_(last_ids))):
-                last_out[rcpt] = mid
+        rows, ids = self.plan(event, ticket, recipients, now=now, by_mail=by_mail, suppressed=suppressed,
+                              comment_id=comment_id, changes=changes, changed_by=changed_by,
+                              original_subject=original_subject, mail_id=mail_id, auto_submitted=auto_submitted,
+                              bulk=bulk, visible=visible, extra=extra)
+        self.write(s, rows, ids)
+        return rows
+
+    def plan(self, event: str, ticket: Ticket | None, recipients: list[Recipient], *, now: datetime,
+             by_mail: bool = False, suppressed: dict[str, str] | None = None, comment_id: int | None = None,
+             changes: list[dict[str, Any]] | None = None, changed_by: str = "", original_subject: str = "",
+             mail_id: int | None = None, auto_submitted: str = "auto-generated", bulk: bool = False,
+             visible: bool = True, extra: dict[str, Any] | None = None
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The outbox rows (and the ticket_message_ids rows) of one notification round, as plain values:
+        pure apart from the clock-free token/Message-ID generation; `write` inserts them."""
+        suppressed = suppressed or {}
+        batch = uuid.uuid4().hex
+        common: dict[str, Any] = {}
+        if ticket is not None:  # the ticket as the event saw it (the mail may be built a little later)
+            common["ticket"] = {"status": ticket.status, "priority": ticket.priority, "type": ticket.type,
+                                "group": ticket.group or ""}
+            if visible and self.n["cc_watchers"]:
+                common["cc"] = True
         if mail_id is not None:
-            m = s.get(InboundMail, mail_id)
-            trigger = m.message_id.strip().strip("<>") if m is not None and m.message_id else None
-        to_vis: list[tuple[str, str]] = []
-        cc_vis: list[tuple[str, str]] = []
-        if visible and ticket is not None and self.n["cc_watchers"]:
-            rep = self.reporter_of(ticket)
-            if rep is not None and self.usable(rep):
-                to_vis.append((rep.name, rep.email))
-            cc_vis = [(w.contact.name or "", w.contact.email) for w in ticket.watchers
-                      if not self.config.is_gateway_address(w.contact.email)
-                      and ratelimit.is_sendable_address(w.contact.email)]
-        rows: list[OutboxMail] = []
+            common["mail_id"] = mail_id
+        if auto_submitted != "auto-generated":
+            common["auto"] = auto_submitted
+        if bulk:
+            common["bulk"] = True
+        if changes:
+            common["changes"] = changes
+        if changed_by:
+            common["changed_by"] = changed_by
+        if original_subject:
+            common["original_subject"] = original_subject
+        if extra:
+            common["extra"] = extra
+        rows: list[dict[str, Any]] = []
+        ids: list[dict[str, Any]] = []
         for r in recipients:
             tok = (tokens.make_token(self.secret, ticket_id=ticket.id, ticket_number=ticket.number,
                                      recipient=r.email) if ticket is not None else None)
             reply = tokens.token_address(self.reply_base, tok) if tok else None
-            mid = compose.new_message_id(self.domain, ticket.number if ticket is not None else None)
-            row = OutboxMail(created_at=now, ticket_id=ticket.id if ticket is not None else None,
-                             comment_id=comment_id, event=event, batch=batch, caused_by_mail=by_mail,
-                             recipient=r.email, contact_id=r.contact.id if r.contact is not None else None,
-                             token=tok, envelope_from=reply or self.from_addr, message_id=mid,
-                             status="queued", attempts=0, next_attempt_at=now)
-            if r.email in suppressed:
-                row.status, row.last_error, row.next_attempt_at, row.raw = "suppressed", suppressed[r.email], None, b""
-                row.subject = ""
-                s.add(row)
-                rows.append(row)
-                continue
-            ctx = context(event=event, ticket=tctx,
-                          recipient={"name": r.name, "email": r.email, "is_staff": r.is_staff},
-                          gateway=self.gateway_ctx(), reply_address=reply or self.from_addr, comment=comment,
-                          changes=changes, changed_by=changed_by, original_subject=original_subject)
-            out = self.templates.render(event, ctx)
-            subject = out.subject
-            if ticket is not None and self.tag(ticket).lower() not in subject.lower():
-                subject = f"{self.tag(ticket)} {subject}"
-            to = list(to_vis)
-            cc = [c for c in cc_vis if c[1] not in {x[1] for x in to}]
-            if not to:
-                to, cc = [(r.name, r.email)], [c for c in cc if c[1] != r.email]
-            elif r.email not in {x[1] for x in to + cc}:
-                to = [(r.name, r.email)] + to
-            own = last_out.get(r.email)
-            refs = compose.references_chain(inbound)
-            if own and own not in refs:
-                refs.append(own)
-            irt = trigger or own or (inbound[-1] if inbound else None)
-            raw = compose.build(compose.Outgoing(
-                from_name=self.from_name, from_addr=self.from_addr, to=to, cc=cc, subject=subject,
-                text=out.text, html=out.html, message_id=mid, date=now, reply_to=reply, in_reply_to=irt,
-                references=refs, auto_submitted=auto_submitted, precedence_bulk=bulk, loop_value=self.domain,
-                thread_topic=ticket.subject if ticket is not None else None,
-                thread_index=(compose.thread_index(ticket.created_at, f"{self.domain}/{ticket.id}", now)
-                              if ticket is not None else None)))
-            row.raw = raw
-            row.subject = subject
-            s.add(row)
-            rows.append(row)
-            if ticket is not None:
-                s.add(TicketMessageId(message_id=mid, ticket_id=ticket.id, direction="out", created_at=now))
-        s.flush()
-        return rows
+            mid = new_message_id(self.domain, ticket.number if ticket is not None else None)
+            why = suppressed.get(r.email)
+            rows.append(dict(
+                created_at=now, ticket_id=ticket.id if ticket is not None else None, comment_id=comment_id,
+                event=event, batch=batch, caused_by_mail=by_mail, recipient=r.email,
+                contact_id=r.contact.id if r.contact is not None else None, token=tok,
+                envelope_from=reply or self.from_addr, message_id=mid, subject="",
+                params={**common, "name": r.name, "staff": r.is_staff}, raw=None,
+                status="suppressed" if why else "queued", attempts=0, next_attempt_at=None if why else now,
+                last_error=why, claim_token=None, claimed_until=None, sent_at=None))
+            if ticket is not None and not why:
+                ids.append(dict(message_id=mid, ticket_id=ticket.id, direction="out", created_at=now))
+        return rows, ids
+
+    @staticmethod
+    def write(s: Session, rows: list[dict[str, Any]], ids: list[dict[str, Any]]) -> None:
+        """Insert planned rows: one multi-row statement per table, in the caller's transaction."""
+        if rows:
+            s.execute(insert(OutboxMail.__table__), rows)
+        if ids:
+            s.execute(insert(TicketMessageId.__table__), ids)
 
     def _caps(self, s: Session, ticket: Ticket | None, emails: list[str], now: datetime) -> dict[str, str]:
         """Recipients held back by the loop guards, with the reason."""
@@ -365,6 +375,12 @@ class Outbound:
         return out
 
 
+def new_message_id(domain: str, ticket_number: int | None) -> str:
+    """`tg.<32 hex>.<ticket>@domain` (gateway.outbound.compose.new_message_id, without importing the email
+    package into the ingest path)."""
+    return f"tg.{uuid.uuid4().hex}.{ticket_number or 0}@{domain}"
+
+
 def _sanitize(html: str | None) -> str:
     if not html:
         return ""
@@ -374,6 +390,8 @@ def _sanitize(html: str | None) -> str:
 
 
 def _empty_ticket() -> dict[str, Any]:
+    from markupsafe import Markup
+
     return {"number": 0, "tag": "", "subject": "", "status": "", "priority": "", "type": "", "group": "",
             "reporter_name": "", "reporter_email": "", "description": "", "description_html": Markup(""),
             "created_at": ""}

@@ -1,5 +1,9 @@
 """Jinja2 templates for notifications: built-in ones (package `gateway.templates`) overridable file by file from
-`notifications.template_dir`; StrictUndefined; every template rendered once with sample data at start-up."""
+`notifications.template_dir`; StrictUndefined; every template rendered once with sample data by the start-up
+check (see gateway.outbound.check_templates).
+
+`Templates` is lazy: jinja2 is imported and a template compiled only when something is rendered, so a
+process that only queues mail (the MTA pipe `ingest`) never pays for it."""
 
 from __future__ import annotations
 
@@ -48,25 +52,54 @@ def one_line(s: str, limit: int = 900) -> str:
 
 class Templates:
     def __init__(self, override_dir: str | Path | None = None) -> None:
-        from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
-
-        loaders = []
+        self.dirs: list[Path] = []
         if override_dir:
             d = Path(override_dir)
             if not d.is_dir():
                 raise TemplateError(f"notifications.template_dir: not a directory: {d}")
-            loaders.append(FileSystemLoader(str(d)))
-        loaders.append(FileSystemLoader(str(builtin_dir())))
-        self.env = Environment(loader=ChoiceLoader(loaders), undefined=StrictUndefined,
-                               autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
-                               keep_trailing_newline=True, trim_blocks=False)
+            self.dirs.append(d)
+        self.dirs.append(builtin_dir())
+        self._env: Any = None
         self._cache: dict[str, Any] = {}
+        self.checked = False  # the full sample render passed in this process
+
+    @property
+    def env(self):  # type: ignore[no-untyped-def]
+        if self._env is None:
+            from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+            self._env = Environment(loader=ChoiceLoader([FileSystemLoader(str(d)) for d in self.dirs]),
+                                    undefined=StrictUndefined,
+                                    autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
+                                    keep_trailing_newline=True, trim_blocks=False)
+        return self._env
 
     def _get(self, name: str):  # type: ignore[no-untyped-def]
         t = self._cache.get(name)
         if t is None:
             t = self._cache[name] = self.env.get_template(name)
         return t
+
+    def fingerprint(self) -> str:
+        """sha256 over every template source the loader can see (override directory first), in order:
+        changes when a template is edited, added or removed. Cheap (no jinja2): reads ~40 small files."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for d in self.dirs:
+            h.update(b"\0dir\0" + str(d.resolve()).encode("utf-8", "surrogateescape"))
+            try:
+                names = sorted(p.name for p in d.iterdir() if p.is_file())
+            except OSError as e:
+                raise TemplateError(f"cannot list templates in {d}: {e}") from e
+            for name in names:
+                try:
+                    data = (d / name).read_bytes()
+                except OSError as e:
+                    raise TemplateError(f"cannot read template {d / name}: {e}") from e
+                h.update(b"\0f\0" + name.encode("utf-8", "surrogateescape") + b"\0"
+                         + str(len(data)).encode() + b"\0" + data)
+        return h.hexdigest()
 
     def render(self, event: str, context: dict[str, Any]) -> Rendered:
         out = []
@@ -75,16 +108,30 @@ class Templates:
             out.append(self._get(name).render(**context))
         return Rendered(subject=one_line(out[0]), text=out[1], html=out[2])
 
-    def check(self) -> None:
-        """Render every event with sample data: a missing file or variable raises TemplateError now."""
-        for event in EVENTS:
+    def check(self, extra: "list[tuple[str, dict[str, Any]]] | None" = None) -> None:
+        """Render every event (and the `extra` (event, sample context) pairs, e.g. the SLA mails) with sample
+        data: a missing file or variable raises TemplateError now."""
+        for event, ctx in [(e, sample_context(e)) for e in EVENTS] + list(extra or []):
             try:
-                self.render(event, sample_context(event))
+                self.render(event, ctx)
             except Exception as e:  # noqa: BLE001 -- jinja2 raises many kinds
-                where = getattr(e, "name", None) or getattr(e, "filename", None) or event
-                lineno = getattr(e, "lineno", None)
-                raise TemplateError(f"template {where}{f' line {lineno}' if lineno else ''} for event {event!r}: "
-                                    f"{type(e).__name__}: {e}") from e
+                raise TemplateError(describe_error(e, event)) from e
+        self.checked = True
+
+
+def describe_error(e: BaseException, event: str) -> str:
+    """`template comment.txt.j2 line 3 for event 'comment': UndefinedError: ...` (start-up check, outbox)."""
+    where = getattr(e, "name", None) or getattr(e, "filename", None)
+    lineno = getattr(e, "lineno", None)
+    if where is None:  # a render-time error (UndefinedError): jinja2 puts the template's frames in the traceback
+        tb = e.__traceback__
+        while tb is not None:
+            name = tb.tb_frame.f_code.co_filename
+            if name.endswith(".j2"):
+                where, lineno = Path(name).name, tb.tb_lineno
+            tb = tb.tb_next
+    where = where or event
+    return f"template {where}{f' line {lineno}' if lineno else ''} for event {event!r}: {type(e).__name__}: {e}"
 
 
 def fmt_time(dt: datetime | None) -> str:

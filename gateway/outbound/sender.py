@@ -6,6 +6,11 @@ someone else (PostgreSQL adds FOR UPDATE SKIP LOCKED to the inner SELECT; SQLite
 BEGIN IMMEDIATE). Only the holder of the claim token may mark a row sent or failed. A sender that dies after
 sending but before recording leaves a lease that expires: the row is sent again with the same bytes and the
 same Message-ID (at-least-once; receivers and our own dedupe recognise the repeat).
+
+Building: rows are queued without their bytes (see gateway.outbound.notify). On a row's first claim the
+round renders and builds it (gateway.outbound.build), stores the bytes and the subject on the row -- in a
+short transaction, guarded by the claim token, *before* sending -- and sends them; every later attempt
+sends the stored bytes. A row that cannot be built is marked failed with the reason; the round goes on.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 
-from gateway.db import transaction
+from gateway.db import is_unavailable, transaction
 from gateway.models import OutboxMail
 
 if TYPE_CHECKING:
@@ -206,9 +211,76 @@ def claim(app: "App", now: datetime, limit: int) -> tuple[str, list[int]]:
     return token, got
 
 
+def _outbound(app: "App") -> Any:
+    """The App's Outbound listener (or one made for building when outbound.enabled was turned off after the
+    rows were queued)."""
+    from gateway.outbound import notifier_of, reply_secret
+    from gateway.outbound.notify import Outbound
+    from gateway.outbound.render import Templates
+
+    ob = notifier_of(app)
+    if ob is None:
+        ob = getattr(app, "_outbox_builder", None)
+        if ob is None:
+            ob = Outbound(app.config, app.clock, Templates(app.config.notifications["template_dir"] or None),
+                          reply_secret(app.config))
+            try:
+                app._outbox_builder = ob  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+    return ob
+
+
+def build_claimed(app: "App", token: str, ids: list[int]) -> tuple[dict[int, tuple[str, str, bytes]],
+                                                                   list[tuple[int, str, str | None]]]:
+    """The bytes of claimed rows: stored ones as they are; the others rendered and built now and stored on
+    the row (only while the claim is ours) before anything is sent. Returns ({id: (envelope_from,
+    recipient, raw)}, failures as (id, "failed", reason))."""
+    from gateway.outbound.build import BuildError, Builder
+
+    ready: dict[int, tuple[str, str, bytes]] = {}
+    failed: list[tuple[int, str, str | None]] = []
+    built: list[dict[str, Any]] = []
+    with app.sessions() as s:
+        todo: list[int] = []
+        for row_id, env_from, rcpt, raw in s.execute(
+                select(OutboxMail.id, OutboxMail.envelope_from, OutboxMail.recipient, OutboxMail.raw)
+                .where(OutboxMail.id.in_(ids), OutboxMail.claim_token == token)):
+            if raw:
+                ready[row_id] = (env_from, rcpt, raw)
+            else:
+                todo.append(row_id)
+        if todo:
+            builder = Builder(_outbound(app), s)
+            rows = list(s.scalars(select(OutboxMail).where(OutboxMail.id.in_(todo), OutboxMail.claim_token == token)
+                                  .order_by(OutboxMail.id)))
+            builder.prepare(rows)
+            for row in rows:
+                try:
+                    raw, subject = builder.build(row)
+                except BuildError as e:
+                    failed.append((row.id, "failed", str(e)))
+                    continue
+                except Exception as e:  # noqa: BLE001 -- one bad row must not stop the round
+                    if is_unavailable(e):
+                        raise
+                    log.exception("outbound: cannot build outbox mail %s", row.id)
+                    failed.append((row.id, "failed", f"cannot build the mail: {type(e).__name__}: {e}"))
+                    continue
+                built.append({"b_id": row.id, "b_token": token, "raw": raw, "subject": subject})
+                ready[row.id] = (row.envelope_from, row.recipient, raw)
+    if built:
+        t = OutboxMail.__table__
+        with transaction(app.sessions) as s:
+            s.execute(update(t).where(t.c.id == bindparam("b_id"), t.c.claim_token == bindparam("b_token"))
+                      .values(raw=bindparam("raw"), subject=bindparam("subject")), built)
+    return ready, failed
+
+
 def deliver_due(app: "App", now: datetime | None = None, *, limit: int | None = None,
                 transport: Any = None) -> Counts:
-    """One delivery round: claim what is due at `now` (default: the app's clock), send it, record it."""
+    """One delivery round: claim what is due at `now` (default: the app's clock), build what was not built
+    yet, send it, record it."""
     now = now or app.clock()
     cfg = app.config.outbound
     limit = limit or cfg["batch_size"]
@@ -217,25 +289,25 @@ def deliver_due(app: "App", now: datetime | None = None, *, limit: int | None = 
     if not ids:
         return counts
     own = transport is None
-    transport = transport or make_transport(app)
     results: list[tuple[int, str, str | None]] = []  # (id, sent|retry|failed, error)
     down: str | None = None
     try:
         for start in range(0, len(ids), 50):
             chunk = ids[start:start + 50]
-            with app.sessions() as s:
-                rows = {r.id: r for r in s.execute(
-                    select(OutboxMail.id, OutboxMail.envelope_from, OutboxMail.recipient, OutboxMail.raw)
-                    .where(OutboxMail.id.in_(chunk), OutboxMail.claim_token == token))}
+            ready, failed = build_claimed(app, token, chunk)
+            results.extend(failed)
             for row_id in chunk:
-                row = rows.get(row_id)
+                row = ready.get(row_id)
                 if row is None:
-                    continue  # lost the claim (lease expired and someone else took it)
+                    continue  # lost the claim (lease expired and someone else took it), or not buildable
                 if down is not None:
                     results.append((row_id, "retry", down))
                     continue
+                if transport is None:
+                    transport = make_transport(app)
+                envelope_from, recipient, raw = row
                 try:
-                    transport.send(row.envelope_from, row.recipient, row.raw)
+                    transport.send(envelope_from, recipient, raw)
                     results.append((row_id, "sent", None))
                 except Permanent as e:
                     results.append((row_id, "failed", str(e)))
@@ -249,7 +321,7 @@ def deliver_due(app: "App", now: datetime | None = None, *, limit: int | None = 
                     results.append((row_id, "retry", down))
             _record(app, token, now, results, counts)
     finally:
-        if own:
+        if own and transport is not None:
             transport.close()
         _record(app, token, now, results, counts)
     if down:
@@ -299,7 +371,11 @@ def _record(app: "App", token: str, now: datetime, results: list[tuple[int, str,
 
 
 def flush(app: "App", now: Callable[[], datetime] | None = None, *, max_rounds: int = 10_000) -> Counts:
-    """Deliver until nothing is due any more (`outbox flush`)."""
+    """Deliver until nothing is due any more (`outbox flush`). Runs the full template check first (once
+    per process): a broken template stops here, like at the start of `serve`."""
+    from gateway.outbound import check_app_templates
+
+    check_app_templates(app, force=True)
     total = Counts()
     for _ in range(max_rounds):
         c = deliver_due(app, (now or app.clock)())
@@ -317,8 +393,8 @@ def retry(app: "App", outbox_id: int) -> OutboxMail:
             raise KeyError(f"no outbox mail {outbox_id}")
         if row.status == "sent":
             raise ValueError(f"outbox mail {outbox_id} was already sent on {row.sent_at}")
-        if row.status == "suppressed" and not row.raw:
-            raise ValueError(f"outbox mail {outbox_id} was suppressed before it was built ({row.last_error})")
+        if row.status == "suppressed":
+            raise ValueError(f"outbox mail {outbox_id} was suppressed when it was queued ({row.last_error})")
         row.status = "queued"
         row.next_attempt_at = app.clock()
         row.claim_token = None

@@ -68,7 +68,7 @@ class SlaListener:
             if seed:
                 store.seed(seed)
             self._seeded = True
-        return store.policies()
+        return cached_policies(session, store)
 
     @staticmethod
     def choose(policies: list[StoredPolicy], t: Ticket) -> Policy | None:
@@ -143,6 +143,7 @@ class SlaListener:
             return
         at = max(at, paused)
         recorded: list[tuple[str, datetime]] | None = None
+        ticket_id = t.id
         for kinds, attr, met in ((st.RESPONSE_KINDS, "response_due_at", t.first_response_at is not None),
                                  (st.RESOLUTION_KINDS, "resolution_due_at", False)):
             due = getattr(t, attr)
@@ -152,8 +153,7 @@ class SlaListener:
             if pushed != due:
                 setattr(t, attr, pushed)
                 if recorded is None:
-                    recorded = [(k, d) for k, d in s.execute(select(SlaEscalation.kind, SlaEscalation.deadline)
-                                                             .where(SlaEscalation.ticket_id == t.id))]
+                    recorded = recorded_escalations(s, ticket_id)
                 self._move_escalations(s, t, kinds, due, pushed, recorded)
 
     def _reopen(self, s: Session, t: Ticket, policy: Policy | None, clock: SlaClock | None, at: datetime) -> None:
@@ -177,6 +177,10 @@ class SlaListener:
         s.execute(update(SlaEscalation).where(SlaEscalation.ticket_id == t.id, SlaEscalation.kind.in_(kinds),
                                               SlaEscalation.deadline == old)
                   .values(deadline=new).execution_options(synchronize_session=False))
+        recorded[:] = [(k, new if k in kinds and d == old else d) for k, d in recorded]
+        cache = _recorded_cache(s)
+        if cache is not None and t.id in cache:
+            cache[t.id] = list(recorded)
 
     def refresh(self, s: Session, t: Ticket, policy: Policy | None, at: datetime, *, new: bool = False) -> None:
         """Recompute the derived warning times and the sweep's `next_at` for the ticket's current state."""
@@ -185,9 +189,74 @@ class SlaListener:
 
 def sent_kinds(s: Session, t: Ticket) -> set[str]:
     """Escalation kinds already recorded for the ticket's current deadlines."""
-    rows = s.execute(select(SlaEscalation.kind, SlaEscalation.deadline)
-                     .where(SlaEscalation.ticket_id == t.id)).all()
+    rows = recorded_escalations(s, t.id)
     return {kind for kind, deadline in rows if deadline == st.due_for_kind(t, kind)}
+
+
+# Per-transaction caches (batch work such as the sweep's pending reminders: no query per ticket) ------------
+_POLICIES = "gateway.sla.policies"
+_RECORDED = "gateway.sla.recorded"
+
+
+def _current(s: Session, key: str) -> Any:
+    hit = s.info.get(key)
+    if hit is not None and hit[0] is not None and hit[0] is s.get_transaction():
+        return hit[1]
+    return None
+
+
+def cached_policies(s: Session, store: PolicyStore) -> list[StoredPolicy]:
+    """store.policies(), read once per transaction (PolicyStore's changes drop it: see forget_policies)."""
+    hit = _current(s, _POLICIES)
+    if hit is None:
+        hit = store.policies()
+        s.info[_POLICIES] = (s.get_transaction(), hit)
+    return list(hit)
+
+
+def forget_policies(s: Session) -> None:
+    s.info.pop(_POLICIES, None)
+
+
+def _recorded_cache(s: Session) -> dict[int, list[tuple[str, datetime]]] | None:
+    return _current(s, _RECORDED)
+
+
+def preload_recorded(s: Session, ticket_ids: list[int]) -> dict[int, list[tuple[str, datetime]]]:
+    """Load the recorded escalations of these tickets with one query and let this transaction's listener
+    calls use them (the caller adds the rows it inserts itself: `note_recorded`)."""
+    cache = _recorded_cache(s)
+    if cache is None:
+        cache = {}
+        s.info[_RECORDED] = (s.get_transaction(), cache)
+    fresh = {tid: [] for tid in ticket_ids}
+    for k in range(0, len(ticket_ids), 500):
+        for tid, kind, deadline in s.execute(select(SlaEscalation.ticket_id, SlaEscalation.kind,
+                                                    SlaEscalation.deadline)
+                                             .where(SlaEscalation.ticket_id.in_(ticket_ids[k:k + 500]))
+                                             .order_by(SlaEscalation.id)):
+            fresh[tid].append((kind, deadline))
+    cache.update(fresh)
+    return cache
+
+
+def note_recorded(s: Session, ticket_id: int, kind: str, deadline: datetime) -> None:
+    cache = _recorded_cache(s)
+    if cache is not None and ticket_id in cache:
+        cache[ticket_id].append((kind, deadline))
+
+
+def forget_recorded(s: Session) -> None:
+    s.info.pop(_RECORDED, None)
+
+
+def recorded_escalations(s: Session, ticket_id: int) -> list[tuple[str, datetime]]:
+    """(kind, deadline) of every escalation recorded for the ticket (from the preload when there is one)."""
+    cache = _recorded_cache(s)
+    if cache is not None and ticket_id in cache:
+        return list(cache[ticket_id])
+    return [(k, d) for k, d in s.execute(select(SlaEscalation.kind, SlaEscalation.deadline)
+                                         .where(SlaEscalation.ticket_id == ticket_id))]
 
 
 def refresh_clock(s: Session, t: Ticket, policy: Policy | None, at: datetime, *, new: bool = False,
@@ -206,5 +275,7 @@ def refresh_clock(s: Session, t: Ticket, policy: Policy | None, at: datetime, *,
         sent = set() if new else sent_kinds(s, t)
     clock.next_at = st.next_at(t, clock.warn_response_at, clock.warn_resolution_at, sent)
     clock.updated_at = at
-    s.flush()
+    if new:
+        s.flush()  # a new clock row: a concurrent insert shows up here, inside the caller's retry
+    # else: written by the next flush (the next query's autoflush or the commit), in one go with the rest
     return clock

@@ -2,9 +2,10 @@
 
 Adapter over `gateway.outbound.notify.Outbound` (issue 4), which owns composing, the signed reply addresses,
 the ticket's thread headers (In-Reply-To/References/Thread-Index), Message-IDs and the outbox rows. We reuse
-the Outbound listener the App already has (so `outbound.enabled` and its settings apply) and hand it our
-templates' extra variable `sla` through a thin Templates wrapper; the mail is queued in the caller's
-transaction, so it exists if and only if the escalation's claim row commits.
+the Outbound listener the App already has (so `outbound.enabled` and its settings apply) and queue cheap rows
+(no rendering in the sweep) carrying our templates' extra variable `sla`, frozen at the sweep's instant; the
+delivery round renders them. The rows are queued in the caller's transaction (one multi-row insert per
+sweep page, `send_many`), so a mail exists if and only if the escalation's claim row commits.
 
 Templates: `templates/sla_<kind>.{subject,txt,html}.j2` for kind in response_warning, response_breach,
 resolution_warning, resolution_breach, pending_reminder -- the outbound format (see templates/README.md),
@@ -24,7 +25,6 @@ with one more variable `sla`:
 
 from __future__ import annotations
 
-import copy
 import logging
 from datetime import datetime
 from typing import Any
@@ -67,6 +67,34 @@ def sample_sla(kind: str) -> dict[str, Any]:
             else "reminder", "deadline": "2026-11-02 10:00 UTC", "due_at": "2026-11-02 09:54 UTC",
             "now": "2026-11-02 09:55 UTC", "left": "5 minutes left", "policy": "critical",
             "target": "30 minutes", "assignee": "bob@example.com"}
+
+
+def sample_events() -> list[tuple[str, dict[str, Any]]]:
+    """(event, sample context) for the start-up template check (gateway.outbound.check_templates)."""
+    from gateway.outbound.render import sample_context
+
+    return [(event_name(kind), {**sample_context("assignment"), "sla": sample_sla(kind)}) for kind in KINDS]
+
+
+def sla_values(t: Ticket, kind: str, *, deadline: datetime, due_at: datetime, now: datetime,
+               policy: StoredPolicy | None) -> dict[str, Any]:
+    """The template variable `sla` (see above), computed at the sweep's instant."""
+    from gateway.outbound.render import fmt_time
+
+    minutes = (deadline - now).total_seconds() / 60
+    clock = "reminder" if kind == "pending_reminder" else kind.split("_")[0]
+    target = ""
+    if policy is not None and clock != "reminder":
+        p = policy.policy
+        target = duration_text(p.response_minutes if clock == "response" else p.resolution_minutes)
+        if p.calendar is not None:
+            target += " (business hours)"
+    return {"kind": kind, "what": kind.replace("_", " "), "clock": clock, "deadline": fmt_time(deadline),
+            "due_at": fmt_time(due_at), "now": fmt_time(now),
+            "left": (f"{duration_text(minutes)} left" if minutes > 0 else
+                     f"overdue by {duration_text(minutes)}" if minutes < 0 else "due now"),
+            "policy": policy.name if policy is not None and clock != "reminder" else "",
+            "target": target, "assignee": t.assignee.email if t.assignee else ""}
 
 
 class SlaMailer:
@@ -126,30 +154,36 @@ class SlaMailer:
     def send(self, s: Any, t: Ticket, kind: str, recipients: list[str], *, deadline: datetime, due_at: datetime,
              now: datetime, policy: StoredPolicy | None = None) -> str | None:
         """Queue one mail per recipient in the outbox (in the caller's transaction); returns the outbox batch."""
-        if self.outbound is None or not recipients:
-            return None
+        return self.send_many(s, [(t, kind, recipients, deadline, due_at, policy)], now=now)[0]
+
+    def send_many(self, s: Any, items: list[tuple[Ticket, str, list[str], datetime, datetime, StoredPolicy | None]],
+                  *, now: datetime) -> list[str | None]:
+        """Queue the mails of many escalations at once: (ticket, kind, recipients, deadline, due_at, policy)
+        each; one contacts query and one multi-row insert per table. Returns each item's outbox batch."""
+        refs: list[str | None] = [None] * len(items)
+        if self.outbound is None or not items:
+            return refs
         from sqlalchemy import select
 
         from gateway.outbound.notify import Recipient
-        from gateway.outbound.render import fmt_time
 
-        minutes = (deadline - now).total_seconds() / 60
-        clock = "reminder" if kind == "pending_reminder" else kind.split("_")[0]
-        target = ""
-        if policy is not None and clock != "reminder":
-            p = policy.policy
-            target = duration_text(p.response_minutes if clock == "response" else p.resolution_minutes)
-            if p.calendar is not None:
-                target += " (business hours)"
-        sla = {"kind": kind, "what": kind.replace("_", " "), "clock": clock, "deadline": fmt_time(deadline),
-               "due_at": fmt_time(due_at), "now": fmt_time(now),
-               "left": (f"{duration_text(minutes)} left" if minutes > 0 else
-                        f"overdue by {duration_text(minutes)}" if minutes < 0 else "due now"),
-               "policy": policy.name if policy is not None and clock != "reminder" else "",
-               "target": target, "assignee": t.assignee.email if t.assignee else ""}
-        contacts = {c.email: c for c in s.scalars(select(Contact).where(Contact.email.in_(recipients)))}
-        rs = [Recipient(e, contacts[e].name or "" if e in contacts else "", contacts.get(e)) for e in recipients]
-        ob = copy.copy(self.outbound)
-        ob.templates = _WithSla(self.outbound.templates, sla)
-        rows = ob.enqueue(s, event_name(kind), t, rs, by_mail=False, visible=False)
-        return rows[0].batch if rows else None
+        wanted = sorted({e for _, _, rs, _, _, _ in items for e in rs})
+        contacts: dict[str, Contact] = {}
+        for k in range(0, len(wanted), 500):
+            contacts.update((c.email, c) for c in s.scalars(select(Contact).where(Contact.email.in_(wanted[k:k + 500]))))
+        ob = self.outbound
+        at = ob.clock()
+        rows: list[dict[str, Any]] = []
+        ids: list[dict[str, Any]] = []
+        for n, (t, kind, recipients, deadline, due_at, policy) in enumerate(items):
+            if not recipients:
+                continue
+            sla = sla_values(t, kind, deadline=deadline, due_at=due_at, now=now, policy=policy)
+            rs = [Recipient(e, (contacts[e].name or "") if e in contacts else "", contacts.get(e)) for e in recipients]
+            r, i = ob.plan(event_name(kind), t, rs, now=at, by_mail=False, visible=False, extra={"sla": sla})
+            if r:
+                refs[n] = r[0]["batch"]
+            rows += r
+            ids += i
+        ob.write(s, rows, ids)
+        return refs

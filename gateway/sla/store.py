@@ -244,6 +244,7 @@ class PolicyStore:
             source: str = "cli") -> SlaPolicyRow:
         """Add a policy (at the end, or at `position`, 1-based, moving later ones down). A removed policy of
         the same name is brought back; an existing one is an error unless `replace`."""
+        _forget(self.s)
         row = self.get(values["name"], include_removed=True)
         if row is not None and row.removed_at is None and not replace:
             raise PolicyError(f"policy {values['name']!r} exists (use --replace to change it)")
@@ -269,6 +270,7 @@ class PolicyStore:
         row = self.get(name)
         if row is None:
             return False
+        _forget(self.s)
         row.removed_at = self.clock()
         row.active = False
         self.s.flush()
@@ -281,6 +283,7 @@ class PolicyStore:
 
         if not items:
             return []
+        _forget(self.s)
         known = set(self.s.scalars(select(SlaPolicyRow.name)))
         added = []
         for item in items:
@@ -291,3 +294,10 @@ class PolicyStore:
             if insert_ignore(self.s, SlaPolicyRow.__table__, values, ["name"]) is not None:
                 added.append(values["name"])
         return added
+
+
+def _forget(session: Session) -> None:
+    """Policies change in this transaction: drop the listener's per-transaction copy."""
+    from gateway.sla.listener import forget_policies
+
+    forget_policies(session)

@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session
 from gateway.db import retry_on_conflict, transaction
 from gateway.models import SlaClock, SlaEscalation, Ticket
 from gateway.sla import state as st
-from gateway.sla.dbutil import for_update, insert_ignore, insert_many_ignore
+from gateway.sla.dbutil import for_update, insert_many_ignore
+from gateway.sla.listener import forget_recorded, note_recorded, preload_recorded
 from gateway.sla.store import PolicyStore, StoredPolicy
 from gateway.sla_policy import escalations_due
 from gateway.tickets import Tickets
@@ -96,34 +97,63 @@ class Sweeper:
                 if not due:
                     return None
                 ids = [i for i, _ in due]
-                locked = set(s.scalars(for_update(select(Ticket.id).where(Ticket.id.in_(ids)), s)))
+                locked = sorted(s.scalars(for_update(select(Ticket.id).where(Ticket.id.in_(ids)), s)))
                 self.result.skipped += len(ids) - len(locked)
-                tickets = Tickets(s, clock=lambda: self.now, listeners=self.app.listeners)
-                for t in s.scalars(select(Ticket).where(Ticket.id.in_(locked)).order_by(Ticket.id)):
-                    self.remind(s, tickets, t)
+                if locked:
+                    tickets = list(s.scalars(select(Ticket).where(Ticket.id.in_(locked)).order_by(Ticket.id)
+                                             .execution_options(populate_existing=True)))
+                    # the listeners' per-ticket reads, loaded for the page at once: the clocks (identity map)
+                    # and the recorded escalations (a per-transaction cache the listener consults)
+                    clocks = list(s.scalars(select(SlaClock).where(SlaClock.ticket_id.in_(locked))
+                                            .execution_options(populate_existing=True)))  # held: weak map
+                    preload_recorded(s, locked)
+                    try:
+                        self.remind_page(s, Tickets(s, clock=lambda: self.now, listeners=self.app.listeners),
+                                         tickets)
+                    finally:
+                        forget_recorded(s)
+                    del clocks
                 return due[-1][1], due[-1][0]
         return self._page(work)
 
-    def remind(self, s: Session, tickets: Tickets, t: Ticket) -> None:
-        if t.status != "pending" or t.remind_at is None or t.remind_at > self.now:
-            self.result.skipped += 1  # done meanwhile by someone else
+    def remind_page(self, s: Session, tickets: Tickets, page: list[Ticket]) -> None:
+        """Claim every due reminder of the page with one multi-row INSERT ... ON CONFLICT DO NOTHING, put
+        each ticket back to open through Tickets.change (the listeners run as for any change), then queue
+        the reminder mails of the claims this transaction won, all at once."""
+        todo: list[tuple[Ticket, datetime, list[str]]] = []
+        for t in page:
+            if t.status != "pending" or t.remind_at is None or t.remind_at > self.now:
+                self.result.skipped += 1  # done meanwhile by someone else
+                continue
+            todo.append((t, t.remind_at, self.mailer.reminder_recipients(s, t)))
+        if not todo:
             return
-        remind_at = t.remind_at
-        recipients = self.mailer.reminder_recipients(s, t)
-        claim = insert_ignore(s, SlaEscalation.__table__, dict(
+        claimed = {tid: cid for cid, tid, _ in insert_many_ignore(s, SlaEscalation.__table__, [dict(
             ticket_id=t.id, kind=st.REMINDER, deadline=remind_at, due_at=remind_at, sent_at=self.now,
-            recipients=recipients, suppressed=not recipients), ["ticket_id", "kind", "deadline"])
-        tickets.change(t, status="open")  # listeners: SLA resumes, remind_at cleared, notifications
-        if claim is None:
-            self.result.skipped += 1
-            return
-        if recipients:
-            ref = self.mailer.send(s, t, st.REMINDER, recipients, deadline=remind_at, due_at=remind_at,
-                                   now=self.now)
-            self._set_ref(s, claim, ref)
-        self.result.reminders.append((t.number, recipients))
-        log.info("ticket #%s: pending reminder due %s -> open; mailed %s", t.number, remind_at.isoformat(),
-                 ", ".join(recipients) or "nobody (no assignee, no group address)")
+            recipients=recipients, suppressed=not recipients, outbox_ref=None)
+            for t, remind_at, recipients in todo], ["ticket_id", "kind", "deadline"])}
+        for t, remind_at, _ in todo:
+            if t.id in claimed:
+                note_recorded(s, t.id, st.REMINDER, remind_at)
+        for t, _, _ in todo:
+            tickets.change(t, status="open")  # listeners: SLA resumes, remind_at cleared, notifications
+        mails = [(t, remind_at, recipients) for t, remind_at, recipients in todo if t.id in claimed and recipients]
+        batches = self.mailer.send_many(s, [(t, st.REMINDER, recipients, remind_at, remind_at, None)
+                                            for t, remind_at, recipients in mails], now=self.now)
+        refs = [{"id": claimed[t.id], "outbox_ref": ref[:64]} for (t, _, _), ref in zip(mails, batches) if ref]
+        if refs:
+            s.execute(update(SlaEscalation), refs)
+        for t, remind_at, recipients in todo:
+            if t.id not in claimed:
+                self.result.skipped += 1
+                continue
+            self.result.reminders.append((t.number, recipients))
+            log.info("ticket #%s: pending reminder due %s -> open; mailed %s", t.number, remind_at.isoformat(),
+                     ", ".join(recipients) or "nobody (no assignee, no group address)")
+
+    def remind(self, s: Session, tickets: Tickets, t: Ticket) -> None:
+        """One ticket's reminder (remind_page for a page of one)."""
+        self.remind_page(s, tickets, [t])
 
     # Escalations -----------------------------------------------------------------------------------------
     def due_clocks(self, s: Session, after: tuple[datetime, int] | None) -> list[tuple[int, datetime]]:
@@ -191,6 +221,7 @@ class Sweeper:
             return
         claimed = insert_many_ignore(s, SlaEscalation.__table__, rows, ["ticket_id", "kind", "deadline"])
         refs = []
+        to_send: list[tuple[int, tuple[Ticket, str, list[str], datetime, datetime, StoredPolicy | None]]] = []
         for claim_id, ticket_id, kind in claimed:
             planned = mails.get((ticket_id, kind))
             if planned is None:  # a suppressed warning under its breach
@@ -202,14 +233,15 @@ class Sweeper:
                 log.warning("ticket #%s: %s due but nobody to tell (no assignee, group address or "
                             "escalation address)", t.number, kind)
                 continue
-            ref = self.mailer.send(s, t, kind, recipients, deadline=deadline, due_at=esc.at, now=self.now,
-                                   policy=stored)
-            if ref:
-                refs.append({"id": claim_id, "outbox_ref": ref[:64]})
+            to_send.append((claim_id, (t, kind, recipients, deadline, esc.at, stored)))
             self.result.escalations.append((t.number, kind, recipients))
             log.info("ticket #%s: %s (due %s) mailed to %s", t.number, kind, deadline.isoformat(),
                      ", ".join(recipients))
-        self.result.skipped += sum(1 for key in mails if key not in {(c[1], c[2]) for c in claimed})
+        # every mail of the page queued at once (cheap rows, one multi-row insert; rendered at delivery)
+        batches = self.mailer.send_many(s, [item for _, item in to_send], now=self.now)
+        refs = [{"id": claim_id, "outbox_ref": ref[:64]} for (claim_id, _), ref in zip(to_send, batches) if ref]
+        got = {(c[1], c[2]) for c in claimed}
+        self.result.skipped += sum(1 for key in mails if key not in got)
         if refs:
             s.execute(update(SlaEscalation), refs)
 

@@ -242,3 +242,32 @@ def test_header_expectations(folder: str, name: str, what: str) -> None:
         assert pm.to[0][1] == e
     else:  # pragma: no cover
         raise AssertionError(what)
+
+
+# ------------------------------------------------------------------ large-body fast path == full stdlib parse
+
+
+def _fields(pm: ParsedMail) -> tuple:
+    return (pm.message_id, pm.in_reply_to, pm.references, pm.subject, pm.from_addr, pm.from_name, pm.from_problem,
+            pm.reply_to, pm.to, pm.cc, pm.date, pm.text, pm.html,
+            [(a.filename, a.content_type, a.data, a.content_id, a.inline) for a in pm.attachments], pm.defects)
+
+
+@pytest.mark.parametrize(
+    "folder, path", ALL_FILES, ids=[f"{f}/{p.relative_to(CORPUS / f)}" for f, p in ALL_FILES]
+)
+def test_fast_path_same_as_full_parse(folder: str, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every leaf body with a Content-Type counted as large (text ones too: they get their payload back):
+    the result must equal the plain full parse exactly, or the mail falls back to it."""
+    from gateway import mime
+
+    monkeypatch.setattr(mime, "_TEXT_CT", re.compile(rb"(?!)"))
+    raw = path.read_bytes()
+    args = {"max_depth": 50, "max_parts": 1000, "max_header_bytes": 1_000_000}
+    try:
+        slow = _fields(mime._parse(raw, big_min=None, **args))
+    except MailParseError as exc:
+        with pytest.raises(MailParseError, match=re.escape(exc.reason)):
+            mime._parse(raw, big_min=1, **args)
+        return
+    assert _fields(mime._parse(raw, big_min=1, **args)) == slow

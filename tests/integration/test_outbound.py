@@ -557,3 +557,89 @@ def test_maildir_is_the_default(make_app, tmp_path):  # type: ignore[no-untyped-
     box = mailbox.Maildir(str(app.config.data_dir / "outbox-maildir"), create=False)
     msgs = list(box)
     assert len(msgs) == 1 and "[#1]" in msgs[0]["Subject"] and msgs[0]["X-Original-To"] == "alice@customer.example"
+
+
+# Queue cheap, build at delivery ------------------------------------------------------------------------------
+def test_rows_are_queued_unbuilt_and_built_once_on_first_claim(make_app, sink, clock):  # type: ignore[no-untyped-def]
+    """The ingest transaction writes small rows (Message-ID and reply token fixed); the delivery round
+    renders them, stores the bytes before sending, and an at-least-once resend sends those same bytes."""
+    from sqlalchemy import update
+
+    from gateway.outbound.sender import build_claimed, claim
+
+    app = make_app(outbound=relay(sink.port, lease_seconds=60))
+    add_staff(app)
+    ingest(app, make_mail())
+    with app.sessions() as s:
+        rows = list(s.execute(select(OutboxMail.id, OutboxMail.raw, OutboxMail.subject, OutboxMail.message_id,
+                                     OutboxMail.token, OutboxMail.params).order_by(OutboxMail.id)))
+    assert len(rows) == 2 and all(r.raw is None and r.subject == "" and r.message_id for r in rows)
+    assert rows[0].token and rows[0].params["ticket"]["status"] == "open"
+    # a sender claims and builds, then dies before sending (nothing recorded, the lease runs out)
+    token, ids = claim(app, clock(), 10)
+    ready, failed = build_claimed(app, token, ids)
+    assert failed == [] and sorted(ready) == sorted(r.id for r in rows)
+    stored = {i: raw for i, (_, _, raw) in ready.items()}
+    with app.sessions() as s:
+        assert all(s.get(OutboxMail, i).raw == stored[i] for i in ids)
+        assert all("[#1]" in s.get(OutboxMail, i).subject for i in ids)
+    # the ticket changes meanwhile: the resend is still byte for byte what was built
+    with app.sessions() as s, s.begin():
+        s.execute(update(Ticket).values(subject="Something else entirely"))
+    clock.advance(seconds=61)
+    assert deliver_due(app).sent == 2
+    assert sorted(m.data for m in sink.received) == sorted(stored.values())
+    ack = for_rcpt(sink, "alice@customer.example")[0]
+    assert str(ack["Message-ID"]).strip("<>") == rows[0].message_id
+
+
+def test_a_row_that_cannot_be_built_fails_with_the_reason(make_app, sink, tmp_path):  # type: ignore[no-untyped-def]
+    """A template broken after the start (the check passed) fails its rows at delivery, visibly; the round
+    goes on with the other rows and a fixed template plus `outbox retry` sends it."""
+    from gateway.outbound.sender import retry
+
+    d = tmp_path / "tpl"
+    d.mkdir()
+    (d / "staff_new_ticket.txt.j2").write_text("New ticket {{ ticket.tag }}\n")
+    app = make_app(outbound=relay(sink.port), notifications={"template_dir": str(d)})
+    add_staff(app)
+    ingest(app, make_mail())
+    (d / "staff_new_ticket.txt.j2").write_text("New ticket {{ ticket.tagg }}\n")
+    app.listeners[-1].templates._cache.clear()  # as a freshly started process would read it
+    c = deliver_due(app)
+    assert (c.sent, c.failed) == (1, 1)
+    assert to_whom(sink) == ["alice@customer.example"]
+    bad = outbox(app, event="staff_new_ticket")[0]
+    assert bad.status == "failed" and "staff_new_ticket.txt.j2" in bad.last_error and "tagg" in bad.last_error
+    assert deliver_due(app).claimed == 0  # failed rows stay failed
+    (d / "staff_new_ticket.txt.j2").write_text("New ticket {{ ticket.tag }}\n")
+    app.listeners[-1].templates._cache.clear()
+    retry(app, bad.id)
+    assert deliver_due(app).sent == 1
+    assert for_rcpt(sink, "bob@example.com")[0].get_body(("plain",)).get_content().startswith("New ticket [#1]")
+
+
+def test_template_check_stamp(make_app, tmp_path):  # type: ignore[no-untyped-def]
+    """The full sample render runs when the template sources changed since the last successful check (and
+    always when forced: serve, outbox flush, check-config); otherwise a start only hashes the sources."""
+    from gateway.config import ConfigError
+    from gateway.outbound import STAMP_FILE, check_app_templates, check_templates, notifier_of
+
+    d = tmp_path / "tpl"
+    d.mkdir()
+    (d / "comment.txt.j2").write_text("{{ comment.body }}\n")
+    app = make_app(notifications={"template_dir": str(d)})
+    stamp = app.config.data_dir / STAMP_FILE
+    assert notifier_of(app).templates.checked and stamp.is_file()
+    again = make_app(notifications={"template_dir": str(d)})
+    assert not notifier_of(again).templates.checked  # same sources: not rendered at this start
+    check_app_templates(again)  # forced (serve, outbox flush)
+    assert notifier_of(again).templates.checked
+    (d / "sla_response_breach.txt.j2").write_text("{{ sla.deadlin }}\n")  # an SLA template is checked too
+    with pytest.raises(ConfigError, match="sla_response_breach"):
+        make_app(notifications={"template_dir": str(d)})
+    with pytest.raises(ConfigError, match="sla_response_breach"):
+        check_templates(app.config)
+    (d / "sla_response_breach.txt.j2").unlink()
+    make_app(notifications={"template_dir": str(d)})
+    assert not notifier_of(make_app(notifications={"template_dir": str(d)})).templates.checked

@@ -227,3 +227,49 @@ def test_config_seed(make_app, clock):  # type: ignore[no-untyped-def]
     new_ticket(app2, priority="high")
     with app2.sessions() as s:
         assert [r.name for r in PolicyStore(s, app2.clock).rows()] == ["rest"]
+
+
+def test_a_page_of_reminders_with_recorded_escalations(sla_app, clock):  # type: ignore[no-untyped-def]
+    """Several reminders in one sweep page (claims, changes and mails batched): each ticket resumes with its
+    recorded warning moved along with its deadline (never mailed twice), and the reminder mails, queued
+    unrendered, are built at delivery with the sweep's figures and the ticket as it was (open)."""
+    import email
+    from email import policy
+
+    from gateway.outbound import flush
+
+    warned = new_ticket(sla_app, priority="critical", assignee="bob@example.com", subject="warned")
+    clock.advance(minutes=25)
+    assert [k for _, k, _ in sweep(sla_app).escalations] == ["response_warning"]
+    change(sla_app, warned, status="pending", remind_at=clock.now + timedelta(hours=1))
+    others = [new_ticket(sla_app, priority="low", group="l1", subject=f"other {i}") for i in range(5)]
+    for n in others:
+        change(sla_app, n, status="pending", remind_at=clock.now + timedelta(minutes=30))
+    before_due = ticket(sla_app, warned)["response_due"]
+    clock.advance(hours=2)
+    r = sweep(sla_app, batch_size=100)
+    assert sorted(r.reminders) == sorted([(warned, ["bob@example.com"])] + [(n, ["l1-team@example.com"])
+                                                                            for n in others])
+    assert r.escalations == []  # the warning moved with the pushed deadline: not again
+    t = ticket(sla_app, warned)
+    assert t["status"] == "open" and t["response_due"] == before_due + timedelta(hours=2)
+    kinds = [(k, d) for _, k, d, _ in escalations(sla_app, warned)]
+    assert ("response_warning", t["response_due"]) in kinds
+    assert all(ticket(sla_app, n)["status"] == "open" for n in others)
+    assert sweep(sla_app).reminders == []
+    with sla_app.sessions() as s:
+        from sqlalchemy import select
+
+        from gateway.models import OutboxMail
+
+        rows = list(s.execute(select(OutboxMail.raw, OutboxMail.params)
+                              .where(OutboxMail.event == "sla_pending_reminder")))
+    assert len(rows) == 6 and all(raw is None and p["extra"]["sla"]["kind"] == "pending_reminder" for raw, p in rows)
+    flush(sla_app)
+    box = sla_app.config.data_dir / "outbox-maildir" / "new"
+    mails = [email.message_from_bytes(p.read_bytes(), policy=policy.default) for p in box.iterdir()]
+    reminders = [m for m in mails if "warned" in str(m["Subject"]) and "eminder" in str(m["Subject"])]
+    assert len(reminders) == 1 and f"[#{warned}]" in str(reminders[0]["Subject"])
+    # a further pass: the clock still escalates when the pushed deadline comes
+    clock.advance(minutes=10)
+    assert [k for _, k, _ in sweep(sla_app).escalations] == ["response_breach"]

@@ -317,10 +317,11 @@ def test_dot_stuffing_is_undone(serve) -> None:  # type: ignore[no-untyped-def]
 def test_store_failures_answer_451(serve, monkeypatch, error) -> None:  # type: ignore[no-untyped-def]
     r = serve()
 
-    def broken(raw: bytes, env: Any) -> int:
+    def broken(*args: Any) -> int:
         raise error
 
     monkeypatch.setattr(r.service.intake, "store", broken)
+    monkeypatch.setattr(r.service.intake, "store_many", broken)  # the service stores with group commit
     with smtplib.SMTP("127.0.0.1", r.port("smtp"), timeout=10) as s:
         s.ehlo()
         s.mail("alice@customer.example")
@@ -335,6 +336,155 @@ def test_store_failures_answer_451(serve, monkeypatch, error) -> None:  # type: 
     assert lm.data(make_mail())[0] == 451 and lm.getreply()[0] == 451
     lm.close()
     assert r.mails() == []
+
+
+def _send_concurrently(port: int, n: int, lmtp: bool = False) -> list[tuple[int, bytes]]:
+    """n clients at once, one mail each: their DATA replies."""
+    out: list[tuple[int, bytes]] = [(0, b"")] * n
+    go = threading.Barrier(n)
+
+    def client(i: int) -> None:
+        with (smtplib.LMTP if lmtp else smtplib.SMTP)("127.0.0.1", port, timeout=20) as s:
+            s.ehlo()
+            s.mail(f"c{i}@customer.example")
+            s.rcpt("support@example.com")
+            go.wait()
+            out[i] = s.data(make_mail(subject=f"concurrent {i}", message_id=f"<gc{i}@customer.example>"))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return out
+
+
+def test_group_commit_answers_each_after_the_commit_holding_its_mail(serve, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    r = serve()
+    intake = r.service.intake
+    real = intake.store_many
+    batches: list[list[int]] = []
+
+    def slow_store_many(items: list[Any]) -> list[int]:
+        time.sleep(0.3)  # DATA completions arriving meanwhile wait for the next batch
+        ids = real(items)
+        batches.append(ids)
+        return ids
+
+    monkeypatch.setattr(intake, "store_many", slow_store_many)
+    monkeypatch.setattr(r.service.group_commit, "parallel", 1)  # PostgreSQL runs a few batches at once
+    replies = _send_concurrently(r.port("smtp"), 8)
+    assert [c for c, _ in replies] == [250] * 8, replies
+    assert len(batches) < 8 and max(len(b) for b in batches) > 1, batches  # grouped
+    # every client was told the id of its own mail, and that mail is its own
+    stored = {m.id: (m.message_id or "").strip("<>") for m in r.mails()}  # threading drops the <>
+    for i, (_, msg) in enumerate(replies):
+        mail_id = int(msg.rsplit(b" ", 1)[1])
+        assert stored[mail_id] == f"gc{i}@customer.example"
+    assert sorted(stored) == sorted(i for b in batches for i in b)
+    assert len(r.wait_processed(8)) == 8 and r.tickets() == 8
+
+
+def test_group_commit_failure_answers_451_to_the_whole_batch(serve, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    r = serve()
+    intake = r.service.intake
+    real = intake.store_many
+    calls: list[int] = []
+
+    def flaky(items: list[Any]) -> list[int]:
+        calls.append(len(items))
+        time.sleep(0.3)
+        if len(calls) == 2:  # the second batch (the mails that arrived during the first) fails: all or none
+            raise StoreUnavailable("disk full")
+        return real(items)
+
+    monkeypatch.setattr(intake, "store_many", flaky)
+    monkeypatch.setattr(r.service.group_commit, "parallel", 1)
+    replies = _send_concurrently(r.port("lmtp"), 6, lmtp=True)
+    codes = [c for c, _ in replies]
+    assert len(calls) >= 2 and calls[1] > 1, calls
+    assert codes.count(451) == calls[1] and codes.count(250) == 6 - calls[1], (codes, calls)
+    assert all(msg[:5] == b"4.3.0" for c, msg in replies if c == 451)
+    # the mails of the failed batch were not stored; the others were, once
+    assert len(r.wait_processed(6 - calls[1])) == 6 - calls[1]
+
+
+def test_write_gate_stores_first_but_threading_gets_every_other_turn() -> None:
+    from gateway.service import WriteGate
+
+    gate = WriteGate(True)
+    order: list[str] = []
+
+    def waiter(name: str, urgent: bool) -> threading.Thread:
+        def run() -> None:
+            with gate.hold(urgent):
+                order.append(name)
+                time.sleep(0.05)
+        t = threading.Thread(target=run)
+        t.start()
+        return t
+
+    def until(cond: Any) -> None:
+        end = time.monotonic() + 5
+        while not cond():
+            assert time.monotonic() < end
+            time.sleep(0.005)
+
+    # a threading transaction holds the gate: the store waiting goes before the other threading work
+    with gate.hold(False):
+        threads = [waiter("thread-1", False)]
+        until(lambda: gate._other == 1)
+        threads.append(waiter("store-1", True))
+        until(lambda: gate._urgent == 1)
+    until(lambda: len(order) == 2)
+    # a store batch holds the gate: the threading transaction waiting goes before the next store batch
+    with gate.hold(True):
+        threads.append(waiter("thread-2", False))
+        until(lambda: gate._other == 1)
+        threads.append(waiter("store-2", True))
+        until(lambda: gate._urgent == 1)
+    for t in threads:
+        t.join(5)
+    assert order == ["store-1", "thread-1", "thread-2", "store-2"]
+
+
+def test_threading_keeps_pace_with_mail_arriving_steadily(serve) -> None:  # type: ignore[no-untyped-def]
+    """Mail arriving all the time, but slowly enough: threading does not wait for a pause (it used to wait
+    up to serve.defer_seconds for every mail)."""
+    r = serve()
+    acked: list[float] = []
+    with smtplib.SMTP("127.0.0.1", r.port("smtp"), timeout=10) as s:
+        s.ehlo()
+        for i in range(30):
+            s.mail("alice@customer.example")
+            s.rcpt("support@example.com")
+            assert s.data(make_mail(subject=f"steady {i}", message_id=f"<steady{i}@customer.example>"))[0] == 250
+            acked.append(time.monotonic())
+            time.sleep(0.08)
+        # still arriving: most of what was acknowledged more than a second ago is threaded already
+        threaded = sum(m.outcome != "received" for m in r.mails()[:20])
+    assert threaded >= 15, threaded
+    assert len(r.wait_processed(30)) == 30
+
+
+def test_threading_yields_to_a_burst(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    from gateway.service import WriteGate
+
+    svc = Service(config_for(tmp_path, sqlite_url), notifier=Notifier({}), handle_signals=False)
+    svc.gate = WriteGate(True)
+    now = time.monotonic()
+    assert svc._may_thread(now)  # no mail arriving: full speed
+    svc.ingest_busy = True
+    svc.thread_seconds = 0.015
+    svc.arrivals = 20.0  # keeping pace needs 30% of the write gate: threading takes its turns (thread_share 0.75)
+    assert svc._may_thread(now)
+    svc.arrivals = 200.0  # a burst (300% needed): arriving mail first ...
+    assert not svc._may_thread(now)
+    assert svc._may_thread(now - 31)  # ... until the mail has waited serve.defer_seconds
+    svc.arrivals = 45.0  # 67%: still a burst (it ends below 3/4 of thread_share) ...
+    assert not svc._may_thread(now)
+    svc.arrivals = 30.0  # ... now it is over
+    assert svc._may_thread(now) and svc._may_thread(now)
 
 
 def test_handler_errors_answer_451_not_500(serve, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -30,7 +30,8 @@ def upgrade() -> None:
     sa.Column('envelope_from', sa.String(length=320), nullable=False),
     sa.Column('message_id', sa.String(length=255), nullable=False),
     sa.Column('subject', sa.Text(), nullable=False),
-    sa.Column('raw', sa.LargeBinary(), nullable=False),
+    sa.Column('params', sa.JSON(), nullable=True),
+    sa.Column('raw', sa.LargeBinary(), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', gateway.models.UTCDateTime(timezone=True), nullable=True),
@@ -44,7 +45,8 @@ def upgrade() -> None:
     sa.UniqueConstraint('message_id')
     )
     op.create_index('ix_outbox_due', 'outbox', ['status', 'next_attempt_at'], unique=False)
-    op.create_index('ix_outbox_recipient', 'outbox', ['recipient', 'created_at'], unique=False)
+    op.create_index('ix_outbox_recipient', 'outbox', ['recipient', 'caused_by_mail', 'created_at', 'status'],
+                    unique=False)
     op.create_index('ix_outbox_ticket', 'outbox', ['ticket_id', 'created_at'], unique=False)
     op.create_index('ix_outbox_token', 'outbox', ['token'], unique=False)
 

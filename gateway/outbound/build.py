@@ -1,0 +1,216 @@
+"""Rendering and building queued outbox rows: the expensive half of a notification, run by the delivery round
+(gateway.outbound.sender.deliver_due) on a row's first claim, never in the transaction that queued it.
+
+What the row fixed at enqueue is used as is: the recipient, the Message-ID, the reply token (Reply-To and
+envelope sender), the Date (the row's created_at, i.e. the event's time) and the values in `params` (the
+ticket's status/priority/type/group as the event saw them, old/new values, the trigger mail, SLA figures,
+the recipient's name). What cannot change afterwards is read now: the ticket's subject and description, the
+comment, the thread (inbound Message-IDs known when the row was queued, this recipient's previous copy),
+the watchers shown in Cc (those watching when the row was queued).
+
+A row that cannot be built (a template error, the ticket gone) raises BuildError; the sender marks that row
+failed with the reason and goes on with the others.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Iterable
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from gateway.models import Comment, InboundMail, OutboxMail, Ticket, TicketMessageId
+from gateway.outbound import compose, ratelimit
+from gateway.outbound.render import context, describe_error, fmt_time
+
+if TYPE_CHECKING:
+    from gateway.outbound.notify import Outbound
+
+
+class BuildError(Exception):
+    """This row cannot be built; the message says why (shown by `outbox list`)."""
+
+
+class Builder:
+    """Builds claimed rows with caches shared by the rows of one delivery round (one ticket's 200 copies
+    load the ticket, its thread and its watchers once)."""
+
+    def __init__(self, ob: "Outbound", session: Session) -> None:
+        self.ob = ob
+        self.s = session
+        self.tickets: dict[int, Ticket | None] = {}
+        self.tctx: dict[int, dict[str, Any]] = {}
+        self.comments: dict[int, dict[str, Any] | None] = {}
+        self.inbound: dict[int, list[tuple[str, datetime]]] = {}
+        self.triggers: dict[int, str | None] = {}
+        self.cc: dict[tuple[int, datetime], tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {}
+        # (ticket, recipient) -> [(outbox id, message id)] of its non-suppressed copies (for In-Reply-To)
+        self.history: dict[tuple[int, str], list[tuple[int, str]]] = defaultdict(list)
+
+    # Loading, a chunk of rows at a time -------------------------------------------------------------------
+    def prepare(self, rows: Iterable[OutboxMail]) -> None:
+        rows = list(rows)
+        s = self.s
+        tids = sorted({r.ticket_id for r in rows if r.ticket_id is not None} - set(self.tickets))
+        if tids:
+            for t in s.scalars(select(Ticket).where(Ticket.id.in_(tids))):
+                self.tickets[t.id] = t
+            for tid in tids:
+                self.tickets.setdefault(tid, None)
+                self.inbound.setdefault(tid, [])
+            for tid, mid, at in s.execute(
+                    select(TicketMessageId.ticket_id, TicketMessageId.message_id, TicketMessageId.created_at)
+                    .where(TicketMessageId.ticket_id.in_(tids), TicketMessageId.direction == "in")
+                    .order_by(TicketMessageId.id)):
+                self.inbound[tid].append((mid, at))
+        cids = sorted({r.comment_id for r in rows if r.comment_id is not None} - set(self.comments))
+        if cids:
+            for c in s.scalars(select(Comment).where(Comment.id.in_(cids))):
+                self.comments[c.id] = self.comment_ctx(c)
+            for cid in cids:
+                self.comments.setdefault(cid, None)
+        mids = sorted({(r.params or {}).get("mail_id") for r in rows} - {None} - set(self.triggers))
+        if mids:
+            for mail_id, message_id in s.execute(select(InboundMail.id, InboundMail.message_id)
+                                                 .where(InboundMail.id.in_(mids))):
+                self.triggers[mail_id] = message_id.strip().strip("<>") if message_id else None
+            for m in mids:
+                self.triggers.setdefault(m, None)
+        self._load_history([r for r in rows if r.ticket_id is not None])
+
+    def _load_history(self, rows: list[OutboxMail]) -> None:
+        """This recipient's previous non-suppressed copy on the ticket, as of each row's enqueue: the latest
+        below the chunk's first id per (ticket, recipient), plus every copy inside the chunk's id range."""
+        if not rows:
+            return
+        tids = sorted({r.ticket_id for r in rows})
+        rcpts = sorted({r.recipient for r in rows})
+        first, last = min(r.id for r in rows), max(r.id for r in rows)
+        base = and_(OutboxMail.ticket_id.in_(tids), OutboxMail.recipient.in_(rcpts),
+                    OutboxMail.status != "suppressed")
+        below = select(func.max(OutboxMail.id)).where(base, OutboxMail.id < first).group_by(
+            OutboxMail.ticket_id, OutboxMail.recipient)
+        self.history.clear()
+        for oid, tid, rcpt, mid in self.s.execute(
+                select(OutboxMail.id, OutboxMail.ticket_id, OutboxMail.recipient, OutboxMail.message_id)
+                .where(base, or_(OutboxMail.id.in_(below), and_(OutboxMail.id >= first, OutboxMail.id <= last)))
+                .order_by(OutboxMail.id)):
+            self.history[(tid, rcpt)].append((oid, mid))
+
+    def comment_ctx(self, c: Comment) -> dict[str, Any]:
+        from markupsafe import Markup
+
+        from gateway.outbound.notify import _sanitize
+
+        return {"body": c.body or "", "html": Markup(_sanitize(c.html)),
+                "author_name": (c.author.name if c.author else "") or "",
+                "author_email": c.author_email or (c.author.email if c.author else "") or "",
+                "internal": c.internal, "created_at": fmt_time(c.created_at)}
+
+    def ticket_ctx(self, t: Ticket) -> dict[str, Any]:
+        ctx = self.tctx.get(t.id)
+        if ctx is None:
+            ctx = self.tctx[t.id] = self.ob.ticket_ctx(t)
+        return ctx
+
+    def visible(self, t: Ticket, at: datetime) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """To (the reporter) and Cc (the watchers when the row was queued) shown on every copy."""
+        key = (t.id, at)
+        hit = self.cc.get(key)
+        if hit is None:
+            ob = self.ob
+            to_vis: list[tuple[str, str]] = []
+            rep = ob.reporter_of(t)
+            if rep is not None and ob.usable(rep):
+                to_vis.append((rep.name, rep.email))
+            cc_vis = [(w.contact.name or "", w.contact.email) for w in sorted(t.watchers, key=lambda w: w.id)
+                      if (w.created_at is None or w.created_at <= at)
+                      and not ob.config.is_gateway_address(w.contact.email)
+                      and ratelimit.is_sendable_address(w.contact.email)]
+            hit = self.cc[key] = (to_vis, cc_vis)
+        return hit
+
+    # Building one row -------------------------------------------------------------------------------------
+    def build(self, row: OutboxMail) -> tuple[bytes, str]:
+        """(raw bytes, subject) of a claimed row; raises BuildError."""
+        ob = self.ob
+        p = dict(row.params or {})
+        ticket: Ticket | None = None
+        if row.ticket_id is not None:
+            ticket = self.tickets.get(row.ticket_id)
+        if ticket is None and ("ticket" in p or row.ticket_id is not None):
+            raise BuildError("cannot build the mail: its ticket no longer exists")
+        comment = None
+        if row.comment_id is not None:
+            comment = self.comments.get(row.comment_id)
+            if comment is None:
+                raise BuildError(f"cannot build the mail: comment {row.comment_id} no longer exists")
+        if ticket is not None:
+            tctx = {**self.ticket_ctx(ticket), **(p.get("ticket") or {})}
+        else:
+            from gateway.outbound.notify import _empty_ticket
+
+            tctx = _empty_ticket()
+        reply = row.envelope_from if row.token else None
+        ctx = context(event=row.event, ticket=tctx,
+                      recipient={"name": p.get("name") or "", "email": row.recipient,
+                                 "is_staff": bool(p.get("staff"))},
+                      gateway=ob.gateway_ctx(), reply_address=reply or ob.from_addr, comment=comment,
+                      changes=p.get("changes") or [], changed_by=p.get("changed_by") or "",
+                      original_subject=p.get("original_subject") or "")
+        if p.get("extra"):
+            ctx.update(p["extra"])
+        try:
+            out = ob.templates.render(row.event, ctx)
+        except Exception as e:  # noqa: BLE001 -- jinja2 raises many kinds
+            raise BuildError(f"cannot render the mail: {describe_error(e, row.event)}") from e
+        subject = out.subject
+        if ticket is not None and ob.tag(ticket).lower() not in subject.lower():
+            subject = f"{ob.tag(ticket)} {subject}"
+        name = p.get("name") or ""
+        to: list[tuple[str, str]] = []
+        cc: list[tuple[str, str]] = []
+        if ticket is not None and p.get("cc"):
+            to_vis, cc_vis = self.visible(ticket, row.created_at)
+            to = list(to_vis)
+            shown = {x[1] for x in to}
+            cc = [c for c in cc_vis if c[1] not in shown]
+        if not to:
+            to, cc = [(name, row.recipient)], [c for c in cc if c[1] != row.recipient]
+        elif row.recipient not in {x[1] for x in to + cc}:
+            to = [(name, row.recipient)] + to
+        # threading as of the enqueue: the inbound thread then, this recipient's previous copy, the trigger
+        inbound: list[str] = []
+        own: str | None = None
+        if ticket is not None:
+            inbound = [m for m, at in self.inbound.get(ticket.id, []) if at is None or at <= row.created_at]
+            for oid, mid in self.history.get((ticket.id, row.recipient), []):
+                if oid >= row.id:
+                    break
+                own = mid
+        refs = compose.references_chain(inbound)
+        if own and own not in refs:
+            refs.append(own)
+        trigger = self.triggers.get(p["mail_id"]) if p.get("mail_id") is not None else None
+        irt = trigger or own or (inbound[-1] if inbound else None)
+        when = row.created_at
+        try:
+            raw = compose.build(compose.Outgoing(
+                from_name=ob.from_name, from_addr=ob.from_addr, to=to, cc=cc, subject=subject,
+                text=out.text, html=out.html, message_id=row.message_id, date=when, reply_to=reply,
+                in_reply_to=irt, references=refs, auto_submitted=p.get("auto") or "auto-generated",
+                precedence_bulk=bool(p.get("bulk")), loop_value=ob.domain,
+                thread_topic=ticket.subject if ticket is not None else None,
+                thread_index=(compose.thread_index(ticket.created_at, f"{ob.domain}/{ticket.id}", when)
+                              if ticket is not None else None)))
+        except ValueError as e:
+            raise BuildError(f"cannot build the mail: {e}") from e
+        # later rows of this round to the same recipient thread under this copy
+        if ticket is not None:
+            hist = self.history[(ticket.id, row.recipient)]
+            if not any(oid == row.id for oid, _ in hist):
+                hist.append((row.id, row.message_id))
+                hist.sort()
+        return raw, subject
