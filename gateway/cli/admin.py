@@ -22,11 +22,21 @@ def check_config(args: argparse.Namespace, config) -> int:  # type: ignore[no-un
 
         sys.stdout.write(example_toml())
         return 0
+    from gateway.cli import EX_CONFIG
+    from gateway.config import ConfigError
+    from gateway.outbound import check_templates
+
+    try:
+        check_templates(config)  # every notification template renders with sample data (StrictUndefined)
+    except ConfigError as e:
+        print(f"ticket-gateway: configuration error: {e}", file=sys.stderr)
+        return EX_CONFIG
     print(f"config: {config.source}: OK")
     print(f"database: {_redact(config.database_url)}")
     print(f"attachments: {config.attachments_dir}")
     print(f"addresses: {', '.join(config.gateway_addresses)}")
     print(f"unknown senders: {config.gateway['unknown_senders']}")
+    print("templates: OK" if config.outbound["enabled"] else "templates: outbound mail disabled")
     return 0
 
 

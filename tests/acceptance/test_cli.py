@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import mailbox
 import subprocess
 import sys
@@ -174,3 +175,15 @@ def test_ingest_a_whole_corpus_folder_as_a_subprocess(tmp_path, corpus):
     assert all(r["outcome"] in ("ticket", "comment", "ignored", "duplicate", "rejected", "quarantined")
                for r in results)
     assert not [r for r in results if (r["reason"] or "").startswith("internal error")]
+
+
+def test_check_config_catches_a_template_with_an_unknown_variable(tmp_path):
+    tdir = tmp_path / "tpl"
+    tdir.mkdir()
+    src = next(p for p in (Path(__file__).resolve().parents[2] / "templates").glob("*.txt.j2"))
+    (tdir / src.name).write_text("Hello {{ no_such_variable_anywhere }}\n")
+    cfg = write_config(tmp_path, "sqlite:///" + str(tmp_path / "t.db"),
+                       extra=f'\n[notifications]\ntemplate_dir = "{tdir}"\n')
+    p = run_cli("check-config", config=cfg)
+    assert p.returncode == 78, (p.stdout, p.stderr)
+    assert b"no_such_variable_anywhere" in p.stderr
