@@ -99,7 +99,7 @@ def list_tickets(args: argparse.Namespace, config) -> int:  # type: ignore[no-un
     for r in rows:
         status = "reminder!" if r["sla"]["reminder_due"] else r["status"]
         print(f"#{r['number']:<6} {status:<11} {r['priority']:<8} {badge(r['sla']['state'], colour)} "
-              f"{r['reporter']['email']:<30} {r['subject'][:60]}")
+              f"{(r['sender'] or r['reporter']['email']):<30} {r['subject'][:60]}")
     if not rows:
         print("no tickets")
     return 0
@@ -195,6 +195,8 @@ def show_ticket(args: argparse.Namespace, config) -> int:  # type: ignore[no-unt
         return 0
     print(f"#{d['number']} {d['subject']}")
     print(f"  status {d['status']}, priority {d['priority']}, type {d['type']}")
+    if d["sender"] and d["sender"] != d["reporter"]["email"]:
+        print(f"  from {d['sender']} (not a registered contact)")
     print(f"  reporter {d['reporter']['name']} <{d['reporter']['email']}>"
           + (f", organisation {d['organisation']}" if d["organisation"] else ""))
     if d["assignee"] or d["group"]:
