@@ -86,6 +86,14 @@ class Sweeper:
             self._policies = {p.name: p for p in PolicyStore(s, self.app.clock).policies()}
         return self._policies
 
+    def lock_page(self, s: Session, due: list[tuple[int, datetime]]) -> list[int]:
+        """Lock the page's tickets (SKIP LOCKED on PostgreSQL; another sweeper has the rest), in the lock
+        order of a ticket change (ticket row, then its clock), so there is no deadlock with listeners."""
+        ids = [i for i, _ in due]
+        locked = sorted(s.scalars(for_update(select(Ticket.id).where(Ticket.id.in_(ids)), s)))
+        self.result.skipped += len(ids) - len(locked)
+        return locked
+
     # Pending reminders -----------------------------------------------------------------------------------
     def due_reminders(self, s: Session, after: tuple[datetime, int] | None) -> list[tuple[int, datetime]]:
         return [(i, r) for i, r in s.execute(due_reminders_query(self.now, self.batch, after))]
@@ -96,9 +104,7 @@ class Sweeper:
                 due = self.due_reminders(s, after)
                 if not due:
                     return None
-                ids = [i for i, _ in due]
-                locked = sorted(s.scalars(for_update(select(Ticket.id).where(Ticket.id.in_(ids)), s)))
-                self.result.skipped += len(ids) - len(locked)
+                locked = self.lock_page(s, due)
                 if locked:
                     tickets = list(s.scalars(select(Ticket).where(Ticket.id.in_(locked)).order_by(Ticket.id)
                                              .execution_options(populate_existing=True)))
@@ -165,10 +171,7 @@ class Sweeper:
                 due = self.due_clocks(s, after)
                 if not due:
                     return None
-                ids = [i for i, _ in due]
-                # lock order as in a ticket change (ticket row, then its clock): no deadlock with listeners
-                locked = sorted(s.scalars(for_update(select(Ticket.id).where(Ticket.id.in_(ids)), s)))
-                self.result.skipped += len(ids) - len(locked)
+                locked = self.lock_page(s, due)
                 if locked:
                     clocks = {c.ticket_id: c for c in s.scalars(select(SlaClock).where(
                         SlaClock.ticket_id.in_(locked)).execution_options(populate_existing=True))}
