@@ -59,6 +59,7 @@ BODY = b"BODY[]"
 MAX_BATCH_BYTES = 32 * 1024 * 1024  # a batch's fetch stops growing at this many bytes (one big mail alone)
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 300.0
+THREAD_CHUNK = 100  # mails threaded between two records of their outcomes
 STOP_CHECK = 1.0  # how often a blocking wait looks at the stop event, in seconds
 
 
@@ -137,7 +138,9 @@ class PollResult:
     quarantined: int = 0     # moved to the quarantine folder (pipeline quarantine, or over the size limit)
     oversize: int = 0        # over limits.max_message_size: not fetched, moved to quarantine
     deferred: int = 0        # left in place: the database was unavailable
-    failed: int = 0          # left in place: an unexpected error (logged); tried again on the next drain
+    failed: int = 0          # an unexpected error (logged): left in place, or not threaded; tried again later
+    threaded: int = 0        # stored mails threaded in this drain (also ones stored by an earlier drain)
+    postponed: int = 0       # stored and moved, threading postponed (store unavailable, stopping)
     outcomes: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -148,7 +151,7 @@ class PollResult:
         return {"account": self.account, "uidvalidity": self.uidvalidity, "found": self.found,
                 "fetched": self.fetched, "stored": self.stored, "known": self.known, "moved": self.moved,
                 "quarantined": self.quarantined, "oversize": self.oversize, "deferred": self.deferred,
-                "failed": self.failed,
+                "failed": self.failed, "threaded": self.threaded, "postponed": self.postponed,
                 "outcomes": dict(self.outcomes)}
 
 
@@ -181,6 +184,10 @@ class ImapPoller:
         self.use_move: bool | None = None  # None: MOVE when the server has it; tests force False
         # test hook: called after a batch was stored and recorded, before it is moved; raising simulates a crash
         self.before_move: Any = None
+        # None: thread after the move when possible (see `decoupled`); tests force True/False
+        self.thread_after_move: bool | None = None
+        self._moved_here: set[int] = set()  # mail ids moved to processed_folder in the current drain
+        self._failed_here: set[int] = set()  # mail ids whose threading failed in the current drain (not retried)
         # what the service loop is doing: new | connecting | draining | waiting | idling | backoff | stopped
         self.state = "new"
         self.idling = threading.Event()  # set while the loop waits in IDLE (tests wait for it)
@@ -268,10 +275,13 @@ class ImapPoller:
             if not was_connected:
                 self.disconnect()
 
-    def drain(self) -> PollResult:
-        """Process every message in the folder, in batches, until it is empty (or the store is down)."""
+    def drain(self, *, thread: bool = True) -> PollResult:
+        """Take every message out of the folder, in batches, until it is empty (or the store is down); then
+        (thread=True) thread what was stored and file the quarantined mail (see `thread_stored`)."""
         assert self.client is not None
         total = PollResult(self.account.name)
+        self._moved_here = set()
+        self._failed_here = set()
         tried: set[int] = set()
         uidvalidity: int | None = None
         while True:
@@ -291,13 +301,36 @@ class ImapPoller:
                 self._drain_uids(uidvalidity, uids, total)
             except (Deferred, Stopped):
                 break
+            if thread and self.decoupled:
+                # thread this pass's mail before looking again: a steady stream cannot starve threading
+                if not self.thread_stored(total):
+                    thread = False  # the store is down or we are stopping: the next drain threads the rest
             # new mail may have arrived meanwhile: look again (messages tried in this drain are not retried)
+        if thread and self.decoupled and not total.deferred and not self._stopping():
+            self.thread_stored(total)  # mail stored by an earlier drain that did not get to thread it
         if total.deferred:
             self.log.warning("database unavailable: %d message(s) left in %r for later", total.deferred,
                              self.account.folder)
-        elif total.fetched or total.known or total.oversize:
+        elif total.fetched or total.known or total.oversize or total.threaded:
             self.log.info("drained %r: %s", self.account.folder, total.as_dict())
         return total
+
+    def _stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    @property
+    def decoupled(self) -> bool:
+        """Store + move first, thread after the move (the fast path). Needs the moved message's new UID
+        (UIDPLUS COPYUID) only when a quarantined mail must be refiled from processed_folder to
+        quarantine_folder; without UIDPLUS the poller threads before it moves (the slow path)."""
+        if self.thread_after_move is not None:
+            return self.thread_after_move
+        return not self._needs_refile or b"UIDPLUS" in self.capabilities
+
+    @property
+    def _needs_refile(self) -> bool:
+        a = self.account
+        return bool(a.processed_folder and a.quarantine_folder and a.quarantine_folder != a.processed_folder)
 
     def _drain_uids(self, uidvalidity: int, uids: list[int], result: PollResult) -> None:
         left_before = result.moved + result.quarantined
@@ -324,14 +357,20 @@ class ImapPoller:
         todo: list[int] = []
         to_processed: list[int] = []
         to_quarantine: list[int] = []
+        decoupled = self.decoupled
+        to_file: dict[int, int] = {}  # decoupled: stored before, not threaded yet: uid -> mail id
         for uid in chunk:
             if uid not in sizes:  # expunged meanwhile
                 continue
             row = known.get(uid)
-            if row is not None and row.state in ("processed", "moved"):
+            if row is not None and (row.state in ("processed", "moved") or (row.outcome and row.mail_id)):
                 # stored and threaded before; the move did not happen (crash, error): only move it now
                 result.known += 1
                 (to_quarantine if row.outcome == "quarantined" else to_processed).append(uid)
+            elif decoupled and row is not None and row.mail_id is not None:
+                # committed before (crash, error before the move): moved with the next batch, never refetched
+                result.known += 1
+                to_file[uid] = row.mail_id
             elif sizes[uid] > self.max_size:
                 self.log.warning("uid %s is %d bytes, over limits.max_message_size: moved to %r unfetched",
                                  uid, sizes[uid], a.quarantine_folder)
@@ -340,8 +379,220 @@ class ImapPoller:
             else:
                 todo.append(uid)
         self._move_batch(uidvalidity, to_processed, to_quarantine, result)
+        if not decoupled:
+            for batch in _batches(todo, sizes, max(a.batch_size, 1), MAX_BATCH_BYTES):
+                self._handle_batch(uidvalidity, batch, known, result)
+            return
+        if to_file:
+            self._store_and_file(uidvalidity, [], to_file, result)
         for batch in _batches(todo, sizes, max(a.batch_size, 1), MAX_BATCH_BYTES):
-            self._handle_batch(uidvalidity, batch, known, result)
+            self._store_and_file(uidvalidity, batch, {}, result)
+            if self._stopping():
+                raise Stopped()
+
+    # The fast path: store, move, thread later -------------------------------------------------------------
+    def _store_and_file(self, uidvalidity: int, batch: list[int], stored: dict[int, int],
+                        result: PollResult) -> None:
+        """Fetch a batch, store its mails in one transaction (one commit), record their keys (state
+        `stored`), and only then move the whole batch to processed_folder with one UID MOVE of the UID set.
+        `stored` (uid -> mail id) are messages committed earlier: moved with the batch, not fetched again.
+        Threading follows later (`thread_stored`), from the stored mail."""
+        assert self.client is not None
+        mail_ids: dict[int, int] = dict(stored)
+        fresh: list[tuple[int, bytes]] = []
+        if batch:
+            data = self.client.fetch(batch, ["BODY.PEEK[]"])
+            for uid in batch:
+                item = data.get(uid)
+                raw = item.pop(BODY, None) if item else None
+                if raw is None:  # expunged meanwhile
+                    continue
+                result.fetched += 1
+                fresh.append((uid, raw))
+            del data
+        if fresh:
+            try:
+                ids = self.intake.store_many([(raw, self._envelope(uidvalidity, uid)) for uid, raw in fresh])
+            except Exception as e:
+                if isinstance(e, StoreUnavailable) or is_unavailable(e):
+                    raise Deferred() from e  # nothing was stored: everything stays in the folder
+                raise
+            result.stored += len(ids)
+            new = {uid: mail_id for (uid, _), mail_id in zip(fresh, ids)}
+            del fresh
+            try:
+                self._record(uidvalidity, [], sorted(new.items()))
+            except Exception as e:
+                if not is_unavailable(e):
+                    raise
+                # committed but not recorded: it stays; the next drain stores it again (the core dedupes)
+                self.log.warning("could not record IMAP state (%s); %d message(s) stay for the next poll", e,
+                                 len(new))
+                raise Deferred() from e
+            mail_ids.update(new)
+        if not mail_ids:
+            return
+        uids = sorted(mail_ids)
+        if self.before_move is not None:
+            self.before_move(uids)
+        a = self.account
+        dest = self._move(uids, a.processed_folder, track=self._needs_refile)
+        result.moved += len(uids)
+        self._moved_here.update(mail_ids.values())
+        self._mark_filed(uidvalidity, mail_ids, dest)
+
+    def _mark_filed(self, uidvalidity: int, mail_ids: Mapping[int, int], dest: Mapping[int, tuple[int, int]]) -> None:
+        """After the move: the source keys are `moved`; each message's new key in processed_folder (when the
+        server told it, UIDPLUS) is recorded as `filed`, so that a quarantined mail can be refiled later."""
+        a = self.account
+        now = self.app.clock()
+        to = a.processed_folder or None
+
+        def write() -> None:
+            with transaction(self.app.sessions) as s:
+                for r in s.scalars(select(ImapSeen).where(
+                        ImapSeen.account == a.name, ImapSeen.folder == a.folder,
+                        ImapSeen.uidvalidity == uidvalidity, ImapSeen.uid.in_(list(mail_ids)))):
+                    r.state, r.moved_to, r.updated_at = "moved", to, now
+                if dest:
+                    old = {(r.uidvalidity, r.uid): r for r in s.scalars(select(ImapSeen).where(
+                        ImapSeen.account == a.name, ImapSeen.folder == a.processed_folder,
+                        tuple_(ImapSeen.uidvalidity, ImapSeen.uid).in_(list(dest.values()))))}
+                    for uid, key in dest.items():
+                        r = old.get(key)
+                        if r is None:
+                            s.add(ImapSeen(account=a.name, folder=a.processed_folder, uidvalidity=key[0],
+                                           uid=key[1], mail_id=mail_ids[uid], state="filed", outcome=None,
+                                           created_at=now, updated_at=now))
+                        else:  # a stale row (the folder was recreated with the same UIDVALIDITY)
+                            r.mail_id, r.state, r.outcome, r.moved_to, r.updated_at = (mail_ids[uid], "filed",
+                                                                                       None, None, now)
+
+        try:
+            retry_on_conflict(write)
+        except Exception as e:  # noqa: BLE001 -- the messages left the folder; they are stored and get threaded
+            if not is_unavailable(e):
+                raise
+            self.log.warning("could not mark %d message(s) as moved: %s", len(mail_ids), e)
+
+    def thread_stored(self, result: PollResult) -> bool:
+        """Thread (Intake.process, in the order they were stored) every mail this account stored and has not
+        seen threaded yet, record the outcomes, and move the quarantined ones from processed_folder to
+        quarantine_folder. Returns False when it stopped early (store unavailable, stop requested): the rest
+        waits for the next drain (or the service's sweep; processing is idempotent)."""
+        a = self.account
+        complete = True
+        last = 0
+        while complete:
+            with self.app.sessions() as s:
+                rows = list(s.execute(select(ImapSeen.id, ImapSeen.mail_id, ImapSeen.state, ImapSeen.moved_to)
+                                      .where(ImapSeen.account == a.name, ImapSeen.folder == a.folder,
+                                             ImapSeen.outcome.is_(None), ImapSeen.mail_id.is_not(None),
+                                             ImapSeen.mail_id > last)
+                                      .order_by(ImapSeen.mail_id).limit(THREAD_CHUNK)))
+            if not rows:
+                break
+            last = rows[-1].mail_id
+            done: list[tuple[Any, str]] = []
+            for row in rows:
+                if row.mail_id in self._failed_here:
+                    continue
+                if self._stopping():
+                    complete = False
+                    break
+                try:
+                    res = self.intake.process(row.mail_id)
+                except Exception as e:  # noqa: BLE001
+                    if isinstance(e, StoreUnavailable) or is_unavailable(e):
+                        self.log.warning("database unavailable while threading (%s); the rest is threaded later",
+                                         e)
+                        complete = False
+                        break
+                    self.log.exception("mail %s: could not be threaded; tried again on the next drain",
+                                       row.mail_id)
+                    result.failed += 1
+                    self._failed_here.add(row.mail_id)
+                    continue
+                result.threaded += 1
+                result.outcomes[res.outcome] += 1
+                done.append((row, res.outcome))
+            if not complete:
+                result.postponed += len(rows) - len(done)
+            self._settle(done, result)
+        return complete
+
+    def _settle(self, done: list[tuple[Any, str]], result: PollResult) -> None:
+        """Record the outcomes of threaded mails; refile the quarantined ones that sit in processed_folder."""
+        if not done:
+            return
+        a = self.account
+        now = self.app.clock()
+        refile: dict[int, tuple[int, int]] = {}  # mail id -> its key in processed_folder
+        quarantined = {row.mail_id for row, outcome in done if outcome == "quarantined"}
+        if quarantined and self._needs_refile:
+            with self.app.sessions() as s:
+                for r in s.execute(select(ImapSeen.mail_id, ImapSeen.uidvalidity, ImapSeen.uid).where(
+                        ImapSeen.account == a.name, ImapSeen.folder == a.processed_folder,
+                        ImapSeen.state == "filed", ImapSeen.mail_id.in_(list(quarantined)))):
+                    refile[r.mail_id] = (r.uidvalidity, r.uid)
+        refiled = self._refile(refile) if refile else set()
+        for mail_id in refiled:
+            result.quarantined += 1
+            if mail_id in self._moved_here:
+                result.moved -= 1
+        for mail_id in {row.mail_id for row, o in done if o == "quarantined" and row.state == "moved"
+                        and row.moved_to == a.processed_folder and self._needs_refile} - set(refile):
+            self.log.warning("mail %s was quarantined but its place in %r is unknown: it stays there", mail_id,
+                             a.processed_folder)
+        outcome_of = {row.mail_id: outcome for row, outcome in done}
+
+        def write() -> None:
+            with transaction(self.app.sessions) as s:
+                for r in s.scalars(select(ImapSeen).where(
+                        ImapSeen.account == a.name, ImapSeen.mail_id.in_(list(outcome_of)),
+                        ImapSeen.folder.in_([a.folder, a.processed_folder]))):
+                    if r.folder == a.folder and r.outcome is None:
+                        r.outcome = outcome_of[r.mail_id]
+                        if r.mail_id in refiled:
+                            r.moved_to = a.quarantine_folder
+                        # state `stored`: still in the folder (not moved yet); the drain moves it by its outcome
+                        r.updated_at = now
+                    elif r.folder == a.processed_folder and r.state == "filed":
+                        r.outcome = outcome_of[r.mail_id]
+                        if r.mail_id in refiled:
+                            r.state, r.moved_to = "moved", a.quarantine_folder
+                        else:
+                            r.state = "processed"
+                        r.updated_at = now
+
+        try:
+            retry_on_conflict(write)
+        except Exception as e:  # noqa: BLE001 -- bookkeeping: threading is idempotent, it is done again
+            if not is_unavailable(e):
+                raise
+            self.log.warning("could not record the outcome of %d mail(s): %s", len(done), e)
+
+    def _refile(self, keys: Mapping[int, tuple[int, int]]) -> set[int]:
+        """Move messages (mail id -> (UIDVALIDITY, UID) in processed_folder) to quarantine_folder; returns the
+        mail ids moved. Selects processed_folder for it, then the polled folder again."""
+        assert self.client is not None
+        a = self.account
+        moved: set[int] = set()
+        try:
+            info = self.client.select_folder(a.processed_folder)
+            validity = int(info[b"UIDVALIDITY"])
+            wanted = {uid: mail_id for mail_id, (v, uid) in keys.items() if v == validity}
+            if len(wanted) < len(keys):
+                self.log.warning("UIDVALIDITY of %r changed: %d quarantined mail(s) stay there",
+                                 a.processed_folder, len(keys) - len(wanted))
+            present = set(self.client.search(["UID", _uid_set(sorted(wanted))])) if wanted else set()
+            uids = sorted(u for u in wanted if u in present)
+            if uids:
+                self._move(uids, a.quarantine_folder)
+                moved = {wanted[u] for u in uids}
+        finally:
+            self.client.select_folder(a.folder)
+        return moved
 
     def _envelope(self, uidvalidity: int, uid: int):  # type: ignore[no-untyped-def]
         from gateway.intake import Envelope
@@ -494,19 +745,34 @@ class ImapPoller:
             moved += [(u, a.quarantine_folder or a.processed_folder) for u in to_quarantine]
         self._mark_moved(uidvalidity, moved)
 
-    def _move(self, uids: list[int], folder: str) -> None:
+    def _move(self, uids: list[int], folder: str, *, track: bool = False) -> dict[int, tuple[int, int]]:
+        """UID MOVE (or UID COPY + \\Deleted + UID EXPUNGE) of a UID set. track=True: returns where each
+        message went, uid -> (UIDVALIDITY, UID) in `folder`, from the server's COPYUID (UIDPLUS); {} when
+        the server did not say."""
         assert self.client is not None
         if not folder:
             # no destination configured: flag and expunge (the mail lives on in the gateway)
             self.client.add_flags(uids, [DELETED], silent=True)
             self._expunge(uids)
-            return
+            return {}
+        untagged = getattr(getattr(self.client, "_imap", None), "untagged_responses", None)
+        if track and isinstance(untagged, dict):
+            untagged.pop("COPYUID", None)
         if self.has_move:
             self.client.move(uids, folder)
         else:
             self.client.copy(uids, folder)
+        copyuid = untagged.pop("COPYUID", None) if track and isinstance(untagged, dict) else None
+        if not self.has_move:
             self.client.add_flags(uids, [DELETED], silent=True)
             self._expunge(uids)
+        if not copyuid:
+            return {}
+        wanted = set(uids)
+        out: dict[int, tuple[int, int]] = {}
+        for line in copyuid:
+            out.update((src, key) for src, key in _parse_copyuid(line).items() if src in wanted)
+        return out
 
     def _expunge(self, uids: list[int]) -> None:
         assert self.client is not None
@@ -536,7 +802,7 @@ class ImapPoller:
                     self.connect()
                 self.state = "draining"
                 result = self.drain()
-                if result.deferred:
+                if (result.deferred or result.postponed) and not stop.is_set():
                     # the store is down: keep the connection, retry after a growing pause
                     self.state = "backoff"
                     stop.wait(backoff)
@@ -607,6 +873,45 @@ class ImapPoller:
         if dead:
             raise ConnectionError("IMAP connection closed during IDLE")
         self.log.debug("IDLE ended (%s)", "new mail" if new_mail else "stop" if stop.is_set() else "re-issue")
+
+
+def _parse_copyuid(line: bytes | str) -> dict[int, tuple[int, int]]:
+    """`COPYUID uidvalidity source-set dest-set` data (RFC 4315) -> source uid -> (uidvalidity, dest uid)."""
+    if isinstance(line, bytes):
+        line = line.decode("ascii", "replace")
+    parts = line.split()
+    if len(parts) != 3:
+        return {}
+    try:
+        validity = int(parts[0])
+        src, dst = _expand_set(parts[1]), _expand_set(parts[2])
+    except ValueError:
+        return {}
+    if len(src) != len(dst):
+        return {}
+    return {s: (validity, d) for s, d in zip(src, dst)}
+
+
+def _expand_set(text: str) -> list[int]:
+    out: list[int] = []
+    for piece in text.split(","):
+        lo, _, hi = piece.partition(":")
+        a, b = int(lo), int(hi or lo)
+        out.extend(range(a, b + 1) if a <= b else range(a, b - 1, -1))
+    return out
+
+
+def _uid_set(uids: Sequence[int]) -> str:
+    """Sorted UIDs as a compact IMAP sequence set (1:3,7)."""
+    out: list[str] = []
+    i = 0
+    while i < len(uids):
+        j = i
+        while j + 1 < len(uids) and uids[j + 1] == uids[j] + 1:
+            j += 1
+        out.append(str(uids[i]) if i == j else f"{uids[i]}:{uids[j]}")
+        i = j + 1
+    return ",".join(out)
 
 
 def _chunks(items: Sequence[int], n: int) -> Iterator[list[int]]:

@@ -71,10 +71,15 @@ def test_new_mails_become_tickets_and_move_to_processed(make_app, dovecot):
     assert [m.source for m in stored] == ["imap"] * 3
     assert [m.source_ref for m in stored] == [f"test/INBOX/{uidvalidity}/{u}" for u in (1, 2, 3)]
     with app.sessions() as s:
-        seen = list(s.scalars(select(ImapSeen).order_by(ImapSeen.uid)))
+        seen = list(s.scalars(select(ImapSeen).where(ImapSeen.folder == "INBOX").order_by(ImapSeen.uid)))
+        filed = list(s.scalars(select(ImapSeen).where(ImapSeen.folder == "Processed").order_by(ImapSeen.uid)))
     assert [(x.account, x.folder, x.uidvalidity, x.uid, x.state, x.outcome, x.moved_to) for x in seen] == [
         ("test", "INBOX", uidvalidity, u, "moved", "ticket", "Processed") for u in (1, 2, 3)]
     assert [x.mail_id for x in seen] == [m.id for m in stored]
+    # where each message went (UIDPLUS COPYUID of the UID MOVE), threaded after the move
+    processed_validity = dovecot.uidvalidity("Processed")
+    assert [(x.uidvalidity, x.uid, x.state, x.outcome, x.mail_id) for x in filed] == [
+        (processed_validity, u, "processed", "ticket", m.id) for u, m in zip((1, 2, 3), stored)]
     # nothing left: a second drain does nothing
     again = poller(app, dovecot).poll_once()
     assert (again.found, again.fetched, again.stored) == (0, 0, 0)
@@ -110,11 +115,14 @@ def test_replies_thread_onto_the_ticket(make_app, dovecot):
     assert dovecot.count("Processed") == 2
 
 
-def test_quarantined_mail_goes_to_the_quarantine_folder(make_app, dovecot):
+@pytest.mark.parametrize("after_move", [True, False], ids=["thread-after-move", "thread-before-move"])
+def test_quarantined_mail_goes_to_the_quarantine_folder(make_app, dovecot, after_move):
     app = make_app()
     good = make_mail(subject="fine")
     dovecot.append_many([NO_FROM, good])
-    r = poller(app, dovecot).poll_once()
+    p = poller(app, dovecot)
+    p.thread_after_move = after_move
+    r = p.poll_once()
     assert r.outcomes == {"quarantined": 1, "ticket": 1}
     assert (r.moved, r.quarantined) == (1, 1)
     assert crlf(dovecot.messages("Quarantine")) == crlf([NO_FROM])
@@ -133,12 +141,14 @@ def test_mail_over_the_size_limit_is_quarantined_unfetched(make_app, dovecot):
     assert [m.subject for m in mails(app)] == ["small"]
 
 
-def test_without_move_capability_copy_delete_expunge(make_app, dovecot):
+@pytest.mark.parametrize("after_move", [True, False], ids=["thread-after-move", "thread-before-move"])
+def test_without_move_capability_copy_delete_expunge(make_app, dovecot, after_move):
     app = make_app()
     raws = [make_mail(subject=f"copy {i}", sender=f"k{i}@customer.example") for i in range(3)] + [NO_FROM]
     dovecot.append_many(raws)
     p = poller(app, dovecot, processed_folder="Archive/Tickets", quarantine_folder="Archive/Bad")
     p.use_move = False
+    p.thread_after_move = after_move
     r = p.poll_once()
     assert (r.moved, r.quarantined) == (3, 1)
     with dovecot.client() as c:
@@ -149,11 +159,13 @@ def test_without_move_capability_copy_delete_expunge(make_app, dovecot):
 
 
 # Nothing twice ------------------------------------------------------------------------------------------------
-def test_crash_between_commit_and_move_makes_no_duplicate(make_app, dovecot):
+@pytest.mark.parametrize("after_move", [True, False], ids=["thread-after-move", "thread-before-move"])
+def test_crash_between_commit_and_move_makes_no_duplicate(make_app, dovecot, after_move):
     app = make_app()
-    raws = [make_mail(subject=f"crash {i}", sender=f"x{i}@customer.example") for i in range(3)]
+    raws = [make_mail(subject=f"crash {i}", sender=f"x{i}@customer.example") for i in range(3)] + [NO_FROM]
     dovecot.append_many(raws)
     p = poller(app, dovecot)
+    p.thread_after_move = after_move
 
     def die(uids):
         raise Crash(uids)
@@ -162,11 +174,124 @@ def test_crash_between_commit_and_move_makes_no_duplicate(make_app, dovecot):
     with pytest.raises(Crash):
         p.poll_once()
     p.disconnect()
-    assert tickets(app) == 3 and dovecot.count("INBOX") == 3  # committed, not moved
-    r = poller(app, dovecot).poll_once()  # "after the restart"
-    assert (r.known, r.fetched, r.stored, r.moved) == (3, 0, 0, 3)
-    assert tickets(app) == 3 and len(mails(app)) == 3
+    assert len(mails(app)) == 4 and dovecot.count("INBOX") == 4  # committed, not moved
+    # threading before the move (no UIDPLUS) has made the tickets; after the move (the fast path) not yet
+    assert tickets(app) == (0 if after_move else 3)
+    again = poller(app, dovecot)
+    again.thread_after_move = after_move
+    r = again.poll_once()  # "after the restart"
+    assert (r.known, r.fetched, r.stored, r.moved, r.quarantined) == (4, 0, 0, 3, 1)
+    assert r.outcomes == ({"ticket": 3, "quarantined": 1} if after_move else {})
+    assert tickets(app) == 3 and len(mails(app)) == 4
     assert dovecot.count("INBOX") == 0 and dovecot.count("Processed") == 3
+    assert crlf(dovecot.messages("Quarantine")) == crlf([NO_FROM])
+
+
+def test_the_batch_is_moved_with_one_uid_move_only_after_its_commit(make_app, dovecot):
+    from gateway.models import InboundMail
+
+    app = make_app()
+    raws = [make_mail(subject=f"order {i}", sender=f"o{i}@customer.example") for i in range(7)]
+    dovecot.append_many(raws)
+    p = poller(app, dovecot, batch_size=3)
+    moves: list[list[int]] = []
+    seen_before_move: list[tuple[int, int, set[str]]] = []
+
+    def check(uids):
+        # another connection sees the batch committed, not threaded yet, and still in the INBOX
+        with app.sessions() as s:
+            rows = list(s.scalars(select(InboundMail).where(InboundMail.source_ref.in_(
+                [f"test/INBOX/{dovecot.uidvalidity('INBOX')}/{u}" for u in uids]))))
+        seen_before_move.append((len(uids), len(rows), {m.outcome for m in rows}))
+        with dovecot.client() as c:
+            c.select_folder("INBOX", readonly=True)
+            assert set(uids) <= set(c.search(["ALL"]))
+
+    p.before_move = check
+    p.connect()
+    assert p.decoupled  # Dovecot has UIDPLUS: store, move, then thread
+    real_move = p.client.move
+    p.client.move = lambda uids, folder: (moves.append(list(uids)), real_move(uids, folder))[1]
+    try:
+        r = p.drain()
+    finally:
+        p.disconnect()
+    assert seen_before_move == [(3, 3, {"received"}), (3, 3, {"received"}), (1, 1, {"received"})]
+    assert moves == [[1, 2, 3], [4, 5, 6], [7]]  # one UID MOVE of the UID set per batch
+    assert r.outcomes == {"ticket": 7} and (r.stored, r.moved, r.threaded) == (7, 7, 7)
+    assert tickets(app) == 7 and dovecot.count("Processed") == 7
+
+
+def test_crash_after_the_move_before_threading_makes_no_duplicate(make_app, dovecot, monkeypatch):
+    """Stored and moved to Processed, then the process dies before threading: the next drain threads them
+    (from the stored mail, no refetch), and refiles the quarantined one into Quarantine."""
+    app = make_app()
+    raws = [make_mail(subject=f"later {i}", sender=f"t{i}@customer.example") for i in range(3)]
+    dovecot.append_many([raws[0], NO_FROM, raws[1], raws[2]])
+    p = poller(app, dovecot)
+
+    def die(mail_id, **kw):
+        raise Crash(mail_id)
+
+    monkeypatch.setattr(p.intake, "process", die)
+    with pytest.raises(Crash):
+        p.poll_once()
+    p.disconnect()
+    assert dovecot.count("INBOX") == 0 and dovecot.count("Processed") == 4 and tickets(app) == 0
+    r = poller(app, dovecot).poll_once()
+    assert (r.found, r.fetched, r.stored, r.threaded) == (0, 0, 0, 4)
+    assert r.outcomes == {"ticket": 3, "quarantined": 1} and r.quarantined == 1
+    assert tickets(app) == 3 and len(mails(app)) == 4
+    assert crlf(dovecot.messages("Processed")) == crlf(raws)
+    assert crlf(dovecot.messages("Quarantine")) == crlf([NO_FROM])
+    again = poller(app, dovecot).poll_once()
+    assert (again.threaded, again.quarantined, again.moved) == (0, 0, 0) and tickets(app) == 3
+
+
+def test_crash_between_threading_and_refile_refiles_on_the_next_drain(make_app, dovecot, monkeypatch):
+    from gateway.imap import ImapPoller
+
+    app = make_app()
+    good = make_mail(subject="good one")
+    dovecot.append_many([good, NO_FROM])
+    p = poller(app, dovecot)
+
+    def die(self, keys):
+        raise Crash(keys)
+
+    monkeypatch.setattr(ImapPoller, "_refile", die)
+    with pytest.raises(Crash):
+        p.poll_once()
+    p.disconnect()
+    assert dovecot.count("Processed") == 2 and tickets(app) == 1
+    monkeypatch.undo()
+    r = poller(app, dovecot).poll_once()
+    assert r.outcomes == {"ticket": 1, "quarantined": 1} and r.quarantined == 1 and r.stored == 0
+    assert tickets(app) == 1 and len(mails(app)) == 2
+    assert crlf(dovecot.messages("Processed")) == crlf([good])
+    assert crlf(dovecot.messages("Quarantine")) == crlf([NO_FROM])
+
+
+def test_quarantined_mails_inside_a_batch_go_to_the_quarantine_folder(make_app, dovecot):
+    app = make_app()
+    bad = [NO_FROM.replace(b"nofrom-1", f"nofrom-{i}".encode()) for i in range(3)]
+    good = [make_mail(subject=f"mixed {i}", sender=f"m{i}@customer.example") for i in range(5)]
+    order = [good[0], bad[0], good[1], good[2], bad[1], good[3], bad[2], good[4]]
+    dovecot.append_many(order)
+    r = poller(app, dovecot, batch_size=3).poll_once()
+    assert r.outcomes == {"ticket": 5, "quarantined": 3}
+    assert (r.moved, r.quarantined) == (5, 3)
+    assert crlf(dovecot.messages("Processed")) == crlf(good)
+    assert crlf(dovecot.messages("Quarantine")) == crlf(bad)
+    assert dovecot.count("INBOX") == 0
+    with app.sessions() as s:
+        inbox = {x.uid: (x.outcome, x.moved_to) for x in s.scalars(select(ImapSeen).where(ImapSeen.folder == "INBOX"))}
+        filed = [(x.state, x.outcome, x.moved_to) for x in s.scalars(
+            select(ImapSeen).where(ImapSeen.folder == "Processed").order_by(ImapSeen.uid))]
+    assert inbox == {u: (("quarantined", "Quarantine") if order[u - 1] in bad else ("ticket", "Processed"))
+                     for u in range(1, 9)}
+    assert filed == [("moved", "quarantined", "Quarantine") if m in bad else ("processed", "ticket", None)
+                     for m in order]
 
 
 def test_crash_before_the_imap_state_was_recorded_makes_no_duplicate(make_app, dovecot):
@@ -198,7 +323,8 @@ def test_uidvalidity_change_makes_no_duplicate(make_app, dovecot):
     dovecot.recreate_folder("Support")  # same messages, new UIDVALIDITY, UIDs start again at 1
     assert dovecot.uidvalidity("Support") != old and dovecot.count("Support") == 2
     r = poller(app, dovecot, folder="Support").poll_once()
-    assert r.outcomes == {"duplicate": 2} and r.known == 0 and r.moved == 2
+    # the first copies were committed before the crash: they are threaded; the refetched copies are duplicates
+    assert r.outcomes == {"ticket": 2, "duplicate": 2} and r.known == 0 and r.moved == 2
     assert tickets(app) == 2
     assert dovecot.count("Support") == 0 and dovecot.count("Processed") == 2
     dovecot.append(raws[0], folder="Support")  # someone puts a processed mail back: a new UID
@@ -219,7 +345,7 @@ def test_two_accounts_keep_separate_state(make_app, dovecot, dovecot_server):
     results = poll_accounts(app)
     assert [(r.account, r.outcomes) for r in results] == [("a", {"ticket": 1}), ("b", {"ticket": 1})]
     with app.sessions() as s:
-        assert sorted(s.scalars(select(ImapSeen.account))) == ["a", "b"]
+        assert sorted(s.scalars(select(ImapSeen.account).where(ImapSeen.folder == "INBOX"))) == ["a", "b"]
 
 
 # The store is down ---------------------------------------------------------------------------------------------
@@ -268,12 +394,13 @@ def test_store_lost_between_store_and_process_recovers(make_app, dovecot, monkey
 
     monkeypatch.setattr(p.intake, "process", flaky)
     r = p.poll_once()
-    assert r.outcomes == {"ticket": 1} and r.moved == 1 and r.deferred == 2
-    assert dovecot.count("INBOX") == 2
+    # all three were committed, so all three left the INBOX; two wait to be threaded
+    assert r.outcomes == {"ticket": 1} and r.moved == 3 and r.postponed == 2 and r.deferred == 0
+    assert dovecot.count("INBOX") == 0 and tickets(app) == 1
     r = poller(app, dovecot).poll_once()
     assert r.outcomes == {"ticket": 2} and r.stored == 0  # stored with the batch: threaded, not stored again
     assert tickets(app) == 3 and len(mails(app)) == 3
-    assert dovecot.count("INBOX") == 0
+    assert dovecot.count("Processed") == 3
 
 
 def test_unexpected_error_leaves_that_mail_and_goes_on(make_app, dovecot, monkeypatch):
@@ -292,10 +419,10 @@ def test_unexpected_error_leaves_that_mail_and_goes_on(make_app, dovecot, monkey
 
     monkeypatch.setattr(p.intake, "process", process)
     r = p.poll_once()
-    assert (r.failed, r.moved, r.stored) == (1, 2, 3) and r.outcomes == {"ticket": 2}
-    assert dovecot.count("INBOX") == 1
+    assert (r.failed, r.moved, r.stored) == (1, 3, 3) and r.outcomes == {"ticket": 2}
+    assert dovecot.count("INBOX") == 0 and tickets(app) == 2
     r = poller(app, dovecot).poll_once()  # the stored mail is threaded, not stored a second time
-    assert (r.failed, r.moved, r.stored) == (0, 1, 0) and r.outcomes == {"ticket": 1}
+    assert (r.failed, r.moved, r.stored, r.threaded) == (0, 0, 0, 1) and r.outcomes == {"ticket": 1}
     assert tickets(app) == 3 and len(mails(app)) == 3
 
 
@@ -469,9 +596,36 @@ def test_stop_during_a_long_drain_moves_what_is_done_and_leaves_the_rest(make_ap
     t.start()
     t.join(10)
     assert not t.is_alive() and p.state == "stopped"
-    assert tickets(app) == 7 and dovecot.count("Processed") == 7 and dovecot.count("INBOX") == 33
+    # the drain (store + move) came first: everything is committed and moved; threading stopped after 7
+    assert tickets(app) == 7 and dovecot.count("Processed") == 40 and dovecot.count("INBOX") == 0
     r = poller(app, dovecot).poll_once()
-    assert r.outcomes == {"ticket": 33} and r.stored == 30  # the rest of the batch in hand was stored already
+    assert r.outcomes == {"ticket": 33} and r.stored == 0 and r.threaded == 33
+    assert tickets(app) == 40 and len(mails(app)) == 40
+
+
+def test_stop_while_storing_moves_the_committed_batch_and_leaves_the_rest(make_app, dovecot, monkeypatch):
+    app = make_app()
+    raws = [make_mail(subject=f"stop {i}", sender=f"s{i}@customer.example") for i in range(40)]
+    dovecot.append_many(raws)
+    p = poller(app, dovecot, batch_size=5)
+    stop = threading.Event()
+    real = p.intake.store_many
+    calls = {"n": 0}
+
+    def store_many(items):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            stop.set()  # SIGTERM arrives while the 2nd batch is stored
+        return real(items)
+
+    monkeypatch.setattr(p.intake, "store_many", store_many)
+    t = threading.Thread(target=p.run, args=(stop,), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive() and p.state == "stopped"
+    assert len(mails(app)) == 10 and dovecot.count("Processed") == 10 and dovecot.count("INBOX") == 30
+    r = poller(app, dovecot).poll_once()
+    assert r.outcomes == {"ticket": 40} and r.stored == 30  # the 10 stored before are threaded, not refetched
     assert tickets(app) == 40 and len(mails(app)) == 40
 
 
