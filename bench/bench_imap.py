@@ -9,8 +9,16 @@ seed and N give the same bytes). Reported in the same run, on the same mails:
 
 - baseline `raw fetch`: imapclient alone: SELECT, SEARCH, UID FETCH BODY.PEEK[] in batches (no store);
 - `store only` / `pipeline only`: Intake.store, then Intake.process, of the same bytes read from the .eml
-  files (no IMAP): the ceiling any transport reaches through the intake;
-- `poller`: ImapPoller.poll_once(): fetch, store, thread, MOVE to Processed (the real thing).
+  files (no IMAP): the ceiling any transport reaches through the intake; `store_many`: the same bytes in
+  batches of --batch-size through Intake.store_many (one commit per batch, as the poller stores);
+- `poller`: what ImapPoller.poll_once() does, in its two phases, timed apart:
+  1. drain: UID FETCH BODY.PEEK[] per batch, Intake.store_many (one commit), UID MOVE of the batch to
+     Processed. A mail counts as drained only once its commit returned and it left the INBOX: the phase ends
+     when the last batch was moved, then the benchmark checks that every mail is a committed row in
+     inbound_mail and the INBOX is empty. Threading into tickets is NOT included in this rate;
+  2. threading: ImapPoller.thread_stored(): Intake.process of every stored mail, outcomes recorded,
+     quarantined mail refiled. Reported as the time from the start until every mail is threaded
+     (ticket/comment/ignored/...), checked: no mail left `received`.
 
 Database: a fresh SQLite under bench/out (default) or --db URL (e.g. a scratch PostgreSQL database).
 """
@@ -144,6 +152,20 @@ def main() -> int:
             figures["store_only_msg_s"] = round(rate(len(raws), store_s), 1)
             figures["pipeline_only_msg_s"] = round(rate(len(raws), pipe_s), 1)
 
+            if args.db:
+                reset_pg(args.db)
+            mwork = work / "store_many"
+            mwork.mkdir()
+            app = make_app(args.db, mwork)
+            intake = app.intake()
+            t0 = time.perf_counter()
+            for i in range(0, len(raws), args.batch_size):
+                intake.store_many([(raw, Envelope(source="file", source_ref=str(i + j)))
+                                   for j, raw in enumerate(raws[i:i + args.batch_size])])
+            many_s = time.perf_counter() - t0
+            app.close()
+            figures["store_many_msg_s"] = round(rate(len(raws), many_s), 1)
+
         # The poller ------------------------------------------------------------------------------------------
         from gateway.imap import ImapPoller
 
@@ -152,17 +174,35 @@ def main() -> int:
         iwork = work / "poller"
         iwork.mkdir()
         app = make_app(args.db, iwork)
+        from sqlalchemy import func, select
+
+        from gateway.models import InboundMail
+
         poller = ImapPoller(app, acct.account_config("bench", batch_size=args.batch_size, timeout_seconds=120))
+        poller.connect()
+        assert poller.decoupled, "the server has no UIDPLUS: the poller threads before it moves"
         t0 = time.perf_counter()
-        result = poller.poll_once()
-        poll_s = time.perf_counter() - t0
-        app.close()
+        result = poller.drain(thread=False)  # fetch + store_many (committed) + UID MOVE, per batch
+        drain_s = time.perf_counter() - t0
+        complete = poller.thread_stored(result)  # then threading, from the stored mail
+        tickets_s = time.perf_counter() - t0
+        poller.disconnect()
+        assert complete and result.deferred == 0 and result.failed == 0, result.as_dict()
         moved = result.moved + result.quarantined
-        assert moved == len(raws) and result.deferred == 0, result.as_dict()
+        assert moved == len(raws) and result.stored == len(raws), result.as_dict()
         left = acct.count("INBOX")
         assert left == 0, left
-        figures["poller_msg_s"] = round(rate(moved, poll_s), 1)
-        figures["poller_seconds"] = round(poll_s, 2)
+        with app.sessions() as s:
+            rows = s.scalar(select(func.count()).select_from(InboundMail))
+            received = s.scalar(select(func.count()).select_from(InboundMail)
+                                .where(InboundMail.outcome == "received"))
+        app.close()
+        assert rows == len(raws) and received == 0, (rows, received)
+        assert result.threaded == len(raws), result.as_dict()
+        figures["poller_msg_s"] = round(rate(result.stored, drain_s), 1)
+        figures["poller_seconds"] = round(drain_s, 2)
+        figures["tickets_seconds"] = round(tickets_s, 2)
+        figures["tickets_msg_s"] = round(rate(len(raws), tickets_s), 1)
         figures["outcomes"] = dict(Counter(result.outcomes))
     finally:
         server.stop()
@@ -175,10 +215,15 @@ def main() -> int:
     if "pipeline_only_msg_s" in figures:
         print(f"  baseline: Intake.store only    {figures['store_only_msg_s']:>8} msg/s  (one commit per mail)")
         print(f"  baseline: store+process, no IMAP {figures['pipeline_only_msg_s']:>6} msg/s")
+        print(f"  baseline: Intake.store_many     {figures['store_many_msg_s']:>8} msg/s  (one commit per "
+              f"{args.batch_size})")
     ratio = figures["poller_msg_s"] / figures["raw_fetch_msg_s"]  # type: ignore[operator]
     verdict = "OK" if figures["poller_msg_s"] >= 150 else "BELOW TARGET"  # type: ignore[operator]
-    print(f"  poller: fetch+store+thread+MOVE {figures['poller_msg_s']:>7} msg/s  ({figures['poller_seconds']} s; "
-          f"{ratio:.1%} of raw fetch; target >= 150 msg/s: {verdict})")
+    print(f"  poller drain: fetch+store(committed)+MOVE {figures['poller_msg_s']:>7} msg/s  "
+          f"({figures['poller_seconds']} s; {ratio:.1%} of raw fetch; threading NOT included; "
+          f"target >= 150 msg/s: {verdict})")
+    print(f"  poller until every mail is threaded (drain, then tickets): {figures['tickets_seconds']} s "
+          f"= {figures['tickets_msg_s']} msg/s end to end")
     print(f"  outcomes: {figures['outcomes']}")
     if args.json:
         print(json.dumps(figures))
