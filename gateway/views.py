@@ -12,6 +12,14 @@ from gateway.models import Attachment, Comment, InboundMail, Ticket
 from gateway.tickets import Tickets
 
 
+def ticket_numbers(s: Session, ticket_ids: Any) -> dict[int, int]:
+    """Ticket id -> ticket number for the ids given (None ignored), in one query."""
+    ids = {i for i in ticket_ids if i is not None}
+    if not ids:
+        return {}
+    return dict(s.execute(select(Ticket.id, Ticket.number).where(Ticket.id.in_(ids))).tuples().all())
+
+
 def iso(dt: datetime | None) -> str | None:
     return dt.isoformat().replace("+00:00", "Z") if dt else None
 

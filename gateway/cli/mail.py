@@ -28,23 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rp.set_defaults(func=replay_mail)
 
 
-def _numbers(s, ticket_ids):  # type: ignore[no-untyped-def]
-    from sqlalchemy import select
-
-    from gateway.models import Ticket
-
-    ids = {i for i in ticket_ids if i is not None}
-    if not ids:
-        return {}
-    return dict(s.execute(select(Ticket.id, Ticket.number).where(Ticket.id.in_(ids))).all())
-
-
 def list_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
     from sqlalchemy import select
 
     from gateway.cli import open_app
     from gateway.models import MAIL_OUTCOMES, InboundMail
-    from gateway.views import mail_dict
+    from gateway.views import mail_dict, ticket_numbers
 
     if args.status and args.status not in MAIL_OUTCOMES:
         raise UsageError(f"--status must be one of {', '.join(MAIL_OUTCOMES)}")
@@ -56,7 +45,7 @@ def list_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
         if args.limit:
             q = q.limit(args.limit)
         mails = s.scalars(q).all()
-        numbers = _numbers(s, [m.ticket_id for m in mails])
+        numbers = ticket_numbers(s, [m.ticket_id for m in mails])
         rows = [mail_dict(m, numbers.get(m.ticket_id)) for m in mails]
     if args.json:
         json.dump(rows, sys.stdout, ensure_ascii=False, indent=1)
@@ -75,7 +64,7 @@ def list_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
 def show_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
     from gateway.cli import open_app
     from gateway.models import InboundMail
-    from gateway.views import mail_dict
+    from gateway.views import mail_dict, ticket_numbers
 
     app = open_app(config, upgrade=True)
     with app.sessions() as s:
@@ -85,7 +74,7 @@ def show_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
         if args.raw:
             sys.stdout.buffer.write(m.raw.data)
             return 0
-        d = mail_dict(m, _numbers(s, [m.ticket_id]).get(m.ticket_id), trace=True)
+        d = mail_dict(m, ticket_numbers(s, [m.ticket_id]).get(m.ticket_id), trace=True)
     if args.json:
         json.dump(d, sys.stdout, ensure_ascii=False, indent=1)
         print()

@@ -39,7 +39,8 @@ def list_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-unt
     from sqlalchemy import select
 
     from gateway.cli import open_app
-    from gateway.models import OUTBOX_STATUSES, OutboxMail, Ticket
+    from gateway.models import OUTBOX_STATUSES, OutboxMail
+    from gateway.views import ticket_numbers
 
     if args.status and args.status not in OUTBOX_STATUSES:
         raise UsageError(f"--status must be one of {', '.join(OUTBOX_STATUSES)}")
@@ -51,8 +52,7 @@ def list_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-unt
         if args.limit:
             q = q.limit(args.limit)
         rows = s.scalars(q).all()
-        ids = {r.ticket_id for r in rows if r.ticket_id is not None}
-        numbers = dict(s.execute(select(Ticket.id, Ticket.number).where(Ticket.id.in_(ids))).all()) if ids else {}
+        numbers = ticket_numbers(s, [r.ticket_id for r in rows])
         out = [_row(r, numbers) for r in rows]
     if args.json:
         json.dump(out, sys.stdout, ensure_ascii=False, indent=1)

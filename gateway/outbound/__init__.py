@@ -104,17 +104,21 @@ def _check(config, templates, *, force: bool) -> None:  # type: ignore[no-untype
         pass
 
 
-def check_templates(config, *, force: bool = True) -> None:  # type: ignore[no-untyped-def]
-    """The start-up template check for a command that does not build an App (`check-config`)."""
+def _templates(config):  # type: ignore[no-untyped-def]
+    """The built-in templates with the operator's directory over them; a broken directory names its key."""
     from gateway.outbound.render import Templates, TemplateError
 
-    if not config.outbound["enabled"]:
-        return
     try:
-        templates = Templates(config.notifications["template_dir"] or None)
+        return Templates(config.notifications["template_dir"] or None)
     except TemplateError as e:
         raise ConfigError(f"notifications.template_dir: {e}") from e
-    _check(config, templates, force=force)
+
+
+def check_templates(config, *, force: bool = True) -> None:  # type: ignore[no-untyped-def]
+    """The start-up template check for a command that does not build an App (`check-config`)."""
+    if not config.outbound["enabled"]:
+        return
+    _check(config, _templates(config), force=force)
 
 
 def check_app_templates(app: "App", *, force: bool = True) -> None:
@@ -129,12 +133,8 @@ def install(app: "App") -> None:
     if not config.outbound["enabled"]:
         return
     from gateway.outbound.notify import Outbound
-    from gateway.outbound.render import Templates, TemplateError
 
-    try:
-        templates = Templates(config.notifications["template_dir"] or None)
-    except TemplateError as e:
-        raise ConfigError(f"notifications.template_dir: {e}") from e
+    templates = _templates(config)
     _check(config, templates, force=False)
     app.listeners.append(Outbound(config, app.clock, templates, reply_secret(config)))
 
