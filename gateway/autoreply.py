@@ -742,16 +742,7 @@ def _dsn_bounce(msg: Message, _nested: bool = True) -> BounceInfo | None:
     msgid = _clean_msgid(_header(orig, "Message-ID")) if orig is not None else None
     if msgid is None:
         msgid = _text_original_msgid(_notification_text(msg, include_returned=True))
-    if orig is not None:
-        envelope.extend(a for a in [_addr_of(_header(orig, "Return-Path"))] if a and "@" in a)
-    envelope.extend(_own_addresses(msg))
-    return BounceInfo(
-        permanent=permanent,
-        recipients=tuple(recipients),
-        status=status,
-        original_message_id=msgid,
-        original_to=_dedupe(envelope),
-    )
+    return _bounce_info(msg, orig, envelope, permanent, recipients, status, msgid)
 
 
 # --- heuristics for non-standard bounce formats ------------------------------------------------
@@ -978,7 +969,13 @@ def _text_bounce(msg: Message) -> BounceInfo | None:
         full = _notification_text(msg, include_returned=True)
         tail = full[len(text) :] if full.startswith(text) else full
         msgid = _text_original_msgid(tail)
-    envelope: list[str] = []
+    return _bounce_info(msg, orig, [], permanent, recipients, status, msgid)
+
+
+def _bounce_info(msg: Message, orig: Message | None, envelope: list[str], permanent: bool | None,
+                 recipients: list[str], status: str | None, msgid: str | None) -> BounceInfo:
+    """The verdict's details; the bounced mail's envelope sender is looked for in the returned headers
+    (Return-Path) and in our own addresses the notification names, after those the DSN gave."""
     if orig is not None:
         rp = _addr_of(_header(orig, "Return-Path"))
         if rp and "@" in rp:
