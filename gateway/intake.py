@@ -12,12 +12,13 @@ import email.parser
 import email.policy
 import hashlib
 import logging
+import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session
 
@@ -80,14 +81,15 @@ class Intake:
         self.handlers = app.handlers
 
     # Step 1: durable ---------------------------------------------------------------
-    def _new_row(self, raw: bytes, envelope: Envelope) -> InboundMail:
+    def _new_row(self, raw: bytes, envelope: Envelope, *, with_raw: bool = True) -> InboundMail:
         mid, sender, subject = _header_summary(raw)
         mail = InboundMail(received_at=self.app.clock(), source=envelope.source, source_ref=envelope.source_ref,
                            envelope_from=envelope.mail_from, envelope_to=list(envelope.rcpt_tos),
                            message_id=mid, sender=sender[:320] if sender else None, subject=subject,
                            sha256=hashlib.sha256(raw).hexdigest(), size=len(raw), outcome="received",
                            trace=[], attempts=0)
-        mail.raw = InboundRaw(data=raw)
+        if with_raw:
+            mail.raw = InboundRaw(data=raw)
         return mail
 
     def store(self, raw: bytes, envelope: Envelope) -> int:
@@ -130,6 +132,12 @@ class Intake:
         if durable_first:
             return self.process(self.store(raw, envelope))
         return self._retrying(lambda: self._run_new(raw, envelope, dry_run=False), "mail")
+
+    def batch(self) -> IngestBatch:
+        """Several mails stored and threaded in ONE write transaction (one commit, one fsync), each in its own
+        savepoint. Only for sources that keep every mail until the commit returned (files, Maildirs, mboxes):
+        nothing of the batch is stored before `commit()`, and a crash before it loses nothing but the work."""
+        return IngestBatch(self)
 
     def _retrying(self, fn: Any, what: str) -> Result:
         for attempt in range(5):
@@ -283,4 +291,104 @@ class Intake:
         return self.process(mail_id)
 
 
-__all__ = ["Envelope", "Intake", "Result", "StoreUnavailable", "Quarantine"]
+class IngestBatch:
+    """One write transaction over several new mails (see `Intake.batch`). Use:
+
+        b = intake.batch()
+        try:
+            results = [b.ingest(raw, env) for raw, env in mails]   # not yet durable
+            b.commit()                                              # now they are
+        finally:
+            b.close()                                               # rolls back what was not committed
+
+    Each mail runs in a savepoint: an outcome, a pipeline failure (quarantine) or a conflict with a
+    concurrent writer (run again) concerns that mail alone. A mail whose row cannot even be written is
+    stored quarantined without its pipeline. StoreUnavailable (the store is down or full) ends the batch:
+    the caller closes it (rolled back) and answers "try again later"."""
+
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+        self.session = intake.app.sessions()
+        self.session.begin()
+        self.count = 0
+        self.size = 0
+        self.started = time.monotonic()
+        self._open = True
+
+    def ingest(self, raw: bytes, envelope: Envelope) -> Result:
+        if not self._open:
+            raise RuntimeError("batch already committed or closed")
+        s = self.session
+        self.count += 1
+        self.size += len(raw)
+        for attempt in range(5):
+            sp = s.begin_nested()
+            try:
+                result = self._one(s, raw, envelope)
+                sp.commit()
+                return result
+            except IntegrityError:
+                sp.rollback()
+                log.info("mail: conflict with a concurrent writer, running again")
+                if attempt == 4:
+                    raise
+            except StoreUnavailable:
+                raise
+            except Exception as e:
+                if is_unavailable(e):
+                    raise StoreUnavailable(str(e)) from e
+                sp.rollback()
+                log.exception("mail could not be stored with its outcome; storing it quarantined")
+                return self._quarantined(s, raw, envelope, e)
+        raise AssertionError("unreachable")
+
+    def _one(self, s: Any, raw: bytes, envelope: Envelope) -> Result:
+        intake = self.intake
+        mail = intake._new_row(raw, envelope, with_raw=False)
+        s.add(mail)  # inserted by the flush before the pipeline's savepoint, attempts already counted
+        result = intake._run(s, mail, raw, dry_run=False)
+        # the raw bytes as a plain insert: they need no ORM object, and the session does not keep them
+        s.execute(insert(InboundRaw), [{"mail_id": mail.id, "data": raw}])
+        return result
+
+    def _quarantined(self, s: Any, raw: bytes, envelope: Envelope, exc: Exception) -> Result:
+        with s.begin_nested():
+            mail = self.intake._new_row(raw, envelope, with_raw=False)
+            mail.outcome = "quarantined"
+            mail.reason = f"internal error while storing: {type(exc).__name__}: {exc}"[:2000]
+            mail.trace = [f"outcome: quarantined ({mail.reason})"]
+            mail.attempts = 1
+            mail.processed_at = self.intake.app.clock()
+            s.add(mail)
+            s.flush()
+            s.execute(insert(InboundRaw), [{"mail_id": mail.id, "data": raw}])
+        return Result(mail.id, mail.outcome, mail.reason, None, None, list(mail.trace))
+
+    def age(self) -> float:
+        return time.monotonic() - self.started
+
+    def commit(self) -> None:
+        """Make every mail of the batch durable (one commit). Raises StoreUnavailable when it failed."""
+        if not self._open:
+            raise RuntimeError("batch already committed or closed")
+        try:
+            self.session.commit()
+        except Exception as e:
+            self.close()
+            if is_unavailable(e):
+                raise StoreUnavailable(str(e)) from e
+            raise
+        self._open = False
+        self.session.close()
+
+    def close(self) -> None:
+        """Roll back whatever was not committed."""
+        if self._open:
+            self._open = False
+            try:
+                self.session.rollback()
+            finally:
+                self.session.close()
+
+
+__all__ = ["Envelope", "IngestBatch", "Intake", "Result", "StoreUnavailable", "Quarantine"]

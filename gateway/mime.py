@@ -312,14 +312,31 @@ def _raw_headers(msg: Message, name: str) -> list[str]:
     for hname, hvalue in items:
         if not isinstance(hname, str) or hname.strip().lower() != lname:
             continue
-        try:
-            text = _unfold(str(hvalue))
-            if _SURROGATES.search(text) or any(ord(c) > 127 for c in text):
-                text = _bytes_to_text(_raw_to_bytes(text))
-        except Exception:  # pragma: no cover - defensive
-            text = _no_surrogates(str(hvalue))
-        values.append(_no_surrogates(text))
+        values.append(_header_text(hvalue))
     return values
+
+
+def _header_text(hvalue: object) -> str:
+    try:
+        text = _unfold(str(hvalue))
+        if _SURROGATES.search(text) or not text.isascii():
+            text = _bytes_to_text(_raw_to_bytes(text))
+    except Exception:  # pragma: no cover - defensive
+        text = _no_surrogates(str(hvalue))
+    return _no_surrogates(text)
+
+
+def _raw_header_index(msg: Message) -> dict[str, list[object]]:
+    """Every raw header value of ``msg`` by lowercased name, in order (``_raw_headers`` for many names)."""
+    index: dict[str, list[object]] = {}
+    try:
+        items = list(msg.raw_items())
+    except Exception:  # pragma: no cover - defensive
+        return index
+    for hname, hvalue in items:
+        if isinstance(hname, str):
+            index.setdefault(hname.strip().lower(), []).append(hvalue)
+    return index
 
 
 def _first_header(msg: Message, name: str) -> str | None:
@@ -1392,8 +1409,10 @@ def _build(
     first_line_cr = raw.endswith(b"\r") if nl < 0 else raw.startswith(b"\r", nl - 1) and nl > 0
     linesep = "\r\n" if first_line_cr else "\n"
 
+    index = _raw_header_index(msg)
+
     def header(name: str) -> list[str]:
-        values = _raw_headers(msg, name)
+        values = [_header_text(v) for v in index.get(name.lower(), ())]
         out = []
         for v in values:
             if len(v) > max_header_bytes:

@@ -37,6 +37,23 @@ def normalise_email(addr: str) -> str:
     return addr.strip().lower()
 
 
+def _found(session: Session, key: str) -> dict[Any, Any]:
+    """A per-session map of rows already found by a unique key (contact email, ticket number, domain).
+
+    A hit is used only while the object is still in the session: one created in a savepoint that was
+    rolled back has left it and is looked up again. Only rows that exist are remembered (a row another
+    writer adds meanwhile is found by the next query); a remembered row is the object the session's
+    identity map would return for the same query anyway, so this saves the round trip and nothing else."""
+    return session.info.setdefault(key, {})  # type: ignore[no-any-return]
+
+
+def _cached(session: Session, key: str, value: Any) -> Any:
+    obj = _found(session, key).get(value)
+    if obj is not None and obj in session:
+        return obj
+    return None
+
+
 class Directory:
     """Contacts and organisations."""
 
@@ -45,14 +62,26 @@ class Directory:
         self.clock = clock
 
     def contact(self, email: str) -> Contact | None:
-        return self.s.scalar(select(Contact).where(Contact.email == normalise_email(email)))
+        email = normalise_email(email)
+        c = _cached(self.s, "tg.contacts", email)
+        if c is None:
+            c = self.s.scalar(select(Contact).where(Contact.email == email))
+            if c is not None:
+                _found(self.s, "tg.contacts")[email] = c
+        return c
 
     def organisation(self, name: str) -> Organisation | None:
         return self.s.scalar(select(Organisation).where(Organisation.name == name))
 
     def organisation_for_domain(self, domain: str) -> Organisation | None:
-        row = self.s.scalar(select(OrganisationDomain).where(OrganisationDomain.domain == domain.lower()))
-        return row.organisation if row else None
+        domain = domain.lower()
+        org = _cached(self.s, "tg.domains", domain)
+        if org is None:
+            row = self.s.scalar(select(OrganisationDomain).where(OrganisationDomain.domain == domain))
+            org = row.organisation if row else None
+            if org is not None:
+                _found(self.s, "tg.domains")[domain] = org
+        return org
 
     def add_organisation(self, name: str, domains: Iterable[str] = ()) -> Organisation:
         org = self.organisation(name)
@@ -73,13 +102,8 @@ class Directory:
         email = normalise_email(email)
         c = self.contact(email)
         if c is None:
-            if organisation is None:
-                organisation = self.organisation_for_domain(email.rpartition("@")[2])
-            c = Contact(email=email, name=name, role="staff" if staff else "customer",
-                        organisation_id=organisation.id if organisation else None,
-                        auto_registered=auto_registered, undeliverable=False, created_at=self.clock())
-            self.s.add(c)
-            self.s.flush()
+            return self.register(email, name=name, staff=staff, organisation=organisation,
+                                 auto_registered=auto_registered)
         else:
             if name:
                 c.name = name
@@ -88,6 +112,22 @@ class Directory:
             if organisation is not None:
                 c.organisation_id = organisation.id
             self.s.flush()
+        return c
+
+    def register(self, email: str, *, name: str = "", staff: bool = False,
+                 organisation: Organisation | None = None, auto_registered: bool = False) -> Contact:
+        """A new contact, for a caller that has just found none for this address (`contact()` is None);
+        the organisation follows from the address's domain unless given. A concurrent writer that registered
+        the same address first makes the flush fail (IntegrityError): the caller's transaction runs again."""
+        email = normalise_email(email)
+        if organisation is None:
+            organisation = self.organisation_for_domain(email.rpartition("@")[2])
+        c = Contact(email=email, name=name, role="staff" if staff else "customer",
+                    organisation_id=organisation.id if organisation else None,
+                    auto_registered=auto_registered, undeliverable=False, created_at=self.clock())
+        self.s.add(c)
+        self.s.flush()
+        _found(self.s, "tg.contacts")[email] = c
         return c
 
 
@@ -103,7 +143,12 @@ class Tickets:
 
     # Queries --------------------------------------------------------------
     def get(self, number: int) -> Ticket | None:
-        return self.s.scalar(select(Ticket).where(Ticket.number == number))
+        t = _cached(self.s, "tg.tickets", number)
+        if t is None:
+            t = self.s.scalar(select(Ticket).where(Ticket.number == number))
+            if t is not None:
+                _found(self.s, "tg.tickets")[number] = t
+        return t
 
     def by_message_ids(self, ids: Sequence[str]) -> list[tuple[str, Ticket]]:
         """Tickets that know any of these Message-IDs, in the order of `ids` (most relevant first)."""
@@ -163,6 +208,7 @@ class Tickets:
                    source_mail_id=source_mail_id, created_at=now, updated_at=now, watchers=[])
         self.s.add(t)
         self.s.flush()
+        _found(self.s, "tg.tickets")[t.number] = t
         for mid in dict.fromkeys(m for m in message_ids if m):  # a new ticket knows none yet: no lookup
             self.s.add(TicketMessageId(message_id=mid, ticket_id=t.id, direction="in", created_at=now))
         self.emit(TicketCreated(t, mail_id=source_mail_id))

@@ -12,7 +12,7 @@ def _watchers(ctx: MailContext) -> None:
     for name, addr in p.cc:
         if not addr or addr.count("@") != 1 or ctx.config.is_gateway_address(addr) or addr == ctx.sender_email:
             continue
-        contact = ctx.directory.contact(addr) or ctx.directory.add_contact(addr, name=name, auto_registered=True)
+        contact = ctx.directory.contact(addr) or ctx.directory.register(addr, name=name, auto_registered=True)
         if ctx.tickets.add_watcher(ctx.ticket, contact):
             added.append(addr)
     if added:

@@ -16,6 +16,12 @@ from typing import Iterator
 
 from gateway.cli import EX_DATAERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL, UsageError
 
+# One write transaction holds at most this many mails, bytes of mail, or seconds of work: few commits, and
+# the write lock is never held long enough to starve a concurrent writer (the service's listeners).
+BATCH_MAILS = 200
+BATCH_BYTES = 64 * 2**20
+BATCH_SECONDS = 1.0
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("ingest", help="take mail from files, Maildirs, mboxes or stdin")
@@ -26,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--sender", metavar="ADDR", help="envelope sender (MTA pipe: ${sender})")
     p.add_argument("--recipient", metavar="ADDR", action="append", default=[],
                    help="envelope recipient (MTA pipe: ${original_recipient}); repeatable")
+    p.add_argument("--batch", type=int, default=BATCH_MAILS, metavar="N",
+                   help=f"files, Maildirs, mboxes: at most N mails per write transaction (default {BATCH_MAILS})")
     p.set_defaults(func=run)
 
 
@@ -122,6 +130,42 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
         sources = iter_sources(paths)
     progress = Progress(sys.stderr.isatty() and not args.json)
     counts: dict[str, int] = {}
+
+    def report(ref: str, result, total: int | None) -> None:  # type: ignore[no-untyped-def]
+        counts[result.outcome] = counts.get(result.outcome, 0) + 1
+        if args.json:
+            d = result.as_dict()
+            d["source"] = ref
+            print(json.dumps(d, ensure_ascii=False))
+        elif args.dry_run:
+            print(f"{ref}: would be {result.outcome}"
+                  + (f" on ticket #{result.ticket_number}" if result.ticket_number else "")
+                  + (f": {result.reason}" if result.reason else ""))
+            for line in result.trace:
+                print(f"  {line}")
+        elif not args.quiet and (total or 0) <= 1:
+            print(f"mail {result.mail_id}: {result.outcome}"
+                  + (f" #{result.ticket_number}" if result.ticket_number else "")
+                  + (f" ({result.reason})" if result.reason else ""))
+
+    # Files, Maildirs and mboxes stay where they are until we return: many mails go into one write
+    # transaction (a savepoint each), and a mail is reported only once the commit holding it returned.
+    # The MTA pipe (stdin) and dry runs take the one-mail path.
+    if args.batch < 1:
+        raise UsageError("ingest: --batch must be at least 1")
+    batched = not stdin and not args.dry_run
+    batch = None
+    done: list[tuple[str, object, int | None]] = []
+
+    def commit() -> None:
+        nonlocal batch
+        if batch is not None:
+            b, batch = batch, None
+            b.commit()
+        for item in done:
+            report(*item)
+        done.clear()
+
     try:
         for source, ref, raw, total in sources:
             progress.step(total)
@@ -132,26 +176,26 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
             env = Envelope(mail_from=args.sender, rcpt_tos=rcpts, source=source,
                            source_ref=None if source == "stdin" else ref)
             try:
+                if batched:
+                    if batch is None:
+                        batch = intake.batch()
+                    done.append((ref, batch.ingest(raw, env), total))
+                    if batch.count >= args.batch or batch.size >= BATCH_BYTES or batch.age() >= BATCH_SECONDS:
+                        commit()
+                    continue
                 result = intake.ingest(raw, env, dry_run=args.dry_run, durable_first=False)
             except StoreUnavailable as e:
                 print(f"ticket-gateway: could not store {ref}: {e}", file=sys.stderr)
                 return EX_TEMPFAIL
-            counts[result.outcome] = counts.get(result.outcome, 0) + 1
-            if args.json:
-                d = result.as_dict()
-                d["source"] = ref
-                print(json.dumps(d, ensure_ascii=False))
-            elif args.dry_run:
-                print(f"{ref}: would be {result.outcome}"
-                      + (f" on ticket #{result.ticket_number}" if result.ticket_number else "")
-                      + (f": {result.reason}" if result.reason else ""))
-                for line in result.trace:
-                    print(f"  {line}")
-            elif not args.quiet and (total or 0) <= 1:
-                print(f"mail {result.mail_id}: {result.outcome}"
-                      + (f" #{result.ticket_number}" if result.ticket_number else "")
-                      + (f" ({result.reason})" if result.reason else ""))
+            report(ref, result, total)
+        try:
+            commit()
+        except StoreUnavailable as e:
+            print(f"ticket-gateway: could not store the last {len(done)} mail(s): {e}", file=sys.stderr)
+            return EX_TEMPFAIL
     finally:
+        if batch is not None:
+            batch.close()  # not committed: nothing of it is stored, the sources are still there
         app.close()
     if not args.quiet and not args.json and sum(counts.values()) > 1:
         print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
