@@ -162,35 +162,6 @@ def _header_end(scan: _Scan, k: int) -> int | None:
                 return None
         return j
     return None
-    first = lines[k].strip()
-    if not first or len(first) > _MAX_HEADER_LINE or first.startswith(">"):
-        return None
-    parts = [first]
-    for j in range(k, last):
-        if j > k:
-            if not _is_continuation(lines[j]):
-                return None
-            nxt = lines[j].strip()
-            if _LEAD_IN_RE.match(_normalise_candidate(nxt)):
-                return None  # the header starts later, on that line
-            parts.append(nxt)
-        cand = _normalise_candidate(" ".join(parts))
-        if _strong_header(cand):
-            return j
-        if _generic_header(cand):
-            if j == k:
-                return j
-            # A wrapped generic header carries its date on the first line, and no shorter
-            # suffix may already be a header on its own ('Version 2 is out.\n<date> <addr>:').
-            if not _has_date_digit(first):
-                continue
-            if any(
-                _generic_header(_normalise_candidate(" ".join(x.strip() for x in lines[m : j + 1])))
-                for m in range(k + 1, j + 1)
-            ):
-                return None
-            return j
-    return None
 
 
 # --------------------------------------------------------------------------------------------
