@@ -40,6 +40,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -609,8 +610,33 @@ class Service:
         return not alive
 
 
+MMAP_THRESHOLD = 1024 * 1024  # see release_big_buffers
+
+
+def release_big_buffers(threshold: int = MMAP_THRESHOLD) -> bool:
+    """glibc malloc: every allocation of `threshold` bytes or more is its own mmap, unmapped when freed.
+
+    A large mail passes through several buffers of its size (the DATA buffer, SQLite's copies of the bound
+    blob and of the record, the bytes read back for threading, decoded attachments). glibc serves the first
+    of them by mmap, but freeing it raises its (dynamic) mmap threshold to that size (up to 32 MiB): from then
+    on buffers of a mail's size come from the heap arenas, and what is freed there largely stays in RSS and
+    fragments, so the copies of storing and threading add up. A fixed threshold turns the dynamic adjustment
+    off. Returns False where there is no glibc mallopt (musl, macOS)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    M_MMAP_THRESHOLD = -3
+    return bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))
+
+
 def serve(config: Config, *, verbose: bool = False) -> int:
     """Run the service in a new event loop (the `serve` command)."""
+    release_big_buffers()
     service = Service(config, verbose=verbose)
     code = asyncio.run(service.run())
     lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]

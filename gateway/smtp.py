@@ -5,10 +5,11 @@ after the answer, from the stored mail (the service's workers call `Intake.proce
 wrong on our side -- database down, disk full, a bug -- answers `451 4.3.0` so the sending MTA tries again;
 never a 5xx that would bounce a customer's mail.
 
-DATA (our own reader, `_Sessions.smtp_DATA`, with aiosmtpd's wire rules) reads lines with `readuntil(b"\\r\\n")`
-and ends only on a `.` line between two CRLFs, so a bare LF (`\\n.\\n`, `\\r\\n.\\n`, `\\n.\\r\\n`) never ends a
-mail early and the bytes after it never become commands: SMTP smuggling cannot create a second message
-(tests/integration/test_smtp.py checks this with raw sockets).
+DATA (our own reader, `read_data`, with aiosmtpd's wire rules) reads in pieces up to each `.` CRLF
+(`readuntil(b".\\r\\n")`, not one await per line) and ends only on a `.` line between two CRLFs, so a bare LF
+(`\\n.\\n`, `\\r\\n.\\n`, `\\n.\\r\\n`) never ends a mail early and the bytes after it never become commands: SMTP
+smuggling cannot create a second message (tests/integration/test_smtp.py checks this with raw sockets, and the
+piece reader against a line-at-a-time reader on random streams).
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ class _Sessions:
             self._reset_timeout()  # type: ignore[attr-defined]  # idle means no bytes, also inside DATA
 
     async def smtp_DATA(self, arg: str) -> None:
-        """DATA into one buffer (aiosmtpd keeps a list with one object per line: ~3x the mail in memory).
+        """DATA by `read_data`: pieces up to each "." CRLF, joined once (aiosmtpd keeps a list with one object
+        per line: ~3x the mail in memory, and one await per line).
 
         Same wire rules as aiosmtpd: only CRLF ends a line, only CRLF "." CRLF ends the mail, a leading dot of a
         line is removed. Lines of any length are data (a bare-LF mail is one long line; nothing in it can end
@@ -162,41 +164,16 @@ class _Sessions:
             await self.push("501 Syntax: DATA")  # type: ignore[attr-defined]
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")  # type: ignore[attr-defined]
-        reader: asyncio.StreamReader = self._reader  # type: ignore[attr-defined]
-        limit = self.data_size_limit  # type: ignore[attr-defined]
-        buf = bytearray()
-        size = 0
-        too_big = False
-        at_start = True
-        while self.transport is not None:
-            try:
-                line = await reader.readuntil(b"\r\n")
-            except asyncio.LimitOverrunError as e:
-                line = await reader.read(e.consumed)  # a long line: its next piece, still data
-            except asyncio.IncompleteReadError:
-                raise ConnectionResetError("connection closed during DATA") from None
-            except asyncio.CancelledError:
-                log.info("%r connection lost during DATA", getattr(self.session, "peer", None))  # type: ignore
-                self._writer.close()  # type: ignore[attr-defined]
-                raise
-            if not line:
-                raise ConnectionResetError("connection closed during DATA")
-            if at_start and line == b".\r\n":
-                break
-            size += len(line)
-            if limit and size > limit:
-                if not too_big:
-                    too_big = True
-                    buf = bytearray()
-            elif not too_big:
-                buf += line[1:] if at_start and line[:1] == b"." else line
-            at_start = line.endswith(b"\r\n")
-        if too_big:
+        try:
+            content = await read_data(self._reader, self.data_size_limit)  # type: ignore[attr-defined]
+        except asyncio.CancelledError:
+            log.info("%r connection lost during DATA", getattr(self.session, "peer", None))  # type: ignore
+            self._writer.close()  # type: ignore[attr-defined]
+            raise
+        if content is None:
             self._set_post_data_state()  # type: ignore[attr-defined]
             await self.push("552 5.3.4 Error: Too much mail data")  # type: ignore[attr-defined]
             return
-        content = bytes(buf)
-        del buf
         self.envelope.content = self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")  # type: ignore[attr-defined]
         self._set_post_data_state()  # type: ignore[attr-defined]
@@ -218,6 +195,50 @@ class _Sessions:
                 t.write(line.encode("ascii") + b"\r\n")
             finally:
                 t.close()
+
+
+END_LINE = b".\r\n"
+
+
+async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytes | None:
+    """The mail after DATA, dot-unstuffed; None when it was over `limit` bytes (the rest is read and dropped).
+
+    The wire rules of a line reader, applied to pieces as large as the stream gives: a line starts at the
+    start of the data or after CRLF (only CRLF ends a line; a bare CR or LF is data); the mail ends at the
+    first "." CRLF that starts a line; a "." that starts any other line is removed. A piece ends where "."
+    CRLF is (`readuntil`) or where the stream limit is reached: one await per such place, not one per line.
+    Bytes after the end line stay in the reader (pipelined commands)."""
+    pieces: list[bytes] = []
+    size = 0
+    too_big = False
+    tail = b"\r\n"  # the last two bytes read: the data starts at a line start
+    while True:
+        try:
+            piece = await reader.readuntil(END_LINE)
+        except asyncio.LimitOverrunError as e:
+            piece = await reader.read(e.consumed)  # no end line within the stream limit: what is safe to take
+        except asyncio.IncompleteReadError:
+            raise ConnectionResetError("connection closed during DATA") from None
+        if not piece:
+            raise ConnectionResetError("connection closed during DATA")
+        done = piece.endswith(END_LINE) and (tail + piece[:-3])[-2:] == b"\r\n"
+        data = piece[:-3] if done else piece  # the end line itself is not data
+        size += len(data)
+        if limit and size > limit:
+            too_big = True
+            pieces = []
+        elif not too_big and data:
+            if b"\r\n." in data or b"\r\n." in tail + data[:2]:
+                # a dot that starts a line (here or right after the previous piece's CRLF) is removed; the
+                # two bytes of `tail` are never removed, so they are cut off again
+                data = (tail + data).replace(b"\r\n.", b"\r\n")[2:]
+            pieces.append(data)
+        if done:
+            break
+        tail = (tail + piece)[-2:]
+    if too_big:
+        return None
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 class GatewaySMTP(_Sessions, SMTP):

@@ -272,6 +272,66 @@ def test_smtp_smuggling_does_not_create_a_second_message(serve, smuggle) -> None
     assert b"wire money" in raw and b"MAIL FROM:<mallory@evil.example>" in raw  # it is body text, not a command
 
 
+async def _line_reader(reader: asyncio.StreamReader, limit: int) -> bytes | None:
+    """The reference: one line at a time (the DATA reader before it read in pieces, aiosmtpd's rules)."""
+    buf = bytearray()
+    size, too_big, at_start = 0, False, True
+    while True:
+        try:
+            line = await reader.readuntil(b"\r\n")
+        except asyncio.LimitOverrunError as e:
+            line = await reader.read(e.consumed)
+        except asyncio.IncompleteReadError:
+            raise ConnectionResetError("eof") from None
+        if not line:
+            raise ConnectionResetError("eof")
+        if at_start and line == b".\r\n":
+            break
+        size += len(line)
+        if limit and size > limit:
+            too_big, buf = True, bytearray()
+        elif not too_big:
+            buf += line[1:] if at_start and line[:1] == b"." else line
+        at_start = line.endswith(b"\r\n")
+    return None if too_big else bytes(buf)
+
+
+def test_data_reader_in_pieces_keeps_the_line_rules() -> None:
+    """read_data (pieces up to each "." CRLF) against a line-at-a-time reader: the same mail, the same
+    dot-unstuffing, the same end, the same size verdict, the same bytes left for the next command -- for
+    random streams of dots, bare CRs and LFs, CRLFs, cut anywhere, with tiny stream limits."""
+    import random
+
+    from gateway.smtp import read_data
+
+    async def run(fn, chunks, stream_limit, size_limit):  # type: ignore[no-untyped-def]
+        reader = asyncio.StreamReader(limit=stream_limit)
+        for c in chunks:
+            reader.feed_data(c)
+        reader.feed_eof()
+        try:
+            out = await fn(reader, size_limit)
+        except ConnectionResetError:
+            out = "eof"
+        return out, await reader.read()
+
+    async def main() -> None:
+        rnd = random.Random(5321)
+        tokens = [b".", b"\r", b"\n", b"\r\n", b"a", b"..", b"\r\n.", b"\r\n..", b"x.", b".\r\n", b"\r\n.\r"]
+        for _ in range(5000):
+            body = b"".join(rnd.choice(tokens) for _ in range(rnd.randint(0, 40)))
+            end = rnd.choice([b"\r\n.\r\n", b".\r\n", b""])  # b"": the client hangs up inside DATA
+            stream = body + end + b"QUIT\r\n"
+            cuts = sorted(rnd.sample(range(len(stream) + 1), min(3, len(stream) + 1)))
+            chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+            stream_limit, size_limit = rnd.choice([4, 5, 8, 64, 65536]), rnd.choice([0, 0, 10, 30])
+            expected = await run(_line_reader, chunks, stream_limit, size_limit)
+            got = await run(read_data, chunks, stream_limit, size_limit)
+            assert got == expected, (stream, stream_limit, size_limit)
+
+    asyncio.run(main())
+
+
 def test_overlong_lines_are_data_and_never_commands(serve) -> None:  # type: ignore[no-untyped-def]
     r = serve()
     c = Raw(r.port("smtp"))
