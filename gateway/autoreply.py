@@ -355,7 +355,7 @@ def _dsn_kind(msg: Message, subject: str) -> Verdict | None:
     notice = _dsn_notice_text(msg)
     if _CHALLENGE_RE.search(notice):
         return Verdict("auto_reply", "challenge-response in delivery report (sender must confirm)")
-    records = []
+    records: list[dict[str, str]] = []
     for part, inside in _walk(msg):
         if not inside and _content_type(part) in ("message/delivery-status", "message/global-delivery-status"):
             records.extend(b for b in _dsn_blocks(part) if "final-recipient" in b or "action" in b)
@@ -709,8 +709,8 @@ def _dsn_bounce(msg: Message, _nested: bool = True) -> BounceInfo | None:
             if not act and status and status.startswith("2"):
                 continue
             addr = _dsn_address(block.get("final-recipient")) or _dsn_address(block.get("original-recipient"))
-            orig = _dsn_address(block.get("original-recipient"))
-            for a in (addr, orig):
+            orig_rcpt = _dsn_address(block.get("original-recipient"))
+            for a in (addr, orig_rcpt):
                 if a and a not in recipients:
                     recipients.append(a)
             if status:

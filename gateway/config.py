@@ -7,6 +7,7 @@ start-up with a `ConfigError` that names the key.
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import tomllib
@@ -23,12 +24,12 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Key:
-    type: type | tuple[type, ...]
+    type: "builtins.type | tuple[builtins.type, ...]"
     default: Any
     doc: str
     choices: tuple[Any, ...] | None = None
     check: Callable[[Any], str | None] | None = None  # returns an error text or None
-    item_type: type | None = None  # for lists
+    item_type: "builtins.type | None" = None  # for lists
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy import Table
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 STATUSES = ("open", "in_progress", "pending", "resolved", "closed")
@@ -395,3 +396,10 @@ class ImapSeen(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     __table_args__ = (UniqueConstraint("account", "folder", "uidvalidity", "uid", name="uq_imap_seen_key"),
                       Index("ix_imap_seen_mail_id", "mail_id"))
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table of a mapped class (typed: `Model.__table__` is only a FromClause to a type checker)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table

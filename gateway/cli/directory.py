@@ -48,7 +48,7 @@ def add_user(args: argparse.Namespace, config) -> int:  # type: ignore[no-untype
             if org is None:
                 raise UsageError(f"no organisation {args.organisation!r} (add it with: orgs add)")
         c = d.add_contact(args.email, name=args.name, staff=args.staff, organisation=org)
-        print(f"{c.email}: {c.role}" + (f", {c.organisation.name}" if c.organisation_id and org else ""))
+        print(f"{c.email}: {c.role}" + (f", {org.name}" if c.organisation_id and org is not None else ""))
     return 0
 
 

@@ -10,6 +10,8 @@ if connection is None:  # `alembic` run by hand with -x url=...
     from sqlalchemy import create_engine
 
     url = context.get_x_argument(as_dictionary=True).get("url") or context.config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise SystemExit("alembic: give the database with -x url=... or sqlalchemy.url")
     engine = create_engine(url)
     connection = engine.connect()
 

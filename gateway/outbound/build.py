@@ -71,7 +71,7 @@ class Builder:
                 self.comments[c.id] = self.comment_ctx(c)
             for cid in cids:
                 self.comments.setdefault(cid, None)
-        mids = sorted({(r.params or {}).get("mail_id") for r in rows} - {None} - set(self.triggers))
+        mids = sorted({m for r in rows if (m := (r.params or {}).get("mail_id")) is not None} - set(self.triggers))
         if mids:
             for mail_id, message_id in s.execute(select(InboundMail.id, InboundMail.message_id)
                                                  .where(InboundMail.id.in_(mids))):
@@ -85,7 +85,7 @@ class Builder:
         below the chunk's first id per (ticket, recipient), plus every copy inside the chunk's id range."""
         if not rows:
             return
-        tids = sorted({r.ticket_id for r in rows})
+        tids = sorted({r.ticket_id for r in rows if r.ticket_id is not None})
         rcpts = sorted({r.recipient for r in rows})
         first, last = min(r.id for r in rows), max(r.id for r in rows)
         base = and_(OutboxMail.ticket_id.in_(tids), OutboxMail.recipient.in_(rcpts),
@@ -97,7 +97,8 @@ class Builder:
                 select(OutboxMail.id, OutboxMail.ticket_id, OutboxMail.recipient, OutboxMail.message_id)
                 .where(base, or_(OutboxMail.id.in_(below), and_(OutboxMail.id >= first, OutboxMail.id <= last)))
                 .order_by(OutboxMail.id)):
-            self.history[(tid, rcpt)].append((oid, mid))
+            if tid is not None:
+                self.history[(tid, rcpt)].append((oid, mid))
 
     def comment_ctx(self, c: Comment) -> dict[str, Any]:
         from markupsafe import Markup

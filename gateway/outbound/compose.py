@@ -80,7 +80,7 @@ def is_our_message_id(message_id: str | None, domain: str) -> bool:
     if not message_id:
         return False
     m = _OUR_MSGID.match(message_id.strip().strip("<>"))
-    return bool(m) and m.group(1).lower() == domain.lower()
+    return m is not None and m.group(1).lower() == domain.lower()
 
 
 _ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?", re.ASCII)

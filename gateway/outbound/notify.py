@@ -29,6 +29,7 @@ from typing import Any, Iterable
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
+from gateway.models import table_of
 from gateway.config import Config
 from gateway.db import is_unavailable
 from gateway.events import CommentAdded, MailIgnored, MailRejected, TicketChanged, TicketCreated
@@ -192,14 +193,14 @@ class Outbound:
         if c.internal:
             if not self.n["internal_note"]:
                 return
-            rs = [r for r in self.unique([assignee] + watchers, author) if r.is_staff and self.usable(r)]
+            rs = [r for r in self.unique([assignee, *watchers], author) if r.is_staff and self.usable(r)]
             if rs:
                 self.enqueue(s, "internal_note", t, rs, by_mail=ev.mail_id is not None,
                              comment_id=c.id, mail_id=ev.mail_id, visible=False)
             return
         if not self.n["comment"]:
             return
-        rs = [r for r in self.unique([self.reporter_of(t)] + watchers + [assignee], author) if self.usable(r)]
+        rs = [r for r in self.unique([self.reporter_of(t), *watchers, assignee], author) if self.usable(r)]
         if rs:
             self.enqueue(s, "comment", t, rs, by_mail=ev.mail_id is not None, comment_id=c.id,
                          mail_id=ev.mail_id)
@@ -212,7 +213,7 @@ class Outbound:
             old, new = ev.changes["status"]
             if new in ("resolved", "closed", "pending"):
                 watchers = [Recipient(w.contact.email, w.contact.name or "", w.contact) for w in t.watchers]
-                rs = [r for r in self.unique([self.reporter_of(t)] + watchers, by) if self.usable(r)]
+                rs = [r for r in self.unique([self.reporter_of(t), *watchers], by) if self.usable(r)]
                 if rs:
                     self.enqueue(s, "status", t, rs, by_mail=False, changed_by=changed_by,
                                  changes=[{"field": "status", "old": old, "new": new}])
@@ -346,9 +347,9 @@ class Outbound:
     def write(s: Session, rows: list[dict[str, Any]], ids: list[dict[str, Any]]) -> None:
         """Insert planned rows: one multi-row statement per table, in the caller's transaction."""
         if rows:
-            s.execute(insert(OutboxMail.__table__), rows)
+            s.execute(insert(table_of(OutboxMail)), rows)
         if ids:
-            s.execute(insert(TicketMessageId.__table__), ids)
+            s.execute(insert(table_of(TicketMessageId)), ids)
 
     def _caps(self, s: Session, ticket: Ticket | None, emails: list[str], now: datetime) -> dict[str, str]:
         """Recipients held back by the loop guards, with the reason."""

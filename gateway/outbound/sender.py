@@ -27,26 +27,23 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import and_, bindparam, or_, select, update
 
+from gateway.models import table_of
 from gateway.db import is_unavailable, transaction
 from gateway.models import OutboxMail
 
 if TYPE_CHECKING:
     from gateway.app import App
 
+from gateway.sla_policy import next_backoff
+
 log = logging.getLogger("gateway.outbound.sender")
 
-try:  # the shared pure backoff (gateway/sla_policy.py), else our own below
-    from gateway.sla_policy import next_backoff as _shared_backoff
-except Exception:  # noqa: BLE001
-    _shared_backoff = None
 
 
 def backoff(attempt: int, base_seconds: float, cap_seconds: float) -> timedelta:
-    """Delay after `attempt` failed tries: base * 2**(attempt-1), at most cap. Pure."""
-    cap = max(cap_seconds, base_seconds)
-    if _shared_backoff is not None:
-        return _shared_backoff(max(1, attempt), base_seconds=base_seconds, factor=2, cap_seconds=cap)
-    return timedelta(seconds=min(cap, base_seconds * 2 ** max(0, attempt - 1)))
+    """Delay after `attempt` failed tries: base * 2**(attempt-1), at most cap (the shared pure policy)."""
+    return next_backoff(max(1, attempt), base_seconds=base_seconds, factor=2,
+                        cap_seconds=max(cap_seconds, base_seconds))
 
 
 class Temporary(Exception):
@@ -270,7 +267,7 @@ def build_claimed(app: "App", token: str, ids: list[int]) -> tuple[dict[int, tup
                 built.append({"b_id": row.id, "b_token": token, "raw": raw, "subject": subject})
                 ready[row.id] = (row.envelope_from, row.recipient, raw)
     if built:
-        t = OutboxMail.__table__
+        t = table_of(OutboxMail)
         with transaction(app.sessions) as s:
             s.execute(update(t).where(t.c.id == bindparam("b_id"), t.c.claim_token == bindparam("b_token"))
                       .values(raw=bindparam("raw"), subject=bindparam("subject")), built)

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Sink:
         self.received: list[Received] = []
         self.reject = dict(reject or {})  # recipient -> SMTP code to answer at RCPT
         self.lock = threading.Lock()
-        self.controller = None
+        self.controller: Any = None
         self.arrived = threading.Condition(self.lock)
 
     # aiosmtpd handler hooks

@@ -8,15 +8,23 @@ from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
 
+def _dialect_insert(session: Session) -> Any:
+    """The dialect's INSERT (both have ON CONFLICT DO NOTHING)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
+
+
 def insert_ignore(session: Session, table: Table, values: Mapping[str, Any],
                   conflict: Sequence[str]) -> int | None:
     """INSERT ... ON CONFLICT (conflict) DO NOTHING RETURNING id: the new row's id, or None when a row with
     the same key exists (committed, or in flight in another transaction that then commits: PostgreSQL waits
     for it). This is the database-side claim behind every once-only action."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = _dialect_insert(session)
     pk = list(table.primary_key.columns)[0]
     stmt = insert(table).values(**values).on_conflict_do_nothing(index_elements=list(conflict)).returning(pk)
     return session.execute(stmt).scalar()
@@ -26,10 +34,7 @@ def insert_many_ignore(session: Session, table: Table, rows: Sequence[Mapping[st
                        conflict: Sequence[str]) -> list[tuple[Any, ...]]:
     """Multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING (id, ticket_id, kind): only the rows this
     statement inserted come back (chunks of 500 rows)."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = _dialect_insert(session)
     stmt = (insert(table).on_conflict_do_nothing(index_elements=list(conflict))
             .returning(table.c.id, table.c.ticket_id, table.c.kind))
     # executemany with RETURNING: SQLAlchemy's "insertmanyvalues" batches it into multi-row statements

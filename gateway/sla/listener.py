@@ -229,7 +229,7 @@ def preload_recorded(s: Session, ticket_ids: list[int]) -> dict[int, list[tuple[
     if cache is None:
         cache = {}
         s.info[_RECORDED] = (s.get_transaction(), cache)
-    fresh = {tid: [] for tid in ticket_ids}
+    fresh: dict[int, list[tuple[str, datetime]]] = {tid: [] for tid in ticket_ids}
     for k in range(0, len(ticket_ids), 500):
         for tid, kind, deadline in s.execute(select(SlaEscalation.ticket_id, SlaEscalation.kind,
                                                     SlaEscalation.deadline)

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from gateway.models import table_of
 from gateway.clock import Clock
 from gateway.models import SlaPolicyRow
 from gateway.sla_policy import PRIORITIES, TYPES, Calendar, Policy
@@ -291,7 +292,7 @@ class PolicyStore:
             if values["name"] in known:
                 continue
             values.update(position=self._next_position(), source="config", created_at=self.clock())
-            if insert_ignore(self.s, SlaPolicyRow.__table__, values, ["name"]) is not None:
+            if insert_ignore(self.s, table_of(SlaPolicyRow), values, ["name"]) is not None:
                 added.append(values["name"])
         return added
 

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from gateway.models import table_of
 from gateway.db import retry_on_conflict, transaction
 from gateway.models import SlaClock, SlaEscalation, Ticket
 from gateway.sla import state as st
@@ -50,7 +51,7 @@ class SweepResult:
                 f"({self.seconds * 1000:.0f} ms)")
 
 
-def due_reminders_query(now: datetime, limit: int, after: tuple[datetime, int] | None = None) -> Select[Any]:
+def due_reminders_query(now: datetime, limit: int, after: tuple[datetime, int] | None = None) -> Select:  # type: ignore[type-arg]
     """Pending tickets whose reminder is due, in (remind_at, id) keyset pages: index tickets(status, remind_at)."""
     q = select(Ticket.id, Ticket.remind_at).where(Ticket.status == "pending", Ticket.remind_at <= now)
     if after is not None:
@@ -58,7 +59,7 @@ def due_reminders_query(now: datetime, limit: int, after: tuple[datetime, int] |
     return q.order_by(Ticket.remind_at, Ticket.id).limit(limit)
 
 
-def due_clocks_query(now: datetime, limit: int, after: tuple[datetime, int] | None = None) -> Select[Any]:
+def due_clocks_query(now: datetime, limit: int, after: tuple[datetime, int] | None = None) -> Select:  # type: ignore[type-arg]
     """Tickets with an escalation due, in (next_at, ticket_id) keyset pages: the partial index
     sla_clocks(next_at, ticket_id) WHERE next_at IS NOT NULL."""
     q = select(SlaClock.ticket_id, SlaClock.next_at).where(SlaClock.next_at <= now)
@@ -134,7 +135,7 @@ class Sweeper:
             todo.append((t, t.remind_at, self.mailer.reminder_recipients(s, t)))
         if not todo:
             return
-        claimed = {tid: cid for cid, tid, _ in insert_many_ignore(s, SlaEscalation.__table__, [dict(
+        claimed = {tid: cid for cid, tid, _ in insert_many_ignore(s, table_of(SlaEscalation), [dict(
             ticket_id=t.id, kind=st.REMINDER, deadline=remind_at, due_at=remind_at, sent_at=self.now,
             recipients=recipients, suppressed=not recipients, outbox_ref=None)
             for t, remind_at, recipients in todo], ["ticket_id", "kind", "deadline"])}
@@ -222,7 +223,7 @@ class Sweeper:
             clock.updated_at = self.now
         if not rows:
             return
-        claimed = insert_many_ignore(s, SlaEscalation.__table__, rows, ["ticket_id", "kind", "deadline"])
+        claimed = insert_many_ignore(s, table_of(SlaEscalation), rows, ["ticket_id", "kind", "deadline"])
         refs = []
         to_send: list[tuple[int, tuple[Ticket, str, list[str], datetime, datetime, StoredPolicy | None]]] = []
         for claim_id, ticket_id, kind in claimed:
