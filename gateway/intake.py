@@ -24,7 +24,7 @@ from sqlalchemy.orm import object_session
 
 from gateway.db import StoreUnavailable, is_unavailable, transaction
 from gateway.events import MailRejected
-from gateway.models import InboundMail, InboundRaw, Ticket
+from gateway.models import InboundMail, InboundRaw, Ticket, table_of
 from gateway.outcomes import Ignore, Outcome, Quarantine, Reject, TryLater
 from gateway.pipeline import MailContext, run
 from gateway.tickets import Directory, Tickets
@@ -348,7 +348,7 @@ class IngestBatch:
         s.add(mail)  # inserted by the flush before the pipeline's savepoint, attempts already counted
         result = intake._run(s, mail, raw, dry_run=False)
         # the raw bytes as a plain insert: they need no ORM object, and the session does not keep them
-        s.execute(insert(InboundRaw), [{"mail_id": mail.id, "data": raw}])
+        s.connection().execute(insert(table_of(InboundRaw)), [{"mail_id": mail.id, "data": raw}])
         return result
 
     def _quarantined(self, s: Any, raw: bytes, envelope: Envelope, exc: Exception) -> Result:
@@ -361,7 +361,7 @@ class IngestBatch:
             mail.processed_at = self.intake.app.clock()
             s.add(mail)
             s.flush()
-            s.execute(insert(InboundRaw), [{"mail_id": mail.id, "data": raw}])
+            s.connection().execute(insert(table_of(InboundRaw)), [{"mail_id": mail.id, "data": raw}])
         return Result(mail.id, mail.outcome, mail.reason, None, None, list(mail.trace))
 
     def age(self) -> float:

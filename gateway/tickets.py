@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from gateway.clock import Clock
@@ -26,6 +26,7 @@ from gateway.models import (
     TicketLink,
     TicketMessageId,
     Watcher,
+    table_of,
 )
 
 
@@ -185,8 +186,11 @@ class Tickets:
 
     # Changes --------------------------------------------------------------
     def next_number(self) -> int:
-        value = self.s.execute(update(Counter).where(Counter.name == "ticket")
-                               .values(value=Counter.value + 1).returning(Counter.value)).scalar_one()
+        # a Core statement on the session's connection (same transaction): no ORM object holds a counter
+        counters = table_of(Counter)
+        value = self.s.connection().execute(update(counters).where(counters.c.name == "ticket")
+                                            .values(value=counters.c.value + 1)
+                                            .returning(counters.c.value)).scalar_one()
         return int(value)
 
     def create(self, *, subject: str, reporter: Contact, sender_email: str | None = None,
@@ -209,8 +213,10 @@ class Tickets:
         self.s.add(t)
         self.s.flush()
         _found(self.s, "tg.tickets")[t.number] = t
-        for mid in dict.fromkeys(m for m in message_ids if m):  # a new ticket knows none yet: no lookup
-            self.s.add(TicketMessageId(message_id=mid, ticket_id=t.id, direction="in", created_at=now))
+        rows = [{"message_id": mid, "ticket_id": t.id, "direction": "in", "created_at": now}
+                for mid in dict.fromkeys(m for m in message_ids if m)]  # a new ticket knows none yet: no lookup
+        if rows:  # plain rows, read back only by queries (by_message_ids): no ORM objects needed
+            self.s.connection().execute(insert(table_of(TicketMessageId)), rows)
         self.emit(TicketCreated(t, mail_id=source_mail_id))
         return t
 
@@ -242,9 +248,9 @@ class Tickets:
         exists = self.s.scalar(select(TicketMessageId.id).where(TicketMessageId.message_id == message_id,
                                                                  TicketMessageId.ticket_id == ticket.id))
         if exists is None:
-            self.s.add(TicketMessageId(message_id=message_id, ticket_id=ticket.id, direction=direction,
-                                       created_at=self.clock()))
-            self.s.flush()
+            self.s.connection().execute(insert(table_of(TicketMessageId)),
+                                        [{"message_id": message_id, "ticket_id": ticket.id, "direction": direction,
+                                          "created_at": self.clock()}])
 
     def link(self, ticket: Ticket, other: Ticket, *, kind: str = "related", reason: str = "") -> None:
         exists = self.s.scalar(select(TicketLink.id).where(TicketLink.ticket_id == ticket.id,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.models import Attachment
+from sqlalchemy import insert
+
+from gateway.models import Attachment, table_of
 from gateway.pipeline import MailContext
 
 
@@ -12,6 +14,7 @@ def handle(ctx: MailContext) -> None:
     if not p.attachments:
         return
     now = ctx.clock()
+    rows = []
     for part in p.attachments:
         if ctx.dry_run:
             import hashlib
@@ -19,9 +22,10 @@ def handle(ctx: MailContext) -> None:
             sha = hashlib.sha256(part.data).hexdigest()
         else:
             sha = ctx.blobs.put(part.data)
-        ctx.session.add(Attachment(ticket_id=ctx.ticket.id, comment_id=ctx.comment.id if ctx.comment else None,
-                                   filename=part.filename, content_type=part.content_type, size=len(part.data),
-                                   sha256=sha, content_id=part.content_id, inline=part.inline, created_at=now))
-    ctx.session.flush()
+        rows.append({"ticket_id": ctx.ticket.id, "comment_id": ctx.comment.id if ctx.comment else None,
+                     "filename": part.filename, "content_type": part.content_type, "size": len(part.data),
+                     "sha256": sha, "content_id": part.content_id, "inline": part.inline, "created_at": now})
+    # one statement for all of them, on the session's connection (its transaction and savepoint)
+    ctx.session.connection().execute(insert(table_of(Attachment)), rows)
     ctx.note(f"attachments: {len(p.attachments)} stored ({', '.join(a.filename for a in p.attachments[:5])}"
              + (", ..." if len(p.attachments) > 5 else "") + ")")
