@@ -81,13 +81,18 @@ class Intake:
         self.handlers = app.handlers
 
     # Step 1: durable ---------------------------------------------------------------
-    def _new_row(self, raw: bytes, envelope: Envelope, *, with_raw: bool = True) -> InboundMail:
-        mid, sender, subject = _header_summary(raw)
+    def _new_row(self, raw: bytes, envelope: Envelope, *, with_raw: bool = True, hint: bool = True) -> InboundMail:
+        """hint=False: the listing hint (Message-ID, sender, subject from a header-only parse) is left to
+        `_record`, which needs it only where the pipeline's parse found no value (a row that nobody sees before
+        the pipeline ran: the batch path)."""
+        mid, sender, subject = _header_summary(raw) if hint else (None, None, None)
         mail = InboundMail(received_at=self.app.clock(), source=envelope.source, source_ref=envelope.source_ref,
                            envelope_from=envelope.mail_from, envelope_to=list(envelope.rcpt_tos),
                            message_id=mid, sender=sender[:320] if sender else None, subject=subject,
                            sha256=hashlib.sha256(raw).hexdigest(), size=len(raw), outcome="received",
                            trace=[], attempts=0)
+        if not hint:
+            mail._tg_hint_pending = True  # type: ignore[attr-defined]  # a plain attribute, not a column
         if with_raw:
             mail.raw = InboundRaw(data=raw)
         return mail
@@ -227,9 +232,73 @@ class Intake:
             log.exception("mail %s quarantined", mail.id)
         return self._result(mail)
 
+    def _run_batched(self, s: Any, raw: bytes, envelope: Envelope) -> Result:
+        """`_run` for a new mail inside an IngestBatch: the mail row, what the handlers write and the raw
+        bytes go into ONE savepoint. An outcome that keeps nothing (duplicate, reject, quarantine, a failing
+        handler) rolls the savepoint back and writes the mail row again, with its outcome, in a fresh one;
+        the result is what `_run` records. Any exception that escapes has rolled the savepoint back."""
+        mail = self._new_row(raw, envelope, with_raw=False, hint=False)
+        mail.attempts = 1
+        sp = s.begin_nested()
+        try:
+            s.add(mail)
+            s.flush()  # the mail's id, for the handlers
+            ctx = self._context(s, mail, raw, False)
+            try:
+                outcome = run(ctx, self.handlers)
+                self._record(ctx, outcome, None)
+            except Ignore as o:  # keeps what handlers wrote (a bounce note on its ticket)
+                self._record(ctx, o.outcome, o.reason)
+            except TryLater as o:
+                raise StoreUnavailable(o.reason) from o
+            except Outcome as o:
+                sp.rollback()
+                return self._rewrite(s, ctx, raw, envelope, o.outcome, o.reason,
+                                     rejected=o if isinstance(o, Reject) else None)
+            except IntegrityError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- every other failure quarantines the mail
+                if is_unavailable(e):
+                    raise
+                sp.rollback()
+                log.exception("mail quarantined")
+                reason = f"internal error in pipeline: {type(e).__name__}: {e}"[:2000]
+                ctx.note("traceback: " + "".join(traceback.format_exception_only(type(e), e)).strip()[:1000])
+                return self._rewrite(s, ctx, raw, envelope, "quarantined", reason)
+            s.connection().execute(insert(table_of(InboundRaw)), [{"mail_id": mail.id, "data": raw}])
+            sp.commit()
+        except BaseException:
+            if sp.is_active:
+                sp.rollback()
+            raise
+        return self._result(mail)
+
+    def _rewrite(self, s: Any, ctx: MailContext, raw: bytes, envelope: Envelope, outcome: str, reason: str | None,
+                 *, rejected: Reject | None = None) -> Result:
+        """The mail row again after its savepoint was rolled back, with the outcome and the trace so far."""
+        mail = self._new_row(raw, envelope, with_raw=False, hint=False)
+        mail.attempts = 1
+        mail.trace = []
+        with s.begin_nested():
+            s.add(mail)
+            s.flush()
+            ctx.mail = mail
+            ctx.ticket = None
+            ctx.comment = None
+            self._record(ctx, outcome, reason)
+            if rejected is not None:
+                ctx.tickets.emit(MailRejected(mail.id, ctx.sender_email, rejected.reason))
+            s.connection().execute(insert(table_of(InboundRaw)), [{"mail_id": mail.id, "data": raw}])
+        return self._result(mail)
+
     def _record(self, ctx: MailContext, outcome: str, reason: str | None) -> None:
         mail = ctx.mail
         p = ctx.parsed
+        if getattr(mail, "_tg_hint_pending", False):
+            mail._tg_hint_pending = False  # type: ignore[attr-defined]
+            if p is None or not p.message_id or not (ctx.sender_email or p.from_addr) or not p.subject:
+                mid, sender, subject = _header_summary(ctx.raw)
+                mail.message_id, mail.sender, mail.subject = mid, sender[:320] if sender else None, subject
         if p is not None:
             mail.message_id = p.message_id or mail.message_id
             mail.sender = (ctx.sender_email or p.from_addr or mail.sender or None)
@@ -322,13 +391,9 @@ class IngestBatch:
         self.count += 1
         self.size += len(raw)
         for attempt in range(5):
-            sp = s.begin_nested()
             try:
-                result = self._one(s, raw, envelope)
-                sp.commit()
-                return result
+                return self.intake._run_batched(s, raw, envelope)  # rolled back when it raises
             except IntegrityError:
-                sp.rollback()
                 log.info("mail: conflict with a concurrent writer, running again")
                 if attempt == 4:
                     raise
@@ -337,19 +402,9 @@ class IngestBatch:
             except Exception as e:
                 if is_unavailable(e):
                     raise StoreUnavailable(str(e)) from e
-                sp.rollback()
                 log.exception("mail could not be stored with its outcome; storing it quarantined")
                 return self._quarantined(s, raw, envelope, e)
         raise AssertionError("unreachable")
-
-    def _one(self, s: Any, raw: bytes, envelope: Envelope) -> Result:
-        intake = self.intake
-        mail = intake._new_row(raw, envelope, with_raw=False)
-        s.add(mail)  # inserted by the flush before the pipeline's savepoint, attempts already counted
-        result = intake._run(s, mail, raw, dry_run=False)
-        # the raw bytes as a plain insert: they need no ORM object, and the session does not keep them
-        s.connection().execute(insert(table_of(InboundRaw)), [{"mail_id": mail.id, "data": raw}])
-        return result
 
     def _quarantined(self, s: Any, raw: bytes, envelope: Envelope, exc: Exception) -> Result:
         with s.begin_nested():

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from gateway.clock import Clock
@@ -28,6 +28,20 @@ from gateway.models import (
     Watcher,
     table_of,
 )
+
+
+# The pipeline's lookups, built once: a statement built per call costs more than running it (SQLAlchemy
+# derives its cache key anew each time).
+_CONTACT_BY_EMAIL = select(Contact).where(Contact.email == bindparam("email"))
+_DOMAIN = select(OrganisationDomain).where(OrganisationDomain.domain == bindparam("domain"))
+_TICKET_BY_NUMBER = select(Ticket).where(Ticket.number == bindparam("number"))
+_TICKETS_BY_MESSAGE_ID = (select(TicketMessageId.message_id, TicketMessageId.ticket_id)
+                          .where(TicketMessageId.message_id.in_(bindparam("ids", expanding=True))))
+_MESSAGE_ID_KNOWN = select(TicketMessageId.id).where(TicketMessageId.message_id == bindparam("message_id"),
+                                                     TicketMessageId.ticket_id == bindparam("ticket_id"))
+_LINK_KNOWN = select(TicketLink.id).where(TicketLink.ticket_id == bindparam("ticket_id"),
+                                          TicketLink.other_ticket_id == bindparam("other_ticket_id"),
+                                          TicketLink.kind == bindparam("kind"))
 
 
 class InvalidChange(ValueError):
@@ -66,7 +80,7 @@ class Directory:
         email = normalise_email(email)
         c = _cached(self.s, "tg.contacts", email)
         if c is None:
-            c = self.s.scalar(select(Contact).where(Contact.email == email))
+            c = self.s.scalar(_CONTACT_BY_EMAIL, {"email": email})
             if c is not None:
                 _found(self.s, "tg.contacts")[email] = c
         return c
@@ -78,7 +92,7 @@ class Directory:
         domain = domain.lower()
         org = _cached(self.s, "tg.domains", domain)
         if org is None:
-            row = self.s.scalar(select(OrganisationDomain).where(OrganisationDomain.domain == domain))
+            row = self.s.scalar(_DOMAIN, {"domain": domain})
             org = row.organisation if row else None
             if org is not None:
                 _found(self.s, "tg.domains")[domain] = org
@@ -146,7 +160,7 @@ class Tickets:
     def get(self, number: int) -> Ticket | None:
         t = _cached(self.s, "tg.tickets", number)
         if t is None:
-            t = self.s.scalar(select(Ticket).where(Ticket.number == number))
+            t = self.s.scalar(_TICKET_BY_NUMBER, {"number": number})
             if t is not None:
                 _found(self.s, "tg.tickets")[number] = t
         return t
@@ -155,8 +169,7 @@ class Tickets:
         """Tickets that know any of these Message-IDs, in the order of `ids` (most relevant first)."""
         if not ids:
             return []
-        rows = self.s.execute(select(TicketMessageId.message_id, TicketMessageId.ticket_id)
-                              .where(TicketMessageId.message_id.in_(list(ids)[:200]))).all()
+        rows = self.s.execute(_TICKETS_BY_MESSAGE_ID, {"ids": list(ids)[:200]}).all()
         if not rows:  # the common case (a new conversation): one indexed lookup, no ticket loaded
             return []
         order = {mid: i for i, mid in enumerate(ids)}
@@ -245,17 +258,14 @@ class Tickets:
     def remember_message_id(self, ticket: Ticket, message_id: str | None, direction: str = "in") -> None:
         if not message_id:
             return
-        exists = self.s.scalar(select(TicketMessageId.id).where(TicketMessageId.message_id == message_id,
-                                                                 TicketMessageId.ticket_id == ticket.id))
+        exists = self.s.scalar(_MESSAGE_ID_KNOWN, {"message_id": message_id, "ticket_id": ticket.id})
         if exists is None:
             self.s.connection().execute(insert(table_of(TicketMessageId)),
                                         [{"message_id": message_id, "ticket_id": ticket.id, "direction": direction,
                                           "created_at": self.clock()}])
 
     def link(self, ticket: Ticket, other: Ticket, *, kind: str = "related", reason: str = "") -> None:
-        exists = self.s.scalar(select(TicketLink.id).where(TicketLink.ticket_id == ticket.id,
-                                                           TicketLink.other_ticket_id == other.id,
-                                                           TicketLink.kind == kind))
+        exists = self.s.scalar(_LINK_KNOWN, {"ticket_id": ticket.id, "other_ticket_id": other.id, "kind": kind})
         if exists is None:
             self.s.add(TicketLink(ticket_id=ticket.id, other_ticket_id=other.id, kind=kind, reason=reason,
                                   created_at=self.clock()))

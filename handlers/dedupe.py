@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import hashlib
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 
 from gateway.models import InboundMail, Ticket
 from gateway.outcomes import Duplicate
 from gateway.pipeline import MailContext
+
+
+_COLUMNS = (InboundMail.id, InboundMail.claim_sha256, InboundMail.outcome, InboundMail.ticket_id)
+# built once (a statement built per mail costs more than running it)
+_FIRST_BY_BYTES = (select(*_COLUMNS)
+                   .where(InboundMail.claim_sha256 == bindparam("sha"), InboundMail.id != bindparam("id"))
+                   .order_by(InboundMail.id).limit(1))
+_FIRST_BY_BYTES_OR_MSGID = (select(*_COLUMNS)
+                            .where(or_(InboundMail.claim_sha256 == bindparam("sha"),
+                                       InboundMail.claim_msgid == bindparam("msgid")),
+                                   InboundMail.id != bindparam("id"))
+                            .order_by(InboundMail.id).limit(1))
 
 
 def msgid_claim(message_id: str, sender: str) -> str:
@@ -24,12 +36,11 @@ def handle(ctx: MailContext) -> None:
     mail = ctx.mail
     sender = (ctx.parsed.from_addr or mail.envelope_from or "").lower()
     claim_msgid = msgid_claim(ctx.parsed.message_id, sender) if ctx.parsed.message_id else None
-    conds = [InboundMail.claim_sha256 == mail.sha256]
     if claim_msgid:
-        conds.append(InboundMail.claim_msgid == claim_msgid)
-    first = ctx.session.execute(
-        select(InboundMail.id, InboundMail.claim_sha256, InboundMail.outcome, InboundMail.ticket_id)
-        .where(or_(*conds), InboundMail.id != mail.id).order_by(InboundMail.id).limit(1)).first()
+        first = ctx.session.execute(_FIRST_BY_BYTES_OR_MSGID, {"sha": mail.sha256, "msgid": claim_msgid,
+                                                               "id": mail.id}).first()
+    else:
+        first = ctx.session.execute(_FIRST_BY_BYTES, {"sha": mail.sha256, "id": mail.id}).first()
     if first is not None:
         same = "the same bytes" if first.claim_sha256 == mail.sha256 else "the same Message-ID and sender"
         ctx.ticket = None

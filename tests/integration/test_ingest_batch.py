@@ -84,25 +84,43 @@ def test_a_mail_failing_in_the_pipeline_is_quarantined_alone(make_app, monkeypat
     assert app.intake().replay(out[1].mail_id).outcome == "ticket"
 
 
-def test_a_mail_that_cannot_be_stored_with_its_outcome_is_stored_quarantined_alone(app, monkeypatch):
-    real_run = Intake._run
+@pytest.mark.parametrize("fails", ["once", "always"])
+def test_a_mail_whose_outcome_cannot_be_recorded_is_stored_quarantined_alone(app, monkeypatch, fails):
+    real_record = Intake._record
 
-    def failing_run(self, s, mail, raw, *, dry_run):
-        result = real_run(self, s, mail, raw, dry_run=dry_run)
-        if b"Subject: cursed" in raw:
+    def failing_record(self, ctx, outcome, reason):
+        if b"Subject: cursed" in ctx.raw and (fails == "always" or outcome == "ticket"):
             raise ValueError("cannot record this one")  # after the pipeline wrote its ticket
-        return result
+        return real_record(self, ctx, outcome, reason)
 
-    monkeypatch.setattr(Intake, "_run", failing_run)
+    monkeypatch.setattr(Intake, "_record", failing_record)
     b = app.intake().batch()
     out = [b.ingest(make_mail(subject=subj), ENV) for subj in ("one", "cursed", "two")]
     b.commit()
     assert [r.outcome for r in out] == ["ticket", "quarantined", "ticket"]
     assert "cannot record this one" in out[1].reason
     assert count(app, Ticket) == 2  # the cursed mail's ticket was rolled back with its savepoint
+    assert count(app, InboundMail) == 3
     with app.sessions() as s:
         kept = s.get(InboundMail, out[1].mail_id)
         assert kept.raw.data.startswith(b"From: ") and b"Subject: cursed" in kept.raw.data
-        assert kept.claim_sha256 is None  # a replay can still make its ticket
-    monkeypatch.setattr(Intake, "_run", real_run)
+        assert kept.claim_sha256 is None and kept.subject == "cursed"  # a replay can still make its ticket
+    monkeypatch.setattr(Intake, "_record", real_record)
     assert app.intake().replay(out[1].mail_id).outcome == "ticket"
+
+
+def test_outcomes_that_keep_nothing_keep_the_mail_row_and_its_trace(make_app):
+    app = make_app(gateway={"unknown_senders": "reject"})
+    b = app.intake().batch()
+    out = [b.ingest(make_mail(), ENV), b.ingest(b"From: a@x.example, b@x.example\r\nSubject: two\r\n\r\nbody", ENV),
+           b.ingest(b"\x00\x01 not a mail", ENV)]
+    b.commit()
+    assert [r.outcome for r in out] == ["rejected", "quarantined", "quarantined"]
+    with app.sessions() as s:
+        rows = [s.get(InboundMail, r.mail_id) for r in out]
+        assert [m.outcome for m in rows] == ["rejected", "quarantined", "quarantined"]
+        assert rows[0].sender == "alice@customer.example" and rows[0].subject == "Printer on fire"
+        assert rows[1].sender == "a@x.example, b@x.example" and rows[1].subject == "two"  # the listing hint
+        assert all(m.trace[-1].startswith("outcome: ") and m.raw is not None for m in rows)
+        assert any(line.startswith("identify:") or "reject" in line for line in rows[0].trace)
+    assert count(app, Ticket) == 0
