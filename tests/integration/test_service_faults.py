@@ -465,3 +465,68 @@ def test_unreachable_database_at_start_exits_75(tmp_path) -> None:  # type: igno
     srv = Serve(tmp_path, url.render_as_string(hide_password=False))
     srv.start(wait=False)
     assert srv.proc is not None and srv.proc.wait(60) == 75
+
+
+# Memory: a large mail's copies do not outlive it ------------------------------------------------------------
+def test_a_connection_that_bound_a_large_mail_is_closed_when_returned(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    """SQLite keeps its own copy of a bound value in the cached statement: the connection that stored a large
+    mail is closed on check-in (the mail is stored; the next transaction opens a fresh connection)."""
+    from sqlalchemy import event
+
+    from conftest import make_config
+    from gateway.app import build_app
+    from gateway.intake import Envelope
+    from gateway.service import release_big_binds
+
+    app = build_app(make_config(tmp_path, sqlite_url))
+    try:
+        app.upgrade_db()
+        invalidated: list[object] = []
+        event.listen(app.engine.pool, "invalidate", lambda conn, record, exc: invalidated.append(record))
+        assert release_big_binds(app.engine, threshold=512 * 1024) is True
+        assert release_big_binds(app.engine, threshold=512 * 1024) is True  # installed once per engine
+        intake = app.intake()
+        small = intake.store(make_mail(subject="small"), Envelope(source="smtp"))
+        assert invalidated == []
+        big_raw = make_mail(subject="big", body="y" * 76 + "\n" * 0 + ("z" * 76 + "\n") * 10_000)
+        assert len(big_raw) > 512 * 1024
+        big = intake.store_many([(big_raw, Envelope(source="smtp")), (make_mail(subject="next"),
+                                                                    Envelope(source="smtp"))])
+        assert len(invalidated) == 1  # the store's connection, once
+        assert intake.process(big[0]).outcome == "ticket" and intake.process(small).outcome == "ticket"
+        from gateway.models import InboundRaw
+
+        with app.sessions() as s:
+            assert s.get(InboundRaw, big[0]).data == big_raw
+        assert len(invalidated) == 1  # reading the large mail back binds nothing large
+    finally:
+        app.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_big_buffers_go_back_to_the_os() -> None:
+    """serve's fixed mmap threshold: buffers of a large mail's size, freed, leave RSS (glibc's dynamic
+    threshold would keep the later ones in the heap)."""
+    code = """
+import sys
+from gateway.service import release_big_buffers
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+if not release_big_buffers():
+    print("no-mallopt"); sys.exit(0)
+base = rss()
+for _ in range(4):
+    b = bytearray(24 * 2**20)
+    b[::4096] = bytes(len(range(0, len(b), 4096)))  # touch every page
+    b[::4096] = b"x" * len(range(0, len(b), 4096))
+    del b
+print(rss() - base)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    if out.strip() == "no-mallopt":
+        pytest.skip("no glibc mallopt")
+    assert float(out) < 8, out  # MiB kept after four 24 MiB buffers came and went
