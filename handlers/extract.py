@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 
 from gateway.pipeline import MailContext
-from gateway.quotes import html_to_text, sanitize_html, strip_html_reply, strip_reply
+
+# gateway.quotes (nh3, html.parser, the reply patterns) is imported where it is needed: a new ticket from a
+# plain-text mail needs none of it, and an MTA pipe process starts faster without it.
 
 
 def cut_at_delimiters(text: str, delimiters: list[str], *, regex: bool = False) -> str:
@@ -28,16 +30,25 @@ def handle(ctx: MailContext) -> None:
     text = p.text.strip("\n")
     from_html = False
     if not text.strip() and p.html:
+        from gateway.quotes import html_to_text
+
         text = html_to_text(p.html)
         from_html = True
     ctx.full_text = text
-    ctx.html = sanitize_html(p.html) if p.html else None
+    if p.html:
+        from gateway.quotes import sanitize_html
+
+        ctx.html = sanitize_html(p.html)
+    else:
+        ctx.html = None
     delimiters = ctx.config.gateway["body_delimiters"]
     cut = cut_at_delimiters(text, delimiters, regex=ctx.config.gateway["body_delimiters_regex"])
     if cut != text:
         ctx.note("extract: text cut at a configured delimiter line")
         text = cut
     if ctx.ticket is not None:
+        from gateway.quotes import strip_html_reply, strip_reply
+
         visible = strip_html_reply(p.html) if from_html and p.html and not delimiters else strip_reply(text)
         ctx.body = visible
         if visible != text.strip():
