@@ -39,6 +39,7 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Any
 from email import errors as _errors
 from email import policy as _policy
 from email.generator import BytesGenerator
@@ -1232,9 +1233,36 @@ def _defect_notes(root: Message, out: list[str]) -> None:
 # entry point
 
 
+class _Policy(_policy.EmailPolicy):
+    """``email.policy.default`` (the same settings), reusing the header object parsed for a (name, value) pair.
+
+    The stdlib parser asks a part for its Content-Type several times while it parses (and the classifier
+    asks again); policy.default parses the value anew on every ask. A parsed header is an immutable value
+    (a str with its parse results), so handing out the one already made for the same name and value is the
+    same answer, without the work."""
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        if hasattr(value, "name") or len(value) > _HEADER_CACHE_VALUE:
+            return super().header_fetch_parse(name, value)
+        key = (name, value)
+        header = _HEADER_CACHE.get(key)
+        if header is None:
+            header = super().header_fetch_parse(name, value)
+            if len(_HEADER_CACHE) >= _HEADER_CACHE_SIZE:
+                _HEADER_CACHE.clear()
+            _HEADER_CACHE[key] = header
+        return header
+
+
+_HEADER_CACHE: dict[tuple[str, str], Any] = {}
+_HEADER_CACHE_SIZE = 1024
+_HEADER_CACHE_VALUE = 2048  # characters: longer values are parsed every time and not kept
+_POLICY = _Policy(header_factory=_policy.default.header_factory)
+
+
 def _parse_bytes(raw: bytes, defects: list[str]) -> EmailMessage:
     try:
-        msg = BytesParser(policy=_policy.default).parsebytes(raw)
+        msg = BytesParser(policy=_POLICY).parsebytes(raw)
     except RecursionError:
         raise MailParseError("MIME nesting too deep to parse") from None
     except Exception as exc:  # the stdlib parser should not fail; if it does, try the legacy policy
