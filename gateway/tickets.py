@@ -92,11 +92,29 @@ class Directory:
         domain = domain.lower()
         org = _cached(self.s, "tg.domains", domain)
         if org is None:
+            none = self._no_organisation()
+            if none is not None and domain in none:
+                return None
             row = self.s.scalar(_DOMAIN, {"domain": domain})
             org = row.organisation if row else None
             if org is not None:
                 _found(self.s, "tg.domains")[domain] = org
+            elif none is not None:
+                none.add(domain)
         return org
+
+    def _no_organisation(self) -> set[str] | None:
+        """Domains known to belong to no organisation, for the current transaction -- on SQLite only, where every
+        transaction holds the write lock (BEGIN IMMEDIATE) so no other writer can add a domain meanwhile. None
+        elsewhere (PostgreSQL: another instance may add one at any time; look it up every time)."""
+        bind = self.s.get_bind()
+        if bind.dialect.name != "sqlite" or not self.s.in_transaction():
+            return None
+        root = self.s.get_transaction()
+        held = self.s.info.get("tg.no-organisation")
+        if held is None or held[0] is not root:
+            held = self.s.info["tg.no-organisation"] = (root, set())
+        return held[1]  # type: ignore[no-any-return]
 
     def add_organisation(self, name: str, domains: Iterable[str] = ()) -> Organisation:
         org = self.organisation(name)
@@ -104,6 +122,7 @@ class Directory:
             org = Organisation(name=name, created_at=self.clock())
             self.s.add(org)
             self.s.flush()
+        self.s.info.pop("tg.no-organisation", None)
         for d in domains:
             d = d.strip().lower().lstrip("@")
             if d and self.s.scalar(select(OrganisationDomain).where(OrganisationDomain.domain == d)) is None:
@@ -177,6 +196,7 @@ class Tickets:
         for mid, ticket_id in sorted(rows, key=lambda r: (order.get(r[0], 1 << 30), -r[1])):
             t = self.s.get(Ticket, ticket_id)
             if t is not None:
+                _found(self.s, "tg.tickets")[t.number] = t  # a subject tag [#N] of the same mail finds it
                 out.append((mid, t))
         return out
 

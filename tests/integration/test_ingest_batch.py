@@ -124,3 +124,26 @@ def test_outcomes_that_keep_nothing_keep_the_mail_row_and_its_trace(make_app):
         assert all(m.trace[-1].startswith("outcome: ") and m.raw is not None for m in rows)
         assert any(line.startswith("identify:") or "reject" in line for line in rows[0].trace)
     assert count(app, Ticket) == 0
+
+
+def test_organisation_domains_are_looked_up_afresh_in_every_transaction(app):
+    from gateway.db import transaction
+    from gateway.models import Contact
+    from gateway.tickets import Directory
+
+    b = app.intake().batch()
+    b.ingest(make_mail(sender="A <a@newco.example>", subject="first"), ENV)
+    b.commit()
+    with transaction(app.sessions) as s:
+        d = Directory(s, app.clock)
+        assert d.organisation_for_domain("later.example") is None
+        d.add_organisation("Later", ["later.example"])  # the same transaction sees it at once
+        assert d.organisation_for_domain("later.example").name == "Later"
+        d.add_organisation("NewCo", ["newco.example"])
+    b = app.intake().batch()
+    b.ingest(make_mail(sender="B <b@newco.example>", subject="second"), ENV)
+    b.ingest(make_mail(sender="C <c@later.example>", subject="third"), ENV)
+    b.commit()
+    with app.sessions() as s:
+        orgs = {c.email: (c.organisation.name if c.organisation else None) for c in s.query(Contact)}
+    assert orgs == {"a@newco.example": None, "b@newco.example": "NewCo", "c@later.example": "Later"}
