@@ -185,7 +185,9 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
                     continue
                 result = intake.ingest(raw, env, dry_run=args.dry_run, durable_first=False)
             except StoreUnavailable as e:
-                print(f"ticket-gateway: could not store {ref}: {e}", file=sys.stderr)
+                n = len(done) + (0 if done and done[-1][0] == ref else 1)  # the mails of the rolled-back transaction
+                held = f" (nor the other {n - 1} mail(s) of its transaction)" if batched and n > 1 else ""
+                print(f"ticket-gateway: could not store {ref}{held}: {e}", file=sys.stderr)
                 return EX_TEMPFAIL
             report(ref, result, total)
         try:

@@ -147,3 +147,34 @@ def test_organisation_domains_are_looked_up_afresh_in_every_transaction(app):
     with app.sessions() as s:
         orgs = {c.email: (c.organisation.name if c.organisation else None) for c in s.query(Contact)}
     assert orgs == {"a@newco.example": None, "b@newco.example": "NewCo", "c@later.example": "Later"}
+
+
+def test_store_unavailable_mid_batch_rolls_the_batch_back_and_a_new_run_stores_everything(make_app, db_url):
+    if not db_url.startswith("sqlite"):
+        pytest.skip("the write lock of another SQLite connection makes the store unavailable here")
+    import sqlite3
+
+    from gateway.db import StoreUnavailable
+
+    app = make_app(database={"busy_timeout_ms": 100})
+    mails = [make_mail(subject=f"m{i}") for i in range(4)]
+    b = app.intake().batch()
+    b.ingest(mails[0], ENV)
+    b.ingest(mails[1], ENV)
+    b.commit()
+    b = app.intake().batch()
+    holder = sqlite3.connect(app.engine.url.database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # someone else holds the write lock beyond our busy timeout
+    try:
+        with pytest.raises(StoreUnavailable):
+            b.ingest(mails[2], ENV)
+        b.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert count(app, InboundMail) == 2
+    b = app.intake().batch()
+    out = [b.ingest(raw, ENV).outcome for raw in mails]  # the whole source again: dedupe sorts it out
+    b.commit()
+    assert out == ["duplicate", "duplicate", "ticket", "ticket"]
+    assert count(app, Ticket) == 4
