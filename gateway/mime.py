@@ -1444,10 +1444,10 @@ def _build(
     first_line_cr = raw.endswith(b"\r") if nl < 0 else raw.startswith(b"\r", nl - 1) and nl > 0
     linesep = "\r\n" if first_line_cr else "\n"
 
-    index = _raw_header_index(msg)
+    header_values = _raw_header_index(msg)
 
     def header(name: str) -> list[str]:
-        values = [_header_text(v) for v in index.get(name.lower(), ())]
+        values = [_header_text(v) for v in header_values.get(name.lower(), ())]
         out = []
         for v in values:
             if len(v) > max_header_bytes:
