@@ -1,21 +1,34 @@
 """The IMAP poller: fetches mail from IMAP mailboxes (`[[imap]]` accounts) into the intake.
 
-For every message in the account's folder (UNDELETED, in UID order, in batches):
+For every message in the account's folder (UNDELETED, in UID order, in batches of `batch_size`, at most
+32 MiB of mail a batch):
 
-1. look up its key (account, folder, UIDVALIDITY, UID) in `imap_seen`: a message already stored and threaded
-   (a crash or an error after the commit, before the move) is only moved, never fetched again;
-2. otherwise fetch `BODY.PEEK[]` (the \\Seen flag is left alone), `Intake.store_many()` (the batch's new
-   mails, durable, one commit) and `Intake.process()` each (threaded), then record the keys with the mail
-   ids and outcomes in `imap_seen`;
-3. only then move it: to `processed_folder`, or to `quarantine_folder` when the pipeline quarantined it
-   (UID MOVE when the server has MOVE, else UID COPY + \\Deleted + UID EXPUNGE). Mail over
-   `limits.max_message_size` is moved to the quarantine folder without being fetched.
+1. look up its key (account, folder, UIDVALIDITY, UID) in `imap_seen`: a message already stored (a crash or
+   an error after the commit, before the move) is only moved, never fetched again;
+2. otherwise fetch `BODY.PEEK[]` (the \\Seen flag is left alone) for the whole batch, store the batch's mails
+   with `Intake.store_many()` (durable, one commit for the batch) and record their keys (state `stored`);
+3. only then move the whole batch to `processed_folder` with one UID MOVE of its UID set (UID COPY +
+   \\Deleted + UID EXPUNGE without MOVE); the keys become `moved`, and where each message went (the server's
+   UIDPLUS COPYUID answer) is recorded as a key in `processed_folder` (state `filed`);
+4. after each pass over the folder, threading runs from the stored mail, as on the SMTP path
+   (`thread_stored`: `Intake.process()` of each, in the order they were stored); the outcome is recorded on
+   the keys, and a mail the pipeline quarantined is moved on from `processed_folder` to `quarantine_folder`
+   by the UID it got there. Mail over `limits.max_message_size` goes to the quarantine folder unfetched.
 
-A crash between the commit and the move leaves the message in the folder: found in `imap_seen`, it is only
-moved. A new UIDVALIDITY (the folder was recreated), or a crash before `imap_seen` was written, makes the
-message be fetched and stored again; the core's dedupe (same Message-ID and sender, or same bytes) records
-it as a `duplicate`, so no second ticket is ever opened. When the database is unreachable the message stays where
-it is and the poller tries again later (backing off).
+Without UIDPLUS (so no way to find a moved message again) and with a quarantine folder of its own, the
+poller threads each batch before it moves it instead (the slower order: stored, threaded, then moved by
+outcome); `thread_after_move` forces either order.
+
+Nothing is lost, nothing doubled: a crash between the commit and the move leaves the message in the folder,
+found in `imap_seen` it is only moved; a crash after the move leaves it stored and not threaded, and the next
+drain threads it (processing is idempotent; the service's sweep does it as well) and refiles it if it was
+quarantined. A new UIDVALIDITY (the folder was recreated), or a crash before `imap_seen` was written, makes
+the message be fetched and stored again; the core's dedupe (same Message-ID and sender, or same bytes)
+records the second copy as a `duplicate`, so no second ticket is ever opened. (One narrow window is not
+covered: a crash after the MOVE and before its record; the mail is stored and threaded, but if quarantined
+it stays in `processed_folder`.) When the database is unreachable the message stays where it is and the
+poller tries again later (backing off); stored mail whose threading was postponed is threaded on the next
+drain.
 
 Running it:
 
@@ -41,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import func, select, tuple_
 
 from gateway.db import StoreUnavailable, is_unavailable, retry_on_conflict, transaction
 from gateway.models import ImapSeen
@@ -188,6 +201,7 @@ class ImapPoller:
         self.thread_after_move: bool | None = None
         self._moved_here: set[int] = set()  # mail ids moved to processed_folder in the current drain
         self._failed_here: set[int] = set()  # mail ids whose threading failed in the current drain (not retried)
+        self._thread_floor = 0  # mail ids up to here are threaded and recorded (see thread_stored)
         # what the service loop is doing: new | connecting | draining | waiting | idling | backoff | stopped
         self.state = "new"
         self.idling = threading.Event()  # set while the loop waits in IDLE (tests wait for it)
@@ -482,7 +496,13 @@ class ImapPoller:
         waits for the next drain (or the service's sweep; processing is idempotent)."""
         a = self.account
         complete = True
-        last = 0
+        last = self._thread_floor  # this poller has seen every mail id up to here threaded and recorded
+        low: int | None = None     # the lowest mail id left unthreaded (or unrecorded) by this call
+
+        def left(mail_id: int) -> None:
+            nonlocal low
+            low = mail_id if low is None else min(low, mail_id)
+
         while complete:
             with self.app.sessions() as s:
                 rows = list(s.execute(select(ImapSeen.id, ImapSeen.mail_id, ImapSeen.state, ImapSeen.moved_to)
@@ -496,13 +516,16 @@ class ImapPoller:
             done: list[tuple[Any, str]] = []
             for row in rows:
                 if row.mail_id in self._failed_here:
+                    left(row.mail_id)
                     continue
                 if self._stopping():
                     complete = False
+                    left(row.mail_id)
                     break
                 try:
                     res = self.intake.process(row.mail_id)
                 except Exception as e:  # noqa: BLE001
+                    left(row.mail_id)
                     if isinstance(e, StoreUnavailable) or is_unavailable(e):
                         self.log.warning("database unavailable while threading (%s); the rest is threaded later",
                                          e)
@@ -516,15 +539,27 @@ class ImapPoller:
                 result.threaded += 1
                 result.outcomes[res.outcome] += 1
                 done.append((row, res.outcome))
-            if not complete:
-                result.postponed += len(rows) - len(done)
-            self._settle(done, result)
+            if not self._settle(done, result):
+                left(done[0][0].mail_id)
+        # later calls start after what is settled (the mail_id index), not at the start of the account's history
+        self._thread_floor = max(self._thread_floor, (low - 1) if low is not None else last)
+        if not complete:
+            try:
+                with self.app.sessions() as s:
+                    result.postponed += s.scalar(select(func.count()).select_from(ImapSeen).where(
+                        ImapSeen.account == a.name, ImapSeen.folder == a.folder, ImapSeen.outcome.is_(None),
+                        ImapSeen.mail_id.is_not(None), ImapSeen.mail_id.not_in(list(self._failed_here) or [0])))
+            except Exception as e:  # noqa: BLE001 -- a count for the report only
+                if not is_unavailable(e):
+                    raise
+                result.postponed += 1
         return complete
 
-    def _settle(self, done: list[tuple[Any, str]], result: PollResult) -> None:
-        """Record the outcomes of threaded mails; refile the quarantined ones that sit in processed_folder."""
+    def _settle(self, done: list[tuple[Any, str]], result: PollResult) -> bool:
+        """Record the outcomes of threaded mails; refile the quarantined ones that sit in processed_folder.
+        Returns False when the outcomes could not be recorded (the database is unavailable)."""
         if not done:
-            return
+            return True
         a = self.account
         now = self.app.clock()
         refile: dict[int, tuple[int, int]] = {}  # mail id -> its key in processed_folder
@@ -571,6 +606,8 @@ class ImapPoller:
             if not is_unavailable(e):
                 raise
             self.log.warning("could not record the outcome of %d mail(s): %s", len(done), e)
+            return False
+        return True
 
     def _refile(self, keys: Mapping[int, tuple[int, int]]) -> set[int]:
         """Move messages (mail id -> (UIDVALIDITY, UID) in processed_folder) to quarantine_folder; returns the

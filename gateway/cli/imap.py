@@ -1,8 +1,9 @@
 """`ticket-gateway imap poll [--account NAME ...]`: drain the `[[imap]]` mailboxes once (cron, tests).
 
-Exit 0 when every account was drained; 75 (EX_TEMPFAIL) when a server could not be reached, the database
-was unavailable or a mail could not be processed (the mail stays on the server for the next run); 64 for an
-unknown --account; 78 when no `[[imap]]` account is configured.
+Exit 0 when every account was drained and its mail threaded; 75 (EX_TEMPFAIL) when a server could not be
+reached, the database was unavailable or a mail could not be processed (a mail not stored stays on the
+server; a stored mail whose threading was postponed is threaded by the next run); 64 for an unknown
+--account; 78 when no `[[imap]]` account is configured.
 """
 
 from __future__ import annotations
@@ -61,14 +62,14 @@ def run_poll(args: argparse.Namespace, config) -> int:  # type: ignore[no-untype
                 print(f"ticket-gateway: imap {account.name}: {type(e).__name__}: {e}", file=sys.stderr)
                 status = EX_TEMPFAIL
                 continue
-            if result.deferred or result.failed:
+            if result.deferred or result.failed or result.postponed:
                 status = EX_TEMPFAIL
             if args.json:
                 print(json.dumps(result.as_dict(), ensure_ascii=False))
             else:
                 outcomes = ", ".join(f"{n} {k}" for k, n in sorted(result.outcomes.items())) or "nothing new"
-                extra = [f"{getattr(result, k)} {k}" for k in ("known", "oversize", "deferred", "failed")
-                         if getattr(result, k)]
+                extra = [f"{getattr(result, k)} {k}" for k in ("known", "oversize", "deferred", "failed",
+                                                                 "postponed") if getattr(result, k)]
                 print(f"{account.name}: {result.fetched} fetched ({outcomes}); {result.moved} moved to "
                       f"{account.processed_folder or '(deleted)'}, {result.quarantined} to "
                       f"{account.quarantine_folder or account.processed_folder or '(deleted)'}"

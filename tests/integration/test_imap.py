@@ -720,3 +720,32 @@ def test_cli_imap_poll_unreachable_server_is_tempfail(tmp_path, sqlite_url):
              f'user = "u"\npassword = "p"\ntimeout_seconds = 2\n')
     out = run_cli("imap", "poll", config=write_config(tmp_path, sqlite_url, extra))
     assert out.returncode == 75, out
+
+
+def test_the_same_poller_threads_a_failed_mail_on_its_next_drain(make_app, dovecot, monkeypatch):
+    """Later drains look only past what is threaded (mail_id index), never past a mail left unthreaded."""
+    app = make_app()
+    dovecot.append_many([make_mail(subject=f"again {i}", sender=f"g{i}@customer.example") for i in range(4)])
+    p = poller(app, dovecot, batch_size=2)
+    real = p.intake.process
+    calls = {"n": 0}
+
+    def process(mail_id, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("a bug")
+        return real(mail_id, **kw)
+
+    monkeypatch.setattr(p.intake, "process", process)
+    p.connect()
+    try:
+        r = p.drain()
+        assert r.failed == 1 and r.outcomes == {"ticket": 3} and tickets(app) == 3
+        r = p.drain()  # nothing new in the folder: the failed one is threaded, the others are not looked at
+        assert (r.found, r.threaded, r.failed) == (0, 1, 0) and r.outcomes == {"ticket": 1}
+        assert calls["n"] == 5
+        r = p.drain()
+        assert (r.threaded, calls["n"]) == (0, 5)
+    finally:
+        p.disconnect()
+    assert tickets(app) == 4 and dovecot.count("Processed") == 4
