@@ -45,6 +45,7 @@ Running it:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -1000,6 +1001,33 @@ async def run_pollers(app: App, stop: threading.Event, *, names: Sequence[str] |
         await asyncio.gather(*(loop.run_in_executor(pool, p.run, stop) for p in pollers))
 
 
+def install_service(service: Any) -> None:
+    """Component for gateway.service (COMPONENTS entry "gateway.imap:install_service"): one poller per
+    `[[imap]]` account, each in a daemon thread of its own (IMAP and its IDLE block), as a task of the
+    service. A poller ends within about a second of the service's `stop_requested` (plus a batch in hand);
+    a daemon thread still stuck in a network call then cannot hold up the process's exit."""
+    import asyncio
+
+    for account in accounts(service.config):
+        poller = ImapPoller(service.app, account)
+
+        async def task(svc: Any, poller: ImapPoller = poller) -> None:
+            loop = asyncio.get_running_loop()
+            ended = asyncio.Event()
+
+            def target() -> None:
+                try:
+                    poller.run(svc.stop_requested)
+                finally:
+                    with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                        loop.call_soon_threadsafe(ended.set)
+
+            threading.Thread(target=target, name=f"imap-{poller.account.name}", daemon=True).start()
+            await ended.wait()
+
+        service.add_task(f"imap {account.name}", task)
+
+
 def poll_accounts(app: App, names: Sequence[str] | None = None) -> list[PollResult]:
     """Drain every configured account once (the CLI and cron)."""
     out = []
@@ -1010,4 +1038,4 @@ def poll_accounts(app: App, names: Sequence[str] | None = None) -> list[PollResu
     return out
 
 
-__all__ = ["ImapAccount", "ImapPoller", "PollResult", "accounts", "poll_accounts", "run_pollers", "start_pollers"]
+__all__ = ["ImapAccount", "ImapPoller", "PollResult", "accounts", "poll_accounts", "install_service", "run_pollers", "start_pollers"]

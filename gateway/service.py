@@ -56,6 +56,7 @@ log = logging.getLogger("gateway.service")
 
 # Components that add tasks and jobs: "module:function", function(service) called before start.
 COMPONENTS: tuple[str, ...] = (
+    "gateway.imap:install_service",
     "gateway.outbound:install_service",
     "gateway.sla:install_service",
 )

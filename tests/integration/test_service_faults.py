@@ -530,3 +530,35 @@ print(rss() - base)
     if out.strip() == "no-mallopt":
         pytest.skip("no glibc mallopt")
     assert float(out) < 8, out  # MiB kept after four 24 MiB buffers came and went
+
+
+# IMAP in the service ----------------------------------------------------------------------------------------
+def _toml_table(name: str, values: dict) -> str:  # type: ignore[type-arg]
+    def lit(v: object) -> str:
+        return json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+
+    return f"\n[[{name}]]\n" + "".join(f"{k} = {lit(v)}\n" for k, v in values.items())
+
+
+def test_serve_polls_imap_accounts_and_stops_with_them(sqlite_serve, dovecot) -> None:  # type: ignore[no-untyped-def]
+    """`serve` runs every [[imap]] account's poller: mail already waiting is drained at start, mail appended
+    later arrives through IDLE, both become tickets and leave the INBOX; SIGTERM ends the pollers too."""
+    srv = sqlite_serve(extra=_toml_table("imap", dovecot.account_config(name="support-box")))
+    first = make_mail(subject="Waiting in the mailbox", sender="Ann <ann@customer.example>")
+    dovecot.append(first)
+    srv.start()
+    end = time.monotonic() + 30
+    while not srv.tickets() or dovecot.count("INBOX"):
+        assert time.monotonic() < end, srv.log.read_text()[-3000:]
+        time.sleep(0.2)
+    second = make_mail(subject="Arrived while idling", sender="Ben <ben@customer.example>")
+    dovecot.append(second)
+    while len(srv.tickets()) < 2 or dovecot.count("INBOX"):
+        assert time.monotonic() < end, srv.log.read_text()[-3000:]
+        time.sleep(0.2)
+    assert sorted(t["subject"] for t in srv.tickets()) == ["Arrived while idling", "Waiting in the mailbox"]
+    assert {m["source"] for m in srv.mails()} == {"imap"}
+    assert dovecot.count("Processed") == 2
+    rc, took = srv.term()
+    assert rc == 0 and took < 30
+    assert "polling" in srv.log.read_text()
