@@ -379,8 +379,10 @@ class ImapSeen(Base):
     """A message the IMAP poller stored, keyed on (account, folder, UIDVALIDITY, UID).
 
     state: stored (in inbound_mail, not threaded yet) | processed (threaded; `outcome` says how) | moved (left
-    the folder for `moved_to`). A message found again in the folder in state processed or moved is only moved,
-    never stored twice."""
+    the folder for `moved_to`) | filed (a row keyed in processed_folder: where a moved message now is, from the
+    server's COPYUID, so a mail threaded after its move and quarantined can be refiled to the quarantine
+    folder). Outcome is set once the mail is threaded (threading follows the move on the fast path). A message
+    found again in the folder that was stored before is only moved, never stored twice."""
 
     __tablename__ = "imap_seen"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
