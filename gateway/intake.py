@@ -161,12 +161,12 @@ class Intake:
                 raise
         raise AssertionError("unreachable")
 
-    def _context(self, session: Any, mail: InboundMail, raw: bytes, dry_run: bool) -> MailContext:
+    def _context(self, session: Any, mail: InboundMail, raw: bytes, dry_run: bool, prepared: Any = None) -> MailContext:
         app = self.app
         return MailContext(session=session, config=app.config, clock=app.clock, blobs=app.blobs,
                            tickets=Tickets(session, clock=app.clock, listeners=app.listeners),
                            directory=Directory(session, app.clock), mail=mail, raw=raw, dry_run=dry_run,
-                           trace=list(mail.trace or []))
+                           trace=list(mail.trace or []), prepared=prepared)
 
     def _process_stored(self, mail_id: int) -> Result:
         with self.app.sessions() as s:
@@ -232,7 +232,7 @@ class Intake:
             log.exception("mail %s quarantined", mail.id)
         return self._result(mail)
 
-    def _run_batched(self, s: Any, raw: bytes, envelope: Envelope) -> Result:
+    def _run_batched(self, s: Any, raw: bytes, envelope: Envelope, prepared: Any = None) -> Result:
         """`_run` for a new mail inside an IngestBatch: the mail row, what the handlers write and the raw
         bytes go into ONE savepoint. An outcome that keeps nothing (duplicate, reject, quarantine, a failing
         handler) rolls the savepoint back and writes the mail row again, with its outcome, in a fresh one;
@@ -243,7 +243,7 @@ class Intake:
         try:
             s.add(mail)
             s.flush()  # the mail's id, for the handlers
-            ctx = self._context(s, mail, raw, False)
+            ctx = self._context(s, mail, raw, False, prepared)
             try:
                 outcome = run(ctx, self.handlers)
                 self._record(ctx, outcome, None)
@@ -384,7 +384,8 @@ class IngestBatch:
         self.started = time.monotonic()
         self._open = True
 
-    def ingest(self, raw: bytes, envelope: Envelope) -> Result:
+    def ingest(self, raw: bytes, envelope: Envelope, prepared: Any = None) -> Result:
+        """prepared: the pure work for this mail done ahead (gateway.prepare.Prepared), or None."""
         if not self._open:
             raise RuntimeError("batch already committed or closed")
         s = self.session
@@ -392,7 +393,7 @@ class IngestBatch:
         self.size += len(raw)
         for attempt in range(5):
             try:
-                return self.intake._run_batched(s, raw, envelope)  # rolled back when it raises
+                return self.intake._run_batched(s, raw, envelope, prepared)  # rolled back when it raises
             except IntegrityError:
                 log.info("mail: conflict with a concurrent writer, running again")
                 if attempt == 4:

@@ -78,6 +78,7 @@ class MailContext:
     comment: Comment | None = None
     created: bool = False
     trace: list[str] = field(default_factory=list)
+    prepared: Any = None                # gateway.prepare.Prepared: the pure work done ahead (batch imports)
 
     def note(self, text: str) -> None:
         self.trace.append(text)

@@ -9,8 +9,17 @@ from gateway.pipeline import MailContext
 
 def handle(ctx: MailContext) -> None:
     limits = ctx.config.limits
+    prep = ctx.prepared  # parsed ahead in the import's worker process (gateway.prepare), or None
     try:
-        ctx.parsed = parse_mail(ctx.raw, max_depth=limits["max_mime_depth"], max_parts=limits["max_mime_parts"])
+        if prep is not None and prep.parse_error is not None:
+            raise MailParseError(prep.parse_error)
+        if prep is not None and prep.parse_recursion:
+            raise RecursionError("maximum recursion depth exceeded")
+        if prep is not None and prep.parsed is not None:
+            ctx.parsed = prep.parsed
+        else:
+            ctx.parsed = parse_mail(ctx.raw, max_depth=limits["max_mime_depth"],
+                                    max_parts=limits["max_mime_parts"])
     except MailParseError as e:
         ctx.note(f"parse: {e.reason}")
         raise Quarantine(f"unparseable mail: {e.reason}") from e

@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="envelope recipient (MTA pipe: ${original_recipient}); repeatable")
     p.add_argument("--batch", type=int, default=BATCH_MAILS, metavar="N",
                    help=f"files, Maildirs, mboxes: at most N mails per write transaction (default {BATCH_MAILS})")
+    p.add_argument("--no-parse-ahead", dest="parse_ahead", action="store_false",
+                   help="files, Maildirs, mboxes: parse in the main process only (no worker process)")
     p.set_defaults(func=run)
 
 
@@ -111,9 +113,23 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
         if not os.path.exists(a):
             print(f"ticket-gateway: ingest: no such file or directory: {a}", file=sys.stderr)
             return EX_NOINPUT
+    # Several mails: the pure work (parse, HTML, attachment blobs) runs ahead in a worker process
+    # (gateway.prepare); the database work stays here, in order. Anything the worker did not do is done here.
+    # The worker is forked before the database is opened: it holds no connection of ours.
+    ahead = None
+    if (not stdin and not args.dry_run and args.parse_ahead and args.batch >= 1
+            and (len(paths) > 1 or any(os.path.isdir(a) or _is_mbox(Path(a)) for a in paths))):
+        from gateway.prepare import ParseAhead
+
+        limits = config.limits
+        ahead = ParseAhead(max_depth=limits["max_mime_depth"], max_parts=limits["max_mime_parts"],
+                           blob_root=str(config.attachments_dir))
+        ahead.start()
     try:
         app = open_app(config, upgrade=not args.dry_run)
     except Exception as e:  # noqa: BLE001
+        if ahead is not None:
+            ahead.close()
         from gateway.db import is_unavailable
 
         if is_unavailable(e):
@@ -166,8 +182,14 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
             report(*item)
         done.clear()
 
+    stream: Iterator[tuple[tuple[str, str, bytes | None, int | None], object]]
+    if ahead is not None and batched:
+        stream = ahead.stream(sources)
+    else:
+        stream = ((item, None) for item in sources)
+
     try:
-        for source, ref, raw, total in sources:
+        for (source, ref, raw, total), prepared in stream:
             progress.step(total)
             if raw is None:
                 print(f"ticket-gateway: ingest: cannot read {ref}", file=sys.stderr)
@@ -179,7 +201,7 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
                 if batched:
                     if batch is None:
                         batch = intake.batch()
-                    done.append((ref, batch.ingest(raw, env), total))
+                    done.append((ref, batch.ingest(raw, env, prepared), total))
                     if batch.count >= args.batch or batch.size >= BATCH_BYTES or batch.age() >= BATCH_SECONDS:
                         commit()
                     continue
@@ -196,6 +218,8 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
             print(f"ticket-gateway: could not store the last {len(done)} mail(s): {e}", file=sys.stderr)
             return EX_TEMPFAIL
     finally:
+        if ahead is not None:
+            ahead.close()
         if batch is not None:
             batch.close()  # not committed: nothing of it is stored, the sources are still there
         app.close()

@@ -1,0 +1,129 @@
+"""`ingest DIR` with the parse-ahead worker (gateway.prepare) gives what the one-process path gives: the same
+outcomes, traces and rows for the whole shared corpus; a worker that dies costs time, never a mail."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, select
+
+import gateway.app
+import gateway.prepare
+from conftest import FIXED_NOW, Clock, corpus_root, write_config
+from gateway.cli import main
+from gateway.models import Base
+from mails import make_mail, message_id_of
+
+SKIP_NAMES = ("LICENSE", "README", "COPYING")
+# random by design (uuid4 per notification round / Message-ID / signed token): compared by shape only
+# (the reply token's secret is made per data directory)
+RANDOM = {"outbox": {"batch", "token", "envelope_from"}}
+_UUID = re.compile(r"tg\.[0-9a-f]{32}\.")
+
+
+def _masked(v):  # type: ignore[no-untyped-def]
+    return _UUID.sub("tg.UUID.", v) if isinstance(v, str) else v
+
+
+def corpus_dir(dst: Path) -> Path:
+    """Every corpus message as a flat folder, plus a few duplicates and replies to exercise every outcome."""
+    dst.mkdir()
+    files = sorted(p for p in corpus_root().rglob("*") if p.is_file() and not p.name.startswith(SKIP_NAMES)
+                   and p.suffix != ".json")
+    for i, f in enumerate(files):
+        shutil.copyfile(f, dst / f"{i:04d}-{f.name}")
+    first = make_mail(subject="printer", body="Printer on fire.\n")
+    (dst / "9000-new.eml").write_bytes(first)
+    (dst / "9001-reply.eml").write_bytes(make_mail(subject="Re: printer", in_reply_to=message_id_of(first),
+                                                   body="Still burning.\n\n> Printer on fire.\n"))
+    (dst / "9002-dup.eml").write_bytes(first)
+    (dst / "9003-dup.eml").write_bytes((dst / f"0003-{files[3].name}").read_bytes())
+    return dst
+
+
+def run_ingest(tmp: Path, mails: Path, capsys, *extra: str) -> tuple[list[dict], dict[str, list[tuple]], set[str]]:
+    cfg = write_config(tmp, "sqlite:///" + str(tmp / "var" / "gateway.db"))
+    assert main(["--config", str(cfg), "ingest", "--json", "--batch", "50", *extra, str(mails)]) == 0
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    for d in out:
+        d["source"] = Path(d["source"]).name
+    engine = create_engine("sqlite:///" + str(tmp / "var" / "gateway.db"))
+    rows: dict[str, list[tuple]] = {}
+    with engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            skip = RANDOM.get(table.name, set())
+            cols = [c for c in table.columns if c.name not in skip]
+            got = []
+            for r in conn.execute(select(*cols).order_by(*table.primary_key.columns)):
+                got.append(tuple(Path(v).name if c.name == "source_ref" and v else _masked(v)
+                                 for c, v in zip(cols, r)))
+            rows[table.name] = got
+    engine.dispose()
+    blobs = {p.name for p in (tmp / "var").rglob("*") if p.is_file() and len(p.name) == 64}
+    return out, rows, blobs
+
+
+@pytest.fixture
+def fixed_clock(monkeypatch):
+    monkeypatch.setattr(gateway.app, "build_app", functools.partial(gateway.app.build_app, clock=Clock(FIXED_NOW)))
+
+
+def test_parse_ahead_gives_the_same_outcomes_traces_and_rows_as_one_process(tmp_path, capsys, fixed_clock,
+                                                                           monkeypatch):
+    mails = corpus_dir(tmp_path / "mails")
+    prepared = []
+    close = gateway.prepare.ParseAhead.close
+    monkeypatch.setattr(gateway.prepare.ParseAhead, "close", lambda self: (prepared.append(self.prepared),
+                                                                           close(self)))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    seq_out, seq_rows, seq_blobs = run_ingest(tmp_path / "a", mails, capsys, "--no-parse-ahead")
+    par_out, par_rows, par_blobs = run_ingest(tmp_path / "b", mails, capsys)
+    assert len(seq_out) == len(list(mails.iterdir())) > 600
+    assert prepared == [len(seq_out)]  # the worker did every mail's pure work
+    assert par_out == seq_out
+    assert {d["outcome"] for d in seq_out} >= {"ticket", "comment", "duplicate", "ignored", "quarantined"}
+    for name, rows in seq_rows.items():
+        assert par_rows[name] == rows, name
+    assert seq_rows["attachments"], "the corpus has attachments"
+    referenced = {r[[c.name for c in Base.metadata.tables["attachments"].columns].index("sha256")]
+                  for r in seq_rows["attachments"]}
+    assert referenced <= seq_blobs and referenced <= par_blobs
+    # the worker writes the blobs of mails that then keep nothing too (unreferenced, like a rolled-back one)
+    assert seq_blobs <= par_blobs
+
+
+def _dies_on_the_second_chunk(raws, *args):  # runs in the worker process
+    marker = Path(os.environ["TG_TEST_MARKER"])
+    if marker.exists():
+        os._exit(9)
+    marker.write_text("one chunk done")
+    return _real_prepare_chunk(raws, *args)
+
+
+_real_prepare_chunk = gateway.prepare.prepare_chunk
+
+
+def test_a_dying_worker_costs_time_not_mail(tmp_path, capsys, fixed_clock, monkeypatch, caplog):
+    mails = tmp_path / "mails"
+    mails.mkdir()
+    for i in range(120):
+        (mails / f"{i:04d}.eml").write_bytes(make_mail(subject=f"case {i}", body=f"mail {i}\n",
+                                                       sender=f"C {i} <c{i}@customer{i % 5}.example>"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    seq_out, seq_rows, _ = run_ingest(tmp_path / "a", mails, capsys, "--no-parse-ahead")
+    monkeypatch.setenv("TG_TEST_MARKER", str(tmp_path / "marker"))
+    monkeypatch.setattr(gateway.prepare, "prepare_chunk", _dies_on_the_second_chunk)
+    par_out, par_rows, _ = run_ingest(tmp_path / "b", mails, capsys)
+    assert (tmp_path / "marker").exists()
+    assert "parse-ahead worker unavailable" in caplog.text
+    assert par_out == seq_out and len(par_out) == 120
+    for name, rows in seq_rows.items():
+        assert par_rows[name] == rows, name
