@@ -426,13 +426,7 @@ class ImapPoller:
                 fresh.append((uid, raw))
             del data
         if fresh:
-            try:
-                ids = self.intake.store_many([(raw, self._envelope(uidvalidity, uid)) for uid, raw in fresh])
-            except Exception as e:
-                if isinstance(e, StoreUnavailable) or is_unavailable(e):
-                    raise Deferred() from e  # nothing was stored: everything stays in the folder
-                raise
-            result.stored += len(ids)
+            ids = self._store_fresh(uidvalidity, fresh, result)
             new = {uid: mail_id for (uid, _), mail_id in zip(fresh, ids)}
             del fresh
             try:
@@ -455,6 +449,18 @@ class ImapPoller:
         result.moved += len(uids)
         self._moved_here.update(mail_ids.values())
         self._mark_filed(uidvalidity, mail_ids, dest)
+
+    def _store_fresh(self, uidvalidity: int, fresh: list[tuple[int, bytes]], result: PollResult) -> list[int]:
+        """Store fetched messages in one transaction (one commit); their mail ids, in order. Store down:
+        Deferred (nothing was stored, everything stays in the folder)."""
+        try:
+            ids = self.intake.store_many([(raw, self._envelope(uidvalidity, uid)) for uid, raw in fresh])
+        except Exception as e:
+            if isinstance(e, StoreUnavailable) or is_unavailable(e):
+                raise Deferred() from e
+            raise
+        result.stored += len(ids)
+        return ids
 
     def _mark_filed(self, uidvalidity: int, mail_ids: Mapping[int, int], dest: Mapping[int, tuple[int, int]]) -> None:
         """After the move: the source keys are `moved`; each message's new key in processed_folder (when the
@@ -660,13 +666,7 @@ class ImapPoller:
                 fresh.append((uid, bytes(raw)))
                 mail_ids[uid] = 0
         if fresh:
-            try:
-                ids = self.intake.store_many([(raw, self._envelope(uidvalidity, uid)) for uid, raw in fresh])
-            except Exception as e:
-                if isinstance(e, StoreUnavailable) or is_unavailable(e):
-                    raise Deferred() from e  # nothing was stored: everything stays in the folder
-                raise
-            result.stored += len(ids)
+            ids = self._store_fresh(uidvalidity, fresh, result)
             for (uid, _), mail_id in zip(fresh, ids):
                 mail_ids[uid] = mail_id
         del data, fresh
