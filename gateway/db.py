@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
@@ -55,7 +55,34 @@ def is_sqlite(engine: Engine) -> bool:
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    # a rollback (a savepoint's too) may undo what a memo remembers: drop them all
+    event.listen(factory, "after_soft_rollback", lambda session, _previous: session.info.pop(_MEMO, None))
+    return factory
+
+
+_MEMO = "tg.memo"
+
+
+def write_locked_memo(session: Session, key: str) -> dict[Any, Any] | None:
+    """A memo for the current transaction, for values only this transaction can change: on SQLite, where every
+    write transaction holds the write lock (BEGIN IMMEDIATE), so no other writer changes anything meanwhile.
+    None elsewhere (PostgreSQL: another instance may write at any time; ask the database every time). Dropped
+    on every rollback, a savepoint's included, and at the end of the transaction; whoever writes what a memo
+    remembers updates or drops it (`drop_memo`)."""
+    if session.get_bind().dialect.name != "sqlite" or not session.in_transaction():
+        return None
+    root = session.get_transaction()
+    held = session.info.get(_MEMO)
+    if held is None or held[0] is not root:
+        held = session.info[_MEMO] = (root, {})
+    return held[1].setdefault(key, {})  # type: ignore[no-any-return]
+
+
+def drop_memo(session: Session, key: str) -> None:
+    held = session.info.get(_MEMO)
+    if held is not None:
+        held[1].pop(key, None)
 
 
 def is_unavailable(exc: BaseException) -> bool:

@@ -241,8 +241,7 @@ class Intake:
         mail.attempts = 1
         sp = s.begin_nested()
         try:
-            s.add(mail)
-            s.flush()  # the mail's id, for the handlers
+            s.add(mail)  # written on first use of ctx.mail_id, or by _record (one INSERT for a mail ending early)
             ctx = self._context(s, mail, raw, False, prepared)
             try:
                 outcome = run(ctx, self.handlers)

@@ -131,6 +131,9 @@ class Ticket(Base):
                                                    lazy="select", cascade="all, delete-orphan")
     attachments: Mapped[list[Attachment]] = relationship(back_populates="ticket", order_by="Attachment.id",
                                                          lazy="select", cascade="all, delete-orphan")
+    # set by the pipeline so that a mail row not written yet is written first, in the same flush
+    source_mail: Mapped[InboundMail | None] = relationship(
+        primaryjoin="foreign(Ticket.source_mail_id) == InboundMail.id", lazy="select")
 
     __table_args__ = (
         Index("ix_tickets_status", "status"),
@@ -179,6 +182,7 @@ class Comment(Base):
     ticket: Mapped[Ticket] = relationship(back_populates="comments")
     author: Mapped[Contact | None] = relationship(lazy="joined")
     attachments: Mapped[list[Attachment]] = relationship(back_populates="comment", lazy="selectin")
+    inbound_mail: Mapped[InboundMail | None] = relationship(foreign_keys=[inbound_mail_id], lazy="select")
 
 
 class Attachment(Base):

@@ -83,6 +83,14 @@ class MailContext:
     def note(self, text: str) -> None:
         self.trace.append(text)
 
+    @property
+    def mail_id(self) -> int:
+        """The mail row's id. A batch import adds the row without writing it (the dedupe claims and, for a mail
+        that ends early, the outcome then go into its one INSERT): the first use writes it."""
+        if self.mail.id is None:
+            self.session.flush()
+        return self.mail.id
+
 
 def run(ctx: MailContext, handlers: Sequence[tuple[str, Handler]]) -> str:
     for name, handler in handlers:

@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from gateway.clock import Clock
+from gateway.db import drop_memo, write_locked_memo
 from gateway.events import CommentAdded, Event, Listeners, TicketChanged, TicketCreated
 from gateway.models import (
     PRIORITIES,
@@ -20,6 +21,7 @@ from gateway.models import (
     Comment,
     Contact,
     Counter,
+    InboundMail,
     Organisation,
     OrganisationDomain,
     Ticket,
@@ -80,7 +82,8 @@ class Directory:
         email = normalise_email(email)
         c = _cached(self.s, "tg.contacts", email)
         if c is None:
-            c = self.s.scalar(_CONTACT_BY_EMAIL, {"email": email})
+            with self.s.no_autoflush:  # a contact made here is flushed and remembered (register): nothing to write first
+                c = self.s.scalar(_CONTACT_BY_EMAIL, {"email": email})
             if c is not None:
                 _found(self.s, "tg.contacts")[email] = c
         return c
@@ -95,26 +98,18 @@ class Directory:
             none = self._no_organisation()
             if none is not None and domain in none:
                 return None
-            row = self.s.scalar(_DOMAIN, {"domain": domain})
+            with self.s.no_autoflush:  # organisations and their domains are written as they are made
+                row = self.s.scalar(_DOMAIN, {"domain": domain})
             org = row.organisation if row else None
             if org is not None:
                 _found(self.s, "tg.domains")[domain] = org
             elif none is not None:
-                none.add(domain)
+                none[domain] = True
         return org
 
-    def _no_organisation(self) -> set[str] | None:
-        """Domains known to belong to no organisation, for the current transaction -- on SQLite only, where every
-        transaction holds the write lock (BEGIN IMMEDIATE) so no other writer can add a domain meanwhile. None
-        elsewhere (PostgreSQL: another instance may add one at any time; look it up every time)."""
-        bind = self.s.get_bind()
-        if bind.dialect.name != "sqlite" or not self.s.in_transaction():
-            return None
-        root = self.s.get_transaction()
-        held = self.s.info.get("tg.no-organisation")
-        if held is None or held[0] is not root:
-            held = self.s.info["tg.no-organisation"] = (root, set())
-        return held[1]  # type: ignore[no-any-return]
+    def _no_organisation(self) -> dict[str, bool] | None:
+        """Domains known to belong to no organisation (SQLite only: see gateway.db.write_locked_memo)."""
+        return write_locked_memo(self.s, "no-organisation")
 
     def add_organisation(self, name: str, domains: Iterable[str] = ()) -> Organisation:
         org = self.organisation(name)
@@ -122,7 +117,7 @@ class Directory:
             org = Organisation(name=name, created_at=self.clock())
             self.s.add(org)
             self.s.flush()
-        self.s.info.pop("tg.no-organisation", None)
+        drop_memo(self.s, "no-organisation")
         for d in domains:
             d = d.strip().lower().lstrip("@")
             if d and self.s.scalar(select(OrganisationDomain).where(OrganisationDomain.domain == d)) is None:
@@ -143,16 +138,20 @@ class Directory:
                 c.name = name
             if staff:
                 c.role = "staff"
+                drop_memo(self.s, "staff")
             if organisation is not None:
                 c.organisation_id = organisation.id
             self.s.flush()
         return c
 
     def register(self, email: str, *, name: str = "", staff: bool = False,
-                 organisation: Organisation | None = None, auto_registered: bool = False) -> Contact:
+                 organisation: Organisation | None = None, auto_registered: bool = False,
+                 flush: bool = True) -> Contact:
         """A new contact, for a caller that has just found none for this address (`contact()` is None);
         the organisation follows from the address's domain unless given. A concurrent writer that registered
-        the same address first makes the flush fail (IntegrityError): the caller's transaction runs again."""
+        the same address first makes the flush fail (IntegrityError): the caller's transaction runs again.
+        flush=False: written with the caller's next flush (its id is None until then; a Ticket made for it
+        with `Tickets.create` is written with it)."""
         email = normalise_email(email)
         if organisation is None:
             organisation = self.organisation_for_domain(email.rpartition("@")[2])
@@ -160,8 +159,11 @@ class Directory:
                     organisation_id=organisation.id if organisation else None,
                     auto_registered=auto_registered, undeliverable=False, created_at=self.clock())
         self.s.add(c)
-        self.s.flush()
+        if flush:
+            self.s.flush()
         _found(self.s, "tg.contacts")[email] = c
+        if staff:
+            drop_memo(self.s, "staff")
         return c
 
 
@@ -179,7 +181,8 @@ class Tickets:
     def get(self, number: int) -> Ticket | None:
         t = _cached(self.s, "tg.tickets", number)
         if t is None:
-            t = self.s.scalar(_TICKET_BY_NUMBER, {"number": number})
+            with self.s.no_autoflush:  # tickets are written as they are made (see by_message_ids)
+                t = self.s.scalar(_TICKET_BY_NUMBER, {"number": number})
             if t is not None:
                 _found(self.s, "tg.tickets")[number] = t
         return t
@@ -188,16 +191,19 @@ class Tickets:
         """Tickets that know any of these Message-IDs, in the order of `ids` (most relevant first)."""
         if not ids:
             return []
-        rows = self.s.execute(_TICKETS_BY_MESSAGE_ID, {"ids": list(ids)[:200]}).all()
-        if not rows:  # the common case (a new conversation): one indexed lookup, no ticket loaded
-            return []
-        order = {mid: i for i, mid in enumerate(ids)}
-        out = []
-        for mid, ticket_id in sorted(rows, key=lambda r: (order.get(r[0], 1 << 30), -r[1])):
-            t = self.s.get(Ticket, ticket_id)
-            if t is not None:
-                _found(self.s, "tg.tickets")[t.number] = t  # a subject tag [#N] of the same mail finds it
-                out.append((mid, t))
+        # no autoflush: these rows are written directly (Core inserts), tickets as they are made; what is still
+        # pending (this mail's row, a contact registered for it) is written with the ticket or comment
+        with self.s.no_autoflush:
+            rows = self.s.execute(_TICKETS_BY_MESSAGE_ID, {"ids": list(ids)[:200]}).all()
+            if not rows:  # the common case (a new conversation): one indexed lookup, no ticket loaded
+                return []
+            order = {mid: i for i, mid in enumerate(ids)}
+            out = []
+            for mid, ticket_id in sorted(rows, key=lambda r: (order.get(r[0], 1 << 30), -r[1])):
+                t = self.s.get(Ticket, ticket_id)
+                if t is not None:
+                    _found(self.s, "tg.tickets")[t.number] = t  # a subject tag [#N] of the same mail finds it
+                    out.append((mid, t))
         return out
 
     def is_participant(self, ticket: Ticket, contact: Contact | None, email: str | None) -> str | None:
@@ -230,21 +236,27 @@ class Tickets:
                description: str = "", description_full: str = "", description_html: str | None = None,
                organisation_id: int | None = None, priority: str = "medium", type: str = "incident",
                group: str | None = None, tags: list[str] | None = None, source_mail_id: int | None = None,
-               message_ids: Iterable[str] = (), at: datetime | None = None) -> Ticket:
+               message_ids: Iterable[str] = (), at: datetime | None = None,
+               source_mail: InboundMail | None = None) -> Ticket:
+        """source_mail: the mail that opens it, when it may not be written yet (written first, in one flush)."""
         if priority not in PRIORITIES:
             raise InvalidChange(f"unknown priority {priority!r}")
         if type not in TYPES:
             raise InvalidChange(f"unknown type {type!r}")
         now = at or self.clock()
         t = Ticket(number=self.next_number(), subject=subject or "(no subject)", status="open",
-                   priority=priority, type=type, reporter_id=reporter.id,
+                   priority=priority, type=type, reporter=reporter,
                    sender_email=normalise_email(sender_email) if sender_email else reporter.email,
                    organisation_id=organisation_id if organisation_id is not None else reporter.organisation_id,
                    group=group, tags=list(tags or []), description=description,
                    description_full=description_full or description, description_html=description_html,
                    source_mail_id=source_mail_id, created_at=now, updated_at=now, watchers=[])
+        if source_mail is not None:
+            t.source_mail = source_mail
         self.s.add(t)
         self.s.flush()
+        if source_mail is not None:
+            source_mail_id = source_mail.id
         _found(self.s, "tg.tickets")[t.number] = t
         rows = [{"message_id": mid, "ticket_id": t.id, "direction": "in", "created_at": now}
                 for mid in dict.fromkeys(m for m in message_ids if m)]  # a new ticket knows none yet: no lookup
@@ -255,16 +267,22 @@ class Tickets:
 
     def add_comment(self, ticket: Ticket, *, author: Contact | None, author_email: str | None, body: str,
                     full_text: str = "", html: str | None = None, internal: bool = False,
-                    source: str = "mail", mail_id: int | None = None, at: datetime | None = None) -> Comment:
+                    source: str = "mail", mail_id: int | None = None, at: datetime | None = None,
+                    mail: InboundMail | None = None) -> Comment:
+        """mail: the mail it comes from, when it may not be written yet (written first, in one flush)."""
         now = at or self.clock()
-        c = Comment(ticket_id=ticket.id, author_id=author.id if author else None,
+        c = Comment(ticket_id=ticket.id, author=author,
                     author_email=normalise_email(author_email) if author_email else (author.email if author else None),
                     body=body, full_text=full_text or body, html=html, internal=internal,
                     by_staff=bool(author and author.is_staff), source=source, inbound_mail_id=mail_id,
                     created_at=now)
+        if mail is not None:
+            c.inbound_mail = mail
         self.s.add(c)
         ticket.updated_at = now
         self.s.flush()
+        if mail is not None:
+            mail_id = mail.id
         self.emit(CommentAdded(ticket, c, mail_id=mail_id))
         return c
 

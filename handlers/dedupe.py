@@ -36,11 +36,13 @@ def handle(ctx: MailContext) -> None:
     mail = ctx.mail
     sender = (ctx.parsed.from_addr or mail.envelope_from or "").lower()
     claim_msgid = msgid_claim(ctx.parsed.message_id, sender) if ctx.parsed.message_id else None
-    if claim_msgid:
-        first = ctx.session.execute(_FIRST_BY_BYTES_OR_MSGID, {"sha": mail.sha256, "msgid": claim_msgid,
-                                                               "id": mail.id}).first()
-    else:
-        first = ctx.session.execute(_FIRST_BY_BYTES, {"sha": mail.sha256, "id": mail.id}).first()
+    own = mail.id if mail.id is not None else 0  # 0: not written yet (a batch import), no row to skip
+    with ctx.session.no_autoflush:  # a row not written yet gets its claims in its INSERT, not in an UPDATE
+        if claim_msgid:
+            first = ctx.session.execute(_FIRST_BY_BYTES_OR_MSGID, {"sha": mail.sha256, "msgid": claim_msgid,
+                                                                   "id": own}).first()
+        else:
+            first = ctx.session.execute(_FIRST_BY_BYTES, {"sha": mail.sha256, "id": own}).first()
     if first is not None:
         same = "the same bytes" if first.claim_sha256 == mail.sha256 else "the same Message-ID and sender"
         ctx.ticket = None
@@ -51,5 +53,6 @@ def handle(ctx: MailContext) -> None:
         raise Duplicate(f"duplicate of mail {first.id} ({same}), which was {first.outcome}{where}")
     mail.claim_sha256 = mail.sha256
     mail.claim_msgid = claim_msgid
-    ctx.session.flush()  # a concurrent winner makes this fail: the intake runs the mail again
+    if mail.id is not None:  # a stored mail: a concurrent winner makes this fail, and the intake runs it again
+        ctx.session.flush()  # (a batch import's row fails the same way when it is written)
     ctx.note("dedupe: first time seen")

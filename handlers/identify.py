@@ -59,7 +59,8 @@ def handle(ctx: MailContext) -> None:
         return
     policy = ctx.config.gateway["unknown_senders"]
     if policy == "register":
-        ctx.sender = ctx.reporter = ctx.directory.register(email, name=p.from_name, auto_registered=True)
+        ctx.sender = ctx.reporter = ctx.directory.register(email, name=p.from_name, auto_registered=True,
+                                                           flush=False)  # written with the ticket or comment
         org = ctx.sender.organisation
         ctx.note(f"identify: registered new customer {email}" + (f" (organisation {org.name})" if org else ""))
     elif policy == "reject":

@@ -27,7 +27,7 @@ def handle(ctx: MailContext) -> None:
         ctx.ticket = ctx.tickets.create(
             subject=p.subject, reporter=ctx.reporter, sender_email=ctx.sender_email, description=ctx.body,
             description_full=ctx.full_text, description_html=ctx.html, priority=route.get("priority", "medium"),
-            type=route.get("type", "incident"), group=route.get("group"), source_mail_id=ctx.mail.id,
+            type=route.get("type", "incident"), group=route.get("group"), source_mail=ctx.mail,
             message_ids=[p.message_id] if p.message_id else [])
         ctx.created = True
         ctx.note(f"thread: opened ticket #{ctx.ticket.number}")
@@ -41,7 +41,7 @@ def handle(ctx: MailContext) -> None:
         ctx.comment = ctx.tickets.add_comment(ticket, author=ctx.sender or ctx.reporter,
                                               author_email=ctx.sender_email, body=ctx.body,
                                               full_text=ctx.full_text, html=ctx.html, internal=internal,
-                                              mail_id=ctx.mail.id)
+                                              mail=ctx.mail)
         ctx.tickets.remember_message_id(ticket, p.message_id, "in")
         ctx.note(f"thread: {'staff' if staff else 'customer'} {'internal note' if internal else 'comment'} "
                  f"on #{ticket.number}")

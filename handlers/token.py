@@ -45,7 +45,7 @@ def handle(ctx: MailContext) -> None:
     why = _loop(ctx)
     if why:
         ctx.note(f"token: loop: {why}")
-        ctx.tickets.emit(MailIgnored(ctx.mail.id, "loop", why))
+        ctx.tickets.emit(MailIgnored(ctx.mail_id, "loop", why))
         raise Ignore(f"loop: {why}")
     if ctx.ticket is not None:
         return

@@ -23,15 +23,15 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterable
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from gateway.models import table_of
 from gateway.config import Config
-from gateway.db import is_unavailable
+from gateway.db import is_unavailable, write_locked_memo
 from gateway.events import CommentAdded, MailIgnored, MailRejected, TicketChanged, TicketCreated
 from gateway.models import Contact, InboundMail, OutboxMail, Ticket, TicketMessageId
 from gateway.outbound import ratelimit, tokens
@@ -169,19 +169,21 @@ class Outbound:
     def _ticket_created(self, s: Session, ev: TicketCreated) -> None:
         t = ev.ticket
         by_mail = ev.mail_id is not None
+        rounds = 0  # notification rounds of this ticket so far: it is new, there are only the ones made here
         if self.n["ticket_created"] and not ev.auto:
             rep = self.reporter_of(t)
             if rep is not None and self.usable(rep):
-                self.enqueue(s, "ticket_created", t, [rep], by_mail=by_mail, auto_submitted="auto-replied",
-                             bulk=True, mail_id=ev.mail_id)
+                rows = self.enqueue(s, "ticket_created", t, [rep], by_mail=by_mail, auto_submitted="auto-replied",
+                                    bulk=True, mail_id=ev.mail_id, ticket_rounds=rounds)
+                rounds += any(r["status"] != "suppressed" for r in rows)
         if self.n["staff_new_ticket"]:
-            staff = [Recipient(c.email, c.name or "", c)
-                     for c in s.scalars(select(Contact).where(Contact.role == "staff").order_by(Contact.id))]
+            staff = [Recipient(c.email, c.name or "", c) for c in self._staff(s)]
             rep = self.reporter_of(t)
             exclude = {rep.email} if rep else set()
             staff = [r for r in self.unique(staff, exclude) if self.usable(r)]
             if staff:
-                self.enqueue(s, "staff_new_ticket", t, staff, by_mail=by_mail, mail_id=ev.mail_id, visible=False)
+                self.enqueue(s, "staff_new_ticket", t, staff, by_mail=by_mail, mail_id=ev.mail_id, visible=False,
+                             ticket_rounds=rounds)
 
     def _comment(self, s: Session, ev: CommentAdded) -> None:
         t, c = ev.ticket, ev.comment
@@ -279,19 +281,58 @@ class Outbound:
                 by_mail: bool, comment_id: int | None = None, changes: list[dict[str, Any]] | None = None,
                 changed_by: str = "", original_subject: str = "", mail_id: int | None = None,
                 auto_submitted: str = "auto-generated", bulk: bool = False, visible: bool = True,
-                extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                extra: dict[str, Any] | None = None, ticket_rounds: int | None = None) -> list[dict[str, Any]]:
         """Queue one row per recipient (rate caps decided now); returns the rows' values. Nothing is
-        rendered here: see gateway.outbound.build."""
+        rendered here: see gateway.outbound.build. `ticket_rounds`: the ticket's notification rounds in the
+        rate-cap window when the caller knows them (a ticket created in this transaction), else counted."""
         now = self.clock()
         suppressed: dict[str, str] = {}
         if by_mail:
-            suppressed = self._caps(s, ticket, [r.email for r in recipients], now)
+            suppressed = self._caps(s, ticket, [r.email for r in recipients], now, ticket_rounds)
         rows, ids = self.plan(event, ticket, recipients, now=now, by_mail=by_mail, suppressed=suppressed,
                               comment_id=comment_id, changes=changes, changed_by=changed_by,
                               original_subject=original_subject, mail_id=mail_id, auto_submitted=auto_submitted,
                               bulk=bulk, visible=visible, extra=extra)
         self.write(s, rows, ids)
+        if by_mail:
+            sent = write_locked_memo(s, "sent-per-recipient")
+            if sent is not None:
+                for row in rows:
+                    if row["status"] != "suppressed" and row["recipient"] in sent:
+                        since, n = sent[row["recipient"]]
+                        sent[row["recipient"]] = (since, n + 1)
         return rows
+
+    def _sent_today(self, s: Session, emails: list[str], now: datetime) -> dict[str, int]:
+        """Mails caused by mail to each address in the rate-cap window. Within one transaction (where
+        gateway.db.write_locked_memo can) a count is asked once and then kept up to date by `enqueue`, for a
+        minute: after that the window has moved on and it is asked again."""
+        since = ratelimit.window_start(now, ratelimit.RECIPIENT_WINDOW)
+        memo = write_locked_memo(s, "sent-per-recipient")
+        if memo is None:
+            return self._count_sent(s, emails, since)
+        ask = [e for e in emails if e not in memo or since - memo[e][0] > _MEMO_FOR]
+        if ask:
+            found = self._count_sent(s, ask, since)
+            for e in ask:
+                memo[e] = (since, found.get(e, 0))
+        return {e: memo[e][1] for e in emails}
+
+    @staticmethod
+    def _count_sent(s: Session, emails: list[str], since: datetime) -> dict[str, int]:
+        if len(emails) == 1:  # the common case (the reporter): a plain statement, no IN list to expand
+            return {emails[0]: s.scalar(_SENT_TO_ONE, {"email": emails[0], "since": since}) or 0}
+        return dict(s.execute(_SENT_PER_RECIPIENT, {"emails": emails, "since": since}).all())  # type: ignore[arg-type]
+
+    def _staff(self, s: Session) -> list[Contact]:
+        """The staff contacts, by id (remembered for the transaction where gateway.db.write_locked_memo can)."""
+        memo = write_locked_memo(s, "staff")
+        if memo is not None and "all" in memo:
+            return memo["all"]  # type: ignore[no-any-return]
+        staff = list(s.scalars(_STAFF))
+        if memo is not None:
+            memo["all"] = staff
+        return staff
 
     def plan(self, event: str, ticket: Ticket | None, recipients: list[Recipient], *, now: datetime,
              by_mail: bool = False, suppressed: dict[str, str] | None = None, comment_id: int | None = None,
@@ -351,29 +392,40 @@ class Outbound:
         if ids:
             s.execute(insert(table_of(TicketMessageId)), ids)
 
-    def _caps(self, s: Session, ticket: Ticket | None, emails: list[str], now: datetime) -> dict[str, str]:
+    def _caps(self, s: Session, ticket: Ticket | None, emails: list[str], now: datetime,
+              ticket_rounds: int | None = None) -> dict[str, str]:
         """Recipients held back by the loop guards, with the reason."""
         out: dict[str, str] = {}
         if ticket is not None:
-            rounds = s.scalar(select(func.count(func.distinct(OutboxMail.batch))).where(
-                OutboxMail.ticket_id == ticket.id, OutboxMail.caused_by_mail.is_(True),
-                OutboxMail.status != "suppressed",
-                OutboxMail.created_at >= ratelimit.window_start(now, ratelimit.TICKET_WINDOW))) or 0
+            rounds = ticket_rounds
+            if rounds is None:
+                rounds = s.scalar(select(func.count(func.distinct(OutboxMail.batch))).where(
+                    OutboxMail.ticket_id == ticket.id, OutboxMail.caused_by_mail.is_(True),
+                    OutboxMail.status != "suppressed",
+                    OutboxMail.created_at >= ratelimit.window_start(now, ratelimit.TICKET_WINDOW))) or 0
             if not ratelimit.ticket_round_allowed(rounds, self.caps):
                 why = (f"rate cap: {rounds} notification rounds for ticket #{ticket.number} in 10 minutes "
                        f"(notifications.max_per_ticket_10min = {self.caps.max_per_ticket})")
                 return {e: why for e in emails}
-        counts = dict(s.execute(select(OutboxMail.recipient, func.count(OutboxMail.id)).where(
-            OutboxMail.recipient.in_(emails), OutboxMail.caused_by_mail.is_(True),
-            OutboxMail.status != "suppressed",
-            OutboxMail.created_at >= ratelimit.window_start(now, ratelimit.RECIPIENT_WINDOW)
-        ).group_by(OutboxMail.recipient)).all())
+        counts = self._sent_today(s, emails, now)
         for e in emails:
             n = counts.get(e, 0)
             if not ratelimit.recipient_allowed(n, self.caps):
                 out[e] = (f"rate cap: {n} mails to {e} in 24 hours "
                           f"(notifications.max_per_recipient_day = {self.caps.max_per_recipient})")
         return out
+
+
+_MEMO_FOR = timedelta(minutes=1)
+_STAFF = select(Contact).where(Contact.role == "staff").order_by(Contact.id)
+_SENT_TO_ONE = select(func.count(OutboxMail.id)).where(
+    OutboxMail.recipient == bindparam("email"), OutboxMail.caused_by_mail.is_(True),
+    OutboxMail.status != "suppressed", OutboxMail.created_at >= bindparam("since"))
+_SENT_PER_RECIPIENT = (select(OutboxMail.recipient, func.count(OutboxMail.id))
+                       .where(OutboxMail.recipient.in_(bindparam("emails", expanding=True)),
+                              OutboxMail.caused_by_mail.is_(True), OutboxMail.status != "suppressed",
+                              OutboxMail.created_at >= bindparam("since"))
+                       .group_by(OutboxMail.recipient))
 
 
 def new_message_id(domain: str, ticket_number: int | None) -> str:
