@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from email.message import Message
 from email.header import decode_header, make_header
-from typing import Iterator
+from typing import Iterable, Iterator
 
 __all__ = ["Verdict", "BounceInfo", "classify", "bounce_info", "KIND_PRECEDENCE"]
 
@@ -363,6 +363,11 @@ def _dsn_kind(msg: Message, subject: str) -> Verdict | None:
     if actions and actions <= {"delivered", "relayed", "expanded"}:
         return Verdict("auto_reply", f"delivery status notification (Action: {', '.join(sorted(actions))})")
     return None
+
+
+def own_domains_of(addresses: Iterable[str]) -> tuple[str, ...]:
+    """The domains of the gateway's own addresses, as `classify` takes them."""
+    return tuple(sorted({a.rpartition("@")[2] for a in addresses}))
 
 
 def classify(

@@ -1,7 +1,7 @@
 """The pure part of the pipeline, done ahead in a second process for multi-mail imports (files, Maildirs, mboxes).
 
 `ingest PATH` spends about half of its time on work that needs no database: parsing the MIME tree, HTML to
-text, sanitising HTML, hashing and writing attachment blobs. `ParseAhead` runs that work in one forked worker
+text, sanitising HTML, hashing and writing attachment blobs. `ParseAhead` runs that work (and classifying auto-replies and bounces) in one forked worker
 process a little ahead of the main process, which does the database work (dedupe, identify, thread, listeners)
 in the order of the sources, exactly as before. The worker hands back small results: the parsed mail
 (pickled, attachment bytes left out) and the sha256 of every attachment it wrote to the content-addressed
@@ -39,9 +39,15 @@ class Prepared:
     sizes: list[int] | None = None          # len() of each attachment's data
     html_text: str | None = None            # gateway.quotes.html_to_text(parsed.html), when the text is empty
     html_clean: str | None = None           # gateway.quotes.sanitize_html(parsed.html)
+    # gateway.autoreply.classify (and bounce_info for a bounce) for these inputs; None: not done
+    classified_for: tuple[str | None, tuple[str, ...]] | None = None   # (envelope sender, own domains)
+    verdict: Any = None
+    bounce: Any = None
 
 
-def prepare_one(raw: bytes, max_depth: int, max_parts: int, blob_root: str | None) -> Prepared:
+def prepare_one(raw: bytes, max_depth: int, max_parts: int, blob_root: str | None,
+                classify_for: tuple[str | None, tuple[str, ...]] | None = None) -> Prepared:
+    """classify_for: (envelope sender, the gateway's own domains) to classify the mail with, or None."""
     from gateway.mime import MailParseError, parse_mail
 
     try:
@@ -60,6 +66,17 @@ def prepare_one(raw: bytes, max_depth: int, max_parts: int, blob_root: str | Non
             out.html_clean = sanitize_html(p.html)
     except Exception:  # noqa: BLE001 -- the main process does it again and meets the same failure
         out.html_text = out.html_clean = None
+    if classify_for is not None:
+        try:
+            from gateway.autoreply import bounce_info, classify
+
+            verdict = classify(p.message, envelope_from=classify_for[0], from_addr=p.from_addr,
+                               own_domains=classify_for[1])
+            out.bounce = bounce_info(p.message) if verdict is not None and verdict.kind == "bounce" else None
+            out.verdict = verdict
+            out.classified_for = classify_for
+        except Exception:  # noqa: BLE001 -- the main process classifies it (and meets the same failure)
+            out.classified_for = out.verdict = out.bounce = None
     if p.attachments and blob_root is not None:
         try:
             from gateway.blobs import BlobStore
@@ -75,13 +92,14 @@ def prepare_one(raw: bytes, max_depth: int, max_parts: int, blob_root: str | Non
     return out
 
 
-def prepare_chunk(raws: list[bytes], max_depth: int, max_parts: int, blob_root: str | None) -> list[bytes | None]:
+def prepare_chunk(raws: list[bytes], max_depth: int, max_parts: int, blob_root: str | None,
+                  classify_for: tuple[str | None, tuple[str, ...]] | None = None) -> list[bytes | None]:
     """In the worker: one pickled Prepared per mail, None where anything went wrong (the main process then
     does that mail's work itself)."""
     out: list[bytes | None] = []
     for raw in raws:
         try:
-            out.append(pickle.dumps(prepare_one(raw, max_depth, max_parts, blob_root), protocol=5))
+            out.append(pickle.dumps(prepare_one(raw, max_depth, max_parts, blob_root, classify_for), protocol=5))
         except BaseException:  # noqa: BLE001 -- anything at all: the main process does it
             out.append(None)
     return out
@@ -106,8 +124,11 @@ class ParseAhead:
     `stream(items)` yields (item, Prepared | None). The worker is started on the first chunk; when it dies or
     cannot be started, the rest is yielded with None (the main process does the work): slower, never lost."""
 
-    def __init__(self, *, max_depth: int, max_parts: int, blob_root: str | None, raw_at: int = 2) -> None:
-        self.args = (max_depth, max_parts, blob_root)
+    def __init__(self, *, max_depth: int, max_parts: int, blob_root: str | None, raw_at: int = 2,
+                 classify_for: tuple[str | None, tuple[str, ...]] | None = None) -> None:
+        """classify_for: (envelope sender, own domains) when every mail of the stream has that envelope
+        sender: the worker classifies them too (gateway.handlers.classify uses it only for the same inputs)."""
+        self.args = (max_depth, max_parts, blob_root, classify_for)
         self.raw_at = raw_at
         self.pool: Any = None
         self.broken = False

@@ -5,7 +5,7 @@ A bounce whose original mail is known is attached to that ticket as an internal 
 
 from __future__ import annotations
 
-from gateway.autoreply import bounce_info, classify
+from gateway.autoreply import bounce_info, classify, own_domains_of
 from gateway.events import MailIgnored
 from gateway.outcomes import Ignore
 from gateway.pipeline import MailContext
@@ -14,9 +14,14 @@ from gateway.pipeline import MailContext
 def handle(ctx: MailContext) -> None:
     p = ctx.parsed
     assert p is not None
-    own_domains = tuple(sorted({a.rpartition("@")[2] for a in ctx.config.gateway_addresses}))
-    verdict = classify(p.message, envelope_from=ctx.mail.envelope_from, from_addr=p.from_addr,
-                       own_domains=own_domains)
+    own_domains = own_domains_of(ctx.config.gateway_addresses)
+    prep = ctx.prepared  # classified ahead in the import's worker process (gateway.prepare), for these inputs
+    ahead = prep is not None and prep.classified_for == (ctx.mail.envelope_from, own_domains)
+    if ahead:
+        verdict = prep.verdict
+    else:
+        verdict = classify(p.message, envelope_from=ctx.mail.envelope_from, from_addr=p.from_addr,
+                           own_domains=own_domains)
     if verdict is None:
         ctx.note("classify: written by a person")
         return
@@ -25,7 +30,7 @@ def handle(ctx: MailContext) -> None:
     details: dict[str, object] = {}
     ticket = None
     if verdict.kind == "bounce":
-        info = bounce_info(p.message)
+        info = prep.bounce if ahead else bounce_info(p.message)
         if info is not None:
             details = {"permanent": info.permanent, "recipients": list(info.recipients), "status": info.status,
                        "original_message_id": info.original_message_id, "original_to": list(info.original_to)}

@@ -122,8 +122,11 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
         from gateway.prepare import ParseAhead
 
         limits = config.limits
+        from gateway.autoreply import own_domains_of
+
         ahead = ParseAhead(max_depth=limits["max_mime_depth"], max_parts=limits["max_mime_parts"],
-                           blob_root=str(config.attachments_dir))
+                           blob_root=str(config.attachments_dir),
+                           classify_for=(args.sender, own_domains_of(config.gateway_addresses)))
         ahead.start()
     try:
         app = open_app(config, upgrade=not args.dry_run)
