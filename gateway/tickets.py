@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from gateway.clock import Clock
 from gateway.db import drop_memo, write_locked_memo
@@ -36,7 +36,10 @@ from gateway.models import (
 # derives its cache key anew each time).
 _CONTACT_BY_EMAIL = select(Contact).where(Contact.email == bindparam("email"))
 _DOMAIN = select(OrganisationDomain).where(OrganisationDomain.domain == bindparam("domain"))
-_TICKET_BY_NUMBER = select(Ticket).where(Ticket.number == bindparam("number"))
+# The pipeline loads a ticket without joining its reporter, assignee and organisation: they are loaded on first
+# use, from the session when they are there already (the reporter usually is: the sender of the reply).
+_LIGHT = (lazyload(Ticket.reporter), lazyload(Ticket.assignee), lazyload(Ticket.organisation))
+_TICKET_BY_NUMBER = select(Ticket).where(Ticket.number == bindparam("number")).options(*_LIGHT)
 _TICKETS_BY_MESSAGE_ID = (select(TicketMessageId.message_id, TicketMessageId.ticket_id)
                           .where(TicketMessageId.message_id.in_(bindparam("ids", expanding=True))))
 _MESSAGE_ID_KNOWN = select(TicketMessageId.id).where(TicketMessageId.message_id == bindparam("message_id"),
@@ -200,7 +203,7 @@ class Tickets:
             order = {mid: i for i, mid in enumerate(ids)}
             out = []
             for mid, ticket_id in sorted(rows, key=lambda r: (order.get(r[0], 1 << 30), -r[1])):
-                t = self.s.get(Ticket, ticket_id)
+                t = self.s.get(Ticket, ticket_id, options=_LIGHT)
                 if t is not None:
                     _found(self.s, "tg.tickets")[t.number] = t  # a subject tag [#N] of the same mail finds it
                     out.append((mid, t))
