@@ -121,3 +121,23 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     with factory() as session:
         with session.begin():
             yield session
+
+
+def insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING (SQLite and PostgreSQL): rows that would break a unique constraint are
+    left out, in one statement, with no lookup first and no error that aborts the transaction."""
+    dialect = session.get_bind().dialect.name
+    stmt = _INSERT_IGNORING.get((dialect, table))
+    if stmt is None:
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:  # pragma: no cover -- only the two supported databases run the gateway
+            raise NotImplementedError(dialect)
+        stmt = _INSERT_IGNORING[(dialect, table)] = dialect_insert(table).on_conflict_do_nothing()
+    session.connection().execute(stmt, rows)
+
+
+_INSERT_IGNORING: dict[tuple[str, Any], Any] = {}  # built once per dialect and table (immutable statements)
+

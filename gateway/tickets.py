@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session, lazyload
 
 from gateway.clock import Clock
-from gateway.db import drop_memo, write_locked_memo
+from gateway.db import drop_memo, insert_ignoring_duplicates, write_locked_memo
 from gateway.events import CommentAdded, Event, Listeners, TicketChanged, TicketCreated
 from gateway.models import (
     PRIORITIES,
@@ -42,8 +42,6 @@ _LIGHT = (lazyload(Ticket.reporter), lazyload(Ticket.assignee), lazyload(Ticket.
 _TICKET_BY_NUMBER = select(Ticket).where(Ticket.number == bindparam("number")).options(*_LIGHT)
 _TICKETS_BY_MESSAGE_ID = (select(TicketMessageId.message_id, TicketMessageId.ticket_id)
                           .where(TicketMessageId.message_id.in_(bindparam("ids", expanding=True))))
-_MESSAGE_ID_KNOWN = select(TicketMessageId.id).where(TicketMessageId.message_id == bindparam("message_id"),
-                                                     TicketMessageId.ticket_id == bindparam("ticket_id"))
 _LINK_KNOWN = select(TicketLink.id).where(TicketLink.ticket_id == bindparam("ticket_id"),
                                           TicketLink.other_ticket_id == bindparam("other_ticket_id"),
                                           TicketLink.kind == bindparam("kind"))
@@ -299,11 +297,9 @@ class Tickets:
     def remember_message_id(self, ticket: Ticket, message_id: str | None, direction: str = "in") -> None:
         if not message_id:
             return
-        exists = self.s.scalar(_MESSAGE_ID_KNOWN, {"message_id": message_id, "ticket_id": ticket.id})
-        if exists is None:
-            self.s.connection().execute(insert(table_of(TicketMessageId)),
-                                        [{"message_id": message_id, "ticket_id": ticket.id, "direction": direction,
-                                          "created_at": self.clock()}])
+        insert_ignoring_duplicates(self.s, table_of(TicketMessageId),  # known already: nothing to do
+                                   [{"message_id": message_id, "ticket_id": ticket.id, "direction": direction,
+                                     "created_at": self.clock()}])
 
     def link(self, ticket: Ticket, other: Ticket, *, kind: str = "related", reason: str = "") -> None:
         exists = self.s.scalar(_LINK_KNOWN, {"ticket_id": ticket.id, "other_ticket_id": other.id, "kind": kind})
