@@ -70,6 +70,7 @@ IMPORTS = """
 import gateway.cli, gateway.cli.ingest, gateway.app, gateway.intake
 from gateway.pipeline import BUILTIN, load_handlers
 load_handlers(BUILTIN)
+import os; os._exit(0)  # as the CLI exits (gateway.cli.entry): no interpreter teardown
 """
 
 

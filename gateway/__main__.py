@@ -1,5 +1,3 @@
-import sys
+from gateway.cli import entry
 
-from gateway.cli import main
-
-sys.exit(main())
+entry()
