@@ -195,7 +195,7 @@ class Tickets:
         # no autoflush: these rows are written directly (Core inserts), tickets as they are made; what is still
         # pending (this mail's row, a contact registered for it) is written with the ticket or comment
         with self.s.no_autoflush:
-            rows = self.s.execute(_TICKETS_BY_MESSAGE_ID, {"ids": list(ids)[:200]}).all()
+            rows = self.s.connection().execute(_TICKETS_BY_MESSAGE_ID, {"ids": list(ids)[:200]}).all()
             if not rows:  # the common case (a new conversation): one indexed lookup, no ticket loaded
                 return []
             order = {mid: i for i, mid in enumerate(ids)}

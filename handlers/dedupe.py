@@ -37,12 +37,13 @@ def handle(ctx: MailContext) -> None:
     sender = (ctx.parsed.from_addr or mail.envelope_from or "").lower()
     claim_msgid = msgid_claim(ctx.parsed.message_id, sender) if ctx.parsed.message_id else None
     own = mail.id if mail.id is not None else 0  # 0: not written yet (a batch import), no row to skip
-    with ctx.session.no_autoflush:  # a row not written yet gets its claims in its INSERT, not in an UPDATE
-        if claim_msgid:
-            first = ctx.session.execute(_FIRST_BY_BYTES_OR_MSGID, {"sha": mail.sha256, "msgid": claim_msgid,
-                                                                   "id": own}).first()
-        else:
-            first = ctx.session.execute(_FIRST_BY_BYTES, {"sha": mail.sha256, "id": own}).first()
+    # plain rows on the connection: no ORM objects, and no autoflush (a row not written yet gets its claims in
+    # its INSERT, not in an UPDATE)
+    conn = ctx.session.connection()
+    if claim_msgid:
+        first = conn.execute(_FIRST_BY_BYTES_OR_MSGID, {"sha": mail.sha256, "msgid": claim_msgid, "id": own}).first()
+    else:
+        first = conn.execute(_FIRST_BY_BYTES, {"sha": mail.sha256, "id": own}).first()
     if first is not None:
         same = "the same bytes" if first.claim_sha256 == mail.sha256 else "the same Message-ID and sender"
         ctx.ticket = None

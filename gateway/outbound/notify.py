@@ -321,8 +321,8 @@ class Outbound:
     @staticmethod
     def _count_sent(s: Session, emails: list[str], since: datetime) -> dict[str, int]:
         if len(emails) == 1:  # the common case (the reporter): a plain statement, no IN list to expand
-            return {emails[0]: s.scalar(_SENT_TO_ONE, {"email": emails[0], "since": since}) or 0}
-        return dict(s.execute(_SENT_PER_RECIPIENT, {"emails": emails, "since": since}).all())  # type: ignore[arg-type]
+            return {emails[0]: s.connection().scalar(_SENT_TO_ONE, {"email": emails[0], "since": since}) or 0}
+        return dict(s.connection().execute(_SENT_PER_RECIPIENT, {"emails": emails, "since": since}).all())  # type: ignore[arg-type]
 
     def _staff(self, s: Session) -> list[Contact]:
         """The staff contacts, by id (remembered for the transaction where gateway.db.write_locked_memo can)."""
@@ -388,9 +388,9 @@ class Outbound:
     def write(s: Session, rows: list[dict[str, Any]], ids: list[dict[str, Any]]) -> None:
         """Insert planned rows: one multi-row statement per table, in the caller's transaction."""
         if rows:
-            s.execute(insert(table_of(OutboxMail)), rows)
+            s.connection().execute(_INSERT_OUTBOX, rows)
         if ids:
-            s.execute(insert(table_of(TicketMessageId)), ids)
+            s.connection().execute(_INSERT_MESSAGE_IDS, ids)
 
     def _caps(self, s: Session, ticket: Ticket | None, emails: list[str], now: datetime,
               ticket_rounds: int | None = None) -> dict[str, str]:
@@ -417,6 +417,8 @@ class Outbound:
 
 
 _MEMO_FOR = timedelta(minutes=1)
+_INSERT_OUTBOX = insert(table_of(OutboxMail))
+_INSERT_MESSAGE_IDS = insert(table_of(TicketMessageId))
 _STAFF = select(Contact).where(Contact.role == "staff").order_by(Contact.id)
 _SENT_TO_ONE = select(func.count(OutboxMail.id)).where(
     OutboxMail.recipient == bindparam("email"), OutboxMail.caused_by_mail.is_(True),
