@@ -81,7 +81,8 @@ class Intake:
         self.handlers = app.handlers
 
     # Step 1: durable ---------------------------------------------------------------
-    def _new_row(self, raw: bytes, envelope: Envelope, *, with_raw: bool = True, hint: bool = True) -> InboundMail:
+    def _new_row(self, raw: bytes, envelope: Envelope, *, with_raw: bool = True, hint: bool = True,
+                 sha256: str | None = None) -> InboundMail:
         """hint=False: the listing hint (Message-ID, sender, subject from a header-only parse) is left to
         `_record`, which needs it only where the pipeline's parse found no value (a row that nobody sees before
         the pipeline ran: the batch path)."""
@@ -89,7 +90,7 @@ class Intake:
         mail = InboundMail(received_at=self.app.clock(), source=envelope.source, source_ref=envelope.source_ref,
                            envelope_from=envelope.mail_from, envelope_to=list(envelope.rcpt_tos),
                            message_id=mid, sender=sender[:320] if sender else None, subject=subject,
-                           sha256=hashlib.sha256(raw).hexdigest(), size=len(raw), outcome="received",
+                           sha256=sha256 or hashlib.sha256(raw).hexdigest(), size=len(raw), outcome="received",
                            trace=[], attempts=0)
         if not hint:
             mail._tg_hint_pending = True  # type: ignore[attr-defined]  # a plain attribute, not a column
@@ -237,7 +238,8 @@ class Intake:
         bytes go into ONE savepoint. An outcome that keeps nothing (duplicate, reject, quarantine, a failing
         handler) rolls the savepoint back and writes the mail row again, with its outcome, in a fresh one;
         the result is what `_run` records. Any exception that escapes has rolled the savepoint back."""
-        mail = self._new_row(raw, envelope, with_raw=False, hint=False)
+        sha = prepared.sha256 if prepared is not None else None  # hashed ahead by the worker
+        mail = self._new_row(raw, envelope, with_raw=False, hint=False, sha256=sha)
         mail.attempts = 1
         sp = s.begin_nested()
         try:
@@ -275,7 +277,7 @@ class Intake:
     def _rewrite(self, s: Any, ctx: MailContext, raw: bytes, envelope: Envelope, outcome: str, reason: str | None,
                  *, rejected: Reject | None = None) -> Result:
         """The mail row again after its savepoint was rolled back, with the outcome and the trace so far."""
-        mail = self._new_row(raw, envelope, with_raw=False, hint=False)
+        mail = self._new_row(raw, envelope, with_raw=False, hint=False, sha256=ctx.mail.sha256)
         mail.attempts = 1
         mail.trace = []
         with s.begin_nested():

@@ -16,6 +16,7 @@ an ignored or rejected mail) stays in the store unreferenced, like a blob of a r
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 from collections import deque
@@ -32,6 +33,7 @@ AHEAD = 4
 
 @dataclass
 class Prepared:
+    sha256: str | None = None               # hex sha256 of the raw bytes
     parsed: Any = None                      # gateway.mime.ParsedMail; attachment data b"" (see shas)
     parse_error: str | None = None          # MailParseError's reason
     parse_recursion: bool = False           # RecursionError while parsing
@@ -50,13 +52,14 @@ def prepare_one(raw: bytes, max_depth: int, max_parts: int, blob_root: str | Non
     """classify_for: (envelope sender, the gateway's own domains) to classify the mail with, or None."""
     from gateway.mime import MailParseError, parse_mail
 
+    sha = hashlib.sha256(raw).hexdigest()
     try:
         p = parse_mail(raw, max_depth=max_depth, max_parts=max_parts)
     except MailParseError as e:
-        return Prepared(parse_error=e.reason)
+        return Prepared(sha256=sha, parse_error=e.reason)
     except RecursionError:
-        return Prepared(parse_recursion=True)
-    out = Prepared(parsed=p)
+        return Prepared(sha256=sha, parse_recursion=True)
+    out = Prepared(sha256=sha, parsed=p)
     try:
         if p.html:
             from gateway.quotes import html_to_text, sanitize_html
