@@ -46,6 +46,10 @@ _LINK_KNOWN = select(TicketLink.id).where(TicketLink.ticket_id == bindparam("tic
                                           TicketLink.other_ticket_id == bindparam("other_ticket_id"),
                                           TicketLink.kind == bindparam("kind"))
 
+_COUNTERS = table_of(Counter)
+_NEXT_TICKET_NUMBER = (update(_COUNTERS).where(_COUNTERS.c.name == "ticket").values(value=_COUNTERS.c.value + 1)
+                       .returning(_COUNTERS.c.value))
+
 
 class InvalidChange(ValueError):
     pass
@@ -227,11 +231,7 @@ class Tickets:
     # Changes --------------------------------------------------------------
     def next_number(self) -> int:
         # a Core statement on the session's connection (same transaction): no ORM object holds a counter
-        counters = table_of(Counter)
-        value = self.s.connection().execute(update(counters).where(counters.c.name == "ticket")
-                                            .values(value=counters.c.value + 1)
-                                            .returning(counters.c.value)).scalar_one()
-        return int(value)
+        return int(self.s.connection().execute(_NEXT_TICKET_NUMBER).scalar_one())
 
     def create(self, *, subject: str, reporter: Contact, sender_email: str | None = None,
                description: str = "", description_full: str = "", description_html: str | None = None,
