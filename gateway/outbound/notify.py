@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from gateway.models import table_of
 from gateway.config import Config
-from gateway.db import is_unavailable, write_locked_memo
+from gateway.db import drop_memo, is_unavailable, write_locked_memo
 from gateway.events import CommentAdded, MailIgnored, MailRejected, TicketChanged, TicketCreated
 from gateway.models import Contact, InboundMail, OutboxMail, Ticket, TicketMessageId
 from gateway.outbound import ratelimit, tokens
@@ -78,9 +78,17 @@ class Outbound:
         if not self.relevant(event):
             return  # no savepoint, no round trip for events that can never send anything
         try:
-            with session.begin_nested():
-                self.dispatch(session, event)
+            if isinstance(event, MailIgnored):  # changes ORM objects (the outbox row, the contact)
+                with session.begin_nested():
+                    self.dispatch(session, event)
+            else:
+                # only plain INSERTs (the outbox rows, their Message-IDs): a savepoint on the connection is
+                # enough, and cheaper than the session's (what is pending is written first, outside it)
+                session.flush()
+                with session.connection().begin_nested():
+                    self.dispatch(session, event)
         except Exception as e:  # noqa: BLE001 -- a notification must never cost the mail its ticket
+            drop_memo(session, "sent-per-recipient")  # it may count rows that were rolled back
             if is_unavailable(e):
                 raise
             log.exception("outbound: could not queue notifications for %s", type(event).__name__)

@@ -142,6 +142,53 @@ def test_outbox_rows_commit_with_the_change(make_app, sink):  # type: ignore[no-
     assert outbox(app) == []
 
 
+def _refuse_outbox_inserts(app, on: bool) -> None:  # type: ignore[no-untyped-def]
+    """A real database trigger that makes every INSERT into the outbox fail (or drops it again)."""
+    from sqlalchemy import text
+
+    pg = app.engine.dialect.name == "postgresql"
+    with app.engine.begin() as c:
+        if not on:
+            c.execute(text("DROP TRIGGER tg_refuse ON outbox" if pg else "DROP TRIGGER tg_refuse"))
+        elif pg:
+            c.execute(text("CREATE FUNCTION tg_refuse() RETURNS trigger AS $$ BEGIN "
+                           "RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql"))
+            c.execute(text("CREATE TRIGGER tg_refuse BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION tg_refuse()"))
+        else:
+            c.execute(text("CREATE TRIGGER tg_refuse BEFORE INSERT ON outbox "
+                           "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["one", "batch"])
+def test_a_notification_that_cannot_be_queued_costs_the_mail_nothing(make_app, sink, batched):  # type: ignore[no-untyped-def]
+    """The outbox refuses every row (a trigger): the mail still opens its ticket, its Message-ID is known (a
+    reply threads), and no half-written notification remains; in an import batch the mails around it are
+    untouched too."""
+    app = make_app(outbound=relay(sink.port))
+    add_staff(app)
+    _refuse_outbox_inserts(app, True)
+    first = make_mail(message_id="<first@customer.example>")
+    other = make_mail(sender="carol@customer.example", subject="Other", message_id="<other@customer.example>")
+    env = Envelope("alice@customer.example", (SUPPORT,), "file")
+    if batched:
+        b = app.intake().batch()
+        results = [b.ingest(first, env), b.ingest(other, env)]
+        b.commit()
+    else:
+        results = [app.intake().ingest(first, env), app.intake().ingest(other, env)]
+    assert [r.outcome for r in results] == ["ticket", "ticket"]
+    assert outbox(app) == []
+    _refuse_outbox_inserts(app, False)
+    reply = make_mail(subject="Re: Printer on fire", message_id="<reply@customer.example>",
+                      in_reply_to="<first@customer.example>", references="<first@customer.example>")
+    r = ingest(app, reply)
+    assert (r.outcome, r.ticket_number) == ("comment", results[0].ticket_number)
+    r = ingest(app, make_mail(sender="dave@customer.example", subject="Third", message_id="<third@customer.example>"))
+    assert r.outcome == "ticket"  # and the next new ticket's notifications are queued as usual
+    assert sorted((row.event, row.recipient) for row in outbox(app)) == [
+        ("staff_new_ticket", "bob@example.com"), ("ticket_created", "dave@customer.example")]
+
+
 # Relay down ------------------------------------------------------------------------------------------------
 def test_relay_down_then_back_nothing_lost(make_app, clock):  # type: ignore[no-untyped-def]
     port = free_port()
