@@ -73,10 +73,10 @@ def write_locked_memo(session: Session, key: str) -> dict[Any, Any] | None:
     if session.get_bind().dialect.name != "sqlite" or not session.in_transaction():
         return None
     root = session.get_transaction()
-    held = session.info.get(_MEMO)
+    held: tuple[Any, dict[str, dict[Any, Any]]] | None = session.info.get(_MEMO)
     if held is None or held[0] is not root:
         held = session.info[_MEMO] = (root, {})
-    return held[1].setdefault(key, {})  # type: ignore[no-any-return]
+    return held[1].setdefault(key, {})
 
 
 def drop_memo(session: Session, key: str) -> None:
@@ -130,12 +130,16 @@ def insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str
     stmt = _INSERT_IGNORING.get((dialect, table))
     if stmt is None:
         if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(table).on_conflict_do_nothing()
         elif dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt = pg_insert(table).on_conflict_do_nothing()
         else:  # pragma: no cover -- only the two supported databases run the gateway
             raise NotImplementedError(dialect)
-        stmt = _INSERT_IGNORING[(dialect, table)] = dialect_insert(table).on_conflict_do_nothing()
+        _INSERT_IGNORING[(dialect, table)] = stmt
     session.connection().execute(stmt, rows)
 
 

@@ -27,9 +27,9 @@ def _candidates(ctx: MailContext) -> list[tuple[str, Ticket]]:
     for mid, t in ctx.tickets.by_message_ids(ids):
         found.append((f"{'In-Reply-To' if mid in p.in_reply_to else 'References'} <{mid}>", t))
     for m in tag_pattern(ctx.config.gateway["subject_tag_prefix"]).finditer(p.subject):
-        t = ctx.tickets.get(int(m.group(1)))
-        if t is not None:
-            found.append((f"subject tag {m.group(0)}", t))
+        tagged = ctx.tickets.get(int(m.group(1)))
+        if tagged is not None:
+            found.append((f"subject tag {m.group(0)}", tagged))
     return found
 
 
