@@ -160,7 +160,7 @@ class Directory:
         email = normalise_email(email)
         if organisation is None:
             organisation = self.organisation_for_domain(email.rpartition("@")[2])
-        c = Contact(email=email, name=name, role="staff" if staff else "customer",
+        c = Contact(email=email, name=name, role="staff" if staff else "customer", organisation=organisation,
                     organisation_id=organisation.id if organisation else None,
                     auto_registered=auto_registered, undeliverable=False, created_at=self.clock())
         self.s.add(c)

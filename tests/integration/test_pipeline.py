@@ -238,10 +238,12 @@ def test_default_reporter_policy_records_the_sender(make_app):
 
 def test_register_policy_assigns_existing_organisation_by_domain(app):
     add_user(app, "boss@customer.example", organisation=("Customer Ltd", ["customer.example"]))
-    ingest(app, make_mail())
+    r = ingest(app, make_mail())
     assert ticket(app, 2 - 1)["organisation"] == "Customer Ltd"
-    ingest(app, make_mail(sender="x@gmail.example"))
+    assert "identify: registered new customer alice@customer.example (organisation Customer Ltd)" in r.trace
+    r = ingest(app, make_mail(sender="x@gmail.example"))
     assert ticket(app, 2)["organisation"] is None  # no organisation is invented for a domain
+    assert "identify: registered new customer x@gmail.example" in r.trace
 
 
 def test_attachments_are_content_addressed_and_stored_once(app):
