@@ -1,17 +1,19 @@
 """The pure part of the pipeline, done ahead in a second process for multi-mail imports (files, Maildirs, mboxes).
 
-`ingest PATH` spends about half of its time on work that needs no database: parsing the MIME tree, HTML to
-text, sanitising HTML, hashing and writing attachment blobs. `ParseAhead` runs that work (and classifying auto-replies and bounces) in one forked worker
-process a little ahead of the main process, which does the database work (dedupe, identify, thread, listeners)
-in the order of the sources, exactly as before. The worker hands back small results: the parsed mail
-(pickled, attachment bytes left out) and the sha256 of every attachment it wrote to the content-addressed
-store (idempotent: tmp + fsync + rename, same content same path).
+`ingest PATH` spends about half of its time on work that needs no database: hashing the mail, parsing the
+MIME tree, HTML to text, sanitising HTML, classifying auto-replies and bounces, hashing and writing attachment
+blobs. `ParseAhead` runs that work in one forked worker process a little ahead of the main process, which
+does the database work (dedupe, identify, thread, listeners) in the order of the sources, exactly as before.
+The worker hands back small results: the mail's sha256, the parsed mail (pickled, attachment bytes left out),
+the verdict, and the sha256 of every attachment it wrote to the content-addressed store (idempotent: tmp +
+fsync + rename, same content same path).
 
 Anything the worker could not do (an exception, a result that does not pickle, a dead worker) is done by the
-main process as it always was: `Prepared` fields that are None mean "compute it yourself". The handlers
-(`parse`, `extract`, `attachments`) use a prepared value only when it is there, so outcomes, traces and rows are
-the same with or without the worker. A blob the worker wrote for a mail that then keeps nothing (a duplicate,
-an ignored or rejected mail) stays in the store unreferenced, like a blob of a rolled-back transaction.
+main process as it always was: `Prepared` fields that are None mean "compute it yourself". The intake and
+the handlers (`parse`, `classify`, `extract`, `attachments`) use a prepared value only when it is there, so
+outcomes, traces and rows are the same with or without the worker. A blob the worker wrote for a mail that
+then keeps nothing (a duplicate, an ignored or rejected mail) stays in the store unreferenced, like a blob of
+a rolled-back transaction.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ class Directory:
         email = normalise_email(email)
         c = _cached(self.s, "tg.contacts", email)
         if c is None:
-            with self.s.no_autoflush:  # a contact made here is flushed and remembered (register): nothing to write first
+            with self.s.no_autoflush:  # a contact made in this transaction is remembered (register), not looked up
                 c = self.s.scalar(_CONTACT_BY_EMAIL, {"email": email})
             if c is not None:
                 _found(self.s, "tg.contacts")[email] = c
@@ -160,6 +160,7 @@ class Directory:
         email = normalise_email(email)
         if organisation is None:
             organisation = self.organisation_for_domain(email.rpartition("@")[2])
+        # both: the relationship for a contact not written yet, the column for whoever reads it before the flush
         c = Contact(email=email, name=name, role="staff" if staff else "customer", organisation=organisation,
                     organisation_id=organisation.id if organisation else None,
                     auto_registered=auto_registered, undeliverable=False, created_at=self.clock())
@@ -236,10 +237,9 @@ class Tickets:
     def create(self, *, subject: str, reporter: Contact, sender_email: str | None = None,
                description: str = "", description_full: str = "", description_html: str | None = None,
                organisation_id: int | None = None, priority: str = "medium", type: str = "incident",
-               group: str | None = None, tags: list[str] | None = None, source_mail_id: int | None = None,
-               message_ids: Iterable[str] = (), at: datetime | None = None,
-               source_mail: InboundMail | None = None) -> Ticket:
-        """source_mail: the mail that opens it, when it may not be written yet (written first, in one flush)."""
+               group: str | None = None, tags: list[str] | None = None, message_ids: Iterable[str] = (),
+               at: datetime | None = None, source_mail: InboundMail | None = None) -> Ticket:
+        """source_mail: the mail that opens it; a mail row not written yet is written first, in the same flush."""
         if priority not in PRIORITIES:
             raise InvalidChange(f"unknown priority {priority!r}")
         if type not in TYPES:
@@ -251,40 +251,31 @@ class Tickets:
                    organisation_id=organisation_id if organisation_id is not None else reporter.organisation_id,
                    group=group, tags=list(tags or []), description=description,
                    description_full=description_full or description, description_html=description_html,
-                   source_mail_id=source_mail_id, created_at=now, updated_at=now, watchers=[])
-        if source_mail is not None:
-            t.source_mail = source_mail
+                   source_mail=source_mail, created_at=now, updated_at=now, watchers=[])
         self.s.add(t)
         self.s.flush()
-        if source_mail is not None:
-            source_mail_id = source_mail.id
         _found(self.s, "tg.tickets")[t.number] = t
         rows = [{"message_id": mid, "ticket_id": t.id, "direction": "in", "created_at": now}
                 for mid in dict.fromkeys(m for m in message_ids if m)]  # a new ticket knows none yet: no lookup
         if rows:  # plain rows, read back only by queries (by_message_ids): no ORM objects needed
             self.s.connection().execute(insert(table_of(TicketMessageId)), rows)
-        self.emit(TicketCreated(t, mail_id=source_mail_id))
+        self.emit(TicketCreated(t, mail_id=source_mail.id if source_mail is not None else None))
         return t
 
     def add_comment(self, ticket: Ticket, *, author: Contact | None, author_email: str | None, body: str,
                     full_text: str = "", html: str | None = None, internal: bool = False,
-                    source: str = "mail", mail_id: int | None = None, at: datetime | None = None,
-                    mail: InboundMail | None = None) -> Comment:
-        """mail: the mail it comes from, when it may not be written yet (written first, in one flush)."""
+                    source: str = "mail", mail: InboundMail | None = None, at: datetime | None = None) -> Comment:
+        """mail: the mail it comes from; a mail row not written yet is written first, in the same flush."""
         now = at or self.clock()
         c = Comment(ticket_id=ticket.id, author=author,
                     author_email=normalise_email(author_email) if author_email else (author.email if author else None),
                     body=body, full_text=full_text or body, html=html, internal=internal,
-                    by_staff=bool(author and author.is_staff), source=source, inbound_mail_id=mail_id,
+                    by_staff=bool(author and author.is_staff), source=source, inbound_mail=mail,
                     created_at=now)
-        if mail is not None:
-            c.inbound_mail = mail
         self.s.add(c)
         ticket.updated_at = now
         self.s.flush()
-        if mail is not None:
-            mail_id = mail.id
-        self.emit(CommentAdded(ticket, c, mail_id=mail_id))
+        self.emit(CommentAdded(ticket, c, mail_id=mail.id if mail is not None else None))
         return c
 
     def add_watcher(self, ticket: Ticket, contact: Contact) -> bool:

@@ -44,7 +44,7 @@ def handle(ctx: MailContext) -> None:
                            f"{', '.join(info.recipients) or 'an unknown recipient'}.")
                 ctx.comment = ctx.tickets.add_comment(ticket, author=None, author_email=None, body=summary,
                                                       full_text=p.text or summary, internal=True,
-                                                      source="system", mail_id=ctx.mail_id)
+                                                      source="system", mail=ctx.mail)
                 ctx.note(f"classify: bounce attached to ticket #{ticket.number} as an internal note")
     ctx.tickets.emit(MailIgnored(ctx.mail_id, verdict.kind, verdict.reason, ticket=ticket, details=details))
     raise Ignore(f"{verdict.kind}: {verdict.reason}")

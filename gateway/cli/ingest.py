@@ -119,11 +119,10 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
     ahead = None
     if (not stdin and not args.dry_run and args.parse_ahead and args.batch >= 1
             and (len(paths) > 1 or any(os.path.isdir(a) or _is_mbox(Path(a)) for a in paths))):
+        from gateway.autoreply import own_domains_of
         from gateway.prepare import ParseAhead
 
         limits = config.limits
-        from gateway.autoreply import own_domains_of
-
         ahead = ParseAhead(max_depth=limits["max_mime_depth"], max_parts=limits["max_mime_parts"],
                            blob_root=str(config.attachments_dir),
                            classify_for=(args.sender, own_domains_of(config.gateway_addresses)))

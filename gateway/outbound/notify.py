@@ -303,12 +303,7 @@ class Outbound:
                               bulk=bulk, visible=visible, extra=extra)
         self.write(s, rows, ids)
         if by_mail:
-            sent = write_locked_memo(s, "sent-per-recipient")
-            if sent is not None:
-                for row in rows:
-                    if row["status"] != "suppressed" and row["recipient"] in sent:
-                        since, n = sent[row["recipient"]]
-                        sent[row["recipient"]] = (since, n + 1)
+            self._count_written(s, rows)
         return rows
 
     def _sent_today(self, s: Session, emails: list[str], now: datetime) -> dict[str, int]:
@@ -325,6 +320,17 @@ class Outbound:
             for e in ask:
                 memo[e] = (since, found.get(e, 0))
         return {e: memo[e][1] for e in emails}
+
+    @staticmethod
+    def _count_written(s: Session, rows: list[dict[str, Any]]) -> None:
+        """Keep the counts `_sent_today` remembers up to date with rows caused by mail that were just written."""
+        sent = write_locked_memo(s, "sent-per-recipient")
+        if sent is None:
+            return
+        for row in rows:
+            if row["status"] != "suppressed" and row["recipient"] in sent:
+                since, n = sent[row["recipient"]]
+                sent[row["recipient"]] = (since, n + 1)
 
     @staticmethod
     def _count_sent(s: Session, emails: list[str], since: datetime) -> dict[str, int]:
