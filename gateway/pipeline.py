@@ -11,6 +11,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
 from gateway.blobs import BlobStore
@@ -85,9 +86,12 @@ class MailContext:
 
     @property
     def mail_id(self) -> int:
-        """The mail row's id. A batch import adds the row without writing it (the dedupe claims and, for a mail
-        that ends early, the outcome then go into its one INSERT): the first use writes it."""
-        if self.mail.id is None:
+        """The mail row's id, the row written. A batch import writes its row as late as it can (the dedupe claims
+        and, for a mail that ends early, the outcome then go into its one INSERT): the first use writes it."""
+        state = inspect(self.mail)
+        if not state.persistent:
+            if state.transient:
+                self.session.add(self.mail)
             self.session.flush()
         return self.mail.id
 

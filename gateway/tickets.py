@@ -35,6 +35,7 @@ from gateway.models import (
 # The pipeline's lookups, built once: a statement built per call costs more than running it (SQLAlchemy
 # derives its cache key anew each time).
 _CONTACT_BY_EMAIL = select(Contact).where(Contact.email == bindparam("email"))
+_CONTACTS_BY_EMAIL = select(Contact).where(Contact.email.in_(bindparam("emails", expanding=True)))
 _DOMAIN = select(OrganisationDomain).where(OrganisationDomain.domain == bindparam("domain"))
 # The pipeline loads a ticket without joining its reporter, assignee and organisation: they are loaded on first
 # use, from the session when they are there already (the reporter usually is: the sender of the reply).
@@ -42,6 +43,9 @@ _LIGHT = (lazyload(Ticket.reporter), lazyload(Ticket.assignee), lazyload(Ticket.
 _TICKET_BY_NUMBER = select(Ticket).where(Ticket.number == bindparam("number")).options(*_LIGHT)
 _TICKETS_BY_MESSAGE_ID = (select(TicketMessageId.message_id, TicketMessageId.ticket_id)
                           .where(TicketMessageId.message_id.in_(bindparam("ids", expanding=True))))
+_TICKETS_BY_ID_OR_NUMBER = (select(Ticket).options(*_LIGHT)
+                            .where(Ticket.id.in_(bindparam("ids", expanding=True))
+                                   | Ticket.number.in_(bindparam("numbers", expanding=True))))
 _LINK_KNOWN = select(TicketLink.id).where(TicketLink.ticket_id == bindparam("ticket_id"),
                                           TicketLink.other_ticket_id == bindparam("other_ticket_id"),
                                           TicketLink.kind == bindparam("kind"))
@@ -57,6 +61,21 @@ class InvalidChange(ValueError):
 
 def normalise_email(addr: str) -> str:
     return addr.strip().lower()
+
+
+# Keys known to be absent from the store, found by `prefetch` for the next mails of a batch import (memos of
+# the write-locked transaction: SQLite only, dropped on every rollback). Whoever writes such a key removes it.
+ABSENT_CONTACTS = "absent-contacts"
+ABSENT_MESSAGE_IDS = "absent-message-ids"
+ABSENT_NUMBERS = "absent-ticket-numbers"
+
+
+def message_ids_written(session: Session, ids: Iterable[str]) -> None:
+    """Rows of these Message-IDs were just written for a ticket: they are no longer known absent."""
+    absent = write_locked_memo(session, ABSENT_MESSAGE_IDS)
+    if absent:
+        for mid in ids:
+            absent.pop(mid, None)
 
 
 def _found(session: Session, key: str) -> dict[Any, Any]:
@@ -87,11 +106,31 @@ class Directory:
         email = normalise_email(email)
         c = _cached(self.s, "tg.contacts", email)
         if c is None:
+            absent = write_locked_memo(self.s, ABSENT_CONTACTS)
+            if absent is not None and email in absent:
+                return None
             with self.s.no_autoflush:  # a contact made in this transaction is remembered (register), not looked up
                 c = self.s.scalar(_CONTACT_BY_EMAIL, {"email": email})
             if c is not None:
                 _found(self.s, "tg.contacts")[email] = c
         return c
+
+    def preload(self, emails: Iterable[str]) -> None:
+        """Look up these addresses in one query, for the next mails of a batch import: a contact found is
+        remembered like one `contact()` found; an address found nowhere is known absent while the transaction
+        holds the write lock (SQLite), until `register` writes it or anything rolls back."""
+        wanted = {normalise_email(e) for e in emails if e}
+        wanted = {e for e in wanted if _cached(self.s, "tg.contacts", e) is None}
+        if not wanted:
+            return
+        with self.s.no_autoflush:
+            found = self.s.scalars(_CONTACTS_BY_EMAIL, {"emails": sorted(wanted)}).unique().all()
+        known = _found(self.s, "tg.contacts")
+        for c in found:
+            known[c.email] = c
+        absent = write_locked_memo(self.s, ABSENT_CONTACTS)
+        if absent is not None:
+            absent.update(dict.fromkeys(wanted.difference(c.email for c in found), True))
 
     def organisation(self, name: str) -> Organisation | None:
         return self.s.scalar(select(Organisation).where(Organisation.name == name))
@@ -168,6 +207,9 @@ class Directory:
         if flush:
             self.s.flush()
         _found(self.s, "tg.contacts")[email] = c
+        absent = write_locked_memo(self.s, ABSENT_CONTACTS)
+        if absent:
+            absent.pop(email, None)
         if staff:
             drop_memo(self.s, "staff")
         return c
@@ -187,6 +229,9 @@ class Tickets:
     def get(self, number: int) -> Ticket | None:
         t = _cached(self.s, "tg.tickets", number)
         if t is None:
+            absent = write_locked_memo(self.s, ABSENT_NUMBERS)
+            if absent is not None and number in absent:
+                return None
             with self.s.no_autoflush:  # tickets are written as they are made (see by_message_ids)
                 t = self.s.scalar(_TICKET_BY_NUMBER, {"number": number})
             if t is not None:
@@ -196,6 +241,9 @@ class Tickets:
     def by_message_ids(self, ids: Sequence[str]) -> list[tuple[str, Ticket]]:
         """Tickets that know any of these Message-IDs, in the order of `ids` (most relevant first)."""
         if not ids:
+            return []
+        absent = write_locked_memo(self.s, ABSENT_MESSAGE_IDS)
+        if absent is not None and all(mid in absent for mid in ids[:200]):
             return []
         # no autoflush: these rows are written directly (Core inserts), tickets as they are made; what is still
         # pending (this mail's row, a contact registered for it) is written with the ticket or comment
@@ -211,6 +259,30 @@ class Tickets:
                     _found(self.s, "tg.tickets")[t.number] = t  # a subject tag [#N] of the same mail finds it
                     out.append((mid, t))
         return out
+
+    def preload(self, message_ids: Iterable[str], numbers: Iterable[int]) -> None:
+        """The tickets that these Message-IDs and subject-tag numbers name, for the next mails of a batch
+        import, in two queries (and one for their watchers): later lookups find them in the session. A
+        Message-ID or number found nowhere is known absent while the transaction holds the write lock
+        (SQLite), until a row for it is written or anything rolls back."""
+        ids = list(dict.fromkeys(m for m in message_ids if m))
+        numbers = [n for n in dict.fromkeys(numbers) if _cached(self.s, "tg.tickets", n) is None]
+        if not ids and not numbers:
+            return
+        with self.s.no_autoflush:
+            rows = self.s.connection().execute(_TICKETS_BY_MESSAGE_ID, {"ids": ids}).all() if ids else []
+            ticket_ids = sorted({r[1] for r in rows})
+            found = self.s.scalars(_TICKETS_BY_ID_OR_NUMBER, {"ids": ticket_ids, "numbers": numbers}).all() \
+                if ticket_ids or numbers else []
+        known = _found(self.s, "tg.tickets")
+        for t in found:
+            known[t.number] = t
+        absent = write_locked_memo(self.s, ABSENT_MESSAGE_IDS)
+        if absent is not None:
+            absent.update(dict.fromkeys(set(ids).difference(r[0] for r in rows), True))
+        absent = write_locked_memo(self.s, ABSENT_NUMBERS)
+        if absent is not None:
+            absent.update(dict.fromkeys(set(numbers).difference(t.number for t in found), True))
 
     def is_participant(self, ticket: Ticket, contact: Contact | None, email: str | None) -> str | None:
         """Why this sender may write to the ticket, or None: reporter, first sender, watcher, staff,
@@ -232,14 +304,19 @@ class Tickets:
     # Changes --------------------------------------------------------------
     def next_number(self) -> int:
         # a Core statement on the session's connection (same transaction): no ORM object holds a counter
-        return int(self.s.connection().execute(_NEXT_TICKET_NUMBER).scalar_one())
+        number = int(self.s.connection().execute(_NEXT_TICKET_NUMBER).scalar_one())
+        absent = write_locked_memo(self.s, ABSENT_NUMBERS)
+        if absent:
+            absent.pop(number, None)
+        return number
 
     def create(self, *, subject: str, reporter: Contact, sender_email: str | None = None,
                description: str = "", description_full: str = "", description_html: str | None = None,
                organisation_id: int | None = None, priority: str = "medium", type: str = "incident",
                group: str | None = None, tags: list[str] | None = None, message_ids: Iterable[str] = (),
                at: datetime | None = None, source_mail: InboundMail | None = None) -> Ticket:
-        """source_mail: the mail that opens it; a mail row not written yet is written first, in the same flush."""
+        """source_mail: the mail that opens it. A mail row not written yet is written first, in the same flush;
+        one with a preallocated id and not in the session (a batch import's) is written later by its caller."""
         if priority not in PRIORITIES:
             raise InvalidChange(f"unknown priority {priority!r}")
         if type not in TYPES:
@@ -251,7 +328,11 @@ class Tickets:
                    organisation_id=organisation_id if organisation_id is not None else reporter.organisation_id,
                    group=group, tags=list(tags or []), description=description,
                    description_full=description_full or description, description_html=description_html,
-                   source_mail=source_mail, created_at=now, updated_at=now, watchers=[])
+                   created_at=now, updated_at=now, watchers=[])
+        if source_mail is not None and source_mail.id is not None and source_mail not in self.s:
+            t.source_mail_id = source_mail.id  # a batch import's mail row, written after (gateway.intake)
+        else:
+            t.source_mail = source_mail
         self.s.add(t)
         self.s.flush()
         _found(self.s, "tg.tickets")[t.number] = t
@@ -259,6 +340,7 @@ class Tickets:
                 for mid in dict.fromkeys(m for m in message_ids if m)]  # a new ticket knows none yet: no lookup
         if rows:  # plain rows, read back only by queries (by_message_ids): no ORM objects needed
             self.s.connection().execute(insert(table_of(TicketMessageId)), rows)
+            message_ids_written(self.s, (r["message_id"] for r in rows))
         self.emit(TicketCreated(t, mail_id=source_mail.id if source_mail is not None else None))
         return t
 
@@ -291,6 +373,7 @@ class Tickets:
         insert_ignoring_duplicates(self.s, table_of(TicketMessageId),  # known already: nothing to do
                                    [{"message_id": message_id, "ticket_id": ticket.id, "direction": direction,
                                      "created_at": self.clock()}])
+        message_ids_written(self.s, (message_id,))
 
     def link(self, ticket: Ticket, other: Ticket, *, kind: str = "related", reason: str = "") -> None:
         exists = self.s.scalar(_LINK_KNOWN, {"ticket_id": ticket.id, "other_ticket_id": other.id, "kind": kind})

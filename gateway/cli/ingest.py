@@ -12,15 +12,19 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 from gateway.cli import EX_DATAERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL, UsageError
+
+T = TypeVar("T")
 
 # One write transaction holds at most this many mails, bytes of mail, or seconds of work: few commits, and
 # the write lock is never held long enough to starve a concurrent writer (the service's listeners).
 BATCH_MAILS = 200
 BATCH_BYTES = 64 * 2**20
 BATCH_SECONDS = 1.0
+# Mails whose lookups are made together (gateway.prefetch), when the parse-ahead worker has parsed them.
+PREFETCH = 16
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -98,6 +102,17 @@ class Progress:
             if self.n >= total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
+
+
+def _chunks(items: Iterator[T], n: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
@@ -190,30 +205,38 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
     else:
         stream = ((item, None) for item in sources)
 
+    def envelope(source: str, ref: str) -> Envelope:
+        return Envelope(mail_from=args.sender, rcpt_tos=rcpts, source=source,
+                        source_ref=None if source == "stdin" else ref)
+
     try:
-        for (source, ref, raw, total), prepared in stream:
-            progress.step(total)
-            if raw is None:
-                print(f"ticket-gateway: ingest: cannot read {ref}", file=sys.stderr)
-                status = status or EX_DATAERR
-                continue
-            env = Envelope(mail_from=args.sender, rcpt_tos=rcpts, source=source,
-                           source_ref=None if source == "stdin" else ref)
-            try:
-                if batched:
-                    if batch is None:
-                        batch = intake.batch()
-                    done.append((ref, batch.ingest(raw, env, prepared), total))
-                    if batch.count >= args.batch or batch.size >= BATCH_BYTES or batch.age() >= BATCH_SECONDS:
-                        commit()
+        for chunk in _chunks(stream, PREFETCH if ahead is not None else 1):
+            for i, ((source, ref, raw, total), prepared) in enumerate(chunk):
+                progress.step(total)
+                if raw is None:
+                    print(f"ticket-gateway: ingest: cannot read {ref}", file=sys.stderr)
+                    status = status or EX_DATAERR
                     continue
-                result = intake.ingest(raw, env, dry_run=args.dry_run, durable_first=False)
-            except StoreUnavailable as e:
-                n = len(done) + (0 if done and done[-1][0] == ref else 1)  # the mails of the rolled-back transaction
-                held = f" (nor the other {n - 1} mail(s) of its transaction)" if batched and n > 1 else ""
-                print(f"ticket-gateway: could not store {ref}{held}: {e}", file=sys.stderr)
-                return EX_TEMPFAIL
-            report(ref, result, total)
+                env = envelope(source, ref)
+                try:
+                    if batched:
+                        if batch is None:
+                            batch = intake.batch()
+                        if ahead is not None and (i == 0 or batch.count == 0):
+                            # the lookups of this mail and the rest of its chunk, made for all of them at once
+                            batch.prefetch([(envelope(it[0], it[1]), prep) for it, prep in chunk[i:]
+                                            if it[2] is not None])
+                        done.append((ref, batch.ingest(raw, env, prepared), total))
+                        if batch.count >= args.batch or batch.size >= BATCH_BYTES or batch.age() >= BATCH_SECONDS:
+                            commit()
+                        continue
+                    result = intake.ingest(raw, env, dry_run=args.dry_run, durable_first=False)
+                except StoreUnavailable as e:
+                    n = len(done) + (0 if done and done[-1][0] == ref else 1)  # the mails of the rolled-back transaction
+                    held = f" (nor the other {n - 1} mail(s) of its transaction)" if batched and n > 1 else ""
+                    print(f"ticket-gateway: could not store {ref}{held}: {e}", file=sys.stderr)
+                    return EX_TEMPFAIL
+                report(ref, result, total)
         try:
             commit()
         except StoreUnavailable as e:

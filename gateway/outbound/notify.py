@@ -31,11 +31,12 @@ from sqlalchemy.orm import Session
 
 from gateway.models import table_of
 from gateway.config import Config
-from gateway.db import drop_memo, is_unavailable, write_locked_memo
+from gateway.db import drop_memo, is_unavailable, statement_savepoint, write_locked_memo
 from gateway.events import CommentAdded, MailIgnored, MailRejected, TicketChanged, TicketCreated
 from gateway.models import Contact, InboundMail, OutboxMail, Ticket, TicketMessageId
 from gateway.outbound import ratelimit, tokens
 from gateway.outbound.render import Templates, fmt_time
+from gateway.tickets import message_ids_written
 
 log = logging.getLogger("gateway.outbound")
 
@@ -82,10 +83,10 @@ class Outbound:
                 with session.begin_nested():
                     self.dispatch(session, event)
             else:
-                # only plain INSERTs (the outbox rows, their Message-IDs): a savepoint on the connection is
+                # only plain INSERTs (the outbox rows, their Message-IDs): a savepoint around the statements is
                 # enough, and cheaper than the session's (what is pending is written first, outside it)
                 session.flush()
-                with session.connection().begin_nested():
+                with statement_savepoint(session.connection()):
                     self.dispatch(session, event)
         except Exception as e:  # noqa: BLE001 -- a notification must never cost the mail its ticket
             drop_memo(session, "sent-per-recipient")  # it may count rows that were rolled back
@@ -405,6 +406,7 @@ class Outbound:
             s.connection().execute(_INSERT_OUTBOX, rows)
         if ids:
             s.connection().execute(_INSERT_MESSAGE_IDS, ids)
+            message_ids_written(s, (r["message_id"] for r in ids))
 
     def _caps(self, s: Session, ticket: Ticket | None, emails: list[str], now: datetime,
               ticket_rounds: int | None = None) -> dict[str, str]:
