@@ -35,6 +35,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.intake")
 
 _LAST_MAIL_ID = select(func.coalesce(func.max(InboundMail.id), 0))
+_INSERT_MAIL = insert(table_of(InboundMail))
+_MAIL_COLUMNS = [(a.key, a.columns[0].key) for a in inspect(InboundMail).column_attrs]
+
+
+def _row_of(mail: InboundMail) -> dict[str, Any]:
+    """The mail's column values as they are set on the object (the table's defaults fill in the rest)."""
+    d = mail.__dict__
+    return {col: d[attr] for attr, col in _MAIL_COLUMNS if attr in d}
 
 
 @dataclass(frozen=True)
@@ -277,7 +285,7 @@ class Intake:
             if sp.is_active:
                 sp.rollback()
             raise
-        return self._result(mail)
+        return self._result(mail, ctx.ticket)
 
     @staticmethod
     def _preallocated_id(s: Any) -> int | None:
@@ -341,15 +349,20 @@ class Intake:
         ctx.note(f"outcome: {outcome}" + (f" ({reason})" if reason else ""))
         mail.trace = list(ctx.trace)
         mail.processed_at = self.app.clock()
-        if inspect(mail).transient:  # a batch import's row with a preallocated id: written now, once
-            ctx.session.add(mail)
-        ctx.session.flush()
+        if inspect(mail).transient:  # a batch import's row with a preallocated id: written now, once, as a plain
+            # row (nothing reads it back in this transaction; the object stays outside the session)
+            ctx.session.connection().execute(_INSERT_MAIL, _row_of(mail))
+        else:
+            ctx.session.flush()
 
     @staticmethod
-    def _result(mail: InboundMail) -> Result:
+    def _result(mail: InboundMail, ticket: Ticket | None = None) -> Result:
+        """ticket: the mail's ticket when the caller has it (a batch import's mail row is outside the session)."""
         number = None
         s = object_session(mail)
-        if mail.ticket_id is not None and s is not None:
+        if ticket is not None and ticket.id == mail.ticket_id:
+            number = ticket.number
+        elif mail.ticket_id is not None and s is not None:
             t = s.get(Ticket, mail.ticket_id)
             number = t.number if t else None
         return Result(mail.id, mail.outcome, mail.reason, number, mail.comment_id, list(mail.trace or []))
@@ -437,7 +450,13 @@ class IngestBatch:
         outcome: what it finds is what each handler's own query would find."""
         from gateway.prefetch import prefetch
 
-        prefetch(self.session, self.intake.app.config, self.intake.app.clock, items)
+        app = self.intake.app
+        try:
+            prefetch(self.session, app.config, app.clock, app.listeners, items)
+        except Exception as e:
+            if is_unavailable(e):
+                raise StoreUnavailable(str(e)) from e
+            raise
 
     def _quarantined(self, s: Any, raw: bytes, envelope: Envelope, exc: Exception) -> Result:
         with s.begin_nested():

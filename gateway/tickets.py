@@ -66,16 +66,16 @@ def normalise_email(addr: str) -> str:
 # Keys known to be absent from the store, found by `prefetch` for the next mails of a batch import (memos of
 # the write-locked transaction: SQLite only, dropped on every rollback). Whoever writes such a key removes it.
 ABSENT_CONTACTS = "absent-contacts"
-ABSENT_MESSAGE_IDS = "absent-message-ids"
+KNOWN_MESSAGE_IDS = "known-message-ids"  # Message-ID -> the ids of the tickets that know it (none: absent)
 ABSENT_NUMBERS = "absent-ticket-numbers"
 
 
 def message_ids_written(session: Session, ids: Iterable[str]) -> None:
-    """Rows of these Message-IDs were just written for a ticket: they are no longer known absent."""
-    absent = write_locked_memo(session, ABSENT_MESSAGE_IDS)
-    if absent:
+    """Rows of these Message-IDs were just written for a ticket: what was known of them is not any more."""
+    known = write_locked_memo(session, KNOWN_MESSAGE_IDS)
+    if known:
         for mid in ids:
-            absent.pop(mid, None)
+            known.pop(mid, None)
 
 
 def _found(session: Session, key: str) -> dict[Any, Any]:
@@ -242,13 +242,15 @@ class Tickets:
         """Tickets that know any of these Message-IDs, in the order of `ids` (most relevant first)."""
         if not ids:
             return []
-        absent = write_locked_memo(self.s, ABSENT_MESSAGE_IDS)
-        if absent is not None and all(mid in absent for mid in ids[:200]):
-            return []
+        ids = list(ids)[:200]
+        known = write_locked_memo(self.s, KNOWN_MESSAGE_IDS)
         # no autoflush: these rows are written directly (Core inserts), tickets as they are made; what is still
         # pending (this mail's row, a contact registered for it) is written with the ticket or comment
         with self.s.no_autoflush:
-            rows = self.s.connection().execute(_TICKETS_BY_MESSAGE_ID, {"ids": list(ids)[:200]}).all()
+            if known is not None and all(mid in known for mid in ids):  # preloaded (see `preload`)
+                rows = [(mid, tid) for mid in ids for tid in known[mid]]
+            else:
+                rows = self.s.connection().execute(_TICKETS_BY_MESSAGE_ID, {"ids": ids}).all()
             if not rows:  # the common case (a new conversation): one indexed lookup, no ticket loaded
                 return []
             order = {mid: i for i, mid in enumerate(ids)}
@@ -262,9 +264,9 @@ class Tickets:
 
     def preload(self, message_ids: Iterable[str], numbers: Iterable[int]) -> None:
         """The tickets that these Message-IDs and subject-tag numbers name, for the next mails of a batch
-        import, in two queries (and one for their watchers): later lookups find them in the session. A
-        Message-ID or number found nowhere is known absent while the transaction holds the write lock
-        (SQLite), until a row for it is written or anything rolls back."""
+        import, in two queries (and one for their watchers): later lookups find them in the session. Where the
+        transaction holds the write lock (SQLite), which tickets know each Message-ID and which numbers exist
+        nowhere is remembered too, until a row for it is written or anything rolls back."""
         ids = list(dict.fromkeys(m for m in message_ids if m))
         numbers = [n for n in dict.fromkeys(numbers) if _cached(self.s, "tg.tickets", n) is None]
         if not ids and not numbers:
@@ -277,9 +279,12 @@ class Tickets:
         known = _found(self.s, "tg.tickets")
         for t in found:
             known[t.number] = t
-        absent = write_locked_memo(self.s, ABSENT_MESSAGE_IDS)
-        if absent is not None:
-            absent.update(dict.fromkeys(set(ids).difference(r[0] for r in rows), True))
+        known_ids = write_locked_memo(self.s, KNOWN_MESSAGE_IDS)
+        if known_ids is not None:
+            tickets_of: dict[str, list[int]] = {mid: [] for mid in ids}
+            for mid, tid in rows:
+                tickets_of[mid].append(tid)
+            known_ids.update((mid, tuple(tids)) for mid, tids in tickets_of.items())
         absent = write_locked_memo(self.s, ABSENT_NUMBERS)
         if absent is not None:
             absent.update(dict.fromkeys(set(numbers).difference(t.number for t in found), True))

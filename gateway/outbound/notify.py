@@ -94,6 +94,12 @@ class Outbound:
                 raise
             log.exception("outbound: could not queue notifications for %s", type(event).__name__)
 
+    def prefetch(self, session: Session, emails: list[str]) -> None:
+        """For the next mails of a batch import (gateway.prefetch): the rate-cap counts of their senders, the
+        recipients of their first notifications, in one query (kept where gateway.db.write_locked_memo can)."""
+        if (self.n["ticket_created"] or self.n["comment"]) and write_locked_memo(session, "sent-per-recipient") is not None:
+            self._sent_today(session, sorted({e.lower() for e in emails}), self.clock())
+
     def relevant(self, event: Any) -> bool:
         """False when `dispatch` would certainly do nothing for this event (cheap, no queries)."""
         n = self.n
