@@ -8,11 +8,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, inspect, select, update
 from sqlalchemy.orm import Session, lazyload
 
 from gateway.clock import Clock
-from gateway.db import drop_memo, insert_ignoring_duplicates, write_locked_memo
+from gateway.db import drop_memo, insert_attached, insert_ignoring_duplicates, write_locked_memo
 from gateway.events import CommentAdded, Event, Listeners, TicketChanged, TicketCreated
 from gateway.models import (
     PRIORITIES,
@@ -338,8 +338,14 @@ class Tickets:
             t.source_mail_id = source_mail.id  # a batch import's mail row, written after (gateway.intake)
         else:
             t.source_mail = source_mail
-        self.s.add(t)
-        self.s.flush()
+        if source_mail is not None and inspect(source_mail).pending:
+            self.s.flush()  # the mail row first (a batch import on PostgreSQL), with a contact registered for it
+        state = inspect(reporter)
+        if not state.persistent:  # registered for this mail (Directory.register(flush=False)): written first
+            if state.pending:
+                self.s.expunge(reporter)
+            insert_attached(self.s, reporter)
+        insert_attached(self.s, t)  # one INSERT, no unit-of-work flush
         _found(self.s, "tg.tickets")[t.number] = t
         rows = [{"message_id": mid, "ticket_id": t.id, "direction": "in", "created_at": now}
                 for mid in dict.fromkeys(m for m in message_ids if m)]  # a new ticket knows none yet: no lookup
