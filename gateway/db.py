@@ -67,9 +67,9 @@ def _direct_savepoints(engine: Engine) -> None:
     def rollback_to(conn: Connection, name: str) -> None:
         conn.connection.driver_connection.execute(f"ROLLBACK TO SAVEPOINT {name}")  # type: ignore[union-attr]
 
-    engine.dialect.do_savepoint = savepoint  # type: ignore[method-assign]
-    engine.dialect.do_release_savepoint = release  # type: ignore[method-assign]
-    engine.dialect.do_rollback_to_savepoint = rollback_to  # type: ignore[method-assign]
+    engine.dialect.do_savepoint = savepoint  # type: ignore[method-assign,assignment]
+    engine.dialect.do_release_savepoint = release  # type: ignore[method-assign,assignment]
+    engine.dialect.do_rollback_to_savepoint = rollback_to  # type: ignore[method-assign,assignment]
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -101,12 +101,9 @@ def insert_attached(session: Session, obj: Any) -> None:
     for rel in mapper.relationships:  # many-to-one: the foreign key columns from the related object
         if rel.direction is MANYTOONE and rel.key in state.dict:
             other = state.dict[rel.key]
-            other_mapper = sa_inspect(type(other)) if other is not None else None
+            assert other is None or sa_inspect(other).persistent, f"{rel.key}: the related object is not written yet"
             for local, remote in rel.local_remote_pairs:
-                value = None
-                if other is not None:
-                    assert sa_inspect(other).persistent, f"{rel.key}: the related object is not written yet"
-                    value = getattr(other, other_mapper.get_property_by_column(remote).key)
+                value = None if other is None else getattr(other, rel.mapper.get_property_by_column(remote).key)
                 setattr(obj, mapper.get_property_by_column(local).key, value)
     values: dict[str, Any] = {}
     table = mapper.local_table
@@ -119,6 +116,7 @@ def insert_attached(session: Session, obj: Any) -> None:
             setattr(obj, attr.key, None if d is None else (d.arg(None) if d.is_callable else d.arg))
         values[col.key] = state.dict[attr.key]
     pk = session.connection().execute(insert(table), values).inserted_primary_key
+    assert pk is not None
     for attr in mapper.column_attrs:
         col = attr.columns[0]
         if col.primary_key and attr.key not in state.dict:

@@ -253,7 +253,7 @@ class Intake:
         mail.attempts = 1
         sp = s.begin_nested()
         try:
-            mail.id = self._preallocated_id(s)
+            mail.id = self._preallocated_id(s)  # type: ignore[assignment]  # None: the database assigns it
             if mail.id is None:
                 s.add(mail)  # written with its ticket or comment, on first use of ctx.mail_id, or by _record
             # else: added by _record (one INSERT with the outcome), on first use of ctx.mail_id, or with a comment
@@ -309,7 +309,7 @@ class Intake:
         mail.attempts = 1
         mail.trace = []
         with s.begin_nested():
-            mail.id = self._preallocated_id(s)
+            mail.id = self._preallocated_id(s)  # type: ignore[assignment]  # None: the database assigns it
             s.add(mail)
             s.flush()
             ctx.mail = mail
@@ -466,7 +466,7 @@ class IngestBatch:
             mail.trace = [f"outcome: quarantined ({mail.reason})"]
             mail.attempts = 1
             mail.processed_at = self.intake.app.clock()
-            mail.id = self.intake._preallocated_id(s)
+            mail.id = self.intake._preallocated_id(s)  # type: ignore[assignment]
             s.add(mail)
             s.flush()
             s.connection().execute(insert(table_of(InboundRaw)), [{"mail_id": mail.id, "data": raw}])

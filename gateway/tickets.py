@@ -247,6 +247,7 @@ class Tickets:
         # no autoflush: these rows are written directly (Core inserts), tickets as they are made; what is still
         # pending (this mail's row, a contact registered for it) is written with the ticket or comment
         with self.s.no_autoflush:
+            rows: Sequence[Any]
             if known is not None and all(mid in known for mid in ids):  # preloaded (see `preload`)
                 rows = [(mid, tid) for mid in ids for tid in known[mid]]
             else:
@@ -351,7 +352,7 @@ class Tickets:
                 for mid in dict.fromkeys(m for m in message_ids if m)]  # a new ticket knows none yet: no lookup
         if rows:  # plain rows, read back only by queries (by_message_ids): no ORM objects needed
             self.s.connection().execute(insert(table_of(TicketMessageId)), rows)
-            message_ids_written(self.s, (r["message_id"] for r in rows))
+            message_ids_written(self.s, (str(r["message_id"]) for r in rows))
         self.emit(TicketCreated(t, mail_id=source_mail.id if source_mail is not None else None))
         return t
 
