@@ -88,16 +88,14 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 _ATTACHED = "tg.attached"
 
 
-def insert_attached(session: Session, obj: Any) -> None:
-    """Write a new object with one plain INSERT and make it persistent in the session, as a flush would (the
-    unit of work's bookkeeping for one row costs several times the INSERT). For a new row whose many-to-one
-    relationships point at persistent objects (or none): every column is set on the object first (the
-    column's default where it was not given), the key comes back from the INSERT, and the object joins the
-    session as if loaded. Its later changes are flushed as usual. When a transaction it was written in rolls
-    back (a savepoint's too), the object leaves the session, as a flushed one would (`_expunge_rolled_back`)."""
+def insert_row(session: Session, obj: Any) -> None:
+    """Write a new object's row with one plain INSERT, the object left outside the session. For a new row
+    whose many-to-one relationships point at persistent objects (or none): the foreign keys are taken from
+    them, every column not given gets its default on the object too, and a key the database assigns is set
+    on it."""
     mapper = sa_inspect(type(obj))
     state = sa_inspect(obj)
-    assert state.transient, "insert_attached takes a new object, not yet in a session"
+    assert state.transient, "insert_row takes a new object, not yet in a session"
     for rel in mapper.relationships:  # many-to-one: the foreign key columns from the related object
         if rel.direction is MANYTOONE and rel.key in state.dict:
             other = state.dict[rel.key]
@@ -106,21 +104,29 @@ def insert_attached(session: Session, obj: Any) -> None:
                 value = None if other is None else getattr(other, rel.mapper.get_property_by_column(remote).key)
                 setattr(obj, mapper.get_property_by_column(local).key, value)
     values: dict[str, Any] = {}
-    table = mapper.local_table
+    assigned = []  # primary key attributes the database assigns
     for attr in mapper.column_attrs:
         col = attr.columns[0]
-        if col.primary_key and attr.key not in state.dict:
-            continue
         if attr.key not in state.dict:
+            if col.primary_key:
+                assigned.append(attr.key)
+                continue
             d = col.default
             setattr(obj, attr.key, None if d is None else (d.arg(None) if d.is_callable else d.arg))
         values[col.key] = state.dict[attr.key]
-    pk = session.connection().execute(insert(table), values).inserted_primary_key
-    assert pk is not None
-    for attr in mapper.column_attrs:
-        col = attr.columns[0]
-        if col.primary_key and attr.key not in state.dict:
-            setattr(obj, attr.key, pk[0])
+    pk = session.connection().execute(insert(mapper.local_table), values).inserted_primary_key
+    if assigned:
+        assert pk is not None
+        for key in assigned:
+            setattr(obj, key, pk[0])
+
+
+def insert_attached(session: Session, obj: Any) -> None:
+    """`insert_row`, then the object joins the session as persistent, as a flush would leave it (the unit of
+    work's bookkeeping for one row costs several times the INSERT). Its later changes are flushed as usual.
+    When a transaction it was written in rolls back (a savepoint's too), it leaves the session, as a flushed
+    object would (`_expunge_rolled_back`)."""
+    insert_row(session, obj)
     make_transient_to_detached(obj)
     session.add(obj)
     tx = session.get_nested_transaction() or session.get_transaction()
@@ -207,24 +213,6 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     with factory() as session:
         with session.begin():
             yield session
-
-
-@contextlib.contextmanager
-def statement_savepoint(conn: Connection) -> Iterator[None]:
-    """A savepoint around plain Core statements run on `conn`, issued on the driver's connection: SQLAlchemy
-    does not track it, and it costs a few microseconds instead of Connection.begin_nested()'s bookkeeping
-    (more than the INSERTs it guards). Only for blocks that run Core statements and no ORM flush: an exception
-    rolls back to it and passes on, after which the transaction is usable again (PostgreSQL too)."""
-    dbapi = conn.connection.driver_connection
-    assert dbapi is not None
-    dbapi.execute("SAVEPOINT tg_statements")
-    try:
-        yield
-    except BaseException:
-        dbapi.execute("ROLLBACK TO SAVEPOINT tg_statements")
-        dbapi.execute("RELEASE SAVEPOINT tg_statements")
-        raise
-    dbapi.execute("RELEASE SAVEPOINT tg_statements")
 
 
 def insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:

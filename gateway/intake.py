@@ -22,7 +22,7 @@ from sqlalchemy import func, insert, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session
 
-from gateway.db import StoreUnavailable, is_unavailable, transaction, write_locked_memo
+from gateway.db import StoreUnavailable, insert_row, is_unavailable, transaction, write_locked_memo
 from gateway.events import MailRejected
 from gateway.models import InboundMail, InboundRaw, Ticket, table_of
 from gateway.outcomes import Ignore, Outcome, Quarantine, Reject, TryLater
@@ -35,14 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.intake")
 
 _LAST_MAIL_ID = select(func.coalesce(func.max(InboundMail.id), 0))
-_INSERT_MAIL = insert(table_of(InboundMail))
-_MAIL_COLUMNS = [(a.key, a.columns[0].key) for a in inspect(InboundMail).column_attrs]
-
-
-def _row_of(mail: InboundMail) -> dict[str, Any]:
-    """The mail's column values as they are set on the object (the table's defaults fill in the rest)."""
-    d = mail.__dict__
-    return {col: d[attr] for attr, col in _MAIL_COLUMNS if attr in d}
 
 
 @dataclass(frozen=True)
@@ -351,7 +343,7 @@ class Intake:
         mail.processed_at = self.app.clock()
         if inspect(mail).transient:  # a batch import's row with a preallocated id: written now, once, as a plain
             # row (nothing reads it back in this transaction; the object stays outside the session)
-            ctx.session.connection().execute(_INSERT_MAIL, _row_of(mail))
+            insert_row(ctx.session, mail)
         else:
             ctx.session.flush()
 

@@ -131,9 +131,6 @@ class Ticket(Base):
                                                    lazy="select", cascade="all, delete-orphan")
     attachments: Mapped[list[Attachment]] = relationship(back_populates="ticket", order_by="Attachment.id",
                                                          lazy="select", cascade="all, delete-orphan")
-    # set by the pipeline so that a mail row not written yet is written first, in the same flush
-    source_mail: Mapped[InboundMail | None] = relationship(
-        primaryjoin="foreign(Ticket.source_mail_id) == InboundMail.id", lazy="select")
 
     __table_args__ = (
         Index("ix_tickets_status", "status"),

@@ -321,8 +321,8 @@ class Tickets:
                organisation_id: int | None = None, priority: str = "medium", type: str = "incident",
                group: str | None = None, tags: list[str] | None = None, message_ids: Iterable[str] = (),
                at: datetime | None = None, source_mail: InboundMail | None = None) -> Ticket:
-        """source_mail: the mail that opens it. A mail row not written yet is written first, in the same flush;
-        one with a preallocated id and not in the session (a batch import's) is written later by its caller."""
+        """source_mail: the mail that opens it. A mail row pending in the session is written first; one with a
+        preallocated id and outside the session (a batch import's on SQLite) is written later by its caller."""
         if priority not in PRIORITIES:
             raise InvalidChange(f"unknown priority {priority!r}")
         if type not in TYPES:
@@ -335,12 +335,10 @@ class Tickets:
                    group=group, tags=list(tags or []), description=description,
                    description_full=description_full or description, description_html=description_html,
                    created_at=now, updated_at=now, watchers=[])
-        if source_mail is not None and source_mail.id is not None and source_mail not in self.s:
-            t.source_mail_id = source_mail.id  # a batch import's mail row, written after (gateway.intake)
-        else:
-            t.source_mail = source_mail
-        if source_mail is not None and inspect(source_mail).pending:
-            self.s.flush()  # the mail row first (a batch import on PostgreSQL), with a contact registered for it
+        if source_mail is not None:
+            if inspect(source_mail).pending:
+                self.s.flush()  # the mail row first (a batch import on PostgreSQL), with a contact registered for it
+            t.source_mail_id = source_mail.id
         state = inspect(reporter)
         if not state.persistent:  # registered for this mail (Directory.register(flush=False)): written first
             if state.pending:

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from gateway.models import table_of
 from gateway.config import Config
-from gateway.db import drop_memo, is_unavailable, statement_savepoint, write_locked_memo
+from gateway.db import drop_memo, is_unavailable, write_locked_memo
 from gateway.events import CommentAdded, MailIgnored, MailRejected, TicketChanged, TicketCreated
 from gateway.models import Contact, InboundMail, OutboxMail, Ticket, TicketMessageId
 from gateway.outbound import ratelimit, tokens
@@ -83,10 +83,10 @@ class Outbound:
                 with session.begin_nested():
                     self.dispatch(session, event)
             else:
-                # only plain INSERTs (the outbox rows, their Message-IDs): a savepoint around the statements is
+                # only plain INSERTs (the outbox rows, their Message-IDs): a savepoint on the connection is
                 # enough, and cheaper than the session's (what is pending is written first, outside it)
                 session.flush()
-                with statement_savepoint(session.connection()):
+                with session.connection().begin_nested():
                     self.dispatch(session, event)
         except Exception as e:  # noqa: BLE001 -- a notification must never cost the mail its ticket
             drop_memo(session, "sent-per-recipient")  # it may count rows that were rolled back
