@@ -85,6 +85,8 @@ def _ends_with_verb(s: str, colon: bool) -> bool:
         if not t.endswith(":"):
             return False
         t = t[:-1].rstrip()
+    if not t.endswith(_VERB_TAILS):  # one call for the common case: no verb at all
+        return False
     for verb in _VERB_TAILS:
         if t.endswith(verb):
             before = t[: len(t) - len(verb)]
