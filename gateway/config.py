@@ -143,7 +143,8 @@ SCHEMA: dict[str, Section] = {
         {
             "protocol": Key(str, "smtp", "What the listener speaks.", choices=("smtp", "lmtp")),
             "host": Key(str, "127.0.0.1", "Address to bind ('::' or '0.0.0.0' for all)."),
-            "port": Key(int, 0, "TCP port. 0: the protocol's default (SMTP 2525, LMTP 2424).", check=_port),
+            "port": Key(int, None, "TCP port; 0 takes any free port (start-up logs the one it got). Left out: "
+                        "the protocol's default (SMTP 2525, LMTP 2424).", check=_port),
             "path": Key(str, "", "Unix socket path instead of host and port (e.g. for Postfix LMTP)."),
             "socket_mode": Key(str, "0660", "Permissions of the Unix socket (octal).",
                                check=lambda v: None if re.fullmatch(r"0?[0-7]{3}", v) else "an octal mode like 0660"),

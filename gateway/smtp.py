@@ -58,7 +58,7 @@ def listener_specs(config: Config) -> list[dict[str, Any]]:
         for k in ("path", "tls_cert", "tls_key"):
             if t[k]:
                 t[k] = str(config.base_dir / os.path.expanduser(t[k]))  # relative to the config file
-        if not t["port"]:
+        if t["port"] is None:  # left out: the protocol's default; 0 means any free port, as everywhere
             t["port"] = DEFAULT_PORTS[t["protocol"]]
         if bool(t["tls_cert"]) != bool(t["tls_key"]):
             raise ConfigError(f"listen[{i}].tls_key: tls_cert and tls_key go together")

@@ -649,6 +649,8 @@ def test_listener_config_errors(tmp_path, sqlite_url) -> None:  # type: ignore[n
         ("smtp", "127.0.0.1", 2525), ("lmtp", "127.0.0.1", 2424)]
     cfg = config_for(tmp_path, sqlite_url, listen=[{"protocol": "lmtp"}])
     assert listener_specs(cfg)[0]["port"] == 2424
+    cfg = config_for(tmp_path, sqlite_url, listen=[{"protocol": "lmtp", "port": 0}])
+    assert listener_specs(cfg)[0]["port"] == 0  # any free port, as everywhere else
 
 
 def test_routes_by_recipient(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
