@@ -1,5 +1,6 @@
-"""The `ticket-gateway` command. Each command group is a module listed in COMMANDS; heavy imports happen
-inside the commands so that the MTA pipe mode (`ingest` from stdin) starts fast."""
+"""The `ticket-gateway` command. Each command group is a module listed in COMMANDS (with `register(sub)`);
+what they share is in gateway.cli.base, the exit statuses in gateway.exitcodes. Heavy imports happen inside
+the commands so that the MTA pipe mode (`ingest` from stdin) starts fast."""
 
 from __future__ import annotations
 
@@ -8,15 +9,10 @@ import importlib
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_SOFTWARE = 70
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
+from gateway.cli.base import UsageError
+from gateway.exitcodes import EX_CONFIG, EX_OK, EX_USAGE
 
 # command modules, each with `register(subparsers)`; order = order in --help
 COMMANDS: tuple[str, ...] = (
@@ -30,10 +26,6 @@ COMMANDS: tuple[str, ...] = (
     "gateway.cli.imap",
     "gateway.cli.serve",
 )
-
-
-class UsageError(Exception):
-    pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,15 +82,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_USAGE
     except KeyboardInterrupt:
         return 130
-
-
-def open_app(config, *, upgrade: bool = False):  # type: ignore[no-untyped-def]
-    """Build the App; with upgrade=True bring the schema up to date first (serve, ingest)."""
-    from gateway.app import build_app
-
-    app = build_app(config)
-    if upgrade:
-        from gateway.migrate import ensure_current
-
-        ensure_current(app.engine)
-    return app

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     c = sub.add_parser("check-config", help="validate the configuration and show where things go")
     c.add_argument("--example", action="store_true", help="print the documented example config (all keys)")
     c.set_defaults(func=check_config)
@@ -16,18 +21,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     up.set_defaults(func=db_upgrade)
 
 
-def check_config(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def check_config(args: argparse.Namespace, config: Config) -> int:
     if args.example:
         from gateway.config import example_toml
 
         sys.stdout.write(example_toml())
         return 0
-    from gateway.cli import EX_CONFIG
     from gateway.config import ConfigError
+    from gateway.exitcodes import EX_CONFIG
     from gateway.outbound import check_templates
+    from gateway.sla import template_samples as sla_samples
 
-    try:
-        check_templates(config)  # every notification template renders with sample data (StrictUndefined)
+    try:  # every notification template (and the SLA mails') renders with sample data (StrictUndefined)
+        check_templates(config, extra=sla_samples(config))
     except ConfigError as e:
         print(f"ticket-gateway: configuration error: {e}", file=sys.stderr)
         return EX_CONFIG
@@ -49,9 +55,9 @@ def _redact(url: str) -> str:
         return url
 
 
-def db_upgrade(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import EX_TEMPFAIL
+def db_upgrade(args: argparse.Namespace, config: Config) -> int:
     from gateway.db import is_unavailable, make_engine
+    from gateway.exitcodes import EX_TEMPFAIL
     from gateway.migrate import upgrade
 
     engine = make_engine(config.database_url)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from gateway.cli import UsageError
+from gateway.cli.base import UsageError
+
+if TYPE_CHECKING:
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     u = sub.add_parser("users", help="contacts: customers and staff")
     usub = u.add_subparsers(dest="users_command", metavar="ACTION", required=True)
     add = usub.add_parser("add", help="add or update a contact")
@@ -32,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ols.set_defaults(func=list_orgs)
 
 
-def add_user(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def add_user(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.db import transaction
     from gateway.tickets import Directory
 
@@ -52,10 +57,10 @@ def add_user(args: argparse.Namespace, config) -> int:  # type: ignore[no-untype
     return 0
 
 
-def list_users(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def list_users(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy import select
 
-    from gateway.cli import open_app
+    from gateway.cli.base import open_app
     from gateway.models import Contact
 
     app = open_app(config, upgrade=True)
@@ -74,8 +79,8 @@ def list_users(args: argparse.Namespace, config) -> int:  # type: ignore[no-unty
     return 0
 
 
-def add_org(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def add_org(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.db import transaction
     from gateway.tickets import Directory
 
@@ -91,10 +96,10 @@ def add_org(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped
     return 0
 
 
-def list_orgs(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def list_orgs(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy import select
 
-    from gateway.cli import open_app
+    from gateway.cli.base import open_app
     from gateway.models import Organisation
 
     app = open_app(config, upgrade=True)

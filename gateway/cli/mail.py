@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from gateway.cli import UsageError
+from gateway.cli.base import UsageError
+
+if TYPE_CHECKING:
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("mail", help="inbound mail: list, show with decision trace, replay quarantined")
     msub = p.add_subparsers(dest="mail_command", metavar="ACTION", required=True)
     ls = msub.add_parser("list", help="every inbound mail, newest first")
@@ -28,10 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rp.set_defaults(func=replay_mail)
 
 
-def list_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def list_mail(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy import select
 
-    from gateway.cli import open_app
+    from gateway.cli.base import open_app
     from gateway.models import MAIL_OUTCOMES, InboundMail
     from gateway.views import mail_dict, ticket_numbers
 
@@ -46,7 +51,7 @@ def list_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
             q = q.limit(args.limit)
         mails = s.scalars(q).all()
         numbers = ticket_numbers(s, [m.ticket_id for m in mails])
-        rows = [mail_dict(m, numbers.get(m.ticket_id)) for m in mails]
+        rows = [mail_dict(m, numbers.get(m.ticket_id) if m.ticket_id is not None else None) for m in mails]
     if args.json:
         json.dump(rows, sys.stdout, ensure_ascii=False, indent=1)
         print()
@@ -61,8 +66,8 @@ def list_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
     return 0
 
 
-def show_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def show_mail(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.models import InboundMail
     from gateway.views import mail_dict, ticket_numbers
 
@@ -74,7 +79,8 @@ def show_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
         if args.raw:
             sys.stdout.buffer.write(m.raw.data)
             return 0
-        d = mail_dict(m, ticket_numbers(s, [m.ticket_id]).get(m.ticket_id), trace=True)
+        number = ticket_numbers(s, [m.ticket_id]).get(m.ticket_id) if m.ticket_id is not None else None
+        d = mail_dict(m, number, trace=True)
     if args.json:
         json.dump(d, sys.stdout, ensure_ascii=False, indent=1)
         print()
@@ -88,9 +94,10 @@ def show_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
     return 0
 
 
-def replay_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import EX_TEMPFAIL, open_app
+def replay_mail(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.db import StoreUnavailable
+    from gateway.exitcodes import EX_TEMPFAIL
 
     app = open_app(config, upgrade=True)
     intake = app.intake()

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING, Any
 
-from gateway.cli import EX_TEMPFAIL, UsageError
+from gateway.cli.base import UsageError
+from gateway.exitcodes import EX_TEMPFAIL
+
+if TYPE_CHECKING:
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
+    from gateway.models import OutboxMail
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("outbox", help="outgoing mail: list, retry a failed one, deliver everything due now")
     osub = p.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
     ls = osub.add_parser("list", help="outgoing mail, newest first")
@@ -26,19 +33,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     fl.set_defaults(func=flush_outbox)
 
 
-def _row(r, numbers) -> dict:  # type: ignore[no-untyped-def]
+def _row(r: OutboxMail, numbers: dict[int, int]) -> dict[str, Any]:
     from gateway.views import iso
 
-    return {"id": r.id, "created_at": iso(r.created_at), "ticket": numbers.get(r.ticket_id), "event": r.event,
+    ticket = numbers.get(r.ticket_id) if r.ticket_id is not None else None
+    return {"id": r.id, "created_at": iso(r.created_at), "ticket": ticket, "event": r.event,
             "recipient": r.recipient, "subject": r.subject, "message_id": r.message_id, "status": r.status,
             "attempts": r.attempts, "next_attempt_at": iso(r.next_attempt_at), "sent_at": iso(r.sent_at),
             "last_error": r.last_error}
 
 
-def list_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def list_outbox(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy import select
 
-    from gateway.cli import open_app
+    from gateway.cli.base import open_app
     from gateway.models import OUTBOX_STATUSES, OutboxMail
     from gateway.views import ticket_numbers
 
@@ -69,8 +77,9 @@ def list_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-unt
     return 0
 
 
-def retry_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import EX_DATAERR, open_app
+def retry_outbox(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
+    from gateway.exitcodes import EX_DATAERR
     from gateway.outbound.sender import retry
 
     app = open_app(config, upgrade=True)
@@ -85,8 +94,8 @@ def retry_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-un
     return rc
 
 
-def flush_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def flush_outbox(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.outbound.sender import flush
 
     app = open_app(config, upgrade=True)

@@ -5,21 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
-from gateway.cli import UsageError
+from gateway.cli.base import UsageError, parse_instant
 
-
-def parse_instant(text: str, what: str = "--now") -> datetime:
-    """ISO-8601; without a zone offset the time is UTC."""
-    try:
-        dt = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise UsageError(f"{what}: not an ISO-8601 time: {text!r} (e.g. 2026-11-02T09:30:00Z)") from None
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+if TYPE_CHECKING:
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
+    from gateway.models import SlaPolicyRow
+    from gateway.sla.store import PolicyStore
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("sla", help="SLA policies, the escalation sweep and the at-risk report")
     ssub = p.add_subparsers(dest="sla_command", metavar="ACTION", required=True)
 
@@ -66,10 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rep.set_defaults(func=report_cmd)
 
 
-def policies_add(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def policies_add(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.db import transaction
-    from gateway.sla.store import PolicyError, PolicyStore, validate_values
+    from gateway.sla.store import PolicyStore
+    from gateway.sla_definitions import PolicyError, validate_values
 
     holidays = [h for h in (args.holidays or "").split(",") if h.strip()]
     if holidays and not args.calendar:
@@ -99,13 +97,13 @@ def policies_add(args: argparse.Namespace, config) -> int:  # type: ignore[no-un
     return 0
 
 
-def _seed(store, config) -> None:  # type: ignore[no-untyped-def]
+def _seed(store: PolicyStore, config: Config) -> None:
     seed = config.get("sla", "policies")
     if seed:
         store.seed(seed)
 
 
-def policy_dict(row) -> dict:  # type: ignore[no-untyped-def,type-arg]
+def policy_dict(row: SlaPolicyRow) -> dict[str, Any]:
     return {"name": row.name, "position": row.position, "active": row.active,
             "response_minutes": row.response_minutes, "resolution_minutes": row.resolution_minutes,
             "priorities": row.priorities, "types": row.types, "organisations": row.organisations,
@@ -114,10 +112,11 @@ def policy_dict(row) -> dict:  # type: ignore[no-untyped-def,type-arg]
             "notify_assignee": row.notify_assignee, "notify_group": row.notify_group, "source": row.source}
 
 
-def policies_list(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def policies_list(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.db import transaction
-    from gateway.sla.store import PolicyStore, calendar_text
+    from gateway.sla.store import PolicyStore
+    from gateway.sla_definitions import calendar_text
 
     app = open_app(config, upgrade=True)
     try:
@@ -147,8 +146,8 @@ def policies_list(args: argparse.Namespace, config) -> int:  # type: ignore[no-u
     return 0
 
 
-def policies_remove(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def policies_remove(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.db import transaction
     from gateway.sla.store import PolicyStore
 
@@ -165,8 +164,8 @@ def policies_remove(args: argparse.Namespace, config) -> int:  # type: ignore[no
     return 0
 
 
-def tick_cmd(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def tick_cmd(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.sla.sweep import sweep
 
     now = parse_instant(args.now) if args.now else None
@@ -193,8 +192,8 @@ def tick_cmd(args: argparse.Namespace, config) -> int:  # type: ignore[no-untype
     return 0
 
 
-def report_cmd(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def report_cmd(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.sla.report import report
 
     app = open_app(config, upgrade=True)

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING, Any, TextIO
 
-from gateway.cli import UsageError
+from gateway.cli.base import UsageError, parse_instant
+
+if TYPE_CHECKING:
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
+    from gateway.models import Contact
+    from gateway.tickets import Directory
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("tickets", help="list and show tickets")
     tsub = p.add_subparsers(dest="tickets_command", metavar="ACTION", required=True)
     ls = tsub.add_parser("list", help="list tickets, newest first")
@@ -48,19 +55,19 @@ def badge(state: str, colour: bool) -> str:
     return f"\x1b[{code}m{cell}\x1b[0m" if colour and code and text else cell
 
 
-def use_colour(stream) -> bool:  # type: ignore[no-untyped-def]
+def use_colour(stream: TextIO) -> bool:
     import os
 
     return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR") \
         and os.environ.get("TERM") != "dumb"
 
 
-def list_tickets(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def list_tickets(args: argparse.Namespace, config: Config) -> int:
     from datetime import timedelta
 
     from sqlalchemy import select
 
-    from gateway.cli import open_app
+    from gateway.cli.base import open_app
     from gateway.models import SlaClock, Ticket
     from gateway.sla.state import ticket_state
     from gateway.views import ticket_dict
@@ -88,7 +95,7 @@ def list_tickets(args: argparse.Namespace, config) -> int:  # type: ignore[no-un
         rows = []
         for t in tickets:
             state = ticket_state(t, clocks.get(t.id), now, at_risk_within=window)
-            d = ticket_dict(s, t, full=False, now=now, sla_state=state)
+            d = ticket_dict(s, t, full=False, sla_state=state)
             d["sla"]["reminder_due"] = t.id in seen
             rows.append(d)
     if args.json:
@@ -105,12 +112,9 @@ def list_tickets(args: argparse.Namespace, config) -> int:  # type: ignore[no-un
     return 0
 
 
-def set_ticket(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
-    from gateway.db import transaction
-    from gateway.tickets import Directory, InvalidChange, Tickets
-
-    fields: dict = {}  # type: ignore[type-arg]
+def _field_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The ticket fields `tickets set` was asked to change (the assignee is looked up later)."""
+    fields: dict[str, Any] = {}
     for name in ("status", "priority", "type"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
@@ -120,44 +124,56 @@ def set_ticket(args: argparse.Namespace, config) -> int:  # type: ignore[no-unty
         if args.remind_at.lower() in ("", "none"):
             fields["remind_at"] = None
         else:
-            from gateway.cli.sla import parse_instant
-
             fields["remind_at"] = parse_instant(args.remind_at, "--remind-at")
             fields.setdefault("status", "pending")
             if fields["status"] != "pending":
                 raise UsageError("--remind-at goes with --status pending")
     if not fields and args.assignee is None:
         raise UsageError("nothing to change (see tickets set --help)")
+    return fields
+
+
+def _people(args: argparse.Namespace, directory: Directory) -> tuple[dict[str, Any], Contact | None]:
+    """({"assignee": contact or None} when --assignee was given, the --by contact)."""
+    fields: dict[str, Any] = {}
+    if args.assignee is not None:
+        if args.assignee.lower() in ("", "none"):
+            fields["assignee"] = None
+        else:
+            c = directory.contact(args.assignee)
+            if c is None or not c.is_staff:
+                raise UsageError(f"{args.assignee}: not a staff contact (ticket-gateway users add EMAIL --staff)")
+            fields["assignee"] = c
+    by = None
+    if args.by:
+        by = directory.contact(args.by)
+        if by is None:
+            raise UsageError(f"--by {args.by}: unknown contact")
+    return fields, by
+
+
+def set_ticket(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
+    from gateway.db import transaction
+    from gateway.tickets import Directory, InvalidChange, Tickets
+    from gateway.views import iso
+
+    fields = _field_changes(args)
     app = open_app(config, upgrade=True)
     try:
         with transaction(app.sessions) as s:
             tickets = Tickets(s, clock=app.clock, listeners=app.listeners)
-            directory = Directory(s, app.clock)
             t = tickets.get(args.number)
             if t is None:
                 raise UsageError(f"no ticket #{args.number}")
-            if args.assignee is not None:
-                if args.assignee.lower() in ("", "none"):
-                    fields["assignee"] = None
-                else:
-                    c = directory.contact(args.assignee)
-                    if c is None or not c.is_staff:
-                        raise UsageError(f"{args.assignee}: not a staff contact (ticket-gateway users add EMAIL "
-                                         "--staff)")
-                    fields["assignee"] = c
-            by = None
-            if args.by:
-                by = directory.contact(args.by)
-                if by is None:
-                    raise UsageError(f"--by {args.by}: unknown contact")
+            people, by = _people(args, Directory(s, app.clock))
+            fields.update(people)
             if fields.get("status", t.status) != "pending" and "remind_at" not in fields and t.remind_at:
                 fields["remind_at"] = None  # a reminder only makes sense while pending
             try:
                 changes = tickets.change(t, by=by, **fields)
             except InvalidChange as e:
                 raise UsageError(str(e)) from None
-            from gateway.views import iso
-
             out = {k: [iso(v) if hasattr(v, "isoformat") else v for v in pair] for k, pair in changes.items()}
             sla = {"policy": t.sla_policy, "response_due_at": iso(t.response_due_at),
                    "resolution_due_at": iso(t.resolution_due_at), "paused_at": iso(t.sla_paused_at),
@@ -178,8 +194,11 @@ def set_ticket(args: argparse.Namespace, config) -> int:  # type: ignore[no-unty
     return 0
 
 
-def show_ticket(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def show_ticket(args: argparse.Namespace, config: Config) -> int:
+    from datetime import timedelta
+
+    from gateway.cli.base import open_app
+    from gateway.sla.state import session_ticket_state
     from gateway.tickets import Tickets
     from gateway.views import ticket_dict
 
@@ -188,7 +207,9 @@ def show_ticket(args: argparse.Namespace, config) -> int:  # type: ignore[no-unt
         t = Tickets(s, clock=app.clock).get(args.number)
         if t is None:
             raise UsageError(f"no ticket #{args.number}")
-        d = ticket_dict(s, t)
+        state = session_ticket_state(s, t, app.clock(),
+                                     at_risk_within=timedelta(minutes=config.get("sla", "at_risk_minutes")))
+        d = ticket_dict(s, t, sla_state=state)
     if args.json:
         json.dump(d, sys.stdout, ensure_ascii=False, indent=1)
         print()
