@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh Debian machine (as root), installing what it needs first:
-# Debian packages (python3-venv, dovecot-imapd, postgresql) when missing, a virtualenv with the project,
-# and a running PostgreSQL on 127.0.0.1:5432 (trust auth for local tests).
+# Runs the checks and the whole test suite on a fresh Debian machine (as root), installing what it needs first:
+# Debian packages (python3-venv, dovecot-imapd, postgresql) when missing, a virtualenv with the project and
+# its test and dev extras, and a running PostgreSQL on 127.0.0.1:5432 (trust auth for local tests).
+# The checks (ruff, mypy, import-linter, scripts/check_cycles.py) run first; any failure fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,5 +34,14 @@ venv=${TG_VENV:-.venv}
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install -q --disable-pip-version-check -e ".[test]"
+"$venv/bin/pip" install -q --disable-pip-version-check -e ".[test,dev]"
+
+# Checked habits, before the tests (configured in pyproject.toml; the first failure stops the run):
+# lint and complexity, types, the import layers, no import cycle at run time.
+echo "checks: ruff, mypy, import contracts, import cycles"
+"$venv/bin/ruff" check --quiet .
+"$venv/bin/mypy"
+"$venv/bin/lint-imports" --no-cache
+"$venv/bin/python" scripts/check_cycles.py
+
 exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
