@@ -23,8 +23,9 @@ Rendering at delivery is StrictUndefined too: a template broken behind the check
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.ourmail import reply_secret
 from gateway.outbound.check import STAMP_FILE, check_app_templates, check_templates
@@ -33,22 +34,23 @@ from gateway.outbound.notify import notifier_of
 
 if TYPE_CHECKING:
     from gateway.host import AppHost
-    from gateway.outbound.sender import Counts
+    from gateway.outbound.sender import Counts, Transport
 
 __all__ = ["install", "install_service", "notifier_of", "deliver_due", "flush", "reply_secret", "check_templates",
            "check_app_templates", "STAMP_FILE"]
 
 
-def deliver_due(app: AppHost, now: datetime | None = None, **kw: Any) -> Counts:
+def deliver_due(app: AppHost, now: datetime | None = None, *, limit: int | None = None,
+                transport: Transport | None = None) -> Counts:
     """One delivery round (gateway.outbound.sender.deliver_due; imported when called: smtplib and ssl stay
     out of the processes that only queue mail)."""
     from gateway.outbound.sender import deliver_due as _deliver
 
-    return _deliver(app, now, **kw)
+    return _deliver(app, now, limit=limit, transport=transport)
 
 
-def flush(app: AppHost, **kw: Any) -> Counts:
+def flush(app: AppHost, now: Callable[[], datetime] | None = None, *, max_rounds: int = 10_000) -> Counts:
     """Deliver until nothing is due (gateway.outbound.sender.flush)."""
     from gateway.outbound.sender import flush as _flush
 
-    return _flush(app, **kw)
+    return _flush(app, now, max_rounds=max_rounds)

@@ -33,13 +33,14 @@ from sqlalchemy.orm import Session
 from gateway import ourmail
 from gateway.config import Config
 from gateway.db import drop_memo, is_unavailable, write_locked_memo
-from gateway.events import CommentAdded, MailIgnored, MailRejected, TicketChanged, TicketCreated
+from gateway.events import CommentAdded, Event, MailIgnored, MailRejected, TicketChanged, TicketCreated
 from gateway.models import Contact, InboundMail, OutboxMail, Ticket, TicketMessageId, table_of
 from gateway.outbound import ratelimit
 from gateway.outbound.render import Templates, fmt_time
 from gateway.tickets import message_ids_written
 
 if TYPE_CHECKING:
+    from gateway.clock import Clock
     from gateway.host import AppHost
 
 log = logging.getLogger("gateway.outbound")
@@ -59,7 +60,7 @@ class Recipient:
 class Outbound:
     """Listener registered in app.listeners by gateway.outbound.install."""
 
-    def __init__(self, config: Config, clock: Any, templates: Templates, secret: bytes) -> None:
+    def __init__(self, config: Config, clock: Clock, templates: Templates, secret: bytes) -> None:
         self.config = config
         self.clock = clock
         self.templates = templates
@@ -79,7 +80,7 @@ class Outbound:
         self.caps = ratelimit.Caps(n["max_per_ticket_10min"], n["max_per_recipient_day"])
 
     # Entry point ---------------------------------------------------------------------------------------
-    def __call__(self, session: Session, event: Any) -> None:
+    def __call__(self, session: Session, event: Event) -> None:
         if not self.relevant(event):
             return  # no savepoint, no round trip for events that can never send anything
         try:
@@ -105,7 +106,7 @@ class Outbound:
         if notifies and write_locked_memo(session, "sent-per-recipient") is not None:
             self._sent_today(session, sorted({e.lower() for e in emails}), self.clock())
 
-    def relevant(self, event: Any) -> bool:
+    def relevant(self, event: Event) -> bool:
         """False when `dispatch` would certainly do nothing for this event (cheap, no queries)."""
         n = self.n
         if isinstance(event, TicketCreated):
@@ -123,7 +124,7 @@ class Outbound:
             return event.kind == "bounce"
         return False
 
-    def dispatch(self, session: Session, event: Any) -> None:
+    def dispatch(self, session: Session, event: Event) -> None:
         if isinstance(event, TicketCreated):
             self._ticket_created(session, event)
         elif isinstance(event, CommentAdded):

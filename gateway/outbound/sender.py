@@ -176,13 +176,13 @@ class SMTPTransport:
             self._drop()
 
 
-def _text(msg: Any) -> str:
+def _text(msg: bytes | str) -> str:
     if isinstance(msg, bytes):
         msg = msg.decode("utf-8", "replace")
     return " ".join(str(msg).split())[:500]
 
 
-def _raise_for(code: int, msg: Any, what: str) -> None:
+def _raise_for(code: int, msg: bytes | str, what: str) -> None:
     text = f"{what}: {code} {_text(msg)}"
     if 500 <= int(code) < 600:
         raise Permanent(text)
