@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"gateway": ROOT / "gateway", "gateway.handlers": ROOT / "handlers"}
-_MODULE_STRING = re.compile(r"gateway(?:\.\w+)+(?::\w+)?")
+_MODULE_STRING = re.compile(r"[A-Za-z_]\w*(?:\.\w+)+(?::\w+)?")
 
 
 @dataclass
@@ -41,9 +41,9 @@ class Module:
     type_only: dict[str, int] = field(default_factory=dict)
 
 
-def discover() -> dict[str, Module]:
+def discover(packages: dict[str, Path] | None = None) -> dict[str, Module]:
     mods: dict[str, Module] = {}
-    for prefix, root in PACKAGES.items():
+    for prefix, root in (PACKAGES if packages is None else packages).items():
         for path in sorted(root.rglob("*.py")):
             rel = path.relative_to(root).with_suffix("")
             parts = [] if rel.parts == ("__init__",) else list(rel.parts)

@@ -44,4 +44,6 @@ echo "checks: ruff, mypy, import contracts, import cycles"
 "$venv/bin/lint-imports" --no-cache
 "$venv/bin/python" scripts/check_cycles.py
 
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
+# Two test processes (pytest-xdist; TG_TEST_WORKERS=0 runs in one): each has its own PostgreSQL template,
+# SQLite template, Dovecot and temporary directories, and every listener takes a free port.
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "${TG_TEST_WORKERS:-2}" "$@"
