@@ -17,6 +17,8 @@ from gateway.pipeline import MailContext
 def handle(ctx: MailContext) -> None:
     m = ctx.mail
     found = auth.stored(m.auth)
+    if found is None and not ctx.config.values["authentication"]["trusted_authserv_ids"]:
+        found = auth.AuthResult()  # nothing checked on arrival and no headers to believe: unverified
     if found is None:
         env = Envelope(mail_from=m.envelope_from, rcpt_tos=tuple(m.envelope_to or ()), source=m.source,
                        source_ref=m.source_ref, client_ip=m.client_ip, client_helo=m.client_helo)

@@ -35,6 +35,11 @@ class Authenticator:
         self.servers = [dns_server(s) for s in a["dns_servers"]]
         self.budget = float(a["dns_timeout_seconds"])
 
+    @property
+    def active(self) -> bool:
+        """Is there anything to check on arrival (trusted headers to read, or verification)?"""
+        return bool(self.trusted_ids) or self.verify
+
     def is_relay(self, client_ip: str | None) -> bool:
         """An SMTP/LMTP client that is one of our MTAs (a Unix-socket client, with no IP, is)."""
         if not client_ip:

@@ -89,10 +89,12 @@ def org_domain(domain: str) -> str:
     """The organisational domain (RFC 7489 3.2): one label below the public suffix."""
     domain = domain.lower().rstrip(".")
     try:
-        found = _suffix_list().get_public_suffix(domain)
+        found = str(_suffix_list().get_sld(domain) or "")
     except Exception:  # noqa: BLE001 -- a name the list cannot handle is its own organisation
         return domain
-    return str(found or domain).lower()
+    if "." not in found:  # a top-level domain the list does not know: the default rule "*" (one label)
+        found = ".".join(domain.split(".")[-2:])
+    return found.lower()
 
 
 def aligned(from_domain: str, other: str | None, mode: str = "r") -> bool:
