@@ -34,7 +34,7 @@ def header_fields(raw: bytes) -> list[tuple[str, str]]:
         items = msg.raw_items()
     except Exception:  # noqa: BLE001 -- an unreadable header has nothing to believe
         return []
-    out = []
+    out: list[tuple[str, str]] = []
     for name, value in items:
         if len(out) >= MAX_FIELDS:
             break

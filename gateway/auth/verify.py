@@ -119,7 +119,7 @@ def check_spf(lookup: Lookup, ip: str, mail_from: str | None, helo: str | None) 
         sender = f"postmaster@{helo}"
     domain = sender.rpartition("@")[2].lower().rstrip(".")
 
-    class Query(spf.query):  # type: ignore[misc,name-defined]
+    class Query(spf.query):  # type: ignore[misc]
         def dns(self, name: Any, qtype: str, cnames: Any = None, ignore_void: bool = False) -> list[Any]:
             return _spf_dns(self, lookup, name, qtype, ignore_void)
 

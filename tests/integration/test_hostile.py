@@ -5,21 +5,17 @@ the pause while the data directory is nearly full. Every figure is a count."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from conftest import run_cli, write_config
 from mails import TRUST_MX, authenticated, make_mail
 from servehelp import Running, config_for, send
 
-from gateway.models import InboundMail, OutboxMail
 
 MANY_CC = ", ".join(f"spam{i:02d}@victims.example" for i in range(99))
 
