@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import BinaryIO, Sequence
+from typing import Any, BinaryIO, Sequence
 
 from gateway import spool
 
@@ -35,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sender", metavar="ADDR", help="envelope sender (Postfix: ${sender})")
     p.add_argument("--recipient", metavar="ADDR", action="append", default=[],
                    help="envelope recipient (Postfix: ${original_recipient}); repeatable")
+    p.add_argument("--client-ip", metavar="IP", help="the SMTP client's address, for SPF (Postfix: ${client_address})")
+    p.add_argument("--helo", metavar="NAME", help="the SMTP client's HELO name, for SPF (Postfix: ${client_helo})")
     p.add_argument("-q", "--quiet", action="store_true", help="accepted for symmetry with ingest; prints nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="accepted as everywhere; prints nothing more")
     return p
@@ -46,8 +48,15 @@ def _say(text: str) -> None:
 
 def _read_limited(stream: BinaryIO, limit: int) -> bytes | None:
     """The whole of stdin, or None when it is longer than `limit` bytes (read no further than that)."""
-    data = stream.read(limit + 1)
-    return None if len(data) > limit else data
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(1 << 20, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    return None
 
 
 def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> int:
@@ -66,13 +75,18 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
     if strangers:
         _say(f"<{strangers[0]}>: not a gateway address (gateway.addresses)")
         return EX_NOUSER
+    if _disk_low(config):
+        _say(f"free space in {config.data_dir} is below limits.free_space_factor x limits.max_message_size; "
+             "try again later")
+        return EX_TEMPFAIL
     limit = int(config.values["limits"]["max_message_size"])
     raw = _read_limited(stdin or sys.stdin.buffer, limit)
     if raw is None:
         _say(f"message too large (over limits.max_message_size = {limit} bytes)")
         return EX_DATAERR
     where = spool.spool_dir(config.data_dir)
-    envelope = {"mail_from": args.sender, "rcpt_tos": list(args.recipient), "source": "pipe"}
+    envelope = {"mail_from": args.sender, "rcpt_tos": list(args.recipient), "source": "pipe",
+                "client_ip": args.client_ip or None, "client_helo": args.helo or None}
     try:
         spool.write(where, raw, envelope)
     except spool.SpoolError as e:
@@ -80,6 +94,12 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
         return EX_TEMPFAIL
     kick(where, args.config)
     return EX_OK
+
+
+def _disk_low(config: Any) -> bool:
+    from gateway.guard.diskspace import DiskGuard
+
+    return DiskGuard.for_config(config).low()
 
 
 def kick(where: os.PathLike[str] | str, config_path: str | None) -> None:

@@ -21,7 +21,7 @@ from gateway.config import Config, dns_server
 if TYPE_CHECKING:
     from gateway.intake import Envelope
 
-LIVE = ("smtp", "lmtp", "imap", "stdin")   # sources verified on arrival (not files and archives)
+LIVE = ("smtp", "lmtp", "imap", "stdin", "pipe")   # sources verified on arrival (not files and archives)
 SESSIONS = ("smtp", "lmtp")                 # sources whose client address we know from the session
 REASON = "sender authentication failed"
 

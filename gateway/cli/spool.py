@@ -42,26 +42,42 @@ def run_deliver(args: argparse.Namespace, config: Any) -> int:
     return main(argv)
 
 
+def _spooled(app: Any, files: list[Path]) -> list[tuple[bytes, Any]]:
+    """(raw, Envelope) of each file, sender authentication checked on arrival as for the other live sources
+    (DNS work: before the write transaction opens, never under the write lock)."""
+    from gateway import spool
+    from gateway.intake import Envelope
+
+    out = []
+    for f in files:
+        try:
+            raw, env = spool.read(f)
+        except ValueError:  # not written by deliver: store what it holds, the pipeline decides
+            raw, env = f.read_bytes(), {}
+        envelope = Envelope(mail_from=env.get("mail_from"),
+                            rcpt_tos=tuple(str(a).lower() for a in env.get("rcpt_tos") or ()),
+                            source="pipe", source_ref=None, client_ip=env.get("client_ip"),
+                            client_helo=env.get("client_helo"))
+        if app.auth is not None and app.auth.active:
+            envelope = app.auth.envelope(raw, envelope)
+        out.append((raw, envelope))
+    return out
+
+
 def drain_once(app: Any, where: Path, batch_size: int = BATCH) -> int:
     """Store the spooled mails that are there now (the caller holds the drain lock); returns how many."""
     from gateway import spool
-    from gateway.intake import Envelope
 
     done = 0
     while True:
         files = spool.pending(where, batch_size)
         if not files:
             return done
+        mails = _spooled(app, files)
         batch = app.intake().batch()
         try:
-            for f in files:
-                try:
-                    raw, env = spool.read(f)
-                except ValueError:  # not written by deliver: store what it holds, the pipeline decides
-                    raw, env = f.read_bytes(), {}
-                batch.ingest(raw, Envelope(mail_from=env.get("mail_from"),
-                                           rcpt_tos=tuple(a.lower() for a in env.get("rcpt_tos") or ()),
-                                           source="pipe", source_ref=None))
+            for raw, envelope in mails:
+                batch.ingest(raw, envelope)
             batch.commit()
         finally:
             batch.close()

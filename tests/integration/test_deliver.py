@@ -69,7 +69,8 @@ def test_exit_0_means_durable_even_when_nobody_drains(tmp_path, sqlite_url) -> N
         assert len(files) == 1
         got, env = spool.read(files[0])
         assert got == raw
-        assert env == {"mail_from": "alice@customer.example", "rcpt_tos": ["support@example.com"], "source": "pipe"}
+        assert env == {"mail_from": "alice@customer.example", "rcpt_tos": ["support@example.com"], "source": "pipe",
+                       "client_ip": None, "client_helo": None}
         r = run_cli("spool", "drain", config=cfg)  # the lock is held: another drainer's job
         assert r.returncode == 0 and spool.pending(where, 10) == files
     finally:
@@ -162,3 +163,23 @@ def test_anything_spooled_ends_somewhere_visible(tmp_path, sqlite_url, garbage) 
     assert _deliver(cfg, garbage).returncode == 0
     mails = _wait_for(cfg, 1)
     assert len(mails) == 1 and mails[0]["outcome"] in ("quarantined", "rejected", "ticket")
+
+
+def test_a_nearly_full_data_directory_is_try_again_later(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    """Free space below limits.free_space_factor x limits.max_message_size (here: a limit larger than any disk
+    of this machine): 75, nothing spooled, as SMTP's 452."""
+    cfg = _cfg(tmp_path, sqlite_url, '\n[limits]\nmax_message_size = 1000000000000000\n')
+    r = _deliver(cfg, make_mail())
+    assert r.returncode == 75 and b"free space" in r.stderr
+    assert spool.pending(tmp_path / "var" / "spool", 10) == []
+
+
+def test_client_address_and_helo_reach_the_stored_mail(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    cfg = _cfg(tmp_path, sqlite_url)
+    r = _deliver(cfg, make_mail(), "--client-ip", "192.0.2.7", "--helo", "mx.customer.example")
+    assert r.returncode == 0, r.stderr
+    mail = _wait_for(cfg, 1)[0]
+    shown = run_cli("mail", "show", str(mail["id"]), "--json", config=cfg)
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert (data.get("client_ip"), data.get("client_helo")) == ("192.0.2.7", "mx.customer.example"), data
