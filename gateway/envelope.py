@@ -4,6 +4,7 @@ A leaf module: every transport builds one, the intake and the prefetch read it."
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -12,3 +13,6 @@ class Envelope:
     rcpt_tos: tuple[str, ...] = ()
     source: str = "stdin"                  # smtp | lmtp | imap | stdin | file | maildir | mbox
     source_ref: str | None = None          # e.g. imap account/folder/uidvalidity/uid, or a file path
+    client_ip: str | None = None           # SMTP/LMTP client (or `ingest --client-ip`): for SPF
+    client_helo: str | None = None         # its HELO/EHLO/LHLO name
+    auth: dict[str, Any] | None = None     # sender authentication found on arrival (gateway.auth), if checked

@@ -88,6 +88,16 @@ def show_mail(args: argparse.Namespace, config: Config) -> int:
     for k in ("id", "message_id", "sender", "subject", "source", "source_ref", "envelope_from", "envelope_to",
               "received_at", "processed_at", "size", "sha256", "outcome", "reason", "ticket", "attempts"):
         print(f"{k + ':':<15} {d[k]}")
+    if d["client_ip"] or d["client_helo"]:
+        print(f"{'client:':<15} {d['client_ip'] or '-'} (HELO {d['client_helo'] or '-'})")
+    if d["authentication"]:
+        from gateway.auth import AuthResult
+
+        print(f"{'authentication:':<15} {AuthResult.from_dict(d['authentication']).summary()}")
+    else:
+        print(f"{'authentication:':<15} not checked")
+    if d["released"]:
+        print(f"{'released:':<15} {', '.join(d['released'])} (by replay)")
     print("trace:")
     for line in d["trace"]:
         print(f"  - {line}")
