@@ -47,7 +47,8 @@ def run_measured(cmd: list[str], stdin_path: Path | None,
     t0 = time.perf_counter()
     with (stdin_path.open("rb") if stdin_path else open(os.devnull, "rb")) as fin:
         proc = subprocess.Popen(cmd, stdin=fin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        err = proc.stderr.read()  # type: ignore[union-attr]
+        assert proc.stderr is not None  # PIPE
+        err = proc.stderr.read()
         _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
