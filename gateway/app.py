@@ -13,6 +13,7 @@ from gateway.blobs import BlobStore
 from gateway.clock import Clock, system_clock
 from gateway.config import Config
 from gateway.events import Listeners
+from gateway.observe import Observer
 from gateway.pipeline import BUILTIN, Handler, load_handlers
 
 
@@ -25,6 +26,7 @@ class App:
     clock: Clock
     handlers: list[tuple[str, Handler]]
     listeners: Listeners = field(default_factory=list)
+    observe: Observer = field(default_factory=Observer)  # log lines and metrics (gateway.observe)
 
     def intake(self):  # type: ignore[no-untyped-def]
         from gateway.intake import Intake

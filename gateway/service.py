@@ -224,9 +224,11 @@ class GroupCommit:
 class LogFile:
     """logging.file: replaces the stderr handler; reopen() after logrotate moved the file (SIGHUP)."""
 
-    def __init__(self, path: str, level: int) -> None:
+    def __init__(self, path: str, level: int, fmt: str = "text") -> None:
+        from gateway.observe import formatter
+
         self.handler = logging.FileHandler(path, encoding="utf-8", delay=False)
-        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.handler.setFormatter(formatter(fmt))
         root = logging.getLogger()
         for h in list(root.handlers):
             root.removeHandler(h)
@@ -438,8 +440,9 @@ class Service:
             try:
                 result = await self.process(mail_id)
                 log.debug("mail %s: %s", mail_id, result.outcome)
-            except StoreUnavailable as e:
-                log.warning("mail %s stored, threading postponed (store unavailable: %s)", mail_id, e)
+            except StoreUnavailable as e:  # the sweep threads it later; one line per change of state
+                if not self.app.observe.state("database", False, f"{type(e).__name__}: {e}"):
+                    log.debug("mail %s stored, threading postponed (store unavailable: %s)", mail_id, e)
             except Exception:  # noqa: BLE001
                 log.exception("mail %s: threading failed; the sweep tries again", mail_id)
 
@@ -463,8 +466,11 @@ class Service:
                     await func()
                 else:
                     await asyncio.get_running_loop().run_in_executor(self.pool, func)
-            except StoreUnavailable as e:
-                log.warning("job %s: store unavailable: %s", name, e)
+            except StoreUnavailable as e:  # one line per change of state (gateway.observe), not one per run
+                if not self.app.observe.state("database", False, f"{type(e).__name__}: {e}"):
+                    log.debug("job %s: store unavailable: %s", name, e)
+            else:
+                self.app.observe.state("database", True)
             except Exception:  # noqa: BLE001
                 log.exception("job %s failed", name)
         return job
@@ -501,7 +507,8 @@ class Service:
         logfile = self.config.get("logging", "file")
         if logfile:
             level = logging.DEBUG if self.verbose else getattr(logging, self.config.get("logging", "level"))
-            self._logfile = LogFile(str(self.config.base_dir / os.path.expanduser(logfile)), level)
+            self._logfile = LogFile(str(self.config.base_dir / os.path.expanduser(logfile)), level,
+                                    self.config.get("logging", "format"))
 
         try:
             app = await loop.run_in_executor(self.pool, lambda: self.app)

@@ -101,8 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ticket-gateway: configuration error: {e}", file=sys.stderr)
         return EX_CONFIG
     level = "DEBUG" if args.verbose else config.get("logging", "level")
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.observe import formatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(config.get("logging", "format")))
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler])
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
