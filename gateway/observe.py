@@ -188,3 +188,33 @@ def formatter(fmt: str) -> logging.Formatter:
 
 __all__ = ["Delivery", "Escalation", "ImapPollError", "JsonFormatter", "MailDone", "Observer", "SmtpReply",
            "SmtpSession", "State", "formatter"]
+
+
+def _safe_url(url: str) -> str:
+    """A database URL without its password."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return "(unparsable URL)"
+
+
+def log_startup(service: Any) -> None:
+    """Where everything is, at INFO, when `serve` is ready: config file, data directory, database, listeners,
+    HTTP, IMAP accounts, outgoing mail target."""
+    cfg = service.config
+    ob = cfg.values["outbound"]
+    imap = [f"{a['name']} ({a['user']}@{a['host']}, folder {a['folder']})" for a in cfg.values.get("imap") or []]
+    lines = [
+        ("config", cfg.source),
+        ("data directory", str(cfg.data_dir)),
+        ("database", _safe_url(cfg.database_url)),
+        ("listening", ", ".join(li.where for li in service.listeners) or "no SMTP/LMTP listener"),
+        ("http", getattr(service, "http_where", None) or "off"),
+        ("imap accounts", ", ".join(imap) or "none"),
+        ("outgoing mail", (f"relay {ob['relay_host']}:{ob['relay_port']} ({ob['relay_security']})" if ob["relay_host"]
+                           else f"Maildir {cfg.data_dir / 'outbox-maildir'}") if ob["enabled"] else "off"),
+    ]
+    for what, value in lines:
+        log.info("%s: %s", what, value, extra={"tg": {"startup": what, "value": value}})
