@@ -64,6 +64,9 @@ port = {self.lmtp}
 [serve]
 hostname = "gw.test"
 pending_sweep_seconds = 1
+
+[http]
+listen = "127.0.0.1:0"
 ''' + extra)
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
