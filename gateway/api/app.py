@@ -231,7 +231,7 @@ class Api:
 
     @staticmethod
     def full_path(op: spec.Op) -> str:
-        return op.path if op.path in ("/healthz", "/metrics") else PREFIX + op.path
+        return spec.full_path(op, PREFIX)
 
     def document(self) -> dict[str, Any]:
         if self._doc is None:

@@ -207,6 +207,13 @@ _STANDARD = {
 }
 
 
+ABSOLUTE = ("/healthz", "/metrics")  # served outside the versioned prefix
+
+
+def full_path(op: Op, prefix: str = "/api/v1") -> str:
+    return op.path if op.path in ABSOLUTE else prefix + op.path
+
+
 def openapi(ops: list[Op], schemas: dict[str, Schema], *, version: str, prefix: str = "/api/v1") -> dict[str, Any]:
     """The OpenAPI 3.1 document of these operations."""
     paths: dict[str, dict[str, Any]] = {}
@@ -244,8 +251,8 @@ def openapi(ops: list[Op], schemas: dict[str, Schema], *, version: str, prefix: 
         for code in sorted(codes):
             responses.setdefault(str(code), {"description": _STANDARD[code],
                                              "content": {"application/problem+json": {"schema": ref("Problem")}}})
-        path = op.path if op.path.startswith("/") and not op.path.startswith("/api") else prefix + op.path
-        paths.setdefault(path, {})[op.method.lower()] = item
+        item["responses"] = responses
+        paths.setdefault(full_path(op, prefix), {})[op.method.lower()] = item
     return {
         "openapi": "3.1.0",
         "info": {"title": "ticket-gateway", "version": version,
