@@ -62,6 +62,11 @@ class _StoreGauges:
                 self._at = time.monotonic()
             return self._values
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The names only (the registry asks at registration: no database query then)."""
+        yield GaugeMetricFamily("ticketgw_outbox_oldest_age_seconds", "")
+        yield GaugeMetricFamily("ticketgw_quarantine_size", "")
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         v = self.values()
         if v is None:

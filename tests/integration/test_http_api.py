@@ -40,7 +40,17 @@ class Gateway:
         self.app = running.service.app
         self.base = running.service.http_where
         assert self.base and self.base.startswith("http://127.0.0.1:")
-        self.secrets = {scope: create_token(self.app, f"t-{scope}", scope)[1] for scope in ("read", "write", "admin")}
+        self.secrets = {scope: self._token(scope) for scope in ("read", "write", "admin")}
+
+    def _token(self, scope: str) -> str:
+        from gateway.ops.errors import Conflict
+
+        for n in range(10):  # a second gateway on the same store makes its own
+            try:
+                return create_token(self.app, f"t-{scope}" + (f"-{n}" if n else ""), scope)[1]
+            except Conflict:
+                continue
+        raise AssertionError("no token")
 
     def client(self, scope: str | None = "admin", **kw: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.secrets[scope]}"} if scope else {}
