@@ -135,7 +135,8 @@ class FailureLimiter:
     right token) until the oldest failure is a minute old. Bounded: the least recently failing addresses are
     forgotten beyond `max_clients`."""
 
-    def __init__(self, per_minute: int, *, max_clients: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, per_minute: int, *, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute = per_minute
         self.max_clients = max_clients
         self.clock = clock
@@ -281,8 +282,9 @@ class Api:
             raise Problem(401, "Unauthorized", "unknown or revoked token",
                           headers={"WWW-Authenticate": 'Bearer realm="ticket-gateway", error="invalid_token"'})
         if not principal.allows(scope):
+            challenge = f'Bearer error="insufficient_scope", scope="{scope}"'
             raise Problem(403, "Forbidden", f"token {principal.name!r} has scope {principal.scope}; this needs "
-                          f"{scope}", headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'})
+                          f"{scope}", headers={"WWW-Authenticate": challenge})
         last = self._touched.get(principal.token_id, 0.0)
         if time.monotonic() - last > 60:
             from gateway.ops.tokens import touch

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import Response
 
 from gateway.api import spec
-from gateway.api.spec import Op, Param, array, boolean, integer, loose, obj, page_of, ref, string
+from gateway.api.spec import Op, Param, array, boolean, email, integer, loose, obj, page_of, ref, string
 from gateway.models import MAIL_OUTCOMES, OUTBOX_STATUSES, PRIORITIES, STATUSES, TOKEN_SCOPES, TYPES
 from gateway.ops import directory, mail, outbox, pages, sla, tickets, tokens
 
@@ -28,14 +28,13 @@ if TYPE_CHECKING:
 EXTENSIONS: tuple[str, ...] = ()  # "module:function" -> list[Op] (links, time entries, watchers, merge, ...)
 
 JSON = "application/json"
-EMAIL = {"max_length": 320, "fmt": "email"}
 STATUS_E, PRIORITY_E, TYPE_E = tuple(STATUSES), tuple(PRIORITIES), tuple(TYPES)
 
 SCHEMAS: dict[str, spec.Schema] = {
     "Ticket": obj({
         "number": integer(), "subject": string(max_length=998), "status": string(enum=STATUS_E),
         "priority": string(enum=PRIORITY_E), "type": string(enum=TYPE_E),
-        "reporter": obj({"email": string(**EMAIL), "name": string(max_length=200)}, additional=True),
+        "reporter": obj({"email": email(), "name": string(max_length=200)}, additional=True),
         "sender": string(max_length=320, nullable=True), "organisation": string(max_length=200, nullable=True),
         "assignee": string(max_length=320, nullable=True), "group": string(max_length=100, nullable=True),
         "watchers": array(string(max_length=320), max_items=10_000), "tags": array(string(max_length=100)),
@@ -47,25 +46,25 @@ SCHEMAS: dict[str, spec.Schema] = {
         "links": array(obj({"kind": string(max_length=64), "number": integer()}), max_items=200),
     }, required=("number", "subject", "status"), additional=True),
     "TicketCreate": obj({
-        "subject": string(max_length=998, min_length=1), "reporter": string(**EMAIL),
+        "subject": string(max_length=998, min_length=1), "reporter": email(),
         "description": string(max_length=1 << 20), "priority": string(enum=PRIORITY_E),
         "type": string(enum=TYPE_E), "group": string(max_length=100, nullable=True),
         "organisation": string(max_length=200, nullable=True, description="an existing organisation's name"),
         "tags": array(string(max_length=100, min_length=1), max_items=tickets.MAX_TAGS),
-        "watchers": array(string(**EMAIL), max_items=tickets.MAX_WATCHERS),
+        "watchers": array(email(), max_items=tickets.MAX_WATCHERS),
         "external_id": string(max_length=200, min_length=1, nullable=True,
                               description="the caller's id for this ticket: a create with an external_id seen "
                                           "before returns that ticket (200) instead of a new one"),
     }, required=("subject", "reporter")),
     "TicketPatch": obj({
         "status": string(enum=STATUS_E), "priority": string(enum=PRIORITY_E), "type": string(enum=TYPE_E),
-        "assignee": string(**EMAIL, nullable=True, description="a staff contact; null unassigns"),
+        "assignee": email(nullable=True, description="a staff contact; null unassigns"),
         "group": string(max_length=100, min_length=1, nullable=True, description="null clears it"),
         "tags": array(string(max_length=100, min_length=1), max_items=tickets.MAX_TAGS),
         "remind_at": string(fmt="date-time", nullable=True,
                             description="pending with a reminder on this date (implies status pending); null "
                                         "clears it"),
-        "by": string(**EMAIL, description="the contact making the change (shown in notifications)"),
+        "by": email(description="the contact making the change (shown in notifications)"),
     }),
     "TicketChange": obj({"number": integer(), "changes": loose("field -> [old, new]"), "sla": loose(),
                          "ticket": ref("Ticket")}, required=("number", "changes", "ticket")),
@@ -83,17 +82,17 @@ SCHEMAS: dict[str, spec.Schema] = {
         "body": string(max_length=1 << 20, description="the text; public comments are mailed to the reporter "
                                                          "and watchers like a staff reply"),
         "internal": boolean("an internal note: only staff see it and get it"),
-        "author": string(**EMAIL, description="the contact who writes (default: the help desk)"),
+        "author": email(description="the contact who writes (default: the help desk)"),
     }, required=("body",)),
     "CommentUpload": obj({
-        "body": string(max_length=1 << 20), "internal": boolean(), "author": string(**EMAIL),
+        "body": string(max_length=1 << 20), "internal": boolean(), "author": email(),
         "files": array({"type": "string", "contentMediaType": "application/octet-stream"},
                        max_items=tickets.MAX_ATTACHMENTS, description="the attachments (any part with a file name)"),
     }),
-    "User": obj({"email": string(**EMAIL), "name": string(max_length=200), "role": string(enum=directory.ROLES),
+    "User": obj({"email": email(), "name": string(max_length=200), "role": string(enum=directory.ROLES),
                  "organisation": string(max_length=200, nullable=True), "auto_registered": boolean(),
                  "undeliverable": boolean()}, required=("email", "role"), additional=True),
-    "UserCreate": obj({"email": string(**EMAIL), "name": string(max_length=200),
+    "UserCreate": obj({"email": email(), "name": string(max_length=200),
                        "role": string(enum=directory.ROLES),
                        "organisation": string(max_length=200, description="an existing organisation")},
                       required=("email",)),
@@ -112,7 +111,7 @@ SCHEMAS: dict[str, spec.Schema] = {
                       "organisations": array(string(max_length=200)), "groups": array(string(max_length=100)),
                       "calendar": loose("business hours: tz, days (0 = Monday), start, end, holidays"),
                       "calendar_text": string(max_length=200), "warn_percent": integer(nullable=True),
-                      "warn_minutes_before": integer(nullable=True), "escalate_to": array(string(**EMAIL)),
+                      "warn_minutes_before": integer(nullable=True), "escalate_to": array(email()),
                       "notify_assignee": boolean(), "notify_group": boolean(), "source": string(max_length=16)},
                      required=("name", "response_minutes", "resolution_minutes"), additional=True),
     "SlaPolicyPut": obj({
@@ -123,7 +122,7 @@ SCHEMAS: dict[str, spec.Schema] = {
         "groups": array(string(max_length=100), max_items=500),
         "warn_percent": integer(minimum=0, maximum=100, nullable=True),
         "warn_minutes_before": integer(minimum=0, maximum=10_000_000, nullable=True),
-        "escalate_to": array(string(**EMAIL), max_items=50),
+        "escalate_to": array(email(), max_items=50),
         "calendar": string(max_length=200, nullable=True,
                            description="business hours, e.g. 'Europe/Berlin mon-fri 09:00-17:00'; null: around "
                                        "the clock"),
@@ -191,7 +190,8 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 # Tickets -----------------------------------------------------------------------------------------------------
 async def list_tickets(call: Call) -> Response:
-    filters = {k: call.query.get(k) for k in ("status", "priority", "type", "assignee", "group", "organisation", "tag")}
+    filters: dict[str, Any] = {k: call.query.get(k) for k in ("status", "priority", "type", "assignee", "group",
+                                                               "organisation", "tag")}
     return call.page(await call.run(tickets.list_tickets, call.app, **filters, **_paging(call)))
 
 
@@ -434,8 +434,8 @@ def operations(*, metrics_scope: str | None = None) -> list[Op]:
         Op("PATCH", "/users/{email}", "changeUser", "Change a contact", "directory", "admin", patch_user, [email],
            body=ref("UserPatch"), responses=_ok("The contact", "User")),
         Op("DELETE", "/users/{email}", "removeUser", "Remove a contact no ticket refers to", "directory", "admin",
-           delete_user, [email], responses={204: ("Removed", None, JSON), 409: ("Still referred to",
-                                                                                ref("Problem"), "application/problem+json")}),
+           delete_user, [email], responses={204: ("Removed", None, JSON),
+                                            409: ("Still referred to", ref("Problem"), "application/problem+json")}),
         Op("GET", "/organisations", "listOrganisations", "Organisations, by name", "directory", "read", list_orgs,
            [LIMIT, CURSOR], responses=_ok("A page of organisations", "OrganisationPage")),
         Op("POST", "/organisations", "createOrganisation", "Add an organisation", "directory", "admin", create_org,
@@ -458,7 +458,8 @@ def operations(*, metrics_scope: str | None = None) -> list[Op]:
         Op("DELETE", "/sla-policies/{name}", "removeSlaPolicy", "Remove an SLA policy (tickets keep their "
            "deadlines)", "sla", "admin", delete_policy, [name], responses={204: ("Removed", None, JSON)}),
         Op("GET", "/mail", "listMail", "Inbound mail, newest first", "mail", "read", list_mail,
-           [P("status", string(enum=tuple(MAIL_OUTCOMES))), LIMIT, CURSOR], responses=_ok("A page of mail", "MailPage")),
+           [P("status", string(enum=tuple(MAIL_OUTCOMES))), LIMIT, CURSOR],
+           responses=_ok("A page of mail", "MailPage")),
         Op("GET", "/mail/{id}", "getMail", "One inbound mail with its decision trace", "mail", "read", get_mail,
            [P("id", integer(minimum=1), "path")], responses=_ok("The mail", "Mail")),
         Op("POST", "/mail/{id}/replay", "replayMail", "Run a quarantined or rejected mail through the pipeline "

@@ -37,6 +37,10 @@ def string(*, max_length: int = 1000, min_length: int = 0, enum: tuple[str, ...]
     return _nullable(s, nullable)
 
 
+def email(*, nullable: bool = False, description: str = "") -> Schema:
+    return string(max_length=320, fmt="email", nullable=nullable, description=description)
+
+
 def integer(*, minimum: int | None = None, maximum: int | None = None, nullable: bool = False,
             description: str = "") -> Schema:
     s: Schema = {"type": "integer"}
@@ -121,42 +125,59 @@ def validate(value: Any, schema: Schema, schemas: dict[str, Schema], path: str =
         return []
     if "enum" in schema and value not in schema["enum"]:
         return [(where, f"must be one of {', '.join(str(x) for x in schema['enum'] if x is not None)}")]
-    errors: list[tuple[str, str]] = []
     if isinstance(value, str):
-        if len(value) > schema.get("maxLength", 1 << 30):
-            errors.append((where, f"at most {schema['maxLength']} characters"))
-        if len(value) < schema.get("minLength", 0):
-            errors.append((where, f"at least {schema['minLength']} character(s)"))
-        fmt = schema.get("format")
-        if fmt == "email" and not _EMAIL.match(value):
-            errors.append((where, "not an email address"))
-        if fmt == "date-time":
-            try:
-                if datetime.fromisoformat(value.replace("Z", "+00:00")).tzinfo is None:
-                    errors.append((where, "needs a zone offset (e.g. Z)"))
-            except ValueError:
-                errors.append((where, "not an ISO 8601 date-time"))
-    elif isinstance(value, int) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            errors.append((where, f"at least {schema['minimum']}"))
-        if "maximum" in schema and value > schema["maximum"]:
-            errors.append((where, f"at most {schema['maximum']}"))
-    elif isinstance(value, list):
+        return _check_string(value, schema, where)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _check_int(value, schema, where)
+    if isinstance(value, list):
         if len(value) > schema.get("maxItems", 1 << 30):
             return [(where, f"at most {schema['maxItems']} items")]
-        for i, item in enumerate(value):
-            errors += validate(item, schema.get("items", {}), schemas, f"{path}[{i}]" if path else f"[{i}]")
-    elif isinstance(value, dict):
-        props = schema.get("properties", {})
-        for name in schema.get("required", []):
-            if name not in value:
-                errors.append((f"{path}.{name}" if path else name, "is required"))
-        for name, item in value.items():
-            sub = f"{path}.{name}" if path else str(name)
-            if name in props:
-                errors += validate(item, props[name], schemas, sub)
-            elif schema.get("additionalProperties") is False:
-                errors.append((sub, "unknown field"))
+        return [e for i, item in enumerate(value)
+                for e in validate(item, schema.get("items", {}), schemas, f"{path}[{i}]" if path else f"[{i}]")]
+    if isinstance(value, dict):
+        return _check_object(value, schema, schemas, path)
+    return []
+
+
+def _check_string(value: str, schema: Schema, where: str) -> list[tuple[str, str]]:
+    errors = []
+    if len(value) > schema.get("maxLength", 1 << 30):
+        errors.append((where, f"at most {schema['maxLength']} characters"))
+    if len(value) < schema.get("minLength", 0):
+        errors.append((where, f"at least {schema['minLength']} character(s)"))
+    fmt = schema.get("format")
+    if fmt == "email" and not _EMAIL.match(value):
+        errors.append((where, "not an email address"))
+    if fmt == "date-time":
+        try:
+            if datetime.fromisoformat(value.replace("Z", "+00:00")).tzinfo is None:
+                errors.append((where, "needs a zone offset (e.g. Z)"))
+        except ValueError:
+            errors.append((where, "not an ISO 8601 date-time"))
+    return errors
+
+
+def _check_int(value: int, schema: Schema, where: str) -> list[tuple[str, str]]:
+    if "minimum" in schema and value < schema["minimum"]:
+        return [(where, f"at least {schema['minimum']}")]
+    if "maximum" in schema and value > schema["maximum"]:
+        return [(where, f"at most {schema['maximum']}")]
+    return []
+
+
+def _check_object(value: dict[str, Any], schema: Schema, schemas: dict[str, Schema],
+                  path: str) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    props = schema.get("properties", {})
+    for name in schema.get("required", []):
+        if name not in value:
+            errors.append((f"{path}.{name}" if path else name, "is required"))
+    for name, item in value.items():
+        sub = f"{path}.{name}" if path else str(name)
+        if name in props:
+            errors += validate(item, props[name], schemas, sub)
+        elif schema.get("additionalProperties") is False:
+            errors.append((sub, "unknown field"))
     return errors
 
 

@@ -33,7 +33,7 @@ def list_mail(app: App, *, status: str | None = None, limit: int = pages.DEFAULT
         more = len(mails) > limit
         mails = mails[:limit]
         numbers = ticket_numbers(s, [m.ticket_id for m in mails])
-        items = [mail_dict(m, numbers.get(m.ticket_id)) for m in mails]
+        items = [mail_dict(m, numbers.get(m.ticket_id or 0)) for m in mails]
     return Page(items, pages.encode({"id": mails[-1].id}) if more and mails else None)
 
 
@@ -42,7 +42,7 @@ def get_mail(app: App, mail_id: int, *, trace: bool = True) -> dict[str, Any]:
         m = s.get(InboundMail, mail_id)
         if m is None:
             raise NotFound(f"no mail {mail_id}")
-        return mail_dict(m, ticket_numbers(s, [m.ticket_id]).get(m.ticket_id), trace=trace)
+        return mail_dict(m, ticket_numbers(s, [m.ticket_id]).get(m.ticket_id or 0), trace=trace)
 
 
 def raw_mail(app: App, mail_id: int) -> bytes:

@@ -39,7 +39,7 @@ def list_outbox(app: App, *, status: str | None = None, limit: int = pages.DEFAU
         more = len(rows) > limit
         rows = rows[:limit]
         numbers = ticket_numbers(s, [r.ticket_id for r in rows])
-        items = [outbox_view(r, numbers.get(r.ticket_id)) for r in rows]
+        items = [outbox_view(r, numbers.get(r.ticket_id or 0)) for r in rows]
     return Page(items, pages.encode({"id": rows[-1].id}) if more and rows else None)
 
 
@@ -54,4 +54,4 @@ def retry_outbox(app: App, outbox_id: int) -> dict[str, Any]:
     except ValueError as e:
         raise Conflict(str(e.args[0] if e.args else e)) from None
     with app.sessions() as s:
-        return outbox_view(row, ticket_numbers(s, [row.ticket_id]).get(row.ticket_id))
+        return outbox_view(row, ticket_numbers(s, [row.ticket_id]).get(row.ticket_id or 0))

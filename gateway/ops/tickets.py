@@ -10,7 +10,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Iterable
 
-from sqlalchemy import JSON, and_, cast, exists, func, literal, or_, select, true
+from sqlalchemy import and_, cast, exists, func, literal, or_, select, true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -203,29 +203,32 @@ def _request_hash(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _new_ticket_values(data: dict[str, Any]) -> dict[str, Any]:
+    subject = data.get("subject")
+    if not isinstance(subject, str) or not subject.strip() or len(subject) > 998:
+        raise Invalid("subject: 1-998 characters", field="subject")
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise Invalid("description: text", field="description")
+    group = data.get("group") or None
+    if group is not None and (not isinstance(group, str) or len(group) > 100):
+        raise Invalid("group: 1-100 characters", field="group")
+    watchers = data.get("watchers") or []
+    if not isinstance(watchers, list) or len(watchers) > MAX_WATCHERS:
+        raise Invalid(f"watchers: a list of at most {MAX_WATCHERS} addresses", field="watchers")
+    return {"subject": subject.strip(), "reporter": check_email(data.get("reporter"), "reporter"),
+            "description": description, "priority": _choice(data.get("priority") or "medium", "priority", PRIORITIES),
+            "type": _choice(data.get("type") or "incident", "type", TYPES), "group": group,
+            "tags": _tags(data.get("tags") or []), "watchers": [check_email(w, "watchers") for w in watchers],
+            "organisation": data.get("organisation") or None}
+
+
 def create_ticket(app: App, data: dict[str, Any], *, idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
     """A new ticket from plain values: subject, reporter (email), and optionally description, priority, type,
     group, organisation (a name), tags, watchers (emails), external_id. Returns (ticket, created). An
     `idempotency_key` or `external_id` seen before returns the ticket made then (created False): a retried
     create never makes a second ticket; the same key with a different request is refused."""
-    subject = data.get("subject")
-    if not isinstance(subject, str) or not subject.strip() or len(subject) > 998:
-        raise Invalid("subject: 1-998 characters", field="subject")
-    reporter = check_email(data.get("reporter"), "reporter")
-    description = data.get("description") or ""
-    if not isinstance(description, str):
-        raise Invalid("description: text", field="description")
-    priority = _choice(data.get("priority") or "medium", "priority", PRIORITIES)
-    ttype = _choice(data.get("type") or "incident", "type", TYPES)
-    group = data.get("group") or None
-    if group is not None and (not isinstance(group, str) or len(group) > 100):
-        raise Invalid("group: 1-100 characters", field="group")
-    tags = _tags(data.get("tags") or [])
-    watchers = data.get("watchers") or []
-    if not isinstance(watchers, list) or len(watchers) > MAX_WATCHERS:
-        raise Invalid(f"watchers: a list of at most {MAX_WATCHERS} addresses", field="watchers")
-    watchers = [check_email(w, "watchers") for w in watchers]
-    org_name = data.get("organisation") or None
+    v = _new_ticket_values(data)
     external_id = data.get("external_id") or None
     if external_id is not None and (not isinstance(external_id, str) or len(external_id) > 200):
         raise Invalid("external_id: 1-200 characters", field="external_id")
@@ -248,19 +251,19 @@ def create_ticket(app: App, data: dict[str, Any], *, idempotency_key: str | None
                 return _view(s, t, app.clock()), False
             d = Directory(s, app.clock)
             org = None
-            if org_name:
-                org = d.organisation(str(org_name))
+            if v["organisation"]:
+                org = d.organisation(str(v["organisation"]))
                 if org is None:
-                    raise Invalid(f"organisation: no organisation {org_name!r}", field="organisation")
-            contact = d.contact(reporter) or d.register(reporter)
+                    raise Invalid(f"organisation: no organisation {v['organisation']!r}", field="organisation")
+            contact = d.contact(v["reporter"]) or d.register(v["reporter"])
             tickets = Tickets(s, clock=app.clock, listeners=app.listeners)
             try:
-                t = tickets.create(subject=subject.strip(), reporter=contact, description=description,
-                                   organisation_id=org.id if org else None, priority=priority, type=ttype,
-                                   group=group, tags=tags)
+                t = tickets.create(subject=v["subject"], reporter=contact, description=v["description"],
+                                   organisation_id=org.id if org else None, priority=v["priority"], type=v["type"],
+                                   group=v["group"], tags=v["tags"])
             except InvalidChange as e:
                 raise Invalid(str(e)) from None
-            for w in watchers:
+            for w in v["watchers"]:
                 c = d.contact(w) or d.register(w)
                 tickets.add_watcher(t, c)
             for key in keys:
@@ -272,10 +275,7 @@ def create_ticket(app: App, data: dict[str, Any], *, idempotency_key: str | None
 
 
 # Changing ----------------------------------------------------------------------------------------------------
-def change_ticket(app: App, number: int, fields: dict[str, Any], *, by: str | None = None) -> dict[str, Any]:
-    """Change status, priority, type, assignee (a staff email, or None), group (None clears), tags,
-    remind_at (a datetime: pending with a reminder; None clears). Returns the changes, the SLA figures and
-    the ticket. Rules: a reminder implies pending; leaving pending drops the reminder."""
+def _change_values(fields: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(fields) - set(CHANGEABLE))
     if unknown:
         raise Invalid(f"{unknown[0]}: cannot be changed here (one of {', '.join(CHANGEABLE)})", field=unknown[0])
@@ -296,7 +296,14 @@ def change_ticket(app: App, number: int, fields: dict[str, Any], *, by: str | No
         fields.setdefault("status", "pending")
         if fields["status"] != "pending":
             raise Invalid("remind_at goes with status pending", field="remind_at")
+    return fields
 
+
+def change_ticket(app: App, number: int, fields: dict[str, Any], *, by: str | None = None) -> dict[str, Any]:
+    """Change status, priority, type, assignee (a staff email, or None), group (None clears), tags,
+    remind_at (a datetime: pending with a reminder; None clears). Returns the changes, the SLA figures and
+    the ticket. Rules: a reminder implies pending; leaving pending drops the reminder."""
+    fields = _change_values(fields)
     with transaction(app.sessions) as s:
         tickets = Tickets(s, clock=app.clock, listeners=app.listeners)
         directory = Directory(s, app.clock)

@@ -4,9 +4,11 @@ answers, idempotent create and upsert, pagination, request limits and the OpenAP
 
 from __future__ import annotations
 
+import contextlib
 import json
 import smtplib
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
@@ -18,8 +20,9 @@ from gateway.models import OutboxMail
 from gateway.ops.tokens import create_token
 
 
-@pytest.fixture
-def gw(tmp_path, db_url):  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def gateways(tmp_path: Path, db_url: str) -> Iterator[Callable[..., Gateway]]:
+    """Start gateways (`serve` in-process, HTTP on a free port) on one store; all stopped at the end."""
     running: list[Running] = []
 
     def start(**kw: Any) -> Gateway:
@@ -28,10 +31,18 @@ def gw(tmp_path, db_url):  # type: ignore[no-untyped-def]
         running.append(r)
         return Gateway(r)
 
-    yield start
-    for r in running:
-        if r.thread.is_alive():
-            r.stop()
+    try:
+        yield start
+    finally:
+        for r in running:
+            if r.thread.is_alive():
+                r.stop()
+
+
+@pytest.fixture
+def gw(tmp_path, db_url):  # type: ignore[no-untyped-def]
+    with gateways(tmp_path, db_url) as start:
+        yield start
 
 
 class Gateway:

@@ -17,18 +17,22 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import run_cli, write_config
-from test_http_api import Gateway, all_pages, gw, problem  # noqa: F401 -- the fixture
+from test_http_api import Gateway, all_pages, gateways, problem
 from test_smtp import free_port, make_mail
 
 from gateway.outbound.sender import deliver_due
+
+
+@pytest.fixture
+def gw(tmp_path, db_url):  # type: ignore[no-untyped-def]
+    with gateways(tmp_path, db_url) as start:
+        yield start
 
 
 def maildir_mails(g: Gateway) -> list[email.message.EmailMessage]:
@@ -118,7 +122,8 @@ def test_slow_and_hostile_http_clients_never_delay_a_250(gw) -> None:  # type: i
     g = gw(http={"request_timeout_seconds": 4, "max_connections": 16})
     port = int(g.base.rsplit(":", 1)[1])
     # 16 connections trickling heads and 16 more (over the cap) holding them open, all at once
-    tricklers = [Trickler(port, body=False) for _ in range(16)] + [Trickler(port, body=False, pause=1) for _ in range(16)]
+    tricklers = [Trickler(port, body=False) for _ in range(16)]
+    tricklers += [Trickler(port, body=False, pause=1) for _ in range(16)]
     for t in tricklers:
         t.start()
     time.sleep(0.5)
