@@ -397,8 +397,9 @@ class Api:
             raw = await request.body()
             try:
                 call.body = json.loads(raw) if raw else None
-            except (ValueError, UnicodeDecodeError):
-                raise Problem(400, "Bad request", "the body is not JSON", kind="bad-request") from None
+            except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[..." nested too deep
+                raise Problem(400, "Bad request", "the body is not JSON (or nested too deeply)",
+                              kind="bad-request") from None
         else:
             want = " or ".join(m for m, s in (("application/json", op.body), ("multipart/form-data", op.form)) if s)
             raise Problem(415, "Unsupported media type", f"send {want}", kind="unsupported-media-type")

@@ -245,7 +245,7 @@ async def get_attachment(call: Call) -> Response:
     return Response(data, media_type="application/octet-stream", headers={
         # always a download, never rendered: a stored HTML or SVG file cannot run script in the API's origin
         "Content-Disposition": f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}",
-        "X-Original-Content-Type": meta["content_type"].encode("ascii", "replace").decode(),
+        "X-Original-Content-Type": tickets.clean_content_type(meta["content_type"]),
         "Digest": f"sha-256={_b64(meta['sha256'])}",
     })
 

@@ -353,6 +353,7 @@ def test_request_limits(gw) -> None:  # type: ignore[no-untyped-def]
                        files={"f": ("big.bin", b"\0" * (70 * 1024), "application/octet-stream")}), 413)
         problem(c.post("/api/v1/tickets", content=b"subject=x", headers={"content-type": "text/plain"}), 415)
         problem(c.post("/api/v1/tickets", content=b"{not json", headers={"content-type": "application/json"}), 400)
+        problem(c.post("/api/v1/tickets", content=b"[" * 4000, headers={"content-type": "application/json"}), 400)
         problem(c.post("/api/v1/tickets", json={"subject": "x", "reporter": "a@b.example", "tags": ["t"] * 51}), 422)
         problem(c.post("/api/v1/tickets", json=["not", "an", "object"]), 422)
         problem(c.delete("/api/v1/tickets/1"), 405)
