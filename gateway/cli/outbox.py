@@ -26,34 +26,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     fl.set_defaults(func=flush_outbox)
 
 
-def _row(r, numbers) -> dict:  # type: ignore[no-untyped-def]
-    from gateway.views import iso
-
-    return {"id": r.id, "created_at": iso(r.created_at), "ticket": numbers.get(r.ticket_id), "event": r.event,
-            "recipient": r.recipient, "subject": r.subject, "message_id": r.message_id, "status": r.status,
-            "attempts": r.attempts, "next_attempt_at": iso(r.next_attempt_at), "sent_at": iso(r.sent_at),
-            "last_error": r.last_error}
-
-
 def list_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from sqlalchemy import select
-
     from gateway.cli import open_app
-    from gateway.models import OUTBOX_STATUSES, OutboxMail
-    from gateway.views import ticket_numbers
+    from gateway.models import OUTBOX_STATUSES
+    from gateway.ops.outbox import list_outbox as list_op
+    from gateway.ops.pages import MAX_LIMIT
 
     if args.status and args.status not in OUTBOX_STATUSES:
         raise UsageError(f"--status must be one of {', '.join(OUTBOX_STATUSES)}")
     app = open_app(config, upgrade=True)
-    with app.sessions() as s:
-        q = select(OutboxMail).order_by(OutboxMail.id.desc())
-        if args.status:
-            q = q.where(OutboxMail.status == args.status)
-        if args.limit:
-            q = q.limit(args.limit)
-        rows = s.scalars(q).all()
-        numbers = ticket_numbers(s, [r.ticket_id for r in rows])
-        out = [_row(r, numbers) for r in rows]
+    out: list[dict] = []  # type: ignore[type-arg]
+    cursor = None
+    try:
+        while True:  # pages of the shared operation, up to --limit (0: all)
+            want = min(MAX_LIMIT, args.limit - len(out)) if args.limit else MAX_LIMIT
+            page = list_op(app, status=args.status, limit=want, cursor=cursor)
+            out += page.items
+            cursor = page.next_cursor
+            if not cursor or (args.limit and len(out) >= args.limit):
+                break
+    finally:
+        app.close()
     if args.json:
         json.dump(out, sys.stdout, ensure_ascii=False, indent=1)
         print()
@@ -71,17 +64,21 @@ def list_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-unt
 
 def retry_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
     from gateway.cli import EX_DATAERR, open_app
-    from gateway.outbound.sender import retry
+    from gateway.ops.errors import OpError
+    from gateway.ops.outbox import retry_outbox as retry_op
 
     app = open_app(config, upgrade=True)
     rc = 0
-    for i in args.ids:
-        try:
-            row = retry(app, i)
-            print(f"outbox {i}: queued again for {row.recipient}")
-        except (KeyError, ValueError) as e:
-            print(f"ticket-gateway: {e.args[0] if e.args else e}", file=sys.stderr)
-            rc = EX_DATAERR
+    try:
+        for i in args.ids:
+            try:
+                row = retry_op(app, i)
+                print(f"outbox {i}: queued again for {row['recipient']}")
+            except OpError as e:
+                print(f"ticket-gateway: {e.detail}", file=sys.stderr)
+                rc = EX_DATAERR
+    finally:
+        app.close()
     return rc
 
 

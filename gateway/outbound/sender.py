@@ -84,12 +84,32 @@ class MaildirTransport:
     def __init__(self, path: Path) -> None:
         self.box = mailbox.Maildir(str(path), create=True)
 
-    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> None:
+    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> str:
         head = f"Return-Path: <{envelope_from}>\r\nX-Original-To: {rcpt}\r\n".encode("ascii", "replace")
-        self.box.add((head + raw).replace(b"\r\n", b"\n"))
+        key = self.box.add((head + raw).replace(b"\r\n", b"\n"))
+        return f"maildir {key}"
 
     def close(self) -> None:
         pass
+
+
+class _Answered:
+    """smtplib keeps no reply of a successful sendmail: remember the answer to DATA (the relay's queue id)."""
+
+    data_reply: tuple[int, bytes] = (0, b"")
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        reply: tuple[int, bytes] = super().data(msg)  # type: ignore[misc]
+        self.data_reply = reply
+        return reply
+
+
+class _SMTP(_Answered, smtplib.SMTP):
+    pass
+
+
+class _SMTP_SSL(_Answered, smtplib.SMTP_SSL):
+    pass
 
 
 class SMTPTransport:
@@ -112,10 +132,9 @@ class SMTPTransport:
         host, port, timeout = c["relay_host"], c["relay_port"], c["relay_timeout_seconds"]
         try:
             if c["relay_security"] == "tls":
-                conn: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout,
-                                                      context=ssl.create_default_context())
+                conn: smtplib.SMTP = _SMTP_SSL(host, port, timeout=timeout, context=ssl.create_default_context())
             else:
-                conn = smtplib.SMTP(host, port, timeout=timeout)
+                conn = _SMTP(host, port, timeout=timeout)
             conn.ehlo_or_helo_if_needed()
             if c["relay_security"] == "starttls":
                 conn.starttls(context=ssl.create_default_context())
@@ -128,7 +147,8 @@ class SMTPTransport:
             raise TransportDown(f"relay {host}:{port} unreachable: {type(e).__name__}: {e}") from e
         return conn
 
-    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> None:
+    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> str:
+        """Send; returns the relay's answer (e.g. '250 2.0.0 Ok: queued as 4F1...')."""
         if self.conn is None:
             self.conn = self.connect()
         try:
@@ -149,6 +169,8 @@ class SMTPTransport:
         if refused:
             code, msg = next(iter(refused.values()))
             _raise_for(code, msg, f"recipient {rcpt} refused")
+        code, msg = getattr(self.conn, "data_reply", (250, b""))
+        return f"{code} {_text(msg)}".strip()
 
     def _drop(self) -> None:
         if self.conn is not None:
@@ -304,8 +326,8 @@ def deliver_due(app: "App", now: datetime | None = None, *, limit: int | None = 
                     transport = make_transport(app)
                 envelope_from, recipient, raw = row
                 try:
-                    transport.send(envelope_from, recipient, raw)
-                    results.append((row_id, "sent", None))
+                    answer = transport.send(envelope_from, recipient, raw)
+                    results.append((row_id, "sent", answer if isinstance(answer, str) else None))
                 except Permanent as e:
                     results.append((row_id, "failed", str(e)))
                 except Temporary as e:
@@ -321,8 +343,13 @@ def deliver_due(app: "App", now: datetime | None = None, *, limit: int | None = 
         if own and transport is not None:
             transport.close()
         _record(app, token, now, results, counts)
-    if down:
-        log.warning("outbound: relay unavailable (%s); %d mail(s) deferred", down, counts.deferred)
+    target = "outgoing mail (" + (f"relay {cfg['relay_host']}:{cfg['relay_port']}" if cfg["relay_host"]
+                                  else "local Maildir") + ")"
+    if down:  # one line when it goes down (and when it is back), not one per round
+        if not app.observe.state("outgoing mail", False, f"{target}: {down}"):
+            log.debug("outbound: still unavailable (%s); %d mail(s) deferred", down, counts.deferred)
+    elif counts.sent:
+        app.observe.state("outgoing mail", True, target)
     return counts
 
 
@@ -330,8 +357,11 @@ def _record(app: "App", token: str, now: datetime, results: list[tuple[int, str,
             counts: Counts) -> None:
     if not results:
         return
+    from gateway.observe import Delivery
+
     cfg = app.config.outbound
     give_up = timedelta(hours=cfg["give_up_hours"])
+    done: list[Delivery] = []
     with transaction(app.sessions) as s:
         rows = {r.id: r for r in s.scalars(select(OutboxMail).where(
             OutboxMail.id.in_([i for i, _, _ in results]), OutboxMail.claim_token == token))}
@@ -352,7 +382,6 @@ def _record(app: "App", token: str, now: datetime, results: list[tuple[int, str,
                 row.next_attempt_at = None
                 counts.failed += 1
                 counts.errors.append(f"outbox {row_id}: {err}")
-                log.warning("outbound: mail %s to %s failed permanently: %s", row_id, row.recipient, err)
             else:
                 if now - row.created_at >= give_up:
                     row.status = "failed"
@@ -364,7 +393,12 @@ def _record(app: "App", token: str, now: datetime, results: list[tuple[int, str,
                     row.next_attempt_at = now + backoff(row.attempts, cfg["retry_base_seconds"],
                                                         cfg["retry_max_seconds"])
                     counts.deferred += 1
+            done.append(Delivery(row.id, row.recipient, row.event,
+                                 "sent" if row.status == "sent" else row.status if row.status == "failed"
+                                 else "deferred", err if row.status != "failed" else row.last_error))
     results.clear()
+    for d in done:  # once committed: one line per delivery (gateway.observe)
+        app.observe(d)
 
 
 def flush(app: "App", now: Callable[[], datetime] | None = None, *, max_rounds: int = 10_000) -> Counts:
