@@ -224,6 +224,9 @@ port = {self.port}
 hostname = "bench"
 {chr(10).join(serve_options or [])}
 
+[http]
+listen = "127.0.0.1:0"
+
 [logging]
 level = "WARNING"
 ''')

@@ -61,6 +61,28 @@ def _port(v: int) -> str | None:
     return None if 0 <= v <= 65535 else "must be a port number 0-65535"
 
 
+def http_address(v: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port); raises ValueError."""
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError("host:port, e.g. 127.0.0.1:8025 or [::1]:8025")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not 0 <= int(port) <= 65535:
+        raise ValueError("port must be 0-65535")
+    return host, int(port)
+
+
+def _http_listen(v: str) -> str | None:
+    if not v:
+        return None
+    try:
+        http_address(v)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _tag_prefix(v: str) -> str | None:
     return None if re.fullmatch(r"[A-Za-z0-9#_-]{1,16}", v) else "letters, digits, # _ - only (1-16)"
 
@@ -416,11 +438,37 @@ SCHEMA: dict[str, Section] = {
                             check=lambda v: _sla_policies(v)),
         },
     ),
+    "http": Section(
+        "The HTTP listener of `serve`: the JSON API under /api/v1 (Bearer tokens: `ticket-gateway tokens "
+        "create`), GET /healthz and GET /metrics (Prometheus). It runs on the service's own event loop; a slow "
+        "or hostile HTTP client never holds up mail.",
+        {
+            "listen": Key(str, "127.0.0.1:8025", "host:port to listen on ('[::1]:8025' for IPv6; port 0: any "
+                          "free port, logged at start). Empty: no HTTP listener. Anything but loopback should sit "
+                          "behind a TLS-terminating reverse proxy.", check=lambda v: _http_listen(v)),
+            "metrics_token": Key(bool, False, "GET /metrics needs a token (any scope) like the API. Else it is "
+                                 "open to whoever reaches the listener (it shows counts, never addresses)."),
+            "max_body_bytes": Key(int, 1024 * 1024, "Largest JSON request body, in bytes (more: 413).",
+                                  check=_positive),
+            "max_upload_bytes": Key(int, 25 * 1024 * 1024, "Largest multipart request (a comment with its "
+                                    "attachments), in bytes (more: 413).", check=_positive),
+            "max_connections": Key(int, 64, "Most concurrent HTTP connections; more are answered 503 and "
+                                   "closed.", check=_positive),
+            "request_timeout_seconds": Key(int, 30, "A request's head and body must arrive within this many "
+                                           "seconds (slow clients are cut off: 408).", check=_positive),
+            "auth_failures_per_minute": Key(int, 10, "Failed token attempts allowed per client address per "
+                                            "minute; more are answered 429 until the minute has passed.",
+                                            check=_positive),
+        },
+    ),
     "logging": Section(
         "Logs.",
         {
             "level": Key(str, "INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
             "file": Key(str, "", "Log file (reopened on SIGHUP). Empty: standard error (journald under systemd)."),
+            "format": Key(str, "text", "'text': one readable line per event; 'json': one JSON object per line "
+                          "(time, level, logger, message and the event's fields, e.g. mail_id, outcome).",
+                          choices=("text", "json")),
         },
     ),
 }

@@ -22,11 +22,13 @@ if TYPE_CHECKING:
     from gateway.clock import Clock
     from gateway.config import Config
     from gateway.events import Listeners
+    from gateway.observe import Observer
     from gateway.pipeline import Handler
 
 
 class AppHost(Protocol):
-    """The App as a feature sees it: the configuration, the clock, database sessions, event listeners."""
+    """The App as a feature sees it: the configuration, the clock, database sessions, event listeners, and
+    where log lines and metrics go."""
 
     @property
     def config(self) -> Config: ...
@@ -39,6 +41,9 @@ class AppHost(Protocol):
 
     @property
     def listeners(self) -> Listeners: ...
+
+    @property
+    def observe(self) -> Observer: ...
 
 
 class IntakeHost(AppHost, Protocol):

@@ -846,6 +846,7 @@ class ImapPoller:
                 if self.client is None:
                     self.state = "connecting"
                     self.connect()
+                    self.app.observe.state(f"imap {a.name}", True, f"{a.user}@{a.host}:{a.effective_port}")
                 self.state = "draining"
                 result = self.drain()
                 if (result.deferred or result.postponed or result.paused) and not stop.is_set():
@@ -861,11 +862,16 @@ class ImapPoller:
                     self.state = "waiting"
                     stop.wait(a.poll_seconds)
             except Exception as e:  # noqa: BLE001 -- network, server or database trouble: reconnect later
+                # one line per change of state (gateway.observe), the retries themselves at DEBUG
                 if is_unavailable(e) and not isinstance(e, (OSError,)):
-                    self.log.warning("database unavailable: %s; retrying in %.0f s", e, backoff)
+                    if not self.app.observe.state("database", False, f"{type(e).__name__}: {e}"):
+                        self.log.debug("database unavailable: %s; retrying in %.0f s", e, backoff)
                 else:
-                    self.log.warning("IMAP error (%s: %s); reconnecting in %.0f s", type(e).__name__, e,
-                                     backoff)
+                    from gateway.observe import ImapPollError
+
+                    self.app.observe(ImapPollError(a.name))
+                    if not self.app.observe.state(f"imap {a.name}", False, f"{type(e).__name__}: {e}"):
+                        self.log.debug("IMAP error (%s: %s); reconnecting in %.0f s", type(e).__name__, e, backoff)
                 self.disconnect()
                 self.state = "backoff"
                 stop.wait(backoff)

@@ -46,6 +46,12 @@ class Result:
     ticket_number: int | None = None
     comment_id: int | None = None
     trace: list[str] = field(default_factory=list)
+    # for the log line and the metrics (gateway.observe.MailDone)
+    transport: str = ""
+    sender: str | None = None
+    message_id: str | None = None
+    latency: float | None = None  # seconds from storing to the outcome
+    fresh: bool = False           # the outcome was decided now (not a recorded one read again)
 
     def as_dict(self) -> dict[str, Any]:
         return {"mail_id": self.mail_id, "outcome": self.outcome, "reason": self.reason,
@@ -123,7 +129,18 @@ class Intake:
     # Step 2: thread ----------------------------------------------------------------
     def process(self, mail_id: int) -> Result:
         """Thread a stored mail; a mail already processed returns its recorded result."""
-        return self._retrying(lambda: self._process_stored(mail_id), f"mail {mail_id}")
+        started = time.perf_counter()
+        return self._observed(self._retrying(lambda: self._process_stored(mail_id), f"mail {mail_id}"), started)
+
+    def _observed(self, result: Result, started: float) -> Result:
+        """A committed outcome decided now: its log line and metrics (gateway.observe)."""
+        if result.fresh and result.mail_id:
+            from gateway.observe import MailDone
+
+            self.app.observe(MailDone(result.mail_id, result.transport, result.sender, result.message_id,
+                                      result.outcome, result.ticket_number, result.reason,
+                                      (time.perf_counter() - started) * 1000, result.latency))
+        return result
 
     def ingest(self, raw: bytes, envelope: Envelope, *, dry_run: bool = False, durable_first: bool = True) -> Result:
         """Store and thread one mail. durable_first=True commits the raw mail on its own first (a transport
@@ -133,7 +150,8 @@ class Intake:
             return self._retrying(lambda: self._run_new(raw, envelope, dry_run=True), "dry run")
         if durable_first:
             return self.process(self.store(raw, envelope))
-        return self._retrying(lambda: self._run_new(raw, envelope, dry_run=False), "mail")
+        started = time.perf_counter()
+        return self._observed(self._retrying(lambda: self._run_new(raw, envelope, dry_run=False), "mail"), started)
 
     def batch(self) -> IngestBatch:
         """Several mails stored and threaded in ONE write transaction (one commit, one fsync), each in its own
@@ -227,7 +245,7 @@ class Intake:
             ctx.note("traceback: " + "".join(traceback.format_exception_only(type(e), e)).strip()[:1000])
             self._record(ctx, "quarantined", reason)
             log.exception("mail %s quarantined", mail.id)
-        return self._result(mail)
+        return self._result(mail, fresh=True)
 
     def _run_batched(self, s: Any, raw: bytes, envelope: Envelope, prepared: Any = None) -> Result:
         """`_run` for a new mail inside an IngestBatch: the mail row, what the handlers write and the raw
@@ -271,7 +289,7 @@ class Intake:
             if sp.is_active:
                 sp.rollback()
             raise
-        return self._result(mail, ctx.ticket)
+        return self._result(mail, ctx.ticket, fresh=True)
 
     @staticmethod
     def _preallocated_id(s: Any) -> int | None:
@@ -305,7 +323,7 @@ class Intake:
             if rejected is not None:
                 ctx.tickets.emit(MailRejected(mail.id, ctx.sender_email, rejected.reason))
             s.connection().execute(insert(table_of(InboundRaw)), [{"mail_id": mail.id, "data": raw}])
-        return self._result(mail)
+        return self._result(mail, fresh=True)
 
     def _record(self, ctx: MailContext, outcome: str, reason: str | None) -> None:
         mail = ctx.mail
@@ -342,8 +360,9 @@ class Intake:
             ctx.session.flush()
 
     @staticmethod
-    def _result(mail: InboundMail, ticket: Ticket | None = None) -> Result:
-        """ticket: the mail's ticket when the caller has it (a batch import's mail row is outside the session)."""
+    def _result(mail: InboundMail, ticket: Ticket | None = None, *, fresh: bool = False) -> Result:
+        """ticket: the mail's ticket when the caller has it (a batch import's mail row is outside the session).
+        fresh: the outcome was decided now (it gets a log line once committed)."""
         number = None
         s = object_session(mail)
         if ticket is not None and ticket.id == mail.ticket_id:
@@ -351,7 +370,12 @@ class Intake:
         elif mail.ticket_id is not None and s is not None:
             t = s.get(Ticket, mail.ticket_id)
             number = t.number if t else None
-        return Result(mail.id, mail.outcome, mail.reason, number, mail.comment_id, list(mail.trace or []))
+        latency = None
+        if mail.processed_at is not None and mail.received_at is not None:
+            latency = max(0.0, (mail.processed_at - mail.received_at).total_seconds())
+        return Result(mail.id, mail.outcome, mail.reason, number, mail.comment_id, list(mail.trace or []),
+                      transport=mail.source, sender=mail.sender, message_id=mail.message_id, latency=latency,
+                      fresh=fresh)
 
     # Recovery and replay -------------------------------------------------------------
     def pending(self, *, older_than: timedelta = timedelta(0), limit: int = 100) -> list[int]:
@@ -409,6 +433,7 @@ class IngestBatch:
         self.size = 0
         self.started = time.monotonic()
         self._open = True
+        self._done: list[tuple[Result, float]] = []  # (result, seconds): logged and counted once committed
 
     def ingest(self, raw: bytes, envelope: Envelope, prepared: Any = None) -> Result:
         """prepared: the pure work for this mail done ahead (gateway.prepare.Prepared), or None."""
@@ -417,9 +442,12 @@ class IngestBatch:
         s = self.session
         self.count += 1
         self.size += len(raw)
+        started = time.perf_counter()
         for attempt in range(5):
             try:
-                return self.intake._run_batched(s, raw, envelope, prepared)  # rolled back when it raises
+                result = self.intake._run_batched(s, raw, envelope, prepared)  # rolled back when it raises
+                self._done.append((result, time.perf_counter() - started))
+                return result
             except IntegrityError:
                 log.info("mail: conflict with a concurrent writer, running again")
                 if attempt == 4:
@@ -430,7 +458,9 @@ class IngestBatch:
                 if is_unavailable(e):
                     raise StoreUnavailable(str(e)) from e
                 log.exception("mail could not be stored with its outcome; storing it quarantined")
-                return self._quarantined(s, raw, envelope, e)
+                result = self._quarantined(s, raw, envelope, e)
+                self._done.append((result, time.perf_counter() - started))
+                return result
         raise AssertionError("unreachable")
 
     def prefetch(self, items: list[tuple[Envelope, Any]]) -> None:
@@ -459,7 +489,8 @@ class IngestBatch:
             s.add(mail)
             s.flush()
             s.connection().execute(insert(table_of(InboundRaw)), [{"mail_id": mail.id, "data": raw}])
-        return Result(mail.id, mail.outcome, mail.reason, None, None, list(mail.trace))
+        return Result(mail.id, mail.outcome, mail.reason, None, None, list(mail.trace), transport=mail.source,
+                      sender=mail.sender, message_id=mail.message_id, latency=0.0, fresh=True)
 
     def age(self) -> float:
         return time.monotonic() - self.started
@@ -477,6 +508,9 @@ class IngestBatch:
             raise
         self._open = False
         self.session.close()
+        done, self._done = self._done, []
+        for result, elapsed in done:  # the time each mail took, not the batch's
+            self.intake._observed(result, time.perf_counter() - elapsed)
 
     def close(self) -> None:
         """Roll back whatever was not committed."""

@@ -419,6 +419,39 @@ class ImapSeen(Base):
                       Index("ix_imap_seen_mail_id", "mail_id"))
 
 
+# HTTP API (gateway/api, gateway/ops) -----------------------------------------------------------------------
+TOKEN_SCOPES = ("read", "write", "admin")
+
+
+class ApiToken(Base):
+    """A Bearer token of the HTTP API. Only the sha256 of the secret is kept (the secret is 256 random bits,
+    shown once by `tokens create`); `prefix` (the secret's first characters) tells tokens apart in lists."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    scope: Mapped[str] = mapped_column(String(8))  # read | write | admin
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ApiIdempotency(Base):
+    """A create that must happen once: `key` is 'key:<Idempotency-Key header>' or 'ext:<external_id>'; a
+    retried create finds the ticket it made. `request_sha256`: the request an Idempotency-Key came with (the
+    same key with another request is refused)."""
+
+    __tablename__ = "api_idempotency"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(300), unique=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), nullable=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (Index("ix_api_idempotency_ticket", "ticket_id"),)
+
+
 def table_of(model: type[Base]) -> Table:
     """The Core table of a mapped class (typed: `Model.__table__` is only a FromClause to a type checker)."""
     table = model.__table__

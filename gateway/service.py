@@ -59,6 +59,7 @@ COMPONENTS: tuple[str, ...] = (
     "gateway.imap:install_service",
     "gateway.outbound:install_service",
     "gateway.sla:install_service",
+    "gateway.api:install_service",   # HTTP: API, /healthz, /metrics ([http] listen)
 )
 
 HARD_EXIT_SECONDS = 28.0   # from SIGTERM: whatever still runs then is abandoned (exit 0 stays within 30 s)
@@ -224,9 +225,11 @@ class GroupCommit:
 class LogFile:
     """logging.file: replaces the stderr handler; reopen() after logrotate moved the file (SIGHUP)."""
 
-    def __init__(self, path: str, level: int) -> None:
+    def __init__(self, path: str, level: int, fmt: str = "text") -> None:
+        from gateway.observe import formatter
+
         self.handler = logging.FileHandler(path, encoding="utf-8", delay=False)
-        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.handler.setFormatter(formatter(fmt))
         root = logging.getLogger()
         for h in list(root.handlers):
             root.removeHandler(h)
@@ -277,6 +280,7 @@ class Service:
         self._started = threading.Event()                      # tests: listeners are bound
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logfile: LogFile | None = None
+        self.http_where: str | None = None                     # the HTTP listener (gateway.api), when on
         self.store_pool = ThreadPoolExecutor(8, thread_name_prefix="store")
         self.process_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="thread")
         self.pool = ThreadPoolExecutor(32, thread_name_prefix="svc")
@@ -442,8 +446,9 @@ class Service:
             try:
                 result = await self.process(mail_id)
                 log.debug("mail %s: %s", mail_id, result.outcome)
-            except StoreUnavailable as e:
-                log.warning("mail %s stored, threading postponed (store unavailable: %s)", mail_id, e)
+            except StoreUnavailable as e:  # the sweep threads it later; one line per change of state
+                if not self.app.observe.state("database", False, f"{type(e).__name__}: {e}"):
+                    log.debug("mail %s stored, threading postponed (store unavailable: %s)", mail_id, e)
             except Exception:  # noqa: BLE001
                 log.exception("mail %s: threading failed; the sweep tries again", mail_id)
 
@@ -467,10 +472,13 @@ class Service:
                     await func()
                 else:
                     await asyncio.get_running_loop().run_in_executor(self.pool, func)
-            except StoreUnavailable as e:
-                log.warning("job %s: store unavailable: %s", name, e)
+            except StoreUnavailable as e:  # one line per change of state (gateway.observe), not one per run
+                if not self.app.observe.state("database", False, f"{type(e).__name__}: {e}"):
+                    log.debug("job %s: store unavailable: %s", name, e)
             except Exception:  # noqa: BLE001
                 log.exception("job %s failed", name)
+            else:
+                self.app.observe.state("database", True)
         return job
 
     def request_stop(self, why: str = "") -> None:
@@ -497,7 +505,7 @@ class Service:
         from gateway.config import ConfigError
         from gateway.migrate import ensure_current
         from gateway.guard.connlimits import ConnLimits
-        from gateway.smtp import SessionRegistry, quiet_aiosmtpd, start_listeners
+        from gateway.smtp import SessionRegistry, quiet_aiosmtpd, start_listeners, stop_listeners
 
         loop = self._loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
@@ -506,7 +514,8 @@ class Service:
         logfile = self.config.get("logging", "file")
         if logfile:
             level = logging.DEBUG if self.verbose else getattr(logging, self.config.get("logging", "level"))
-            self._logfile = LogFile(str(self.config.base_dir / os.path.expanduser(logfile)), level)
+            self._logfile = LogFile(str(self.config.base_dir / os.path.expanduser(logfile)), level,
+                                    self.config.get("logging", "format"))
 
         try:
             app = await loop.run_in_executor(self.pool, lambda: self.app)
@@ -525,16 +534,19 @@ class Service:
         self.registry = SessionRegistry(self.config.get("limits", "max_sessions"),
                                         ConnLimits.of(self.config.values["limits"]))
         self.queue = asyncio.Queue()
+        self.registry.observe = app.observe
         try:
             self.listeners = await start_listeners(self.config, self.store, self.registry, disk=app.disk,
                                                    authenticate=self.authenticate if app.auth.active else None)
+            self.install_components()  # they may bind too (HTTP)
         except ConfigError as e:
             log.error("configuration error: %s", e)
+            await stop_listeners(self.listeners)
             return EX_CONFIG
         except OSError as e:
             log.error("cannot listen: %s", e)
+            await stop_listeners(self.listeners)
             return 71  # EX_OSERR
-        self.install_components()
 
         if self.handle_signals:
             for sig, what in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
@@ -559,7 +571,9 @@ class Service:
         wd = self.notifier.watchdog_interval()
         watchdog = loop.create_task(self._watchdog(wd)) if wd else None
 
-        log.info("listening: %s", ", ".join(li.where for li in self.listeners))
+        from gateway.observe import log_startup
+
+        log_startup(self)
         self.notifier.send("READY=1", f"STATUS=listening: {', '.join(li.where for li in self.listeners)}",
                            f"MAINPID={os.getpid()}")
         self._started.set()
@@ -569,8 +583,6 @@ class Service:
         self.notifier.send("STOPPING=1", "STATUS=finishing sessions")
         # 1. stop accepting; 421 to idle sessions; sessions inside a mail go on until the grace deadline
         self.registry.closing = True
-        from gateway.smtp import stop_listeners
-
         await stop_listeners(self.listeners)
         deadline = t0 + self.grace
         while self.registry.live and time.monotonic() < deadline:

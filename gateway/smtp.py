@@ -81,9 +81,21 @@ class SessionRegistry:
         self.live: set[_Sessions] = set()
         self.per_client: dict[str, int] = {}
         self.stress = False
-        self.refused = 0   # sessions refused by the per-client limit (statistics, tests)
+        self.refused_by_client = 0   # sessions refused by the per-client limit (statistics, tests)
         self.closing = False
         self.changed = asyncio.Event()
+        self.observe: Callable[[Any], None] | None = None  # gateway.observe.Observer: sessions, 4xx/5xx codes
+
+    def note(self, event: Any) -> None:
+        if self.observe is not None:
+            self.observe(event)
+
+    def refused(self, protocol: str, line: str) -> None:
+        """A 4xx/5xx reply was said (counted by code)."""
+        if self.observe is not None and line[:1] in ("4", "5"):
+            from gateway.observe import SmtpReply
+
+            self.observe(SmtpReply(protocol, line[:3]))
 
     def full(self) -> bool:
         return len(self.live) >= self.limit
@@ -94,7 +106,7 @@ class SessionRegistry:
             return None
         why = connlimits.refuse(self.conn, client, self.per_client.get(client, 0))
         if why is not None:
-            self.refused += 1
+            self.refused_by_client += 1
         return why
 
     def idle_timeout(self, normal: float) -> float:
@@ -151,6 +163,10 @@ class SessionRegistry:
 class _Refuse(asyncio.Protocol):
     """Answers a connection over the session cap and closes it."""
 
+    def __init__(self, registry: SessionRegistry | None = None, protocol: str = "smtp") -> None:
+        if registry is not None:
+            registry.refused(protocol, "421")
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
         transport.write(b"421 4.7.0 Too many connections, please try again later\r\n")
@@ -184,6 +200,20 @@ class _Sessions:
             self._registered = True
             self.registry.add(self)
             self._deadline = self.loop.call_later(self.max_seconds, self._session_too_long)
+            if self.registry.observe is not None:
+                from gateway.observe import SmtpSession
+
+                self.registry.note(SmtpSession(self.protocol_name))
+
+    @property
+    def protocol_name(self) -> str:
+        return "lmtp" if isinstance(self, LMTP) else "smtp"
+
+    async def push(self, status: Any) -> None:
+        line = status.decode("ascii", "replace") if isinstance(status, bytes) else str(status)
+        if line[:1] in ("4", "5"):
+            self.registry.refused(self.protocol_name, line)
+        await super().push(status)  # type: ignore[misc]
 
     def connection_lost(self, error: Exception | None) -> None:
         if getattr(self, "_refused", False):
@@ -267,6 +297,7 @@ class _Sessions:
     def goodbye(self, line: str) -> None:
         t = self.transport
         if t is not None and not t.is_closing():
+            self.registry.refused(self.protocol_name, line)
             try:
                 t.write(line.encode("ascii") + b"\r\n")
             finally:
@@ -433,7 +464,7 @@ async def start_listeners(config: Config, store: StoreFn, registry: SessionRegis
                 if registry.closing or registry.full():
                     if not registry.closing:
                         log.warning("session cap (%d) reached: refusing a connection", registry.limit)
-                    return _Refuse()
+                    return _Refuse(registry, spec["protocol"])
                 proto = cls(handler, data_size_limit=limits["max_message_size"], hostname=hostname,
                             tls_context=tls, require_starttls=spec["require_starttls"],
                             timeout=limits["session_idle_seconds"], command_call_limit=CALL_LIMITS, loop=loop)

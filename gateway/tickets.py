@@ -364,15 +364,16 @@ class Tickets:
     def add_comment(self, ticket: Ticket, *, author: Contact | None, author_email: str | None, body: str,
                     full_text: str = "", html: str | None = None, internal: bool = False,
                     source: str = "mail", mail: InboundMail | None = None, at: datetime | None = None,
-                    seen_by: Iterable[str] = ()) -> Comment:
+                    seen_by: Iterable[str] = (), by_staff: bool | None = None) -> Comment:
         """mail: the mail it comes from; a mail row not written yet is written first, in the same flush.
-        seen_by: addresses that had the mail itself (its To and Cc): it is not mailed to them again."""
+        seen_by: addresses that had the mail itself (its To and Cc): it is not mailed to them again.
+        by_staff: None: the author's role decides (an API or CLI comment without an author is the help desk's)."""
         now = at or self.clock()
         c = Comment(ticket_id=ticket.id, author=author,
                     author_email=normalise_email(author_email) if author_email else (author.email if author else None),
                     body=body, full_text=full_text or body, html=html, internal=internal,
-                    by_staff=bool(author and author.is_staff), source=source, inbound_mail=mail,
-                    created_at=now)
+                    by_staff=bool(author and author.is_staff) if by_staff is None else by_staff, source=source,
+                    inbound_mail=mail, created_at=now)
         self.s.add(c)
         ticket.updated_at = now
         self.s.flush()

@@ -26,7 +26,7 @@ def iso(dt: datetime | None) -> str | None:
 
 
 def attachment_dict(a: Attachment) -> dict[str, Any]:
-    return {"filename": a.filename, "content_type": a.content_type, "size": a.size, "sha256": a.sha256,
+    return {"id": a.id, "filename": a.filename, "content_type": a.content_type, "size": a.size, "sha256": a.sha256,
             "content_id": a.content_id, "inline": a.inline}
 
 

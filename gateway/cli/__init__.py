@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "gateway.cli.directory",
     "gateway.cli.admin",
     "gateway.cli.outbox",
+    "gateway.cli.tokens",
     "gateway.cli.imap",
     "gateway.cli.serve",
     "gateway.cli.spool",
@@ -93,13 +94,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ticket-gateway: configuration error: {e}", file=sys.stderr)
         return EX_CONFIG
     level = "DEBUG" if args.verbose else config.get("logging", "level")
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.observe import formatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(config.get("logging", "format")))
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler])
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
+    from gateway.ops.errors import OpError
+
     try:
         return int(args.func(args, config) or 0)
-    except UsageError as e:
+    except (UsageError, OpError) as e:  # OpError: a shared operation refused (gateway.ops)
         print(f"ticket-gateway: {e}", file=sys.stderr)
         return EX_USAGE
     except KeyboardInterrupt:

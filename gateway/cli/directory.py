@@ -1,11 +1,13 @@
-"""`ticket-gateway users add|list` and `orgs add|list`."""
+"""`ticket-gateway users add|list|show|remove` and `orgs add|list|remove` (the shared operations of
+gateway.ops.directory, as the API's /api/v1/users and /api/v1/organisations)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli.base import UsageError
 
@@ -26,6 +28,12 @@ def register(sub: Subparsers) -> None:
     ls = usub.add_parser("list", help="list contacts")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=list_users)
+    sh = usub.add_parser("show", help="one contact")
+    sh.add_argument("email")
+    sh.set_defaults(func=show_user)
+    rm = usub.add_parser("remove", help="remove a contact that no ticket or comment refers to")
+    rm.add_argument("email")
+    rm.set_defaults(func=remove_user)
     o = sub.add_parser("orgs", help="organisations and their mail domains")
     osub = o.add_subparsers(dest="orgs_command", metavar="ACTION", required=True)
     oadd = osub.add_parser("add", help="add an organisation (or domains to one)")
@@ -35,44 +43,49 @@ def register(sub: Subparsers) -> None:
     ols = osub.add_parser("list", help="list organisations")
     ols.add_argument("--json", action="store_true")
     ols.set_defaults(func=list_orgs)
+    orm = osub.add_parser("remove", help="remove an organisation without contacts or tickets")
+    orm.add_argument("name")
+    orm.set_defaults(func=remove_org)
+
+
+def _all(app: Any, op: Callable[..., Any], **kw: Any) -> list[dict[str, Any]]:
+    from gateway.ops.pages import MAX_LIMIT
+
+    rows: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = op(app, limit=MAX_LIMIT, cursor=cursor, **kw)
+        rows += page.items
+        cursor = page.next_cursor
+        if not cursor:
+            return rows
 
 
 def add_user(args: argparse.Namespace, config: Config) -> int:
     from gateway.cli.base import open_app
-    from gateway.db import transaction
-    from gateway.tickets import Directory
+    from gateway.ops.directory import save_user
 
     if args.email.count("@") != 1 or any(c.isspace() for c in args.email):
         raise UsageError(f"not an email address: {args.email!r}")
     app = open_app(config, upgrade=True)
-    with transaction(app.sessions) as s:
-        d = Directory(s, app.clock)
-        org = None
-        if args.organisation:
-            org = d.organisation(args.organisation)
-            if org is None:
-                raise UsageError(f"no organisation {args.organisation!r} (add it with: orgs add)")
-        c = d.add_contact(args.email, name=args.name, staff=args.staff, organisation=org)
-        if c.vouched is None:  # an admin added it: the gateway may mail it (gateway.guard.relay)
-            from gateway.guard.relay import ADMIN
-
-            c.vouched = ADMIN
-        print(f"{c.email}: {c.role}" + (f", {org.name}" if c.organisation_id and org is not None else ""))
+    try:
+        c, _ = save_user(app, args.email, name=args.name or None, role="staff" if args.staff else None,
+                         organisation=args.organisation or None)
+    finally:
+        app.close()
+    print(f"{c['email']}: {c['role']}" + (f", {c['organisation']}" if c["organisation"] and args.organisation else ""))
     return 0
 
 
 def list_users(args: argparse.Namespace, config: Config) -> int:
-    from sqlalchemy import select
-
     from gateway.cli.base import open_app
-    from gateway.models import Contact
+    from gateway.ops.directory import list_users as list_op
 
     app = open_app(config, upgrade=True)
-    with app.sessions() as s:
-        rows = [{"email": c.email, "name": c.name, "role": c.role,
-                 "organisation": c.organisation.name if c.organisation else None,
-                 "auto_registered": c.auto_registered, "undeliverable": c.undeliverable}
-                for c in s.scalars(select(Contact).order_by(Contact.email))]
+    try:
+        rows = _all(app, list_op)
+    finally:
+        app.close()
     if args.json:
         json.dump(rows, sys.stdout, ensure_ascii=False, indent=1)
         print()
@@ -83,37 +96,70 @@ def list_users(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def add_org(args: argparse.Namespace, config: Config) -> int:
+def show_user(args: argparse.Namespace, config: Config) -> int:
     from gateway.cli.base import open_app
-    from gateway.db import transaction
-    from gateway.tickets import Directory
+    from gateway.ops.directory import get_user
 
     app = open_app(config, upgrade=True)
-    with transaction(app.sessions) as s:
-        d = Directory(s, app.clock)
-        for dom in args.domain:
-            other = d.organisation_for_domain(dom.lower().lstrip("@"))
-            if other is not None and other.name != args.name:
-                raise UsageError(f"domain {dom} already belongs to {other.name}")
-        org = d.add_organisation(args.name, args.domain)
-        print(f"{org.name}: {', '.join(x.domain for x in org.domains) or '(no domains)'}")
+    try:
+        print(json.dumps(get_user(app, args.email), ensure_ascii=False, indent=1))
+    finally:
+        app.close()
+    return 0
+
+
+def remove_user(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
+    from gateway.ops.directory import remove_user as remove_op
+
+    app = open_app(config, upgrade=True)
+    try:
+        remove_op(app, args.email)
+    finally:
+        app.close()
+    print(f"{args.email}: removed")
+    return 0
+
+
+def add_org(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
+    from gateway.ops.directory import save_org
+
+    app = open_app(config, upgrade=True)
+    try:
+        org, _ = save_org(app, args.name, domains=args.domain)
+    finally:
+        app.close()
+    print(f"{org['name']}: {', '.join(org['domains']) or '(no domains)'}")
     return 0
 
 
 def list_orgs(args: argparse.Namespace, config: Config) -> int:
-    from sqlalchemy import select
-
     from gateway.cli.base import open_app
-    from gateway.models import Organisation
+    from gateway.ops.directory import list_orgs as list_op
 
     app = open_app(config, upgrade=True)
-    with app.sessions() as s:
-        rows = [{"name": o.name, "domains": [d.domain for d in o.domains]}
-                for o in s.scalars(select(Organisation).order_by(Organisation.name))]
+    try:
+        rows = _all(app, list_op)
+    finally:
+        app.close()
     if args.json:
         json.dump(rows, sys.stdout, ensure_ascii=False, indent=1)
         print()
     else:
         for r in rows:
             print(f"{r['name']:<30} {', '.join(r['domains'])}")
+    return 0
+
+
+def remove_org(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
+    from gateway.ops.directory import remove_org as remove_op
+
+    app = open_app(config, upgrade=True)
+    try:
+        remove_op(app, args.name)
+    finally:
+        app.close()
+    print(f"{args.name}: removed")
     return 0

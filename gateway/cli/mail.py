@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli.base import UsageError
 
@@ -34,24 +34,26 @@ def register(sub: Subparsers) -> None:
 
 
 def list_mail(args: argparse.Namespace, config: Config) -> int:
-    from sqlalchemy import select
-
     from gateway.cli.base import open_app
-    from gateway.models import MAIL_OUTCOMES, InboundMail
-    from gateway.views import mail_dict, ticket_numbers
+    from gateway.models import MAIL_OUTCOMES
+    from gateway.ops.mail import list_mail as list_op
+    from gateway.ops.pages import MAX_LIMIT
 
     if args.status and args.status not in MAIL_OUTCOMES:
         raise UsageError(f"--status must be one of {', '.join(MAIL_OUTCOMES)}")
     app = open_app(config, upgrade=True)
-    with app.sessions() as s:
-        q = select(InboundMail).order_by(InboundMail.id.desc())
-        if args.status:
-            q = q.where(InboundMail.outcome == args.status)
-        if args.limit:
-            q = q.limit(args.limit)
-        mails = s.scalars(q).all()
-        numbers = ticket_numbers(s, [m.ticket_id for m in mails])
-        rows = [mail_dict(m, numbers.get(m.ticket_id) if m.ticket_id is not None else None) for m in mails]
+    rows: list[dict[str, Any]] = []
+    cursor = None
+    try:
+        while True:  # pages of the shared operation, up to --limit (0: all)
+            want = min(MAX_LIMIT, args.limit - len(rows)) if args.limit else MAX_LIMIT
+            page = list_op(app, status=args.status, limit=want, cursor=cursor)
+            rows += page.items
+            cursor = page.next_cursor
+            if not cursor or (args.limit and len(rows) >= args.limit):
+                break
+    finally:
+        app.close()
     if args.json:
         json.dump(rows, sys.stdout, ensure_ascii=False, indent=1)
         print()
@@ -68,19 +70,16 @@ def list_mail(args: argparse.Namespace, config: Config) -> int:
 
 def show_mail(args: argparse.Namespace, config: Config) -> int:
     from gateway.cli.base import open_app
-    from gateway.models import InboundMail
-    from gateway.views import mail_dict, ticket_numbers
+    from gateway.ops.mail import get_mail, raw_mail
 
     app = open_app(config, upgrade=True)
-    with app.sessions() as s:
-        m = s.get(InboundMail, args.id)
-        if m is None:
-            raise UsageError(f"no mail {args.id}")
+    try:
         if args.raw:
-            sys.stdout.buffer.write(m.raw.data)
+            sys.stdout.buffer.write(raw_mail(app, args.id))
             return 0
-        number = ticket_numbers(s, [m.ticket_id]).get(m.ticket_id) if m.ticket_id is not None else None
-        d = mail_dict(m, number, trace=True)
+        d = get_mail(app, args.id)
+    finally:
+        app.close()
     if args.json:
         json.dump(d, sys.stdout, ensure_ascii=False, indent=1)
         print()
@@ -108,20 +107,21 @@ def replay_mail(args: argparse.Namespace, config: Config) -> int:
     from gateway.cli.base import open_app
     from gateway.db import StoreUnavailable
     from gateway.exitcodes import EX_TEMPFAIL
+    from gateway.ops.errors import OpError
+    from gateway.ops.mail import replay_mail as replay_op
 
     app = open_app(config, upgrade=True)
-    intake = app.intake()
     status = 0
     for mail_id in args.ids:
         try:
-            r = intake.replay(mail_id)
-        except (KeyError, ValueError) as e:
-            print(f"ticket-gateway: mail replay {mail_id}: {e.args[0]}", file=sys.stderr)
+            r = replay_op(app, mail_id)
+        except OpError as e:
+            print(f"ticket-gateway: mail replay {mail_id}: {e.detail}", file=sys.stderr)
             status = 1
             continue
         except StoreUnavailable as e:
             print(f"ticket-gateway: store unavailable: {e}", file=sys.stderr)
             return EX_TEMPFAIL
-        print(f"mail {mail_id}: {r.outcome}" + (f" #{r.ticket_number}" if r.ticket_number else "")
-              + (f" ({r.reason})" if r.reason else ""))
+        print(f"mail {mail_id}: {r['outcome']}" + (f" #{r['ticket']}" if r["ticket"] else "")
+              + (f" ({r['reason']})" if r["reason"] else ""))
     return status

@@ -13,7 +13,6 @@ from gateway.exitcodes import EX_TEMPFAIL
 if TYPE_CHECKING:
     from gateway.cli.base import Subparsers
     from gateway.config import Config
-    from gateway.models import OutboxMail
 
 
 def register(sub: Subparsers) -> None:
@@ -33,35 +32,27 @@ def register(sub: Subparsers) -> None:
     fl.set_defaults(func=flush_outbox)
 
 
-def _row(r: OutboxMail, numbers: dict[int, int]) -> dict[str, Any]:
-    from gateway.views import iso
-
-    ticket = numbers.get(r.ticket_id) if r.ticket_id is not None else None
-    return {"id": r.id, "created_at": iso(r.created_at), "ticket": ticket, "event": r.event,
-            "recipient": r.recipient, "subject": r.subject, "message_id": r.message_id, "status": r.status,
-            "attempts": r.attempts, "next_attempt_at": iso(r.next_attempt_at), "sent_at": iso(r.sent_at),
-            "last_error": r.last_error}
-
-
 def list_outbox(args: argparse.Namespace, config: Config) -> int:
-    from sqlalchemy import select
-
     from gateway.cli.base import open_app
-    from gateway.models import OUTBOX_STATUSES, OutboxMail
-    from gateway.views import ticket_numbers
+    from gateway.models import OUTBOX_STATUSES
+    from gateway.ops.outbox import list_outbox as list_op
+    from gateway.ops.pages import MAX_LIMIT
 
     if args.status and args.status not in OUTBOX_STATUSES:
         raise UsageError(f"--status must be one of {', '.join(OUTBOX_STATUSES)}")
     app = open_app(config, upgrade=True)
-    with app.sessions() as s:
-        q = select(OutboxMail).order_by(OutboxMail.id.desc())
-        if args.status:
-            q = q.where(OutboxMail.status == args.status)
-        if args.limit:
-            q = q.limit(args.limit)
-        rows = s.scalars(q).all()
-        numbers = ticket_numbers(s, [r.ticket_id for r in rows])
-        out = [_row(r, numbers) for r in rows]
+    out: list[dict[str, Any]] = []
+    cursor = None
+    try:
+        while True:  # pages of the shared operation, up to --limit (0: all)
+            want = min(MAX_LIMIT, args.limit - len(out)) if args.limit else MAX_LIMIT
+            page = list_op(app, status=args.status, limit=want, cursor=cursor)
+            out += page.items
+            cursor = page.next_cursor
+            if not cursor or (args.limit and len(out) >= args.limit):
+                break
+    finally:
+        app.close()
     if args.json:
         json.dump(out, sys.stdout, ensure_ascii=False, indent=1)
         print()
@@ -80,17 +71,21 @@ def list_outbox(args: argparse.Namespace, config: Config) -> int:
 def retry_outbox(args: argparse.Namespace, config: Config) -> int:
     from gateway.cli.base import open_app
     from gateway.exitcodes import EX_DATAERR
-    from gateway.outbound.sender import retry
+    from gateway.ops.errors import OpError
+    from gateway.ops.outbox import retry_outbox as retry_op
 
     app = open_app(config, upgrade=True)
     rc = 0
-    for i in args.ids:
-        try:
-            row = retry(app, i)
-            print(f"outbox {i}: queued again for {row.recipient}")
-        except (KeyError, ValueError) as e:
-            print(f"ticket-gateway: {e.args[0] if e.args else e}", file=sys.stderr)
-            rc = EX_DATAERR
+    try:
+        for i in args.ids:
+            try:
+                row = retry_op(app, i)
+                print(f"outbox {i}: queued again for {row['recipient']}")
+            except OpError as e:
+                print(f"ticket-gateway: {e.detail}", file=sys.stderr)
+                rc = EX_DATAERR
+    finally:
+        app.close()
     return rc
 
 

@@ -12,8 +12,6 @@ from gateway.cli.base import UsageError, parse_instant
 if TYPE_CHECKING:
     from gateway.cli.base import Subparsers
     from gateway.config import Config
-    from gateway.models import SlaPolicyRow
-    from gateway.sla.store import PolicyStore
 
 
 def register(sub: Subparsers) -> None:
@@ -48,6 +46,9 @@ def register(sub: Subparsers) -> None:
     ls = psub.add_parser("list", help="the policies in the order they are tried")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=policies_list)
+    sh = psub.add_parser("show", help="one policy (JSON)")
+    sh.add_argument("name")
+    sh.set_defaults(func=policies_show)
     rm = psub.add_parser("remove", help="remove a policy (tickets keep their deadlines)")
     rm.add_argument("name")
     rm.set_defaults(func=policies_remove)
@@ -65,69 +66,47 @@ def register(sub: Subparsers) -> None:
 
 def policies_add(args: argparse.Namespace, config: Config) -> int:
     from gateway.cli.base import open_app
-    from gateway.db import transaction
-    from gateway.sla.store import PolicyStore
-    from gateway.sla_definitions import PolicyError, validate_values
+    from gateway.ops.sla import put_policy
 
     holidays = [h for h in (args.holidays or "").split(",") if h.strip()]
     if holidays and not args.calendar:
         raise UsageError("--holidays needs --calendar")
     emails = [e for item in args.escalate_to for e in item.split(",") if e.strip()]
-    try:
-        values = validate_values(args.name, response=args.response, resolution=args.resolution,
-                                 priorities=args.priorities, types=args.types, organisations=args.organisations,
-                                 groups=args.groups, warn_at=args.warn_at, warn_before=args.warn_before,
-                                 escalate_to=emails, calendar=args.calendar, holidays=holidays,
-                                 notify_assignee=not args.no_assignee, notify_group=not args.no_group,
-                                 active=not args.inactive)
-    except PolicyError as e:
-        raise UsageError(str(e)) from None
+    body = {"response_minutes": args.response, "resolution_minutes": args.resolution,
+            "priorities": args.priorities, "types": args.types, "organisations": args.organisations,
+            "groups": args.groups, "warn_percent": args.warn_at, "warn_minutes_before": args.warn_before,
+            "escalate_to": emails, "calendar": args.calendar, "holidays": holidays,
+            "notify_assignee": not args.no_assignee, "notify_group": not args.no_group, "active": not args.inactive,
+            "position": args.position}
     app = open_app(config, upgrade=True)
     try:
-        with transaction(app.sessions) as s:
-            store = PolicyStore(s, app.clock)
-            _seed(store, config)
-            row = store.add(values, position=args.position, replace=args.replace)
-            print(f"policy {row.name!r}: response {row.response_minutes} min, resolution "
-                  f"{row.resolution_minutes} min, position {row.position}")
-    except PolicyError as e:
-        raise UsageError(str(e)) from None
+        row, _, _ = put_policy(app, args.name, body, replace=args.replace, source="cli")
     finally:
         app.close()
+    print(f"policy {row['name']!r}: response {row['response_minutes']} min, resolution "
+          f"{row['resolution_minutes']} min, position {row['position']}")
     return 0
-
-
-def _seed(store: PolicyStore, config: Config) -> None:
-    seed = config.get("sla", "policies")
-    if seed:
-        store.seed(seed)
-
-
-def policy_dict(row: SlaPolicyRow) -> dict[str, Any]:
-    return {"name": row.name, "position": row.position, "active": row.active,
-            "response_minutes": row.response_minutes, "resolution_minutes": row.resolution_minutes,
-            "priorities": row.priorities, "types": row.types, "organisations": row.organisations,
-            "groups": row.groups, "calendar": row.calendar, "warn_percent": row.warn_percent,
-            "warn_minutes_before": row.warn_minutes_before, "escalate_to": row.escalate_to,
-            "notify_assignee": row.notify_assignee, "notify_group": row.notify_group, "source": row.source}
 
 
 def policies_list(args: argparse.Namespace, config: Config) -> int:
     from gateway.cli.base import open_app
-    from gateway.db import transaction
-    from gateway.sla.store import PolicyStore
-    from gateway.sla_definitions import calendar_text
+    from gateway.ops.pages import MAX_LIMIT
+    from gateway.ops.sla import list_policies
 
     app = open_app(config, upgrade=True)
+    rows: list[dict[str, Any]] = []
+    cursor = None
     try:
-        with transaction(app.sessions) as s:
-            store = PolicyStore(s, app.clock)
-            _seed(store, config)
-            rows = [policy_dict(r) for r in store.rows()]
+        while True:
+            page = list_policies(app, limit=MAX_LIMIT, cursor=cursor)
+            rows += page.items
+            cursor = page.next_cursor
+            if not cursor:
+                break
     finally:
         app.close()
     if args.json:
-        json.dump(rows, sys.stdout, indent=1)
+        json.dump([{k: v for k, v in r.items() if k != "calendar_text"} for r in rows], sys.stdout, indent=1)
         print()
         return 0
     if not rows:
@@ -139,25 +118,31 @@ def policies_list(args: argparse.Namespace, config: Config) -> int:
         who = (["assignee"] if r["notify_assignee"] else []) + (["group"] if r["notify_group"] else []) \
             + r["escalate_to"]
         print(f"{r['position']:>3}. {r['name']}{'' if r['active'] else ' (inactive)'}: response "
-              f"{r['response_minutes']} min, resolution {r['resolution_minutes']} min, "
-              f"{calendar_text(r['calendar'])}")
+              f"{r['response_minutes']} min, resolution {r['resolution_minutes']} min, {r['calendar_text']}")
         print(f"     applies to: {' '.join(filters) or 'all tickets'}; warn {' or '.join(warn) or 'never'}; "
               f"escalate to {', '.join(who) or 'nobody'}")
     return 0
 
 
-def policies_remove(args: argparse.Namespace, config: Config) -> int:
+def policies_show(args: argparse.Namespace, config: Config) -> int:
     from gateway.cli.base import open_app
-    from gateway.db import transaction
-    from gateway.sla.store import PolicyStore
+    from gateway.ops.sla import get_policy
 
     app = open_app(config, upgrade=True)
     try:
-        with transaction(app.sessions) as s:
-            store = PolicyStore(s, app.clock)
-            _seed(store, config)
-            if not store.remove(args.name):
-                raise UsageError(f"no policy {args.name!r}")
+        print(json.dumps(get_policy(app, args.name), indent=1))
+    finally:
+        app.close()
+    return 0
+
+
+def policies_remove(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
+    from gateway.ops.sla import remove_policy
+
+    app = open_app(config, upgrade=True)
+    try:
+        remove_policy(app, args.name)
     finally:
         app.close()
     print(f"policy {args.name!r} removed (tickets keep the deadlines it gave them)")

@@ -12,25 +12,46 @@ from gateway.cli.base import UsageError, parse_instant
 if TYPE_CHECKING:
     from gateway.cli.base import Subparsers
     from gateway.config import Config
-    from gateway.models import Contact
-    from gateway.tickets import Directory
 
 
 def register(sub: Subparsers) -> None:
-    p = sub.add_parser("tickets", help="list and show tickets")
+    p = sub.add_parser("tickets", help="list, show, open, change and comment on tickets")
     tsub = p.add_subparsers(dest="tickets_command", metavar="ACTION", required=True)
-    ls = tsub.add_parser("list", help="list tickets, newest first")
+    ls = tsub.add_parser("list", help="list tickets: due pending reminders first, then newest first")
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--status", help="only this status (open, in_progress, pending, resolved, closed)")
+    ls.add_argument("--priority", help="only this priority (low, medium, high, critical)")
+    ls.add_argument("--type", help="only this type (incident, problem, service_request, change_request)")
+    ls.add_argument("--assignee", metavar="EMAIL", help="only tickets assigned to this staff member ('none': "
+                    "unassigned)")
+    ls.add_argument("--group", help="only this group ('none': no group)")
+    ls.add_argument("--organisation", metavar="ORG", help="only this organisation's tickets")
+    ls.add_argument("--tag", help="only tickets with this tag")
     ls.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
     ls.set_defaults(func=list_tickets)
-    st = tsub.add_parser("set", help="change a ticket: status, priority, type, assignee, group, pending reminder")
+    cr = tsub.add_parser("create", help="open a ticket (as the API's POST /api/v1/tickets)")
+    cr.add_argument("--subject", required=True)
+    cr.add_argument("--reporter", metavar="EMAIL", required=True, help="who it is for (registered when new)")
+    cr.add_argument("--description", default="", help="the text ('-': read it from standard input)")
+    cr.add_argument("--priority", default="medium")
+    cr.add_argument("--type", default="incident")
+    cr.add_argument("--group")
+    cr.add_argument("--organisation", metavar="ORG")
+    cr.add_argument("--tag", action="append", default=[], help="repeatable")
+    cr.add_argument("--watcher", metavar="EMAIL", action="append", default=[], help="repeatable")
+    cr.add_argument("--external-id", metavar="ID", help="your id for it: a second create with the same id "
+                    "returns the first ticket")
+    cr.add_argument("--json", action="store_true")
+    cr.set_defaults(func=create_ticket)
+    st = tsub.add_parser("set", help="change a ticket: status, priority, type, assignee, group, tags, pending "
+                         "reminder")
     st.add_argument("number", type=int)
     st.add_argument("--status", help="open, in_progress, pending, resolved, closed")
     st.add_argument("--priority", help="low, medium, high, critical")
     st.add_argument("--type", help="incident, problem, service_request, change_request")
     st.add_argument("--assignee", metavar="EMAIL", help="a staff contact (users add --staff); 'none' unassigns")
     st.add_argument("--group", help="group (queue); 'none' clears it")
+    st.add_argument("--tags", metavar="LIST", help="the ticket's tags, comma-separated ('' clears them)")
     st.add_argument("--remind-at", metavar="ISO-8601",
                     help="pending reminder: on this date the ticket returns to open and the assignee (or the group) "
                     "gets a reminder mail; implies --status pending; no zone offset = UTC; 'none' clears it")
@@ -41,6 +62,21 @@ def register(sub: Subparsers) -> None:
     sh.add_argument("number", type=int)
     sh.add_argument("--json", action="store_true")
     sh.set_defaults(func=show_ticket)
+    cm = tsub.add_parser("comment", help="comment on a ticket (public ones are mailed like a staff reply)")
+    cm.add_argument("number", type=int)
+    cm.add_argument("--body", help="the text ('-': standard input)")
+    cm.add_argument("--file", metavar="F", help="read the text from this file")
+    cm.add_argument("--internal", action="store_true", help="an internal note: staff only")
+    cm.add_argument("--as", dest="author", metavar="EMAIL", help="the contact who writes (default: the help desk)")
+    cm.add_argument("--attach", metavar="FILE", action="append", default=[], help="attach a file; repeatable")
+    cm.add_argument("--json", action="store_true")
+    cm.set_defaults(func=comment_ticket)
+    at = tsub.add_parser("attachment", help="save an attachment of a ticket (ids: tickets show)")
+    at.add_argument("number", type=int)
+    at.add_argument("id", type=int)
+    at.add_argument("-o", "--output", metavar="FILE", help="write here (default: its file name in the current "
+                    "directory; '-': standard output)")
+    at.set_defaults(func=save_attachment)
 
 
 BADGES = {  # state -> (text, ANSI colour)
@@ -63,41 +99,24 @@ def use_colour(stream: TextIO) -> bool:
 
 
 def list_tickets(args: argparse.Namespace, config: Config) -> int:
-    from datetime import timedelta
-
-    from sqlalchemy import select
-
     from gateway.cli.base import open_app
-    from gateway.models import SlaClock, Ticket
-    from gateway.sla.state import ticket_state
-    from gateway.views import ticket_dict
+    from gateway.ops.pages import MAX_LIMIT
+    from gateway.ops.tickets import list_tickets as list_op
 
     app = open_app(config, upgrade=True)
-    now = app.clock()
-    window = timedelta(minutes=config.get("sla", "at_risk_minutes"))
-    with app.sessions() as s:
-        # pending reminders that are due come first (index tickets(status, remind_at)), then newest first
-        first: list[Ticket] = []
-        if args.status in (None, "pending"):
-            first = list(s.scalars(select(Ticket).where(Ticket.status == "pending", Ticket.remind_at <= now)
-                                   .order_by(Ticket.remind_at, Ticket.number)))
-        q = select(Ticket).order_by(Ticket.number.desc())
-        if args.status:
-            q = q.where(Ticket.status == args.status)
-        if args.limit:
-            q = q.limit(args.limit + len(first))
-        seen = {t.id for t in first}
-        tickets = first + [t for t in s.scalars(q) if t.id not in seen]
-        if args.limit:
-            tickets = tickets[:args.limit]
-        clocks = {c.ticket_id: c for c in s.scalars(select(SlaClock).where(
-            SlaClock.ticket_id.in_([t.id for t in tickets])))} if tickets else {}
-        rows = []
-        for t in tickets:
-            state = ticket_state(t, clocks.get(t.id), now, at_risk_within=window)
-            d = ticket_dict(s, t, full=False, sla_state=state)
-            d["sla"]["reminder_due"] = t.id in seen
-            rows.append(d)
+    rows: list[dict[str, Any]] = []
+    cursor = None
+    try:
+        while True:  # pages of the shared operation, up to --limit (0: all)
+            want = min(MAX_LIMIT, args.limit - len(rows)) if args.limit else MAX_LIMIT
+            page = list_op(app, status=args.status, priority=args.priority, type=args.type, assignee=args.assignee,
+                           group=args.group, organisation=args.organisation, tag=args.tag, limit=want, cursor=cursor)
+            rows += page.items
+            cursor = page.next_cursor
+            if not cursor or (args.limit and len(rows) >= args.limit):
+                break
+    finally:
+        app.close()
     if args.json:
         json.dump(rows, sys.stdout, ensure_ascii=False, indent=1)
         print()
@@ -112,14 +131,39 @@ def list_tickets(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def create_ticket(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
+    from gateway.ops.tickets import create_ticket as create_op
+
+    description = sys.stdin.read() if args.description == "-" else args.description
+    data = {"subject": args.subject, "reporter": args.reporter, "description": description,
+            "priority": args.priority, "type": args.type, "group": args.group, "organisation": args.organisation,
+            "tags": args.tag, "watchers": args.watcher, "external_id": args.external_id}
+    app = open_app(config, upgrade=True)
+    try:
+        view, created = create_op(app, {k: v for k, v in data.items() if v not in (None, [], "")})
+    finally:
+        app.close()
+    if args.json:
+        json.dump({**view, "created": created}, sys.stdout, ensure_ascii=False, indent=1)
+        print()
+    else:
+        print(f"#{view['number']}: {'opened' if created else 'exists already (same external id)'}: {view['subject']}")
+    return 0
+
+
 def _field_changes(args: argparse.Namespace) -> dict[str, Any]:
-    """The ticket fields `tickets set` was asked to change (the assignee is looked up later)."""
+    """The ticket fields `tickets set` was asked to change."""
     fields: dict[str, Any] = {}
     for name in ("status", "priority", "type"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     if args.group is not None:
         fields["group"] = None if args.group.lower() in ("", "none") else args.group
+    if args.assignee is not None:
+        fields["assignee"] = None if args.assignee.lower() in ("", "none") else args.assignee
+    if args.tags is not None:
+        fields["tags"] = [t.strip() for t in args.tags.split(",") if t.strip()]
     if args.remind_at is not None:
         if args.remind_at.lower() in ("", "none"):
             fields["remind_at"] = None
@@ -128,58 +172,22 @@ def _field_changes(args: argparse.Namespace) -> dict[str, Any]:
             fields.setdefault("status", "pending")
             if fields["status"] != "pending":
                 raise UsageError("--remind-at goes with --status pending")
-    if not fields and args.assignee is None:
+    if not fields:
         raise UsageError("nothing to change (see tickets set --help)")
     return fields
 
 
-def _people(args: argparse.Namespace, directory: Directory) -> tuple[dict[str, Any], Contact | None]:
-    """({"assignee": contact or None} when --assignee was given, the --by contact)."""
-    fields: dict[str, Any] = {}
-    if args.assignee is not None:
-        if args.assignee.lower() in ("", "none"):
-            fields["assignee"] = None
-        else:
-            c = directory.contact(args.assignee)
-            if c is None or not c.is_staff:
-                raise UsageError(f"{args.assignee}: not a staff contact (ticket-gateway users add EMAIL --staff)")
-            fields["assignee"] = c
-    by = None
-    if args.by:
-        by = directory.contact(args.by)
-        if by is None:
-            raise UsageError(f"--by {args.by}: unknown contact")
-    return fields, by
-
-
 def set_ticket(args: argparse.Namespace, config: Config) -> int:
     from gateway.cli.base import open_app
-    from gateway.db import transaction
-    from gateway.tickets import Directory, InvalidChange, Tickets
-    from gateway.views import iso
+    from gateway.ops.tickets import change_ticket
 
     fields = _field_changes(args)
     app = open_app(config, upgrade=True)
     try:
-        with transaction(app.sessions) as s:
-            tickets = Tickets(s, clock=app.clock, listeners=app.listeners)
-            t = tickets.get(args.number)
-            if t is None:
-                raise UsageError(f"no ticket #{args.number}")
-            people, by = _people(args, Directory(s, app.clock))
-            fields.update(people)
-            if fields.get("status", t.status) != "pending" and "remind_at" not in fields and t.remind_at:
-                fields["remind_at"] = None  # a reminder only makes sense while pending
-            try:
-                changes = tickets.change(t, by=by, **fields)
-            except InvalidChange as e:
-                raise UsageError(str(e)) from None
-            out = {k: [iso(v) if hasattr(v, "isoformat") else v for v in pair] for k, pair in changes.items()}
-            sla = {"policy": t.sla_policy, "response_due_at": iso(t.response_due_at),
-                   "resolution_due_at": iso(t.resolution_due_at), "paused_at": iso(t.sla_paused_at),
-                   "remind_at": iso(t.remind_at)}
+        result = change_ticket(app, args.number, fields, by=args.by)
     finally:
         app.close()
+    out, sla = result["changes"], result["sla"]
     if args.json:
         json.dump({"number": args.number, "changes": out, "sla": sla}, sys.stdout, indent=1)
         print()
@@ -195,21 +203,14 @@ def set_ticket(args: argparse.Namespace, config: Config) -> int:
 
 
 def show_ticket(args: argparse.Namespace, config: Config) -> int:
-    from datetime import timedelta
-
     from gateway.cli.base import open_app
-    from gateway.sla.state import session_ticket_state
-    from gateway.tickets import Tickets
-    from gateway.views import ticket_dict
+    from gateway.ops.tickets import get_ticket
 
     app = open_app(config, upgrade=True)
-    with app.sessions() as s:
-        t = Tickets(s, clock=app.clock).get(args.number)
-        if t is None:
-            raise UsageError(f"no ticket #{args.number}")
-        state = session_ticket_state(s, t, app.clock(),
-                                     at_risk_within=timedelta(minutes=config.get("sla", "at_risk_minutes")))
-        d = ticket_dict(s, t, sla_state=state)
+    try:
+        d = get_ticket(app, args.number, full=True)
+    finally:
+        app.close()
     if args.json:
         json.dump(d, sys.stdout, ensure_ascii=False, indent=1)
         print()
@@ -239,4 +240,68 @@ def show_ticket(args: argparse.Namespace, config: Config) -> int:
         print(c["body"])
         for a in c["attachments"]:
             print(f"  [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)")
+    return 0
+
+
+def comment_ticket(args: argparse.Namespace, config: Config) -> int:
+    import mimetypes
+    from pathlib import Path
+
+    from gateway.cli.base import open_app
+    from gateway.ops.tickets import add_comment
+
+    if (args.body is None) == (args.file is None) and not (args.attach and args.body is None and args.file is None):
+        raise UsageError("give the text with --body TEXT or --file F (one of them)")
+    body = args.body or ""
+    if args.body == "-":
+        body = sys.stdin.read()
+    elif args.file:
+        try:
+            body = Path(args.file).read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--file {args.file}: {e}") from None
+    files = []
+    for f in args.attach:
+        try:
+            files.append((Path(f).name, mimetypes.guess_type(f)[0] or "application/octet-stream",
+                          Path(f).read_bytes()))
+        except OSError as e:
+            raise UsageError(f"--attach {f}: {e}") from None
+    app = open_app(config, upgrade=True)
+    try:
+        c = add_comment(app, args.number, body=body, internal=args.internal, author=args.author,
+                        attachments=files, source="cli")
+    finally:
+        app.close()
+    if args.json:
+        json.dump(c, sys.stdout, ensure_ascii=False, indent=1)
+        print()
+    else:
+        kind = "internal note" if c["internal"] else "comment"
+        print(f"#{args.number}: {kind} {c['id']} added" + (f" with {len(c['attachments'])} attachment(s)"
+                                                          if c["attachments"] else ""))
+    return 0
+
+
+def save_attachment(args: argparse.Namespace, config: Config) -> int:
+    from pathlib import Path
+
+    from gateway.cli.base import open_app
+    from gateway.ops.tickets import get_attachment
+
+    app = open_app(config, upgrade=True)
+    try:
+        meta, data = get_attachment(app, args.number, args.id)
+    finally:
+        app.close()
+    if args.output == "-":
+        sys.stdout.buffer.write(data)
+        return 0
+    target = Path(args.output or meta["filename"])  # the stored name is already a safe base name
+    try:
+        with open(target, "xb") as f:  # never overwrite
+            f.write(data)
+    except OSError as e:
+        raise UsageError(f"{target}: {e}") from None
+    print(f"{target}: {len(data)} bytes ({meta['content_type']})")
     return 0

@@ -23,12 +23,16 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.guard import relay
-from gateway.models import Comment, InboundMail, OutboxMail, Ticket, TicketMessageId
+from gateway.models import Attachment, Comment, InboundMail, OutboxMail, Ticket, TicketMessageId
 from gateway.outbound import compose, ratelimit
 from gateway.outbound.render import context, describe_error, fmt_time
 
 if TYPE_CHECKING:
     from gateway.outbound.notify import Outbound
+
+
+# A comment's files go with its notification up to this many bytes in all; the rest are named in the text.
+ATTACHMENTS_MAX_BYTES = 20 * 1024 * 1024
 
 
 class BuildError(Exception):
@@ -73,6 +77,11 @@ class Builder:
                 self.comments[c.id] = self.comment_ctx(c)
             for cid in cids:
                 self.comments.setdefault(cid, None)
+            for a in s.scalars(select(Attachment).where(Attachment.comment_id.in_(cids), Attachment.inline.is_(False))
+                               .order_by(Attachment.id)):
+                ctx = self.comments.get(a.comment_id or 0)
+                if ctx is not None:
+                    ctx.setdefault("files", []).append((a.filename, a.content_type, a.sha256, a.size))
         mids = sorted({m for r in rows if (m := (r.params or {}).get("mail_id")) is not None} - set(self.triggers))
         if mids:
             for mail_id, message_id in s.execute(select(InboundMail.id, InboundMail.message_id)
@@ -166,10 +175,11 @@ class Builder:
         to, cc = self._recipients(row, ticket, p)
         irt, refs = self._thread(row, ticket, p)
         when = row.created_at
+        files, text = self._files(comment, out.text)
         try:
             raw = compose.build(compose.Outgoing(
                 from_name=ob.from_name, from_addr=ob.from_addr, to=to, cc=cc, subject=subject,
-                text=out.text, html=out.html, message_id=row.message_id, date=when, reply_to=reply,
+                text=text, html=out.html, attachments=files, message_id=row.message_id, date=when, reply_to=reply,
                 in_reply_to=irt, references=refs, auto_submitted=p.get("auto") or "auto-generated",
                 precedence_bulk=bool(p.get("bulk")), loop_value=ob.domain,
                 thread_topic=ticket.subject if ticket is not None else None,
@@ -232,3 +242,29 @@ class Builder:
             refs.append(own)
         trigger = self.triggers.get(p["mail_id"]) if p.get("mail_id") is not None else None
         return trigger or own or (inbound[-1] if inbound else None), refs
+
+    def _files(self, comment: dict[str, Any] | None, text: str) -> tuple[list[tuple[str, str, bytes]], str]:
+        """The comment's (non-inline) attachments for its notification, within ATTACHMENTS_MAX_BYTES; the
+        ones left out (too large, or missing from the store) are named at the end of the text."""
+        if not comment or not comment.get("files"):
+            return [], text
+        from gateway.blobs import BlobStore
+
+        store = BlobStore(self.ob.config.attachments_dir)
+        out: list[tuple[str, str, bytes]] = []
+        left: list[str] = []
+        total = 0
+        for name, ctype, sha, size in comment["files"]:
+            if total + size > ATTACHMENTS_MAX_BYTES:
+                left.append(name)
+                continue
+            try:
+                data = store.get(sha)
+            except OSError:
+                left.append(name)
+                continue
+            total += len(data)
+            out.append((name, ctype, data))
+        if left:
+            text = text.rstrip("\n") + "\n\n(Not attached here, see the ticket: " + ", ".join(left) + ")\n"
+        return out, text

@@ -66,6 +66,7 @@ class Outgoing:
     loop_value: str = ""
     thread_topic: str | None = None
     thread_index: str | None = None
+    attachments: list[tuple[str, str, bytes]] = field(default_factory=list)  # (filename, content type, bytes)
 
 
 _ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?", re.ASCII)
@@ -186,6 +187,9 @@ def build(m: Outgoing) -> bytes:
     # quoted-printable: 7-bit clean for any relay (no 8BITMIME needed), lines always short
     msg.set_content(m.text, subtype="plain", charset="utf-8", cte="quoted-printable")
     msg.add_alternative(m.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    for filename, ctype, data in m.attachments:  # the comment's files (multipart/mixed around the alternative)
+        maintype, _, subtype = (ctype if "/" in ctype else "application/octet-stream").partition("/")
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
     raw = msg.as_bytes(policy=SMTP)
     _verify_headers(raw, [k for k in msg.keys()])
     return raw

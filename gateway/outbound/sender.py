@@ -82,7 +82,7 @@ class Counts:
 class Transport(Protocol):
     """Sends one mail; raises Permanent, Temporary or TransportDown (or OSError: retried later)."""
 
-    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> None: ...
+    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> str | None: ...
 
     def close(self) -> None: ...
 
@@ -93,12 +93,28 @@ class MaildirTransport:
     def __init__(self, path: Path) -> None:
         self.box = mailbox.Maildir(str(path), create=True)
 
-    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> None:
+    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> str:
         head = f"Return-Path: <{envelope_from}>\r\nX-Original-To: {rcpt}\r\n".encode("ascii", "replace")
-        self.box.add((head + raw).replace(b"\r\n", b"\n"))
+        key = self.box.add((head + raw).replace(b"\r\n", b"\n"))
+        return f"maildir {key}"
 
     def close(self) -> None:
         pass
+
+
+class _SMTP(smtplib.SMTP):
+    """smtplib keeps no reply of a successful sendmail: remember the answer to DATA (the relay's queue id)."""
+
+    data_reply: tuple[int, bytes] = (0, b"")
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        reply = super().data(msg)
+        self.data_reply = reply
+        return reply
+
+
+class _SMTP_SSL(_SMTP, smtplib.SMTP_SSL):  # MRO: _SMTP, SMTP_SSL, SMTP
+    pass
 
 
 class SMTPTransport:
@@ -121,10 +137,9 @@ class SMTPTransport:
         host, port, timeout = c["relay_host"], c["relay_port"], c["relay_timeout_seconds"]
         try:
             if c["relay_security"] == "tls":
-                conn: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout,
-                                                      context=ssl.create_default_context())
+                conn: smtplib.SMTP = _SMTP_SSL(host, port, timeout=timeout, context=ssl.create_default_context())
             else:
-                conn = smtplib.SMTP(host, port, timeout=timeout)
+                conn = _SMTP(host, port, timeout=timeout)
             conn.ehlo_or_helo_if_needed()
             if c["relay_security"] == "starttls":
                 conn.starttls(context=ssl.create_default_context())
@@ -137,7 +152,8 @@ class SMTPTransport:
             raise TransportDown(f"relay {host}:{port} unreachable: {type(e).__name__}: {e}") from e
         return conn
 
-    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> None:
+    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> str:
+        """Send; returns the relay's answer (e.g. '250 2.0.0 Ok: queued as 4F1...')."""
         if self.conn is None:
             self.conn = self.connect()
         try:
@@ -158,6 +174,8 @@ class SMTPTransport:
         if refused:
             code, msg = next(iter(refused.values()))
             _raise_for(code, msg, f"recipient {rcpt} refused")
+        code, msg = getattr(self.conn, "data_reply", (250, b""))
+        return f"{code} {_text(msg)}".strip()
 
     def _drop(self) -> None:
         if self.conn is not None:
@@ -282,7 +300,8 @@ def deliver_due(app: AppHost, now: datetime | None = None, *, limit: int | None 
     """One delivery round: claim what is due at `now` (default: the app's clock), build what was not built
     yet (with `notifier`, default: the App's Outbound listener), send it, record it."""
     now = now or app.clock()
-    limit = limit or app.config.outbound["batch_size"]
+    cfg = app.config.outbound
+    limit = limit or cfg["batch_size"]
     token, ids = claim(app, now, limit)
     counts = Counts(claimed=len(ids))
     if not ids:
@@ -300,8 +319,13 @@ def deliver_due(app: AppHost, now: datetime | None = None, *, limit: int | None 
     finally:
         sending.close()
         _record(app, token, now, results, counts)
-    if sending.down:
-        log.warning("outbound: relay unavailable (%s); %d mail(s) deferred", sending.down, counts.deferred)
+    target = "outgoing mail (" + (f"relay {cfg['relay_host']}:{cfg['relay_port']}" if cfg["relay_host"]
+                                  else "local Maildir") + ")"
+    if sending.down:  # one line when it goes down (and when it is back), not one per round
+        if not app.observe.state("outgoing mail", False, f"{target}: {sending.down}"):
+            log.debug("outbound: still unavailable (%s); %d mail(s) deferred", sending.down, counts.deferred)
+    elif counts.sent:
+        app.observe.state("outgoing mail", True, target)
     return counts
 
 
@@ -322,8 +346,8 @@ class _Round:
             self.transport = make_transport(self.app)
         envelope_from, recipient, raw = row
         try:
-            self.transport.send(envelope_from, recipient, raw)
-            return (row_id, "sent", None)
+            answer = self.transport.send(envelope_from, recipient, raw)
+            return (row_id, "sent", answer if isinstance(answer, str) else None)
         except Permanent as e:
             return (row_id, "failed", str(e))
         except Temporary as e:
@@ -342,8 +366,11 @@ class _Round:
 def _record(app: AppHost, token: str, now: datetime, results: list[Result], counts: Counts) -> None:
     if not results:
         return
+    from gateway.observe import Delivery
+
     cfg = app.config.outbound
     give_up = timedelta(hours=cfg["give_up_hours"])
+    done: list[Delivery] = []
     with transaction(app.sessions) as s:
         rows = {r.id: r for r in s.scalars(select(OutboxMail).where(
             OutboxMail.id.in_([i for i, _, _ in results]), OutboxMail.claim_token == token))}
@@ -364,7 +391,6 @@ def _record(app: AppHost, token: str, now: datetime, results: list[Result], coun
                 row.next_attempt_at = None
                 counts.failed += 1
                 counts.errors.append(f"outbox {row_id}: {err}")
-                log.warning("outbound: mail %s to %s failed permanently: %s", row_id, row.recipient, err)
             else:
                 if now - row.created_at >= give_up:
                     row.status = "failed"
@@ -376,7 +402,12 @@ def _record(app: AppHost, token: str, now: datetime, results: list[Result], coun
                     row.next_attempt_at = now + backoff(row.attempts, cfg["retry_base_seconds"],
                                                         cfg["retry_max_seconds"])
                     counts.deferred += 1
+            done.append(Delivery(row.id, row.recipient, row.event,
+                                 "sent" if row.status == "sent" else row.status if row.status == "failed"
+                                 else "deferred", err if row.status != "failed" else row.last_error))
     results.clear()
+    for d in done:  # once committed: one line per delivery (gateway.observe)
+        app.observe(d)
 
 
 def flush(app: AppHost, now: Callable[[], datetime] | None = None, *, max_rounds: int = 10_000) -> Counts:

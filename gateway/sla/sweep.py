@@ -293,4 +293,13 @@ class Sweeper:
 
 def sweep(app: AppHost, now: datetime | None = None, *, batch_size: int | None = None) -> SweepResult:
     """One SLA sweep as of `now` (default: the App's clock). Safe to run in several processes at once."""
-    return Sweeper(app, now, batch_size=batch_size).run()
+    result = Sweeper(app, now, batch_size=batch_size).run()
+    observe = getattr(app, "observe", None)
+    if observe is not None:  # committed: counted by kind (gateway.observe -> ticketgw_sla_escalations_total)
+        from gateway.observe import Escalation
+
+        for _, kind, _ in result.escalations:
+            observe(Escalation(kind))
+        for _ in result.reminders:
+            observe(Escalation("pending_reminder"))
+    return result

@@ -68,6 +68,9 @@ pending_sweep_seconds = 1
 [limits]
 # the load tests send thousands of mails from seven addresses: not a flood here (tests/integration/test_hostile.py)
 flood_exempt = ["customer.example"]
+
+[http]
+listen = "127.0.0.1:0"
 ''' + extra)
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None

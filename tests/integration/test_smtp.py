@@ -46,6 +46,7 @@ def config_for(tmp_path: Path, db_url: str, *, listen: list[dict[str, Any]] | No
             {"protocol": "smtp", "port": 0}, {"protocol": "lmtp", "port": 0}],  # the OS picks: no port race
         "limits": limits or {},
         "serve": {"hostname": "gw.test", "pending_sweep_seconds": 1},
+        "http": {"listen": "127.0.0.1:0"},  # any free port: never the default 8025
     }
     data.update(sections)
     return validate(data, base_dir=tmp_path)

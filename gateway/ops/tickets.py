@@ -1,0 +1,427 @@
+"""Ticket operations shared by the CLI (`tickets ...`) and the API (/api/v1/tickets): list with filters and
+pagination, get, create (idempotent by key or external id), change, comments with attachments, attachment
+download. Changes go through gateway.tickets.Tickets, so notifications and SLA follow as for mail."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, cast, exists, func, literal, or_, select, true
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Session
+
+from gateway.db import retry_on_conflict, transaction
+from gateway.models import (
+    PRIORITIES,
+    STATUSES,
+    TYPES,
+    ApiIdempotency,
+    Attachment,
+    Comment,
+    Contact,
+    Organisation,
+    SlaClock,
+    Ticket,
+)
+from gateway.ops import pages
+from gateway.ops.errors import Conflict, Invalid, NotFound
+from gateway.ops.pages import Page
+from gateway.tickets import Directory, InvalidChange, Tickets, normalise_email
+from gateway.views import attachment_dict, iso, ticket_dict
+
+if TYPE_CHECKING:
+    from gateway.app import App
+
+_ADDR = re.compile(r"^[^@\s<>,;\"]{1,200}@[^@\s<>,;\"]{1,255}$")
+_CTYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}$")
+MAX_TAGS = 50
+MAX_WATCHERS = 100
+MAX_ATTACHMENTS = 20
+CHANGEABLE = ("status", "priority", "type", "assignee", "group", "tags", "remind_at")
+
+
+def check_email(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _ADDR.match(value.strip()):
+        raise Invalid(f"{what}: not an email address: {value!r}", field=what)
+    return normalise_email(value)
+
+
+def _choice(value: Any, what: str, known: tuple[str, ...]) -> str:
+    if value not in known:
+        raise Invalid(f"{what}: one of {', '.join(known)} (got {value!r})", field=what)
+    return str(value)
+
+
+def _tags(value: Any) -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_TAGS:
+        raise Invalid(f"tags: a list of at most {MAX_TAGS} names", field="tags")
+    out: list[str] = []
+    for t in value:
+        if not isinstance(t, str) or not t.strip() or len(t) > 100:
+            raise Invalid("tags: each 1-100 characters", field="tags")
+        if t.strip() not in out:
+            out.append(t.strip())
+    return out
+
+
+# Views -------------------------------------------------------------------------------------------------------
+def _view(s: Session, t: Ticket, now: datetime, *, full: bool = False) -> dict[str, Any]:
+    """The ticket as the API and `--json` show it. full: with every comment and attachment (the CLI's `show`);
+    else comments and attachments are separate, paginated lists."""
+    from gateway.sla.state import session_ticket_state
+
+    d = ticket_dict(s, t, full=full, sla_state=session_ticket_state(s, t, now))
+    if not full:
+        d["description_html"] = t.description_html
+        d["links"] = [{"kind": k, "number": n} for k, n in Tickets(s, clock=lambda: now).links(t)[:200]]
+    d["external_id"] = s.scalar(select(ApiIdempotency.key).where(ApiIdempotency.ticket_id == t.id,
+                                                                 ApiIdempotency.key.like("ext:%")).limit(1))
+    if d["external_id"]:
+        d["external_id"] = d["external_id"][4:]
+    d["comment_count"] = s.scalar(select(func.count()).select_from(Comment).where(Comment.ticket_id == t.id))
+    return d
+
+
+def _ticket(s: Session, app: App, number: int) -> Ticket:
+    t = Tickets(s, clock=app.clock).get(number)
+    if t is None:
+        raise NotFound(f"no ticket #{number}")
+    return t
+
+
+def get_ticket(app: App, number: int, *, full: bool = False) -> dict[str, Any]:
+    with app.sessions() as s:
+        return _view(s, _ticket(s, app, number), app.clock(), full=full)
+
+
+# Listing -----------------------------------------------------------------------------------------------------
+def _has_tag(s: Session, tag: str) -> Any:
+    if s.get_bind().dialect.name == "postgresql":
+        return cast(Ticket.tags, JSONB).contains(cast(literal(json.dumps([tag])), JSONB))
+    each = func.json_each(Ticket.tags).table_valued("value")
+    return exists(select(literal(1)).select_from(each).where(each.c.value == tag))
+
+
+def _filters(s: Session, *, status: str | None, priority: str | None, type: str | None, assignee: str | None,
+             group: str | None, organisation: str | None, tag: str | None) -> list[Any]:
+    cond: list[Any] = []
+    if status:
+        cond.append(Ticket.status == _choice(status, "status", STATUSES))
+    if priority:
+        cond.append(Ticket.priority == _choice(priority, "priority", PRIORITIES))
+    if type:
+        cond.append(Ticket.type == _choice(type, "type", TYPES))
+    if assignee:
+        if assignee.lower() == "none":
+            cond.append(Ticket.assignee_id.is_(None))
+        else:
+            cond.append(Ticket.assignee_id == select(Contact.id).where(
+                Contact.email == check_email(assignee, "assignee")).scalar_subquery())
+    if group:
+        cond.append(Ticket.group.is_(None) if group.lower() == "none" else Ticket.group == group)
+    if organisation:
+        cond.append(Ticket.organisation_id == select(Organisation.id).where(
+            Organisation.name == organisation).scalar_subquery())
+    if tag:
+        cond.append(_has_tag(s, tag))
+    return cond
+
+
+def list_tickets(app: App, *, status: str | None = None, priority: str | None = None, type: str | None = None,
+                 assignee: str | None = None, group: str | None = None, organisation: str | None = None,
+                 tag: str | None = None, limit: int = pages.DEFAULT_LIMIT, cursor: str | None = None) -> Page:
+    """Pending tickets whose reminder is due first (oldest reminder first), then the rest newest first; the
+    cursor keeps the instant the first page was made, so the two parts stay apart across pages."""
+    c = pages.decode(cursor)
+    now = app.clock()
+    if c is not None:
+        try:
+            now = datetime.fromisoformat(pages.str_key(c, "now") or "")
+        except ValueError:
+            raise Invalid("cursor: not one this server gave", field="cursor") from None
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+    phase = pages.str_key(c, "p") if c is not None else "r"
+    with_reminders = status in (None, "", "pending")
+    due = and_(Ticket.status == "pending", Ticket.remind_at.isnot(None), Ticket.remind_at <= now)
+    with app.sessions() as s:
+        cond = _filters(s, status=status, priority=priority, type=type, assignee=assignee, group=group,
+                        organisation=organisation, tag=tag)
+        found: list[tuple[Ticket, bool]] = []
+        nxt: dict[str, Any] | None = None
+        if with_reminders and phase == "r":
+            q = select(Ticket).where(*cond, due).order_by(Ticket.remind_at, Ticket.number)
+            if c is not None and "n" in c:
+                ra = datetime.fromisoformat(pages.str_key(c, "ra") or "")
+                n = pages.int_key(c, "n")
+                q = q.where(or_(Ticket.remind_at > ra, and_(Ticket.remind_at == ra, Ticket.number > n)))
+            rows = list(s.scalars(q.limit(limit + 1)))
+            if len(rows) > limit:
+                last = rows[limit - 1]
+                assert last.remind_at is not None
+                nxt = {"p": "r", "ra": last.remind_at.isoformat(), "n": last.number}
+                rows = rows[:limit]
+            found += [(t, True) for t in rows]
+            phase, c = "n", None
+        if nxt is None and len(found) < limit:
+            q = select(Ticket).where(*cond, ~due if with_reminders else true()).order_by(Ticket.number.desc())
+            if c is not None and "n" in c:
+                q = q.where(Ticket.number < pages.int_key(c, "n"))
+            room = limit - len(found)
+            rows = list(s.scalars(q.limit(room + 1)))
+            if len(rows) > room:
+                rows = rows[:room]
+                nxt = {"p": "n", "n": rows[-1].number}
+            found += [(t, False) for t in rows]
+        if nxt is None and len(found) == limit and found and found[-1][1]:
+            nxt = {"p": "n"}  # the reminders filled the page: the rest starts from the newest
+        items = _list_views(s, app, [t for t, _ in found], now)
+        for item, (_, reminder) in zip(items, found, strict=True):
+            item["sla"]["reminder_due"] = reminder
+    if nxt is not None:
+        nxt["now"] = now.isoformat()
+    return Page(items, pages.encode(nxt) if nxt is not None else None)
+
+
+def _list_views(s: Session, app: App, tickets: list[Ticket], now: datetime) -> list[dict[str, Any]]:
+    from gateway.sla.state import ticket_state
+
+    window = timedelta(minutes=app.config.get("sla", "at_risk_minutes"))
+    clocks = {k.ticket_id: k for k in s.scalars(select(SlaClock).where(
+        SlaClock.ticket_id.in_([t.id for t in tickets])))} if tickets else {}
+    return [ticket_dict(s, t, full=False, sla_state=ticket_state(t, clocks.get(t.id), now, at_risk_within=window))
+            for t in tickets]
+
+
+# Creating ----------------------------------------------------------------------------------------------------
+def _request_hash(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _new_ticket_values(data: dict[str, Any]) -> dict[str, Any]:
+    subject = data.get("subject")
+    if not isinstance(subject, str) or not subject.strip() or len(subject) > 998:
+        raise Invalid("subject: 1-998 characters", field="subject")
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise Invalid("description: text", field="description")
+    group = data.get("group") or None
+    if group is not None and (not isinstance(group, str) or len(group) > 100):
+        raise Invalid("group: 1-100 characters", field="group")
+    watchers = data.get("watchers") or []
+    if not isinstance(watchers, list) or len(watchers) > MAX_WATCHERS:
+        raise Invalid(f"watchers: a list of at most {MAX_WATCHERS} addresses", field="watchers")
+    return {"subject": subject.strip(), "reporter": check_email(data.get("reporter"), "reporter"),
+            "description": description, "priority": _choice(data.get("priority") or "medium", "priority", PRIORITIES),
+            "type": _choice(data.get("type") or "incident", "type", TYPES), "group": group,
+            "tags": _tags(data.get("tags") or []), "watchers": [check_email(w, "watchers") for w in watchers],
+            "organisation": data.get("organisation") or None}
+
+
+def create_ticket(app: App, data: dict[str, Any], *, idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
+    """A new ticket from plain values: subject, reporter (email), and optionally description, priority, type,
+    group, organisation (a name), tags, watchers (emails), external_id. Returns (ticket, created). An
+    `idempotency_key` or `external_id` seen before returns the ticket made then (created False): a retried
+    create never makes a second ticket; the same key with a different request is refused."""
+    v = _new_ticket_values(data)
+    external_id = data.get("external_id") or None
+    if external_id is not None and (not isinstance(external_id, str) or len(external_id) > 200):
+        raise Invalid("external_id: 1-200 characters", field="external_id")
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
+        raise Invalid("Idempotency-Key: 1-200 characters", field="Idempotency-Key")
+    digest = _request_hash(data)
+    keys = ([f"key:{idempotency_key}"] if idempotency_key else []) + ([f"ext:{external_id}"] if external_id else [])
+
+    def attempt() -> tuple[dict[str, Any], bool]:
+        with transaction(app.sessions) as s:
+            for key in keys:
+                row = s.scalar(select(ApiIdempotency).where(ApiIdempotency.key == key))
+                if row is None:
+                    continue
+                if key.startswith("key:") and row.request_sha256 != digest:
+                    raise Invalid("Idempotency-Key: already used for a different request", field="Idempotency-Key")
+                t = s.get(Ticket, row.ticket_id) if row.ticket_id is not None else None
+                if t is None:
+                    raise Conflict(f"{key.split(':', 1)[0]}: the ticket it made no longer exists")
+                return _view(s, t, app.clock()), False
+            d = Directory(s, app.clock)
+            org = None
+            if v["organisation"]:
+                org = d.organisation(str(v["organisation"]))
+                if org is None:
+                    raise Invalid(f"organisation: no organisation {v['organisation']!r}", field="organisation")
+            contact = d.contact(v["reporter"]) or d.register(v["reporter"])
+            tickets = Tickets(s, clock=app.clock, listeners=app.listeners)
+            try:
+                t = tickets.create(subject=v["subject"], reporter=contact, description=v["description"],
+                                   organisation_id=org.id if org else None, priority=v["priority"], type=v["type"],
+                                   group=v["group"], tags=v["tags"])
+            except InvalidChange as e:
+                raise Invalid(str(e)) from None
+            for w in v["watchers"]:
+                c = d.contact(w) or d.register(w)
+                tickets.add_watcher(t, c)
+            for key in keys:
+                s.add(ApiIdempotency(key=key, ticket_id=t.id, request_sha256=digest, created_at=app.clock()))
+            s.flush()  # a concurrent create with the same key loses here and runs again (finds the first)
+            return _view(s, t, app.clock()), True
+
+    return retry_on_conflict(attempt)
+
+
+# Changing ----------------------------------------------------------------------------------------------------
+def _change_values(fields: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(fields) - set(CHANGEABLE))
+    if unknown:
+        raise Invalid(f"{unknown[0]}: cannot be changed here (one of {', '.join(CHANGEABLE)})", field=unknown[0])
+    if not fields:
+        raise Invalid("nothing to change")
+    fields = dict(fields)
+    for name, known in (("status", STATUSES), ("priority", PRIORITIES), ("type", TYPES)):
+        if name in fields:
+            _choice(fields[name], name, known)
+    if "tags" in fields:
+        fields["tags"] = _tags(fields["tags"])
+    if "group" in fields and fields["group"] is not None and (not isinstance(fields["group"], str)
+                                                               or not 1 <= len(fields["group"]) <= 100):
+        raise Invalid("group: 1-100 characters, or null", field="group")
+    if fields.get("remind_at") is not None:
+        if not isinstance(fields["remind_at"], datetime) or fields["remind_at"].tzinfo is None:
+            raise Invalid("remind_at: an ISO 8601 time with a zone", field="remind_at")
+        fields.setdefault("status", "pending")
+        if fields["status"] != "pending":
+            raise Invalid("remind_at goes with status pending", field="remind_at")
+    return fields
+
+
+def change_ticket(app: App, number: int, fields: dict[str, Any], *, by: str | None = None) -> dict[str, Any]:
+    """Change status, priority, type, assignee (a staff email, or None), group (None clears), tags,
+    remind_at (a datetime: pending with a reminder; None clears). Returns the changes, the SLA figures and
+    the ticket. Rules: a reminder implies pending; leaving pending drops the reminder."""
+    fields = _change_values(fields)
+    with transaction(app.sessions) as s:
+        tickets = Tickets(s, clock=app.clock, listeners=app.listeners)
+        directory = Directory(s, app.clock)
+        t = _ticket(s, app, number)
+        if "assignee" in fields and fields["assignee"] is not None:
+            c = directory.contact(check_email(fields["assignee"], "assignee"))
+            if c is None or not c.is_staff:
+                raise Invalid(f"assignee: {fields['assignee']} is not a staff contact", field="assignee")
+            fields["assignee"] = c
+        who = None
+        if by:
+            who = directory.contact(check_email(by, "by"))
+            if who is None:
+                raise Invalid(f"by: unknown contact {by}", field="by")
+        if fields.get("status", t.status) != "pending" and "remind_at" not in fields and t.remind_at:
+            fields["remind_at"] = None  # a reminder only makes sense while pending
+        try:
+            changes = tickets.change(t, by=who, **fields)
+        except InvalidChange as e:
+            raise Invalid(str(e)) from None
+        out = {k: [iso(v) if isinstance(v, datetime) else v for v in pair] for k, pair in changes.items()}
+        sla = {"policy": t.sla_policy, "response_due_at": iso(t.response_due_at),
+               "resolution_due_at": iso(t.resolution_due_at), "paused_at": iso(t.sla_paused_at),
+               "remind_at": iso(t.remind_at)}
+        return {"number": number, "changes": out, "sla": sla, "ticket": _view(s, t, app.clock())}
+
+
+# Comments and attachments ------------------------------------------------------------------------------------
+def _comment_view(c: Comment, atts: Iterable[Attachment]) -> dict[str, Any]:
+    return {"id": c.id, "author": c.author_email or (c.author.email if c.author else None), "body": c.body,
+            "html": c.html, "internal": c.internal, "by_staff": c.by_staff, "source": c.source,
+            "created_at": iso(c.created_at), "attachments": [attachment_dict(a) for a in atts]}
+
+
+def list_comments(app: App, number: int, *, limit: int = pages.DEFAULT_LIMIT, cursor: str | None = None,
+                  internal: bool = True) -> Page:
+    """Oldest first. internal=False leaves internal notes out."""
+    after = pages.int_key(pages.decode(cursor), "id") if cursor else None
+    with app.sessions() as s:
+        t = _ticket(s, app, number)
+        q = select(Comment).where(Comment.ticket_id == t.id).order_by(Comment.id)
+        if not internal:
+            q = q.where(Comment.internal.is_(False))
+        if after is not None:
+            q = q.where(Comment.id > after)
+        rows = list(s.scalars(q.limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        atts: dict[int, list[Attachment]] = {}
+        if rows:
+            for a in s.scalars(select(Attachment).where(Attachment.comment_id.in_([c.id for c in rows]))
+                               .order_by(Attachment.id)):
+                atts.setdefault(a.comment_id or 0, []).append(a)
+        items = [_comment_view(c, atts.get(c.id, [])) for c in rows]
+    return Page(items, pages.encode({"id": rows[-1].id}) if more and rows else None)
+
+
+def clean_content_type(value: str | None) -> str:
+    ct = (value or "").split(";", 1)[0].strip().lower()
+    return ct if _CTYPE.match(ct) else "application/octet-stream"
+
+
+def add_comment(app: App, number: int, *, body: str, internal: bool = False, author: str | None = None,
+                attachments: Sequence[tuple[str, str, bytes]] = (), source: str = "api") -> dict[str, Any]:
+    """A comment (public: mailed to the reporter and watchers like a staff reply; internal: to the staff
+    concerned) with attachments (name, content type, bytes). author: a contact's email (default: the help
+    desk itself, counted as staff)."""
+    from gateway.mime import safe_filename
+
+    if not isinstance(body, str) or (not body.strip() and not attachments):
+        raise Invalid("body: the text of the comment (or at least one attachment)", field="body")
+    if len(attachments) > MAX_ATTACHMENTS:
+        raise Invalid(f"at most {MAX_ATTACHMENTS} attachments", field="attachments")
+    with transaction(app.sessions) as s:
+        t = _ticket(s, app, number)
+        who = None
+        if author:
+            who = Directory(s, app.clock).contact(check_email(author, "author"))
+            if who is None:
+                raise Invalid(f"author: unknown contact {author}", field="author")
+        tickets = Tickets(s, clock=app.clock, listeners=app.listeners)
+        stored = [(safe_filename(name, content_type=clean_content_type(ctype), index=i + 1),
+                   clean_content_type(ctype), data, app.blobs.put(data)) for i, (name, ctype, data)
+                  in enumerate(attachments)]
+        c = tickets.add_comment(t, author=who, author_email=who.email if who else None, body=body,
+                                internal=internal, source=source, by_staff=None if who else True)
+        rows = [Attachment(ticket_id=t.id, comment_id=c.id, filename=name, content_type=ctype, size=len(data),
+                           sha256=sha, inline=False, created_at=app.clock()) for name, ctype, data, sha in stored]
+        s.add_all(rows)
+        s.flush()
+        return _comment_view(c, rows)
+
+
+def list_attachments(app: App, number: int, *, limit: int = pages.DEFAULT_LIMIT,
+                     cursor: str | None = None) -> Page:
+    after = pages.int_key(pages.decode(cursor), "id") if cursor else None
+    with app.sessions() as s:
+        t = _ticket(s, app, number)
+        q = select(Attachment).where(Attachment.ticket_id == t.id).order_by(Attachment.id)
+        if after is not None:
+            q = q.where(Attachment.id > after)
+        rows = list(s.scalars(q.limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [{**attachment_dict(a), "comment_id": a.comment_id} for a in rows]
+    return Page(items, pages.encode({"id": rows[-1].id}) if more and rows else None)
+
+
+def get_attachment(app: App, number: int, attachment_id: int) -> tuple[dict[str, Any], bytes]:
+    """(metadata, bytes) of one attachment of this ticket."""
+    with app.sessions() as s:
+        t = _ticket(s, app, number)
+        a = s.get(Attachment, attachment_id)
+        if a is None or a.ticket_id != t.id:
+            raise NotFound(f"ticket #{number} has no attachment {attachment_id}")
+        meta = attachment_dict(a)
+    try:
+        data = app.blobs.get(meta["sha256"])
+    except FileNotFoundError:
+        raise NotFound(f"attachment {attachment_id}: its content is missing from the attachment store") from None
+    return meta, data
