@@ -18,7 +18,7 @@ def ticket_numbers(s: Session, ticket_ids: Iterable[int | None]) -> dict[int, in
     ids = {i for i in ticket_ids if i is not None}
     if not ids:
         return {}
-    return dict(s.execute(select(Ticket.id, Ticket.number).where(Ticket.id.in_(ids))).tuples().all())
+    return {i: n for i, n in s.execute(select(Ticket.id, Ticket.number).where(Ticket.id.in_(ids)))}
 
 
 def iso(dt: datetime | None) -> str | None:
