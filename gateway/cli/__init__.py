@@ -13,7 +13,8 @@ from typing import Sequence
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
-EX_NOINPUT = 66
+EX_NOINPUT = 66  # also: what a command names does not exist (no ticket #99, no mail 7)
+EX_NOUSER = 67  # ingest: a --recipient that is not a gateway address (an MTA pipe bounces it, like LMTP's 550)
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 EX_CONFIG = 78

@@ -146,7 +146,7 @@ def test_unit_verifies_and_makes_the_configured_paths_writable(staged) -> None: 
     assert any(data_dir == w or data_dir.startswith(w + "/") for w in writable), (data_dir, writable)
     # the README's LMTP Unix socket lies in a directory the unit makes writable (and others can reach)
     readme = (ROOT / "README.md").read_text()
-    sockets = re.findall(r'^path = "(/[^"]+)"', readme, re.M)
+    sockets = re.findall(r'^\s*path = "(/[^"]+)"', readme, re.M)
     assert sockets, "the README shows an LMTP Unix socket path"
     for sock in sockets:
         assert any(sock.startswith(w + "/") for w in writable), (sock, writable)
