@@ -85,11 +85,13 @@ SCHEMA: dict[str, Section] = {
                 "Addresses the gateway receives mail for (and their +token sub-addresses). Never made watchers.",
                 item_type=str, check=_addresses),
             "unknown_senders": Key(
-                str, "default-reporter",
-                "Mail from an address that is not a known contact: 'register' creates a customer contact "
-                "(organisation by mail domain); 'reject' records the mail as rejected; 'default-reporter' opens "
-                "the ticket on behalf of the sender under gateway.default_reporter (the sender is recorded).",
-                choices=("register", "reject", "default-reporter")),
+                str, "correspondent",
+                "Mail from an address that is not a known contact: 'correspondent' opens the ticket with the "
+                "sender as its reporter, a correspondent without an account (no organisation, not a registered "
+                "customer; `users add` registers them later); 'register' also makes them a registered customer "
+                "contact with their name and organisation (by mail domain); 'reject' records the mail as rejected; "
+                "'default-reporter' files the ticket under gateway.default_reporter (the sender is recorded).",
+                choices=("correspondent", "register", "reject", "default-reporter")),
             "default_reporter": Key(str, "unknown-sender@localhost",
                                     "Contact used as reporter under unknown_senders = 'default-reporter'.",
                                     check=lambda v: _addresses([v])),
