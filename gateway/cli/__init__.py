@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load(args.config)
     except ConfigError as e:
-        print(f"ticket-gateway: configuration error: {e}", file=sys.stderr)
+        for error in e.errors:  # every problem at once, one line each
+            print(f"ticket-gateway: configuration error: {error}", file=sys.stderr)
         return EX_CONFIG
     level = "DEBUG" if args.verbose else config.get("logging", "level")
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
