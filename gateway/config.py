@@ -183,7 +183,8 @@ SCHEMA: dict[str, Section] = {
     "serve": Section(
         "The long-running service (`ticket-gateway serve`).",
         {
-            "hostname": Key(str, "", "Name in the SMTP/LMTP greeting. Empty: this host's name."),
+            "hostname": Key(str, "", "Name in the SMTP/LMTP greeting ('220 <hostname> ESMTP': no software name or "
+                            "version is shown) and in EHLO/LHLO replies. Empty: this host's name."),
             "workers": Key(int, 1, "Threads that turn stored mail into tickets and comments.", check=_positive),
             "defer_seconds": Key(int, 30, "In a burst of arriving mail (see thread_share), threading of a stored "
                                  "mail waits at most this long; then it takes every other turn with the stores. "

@@ -18,6 +18,7 @@ EX_NOUSER = 67  # ingest: a --recipient that is not a gateway address (an MTA pi
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
+EX_PIPE = 141  # stdout's reader went away (`| head`): as a command killed by SIGPIPE
 
 # command modules, each with `register(subparsers)`; order = order in --help
 COMMANDS: tuple[str, ...] = (
@@ -35,6 +36,21 @@ COMMANDS: tuple[str, ...] = (
 
 class UsageError(Exception):
     pass
+
+
+class NotFound(Exception):
+    """What the command names does not exist (no ticket #99, no mail 7): exit 66, not a usage error."""
+
+
+def _stdout_gone() -> None:
+    """The reader of stdout went away (`ticket-gateway tickets list | head`): whatever is still buffered goes
+    to /dev/null, so that neither the rest of the command nor the exit prints a BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +74,10 @@ def entry() -> None:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-    except Exception:  # noqa: BLE001 -- a closed pipe: let the normal exit report it
+    except BrokenPipeError:
+        _stdout_gone()
+        code = code or EX_PIPE
+    except Exception:  # noqa: BLE001 -- let the normal exit report it
         sys.exit(code)
     os._exit(code)
 
@@ -90,6 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"ticket-gateway: {e}", file=sys.stderr)
         return EX_USAGE
+    except NotFound as e:
+        print(f"ticket-gateway: {e}", file=sys.stderr)
+        return EX_NOINPUT
+    except BrokenPipeError:
+        _stdout_gone()
+        return EX_PIPE
     except KeyboardInterrupt:
         return 130
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from gateway.cli import UsageError
+from gateway.cli import NotFound, UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -51,13 +51,16 @@ def list_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
         json.dump(rows, sys.stdout, ensure_ascii=False, indent=1)
         print()
         return 0
-    for r in rows:
-        t = f"#{r['ticket']}" if r["ticket"] else "-"
-        print(f"{r['id']:<6} {r['received_at'][:19]} {r['source']:<7} {r['outcome']:<11} {t:<7} "
-              f"{(r['sender'] or '-')[:30]:<30} {(r['subject'] or '')[:50]}"
-              + (f"  [{r['reason'][:80]}]" if r["reason"] and r["outcome"] not in ("ticket", "comment") else ""))
     if not rows:
         print("no mail")
+        return 0
+    from gateway.cli.table import print_table
+
+    print_table(("id", "received", "source", "outcome", "ticket", "from", "subject", "reason"),
+                ((r["id"], (r["received_at"] or "")[:19], r["source"], r["outcome"],
+                  f"#{r['ticket']}" if r["ticket"] else None, r["sender"], r["subject"],
+                  r["reason"] if r["outcome"] not in ("ticket", "comment") else None) for r in rows),
+                caps={"from": 40, "subject": 50, "reason": 80})
     return 0
 
 
@@ -70,7 +73,7 @@ def show_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
     with app.sessions() as s:
         m = s.get(InboundMail, args.id)
         if m is None:
-            raise UsageError(f"no mail {args.id}")
+            raise NotFound(f"no mail {args.id}")
         if args.raw:
             sys.stdout.buffer.write(m.raw.data)
             return 0
@@ -79,9 +82,13 @@ def show_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
         json.dump(d, sys.stdout, ensure_ascii=False, indent=1)
         print()
         return 0
+    from gateway.cli.table import text_of
+
     for k in ("id", "message_id", "sender", "subject", "source", "source_ref", "envelope_from", "envelope_to",
               "received_at", "processed_at", "size", "sha256", "outcome", "reason", "ticket", "attempts"):
-        print(f"{k + ':':<15} {d[k]}")
+        v = d[k]
+        v = ", ".join(v) if isinstance(v, list) else f"#{v}" if k == "ticket" and v else v
+        print(f"{k + ':':<15} {text_of(v)}")
     print("trace:")
     for line in d["trace"]:
         print(f"  - {line}")
@@ -89,7 +96,7 @@ def show_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
 
 
 def replay_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import EX_TEMPFAIL, open_app
+    from gateway.cli import EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL, open_app
     from gateway.db import StoreUnavailable
 
     app = open_app(config, upgrade=True)
@@ -100,7 +107,7 @@ def replay_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-unt
             r = intake.replay(mail_id)
         except (KeyError, ValueError) as e:
             print(f"ticket-gateway: mail replay {mail_id}: {e.args[0]}", file=sys.stderr)
-            status = 1
+            status = status or (EX_NOINPUT if isinstance(e, KeyError) else EX_DATAERR)
             continue
         except StoreUnavailable as e:
             print(f"ticket-gateway: store unavailable: {e}", file=sys.stderr)
