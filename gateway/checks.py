@@ -147,7 +147,8 @@ def summary(config: Config) -> list[tuple[str, str]]:
     rows.append(("outgoing mail", _outgoing(config)))
     rows.append(("database", redact(config.database_url)))
     data = config.data_dir
-    rows.append(("data dir", f"{data}" + ("" if data.is_dir() else " (does not exist yet: the first start creates it)")))
+    missing = "" if data.is_dir() else " (does not exist yet: the first start creates it)"
+    rows.append(("data dir", f"{data}{missing}"))
     rows.append(("attachments", str(config.attachments_dir)))
     lg = config.logging
     rows.append(("log", f"{lg['level']} to {lg['file'] or 'standard error'}"))

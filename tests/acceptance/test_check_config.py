@@ -27,7 +27,8 @@ max_message_size = 0
 [[routes]]
 address = "sales@example.com"
 [sla]
-policies = [{ name = "p1", response = 0, resolution = 60 }, { name = "p2", response = 30, resolution = 60, warn_at = 150 }]
+policies = [{ name = "p1", response = 0, resolution = 60 },
+            { name = "p2", response = 30, resolution = 60, warn_at = 150 }]
 [logging]
 level = "loud"
 ''')

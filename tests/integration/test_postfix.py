@@ -23,7 +23,6 @@ import pwd
 import shutil
 import signal
 import smtplib
-import sqlite3
 import subprocess
 import sys
 import sysconfig

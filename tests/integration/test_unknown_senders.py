@@ -73,7 +73,6 @@ def test_default_reporter_is_the_sender_as_a_correspondent(tmp_path, db_url, clo
         box = mailbox.Maildir(str(app.config.data_dir / "outbox-maildir"), create=False)
         texts = {}
         for m in box:
-            part = m.get_body(("plain",)) if hasattr(m, "get_body") else None
             raw = bytes(m)
             texts.setdefault(m["X-Original-To"], []).append(raw)
         assert len(texts["alice@customer.example"]) == 2 and len(texts["eve@other.example"]) == 1
