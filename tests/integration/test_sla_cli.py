@@ -76,7 +76,7 @@ def test_tickets_set_tick_badge_and_report(cfg):  # type: ignore[no-untyped-def]
     assert out["changes"]["status"] == ["open", "pending"]
     bad = run_cli("tickets", "set", "1", "--priority", "urgent", config=cfg)
     assert bad.returncode == 64
-    assert run_cli("tickets", "set", "9", "--status", "open", config=cfg).returncode == 64
+    assert run_cli("tickets", "set", "9", "--status", "open", config=cfg).returncode == 66  # not found
 
     listed = j(run_cli("tickets", "list", "--json", config=cfg))
     assert [t["number"] for t in listed] == [3, 2, 1]  # the due pending reminder comes first
