@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +25,8 @@ class App:
     clock: Clock
     handlers: list[tuple[str, Handler]]
     listeners: Listeners = field(default_factory=list)
+    disk: Any = None        # gateway.guard.diskspace.DiskGuard: intake pauses while the data directory is full
+    auth: Any = None        # gateway.auth.Authenticator: sender authentication on arrival
 
     def intake(self):  # type: ignore[no-untyped-def]
         from gateway.intake import Intake
@@ -45,6 +47,11 @@ def build_app(config: Config, *, clock: Clock = system_clock, pipeline: Sequence
                                 pool_size=config.get("database", "pool_size"))
     app = App(config=config, engine=engine, sessions=db.session_factory(engine),
               blobs=BlobStore(config.attachments_dir), clock=clock, handlers=load_handlers(pipeline))
+    from gateway.auth import Authenticator
+    from gateway.guard.diskspace import DiskGuard
+
+    app.disk = DiskGuard.for_config(config)
+    app.auth = Authenticator(config)
     for install in _FEATURES:
         install(app)
     return app

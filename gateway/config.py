@@ -75,6 +75,48 @@ def _group_addresses(v: dict[str, Any]) -> str | None:
     return f"{bad[0]}: not an email address: {v[bad[0]]!r}" if bad else None
 
 
+def _networks(v: list[str]) -> str | None:
+    import ipaddress
+
+    for item in v:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"not an IP address or network: {item!r}"
+    return None
+
+
+def _addr_or_domain(v: list[str]) -> str | None:
+    bad = [a for a in v if not (_ADDR.match(a) or re.fullmatch(r"@?[A-Za-z0-9.-]+\.[A-Za-z0-9-]+", a))]
+    return f"not an email address or a domain: {bad[0]!r}" if bad else None
+
+
+def dns_server(item: str) -> tuple[str, int]:
+    """'IP', 'IP:port' or '[IPv6]:port' -> (ip, port); raises ValueError."""
+    import ipaddress
+
+    host, port = item, 53
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", item)
+    if m:
+        host, port = m.group(1), int(m.group(2) or 53)
+    elif item.count(":") == 1:
+        host, _, p = item.partition(":")
+        port = int(p)
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(item)
+    return host, port
+
+
+def _dns_servers(v: list[str]) -> str | None:
+    for item in v:
+        try:
+            dns_server(item)
+        except ValueError:
+            return f"not 'IP' or 'IP:port': {item!r}"
+    return None
+
+
 def _sla_policies(v: list[Any]) -> str | None:
     from gateway.sla.store import check_seed  # only when the config seeds policies
 
@@ -143,6 +185,62 @@ SCHEMA: dict[str, Section] = {
                                         "this long (also inside DATA).", check=_positive),
             "session_max_seconds": Key(int, 1800, "SMTP/LMTP: close a session that lasts longer than this "
                                        "(slow clients).", check=_positive),
+            "max_sessions_per_client": Key(int, 20, "SMTP/LMTP: most concurrent sessions from one client IP address "
+                                           "(Postfix: smtpd_client_connection_count_limit); more are answered 421 "
+                                           "and closed, other clients are not affected. The local MTA delivering by "
+                                           "LMTP needs as many as its concurrency for this destination (Postfix: "
+                                           "20 by default), or list it in client_limit_exceptions. Unix-socket "
+                                           "clients are not counted.", check=_positive),
+            "client_limit_exceptions": Key(list, [], "SMTP/LMTP: client IP addresses or networks (e.g. "
+                                           "\"10.0.0.0/8\") that max_sessions_per_client does not apply to.",
+                                           item_type=str, check=_networks),
+            "stress_threshold": Key(float, 0.8, "SMTP/LMTP: when this share of max_sessions is in use, the service "
+                                    "is under stress (Postfix: all smtpd processes busy): idle sessions are cut "
+                                    "after stress_idle_seconds instead of session_idle_seconds.",
+                                    check=lambda v: None if 0 < v <= 1 else "must be > 0 and <= 1"),
+            "stress_idle_seconds": Key(int, 10, "SMTP/LMTP under stress: close a session when the client sends "
+                                       "nothing for this long (Postfix uses 10 s).", check=_positive),
+            "free_space_factor": Key(float, 1.5, "SMTP/LMTP MAIL FROM is answered '452 4.3.1' (try later) and IMAP "
+                                     "polling and `ingest` pause while the free space in gateway.data_dir is below "
+                                     "this many times max_message_size; both go on by themselves when space is "
+                                     "back.", check=_non_negative),
+            "max_watchers_per_mail": Key(int, 10, "Most watchers one mail adds to a ticket (from its Cc); the "
+                                         "addresses past the bound are recorded in the decision trace and not "
+                                         "added.", check=_non_negative),
+            "mails_per_sender_per_hour": Key(int, 50, "Most tickets and comments made from one sender address in an "
+                                             "hour (by the time the mails arrived); further mail from that address "
+                                             "is quarantined with the reason 'flood' (kept, listed, replayable), "
+                                             "never answered. Staff and flood_exempt are exempt.", check=_positive),
+            "flood_exempt": Key(list, [], "Sender addresses ('monitor@example.com') or domains ('example.com') that "
+                                "mails_per_sender_per_hour does not apply to.", item_type=str, check=_addr_or_domain),
+        },
+    ),
+    "authentication": Section(
+        "Sender authentication: a mail whose From domain fails DMARC (or, for a domain without a DMARC record, "
+        "has no aligned SPF or DKIM pass and an aligned fail) never acts as its sender: it is quarantined with "
+        "the reason 'sender authentication failed' (an admin may replay it). A mail with no result at all is "
+        "'unverified': it may open a ticket, and the people it Cc's become watchers (up to "
+        "limits.max_watchers_per_mail) but are not mailed until they write themselves or staff adds them.",
+        {
+            "trusted_authserv_ids": Key(list, [], "Authentication-Results headers (RFC 8601) are believed only from "
+                                        "these authserv-ids (your MTA's, e.g. \"mx.example.com\") and only above "
+                                        "the topmost Received field (where the receiving MTA adds them); for mail "
+                                        "received on the SMTP/LMTP listeners also only from trusted_relays. Every "
+                                        "other one is ignored, and said so in the decision trace.", item_type=str),
+            "trusted_relays": Key(list, ["127.0.0.1", "::1"], "IP addresses or networks of the MTAs that hand mail "
+                                  "to the SMTP/LMTP listeners. Their Authentication-Results are believed; the "
+                                  "gateway's own SPF check is skipped for their mail (their IP is not the "
+                                  "sender's). Unix-socket clients count as trusted relays.", item_type=str,
+                                  check=_networks),
+            "verify": Key(bool, False, "Where no trusted Authentication-Results exist, verify DKIM, SPF (SMTP/LMTP "
+                          "and `ingest --client-ip`: the client IP, HELO and MAIL FROM) and DMARC when the mail "
+                          "arrives (SMTP, LMTP, IMAP, `ingest` from stdin; not for files and archives), and store "
+                          "the result with the mail."),
+            "dns_servers": Key(list, [], "DNS resolvers for verify, as \"IP\" or \"IP:port\" (\"[IPv6]:port\"). "
+                               "Empty: the system's (/etc/resolv.conf).", item_type=str, check=_dns_servers),
+            "dns_timeout_seconds": Key(float, 5.0, "Most time the DNS lookups of one mail's verification may take "
+                                       "in all; what is not answered by then counts as a temporary error (no "
+                                       "result, not a failure).", check=_positive),
         },
     ),
     "listen": Section(

@@ -23,6 +23,7 @@ class CommentAdded:
     ticket: Ticket
     comment: Comment
     mail_id: int | None = None
+    seen_by: frozenset[str] = frozenset()  # addresses that had the mail itself (its To/Cc): not mailed again
 
 
 @dataclass

@@ -155,6 +155,7 @@ class PollResult:
     failed: int = 0          # an unexpected error (logged): left in place, or not threaded; tried again later
     threaded: int = 0        # stored mails threaded in this drain (also ones stored by an earlier drain)
     postponed: int = 0       # stored and moved, threading postponed (store unavailable, stopping)
+    paused: bool = False     # nothing fetched: the data directory is nearly full (gateway.guard.diskspace)
     outcomes: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -166,7 +167,7 @@ class PollResult:
                 "fetched": self.fetched, "stored": self.stored, "known": self.known, "moved": self.moved,
                 "quarantined": self.quarantined, "oversize": self.oversize, "deferred": self.deferred,
                 "failed": self.failed, "threaded": self.threaded, "postponed": self.postponed,
-                "outcomes": dict(self.outcomes)}
+                "paused": self.paused, "outcomes": dict(self.outcomes)}
 
 
 class Deferred(Exception):
@@ -295,6 +296,9 @@ class ImapPoller:
         (thread=True) thread what was stored and file the quarantined mail (see `thread_stored`)."""
         assert self.client is not None
         total = PollResult(self.account.name)
+        if self.app.disk is not None and self.app.disk.low():
+            total.paused = True  # the data directory is nearly full: the mail stays on the server for now
+            return total
         self._moved_here = set()
         self._failed_here = set()
         tried: set[int] = set()
@@ -454,7 +458,11 @@ class ImapPoller:
         """Store fetched messages in one transaction (one commit); their mail ids, in order. Store down:
         Deferred (nothing was stored, everything stays in the folder)."""
         try:
-            ids = self.intake.store_many([(raw, self._envelope(uidvalidity, uid)) for uid, raw in fresh])
+            auth = self.app.auth
+            items = [(raw, self._envelope(uidvalidity, uid)) for uid, raw in fresh]
+            if auth is not None and auth.active:  # sender authentication on arrival (gateway.auth), no lock held
+                items = [(raw, auth.envelope(raw, env)) for raw, env in items]
+            ids = self.intake.store_many(items)
         except Exception as e:
             if isinstance(e, StoreUnavailable) or is_unavailable(e):
                 raise Deferred() from e
@@ -840,7 +848,7 @@ class ImapPoller:
                     self.connect()
                 self.state = "draining"
                 result = self.drain()
-                if (result.deferred or result.postponed) and not stop.is_set():
+                if (result.deferred or result.postponed or result.paused) and not stop.is_set():
                     # the store is down: keep the connection, retry after a growing pause
                     self.state = "backoff"
                     stop.wait(backoff)

@@ -43,6 +43,9 @@ class Envelope:
     rcpt_tos: tuple[str, ...] = ()
     source: str = "stdin"                  # smtp | lmtp | imap | stdin | file | maildir | mbox
     source_ref: str | None = None          # e.g. imap account/folder/uidvalidity/uid, or a file path
+    client_ip: str | None = None           # SMTP/LMTP client (or `ingest --client-ip`): for SPF
+    client_helo: str | None = None         # its HELO/EHLO/LHLO name
+    auth: dict[str, Any] | None = None     # sender authentication found on arrival (gateway.auth), if checked
 
 
 @dataclass
@@ -93,7 +96,8 @@ class Intake:
                            envelope_from=envelope.mail_from, envelope_to=list(envelope.rcpt_tos),
                            message_id=mid, sender=sender[:320] if sender else None, subject=subject,
                            sha256=sha256 or hashlib.sha256(raw).hexdigest(), size=len(raw), outcome="received",
-                           trace=[], attempts=0)
+                           trace=[], attempts=0, client_ip=envelope.client_ip,
+                           client_helo=envelope.client_helo, auth=envelope.auth)
         if not hint:
             mail._tg_hint_pending = True  # type: ignore[attr-defined]  # a plain attribute, not a column
         if with_raw:
@@ -384,6 +388,9 @@ class Intake:
             if mail.outcome not in ("quarantined", "rejected", "received"):
                 raise ValueError(f"mail {mail_id} is {mail.outcome}; only quarantined or rejected mail is replayed")
             previous = mail.outcome
+            if previous == "quarantined" and mail.reason:
+                # the admin accepts what held it back ('flood', 'sender authentication failed'): not again
+                mail.released = list(mail.released or []) + [mail.reason.partition(":")[0]]
             mail.outcome = "received"
             mail.trace = list(mail.trace or []) + [f"replay requested (was {previous}: {mail.reason})"]
         return self.process(mail_id)

@@ -84,6 +84,9 @@ class Contact(Base):
     undeliverable: Mapped[bool] = mapped_column(Boolean, default=False)
     undeliverable_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Why the gateway may mail this address on its own (it wrote to the gateway, an admin added it); None: it
+    # was only named by others (Cc) and is mailed only where its watcher row says so (gateway.relay).
+    vouched: Mapped[str | None] = mapped_column(String(200), nullable=True, default=None)
     organisation: Mapped[Organisation | None] = relationship(lazy="joined")
 
     @property
@@ -157,6 +160,9 @@ class Watcher(Base):
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Why the gateway may mail this watcher about this ticket (added by staff, Cc'd by an authenticated
+    # participant); None: only if the contact itself is vouched for (gateway.relay.mailable).
+    vouched: Mapped[str | None] = mapped_column(String(200), nullable=True, default=None)
     ticket: Mapped[Ticket] = relationship(back_populates="watchers")
     contact: Mapped[Contact] = relationship(lazy="joined")
     __table_args__ = (UniqueConstraint("ticket_id", "contact_id"),)
@@ -224,8 +230,17 @@ class InboundMail(Base):
     # deliveries of the same mail cannot both win (the loser retries and sees the duplicate).
     claim_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
     claim_msgid: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)  # sha256(msgid|sender)
+    # SMTP/LMTP session (or `ingest --client-ip/--helo`): the client's IP address and HELO name, for SPF
+    client_ip: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
+    client_helo: Mapped[str | None] = mapped_column(String(255), nullable=True, default=None)
+    # Sender authentication as found when the mail arrived (gateway.auth.AuthResult.as_dict), None: not checked
+    auth: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
+    # Quarantine reasons an admin released by replaying the mail ('flood', 'sender authentication failed')
+    released: Mapped[list[str] | None] = mapped_column(JSON, nullable=True, default=None)
     raw: Mapped[InboundRaw] = relationship(lazy="select", cascade="all, delete-orphan", uselist=False)
-    __table_args__ = (Index("ix_inbound_mail_outcome", "outcome"),)
+    __table_args__ = (Index("ix_inbound_mail_outcome", "outcome"),
+                      # the flood cap counts a sender's mails in the hour before a mail arrived
+                      Index("ix_inbound_mail_sender_received", "sender", "received_at"))
 
 
 class InboundRaw(Base):

@@ -29,7 +29,9 @@ BUILTIN: tuple[str, ...] = (
     "parse",        # raw bytes -> ParsedMail (guards: depth, part count, charsets)
     "dedupe",       # the same mail again makes nothing new
     "classify",     # auto-replies, bounces, bulk and list mail are ignored
+    "authenticate", # sender authentication (DMARC/DKIM/SPF, trusted Authentication-Results); a failure quarantines
     "identify",     # who wrote it: known contact, or the unknown-sender policy
+    "flood",        # more than limits.mails_per_sender_per_hour from one sender: quarantined ('flood')
     "token",        # our own mail coming back is a loop; a signed reply address names its ticket
     "match",        # which ticket: In-Reply-To/References, subject tag; participants only
     "route",        # defaults for a new ticket (group, priority, type) from the recipient address
@@ -80,6 +82,7 @@ class MailContext:
     created: bool = False
     trace: list[str] = field(default_factory=list)
     prepared: Any = None                # gateway.prepare.Prepared: the pure work done ahead (batch imports)
+    auth: Any = None                    # gateway.auth.AuthResult: the sender authentication (handler authenticate)
 
     def note(self, text: str) -> None:
         self.trace.append(text)

@@ -318,6 +318,10 @@ class Service:
         # it, but the callback queues it at once)
         return await asyncio.shield(fut)
 
+    async def authenticate(self, raw: bytes, envelope: Envelope) -> Envelope:
+        """The envelope with the mail's sender authentication (gateway.auth; DNS, in a thread): before storing."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self.app.auth.envelope, raw, envelope)
+
     async def process(self, mail_id: int) -> Result:
         """Thread a stored mail now (raises StoreUnavailable on an outage)."""
         return await asyncio.get_running_loop().run_in_executor(self.process_pool, self._process_sync, mail_id)
@@ -492,6 +496,7 @@ class Service:
         from gateway.cli import EX_CONFIG, EX_TEMPFAIL
         from gateway.config import ConfigError
         from gateway.migrate import ensure_current
+        from gateway.guard.connlimits import ConnLimits
         from gateway.smtp import SessionRegistry, quiet_aiosmtpd, start_listeners
 
         loop = self._loop = asyncio.get_running_loop()
@@ -517,10 +522,12 @@ class Service:
         self.gate = WriteGate(sqlite)
         self.group_commit = GroupCommit(self._store_many_sync, self.store_pool, parallel=1 if sqlite else 4)
 
-        self.registry = SessionRegistry(self.config.get("limits", "max_sessions"))
+        self.registry = SessionRegistry(self.config.get("limits", "max_sessions"),
+                                        ConnLimits.of(self.config.values["limits"]))
         self.queue = asyncio.Queue()
         try:
-            self.listeners = await start_listeners(self.config, self.store, self.registry)
+            self.listeners = await start_listeners(self.config, self.store, self.registry, disk=app.disk,
+                                                   authenticate=self.authenticate if app.auth.active else None)
         except ConfigError as e:
             log.error("configuration error: %s", e)
             return EX_CONFIG

@@ -27,6 +27,9 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, Envelope as SMTPEnvelope, Session as SMTPSession
 
 from gateway.config import Config, ConfigError
+from gateway.guard import connlimits
+from gateway.guard.connlimits import ConnLimits
+from gateway.guard.diskspace import INSUFFICIENT, DiskGuard
 from gateway.intake import Envelope
 from gateway.routing import route_for  # noqa: F401 -- kept importable from here
 
@@ -49,6 +52,7 @@ CALL_LIMITS = {"NOOP": 100, "HELP": 20, "VRFY": 20, "EXPN": 20, "*": 100_000}
 
 
 StoreFn = Callable[[bytes, Envelope], Awaitable[int]]
+AuthFn = Callable[[bytes, Envelope], Awaitable[Envelope]]
 
 
 def listener_specs(config: Config) -> list[dict[str, Any]]:
@@ -68,22 +72,61 @@ def listener_specs(config: Config) -> list[dict[str, Any]]:
 
 
 class SessionRegistry:
-    """Live SMTP/LMTP sessions over all listeners: the concurrency cap and graceful shutdown."""
+    """Live SMTP/LMTP sessions over all listeners: the concurrency cap, the per-client limit and the stress
+    timeouts (gateway.guard.connlimits), and graceful shutdown."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, conn: ConnLimits | None = None) -> None:
         self.limit = limit
+        self.conn = conn
         self.live: set[_Sessions] = set()
+        self.per_client: dict[str, int] = {}
+        self.stress = False
+        self.refused = 0   # sessions refused by the per-client limit (statistics, tests)
         self.closing = False
         self.changed = asyncio.Event()
 
     def full(self) -> bool:
         return len(self.live) >= self.limit
 
+    def refusal(self, client: str | None) -> str | None:
+        """The reply for a new session from `client` over its limit, or None."""
+        if self.conn is None or client is None:
+            return None
+        why = connlimits.refuse(self.conn, client, self.per_client.get(client, 0))
+        if why is not None:
+            self.refused += 1
+        return why
+
+    def idle_timeout(self, normal: float) -> float:
+        if self.conn is None:
+            return normal
+        return min(normal, connlimits.idle_timeout(self.conn, len(self.live)))
+
     def add(self, s: _Sessions) -> None:
         self.live.add(s)
+        client = getattr(s, "_client", None)
+        if client is not None:
+            self.per_client[client] = self.per_client.get(client, 0) + 1
+        if self.conn is not None and not self.stress and connlimits.stressed(self.conn, len(self.live)):
+            self.stress = True
+            log.warning("%d sessions: under stress, idle sessions are closed after %ss", len(self.live),
+                        self.conn.stress_idle_seconds)
+            for other in list(self.live):
+                other.rearm()
 
     def discard(self, s: _Sessions) -> None:
-        self.live.discard(s)
+        if s in self.live:
+            self.live.discard(s)
+            client = getattr(s, "_client", None)
+            if client is not None:
+                left = self.per_client.get(client, 1) - 1
+                if left > 0:
+                    self.per_client[client] = left
+                else:
+                    self.per_client.pop(client, None)
+        if self.stress and self.conn is not None and not connlimits.stressed(self.conn, len(self.live)):
+            self.stress = False
+            log.info("%d sessions: stress is over", len(self.live))
         self.changed.set()
 
     def close_idle(self) -> int:
@@ -126,6 +169,16 @@ class _Sessions:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = getattr(self, "_registered", False) is False
+        if first:
+            self._client = connlimits.client_key(transport.get_extra_info("peername"))
+            why = self.registry.refusal(self._client)
+            if why is not None:  # over this client's limit: this session only, nobody else's
+                self._refused = True
+                log.info("%s: over limits.max_sessions_per_client, refused", self._client)
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(why.encode("ascii") + b"\r\n")
+                transport.close()
+                return
         super().connection_made(transport)  # type: ignore[misc]
         if first:
             self._registered = True
@@ -133,6 +186,8 @@ class _Sessions:
             self._deadline = self.loop.call_later(self.max_seconds, self._session_too_long)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if getattr(self, "_refused", False):
+            return
         self.registry.discard(self)
         d = getattr(self, "_deadline", None)
         if d is not None:
@@ -140,9 +195,30 @@ class _Sessions:
         super().connection_lost(error)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
+        if getattr(self, "_refused", False):
+            return
         super().data_received(data)  # type: ignore[misc]
         if self.transport is not None:
             self._reset_timeout()  # type: ignore[attr-defined]  # idle means no bytes, also inside DATA
+
+    def eof_received(self) -> bool | None:
+        if getattr(self, "_refused", False):
+            return None
+        return super().eof_received()  # type: ignore[misc,no-any-return]
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd's idle timer, shortened while the service is under stress (gateway.guard.connlimits)."""
+        normal = self._timeout_duration  # type: ignore[attr-defined]
+        super()._reset_timeout(duration or self.registry.idle_timeout(normal))  # type: ignore[misc]
+
+    def rearm(self) -> None:
+        """The idle timer again from now, with the timeout that holds now (the service came under stress)."""
+        if self.transport is not None:
+            self._reset_timeout()
+
+    def _timeout_cb(self) -> None:
+        log.info("%r idle for too long: closing", getattr(self.session, "peer", None))  # type: ignore[attr-defined]
+        self.goodbye("421 4.4.2 Idle for too long, closing connection")
 
     async def smtp_DATA(self, arg: str) -> None:
         """DATA by `read_data`: pieces up to each "." CRLF, joined once (aiosmtpd keeps a list with one object
@@ -252,11 +328,22 @@ class GatewayLMTP(_Sessions, LMTP):
 class Handler:
     """aiosmtpd handler: accept only our addresses, store durably, answer."""
 
-    def __init__(self, config: Config, protocol: str, store: StoreFn) -> None:
+    def __init__(self, config: Config, protocol: str, store: StoreFn, *, disk: DiskGuard | None = None,
+                 authenticate: AuthFn | None = None) -> None:
         self.config = config
         self.protocol = protocol
         self.store = store
+        self.disk = disk
+        self.authenticate = authenticate
         self.max_recipients = config.get("limits", "max_recipients")
+
+    async def handle_MAIL(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope, address: str,
+                          mail_options: list[str]) -> str:
+        if self.disk is not None and self.disk.low():  # nearly full: the client keeps the mail and tries later
+            return INSUFFICIENT
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -276,10 +363,14 @@ class Handler:
         sender = envelope.mail_from
         if sender is not None and sender.strip() in ("<>", ""):
             sender = ""  # the null sender (bounces, auto-replies)
-        env = Envelope(mail_from=sender,
-                       rcpt_tos=tuple(envelope.rcpt_tos), source=self.protocol, source_ref=ref)
+        helo = session.host_name if isinstance(session.host_name, str) else None
+        env = Envelope(mail_from=sender, rcpt_tos=tuple(envelope.rcpt_tos), source=self.protocol, source_ref=ref,
+                       client_ip=connlimits.client_key(peer), client_helo=helo[:255] if helo else None)
+        raw = raw if isinstance(raw, bytes) else bytes(raw)
         try:
-            mail_id = await self.store(raw if isinstance(raw, bytes) else bytes(raw), env)
+            if self.authenticate is not None:
+                env = await self.authenticate(raw, env)
+            mail_id = await self.store(raw, env)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 -- whatever it is, the sender must try again, not bounce
@@ -322,8 +413,11 @@ def tls_context(spec: dict[str, Any]) -> ssl.SSLContext | None:
     return ctx
 
 
-async def start_listeners(config: Config, store: StoreFn, registry: SessionRegistry) -> list[Listener]:
-    """Bind every configured listener in the running loop; returns them (close with stop_listeners)."""
+async def start_listeners(config: Config, store: StoreFn, registry: SessionRegistry, *,
+                          disk: DiskGuard | None = None, authenticate: AuthFn | None = None) -> list[Listener]:
+    """Bind every configured listener in the running loop; returns them (close with stop_listeners).
+    disk: MAIL FROM is answered 452 while it is low; authenticate: the envelope with the sender
+    authentication of a mail (gateway.auth), before it is stored."""
     loop = asyncio.get_running_loop()
     hostname = config.get("serve", "hostname") or socket.gethostname()
     limits = config.values["limits"]
@@ -331,7 +425,7 @@ async def start_listeners(config: Config, store: StoreFn, registry: SessionRegis
     try:
         for spec in listener_specs(config):
             cls = GatewayLMTP if spec["protocol"] == "lmtp" else GatewaySMTP
-            handler = Handler(config, spec["protocol"], store)
+            handler = Handler(config, spec["protocol"], store, disk=disk, authenticate=authenticate)
             tls = tls_context(spec)
 
             def factory(cls: type = cls, handler: Handler = handler, tls: ssl.SSLContext | None = tls,

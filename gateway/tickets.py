@@ -327,9 +327,12 @@ class Tickets:
                description: str = "", description_full: str = "", description_html: str | None = None,
                organisation_id: int | None = None, priority: str = "medium", type: str = "incident",
                group: str | None = None, tags: list[str] | None = None, message_ids: Iterable[str] = (),
-               at: datetime | None = None, source_mail: InboundMail | None = None) -> Ticket:
+               at: datetime | None = None, source_mail: InboundMail | None = None,
+               watchers: Sequence[tuple[Contact, str | None]] = ()) -> Ticket:
         """source_mail: the mail that opens it. A mail row pending in the session is written first; one with a
-        preallocated id and outside the session (a batch import's on SQLite) is written later by its caller."""
+        preallocated id and outside the session (a batch import's on SQLite) is written later by its caller.
+        watchers: (contact, why the gateway may mail it or None), watching from the start (the listeners see
+        them with the new ticket: the acknowledgement shows them)."""
         if priority not in PRIORITIES:
             raise InvalidChange(f"unknown priority {priority!r}")
         if type not in TYPES:
@@ -358,13 +361,19 @@ class Tickets:
         if rows:  # plain rows, read back only by queries (by_message_ids): no ORM objects needed
             self.s.connection().execute(insert(table_of(TicketMessageId)), rows)
             message_ids_written(self.s, (str(r["message_id"]) for r in rows))
+        for contact, vouched in watchers:
+            self.add_watcher(t, contact, vouched=vouched, at=now, flush=False)
+        if watchers:
+            self.s.flush()
         self.emit(TicketCreated(t, mail_id=source_mail.id if source_mail is not None else None))
         return t
 
     def add_comment(self, ticket: Ticket, *, author: Contact | None, author_email: str | None, body: str,
                     full_text: str = "", html: str | None = None, internal: bool = False,
-                    source: str = "mail", mail: InboundMail | None = None, at: datetime | None = None) -> Comment:
-        """mail: the mail it comes from; a mail row not written yet is written first, in the same flush."""
+                    source: str = "mail", mail: InboundMail | None = None, at: datetime | None = None,
+                    seen_by: Iterable[str] = ()) -> Comment:
+        """mail: the mail it comes from; a mail row not written yet is written first, in the same flush.
+        seen_by: addresses that had the mail itself (its To and Cc): it is not mailed to them again."""
         now = at or self.clock()
         c = Comment(ticket_id=ticket.id, author=author,
                     author_email=normalise_email(author_email) if author_email else (author.email if author else None),
@@ -374,14 +383,27 @@ class Tickets:
         self.s.add(c)
         ticket.updated_at = now
         self.s.flush()
-        self.emit(CommentAdded(ticket, c, mail_id=mail.id if mail is not None else None))
+        self.emit(CommentAdded(ticket, c, mail_id=mail.id if mail is not None else None,
+                               seen_by=frozenset(normalise_email(a) for a in seen_by if a)))
         return c
 
-    def add_watcher(self, ticket: Ticket, contact: Contact) -> bool:
-        if contact.id == ticket.reporter_id or any(w.contact_id == contact.id for w in ticket.watchers):
+    def add_watcher(self, ticket: Ticket, contact: Contact, *, vouched: str | None = None,
+                    at: datetime | None = None, flush: bool = True) -> bool:
+        """vouched: why the gateway may mail this watcher (gateway.guard.relay); an existing watcher that had
+        no such reason takes this one."""
+        if contact.id is not None and contact.id == ticket.reporter_id:
             return False
-        ticket.watchers.append(Watcher(contact_id=contact.id, contact=contact, created_at=self.clock()))
-        self.s.flush()
+        for w in ticket.watchers:
+            if w.contact_id == contact.id:
+                if vouched and not w.vouched:
+                    w.vouched = vouched
+                    if flush:
+                        self.s.flush()
+                return False
+        ticket.watchers.append(Watcher(contact_id=contact.id, contact=contact, vouched=vouched,
+                                       created_at=at or self.clock()))
+        if flush:
+            self.s.flush()
         return True
 
     def remember_message_id(self, ticket: Ticket, message_id: str | None, direction: str = "in") -> None:

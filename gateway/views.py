@@ -94,5 +94,9 @@ def mail_dict(m: InboundMail, ticket_number: int | None, *, trace: bool = False)
         "attempts": m.attempts,
     }
     if trace:
+        d["client_ip"] = m.client_ip
+        d["client_helo"] = m.client_helo
+        d["authentication"] = dict(m.auth) if m.auth else None
+        d["released"] = list(m.released or [])
         d["trace"] = list(m.trace or [])
     return d

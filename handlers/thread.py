@@ -1,30 +1,19 @@
-"""Create the ticket or add the comment; Cc'd addresses (not the gateway's own) become watchers."""
+"""Create the ticket or add the comment; Cc'd addresses (not the gateway's own) become watchers, within
+limits.max_watchers_per_mail (gateway.guard.relay says which of them the gateway may mail)."""
 
 from __future__ import annotations
 
+from gateway.guard import relay
 from gateway.pipeline import MailContext
-
-
-def _watchers(ctx: MailContext) -> None:
-    p = ctx.parsed
-    assert p is not None and ctx.ticket is not None
-    added = []
-    for name, addr in p.cc:
-        if not addr or addr.count("@") != 1 or ctx.config.is_gateway_address(addr) or addr == ctx.sender_email:
-            continue
-        contact = ctx.directory.contact(addr) or ctx.directory.register(addr, name=name, auto_registered=True)
-        if ctx.tickets.add_watcher(ctx.ticket, contact):
-            added.append(addr)
-    if added:
-        ctx.note(f"thread: watchers added from Cc: {', '.join(added)}")
 
 
 def handle(ctx: MailContext) -> None:
     p = ctx.parsed
     assert p is not None and ctx.reporter is not None
+    relay.mark_sender(ctx)
     if ctx.ticket is None:
         route = ctx.routing
-        ctx.ticket = ctx.tickets.create(
+        ctx.ticket = ctx.tickets.create(watchers=relay.cc_watchers(ctx),
             subject=p.subject, reporter=ctx.reporter, sender_email=ctx.sender_email, description=ctx.body,
             description_full=ctx.full_text, description_html=ctx.html, priority=route.get("priority", "medium"),
             type=route.get("type", "incident"), group=route.get("group"), source_mail=ctx.mail,
@@ -41,7 +30,7 @@ def handle(ctx: MailContext) -> None:
         ctx.comment = ctx.tickets.add_comment(ticket, author=ctx.sender or ctx.reporter,
                                               author_email=ctx.sender_email, body=ctx.body,
                                               full_text=ctx.full_text, html=ctx.html, internal=internal,
-                                              mail=ctx.mail)
+                                              mail=ctx.mail, seen_by=[a for _, a in p.to + p.cc])
         ctx.tickets.remember_message_id(ticket, p.message_id, "in")
         ctx.note(f"thread: {'staff' if staff else 'customer'} {'internal note' if internal else 'comment'} "
                  f"on #{ticket.number}")
@@ -49,4 +38,4 @@ def handle(ctx: MailContext) -> None:
             old = ticket.status
             ctx.tickets.change(ticket, by=ctx.sender, status="open")
             ctx.note(f"thread: #{ticket.number} {old} -> open (reply from {'staff' if staff else 'customer'})")
-    _watchers(ctx)
+        relay.add_cc_watchers(ctx)

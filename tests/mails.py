@@ -42,3 +42,17 @@ def message_id_of(raw: bytes) -> str:
     import email
 
     return str(email.message_from_bytes(raw)["Message-ID"])
+
+
+AUTHSERV = "mx.example.com"
+
+
+def authenticated(domain: str = "customer.example", result: str = "pass", authserv: str = AUTHSERV) -> dict[str, str]:
+    """Headers our MTA (authserv-id `authserv`) adds on receipt: its Authentication-Results with a DMARC result
+    for `domain`, above its Received field. Believed with authentication.trusted_authserv_ids = [authserv]."""
+    return {"Authentication-Results": f"{authserv}; dmarc={result} header.from={domain}",
+            "Received": f"from mail.{domain} (mail.{domain} [192.0.2.25]) by {authserv} with ESMTPS; "
+                        "Mon, 2 Nov 2026 09:29:00 +0000"}
+
+
+TRUST_MX = {"trusted_authserv_ids": [AUTHSERV]}

@@ -31,6 +31,7 @@ COMMANDS: tuple[str, ...] = (
     "gateway.cli.outbox",
     "gateway.cli.imap",
     "gateway.cli.serve",
+    "gateway.cli.spool",
 )
 
 
@@ -69,7 +70,14 @@ def entry() -> None:
     Everything is written and closed by then (the commands close what they open; stdout, stderr and the log
     handlers are flushed here); freeing SQLAlchemy's thousands of objects one by one at exit would cost
     a process per mail (an MTA pipe transport) a tenth of its time and achieve nothing."""
-    code = main()
+    argv = sys.argv[1:]
+    if _command_of(argv) == "deliver":  # the MTA pipe: no argparse tree, no database layer (gateway.deliver)
+        from gateway.deliver import main as deliver
+
+        i = argv.index("deliver")
+        code = deliver(argv[:i] + argv[i + 1:])
+    else:
+        code = main()
     try:
         logging.shutdown()
         sys.stdout.flush()
@@ -80,6 +88,20 @@ def entry() -> None:
     except Exception:  # noqa: BLE001 -- let the normal exit report it
         sys.exit(code)
     os._exit(code)
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command word after the global options (--config FILE, -v), without building the parser."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config":
+            i += 2
+        elif a.startswith("--config=") or a in ("-v", "--verbose"):
+            i += 1
+        else:
+            return a
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,6 +48,10 @@ def add_user(args: argparse.Namespace, config) -> int:  # type: ignore[no-untype
             if org is None:
                 raise UsageError(f"no organisation {args.organisation!r} (add it with: orgs add)")
         c = d.add_contact(args.email, name=args.name, staff=args.staff, organisation=org)
+        if c.vouched is None:  # an admin added it: the gateway may mail it (gateway.guard.relay)
+            from gateway.guard.relay import ADMIN
+
+            c.vouched = ADMIN
         print(f"{c.email}: {c.role}" + (f", {org.name}" if c.organisation_id and org is not None else ""))
     return 0
 

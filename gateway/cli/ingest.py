@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--sender", metavar="ADDR", help="envelope sender (MTA pipe: ${sender})")
     p.add_argument("--recipient", metavar="ADDR", action="append", default=[],
                    help="envelope recipient (MTA pipe: ${original_recipient}); repeatable")
+    p.add_argument("--client-ip", metavar="IP", help="the SMTP client's address, for SPF (MTA pipe: "
+                   "${client_address})")
+    p.add_argument("--helo", metavar="NAME", help="the SMTP client's HELO name, for SPF (MTA pipe: ${client_helo})")
     p.add_argument("--batch", type=int, default=BATCH_MAILS, metavar="N",
                    help=f"files, Maildirs, mboxes: at most N mails per write transaction (default {BATCH_MAILS})")
     p.add_argument("--no-parse-ahead", dest="parse_ahead", action="store_false",
@@ -212,7 +215,16 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
 
     def envelope(source: str, ref: str) -> Envelope:
         return Envelope(mail_from=args.sender, rcpt_tos=rcpts, source=source,
-                        source_ref=None if source == "stdin" else ref)
+                        source_ref=None if source == "stdin" else ref, client_ip=args.client_ip or None,
+                        client_helo=args.helo or None)
+
+    if not args.dry_run and app.disk.low():
+        print(f"ticket-gateway: free space in {config.data_dir} is below limits.free_space_factor x "
+              "limits.max_message_size: try again later", file=sys.stderr)
+        if ahead is not None:
+            ahead.close()
+        app.close()
+        return EX_TEMPFAIL
 
     try:
         for chunk in _chunks(stream, PREFETCH if ahead is not None else 1):
@@ -223,9 +235,15 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
                     status = status or EX_DATAERR
                     continue
                 env = envelope(source, ref)
+                if source == "stdin" and app.auth.active:  # sender authentication on arrival (gateway.auth)
+                    env = app.auth.envelope(raw, env)
                 try:
                     if batched:
                         if batch is None:
+                            if app.disk.low():  # the data directory filled up during the import
+                                print(f"ticket-gateway: free space in {config.data_dir} is low: stopped before "
+                                      f"{ref}; try again later", file=sys.stderr)
+                                return EX_TEMPFAIL
                             batch = intake.batch()
                         if ahead is not None and (i == 0 or batch.count == 0):
                             # the lookups of this mail and the rest of its chunk, made for all of them at once

@@ -89,6 +89,16 @@ def show_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
         v = d[k]
         v = ", ".join(v) if isinstance(v, list) else f"#{v}" if k == "ticket" and v else v
         print(f"{k + ':':<15} {text_of(v)}")
+    if d["client_ip"] or d["client_helo"]:
+        print(f"{'client:':<15} {d['client_ip'] or '-'} (HELO {d['client_helo'] or '-'})")
+    if d["authentication"]:
+        from gateway.auth import AuthResult
+
+        print(f"{'authentication:':<15} {AuthResult.from_dict(d['authentication']).summary()}")
+    else:
+        print(f"{'authentication:':<15} not checked")
+    if d["released"]:
+        print(f"{'released:':<15} {', '.join(d['released'])} (by replay)")
     print("trace:")
     for line in d["trace"]:
         print(f"  - {line}")

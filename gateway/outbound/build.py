@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from gateway.guard import relay
 from gateway.models import Comment, InboundMail, OutboxMail, Ticket, TicketMessageId
 from gateway.outbound import compose, ratelimit
 from gateway.outbound.render import context, describe_error, fmt_time
@@ -127,7 +128,7 @@ class Builder:
             if rep is not None and ob.usable(rep):
                 to_vis.append((rep.name, rep.email))
             cc_vis = [(w.contact.name or "", w.contact.email) for w in sorted(t.watchers, key=lambda w: w.id)
-                      if (w.created_at is None or w.created_at <= at)
+                      if (w.created_at is None or w.created_at <= at) and relay.mailable(w)
                       and not ob.config.is_gateway_address(w.contact.email)
                       and ratelimit.is_sendable_address(w.contact.email)]
             hit = self.cc[key] = (to_vis, cc_vis)

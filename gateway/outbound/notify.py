@@ -34,6 +34,7 @@ from gateway.config import Config
 from gateway.db import drop_memo, is_unavailable, write_locked_memo
 from gateway.events import CommentAdded, MailIgnored, MailRejected, TicketChanged, TicketCreated
 from gateway.models import Contact, InboundMail, OutboxMail, Ticket, TicketMessageId
+from gateway.guard import relay
 from gateway.outbound import ratelimit, tokens
 from gateway.outbound.render import Templates, fmt_time
 from gateway.tickets import message_ids_written
@@ -188,7 +189,12 @@ class Outbound:
         if self.n["ticket_created"] and not ev.auto:
             rep = self.reporter_of(t)
             if rep is not None and self.usable(rep):
-                rows = self.enqueue(s, "ticket_created", t, [rep], by_mail=by_mail, auto_submitted="auto-replied",
+                # the people Cc'd on the new ticket get the acknowledgement too (visible in Cc), where the
+                # gateway may mail them (gateway.guard.relay)
+                cc = [Recipient(w.contact.email, w.contact.name or "", w.contact) for w in t.watchers
+                      if relay.mailable(w)]
+                rs = [r for r in self.unique([rep, *cc], set()) if self.usable(r)]
+                rows = self.enqueue(s, "ticket_created", t, rs, by_mail=by_mail, auto_submitted="auto-replied",
                                     bulk=True, mail_id=ev.mail_id, ticket_rounds=rounds)
                 rounds += any(r["status"] != "suppressed" for r in rows)
         if self.n["staff_new_ticket"]:
@@ -205,7 +211,8 @@ class Outbound:
         if c.source == "system":
             return
         author = {e for e in (c.author_email, c.author.email if c.author else None) if e}
-        watchers = [Recipient(w.contact.email, w.contact.name or "", w.contact) for w in t.watchers]
+        watchers = [Recipient(w.contact.email, w.contact.name or "", w.contact) for w in t.watchers
+                    if relay.mailable(w)]
         assignee = Recipient(t.assignee.email, t.assignee.name or "", t.assignee) if t.assignee else None
         if c.internal:
             if not self.n["internal_note"]:
@@ -217,7 +224,9 @@ class Outbound:
             return
         if not self.n["comment"]:
             return
-        rs = [r for r in self.unique([self.reporter_of(t), *watchers, assignee], author) if self.usable(r)]
+        # not again to those who had the mail itself (its To and Cc)
+        rs = [r for r in self.unique([self.reporter_of(t), *watchers, assignee], author | set(ev.seen_by))
+              if self.usable(r)]
         if rs:
             self.enqueue(s, "comment", t, rs, by_mail=ev.mail_id is not None, comment_id=c.id,
                          mail_id=ev.mail_id)
@@ -229,7 +238,8 @@ class Outbound:
         if "status" in ev.changes and self.n["status"]:
             old, new = ev.changes["status"]
             if new in ("resolved", "closed", "pending"):
-                watchers = [Recipient(w.contact.email, w.contact.name or "", w.contact) for w in t.watchers]
+                watchers = [Recipient(w.contact.email, w.contact.name or "", w.contact) for w in t.watchers
+                            if relay.mailable(w)]
                 rs = [r for r in self.unique([self.reporter_of(t), *watchers], by) if self.usable(r)]
                 if rs:
                     self.enqueue(s, "status", t, rs, by_mail=False, changed_by=changed_by,

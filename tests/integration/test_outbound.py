@@ -16,7 +16,7 @@ from gateway.models import Contact, OutboxMail, Ticket
 from gateway.outbound import deliver_due, flush
 from gateway.outbound.sink import Sink, free_port
 from gateway.tickets import Directory, Tickets
-from mails import make_mail
+from mails import TRUST_MX, authenticated, make_mail
 
 SUPPORT = "support@example.com"
 
@@ -83,14 +83,17 @@ def outbox(app, **where) -> list[OutboxMail]:  # type: ignore[no-untyped-def]
 
 # Round trip -----------------------------------------------------------------------------------------------
 def test_round_trip_ack_reply_and_staff_answer(make_app, sink):  # type: ignore[no-untyped-def]
-    app = make_app(outbound=relay(sink.port))
+    app = make_app(outbound=relay(sink.port), authentication=TRUST_MX)
     add_staff(app)
-    r = ingest(app, make_mail(cc="Carol Colleague <carol@customer.example>"))
+    # Alice's mail passed DMARC at our MTA: Carol, whom she Cc'd, is a watcher the gateway may mail
+    r = ingest(app, make_mail(cc="Carol Colleague <carol@customer.example>", headers=authenticated()))
     assert r.outcome == "ticket" and r.ticket_number == 1
     c = deliver_due(app)
-    assert c.sent == 2 and c.deferred == 0
-    assert to_whom(sink) == ["alice@customer.example", "bob@example.com"]
+    assert c.sent == 3 and c.deferred == 0
+    assert to_whom(sink) == ["alice@customer.example", "bob@example.com", "carol@customer.example"]
     ack = for_rcpt(sink, "alice@customer.example")[0]
+    assert "carol@customer.example" in str(ack["Cc"])  # the acknowledgement shows whom it went to
+    assert "wrote to us with you in Cc" in for_rcpt(sink, "carol@customer.example")[0].get_body(("plain",)).get_content()
     assert "[#1]" in str(ack["Subject"])
     assert str(ack["Auto-Submitted"]) == "auto-replied"
     assert str(ack["X-Auto-Response-Suppress"]) == "All"
@@ -322,8 +325,8 @@ def test_our_own_mail_coming_back_is_a_loop(make_app, sink):  # type: ignore[no-
 def test_ping_pong_of_two_header_less_autoresponders_is_bounded(make_app, sink, clock):  # type: ignore[no-untyped-def]
     """Alice (reporter) and Carol (watcher) both answer every mail at once, without any auto-reply header,
     for an hour of simulated time."""
-    app = make_app(outbound=relay(sink.port))
-    ingest(app, make_mail(cc="carol@customer.example"))
+    app = make_app(outbound=relay(sink.port), authentication=TRUST_MX)
+    ingest(app, make_mail(cc="carol@customer.example", headers=authenticated()))
     seen = 0
     for minute in range(60):
         deliver_due(app)
@@ -337,16 +340,18 @@ def test_ping_pong_of_two_header_less_autoresponders_is_bounded(make_app, sink, 
         clock.advance(minutes=1)
     total = len(sink.received)
     cap = app.config.notifications["max_per_ticket_10min"]
-    assert 3 <= total <= cap, total
+    # the cap counts notification rounds; the first round (the acknowledgement) has two copies: Alice, Carol
+    rounds = len({o.batch for o in outbox(app) if o.status != "suppressed"})
+    assert 3 <= rounds <= cap and total <= cap + 1, (rounds, total)
     assert outbox(app, status="suppressed"), "the cap held something back"
     with app.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Ticket)) == 1
 
 
 def test_bounce_to_verp_address_marks_recipient_undeliverable(make_app, sink):  # type: ignore[no-untyped-def]
-    app = make_app(outbound=relay(sink.port))
+    app = make_app(outbound=relay(sink.port), authentication=TRUST_MX)
     add_staff(app)
-    ingest(app, make_mail(cc="carol@customer.example"))
+    ingest(app, make_mail(cc="carol@customer.example", headers=authenticated()))
     deliver_due(app)
     got = next(m for m in sink.received if "alice@customer.example" in m.rcpt_tos)
     verp = got.mail_from
@@ -474,9 +479,11 @@ INJECTIONS = [
 
 @pytest.mark.parametrize("label,subject,from_", INJECTIONS, ids=[i[0] for i in INJECTIONS])
 def test_header_injection_adds_no_header_and_no_recipient(make_app, sink, label, subject, from_):  # type: ignore[no-untyped-def]
-    app = make_app(outbound=relay(sink.port))
+    app = make_app(outbound=relay(sink.port), authentication=TRUST_MX)
     add_staff(app)
-    raw = (from_ or b"From: Eve <eve@customer.example>\r\n") + b"To: support@example.com\r\n" + \
+    raw = b"Authentication-Results: mx.example.com; dmarc=pass header.from=customer.example\r\n" + \
+        b"Received: from mail.customer.example by mx.example.com; Mon, 2 Nov 2026 09:29:00 +0000\r\n" + \
+        (from_ or b"From: Eve <eve@customer.example>\r\n") + b"To: support@example.com\r\n" + \
         b"Cc: =?utf-8?q?Wendy=0D=0ABcc=3A_victim6=40evil=2Eexample?= <wendy@customer.example>\r\n" + subject + \
         b"Message-ID: <inj-" + label.replace(" ", "-").encode() + b"@customer.example>\r\n" + \
         b"Content-Type: text/plain; charset=utf-8\r\n\r\nHello\r\n"
@@ -487,7 +494,9 @@ def test_header_injection_adds_no_header_and_no_recipient(make_app, sink, label,
         bob = Directory(s, app.clock).contact("bob@example.com")
         t.add_comment(t.get(1), author=bob, author_email=bob.email, body="Answer", source="cli")
     deliver_due(app)
-    expected = ["bob@example.com", "eve@customer.example", "eve@customer.example", "wendy@customer.example"]
+    # the acknowledgement to Eve and (Cc'd by authenticated Eve) Wendy, the staff notice, the answer to both
+    expected = ["bob@example.com", "eve@customer.example", "eve@customer.example", "wendy@customer.example",
+                "wendy@customer.example"]
     assert to_whom(sink) == expected
     for m in sink.received:
         msg = parse(m.data)
@@ -532,9 +541,9 @@ def test_outbound_disabled_registers_no_listener(make_app):  # type: ignore[no-u
 
 
 def test_without_cc_each_copy_names_only_its_recipient(make_app, sink):  # type: ignore[no-untyped-def]
-    app = make_app(outbound=relay(sink.port), notifications={"cc_watchers": False})
+    app = make_app(outbound=relay(sink.port), notifications={"cc_watchers": False}, authentication=TRUST_MX)
     add_staff(app)
-    ingest(app, make_mail(cc="carol@customer.example, dave@customer.example"))
+    ingest(app, make_mail(cc="carol@customer.example, dave@customer.example", headers=authenticated()))
     with app.sessions() as s, s.begin():
         t = Tickets(s, clock=app.clock, listeners=app.listeners)
         bob = Directory(s, app.clock).contact("bob@example.com")
@@ -545,13 +554,13 @@ def test_without_cc_each_copy_names_only_its_recipient(make_app, sink):  # type:
         msg = parse(m.data)
         assert msg["Cc"] is None
         assert [a for _, a in getaddresses([str(msg["To"])])] == m.rcpt_tos
-    assert n == 5  # ack, staff notice, comment to alice, carol and dave
+    assert n == 7  # ack to alice, carol and dave, staff notice, comment to alice, carol and dave
 
 
 def test_status_and_assignment_notifications(make_app, sink):  # type: ignore[no-untyped-def]
-    app = make_app(outbound=relay(sink.port))
+    app = make_app(outbound=relay(sink.port), authentication=TRUST_MX)
     add_staff(app)
-    ingest(app, make_mail(cc="carol@customer.example"))
+    ingest(app, make_mail(cc="carol@customer.example", headers=authenticated()))
     deliver_due(app)
     n = len(sink.received)
     with app.sessions() as s, s.begin():

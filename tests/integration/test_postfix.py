@@ -171,10 +171,14 @@ addresses = ["pipe@example.org", "help@example.org"]
     nobody = pwd.getpwnam(PIPE_USER)
     for p in [pipe_dir, *pipe_dir.rglob("*")]:
         os.chown(p, nobody.pw_uid, nobody.pw_gid)
-    # The README's settings, with this test's paths and ports
-    master_extra = (f"ticketgw unix - n n - 4 pipe\n"
-                    f"  flags=Rq user={PIPE_USER} argv={pipe_cmd} --config {pipe_config} ingest "
-                    "--sender ${sender} --recipient ${original_recipient}\n")
+    # The README's pipe settings, as written there, with this test's user and paths
+    readme = (ROOT / "README.md").read_text()
+    pipe_line = next(line for line in readme.splitlines() if line.strip().startswith("flags=") and "ingest" in line)
+    assert "ticketgw_destination_recipient_limit = 1" in readme
+    pipe_line = (pipe_line.replace("user=ticket-gateway", f"user={PIPE_USER}")
+                 .replace("/opt/ticket-gateway/.venv/bin/ticket-gateway", str(pipe_cmd))
+                 .replace("/etc/ticket-gateway/config.toml", str(pipe_config)))
+    master_extra = f"ticketgw unix - n n - 4 pipe\n  {pipe_line.strip()}\n"
     pf = start_postfix(
         base / "postfix",
         transport={"support@example.com": f"lmtp:inet:127.0.0.1:{lmtp_port}",

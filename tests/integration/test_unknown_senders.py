@@ -7,6 +7,7 @@ from __future__ import annotations
 import mailbox
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from conftest import run_cli, write_config
@@ -131,3 +132,21 @@ def test_import_of_many_mails_by_unknown_senders(tmp_path, db_url) -> None:  # t
     users = json.loads(run_cli("users", "list", "--json", config=cfg).stdout)
     assert sorted((u["email"], u["role"]) for u in users) == [("alice@customer.example", "correspondent"),
                                                              ("bob@other.example", "correspondent")]
+
+
+
+@pytest.mark.parametrize("policy,role", [("correspondent", "correspondent"), ("register", "customer")])
+def test_cc_watchers_follow_the_policy(tmp_path, db_url, clock, policy, role) -> None:  # type: ignore[no-untyped-def]
+    """A Cc'd stranger becomes a watcher as the sender would be treated: a correspondent by default, a
+    registered customer in their organisation only under 'register'."""
+    app = default_app(tmp_path, db_url, clock, unknown_senders=policy)
+    try:
+        with transaction(app.sessions) as s:
+            Directory(s, app.clock).add_organisation("Other Ltd", ["other.example"])
+        app.intake().ingest(make_mail(cc="Carol <carol@other.example>"), ENV)
+        carol = contacts(app)["carol@other.example"]
+        assert carol.role == role
+        assert (carol.organisation_id is not None) == (policy == "register")
+        assert ticket(app, 1)["watchers"] == ["carol@other.example"]
+    finally:
+        app.close()

@@ -1,0 +1,70 @@
+"""The inbound flood cap: at most `limits.mails_per_sender_per_hour` tickets and comments from one sender
+address in the hour before a mail arrived; further mail from that address is quarantined ('flood'), never
+answered. Staff and `limits.flood_exempt` (addresses or domains) are exempt.
+
+Pure: the caller counts (`count_recent`, one indexed query) and passes the count in; the window is taken
+from the mail's arrival time, never from a clock read here, so a replay later decides the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Iterable
+
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.orm import Session
+
+from gateway.models import InboundMail
+
+WINDOW = timedelta(hours=1)
+REASON = "flood"
+COUNTED = ("ticket", "comment")
+
+
+@dataclass(frozen=True)
+class FloodPolicy:
+    limit: int
+    exempt: frozenset[str]  # lowercased addresses and domains (a leading '@' removed)
+
+    @classmethod
+    def of(cls, limit: int, exempt: Iterable[str]) -> FloodPolicy:
+        return cls(limit, frozenset(e.strip().lower().lstrip("@") for e in exempt))
+
+
+def window(arrived: datetime) -> tuple[datetime, datetime]:
+    """[start, end] of the hour counted for a mail that arrived at `arrived` (aware)."""
+    if arrived.tzinfo is None:
+        raise ValueError("window needs an aware datetime")
+    return arrived - WINDOW, arrived
+
+
+def exemption(policy: FloodPolicy, sender: str, is_staff: bool) -> str | None:
+    """Why this sender is not capped, or None."""
+    if is_staff:
+        return "staff"
+    s = sender.lower()
+    if s in policy.exempt:
+        return "listed in limits.flood_exempt"
+    domain = s.rpartition("@")[2]
+    if domain and any(domain == d or domain.endswith("." + d) for d in policy.exempt if "@" not in d):
+        return f"domain {domain} listed in limits.flood_exempt"
+    return None
+
+
+def allowed(policy: FloodPolicy, made_in_window: int) -> bool:
+    """May one more ticket or comment be made, `made_in_window` being made already in the window?"""
+    return made_in_window < policy.limit
+
+
+_COUNT = select(func.count(InboundMail.id)).where(
+    InboundMail.sender == bindparam("sender"), InboundMail.outcome.in_(COUNTED),
+    InboundMail.received_at >= bindparam("since"), InboundMail.received_at <= bindparam("until"))
+
+
+def count_recent(session: Session, sender: str, arrived: datetime) -> int:
+    """Tickets and comments made from `sender` by mails that arrived in the hour up to `arrived` (the mail
+    being decided is not counted: its outcome is not recorded yet). One query on (sender, received_at)."""
+    since, until = window(arrived)
+    with session.no_autoflush:
+        return int(session.scalar(_COUNT, {"sender": sender.lower(), "since": since, "until": until}) or 0)

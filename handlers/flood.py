@@ -1,0 +1,29 @@
+"""The inbound flood cap (gateway.guard.flood): after `identify`, a sender over
+`limits.mails_per_sender_per_hour` tickets and comments in the hour before this mail arrived is quarantined
+with the reason 'flood' (never answered; an admin may replay it: `mail replay ID` releases the cap for it)."""
+
+from __future__ import annotations
+
+from gateway.guard import flood
+from gateway.outcomes import Quarantine
+from gateway.pipeline import MailContext
+
+
+def handle(ctx: MailContext) -> None:
+    sender = ctx.sender_email
+    if not sender:
+        return
+    limits = ctx.config.limits
+    policy = flood.FloodPolicy.of(limits["mails_per_sender_per_hour"], limits["flood_exempt"])
+    why = flood.exemption(policy, sender, bool(ctx.sender is not None and ctx.sender.is_staff))
+    if why is not None:
+        return
+    if flood.REASON in (ctx.mail.released or []):
+        ctx.note("flood: the cap was released for this mail by an admin (replay)")
+        return
+    made = flood.count_recent(ctx.session, sender, ctx.mail.received_at)
+    if flood.allowed(policy, made):
+        return
+    ctx.note(f"flood: {made} tickets and comments from {sender} in the hour before this mail "
+             f"(limits.mails_per_sender_per_hour = {policy.limit})")
+    raise Quarantine(f"{flood.REASON}: more than {policy.limit} tickets and comments from {sender} in an hour")
