@@ -346,3 +346,4 @@ def test_relay_domains_accept_support_addresses_refuse_others(host: MailHost) ->
     assert refused["nobody@example.com"][0] == 550
     assert refused["someone@elsewhere.example"][0] == 454  # not ours to relay
     assert not any("nobody@example.com" in x and "status=" in x for x in host.pf.log.splitlines())
+    host.pf.wait_log(lambda ls: any("to=<support+whatever@example.com>" in x and "status=sent" in x for x in ls))
