@@ -19,7 +19,12 @@ ENV_VAR = "TICKET_GATEWAY_CONFIG"
 
 
 class ConfigError(Exception):
-    """A config file that cannot be used; the message names the key."""
+    """A config file that cannot be used; the message names the key. `errors`: every problem found, one line
+    each (validation reports them all at once)."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors: list[str] = errors or [message]
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Key:
     choices: tuple[Any, ...] | None = None
     check: Callable[[Any], str | None] | None = None  # returns an error text or None
     item_type: "builtins.type | None" = None  # for lists
+    normalize: Callable[[Any], Any] | None = None  # applied to a value of the right type before choices/check
 
 
 @dataclass(frozen=True)
@@ -149,11 +155,13 @@ SCHEMA: dict[str, Section] = {
                 "Addresses the gateway receives mail for (and their +token sub-addresses). Never made watchers.",
                 item_type=str, check=_addresses),
             "unknown_senders": Key(
-                str, "default-reporter",
-                "Mail from an address that is not a known contact: 'register' creates a customer contact "
-                "(organisation by mail domain); 'reject' records the mail as rejected; 'default-reporter' opens "
-                "the ticket on behalf of the sender under gateway.default_reporter (the sender is recorded).",
-                choices=("register", "reject", "default-reporter")),
+                str, "correspondent",
+                "Mail from an address that is not a known contact: 'correspondent' opens the ticket with the "
+                "sender as its reporter, a correspondent without an account (no organisation, not a registered "
+                "customer; `users add` registers them later); 'register' also makes them a registered customer "
+                "contact with their name and organisation (by mail domain); 'reject' records the mail as rejected; "
+                "'default-reporter' files the ticket under gateway.default_reporter (the sender is recorded).",
+                choices=("correspondent", "register", "reject", "default-reporter")),
             "default_reporter": Key(str, "unknown-sender@localhost",
                                     "Contact used as reporter under unknown_senders = 'default-reporter'.",
                                     check=lambda v: _addresses([v])),
@@ -265,7 +273,9 @@ SCHEMA: dict[str, Section] = {
             "host": Key(str, "127.0.0.1", "Address to bind ('::' or '0.0.0.0' for all)."),
             "port": Key(int, None, "TCP port; 0 takes any free port (start-up logs the one it got). Left out: "
                         "the protocol's default (SMTP 2525, LMTP 2424).", check=_port),
-            "path": Key(str, "", "Unix socket path instead of host and port (e.g. for Postfix LMTP)."),
+            "path": Key(str, "", "Unix socket path instead of host and port (e.g. for Postfix LMTP). Under the "
+                        "systemd unit: /run/ticket-gateway/lmtp.sock (the only writable place for it besides the data "
+                        "directory) with socket_mode 0666, so that Postfix's lmtp client can connect."),
             "socket_mode": Key(str, "0660", "Permissions of the Unix socket (octal).",
                                check=lambda v: None if re.fullmatch(r"0?[0-7]{3}", v) else "an octal mode like 0660"),
             "tls_cert": Key(str, "", "PEM certificate (chain) file: offer STARTTLS. Empty: no STARTTLS."),
@@ -293,7 +303,8 @@ SCHEMA: dict[str, Section] = {
     "serve": Section(
         "The long-running service (`ticket-gateway serve`).",
         {
-            "hostname": Key(str, "", "Name in the SMTP/LMTP greeting. Empty: this host's name."),
+            "hostname": Key(str, "", "Name in the SMTP/LMTP greeting ('220 <hostname> ESMTP': no software name or "
+                            "version is shown) and in EHLO/LHLO replies. Empty: this host's name."),
             "workers": Key(int, 1, "Threads that turn stored mail into tickets and comments.", check=_positive),
             "defer_seconds": Key(int, 30, "In a burst of arriving mail (see thread_share), threading of a stored "
                                  "mail waits at most this long; then it takes every other turn with the stores. "
@@ -462,7 +473,8 @@ SCHEMA: dict[str, Section] = {
     "logging": Section(
         "Logs.",
         {
-            "level": Key(str, "INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+            "level": Key(str, "INFO", "Log level (upper or lower case).", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                         normalize=str.upper),
             "file": Key(str, "", "Log file (reopened on SIGHUP). Empty: standard error (journald under systemd)."),
             "format": Key(str, "text", "'text': one readable line per event; 'json': one JSON object per line "
                           "(time, level, logger, message and the event's fields, e.g. mail_id, outcome).",
@@ -539,6 +551,8 @@ def _check_value(where: str, key: Key, value: Any) -> Any:
         for item in value:
             if not isinstance(item, key.item_type):
                 raise ConfigError(f"{where}: every item must be {_type_name(key.item_type)}, got {item!r}")
+    if key.normalize is not None:
+        value = key.normalize(value)
     if key.choices is not None and value not in key.choices:
         raise ConfigError(f"{where}: must be one of {', '.join(map(repr, key.choices))}, got {value!r}")
     if key.check is not None:
@@ -548,21 +562,24 @@ def _check_value(where: str, key: Key, value: Any) -> Any:
     return value
 
 
-def _validate_table(where: str, section: Section, table: Any) -> dict[str, Any]:
+def _validate_table(where: str, section: Section, table: Any, errors: list[str]) -> dict[str, Any]:
+    """The table's values (defaults filled in); every problem is added to `errors` (a bad value leaves the
+    key at its default, so that the other keys are still checked)."""
+    out: dict[str, Any] = {name: _copy(key.default) for name, key in section.keys.items()}
     if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table")
-    unknown = sorted(set(table) - set(section.keys))
-    if unknown:
-        known = ", ".join(section.keys)
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known keys: {known})")
-    out: dict[str, Any] = {}
+        errors.append(f"{where}: expected a table")
+        return out
+    known = ", ".join(section.keys)
+    for name in sorted(set(table) - set(section.keys)):
+        errors.append(f"{where}.{name}: unknown key (known keys: {known})")
     for name, key in section.keys.items():
         if name in table:
-            out[name] = _check_value(f"{where}.{name}", key, table[name])
-        else:
-            if key.default is None and key.doc.startswith("Required"):
-                raise ConfigError(f"{where}.{name}: required key is missing")
-            out[name] = _copy(key.default)
+            try:
+                out[name] = _check_value(f"{where}.{name}", key, table[name])
+            except ConfigError as e:
+                errors.append(str(e))
+        elif key.default is None and key.doc.startswith("Required"):
+            errors.append(f"{where}.{name}: required key is missing")
     return out
 
 
@@ -571,22 +588,40 @@ def _copy(v: Any) -> Any:
 
 
 def validate(data: Mapping[str, Any], *, source: str = "built-in defaults", base_dir: Path | None = None) -> Config:
-    unknown = sorted(set(data) - set(SCHEMA))
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown section (known sections: {', '.join(SCHEMA)})")
+    """The validated config; a ConfigError lists every problem found (`.errors`), the first in its message's
+    first line."""
+    errors: list[str] = []
+    for name in sorted(set(data) - set(SCHEMA)):
+        errors.append(f"{name}: unknown section (known sections: {', '.join(SCHEMA)})")
     values: dict[str, Any] = {}
     for name, section in SCHEMA.items():
         raw = data.get(name)
         if section.many:
+            values[name] = []
             if raw is None:
-                values[name] = []
                 continue
             if not isinstance(raw, list):
-                raise ConfigError(f"{name}: expected a list of tables ([[{name}]])")
-            values[name] = [_validate_table(f"{name}[{i}]", section, t) for i, t in enumerate(raw)]
+                errors.append(f"{name}: expected a list of tables ([[{name}]])")
+                continue
+            values[name] = [_validate_table(f"{name}[{i}]", section, t, errors) for i, t in enumerate(raw)]
         else:
-            values[name] = _validate_table(name, section, raw if raw is not None else {})
-    return Config(values=values, source=source, base_dir=base_dir or Path.cwd())
+            values[name] = _validate_table(name, section, raw if raw is not None else {}, errors)
+    config = Config(values=values, source=source, base_dir=base_dir or Path.cwd())
+    errors += _cross_checks(config, data)
+    if errors:
+        raise ConfigError("\n".join(errors), errors)
+    return config
+
+
+def _cross_checks(config: Config, data: Mapping[str, Any]) -> list[str]:
+    """Rules between keys: a route's address must be one of gateway.addresses (or a sub-address of one)."""
+    errors = []
+    for i, route in enumerate(config.values["routes"]):
+        addr = route.get("address")
+        if isinstance(addr, str) and _ADDR.match(addr) and not config.is_gateway_address(addr):
+            errors.append(f"routes[{i}].address: {addr!r} is not one of gateway.addresses "
+                          f"({', '.join(config.gateway_addresses)}): no mail would ever match it")
+    return errors
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:

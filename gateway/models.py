@@ -25,7 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 STATUSES = ("open", "in_progress", "pending", "resolved", "closed")
 PRIORITIES = ("low", "medium", "high", "critical")
 TYPES = ("incident", "problem", "service_request", "change_request")
-ROLES = ("customer", "staff")
+ROLES = ("customer", "staff", "correspondent")  # correspondent: wrote to us, has no account
 MAIL_OUTCOMES = ("received", "ticket", "comment", "ignored", "duplicate", "rejected", "quarantined")
 
 

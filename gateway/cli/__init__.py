@@ -13,10 +13,12 @@ from typing import Sequence
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
-EX_NOINPUT = 66
+EX_NOINPUT = 66  # also: what a command names does not exist (no ticket #99, no mail 7)
+EX_NOUSER = 67  # ingest: a --recipient that is not a gateway address (an MTA pipe bounces it, like LMTP's 550)
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
+EX_PIPE = 141  # stdout's reader went away (`| head`): as a command killed by SIGPIPE
 
 # command modules, each with `register(subparsers)`; order = order in --help
 COMMANDS: tuple[str, ...] = (
@@ -36,6 +38,21 @@ COMMANDS: tuple[str, ...] = (
 
 class UsageError(Exception):
     pass
+
+
+class NotFound(Exception):
+    """What the command names does not exist (no ticket #99, no mail 7): exit 66, not a usage error."""
+
+
+def _stdout_gone() -> None:
+    """The reader of stdout went away (`ticket-gateway tickets list | head`): whatever is still buffered goes
+    to /dev/null, so that neither the rest of the command nor the exit prints a BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +83,10 @@ def entry() -> None:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-    except Exception:  # noqa: BLE001 -- a closed pipe: let the normal exit report it
+    except BrokenPipeError:
+        _stdout_gone()
+        code = code or EX_PIPE
+    except Exception:  # noqa: BLE001 -- let the normal exit report it
         sys.exit(code)
     os._exit(code)
 
@@ -99,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load(args.config)
     except ConfigError as e:
-        print(f"ticket-gateway: configuration error: {e}", file=sys.stderr)
+        for error in e.errors:  # every problem at once, one line each
+            print(f"ticket-gateway: configuration error: {error}", file=sys.stderr)
         return EX_CONFIG
     level = "DEBUG" if args.verbose else config.get("logging", "level")
     from gateway.observe import formatter
@@ -109,13 +130,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, level), handlers=[handler])
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
-    from gateway.ops.errors import OpError
+    from gateway.ops import errors as op
 
     try:
         return int(args.func(args, config) or 0)
-    except (UsageError, OpError) as e:  # OpError: a shared operation refused (gateway.ops)
+    except (NotFound, op.NotFound) as e:  # no such ticket, mail, contact ...: not a usage error
+        print(f"ticket-gateway: {e}", file=sys.stderr)
+        return EX_NOINPUT
+    except (UsageError, op.OpError) as e:  # OpError: a shared operation refused (gateway.ops)
         print(f"ticket-gateway: {e}", file=sys.stderr)
         return EX_USAGE
+    except BrokenPipeError:
+        _stdout_gone()
+        return EX_PIPE
     except KeyboardInterrupt:
         return 130
 

@@ -73,9 +73,10 @@ def _code_key() -> bytes:
     return h.digest()
 
 
-def _check(config, templates, *, force: bool) -> None:  # type: ignore[no-untyped-def]
+def _check(config, templates, *, force: bool, record: bool = True) -> None:  # type: ignore[no-untyped-def]
     """Run the full sample render unless already done in this process, or (not forced) the stamp file says
-    these exact sources passed before. Raises ConfigError naming the template."""
+    these exact sources passed before. Raises ConfigError naming the template. record=False: write nothing
+    (check-config, often run as root before the service ever started, must not create the data directory)."""
     import hashlib
     import os
 
@@ -95,6 +96,8 @@ def _check(config, templates, *, force: bool) -> None:  # type: ignore[no-untype
         templates.check(_sample_extra())
     except TemplateError as e:
         raise ConfigError(f"notifications.template_dir: {e}") from e
+    if not record:
+        return
     try:  # best effort: a read-only data directory only means checking again next time
         stamp.parent.mkdir(parents=True, exist_ok=True)
         tmp = stamp.with_name(f".{STAMP_FILE}.{os.getpid()}")
@@ -118,7 +121,7 @@ def check_templates(config, *, force: bool = True) -> None:  # type: ignore[no-u
     """The start-up template check for a command that does not build an App (`check-config`)."""
     if not config.outbound["enabled"]:
         return
-    _check(config, _templates(config), force=force)
+    _check(config, _templates(config), force=force, record=False)
 
 
 def check_app_templates(app: "App", *, force: bool = True) -> None:
