@@ -14,17 +14,21 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
+
 from gateway.backends.desk import (
     CheckLine,
     Desk,
     DeskDown,
     NewRequest,
     Pending,
+    RateLimited,
     Rejected,
     RemoteComment,
     RemoteRef,
     RemoteTicket,
     parse_time,
+    retry_after,
 )
 
 _SAFE = re.compile(r"^[A-Za-z0-9._%+@-]{1,320}$")
@@ -56,6 +60,8 @@ class Smax(Desk):
         r = await self.client.post(f"{s.url}/auth/authentication-endpoint/authenticate/login",
                                    params={"TENANTID": s.tenant_id}, json={"login": s.user, "password": s.secret()},
                                    timeout=s.timeout)
+        if r.status_code == 429:
+            raise RateLimited("smax: login -> 429", retry_after(r.headers.get("Retry-After")))
         if r.status_code != 200 or not r.text.strip():
             raise DeskDown(f"smax: login as {s.user} refused ({r.status_code})")
         self._token = r.text.strip()
@@ -64,9 +70,7 @@ class Smax(Desk):
         if self._token is None:
             try:
                 await self.login()
-            except DeskDown:
-                raise
-            except Exception as e:  # noqa: BLE001 -- transport errors: the desk is down
+            except httpx.TransportError as e:
                 raise DeskDown(f"smax: login failed: {type(e).__name__}") from None
 
     async def on_unauthorised(self) -> bool:
