@@ -70,6 +70,8 @@ class FakeDesk:
         self.max_upload = 5 * 1024 * 1024
         self.ids = itertools.count(1001)
         self.server: ThreadingHTTPServer | None = None
+        self.stall: threading.Event | None = None  # set: POSTs wait for it (a desk that hangs)
+        self.stalled = threading.Event()
 
     # server -----------------------------------------------------------------------------------------
     def start(self) -> "FakeDesk":
@@ -120,6 +122,9 @@ class FakeDesk:
 
     def dispatch(self, method: str, path: str, query: dict[str, str], headers: Any,
                  raw: bytes) -> tuple[int, Any, dict[str, str]]:
+        if self.stall is not None and method == "POST" and not path.startswith("/auth/"):
+            self.stalled.set()
+            self.stall.wait(30)
         with self.lock:
             self.log.append((method, path, query))
             if self.down:
@@ -210,6 +215,11 @@ class FakeJira(FakeDesk):
             self.customers.setdefault("agent.ann@desk.example", {"accountId": "acc-agent-7",
                                       "displayName": "Ann Agent", "emailAddress": "agent.ann@desk.example"})
             self.add_comment(key, body, not internal, "acc-agent-7")
+
+    def own_comment(self, key: str, body: str) -> None:
+        """A comment by the integration account the gateway has no record of (a push whose answer was lost)."""
+        with self.lock:
+            self.add_comment(key, body, True, self.ME)
 
     def set_status(self, key: str, status: str) -> None:
         with self.lock:
@@ -405,6 +415,10 @@ class FakeZammad(FakeDesk):
         with self.lock:
             self.add_article(int(key), f"<p>{body}</p>", internal, 7, "Agent")["content_type"] = "text/html"
 
+    def own_comment(self, key: str, body: str) -> None:
+        with self.lock:
+            self.add_article(int(key), body, False, self.ME, "Agent")
+
     def set_status(self, key: str, status: str) -> None:
         with self.lock:
             t = self.tickets[int(key)]
@@ -545,6 +559,10 @@ class FakeSmax(FakeDesk):
         self.comments[key].append(c)
         self.requests[key]["LastUpdateTime"] = self.ms()
         return c
+
+    def own_comment(self, key: str, body: str) -> None:
+        with self.lock:
+            self.add_comment(key, body, False, "50001")
 
     def set_status(self, key: str, status: str) -> None:
         with self.lock:
