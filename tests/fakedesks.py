@@ -242,23 +242,38 @@ class FakeJira(FakeDesk):
         return {"webhookEvent": "comment_created", "issue": {"id": self.issues[key]["id"], "key": key}}
 
     def route(self, method: str, path: str, q: dict[str, str], headers: Any, body: Any) -> Any:
+        if method == "GET":
+            try:
+                return self.meta(path)
+            except KeyError:
+                pass
+        return self.ops(method, path, q, headers, body)
+
+    def meta(self, path: str) -> Any:
+        """The read-only lookups `backend check` makes."""
         m = re.fullmatch
-        if method == "GET" and path == "/rest/api/3/myself":
+        if path == "/rest/api/3/myself":
             return self.user(self.ME)
-        if method == "GET" and path == "/rest/servicedeskapi/servicedesk/4":
+        if path == "/rest/servicedeskapi/servicedesk/4":
             return {"id": "4", "projectId": "10000", "projectKey": "SD", "projectName": "Support"}
-        if method == "GET" and path == "/rest/servicedeskapi/servicedesk/4/requesttype":
+        if path == "/rest/servicedeskapi/servicedesk/4/requesttype":
             return {"size": 2, "start": 0, "limit": 100, "isLastPage": True,
                     "values": [{"id": "10", "name": "Get IT help"}, {"id": "11", "name": "Report a problem"}]}
-        if method == "GET" and (r := m(r"/rest/servicedeskapi/servicedesk/4/requesttype/(\d+)/field", path)):
+        if (r := m(r"/rest/servicedeskapi/servicedesk/4/requesttype/(\d+)/field", path)):
             fields = [{"fieldId": "summary"}, {"fieldId": "description"}]
             if r.group(1) == "10":
                 fields.append({"fieldId": "labels"})
             return {"requestTypeFields": fields, "canRaiseOnBehalfOf": True, "canAddRequestParticipants": True}
-        if method == "GET" and path == "/rest/api/3/priority":
+        if path == "/rest/api/3/priority":
             return [{"id": str(n), "name": name} for n, name in enumerate(["Highest", "High", "Medium", "Low"], 1)]
-        if method == "GET" and path == "/rest/api/3/project/SD/statuses":
+        if path == "/rest/api/3/project/SD/statuses":
             return [{"id": "10001", "name": "Service Request", "statuses": [{"name": s} for s in self.STATUSES]}]
+        if path == "/rest/api/3/user/search":
+            raise KeyError(path)
+        raise KeyError(path)
+
+    def ops(self, method: str, path: str, q: dict[str, str], headers: Any, body: Any) -> Any:
+        m = re.fullmatch
         if method == "POST" and path == "/rest/servicedeskapi/customer":
             addr = body["email"].lower()
             if addr in self.customers:
@@ -442,14 +457,13 @@ class FakeZammad(FakeDesk):
 
     def route(self, method: str, path: str, q: dict[str, str], headers: Any, body: Any) -> Any:
         m = re.fullmatch
-        if method == "GET" and path == "/api/v1/users/me":
-            return self.users[self.ME]
-        if method == "GET" and path == "/api/v1/groups":
-            return [{"id": 1, "name": "Users"}, {"id": 2, "name": "2nd Level"}]
-        if method == "GET" and path == "/api/v1/ticket_priorities":
-            return [{"id": 1, "name": "1 low"}, {"id": 2, "name": "2 normal"}, {"id": 3, "name": "3 high"}]
-        if method == "GET" and path == "/api/v1/ticket_states":
-            return [{"id": i, "name": n} for i, n in self.STATES.items()]
+        lookups = {"/api/v1/users/me": lambda: self.users[self.ME],
+                   "/api/v1/groups": lambda: [{"id": 1, "name": "Users"}, {"id": 2, "name": "2nd Level"}],
+                   "/api/v1/ticket_priorities": lambda: [{"id": 1, "name": "1 low"}, {"id": 2, "name": "2 normal"},
+                                                         {"id": 3, "name": "3 high"}],
+                   "/api/v1/ticket_states": lambda: [{"id": i, "name": n} for i, n in self.STATES.items()]}
+        if method == "GET" and path in lookups:
+            return lookups[path]()
         if method == "POST" and path == "/api/v1/tickets":
             return self.create(body)
         if method == "GET" and path == "/api/v1/tickets/search":
@@ -507,7 +521,8 @@ class FakeZammad(FakeDesk):
             hits = [t for t in hits if r.group(1) in t["tags"].split(",")]
         elif (r := re.fullmatch(r"updated_at:>=now-(\d+)m", query)):
             limit = datetime.now(timezone.utc).timestamp() - int(r.group(1)) * 60
-            hits = [t for t in hits if datetime.fromisoformat(t["updated_at"].replace("Z", "+00:00")).timestamp() >= limit]
+            hits = [t for t in hits
+                    if datetime.fromisoformat(t["updated_at"].replace("Z", "+00:00")).timestamp() >= limit]
         else:
             raise Reply(422, {"error": f"query not understood by the fake: {query}"})
         if q.get("sort_by") == "updated_at":
@@ -649,8 +664,9 @@ class FakeSmax(FakeDesk):
         kind, props, op = ent["entity_type"], dict(ent["properties"]), body["operation"]
         if kind == "Person" and op == "CREATE":
             pid = str(next(self.ids))
-            self.pending_persons.append((self.person_delay, {"Id": pid, "Name": f"{props['FirstName']} {props['LastName']}",
-                                                             "Email": props["Email"], "Upn": props.get("Upn", "")}))
+            person = {"Id": pid, "Name": f"{props['FirstName']} {props['LastName']}", "Email": props["Email"],
+                      "Upn": props.get("Upn", "")}
+            self.pending_persons.append((self.person_delay, person))
             return {"entity_result_list": [{"entity": {"entity_type": "Person", "properties": {}},
                                             "completion_status": "OK"}], "meta": {"completion_status": "OK"}}
         if kind == "Request" and op == "CREATE":

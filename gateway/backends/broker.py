@@ -177,7 +177,8 @@ class Broker:
             assert job.attachment is not None
             filename, ctype, size, sha = job.attachment
             if size > self.settings.max_attachment_bytes:
-                raise TooLarge(f"{size} bytes, over backend.max_attachment_bytes = {self.settings.max_attachment_bytes}")
+                raise TooLarge(f"{size} bytes, over backend.max_attachment_bytes = "
+                               f"{self.settings.max_attachment_bytes}")
             data = await self.run(self.app.blobs.get, sha)
             return await d.attach(job.remote_key, filename, ctype, data, job.internal)
         if job.op == "update":
@@ -281,7 +282,8 @@ class Broker:
                       ticket_id=t.id, number=t.number, ref=link.ref, remote_key=link.remote_key,
                       customer_id=link.customer_id, subject=t.subject, description=t.description or "",
                       type=t.type, priority=t.priority,
-                      reporter=(t.sender_email or rep.email, rep.name or "") if rep is not None else (t.sender_email or "", ""),
+                      reporter=(t.sender_email or (rep.email if rep is not None else ""),
+                                (rep.name or "") if rep is not None else ""),
                       watchers=[(w.contact.email, w.contact.name or "") for w in t.watchers][:50])
             if row.op == "comment":
                 c = s.get(Comment, job.params.get("comment_id"))
@@ -344,7 +346,7 @@ class Broker:
     def _follow_ups(self, s: Any, job: Job, *, comment_id: int | None, now: datetime) -> None:
         """The files of the mail that made the request or the comment, each a push of its own."""
         q = select(Attachment.id).where(Attachment.ticket_id == job.ticket_id).order_by(Attachment.id)
-        q = q.where(Attachment.comment_id.is_(None)) if comment_id is None else q.where(Attachment.comment_id == comment_id)
+        q = q.where(Attachment.comment_id.is_(None) if comment_id is None else Attachment.comment_id == comment_id)
         for aid in s.scalars(q.limit(100)):
             self._push(s, job.ticket_id, "attachment", {"attachment_id": aid, "comment_id": comment_id,
                                                         "internal": job.internal}, now)

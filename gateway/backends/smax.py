@@ -235,4 +235,5 @@ class Smax(Desk):
 
 
 def _ticket(p: dict[str, Any]) -> RemoteTicket:
-    return RemoteTicket(key=str(p["Id"]), status=str(p.get("Status") or ""), updated=parse_time(p.get("LastUpdateTime")))
+    return RemoteTicket(key=str(p["Id"]), status=str(p.get("Status") or ""),
+                        updated=parse_time(p.get("LastUpdateTime")))

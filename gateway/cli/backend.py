@@ -205,5 +205,6 @@ def show(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-de
     print(f"#{out['ticket']} -> {out['backend']} {out['remote_key'] or '(not created yet)'}  reference {out['ref']}")
     print(f"remote status: {out['remote_status'] or '-'}" + (f"  ({out['status_note']})" if out["status_note"] else ""))
     for r in out["pushes"]:
-        print(f"  {r['id']:<6} {r['op']:<12} {r['status']:<7} {r['attempts']:>2} {r['result'] or r['last_error'] or ''}")
+        print(f"  {r['id']:<6} {r['op']:<12} {r['status']:<7} {r['attempts']:>2} "
+              f"{r['result'] or r['last_error'] or ''}")
     return 0
