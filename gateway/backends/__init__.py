@@ -72,6 +72,7 @@ def desk_class(kind: str) -> "type[Desk]":
 def client(settings: "Settings") -> "httpx.AsyncClient":
     import httpx
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise (and names every URL)
     return httpx.AsyncClient(timeout=settings.timeout, follow_redirects=False,
                              limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
                              headers={"User-Agent": "ticket-gateway"})
