@@ -670,7 +670,7 @@ class FakeSmax(FakeDesk):
             return {"entity_result_list": [{"entity": {"entity_type": "Person", "properties": {}},
                                             "completion_status": "OK"}], "meta": {"completion_status": "OK"}}
         if kind == "Request" and op == "CREATE":
-            if props.get("RequestedByPerson") not in self.persons:
+            if props.get("RequestedByPerson") not in self.persons or props.get("Category", "11001") not in self.categories:
                 return {"entity_result_list": [{"entity": {"entity_type": "Request", "properties": {}},
                                                 "completion_status": "FAILED", "errors": [{"message": "no person"}]}],
                         "meta": {"completion_status": "FAILED"}}

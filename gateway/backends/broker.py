@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.backends import queue
 from gateway.backends.desk import (
+    Blocked,
     Desk,
     DeskDown,
     NewRequest,
@@ -142,6 +143,10 @@ class Broker:
             await self.run(self._outcome, job, token, now, "defer", str(e), now + PENDING_RETRY)
             counts.deferred += 1
             return
+        except Blocked as e:
+            await self.run(self._outcome, job, token, now, "defer", str(e), None)
+            counts.deferred += 1
+            return
         except TooLarge as e:
             if job.op == "attachment":
                 await self.run(self._too_big, job, token, now, f"the desk refused it ({e})")
@@ -170,7 +175,8 @@ class Broker:
         if job.op == "create":
             return await self._create(job)
         if job.remote_key is None:
-            raise DeskDown(f"ticket #{job.number} has no remote request yet")
+            raise Blocked(f"ticket #{job.number} has no remote request yet (its create failed: "
+                          f"`backend list --status failed`, then `backend retry ID`)")
         if job.op == "comment":
             return await d.comment(job.remote_key, job.body, job.internal)
         if job.op == "attachment":
@@ -400,7 +406,7 @@ class Broker:
             if t.key in mine:
                 applied += await self.refresh(t.key, t)
         newest = max((t.updated for t in updated if t.updated is not None), default=None)
-        truncated = len(updated) >= MAX_POLL_PAGES * 50
+        truncated = len(updated) >= MAX_POLL_PAGES * self.desk.page_size
         await self.run(sync.poll_done, self, now, newest if truncated and newest else now)
         return {"seen": len(updated), "applied": applied}
 

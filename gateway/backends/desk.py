@@ -64,6 +64,11 @@ class Pending(DeskError):
     """Something the desk makes asynchronously is not there yet (a SMAX person): try again shortly."""
 
 
+class Blocked(DeskError):
+    """This push waits for an earlier one of its ticket (a create the desk refused): retry with backoff,
+    the other tickets' pushes go on."""
+
+
 @dataclass
 class RemoteRef:
     key: str  # what the API addresses the request by (Jira issue key, Zammad ticket id, SMAX request id)
@@ -135,6 +140,7 @@ class Desk(ABC):
     """One service desk's REST API. `client` is shared (connection pool); every method is async."""
 
     kind = ""
+    page_size = 100  # requests per page of `updated_since`
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         self.settings = settings

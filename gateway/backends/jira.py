@@ -32,6 +32,7 @@ EXPERIMENTAL = {"X-ExperimentalApi": "opt-in"}
 
 class Jira(Desk):
     kind = "jira"
+    page_size = 50
     has_participants = True
     signature_algorithm = "sha256"
 

@@ -174,9 +174,10 @@ class Smax(Desk):
         found: list[RemoteTicket] = []
         for page in range(max_pages):
             batch = await self.ems("ems/Request", {"filter": f"LastUpdateTime > {ms}", "layout": LAYOUT,
-                                                   "order": "LastUpdateTime asc", "size": 100, "skip": page * 100})
+                                                   "order": "LastUpdateTime asc", "size": self.page_size,
+                                                   "skip": page * self.page_size})
             found += [_ticket(p) for p in batch]
-            if len(batch) < 100:
+            if len(batch) < self.page_size:
                 break
         return found
 

@@ -106,9 +106,9 @@ class Zammad(Desk):
         query = f"updated_at:>=now-{minutes_since(since, now)}m"
         found: list[RemoteTicket] = []
         for page in range(1, max_pages + 1):
-            batch = await self._search(query, limit=100, page=page, sort=True)
+            batch = await self._search(query, limit=self.page_size, page=page, sort=True)
             found += [await self._ticket(t) for t in batch]
-            if len(batch) < 100:
+            if len(batch) < self.page_size:
                 break
         return found
 

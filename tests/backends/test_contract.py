@@ -258,3 +258,34 @@ def _remote(gw, local: str) -> str:  # type: ignore[no-untyped-def]
     from fakedesks import STATUS_FOR
 
     return STATUS_FOR[gw.desk.kind][local]
+
+
+def test_refused_create_holds_its_ticket_only(gateway, desk):  # type: ignore[no-untyped-def]
+    """A create the desk refuses fails (visible, retryable); that ticket's later pushes wait for it, in order,
+    and other tickets go on."""
+    from gateway.backends.queue import retry
+
+    good = {"jira": "10", "zammad": "Users", "smax": "11001"}[desk.kind]
+    gw = gateway(request_types={"*": "no-such-type", "problem": good})
+    raw = first_mail()
+    gw.mail(raw, ALICE)
+    gw.mail(reply(raw, "More about the first one."), ALICE)
+    gw.mail(make_mail(sender=f"Alice <{ALICE}>", subject="Other", body="Another problem."), ALICE)
+    with gw.app.sessions() as s, s.begin():
+        from gateway.tickets import Tickets
+
+        t2 = Tickets(s, clock=gw.clock, listeners=gw.app.listeners).get(2)
+        Tickets(s, clock=gw.clock, listeners=gw.app.listeners).change(t2, type="problem")
+    delivered(gw)
+    failed = gw.rows(BackendPush, status="failed")
+    assert [r.op for r in failed] == ["create"] and failed[0].ticket_id == gw.ticket(1).id
+    assert len(gw.desk.keys()) == 1 and gw.link(2).remote_key  # the other ticket went through
+    waiting = [r for r in gw.rows(BackendPush, status="queued") if r.ticket_id == gw.ticket(1).id]
+    assert [r.op for r in waiting] == ["comment"]
+    gw2 = gateway(request_types={"*": good})  # the mapping fixed
+    retry(gw2.app.sessions, failed[0].id, gw2.clock())
+    gw2.clock.advance(hours=1)
+    delivered(gw2)
+    key = gw2.link(1).remote_key
+    assert key and any("More about the first one." in b for b in gw2.desk.comment_bodies(key))
+
