@@ -670,7 +670,8 @@ class FakeSmax(FakeDesk):
             return {"entity_result_list": [{"entity": {"entity_type": "Person", "properties": {}},
                                             "completion_status": "OK"}], "meta": {"completion_status": "OK"}}
         if kind == "Request" and op == "CREATE":
-            if props.get("RequestedByPerson") not in self.persons or props.get("Category", "11001") not in self.categories:
+            known = props.get("Category", "11001") in self.categories
+            if props.get("RequestedByPerson") not in self.persons or not known:
                 return {"entity_result_list": [{"entity": {"entity_type": "Request", "properties": {}},
                                                 "completion_status": "FAILED", "errors": [{"message": "no person"}]}],
                         "meta": {"completion_status": "FAILED"}}
