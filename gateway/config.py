@@ -139,6 +139,26 @@ def _dns_servers(v: list[str]) -> str | None:
     return None
 
 
+TYPES_OR_STAR = ("incident", "problem", "service_request", "change_request", "*")
+
+
+def _mapping(v: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    for k, x in v.items():
+        if k not in keys:
+            return f"{k}: not one of {', '.join(keys)}"
+        if not isinstance(x, (str, int)) or isinstance(x, bool) or str(x) == "":
+            return f"{k}: expected a non-empty string or number, got {x!r}"
+    return None
+
+
+def _statuses(v: dict[str, Any]) -> str | None:
+    local = ("open", "in_progress", "pending", "resolved", "closed")
+    for k, x in v.items():
+        if x not in local:
+            return f"{k}: {x!r} is not a local status ({', '.join(local)})"
+    return None
+
+
 def _sla_policies(v: list[Any]) -> str | None:
     from gateway.sla.store import check_seed  # only when the config seeds policies
 
@@ -468,6 +488,69 @@ SCHEMA: dict[str, Section] = {
             "auth_failures_per_minute": Key(int, 10, "Failed token attempts allowed per client address per "
                                             "minute; more are answered 429 until the minute has passed.",
                                             check=_positive),
+        },
+    ),
+    "backend": Section(
+        "Where tickets live: 'builtin' keeps them in the gateway's own store; 'jira' (Jira Service Management), "
+        "'zammad' or 'smax' (OpenText SMAX) brokers them to that service desk. The gateway's store stays its "
+        "memory (threading, Message-IDs, reply tokens, quarantine); every change is queued for the desk in the "
+        "same transaction and delivered with retries (`ticket-gateway backend flush`), and the desk is polled "
+        "for its changes. `ticket-gateway backend check` verifies the credentials and every mapped id.",
+        {
+            "kind": Key(str, "builtin", "The desk.", choices=("builtin", "jira", "zammad", "smax")),
+            "name": Key(str, "", "Name of this backend in the webhook path /api/v1/backends/<name>/webhook and in "
+                        "the queue. Empty: the kind.", check=lambda v: None if not v or re.fullmatch(
+                            r"[a-z0-9_-]{1,50}", v) else "lower-case letters, digits, _ - only (1-50)"),
+            "url": Key(str, "", "Base URL of the desk, e.g. https://example.atlassian.net, "
+                       "https://zammad.example.com, https://smax.example.com.",
+                       check=lambda v: None if not v or re.match(r"https?://[^/\s]+", v)
+                       else "an http(s):// URL"),
+            "user": Key(str, "", "Jira: the account's email (Cloud API token) -- empty: token_file holds a personal "
+                        "access token (Data Center, sent as Bearer). SMAX: the integration user's login. Zammad: "
+                        "unused."),
+            "token_file": Key(str, "", "File whose first line is the secret: Jira API token or personal access "
+                              "token, Zammad access token, SMAX password (relative to the config file). Never "
+                              "logged."),
+            "service_desk_id": Key(str, "", "Jira: the service desk id (servicedeskapi/servicedesk)."),
+            "tenant_id": Key(str, "", "SMAX: the tenant id."),
+            "reference_field": Key(str, "", "Where our reference (the idempotency key of a create) goes. Empty: "
+                                   "the desk's default -- Jira 'labels' (the request type must have the Labels "
+                                   "field; or 'description': a line in the description), Zammad 'tags', SMAX "
+                                   "'ExternalProcessReference'."),
+            "poll_seconds": Key(int, 60, "`serve`: how often the desk is asked for tickets updated since the last "
+                                "poll (a webhook makes it sooner).", check=_positive),
+            "deliver_seconds": Key(int, 5, "`serve`: how often queued pushes are checked.", check=_positive),
+            "timeout_seconds": Key(int, 30, "Timeout of every request to the desk.", check=_positive),
+            "batch_size": Key(int, 50, "Most pushes claimed by one delivery round.", check=_positive),
+            "retry_base_seconds": Key(int, 30, "First retry this long after a temporary failure (desk down, "
+                                      "5xx); doubled each time.", check=_positive),
+            "retry_max_seconds": Key(int, 900, "Longest wait between two tries. Pushes are never dropped for "
+                                     "being late: a desk down for a day gets them all when it is back.",
+                                     check=_positive),
+            "lease_seconds": Key(int, 300, "A claimed push not confirmed within this time (crashed process) is "
+                                 "tried again; a create looks for the request it may have made first.",
+                                 check=_positive),
+            "max_attachment_bytes": Key(int, 10 * 1024 * 1024, "Largest file sent to the desk (set it to the "
+                                        "desk's own limit). A larger file stays in the gateway and a note on the "
+                                        "ticket says so.", check=_positive),
+            "notifications": Key(str, "gateway", "Who mails the customer about comments and status changes made "
+                                 "in the desk: 'gateway' (its notifications, threaded, with reply addresses; turn "
+                                 "the desk's own customer mails off) or 'backend' (the desk does).",
+                                 choices=("gateway", "backend")),
+            "webhook_secret_file": Key(str, "", "File whose first line is the webhook secret (the desk signs its "
+                                       "webhooks with it: X-Hub-Signature, HMAC-SHA256 for Jira and SMAX, "
+                                       "HMAC-SHA1 for Zammad). Empty: webhooks are refused; polling only."),
+            "request_types": Key(dict, {}, "Local ticket type -> Jira request type id / Zammad group / SMAX "
+                                 "category id; the key \"*\" is used for types not listed.",
+                                 check=lambda v: _mapping(v, TYPES_OR_STAR)),
+            "priorities": Key(dict, {}, "Local priority -> Jira priority id / Zammad priority name / SMAX "
+                              "priority value. A priority not listed is left to the desk.",
+                              check=lambda v: _mapping(v, ("low", "medium", "high", "critical"))),
+            "statuses": Key(dict, {}, "Remote status -> local status (open, in_progress, pending, resolved, "
+                            "closed). The remote statuses mapped to resolved/closed are the desk's resolved and "
+                            "cancelled ones; local status changes are pushed as the first remote status listed "
+                            "for them. A remote status not listed is reported, not applied.",
+                            check=lambda v: _statuses(v)),
         },
     ),
     "logging": Section(

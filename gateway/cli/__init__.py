@@ -30,6 +30,7 @@ COMMANDS: tuple[str, ...] = (
     "gateway.cli.admin",
     "gateway.cli.outbox",
     "gateway.cli.tokens",
+    "gateway.cli.backend",
     "gateway.cli.imap",
     "gateway.cli.serve",
     "gateway.cli.spool",
