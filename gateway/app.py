@@ -68,6 +68,9 @@ def _install_features() -> list:  # type: ignore[type-arg]
     from gateway.outbound import install as install_outbound
 
     features.append(install_outbound)
+    from gateway.backends import install as install_backend
+
+    features.append(install_backend)
     return features
 
 

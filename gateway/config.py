@@ -20,7 +20,12 @@ ENV_VAR = "TICKET_GATEWAY_CONFIG"
 
 
 class ConfigError(Exception):
-    """A config file that cannot be used; the message names the key."""
+    """A config file that cannot be used; the message names the key. `errors`: every problem found, one line
+    each (validation reports them all at once)."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors: list[str] = errors or [message]
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class Key:
     choices: tuple[Any, ...] | None = None
     check: Callable[[Any], str | None] | None = None  # returns an error text or None
     item_type: builtins.type | None = None  # for lists
+    normalize: Callable[[Any], Any] | None = None  # applied to a value of the right type before choices/check
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,26 @@ def _dns_servers(v: list[str]) -> str | None:
     return None
 
 
+TYPES_OR_STAR = ("incident", "problem", "service_request", "change_request", "*")
+
+
+def _mapping(v: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    for k, x in v.items():
+        if k not in keys:
+            return f"{k}: not one of {', '.join(keys)}"
+        if not isinstance(x, (str, int)) or isinstance(x, bool) or str(x) == "":
+            return f"{k}: expected a non-empty string or number, got {x!r}"
+    return None
+
+
+def _statuses(v: dict[str, Any]) -> str | None:
+    local = ("open", "in_progress", "pending", "resolved", "closed")
+    for k, x in v.items():
+        if x not in local:
+            return f"{k}: {x!r} is not a local status ({', '.join(local)})"
+    return None
+
+
 def _sla_policies(v: list[Any]) -> str | None:
     from gateway.sla_definitions import check_seed  # only when the config seeds policies
 
@@ -151,11 +177,13 @@ SCHEMA: dict[str, Section] = {
                 "Addresses the gateway receives mail for (and their +token sub-addresses). Never made watchers.",
                 item_type=str, check=_addresses),
             "unknown_senders": Key(
-                str, "default-reporter",
-                "Mail from an address that is not a known contact: 'register' creates a customer contact "
-                "(organisation by mail domain); 'reject' records the mail as rejected; 'default-reporter' opens "
-                "the ticket on behalf of the sender under gateway.default_reporter (the sender is recorded).",
-                choices=("register", "reject", "default-reporter")),
+                str, "correspondent",
+                "Mail from an address that is not a known contact: 'correspondent' opens the ticket with the "
+                "sender as its reporter, a correspondent without an account (no organisation, not a registered "
+                "customer; `users add` registers them later); 'register' also makes them a registered customer "
+                "contact with their name and organisation (by mail domain); 'reject' records the mail as rejected; "
+                "'default-reporter' files the ticket under gateway.default_reporter (the sender is recorded).",
+                choices=("correspondent", "register", "reject", "default-reporter")),
             "default_reporter": Key(str, "unknown-sender@localhost",
                                     "Contact used as reporter under unknown_senders = 'default-reporter'.",
                                     check=lambda v: _addresses([v])),
@@ -267,7 +295,9 @@ SCHEMA: dict[str, Section] = {
             "host": Key(str, "127.0.0.1", "Address to bind ('::' or '0.0.0.0' for all)."),
             "port": Key(int, None, "TCP port; 0 takes any free port (start-up logs the one it got). Left out: "
                         "the protocol's default (SMTP 2525, LMTP 2424).", check=_port),
-            "path": Key(str, "", "Unix socket path instead of host and port (e.g. for Postfix LMTP)."),
+            "path": Key(str, "", "Unix socket path instead of host and port (e.g. for Postfix LMTP). Under the "
+                        "systemd unit: /run/ticket-gateway/lmtp.sock (the only writable place for it besides the data "
+                        "directory) with socket_mode 0666, so that Postfix's lmtp client can connect."),
             "socket_mode": Key(str, "0660", "Permissions of the Unix socket (octal).",
                                check=lambda v: None if re.fullmatch(r"0?[0-7]{3}", v) else "an octal mode like 0660"),
             "tls_cert": Key(str, "", "PEM certificate (chain) file: offer STARTTLS. Empty: no STARTTLS."),
@@ -295,7 +325,8 @@ SCHEMA: dict[str, Section] = {
     "serve": Section(
         "The long-running service (`ticket-gateway serve`).",
         {
-            "hostname": Key(str, "", "Name in the SMTP/LMTP greeting. Empty: this host's name."),
+            "hostname": Key(str, "", "Name in the SMTP/LMTP greeting ('220 <hostname> ESMTP': no software name or "
+                            "version is shown) and in EHLO/LHLO replies. Empty: this host's name."),
             "workers": Key(int, 1, "Threads that turn stored mail into tickets and comments.", check=_positive),
             "defer_seconds": Key(int, 30, "In a burst of arriving mail (see thread_share), threading of a stored "
                                  "mail waits at most this long; then it takes every other turn with the stores. "
@@ -461,10 +492,74 @@ SCHEMA: dict[str, Section] = {
                                             check=_positive),
         },
     ),
+    "backend": Section(
+        "Where tickets live: 'builtin' keeps them in the gateway's own store; 'jira' (Jira Service Management), "
+        "'zammad' or 'smax' (OpenText SMAX) brokers them to that service desk. The gateway's store stays its "
+        "memory (threading, Message-IDs, reply tokens, quarantine); every change is queued for the desk in the "
+        "same transaction and delivered with retries (`ticket-gateway backend flush`), and the desk is polled "
+        "for its changes. `ticket-gateway backend check` verifies the credentials and every mapped id.",
+        {
+            "kind": Key(str, "builtin", "The desk.", choices=("builtin", "jira", "zammad", "smax")),
+            "name": Key(str, "", "Name of this backend in the webhook path /api/v1/backends/<name>/webhook and in "
+                        "the queue. Empty: the kind.", check=lambda v: None if not v or re.fullmatch(
+                            r"[a-z0-9_-]{1,50}", v) else "lower-case letters, digits, _ - only (1-50)"),
+            "url": Key(str, "", "Base URL of the desk, e.g. https://example.atlassian.net, "
+                       "https://zammad.example.com, https://smax.example.com.",
+                       check=lambda v: None if not v or re.match(r"https?://[^/\s]+", v)
+                       else "an http(s):// URL"),
+            "user": Key(str, "", "Jira: the account's email (Cloud API token) -- empty: token_file holds a personal "
+                        "access token (Data Center, sent as Bearer). SMAX: the integration user's login. Zammad: "
+                        "unused."),
+            "token_file": Key(str, "", "File whose first line is the secret: Jira API token or personal access "
+                              "token, Zammad access token, SMAX password (relative to the config file). Never "
+                              "logged."),
+            "service_desk_id": Key(str, "", "Jira: the service desk id (servicedeskapi/servicedesk)."),
+            "tenant_id": Key(str, "", "SMAX: the tenant id."),
+            "reference_field": Key(str, "", "Where our reference (the idempotency key of a create) goes. Empty: "
+                                   "the desk's default -- Jira 'labels' (the request type must have the Labels "
+                                   "field; or 'description': a line in the description), Zammad 'tags', SMAX "
+                                   "'ExternalProcessReference'."),
+            "poll_seconds": Key(int, 60, "`serve`: how often the desk is asked for tickets updated since the last "
+                                "poll (a webhook makes it sooner).", check=_positive),
+            "deliver_seconds": Key(int, 5, "`serve`: how often queued pushes are checked.", check=_positive),
+            "timeout_seconds": Key(int, 30, "Timeout of every request to the desk.", check=_positive),
+            "batch_size": Key(int, 50, "Most pushes claimed by one delivery round.", check=_positive),
+            "retry_base_seconds": Key(int, 30, "First retry this long after a temporary failure (desk down, "
+                                      "5xx); doubled each time.", check=_positive),
+            "retry_max_seconds": Key(int, 900, "Longest wait between two tries. Pushes are never dropped for "
+                                     "being late: a desk down for a day gets them all when it is back.",
+                                     check=_positive),
+            "lease_seconds": Key(int, 300, "A claimed push not confirmed within this time (crashed process) is "
+                                 "tried again; a create looks for the request it may have made first.",
+                                 check=_positive),
+            "max_attachment_bytes": Key(int, 10 * 1024 * 1024, "Largest file sent to the desk (set it to the "
+                                        "desk's own limit). A larger file stays in the gateway and a note on the "
+                                        "ticket says so.", check=_positive),
+            "notifications": Key(str, "gateway", "Who mails the customer about comments and status changes made "
+                                 "in the desk: 'gateway' (its notifications, threaded, with reply addresses; turn "
+                                 "the desk's own customer mails off) or 'backend' (the desk does).",
+                                 choices=("gateway", "backend")),
+            "webhook_secret_file": Key(str, "", "File whose first line is the webhook secret (the desk signs its "
+                                       "webhooks with it: X-Hub-Signature, HMAC-SHA256 for Jira and SMAX, "
+                                       "HMAC-SHA1 for Zammad). Empty: webhooks are refused; polling only."),
+            "request_types": Key(dict, {}, "Local ticket type -> Jira request type id / Zammad group / SMAX "
+                                 "category id; the key \"*\" is used for types not listed.",
+                                 check=lambda v: _mapping(v, TYPES_OR_STAR)),
+            "priorities": Key(dict, {}, "Local priority -> Jira priority id / Zammad priority name / SMAX "
+                              "priority value. A priority not listed is left to the desk.",
+                              check=lambda v: _mapping(v, ("low", "medium", "high", "critical"))),
+            "statuses": Key(dict, {}, "Remote status -> local status (open, in_progress, pending, resolved, "
+                            "closed). The remote statuses mapped to resolved/closed are the desk's resolved and "
+                            "cancelled ones; local status changes are pushed as the first remote status listed "
+                            "for them. A remote status not listed is reported, not applied.",
+                            check=lambda v: _statuses(v)),
+        },
+    ),
     "logging": Section(
         "Logs.",
         {
-            "level": Key(str, "INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+            "level": Key(str, "INFO", "Log level (upper or lower case).", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                         normalize=str.upper),
             "file": Key(str, "", "Log file (reopened on SIGHUP). Empty: standard error (journald under systemd)."),
             "format": Key(str, "text", "'text': one readable line per event; 'json': one JSON object per line "
                           "(time, level, logger, message and the event's fields, e.g. mail_id, outcome).",
@@ -541,6 +636,8 @@ def _check_value(where: str, key: Key, value: Any) -> Any:
         for item in value:
             if not isinstance(item, key.item_type):
                 raise ConfigError(f"{where}: every item must be {_type_name(key.item_type)}, got {item!r}")
+    if key.normalize is not None:
+        value = key.normalize(value)
     if key.choices is not None and value not in key.choices:
         raise ConfigError(f"{where}: must be one of {', '.join(map(repr, key.choices))}, got {value!r}")
     if key.check is not None:
@@ -550,21 +647,24 @@ def _check_value(where: str, key: Key, value: Any) -> Any:
     return value
 
 
-def _validate_table(where: str, section: Section, table: Any) -> dict[str, Any]:
+def _validate_table(where: str, section: Section, table: Any, errors: list[str]) -> dict[str, Any]:
+    """The table's values (defaults filled in); every problem is added to `errors` (a bad value leaves the
+    key at its default, so that the other keys are still checked)."""
+    out: dict[str, Any] = {name: _copy(key.default) for name, key in section.keys.items()}
     if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table")
-    unknown = sorted(set(table) - set(section.keys))
-    if unknown:
-        known = ", ".join(section.keys)
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known keys: {known})")
-    out: dict[str, Any] = {}
+        errors.append(f"{where}: expected a table")
+        return out
+    known = ", ".join(section.keys)
+    for name in sorted(set(table) - set(section.keys)):
+        errors.append(f"{where}.{name}: unknown key (known keys: {known})")
     for name, key in section.keys.items():
         if name in table:
-            out[name] = _check_value(f"{where}.{name}", key, table[name])
-        else:
-            if key.default is None and key.doc.startswith("Required"):
-                raise ConfigError(f"{where}.{name}: required key is missing")
-            out[name] = _copy(key.default)
+            try:
+                out[name] = _check_value(f"{where}.{name}", key, table[name])
+            except ConfigError as e:
+                errors.append(str(e))
+        elif key.default is None and key.doc.startswith("Required"):
+            errors.append(f"{where}.{name}: required key is missing")
     return out
 
 
@@ -573,22 +673,40 @@ def _copy(v: Any) -> Any:
 
 
 def validate(data: Mapping[str, Any], *, source: str = "built-in defaults", base_dir: Path | None = None) -> Config:
-    unknown = sorted(set(data) - set(SCHEMA))
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown section (known sections: {', '.join(SCHEMA)})")
+    """The validated config; a ConfigError lists every problem found (`.errors`), the first in its message's
+    first line."""
+    errors: list[str] = []
+    for name in sorted(set(data) - set(SCHEMA)):
+        errors.append(f"{name}: unknown section (known sections: {', '.join(SCHEMA)})")
     values: dict[str, Any] = {}
     for name, section in SCHEMA.items():
         raw = data.get(name)
         if section.many:
+            values[name] = []
             if raw is None:
-                values[name] = []
                 continue
             if not isinstance(raw, list):
-                raise ConfigError(f"{name}: expected a list of tables ([[{name}]])")
-            values[name] = [_validate_table(f"{name}[{i}]", section, t) for i, t in enumerate(raw)]
+                errors.append(f"{name}: expected a list of tables ([[{name}]])")
+                continue
+            values[name] = [_validate_table(f"{name}[{i}]", section, t, errors) for i, t in enumerate(raw)]
         else:
-            values[name] = _validate_table(name, section, raw if raw is not None else {})
-    return Config(values=values, source=source, base_dir=base_dir or Path.cwd())
+            values[name] = _validate_table(name, section, raw if raw is not None else {}, errors)
+    config = Config(values=values, source=source, base_dir=base_dir or Path.cwd())
+    errors += _cross_checks(config, data)
+    if errors:
+        raise ConfigError("\n".join(errors), errors)
+    return config
+
+
+def _cross_checks(config: Config, data: Mapping[str, Any]) -> list[str]:
+    """Rules between keys: a route's address must be one of gateway.addresses (or a sub-address of one)."""
+    errors = []
+    for i, route in enumerate(config.values["routes"]):
+        addr = route.get("address")
+        if isinstance(addr, str) and _ADDR.match(addr) and not config.is_gateway_address(addr):
+            errors.append(f"routes[{i}].address: {addr!r} is not one of gateway.addresses "
+                          f"({', '.join(config.gateway_addresses)}): no mail would ever match it")
+    return errors
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:

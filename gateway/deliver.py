@@ -98,6 +98,15 @@ def _disk_low(config: Any) -> bool:
     return DiskGuard.for_config(config).low()
 
 
+def _self_command() -> list[str]:
+    """How this process was started: the console script (or a wrapper an admin wrote) when argv[0] is an
+    executable file, so that the drainer finds the same installation; else the interpreter with -m gateway."""
+    prog = sys.argv[0] if sys.argv else ""
+    if prog and os.path.isabs(prog) and os.access(prog, os.X_OK) and not prog.endswith((".py", "__main__.py")):
+        return [prog]
+    return [sys.executable, "-m", "gateway"]
+
+
 def kick(where: os.PathLike[str] | str, config_path: str | None) -> None:
     """Make sure somebody drains: ring a running service, else start a drainer. Never fails the delivery
     (the mail is durable; the next delivery, `spool drain` or `serve` drains it)."""
@@ -108,7 +117,7 @@ def kick(where: os.PathLike[str] | str, config_path: str | None) -> None:
         if spool.DrainLock(path).held_elsewhere():
             spool.ring(path)
             return
-        argv = [sys.executable, "-m", "gateway"] + (["--config", os.path.abspath(config_path)] if config_path else [])
+        argv = _self_command() + (["--config", os.path.abspath(config_path)] if config_path else [])
         spool.spawn_detached(argv + ["spool", "drain"])
     except OSError as e:
         _say(f"spooled, but could not start a drainer ({e}); `ticket-gateway spool drain` or `serve` will")

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 STATUSES = ("open", "in_progress", "pending", "resolved", "closed")
 PRIORITIES = ("low", "medium", "high", "critical")
 TYPES = ("incident", "problem", "service_request", "change_request")
-ROLES = ("customer", "staff")
+ROLES = ("customer", "staff", "correspondent")  # correspondent: wrote to us, has no account
 MAIL_OUTCOMES = ("received", "ticket", "comment", "ignored", "duplicate", "rejected", "quarantined")
 
 

@@ -60,6 +60,7 @@ COMPONENTS: tuple[str, ...] = (
     "gateway.outbound:install_service",
     "gateway.sla:install_service",
     "gateway.api:install_service",   # HTTP: API, /healthz, /metrics ([http] listen)
+    "gateway.backends:install_service",
 )
 
 HARD_EXIT_SECONDS = 28.0   # from SIGTERM: whatever still runs then is abandoned (exit 0 stays within 30 s)

@@ -138,8 +138,18 @@ def validate_values(name: str, *, response: Any, resolution: Any, priorities: An
                priorities=values["priorities"], types=values["types"], calendar=cal,
                warn_percent=values["warn_percent"], warn_minutes_before=values["warn_minutes_before"])
     except ValueError as e:
-        raise PolicyError(str(e)) from None
+        raise PolicyError(as_written(str(e))) from None
     return values
+
+
+# The pure layer's field names -> the names a policy is written with (config seed keys; the CLI's options
+# are the same words: --response, --warn-at ...)
+WRITTEN_NAMES = {"response_minutes": "response", "resolution_minutes": "resolution", "warn_percent": "warn_at",
+                 "warn_minutes_before": "warn_before"}
+
+
+def as_written(message: str) -> str:
+    return re.sub(r"\b(" + "|".join(WRITTEN_NAMES) + r")\b", lambda m: WRITTEN_NAMES[m.group(1)], message)
 
 
 SEED_KEYS = {"name", "response", "resolution", "priorities", "types", "organisations", "groups", "warn_at",
@@ -168,12 +178,14 @@ def seed_values(item: Mapping[str, Any]) -> dict[str, Any]:
 def check_seed(items: list[Any]) -> str | None:
     """Config check for `[sla] policies`: None when every entry is a valid policy."""
     names = set()
+    errors = []
     for i, item in enumerate(items):
         try:
             v = seed_values(item)
         except PolicyError as e:
-            return f"[{i}]: {e}"
+            errors.append(f"[{i}]: {e}")
+            continue
         if v["name"] in names:
-            return f"[{i}]: policy {v['name']!r} is defined twice"
+            errors.append(f"[{i}]: policy {v['name']!r} is defined twice")
         names.add(v["name"])
-    return None
+    return "; ".join(errors) or None

@@ -465,7 +465,9 @@ async def start_listeners(config: Config, store: StoreFn, registry: SessionRegis
                     if not registry.closing:
                         log.warning("session cap (%d) reached: refusing a connection", registry.limit)
                     return _Refuse(registry, spec["protocol"])
+                # the greeting names the host only ("220 mx.example.com ESMTP"), not the library and its version
                 proto = cls(handler, data_size_limit=limits["max_message_size"], hostname=hostname,
+                            ident="LMTP" if spec["protocol"] == "lmtp" else "ESMTP",
                             tls_context=tls, require_starttls=spec["require_starttls"],
                             timeout=limits["session_idle_seconds"], command_call_limit=CALL_LIMITS, loop=loop)
                 proto.registry = registry

@@ -183,24 +183,31 @@ class Directory:
             if staff:
                 c.role = "staff"
                 drop_memo(self.s, "staff")
+            elif c.role == "correspondent":  # registered now: a customer, in the organisation of their domain
+                c.role = "customer"
+                if organisation is None and c.organisation_id is None:
+                    organisation = self.organisation_for_domain(email.rpartition("@")[2])
             if organisation is not None:
                 c.organisation_id = organisation.id
+                c.organisation = organisation
             self.s.flush()
         return c
 
     def register(self, email: str, *, name: str = "", staff: bool = False,
                  organisation: Organisation | None = None, auto_registered: bool = False,
-                 flush: bool = True) -> Contact:
+                 flush: bool = True, correspondent: bool = False) -> Contact:
         """A new contact, for a caller that has just found none for this address (`contact()` is None);
-        the organisation follows from the address's domain unless given. A concurrent writer that registered
+        the organisation follows from the address's domain unless given. correspondent=True: someone who
+        wrote to us without an account (role 'correspondent'): in no organisation. A concurrent writer that registered
         the same address first makes the flush fail (IntegrityError): the caller's transaction runs again.
         flush=False: written with the caller's next flush (its id is None until then; a Ticket made for it
         with `Tickets.create` is written with it)."""
         email = normalise_email(email)
-        if organisation is None:
+        if organisation is None and not correspondent:
             organisation = self.organisation_for_domain(email.rpartition("@")[2])
+        role = "staff" if staff else "correspondent" if correspondent else "customer"
         # both: the relationship for a contact not written yet, the column for whoever reads it before the flush
-        c = Contact(email=email, name=name, role="staff" if staff else "customer", organisation=organisation,
+        c = Contact(email=email, name=name, role=role, organisation=organisation,
                     organisation_id=organisation.id if organisation else None,
                     auto_registered=auto_registered, undeliverable=False, created_at=self.clock())
         self.s.add(c)

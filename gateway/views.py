@@ -39,7 +39,7 @@ def ticket_dict(session: Session, t: Ticket, *, full: bool = True, sla_state: st
         "status": t.status,
         "priority": t.priority,
         "type": t.type,
-        "reporter": {"email": t.reporter.email, "name": t.reporter.name},
+        "reporter": {"email": t.reporter.email, "name": t.reporter.name, "role": t.reporter.role},
         "sender": t.sender_email,
         "organisation": t.organisation.name if t.organisation else None,
         "assignee": t.assignee.email if t.assignee else None,

@@ -1,4 +1,5 @@
-"""Who wrote the mail: a known contact, or the unknown-sender policy (register / reject / default-reporter)."""
+"""Who wrote the mail: a known contact, or the unknown-sender policy (correspondent / register / reject /
+default-reporter)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,11 @@ def handle(ctx: MailContext) -> None:
         ctx.note(f"identify: known {contact.role} {email}")
         return
     policy = ctx.config.gateway["unknown_senders"]
-    if policy == "register":
+    if policy == "correspondent":  # the sender is the reporter: no account, no organisation
+        ctx.sender = ctx.reporter = ctx.directory.register(email, name=p.from_name, correspondent=True,
+                                                           flush=False)
+        ctx.note(f"identify: new correspondent {email} (policy 'correspondent')")
+    elif policy == "register":
         ctx.sender = ctx.reporter = ctx.directory.register(email, name=p.from_name, auto_registered=True,
                                                            flush=False)  # written with the ticket or comment
         org = ctx.sender.organisation

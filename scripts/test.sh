@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the checks and the whole test suite on a fresh Debian machine (as root), installing what it needs first:
-# Debian packages (python3-venv, dovecot-imapd, postgresql) when missing, a virtualenv with the project and
-# its test and dev extras, and a running PostgreSQL on 127.0.0.1:5432 (trust auth for local tests).
+# Debian packages (python3-venv, dovecot-imapd, postfix, postgresql) when missing, a virtualenv with the
+# project and its test and dev extras, and a running PostgreSQL on 127.0.0.1:5432 (trust auth for local
+# tests). Postfix is installed with debconf's "No configuration": the tests start private instances of it
+# (tests/postfix.py); the machine's own mail system is neither configured nor started.
 # The checks (ruff, mypy, import-linter, scripts/check_cycles.py) run first; any failure fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +12,10 @@ need_pkgs=()
 command -v python3 >/dev/null || need_pkgs+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 [ -x /usr/sbin/dovecot ] || need_pkgs+=(dovecot-imapd)
+if [ ! -x /usr/sbin/postfix ]; then
+  need_pkgs+=(postfix)
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+fi
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_pkgs+=(postgresql)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_pkgs[*]}"

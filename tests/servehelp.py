@@ -23,7 +23,7 @@ def config_for(tmp_path: Path, db_url: str, **sections: Any):
         "database": {"url": db_url},
         "listen": [{"protocol": "smtp", "port": 0}, {"protocol": "lmtp", "port": 0}],
         "serve": {"hostname": "gw.test", "pending_sweep_seconds": 1},
-        "http": {"listen": "127.0.0.1:0"},  # any free port: the default 8025 collides between test processes
+        "http": {"listen": "127.0.0.1:0"},  # any free port: the default 8025 would collide with other runs
     }
     for k, v in sections.items():
         if isinstance(v, dict) and isinstance(data.get(k), dict):

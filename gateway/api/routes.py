@@ -25,7 +25,9 @@ from gateway.ops import directory, mail, outbox, pages, sla, tickets, tokens
 if TYPE_CHECKING:
     from gateway.api.app import Call
 
-EXTENSIONS: tuple[str, ...] = ()  # "module:function" -> list[Op] (links, time entries, watchers, merge, ...)
+EXTENSIONS: tuple[str, ...] = (  # "module:function" -> list[Op] (links, time entries, watchers, merge, ...)
+    "gateway.api.backends:operations",  # POST /backends/{name}/webhook (signed by the desk, no token)
+)
 
 JSON = "application/json"
 STATUS_E, PRIORITY_E, TYPE_E = tuple(STATUSES), tuple(PRIORITIES), tuple(TYPES)

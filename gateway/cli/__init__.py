@@ -11,8 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gateway.cli.base import UsageError
-from gateway.exitcodes import EX_CONFIG, EX_OK, EX_USAGE
+from gateway.cli.base import NotFound, UsageError
+from gateway.exitcodes import EX_CONFIG, EX_NOINPUT, EX_OK, EX_PIPE, EX_USAGE
 
 # command modules, each with `register(subparsers)`; order = order in --help
 COMMANDS: tuple[str, ...] = (
@@ -24,10 +24,22 @@ COMMANDS: tuple[str, ...] = (
     "gateway.cli.admin",
     "gateway.cli.outbox",
     "gateway.cli.tokens",
+    "gateway.cli.backend",
     "gateway.cli.imap",
     "gateway.cli.serve",
     "gateway.cli.spool",
 )
+
+
+def _stdout_gone() -> None:
+    """The reader of stdout went away (`ticket-gateway tickets list | head`): whatever is still buffered goes
+    to /dev/null, so that neither the rest of the command nor the exit prints a BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +70,10 @@ def entry() -> None:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-    except Exception:  # noqa: BLE001 -- a closed pipe: let the normal exit report it
+    except BrokenPipeError:
+        _stdout_gone()
+        code = code or EX_PIPE
+    except Exception:  # noqa: BLE001 -- let the normal exit report it
         sys.exit(code)
     os._exit(code)
 
@@ -91,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load(args.config)
     except ConfigError as e:
-        print(f"ticket-gateway: configuration error: {e}", file=sys.stderr)
+        for error in e.errors:  # every problem at once, one line each
+            print(f"ticket-gateway: configuration error: {error}", file=sys.stderr)
         return EX_CONFIG
     level = "DEBUG" if args.verbose else config.get("logging", "level")
     from gateway.observe import formatter
@@ -101,12 +117,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, level), handlers=[handler])
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
-    from gateway.ops.errors import OpError
+    from gateway.ops import errors as op
 
     try:
         return int(args.func(args, config) or 0)
-    except (UsageError, OpError) as e:  # OpError: a shared operation refused (gateway.ops)
+    except (NotFound, op.NotFound) as e:  # no such ticket, mail, contact ...: not a usage error
+        print(f"ticket-gateway: {e}", file=sys.stderr)
+        return EX_NOINPUT
+    except (UsageError, op.OpError) as e:  # OpError: a shared operation refused (gateway.ops)
         print(f"ticket-gateway: {e}", file=sys.stderr)
         return EX_USAGE
+    except BrokenPipeError:
+        _stdout_gone()
+        return EX_PIPE
     except KeyboardInterrupt:
         return 130

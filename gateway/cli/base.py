@@ -21,6 +21,10 @@ class UsageError(Exception):
     """A wrong command line: the message is printed, the exit status is 64 (EX_USAGE)."""
 
 
+class NotFound(Exception):
+    """What the command names does not exist (no ticket #99, no mail 7): exit 66, not a usage error."""
+
+
 def open_app(config: Config, *, upgrade: bool = False) -> App:
     """Build the App; with upgrade=True bring the schema up to date first (serve, ingest)."""
     from gateway.app import build_app

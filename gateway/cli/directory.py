@@ -89,10 +89,14 @@ def list_users(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         json.dump(rows, sys.stdout, ensure_ascii=False, indent=1)
         print()
+    elif not rows:
+        print("no contacts")
     else:
-        for r in rows:
-            print(f"{r['email']:<40} {r['role']:<9} {r['organisation'] or '-':<20} {r['name']}"
-                  + (" (auto-registered)" if r["auto_registered"] else ""))
+        from gateway.cli.table import print_table
+
+        print_table(("email", "role", "organisation", "name", "auto-registered", "undeliverable"),
+                    ((r["email"], r["role"], r["organisation"], r["name"], r["auto_registered"], r["undeliverable"])
+                     for r in rows), caps={"email": 50, "organisation": 40, "name": 40})
     return 0
 
 
@@ -146,9 +150,12 @@ def list_orgs(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         json.dump(rows, sys.stdout, ensure_ascii=False, indent=1)
         print()
+    elif not rows:
+        print("no organisations")
     else:
-        for r in rows:
-            print(f"{r['name']:<30} {', '.join(r['domains'])}")
+        from gateway.cli.table import print_table
+
+        print_table(("name", "domains"), ((r["name"], ", ".join(r["domains"])) for r in rows), caps={"name": 50})
     return 0
 
 

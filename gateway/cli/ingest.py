@@ -2,7 +2,8 @@
 
 Exit 0 when every mail was stored (ticket, comment, ignored, duplicate, rejected and quarantined all count),
 75 (EX_TEMPFAIL) when a mail could not be stored so that the MTA tries again, 64 on usage errors, 65/66
-when an input cannot be read.
+when an input cannot be read, 67 (EX_NOUSER) when a --recipient is not a gateway address (nothing is stored:
+an MTA pipe bounces the mail, as the LMTP listener answers 550).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, TypeVar
 
 from gateway.cli.base import UsageError
-from gateway.exitcodes import EX_DATAERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL
+from gateway.exitcodes import EX_DATAERR, EX_NOINPUT, EX_NOUSER, EX_OK, EX_TEMPFAIL
 
 T = TypeVar("T")
 
@@ -132,6 +133,10 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
         if not os.path.exists(a):
             print(f"ticket-gateway: ingest: no such file or directory: {a}", file=sys.stderr)
             return EX_NOINPUT
+    foreign = [r for r in args.recipient if not config.is_gateway_address(r.strip().strip("<>"))]
+    if foreign:  # one run is one delivery: a recipient that is not ours refuses it (Postfix: recipient limit 1)
+        print(f"ticket-gateway: ingest: 5.1.1 <{foreign[0]}>: not a gateway address", file=sys.stderr)
+        return EX_NOUSER
     # Several mails: the pure work (parse, HTML, attachment blobs) runs ahead in a worker process
     # (gateway.prepare); the database work stays here, in order. Anything the worker did not do is done here.
     # The worker is forked before the database is opened: it holds no connection of ours.

@@ -58,13 +58,16 @@ def list_mail(args: argparse.Namespace, config: Config) -> int:
         json.dump(rows, sys.stdout, ensure_ascii=False, indent=1)
         print()
         return 0
-    for r in rows:
-        t = f"#{r['ticket']}" if r["ticket"] else "-"
-        print(f"{r['id']:<6} {r['received_at'][:19]} {r['source']:<7} {r['outcome']:<11} {t:<7} "
-              f"{(r['sender'] or '-')[:30]:<30} {(r['subject'] or '')[:50]}"
-              + (f"  [{r['reason'][:80]}]" if r["reason"] and r["outcome"] not in ("ticket", "comment") else ""))
     if not rows:
         print("no mail")
+        return 0
+    from gateway.cli.table import print_table
+
+    print_table(("id", "received", "source", "outcome", "ticket", "from", "subject", "reason"),
+                ((r["id"], (r["received_at"] or "")[:19], r["source"], r["outcome"],
+                  f"#{r['ticket']}" if r["ticket"] else None, r["sender"], r["subject"],
+                  r["reason"] if r["outcome"] not in ("ticket", "comment") else None) for r in rows),
+                caps={"from": 40, "subject": 50, "reason": 80})
     return 0
 
 
@@ -84,9 +87,13 @@ def show_mail(args: argparse.Namespace, config: Config) -> int:
         json.dump(d, sys.stdout, ensure_ascii=False, indent=1)
         print()
         return 0
+    from gateway.cli.table import text_of
+
     for k in ("id", "message_id", "sender", "subject", "source", "source_ref", "envelope_from", "envelope_to",
               "received_at", "processed_at", "size", "sha256", "outcome", "reason", "ticket", "attempts"):
-        print(f"{k + ':':<15} {d[k]}")
+        v = d[k]
+        v = ", ".join(v) if isinstance(v, list) else f"#{v}" if k == "ticket" and v else v
+        print(f"{k + ':':<15} {text_of(v)}")
     if d["client_ip"] or d["client_helo"]:
         print(f"{'client:':<15} {d['client_ip'] or '-'} (HELO {d['client_helo'] or '-'})")
     if d["authentication"]:
@@ -106,7 +113,8 @@ def show_mail(args: argparse.Namespace, config: Config) -> int:
 def replay_mail(args: argparse.Namespace, config: Config) -> int:
     from gateway.cli.base import open_app
     from gateway.db import StoreUnavailable
-    from gateway.exitcodes import EX_TEMPFAIL
+    from gateway.exitcodes import EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL
+    from gateway.ops.errors import NotFound as NotFoundOp
     from gateway.ops.errors import OpError
     from gateway.ops.mail import replay_mail as replay_op
 
@@ -117,7 +125,7 @@ def replay_mail(args: argparse.Namespace, config: Config) -> int:
             r = replay_op(app, mail_id)
         except OpError as e:
             print(f"ticket-gateway: mail replay {mail_id}: {e.detail}", file=sys.stderr)
-            status = 1
+            status = status or (EX_NOINPUT if isinstance(e, NotFoundOp) else EX_DATAERR)
             continue
         except StoreUnavailable as e:
             print(f"ticket-gateway: store unavailable: {e}", file=sys.stderr)

@@ -57,20 +57,24 @@ def list_outbox(args: argparse.Namespace, config: Config) -> int:
         json.dump(out, sys.stdout, ensure_ascii=False, indent=1)
         print()
         return 0
-    for r in out:
-        t = f"#{r['ticket']}" if r["ticket"] else "-"
-        when = (r["sent_at"] or r["next_attempt_at"] or r["created_at"] or "")[:19]
-        print(f"{r['id']:<6} {r['status']:<10} {r['attempts']:>2} {when:<19} {t:<7} {r['event']:<16} "
-              f"{r['recipient'][:32]:<32} {r['subject'][:50]}"
-              + (f"  [{r['last_error'][:100]}]" if r["last_error"] and r["status"] != "sent" else ""))
     if not out:
         print("no outgoing mail")
+        return 0
+    from gateway.cli.table import print_table
+
+    print_table(("id", "status", "tries", "when", "ticket", "event", "to", "subject", "error"),
+                ((r["id"], r["status"], r["attempts"],
+                  (r["sent_at"] or r["next_attempt_at"] or r["created_at"] or "")[:19],
+                  f"#{r['ticket']}" if r["ticket"] else None, r["event"], r["recipient"], r["subject"],
+                  r["last_error"] if r["status"] != "sent" else None) for r in out),
+                caps={"to": 40, "subject": 50, "error": 100})
     return 0
 
 
 def retry_outbox(args: argparse.Namespace, config: Config) -> int:
     from gateway.cli.base import open_app
-    from gateway.exitcodes import EX_DATAERR
+    from gateway.exitcodes import EX_DATAERR, EX_NOINPUT
+    from gateway.ops.errors import NotFound as NotFoundOp
     from gateway.ops.errors import OpError
     from gateway.ops.outbox import retry_outbox as retry_op
 
@@ -83,7 +87,7 @@ def retry_outbox(args: argparse.Namespace, config: Config) -> int:
                 print(f"outbox {i}: queued again for {row['recipient']}")
             except OpError as e:
                 print(f"ticket-gateway: {e.detail}", file=sys.stderr)
-                rc = EX_DATAERR
+                rc = rc or (EX_NOINPUT if isinstance(e, NotFoundOp) else EX_DATAERR)
     finally:
         app.close()
     return rc

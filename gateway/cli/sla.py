@@ -5,13 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli.base import UsageError, parse_instant
+from gateway.cli.base import UsageError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from gateway.app import App
     from gateway.cli.base import Subparsers
     from gateway.config import Config
+    from gateway.sla.sweep import SweepResult
+
+
+def parse_instant(text: str, what: str = "--now") -> datetime:
+    """ISO-8601; without a zone offset the time is UTC."""
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"{what}: not an ISO-8601 time: {text!r} (e.g. 2026-11-02T09:30:00Z)") from None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def register(sub: Subparsers) -> None:
@@ -54,7 +68,11 @@ def register(sub: Subparsers) -> None:
     rm.set_defaults(func=policies_remove)
 
     tick = ssub.add_parser("tick", help="sweep once: pending reminders and escalations that are due")
-    tick.add_argument("--now", metavar="ISO-8601", help="evaluate as of this instant (catch-up, tests)")
+    tick.add_argument("--now", metavar="ISO-8601", help="evaluate as of this instant (catch-up, tests); a time "
+                      "in the future only shows what would happen unless --apply is given")
+    tick.add_argument("--dry-run", action="store_true", help="show what would happen; change and queue nothing")
+    tick.add_argument("--apply", action="store_true", help="with a --now in the future: really change the "
+                      "tickets and queue the mails")
     tick.add_argument("--json", action="store_true")
     tick.set_defaults(func=tick_cmd)
 
@@ -149,18 +167,33 @@ def policies_remove(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+# A --now later than this past the real time is "in the future": only a dry run, unless --apply
+FUTURE_SLACK_SECONDS = 60
+
+
 def tick_cmd(args: argparse.Namespace, config: Config) -> int:
+    from datetime import timedelta
+
     from gateway.cli.base import open_app
     from gateway.sla.sweep import sweep
 
+    if args.dry_run and args.apply:
+        raise UsageError("--dry-run and --apply contradict each other")
     now = parse_instant(args.now) if args.now else None
+    future = now is not None and now > datetime.now(UTC) + timedelta(seconds=FUTURE_SLACK_SECONDS)
+    dry = args.dry_run or (future and not args.apply)
     app = open_app(config, upgrade=True)
     try:
-        result = sweep(app, now)
+        if dry:
+            result = _dry_sweep(app, now)
+        else:
+            result = sweep(app, now)
     finally:
         app.close()
+    note = ("" if not dry else "dry run: nothing was changed or queued"
+            + (" (--now is in the future; --apply does it)" if future and not args.dry_run else ""))
     if args.json:
-        json.dump({"now": result.now.isoformat(), "seconds": result.seconds, "skipped": result.skipped,
+        json.dump({"now": result.now.isoformat(), "dry_run": dry, "seconds": result.seconds, "skipped": result.skipped,
                    "escalations": [{"ticket": n, "kind": k, "recipients": r} for n, k, r in result.escalations],
                    "suppressed": [{"ticket": n, "kind": k} for n, k in result.suppressed],
                    "reminders": [{"ticket": n, "recipients": r} for n, r in result.reminders]},
@@ -174,7 +207,23 @@ def tick_cmd(args: argparse.Namespace, config: Config) -> int:
     for n, k in result.suppressed:
         print(f"#{n}: {k.replace('_', ' ')} recorded, not mailed")
     print(result.summary())
+    if note:
+        print(note)
     return 0
+
+
+def _dry_sweep(app: App, now: datetime | None) -> SweepResult:
+    """The real sweep, every page of it inside one outer transaction that is rolled back at the end: the
+    same decisions, nothing kept (no ticket changed, no escalation claimed, no mail queued)."""
+    from gateway.sla.sweep import sweep
+
+    with app.engine.connect() as conn:
+        outer = conn.begin()
+        try:
+            app.sessions.configure(bind=conn, join_transaction_mode="create_savepoint")
+            return sweep(app, now)
+        finally:
+            outer.rollback()
 
 
 def report_cmd(args: argparse.Namespace, config: Config) -> int:

@@ -121,13 +121,19 @@ def list_tickets(args: argparse.Namespace, config: Config) -> int:
         json.dump(rows, sys.stdout, ensure_ascii=False, indent=1)
         print()
         return 0
-    colour = use_colour(sys.stdout)
-    for r in rows:
-        status = "reminder!" if r["sla"]["reminder_due"] else r["status"]
-        print(f"#{r['number']:<6} {status:<11} {r['priority']:<8} {badge(r['sla']['state'], colour)} "
-              f"{(r['sender'] or r['reporter']['email']):<30} {r['subject'][:60]}")
     if not rows:
         print("no tickets")
+        return 0
+    from gateway.cli.table import Styled, print_table
+
+    def sla_cell(state: str) -> Styled:
+        text, code = BADGES.get(state, (state, ""))
+        return Styled(text, code)
+
+    print_table(("ticket", "status", "priority", "sla", "from", "subject"),
+                ((f"#{r['number']}", "reminder!" if r["sla"]["reminder_due"] else r["status"], r["priority"],
+                  sla_cell(r["sla"]["state"]), r["sender"] or r["reporter"]["email"], r["subject"]) for r in rows),
+                caps={"from": 60, "subject": 70}, colour=use_colour(sys.stdout))
     return 0
 
 
@@ -217,17 +223,22 @@ def show_ticket(args: argparse.Namespace, config: Config) -> int:
         return 0
     print(f"#{d['number']} {d['subject']}")
     print(f"  status {d['status']}, priority {d['priority']}, type {d['type']}")
-    if d["sender"] and d["sender"] != d["reporter"]["email"]:
+    rep = d["reporter"]
+    who = f"{rep['name']} <{rep['email']}>" if rep["name"] else rep["email"]
+    role = " (correspondent: no account)" if rep.get("role") == "correspondent" else ""
+    print(f"  reporter {who}{role}" + (f", organisation {d['organisation']}" if d["organisation"] else ""))
+    if d["sender"] and d["sender"] != rep["email"]:
         print(f"  from {d['sender']} (not a registered contact)")
-    print(f"  reporter {d['reporter']['name']} <{d['reporter']['email']}>"
-          + (f", organisation {d['organisation']}" if d["organisation"] else ""))
     if d["assignee"] or d["group"]:
         print(f"  assignee {d['assignee'] or '-'}, group {d['group'] or '-'}")
     if d["watchers"]:
         print(f"  watchers {', '.join(d['watchers'])}")
     for link in d["links"]:
         print(f"  linked: {link['kind']} #{link['number']}")
-    print(f"  created {d['created_at']}, updated {d['updated_at']}")
+    print(f"  created {d['created_at']}, updated {d['updated_at']}"
+          + (f", closed {d['closed_at']}" if d["closed_at"] else ""))
+    for line in sla_lines(d["sla"]):
+        print(f"  {line}")
     print()
     print(d["description"])
     for a in d["attachments"]:
@@ -305,3 +316,19 @@ def save_attachment(args: argparse.Namespace, config: Config) -> int:
         raise UsageError(f"{target}: {e}") from None
     print(f"{target}: {len(data)} bytes ({meta['content_type']})")
     return 0
+
+
+def sla_lines(sla: dict[str, Any]) -> list[str]:
+    """The SLA state of `tickets show`: the policy, its deadlines and where the ticket stands."""
+    out = []
+    if sla.get("policy"):
+        state = BADGES.get(sla["state"], (sla["state"], ""))[0] or "-"
+        response = (f"responded {sla['first_response_at']}" if sla["first_response_at"]
+                    else f"response due {sla['response_due_at'] or '-'}")
+        out.append(f"SLA {sla['policy']}: {state}; {response}; resolution due {sla['resolution_due_at'] or '-'}"
+                   + (f"; paused since {sla['paused_at']}" if sla["paused_at"] else ""))
+    else:
+        out.append("SLA: none")
+    if sla.get("remind_at"):
+        out.append(f"pending reminder at {sla['remind_at']}")
+    return out

@@ -112,13 +112,21 @@ def mark_sender(ctx: MailContext) -> None:
         c.vouched = WROTE
 
 
+def _register(ctx: MailContext, addr: str, name: str) -> Contact:
+    """A Cc'd address the gateway does not know: a registered customer under unknown_senders = 'register',
+    else a correspondent (no account, no organisation), as a sender would be."""
+    if ctx.config.gateway["unknown_senders"] == "register":
+        return ctx.directory.register(addr, name=name, auto_registered=True)
+    return ctx.directory.register(addr, name=name, correspondent=True)
+
+
 def cc_watchers(ctx: MailContext) -> list[tuple[Contact, str | None]]:
     """For a new ticket: the Cc'd contacts (registered when new) to be its watchers, with why each may be
     mailed (None: not), within the bound."""
     plan, why = _plan(ctx, ())
     out = []
     for name, addr in plan.take:
-        contact = ctx.directory.contact(addr) or ctx.directory.register(addr, name=name, auto_registered=True)
+        contact = ctx.directory.contact(addr) or _register(ctx, addr, name)
         out.append((contact, why))
     _note(ctx, [c.email for c, _ in out], why)
     return out
@@ -137,7 +145,7 @@ def add_cc_watchers(ctx: MailContext) -> None:
                 ctx.note(f"relay: watcher {w.contact.email} may be mailed from now on ({why})")
     added = []
     for name, addr in plan.take:
-        contact = ctx.directory.contact(addr) or ctx.directory.register(addr, name=name, auto_registered=True)
+        contact = ctx.directory.contact(addr) or _register(ctx, addr, name)
         if ctx.tickets.add_watcher(ctx.ticket, contact, vouched=why):
             added.append(addr)
     _note(ctx, added, why)

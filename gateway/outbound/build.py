@@ -158,7 +158,7 @@ class Builder:
             tctx = _empty_ticket()
         reply = row.envelope_from if row.token else None
         ctx = context(event=row.event, ticket=tctx,
-                      recipient={"name": p.get("name") or "", "email": row.recipient,
+                      recipient={"name": personal_name(p.get("name") or ""), "email": row.recipient,
                                  "is_staff": bool(p.get("staff"))},
                       gateway=ob.gateway_ctx(), reply_address=reply or ob.from_addr, comment=comment,
                       changes=p.get("changes") or [], changed_by=p.get("changed_by") or "",
@@ -268,3 +268,10 @@ class Builder:
         if left:
             text = text.rstrip("\n") + "\n\n(Not attached here, see the ticket: " + ", ".join(left) + ")\n"
         return out, text
+
+
+def personal_name(name: str) -> str:
+    """The name to greet someone by: none when it is empty or an address (`"alice@x" <alice@x>`); the
+    templates then greet neutrally ("Hello,"), never by address."""
+    name = " ".join(name.split())
+    return "" if not name or "@" in name else name

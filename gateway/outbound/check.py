@@ -52,9 +52,10 @@ def _code_key(extra: Samples) -> bytes:
     return h.digest()
 
 
-def run_check(config: Config, templates: Templates, *, force: bool, extra: Samples) -> None:
+def run_check(config: Config, templates: Templates, *, force: bool, extra: Samples, record: bool = True) -> None:
     """Run the full sample render unless already done in this process, or (not forced) the stamp file says
-    these exact sources passed before. Raises ConfigError naming the template."""
+    these exact sources passed before. Raises ConfigError naming the template. record=False: write nothing
+    (check-config, often run as root before the service ever started, must not create the data directory)."""
     from gateway.outbound.render import TemplateError
 
     if templates.checked:
@@ -71,6 +72,8 @@ def run_check(config: Config, templates: Templates, *, force: bool, extra: Sampl
         templates.check(extra)
     except TemplateError as e:
         raise ConfigError(f"notifications.template_dir: {e}") from e
+    if not record:
+        return
     try:  # best effort: a read-only data directory only means checking again next time
         stamp.parent.mkdir(parents=True, exist_ok=True)
         tmp = stamp.with_name(f".{STAMP_FILE}.{os.getpid()}")
@@ -95,7 +98,7 @@ def check_templates(config: Config, *, force: bool = True, extra: Samples | None
     samples of other features' templates."""
     if not config.outbound["enabled"]:
         return
-    run_check(config, load_templates(config), force=force, extra=list(extra or []))
+    run_check(config, load_templates(config), force=force, extra=list(extra or []), record=False)
 
 
 def check_app_templates(app: AppHost, *, force: bool = True) -> None:

@@ -48,7 +48,7 @@ def test_new_mail_opens_ticket_and_reply_becomes_comment(app):
     assert r1.outcome == "ticket" and r1.ticket_number == 1
     t = ticket(app, 1)
     assert t["subject"] == "Printer on fire"
-    assert t["reporter"] == {"email": "alice@customer.example", "name": "Alice Customer"}
+    assert t["reporter"] == {"email": "alice@customer.example", "name": "Alice Customer", "role": "customer"}
     assert t["description"].startswith("My printer is on fire.")
     assert t["status"] == "open" and t["priority"] == "medium" and t["type"] == "incident"
 

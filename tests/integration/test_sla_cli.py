@@ -58,7 +58,7 @@ def test_policies_add_list_remove(cfg):
     assert bad.returncode == 64
     ok(run_cli("sla", "policies", "remove", "first", config=cfg))
     assert [r["name"] for r in j(run_cli("sla", "policies", "list", "--json", config=cfg))] == ["critical", "office"]
-    assert run_cli("sla", "policies", "remove", "first", config=cfg).returncode == 64
+    assert run_cli("sla", "policies", "remove", "first", config=cfg).returncode == 66  # not found
 
 
 def test_tickets_set_tick_badge_and_report(cfg):
@@ -75,7 +75,7 @@ def test_tickets_set_tick_badge_and_report(cfg):
     assert out["changes"]["status"] == ["open", "pending"]
     bad = run_cli("tickets", "set", "1", "--priority", "urgent", config=cfg)
     assert bad.returncode == 64
-    assert run_cli("tickets", "set", "9", "--status", "open", config=cfg).returncode == 64
+    assert run_cli("tickets", "set", "9", "--status", "open", config=cfg).returncode == 66  # not found
 
     listed = j(run_cli("tickets", "list", "--json", config=cfg))
     assert [t["number"] for t in listed] == [3, 2, 1]  # the due pending reminder comes first
@@ -86,17 +86,17 @@ def test_tickets_set_tick_badge_and_report(cfg):
     text = ok(run_cli("tickets", "list", config=cfg))
     assert "at risk" in text and "\x1b[" not in text  # no colours when not on a terminal
 
-    tick = j(run_cli("sla", "tick", "--now", iso(due - timedelta(minutes=20)), "--json", config=cfg))
+    tick = j(run_cli("sla", "tick", "--now", iso(due - timedelta(minutes=20)), "--apply", "--json", config=cfg))
     assert tick["reminders"] == [{"ticket": 3, "recipients": ["bob@example.com"]}]
     assert tick["escalations"] == []
-    tick = j(run_cli("sla", "tick", "--now", iso(due - timedelta(minutes=5)), "--json", config=cfg))
+    tick = j(run_cli("sla", "tick", "--now", iso(due - timedelta(minutes=5)), "--apply", "--json", config=cfg))
     assert sorted((e["ticket"], e["kind"]) for e in tick["escalations"]) == [(1, "response_warning"),
                                                                           (2, "response_warning")]
     assert {tuple(e["recipients"]) for e in tick["escalations"]} == {
         ("bob@example.com", "ops@example.com", "lead@example.com"), ("lead@example.com",)}
-    assert j(run_cli("sla", "tick", "--now", iso(due - timedelta(minutes=5)), "--json", config=cfg))[
+    assert j(run_cli("sla", "tick", "--now", iso(due - timedelta(minutes=5)), "--apply", "--json", config=cfg))[
         "escalations"] == []
-    text = ok(run_cli("sla", "tick", "--now", iso(due + timedelta(minutes=1)), config=cfg))
+    text = ok(run_cli("sla", "tick", "--now", iso(due + timedelta(minutes=1)), "--apply", config=cfg))
     assert "#1: response breach -> bob@example.com, ops@example.com, lead@example.com" in text
 
     rep = j(run_cli("sla", "report", "--now", iso(due + timedelta(minutes=2)), "--json", config=cfg))

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_defaults():
     c = validate({})
-    assert c.gateway["unknown_senders"] == "default-reporter"
+    assert c.gateway["unknown_senders"] == "correspondent"
     assert c.database_url.endswith("var/gateway.db") and c.database_url.startswith("sqlite:///")
     assert c.attachments_dir == c.data_dir / "attachments"
 
