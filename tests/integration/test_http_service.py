@@ -388,4 +388,4 @@ def test_cli_comment_with_attachment_and_download(tmp_path, sqlite_url) -> None:
                    config=cfg).returncode == 0
     assert out.read_bytes() == f.read_bytes()
     missing = run_cli("tickets", "attachment", str(first["number"]), "999", "-o", str(tmp_path / "x"), config=cfg)
-    assert missing.returncode == 64 and b"no attachment 999" in missing.stderr
+    assert missing.returncode == 66 and b"no attachment 999" in missing.stderr  # not found: EX_NOINPUT
