@@ -118,7 +118,7 @@ asyncio.run(main())
 '''
 
 
-def client(port: int, n: int, q: mp.Queue) -> None:  # type: ignore[type-arg]
+def client(port: int, n: int, q: mp.Queue) -> None:
     s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     req = b"GET /x HTTP/1.1\r\nHost: bench\r\n\r\n"
@@ -145,7 +145,7 @@ def client(port: int, n: int, q: mp.Queue) -> None:  # type: ignore[type-arg]
     s.close()
 
 
-def run(python: str, kind: str, n: int, clients: int) -> dict | None:  # type: ignore[type-arg]
+def run(python: str, kind: str, n: int, clients: int) -> dict | None:
     p = subprocess.Popen([python, "-c", SERVER, kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     assert p.stdout is not None and p.stdin is not None
@@ -155,7 +155,7 @@ def run(python: str, kind: str, n: int, clients: int) -> dict | None:  # type: i
         err = p.stderr.read() if p.stderr else ""
         return {"error": (err.strip().splitlines() or ["did not start"])[-1]}
     port = int(line)
-    q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    q: mp.Queue = mp.Queue()
     per = n // clients
     procs = [mp.Process(target=client, args=(port, per, q)) for _ in range(clients)]
     t0 = time.perf_counter()
@@ -180,7 +180,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     kinds = ["bare-asyncio", "starlette-h11", "starlette-httptools", "fastapi", "aiohttp"]
-    best: dict[str, dict] = {}  # type: ignore[type-arg]
+    best: dict[str, dict] = {}
     for _ in range(args.rounds):
         for kind in kinds:  # interleaved, so drift on a shared machine hits every candidate alike
             r = run(args.python, kind, args.n, args.clients)

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
 GEN = ROOT.parent / "shared" / "bench" / "gen_corpus.py"
@@ -47,14 +48,16 @@ print(time.perf_counter() - t0)
 LAST_CPU = [0.0]  # CPU seconds (user + system) of the last measured child, with the children it waited for
 
 
-def measured(cmd: list[str], *, stdin=None, env=None) -> tuple[float, float, bytes]:  # type: ignore[no-untyped-def]
+def measured(cmd: list[str], *, stdin: IO[bytes] | None = None,
+             env: dict[str, str] | None = None) -> tuple[float, float, bytes]:
     """(wall seconds, the child's own peak RSS in MiB, stdout): fork/exec + os.wait4, so that the RSS is
     this child's and not the maximum over every child so far (what RUSAGE_CHILDREN reports). The child's CPU
     seconds (its own and its reaped children's, e.g. the parse-ahead worker) go to LAST_CPU."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    out = proc.stdout.read()  # type: ignore[union-attr]
-    err = proc.stderr.read()  # type: ignore[union-attr]
+    assert proc.stdout is not None and proc.stderr is not None  # both PIPE
+    out = proc.stdout.read()
+    err = proc.stderr.read()
     _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     LAST_CPU[0] = ru.ru_utime + ru.ru_stime

@@ -20,11 +20,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.app import App
+    from gateway.outbound.sink import Sink
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build(db_url: str | None, tmp: Path, port: int):  # type: ignore[no-untyped-def]
+def build(db_url: str | None, tmp: Path, port: int) -> App:
     from gateway.app import build_app
     from gateway.config import validate
     from gateway.migrate import upgrade
@@ -40,7 +45,7 @@ def build(db_url: str | None, tmp: Path, port: int):  # type: ignore[no-untyped-
     return app
 
 
-def setup_ticket(app, watchers: int) -> int:  # type: ignore[no-untyped-def]
+def setup_ticket(app: App, watchers: int) -> int:
     from gateway.tickets import Directory, Tickets
 
     with app.sessions() as s, s.begin():
@@ -54,7 +59,7 @@ def setup_ticket(app, watchers: int) -> int:  # type: ignore[no-untyped-def]
         return ticket.number
 
 
-def one_run(app, sink, number: int, expected: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def one_run(app: App, sink: Sink, number: int, expected: int) -> dict[str, float]:
     from sqlalchemy import select
 
     from gateway.models import OutboxMail
@@ -66,8 +71,9 @@ def one_run(app, sink, number: int, expected: int) -> dict[str, float]:  # type:
     with app.sessions() as s, s.begin():
         t = Tickets(s, clock=app.clock, listeners=app.listeners)
         staff = Directory(s, app.clock).contact("staff@example.com")
-        t.add_comment(t.get(number), author=staff, author_email=staff.email, body="We are on it.\n" * 20,
-                      source="cli")
+        ticket = t.get(number)
+        assert staff is not None and ticket is not None  # made by setup_ticket
+        t.add_comment(ticket, author=staff, author_email=staff.email, body="We are on it.\n" * 20, source="cli")
     t1 = time.perf_counter()
     while True:
         c = deliver_due(app)
@@ -80,7 +86,7 @@ def one_run(app, sink, number: int, expected: int) -> dict[str, float]:  # type:
     with app.sessions() as s:
         ids = list(s.scalars(select(OutboxMail.id).where(OutboxMail.status == "sent")
                              .order_by(OutboxMail.id.desc()).limit(expected)))
-        raws = [r for r in s.scalars(select(OutboxMail.raw).where(OutboxMail.id.in_(ids)))]
+        raws = [r for r in s.scalars(select(OutboxMail.raw).where(OutboxMail.id.in_(ids))) if r is not None]
     # baseline: the same bytes through a plain smtplib client, one connection
     b0 = time.perf_counter()
     with smtplib.SMTP("127.0.0.1", sink.port) as conn:
@@ -115,7 +121,8 @@ def main() -> int:
     print(f"  enqueue (comment transaction, {expected} rows written):         {med['enqueue_s'] * 1000:8.1f} ms")
     print(f"  delivery (deliver_due: build+store+send until the sink has all): {med['deliver_s'] * 1000:8.1f} ms")
     print(f"  total (comment -> last mail accepted):                        {med['total_s'] * 1000:8.1f} ms")
-    print(f"  outbox delivery rate: {med['outbox_mps']:8.0f} mails/s   end to end: {med['end_to_end_mps']:8.0f} mails/s")
+    print(f"  outbox delivery rate: {med['outbox_mps']:8.0f} mails/s   "
+          f"end to end: {med['end_to_end_mps']:8.0f} mails/s")
     print(f"  baseline (plain smtplib, same bytes, same sink): {med['baseline_mps']:8.0f} mails/s   "
           f"ratio outbox/baseline: {med['outbox_mps'] / med['baseline_mps']:.2f}")
     print(f"  mail size: {med['bytes_per_mail']:.0f} bytes")

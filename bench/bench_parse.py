@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def corpus(n: int, seed: int) -> list[bytes]:
     return [p.read_bytes() for p in sorted((out / "eml").iterdir())]
 
 
-def timed(fn, mails: list[bytes]) -> float:
+def timed(fn: Callable[[bytes], object], mails: list[bytes]) -> float:
     gc.collect()
     t0 = time.perf_counter()
     for raw in mails:
@@ -58,12 +59,12 @@ def timed(fn, mails: list[bytes]) -> float:
 
 def big_mail(mib: int) -> bytes:
     sys.path.insert(0, str(ROOT / "tests"))
-    from mails import make_mail  # type: ignore[import-not-found]
+    from mails import make_mail
 
     return make_mail(attachments=[("big.bin", "application/octet-stream", os.urandom(mib * 2**20))])
 
 
-def peak(fn, raw: bytes) -> tuple[float, float]:
+def peak(fn: Callable[[bytes], object], raw: bytes) -> tuple[float, float]:
     """(peak tracemalloc MiB during fn(raw), seconds)."""
     gc.collect()
     tracemalloc.start()

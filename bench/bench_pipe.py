@@ -41,12 +41,14 @@ GEN = ROOT.parent / "shared" / "bench" / "gen_corpus.py"
 OUT = ROOT / "bench" / "out"
 
 
-def run_measured(cmd: list[str], stdin_path: Path | None, env: dict[str, str] | None = None) -> tuple[float, float, float, int]:
+def run_measured(cmd: list[str], stdin_path: Path | None,
+                 env: dict[str, str] | None = None) -> tuple[float, float, float, int]:
     """(wall s, CPU s, peak RSS MiB, exit code) of one child process, from wait4."""
     t0 = time.perf_counter()
     with (stdin_path.open("rb") if stdin_path else open(os.devnull, "rb")) as fin:
         proc = subprocess.Popen(cmd, stdin=fin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        err = proc.stderr.read()  # type: ignore[union-attr]
+        assert proc.stderr is not None  # PIPE
+        err = proc.stderr.read()
         _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)

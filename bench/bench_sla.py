@@ -19,27 +19,32 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import insert, select, text  # noqa: E402
 
-from gateway.app import build_app  # noqa: E402
+from gateway.app import App, build_app  # noqa: E402
 from gateway.config import validate  # noqa: E402
 from gateway.db import make_engine, transaction  # noqa: E402
 from gateway.migrate import upgrade  # noqa: E402
-from gateway.models import Contact, Counter, OutboxMail, SlaClock, SlaEscalation, Ticket  # noqa: E402
-from gateway.sla.store import PolicyStore, validate_values  # noqa: E402
+from gateway.models import Contact, Counter, OutboxMail, SlaClock, SlaEscalation, Ticket, table_of  # noqa: E402
+from gateway.sla.store import PolicyStore  # noqa: E402
 from gateway.sla.sweep import due_clocks_query, due_reminders_query, sweep  # noqa: E402
+from gateway.sla_definitions import validate_values  # noqa: E402
 
-NOW = datetime(2026, 11, 2, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 PG_ADMIN = os.environ.get("TG_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
-def populate(app, n: int, due_percent: float) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def populate(app: App, n: int, due_percent: float) -> tuple[int, int]:
     rnd = random.Random(5)
     n_due = int(n * due_percent / 100)
     n_remind = n_due // 10
@@ -56,14 +61,18 @@ def populate(app, n: int, due_percent: float) -> tuple[int, int]:  # type: ignor
         rep_id, bob_id = rep.id, bob.id
     due_ids = set(rnd.sample(range(1, n + 1), n_due))
     remind_ids = set(list(due_ids)[:n_remind])
-    tickets, clocks = [], []
+    tickets: list[dict[str, Any]] = []
+    clocks: list[dict[str, Any]] = []
     for i in range(1, n + 1):
         created = NOW - timedelta(minutes=rnd.randint(1, 60 * 24 * 30))
-        status, remind_at, paused = "open", None, None
+        status: str = "open"
+        remind_at: datetime | None = None
+        paused: datetime | None = None
         if i in remind_ids:
             status, remind_at, paused = "pending", NOW - timedelta(minutes=rnd.randint(1, 600)), created
         elif i % 20 == 0 and i not in due_ids:  # other pending tickets, reminders in the future
             status, remind_at, paused = "pending", NOW + timedelta(hours=rnd.randint(1, 500)), created
+        next_at: datetime | None
         if i in due_ids and i not in remind_ids:
             if i % 2:  # warning due
                 resp_due = NOW + timedelta(minutes=rnd.randint(1, 10))
@@ -87,19 +96,19 @@ def populate(app, n: int, due_percent: float) -> tuple[int, int]:  # type: ignor
                            next_at=next_at, updated_at=NOW))
     with app.engine.begin() as conn:
         for k in range(0, n, 10_000):
-            conn.execute(insert(Ticket.__table__), tickets[k:k + 10_000])
+            conn.execute(insert(table_of(Ticket)), tickets[k:k + 10_000])
         for k in range(0, n, 10_000):
-            conn.execute(insert(SlaClock.__table__), clocks[k:k + 10_000])
-        conn.execute(Counter.__table__.update().where(Counter.name == "ticket").values(value=n))
+            conn.execute(insert(table_of(SlaClock)), clocks[k:k + 10_000])
+        conn.execute(table_of(Counter).update().where(Counter.name == "ticket").values(value=n))
         if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql("SELECT setval(pg_get_serial_sequence('tickets', 'id'), %s)" % n)
+            conn.exec_driver_sql(f"SELECT setval(pg_get_serial_sequence('tickets', 'id'), {int(n)})")
     with app.engine.connect() as conn:
         conn.exec_driver_sql("ANALYZE")
         conn.commit()
     return n_esc, n_remind
 
 
-def plans(app) -> None:  # type: ignore[no-untyped-def]
+def plans(app: App) -> None:
     dialect = app.engine.dialect
     for title, q in (("escalations due", due_clocks_query(NOW, 500)),
                      ("pending reminders due", due_reminders_query(NOW, 500))):
@@ -117,6 +126,20 @@ def plans(app) -> None:  # type: ignore[no-untyped-def]
             print(f"      {line}")
 
 
+class PgAdmin(TypedDict):
+    host: str | None
+    port: int
+    user: str | None
+    password: str | None
+    dbname: str
+    autocommit: bool
+
+
+def _pg_admin(u: URL) -> PgAdmin:
+    return PgAdmin(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
+                   dbname=u.database or "postgres", autocommit=True)
+
+
 def run(backend: str, n: int, due_percent: float, mail: bool) -> float:
     tmp = Path(tempfile.mkdtemp(prefix="bench-sla-"))
     pg_name = None
@@ -128,8 +151,7 @@ def run(backend: str, n: int, due_percent: float, mail: bool) -> float:
 
         u = make_url(PG_ADMIN)
         pg_name = f"bench_sla_{uuid.uuid4().hex[:8]}"
-        admin = dict(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
-                     dbname=u.database or "postgres", autocommit=True)
+        admin = _pg_admin(u)
         with psycopg.connect(**admin) as c:
             c.execute(f'CREATE DATABASE "{pg_name}"')
         url = u.set(database=pg_name).render_as_string(hide_password=False)
@@ -142,8 +164,8 @@ def run(backend: str, n: int, due_percent: float, mail: bool) -> float:
     try:
         t0 = time.perf_counter()
         n_esc, n_remind = populate(app, n, due_percent)
-        print(f"\n== {backend}, {'with' if mail else 'WITHOUT'} escalation mails: {n:,} tickets ({n_esc:,} with an escalation due, {n_remind:,} pending reminders "
-              f"due), inserted in {time.perf_counter() - t0:.1f} s")
+        print(f"\n== {backend}, {'with' if mail else 'WITHOUT'} escalation mails: {n:,} tickets ({n_esc:,} with an "
+              f"escalation due, {n_remind:,} pending reminders due), inserted in {time.perf_counter() - t0:.1f} s")
         plans(app)
         t0 = time.perf_counter()
         if os.environ.get("BENCH_PROFILE"):

@@ -30,6 +30,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event
+
+    from aiosmtpd.smtp import SMTP, Envelope, Session
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -44,7 +51,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_220(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:  # type: ignore[type-arg]
+def wait_220(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
@@ -76,9 +83,9 @@ def run_sink(port: int, directory: str) -> None:
     class Sink:
         n = 0
 
-        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
             Sink.n += 1
-            data = envelope.original_content
+            data = envelope.original_content or b""
 
             def write() -> None:
                 fd = os.open(os.path.join(directory, f"{os.getpid()}.{Sink.n}"), os.O_WRONLY | os.O_CREAT, 0o600)
@@ -120,7 +127,7 @@ def crlf(raw: bytes) -> bytes:
     return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def _client(args: tuple[int, list[str], mp.synchronize.Event, mp.Queue]) -> None:  # type: ignore[name-defined]
+def _client(args: tuple[int, list[str], Event, Queue[Any], float]) -> None:
     port, files, go, results, interval = args
     # an MTA sends CRLF line ends (smtplib sends bytes unchanged; bare LF lines are not lines in SMTP)
     msgs = [(_sender(p), crlf(Path(p).read_bytes())) for p in files]
@@ -132,7 +139,7 @@ def _client(args: tuple[int, list[str], mp.synchronize.Event, mp.Queue]) -> None
     for k, (sender, raw) in enumerate(msgs):
         if interval:  # a paced client: mail k leaves at t0 + k * interval
             time.sleep(max(0.0, t0 + k * interval - time.time()))
-        for attempt in range(20):
+        for _attempt in range(20):
             try:
                 s.sendmail(sender, [ADDRESS], raw)
                 ok += 1
@@ -242,7 +249,8 @@ level = "WARNING"
         from gateway.models import InboundMail
 
         with self.app.sessions() as s:
-            return s.scalar(select(func.count()).select_from(InboundMail).where(InboundMail.outcome == "received"))
+            n = s.scalar(select(func.count()).select_from(InboundMail).where(InboundMail.outcome == "received"))
+            return n or 0
 
     def wait_threaded(self, timeout: float = 3600) -> float:
         end = time.time() + timeout

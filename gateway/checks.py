@@ -105,8 +105,10 @@ def _templates(config: Config, errors: list[str], warnings: list[str]) -> None:
         errors.append(f"notifications.template_dir: {_path(config, tdir)} is not a directory")
         return
     from gateway.outbound import check_templates
+    from gateway.sla import template_samples as sla_samples
 
-    _call(errors, lambda: check_templates(config))  # every template renders with sample data
+    # every template renders with sample data, the SLA mails' too (the outbound feature does not know them)
+    _call(errors, lambda: check_templates(config, extra=sla_samples(config)))
 
 
 # The summary ------------------------------------------------------------------------------------------------

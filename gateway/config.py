@@ -11,9 +11,10 @@ import builtins
 import os
 import re
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 ENV_VAR = "TICKET_GATEWAY_CONFIG"
 
@@ -29,12 +30,12 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Key:
-    type: "builtins.type | tuple[builtins.type, ...]"
+    type: builtins.type | tuple[builtins.type, ...]
     default: Any
     doc: str
     choices: tuple[Any, ...] | None = None
     check: Callable[[Any], str | None] | None = None  # returns an error text or None
-    item_type: "builtins.type | None" = None  # for lists
+    item_type: builtins.type | None = None  # for lists
     normalize: Callable[[Any], Any] | None = None  # applied to a value of the right type before choices/check
 
 
@@ -160,7 +161,7 @@ def _statuses(v: dict[str, Any]) -> str | None:
 
 
 def _sla_policies(v: list[Any]) -> str | None:
-    from gateway.sla.store import check_seed  # only when the config seeds policies
+    from gateway.sla_definitions import check_seed  # only when the config seeds policies
 
     return check_seed(v)
 
@@ -169,7 +170,8 @@ SCHEMA: dict[str, Section] = {
     "gateway": Section(
         "What the gateway is and whom it serves.",
         {
-            "data_dir": Key(str, "./var", "Directory for the SQLite database, attachments and the local outbox Maildir."),
+            "data_dir": Key(str, "./var",
+                            "Directory for the SQLite database, attachments and the local outbox Maildir."),
             "addresses": Key(
                 list, ["support@localhost"],
                 "Addresses the gateway receives mail for (and their +token sub-addresses). Never made watchers.",

@@ -8,7 +8,8 @@ understands: 75 (try again later) when it cannot be spooled, 67 for a recipient 
 (as the LMTP listener's 550), 65 for a mail over `limits.max_message_size` (as SMTP's 552), 64 usage, 78
 configuration.
 
-Imports only the standard library, gateway.config and gateway.spool: the database layer is for the drainer.
+Imports only the standard library, gateway.config, gateway.spool and gateway.exitcodes: the database layer is
+for the drainer.
 """
 
 from __future__ import annotations
@@ -16,16 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, BinaryIO, Sequence
+from collections.abc import Sequence
+from typing import Any, BinaryIO
 
 from gateway import spool
-
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOUSER = 67
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
+from gateway.exitcodes import EX_CONFIG, EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE
 
 
 def parser() -> argparse.ArgumentParser:

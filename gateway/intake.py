@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session
 
 from gateway.db import StoreUnavailable, insert_row, is_unavailable, transaction, write_locked_memo
+from gateway.envelope import Envelope  # a leaf module; importable from here too
 from gateway.events import MailRejected
 from gateway.models import InboundMail, InboundRaw, Ticket, table_of
 from gateway.outcomes import Ignore, Outcome, Quarantine, Reject, TryLater
@@ -30,22 +31,11 @@ from gateway.pipeline import MailContext, run
 from gateway.tickets import Directory, Tickets
 
 if TYPE_CHECKING:
-    from gateway.app import App
+    from gateway.host import IntakeHost
 
 log = logging.getLogger("gateway.intake")
 
 _LAST_MAIL_ID = select(func.coalesce(func.max(InboundMail.id), 0))
-
-
-@dataclass(frozen=True)
-class Envelope:
-    mail_from: str | None = None           # SMTP MAIL FROM ('' for the null sender <>), None if unknown
-    rcpt_tos: tuple[str, ...] = ()
-    source: str = "stdin"                  # smtp | lmtp | imap | stdin | file | maildir | mbox
-    source_ref: str | None = None          # e.g. imap account/folder/uidvalidity/uid, or a file path
-    client_ip: str | None = None           # SMTP/LMTP client (or `ingest --client-ip`): for SPF
-    client_helo: str | None = None         # its HELO/EHLO/LHLO name
-    auth: dict[str, Any] | None = None     # sender authentication found on arrival (gateway.auth), if checked
 
 
 @dataclass
@@ -87,7 +77,7 @@ def _header_summary(raw: bytes) -> tuple[str | None, str | None, str | None]:
 
 
 class Intake:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: IntakeHost) -> None:
         self.app = app
         self.handlers = app.handlers
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -36,9 +38,8 @@ def store_figures(app: App) -> dict[str, float]:
         quarantined = s.scalar(select(func.count()).select_from(InboundMail)
                                .where(InboundMail.outcome == "quarantined")) or 0
     if oldest is not None and oldest.tzinfo is None:
-        from datetime import timezone
 
-        oldest = oldest.replace(tzinfo=timezone.utc)
+        oldest = oldest.replace(tzinfo=UTC)
     age = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
     return {"outbox_oldest_age": age, "quarantined": float(quarantined)}
 

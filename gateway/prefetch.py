@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from gateway.clock import Clock
     from gateway.config import Config
     from gateway.events import Listeners
-    from gateway.intake import Envelope
+    from gateway.envelope import Envelope
 
 
 MAX_PER_MAIL = 200  # addresses or Message-IDs looked up ahead for one mail

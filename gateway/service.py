@@ -502,7 +502,7 @@ class Service:
         """Serve until SIGTERM/SIGINT (or request_stop). Returns the exit code."""
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-        from gateway.cli import EX_CONFIG, EX_TEMPFAIL
+        from gateway.exitcodes import EX_CONFIG, EX_TEMPFAIL
         from gateway.config import ConfigError
         from gateway.migrate import ensure_current
         from gateway.guard.connlimits import ConnLimits

@@ -32,10 +32,9 @@ Clock semantics (the product spec)
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -59,10 +58,9 @@ __all__ = [
     "change_policy",
     "sla_state",
     "escalations_due",
-    "next_backoff",
 ]
 
-UTC = timezone.utc
+UTC = UTC
 
 PRIORITIES: frozenset[str] = frozenset({"low", "medium", "high", "critical"})
 TYPES: frozenset[str] = frozenset({"incident", "problem", "service_request", "change_request"})
@@ -557,45 +555,3 @@ def escalations_due(now: datetime, *, response_due: datetime | None, resolution_
             due.append(Escalation(f"{c.name}_warning", c.warn))
     due.sort(key=lambda e: (e.at, ESCALATION_KINDS.index(e.kind)))
     return due
-
-
-# --------------------------------------------------------------------------------------------------
-# Retry backoff (for the outbox)
-# --------------------------------------------------------------------------------------------------
-
-
-def next_backoff(attempt: int, *, base_seconds: float = 60, factor: float = 2,
-                 cap_seconds: float = 3600, jitter: float = 0.0,
-                 rand: Callable[[], float] | None = None) -> timedelta:
-    """Delay before the next try after ``attempt`` failed tries (``attempt >= 1``).
-
-    ``min(cap_seconds, base_seconds * factor ** (attempt - 1))``, then reduced by up to ``jitter``
-    (a fraction 0..1) of itself: ``delay * (1 - jitter * rand())``, so the result never exceeds the
-    cap and never drops below ``(1 - jitter) * delay``.  ``rand`` returns a float in [0, 1); it
-    defaults to ``random.random`` and is only called when ``jitter > 0`` (inject one for determinism).
-    Raises ``ValueError`` on ``attempt < 1``, ``base_seconds <= 0``, ``factor < 1``,
-    ``cap_seconds < base_seconds`` or ``jitter`` outside 0..1.
-    """
-    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
-        raise ValueError(f"attempt: a whole number >= 1 is needed, got {attempt!r}")
-    if not base_seconds > 0:
-        raise ValueError(f"base_seconds must be > 0, got {base_seconds!r}")
-    if not factor >= 1:
-        raise ValueError(f"factor must be >= 1, got {factor!r}")
-    if not cap_seconds >= base_seconds:
-        raise ValueError(f"cap_seconds must be >= base_seconds, got {cap_seconds!r}")
-    if not 0 <= jitter <= 1:
-        raise ValueError(f"jitter must be within 0..1, got {jitter!r}")
-    delay = float(base_seconds)
-    if factor > 1:
-        for _ in range(attempt - 1):
-            delay *= factor
-            if delay >= cap_seconds:
-                break
-    delay = min(delay, float(cap_seconds))
-    if jitter:
-        r = (rand or random.random)()
-        if not 0 <= r <= 1:
-            raise ValueError(f"rand() must return a float in [0, 1), got {r!r}")
-        delay *= 1 - jitter * r
-    return timedelta(seconds=delay)

@@ -5,8 +5,9 @@ Every change goes through here so that listeners (notifications, SLA) see it in 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import bindparam, insert, inspect, select, update
 from sqlalchemy.orm import Session, lazyload
@@ -30,7 +31,6 @@ from gateway.models import (
     Watcher,
     table_of,
 )
-
 
 # The pipeline's lookups, built once: a statement built per call costs more than running it (SQLAlchemy
 # derives its cache key anew each time).
@@ -85,7 +85,7 @@ def _found(session: Session, key: str) -> dict[Any, Any]:
     rolled back has left it and is looked up again. Only rows that exist are remembered (a row another
     writer adds meanwhile is found by the next query); a remembered row is the object the session's
     identity map would return for the same query anyway, so this saves the round trip and nothing else."""
-    return session.info.setdefault(key, {})  # type: ignore[no-any-return]
+    return session.info.setdefault(key, {})
 
 
 def _cached(session: Session, key: str, value: Any) -> Any:
@@ -436,12 +436,9 @@ class Tickets:
         now = self.clock()
         changes: dict[str, tuple[Any, Any]] = {}
         for name, value in fields.items():
-            if name == "status" and value not in STATUSES:
-                raise InvalidChange(f"unknown status {value!r} (one of {', '.join(STATUSES)})")
-            if name == "priority" and value not in PRIORITIES:
-                raise InvalidChange(f"unknown priority {value!r} (one of {', '.join(PRIORITIES)})")
-            if name == "type" and value not in TYPES:
-                raise InvalidChange(f"unknown type {value!r} (one of {', '.join(TYPES)})")
+            choices = _CHOICES.get(name)
+            if choices is not None and value not in choices:
+                raise InvalidChange(f"unknown {name} {value!r} (one of {', '.join(choices)})")
             if name == "assignee":
                 old = ticket.assignee
                 if (old.id if old else None) != (value.id if value else None):
@@ -449,24 +446,32 @@ class Tickets:
                     ticket.assignee_id = value.id if value else None
                     ticket.assignee = value
                 continue
-            if name not in ("status", "priority", "type", "group", "tags", "remind_at"):
+            if name not in _SETTABLE:
                 raise InvalidChange(f"cannot change {name!r}")
             old = getattr(ticket, name)
             if old != value:
                 changes[name] = (old, value)
                 setattr(ticket, name, value)
         if "status" in changes:
-            new = changes["status"][1]
-            if new == "closed":
-                ticket.closed_at = now
-                ticket.resolved_at = ticket.resolved_at or now
-            elif new == "resolved":
-                ticket.resolved_at = now
-            else:
-                ticket.closed_at = None
-                ticket.resolved_at = None
+            _stamp_status(ticket, changes["status"][1], now)
         if changes:
             ticket.updated_at = now
             self.s.flush()
             self.emit(TicketChanged(ticket, changes, by=by, at=now))
         return changes
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {"status": STATUSES, "priority": PRIORITIES, "type": TYPES}
+_SETTABLE = frozenset({"status", "priority", "type", "group", "tags", "remind_at"})
+
+
+def _stamp_status(ticket: Ticket, status: str, now: datetime) -> None:
+    """closed_at / resolved_at after a change of status."""
+    if status == "closed":
+        ticket.closed_at = now
+        ticket.resolved_at = ticket.resolved_at or now
+    elif status == "resolved":
+        ticket.resolved_at = now
+    else:
+        ticket.closed_at = None
+        ticket.resolved_at = None

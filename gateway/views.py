@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -12,12 +13,12 @@ from gateway.models import Attachment, Comment, InboundMail, Ticket
 from gateway.tickets import Tickets
 
 
-def ticket_numbers(s: Session, ticket_ids: Any) -> dict[int, int]:
+def ticket_numbers(s: Session, ticket_ids: Iterable[int | None]) -> dict[int, int]:
     """Ticket id -> ticket number for the ids given (None ignored), in one query."""
     ids = {i for i in ticket_ids if i is not None}
     if not ids:
         return {}
-    return dict(s.execute(select(Ticket.id, Ticket.number).where(Ticket.id.in_(ids))).tuples().all())
+    return {i: n for i, n in s.execute(select(Ticket.id, Ticket.number).where(Ticket.id.in_(ids)))}
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -29,13 +30,9 @@ def attachment_dict(a: Attachment) -> dict[str, Any]:
             "content_id": a.content_id, "inline": a.inline}
 
 
-def ticket_dict(session: Session, t: Ticket, *, full: bool = True, now: datetime | None = None,
-                sla_state: str | None = None) -> dict[str, Any]:
-    """`sla_state`: the precomputed badge state (else computed here as of `now`, default: the system time)."""
-    if sla_state is None:
-        from gateway.sla.state import session_ticket_state
-
-        sla_state = session_ticket_state(session, t, now)
+def ticket_dict(session: Session, t: Ticket, *, full: bool = True, sla_state: str | None = None) -> dict[str, Any]:
+    """`sla_state`: the SLA badge state, computed by the caller (gateway.sla.state; the SLA is a feature the
+    core does not import); None when not given."""
     d: dict[str, Any] = {
         "number": t.number,
         "subject": t.subject,

@@ -9,7 +9,7 @@ a row from before) gets the trusted Authentication-Results only, here -- no DNS 
 from __future__ import annotations
 
 from gateway import auth
-from gateway.intake import Envelope
+from gateway.envelope import Envelope
 from gateway.outcomes import Quarantine
 from gateway.pipeline import MailContext
 

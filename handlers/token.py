@@ -14,27 +14,22 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from gateway import ourmail
 from gateway.events import MailIgnored
 from gateway.models import OutboxMail
-from gateway.outbound import compose, reply_secret, tokens
 from gateway.outcomes import Ignore
 from gateway.pipeline import MailContext
-
-
-def _domain(ctx: MailContext) -> str:
-    ob = ctx.config.outbound
-    return (ob["domain"] or (ob["from_address"] or ctx.config.gateway_addresses[0]).rpartition("@")[2]).lower()
 
 
 def _loop(ctx: MailContext) -> str | None:
     p = ctx.parsed
     assert p is not None
     try:
-        if p.message.get(compose.LOOP_HEADER) is not None:
-            return f"{compose.LOOP_HEADER} header present"
+        if p.message.get(ourmail.LOOP_HEADER) is not None:
+            return f"{ourmail.LOOP_HEADER} header present"
     except Exception:  # noqa: BLE001 -- a malformed header: look at the Message-ID only
         pass
-    if compose.is_our_message_id(p.message_id, _domain(ctx)):
+    if ourmail.is_our_message_id(p.message_id, ourmail.our_domain(ctx.config)):
         return f"our own Message-ID <{p.message_id}> came back"
     return None
 
@@ -53,18 +48,18 @@ def handle(ctx: MailContext) -> None:
     addrs = list(ctx.mail.envelope_to or []) + [a for _, a in p.to] + [a for _, a in p.cc]
     seen: set[str] = set()
     for addr in addrs:
-        tok = tokens.token_of_address(addr, bases)
+        tok = ourmail.token_of_address(addr, bases)
         if tok is None or tok in seen:
             continue
         seen.add(tok)
-        parsed = tokens.parse_token(tok)
+        parsed = ourmail.parse_token(tok)
         assert parsed is not None
         ticket = ctx.tickets.get(parsed.number)
-        secret = reply_secret(ctx.config)
+        secret = ourmail.reply_secret(ctx.config)
         if ticket is None or not ctx.sender_email:
             ctx.note(f"token: {addr} names no ticket we know: ignored (forged)")
             continue
-        if tokens.verify(secret, tok, ticket_id=ticket.id, recipient=ctx.sender_email):
+        if ourmail.verify(secret, tok, ticket_id=ticket.id, recipient=ctx.sender_email):
             ctx.note(f"token: reply address {addr} signed for {ctx.sender_email} -> ticket #{ticket.number}")
             if ticket.status == "closed":
                 closed = ticket.closed_at or ticket.updated_at

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh Debian machine (as root), installing what it needs first:
+# Runs the checks and the whole test suite on a fresh Debian machine (as root), installing what it needs first:
 # Debian packages (python3-venv, dovecot-imapd, postfix, postgresql) when missing, a virtualenv with the
-# project, and a running PostgreSQL on 127.0.0.1:5432 (trust auth for local tests). Postfix is installed with
-# debconf's "No configuration": the tests start private instances of it (tests/postfix.py); the machine's own
-# mail system is neither configured nor started.
+# project and its test and dev extras, and a running PostgreSQL on 127.0.0.1:5432 (trust auth for local
+# tests). Postfix is installed with debconf's "No configuration": the tests start private instances of it
+# (tests/postfix.py); the machine's own mail system is neither configured nor started.
+# The checks (ruff, mypy, import-linter, scripts/check_cycles.py) run first; any failure fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,5 +40,16 @@ venv=${TG_VENV:-.venv}
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install -q --disable-pip-version-check -e ".[test]"
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
+"$venv/bin/pip" install -q --disable-pip-version-check -e ".[test,dev]"
+
+# Checked habits, before the tests (configured in pyproject.toml; the first failure stops the run):
+# lint and complexity, types, the import layers, no import cycle at run time.
+echo "checks: ruff, mypy, import contracts, import cycles"
+"$venv/bin/ruff" check --quiet .
+"$venv/bin/mypy"
+"$venv/bin/lint-imports" --no-cache
+"$venv/bin/python" scripts/check_cycles.py
+
+# Two test processes (pytest-xdist; TG_TEST_WORKERS=0 runs in one): each has its own PostgreSQL template,
+# SQLite template, Dovecot and temporary directories, and every listener takes a free port.
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "${TG_TEST_WORKERS:-2}" "$@"

@@ -12,8 +12,9 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,13 +136,13 @@ def sqlite_url(tmp_path) -> str:  # type: ignore[no-untyped-def]
 
 
 # Apps ----------------------------------------------------------------------------------------------------
-FIXED_NOW = datetime(2026, 11, 2, 9, 30, tzinfo=timezone.utc)
+FIXED_NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 
 
 def make_config(tmp_path: Path, db_url: str, **sections):  # type: ignore[no-untyped-def]
     from gateway.config import validate
 
-    data = {"gateway": {"data_dir": str(tmp_path / "var"), "addresses": ["support@example.com"],
+    data: dict[str, Any] = {"gateway": {"data_dir": str(tmp_path / "var"), "addresses": ["support@example.com"],
                         "unknown_senders": "register"},
             "database": {"url": db_url}}
     for name, values in sections.items():

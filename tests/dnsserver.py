@@ -23,7 +23,7 @@ def _chunks(text: str) -> list[bytes]:
     return [b[i:i + 255] for i in range(0, len(b), 255)] or [b""]
 
 
-class _Resolver(BaseResolver):  # type: ignore[misc]
+class _Resolver(BaseResolver):
     def __init__(self, zone: DnsServer) -> None:
         self.zone = zone
 

@@ -283,8 +283,8 @@ def start_dovecot(root: Path, *, port: int | None = None, users: int = 1000, tim
     if binary is None:
         raise FileNotFoundError("dovecot is not installed (Debian: apt-get install -y dovecot-imapd)")
     root = Path(root)
-    for d in ("run", "state", "mail", "home"):
-        (root / d).mkdir(parents=True, exist_ok=True)
+    for sub in ("run", "state", "mail", "home"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "passwd").write_text("".join(f"user{i}:{{PLAIN}}{PASSWORD}::::::\n" for i in range(1, users + 1)))
     os.chmod(root / "passwd", 0o644)
     uid, gid = os.getuid(), os.getgid()

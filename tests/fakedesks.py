@@ -37,14 +37,14 @@ import itertools
 import json
 import re
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class Reply(Exception):
@@ -74,7 +74,7 @@ class FakeDesk:
         self.stalled = threading.Event()
 
     # server -----------------------------------------------------------------------------------------
-    def start(self) -> "FakeDesk":
+    def start(self) -> FakeDesk:
         desk = self
 
         class H(BaseHTTPRequestHandler):
@@ -162,10 +162,12 @@ class FakeDesk:
 
 def multipart(ctype: str, raw: bytes) -> dict[str, tuple[str, bytes, str]]:
     msg = email.message_from_bytes(f"Content-Type: {ctype}\r\n\r\n".encode() + raw, policy=email.policy.HTTP)
-    out = {}
-    for part in msg.iter_parts():  # type: ignore[attr-defined]
+    out: dict[str, tuple[str, bytes, str]] = {}
+    for part in msg.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        out[name] = (part.get_filename() or "", part.get_payload(decode=True), part.get_content_type())
+        payload = part.get_payload(decode=True)
+        assert isinstance(name, str) and isinstance(payload, bytes)
+        out[name] = (part.get_filename() or "", payload, part.get_content_type())
     return out
 
 
@@ -190,7 +192,7 @@ class FakeJira(FakeDesk):
     def user(self, account: str) -> dict[str, Any]:
         if account == self.ME:
             return {"accountId": self.ME, "displayName": "Gateway", "emailAddress": "gw@example.com"}
-        for e, u in self.customers.items():
+        for u in self.customers.values():
             if u["accountId"] == account:
                 return u
         return {"accountId": account, "displayName": account, "emailAddress": ""}
@@ -199,7 +201,7 @@ class FakeJira(FakeDesk):
         return {"id": i["id"], "key": i["key"], "fields": {"status": {"name": i["status"]}, "updated": i["updated"]}}
 
     def touch(self, i: dict[str, Any]) -> None:
-        i["updated"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
+        i["updated"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
 
     def add_comment(self, key: str, body: str, public: bool, author: str) -> dict[str, Any]:
         i = self.issues[key]
@@ -339,7 +341,7 @@ class FakeJira(FakeDesk):
         if (r := re.search(r'description ~ "\\"([^"\\]+)\\""', jql)):
             hits = [i for i in hits if r.group(1) in i["description"]]
         if (r := re.search(r'updated >= "-(\d+)m"', jql)):
-            limit = datetime.now(timezone.utc).timestamp() - int(r.group(1)) * 60
+            limit = datetime.now(UTC).timestamp() - int(r.group(1)) * 60
             hits = [i for i in hits if datetime.strptime(i["updated"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp() >= limit]
             hits.sort(key=lambda i: i["updated"])
         start = int(body.get("nextPageToken") or 0)
@@ -520,7 +522,7 @@ class FakeZammad(FakeDesk):
         if (r := re.fullmatch(r'tags:"([^"]+)"', query)):
             hits = [t for t in hits if r.group(1) in t["tags"].split(",")]
         elif (r := re.fullmatch(r"updated_at:>=now-(\d+)m", query)):
-            limit = datetime.now(timezone.utc).timestamp() - int(r.group(1)) * 60
+            limit = datetime.now(UTC).timestamp() - int(r.group(1)) * 60
             hits = [t for t in hits
                     if datetime.fromisoformat(t["updated_at"].replace("Z", "+00:00")).timestamp() >= limit]
         else:
@@ -561,7 +563,7 @@ class FakeSmax(FakeDesk):
         return any(cookie == f"LWSSO_COOKIE_KEY={t}" for t in self.tokens)
 
     def ms(self) -> int:
-        return int(datetime.now(timezone.utc).timestamp() * 1000)
+        return int(datetime.now(UTC).timestamp() * 1000)
 
     def agent_comment(self, key: str, body: str, internal: bool = False) -> None:
         with self.lock:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import datetime, timezone
 
 _n = itertools.count(1)
 
@@ -13,7 +14,7 @@ _n = itertools.count(1)
 def make_mail(*, sender: str = "Alice Customer <alice@customer.example>", to: str = "support@example.com",
               subject: str = "Printer on fire", body: str = "The printer is on fire.\n", cc: str | None = None,
               message_id: str | None = None, in_reply_to: str | None = None, references: str | None = None,
-              headers: dict[str, str] | None = None, attachments: list[tuple[str, str, bytes]] = (),
+              headers: dict[str, str] | None = None, attachments: Sequence[tuple[str, str, bytes]] = (),
               html: str | None = None) -> bytes:
     msg = EmailMessage()
     msg["From"] = sender
@@ -21,7 +22,7 @@ def make_mail(*, sender: str = "Alice Customer <alice@customer.example>", to: st
     if cc:
         msg["Cc"] = cc
     msg["Subject"] = subject
-    msg["Date"] = format_datetime(datetime(2026, 11, 2, 9, next(_n) % 60, tzinfo=timezone.utc))
+    msg["Date"] = format_datetime(datetime(2026, 11, 2, 9, next(_n) % 60, tzinfo=UTC))
     msg["Message-ID"] = message_id or make_msgid(domain="customer.example")
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to

@@ -139,7 +139,7 @@ class Postfix:
                            timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
 
-    def queue(self) -> list[dict]:  # type: ignore[type-arg]
+    def queue(self) -> list[dict]:
         r = subprocess.run(["postqueue", "-c", str(self.config_dir), "-j"], capture_output=True, text=True,
                            timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -150,7 +150,7 @@ class Postfix:
         p = self.root / "maillog"
         return p.read_text(errors="replace") if p.exists() else ""
 
-    def wait_log(self, predicate, timeout: float = 30) -> list[str]:  # type: ignore[no-untyped-def]
+    def wait_log(self, predicate, timeout: float = 30) -> list[str]:
         """The log lines (written since start) once `predicate(lines)` holds."""
         end = time.monotonic() + timeout
         while True:

@@ -16,7 +16,7 @@ from gateway.models import InboundMail, OutboxMail, Ticket
 from gateway.service import Notifier, Service
 
 
-def config_for(tmp_path: Path, db_url: str, **sections: Any):  # type: ignore[no-untyped-def]
+def config_for(tmp_path: Path, db_url: str, **sections: Any):
     data: dict[str, Any] = {
         "gateway": {"data_dir": str(tmp_path / "var"), "addresses": ["support@example.com"],
                     "unknown_senders": "register"},
@@ -36,7 +36,7 @@ def config_for(tmp_path: Path, db_url: str, **sections: Any):  # type: ignore[no
 class Running:
     """The service in a background thread with its own loop."""
 
-    def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config) -> None:
         self.service = Service(config, notifier=Notifier({}), handle_signals=False)
         self.code: int | None = None
         self.thread = threading.Thread(target=lambda: setattr(self, "code", asyncio.run(self.service.run())),
@@ -56,7 +56,7 @@ class Running:
         self.thread.join(40)
 
     @property
-    def app(self):  # type: ignore[no-untyped-def]
+    def app(self):
         return self.service.app
 
     def mails(self) -> list[InboundMail]:

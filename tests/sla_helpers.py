@@ -9,7 +9,8 @@ from sqlalchemy import select
 
 from gateway.db import transaction
 from gateway.models import OutboxMail, SlaClock, SlaEscalation, Ticket
-from gateway.sla.store import PolicyStore, validate_values
+from gateway.sla.store import PolicyStore
+from gateway.sla_definitions import validate_values
 from gateway.tickets import Directory, Tickets
 
 
@@ -74,7 +75,7 @@ def escalations(app: Any, number: int | None = None) -> list[tuple[int, str, dat
              .join(Ticket, Ticket.id == SlaEscalation.ticket_id).order_by(SlaEscalation.id))
         if number is not None:
             q = q.where(Ticket.number == number)
-        return [tuple(r) for r in s.execute(q)]  # type: ignore[misc]
+        return [tuple(r) for r in s.execute(q)]
 
 
 def outbox(app: Any, prefix: str = "sla_") -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ def install_service(service: Any) -> None:
     if not listen:
         log.info("http: off ([http] listen is empty)")
         return
+    from gateway.api import routes
     from gateway.api.app import Api
     from gateway.api.server import bind, make_server, where
     from gateway.config import http_address
@@ -44,7 +45,9 @@ def install_service(service: Any) -> None:
     async def render() -> tuple[bytes, str]:
         return await asyncio.get_running_loop().run_in_executor(api.pool, metrics.render), CONTENT_TYPE
 
-    api = Api(app, gate=service.gate, health=health, metrics=render, verbose=service.verbose)
+    ops = routes.operations(metrics_scope="read" if app.config.values["http"]["metrics_token"] else None)
+    api = Api(app, ops=ops, schemas=routes.SCHEMAS, gate=service.gate, health=health, metrics=render,
+              verbose=service.verbose)
     cfg = service.config.values["http"]
     server = make_server(api.asgi, max_connections=cfg["max_connections"],
                          head_timeout=cfg["request_timeout_seconds"], verbose=service.verbose)

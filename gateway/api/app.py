@@ -14,10 +14,11 @@ import json
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from starlette.applications import Starlette
@@ -114,7 +115,7 @@ class Limits:
                 raise BodyTooSlow()
             try:
                 message = await asyncio.wait_for(receive(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise BodyTooSlow() from None
             if message.get("type") == "http.request":
                 got += len(message.get("body", b""))
@@ -206,10 +207,12 @@ class Call:
 
 
 class Api:
-    def __init__(self, app: App, *, gate: Any = None, health: Callable[[], Any] | None = None,
-                 metrics: Callable[[], Any] | None = None, threads: int = 4, verbose: bool = False) -> None:
-        from gateway.api import routes
+    """`ops` and `schemas`: the operations and their schemas (gateway.api.routes, which uses this module's
+    helpers; passed in by gateway.api.install_service, so that the two modules do not import each other)."""
 
+    def __init__(self, app: App, *, ops: list[spec.Op], schemas: dict[str, spec.Schema], gate: Any = None,
+                 health: Callable[[], Any] | None = None, metrics: Callable[[], Any] | None = None,
+                 threads: int = 4, verbose: bool = False) -> None:
         self.app = app
         self.cfg = app.config.values["http"]
         self.gate = gate
@@ -218,8 +221,8 @@ class Api:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="http")
         self.limiter = FailureLimiter(self.cfg["auth_failures_per_minute"])
         self._touched: dict[int, float] = {}
-        self.ops = routes.operations(metrics_scope="read" if self.cfg["metrics_token"] else None)
-        self.schemas = routes.SCHEMAS
+        self.ops = ops
+        self.schemas = schemas
         self._doc: dict[str, Any] | None = None
         by_path: dict[str, dict[str, spec.Op]] = {}
         for op in self.ops:

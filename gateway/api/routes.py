@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from gateway.api.app import Call
 
 EXTENSIONS: tuple[str, ...] = (  # "module:function" -> list[Op] (links, time entries, watchers, merge, ...)
-    "gateway.backends.api:operations",  # POST /backends/{name}/webhook (signed by the desk, no token)
+    "gateway.api.backends:operations",  # POST /backends/{name}/webhook (signed by the desk, no token)
 )
 
 JSON = "application/json"

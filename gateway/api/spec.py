@@ -6,9 +6,10 @@ bodies and query parameters against the same schemas (a small subset of JSON Sch
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 Schema = dict[str, Any]
 _EMAIL = re.compile(r"^[^@\s<>,;\"]{1,200}@[^@\s<>,;\"]{1,255}$")

@@ -19,7 +19,7 @@ from gateway.auth.policy import FAIL, NONE, PASS, AuthResult, evaluate
 from gateway.config import Config, dns_server
 
 if TYPE_CHECKING:
-    from gateway.intake import Envelope
+    from gateway.envelope import Envelope
 
 LIVE = ("smtp", "lmtp", "imap", "stdin", "pipe")   # sources verified on arrival (not files and archives)
 SESSIONS = ("smtp", "lmtp")                 # sources whose client address we know from the session

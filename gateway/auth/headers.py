@@ -12,8 +12,8 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import email.utils
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from gateway.auth.policy import Method
 

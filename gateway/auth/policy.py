@@ -13,8 +13,9 @@ authheaders, read once). The verdict is what the pipeline acts on:
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 PASS, FAIL, NONE = "pass", "fail", "none"
 

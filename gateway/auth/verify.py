@@ -9,7 +9,8 @@ result, never a failure).
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import dns.exception
 import dns.name
@@ -119,7 +120,7 @@ def check_spf(lookup: Lookup, ip: str, mail_from: str | None, helo: str | None) 
         sender = f"postmaster@{helo}"
     domain = sender.rpartition("@")[2].lower().rstrip(".")
 
-    class Query(spf.query):  # type: ignore[misc]
+    class Query(spf.query):
         def dns(self, name: Any, qtype: str, cnames: Any = None, ignore_void: bool = False) -> list[Any]:
             return _spf_dns(self, lookup, name, qtype, ignore_void)
 

@@ -24,24 +24,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
+from gateway.backends.lookup import broker_settings, desk_class
 from gateway.backends.webhook import WebhookResult, handle_webhook
 
 if TYPE_CHECKING:
     import httpx
 
     from gateway.backends.broker import Broker
-    from gateway.backends.desk import Desk
     from gateway.backends.settings import Settings
 
-__all__ = ["install", "install_service", "handle_webhook", "WebhookResult", "broker_settings", "open_broker"]
+__all__ = ["install", "install_service", "handle_webhook", "WebhookResult", "broker_settings", "desk_class",
+           "open_broker"]
 
 log = logging.getLogger("gateway.backends")
-
-
-def broker_settings(app: Any) -> "Settings | None":
-    return getattr(app, "_backend_settings", None)
 
 
 def install(app: Any) -> None:
@@ -51,25 +49,10 @@ def install(app: Any) -> None:
     settings = load(app.config)
     if settings is None:
         return
-    app._backend_settings = settings
     app.listeners.append(Enqueue(settings, app.clock))
 
 
-def desk_class(kind: str) -> "type[Desk]":
-    if kind == "jira":
-        from gateway.backends.jira import Jira
-
-        return Jira
-    if kind == "zammad":
-        from gateway.backends.zammad import Zammad
-
-        return Zammad
-    from gateway.backends.smax import Smax
-
-    return Smax
-
-
-def client(settings: "Settings") -> "httpx.AsyncClient":
+def client(settings: Settings) -> httpx.AsyncClient:
     import httpx
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise (and names every URL)
@@ -79,7 +62,7 @@ def client(settings: "Settings") -> "httpx.AsyncClient":
 
 
 @contextlib.asynccontextmanager
-async def open_broker(app: Any, run: Any = None) -> "AsyncIterator[Broker]":
+async def open_broker(app: Any, run: Any = None) -> AsyncIterator[Broker]:
     from gateway.backends.broker import Broker
 
     settings = broker_settings(app)
@@ -108,7 +91,7 @@ def install_service(service: Any) -> None:
     service.add_task(f"backend {settings.name}", task)
 
 
-async def serve_loop(broker: "Broker", stopping: asyncio.Event) -> None:
+async def serve_loop(broker: Broker, stopping: asyncio.Event) -> None:
     """Deliver what is due, answer doorbells, poll every poll_seconds -- until `stopping`. Never exits on errors."""
     from gateway.backends.desk import DeskError
     from gateway.db import StoreUnavailable

@@ -17,7 +17,7 @@ import email.utils
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -131,8 +131,8 @@ def retry_after(value: str | None, now: datetime | None = None) -> float:
     except (TypeError, ValueError, IndexError):
         return 60.0
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    delta = (when - (now or datetime.now(timezone.utc))).total_seconds()
+        when = when.replace(tzinfo=UTC)
+    delta = (when - (now or datetime.now(UTC))).total_seconds()
     return max(1.0, min(delta, MAX_RETRY_AFTER))
 
 
@@ -151,7 +151,7 @@ class Desk(ABC):
     def auth_headers(self) -> dict[str, str]:
         return {}
 
-    async def before_request(self) -> None:
+    async def before_request(self) -> None:  # noqa: B027 -- an optional hook, empty by default
         """A desk with a session (SMAX) logs in here."""
 
     async def on_unauthorised(self) -> bool:
@@ -233,7 +233,7 @@ class Desk(ABC):
     @abstractmethod
     async def update(self, key: str, *, status: str | None = None, priority: str | None = None) -> None: ...
 
-    async def participants(self, key: str, customer_ids: list[str]) -> None:
+    async def participants(self, key: str, customer_ids: list[str]) -> None:  # noqa: B027 -- optional hook
         """Request participants (Jira); desks without them ignore this."""
 
     has_participants = False
@@ -277,7 +277,7 @@ def parse_time(value: Any) -> datetime | None:
     if not value or not isinstance(value, (str, int, float)):
         return None
     if isinstance(value, (int, float)):  # epoch milliseconds (SMAX)
-        return datetime.fromtimestamp(value / 1000, timezone.utc)
+        return datetime.fromtimestamp(value / 1000, UTC)
     v = value.strip()
     if v.endswith("Z"):
         v = v[:-1] + "+00:00"
@@ -287,4 +287,4 @@ def parse_time(value: Any) -> datetime | None:
         t = datetime.fromisoformat(v)
     except ValueError:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)

@@ -15,11 +15,11 @@ from typing import Any
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from gateway import backoff as _backoff
 from gateway.backends.settings import Settings
 from gateway.backends.store import BackendLink, BackendPush
 from gateway.db import transaction
 from gateway.events import CommentAdded, TicketChanged, TicketCreated
-from gateway.sla_policy import next_backoff
 
 log = logging.getLogger("gateway.backends")
 
@@ -76,8 +76,8 @@ class Enqueue:
 
 
 def backoff(attempt: int, settings: Settings) -> timedelta:
-    return next_backoff(max(1, attempt), base_seconds=settings.retry_base, factor=2,
-                        cap_seconds=max(settings.retry_max, settings.retry_base))
+    return _backoff.delay(max(1, attempt), base_seconds=settings.retry_base, factor=2,
+                          cap_seconds=max(settings.retry_max, settings.retry_base))
 
 
 def claim(factory: Any, settings: Settings, now: datetime, limit: int) -> tuple[str, list[int]]:

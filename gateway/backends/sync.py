@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -25,19 +25,38 @@ from gateway.models import Contact, Ticket
 from gateway.tickets import Directory, Tickets
 
 if TYPE_CHECKING:
-    from gateway.backends.broker import Broker
+    from gateway.backends.desk import Desk
+    from gateway.backends.settings import Settings
+
+
+class Broker(Protocol):
+    """What the sync needs of gateway.backends.broker.Broker (which calls it; typed here, not imported, so that
+    the two modules do not import each other)."""
+
+    @property
+    def app(self) -> Any: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def desk(self) -> Desk: ...
+
+    @property
+    def name(self) -> str: ...
+
 
 log = logging.getLogger("gateway.backends")
 MAX_BODY = 200_000
 
 
-def poll_start(b: "Broker", now: datetime) -> datetime | None:
+def poll_start(b: Broker, now: datetime) -> datetime | None:
     with b.app.sessions() as s:
         st = s.get(BackendState, b.name)
         return st.polled_until if st is not None else None
 
 
-def poll_done(b: "Broker", now: datetime, until: datetime) -> None:
+def poll_done(b: Broker, now: datetime, until: datetime) -> None:
     with transaction(b.app.sessions) as s:
         st = s.get(BackendState, b.name)
         if st is None:
@@ -48,7 +67,7 @@ def poll_done(b: "Broker", now: datetime, until: datetime) -> None:
         st.updated_at = now
 
 
-def linked_keys(b: "Broker", keys: list[str]) -> set[str]:
+def linked_keys(b: Broker, keys: list[str]) -> set[str]:
     if not keys:
         return set()
     with b.app.sessions() as s:
@@ -59,7 +78,7 @@ def linked_keys(b: "Broker", keys: list[str]) -> set[str]:
         return found
 
 
-def doorbells(b: "Broker", limit: int) -> tuple[list[str], bool]:
+def doorbells(b: Broker, limit: int) -> tuple[list[str], bool]:
     with b.app.sessions() as s:
         keys = [k for k in s.scalars(select(BackendLink.remote_key).where(
             BackendLink.backend == b.name, BackendLink.refresh_at.is_not(None), BackendLink.remote_key.is_not(None))
@@ -86,7 +105,7 @@ def ring(app: Any, name: str, keys: list[str], now: datetime) -> int:
         return n
 
 
-def apply(b: "Broker", key: str, remote: RemoteTicket, comments: list[RemoteComment], me: str) -> int:
+def apply(b: Broker, key: str, remote: RemoteTicket, comments: list[RemoteComment], me: str) -> int:
     """Bring one request's new comments and status into the gateway; returns how many changes were made."""
     try:
         with transaction(b.app.sessions) as s:
@@ -96,7 +115,7 @@ def apply(b: "Broker", key: str, remote: RemoteTicket, comments: list[RemoteComm
         return 0
 
 
-def _listeners(b: "Broker") -> list[Any]:
+def _listeners(b: Broker) -> list[Any]:
     if b.settings.notifications == "gateway":
         return list(b.app.listeners)
     from gateway.outbound.notify import Outbound
@@ -104,7 +123,7 @@ def _listeners(b: "Broker") -> list[Any]:
     return [li for li in b.app.listeners if not isinstance(li, Outbound)]
 
 
-def _apply(b: "Broker", s: Any, key: str, remote: RemoteTicket, comments: list[RemoteComment], me: str) -> int:
+def _apply(b: Broker, s: Any, key: str, remote: RemoteTicket, comments: list[RemoteComment], me: str) -> int:
     link = s.scalar(select(BackendLink).where(BackendLink.backend == b.name, BackendLink.remote_key == key))
     if link is None:
         return 0
@@ -152,7 +171,7 @@ def _apply(b: "Broker", s: Any, key: str, remote: RemoteTicket, comments: list[R
         s.info.pop(IMPORTING, None)
 
 
-def _author(b: "Broker", s: Any, c: RemoteComment, link: BackendLink) -> Contact | None:
+def _author(b: Broker, s: Any, c: RemoteComment, link: BackendLink) -> Contact | None:
     """The local contact of a remote comment's author: an existing contact by address; a desk agent with an
     address becomes a staff contact the gateway never mails (the desk notifies its agents)."""
     customer = c.is_agent is False or (c.is_agent is None and link.customer_id and c.author_id == link.customer_id)

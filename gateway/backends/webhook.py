@@ -14,9 +14,10 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 log = logging.getLogger("gateway.backends.webhook")
 MAX_BODY = 1024 * 1024
@@ -40,7 +41,7 @@ def signature_ok(secret: bytes, body: bytes, header: str | None, algorithm: str)
 
 def handle_webhook(app: Any, name: str, headers: Mapping[str, str], body: bytes,
                    now: datetime | None = None) -> WebhookResult:
-    from gateway.backends import broker_settings, desk_class
+    from gateway.backends.lookup import broker_settings, desk_class
     from gateway.backends.sync import ring
 
     settings = broker_settings(app)

@@ -1,5 +1,6 @@
-"""The `ticket-gateway` command. Each command group is a module listed in COMMANDS; heavy imports happen
-inside the commands so that the MTA pipe mode (`ingest` from stdin) starts fast."""
+"""The `ticket-gateway` command. Each command group is a module listed in COMMANDS (with `register(sub)`);
+what they share is in gateway.cli.base, the exit statuses in gateway.exitcodes. Heavy imports happen inside
+the commands so that the MTA pipe mode (`ingest` from stdin) starts fast."""
 
 from __future__ import annotations
 
@@ -8,17 +9,10 @@ import importlib
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOINPUT = 66  # also: what a command names does not exist (no ticket #99, no mail 7)
-EX_NOUSER = 67  # ingest: a --recipient that is not a gateway address (an MTA pipe bounces it, like LMTP's 550)
-EX_SOFTWARE = 70
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
-EX_PIPE = 141  # stdout's reader went away (`| head`): as a command killed by SIGPIPE
+from gateway.cli.base import NotFound, UsageError
+from gateway.exitcodes import EX_CONFIG, EX_NOINPUT, EX_OK, EX_PIPE, EX_USAGE
 
 # command modules, each with `register(subparsers)`; order = order in --help
 COMMANDS: tuple[str, ...] = (
@@ -35,14 +29,6 @@ COMMANDS: tuple[str, ...] = (
     "gateway.cli.serve",
     "gateway.cli.spool",
 )
-
-
-class UsageError(Exception):
-    pass
-
-
-class NotFound(Exception):
-    """What the command names does not exist (no ticket #99, no mail 7): exit 66, not a usage error."""
 
 
 def _stdout_gone() -> None:
@@ -146,15 +132,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_PIPE
     except KeyboardInterrupt:
         return 130
-
-
-def open_app(config, *, upgrade: bool = False):  # type: ignore[no-untyped-def]
-    """Build the App; with upgrade=True bring the schema up to date first (serve, ingest)."""
-    from gateway.app import build_app
-
-    app = build_app(config)
-    if upgrade:
-        from gateway.migrate import ensure_current
-
-        ensure_current(app.engine)
-    return app

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     c = sub.add_parser("check-config", help="validate the configuration and show where things go")
     c.add_argument("--example", action="store_true", help="print the documented example config (all keys)")
     c.set_defaults(func=check_config)
@@ -20,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bk.set_defaults(func=db_backup)
 
 
-def check_config(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def check_config(args: argparse.Namespace, config: Config) -> int:
     """Every problem at once (the schema's, the files', the components'), else a summary of what will run."""
     if args.example:
         from gateway.config import example_toml
@@ -28,7 +33,7 @@ def check_config(args: argparse.Namespace, config) -> int:  # type: ignore[no-un
         sys.stdout.write(example_toml())
         return 0
     from gateway.checks import problems, summary
-    from gateway.cli import EX_CONFIG
+    from gateway.exitcodes import EX_CONFIG
 
     errors, warnings = problems(config)
     for e in errors:
@@ -49,9 +54,9 @@ def _redact(url: str) -> str:
     return redact(url)
 
 
-def db_upgrade(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import EX_TEMPFAIL
+def db_upgrade(args: argparse.Namespace, config: Config) -> int:
     from gateway.db import is_unavailable, make_engine
+    from gateway.exitcodes import EX_TEMPFAIL
     from gateway.migrate import upgrade
 
     engine = make_engine(config.database_url)
@@ -68,7 +73,7 @@ def db_upgrade(args: argparse.Namespace, config) -> int:  # type: ignore[no-unty
     return 0
 
 
-def db_backup(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def db_backup(args: argparse.Namespace, config: Config) -> int:
     """An online copy with SQLite's backup API: consistent (one snapshot, whatever writers do meanwhile),
     written next to FILE and renamed into place when complete and checked."""
     import os
@@ -77,7 +82,7 @@ def db_backup(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
 
     from sqlalchemy.engine import make_url
 
-    from gateway.cli import EX_NOINPUT, EX_USAGE
+    from gateway.exitcodes import EX_NOINPUT, EX_USAGE
 
     url = make_url(config.database_url)
     if not url.drivername.startswith("sqlite"):

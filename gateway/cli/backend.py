@@ -6,12 +6,18 @@ import argparse
 import asyncio
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.cli import EX_CONFIG, EX_TEMPFAIL, UsageError
+from gateway.cli.base import UsageError
+from gateway.exitcodes import EX_CONFIG, EX_TEMPFAIL
+
+if TYPE_CHECKING:
+    from gateway.app import App
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("backend", help="the external service desk: check the mapping, deliver, poll, list")
     bsub = p.add_subparsers(dest="backend_command", metavar="ACTION", required=True)
     ck = bsub.add_parser("check", help="verify the credentials and every mapped id against the live desk "
@@ -36,9 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sh.set_defaults(func=show)
 
 
-def _app(config):  # type: ignore[no-untyped-def]
+def _app(config: Config) -> App | None:
     from gateway.backends import broker_settings
-    from gateway.cli import open_app
+    from gateway.cli.base import open_app
 
     app = open_app(config, upgrade=True)
     if broker_settings(app) is None:
@@ -47,14 +53,17 @@ def _app(config):  # type: ignore[no-untyped-def]
     return app
 
 
-def check(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def check(args: argparse.Namespace, config: Config) -> int:
     from gateway.backends import open_broker
     from gateway.backends.desk import DeskError
 
     app = _app(config)
     if app is None:
         return EX_CONFIG
-    s = app._backend_settings
+    from gateway.backends import broker_settings
+
+    s = broker_settings(app)
+    assert s is not None  # _app returned None otherwise
 
     async def go() -> list[Any]:
         async with open_broker(app) as b:
@@ -74,13 +83,13 @@ def check(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-d
         print(f"note    local statuses with no remote status (not pushed): {', '.join(missing_local)}")
     print(f"{'ok     ' if s.webhook_secret_file else 'note   '} webhooks: "
           + (f"POST /api/v1/backends/{s.name}/webhook, signed" if s.webhook_secret_file
-             else "off (no webhook_secret_file): polling every %d s" % s.poll_seconds))
+             else f"off (no webhook_secret_file): polling every {int(s.poll_seconds)} s"))
     bad = [li for li in lines if not li.ok]
     print(f"{len(bad)} missing" if bad else "everything mapped is there")
     return EX_CONFIG if bad else 0
 
 
-def flush(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def flush(args: argparse.Namespace, config: Config) -> int:
     from gateway.backends import open_broker
 
     app = _app(config)
@@ -101,7 +110,7 @@ def flush(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-d
     return EX_TEMPFAIL if c.deferred else 0
 
 
-def poll(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def poll(args: argparse.Namespace, config: Config) -> int:
     from gateway.backends import open_broker
     from gateway.backends.desk import DeskError
 
@@ -130,7 +139,7 @@ def _row(r: Any, numbers: dict[int, int]) -> dict[str, Any]:
             "result": r.result, "last_error": r.last_error}
 
 
-def list_pushes(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def list_pushes(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy import select
 
     from gateway.backends.store import QUEUE_STATUSES, BackendPush
@@ -160,9 +169,9 @@ def list_pushes(args: argparse.Namespace, config) -> int:  # type: ignore[no-unt
     return 0
 
 
-def retry(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def retry(args: argparse.Namespace, config: Config) -> int:
     from gateway.backends.queue import retry as do_retry
-    from gateway.cli import EX_DATAERR
+    from gateway.exitcodes import EX_DATAERR
 
     app = _app(config)
     if app is None:
@@ -178,11 +187,11 @@ def retry(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-d
     return rc
 
 
-def show(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def show(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy import select
 
     from gateway.backends.store import BackendLink, BackendPush
-    from gateway.cli import EX_DATAERR
+    from gateway.exitcodes import EX_DATAERR
     from gateway.models import Ticket
     from gateway.views import iso
 
@@ -195,10 +204,11 @@ def show(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-de
         if t is None or link is None:
             print(f"ticket-gateway: ticket #{args.number} is not brokered", file=sys.stderr)
             return EX_DATAERR
-        out = {"ticket": t.number, "backend": link.backend, "remote_key": link.remote_key, "ref": link.ref,
-               "remote_status": link.remote_status, "status_note": link.status_note, "read_at": iso(link.read_at),
-               "pushes": [_row(r, {t.id: t.number}) for r in s.scalars(
-                   select(BackendPush).where(BackendPush.ticket_id == t.id).order_by(BackendPush.id))]}
+        out: dict[str, Any] = {
+            "ticket": t.number, "backend": link.backend, "remote_key": link.remote_key, "ref": link.ref,
+            "remote_status": link.remote_status, "status_note": link.status_note, "read_at": iso(link.read_at),
+            "pushes": [_row(r, {t.id: t.number}) for r in s.scalars(
+                select(BackendPush).where(BackendPush.ticket_id == t.id).order_by(BackendPush.id))]}
     if args.json:
         print(json.dumps(out, indent=1))
         return 0

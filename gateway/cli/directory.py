@@ -6,12 +6,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from gateway.cli import UsageError
+from gateway.cli.base import UsageError
+
+if TYPE_CHECKING:
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     u = sub.add_parser("users", help="contacts: customers and staff")
     usub = u.add_subparsers(dest="users_command", metavar="ACTION", required=True)
     add = usub.add_parser("add", help="add or update a contact")
@@ -56,8 +61,8 @@ def _all(app: Any, op: Callable[..., Any], **kw: Any) -> list[dict[str, Any]]:
             return rows
 
 
-def add_user(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def add_user(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.directory import save_user
 
     if args.email.count("@") != 1 or any(c.isspace() for c in args.email):
@@ -72,8 +77,8 @@ def add_user(args: argparse.Namespace, config) -> int:  # type: ignore[no-untype
     return 0
 
 
-def list_users(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def list_users(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.directory import list_users as list_op
 
     app = open_app(config, upgrade=True)
@@ -95,8 +100,8 @@ def list_users(args: argparse.Namespace, config) -> int:  # type: ignore[no-unty
     return 0
 
 
-def show_user(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def show_user(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.directory import get_user
 
     app = open_app(config, upgrade=True)
@@ -107,8 +112,8 @@ def show_user(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
     return 0
 
 
-def remove_user(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def remove_user(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.directory import remove_user as remove_op
 
     app = open_app(config, upgrade=True)
@@ -120,8 +125,8 @@ def remove_user(args: argparse.Namespace, config) -> int:  # type: ignore[no-unt
     return 0
 
 
-def add_org(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def add_org(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.directory import save_org
 
     app = open_app(config, upgrade=True)
@@ -133,8 +138,8 @@ def add_org(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped
     return 0
 
 
-def list_orgs(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def list_orgs(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.directory import list_orgs as list_op
 
     app = open_app(config, upgrade=True)
@@ -154,8 +159,8 @@ def list_orgs(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
     return 0
 
 
-def remove_org(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def remove_org(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.directory import remove_org as remove_op
 
     app = open_app(config, upgrade=True)

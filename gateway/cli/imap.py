@@ -11,11 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from gateway.cli import EX_CONFIG, EX_OK, EX_TEMPFAIL, UsageError
+from gateway.cli.base import UsageError
+from gateway.exitcodes import EX_CONFIG, EX_OK, EX_TEMPFAIL
+
+if TYPE_CHECKING:
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("imap", help="IMAP mailboxes ([[imap]] accounts)")
     psub = p.add_subparsers(dest="imap_command", metavar="ACTION", required=True)
     poll = psub.add_parser("poll", help="fetch every message from the accounts once, then exit")
@@ -25,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     poll.set_defaults(func=run_poll)
 
 
-def run_poll(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def run_poll(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.config import ConfigError
     from gateway.db import is_unavailable
     from gateway.imap import ImapPoller, accounts

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Iterator, TypeVar
 
-from gateway.cli import EX_DATAERR, EX_NOINPUT, EX_NOUSER, EX_OK, EX_TEMPFAIL, UsageError
+from gateway.cli.base import UsageError
+from gateway.exitcodes import EX_DATAERR, EX_NOINPUT, EX_NOUSER, EX_OK, EX_TEMPFAIL
 
 T = TypeVar("T")
 
@@ -120,7 +121,7 @@ def _chunks(items: Iterator[T], n: int) -> Iterator[list[T]]:
 
 
 def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+    from gateway.cli.base import open_app
     from gateway.db import StoreUnavailable
     from gateway.intake import Envelope
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING, Any
 
-from gateway.cli import UsageError
+from gateway.cli.base import UsageError
+
+if TYPE_CHECKING:
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("mail", help="inbound mail: list, show with decision trace, replay quarantined")
     msub = p.add_subparsers(dest="mail_command", metavar="ACTION", required=True)
     ls = msub.add_parser("list", help="every inbound mail, newest first")
@@ -28,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rp.set_defaults(func=replay_mail)
 
 
-def list_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def list_mail(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.models import MAIL_OUTCOMES
     from gateway.ops.mail import list_mail as list_op
     from gateway.ops.pages import MAX_LIMIT
@@ -37,7 +42,7 @@ def list_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
     if args.status and args.status not in MAIL_OUTCOMES:
         raise UsageError(f"--status must be one of {', '.join(MAIL_OUTCOMES)}")
     app = open_app(config, upgrade=True)
-    rows: list[dict] = []  # type: ignore[type-arg]
+    rows: list[dict[str, Any]] = []
     cursor = None
     try:
         while True:  # pages of the shared operation, up to --limit (0: all)
@@ -66,8 +71,8 @@ def list_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
     return 0
 
 
-def show_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def show_mail(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.mail import get_mail, raw_mail
 
     app = open_app(config, upgrade=True)
@@ -105,9 +110,10 @@ def show_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyp
     return 0
 
 
-def replay_mail(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL, open_app
+def replay_mail(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.db import StoreUnavailable
+    from gateway.exitcodes import EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL
     from gateway.ops.errors import NotFound as NotFoundOp
     from gateway.ops.errors import OpError
     from gateway.ops.mail import replay_mail as replay_op

@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING, Any
 
-from gateway.cli import EX_TEMPFAIL, UsageError
+from gateway.cli.base import UsageError
+from gateway.exitcodes import EX_TEMPFAIL
+
+if TYPE_CHECKING:
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("outbox", help="outgoing mail: list, retry a failed one, deliver everything due now")
     osub = p.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
     ls = osub.add_parser("list", help="outgoing mail, newest first")
@@ -26,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     fl.set_defaults(func=flush_outbox)
 
 
-def list_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def list_outbox(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.models import OUTBOX_STATUSES
     from gateway.ops.outbox import list_outbox as list_op
     from gateway.ops.pages import MAX_LIMIT
@@ -35,7 +41,7 @@ def list_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-unt
     if args.status and args.status not in OUTBOX_STATUSES:
         raise UsageError(f"--status must be one of {', '.join(OUTBOX_STATUSES)}")
     app = open_app(config, upgrade=True)
-    out: list[dict] = []  # type: ignore[type-arg]
+    out: list[dict[str, Any]] = []
     cursor = None
     try:
         while True:  # pages of the shared operation, up to --limit (0: all)
@@ -57,15 +63,17 @@ def list_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-unt
     from gateway.cli.table import print_table
 
     print_table(("id", "status", "tries", "when", "ticket", "event", "to", "subject", "error"),
-                ((r["id"], r["status"], r["attempts"], (r["sent_at"] or r["next_attempt_at"] or r["created_at"] or "")[:19],
+                ((r["id"], r["status"], r["attempts"],
+                  (r["sent_at"] or r["next_attempt_at"] or r["created_at"] or "")[:19],
                   f"#{r['ticket']}" if r["ticket"] else None, r["event"], r["recipient"], r["subject"],
                   r["last_error"] if r["status"] != "sent" else None) for r in out),
                 caps={"to": 40, "subject": 50, "error": 100})
     return 0
 
 
-def retry_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import EX_DATAERR, EX_NOINPUT, open_app
+def retry_outbox(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
+    from gateway.exitcodes import EX_DATAERR, EX_NOINPUT
     from gateway.ops.errors import NotFound as NotFoundOp
     from gateway.ops.errors import OpError
     from gateway.ops.outbox import retry_outbox as retry_op
@@ -85,8 +93,8 @@ def retry_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-un
     return rc
 
 
-def flush_outbox(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def flush_outbox(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.outbound.sender import flush
 
     app = open_app(config, upgrade=True)

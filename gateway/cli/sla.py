@@ -5,9 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from gateway.cli import UsageError
+from gateway.cli.base import UsageError
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from gateway.app import App
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
+    from gateway.sla.sweep import SweepResult
 
 
 def parse_instant(text: str, what: str = "--now") -> datetime:
@@ -16,10 +25,10 @@ def parse_instant(text: str, what: str = "--now") -> datetime:
         dt = datetime.fromisoformat(text.strip())
     except ValueError:
         raise UsageError(f"{what}: not an ISO-8601 time: {text!r} (e.g. 2026-11-02T09:30:00Z)") from None
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("sla", help="SLA policies, the escalation sweep and the at-risk report")
     ssub = p.add_subparsers(dest="sla_command", metavar="ACTION", required=True)
 
@@ -73,8 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rep.set_defaults(func=report_cmd)
 
 
-def policies_add(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def policies_add(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.sla import put_policy
 
     holidays = [h for h in (args.holidays or "").split(",") if h.strip()]
@@ -97,13 +106,13 @@ def policies_add(args: argparse.Namespace, config) -> int:  # type: ignore[no-un
     return 0
 
 
-def policies_list(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def policies_list(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.pages import MAX_LIMIT
     from gateway.ops.sla import list_policies
 
     app = open_app(config, upgrade=True)
-    rows: list[dict] = []  # type: ignore[type-arg]
+    rows: list[dict[str, Any]] = []
     cursor = None
     try:
         while True:
@@ -133,8 +142,8 @@ def policies_list(args: argparse.Namespace, config) -> int:  # type: ignore[no-u
     return 0
 
 
-def policies_show(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def policies_show(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.sla import get_policy
 
     app = open_app(config, upgrade=True)
@@ -145,8 +154,8 @@ def policies_show(args: argparse.Namespace, config) -> int:  # type: ignore[no-u
     return 0
 
 
-def policies_remove(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def policies_remove(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.sla import remove_policy
 
     app = open_app(config, upgrade=True)
@@ -162,16 +171,16 @@ def policies_remove(args: argparse.Namespace, config) -> int:  # type: ignore[no
 FUTURE_SLACK_SECONDS = 60
 
 
-def tick_cmd(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def tick_cmd(args: argparse.Namespace, config: Config) -> int:
     from datetime import timedelta
 
-    from gateway.cli import open_app
+    from gateway.cli.base import open_app
     from gateway.sla.sweep import sweep
 
     if args.dry_run and args.apply:
         raise UsageError("--dry-run and --apply contradict each other")
     now = parse_instant(args.now) if args.now else None
-    future = now is not None and now > datetime.now(timezone.utc) + timedelta(seconds=FUTURE_SLACK_SECONDS)
+    future = now is not None and now > datetime.now(UTC) + timedelta(seconds=FUTURE_SLACK_SECONDS)
     dry = args.dry_run or (future and not args.apply)
     app = open_app(config, upgrade=True)
     try:
@@ -203,7 +212,7 @@ def tick_cmd(args: argparse.Namespace, config) -> int:  # type: ignore[no-untype
     return 0
 
 
-def _dry_sweep(app, now):  # type: ignore[no-untyped-def]
+def _dry_sweep(app: App, now: datetime | None) -> SweepResult:
     """The real sweep, every page of it inside one outer transaction that is rolled back at the end: the
     same decisions, nothing kept (no ticket changed, no escalation claimed, no mail queued)."""
     from gateway.sla.sweep import sweep
@@ -217,8 +226,8 @@ def _dry_sweep(app, now):  # type: ignore[no-untyped-def]
             outer.rollback()
 
 
-def report_cmd(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def report_cmd(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.sla.report import report
 
     app = open_app(config, upgrade=True)

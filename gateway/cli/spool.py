@@ -11,14 +11,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.cli import EX_OK, EX_TEMPFAIL
+from gateway.exitcodes import EX_OK, EX_TEMPFAIL
+
+if TYPE_CHECKING:
+    from gateway.app import App
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
+    from gateway.envelope import Envelope
 
 BATCH = 200
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     d = sub.add_parser("deliver", help="MTA pipe: spool one mail from stdin durably (fast), exit 0",
                        add_help=False)
     d.add_argument("rest", nargs=argparse.REMAINDER)
@@ -32,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.set_defaults(func=run_list)
 
 
-def run_deliver(args: argparse.Namespace, config: Any) -> int:
+def run_deliver(args: argparse.Namespace, config: Config) -> int:
     """Reached only through the full parser (e.g. `--verbose deliver`); `entry` normally takes the fast path."""
     from gateway.deliver import main
 
@@ -42,11 +48,11 @@ def run_deliver(args: argparse.Namespace, config: Any) -> int:
     return main(argv)
 
 
-def _spooled(app: Any, files: list[Path]) -> list[tuple[bytes, Any]]:
+def _spooled(app: App, files: list[Path]) -> list[tuple[bytes, Envelope]]:
     """(raw, Envelope) of each file, sender authentication checked on arrival as for the other live sources
     (DNS work: before the write transaction opens, never under the write lock)."""
     from gateway import spool
-    from gateway.intake import Envelope
+    from gateway.envelope import Envelope
 
     out = []
     for f in files:
@@ -64,7 +70,7 @@ def _spooled(app: Any, files: list[Path]) -> list[tuple[bytes, Any]]:
     return out
 
 
-def drain_once(app: Any, where: Path, batch_size: int = BATCH) -> int:
+def drain_once(app: App, where: Path, batch_size: int = BATCH) -> int:
     """Store the spooled mails that are there now (the caller holds the drain lock); returns how many."""
     from gateway import spool
 
@@ -85,9 +91,9 @@ def drain_once(app: Any, where: Path, batch_size: int = BATCH) -> int:
         done += len(files)
 
 
-def run_drain(args: argparse.Namespace, config: Any) -> int:
+def run_drain(args: argparse.Namespace, config: Config) -> int:
     from gateway import spool
-    from gateway.cli import open_app
+    from gateway.cli.base import open_app
     from gateway.db import StoreUnavailable
 
     where = spool.spool_dir(config.data_dir)
@@ -113,11 +119,11 @@ def run_drain(args: argparse.Namespace, config: Any) -> int:
     return EX_OK
 
 
-def run_list(args: argparse.Namespace, config: Any) -> int:
+def run_list(args: argparse.Namespace, config: Config) -> int:
     from gateway import spool
 
     where = spool.spool_dir(config.data_dir)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for f in spool.pending(where, 10_000):
         try:
             raw, env = spool.read(f)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING, Any, TextIO
 
-from gateway.cli import UsageError
+from gateway.cli.base import UsageError, parse_instant
+
+if TYPE_CHECKING:
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("tickets", help="list, show, open, change and comment on tickets")
     tsub = p.add_subparsers(dest="tickets_command", metavar="ACTION", required=True)
     ls = tsub.add_parser("list", help="list tickets: due pending reminders first, then newest first")
@@ -86,20 +91,20 @@ def badge(state: str, colour: bool) -> str:
     return f"\x1b[{code}m{cell}\x1b[0m" if colour and code and text else cell
 
 
-def use_colour(stream) -> bool:  # type: ignore[no-untyped-def]
+def use_colour(stream: TextIO) -> bool:
     import os
 
     return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR") \
         and os.environ.get("TERM") != "dumb"
 
 
-def list_tickets(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def list_tickets(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.pages import MAX_LIMIT
     from gateway.ops.tickets import list_tickets as list_op
 
     app = open_app(config, upgrade=True)
-    rows: list[dict] = []  # type: ignore[type-arg]
+    rows: list[dict[str, Any]] = []
     cursor = None
     try:
         while True:  # pages of the shared operation, up to --limit (0: all)
@@ -132,8 +137,8 @@ def list_tickets(args: argparse.Namespace, config) -> int:  # type: ignore[no-un
     return 0
 
 
-def create_ticket(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def create_ticket(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.tickets import create_ticket as create_op
 
     description = sys.stdin.read() if args.description == "-" else args.description
@@ -153,11 +158,9 @@ def create_ticket(args: argparse.Namespace, config) -> int:  # type: ignore[no-u
     return 0
 
 
-def set_ticket(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
-    from gateway.ops.tickets import change_ticket
-
-    fields: dict = {}  # type: ignore[type-arg]
+def _field_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The ticket fields `tickets set` was asked to change."""
+    fields: dict[str, Any] = {}
     for name in ("status", "priority", "type"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
@@ -171,14 +174,20 @@ def set_ticket(args: argparse.Namespace, config) -> int:  # type: ignore[no-unty
         if args.remind_at.lower() in ("", "none"):
             fields["remind_at"] = None
         else:
-            from gateway.cli.sla import parse_instant
-
             fields["remind_at"] = parse_instant(args.remind_at, "--remind-at")
             fields.setdefault("status", "pending")
             if fields["status"] != "pending":
                 raise UsageError("--remind-at goes with --status pending")
     if not fields:
         raise UsageError("nothing to change (see tickets set --help)")
+    return fields
+
+
+def set_ticket(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
+    from gateway.ops.tickets import change_ticket
+
+    fields = _field_changes(args)
     app = open_app(config, upgrade=True)
     try:
         result = change_ticket(app, args.number, fields, by=args.by)
@@ -199,8 +208,8 @@ def set_ticket(args: argparse.Namespace, config) -> int:  # type: ignore[no-unty
     return 0
 
 
-def show_ticket(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def show_ticket(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.tickets import get_ticket
 
     app = open_app(config, upgrade=True)
@@ -245,11 +254,11 @@ def show_ticket(args: argparse.Namespace, config) -> int:  # type: ignore[no-unt
     return 0
 
 
-def comment_ticket(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def comment_ticket(args: argparse.Namespace, config: Config) -> int:
     import mimetypes
     from pathlib import Path
 
-    from gateway.cli import open_app
+    from gateway.cli.base import open_app
     from gateway.ops.tickets import add_comment
 
     if (args.body is None) == (args.file is None) and not (args.attach and args.body is None and args.file is None):
@@ -285,10 +294,10 @@ def comment_ticket(args: argparse.Namespace, config) -> int:  # type: ignore[no-
     return 0
 
 
-def save_attachment(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
+def save_attachment(args: argparse.Namespace, config: Config) -> int:
     from pathlib import Path
 
-    from gateway.cli import open_app
+    from gateway.cli.base import open_app
     from gateway.ops.tickets import get_attachment
 
     app = open_app(config, upgrade=True)
@@ -309,7 +318,7 @@ def save_attachment(args: argparse.Namespace, config) -> int:  # type: ignore[no
     return 0
 
 
-def sla_lines(sla: dict) -> list[str]:  # type: ignore[type-arg]
+def sla_lines(sla: dict[str, Any]) -> list[str]:
     """The SLA state of `tickets show`: the policy, its deadlines and where the ticket stands."""
     out = []
     if sla.get("policy"):

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.cli.base import Subparsers
+    from gateway.config import Config
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("tokens", help="HTTP API tokens: create (the secret is shown once), list, revoke")
     tsub = p.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
     cr = tsub.add_parser("create", help="create a token and print its secret (once: it is stored hashed)")
@@ -24,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rv.set_defaults(func=revoke)
 
 
-def create(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def create(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.tokens import create_token
 
     app = open_app(config, upgrade=True)
@@ -42,13 +47,13 @@ def create(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-
     return 0
 
 
-def list_tokens(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def list_tokens(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.pages import MAX_LIMIT
     from gateway.ops.tokens import list_tokens as list_op
 
     app = open_app(config, upgrade=True)
-    rows: list[dict] = []  # type: ignore[type-arg]
+    rows: list[dict[str, Any]] = []
     cursor = None
     try:
         while True:
@@ -72,8 +77,8 @@ def list_tokens(args: argparse.Namespace, config) -> int:  # type: ignore[no-unt
     return 0
 
 
-def revoke(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def]
-    from gateway.cli import open_app
+def revoke(args: argparse.Namespace, config: Config) -> int:
+    from gateway.cli.base import open_app
     from gateway.ops.tokens import revoke_token
 
     app = open_app(config, upgrade=True)

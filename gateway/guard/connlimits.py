@@ -8,8 +8,9 @@ Pure: the counts are arguments. gateway.smtp.SessionRegistry keeps the counts an
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 TOO_MANY_FROM_YOU = "421 4.7.0 Too many connections from your address, please try again later"
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.config import Config
 
 log = logging.getLogger("gateway.diskspace")
 
@@ -43,10 +47,9 @@ class DiskGuard:
         self._was_low = False
 
     @classmethod
-    def for_config(cls, config: object, probe: Probe = free_bytes) -> DiskGuard:
-        limits = config.values["limits"]  # type: ignore[attr-defined]
-        return cls(config.data_dir, needed(limits["max_message_size"], limits["free_space_factor"]),  # type: ignore[attr-defined]
-                   probe)
+    def for_config(cls, config: Config, probe: Probe = free_bytes) -> DiskGuard:
+        limits = config.values["limits"]
+        return cls(config.data_dir, needed(limits["max_message_size"], limits["free_space_factor"]), probe)
 
     def low(self) -> bool:
         """True while the free space is below the need (logged once when it starts and once when it ends)."""

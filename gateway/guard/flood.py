@@ -8,9 +8,9 @@ from the mail's arrival time, never from a clock read here, so a replay later de
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Iterable
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session

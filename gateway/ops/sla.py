@@ -28,7 +28,7 @@ POLICY_FIELDS: dict[str, Any] = {
 
 
 def policy_view(row: SlaPolicyRow) -> dict[str, Any]:
-    from gateway.sla.store import calendar_text
+    from gateway.sla_definitions import calendar_text
 
     return {"name": row.name, "position": row.position, "active": row.active,
             "response_minutes": row.response_minutes, "resolution_minutes": row.resolution_minutes,
@@ -51,7 +51,7 @@ def _store(s: Session, app: App) -> PolicyStore:
 
 def policy_values(name: str, body: dict[str, Any]) -> dict[str, Any]:
     """The row values of a policy definition (API body or CLI options); raises Invalid naming the field."""
-    from gateway.sla.store import PolicyError, validate_values
+    from gateway.sla_definitions import PolicyError, validate_values
 
     unknown = sorted(set(body) - set(POLICY_FIELDS) - {"position", "name"})
     if unknown:
@@ -97,7 +97,7 @@ def put_policy(app: App, name: str, body: dict[str, Any], *, replace: bool = Tru
     position: where it goes (1: tried first); left out: an existing policy keeps its place, a new one goes
     last. replace=False (the CLI's `add` without --replace): an existing policy is a conflict. Returns
     (policy, created, changed); nothing is written when nothing would change."""
-    from gateway.sla.store import PolicyError
+    from gateway.sla_definitions import PolicyError
 
     values = policy_values(name, body)
     position = body.get("position")

@@ -7,8 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, cast, exists, func, literal, or_, select, true
 from sqlalchemy.dialects.postgresql import JSONB
@@ -74,7 +75,7 @@ def _view(s: Session, t: Ticket, now: datetime, *, full: bool = False) -> dict[s
     else comments and attachments are separate, paginated lists."""
     from gateway.sla.state import session_ticket_state
 
-    d = ticket_dict(s, t, full=full, now=now, sla_state=session_ticket_state(s, t, now))
+    d = ticket_dict(s, t, full=full, sla_state=session_ticket_state(s, t, now))
     if not full:
         d["description_html"] = t.description_html
         d["links"] = [{"kind": k, "number": n} for k, n in Tickets(s, clock=lambda: now).links(t)[:200]]
@@ -144,7 +145,7 @@ def list_tickets(app: App, *, status: str | None = None, priority: str | None = 
         except ValueError:
             raise Invalid("cursor: not one this server gave", field="cursor") from None
         if now.tzinfo is None:
-            now = now.replace(tzinfo=timezone.utc)
+            now = now.replace(tzinfo=UTC)
     phase = pages.str_key(c, "p") if c is not None else "r"
     with_reminders = status in (None, "", "pending")
     due = and_(Ticket.status == "pending", Ticket.remind_at.isnot(None), Ticket.remind_at <= now)
@@ -180,7 +181,7 @@ def list_tickets(app: App, *, status: str | None = None, priority: str | None = 
         if nxt is None and len(found) == limit and found and found[-1][1]:
             nxt = {"p": "n"}  # the reminders filled the page: the rest starts from the newest
         items = _list_views(s, app, [t for t, _ in found], now)
-        for item, (_, reminder) in zip(items, found):
+        for item, (_, reminder) in zip(items, found, strict=True):
             item["sla"]["reminder_due"] = reminder
     if nxt is not None:
         nxt["now"] = now.isoformat()
@@ -193,8 +194,7 @@ def _list_views(s: Session, app: App, tickets: list[Ticket], now: datetime) -> l
     window = timedelta(minutes=app.config.get("sla", "at_risk_minutes"))
     clocks = {k.ticket_id: k for k in s.scalars(select(SlaClock).where(
         SlaClock.ticket_id.in_([t.id for t in tickets])))} if tickets else {}
-    return [ticket_dict(s, t, full=False, now=now, sla_state=ticket_state(t, clocks.get(t.id), now,
-                                                                           at_risk_within=window))
+    return [ticket_dict(s, t, full=False, sla_state=ticket_state(t, clocks.get(t.id), now, at_risk_within=window))
             for t in tickets]
 
 
@@ -367,7 +367,7 @@ def clean_content_type(value: str | None) -> str:
 
 
 def add_comment(app: App, number: int, *, body: str, internal: bool = False, author: str | None = None,
-                attachments: list[tuple[str, str, bytes]] = (), source: str = "api") -> dict[str, Any]:  # type: ignore[assignment]
+                attachments: Sequence[tuple[str, str, bytes]] = (), source: str = "api") -> dict[str, Any]:
     """A comment (public: mailed to the reporter and watchers like a staff reply; internal: to the staff
     concerned) with attachments (name, content type, bytes). author: a contact's email (default: the help
     desk itself, counted as staff)."""

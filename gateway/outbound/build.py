@@ -15,8 +15,9 @@ failed with the reason and goes on with the others.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -42,7 +43,7 @@ class Builder:
     """Builds claimed rows with caches shared by the rows of one delivery round (one ticket's 200 copies
     load the ticket, its thread and its watchers once)."""
 
-    def __init__(self, ob: "Outbound", session: Session) -> None:
+    def __init__(self, ob: Outbound, session: Session) -> None:
         self.ob = ob
         self.s = session
         self.tickets: dict[int, Ticket | None] = {}
@@ -148,16 +149,7 @@ class Builder:
         """(raw bytes, subject) of a claimed row; raises BuildError."""
         ob = self.ob
         p = dict(row.params or {})
-        ticket: Ticket | None = None
-        if row.ticket_id is not None:
-            ticket = self.tickets.get(row.ticket_id)
-        if ticket is None and ("ticket" in p or row.ticket_id is not None):
-            raise BuildError("cannot build the mail: its ticket no longer exists")
-        comment = None
-        if row.comment_id is not None:
-            comment = self.comments.get(row.comment_id)
-            if comment is None:
-                raise BuildError(f"cannot build the mail: comment {row.comment_id} no longer exists")
+        ticket, comment = self._subjects(row, p)
         if ticket is not None:
             tctx = {**self.ticket_ctx(ticket), **(p.get("ticket") or {})}
         else:
@@ -180,32 +172,8 @@ class Builder:
         subject = out.subject
         if ticket is not None and ob.tag(ticket).lower() not in subject.lower():
             subject = f"{ob.tag(ticket)} {subject}"
-        name = p.get("name") or ""
-        to: list[tuple[str, str]] = []
-        cc: list[tuple[str, str]] = []
-        if ticket is not None and p.get("cc"):
-            to_vis, cc_vis = self.visible(ticket, row.created_at)
-            to = list(to_vis)
-            shown = {x[1] for x in to}
-            cc = [c for c in cc_vis if c[1] not in shown]
-        if not to:
-            to, cc = [(name, row.recipient)], [c for c in cc if c[1] != row.recipient]
-        elif row.recipient not in {x[1] for x in to + cc}:
-            to = [(name, row.recipient)] + to
-        # threading as of the enqueue: the inbound thread then, this recipient's previous copy, the trigger
-        inbound: list[str] = []
-        own: str | None = None
-        if ticket is not None:
-            inbound = [m for m, at in self.inbound.get(ticket.id, []) if at is None or at <= row.created_at]
-            for oid, mid in self.history.get((ticket.id, row.recipient), []):
-                if oid >= row.id:
-                    break
-                own = mid
-        refs = compose.references_chain(inbound)
-        if own and own not in refs:
-            refs.append(own)
-        trigger = self.triggers.get(p["mail_id"]) if p.get("mail_id") is not None else None
-        irt = trigger or own or (inbound[-1] if inbound else None)
+        to, cc = self._recipients(row, ticket, p)
+        irt, refs = self._thread(row, ticket, p)
         when = row.created_at
         files, text = self._files(comment, out.text)
         try:
@@ -219,13 +187,61 @@ class Builder:
                               if ticket is not None else None)))
         except ValueError as e:
             raise BuildError(f"cannot build the mail: {e}") from e
-        # later rows of this round to the same recipient thread under this copy
-        if ticket is not None:
+        if ticket is not None:  # later rows of this round to the same recipient thread under this copy
             hist = self.history[(ticket.id, row.recipient)]
             if not any(oid == row.id for oid, _ in hist):
                 hist.append((row.id, row.message_id))
                 hist.sort()
         return raw, subject
+
+    def _subjects(self, row: OutboxMail, p: dict[str, Any]) -> tuple[Ticket | None, dict[str, Any] | None]:
+        """The row's ticket and comment (template context), loaded by `prepare`; BuildError when gone."""
+        ticket: Ticket | None = None
+        if row.ticket_id is not None:
+            ticket = self.tickets.get(row.ticket_id)
+        if ticket is None and ("ticket" in p or row.ticket_id is not None):
+            raise BuildError("cannot build the mail: its ticket no longer exists")
+        comment = None
+        if row.comment_id is not None:
+            comment = self.comments.get(row.comment_id)
+            if comment is None:
+                raise BuildError(f"cannot build the mail: comment {row.comment_id} no longer exists")
+        return ticket, comment
+
+    def _recipients(self, row: OutboxMail, ticket: Ticket | None, p: dict[str, Any]
+                    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(To, Cc) shown on this copy: the reporter and the watchers when the row asks for them, and always
+        the copy's own recipient."""
+        name = p.get("name") or ""
+        to: list[tuple[str, str]] = []
+        cc: list[tuple[str, str]] = []
+        if ticket is not None and p.get("cc"):
+            to_vis, cc_vis = self.visible(ticket, row.created_at)
+            to = list(to_vis)
+            shown = {x[1] for x in to}
+            cc = [c for c in cc_vis if c[1] not in shown]
+        if not to:
+            to, cc = [(name, row.recipient)], [c for c in cc if c[1] != row.recipient]
+        elif row.recipient not in {x[1] for x in to + cc}:
+            to = [(name, row.recipient)] + to
+        return to, cc
+
+    def _thread(self, row: OutboxMail, ticket: Ticket | None, p: dict[str, Any]) -> tuple[str | None, list[str]]:
+        """(In-Reply-To, References) as of the enqueue: the inbound thread then, this recipient's previous
+        copy, the mail that triggered this one."""
+        inbound: list[str] = []
+        own: str | None = None
+        if ticket is not None:
+            inbound = [m for m, at in self.inbound.get(ticket.id, []) if at is None or at <= row.created_at]
+            for oid, mid in self.history.get((ticket.id, row.recipient), []):
+                if oid >= row.id:
+                    break
+                own = mid
+        refs = compose.references_chain(inbound)
+        if own and own not in refs:
+            refs.append(own)
+        trigger = self.triggers.get(p["mail_id"]) if p.get("mail_id") is not None else None
+        return trigger or own or (inbound[-1] if inbound else None), refs
 
     def _files(self, comment: dict[str, Any] | None, text: str) -> tuple[list[tuple[str, str, bytes]], str]:
         """The comment's (non-inline) attachments for its notification, within ATTACHMENTS_MAX_BYTES; the

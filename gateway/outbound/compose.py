@@ -12,22 +12,23 @@ import base64
 import functools
 import hashlib
 import re
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from email.headerregistry import Address
+from datetime import UTC, datetime
+from email.headerregistry import Address, BaseHeader
 from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import format_datetime
 
+from gateway.ourmail import LOOP_HEADER
 from gateway.outbound.ratelimit import is_sendable_address
 from gateway.outbound.render import one_line
+
 
 class _Policy(EmailPolicy):
     """policy.SMTP, remembering how long headers were folded: the copies of one notification to a ticket
     with many watchers share their Cc header, and folding 200 addresses takes the stdlib ~20 ms each time."""
 
-    def fold_binary(self, name, value):  # type: ignore[no-untyped-def]
+    def fold_binary(self, name: str, value: str) -> bytes:
         if len(value) < 300:
             return super().fold_binary(name, value)
         key = (name, str(value), self.max_line_length)
@@ -42,7 +43,6 @@ class _Policy(EmailPolicy):
 _FOLDED: dict[tuple[str, str, int | None], bytes] = {}
 SMTP = _Policy(linesep="\r\n")
 
-LOOP_HEADER = "X-Ticket-Gateway-Loop"  # the same name gateway.autoreply.classify treats as a loop
 _MSGID_OK = re.compile(r"^[\x21-\x3b\x3d\x3f-\x7e]{1,250}$")  # printable ASCII without < > and space
 _MAX_REFERENCES = 20
 
@@ -67,21 +67,6 @@ class Outgoing:
     thread_topic: str | None = None
     thread_index: str | None = None
     attachments: list[tuple[str, str, bytes]] = field(default_factory=list)  # (filename, content type, bytes)
-
-
-def new_message_id(domain: str, ticket_number: int | None) -> str:
-    """`tg.<32 hex>.<ticket>@domain`: unique, on our domain, recognisable when it comes back (loops)."""
-    return f"tg.{uuid.uuid4().hex}.{ticket_number or 0}@{domain}"
-
-
-_OUR_MSGID = re.compile(r"^tg\.[0-9a-f]{32}\.\d+@(.+)$", re.I)
-
-
-def is_our_message_id(message_id: str | None, domain: str) -> bool:
-    if not message_id:
-        return False
-    m = _OUR_MSGID.match(message_id.strip().strip("<>"))
-    return m is not None and m.group(1).lower() == domain.lower()
 
 
 _ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?", re.ASCII)
@@ -118,7 +103,7 @@ def _address(name: str, addr: str) -> Address | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _address_header(name: str, pairs: tuple[tuple[str, str], ...]):  # type: ignore[no-untyped-def]
+def _address_header(name: str, pairs: tuple[tuple[str, str], ...]) -> BaseHeader | None:
     """The parsed header object for a list of addresses, built once: every copy of a notification to a
     ticket with many watchers shows the same Cc, and the stdlib's address parser is slow."""
     addrs = [a for a in (_address(n, x) for n, x in pairs) if a is not None]
@@ -148,7 +133,7 @@ def thread_index(root_time: datetime, root_key: str, now: datetime) -> str:
     """Outlook's Thread-Index: a 22-byte header block (FILETIME of the thread's start, a GUID for the thread)
     and one 5-byte child block for this message's offset from the start."""
     def filetime(dt: datetime) -> int:
-        return int((dt.astimezone(timezone.utc) - datetime(1601, 1, 1, tzinfo=timezone.utc)).total_seconds()
+        return int((dt.astimezone(UTC) - datetime(1601, 1, 1, tzinfo=UTC)).total_seconds()
                    * 10_000_000)
 
     root = filetime(root_time)
@@ -180,7 +165,7 @@ def build(m: Outgoing) -> bytes:
         if rt is not None:
             msg["Reply-To"] = rt
     msg["Subject"] = header_text(m.subject) or "(no subject)"
-    msg["Date"] = format_datetime(m.date.astimezone(timezone.utc))
+    msg["Date"] = format_datetime(m.date.astimezone(UTC))
     msg["Message-ID"] = f"<{m.message_id}>"
     refs = references_chain(m.references)
     irt = clean_ids([m.in_reply_to] if m.in_reply_to else [])

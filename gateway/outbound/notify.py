@@ -22,22 +22,27 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
-from gateway.models import table_of
+from gateway import ourmail
 from gateway.config import Config
 from gateway.db import drop_memo, is_unavailable, write_locked_memo
-from gateway.events import CommentAdded, MailIgnored, MailRejected, TicketChanged, TicketCreated
-from gateway.models import Contact, InboundMail, OutboxMail, Ticket, TicketMessageId
+from gateway.events import CommentAdded, Event, MailIgnored, MailRejected, TicketChanged, TicketCreated
 from gateway.guard import relay
-from gateway.outbound import ratelimit, tokens
+from gateway.models import Contact, InboundMail, OutboxMail, Ticket, TicketMessageId, table_of
+from gateway.outbound import ratelimit
 from gateway.outbound.render import Templates, fmt_time
 from gateway.tickets import message_ids_written
+
+if TYPE_CHECKING:
+    from gateway.clock import Clock
+    from gateway.host import AppHost
 
 log = logging.getLogger("gateway.outbound")
 
@@ -56,7 +61,7 @@ class Recipient:
 class Outbound:
     """Listener registered in app.listeners by gateway.outbound.install."""
 
-    def __init__(self, config: Config, clock: Any, templates: Templates, secret: bytes) -> None:
+    def __init__(self, config: Config, clock: Clock, templates: Templates, secret: bytes) -> None:
         self.config = config
         self.clock = clock
         self.templates = templates
@@ -70,13 +75,13 @@ class Outbound:
         if not config.is_gateway_address(base):
             base = self.bases[0]
         self.reply_base = base  # replies go to <local>+<token>@<domain> of a gateway address
-        self.domain = (ob["domain"] or self.from_addr.rpartition("@")[2]).lower()
+        self.domain = ourmail.our_domain(config)
         self.tag_prefix = config.gateway["subject_tag_prefix"]
         self.default_reporter = config.gateway["default_reporter"].lower()
         self.caps = ratelimit.Caps(n["max_per_ticket_10min"], n["max_per_recipient_day"])
 
     # Entry point ---------------------------------------------------------------------------------------
-    def __call__(self, session: Session, event: Any) -> None:
+    def __call__(self, session: Session, event: Event) -> None:
         if not self.relevant(event):
             return  # no savepoint, no round trip for events that can never send anything
         try:
@@ -98,10 +103,11 @@ class Outbound:
     def prefetch(self, session: Session, emails: list[str]) -> None:
         """For the next mails of a batch import (gateway.prefetch): the rate-cap counts of their senders, the
         recipients of their first notifications, in one query (kept where gateway.db.write_locked_memo can)."""
-        if (self.n["ticket_created"] or self.n["comment"]) and write_locked_memo(session, "sent-per-recipient") is not None:
+        notifies = self.n["ticket_created"] or self.n["comment"]
+        if notifies and write_locked_memo(session, "sent-per-recipient") is not None:
             self._sent_today(session, sorted({e.lower() for e in emails}), self.clock())
 
-    def relevant(self, event: Any) -> bool:
+    def relevant(self, event: Event) -> bool:
         """False when `dispatch` would certainly do nothing for this event (cheap, no queries)."""
         n = self.n
         if isinstance(event, TicketCreated):
@@ -119,7 +125,7 @@ class Outbound:
             return event.kind == "bounce"
         return False
 
-    def dispatch(self, session: Session, event: Any) -> None:
+    def dispatch(self, session: Session, event: Event) -> None:
         if isinstance(event, TicketCreated):
             self._ticket_created(session, event)
         elif isinstance(event, CommentAdded):
@@ -276,7 +282,7 @@ class Outbound:
         addrs = list(d.get("original_to") or []) + list((mail.envelope_to if mail else None) or [])
         row = None
         for a in addrs:
-            tok = tokens.token_of_address(a, self.bases)
+            tok = ourmail.token_of_address(a, self.bases)
             if tok:
                 row = s.scalar(select(OutboxMail).where(OutboxMail.token == tok).order_by(OutboxMail.id.desc())
                                .limit(1))
@@ -353,13 +359,13 @@ class Outbound:
     def _count_sent(s: Session, emails: list[str], since: datetime) -> dict[str, int]:
         if len(emails) == 1:  # the common case (the reporter): a plain statement, no IN list to expand
             return {emails[0]: s.connection().scalar(_SENT_TO_ONE, {"email": emails[0], "since": since}) or 0}
-        return dict(s.connection().execute(_SENT_PER_RECIPIENT, {"emails": emails, "since": since}).all())  # type: ignore[arg-type]
+        return dict(s.connection().execute(_SENT_PER_RECIPIENT, {"emails": emails, "since": since}).all())
 
     def _staff(self, s: Session) -> list[Contact]:
         """The staff contacts, by id (remembered for the transaction where gateway.db.write_locked_memo can)."""
         memo = write_locked_memo(s, "staff")
         if memo is not None and "all" in memo:
-            return memo["all"]  # type: ignore[no-any-return]
+            return memo["all"]
         staff = list(s.scalars(_STAFF))
         if memo is not None:
             memo["all"] = staff
@@ -398,10 +404,10 @@ class Outbound:
         rows: list[dict[str, Any]] = []
         ids: list[dict[str, Any]] = []
         for r in recipients:
-            tok = (tokens.make_token(self.secret, ticket_id=ticket.id, ticket_number=ticket.number,
+            tok = (ourmail.make_token(self.secret, ticket_id=ticket.id, ticket_number=ticket.number,
                                      recipient=r.email) if ticket is not None else None)
-            reply = tokens.token_address(self.reply_base, tok) if tok else None
-            mid = new_message_id(self.domain, ticket.number if ticket is not None else None)
+            reply = ourmail.token_address(self.reply_base, tok) if tok else None
+            mid = ourmail.new_message_id(self.domain, ticket.number if ticket is not None else None)
             why = suppressed.get(r.email)
             rows.append(dict(
                 created_at=now, ticket_id=ticket.id if ticket is not None else None, comment_id=comment_id,
@@ -462,12 +468,6 @@ _SENT_PER_RECIPIENT = (select(OutboxMail.recipient, func.count(OutboxMail.id))
                        .group_by(OutboxMail.recipient))
 
 
-def new_message_id(domain: str, ticket_number: int | None) -> str:
-    """`tg.<32 hex>.<ticket>@domain` (gateway.outbound.compose.new_message_id, without importing the email
-    package into the ingest path)."""
-    return f"tg.{uuid.uuid4().hex}.{ticket_number or 0}@{domain}"
-
-
 def _sanitize(html: str | None) -> str:
     if not html:
         return ""
@@ -482,3 +482,11 @@ def _empty_ticket() -> dict[str, Any]:
     return {"number": 0, "tag": "", "subject": "", "status": "", "priority": "", "type": "", "group": "",
             "reporter_name": "", "reporter_email": "", "description": "", "description_html": Markup(""),
             "created_at": ""}
+
+
+def notifier_of(app: AppHost) -> Outbound | None:
+    """The App's Outbound listener (None when outbound mail is disabled)."""
+    for listener in app.listeners:
+        if isinstance(listener, Outbound):
+            return listener
+    return None

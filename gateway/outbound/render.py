@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jinja2 import Environment, Template
 
 EVENTS: tuple[str, ...] = ("ticket_created", "staff_new_ticket", "comment", "internal_note", "status",
                            "assignment", "rejected")
@@ -59,12 +62,12 @@ class Templates:
                 raise TemplateError(f"notifications.template_dir: not a directory: {d}")
             self.dirs.append(d)
         self.dirs.append(builtin_dir())
-        self._env: Any = None
-        self._cache: dict[str, Any] = {}
+        self._env: Environment | None = None
+        self._cache: dict[str, Template] = {}
         self.checked = False  # the full sample render passed in this process
 
     @property
-    def env(self):  # type: ignore[no-untyped-def]
+    def env(self) -> Environment:
         if self._env is None:
             from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
@@ -74,7 +77,7 @@ class Templates:
                                     keep_trailing_newline=True, trim_blocks=False)
         return self._env
 
-    def _get(self, name: str):  # type: ignore[no-untyped-def]
+    def _get(self, name: str) -> Template:
         t = self._cache.get(name)
         if t is None:
             t = self._cache[name] = self.env.get_template(name)
@@ -108,7 +111,7 @@ class Templates:
             out.append(self._get(name).render(**context))
         return Rendered(subject=one_line(out[0]), text=out[1], html=out[2])
 
-    def check(self, extra: "list[tuple[str, dict[str, Any]]] | None" = None) -> None:
+    def check(self, extra: list[tuple[str, dict[str, Any]]] | None = None) -> None:
         """Render every event (and the `extra` (event, sample context) pairs, e.g. the SLA mails) with sample
         data: a missing file or variable raises TemplateError now."""
         for event, ctx in [(e, sample_context(e)) for e in EVENTS] + list(extra or []):
@@ -137,7 +140,7 @@ def describe_error(e: BaseException, event: str) -> str:
 def fmt_time(dt: datetime | None) -> str:
     if dt is None:
         return ""
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def context(*, event: str, ticket: dict[str, Any], recipient: dict[str, Any], gateway: dict[str, str],

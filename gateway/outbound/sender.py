@@ -20,30 +20,31 @@ import mailbox
 import smtplib
 import ssl
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import and_, bindparam, or_, select, update
 
-from gateway.models import table_of
+from gateway import backoff as _backoff
 from gateway.db import is_unavailable, transaction
-from gateway.models import OutboxMail
+from gateway.models import OutboxMail, table_of
 
 if TYPE_CHECKING:
-    from gateway.app import App
-
-from gateway.sla_policy import next_backoff
+    from gateway.host import AppHost
+    from gateway.outbound.notify import Outbound
 
 log = logging.getLogger("gateway.outbound.sender")
 
+Result = tuple[int, str, str | None]  # (outbox id, sent | retry | failed, error)
 
 
 def backoff(attempt: int, base_seconds: float, cap_seconds: float) -> timedelta:
-    """Delay after `attempt` failed tries: base * 2**(attempt-1), at most cap (the shared pure policy)."""
-    return next_backoff(max(1, attempt), base_seconds=base_seconds, factor=2,
-                        cap_seconds=max(cap_seconds, base_seconds))
+    """Delay after `attempt` failed tries: base * 2**(attempt-1), at most cap (gateway.backoff)."""
+    return _backoff.delay(max(1, attempt), base_seconds=base_seconds, factor=2,
+                          cap_seconds=max(cap_seconds, base_seconds))
 
 
 class Temporary(Exception):
@@ -69,7 +70,7 @@ class Counts:
     def as_dict(self) -> dict[str, Any]:
         return {"claimed": self.claimed, "sent": self.sent, "deferred": self.deferred, "failed": self.failed}
 
-    def add(self, other: "Counts") -> None:
+    def add(self, other: Counts) -> None:
         self.claimed += other.claimed
         self.sent += other.sent
         self.deferred += other.deferred
@@ -78,6 +79,14 @@ class Counts:
 
 
 # Transports -----------------------------------------------------------------------------------------------
+class Transport(Protocol):
+    """Sends one mail; raises Permanent, Temporary or TransportDown (or OSError: retried later)."""
+
+    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> str | None: ...
+
+    def close(self) -> None: ...
+
+
 class MaildirTransport:
     """The embedded default: every mail lands in <data_dir>/outbox-maildir/new, envelope noted on top."""
 
@@ -93,22 +102,18 @@ class MaildirTransport:
         pass
 
 
-class _Answered:
+class _SMTP(smtplib.SMTP):
     """smtplib keeps no reply of a successful sendmail: remember the answer to DATA (the relay's queue id)."""
 
     data_reply: tuple[int, bytes] = (0, b"")
 
     def data(self, msg: Any) -> tuple[int, bytes]:
-        reply: tuple[int, bytes] = super().data(msg)  # type: ignore[misc]
+        reply = super().data(msg)
         self.data_reply = reply
         return reply
 
 
-class _SMTP(_Answered, smtplib.SMTP):
-    pass
-
-
-class _SMTP_SSL(_Answered, smtplib.SMTP_SSL):
+class _SMTP_SSL(_SMTP, smtplib.SMTP_SSL):  # MRO: _SMTP, SMTP_SSL, SMTP
     pass
 
 
@@ -189,20 +194,20 @@ class SMTPTransport:
             self._drop()
 
 
-def _text(msg: Any) -> str:
+def _text(msg: bytes | str) -> str:
     if isinstance(msg, bytes):
         msg = msg.decode("utf-8", "replace")
     return " ".join(str(msg).split())[:500]
 
 
-def _raise_for(code: int, msg: Any, what: str) -> None:
+def _raise_for(code: int, msg: bytes | str, what: str) -> None:
     text = f"{what}: {code} {_text(msg)}"
     if 500 <= int(code) < 600:
         raise Permanent(text)
     raise Temporary(text)
 
 
-def make_transport(app: "App") -> Any:
+def make_transport(app: AppHost) -> Transport:
     cfg = app.config.outbound
     if not cfg["relay_host"]:
         return MaildirTransport(app.config.data_dir / "outbox-maildir")
@@ -210,7 +215,7 @@ def make_transport(app: "App") -> Any:
 
 
 # The delivery round ----------------------------------------------------------------------------------------
-def claim(app: "App", now: datetime, limit: int) -> tuple[str, list[int]]:
+def claim(app: AppHost, now: datetime, limit: int) -> tuple[str, list[int]]:
     token = uuid.uuid4().hex
     lease = timedelta(seconds=app.config.outbound["lease_seconds"])
     free = or_(OutboxMail.claimed_until.is_(None), OutboxMail.claimed_until <= now)
@@ -230,35 +235,29 @@ def claim(app: "App", now: datetime, limit: int) -> tuple[str, list[int]]:
     return token, got
 
 
-def _outbound(app: "App") -> Any:
-    """The App's Outbound listener (or one made for building when outbound.enabled was turned off after the
-    rows were queued)."""
-    from gateway.outbound import notifier_of, reply_secret
-    from gateway.outbound.notify import Outbound
+def _outbound(app: AppHost) -> Outbound:
+    """The App's Outbound listener, or one made for building when outbound.enabled was turned off after the
+    rows were queued."""
+    from gateway.ourmail import reply_secret
+    from gateway.outbound.notify import Outbound, notifier_of
     from gateway.outbound.render import Templates
 
     ob = notifier_of(app)
     if ob is None:
-        ob = getattr(app, "_outbox_builder", None)
-        if ob is None:
-            ob = Outbound(app.config, app.clock, Templates(app.config.notifications["template_dir"] or None),
-                          reply_secret(app.config))
-            try:
-                app._outbox_builder = ob  # type: ignore[attr-defined]
-            except AttributeError:
-                pass
+        ob = Outbound(app.config, app.clock, Templates(app.config.notifications["template_dir"] or None),
+                      reply_secret(app.config))
     return ob
 
 
-def build_claimed(app: "App", token: str, ids: list[int]) -> tuple[dict[int, tuple[str, str, bytes]],
-                                                                   list[tuple[int, str, str | None]]]:
-    """The bytes of claimed rows: stored ones as they are; the others rendered and built now and stored on
-    the row (only while the claim is ours) before anything is sent. Returns ({id: (envelope_from,
-    recipient, raw)}, failures as (id, "failed", reason))."""
-    from gateway.outbound.build import BuildError, Builder
+def build_claimed(app: AppHost, token: str, ids: list[int], notifier: Outbound | None = None
+                  ) -> tuple[dict[int, tuple[str, str, bytes]], list[Result]]:
+    """The bytes of claimed rows: stored ones as they are; the others rendered and built now (by `notifier`,
+    default: the App's) and stored on the row (only while the claim is ours) before anything is sent.
+    Returns ({id: (envelope_from, recipient, raw)}, failures as (id, "failed", reason))."""
+    from gateway.outbound.build import Builder, BuildError
 
     ready: dict[int, tuple[str, str, bytes]] = {}
-    failed: list[tuple[int, str, str | None]] = []
+    failed: list[Result] = []
     built: list[dict[str, Any]] = []
     with app.sessions() as s:
         todo: list[int] = []
@@ -270,7 +269,7 @@ def build_claimed(app: "App", token: str, ids: list[int]) -> tuple[dict[int, tup
             else:
                 todo.append(row_id)
         if todo:
-            builder = Builder(_outbound(app), s)
+            builder = Builder(notifier or _outbound(app), s)
             rows = list(s.scalars(select(OutboxMail).where(OutboxMail.id.in_(todo), OutboxMail.claim_token == token)
                                   .order_by(OutboxMail.id)))
             builder.prepare(rows)
@@ -296,10 +295,10 @@ def build_claimed(app: "App", token: str, ids: list[int]) -> tuple[dict[int, tup
     return ready, failed
 
 
-def deliver_due(app: "App", now: datetime | None = None, *, limit: int | None = None,
-                transport: Any = None) -> Counts:
+def deliver_due(app: AppHost, now: datetime | None = None, *, limit: int | None = None,
+                transport: Transport | None = None, notifier: Outbound | None = None) -> Counts:
     """One delivery round: claim what is due at `now` (default: the app's clock), build what was not built
-    yet, send it, record it."""
+    yet (with `notifier`, default: the App's Outbound listener), send it, record it."""
     now = now or app.clock()
     cfg = app.config.outbound
     limit = limit or cfg["batch_size"]
@@ -307,54 +306,64 @@ def deliver_due(app: "App", now: datetime | None = None, *, limit: int | None = 
     counts = Counts(claimed=len(ids))
     if not ids:
         return counts
-    own = transport is None
-    results: list[tuple[int, str, str | None]] = []  # (id, sent|retry|failed, error)
-    down: str | None = None
+    results: list[Result] = []
+    sending = _Round(app, transport)
     try:
         for start in range(0, len(ids), 50):
             chunk = ids[start:start + 50]
-            ready, failed = build_claimed(app, token, chunk)
+            ready, failed = build_claimed(app, token, chunk, notifier)
             results.extend(failed)
-            for row_id in chunk:
-                row = ready.get(row_id)
-                if row is None:
-                    continue  # lost the claim (lease expired and someone else took it), or not buildable
-                if down is not None:
-                    results.append((row_id, "retry", down))
-                    continue
-                if transport is None:
-                    transport = make_transport(app)
-                envelope_from, recipient, raw = row
-                try:
-                    answer = transport.send(envelope_from, recipient, raw)
-                    results.append((row_id, "sent", answer if isinstance(answer, str) else None))
-                except Permanent as e:
-                    results.append((row_id, "failed", str(e)))
-                except Temporary as e:
-                    results.append((row_id, "retry", str(e)))
-                except TransportDown as e:
-                    down = str(e)
-                    results.append((row_id, "retry", down))
-                except OSError as e:  # Maildir: disk full and the like
-                    down = f"{type(e).__name__}: {e}"
-                    results.append((row_id, "retry", down))
+            results.extend(sending.send(row_id, ready[row_id]) for row_id in chunk if row_id in ready)
+            # a row missing from `ready` lost its claim (the lease expired, someone else took it) or failed
             _record(app, token, now, results, counts)
     finally:
-        if own and transport is not None:
-            transport.close()
+        sending.close()
         _record(app, token, now, results, counts)
     target = "outgoing mail (" + (f"relay {cfg['relay_host']}:{cfg['relay_port']}" if cfg["relay_host"]
                                   else "local Maildir") + ")"
-    if down:  # one line when it goes down (and when it is back), not one per round
-        if not app.observe.state("outgoing mail", False, f"{target}: {down}"):
-            log.debug("outbound: still unavailable (%s); %d mail(s) deferred", down, counts.deferred)
+    if sending.down:  # one line when it goes down (and when it is back), not one per round
+        if not app.observe.state("outgoing mail", False, f"{target}: {sending.down}"):
+            log.debug("outbound: still unavailable (%s); %d mail(s) deferred", sending.down, counts.deferred)
     elif counts.sent:
         app.observe.state("outgoing mail", True, target)
     return counts
 
 
-def _record(app: "App", token: str, now: datetime, results: list[tuple[int, str, str | None]],
-            counts: Counts) -> None:
+class _Round:
+    """The sending half of a delivery round: one transport (made on first use unless given), and once the
+    relay is down, every further row of the round is deferred without trying."""
+
+    def __init__(self, app: AppHost, transport: Transport | None) -> None:
+        self.app = app
+        self.transport = transport
+        self.own = transport is None
+        self.down: str | None = None
+
+    def send(self, row_id: int, row: tuple[str, str, bytes]) -> Result:
+        if self.down is not None:
+            return (row_id, "retry", self.down)
+        if self.transport is None:
+            self.transport = make_transport(self.app)
+        envelope_from, recipient, raw = row
+        try:
+            answer = self.transport.send(envelope_from, recipient, raw)
+            return (row_id, "sent", answer if isinstance(answer, str) else None)
+        except Permanent as e:
+            return (row_id, "failed", str(e))
+        except Temporary as e:
+            return (row_id, "retry", str(e))
+        except TransportDown as e:
+            self.down = str(e)
+        except OSError as e:  # Maildir: disk full and the like
+            self.down = f"{type(e).__name__}: {e}"
+        return (row_id, "retry", self.down)
+
+    def close(self) -> None:
+        if self.own and self.transport is not None:
+            self.transport.close()
+
+
+def _record(app: AppHost, token: str, now: datetime, results: list[Result], counts: Counts) -> None:
     if not results:
         return
     from gateway.observe import Delivery
@@ -401,22 +410,23 @@ def _record(app: "App", token: str, now: datetime, results: list[tuple[int, str,
         app.observe(d)
 
 
-def flush(app: "App", now: Callable[[], datetime] | None = None, *, max_rounds: int = 10_000) -> Counts:
+def flush(app: AppHost, now: Callable[[], datetime] | None = None, *, max_rounds: int = 10_000) -> Counts:
     """Deliver until nothing is due any more (`outbox flush`). Runs the full template check first (once
     per process): a broken template stops here, like at the start of `serve`."""
-    from gateway.outbound import check_app_templates
+    from gateway.outbound.check import check_app_templates
 
     check_app_templates(app, force=True)
+    notifier = _outbound(app)  # made once, when outbound.enabled is off: compiles the templates once
     total = Counts()
     for _ in range(max_rounds):
-        c = deliver_due(app, (now or app.clock)())
+        c = deliver_due(app, (now or app.clock)(), notifier=notifier)
         total.add(c)
         if c.claimed == 0 or c.sent + c.failed == 0:
             break
     return total
 
 
-def retry(app: "App", outbox_id: int) -> OutboxMail:
+def retry(app: AppHost, outbox_id: int) -> OutboxMail:
     """Queue a failed (or deferred, or suppressed) mail again, due now."""
     with transaction(app.sessions) as s:
         row = s.get(OutboxMail, outbox_id)

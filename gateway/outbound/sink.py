@@ -7,7 +7,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP
+    from aiosmtpd.smtp import Envelope as SMTPEnvelope
+    from aiosmtpd.smtp import Session as SMTPSession
 
 
 @dataclass
@@ -32,30 +38,34 @@ class Sink:
         self.received: list[Received] = []
         self.reject = dict(reject or {})  # recipient -> SMTP code to answer at RCPT
         self.lock = threading.Lock()
-        self.controller: Any = None
+        self.controller: Controller | None = None
         self.arrived = threading.Condition(self.lock)
 
     # aiosmtpd handler hooks
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+    async def handle_RCPT(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope, address: str,
+                          rcpt_options: list[str]) -> str:
         code = self.reject.get(address.lower())
         if code:
             return f"{code} {'5.1.1 no such user' if code >= 500 else '4.2.0 try later'}"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
-        data = envelope.original_content or envelope.content
+    async def handle_DATA(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope) -> str:
+        data = envelope.original_content or envelope.content or b""
+        if isinstance(data, str):  # only with decode_data=True, which start() does not use
+            data = data.encode("utf-8", "surrogateescape")
         with self.arrived:
-            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(data)))
+            self.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), bytes(data)))
             self.arrived.notify_all()
         return "250 Message accepted"
 
-    def start(self) -> "Sink":
+    def start(self) -> Sink:
         from aiosmtpd.controller import Controller
 
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port, decode_data=False,
-                                     data_size_limit=0, ready_timeout=10)
-        self.controller.start()
+        controller = Controller(self, hostname="127.0.0.1", port=self.port, decode_data=False,
+                                data_size_limit=0, ready_timeout=10)
+        controller.start()
+        self.controller = controller
         return self
 
     def stop(self) -> None:
@@ -73,7 +83,7 @@ class Sink:
                 self.arrived.wait(left)
             return list(self.received)
 
-    def __enter__(self) -> "Sink":
+    def __enter__(self) -> Sink:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

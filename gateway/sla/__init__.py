@@ -11,11 +11,16 @@ The pure rules live in :mod:`gateway.sla_policy`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+    from gateway.host import AppHost, ServiceHost
 
 
-def install(app: Any) -> None:
-    """Feature hook for gateway.app: registers the SLA listener on the App."""
+def install(app: AppHost) -> None:
+    """Feature hook for gateway.app: registers the SLA listener on the App (before the outbound feature's:
+    the outbound template check renders the SLA mails' templates with the listener's samples)."""
     if not app.config.get("sla", "enabled"):
         return
     from gateway.sla.listener import SlaListener
@@ -23,7 +28,7 @@ def install(app: Any) -> None:
     app.listeners.append(SlaListener(app))
 
 
-def add_jobs(app: Any, scheduler: Any) -> None:
+def add_jobs(app: AppHost, scheduler: Any) -> None:
     """Add the periodic SLA sweep to an APScheduler 3.x scheduler (for `serve`): an interval job every
     `sla.sweep_seconds`, coalesced (a scheduler that was down runs it once, not once per missed interval)
     and never two at a time in one process. Several processes may sweep at once: the database decides."""
@@ -36,15 +41,27 @@ def add_jobs(app: Any, scheduler: Any) -> None:
                       coalesce=True, max_instances=1, misfire_grace_time=None, replace_existing=True)
 
 
-def install_service(service: Any) -> None:
+def install_service(service: ServiceHost) -> None:
     """Component for gateway.service (COMPONENTS entry "gateway.sla:install_service"): the SLA sweep as a
     periodic job of `serve`, run through the service's database write gate."""
     if not service.config.get("sla", "enabled"):
         return
     from gateway.sla.sweep import sweep
 
+    app = service.app
+
     def job() -> None:
         with service.gate.hold(urgent=False):
-            sweep(service.app)
+            sweep(app)
 
     service.add_job("sla-sweep", job, service.config.get("sla", "sweep_seconds"), start_now=True)
+
+
+def template_samples(config: Config) -> list[tuple[str, dict[str, Any]]]:
+    """(event, sample context) of the SLA mails' templates, for a template check without an App
+    (`check-config`); none when the SLA feature is off."""
+    if not config.get("sla", "enabled"):
+        return []
+    from gateway.sla.mail import sample_events
+
+    return sample_events()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -30,8 +30,11 @@ from sqlalchemy.orm import Session
 from gateway.events import CommentAdded, Event, TicketChanged, TicketCreated
 from gateway.models import Comment, SlaClock, SlaEscalation, Ticket
 from gateway.sla import state as st
-from gateway.sla.store import PolicyStore, StoredPolicy
+from gateway.sla.store import PolicyStore, StoredPolicy, cached_policies, transaction_cache
 from gateway.sla_policy import Policy, change_policy, choose_policy, deadlines, reopen, resume, warn_times
+
+if TYPE_CHECKING:
+    from gateway.host import AppHost
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +50,16 @@ def is_first_response(c: Comment) -> bool:
 
 
 class SlaListener:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: AppHost) -> None:
         self.app = app
         self._seeded = False
+
+    def template_samples(self) -> list[tuple[str, dict[str, Any]]]:
+        """The SLA mails' templates and sample values, for the outbound feature's start-up template check
+        (gateway.outbound.check.TemplateUser)."""
+        from gateway.sla.mail import sample_events
+
+        return sample_events()
 
     # Entry point ---------------------------------------------------------------------------------------------
     def __call__(self, session: Session, event: Event) -> None:
@@ -193,33 +203,13 @@ def sent_kinds(s: Session, t: Ticket) -> set[str]:
     return {kind for kind, deadline in rows if deadline == st.due_for_kind(t, kind)}
 
 
-# Per-transaction caches (batch work such as the sweep's pending reminders: no query per ticket) ------------
-_POLICIES = "gateway.sla.policies"
+# Per-transaction cache (batch work such as the sweep's pending reminders: no query per ticket) -------------
 _RECORDED = "gateway.sla.recorded"
 
 
-def _current(s: Session, key: str) -> Any:
-    hit = s.info.get(key)
-    if hit is not None and hit[0] is not None and hit[0] is s.get_transaction():
-        return hit[1]
-    return None
-
-
-def cached_policies(s: Session, store: PolicyStore) -> list[StoredPolicy]:
-    """store.policies(), read once per transaction (PolicyStore's changes drop it: see forget_policies)."""
-    hit = _current(s, _POLICIES)
-    if hit is None:
-        hit = store.policies()
-        s.info[_POLICIES] = (s.get_transaction(), hit)
-    return list(hit)
-
-
-def forget_policies(s: Session) -> None:
-    s.info.pop(_POLICIES, None)
-
-
 def _recorded_cache(s: Session) -> dict[int, list[tuple[str, datetime]]] | None:
-    return _current(s, _RECORDED)
+    cache: dict[int, list[tuple[str, datetime]]] | None = transaction_cache(s, _RECORDED)
+    return cache
 
 
 def preload_recorded(s: Session, ticket_ids: list[int]) -> dict[int, list[tuple[str, datetime]]]:

@@ -27,10 +27,17 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
 
 from gateway.models import Contact, Ticket
 from gateway.sla.store import StoredPolicy
+
+if TYPE_CHECKING:
+    from gateway.host import AppHost
+    from gateway.outbound.notify import Outbound
+    from gateway.outbound.render import Rendered, Templates
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +61,11 @@ def duration_text(minutes: float) -> str:
 class _WithSla:
     """Templates wrapper: every render gets the `sla` variable too."""
 
-    def __init__(self, inner: Any, sla: dict[str, Any]) -> None:
+    def __init__(self, inner: Templates, sla: dict[str, Any]) -> None:
         self.inner = inner
         self.sla = sla
 
-    def render(self, event: str, ctx: dict[str, Any]) -> Any:
+    def render(self, event: str, ctx: dict[str, Any]) -> Rendered:
         return self.inner.render(event, {**ctx, "sla": self.sla})
 
 
@@ -70,7 +77,7 @@ def sample_sla(kind: str) -> dict[str, Any]:
 
 
 def sample_events() -> list[tuple[str, dict[str, Any]]]:
-    """(event, sample context) for the start-up template check (gateway.outbound.check_templates)."""
+    """(event, sample context) for the start-up template check (gateway.outbound.check)."""
     from gateway.outbound.render import sample_context
 
     return [(event_name(kind), {**sample_context("assignment"), "sla": sample_sla(kind)}) for kind in KINDS]
@@ -97,23 +104,23 @@ def sla_values(t: Ticket, kind: str, *, deadline: datetime, due_at: datetime, no
             "target": target, "assignee": t.assignee.email if t.assignee else ""}
 
 
+SlaMail = tuple[Ticket, str, list[str], datetime, datetime, "StoredPolicy | None"]
+"""(ticket, kind, recipients, deadline, due_at, policy): one escalation or reminder to mail."""
+
+
 class SlaMailer:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: AppHost) -> None:
+        from gateway.outbound.notify import notifier_of
+
         self.app = app
         self.groups: dict[str, str] = {k: v.lower() for k, v in app.config.get("sla", "group_addresses").items()}
-        self.outbound = self._find_outbound(app)
+        self.outbound: Outbound | None = notifier_of(app)
         if self.outbound is None:
             log.debug("SLA: no outbound listener on the App (outbound disabled?): escalations are recorded, "
                       "not mailed")
 
     @staticmethod
-    def _find_outbound(app: Any) -> Any:
-        from gateway.outbound import notifier_of
-
-        return notifier_of(app)
-
-    @staticmethod
-    def check_templates(templates: Any) -> None:
+    def check_templates(templates: Templates) -> None:
         """Render every SLA template with sample data (raises on a missing file or variable)."""
         from gateway.outbound.render import sample_context
 
@@ -131,7 +138,7 @@ class SlaMailer:
     def group_address(self, t: Ticket) -> str | None:
         return self.groups.get(t.group) if t.group else None
 
-    def escalation_recipients(self, s: Any, t: Ticket, policy: StoredPolicy | None) -> list[str]:
+    def escalation_recipients(self, s: Session, t: Ticket, policy: StoredPolicy | None) -> list[str]:
         out: list[str] = []
         if (policy is None or policy.notify_assignee) and t.assignee is not None \
                 and self._usable(t.assignee.email, t.assignee):
@@ -144,20 +151,19 @@ class SlaMailer:
                 out.append(addr)
         return list(dict.fromkeys(a.lower() for a in out))
 
-    def reminder_recipients(self, s: Any, t: Ticket) -> list[str]:
+    def reminder_recipients(self, s: Session, t: Ticket) -> list[str]:
         if t.assignee is not None and self._usable(t.assignee.email, t.assignee):
             return [t.assignee.email.lower()]
         group = self.group_address(t)
         return [group] if group and self._usable(group) else []
 
     # Sending -------------------------------------------------------------------------------------------------
-    def send(self, s: Any, t: Ticket, kind: str, recipients: list[str], *, deadline: datetime, due_at: datetime,
+    def send(self, s: Session, t: Ticket, kind: str, recipients: list[str], *, deadline: datetime, due_at: datetime,
              now: datetime, policy: StoredPolicy | None = None) -> str | None:
         """Queue one mail per recipient in the outbox (in the caller's transaction); returns the outbox batch."""
         return self.send_many(s, [(t, kind, recipients, deadline, due_at, policy)], now=now)[0]
 
-    def send_many(self, s: Any, items: list[tuple[Ticket, str, list[str], datetime, datetime, StoredPolicy | None]],
-                  *, now: datetime) -> list[str | None]:
+    def send_many(self, s: Session, items: list[SlaMail], *, now: datetime) -> list[str | None]:
         """Queue the mails of many escalations at once: (ticket, kind, recipients, deadline, due_at, policy)
         each; one contacts query and one multi-row insert per table. Returns each item's outbox batch."""
         refs: list[str | None] = [None] * len(items)
@@ -170,7 +176,8 @@ class SlaMailer:
         wanted = sorted({e for _, _, rs, _, _, _ in items for e in rs})
         contacts: dict[str, Contact] = {}
         for k in range(0, len(wanted), 500):
-            contacts.update((c.email, c) for c in s.scalars(select(Contact).where(Contact.email.in_(wanted[k:k + 500]))))
+            batch = wanted[k:k + 500]
+            contacts.update((c.email, c) for c in s.scalars(select(Contact).where(Contact.email.in_(batch))))
         ob = self.outbound
         at = ob.clock()
         rows: list[dict[str, Any]] = []

@@ -4,11 +4,15 @@ Pure functions over a Ticket and its SlaClock row (no queries, no clock reads)."
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Collection, NamedTuple
+from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.models import SlaClock, Ticket
 from gateway.sla_policy import AT_RISK_WITHIN, sla_state
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 RESPONSE_KINDS = ("response_warning", "response_breach")
 RESOLUTION_KINDS = ("resolution_warning", "resolution_breach")
@@ -76,10 +80,9 @@ def next_at(t: Ticket, warn_response_at: datetime | None, warn_resolution_at: da
     return min(candidates) if candidates else None
 
 
-def session_ticket_state(session: object, t: Ticket, now: datetime | None = None, *,
+def session_ticket_state(session: Session, t: Ticket, now: datetime | None = None, *,
                          at_risk_within: timedelta = AT_RISK_WITHIN) -> str:
     """ticket_state with the clock row loaded from the session (views); `now` defaults to the system time."""
-    from datetime import timezone
 
-    c = session.get(SlaClock, t.id)  # type: ignore[attr-defined]
-    return ticket_state(t, c, now or datetime.now(timezone.utc), at_risk_within=at_risk_within)
+    c = session.get(SlaClock, t.id)
+    return ticket_state(t, c, now or datetime.now(UTC), at_risk_within=at_risk_within)

@@ -16,22 +16,26 @@ from __future__ import annotations
 
 import logging
 import time as _time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from gateway.models import table_of
 from gateway.db import retry_on_conflict, transaction
-from gateway.models import SlaClock, SlaEscalation, Ticket
+from gateway.models import SlaClock, SlaEscalation, Ticket, table_of
 from gateway.sla import state as st
 from gateway.sla.dbutil import for_update, insert_many_ignore
 from gateway.sla.listener import forget_recorded, note_recorded, preload_recorded
 from gateway.sla.store import PolicyStore, StoredPolicy
-from gateway.sla_policy import escalations_due
+from gateway.sla_policy import Escalation, escalations_due
 from gateway.tickets import Tickets
+
+if TYPE_CHECKING:
+    from gateway.host import AppHost
+    from gateway.sla.mail import SlaMail
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,8 @@ class SweepResult:
                 f"({self.seconds * 1000:.0f} ms)")
 
 
-def due_reminders_query(now: datetime, limit: int, after: tuple[datetime, int] | None = None) -> Select:  # type: ignore[type-arg]
+def due_reminders_query(now: datetime, limit: int,
+                        after: tuple[datetime, int] | None = None) -> Select[int, datetime | None]:
     """Pending tickets whose reminder is due, in (remind_at, id) keyset pages: index tickets(status, remind_at)."""
     q = select(Ticket.id, Ticket.remind_at).where(Ticket.status == "pending", Ticket.remind_at <= now)
     if after is not None:
@@ -59,7 +64,8 @@ def due_reminders_query(now: datetime, limit: int, after: tuple[datetime, int] |
     return q.order_by(Ticket.remind_at, Ticket.id).limit(limit)
 
 
-def due_clocks_query(now: datetime, limit: int, after: tuple[datetime, int] | None = None) -> Select:  # type: ignore[type-arg]
+def due_clocks_query(now: datetime, limit: int,
+                     after: tuple[datetime, int] | None = None) -> Select[int, datetime | None]:
     """Tickets with an escalation due, in (next_at, ticket_id) keyset pages: the partial index
     sla_clocks(next_at, ticket_id) WHERE next_at IS NOT NULL."""
     q = select(SlaClock.ticket_id, SlaClock.next_at).where(SlaClock.next_at <= now)
@@ -70,7 +76,7 @@ def due_clocks_query(now: datetime, limit: int, after: tuple[datetime, int] | No
 
 
 class Sweeper:
-    def __init__(self, app: Any, now: datetime | None = None, *, batch_size: int | None = None) -> None:
+    def __init__(self, app: AppHost, now: datetime | None = None, *, batch_size: int | None = None) -> None:
         from gateway.sla.mail import SlaMailer
 
         self.app = app
@@ -97,7 +103,7 @@ class Sweeper:
 
     # Pending reminders -----------------------------------------------------------------------------------
     def due_reminders(self, s: Session, after: tuple[datetime, int] | None) -> list[tuple[int, datetime]]:
-        return [(i, r) for i, r in s.execute(due_reminders_query(self.now, self.batch, after))]
+        return [(i, r) for i, r in s.execute(due_reminders_query(self.now, self.batch, after)) if r is not None]
 
     def reminders_page(self, after: tuple[datetime, int] | None) -> tuple[datetime, int] | None:
         def work() -> tuple[datetime, int] | None:
@@ -147,7 +153,8 @@ class Sweeper:
         mails = [(t, remind_at, recipients) for t, remind_at, recipients in todo if t.id in claimed and recipients]
         batches = self.mailer.send_many(s, [(t, st.REMINDER, recipients, remind_at, remind_at, None)
                                             for t, remind_at, recipients in mails], now=self.now)
-        refs = [{"id": claimed[t.id], "outbox_ref": ref[:64]} for (t, _, _), ref in zip(mails, batches) if ref]
+        refs = [{"id": claimed[t.id], "outbox_ref": ref[:64]} for (t, _, _), ref in zip(mails, batches, strict=True)
+                if ref]
         if refs:
             s.execute(update(SlaEscalation), refs)
         for t, remind_at, recipients in todo:
@@ -164,7 +171,7 @@ class Sweeper:
 
     # Escalations -----------------------------------------------------------------------------------------
     def due_clocks(self, s: Session, after: tuple[datetime, int] | None) -> list[tuple[int, datetime]]:
-        return [(i, n) for i, n in s.execute(due_clocks_query(self.now, self.batch, after))]
+        return [(i, n) for i, n in s.execute(due_clocks_query(self.now, self.batch, after)) if n is not None]
 
     def escalations_page(self, after: tuple[datetime, int] | None) -> tuple[datetime, int] | None:
         def work() -> tuple[datetime, int] | None:
@@ -192,7 +199,7 @@ class Sweeper:
         """Plan every due escalation of the page, claim them all with one multi-row INSERT ... ON CONFLICT DO
         NOTHING RETURNING (only the rows this transaction inserted come back), then mail exactly those."""
         rows: list[dict[str, Any]] = []
-        mails: dict[tuple[int, str], tuple[Ticket, Any, datetime, list[str], StoredPolicy | None]] = {}
+        mails: dict[tuple[int, str], tuple[Ticket, Escalation, datetime, list[str], StoredPolicy | None]] = {}
         by_id = {t.id: t for t in tickets}
         for t in tickets:
             clock = clocks.get(t.id)
@@ -224,8 +231,7 @@ class Sweeper:
         if not rows:
             return
         claimed = insert_many_ignore(s, table_of(SlaEscalation), rows, ["ticket_id", "kind", "deadline"])
-        refs = []
-        to_send: list[tuple[int, tuple[Ticket, str, list[str], datetime, datetime, StoredPolicy | None]]] = []
+        to_send: list[tuple[int, SlaMail]] = []
         for claim_id, ticket_id, kind in claimed:
             planned = mails.get((ticket_id, kind))
             if planned is None:  # a suppressed warning under its breach
@@ -243,13 +249,14 @@ class Sweeper:
                      ", ".join(recipients))
         # every mail of the page queued at once (cheap rows, one multi-row insert; rendered at delivery)
         batches = self.mailer.send_many(s, [item for _, item in to_send], now=self.now)
-        refs = [{"id": claim_id, "outbox_ref": ref[:64]} for (claim_id, _), ref in zip(to_send, batches) if ref]
+        refs = [{"id": claim_id, "outbox_ref": ref[:64]} for (claim_id, _), ref in zip(to_send, batches, strict=True)
+                if ref]
         got = {(c[1], c[2]) for c in claimed}
         self.result.skipped += sum(1 for key in mails if key not in got)
         if refs:
             s.execute(update(SlaEscalation), refs)
 
-    def _page(self, work: Any) -> tuple[datetime, int] | None:
+    def _page(self, work: Callable[[], tuple[datetime, int] | None]) -> tuple[datetime, int] | None:
         """Run one page transaction (retried on a lost race); results count only once it committed."""
         r = self.result
 
@@ -284,7 +291,7 @@ class Sweeper:
         return self.result
 
 
-def sweep(app: Any, now: datetime | None = None, *, batch_size: int | None = None) -> SweepResult:
+def sweep(app: AppHost, now: datetime | None = None, *, batch_size: int | None = None) -> SweepResult:
     """One SLA sweep as of `now` (default: the App's clock). Safe to run in several processes at once."""
     result = Sweeper(app, now, batch_size=batch_size).run()
     observe = getattr(app, "observe", None)

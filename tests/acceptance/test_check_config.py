@@ -15,11 +15,11 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-def errors_of(p) -> list[str]:  # type: ignore[no-untyped-def]
+def errors_of(p) -> list[str]:
     return [line for line in p.stderr.decode().splitlines() if "configuration error" in line]
 
 
-def test_every_schema_error_at_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_every_schema_error_at_once(tmp_path) -> None:
     cfg = write(tmp_path, '''reopen_days = "soon"
 colour = "blue"
 [limits]
@@ -45,7 +45,7 @@ level = "loud"
     assert "not one of gateway.addresses" in route
 
 
-def test_files_are_checked_all_at_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_files_are_checked_all_at_once(tmp_path) -> None:
     (tmp_path / "empty-password").write_text("\n")
     cfg = write(tmp_path, f'''[[listen]]
 protocol = "smtp"
@@ -80,7 +80,7 @@ template_dir = "no-such-templates"
     assert not (tmp_path / "var").exists()  # checking writes nothing
 
 
-def test_summary_of_what_will_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_summary_of_what_will_run(tmp_path) -> None:
     (tmp_path / "imap-password").write_text("secret\n")
     cfg = write(tmp_path, '''[[listen]]
 protocol = "lmtp"

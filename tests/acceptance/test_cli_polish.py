@@ -10,16 +10,16 @@ import os
 import socket
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-
 from conftest import ROOT, run_cli, write_config
 from mails import make_mail
 
 
 @pytest.fixture
-def cfg(tmp_path, db_url):  # type: ignore[no-untyped-def]
+def cfg(tmp_path, db_url):
     return write_config(tmp_path, db_url, unknown="correspondent")
 
 
@@ -38,7 +38,7 @@ def columns_line_up(text: str) -> None:
             assert line[s - 2:s] == "  " and line[s] != " ", (header, line)
 
 
-def test_list_commands_have_headers_aligned_columns_and_no_none(cfg, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_list_commands_have_headers_aligned_columns_and_no_none(cfg, tmp_path) -> None:
     ok(run_cli("ingest", config=cfg, input=make_mail(subject="Short")))
     ok(run_cli("ingest", config=cfg, input=make_mail(
         sender="Bartholomew Longname-Withmany-Parts <bartholomew.longname@subsidiary.customer.example>",
@@ -65,7 +65,7 @@ def test_list_commands_have_headers_aligned_columns_and_no_none(cfg, tmp_path) -
     assert "None" not in shown and "sender:" in shown and "[" not in shown.split("envelope_to:")[1].split("\n")[0]
 
 
-def test_head_closes_the_pipe_without_a_traceback(cfg, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_head_closes_the_pipe_without_a_traceback(cfg, tmp_path) -> None:
     box = mailbox.mbox(tmp_path / "many.mbox", create=True)
     for i in range(700):  # more than a pipe's 64 KiB of rows
         box.add(make_mail(subject=f"Mail number {i} with a subject of some length to fill the pipe faster"))
@@ -82,7 +82,7 @@ def test_head_closes_the_pipe_without_a_traceback(cfg, tmp_path) -> None:  # typ
         assert err.strip().splitlines()[-1] in ("status 0", "status 141"), err
 
 
-def test_not_found_is_not_a_usage_error(cfg) -> None:  # type: ignore[no-untyped-def]
+def test_not_found_is_not_a_usage_error(cfg) -> None:
     for args, says in ((("tickets", "show", "99"), b"no ticket #99"),
                        (("tickets", "set", "99", "--status", "closed"), b"no ticket #99"),
                        (("mail", "show", "4711"), b"no mail 4711"),
@@ -95,7 +95,7 @@ def test_not_found_is_not_a_usage_error(cfg) -> None:  # type: ignore[no-untyped
     assert run_cli("tickets", "show", "x", config=cfg).returncode == 64  # a usage error stays one
 
 
-def test_tickets_show_has_the_sla_and_tick_in_the_future_is_a_dry_run(cfg) -> None:  # type: ignore[no-untyped-def]
+def test_tickets_show_has_the_sla_and_tick_in_the_future_is_a_dry_run(cfg) -> None:
     ok(run_cli("ingest", config=cfg, input=make_mail(subject="Before any policy")))
     assert "SLA: none" in ok(run_cli("tickets", "show", "1", config=cfg))
     ok(run_cli("sla", "policies", "add", "standard", "--response", "60", "--resolution", "480",
@@ -110,13 +110,13 @@ def test_tickets_show_has_the_sla_and_tick_in_the_future_is_a_dry_run(cfg) -> No
     assert "at risk" in sla_line  # due within the hour
     assert "reporter Alice Customer <alice@customer.example> (correspondent: no account)" in shown
 
-    def state() -> tuple[object, ...]:
+    def state() -> tuple[Any, ...]:
         show = json.loads(ok(run_cli("tickets", "show", "2", "--json", config=cfg)))
         outbox = json.loads(ok(run_cli("outbox", "list", "--json", config=cfg)))
         return show["status"], show["sla"], sorted((r["event"], r["recipient"]) for r in outbox)
 
     before = state()
-    later = (datetime.now(timezone.utc) + timedelta(hours=3)).isoformat()
+    later = (datetime.now(UTC) + timedelta(hours=3)).isoformat()
     dry = run_cli("sla", "tick", "--now", later, config=cfg)
     out = ok(dry)
     assert "#2: response breach -> lead@example.com" in out and "dry run" in out and "--apply" in out
@@ -132,9 +132,9 @@ def test_tickets_show_has_the_sla_and_tick_in_the_future_is_a_dry_run(cfg) -> No
     assert "#2" not in ok(run_cli("sla", "tick", "--now", later, "--apply", config=cfg))
 
 
-def test_smtp_and_lmtp_greetings_name_the_host_only(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
-    import threading
+def test_smtp_and_lmtp_greetings_name_the_host_only(tmp_path, sqlite_url) -> None:
     import asyncio
+    import threading
 
     from gateway.config import validate
     from gateway.service import Notifier, Service

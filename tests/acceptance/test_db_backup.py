@@ -8,7 +8,7 @@ from conftest import new_sqlite_database, run_cli, write_config
 from mails import make_mail
 
 
-def test_backup_while_a_writer_holds_the_lock(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_backup_while_a_writer_holds_the_lock(tmp_path) -> None:
     url = new_sqlite_database(tmp_path / "var" / "gateway.db")
     cfg = write_config(tmp_path, url)
     for i in range(3):
@@ -42,7 +42,7 @@ def test_backup_while_a_writer_holds_the_lock(tmp_path) -> None:  # type: ignore
     assert not list(tmp_path.glob(".backup.db.partial"))
 
 
-def test_backup_of_postgresql_gives_pg_dump_advice(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_backup_of_postgresql_gives_pg_dump_advice(tmp_path) -> None:
     cfg = write_config(tmp_path, "postgresql+psycopg://gateway:s3cret@db.example.com/gateway")
     out = tmp_path / "backup.db"
     p = run_cli("db", "backup", str(out), config=cfg)

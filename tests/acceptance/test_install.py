@@ -46,7 +46,7 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
 
 
 @pytest.fixture(scope="module")
-def staged(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:  # type: ignore[no-untyped-def]
+def staged(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     root = tmp_path_factory.mktemp("staged")
     (root / "etc").mkdir()
     for name in ("passwd", "group", "shadow", "gshadow"):  # a staged system's user database
@@ -65,7 +65,7 @@ def ids(root: Path) -> tuple[int, int]:
     raise AssertionError("no ticket-gateway user in the staged /etc/passwd")
 
 
-def test_install_lays_out_user_config_data_code_unit(staged) -> None:  # type: ignore[no-untyped-def]
+def test_install_lays_out_user_config_data_code_unit(staged) -> None:
     root, first = staged
     uid, gid = ids(root)
     assert Path("/etc/passwd").read_text().count("\nticket-gateway:") == 0, "the host's users were changed"
@@ -92,7 +92,7 @@ def test_install_lays_out_user_config_data_code_unit(staged) -> None:  # type: i
     assert "nothing changed" not in first.stdout
 
 
-def test_second_run_changes_nothing_and_keeps_the_config(staged) -> None:  # type: ignore[no-untyped-def]
+def test_second_run_changes_nothing_and_keeps_the_config(staged) -> None:
     root, _ = staged
     config = root / "etc" / "ticket-gateway" / "config.toml"
     edited = config.read_text().replace('host = "127.0.0.1"', 'host = "127.0.0.1"  # edited by the admin')
@@ -105,7 +105,7 @@ def test_second_run_changes_nothing_and_keeps_the_config(staged) -> None:  # typ
     assert config.read_text() == edited
 
 
-def test_a_wrong_owner_is_corrected(staged) -> None:  # type: ignore[no-untyped-def]
+def test_a_wrong_owner_is_corrected(staged) -> None:
     root, _ = staged
     data = root / "var" / "lib" / "ticket-gateway"
     uid, gid = ids(root)
@@ -116,7 +116,7 @@ def test_a_wrong_owner_is_corrected(staged) -> None:  # type: ignore[no-untyped-
     assert run_install(root).stdout.strip().endswith("nothing changed")
 
 
-def test_installed_command_accepts_the_installed_config(staged) -> None:  # type: ignore[no-untyped-def]
+def test_installed_command_accepts_the_installed_config(staged) -> None:
     root, _ = staged
     exe = root / "opt" / "ticket-gateway" / ".venv" / "bin" / "ticket-gateway"
     env = {k: v for k, v in os.environ.items() if k != "TICKET_GATEWAY_CONFIG"}
@@ -128,7 +128,7 @@ def test_installed_command_accepts_the_installed_config(staged) -> None:  # type
     assert "imap" not in r.stdout.lower().replace("imap accounts: none", "")
 
 
-def test_unit_verifies_and_makes_the_configured_paths_writable(staged) -> None:  # type: ignore[no-untyped-def]
+def test_unit_verifies_and_makes_the_configured_paths_writable(staged) -> None:
     root, _ = staged
     unit = (root / "etc/systemd/system/ticket-gateway.service").read_text()
     settings: dict[str, list[str]] = {}
@@ -142,7 +142,7 @@ def test_unit_verifies_and_makes_the_configured_paths_writable(staged) -> None: 
         + ["/var/log/" + d for d in settings.get("LogsDirectory", [])] \
         + [p for v in settings.get("ReadWritePaths", []) for p in v.split()]
     config = (root / "etc/ticket-gateway/config.toml").read_text()
-    data_dir = re.search(r'^data_dir = "(.*)"$', config, re.M).group(1)  # type: ignore[union-attr]
+    data_dir = re.search(r'^data_dir = "(.*)"$', config, re.M).group(1)
     assert any(data_dir == w or data_dir.startswith(w + "/") for w in writable), (data_dir, writable)
     # the README's LMTP Unix socket lies in a directory the unit makes writable (and others can reach)
     readme = (ROOT / "README.md").read_text()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import select
-
 from conftest import Clock, make_config
 from fakedesks import DESKS, FakeDesk, backend_config
 from mails import make_mail
+from sqlalchemy import select
 
 
 class Gateway:
@@ -60,17 +59,17 @@ class Gateway:
 
 
 @pytest.fixture(params=["jira", "zammad", "smax"])
-def desk(request):  # type: ignore[no-untyped-def]
+def desk(request):
     d = DESKS[request.param]().start()
     yield d
     d.stop()
 
 
 @pytest.fixture
-def gateway(desk, tmp_path, db_url):  # type: ignore[no-untyped-def]
+def gateway(desk, tmp_path, db_url):
     from gateway.app import build_app
 
-    clock = Clock(datetime.now(timezone.utc).replace(microsecond=0))
+    clock = Clock(datetime.now(UTC).replace(microsecond=0))
     apps = []
 
     def factory(**backend: Any) -> Gateway:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from backends.conftest import first_mail
 from conftest import run_cli, write_config
 from fakedesks import backend_config
-
-from backends.conftest import first_mail
 
 
 def toml(table: dict[str, Any], name: str = "backend") -> str:
@@ -23,7 +22,7 @@ def toml(table: dict[str, Any], name: str = "backend") -> str:
     return "\n".join(out) + "\n"
 
 
-def test_backend_check_reports_what_is_missing(desk, tmp_path, db_url):  # type: ignore[no-untyped-def]
+def test_backend_check_reports_what_is_missing(desk, tmp_path, db_url):
     b = backend_config(desk, tmp_path)
     bad = {"jira": ("request_types", {"*": "10", "problem": "11", "change_request": "99"}),
            "zammad": ("request_types", {"*": "Users", "problem": "3rd Level"}),
@@ -53,7 +52,7 @@ def test_backend_check_reports_what_is_missing(desk, tmp_path, db_url):  # type:
     assert "jira-token" not in out and "zammad-token" not in out and "smax-password" not in out
 
 
-def test_backend_check_wrong_credentials(desk, tmp_path, db_url):  # type: ignore[no-untyped-def]
+def test_backend_check_wrong_credentials(desk, tmp_path, db_url):
     b = backend_config(desk, tmp_path)
     (tmp_path / "wrong").write_text("not-the-token\n")
     b["token_file"] = str(tmp_path / "wrong")
@@ -63,7 +62,7 @@ def test_backend_check_wrong_credentials(desk, tmp_path, db_url):  # type: ignor
     assert "not-the-token" not in r.stdout.decode() + r.stderr.decode()
 
 
-def test_flush_and_show_from_the_cli(desk, tmp_path, db_url):  # type: ignore[no-untyped-def]
+def test_flush_and_show_from_the_cli(desk, tmp_path, db_url):
     cfg = write_config(tmp_path, db_url, "\n" + toml(backend_config(desk, tmp_path)))
     assert run_cli("ingest", input=first_mail(), config=cfg).returncode == 0
     r = run_cli("backend", "flush", config=cfg)
@@ -76,7 +75,7 @@ def test_flush_and_show_from_the_cli(desk, tmp_path, db_url):  # type: ignore[no
     assert show.startswith(f"#1 -> {desk.kind} {desk.keys()[0]}")
 
 
-def test_webhook_hostile_input(gateway):  # type: ignore[no-untyped-def]
+def test_webhook_hostile_input(gateway):
     from gateway.backends import handle_webhook
 
     gw = gateway()
@@ -94,7 +93,7 @@ def test_webhook_hostile_input(gateway):  # type: ignore[no-untyped-def]
     assert r.status == 202
 
 
-def test_webhook_refused_without_a_secret(gateway):  # type: ignore[no-untyped-def]
+def test_webhook_refused_without_a_secret(gateway):
     from gateway.backends import handle_webhook
 
     gw = gateway(webhook_secret_file="")

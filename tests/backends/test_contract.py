@@ -6,21 +6,21 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from gateway.backends.store import BackendItem, BackendPush, BackendState
-from gateway.models import Comment, OutboxMail
+from backends.conftest import first_mail
 from mails import make_mail, message_id_of
 
-from backends.conftest import first_mail
+from gateway.backends.store import BackendItem, BackendPush, BackendState
+from gateway.models import Comment, OutboxMail
 
 ALICE = "alice@customer.example"
 
 
-def reply(original: bytes, body: str, sender: str = "Alice Customer <alice@customer.example>", **kw) -> bytes:  # type: ignore[no-untyped-def]
+def reply(original: bytes, body: str, sender: str = "Alice Customer <alice@customer.example>", **kw) -> bytes:
     mid = message_id_of(original)
     return make_mail(sender=sender, subject="Re: Printer on fire", body=body, in_reply_to=mid, references=mid, **kw)
 
 
-def delivered(gw, smax_twice: bool = True):  # type: ignore[no-untyped-def]
+def delivered(gw, smax_twice: bool = True):
     """Flush; SMAX creates a new person asynchronously, so its first create waits one round."""
     c = gw.flush()
     if gw.desk.kind == "smax" and smax_twice and gw.rows(BackendPush, status="queued"):
@@ -29,7 +29,7 @@ def delivered(gw, smax_twice: bool = True):  # type: ignore[no-untyped-def]
     return c
 
 
-def test_create_comment_attachment(gateway):  # type: ignore[no-untyped-def]
+def test_create_comment_attachment(gateway):
     gw = gateway()
     raw = first_mail(attachments=[("log.txt", "text/plain", b"line 1\nline 2\n")])
     assert gw.mail(raw, ALICE).outcome == "ticket"
@@ -50,7 +50,7 @@ def test_create_comment_attachment(gateway):  # type: ignore[no-untyped-def]
     assert len(out) == 1
 
 
-def test_customer_found_or_created_once(gateway):  # type: ignore[no-untyped-def]
+def test_customer_found_or_created_once(gateway):
     gw = gateway()
     desk = gw.desk
     if desk.kind == "jira":  # Alice is a customer of the site already: 409 (strictConflictStatusCode) -> search
@@ -73,7 +73,7 @@ def test_customer_found_or_created_once(gateway):  # type: ignore[no-untyped-def
         assert {r["RequestedByPerson"] for r in desk.requests.values()} == {alice[0]["Id"]}
 
 
-def test_participants_from_cc(gateway):  # type: ignore[no-untyped-def]
+def test_participants_from_cc(gateway):
     gw = gateway()
     gw.mail(first_mail(cc="Bob <bob@customer.example>"), ALICE)
     delivered(gw)
@@ -86,7 +86,7 @@ def test_participants_from_cc(gateway):  # type: ignore[no-untyped-def]
         assert len(desk.keys()) == 1
 
 
-def test_staff_comment_and_status_back(gateway):  # type: ignore[no-untyped-def]
+def test_staff_comment_and_status_back(gateway):
     gw = gateway()
     gw.mail(first_mail(), ALICE)
     delivered(gw)
@@ -111,7 +111,7 @@ def test_staff_comment_and_status_back(gateway):  # type: ignore[no-untyped-def]
     assert gw.ticket().status == "open" and gw.ticket().sla_paused_at is None
 
 
-def test_notifications_left_to_the_desk(gateway):  # type: ignore[no-untyped-def]
+def test_notifications_left_to_the_desk(gateway):
     gw = gateway(notifications="backend")
     gw.mail(first_mail(), ALICE)
     delivered(gw)
@@ -123,13 +123,15 @@ def test_notifications_left_to_the_desk(gateway):  # type: ignore[no-untyped-def
     assert len(gw.rows(OutboxMail, recipient=ALICE)) == before
 
 
-def test_unmapped_remote_status_is_reported_not_applied(gateway):  # type: ignore[no-untyped-def]
+def test_unmapped_remote_status_is_reported_not_applied(gateway):
     gw = gateway()
     gw.mail(first_mail(), ALICE)
     delivered(gw)
     key = gw.desk.keys()[0]
     odd = {"jira": "Waiting for support", "zammad": "merged", "smax": "RequestStatusWeird"}[gw.desk.kind]
-    statuses = dict(gw.app._backend_settings.statuses)
+    from gateway.backends import broker_settings
+
+    statuses = dict(broker_settings(gw.app).statuses)
     if gw.desk.kind == "jira":  # take the status out of the mapping
         gw = gateway(statuses={k: v for k, v in statuses.items() if k != odd})
         gw.desk.set_status(key, "In progress")
@@ -141,7 +143,7 @@ def test_unmapped_remote_status_is_reported_not_applied(gateway):  # type: ignor
     assert "not in [backend.statuses]" in (gw.link().status_note or "")
 
 
-def test_own_comment_echo_not_imported(gateway):  # type: ignore[no-untyped-def]
+def test_own_comment_echo_not_imported(gateway):
     gw = gateway()
     raw = first_mail()
     gw.mail(raw, ALICE)
@@ -161,7 +163,7 @@ def test_own_comment_echo_not_imported(gateway):  # type: ignore[no-untyped-def]
     assert not gw.rows(Comment, source="backend")
 
 
-def test_create_answer_lost_no_duplicate(gateway):  # type: ignore[no-untyped-def]
+def test_create_answer_lost_no_duplicate(gateway):
     gw = gateway()
     gw.desk.lose_next_create = True
     gw.mail(first_mail(), ALICE)
@@ -177,7 +179,7 @@ def test_create_answer_lost_no_duplicate(gateway):  # type: ignore[no-untyped-de
     assert gw.rows(BackendPush, op="create")[0].status == "done"
 
 
-def test_desk_down_for_an_hour_loses_nothing(gateway):  # type: ignore[no-untyped-def]
+def test_desk_down_for_an_hour_loses_nothing(gateway):
     gw = gateway()
     gw.desk.down = True
     raw = first_mail()
@@ -199,7 +201,7 @@ def test_desk_down_for_an_hour_loses_nothing(gateway):  # type: ignore[no-untype
     assert {r.status for r in gw.rows(BackendPush)} == {"done"}
 
 
-def test_rate_limit_honours_retry_after(gateway):  # type: ignore[no-untyped-def]
+def test_rate_limit_honours_retry_after(gateway):
     gw = gateway()
     gw.mail(first_mail(), ALICE)
     gw.desk.rate_limit = 1
@@ -218,7 +220,7 @@ def test_rate_limit_honours_retry_after(gateway):  # type: ignore[no-untyped-def
     assert len(gw.desk.keys()) == 1
 
 
-def test_webhook_bad_signature_ignored(gateway):  # type: ignore[no-untyped-def]
+def test_webhook_bad_signature_ignored(gateway):
     from gateway.backends import handle_webhook
 
     gw = gateway()
@@ -241,7 +243,7 @@ def test_webhook_bad_signature_ignored(gateway):  # type: ignore[no-untyped-def]
     assert gw.link().refresh_at is None
 
 
-def test_attachment_too_big_leaves_a_note(gateway):  # type: ignore[no-untyped-def]
+def test_attachment_too_big_leaves_a_note(gateway):
     gw = gateway(max_attachment_bytes=1000)
     gw.mail(first_mail(attachments=[("dump.bin", "application/octet-stream", b"x" * 5000),
                                     ("small.txt", "text/plain", b"ok")]), ALICE)
@@ -254,13 +256,13 @@ def test_attachment_too_big_leaves_a_note(gateway):  # type: ignore[no-untyped-d
     assert any("dump.bin" in b for b in gw.desk.comment_bodies(key))  # the desk's agents see the note too
 
 
-def _remote(gw, local: str) -> str:  # type: ignore[no-untyped-def]
+def _remote(gw, local: str) -> str:
     from fakedesks import STATUS_FOR
 
     return STATUS_FOR[gw.desk.kind][local]
 
 
-def test_refused_create_holds_its_ticket_only(gateway, desk):  # type: ignore[no-untyped-def]
+def test_refused_create_holds_its_ticket_only(gateway, desk):
     """A create the desk refuses fails (visible, retryable); that ticket's later pushes wait for it, in order,
     and other tickets go on."""
     from gateway.backends.queue import retry

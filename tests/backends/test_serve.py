@@ -8,17 +8,17 @@ import json
 import smtplib
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
+from backends.conftest import first_mail
+from fakedesks import DESKS, backend_config
 from sqlalchemy import select
 
-from fakedesks import DESKS, backend_config
 from gateway.config import validate
 from gateway.models import Comment, OutboxMail
-
-from backends.conftest import first_mail
 
 
 def wait_for(what: Callable[[], Any], timeout: float = 30) -> Any:
@@ -32,7 +32,7 @@ def wait_for(what: Callable[[], Any], timeout: float = 30) -> Any:
 
 
 @pytest.fixture(params=["jira", "zammad", "smax"])
-def running(request, tmp_path, sqlite_url):  # type: ignore[no-untyped-def]
+def running(request, tmp_path, sqlite_url):
     from servehelp import Running
 
     desk = DESKS[request.param]().start()
@@ -57,7 +57,7 @@ def send(port: int, raw: bytes) -> None:
         c.sendmail("alice@customer.example", ["support@example.com"], raw)
 
 
-def test_mail_to_desk_and_back(running):  # type: ignore[no-untyped-def]
+def test_mail_to_desk_and_back(running):
     from gateway.backends.store import BackendLink, BackendState
 
     r, desk = running
@@ -88,7 +88,7 @@ def test_mail_to_desk_and_back(running):  # type: ignore[no-untyped-def]
             .count("comment") == 1
 
 
-def test_a_hanging_desk_does_not_hold_up_mail(running):  # type: ignore[no-untyped-def]
+def test_a_hanging_desk_does_not_hold_up_mail(running):
     r, desk = running
     desk.stall = threading.Event()
     send(r.port("smtp"), first_mail())

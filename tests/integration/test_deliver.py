@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, write_config
 from mails import make_mail
 
@@ -24,13 +23,13 @@ def _cfg(tmp_path: Path, db_url: str, extra: str = "") -> Path:
     return write_config(tmp_path, db_url, extra)
 
 
-def _mails(cfg: Path) -> list[dict]:  # type: ignore[type-arg]
+def _mails(cfg: Path) -> list[dict]:
     r = run_cli("mail", "list", "--json", config=cfg)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
 
-def _wait_for(cfg: Path, n: int, timeout: float = 60) -> list[dict]:  # type: ignore[type-arg]
+def _wait_for(cfg: Path, n: int, timeout: float = 60) -> list[dict]:
     end = time.monotonic() + timeout
     while True:
         mails = _mails(cfg)
@@ -44,7 +43,7 @@ def _deliver(cfg: Path, raw: bytes, *args: str) -> subprocess.CompletedProcess[b
                    config=cfg, input=raw)
 
 
-def test_deliver_spools_durably_and_a_drainer_makes_the_ticket(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_deliver_spools_durably_and_a_drainer_makes_the_ticket(tmp_path, sqlite_url) -> None:
     cfg = _cfg(tmp_path, sqlite_url)
     r = _deliver(cfg, make_mail(subject="Printer on fire", body="It burns."))
     assert r.returncode == 0, r.stderr
@@ -53,7 +52,7 @@ def test_deliver_spools_durably_and_a_drainer_makes_the_ticket(tmp_path, sqlite_
     assert spool.pending(tmp_path / "var" / "spool", 10) == []  # drained files are removed
 
 
-def test_exit_0_means_durable_even_when_nobody_drains(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_exit_0_means_durable_even_when_nobody_drains(tmp_path, sqlite_url) -> None:
     """A running service holds the drain lock: deliver spools and exits 0 without a drainer. Whatever happens
     to the service then (killed before it drained), the mail is in the spool, byte for byte, and the next
     drain makes it a ticket."""
@@ -80,7 +79,7 @@ def test_exit_0_means_durable_even_when_nobody_drains(tmp_path, sqlite_url) -> N
     assert spool.pending(where, 10) == []
 
 
-def test_a_drain_that_died_before_removing_its_files_makes_no_second_ticket(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_a_drain_that_died_before_removing_its_files_makes_no_second_ticket(tmp_path, sqlite_url) -> None:
     cfg = _cfg(tmp_path, sqlite_url)
     where = tmp_path / "var" / "spool"
     held = spool.DrainLock(where)
@@ -102,7 +101,7 @@ def test_a_drain_that_died_before_removing_its_files_makes_no_second_ticket(tmp_
     assert len(json.loads(r.stdout)) == 3
 
 
-def test_many_concurrent_deliveries_become_one_ticket_each(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_many_concurrent_deliveries_become_one_ticket_each(tmp_path, sqlite_url) -> None:
     cfg = _cfg(tmp_path, sqlite_url)
     raws = [make_mail(subject=f"Concurrent {i}", message_id=f"<c{i}@customer.example>") for i in range(16)]
     with ThreadPoolExecutor(8) as ex:
@@ -114,7 +113,7 @@ def test_many_concurrent_deliveries_become_one_ticket_each(tmp_path, sqlite_url)
     assert len(_mails(cfg)) == 16  # and nothing twice
 
 
-def test_sysexits(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_sysexits(tmp_path, sqlite_url) -> None:
     cfg = _cfg(tmp_path, sqlite_url, '\n[limits]\nmax_message_size = 2000\n')
     where = tmp_path / "var" / "spool"
     r = run_cli("deliver", "--recipient", "stranger@elsewhere.example", config=cfg, input=make_mail())
@@ -129,7 +128,7 @@ def test_sysexits(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
     assert run_cli("deliver", config=bad, input=make_mail()).returncode == 78
 
 
-def test_spool_that_cannot_be_written_is_try_again_later(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_spool_that_cannot_be_written_is_try_again_later(tmp_path, sqlite_url) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the data directory should be")
     cfg = tmp_path / "c.toml"
@@ -140,32 +139,33 @@ def test_spool_that_cannot_be_written_is_try_again_later(tmp_path, sqlite_url) -
     assert b"try again later" in r.stderr
 
 
-def test_deliver_imports_no_database_layer(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_deliver_imports_no_database_layer(tmp_path, sqlite_url) -> None:
     """What keeps a pipe process fast: it never imports SQLAlchemy, the app or the pipeline."""
     cfg = _cfg(tmp_path, sqlite_url)
     probe = ("import sys, pathlib\n"
              "import gateway.spool\n"
-             "gateway.spool.DrainLock(gateway.spool.spool_dir(pathlib.Path(%r))).acquire()  # as a running serve\n"
+             f"gateway.spool.DrainLock(gateway.spool.spool_dir(pathlib.Path({str(tmp_path / 'var')!r}))).acquire()"
+             "  # as a running serve\n"
              "import gateway.cli\n"
              "from gateway.deliver import main\n"
-             "code = main(['--config', %r, '--recipient', 'support@example.com'])\n"
+             f"code = main(['--config', {str(cfg)!r}, '--recipient', 'support@example.com'])\n"
              "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'alembic', 'jinja2') "
              "or m in ('gateway.app', 'gateway.intake', 'gateway.pipeline', 'gateway.models'))\n"
-             "print(code, heavy)\n") % (str(tmp_path / "var"), str(cfg))
+             "print(code, heavy)\n")
     r = subprocess.run([sys.executable, "-c", probe], input=make_mail(), capture_output=True,
                        env={k: v for k, v in os.environ.items() if k != "TICKET_GATEWAY_CONFIG"}, timeout=60)
     assert r.stdout.decode().strip() == "0 []", r.stderr
 
 
 @pytest.mark.parametrize("garbage", [b"", b"\x00\xff not a mail at all"])
-def test_anything_spooled_ends_somewhere_visible(tmp_path, sqlite_url, garbage) -> None:  # type: ignore[no-untyped-def]
+def test_anything_spooled_ends_somewhere_visible(tmp_path, sqlite_url, garbage) -> None:
     cfg = _cfg(tmp_path, sqlite_url)
     assert _deliver(cfg, garbage).returncode == 0
     mails = _wait_for(cfg, 1)
     assert len(mails) == 1 and mails[0]["outcome"] in ("quarantined", "rejected", "ticket")
 
 
-def test_a_nearly_full_data_directory_is_try_again_later(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_a_nearly_full_data_directory_is_try_again_later(tmp_path, sqlite_url) -> None:
     """Free space below limits.free_space_factor x limits.max_message_size (here: a limit larger than any disk
     of this machine): 75, nothing spooled, as SMTP's 452."""
     cfg = _cfg(tmp_path, sqlite_url, '\n[limits]\nmax_message_size = 1000000000000000\n')
@@ -174,7 +174,7 @@ def test_a_nearly_full_data_directory_is_try_again_later(tmp_path, sqlite_url) -
     assert spool.pending(tmp_path / "var" / "spool", 10) == []
 
 
-def test_client_address_and_helo_reach_the_stored_mail(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_client_address_and_helo_reach_the_stored_mail(tmp_path, sqlite_url) -> None:
     cfg = _cfg(tmp_path, sqlite_url)
     r = _deliver(cfg, make_mail(), "--client-ip", "192.0.2.7", "--helo", "mx.customer.example")
     assert r.returncode == 0, r.stderr

@@ -8,23 +8,22 @@ import json
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, write_config
 from mails import TRUST_MX, authenticated, make_mail
 from servehelp import Running, config_for, send
-
 
 MANY_CC = ", ".join(f"spam{i:02d}@victims.example" for i in range(99))
 
 
 @pytest.fixture
-def gateway(tmp_path, db_url):  # type: ignore[no-untyped-def]
+def gateway(tmp_path, db_url):
     running: list[Running] = []
 
-    def start(**sections):  # type: ignore[no-untyped-def]
+    def start(**sections):
         r = Running(config_for(tmp_path, db_url, **sections))
         running.append(r)
         return r
@@ -35,7 +34,7 @@ def gateway(tmp_path, db_url):  # type: ignore[no-untyped-def]
 
 
 # 3. No relay ------------------------------------------------------------------------------------------------
-def test_stranger_with_99_cc_gets_10_silent_watchers_and_relays_nothing(gateway):  # type: ignore[no-untyped-def]
+def test_stranger_with_99_cc_gets_10_silent_watchers_and_relays_nothing(gateway):
     """Before: all 99 became watchers and the stranger's next reply was mailed to all 99. Now: 10 watchers
     (the bound), none of them mailed, the other 89 recorded in the trace."""
     r = gateway()
@@ -55,7 +54,7 @@ def test_stranger_with_99_cc_gets_10_silent_watchers_and_relays_nothing(gateway)
     assert recipients == ["mallory@evil.example"]  # the acknowledgement to the stranger himself
 
 
-def test_staff_cc_are_mailed_and_comment_not_mailed_again_to_its_own_cc(gateway):  # type: ignore[no-untyped-def]
+def test_staff_cc_are_mailed_and_comment_not_mailed_again_to_its_own_cc(gateway):
     r = gateway(authentication=TRUST_MX)
     smtp = r.port("smtp")
     with r.app.sessions() as s, s.begin():
@@ -80,7 +79,7 @@ def test_staff_cc_are_mailed_and_comment_not_mailed_again_to_its_own_cc(gateway)
     assert len(again) == 9  # the other nine watchers
 
 
-def test_ingest_relay_bound(tmp_path, db_url):  # type: ignore[no-untyped-def]
+def test_ingest_relay_bound(tmp_path, db_url):
     cfg = write_config(tmp_path, db_url)
     p = run_cli("ingest", "--json", config=cfg,
                 input=make_mail(sender="mallory@evil.example", subject="spam", cc=MANY_CC))
@@ -92,7 +91,7 @@ def test_ingest_relay_bound(tmp_path, db_url):  # type: ignore[no-untyped-def]
 
 
 # 5. Flood ---------------------------------------------------------------------------------------------------
-def test_flood_through_smtp_is_capped_quarantined_and_never_answered(gateway):  # type: ignore[no-untyped-def]
+def test_flood_through_smtp_is_capped_quarantined_and_never_answered(gateway):
     """60 mails from one sender in one hour: before, 60 tickets; now 50 tickets and 10 quarantined 'flood'."""
     r = gateway(limits={"flood_exempt": ["trusted.example"]})
     smtp = r.port("smtp")
@@ -114,7 +113,7 @@ def test_flood_through_smtp_is_capped_quarantined_and_never_answered(gateway):  
     assert res.outcome == "ticket" and any("released" in line for line in res.trace)
 
 
-def test_flood_through_ingest(tmp_path, db_url):  # type: ignore[no-untyped-def]
+def test_flood_through_ingest(tmp_path, db_url):
     d = tmp_path / "in"
     d.mkdir()
     for i in range(70):
@@ -134,7 +133,7 @@ def test_flood_through_ingest(tmp_path, db_url):  # type: ignore[no-untyped-def]
     assert b"60 ticket" in p.stdout, p.stdout
 
 
-def test_flood_window_is_one_hour_by_arrival(make_app, clock):  # type: ignore[no-untyped-def]
+def test_flood_window_is_one_hour_by_arrival(make_app, clock):
     from gateway.intake import Envelope
 
     app = make_app(limits={"mails_per_sender_per_hour": 3})
@@ -161,7 +160,7 @@ def _connect(port: int, source: str) -> tuple[socket.socket, bytes]:
     return s, buf
 
 
-def test_120_idle_connections_from_one_address_keep_nobody_else_out(gateway):  # type: ignore[no-untyped-def]
+def test_120_idle_connections_from_one_address_keep_nobody_else_out(gateway):
     """Before: 100 accepted, 20 refused, and every other client got 421 for up to 300 s. Now: 20 accepted
     (limits.max_sessions_per_client), 100 refused with 421, and another address is served."""
     r = gateway()
@@ -192,7 +191,7 @@ def test_120_idle_connections_from_one_address_keep_nobody_else_out(gateway):  #
             s.close()
 
 
-def test_idle_sessions_are_cut_short_under_stress_only(gateway):  # type: ignore[no-untyped-def]
+def test_idle_sessions_are_cut_short_under_stress_only(gateway):
     r = gateway(limits={"max_sessions": 10, "stress_threshold": 0.5, "stress_idle_seconds": 1,
                         "session_idle_seconds": 300, "max_sessions_per_client": 10})
     port = r.port("smtp")
@@ -204,7 +203,7 @@ def test_idle_sessions_are_cut_short_under_stress_only(gateway):  # type: ignore
             try:
                 data = s.recv(1024)
                 n += data.startswith(b"421 4.4.2") or data == b""
-            except socket.timeout:
+            except TimeoutError:
                 pass
         return n
 
@@ -217,7 +216,7 @@ def test_idle_sessions_are_cut_short_under_stress_only(gateway):  # type: ignore
 
 
 # 7. Disk space ----------------------------------------------------------------------------------------------
-def test_low_disk_answers_452_at_mail_from_and_recovers(gateway):  # type: ignore[no-untyped-def]
+def test_low_disk_answers_452_at_mail_from_and_recovers(gateway):
     r = gateway()
     free = {"bytes": 0}
     r.app.disk.probe = lambda path: free["bytes"]
@@ -236,7 +235,7 @@ def test_low_disk_answers_452_at_mail_from_and_recovers(gateway):  # type: ignor
     assert len(r.wait_processed(2)) == 2
 
 
-def test_low_disk_pauses_imap_polling(make_app, dovecot):  # type: ignore[no-untyped-def]
+def test_low_disk_pauses_imap_polling(make_app, dovecot):
     from gateway.imap import ImapPoller
 
     app = make_app()
@@ -251,7 +250,7 @@ def test_low_disk_pauses_imap_polling(make_app, dovecot):  # type: ignore[no-unt
 
 
 @pytest.fixture
-def tiny_fs(tmp_path) -> Path:  # type: ignore[no-untyped-def]
+def tiny_fs(tmp_path) -> Iterator[Path]:
     """A real 4 MiB tmpfs (root only)."""
     mnt = tmp_path / "tiny"
     mnt.mkdir()
@@ -262,7 +261,7 @@ def tiny_fs(tmp_path) -> Path:  # type: ignore[no-untyped-def]
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_real_full_filesystem_smtp_and_ingest(tmp_path, sqlite_url, tiny_fs):  # type: ignore[no-untyped-def]
+def test_real_full_filesystem_smtp_and_ingest(tmp_path, sqlite_url, tiny_fs):
     """max_message_size 1 MiB: the data directory needs 1.5 MiB free. A 3 MiB file on the 4 MiB tmpfs leaves
     less: MAIL FROM gets 452 and `ingest` 75; removing the file, both go on by themselves."""
     data = tiny_fs / "var"

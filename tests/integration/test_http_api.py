@@ -7,13 +7,13 @@ from __future__ import annotations
 import contextlib
 import json
 import smtplib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import update
-
 from test_smtp import Running, config_for, make_mail
 
 from gateway.models import OutboxMail
@@ -40,7 +40,7 @@ def gateways(tmp_path: Path, db_url: str) -> Iterator[Callable[..., Gateway]]:
 
 
 @pytest.fixture
-def gw(tmp_path, db_url):  # type: ignore[no-untyped-def]
+def gw(tmp_path, db_url):
     with gateways(tmp_path, db_url) as start:
         yield start
 
@@ -98,7 +98,7 @@ def all_pages(c: httpx.Client, path: str, **params: Any) -> list[dict[str, Any]]
 
 
 # Tickets -------------------------------------------------------------------------------------------------------
-def test_tickets_create_idempotent_list_paginate_get_patch(gw) -> None:  # type: ignore[no-untyped-def]
+def test_tickets_create_idempotent_list_paginate_get_patch(gw) -> None:
     g = gw()
     with g.client("write") as c:
         body = {"subject": "Deployment failed", "reporter": "ci@customer.example", "description": "job 7 red",
@@ -163,7 +163,7 @@ def test_tickets_create_idempotent_list_paginate_get_patch(gw) -> None:  # type:
         problem(c.patch("/api/v1/tickets/9999", json={"status": "open"}), 404)
 
 
-def test_comments_public_internal_and_their_notifications(gw) -> None:  # type: ignore[no-untyped-def]
+def test_comments_public_internal_and_their_notifications(gw) -> None:
     g = gw()
     with g.client("write") as c:
         n = c.post("/api/v1/tickets", json={"subject": "VPN", "reporter": "carol@customer.example"}).json()["number"]
@@ -186,7 +186,7 @@ def test_comments_public_internal_and_their_notifications(gw) -> None:  # type: 
 
 
 # Directory -----------------------------------------------------------------------------------------------------
-def test_users_and_organisations(gw) -> None:  # type: ignore[no-untyped-def]
+def test_users_and_organisations(gw) -> None:
     g = gw()
     with g.client("admin") as c:
         r = c.post("/api/v1/organisations", json={"name": "Customer Ltd", "domains": ["customer.example"]})
@@ -226,7 +226,7 @@ def test_users_and_organisations(gw) -> None:  # type: ignore[no-untyped-def]
 
 
 # SLA policies --------------------------------------------------------------------------------------------------
-def test_sla_policy_put_is_an_upsert_that_says_whether_it_changed(gw) -> None:  # type: ignore[no-untyped-def]
+def test_sla_policy_put_is_an_upsert_that_says_whether_it_changed(gw) -> None:
     g = gw()
     gold = {"response_minutes": 30, "resolution_minutes": 240, "priorities": ["critical", "high"],
             "calendar": "Europe/Berlin mon-fri 09:00-17:00", "escalate_to": ["lead@example.com"]}
@@ -255,7 +255,7 @@ def test_sla_policy_put_is_an_upsert_that_says_whether_it_changed(gw) -> None:  
 
 
 # Mail, outbox, tokens ------------------------------------------------------------------------------------------
-def test_mail_trace_replay_outbox_retry_and_tokens(gw) -> None:  # type: ignore[no-untyped-def]
+def test_mail_trace_replay_outbox_retry_and_tokens(gw) -> None:
     g = gw()
     g.smtp(make_mail(subject="A real question"))
     g.smtp(b"this is not a mail at all\r\n")  # no header block, no sender: quarantined
@@ -303,7 +303,7 @@ def test_mail_trace_replay_outbox_retry_and_tokens(gw) -> None:  # type: ignore[
 
 
 # Authentication and authorisation ------------------------------------------------------------------------------
-def test_tokens_scopes_and_brute_force(gw, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_tokens_scopes_and_brute_force(gw, caplog) -> None:
     g = gw(http={"auth_failures_per_minute": 5})
     with g.client(None) as anon:
         r = anon.get("/api/v1/tickets")
@@ -341,7 +341,7 @@ def test_tokens_scopes_and_brute_force(gw, caplog) -> None:  # type: ignore[no-u
 
 
 # Limits --------------------------------------------------------------------------------------------------------
-def test_request_limits(gw) -> None:  # type: ignore[no-untyped-def]
+def test_request_limits(gw) -> None:
     g = gw(http={"max_body_bytes": 4096, "max_upload_bytes": 64 * 1024})
     with g.client("write") as c:
         n = c.post("/api/v1/tickets", json={"subject": "limits", "reporter": "a@b.example"}).json()["number"]
@@ -363,7 +363,7 @@ def test_request_limits(gw) -> None:  # type: ignore[no-untyped-def]
 
 
 # The OpenAPI document ------------------------------------------------------------------------------------------
-def test_openapi_document_is_valid_and_covers_every_route(gw) -> None:  # type: ignore[no-untyped-def]
+def test_openapi_document_is_valid_and_covers_every_route(gw) -> None:
     from openapi_spec_validator import validate
 
     g = gw()

@@ -20,9 +20,8 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import run_cli, write_config
+from prometheus_client.parser import text_string_to_metric_families
 from test_http_api import Gateway, all_pages, gateways, problem
 from test_smtp import free_port, make_mail
 
@@ -30,18 +29,18 @@ from gateway.outbound.sender import deliver_due
 
 
 @pytest.fixture
-def gw(tmp_path, db_url):  # type: ignore[no-untyped-def]
+def gw(tmp_path, db_url):
     with gateways(tmp_path, db_url) as start:
         yield start
 
 
 def maildir_mails(g: Gateway) -> list[email.message.EmailMessage]:
     box = mailbox.Maildir(str(g.app.config.data_dir / "outbox-maildir"), create=True)
-    return [email.message_from_bytes(box.get_bytes(k), policy=email.policy.default) for k in box.keys()]  # type: ignore[misc]
+    return [email.message_from_bytes(box.get_bytes(k), policy=email.policy.default) for k in box.keys()]
 
 
 # The attachment round trip ---------------------------------------------------------------------------------------
-def test_attachment_round_trip_api_mail_download(gw) -> None:  # type: ignore[no-untyped-def]
+def test_attachment_round_trip_api_mail_download(gw) -> None:
     g = gw()
     payload = bytes(range(256)) * 300  # binary, 76.8 kB
     hostile = b"<html><script>alert(document.cookie)</script></html>"
@@ -63,7 +62,7 @@ def test_attachment_round_trip_api_mail_download(gw) -> None:  # type: ignore[no
         assert got["app.conf.gz"] == payload
         assert got["résumé;evil.html"] == hostile.decode()
         # the download: the same bytes, always a download, never sniffed or rendered
-        for a, want in zip(atts, (payload, hostile)):
+        for a, want in zip(atts, (payload, hostile), strict=True):
             d = c.get(f"/api/v1/tickets/{n}/attachments/{a['id']}")
             assert d.status_code == 200 and d.content == want
             assert d.headers["content-disposition"].startswith("attachment;")
@@ -110,7 +109,7 @@ class Trickler(threading.Thread):
                         self.closed_by_server.set()
                         return
                     self.answer += got
-                except socket.timeout:
+                except TimeoutError:
                     pass
                 if not self.body:
                     self.sock.sendall(bytes([ch]))
@@ -118,7 +117,7 @@ class Trickler(threading.Thread):
             self.closed_by_server.set()
 
 
-def test_slow_and_hostile_http_clients_never_delay_a_250(gw) -> None:  # type: ignore[no-untyped-def]
+def test_slow_and_hostile_http_clients_never_delay_a_250(gw) -> None:
     g = gw(http={"request_timeout_seconds": 4, "max_connections": 16})
     port = int(g.base.rsplit(":", 1)[1])
     # 16 connections trickling heads and 16 more (over the cap) holding them open, all at once
@@ -150,7 +149,7 @@ def test_slow_and_hostile_http_clients_never_delay_a_250(gw) -> None:  # type: i
     assert len(g.running.wait_processed(20)) == 20
 
 
-def test_a_body_that_never_arrives_is_cut_and_mail_goes_on(gw) -> None:  # type: ignore[no-untyped-def]
+def test_a_body_that_never_arrives_is_cut_and_mail_goes_on(gw) -> None:
     g = gw(http={"request_timeout_seconds": 3})
     port = int(g.base.rsplit(":", 1)[1])
     slow = [Trickler(port, body=True) for _ in range(8)]
@@ -180,7 +179,7 @@ def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     return out
 
 
-def test_metrics_parse_and_count(gw) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_parse_and_count(gw) -> None:
     g = gw()
     with smtplib.SMTP("127.0.0.1", g.running.port("smtp"), timeout=10) as s:
         for i in range(3):
@@ -210,7 +209,7 @@ def test_metrics_parse_and_count(gw) -> None:  # type: ignore[no-untyped-def]
     assert "@" not in "".join(v for key in m for _, v in key[1])  # never an address as a label
 
 
-def test_metrics_can_require_a_token(gw) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_can_require_a_token(gw) -> None:
     g = gw(http={"metrics_token": True})
     with g.client(None) as anon:
         problem(anon.get("/metrics"), 401)
@@ -220,7 +219,7 @@ def test_metrics_can_require_a_token(gw) -> None:  # type: ignore[no-untyped-def
 
 
 # Health ----------------------------------------------------------------------------------------------------------
-def test_healthz_ok_and_503_with_the_reason(gw, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_healthz_ok_and_503_with_the_reason(gw, tmp_path) -> None:
     g = gw()
     with g.client(None) as c:
         r = c.get("/healthz")
@@ -245,7 +244,7 @@ def test_healthz_ok_and_503_with_the_reason(gw, tmp_path) -> None:  # type: igno
 
 
 # Logs ------------------------------------------------------------------------------------------------------------
-def test_one_line_per_mail_and_per_delivery(gw, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_one_line_per_mail_and_per_delivery(gw, caplog) -> None:
     caplog.set_level(logging.INFO)
     g = gw()
     raw = make_mail(subject="log me", message_id="<log-1@customer.example>")
@@ -258,14 +257,14 @@ def test_one_line_per_mail_and_per_delivery(gw, caplog) -> None:  # type: ignore
     first = lines[0].getMessage()
     assert first.startswith(f"mail {mails[0].id}: transport=smtp sender=alice@customer.example "
                             "message_id=log-1@customer.example outcome=ticket ticket=#1 reason=- ms="), first
-    assert lines[0].tg["ms"] >= 0 and lines[0].tg["latency"] >= 0  # type: ignore[attr-defined]
+    assert lines[0].tg["ms"] >= 0 and lines[0].tg["latency"] >= 0
     assert "outcome=quarantined" in lines[1].getMessage() and "reason=" in lines[1].getMessage()
     deliveries = [r.getMessage() for r in caplog.records if r.name == "gateway.delivery"]
     assert any(re.match(r"outbox \d+: recipient=alice@customer.example event=ticket_created result=sent "
                         r"answer=\"maildir \S+\"", d) for d in deliveries), deliveries
 
 
-def test_json_log_format_and_a_failing_relay_logs_once(tmp_path, sqlite_url, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_json_log_format_and_a_failing_relay_logs_once(tmp_path, sqlite_url, caplog) -> None:
     relay = free_port()  # nothing listens: the relay is down
     cfg = write_config(tmp_path, sqlite_url, extra=f'\n[logging]\nformat = "json"\n\n[outbound]\n'
                                                    f'relay_host = "127.0.0.1"\nrelay_port = {relay}\n'
@@ -297,7 +296,7 @@ def test_json_log_format_and_a_failing_relay_logs_once(tmp_path, sqlite_url, cap
 
 
 # SIGTERM, start-up lines and the CLI -----------------------------------------------------------------------------
-def test_serve_logs_where_everything_is_and_sigterm_stops_http(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_serve_logs_where_everything_is_and_sigterm_stops_http(tmp_path, sqlite_url) -> None:
     smtp = free_port()
     cfg = write_config(tmp_path, sqlite_url, extra=f'\n[[listen]]\nprotocol = "smtp"\nport = {smtp}\n\n'
                                                    '[http]\nlisten = "127.0.0.1:0"\n')
@@ -346,7 +345,7 @@ def test_serve_logs_where_everything_is_and_sigterm_stops_http(tmp_path, sqlite_
             proc.kill()
 
 
-def test_http_port_taken_stops_the_start(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_http_port_taken_stops_the_start(tmp_path, sqlite_url) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -358,7 +357,7 @@ def test_http_port_taken_stops_the_start(tmp_path, sqlite_url) -> None:  # type:
     assert p.returncode == 71 and b"cannot listen" in p.stderr, p.stderr[-2000:]
 
 
-def test_http_off(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_http_off(tmp_path, sqlite_url) -> None:
     from test_smtp import Running, config_for
 
     r = Running(config_for(tmp_path, sqlite_url, http={"listen": ""}))
@@ -368,7 +367,7 @@ def test_http_off(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
         r.stop()
 
 
-def test_cli_comment_with_attachment_and_download(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_cli_comment_with_attachment_and_download(tmp_path, sqlite_url) -> None:
     cfg = write_config(tmp_path, sqlite_url)
     created = run_cli("tickets", "create", "--subject", "From the CLI", "--reporter", "fay@customer.example",
                       "--external-id", "ext-1", "--json", config=cfg)
@@ -389,4 +388,4 @@ def test_cli_comment_with_attachment_and_download(tmp_path, sqlite_url) -> None:
                    config=cfg).returncode == 0
     assert out.read_bytes() == f.read_bytes()
     missing = run_cli("tickets", "attachment", str(first["number"]), "999", "-o", str(tmp_path / "x"), config=cfg)
-    assert missing.returncode == 64 and b"no attachment 999" in missing.stderr
+    assert missing.returncode == 66 and b"no attachment 999" in missing.stderr  # not found: EX_NOINPUT

@@ -9,6 +9,7 @@ from email.message import EmailMessage
 from email.utils import getaddresses, make_msgid
 
 import pytest
+from mails import TRUST_MX, authenticated, make_mail
 from sqlalchemy import func, select
 
 from gateway.intake import Envelope
@@ -16,23 +17,22 @@ from gateway.models import Contact, OutboxMail, Ticket
 from gateway.outbound import deliver_due, flush
 from gateway.outbound.sink import Sink, free_port
 from gateway.tickets import Directory, Tickets
-from mails import TRUST_MX, authenticated, make_mail
 
 SUPPORT = "support@example.com"
 
 
 @pytest.fixture
-def sink():  # type: ignore[no-untyped-def]
+def sink():
     s = Sink().start()
     yield s
     s.stop()
 
 
-def relay(port: int, **extra) -> dict:  # type: ignore[no-untyped-def]
+def relay(port: int, **extra) -> dict:
     return {"relay_host": "127.0.0.1", "relay_port": port, "relay_security": "none", **extra}
 
 
-def ingest(app, raw: bytes, mail_from: str | None = None, rcpt: tuple[str, ...] = (SUPPORT,)):  # type: ignore[no-untyped-def]
+def ingest(app, raw: bytes, mail_from: str | None = None, rcpt: tuple[str, ...] = (SUPPORT,)):
     if mail_from is None:
         frm = email.message_from_bytes(raw, policy=email.policy.default)["From"]
         mail_from = getaddresses([str(frm)])[0][1] if frm else ""
@@ -40,7 +40,7 @@ def ingest(app, raw: bytes, mail_from: str | None = None, rcpt: tuple[str, ...] 
 
 
 def parse(data: bytes) -> EmailMessage:
-    return email.message_from_bytes(data, policy=email.policy.default)  # type: ignore[return-value]
+    return email.message_from_bytes(data, policy=email.policy.default)
 
 
 def to_whom(sink: Sink, start: int = 0) -> list[str]:
@@ -68,12 +68,12 @@ def reply_to(original: EmailMessage, *, sender: str, body: str, extra: dict | No
     return bytes(msg)
 
 
-def add_staff(app, email_addr: str = "bob@example.com", name: str = "Bob Staff") -> None:  # type: ignore[no-untyped-def]
+def add_staff(app, email_addr: str = "bob@example.com", name: str = "Bob Staff") -> None:
     with app.sessions() as s, s.begin():
         Directory(s, app.clock).add_contact(email_addr, name=name, staff=True)
 
 
-def outbox(app, **where) -> list[OutboxMail]:  # type: ignore[no-untyped-def]
+def outbox(app, **where) -> list[OutboxMail]:
     with app.sessions() as s:
         q = select(OutboxMail).order_by(OutboxMail.id)
         for k, v in where.items():
@@ -82,7 +82,7 @@ def outbox(app, **where) -> list[OutboxMail]:  # type: ignore[no-untyped-def]
 
 
 # Round trip -----------------------------------------------------------------------------------------------
-def test_round_trip_ack_reply_and_staff_answer(make_app, sink):  # type: ignore[no-untyped-def]
+def test_round_trip_ack_reply_and_staff_answer(make_app, sink):
     app = make_app(outbound=relay(sink.port), authentication=TRUST_MX)
     add_staff(app)
     # Alice's mail passed DMARC at our MTA: Carol, whom she Cc'd, is a watcher the gateway may mail
@@ -93,7 +93,8 @@ def test_round_trip_ack_reply_and_staff_answer(make_app, sink):  # type: ignore[
     assert to_whom(sink) == ["alice@customer.example", "bob@example.com", "carol@customer.example"]
     ack = for_rcpt(sink, "alice@customer.example")[0]
     assert "carol@customer.example" in str(ack["Cc"])  # the acknowledgement shows whom it went to
-    assert "wrote to us with you in Cc" in for_rcpt(sink, "carol@customer.example")[0].get_body(("plain",)).get_content()
+    to_carol = for_rcpt(sink, "carol@customer.example")[0]
+    assert "wrote to us with you in Cc" in to_carol.get_body(("plain",)).get_content()
     assert "[#1]" in str(ack["Subject"])
     assert str(ack["Auto-Submitted"]) == "auto-replied"
     assert str(ack["X-Auto-Response-Suppress"]) == "All"
@@ -138,14 +139,14 @@ def test_round_trip_ack_reply_and_staff_answer(make_app, sink):  # type: ignore[
         assert s.scalar(select(func.count()).select_from(Ticket)) == 1
 
 
-def test_outbox_rows_commit_with_the_change(make_app, sink):  # type: ignore[no-untyped-def]
+def test_outbox_rows_commit_with_the_change(make_app, sink):
     """A dry run writes nothing, so it queues nothing either."""
     app = make_app(outbound=relay(sink.port))
     app.intake().ingest(make_mail(), Envelope("alice@customer.example", (SUPPORT,)), dry_run=True)
     assert outbox(app) == []
 
 
-def _refuse_outbox_inserts(app, on: bool) -> None:  # type: ignore[no-untyped-def]
+def _refuse_outbox_inserts(app, on: bool) -> None:
     """A real database trigger that makes every INSERT into the outbox fail (or drops it again)."""
     from sqlalchemy import text
 
@@ -156,14 +157,15 @@ def _refuse_outbox_inserts(app, on: bool) -> None:  # type: ignore[no-untyped-de
         elif pg:
             c.execute(text("CREATE FUNCTION tg_refuse() RETURNS trigger AS $$ BEGIN "
                            "RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql"))
-            c.execute(text("CREATE TRIGGER tg_refuse BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION tg_refuse()"))
+            c.execute(text("CREATE TRIGGER tg_refuse BEFORE INSERT ON outbox FOR EACH ROW "
+                           "EXECUTE FUNCTION tg_refuse()"))
         else:
             c.execute(text("CREATE TRIGGER tg_refuse BEFORE INSERT ON outbox "
                            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["one", "batch"])
-def test_a_notification_that_cannot_be_queued_costs_the_mail_nothing(make_app, sink, batched):  # type: ignore[no-untyped-def]
+def test_a_notification_that_cannot_be_queued_costs_the_mail_nothing(make_app, sink, batched):
     """The outbox refuses every row (a trigger): the mail still opens its ticket, its Message-ID is known (a
     reply threads), and no half-written notification remains; in an import batch the mails around it are
     untouched too."""
@@ -193,7 +195,7 @@ def test_a_notification_that_cannot_be_queued_costs_the_mail_nothing(make_app, s
 
 
 # Relay down ------------------------------------------------------------------------------------------------
-def test_relay_down_then_back_nothing_lost(make_app, clock):  # type: ignore[no-untyped-def]
+def test_relay_down_then_back_nothing_lost(make_app, clock):
     port = free_port()
     app = make_app(outbound=relay(port, retry_base_seconds=60, retry_max_seconds=600))
     add_staff(app)
@@ -222,7 +224,7 @@ def test_relay_down_then_back_nothing_lost(make_app, clock):  # type: ignore[no-
         sink.stop()
 
 
-def test_relay_stops_midway(make_app, clock):  # type: ignore[no-untyped-def]
+def test_relay_stops_midway(make_app, clock):
     sink = Sink().start()
     app = make_app(outbound=relay(sink.port))
     ingest(app, make_mail(sender="a@customer.example", subject="one"))
@@ -239,7 +241,7 @@ def test_relay_stops_midway(make_app, clock):  # type: ignore[no-untyped-def]
         sink2.stop()
 
 
-def test_permanent_refusal_fails_temporary_defers(make_app, clock):  # type: ignore[no-untyped-def]
+def test_permanent_refusal_fails_temporary_defers(make_app, clock):
     sink = Sink(reject={"gone@customer.example": 550, "full@customer.example": 452}).start()
     try:
         app = make_app(outbound=relay(sink.port))
@@ -258,14 +260,14 @@ def test_permanent_refusal_fails_temporary_defers(make_app, clock):  # type: ign
         sink.stop()
 
 
-def test_two_senders_never_send_a_row_twice(make_app, sink):  # type: ignore[no-untyped-def]
+def test_two_senders_never_send_a_row_twice(make_app, sink):
     app = make_app(outbound=relay(sink.port, batch_size=7))
     other = make_app(outbound=relay(sink.port, batch_size=5))
     for i in range(30):
         ingest(app, make_mail(sender=f"c{i}@customer.example", subject=f"Problem {i}"))
     errors = []
 
-    def run(a):  # type: ignore[no-untyped-def]
+    def run(a):
         try:
             while flush(a).claimed:
                 pass
@@ -284,7 +286,7 @@ def test_two_senders_never_send_a_row_twice(make_app, sink):  # type: ignore[no-
 
 
 # Loops and automatic mail ------------------------------------------------------------------------------------
-def test_out_of_office_gets_no_acknowledgement(make_app, sink):  # type: ignore[no-untyped-def]
+def test_out_of_office_gets_no_acknowledgement(make_app, sink):
     app = make_app(outbound=relay(sink.port))
     r = ingest(app, make_mail(subject="Out of Office: back on Monday",
                               headers={"Auto-Submitted": "auto-replied"}))
@@ -303,7 +305,7 @@ def test_out_of_office_gets_no_acknowledgement(make_app, sink):  # type: ignore[
     assert len(outbox(app)) == n
 
 
-def test_our_own_mail_coming_back_is_a_loop(make_app, sink):  # type: ignore[no-untyped-def]
+def test_our_own_mail_coming_back_is_a_loop(make_app, sink):
     app = make_app(outbound=relay(sink.port))
     ingest(app, make_mail())
     deliver_due(app)
@@ -322,7 +324,7 @@ def test_our_own_mail_coming_back_is_a_loop(make_app, sink):  # type: ignore[no-
     assert len(outbox(app)) == 1
 
 
-def test_ping_pong_of_two_header_less_autoresponders_is_bounded(make_app, sink, clock):  # type: ignore[no-untyped-def]
+def test_ping_pong_of_two_header_less_autoresponders_is_bounded(make_app, sink, clock):
     """Alice (reporter) and Carol (watcher) both answer every mail at once, without any auto-reply header,
     for an hour of simulated time."""
     app = make_app(outbound=relay(sink.port), authentication=TRUST_MX)
@@ -348,7 +350,7 @@ def test_ping_pong_of_two_header_less_autoresponders_is_bounded(make_app, sink, 
         assert s.scalar(select(func.count()).select_from(Ticket)) == 1
 
 
-def test_bounce_to_verp_address_marks_recipient_undeliverable(make_app, sink):  # type: ignore[no-untyped-def]
+def test_bounce_to_verp_address_marks_recipient_undeliverable(make_app, sink):
     app = make_app(outbound=relay(sink.port), authentication=TRUST_MX)
     add_staff(app)
     ingest(app, make_mail(cc="carol@customer.example", headers=authenticated()))
@@ -373,7 +375,7 @@ def test_bounce_to_verp_address_marks_recipient_undeliverable(make_app, sink):  
     assert to_whom(sink, n) == ["carol@customer.example"]
 
 
-def test_soft_bounce_marks_nothing(make_app, sink):  # type: ignore[no-untyped-def]
+def test_soft_bounce_marks_nothing(make_app, sink):
     app = make_app(outbound=relay(sink.port))
     ingest(app, make_mail())
     deliver_due(app)
@@ -423,7 +425,7 @@ Subject: [#1] We received your request
 
 
 # Reply tokens ------------------------------------------------------------------------------------------------
-def test_valid_token_from_another_sender_is_a_stranger(make_app, sink):  # type: ignore[no-untyped-def]
+def test_valid_token_from_another_sender_is_a_stranger(make_app, sink):
     app = make_app(outbound=relay(sink.port))
     ingest(app, make_mail(cc="carol@customer.example"))
     deliver_due(app)
@@ -441,7 +443,7 @@ def test_valid_token_from_another_sender_is_a_stranger(make_app, sink):  # type:
     assert to_whom(sink, n) == ["mallory@elsewhere.example"]  # only the stranger's own acknowledgement
 
 
-def test_forged_token_matches_nothing(make_app, sink):  # type: ignore[no-untyped-def]
+def test_forged_token_matches_nothing(make_app, sink):
     app = make_app(outbound=relay(sink.port))
     ingest(app, make_mail())
     forged = "support+1-" + "a" * 24 + "@example.com"
@@ -452,7 +454,7 @@ def test_forged_token_matches_nothing(make_app, sink):  # type: ignore[no-untype
     assert r.outcome == "ticket" and r.ticket_number == 3
 
 
-def test_token_in_uppercase_still_matches(make_app, sink):  # type: ignore[no-untyped-def]
+def test_token_in_uppercase_still_matches(make_app, sink):
     app = make_app(outbound=relay(sink.port))
     ingest(app, make_mail())
     deliver_due(app)
@@ -478,7 +480,7 @@ INJECTIONS = [
 
 
 @pytest.mark.parametrize("label,subject,from_", INJECTIONS, ids=[i[0] for i in INJECTIONS])
-def test_header_injection_adds_no_header_and_no_recipient(make_app, sink, label, subject, from_):  # type: ignore[no-untyped-def]
+def test_header_injection_adds_no_header_and_no_recipient(make_app, sink, label, subject, from_):
     app = make_app(outbound=relay(sink.port), authentication=TRUST_MX)
     add_staff(app)
     raw = b"Authentication-Results: mx.example.com; dmarc=pass header.from=customer.example\r\n" + \
@@ -509,7 +511,7 @@ def test_header_injection_adds_no_header_and_no_recipient(make_app, sink, label,
 
 
 # Rejected senders --------------------------------------------------------------------------------------------
-def test_rejected_sender_gets_one_polite_notice_per_day(make_app, sink, clock):  # type: ignore[no-untyped-def]
+def test_rejected_sender_gets_one_polite_notice_per_day(make_app, sink, clock):
     app = make_app(gateway={"unknown_senders": "reject"}, outbound=relay(sink.port))
     for i in range(3):
         assert ingest(app, make_mail(sender="stranger@elsewhere.example", subject=f"hi {i}")).outcome == "rejected"
@@ -524,14 +526,14 @@ def test_rejected_sender_gets_one_polite_notice_per_day(make_app, sink, clock): 
 
 
 # Operator switches and templates ------------------------------------------------------------------------------
-def test_events_can_be_switched_off(make_app, sink):  # type: ignore[no-untyped-def]
+def test_events_can_be_switched_off(make_app, sink):
     app = make_app(outbound=relay(sink.port), notifications={"ticket_created": False, "staff_new_ticket": False})
     add_staff(app)
     ingest(app, make_mail())
     assert outbox(app) == []
 
 
-def test_outbound_disabled_registers_no_listener(make_app):  # type: ignore[no-untyped-def]
+def test_outbound_disabled_registers_no_listener(make_app):
     from gateway.outbound import notifier_of
 
     app = make_app(outbound={"enabled": False})
@@ -540,7 +542,7 @@ def test_outbound_disabled_registers_no_listener(make_app):  # type: ignore[no-u
     assert outbox(app) == []
 
 
-def test_without_cc_each_copy_names_only_its_recipient(make_app, sink):  # type: ignore[no-untyped-def]
+def test_without_cc_each_copy_names_only_its_recipient(make_app, sink):
     app = make_app(outbound=relay(sink.port), notifications={"cc_watchers": False}, authentication=TRUST_MX)
     add_staff(app)
     ingest(app, make_mail(cc="carol@customer.example, dave@customer.example", headers=authenticated()))
@@ -557,7 +559,7 @@ def test_without_cc_each_copy_names_only_its_recipient(make_app, sink):  # type:
     assert n == 7  # ack to alice, carol and dave, staff notice, comment to alice, carol and dave
 
 
-def test_status_and_assignment_notifications(make_app, sink):  # type: ignore[no-untyped-def]
+def test_status_and_assignment_notifications(make_app, sink):
     app = make_app(outbound=relay(sink.port), authentication=TRUST_MX)
     add_staff(app)
     ingest(app, make_mail(cc="carol@customer.example", headers=authenticated()))
@@ -584,7 +586,7 @@ def test_status_and_assignment_notifications(make_app, sink):  # type: ignore[no
     assert to_whom(sink, n) == ["eve@example.com", "eve@example.com"]  # assignment + internal note
 
 
-def test_operator_template_override(make_app, sink, tmp_path):  # type: ignore[no-untyped-def]
+def test_operator_template_override(make_app, sink, tmp_path):
     d = tmp_path / "tpl"
     d.mkdir()
     (d / "ticket_created.subject.j2").write_text("Thanks, {{ recipient.name }}!\n")
@@ -594,7 +596,7 @@ def test_operator_template_override(make_app, sink, tmp_path):  # type: ignore[n
     assert str(parse(sink.received[0].data)["Subject"]) == "[#1] Thanks, Alice Customer!"
 
 
-def test_missing_template_variable_stops_start_up(make_app, tmp_path):  # type: ignore[no-untyped-def]
+def test_missing_template_variable_stops_start_up(make_app, tmp_path):
     from gateway.config import ConfigError
 
     d = tmp_path / "tpl"
@@ -604,7 +606,7 @@ def test_missing_template_variable_stops_start_up(make_app, tmp_path):  # type: 
         make_app(notifications={"template_dir": str(d)})
 
 
-def test_maildir_is_the_default(make_app, tmp_path):  # type: ignore[no-untyped-def]
+def test_maildir_is_the_default(make_app, tmp_path):
     import mailbox
 
     app = make_app()
@@ -616,7 +618,7 @@ def test_maildir_is_the_default(make_app, tmp_path):  # type: ignore[no-untyped-
 
 
 # Queue cheap, build at delivery ------------------------------------------------------------------------------
-def test_rows_are_queued_unbuilt_and_built_once_on_first_claim(make_app, sink, clock):  # type: ignore[no-untyped-def]
+def test_rows_are_queued_unbuilt_and_built_once_on_first_claim(make_app, sink, clock):
     """The ingest transaction writes small rows (Message-ID and reply token fixed); the delivery round
     renders them, stores the bytes before sending, and an at-least-once resend sends those same bytes."""
     from sqlalchemy import update
@@ -649,7 +651,7 @@ def test_rows_are_queued_unbuilt_and_built_once_on_first_claim(make_app, sink, c
     assert str(ack["Message-ID"]).strip("<>") == rows[0].message_id
 
 
-def test_a_row_that_cannot_be_built_fails_with_the_reason(make_app, sink, tmp_path):  # type: ignore[no-untyped-def]
+def test_a_row_that_cannot_be_built_fails_with_the_reason(make_app, sink, tmp_path):
     """A template broken after the start (the check passed) fails its rows at delivery, visibly; the round
     goes on with the other rows and a fixed template plus `outbox retry` sends it."""
     from gateway.outbound.sender import retry
@@ -675,11 +677,16 @@ def test_a_row_that_cannot_be_built_fails_with_the_reason(make_app, sink, tmp_pa
     assert for_rcpt(sink, "bob@example.com")[0].get_body(("plain",)).get_content().startswith("New ticket [#1]")
 
 
-def test_template_check_stamp(make_app, tmp_path):  # type: ignore[no-untyped-def]
+def test_template_check_stamp(make_app, tmp_path, capsys):
     """The full sample render runs when the template sources changed since the last successful check (and
     always when forced: serve, outbox flush, check-config); otherwise a start only hashes the sources."""
+    import argparse
+
+    from gateway.cli.admin import check_config
     from gateway.config import ConfigError
+    from gateway.exitcodes import EX_CONFIG
     from gateway.outbound import STAMP_FILE, check_app_templates, check_templates, notifier_of
+    from gateway.sla import template_samples as sla_samples
 
     d = tmp_path / "tpl"
     d.mkdir()
@@ -695,7 +702,9 @@ def test_template_check_stamp(make_app, tmp_path):  # type: ignore[no-untyped-de
     with pytest.raises(ConfigError, match="sla_response_breach"):
         make_app(notifications={"template_dir": str(d)})
     with pytest.raises(ConfigError, match="sla_response_breach"):
-        check_templates(app.config)
+        check_templates(app.config, extra=sla_samples(app.config))
+    assert check_config(argparse.Namespace(example=False), app.config) == EX_CONFIG  # check-config says so
+    assert "sla_response_breach" in capsys.readouterr().err
     (d / "sla_response_breach.txt.j2").unlink()
     make_app(notifications={"template_dir": str(d)})
     assert not notifier_of(make_app(notifications={"template_dir": str(d)})).templates.checked

@@ -6,11 +6,12 @@ import json
 import mailbox
 
 from conftest import run_cli, write_config
-from gateway.outbound.sink import Sink, free_port
 from mails import make_mail
 
+from gateway.outbound.sink import Sink, free_port
 
-def test_outbox_cli_with_the_embedded_maildir(tmp_path, sqlite_url):  # type: ignore[no-untyped-def]
+
+def test_outbox_cli_with_the_embedded_maildir(tmp_path, sqlite_url):
     cfg = write_config(tmp_path, sqlite_url)
     r = run_cli("ingest", "--sender", "alice@customer.example", config=cfg, input=make_mail())
     assert r.returncode == 0, r.stderr
@@ -30,7 +31,7 @@ def test_outbox_cli_with_the_embedded_maildir(tmp_path, sqlite_url):  # type: ig
     assert r.returncode == 65 and b"already sent" in r.stderr
 
 
-def test_outbox_cli_relay_down_retry_and_flush(tmp_path, sqlite_url):  # type: ignore[no-untyped-def]
+def test_outbox_cli_relay_down_retry_and_flush(tmp_path, sqlite_url):
     port = free_port()
     cfg = write_config(tmp_path, sqlite_url, extra=f'''
 [outbound]
@@ -52,6 +53,6 @@ relay_security = "none"
         assert [m.rcpt_tos for m in sink.received] == [["alice@customer.example"]]
 
 
-def test_check_config_example_has_the_outbound_sections():  # type: ignore[no-untyped-def]
+def test_check_config_example_has_the_outbound_sections():
     r = run_cli("check-config", "--example")
     assert b"[outbound]" in r.stdout and b"[notifications]" in r.stdout and b"reply_secret" in r.stdout

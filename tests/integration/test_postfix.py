@@ -34,7 +34,6 @@ from email.utils import make_msgid
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_cli
 from postfix import Postfix, free_port, postfix_binary, start_postfix
 
@@ -124,12 +123,12 @@ class Gateway:
     def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         return run_cli(*args, config=self.config)
 
-    def tickets(self) -> list[dict]:  # type: ignore[type-arg]
+    def tickets(self) -> list[dict]:
         p = self.cli("tickets", "list", "--json")
         assert p.returncode == 0, p.stderr
-        return json.loads(p.stdout)  # type: ignore[no-any-return]
+        return json.loads(p.stdout)
 
-    def wait_tickets(self, predicate, timeout: float = 60) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+    def wait_tickets(self, predicate, timeout: float = 60) -> list[dict]:
         end = time.monotonic() + timeout
         while True:
             tickets = self.tickets()
@@ -150,7 +149,7 @@ class MailHost:
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory) -> Iterator[MailHost]:  # type: ignore[no-untyped-def]
+def host(tmp_path_factory) -> Iterator[MailHost]:
     if postfix_binary() is None:
         pytest.fail("postfix is not installed (Debian: apt-get install -y postfix); the README's test command "
                     "installs it")
@@ -237,7 +236,7 @@ def wait_maildir(pf: Postfix, address: str, n: int, timeout: float = 60) -> list
     while True:
         files = sorted(box.glob("*")) if box.is_dir() else []
         if len(files) >= n:
-            return [email.message_from_bytes(f.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
+            return [email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
                     for f in files]
         if time.monotonic() > end:
             raise AssertionError(f"{len(files)} mail(s) in {box}\n" + "\n".join(transcript(pf)[-20:]))

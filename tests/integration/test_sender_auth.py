@@ -11,12 +11,11 @@ from pathlib import Path
 
 import dkim
 import pytest
-from sqlalchemy import select
-
 from conftest import run_cli, write_config
 from dnsserver import DnsServer
 from mails import make_mail, message_id_of
 from servehelp import Running, config_for, send
+from sqlalchemy import select
 
 from gateway.models import Contact, InboundMail, OutboxMail
 
@@ -27,7 +26,7 @@ ELSEWHERE = "127.0.0.3"  # listed nowhere
 
 
 @pytest.fixture(scope="module")
-def dkim_key(tmp_path_factory) -> tuple[bytes, str]:  # type: ignore[no-untyped-def]
+def dkim_key(tmp_path_factory) -> tuple[bytes, str]:
     """(PEM private key, the DNS record's p= value): a real 2048-bit RSA key."""
     d = tmp_path_factory.mktemp("dkim")
     subprocess.run(["openssl", "genrsa", "-traditional", "-out", str(d / "k.pem"), "2048"], check=True,
@@ -38,7 +37,7 @@ def dkim_key(tmp_path_factory) -> tuple[bytes, str]:  # type: ignore[no-untyped-
 
 
 @pytest.fixture(scope="module")
-def zone(dkim_key) -> DnsServer:  # type: ignore[no-untyped-def]
+def zone(dkim_key) -> DnsServer:
     z = DnsServer().start()
     z.txt("corp.example", f"v=spf1 ip4:{SPF_OK} -all")
     z.txt("_dmarc.corp.example", "v=DMARC1; p=reject; adkim=r; aspf=r")
@@ -57,10 +56,10 @@ def signed(raw: bytes, key: bytes, domain: str = "corp.example") -> bytes:
 
 
 @pytest.fixture
-def gateway(tmp_path, db_url, zone):  # type: ignore[no-untyped-def]
+def gateway(tmp_path, db_url, zone):
     running: list[Running] = []
 
-    def start(**sections):  # type: ignore[no-untyped-def]
+    def start(**sections):
         auth = {"verify": True, "dns_servers": [zone.address], **sections.pop("authentication", {})}
         r = Running(config_for(tmp_path, db_url, authentication=auth, **sections))
         running.append(r)
@@ -71,12 +70,12 @@ def gateway(tmp_path, db_url, zone):  # type: ignore[no-untyped-def]
         r.stop()
 
 
-def auth_of(m: InboundMail) -> dict:  # type: ignore[type-arg]
+def auth_of(m: InboundMail) -> dict:
     assert m.auth is not None, m.trace
     return m.auth
 
 
-def test_dkim_spf_dmarc_verdicts_through_smtp(gateway, dkim_key):  # type: ignore[no-untyped-def]
+def test_dkim_spf_dmarc_verdicts_through_smtp(gateway, dkim_key):
     key = dkim_key[0]
     r = gateway()
     port = r.port("smtp")
@@ -97,7 +96,7 @@ def test_dkim_spf_dmarc_verdicts_through_smtp(gateway, dkim_key):  # type: ignor
         assert send(port, raw, frm, source=ip)[0] == 250
     mails = r.wait_processed(len(cases))
     got = [(m.subject, auth_of(m)["verdict"], m.outcome) for m in mails]
-    assert got == [(m.subject, v, o) for m, (_, _, _, v, o) in zip(mails, cases)], got
+    assert got == [(m.subject, v, o) for m, (_, _, _, v, o) in zip(mails, cases, strict=True)], got
     signed_mail, spf_mail, forged, tampered = mails[:4]
     assert (auth_of(signed_mail)["dkim"], auth_of(signed_mail)["dmarc"], auth_of(signed_mail)["spf"]) == \
         ("pass", "pass", "fail")
@@ -111,7 +110,7 @@ def test_dkim_spf_dmarc_verdicts_through_smtp(gateway, dkim_key):  # type: ignor
     assert {o.recipient for o in r.outbox()} == {"victim@corp.example", "nora@nodmarc.example", "paul@plain.example"}
 
 
-def test_issue_attack_trusted_dmarc_fail_from_our_mta(gateway):  # type: ignore[no-untyped-def]
+def test_issue_attack_trusted_dmarc_fail_from_our_mta(gateway):
     """The issue's attack: From the victim, our MTA's Authentication-Results say dmarc=fail, Cc the attacker,
     In-Reply-To the victim's ticket. Before: the victim's comment, the attacker a watcher who gets the staff's
     next answer. Now: quarantined; no comment, no watcher, no mail to anyone."""
@@ -154,7 +153,7 @@ def _toml(r: Running) -> Path:
     return p
 
 
-def test_authentication_results_are_believed_only_from_our_mta_above_received(gateway):  # type: ignore[no-untyped-def]
+def test_authentication_results_are_believed_only_from_our_mta_above_received(gateway):
     r = gateway(authentication={"trusted_authserv_ids": ["mx.gw.test"], "verify": False})
     smtp = r.port("smtp")
     below = (b"Received: from x by mx.gw.test; Mon, 2 Nov 2026 09:10:00 +0000\r\n"
@@ -177,7 +176,7 @@ def test_authentication_results_are_believed_only_from_our_mta_above_received(ga
     assert any("not one of authentication.trusted_relays" in t for t in mails[2].trace)
 
 
-def test_unverified_sender_cc_are_silent_watchers_authenticated_sender_cc_are_mailed(gateway, dkim_key):  # type: ignore[no-untyped-def]
+def test_unverified_sender_cc_are_silent_watchers_authenticated_sender_cc_are_mailed(gateway, dkim_key):
     r = gateway()
     smtp = r.port("smtp")
     cc = "Carol <carol@partner.example>, Dan <dan@partner.example>"
@@ -195,7 +194,7 @@ def test_unverified_sender_cc_are_silent_watchers_authenticated_sender_cc_are_ma
                     (t2.id, "carol@partner.example"), (t2.id, "dan@partner.example")}
 
 
-def test_ingest_verifies_with_client_ip_and_quarantines_forged_from(tmp_path, db_url, zone, dkim_key):  # type: ignore[no-untyped-def]
+def test_ingest_verifies_with_client_ip_and_quarantines_forged_from(tmp_path, db_url, zone, dkim_key):
     cfg = write_config(tmp_path, db_url, f'\n[authentication]\nverify = true\ndns_servers = ["{zone.address}"]\n')
     forged = make_mail(sender=VICTIM, subject="via the pipe")
     args = ("ingest", "--sender", "victim@corp.example", "--recipient", "support@example.com", "--json")
@@ -212,7 +211,7 @@ def test_ingest_verifies_with_client_ip_and_quarantines_forged_from(tmp_path, db
     assert any("SPF not checked: no client IP known" in t for t in results[2]["trace"])
 
 
-def test_dns_down_is_unverified_not_failed(tmp_path, db_url):  # type: ignore[no-untyped-def]
+def test_dns_down_is_unverified_not_failed(tmp_path, db_url):
     """A resolver that never answers: the budget runs out, the result is 'none' (a new ticket is allowed)."""
     import socket
 
@@ -229,7 +228,7 @@ def test_dns_down_is_unverified_not_failed(tmp_path, db_url):  # type: ignore[no
     assert m.auth["spf"] == "temperror"
 
 
-def test_outbox_never_reaches_the_attacker_after_replay(gateway):  # type: ignore[no-untyped-def]
+def test_outbox_never_reaches_the_attacker_after_replay(gateway):
     """Even a replayed (accepted) spoof does not make the gateway mail the Cc'd attacker: he is a silent watcher."""
     r = gateway(authentication={"trusted_authserv_ids": ["mx.gw.test"], "verify": False})
     raw = make_mail(sender=VICTIM, subject="spoof", cc=ATTACKER,

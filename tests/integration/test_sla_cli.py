@@ -6,22 +6,21 @@ import json
 from datetime import datetime, timedelta
 
 import pytest
-from mails import make_mail
-
 from conftest import run_cli, write_config
+from mails import make_mail
 
 
 @pytest.fixture
-def cfg(tmp_path, db_url):  # type: ignore[no-untyped-def]
+def cfg(tmp_path, db_url):
     return write_config(tmp_path, db_url, extra='\n[sla]\ngroup_addresses = { ops = "ops@example.com" }\n')
 
 
-def ok(proc):  # type: ignore[no-untyped-def]
+def ok(proc):
     assert proc.returncode == 0, proc.stderr.decode()
     return proc.stdout.decode()
 
 
-def j(proc):  # type: ignore[no-untyped-def]
+def j(proc):
     return json.loads(ok(proc))
 
 
@@ -33,7 +32,7 @@ def iso(dt: datetime) -> str:
     return dt.isoformat().replace("+00:00", "Z")
 
 
-def test_policies_add_list_remove(cfg):  # type: ignore[no-untyped-def]
+def test_policies_add_list_remove(cfg):
     ok(run_cli("sla", "policies", "add", "critical", "--response", "30", "--resolution", "240",
                "--priorities", "critical,high", "--warn-at", "75", "--escalate-to", "lead@example.com",
                config=cfg))
@@ -62,7 +61,7 @@ def test_policies_add_list_remove(cfg):  # type: ignore[no-untyped-def]
     assert run_cli("sla", "policies", "remove", "first", config=cfg).returncode == 66  # not found
 
 
-def test_tickets_set_tick_badge_and_report(cfg):  # type: ignore[no-untyped-def]
+def test_tickets_set_tick_badge_and_report(cfg):
     ok(run_cli("users", "add", "bob@example.com", "--staff", "--name", "Bob", config=cfg))
     ok(run_cli("sla", "policies", "add", "critical", "--response", "30", "--resolution", "240",
                "--priorities", "critical", "--escalate-to", "lead@example.com", config=cfg))

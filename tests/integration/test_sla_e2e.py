@@ -22,13 +22,13 @@ ENV = Envelope(mail_from="alice@customer.example", rcpt_tos=("support@example.co
 
 
 @pytest.fixture
-def sink():  # type: ignore[no-untyped-def]
+def sink():
     with Sink() as s:
         yield s
 
 
 @pytest.fixture
-def sections(sink):  # type: ignore[no-untyped-def]
+def sections(sink):
     return {
         "outbound": {"relay_host": "127.0.0.1", "relay_port": sink.port, "relay_security": "none",
                      "reply_secret": "s" * 32, "from_address": "support@example.com"},
@@ -38,14 +38,14 @@ def sections(sink):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def make_app(tmp_path, db_url, clock):  # type: ignore[no-untyped-def]
+def make_app(tmp_path, db_url, clock):
     """Like conftest's, but takes array-of-tables sections ([[routes]]) too."""
     from gateway.app import build_app
     from gateway.config import validate
 
     apps = []
 
-    def factory(**sections):  # type: ignore[no-untyped-def]
+    def factory(**sections):
         data = {"gateway": {"data_dir": str(tmp_path / "var"), "addresses": ["support@example.com"],
                             "unknown_senders": "register"}, "database": {"url": db_url}, **sections}
         app = build_app(validate(data, base_dir=tmp_path), clock=clock)
@@ -57,7 +57,7 @@ def make_app(tmp_path, db_url, clock):  # type: ignore[no-untyped-def]
         a.close()
 
 
-def sla_mails(sink):  # type: ignore[no-untyped-def]
+def sla_mails(sink):
     out = []
     for r in sink.received:
         msg = email.message_from_bytes(r.data, policy=policy.default)
@@ -66,7 +66,7 @@ def sla_mails(sink):  # type: ignore[no-untyped-def]
     return out
 
 
-def test_critical_incident_warning_then_breach_once_across_restart(make_app, clock, sink, sections):  # type: ignore[no-untyped-def]
+def test_critical_incident_warning_then_breach_once_across_restart(make_app, clock, sink, sections):
     app = make_app(**sections)
     staff(app)
     add_policy(app, "critical incidents", response=30, resolution=480, priorities="critical", types="incident",
@@ -93,7 +93,7 @@ def test_critical_incident_warning_then_breach_once_across_restart(make_app, clo
     flush(app)
     warn = sla_mails(sink)
     assert sorted(r for r, _, _ in warn) == ["bob@example.com", "lead@example.com", "ops@example.com"]
-    assert all("SLA warning" in s and "[#%d]" % n in s for _, s, _ in warn)
+    assert all("SLA warning" in s and f"[#{n}]" in s for _, s, _ in warn)
     msg = warn[0][2]
     assert "<down-1@customer.example>" in str(msg["References"])  # in the ticket's thread
     assert msg["Auto-Submitted"] == "auto-generated"
@@ -117,7 +117,7 @@ def test_critical_incident_warning_then_breach_once_across_restart(make_app, clo
     assert [k for _, k, _, _ in escalations(app2, n)] == ["response_warning", "response_breach"]
 
 
-def _sweeper(app, clock_now, barrier, errors, rounds=3):  # type: ignore[no-untyped-def]
+def _sweeper(app, clock_now, barrier, errors, rounds=3):
     try:
         barrier.wait(10)
         for _ in range(rounds):
@@ -126,7 +126,7 @@ def _sweeper(app, clock_now, barrier, errors, rounds=3):  # type: ignore[no-unty
         errors.append(e)
 
 
-def test_two_instances_sweeping_at_once_send_nothing_twice(make_app, clock, sink, sections):  # type: ignore[no-untyped-def]
+def test_two_instances_sweeping_at_once_send_nothing_twice(make_app, clock, sink, sections):
     a = make_app(**sections)
     b = make_app(**sections)
     staff(a)

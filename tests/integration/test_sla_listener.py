@@ -13,7 +13,7 @@ M = timedelta(minutes=1)
 
 
 @pytest.fixture
-def sla_app(make_app):  # type: ignore[no-untyped-def]
+def sla_app(make_app):
     app = make_app(sla={"group_addresses": {"l1": "l1-team@example.com"}})
     staff(app)
     add_policy(app, "critical", response=30, resolution=240, priorities="critical",
@@ -22,7 +22,7 @@ def sla_app(make_app):  # type: ignore[no-untyped-def]
     return app
 
 
-def test_created_ticket_gets_deadlines_of_first_matching_policy(sla_app, clock):  # type: ignore[no-untyped-def]
+def test_created_ticket_gets_deadlines_of_first_matching_policy(sla_app, clock):
     n = new_ticket(sla_app, priority="critical")
     t = ticket(sla_app, n)
     assert t["policy"] == "critical"
@@ -35,7 +35,7 @@ def test_created_ticket_gets_deadlines_of_first_matching_policy(sla_app, clock):
     assert ticket(sla_app, low)["response_due"] == clock.now + 480 * M
 
 
-def test_no_policy_no_deadlines(make_app, clock):  # type: ignore[no-untyped-def]
+def test_no_policy_no_deadlines(make_app, clock):
     app = make_app()
     n = new_ticket(app)
     t = ticket(app, n)
@@ -43,7 +43,7 @@ def test_no_policy_no_deadlines(make_app, clock):  # type: ignore[no-untyped-def
     assert sweep(app).escalations == []
 
 
-def test_first_response_is_a_public_staff_comment(sla_app, clock):  # type: ignore[no-untyped-def]
+def test_first_response_is_a_public_staff_comment(sla_app, clock):
     n = new_ticket(sla_app)
     clock.advance(minutes=5)
     comment(sla_app, n, "alice@customer.example")  # the customer: no
@@ -60,7 +60,7 @@ def test_first_response_is_a_public_staff_comment(sla_app, clock):  # type: igno
     assert escalations(sla_app, n) == []  # response met in time: nothing
 
 
-def test_pending_pauses_and_resume_pushes_deadlines(sla_app, clock):  # type: ignore[no-untyped-def]
+def test_pending_pauses_and_resume_pushes_deadlines(sla_app, clock):
     n = new_ticket(sla_app)
     before = ticket(sla_app, n)
     clock.advance(minutes=10)
@@ -77,7 +77,7 @@ def test_pending_pauses_and_resume_pushes_deadlines(sla_app, clock):  # type: ig
     assert t["next_at"] == t["response_due"] - 6 * M
 
 
-def test_warning_sent_before_pause_is_not_sent_again_after_resume(sla_app, clock):  # type: ignore[no-untyped-def]
+def test_warning_sent_before_pause_is_not_sent_again_after_resume(sla_app, clock):
     n = new_ticket(sla_app, assignee="bob@example.com")
     clock.advance(minutes=25)
     assert [e[1] for e in sweep(sla_app).escalations] == ["response_warning"]
@@ -91,7 +91,7 @@ def test_warning_sent_before_pause_is_not_sent_again_after_resume(sla_app, clock
     assert [k for _, k, _, _ in escalations(sla_app, n)] == ["response_warning", "response_breach"]
 
 
-def test_priority_change_reevaluates_and_met_stays_met(sla_app, clock):  # type: ignore[no-untyped-def]
+def test_priority_change_reevaluates_and_met_stays_met(sla_app, clock):
     n = new_ticket(sla_app, priority="low")
     created = clock.now
     clock.advance(minutes=20)
@@ -106,7 +106,7 @@ def test_priority_change_reevaluates_and_met_stays_met(sla_app, clock):  # type:
     assert ticket(sla_app, n)["resolution_due"] == created + 2880 * M
 
 
-def test_raised_to_critical_late_is_a_breach_at_once(sla_app, clock):  # type: ignore[no-untyped-def]
+def test_raised_to_critical_late_is_a_breach_at_once(sla_app, clock):
     n = new_ticket(sla_app, priority="low", assignee="bob@example.com")
     clock.advance(minutes=45)
     change(sla_app, n, priority="critical")
@@ -115,7 +115,7 @@ def test_raised_to_critical_late_is_a_breach_at_once(sla_app, clock):  # type: i
     assert (n, "response_warning") in r.suppressed
 
 
-def test_resolve_and_reopen_resumes_resolution_clock(sla_app, clock):  # type: ignore[no-untyped-def]
+def test_resolve_and_reopen_resumes_resolution_clock(sla_app, clock):
     n = new_ticket(sla_app)
     comment(sla_app, n, "bob@example.com")
     t0 = ticket(sla_app, n)
@@ -129,7 +129,7 @@ def test_resolve_and_reopen_resumes_resolution_clock(sla_app, clock):  # type: i
     assert t["next_at"] is not None
 
 
-def test_group_change_reevaluates(make_app, clock):  # type: ignore[no-untyped-def]
+def test_group_change_reevaluates(make_app, clock):
     app = make_app()
     add_policy(app, "vip", response=15, resolution=60, groups="vip")
     add_policy(app, "all", response=120, resolution=600)
@@ -140,7 +140,7 @@ def test_group_change_reevaluates(make_app, clock):  # type: ignore[no-untyped-d
     assert ticket(app, n)["response_due"] == clock.now + 15 * M
 
 
-def test_organisation_filter(make_app, clock):  # type: ignore[no-untyped-def]
+def test_organisation_filter(make_app, clock):
     app = make_app()
     add_policy(app, "acme", response=10, resolution=100, organisations="ACME")
     add_policy(app, "all", response=120, resolution=600)
@@ -149,7 +149,7 @@ def test_organisation_filter(make_app, clock):  # type: ignore[no-untyped-def]
     assert ticket(app, a)["policy"] == "acme" and ticket(app, b)["policy"] == "all"
 
 
-def test_escalations_once_each_and_catch_up_once(sla_app, clock):  # type: ignore[no-untyped-def]
+def test_escalations_once_each_and_catch_up_once(sla_app, clock):
     n = new_ticket(sla_app, assignee="bob@example.com", group="l1")
     clock.advance(minutes=24)
     r = sweep(sla_app)
@@ -169,7 +169,7 @@ def test_escalations_once_each_and_catch_up_once(sla_app, clock):  # type: ignor
                                     "resolution_warning"])
 
 
-def test_sweep_now_evaluates_as_of_that_instant(sla_app, clock):  # type: ignore[no-untyped-def]
+def test_sweep_now_evaluates_as_of_that_instant(sla_app, clock):
     n = new_ticket(sla_app, assignee="bob@example.com")
     assert sweep(sla_app, clock.now + 10 * M).escalations == []
     assert [k for _, k, _ in sweep(sla_app, clock.now + 25 * M).escalations] == ["response_warning"]
@@ -177,7 +177,7 @@ def test_sweep_now_evaluates_as_of_that_instant(sla_app, clock):  # type: ignore
     assert escalations(sla_app, n)[0][1] == "response_warning"
 
 
-def test_pending_reminder_reopens_and_mails_assignee_once(sla_app, clock):  # type: ignore[no-untyped-def]
+def test_pending_reminder_reopens_and_mails_assignee_once(sla_app, clock):
     n = new_ticket(sla_app, priority="low", assignee="bob@example.com")
     change(sla_app, n, status="pending", remind_at=clock.now + timedelta(hours=3))
     clock.advance(hours=2)
@@ -191,14 +191,14 @@ def test_pending_reminder_reopens_and_mails_assignee_once(sla_app, clock):  # ty
     assert outbox(sla_app) == [("sla_pending_reminder", "bob@example.com")]
 
 
-def test_pending_reminder_goes_to_group_without_assignee(sla_app, clock):  # type: ignore[no-untyped-def]
+def test_pending_reminder_goes_to_group_without_assignee(sla_app, clock):
     n = new_ticket(sla_app, priority="low", group="l1")
     change(sla_app, n, status="pending", remind_at=clock.now + timedelta(hours=1))
     clock.advance(hours=1, minutes=1)
     assert sweep(sla_app).reminders == [(n, ["l1-team@example.com"])]
 
 
-def test_leaving_pending_by_hand_drops_the_reminder(sla_app, clock):  # type: ignore[no-untyped-def]
+def test_leaving_pending_by_hand_drops_the_reminder(sla_app, clock):
     n = new_ticket(sla_app, priority="low", assignee="bob@example.com")
     change(sla_app, n, status="pending", remind_at=clock.now + timedelta(hours=1))
     change(sla_app, n, status="open")
@@ -207,7 +207,7 @@ def test_leaving_pending_by_hand_drops_the_reminder(sla_app, clock):  # type: ig
     assert sweep(sla_app).reminders == []
 
 
-def test_config_seed(make_app, clock):  # type: ignore[no-untyped-def]
+def test_config_seed(make_app, clock):
     seed = [{"name": "gold", "response": 60, "resolution": 600, "priorities": ["high", "critical"],
              "escalate_to": ["lead@example.com"], "calendar": "Europe/Berlin mon-fri 09:00-17:00",
              "holidays": ["2026-12-25"]},
@@ -229,7 +229,7 @@ def test_config_seed(make_app, clock):  # type: ignore[no-untyped-def]
         assert [r.name for r in PolicyStore(s, app2.clock).rows()] == ["rest"]
 
 
-def test_a_page_of_reminders_with_recorded_escalations(sla_app, clock):  # type: ignore[no-untyped-def]
+def test_a_page_of_reminders_with_recorded_escalations(sla_app, clock):
     """Several reminders in one sweep page (claims, changes and mails batched): each ticket resumes with its
     recorded warning moved along with its deadline (never mailed twice), and the reminder mails, queued
     unrendered, are built at delivery with the sweep's figures and the ticket as it was (open)."""

@@ -8,9 +8,10 @@ import mailbox
 from pathlib import Path
 
 import pytest
+from conftest import run_cli, write_config
+from mails import make_mail, message_id_of
 from sqlalchemy import select
 
-from conftest import run_cli, write_config
 from gateway.app import build_app
 from gateway.config import SCHEMA, validate
 from gateway.db import transaction
@@ -19,30 +20,29 @@ from gateway.models import Contact
 from gateway.outbound import deliver_due
 from gateway.tickets import Directory, Tickets
 from gateway.views import ticket_dict
-from mails import make_mail, message_id_of
 
 ENV = Envelope(mail_from="alice@customer.example", rcpt_tos=("support@example.com",), source="smtp")
 
 
-def default_app(tmp_path: Path, db_url: str, clock, **gateway):  # type: ignore[no-untyped-def]
+def default_app(tmp_path: Path, db_url: str, clock, **gateway):
     """An app whose config leaves unknown_senders out: the embedded default."""
     data = {"gateway": {"data_dir": str(tmp_path / "var"), "addresses": ["support@example.com"], **gateway},
             "database": {"url": db_url}}
     return build_app(validate(data, base_dir=tmp_path), clock=clock)
 
 
-def ticket(app, number):  # type: ignore[no-untyped-def]
+def ticket(app, number):
     with app.sessions() as s:
         t = Tickets(s, clock=app.clock).get(number)
         return ticket_dict(s, t) if t else None
 
 
-def contacts(app) -> dict[str, Contact]:  # type: ignore[no-untyped-def]
+def contacts(app) -> dict[str, Contact]:
     with app.sessions() as s:
         return {c.email: c for c in s.scalars(select(Contact))}
 
 
-def test_default_reporter_is_the_sender_as_a_correspondent(tmp_path, db_url, clock) -> None:  # type: ignore[no-untyped-def]
+def test_default_reporter_is_the_sender_as_a_correspondent(tmp_path, db_url, clock) -> None:
     assert SCHEMA["gateway"].keys["unknown_senders"].default == "correspondent"
     app = default_app(tmp_path, db_url, clock)
     try:
@@ -72,7 +72,7 @@ def test_default_reporter_is_the_sender_as_a_correspondent(tmp_path, db_url, clo
         # the acknowledgements go to the senders, greeting them by name, else neutrally (never by address)
         assert deliver_due(app).sent == 3
         box = mailbox.Maildir(str(app.config.data_dir / "outbox-maildir"), create=False)
-        texts = {}
+        texts: dict[str, list[bytes]] = {}
         for m in box:
             raw = bytes(m)
             texts.setdefault(m["X-Original-To"], []).append(raw)
@@ -84,7 +84,7 @@ def test_default_reporter_is_the_sender_as_a_correspondent(tmp_path, db_url, clo
 
 
 def test_registering_a_correspondent_later_makes_them_a_customer_of_their_organisation(
-        tmp_path, db_url, clock) -> None:  # type: ignore[no-untyped-def]
+        tmp_path, db_url, clock) -> None:
     app = default_app(tmp_path, db_url, clock)
     try:
         with transaction(app.sessions) as s:
@@ -100,7 +100,7 @@ def test_registering_a_correspondent_later_makes_them_a_customer_of_their_organi
         app.close()
 
 
-def test_register_policy_names_and_files_under_the_organisation(tmp_path, db_url, clock) -> None:  # type: ignore[no-untyped-def]
+def test_register_policy_names_and_files_under_the_organisation(tmp_path, db_url, clock) -> None:
     app = default_app(tmp_path, db_url, clock, unknown_senders="register")
     try:
         with transaction(app.sessions) as s:
@@ -114,7 +114,7 @@ def test_register_policy_names_and_files_under_the_organisation(tmp_path, db_url
         app.close()
 
 
-def test_import_of_many_mails_by_unknown_senders(tmp_path, db_url) -> None:  # type: ignore[no-untyped-def]
+def test_import_of_many_mails_by_unknown_senders(tmp_path, db_url) -> None:
     """The batch import path (lookups made ahead, one INSERT per new contact) with the default policy."""
     cfg = tmp_path / "gateway.toml"
     cfg.write_text(write_config(tmp_path, db_url).read_text().replace('unknown_senders = "register"\n', ""))
@@ -136,7 +136,7 @@ def test_import_of_many_mails_by_unknown_senders(tmp_path, db_url) -> None:  # t
 
 
 @pytest.mark.parametrize("policy,role", [("correspondent", "correspondent"), ("register", "customer")])
-def test_cc_watchers_follow_the_policy(tmp_path, db_url, clock, policy, role) -> None:  # type: ignore[no-untyped-def]
+def test_cc_watchers_follow_the_policy(tmp_path, db_url, clock, policy, role) -> None:
     """A Cc'd stranger becomes a watcher as the sender would be treated: a correspondent by default, a
     registered customer in their organisation only under 'register'."""
     app = default_app(tmp_path, db_url, clock, unknown_senders=policy)

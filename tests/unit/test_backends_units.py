@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,14 +14,14 @@ from gateway.backends.settings import load
 from gateway.backends.webhook import signature_ok
 from gateway.config import ConfigError, validate
 
-NOW = datetime(2026, 11, 2, 9, 30, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 
 
-def cfg(tmp_path: Path, **backend):  # type: ignore[no-untyped-def]
+def cfg(tmp_path: Path, **backend):
     return validate({"backend": backend}, base_dir=tmp_path)
 
 
-def test_builtin_is_the_default_and_installs_nothing(tmp_path):  # type: ignore[no-untyped-def]
+def test_builtin_is_the_default_and_installs_nothing(tmp_path):
     from gateway.app import build_app
 
     c = validate({"gateway": {"data_dir": str(tmp_path)}}, base_dir=tmp_path)
@@ -40,7 +40,7 @@ def test_builtin_is_the_default_and_installs_nothing(tmp_path):  # type: ignore[
     ({"kind": "zammad", "url": "https://x.example", "token_file": "t", "reference_field": "note"},
      "backend.reference_field"),
 ])
-def test_missing_keys_name_themselves(tmp_path, backend, message):  # type: ignore[no-untyped-def]
+def test_missing_keys_name_themselves(tmp_path, backend, message):
     with pytest.raises(ConfigError, match=message):
         load(cfg(tmp_path, **backend))
 
@@ -53,12 +53,12 @@ def test_missing_keys_name_themselves(tmp_path, backend, message):  # type: igno
     ({"url": "ftp://x"}, "backend.url"),
     ({"colour": "red"}, "backend.colour: unknown key"),
 ])
-def test_bad_values_stop_start_up(tmp_path, backend, message):  # type: ignore[no-untyped-def]
+def test_bad_values_stop_start_up(tmp_path, backend, message):
     with pytest.raises(ConfigError, match=message):
         cfg(tmp_path, **backend)
 
 
-def test_secret_read_from_file_when_needed(tmp_path):  # type: ignore[no-untyped-def]
+def test_secret_read_from_file_when_needed(tmp_path):
     (tmp_path / "tok").write_text("abc123\nignored\n")
     s = load(cfg(tmp_path, kind="zammad", url="https://z.example/", token_file="tok",
                  statuses={"open": "open", "new": "open", "closed": "closed"}))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ from gateway.auth.headers import from_domain, header_fields, trusted_results
 from gateway.auth.policy import AuthResult, DmarcRecord, Method, aligned, evaluate, org_domain
 from gateway.guard import connlimits, diskspace, flood, relay
 
-T0 = datetime(2026, 11, 2, 9, 30, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 
 
 # flood ------------------------------------------------------------------------------------------------------
@@ -76,7 +76,7 @@ def test_disk_guard_with_a_fake_probe(tmp_path):
 
 
 # authentication policy --------------------------------------------------------------------------------------
-def ev(spf=None, dkim=(), fd="corp.example", **kw):  # type: ignore[no-untyped-def]
+def ev(spf=None, dkim=(), fd="corp.example", **kw):
     return evaluate(AuthResult(from_domain=fd), spf, list(dkim), **kw)
 
 
@@ -102,7 +102,7 @@ REJECT = DmarcRecord("corp.example", "reject")
     (None, [], {"dmarc": "pass"}, "pass", "pass"),
     (Method("pass", "corp.example"), [], {"dmarc": "temperror"}, "pass", "temperror"),
 ])
-def test_verdicts(spf, dkim, kw, verdict, dmarc):  # type: ignore[no-untyped-def]
+def test_verdicts(spf, dkim, kw, verdict, dmarc):
     r = ev(spf, dkim, **kw)
     assert (r.verdict, r.dmarc) == (verdict, dmarc), r
 
@@ -133,7 +133,7 @@ RECEIVED = b"Received: from a by mx.example.com; Mon, 2 Nov 2026 09:00:00 +0000\
 BODY = b"From: v@corp.example\r\nSubject: x\r\n\r\nhi\r\n"
 
 
-def tr(raw: bytes, relay_trusted: bool = True):  # type: ignore[no-untyped-def]
+def tr(raw: bytes, relay_trusted: bool = True):
     return trusted_results(header_fields(raw), ["MX.example.com"], relay_trusted=relay_trusted)
 
 
@@ -170,5 +170,5 @@ def test_trusted_results_methods():
     (b"From: \"victim@corp.example\" <a@evil.example>\r\n", "evil.example"),
     (b"From: undisclosed\r\n", None),
 ])
-def test_from_domain(header, domain):  # type: ignore[no-untyped-def]
+def test_from_domain(header, domain):
     assert from_domain(header_fields(header + b"Subject: x\r\n\r\nbody\r\n")) == domain

@@ -5,57 +5,59 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from gateway.outbound import compose, ratelimit, tokens
-from gateway.outbound.render import EVENTS, Templates, TemplateError, one_line, sample_context
+from gateway import ourmail
+from gateway.outbound import compose, ratelimit
+from gateway.outbound.render import EVENTS, TemplateError, Templates, one_line, sample_context
 from gateway.outbound.sender import backoff
 
 SECRET = b"0123456789abcdef0123456789abcdef"
-NOW = datetime(2026, 11, 2, 9, 30, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 
 
 # Tokens ------------------------------------------------------------------------------------------------------
 def test_token_binds_ticket_and_recipient():
-    tok = tokens.make_token(SECRET, ticket_id=7, ticket_number=42, recipient="Alice@Customer.example")
+    tok = ourmail.make_token(SECRET, ticket_id=7, ticket_number=42, recipient="Alice@Customer.example")
     assert tok.startswith("42-") and len(tok) == 3 + 24
-    assert tokens.verify(SECRET, tok, ticket_id=7, recipient="alice@customer.example")
-    assert tokens.verify(SECRET, tok.upper(), ticket_id=7, recipient="alice@customer.example")
-    assert not tokens.verify(SECRET, tok, ticket_id=7, recipient="mallory@customer.example")
-    assert not tokens.verify(SECRET, tok, ticket_id=8, recipient="alice@customer.example")
-    assert not tokens.verify(b"another secret of enough length!", tok, ticket_id=7, recipient="alice@customer.example")
-    assert not tokens.verify(SECRET, "42-" + "a" * 24, ticket_id=7, recipient="alice@customer.example")
-    assert not tokens.verify(SECRET, "garbage", ticket_id=7, recipient="alice@customer.example")
+    assert ourmail.verify(SECRET, tok, ticket_id=7, recipient="alice@customer.example")
+    assert ourmail.verify(SECRET, tok.upper(), ticket_id=7, recipient="alice@customer.example")
+    assert not ourmail.verify(SECRET, tok, ticket_id=7, recipient="mallory@customer.example")
+    assert not ourmail.verify(SECRET, tok, ticket_id=8, recipient="alice@customer.example")
+    assert not ourmail.verify(b"another secret of enough length!", tok, ticket_id=7, recipient="alice@customer.example")
+    assert not ourmail.verify(SECRET, "42-" + "a" * 24, ticket_id=7, recipient="alice@customer.example")
+    assert not ourmail.verify(SECRET, "garbage", ticket_id=7, recipient="alice@customer.example")
 
 
 def test_token_has_at_least_96_bits():
-    tok = tokens.make_token(SECRET, ticket_id=1, ticket_number=1, recipient="a@b.example")
+    tok = ourmail.make_token(SECRET, ticket_id=1, ticket_number=1, recipient="a@b.example")
     mac = tok.split("-", 1)[1]
     assert len(base64.b32decode(mac.upper() + "=" * (-len(mac) % 8))) * 8 >= 96
 
 
 def test_token_addresses():
-    addr = tokens.token_address("support@example.com", "42-" + "a" * 24)
+    addr = ourmail.token_address("support@example.com", "42-" + "a" * 24)
     assert addr == "support+42-" + "a" * 24 + "@example.com"
     bases = ("support@example.com",)
-    assert tokens.token_of_address(addr, bases) == "42-" + "a" * 24
-    assert tokens.token_of_address("<" + addr.upper() + ">", bases) == "42-" + "a" * 24
-    assert tokens.token_of_address("other+42-" + "a" * 24 + "@example.com", bases) is None
-    assert tokens.token_of_address("support+hello@example.com", bases) is None
-    assert tokens.token_of_address("support@example.com", bases) is None
+    assert ourmail.token_of_address(addr, bases) == "42-" + "a" * 24
+    assert ourmail.token_of_address("<" + addr.upper() + ">", bases) == "42-" + "a" * 24
+    assert ourmail.token_of_address("other+42-" + "a" * 24 + "@example.com", bases) is None
+    assert ourmail.token_of_address("support+hello@example.com", bases) is None
+    assert ourmail.token_of_address("support@example.com", bases) is None
     assert len(addr.partition("@")[0]) <= 64
 
 
 def test_secret_generated_once_and_kept(tmp_path):
-    a = tokens.load_secret("", tmp_path)
-    b = tokens.load_secret("", tmp_path)
+    a = ourmail.load_secret("", tmp_path)
+    b = ourmail.load_secret("", tmp_path)
     assert a == b and len(a) >= 64
-    assert (tmp_path / tokens.SECRET_FILE).stat().st_mode & 0o777 == 0o600
-    assert tokens.load_secret("x" * 24, tmp_path) == b"x" * 24
+    assert (tmp_path / ourmail.SECRET_FILE).stat().st_mode & 0o777 == 0o600
+    assert ourmail.load_secret("x" * 24, tmp_path) == b"x" * 24
     with pytest.raises(ValueError):
-        tokens.load_secret("short", tmp_path)
+        ourmail.load_secret("short", tmp_path)
 
 
 def test_short_configured_secret_is_a_config_error():
@@ -102,15 +104,16 @@ def test_backoff_doubles_up_to_the_cap():
 
 
 # Composing ----------------------------------------------------------------------------------------------------
-def outgoing(**kw):  # type: ignore[no-untyped-def]
-    base = dict(from_name="Support", from_addr="support@example.com", to=[("Alice", "alice@customer.example")],
-                subject="[#1] Hello", text="Hi\n", html="<p>Hi</p>\n", message_id="tg.x.1@example.com", date=NOW,
-                reply_to="support+1-" + "a" * 24 + "@example.com")
+def outgoing(**kw: Any) -> compose.Outgoing:
+    base: dict[str, Any] = dict(
+        from_name="Support", from_addr="support@example.com", to=[("Alice", "alice@customer.example")],
+        subject="[#1] Hello", text="Hi\n", html="<p>Hi</p>\n", message_id="tg.x.1@example.com", date=NOW,
+        reply_to="support+1-" + "a" * 24 + "@example.com")
     base.update(kw)
     return compose.Outgoing(**base)
 
 
-def parse(raw: bytes):  # type: ignore[no-untyped-def]
+def parse(raw: bytes):
     return email.message_from_bytes(raw, policy=email.policy.default)
 
 
@@ -148,7 +151,7 @@ def test_headers_for_threading_and_loops():
     assert str(msg["References"]) == "<a@customer.example> <b@customer.example>"
     assert str(msg["Auto-Submitted"]) == "auto-replied" and str(msg["Precedence"]) == "bulk"
     assert str(msg["X-Auto-Response-Suppress"]) == "All"
-    assert str(msg[compose.LOOP_HEADER]) == "example.com"
+    assert str(msg[ourmail.LOOP_HEADER]) == "example.com"
     assert len(base64.b64decode(str(msg["Thread-Index"]))) == 27
     assert msg.get_content_type() == "multipart/alternative"
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
@@ -168,12 +171,12 @@ def test_thread_index_shares_the_thread_prefix():
 
 
 def test_our_message_ids():
-    mid = compose.new_message_id("example.com", 42)
-    assert compose.is_our_message_id(mid, "example.com")
-    assert compose.is_our_message_id(f"<{mid}>", "EXAMPLE.com")
-    assert not compose.is_our_message_id(mid, "other.example")
-    assert not compose.is_our_message_id("CAF123@mail.gmail.com", "example.com")
-    assert not compose.is_our_message_id("abc@example.com", "example.com")
+    mid = ourmail.new_message_id("example.com", 42)
+    assert ourmail.is_our_message_id(mid, "example.com")
+    assert ourmail.is_our_message_id(f"<{mid}>", "EXAMPLE.com")
+    assert not ourmail.is_our_message_id(mid, "other.example")
+    assert not ourmail.is_our_message_id("CAF123@mail.gmail.com", "example.com")
+    assert not ourmail.is_our_message_id("abc@example.com", "example.com")
 
 
 # Templates ----------------------------------------------------------------------------------------------------

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from gateway.models import SlaClock, Ticket
 from gateway.sla.mail import duration_text
 from gateway.sla.state import next_at, ticket_state
 
-T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 M = timedelta(minutes=1)
 
 
-def tk(**kw) -> Ticket:  # type: ignore[no-untyped-def]
+def tk(**kw) -> Ticket:
     base = dict(created_at=T0, response_due_at=T0 + 30 * M, resolution_due_at=T0 + 240 * M, first_response_at=None,
                 resolved_at=None, sla_paused_at=None)
     base.update(kw)
     return Ticket(**base)
 
 
-def clk(**kw) -> SlaClock:  # type: ignore[no-untyped-def]
+def clk(**kw) -> SlaClock:
     return SlaClock(warn_response_at=kw.get("wr", T0 + 24 * M), warn_resolution_at=kw.get("wz", T0 + 192 * M))
 
 

@@ -1,13 +1,13 @@
 """core schema
 
 Revision ID: 0001_core
-Revises: 
+Revises:
 Create Date: 2026-11-22
 """
-from alembic import op
 import sqlalchemy as sa
-import gateway.models
+from alembic import op
 
+import gateway.models
 
 revision = '0001_core'
 down_revision = None

@@ -4,10 +4,10 @@ Revision ID: 0003_sla
 Revises: 0001_core
 Create Date: 2026-11-22
 """
-from alembic import op
 import sqlalchemy as sa
-import gateway.models
+from alembic import op
 
+import gateway.models
 
 revision = '0003_sla'
 down_revision = '0001_core'

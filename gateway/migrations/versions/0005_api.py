@@ -4,10 +4,10 @@ Revision ID: 0005_api
 Revises: 0001_core
 Create Date: 2026-12-06
 """
-from alembic import op
 import sqlalchemy as sa
-import gateway.models
+from alembic import op
 
+import gateway.models
 
 revision = '0005_api'
 down_revision = '0001_core'

@@ -5,10 +5,10 @@ Revision ID: 0005_backends
 Revises: 0001_core
 Create Date: 2026-12-04
 """
-from alembic import op
 import sqlalchemy as sa
-import gateway.models
+from alembic import op
 
+import gateway.models
 
 revision = '0005_backends'
 down_revision = '0001_core'

@@ -5,9 +5,8 @@ Revision ID: 0005_hostile_senders
 Revises: 0001_core
 Create Date: 2026-12-04
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0005_hostile_senders'
 down_revision = '0001_core'

@@ -1,4 +1,5 @@
-"""The webhook endpoint in the HTTP API (gateway.api.routes EXTENSIONS): POST /api/v1/backends/{name}/webhook.
+"""The desks' webhook endpoint in the HTTP API (gateway.api.routes EXTENSIONS):
+POST /api/v1/backends/{name}/webhook.
 
 No Bearer token (a desk cannot send one): the desk's HMAC signature over the raw body is the authentication
 (`gateway.backends.webhook.handle_webhook`, run in the API's threads as a write). The body is bounded by the
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from gateway.api.spec import Op
 
 
-async def webhook(call: "Call") -> "Response":
+async def webhook(call: Call) -> Response:
     from gateway.api.app import json_response
     from gateway.backends.webhook import handle_webhook
 
@@ -25,7 +26,7 @@ async def webhook(call: "Call") -> "Response":
     return json_response(result.body, result.status)
 
 
-def operations() -> list["Op"]:
+def operations() -> list[Op]:
     from gateway.api.spec import Op, Param, loose, string
 
     json = "application/json"

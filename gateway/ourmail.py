@@ -1,8 +1,16 @@
-"""Signed reply addresses: `support+<number>-<mac>@example.com`.
+"""What marks mail as ours: the Message-ID format, the loop header and the signed reply addresses.
 
-The token binds a ticket and one recipient: mac = HMAC-SHA256(secret, "<ticket id>:<recipient>"), truncated to
-120 bits and written in lowercase base32 (local parts are often lowercased on the way back). Pure functions;
-the secret comes from config or the data directory (see `load_secret`).
+The outbound feature writes them; the core's `token` handler reads them back (a loop, or a reply naming a
+ticket). Both import this leaf module, so the core needs nothing from the optional outbound feature.
+
+* Message-ID `tg.<32 hex>.<ticket number>@<our domain>`: unique, recognisable when it comes back.
+* `X-Ticket-Gateway-Loop`: set on everything we send (gateway.autoreply treats the same name as a loop).
+* Reply address `support+<number>-<mac>@example.com`: the token binds a ticket and one recipient,
+  mac = HMAC-SHA256(secret, "<ticket id>:<recipient>") truncated to 120 bits, in lowercase base32 (local
+  parts are often lowercased on the way back). The secret comes from the config or is generated once
+  into the data directory (`load_secret`).
+
+Pure apart from the secret file; no email package import (the MTA pipe's `ingest` starts fast).
 """
 
 from __future__ import annotations
@@ -13,15 +21,41 @@ import hmac
 import os
 import re
 import secrets
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from gateway.config import Config, ConfigError
+
+LOOP_HEADER = "X-Ticket-Gateway-Loop"
 
 MAC_BYTES = 15  # 120 bits
 _TOKEN_RE = re.compile(r"^(\d{1,12})-([a-z2-7]{24})$")
 SECRET_FILE = "reply-secret"
 MIN_SECRET_CHARS = 24
+_OUR_MSGID = re.compile(r"^tg\.[0-9a-f]{32}\.\d+@(.+)$", re.I)
 
 
+def our_domain(config: Config) -> str:
+    """The domain of our Message-IDs: outbound.domain, else the domain of the From address."""
+    ob = config.outbound
+    return str(ob["domain"] or (ob["from_address"] or config.gateway_addresses[0]).rpartition("@")[2]).lower()
+
+
+def new_message_id(domain: str, ticket_number: int | None) -> str:
+    """`tg.<32 hex>.<ticket>@domain`: unique, on our domain, recognisable when it comes back (loops)."""
+    return f"tg.{uuid.uuid4().hex}.{ticket_number or 0}@{domain}"
+
+
+def is_our_message_id(message_id: str | None, domain: str) -> bool:
+    if not message_id:
+        return False
+    m = _OUR_MSGID.match(message_id.strip().strip("<>"))
+    return m is not None and m.group(1).lower() == domain.lower()
+
+
+# Signed reply addresses ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ParsedToken:
     number: int
@@ -29,7 +63,7 @@ class ParsedToken:
 
 
 def _mac(secret: bytes, ticket_id: int, recipient: str) -> str:
-    msg = f"{int(ticket_id)}:{recipient.strip().lower()}".encode("utf-8")
+    msg = f"{int(ticket_id)}:{recipient.strip().lower()}".encode()
     digest = hmac.new(secret, msg, hashlib.sha256).digest()[:MAC_BYTES]
     return base64.b32encode(digest).decode("ascii").lower().rstrip("=")
 
@@ -89,8 +123,6 @@ def load_secret(configured: str, data_dir: Path) -> bytes:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            import time
-
             time.sleep(0.02)  # another process is writing it
             continue
         with os.fdopen(fd, "w") as f:
@@ -98,3 +130,18 @@ def load_secret(configured: str, data_dir: Path) -> bytes:
             f.flush()
             os.fsync(f.fileno())
     raise RuntimeError(f"cannot read or create the reply secret {path}")
+
+
+_secrets: dict[tuple[str, str], bytes] = {}  # (configured, data_dir) -> secret: read once per process
+
+
+def reply_secret(config: Config) -> bytes:
+    """The HMAC secret for reply tokens (configured, or generated once into the data directory)."""
+    key = (config.outbound["reply_secret"], str(config.data_dir))
+    s = _secrets.get(key)
+    if s is None:
+        try:
+            s = _secrets[key] = load_secret(config.outbound["reply_secret"], config.data_dir)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"outbound.reply_secret: {e}") from e
+    return s

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from datetime import date, time
+from typing import Any
 
 import pytest
 
 from gateway.config import ConfigError, validate
-from gateway.sla.store import (PolicyError, calendar_from_json, calendar_text, calendar_to_json, check_seed,
-                               parse_calendar, seed_values, validate_values)
+from gateway.sla_definitions import (
+    PolicyError,
+    calendar_from_json,
+    calendar_text,
+    calendar_to_json,
+    check_seed,
+    parse_calendar,
+    seed_values,
+    validate_values,
+)
 
 
 def test_parse_calendar() -> None:
@@ -37,7 +46,7 @@ def test_validate_values() -> None:
     assert validate_values("x", response=1, resolution=2, warn_at=0)["warn_percent"] is None
     for kw in ({"response": 0}, {"priorities": "urgent"}, {"types": "bug"}, {"warn_at": 100},
                {"escalate_to": ["not-an-address"]}):
-        args = {"response": 30, "resolution": 60, **kw}
+        args: dict[str, Any] = {"response": 30, "resolution": 60, **kw}
         with pytest.raises(PolicyError):
             validate_values("x", **args)
 
@@ -78,9 +87,8 @@ def test_example_config_lists_the_sla_section() -> None:
 
 
 def test_sla_templates_render() -> None:
-    from gateway.outbound.render import Templates
+    from gateway.outbound.render import Templates, sample_context
     from gateway.sla.mail import KINDS, SlaMailer, _WithSla, event_name, sample_sla
-    from gateway.outbound.render import sample_context
 
     t = Templates()
     SlaMailer.check_templates(t)
