@@ -57,6 +57,7 @@ log = logging.getLogger("gateway.service")
 # Components that add tasks and jobs: "module:function", function(service) called before start.
 COMPONENTS: tuple[str, ...] = (
     "gateway.imap:install_service",
+    "gateway.spooldrain:install_service",  # mail piped by the MTA (`deliver`), drained on the doorbell
     "gateway.outbound:install_service",
     "gateway.sla:install_service",
     "gateway.api:install_service",   # HTTP: API, /healthz, /metrics ([http] listen)
@@ -270,6 +271,7 @@ class Service:
         self.stop_requested = threading.Event()                # the same, for sync code in threads
         self.listeners: list[Any] = []
         self.intake: Any = None
+        self.spool_drainer: Any = None                         # gateway.spooldrain.SpoolDrainer
         self.ahead: Any = None                                 # gateway.prepare.ParseAhead: the worker process
         self.registry: Any = None
         self.queue: asyncio.Queue[tuple[int, float]] | None = None
