@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -33,16 +34,36 @@ from gateway.ops.errors import Conflict, Invalid, NotFound
 from gateway.ops.pages import Page
 from gateway.tickets import Directory, InvalidChange, Tickets, normalise_email
 from gateway.views import attachment_dict, iso, ticket_dict
+from gateway.workflow import MAX_TAGS, NoSuch, Refused, Workflow, clean_tags
 
 if TYPE_CHECKING:
     from gateway.app import App
 
 _ADDR = re.compile(r"^[^@\s<>,;\"]{1,200}@[^@\s<>,;\"]{1,255}$")
 _CTYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}$")
-MAX_TAGS = 50
 MAX_WATCHERS = 100
 MAX_ATTACHMENTS = 20
-CHANGEABLE = ("status", "priority", "type", "assignee", "group", "tags", "remind_at")
+CHANGEABLE = ("status", "priority", "type", "assignee", "organisation", "group", "tags", "add_tags", "remove_tags",
+              "remind_at")
+
+
+@contextmanager
+def rules() -> Iterator[None]:
+    """The errors of gateway.workflow (the rules mail commands follow too) as the operations' errors."""
+    try:
+        yield
+    except NoSuch as e:
+        raise NotFound(str(e)) from None
+    except Refused as e:
+        raise Conflict(str(e)) from None
+    except InvalidChange as e:
+        text = str(e)
+        head = text.split(":", 1)[0]
+        raise Invalid(text, field=head if ":" in text and head.isidentifier() else None) from None
+
+
+def workflow(s: Session, app: App) -> Workflow:
+    return Workflow.of(s, clock=app.clock, listeners=app.listeners, config=app.config)
 
 
 def check_email(value: Any, what: str) -> str:
@@ -60,13 +81,10 @@ def _choice(value: Any, what: str, known: tuple[str, ...]) -> str:
 def _tags(value: Any) -> list[str]:
     if not isinstance(value, list) or len(value) > MAX_TAGS:
         raise Invalid(f"tags: a list of at most {MAX_TAGS} names", field="tags")
-    out: list[str] = []
-    for t in value:
-        if not isinstance(t, str) or not t.strip() or len(t) > 100:
-            raise Invalid("tags: each 1-100 characters", field="tags")
-        if t.strip() not in out:
-            out.append(t.strip())
-    return out
+    try:
+        return clean_tags(value)
+    except InvalidChange as e:
+        raise Invalid(str(e), field="tags") from None
 
 
 # Views -------------------------------------------------------------------------------------------------------
@@ -78,12 +96,16 @@ def _view(s: Session, t: Ticket, now: datetime, *, full: bool = False) -> dict[s
     d = ticket_dict(s, t, full=full, sla_state=session_ticket_state(s, t, now))
     if not full:
         d["description_html"] = t.description_html
-        d["links"] = [{"kind": k, "number": n} for k, n in Tickets(s, clock=lambda: now).links(t)[:200]]
     d["external_id"] = s.scalar(select(ApiIdempotency.key).where(ApiIdempotency.ticket_id == t.id,
                                                                  ApiIdempotency.key.like("ext:%")).limit(1))
     if d["external_id"]:
         d["external_id"] = d["external_id"][4:]
     d["comment_count"] = s.scalar(select(func.count()).select_from(Comment).where(Comment.ticket_id == t.id))
+    w = Workflow(s, clock=lambda: now)
+    d["links"] = w.links(t)
+    d["time_minutes"] = w.time_total(t)
+    d["merged_into"] = w.tickets.followed(t).number if t.merged_into_id is not None else None
+    d["customer_spoke_last"] = t.customer_spoke_last
     return d
 
 
@@ -275,55 +297,22 @@ def create_ticket(app: App, data: dict[str, Any], *, idempotency_key: str | None
 
 
 # Changing ----------------------------------------------------------------------------------------------------
-def _change_values(fields: dict[str, Any]) -> dict[str, Any]:
+def change_ticket(app: App, number: int, fields: dict[str, Any], *, by: str | None = None) -> dict[str, Any]:
+    """Change status, priority, type, assignee (a staff email, or None), organisation (a name, or None), group
+    (None clears), tags (replace), add_tags, remove_tags, remind_at (a datetime: pending with a reminder; None
+    clears). The rules are gateway.workflow's: a reminder implies pending, leaving pending drops the reminder,
+    resolving or closing a ticket an open ticket blocks is refused (409). Returns the changes, the SLA figures
+    and the ticket."""
     unknown = sorted(set(fields) - set(CHANGEABLE))
     if unknown:
         raise Invalid(f"{unknown[0]}: cannot be changed here (one of {', '.join(CHANGEABLE)})", field=unknown[0])
     if not fields:
         raise Invalid("nothing to change")
-    fields = dict(fields)
-    for name, known in (("status", STATUSES), ("priority", PRIORITIES), ("type", TYPES)):
-        if name in fields:
-            _choice(fields[name], name, known)
-    if "tags" in fields:
-        fields["tags"] = _tags(fields["tags"])
-    if "group" in fields and fields["group"] is not None and (not isinstance(fields["group"], str)
-                                                               or not 1 <= len(fields["group"]) <= 100):
-        raise Invalid("group: 1-100 characters, or null", field="group")
-    if fields.get("remind_at") is not None:
-        if not isinstance(fields["remind_at"], datetime) or fields["remind_at"].tzinfo is None:
-            raise Invalid("remind_at: an ISO 8601 time with a zone", field="remind_at")
-        fields.setdefault("status", "pending")
-        if fields["status"] != "pending":
-            raise Invalid("remind_at goes with status pending", field="remind_at")
-    return fields
-
-
-def change_ticket(app: App, number: int, fields: dict[str, Any], *, by: str | None = None) -> dict[str, Any]:
-    """Change status, priority, type, assignee (a staff email, or None), group (None clears), tags,
-    remind_at (a datetime: pending with a reminder; None clears). Returns the changes, the SLA figures and
-    the ticket. Rules: a reminder implies pending; leaving pending drops the reminder."""
-    fields = _change_values(fields)
-    with transaction(app.sessions) as s:
-        tickets = Tickets(s, clock=app.clock, listeners=app.listeners)
-        directory = Directory(s, app.clock)
-        t = _ticket(s, app, number)
-        if "assignee" in fields and fields["assignee"] is not None:
-            c = directory.contact(check_email(fields["assignee"], "assignee"))
-            if c is None or not c.is_staff:
-                raise Invalid(f"assignee: {fields['assignee']} is not a staff contact", field="assignee")
-            fields["assignee"] = c
-        who = None
-        if by:
-            who = directory.contact(check_email(by, "by"))
-            if who is None:
-                raise Invalid(f"by: unknown contact {by}", field="by")
-        if fields.get("status", t.status) != "pending" and "remind_at" not in fields and t.remind_at:
-            fields["remind_at"] = None  # a reminder only makes sense while pending
-        try:
-            changes = tickets.change(t, by=who, **fields)
-        except InvalidChange as e:
-            raise Invalid(str(e)) from None
+    with transaction(app.sessions) as s, rules():
+        w = workflow(s, app)
+        t = w.ticket(number)
+        who = w.contact(check_email(by, "by")) if by else None
+        changes = w.set_fields(t, by=who, **fields)
         out = {k: [iso(v) if isinstance(v, datetime) else v for v in pair] for k, pair in changes.items()}
         sla = {"policy": t.sla_policy, "response_due_at": iso(t.response_due_at),
                "resolution_due_at": iso(t.resolution_due_at), "paused_at": iso(t.sla_paused_at),
@@ -379,6 +368,7 @@ def add_comment(app: App, number: int, *, body: str, internal: bool = False, aut
         raise Invalid(f"at most {MAX_ATTACHMENTS} attachments", field="attachments")
     with transaction(app.sessions) as s:
         t = _ticket(s, app, number)
+        t = Tickets(s, clock=app.clock).followed(t)  # a merged ticket's comments go to the one it was merged into
         who = None
         if author:
             who = Directory(s, app.clock).contact(check_email(author, "author"))
