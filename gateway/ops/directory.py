@@ -123,9 +123,10 @@ def remove_user(app: App, email: str) -> None:
         s.info.pop("tg.contacts", None)
 
 
-def block_user(app: App, email: str, *, blocked: bool = True, reason: str | None = None) -> dict[str, Any]:
+def block_user(app: App, email: str, *, blocked: bool = True, reason: str | None = None,
+               create: bool = True) -> dict[str, Any]:
     """Block a contact (every mail from it is quarantined with the reason; an unknown address is added as a
-    blocked correspondent) or unblock it."""
+    blocked correspondent unless create is False) or unblock it."""
     email = check_email(email, "email")
     if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
         raise Invalid(f"reason: at most {MAX_REASON} characters", field="reason")
@@ -133,7 +134,7 @@ def block_user(app: App, email: str, *, blocked: bool = True, reason: str | None
         d = Directory(s, app.clock)
         c = d.contact(email)
         if c is None:
-            if not blocked:
+            if not blocked or not create:
                 raise NotFound(f"no contact {email}")
             c = d.register(email, correspondent=True)
         c.blocked = blocked

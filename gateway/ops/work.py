@@ -26,10 +26,15 @@ def _who(w: Workflow, by: str | None) -> Any:
 
 
 # Links -------------------------------------------------------------------------------------------------------
-def list_links(app: App, number: int) -> list[dict[str, Any]]:
+def list_links(app: App, number: int, *, limit: int = pages.DEFAULT_LIMIT, cursor: str | None = None) -> Page:
+    """The ticket's links as read from it (at most 2 x MAX_LINKS: the cursor is an offset into them)."""
+    start = (pages.int_key(pages.decode(cursor), "i") or 0) if cursor else 0
     with app.sessions() as s, rules():
         w = workflow(s, app)
-        return w.links(w.ticket(number))
+        links = w.links(w.ticket(number))
+        items = links[start:start + limit]
+        more = start + limit < len(links)
+        return Page(items, pages.encode({"i": start + limit}) if more else None)
 
 
 def link_tickets(app: App, number: int, other: int, kind: str) -> dict[str, Any]:
@@ -86,11 +91,17 @@ def list_time(app: App, number: int, *, limit: int = pages.DEFAULT_LIMIT, cursor
 
 
 # Watchers ----------------------------------------------------------------------------------------------------
-def list_watchers(app: App, number: int) -> list[dict[str, Any]]:
+def list_watchers(app: App, number: int, *, limit: int = pages.DEFAULT_LIMIT, cursor: str | None = None) -> Page:
+    """By when they started watching. mailed: whether the gateway may mail them (gateway.guard.relay)."""
+    after = pages.int_key(pages.decode(cursor), "id") if cursor else None
     with app.sessions() as s, rules():
         t = workflow(s, app).ticket(number)
-        return [{"email": x.contact.email, "name": x.contact.name, "mailed": x.vouched is not None
-                 or x.contact.vouched is not None} for x in t.watchers]
+        rows = [x for x in sorted(t.watchers, key=lambda x: x.id) if after is None or x.id > after]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page([{"email": x.contact.email, "name": x.contact.name,
+                      "mailed": x.vouched is not None or x.contact.vouched is not None} for x in rows],
+                    pages.encode({"id": rows[-1].id}) if more and rows else None)
 
 
 def watch(app: App, number: int, email: str) -> dict[str, Any]:
