@@ -198,6 +198,9 @@ SCHEMA: dict[str, Section] = {
                                          "(Python syntax) matched against whole lines."),
             "staff_comments_internal": Key(bool, False,
                                            "Comments that staff send by mail are internal notes (else public)."),
+            "refuse_close_while_blocked": Key(
+                bool, True, "Resolving or closing a ticket that another open ticket blocks (a 'blocks' link: "
+                "`tickets link N M --kind blocked-by`) is refused with the reason; false allows it."),
         },
     ),
     "database": Section(

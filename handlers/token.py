@@ -61,6 +61,9 @@ def handle(ctx: MailContext) -> None:
             continue
         if ourmail.verify(secret, tok, ticket_id=ticket.id, recipient=ctx.sender_email):
             ctx.note(f"token: reply address {addr} signed for {ctx.sender_email} -> ticket #{ticket.number}")
+            if ticket.merged_into_id is not None:
+                ticket = ctx.tickets.followed(ticket)
+                ctx.note(f"token: #{parsed.number} was merged into #{ticket.number}")
             if ticket.status == "closed":
                 closed = ticket.closed_at or ticket.updated_at
                 days = ctx.config.gateway["reopen_days"]
