@@ -150,3 +150,49 @@ def test_customer_reply_to_pending_ticket_reopens_it(gateway: Any) -> None:
     m = d.mail(subject="Re: [#1] Waiting", body="Here is the log.\n")
     assert d.ticket().status == "open"
     assert any("pending -> open (reply from customer)" in line for line in m.trace), m.trace
+
+
+# 3. Internal notes by mail ----------------------------------------------------------------------------------
+def test_internal_notes_by_note_address_and_a_staff_reply_stays_public(gateway: Any) -> None:
+    d = Desk(gateway())
+    d.mail(subject="Disk full", message_id="<first@customer.example>")
+    notice = [o for o in d.outbox(event="staff_new_ticket") if o.recipient == "bob@example.com"][0]
+    note_addr = notice.params["note"]
+    # the signed note address from Bob's notice: an internal note, mailed to no customer
+    n = len(d.outbox())
+    m = d.mail(sender="Bob Staff <bob@example.com>", rcpt=note_addr, subject="Re: [#1] Disk full",
+               body="Customer is on the old plan.\n")
+    assert any(f"token: note address {note_addr}" in line for line in m.trace), m.trace
+    # the plain note address with the subject tag
+    m2 = d.mail(sender="Carol Staff <carol@example.com>", rcpt="support+note@example.com",
+                subject="Re: [#1] Disk full", body="Checked the quota.\n")
+    assert any("internal note (sent to the note address support+note@example.com)" in x for x in m2.trace)
+    notes = d.outbox(n)
+    assert "alice@customer.example" not in recipients(notes)
+    assert {o.event for o in notes} <= {"internal_note"}
+    # Bob's note was not addressed to anyone on the ticket yet (no assignee, no staff watchers): nobody; after
+    # assigning Carol, Bob's next note reaches her, with the note address as its Reply-To
+    d.change(assignee="carol@example.com")
+    n = len(d.outbox())
+    d.mail(sender="Bob Staff <bob@example.com>", rcpt=note_addr, subject="Re: [#1] Disk full", body="Over to you.\n")
+    (to_carol,) = d.outbox(n, event="internal_note")
+    assert to_carol.recipient == "carol@example.com" and to_carol.params["note"].startswith("support+note-1-")
+    # a staff member's ordinary reply is public and reaches the customer
+    n = len(d.outbox())
+    d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] Disk full", body="We freed 10 GB.\n")
+    assert recipients(d.outbox(n), "comment") == ["alice@customer.example", "carol@example.com"]
+    # a customer writing to the note address makes a public comment (only staff write notes)
+    m3 = d.mail(rcpt="support+note@example.com", subject="Re: [#1] Disk full", body="Thanks!\n")
+    assert m3.outcome == "comment"
+    assert [(c.body.strip(), c.internal) for c in d.comments()] == [
+        ("Customer is on the old plan.", True), ("Checked the quota.", True), ("Over to you.", True),
+        ("We freed 10 GB.", False), ("Thanks!", False)]
+
+
+def test_deprecated_global_internal_switch_still_works_and_warns(gateway: Any) -> None:
+    r = gateway(gateway={"staff_comments_internal": True})
+    assert any("staff_comments_internal is deprecated" in w for w in r.app.config.warnings)
+    d = Desk(r)
+    d.mail(subject="Old habit")
+    d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] Old habit", body="Looking.\n")
+    assert [c.internal for c in d.comments()] == [True]
