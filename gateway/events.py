@@ -36,6 +36,13 @@ class TicketChanged:
 
 
 @dataclass
+class WatcherAdded:
+    ticket: Ticket
+    contact: Contact
+    vouched: str | None = None  # why the gateway may mail them (gateway.guard.relay); None: it may not
+
+
+@dataclass
 class MailIgnored:
     mail_id: int
     kind: str  # auto_reply | bounce | bulk | list | loop
@@ -62,7 +69,7 @@ class CommandsDone:
     mail_id: int | None = None
 
 
-Event = TicketCreated | CommentAdded | TicketChanged | MailIgnored | MailRejected | CommandsDone
+Event = TicketCreated | CommentAdded | TicketChanged | WatcherAdded | MailIgnored | MailRejected | CommandsDone
 
 
 class Listener(Protocol):
