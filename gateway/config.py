@@ -211,6 +211,9 @@ SCHEMA: dict[str, Section] = {
                                            "mail becomes an internal note, so no customer gets an answer by "
                                            "mail. Mark a single mail instead: the /internal command, or mail to "
                                            "the note address (staff.note_subaddress)."),
+            "refuse_close_while_blocked": Key(
+                bool, True, "Resolving or closing a ticket that another open ticket blocks (a 'blocks' link: "
+                "`tickets link N M --kind blocked-by`) is refused with the reason; false allows it."),
         },
     ),
     "staff": Section(

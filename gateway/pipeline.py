@@ -31,6 +31,7 @@ BUILTIN: tuple[str, ...] = (
     "classify",     # auto-replies, bounces, bulk and list mail are ignored
     "authenticate", # sender authentication (DMARC/DKIM/SPF, trusted Authentication-Results); a failure quarantines
     "identify",     # who wrote it: known contact, or the unknown-sender policy
+    "blocked",      # a contact an admin blocked (users block): quarantined with the reason
     "flood",        # more than limits.mails_per_sender_per_hour from one sender: quarantined ('flood')
     "token",        # our own mail coming back is a loop; a signed reply address names its ticket
     "match",        # which ticket: In-Reply-To/References, subject tag; participants only

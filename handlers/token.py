@@ -64,6 +64,9 @@ def handle(ctx: MailContext) -> None:
                      f"-> ticket #{ticket.number}")
             if parsed.note and ctx.sender is not None and ctx.sender.is_staff:
                 ctx.internal = f"sent to the note address {addr}"
+            if ticket.merged_into_id is not None:
+                ticket = ctx.tickets.followed(ticket)
+                ctx.note(f"token: #{parsed.number} was merged into #{ticket.number}")
             if ticket.status == "closed":
                 closed = ticket.closed_at or ticket.updated_at
                 days = ctx.config.gateway["reopen_days"]
