@@ -9,8 +9,9 @@
 Only lines before any other text count (blank lines between them are allowed); the first line that is not a
 command ends them, and everything from it on is the mail's text. A line is a command line when it is `/` and
 a word (letters, `-`, `_`) followed by a space or the end of the line: `/etc/hosts is broken` is text.
-Values are checked here as far as text can say (choices, dates, durations, addresses); what needs the store
-(does the person or the ticket exist, may the ticket close) is the handler's (handlers/act.py).
+Values are checked here as far as text can say (choices, dates, durations, addresses), with the spellings
+of the CLI (gateway.workflow: any case, '-' or ' ' for '_'); what needs the store (does the person or the
+ticket exist, may the ticket close) is the handler's (handlers/act.py), through the same gateway.workflow.
 
 Bounded: at most MAX_COMMANDS command lines (a further one ends the block and is refused), at most
 MAX_LINE characters per line (a longer one is refused), at most MAX_SCAN leading lines looked at.
@@ -23,22 +24,20 @@ from dataclasses import dataclass
 from datetime import date
 
 from gateway.models import PRIORITIES, STATUSES, TYPES
+from gateway.tickets import InvalidChange
+from gateway.workflow import LINK_KIND_NAMES, MAX_GROUP_LENGTH, MAX_TAG_LENGTH, choice, link_kind, parse_duration
 
 MAX_COMMANDS = 20
 MAX_LINE = 300
 MAX_SCAN = 100
-MAX_MINUTES = 7 * 24 * 60  # one /time entry: at most a week
-MAX_NAME = 100  # group and tag names
 MAX_NOTE = 200
 
-LINK_KINDS = ("relates", "duplicates", "caused-by", "blocks", "blocked-by")
 NO_ARGUMENT = ("unassign", "internal")
 KNOWN = ("status", "pending", "priority", "type", "assign", "unassign", "group", "tag", "untag", "link", "time",
          "internal", "watch", "unwatch")
 
 _LINE = re.compile(r"^/([A-Za-z][A-Za-z_-]{0,30})(?:[ \t]+(.*))?$")
 _ADDR = re.compile(r"^[^@\s<>,;\"()]{1,64}@[A-Za-z0-9.-]{1,253}$")
-_DURATION = re.compile(r"^(?:(\d{1,4})h)?(?:(\d{1,5})m(?:in)?)?$")
 _NUMBER = re.compile(r"^#?(\d{1,12})$")
 
 
@@ -73,21 +72,6 @@ class Parsed:
         return any(c.name == "internal" for c in self.commands)
 
 
-def choice(value: str, known: tuple[str, ...]) -> str | None:
-    """A value as people write it (any case, a hyphen or a space for the underscore) -> the stored spelling."""
-    v = re.sub(r"[\s-]+", "_", value.strip().lower())
-    return v if v in known else None
-
-
-def duration_minutes(text: str) -> int | None:
-    """'1h30m', '90m', '2h', '45min' -> minutes (1..MAX_MINUTES), else None."""
-    m = _DURATION.match(text.strip().lower())
-    if not m or not (m.group(1) or m.group(2)):
-        return None
-    minutes = int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
-    return minutes if 0 < minutes <= MAX_MINUTES else None
-
-
 def _email(arg: str, *, me: bool) -> str | Refused:
     a = arg.strip().strip("<>").lower()
     if me and a == "me":
@@ -99,29 +83,32 @@ def _email(arg: str, *, me: bool) -> str | Refused:
 
 def _name(arg: str, what: str) -> str | Refused:
     a = arg.strip()
-    if not a or len(a) > MAX_NAME:
-        return Refused("", f"a {what} name of 1-{MAX_NAME} characters")
+    most = MAX_GROUP_LENGTH if what == "group" else MAX_TAG_LENGTH
+    if not a or len(a) > most:
+        return Refused("", f"a {what} name of 1-{most} characters")
     return a
 
 
 def _link(arg: str) -> tuple[int, str] | Refused:
     parts = arg.split()
     if len(parts) != 2:
-        return Refused("", f"/link NUMBER KIND (KIND one of {', '.join(LINK_KINDS)})")
+        return Refused("", f"/link NUMBER KIND (KIND one of {', '.join(LINK_KIND_NAMES)})")
     m = _NUMBER.match(parts[0])
-    kind = parts[1].lower().replace("_", "-")
     if not m:
         return Refused("", f"not a ticket number: {parts[0][:20]!r}")
-    if kind not in LINK_KINDS:
-        return Refused("", f"unknown link kind {parts[1][:30]!r} (one of {', '.join(LINK_KINDS)})")
-    return int(m.group(1)), kind
+    try:
+        link_kind(parts[1])
+    except InvalidChange:
+        return Refused("", f"unknown link kind {parts[1][:30]!r} (one of {', '.join(LINK_KIND_NAMES)})")
+    return int(m.group(1)), parts[1].lower()
 
 
 def _time(arg: str) -> tuple[int, str] | Refused:
     spent, _, note = arg.strip().partition(" ")
-    minutes = duration_minutes(spent)
-    if minutes is None:
-        return Refused("", f"not a duration like 1h30m, 45m or 2h (at most {MAX_MINUTES // 60}h): {spent[:30]!r}")
+    try:
+        minutes = parse_duration(spent)
+    except InvalidChange as e:
+        return Refused("", str(e))
     note = note.strip()
     if len(note) > MAX_NOTE:
         return Refused("", f"the note of /time has at most {MAX_NOTE} characters")
@@ -147,8 +134,10 @@ def _value(name: str, arg: str) -> str | int | date | tuple[int, str] | None | R
         return Refused("", f"/{name} needs an argument")
     for field, known in (("status", STATUSES), ("priority", PRIORITIES), ("type", TYPES)):
         if name == field:
-            v = choice(arg, known)
-            return v if v is not None else Refused("", f"unknown {field} {arg[:40]!r} (one of {', '.join(known)})")
+            try:
+                return choice(arg, field, known)
+            except InvalidChange:
+                return Refused("", f"unknown {field} {arg[:40]!r} (one of {', '.join(known)})")
     if name in ("assign", "watch", "unwatch"):
         return _email(arg, me=True)
     if name in ("group", "tag", "untag"):

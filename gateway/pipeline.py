@@ -40,6 +40,7 @@ BUILTIN: tuple[str, ...] = (
     "commands",     # staff: /command lines at the top are taken out; /internal or the note address: a note
     "thread",       # create the ticket or add the comment; Cc -> watchers
     "attachments",  # store attachments content-addressed, linked to the ticket/comment
+    "act",          # staff: the commands applied to the ticket, confirmed to the sender by one mail
 )
 
 Handler = Callable[["MailContext"], None]

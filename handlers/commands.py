@@ -8,7 +8,7 @@ plain text, and the trace says why. A mail whose text was only commands adds no 
 
 from __future__ import annotations
 
-from gateway import auth, ourmail
+from gateway import auth, mailcommands, ourmail
 from gateway.pipeline import MailContext
 
 
@@ -49,3 +49,20 @@ def handle(ctx: MailContext) -> None:
         to_note = note_address(ctx)
         if to_note:
             ctx.internal = f"sent to the note address {to_note}"
+    if not staff or "/" not in ctx.body[:mailcommands.MAX_LINE * 2]:
+        return
+    parsed = mailcommands.parse(ctx.body)
+    if not parsed.any:
+        return
+    why = refusal(ctx)
+    if why is not None:
+        ctx.note(f"commands: slash lines kept as text: {why}")
+        return
+    ctx.commands = parsed
+    ctx.body = parsed.rest
+    ctx.full_text = mailcommands.parse(ctx.full_text).rest
+    ctx.html = None  # the HTML still holds the command lines: the comment is the text without them
+    if parsed.internal:
+        ctx.internal = "/internal"
+    ctx.note(f"commands: {len(parsed.commands)} command(s), {len(parsed.refused)} refused line(s) taken out of "
+             "the text" + (" (nothing else: no comment)" if not parsed.rest.strip() else ""))

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import email.utils
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from mails import make_mail
+from mails import TRUST_MX, authenticated, make_mail
 from servehelp import Running, config_for, send
 from sqlalchemy import select
 
@@ -196,3 +197,117 @@ def test_deprecated_global_internal_switch_still_works_and_warns(gateway: Any) -
     d.mail(subject="Old habit")
     d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] Old habit", body="Looking.\n")
     assert [c.internal for c in d.comments()] == [True]
+
+
+# 2. Commands by mail ----------------------------------------------------------------------------------------
+def confirmation(d: Desk, since: int, to: str = "bob@example.com") -> OutboxMail:
+    (row,) = d.outbox(since, event="commands", recipient=to)
+    assert row.params["auto"] == "auto-replied" and not row.caused_by_mail
+    return row
+
+
+def test_every_command_by_mail_and_its_confirmation(gateway: Any) -> None:
+    d = Desk(gateway(groups=[{"name": "network", "members": ["carol@example.com"]}]))
+    d.mail(subject="VPN down")
+    d.mail(sender="Erin <erin@customer.example>", subject="Core switch")           # ticket #2
+    n = len(d.outbox())
+    m = d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] VPN down", body=(
+        "/status In Progress\n/priority HIGH\n/type service-request\n/assign me\n/group network\n/tag vpn\n"
+        "/tag urgent\n/link 2 blocked-by\n/time 1h30m call with Alice\n/watch carol@example.com\n\n"
+        "Working on it.\n"))
+    t = d.ticket()
+    assert (t.status, t.priority, t.type, t.assignee.email if t.assignee else None, t.group, t.tags) == (
+        "in_progress", "high", "service_request", "bob@example.com", "network", ["vpn", "urgent"])
+    assert [w.contact.email for w in t.watchers] == ["carol@example.com"]
+    (comment,) = d.comments()
+    assert comment.body.strip() == "Working on it." and not comment.internal and "/status" not in comment.full_text
+    row = confirmation(d, n)
+    done = row.params["extra"]["done"]
+    for text in ("status: open -> in_progress", "priority: medium -> high", "type: incident -> service_request",
+                 "assignee: none -> bob@example.com", "group: none -> network", "tags: none -> vpn, urgent",
+                 "link: #1 blocked-by #2", "time logged: 1h30m (call with Alice), 1h30m in all",
+                 "watcher added: carol@example.com"):
+        assert text in done, (text, done)
+    assert row.params["extra"]["refused"] == []
+    assert "alice@customer.example" in recipients(d.outbox(n), "comment")  # the text went to the customer
+    assert any(line.startswith("act: link: #1 blocked-by #2") for line in m.trace), m.trace
+    # the second round: remove what the first one set, pending with a reminder
+    n = len(d.outbox())
+    day = (datetime.now(UTC) + timedelta(days=10)).date()  # the service runs on the real clock
+    d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] VPN down",
+           body=f"/untag urgent\n/unassign\n/unwatch carol@example.com\n/pending {day.isoformat()}\n")
+    t = d.ticket()
+    assert (t.status, t.assignee, t.tags, t.watchers) == ("pending", None, ["vpn"], [])
+    assert t.remind_at is not None and t.remind_at.isoformat().startswith(f"{day.isoformat()}T00:00")
+    assert len(d.comments()) == 1  # only commands: no comment
+    done = confirmation(d, n).params["extra"]["done"]
+    assert "watcher removed: carol@example.com" in done and "status: in_progress -> pending" in done
+
+
+def test_refused_commands_say_why_and_change_nothing_else(gateway: Any) -> None:
+    d = Desk(gateway())
+    d.mail(subject="VPN down")
+    d.mail(sender="Erin <erin@customer.example>", subject="Core switch")           # ticket #2, open
+    d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] VPN down", body="/link 2 blocked-by\n")
+    n = len(d.outbox())
+    d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] VPN down", body=(
+        "/status closed\n/assign nobody@example.com\n/assign alice@customer.example\n/link 99 relates\n"
+        "/frobnicate now\n/pending 2020-01-01\n/unwatch zed@example.com\n/priority critical\n"))
+    t = d.ticket()
+    assert (t.status, t.priority, t.assignee) == ("open", "critical", None)  # what was not refused is done
+    row = confirmation(d, n)
+    assert row.params["extra"]["done"] == ["priority: medium -> critical"]
+    refused = {r["line"]: r["reason"] for r in row.params["extra"]["refused"]}
+    assert "not a staff member" in refused["/assign alice@customer.example"]
+    assert "blocked by #2 (open)" in refused["/status closed"]
+    assert "nobody@example.com" in refused["/assign nobody@example.com"]
+    assert "no ticket #99" in refused["/link 99 relates"]
+    assert refused["/frobnicate now"] == "unknown command /frobnicate"
+    assert "not in the future" in refused["/pending 2020-01-01"]
+    assert "not watching" in refused["/unwatch zed@example.com"]
+    assert d.comments() == []
+    # once #2 is resolved, #1 closes
+    d.change(2, status="resolved")
+    n = len(d.outbox())
+    d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] VPN down", body="/status closed\n/priority low\n")
+    assert (d.ticket().status, d.ticket().priority) == ("closed", "low")
+    assert confirmation(d, n).params["extra"]["refused"] == []
+
+
+def test_internal_command_keeps_the_rest_from_the_customer(gateway: Any) -> None:
+    d = Desk(gateway())
+    d.mail(subject="Invoice")
+    d.change(assignee="carol@example.com")
+    n = len(d.outbox())
+    d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] Invoice",
+           body="/internal\n/tag billing\nThey still owe us for March.\n")
+    (c,) = d.comments()
+    assert c.internal and c.body.strip() == "They still owe us for March."
+    assert d.ticket().tags == ["billing"]
+    rows = d.outbox(n)
+    assert "alice@customer.example" not in recipients(rows)
+    assert recipients(rows, "internal_note") == ["carol@example.com"]
+    assert "internal note" in confirmation(d, n).params["extra"]["done"]
+
+
+def test_slash_lines_of_others_are_plain_text(gateway: Any) -> None:
+    d = Desk(gateway(authentication=TRUST_MX))
+    d.mail(subject="Close it", headers=authenticated())
+    # a customer (authenticated or not) cannot command
+    d.mail(subject="Re: [#1] Close it", body="/status closed\nplease\n", headers=authenticated())
+    # staff whose mail did not pass sender authentication (unverified: no result) cannot either
+    m = d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] Close it", body="/priority critical\nhm\n")
+    assert any("slash lines kept as text: the mail did not pass sender authentication" in x for x in m.trace)
+    # (one that failed it is quarantined before anything: sender authentication failed)
+    f = d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] Close it", body="/priority critical\n",
+               headers=authenticated("example.com", "fail"))
+    assert f.outcome == "quarantined"
+    t = d.ticket()
+    assert (t.status, t.priority) == ("open", "medium")
+    bodies = [c.body for c in d.comments()]
+    assert bodies[0].startswith("/status closed") and bodies[1].startswith("/priority critical") and len(bodies) == 2
+    assert not d.outbox(event="commands")
+    # staff whose mail passed: commands
+    m = d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] Close it", body="/priority critical\n",
+               headers=authenticated("example.com"))
+    assert d.ticket().priority == "critical", m.trace
