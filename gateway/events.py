@@ -36,6 +36,13 @@ class TicketChanged:
 
 
 @dataclass
+class WatcherAdded:
+    ticket: Ticket
+    contact: Contact
+    vouched: str | None = None  # why the gateway may mail them (gateway.guard.relay); None: it may not
+
+
+@dataclass
 class MailIgnored:
     mail_id: int
     kind: str  # auto_reply | bounce | bulk | list | loop
@@ -51,7 +58,18 @@ class MailRejected:
     reason: str
 
 
-Event = TicketCreated | CommentAdded | TicketChanged | MailIgnored | MailRejected
+@dataclass
+class CommandsDone:
+    """A staff member's mail commands were applied (handlers/act.py): what changed, what was refused and why."""
+
+    ticket: Ticket
+    by: Contact
+    done: list[str]
+    refused: list[tuple[str, str]]  # (the command line, why)
+    mail_id: int | None = None
+
+
+Event = TicketCreated | CommentAdded | TicketChanged | WatcherAdded | MailIgnored | MailRejected | CommandsDone
 
 
 class Listener(Protocol):
