@@ -30,6 +30,7 @@ class App:
     disk: Any = None        # gateway.guard.diskspace.DiskGuard: intake pauses while the data directory is full
     auth: Any = None        # gateway.auth.Authenticator: sender authentication on arrival
     observe: Observer = field(default_factory=Observer)  # log lines and metrics (gateway.observe)
+    ahead: Any = None       # gateway.prepare.ParseAhead: the preparation worker (serve starts one), or None
 
     def intake(self):  # type: ignore[no-untyped-def]
         from gateway.intake import Intake

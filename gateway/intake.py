@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import func, insert, inspect, select
+from sqlalchemy import func, insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session
 
@@ -33,10 +33,12 @@ from gateway.tickets import Directory, Tickets
 
 if TYPE_CHECKING:
     from gateway.host import IntakeHost
-    from gateway.prepare import ParseAhead
 
 log = logging.getLogger("gateway.intake")
 T = TypeVar("T")
+# A stored mail is tried at most this many times without getting an outcome (each try ended with the process:
+# killed, out of memory); the next time it is quarantined without running.
+MAX_TRIES = 2
 
 _LAST_MAIL_ID = select(func.coalesce(func.max(InboundMail.id), 0))
 
@@ -144,44 +146,80 @@ class Intake:
     # Step 2: thread ----------------------------------------------------------------
     def process(self, mail_id: int) -> Result:
         """Thread a stored mail; a mail already processed returns its recorded result."""
-        results = self.process_many([mail_id])
+        results = self.thread([mail_id])
         if not results:
             raise KeyError(f"no inbound mail {mail_id}")
         return results[0]
 
     def process_many(self, mail_ids: Sequence[int], *, prepared: Mapping[int, Any] | None = None,
-                     raws: Mapping[int, bytes] | None = None) -> list[Result]:
+                     raws: Mapping[int, bytes] | None = None, counted: bool = False,
+                     exhausted: set[int] | None = None) -> list[Result]:
         """Thread several stored mails in ONE write transaction (one commit), a savepoint each, in the order
         given; the lookups their handlers will make are made ahead for all of them (gateway.prefetch) when
         their preparation is there. prepared: mail id -> gateway.prepare.Prepared (the pure work done ahead, in
         the worker process); raws: mail id -> raw bytes the caller already holds. A mail already processed
-        returns its recorded result; an unknown id is left out."""
+        returns its recorded result; an unknown id is left out. counted: this try is already counted on the
+        rows (`thread`); exhausted: mails quarantined without running (no outcome after MAX_TRIES tries)."""
         started = time.perf_counter()
         ids = list(dict.fromkeys(mail_ids))
         what = f"mail {ids[0]}" if len(ids) == 1 else f"{len(ids)} mails from {ids[0] if ids else '-'}"
-        results = self._retrying(lambda: self._process_stored(ids, prepared or {}, raws or {}), what)
+        results = self._retrying(lambda: self._process_stored(ids, prepared or {}, raws or {}, counted,
+                                                              exhausted or set()), what)
         return [self._observed(r, started) for r in results]
 
-    def thread(self, mail_ids: Sequence[int], *, ahead: ParseAhead | None = None,
-               hold: Callable[[], contextlib.AbstractContextManager[Any]] | None = None) -> list[Result]:
-        """Thread stored mails as one batch (`process_many`): their raw bytes are read and prepared by the
-        worker process (`ahead`: parse, HTML, classify, attachment blobs, within the per-mail CPU budget) before
-        `hold()` (the caller's write gate) is taken, so that the write transaction holds only database work."""
+    def thread(self, mail_ids: Sequence[int], *, hold: Callable[[], contextlib.AbstractContextManager[Any]] | None
+               = None, guard: bool = True) -> list[Result]:
+        """Thread stored mails as one batch (`process_many`), the engine's path for stored mail.
+
+        The raw bytes are read and prepared by the app's worker process (parse, HTML, classify, attachment
+        blobs, within limits.mail_cpu_seconds) before `hold()` (the caller's write gate) is taken, so that the
+        write transaction holds only database work. guard: each try is counted on the mail row and committed
+        before it runs (`attempts`); a mail tried before without an outcome runs alone, and one that got no
+        outcome in MAX_TRIES tries (it took the process down) is quarantined without running again."""
+        hold = hold or contextlib.nullcontext
+        ids = list(dict.fromkeys(mail_ids))
+        if not guard:
+            return self._thread_batch(ids, hold, counted=False)
+        tried = self._tried(ids)
+        again = [i for i in ids if tried.get(i, 0) > 0]
+        fresh = [i for i in ids if i not in again]
+        out: list[Result] = []
+        for batch in [[i] for i in again] + ([fresh] if fresh else []):
+            with hold():
+                self._retrying(lambda b=batch: self._count_try(b), "counting a try")  # type: ignore[misc]
+            out.extend(self._thread_batch(batch, hold, counted=True,
+                                          exhausted={i for i in batch if tried.get(i, 0) >= MAX_TRIES}))
+        return out
+
+    def _tried(self, ids: list[int]) -> dict[int, int]:
+        """Tries counted on each mail still to be threaded."""
+        with self.app.sessions() as s:
+            return dict(s.execute(select(InboundMail.id, InboundMail.attempts).where(
+                InboundMail.id.in_(ids), InboundMail.outcome == "received")).all())
+
+    def _count_try(self, ids: list[int]) -> None:
+        with transaction(self.app.sessions) as s:
+            s.execute(update(InboundMail).where(InboundMail.id.in_(ids), InboundMail.outcome == "received")
+                      .values(attempts=InboundMail.attempts + 1))
+
+    def _thread_batch(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]], *,
+                      counted: bool, exhausted: set[int] | None = None) -> list[Result]:
         raws: dict[int, bytes] = {}
         prepared: dict[int, Any] = {}
-        if ahead is not None:
+        ahead = self.app.ahead
+        work = [i for i in ids if i not in (exhausted or ())]
+        if ahead is not None and work:
             with self.app.sessions() as s:
                 rows = s.execute(select(InboundRaw.mail_id, InboundRaw.data, InboundMail.envelope_from)
                                  .join(InboundMail, InboundMail.id == InboundRaw.mail_id)
-                                 .where(InboundRaw.mail_id.in_(list(mail_ids)),
-                                        InboundMail.outcome == "received")).all()
+                                 .where(InboundRaw.mail_id.in_(work), InboundMail.outcome == "received")).all()
             preps = ahead.prepare([r.data for r in rows], [r.envelope_from for r in rows])
             for row, prep in zip(rows, preps, strict=True):
                 raws[row.mail_id] = row.data
                 if prep is not None:
                     prepared[row.mail_id] = prep
-        with (hold() if hold is not None else contextlib.nullcontext()):
-            return self.process_many(mail_ids, prepared=prepared, raws=raws)
+        with hold():
+            return self.process_many(ids, prepared=prepared, raws=raws, counted=counted, exhausted=exhausted)
 
     def _observed(self, result: Result, started: float) -> Result:
         """A committed outcome decided now: its log line and metrics (gateway.observe)."""
@@ -248,7 +286,8 @@ class Intake:
                 raise StoreUnavailable(str(e)) from e
             raise
 
-    def _process_stored(self, ids: list[int], prepared: Mapping[int, Any], raws: Mapping[int, bytes]) -> list[Result]:
+    def _process_stored(self, ids: list[int], prepared: Mapping[int, Any], raws: Mapping[int, bytes],
+                        counted: bool, exhausted: set[int]) -> list[Result]:
         with self.app.sessions() as s:
             with s.begin():
                 q = select(InboundMail).where(InboundMail.id.in_(ids)).order_by(InboundMail.id)
@@ -267,8 +306,11 @@ class Intake:
                         out.append(self._result(mail))
                         continue
                     raw = raws.get(mail_id)
+                    if mail_id in exhausted:
+                        out.append(self._give_up(s, mail))
+                        continue
                     out.append(self._run(s, mail, mail.raw.data if raw is None else raw, dry_run=False,
-                                         prepared=prepared.get(mail_id)))
+                                         prepared=prepared.get(mail_id), counted=counted))
                 return out
 
     def _run_new(self, raw: bytes, envelope: Envelope, *, dry_run: bool) -> Result:
@@ -289,11 +331,21 @@ class Intake:
                 s.rollback()
                 raise
 
-    def _run(self, s: Any, mail: InboundMail, raw: bytes, *, dry_run: bool, prepared: Any = None) -> Result:
+    def _give_up(self, s: Any, mail: InboundMail) -> Result:
+        """A mail that got no outcome in MAX_TRIES tries (each ended with the process): quarantined unrun."""
+        ctx = self._context(s, mail, b"", False)
+        ctx.note(f"no outcome after {mail.attempts - 1} tries: the processing of this mail ended with the process")
+        self._settle(ctx, s.begin_nested(), Decision("quarantined", f"over budget: no outcome after "
+                                                                   f"{mail.attempts - 1} tries", keep=False))
+        return self._result(mail, fresh=True)
+
+    def _run(self, s: Any, mail: InboundMail, raw: bytes, *, dry_run: bool, prepared: Any = None,
+             counted: bool = False) -> Result:
         """The pipeline over one written mail row, inside the caller's transaction, in a savepoint: an outcome
         that keeps nothing (reject, quarantine) rolls back what the handlers did and keeps the mail row."""
         ctx = self._context(s, mail, raw, dry_run, prepared)
-        mail.attempts += 1
+        if not counted:
+            mail.attempts += 1
         sp = s.begin_nested()
         try:
             decision = run(ctx, self.handlers)
@@ -462,7 +514,10 @@ class Intake:
                 mail.released = list(mail.released or []) + [mail.reason.partition(":")[0]]
             mail.outcome = "received"
             mail.trace = list(mail.trace or []) + [f"replay requested (was {previous}: {mail.reason})"]
-        return self.process(mail_id)
+        results = self.thread([mail_id], guard=False)  # an admin's decision: run it, whatever its tries
+        if not results:
+            raise KeyError(f"no inbound mail {mail_id}")
+        return results[0]
 
 
 class IngestBatch:

@@ -374,7 +374,7 @@ class Service:
                     held = (time.monotonic() - t) / max(1, len(mail_ids))
                     self.thread_seconds = 0.9 * self.thread_seconds + 0.1 * held
 
-        return self.intake.thread(mail_ids, ahead=self.ahead, hold=gate)
+        return self.intake.thread(mail_ids, hold=gate)
 
     def _may_thread(self, since: float) -> bool:
         """Threading may take its next turn (alternating with store batches at the write gate): no mail
@@ -552,7 +552,7 @@ class Service:
                 return EX_TEMPFAIL
             raise
         self.intake = app.intake()
-        self.ahead = await loop.run_in_executor(self.pool, self._start_worker)
+        self.ahead = app.ahead = await loop.run_in_executor(self.pool, self._start_worker)
         release_big_binds(app.engine)
         sqlite = app.engine.dialect.name == "sqlite"
         self.gate = WriteGate(sqlite)
@@ -642,6 +642,7 @@ class Service:
         ok = await loop.run_in_executor(None, self._join_pools, t0 + HARD_EXIT_SECONDS - 2)
         if ok:
             if self.ahead is not None:
+                self.app.ahead = None
                 self.ahead.close()
             with contextlib.suppress(Exception):
                 self.app.close()

@@ -17,6 +17,7 @@ from mails import make_mail
 from servehelp import Running, config_for
 
 from gateway.cli import main
+from gateway.models import InboundMail
 
 BUDGET = 0.2
 
@@ -81,3 +82,47 @@ def test_the_budget_must_be_positive(tmp_path, value) -> None:
     p.write_text(f"[limits]\nmail_cpu_seconds = {value}\n")
     with pytest.raises(ConfigError, match="mail_cpu_seconds"):
         load(str(p))
+
+
+CRASH = """
+import os, sys
+import gateway.handlers.thread
+from gateway.app import build_app
+from gateway.config import load
+gateway.handlers.thread.handle = lambda ctx: os._exit(70)  # the process ends while it threads the mail
+app = build_app(load(sys.argv[1]))
+app.intake().process(int(sys.argv[2]))
+"""
+
+
+def test_a_mail_that_ends_the_process_is_quarantined_after_one_more_try(tmp_path, db_url) -> None:
+    """Each try is counted on the stored mail before it runs: a mail that took the process down twice is
+    quarantined at the third look, without running again (not reprocessed at every restart)."""
+    import subprocess
+    import sys
+
+    from gateway.app import build_app
+    from gateway.config import load
+    from gateway.envelope import Envelope
+
+    cfg = write_config(tmp_path, db_url)
+    assert main(["--config", str(cfg), "db", "upgrade"]) == 0
+    app = build_app(load(str(cfg)))
+    try:
+        intake = app.intake()
+        env = Envelope(mail_from="a@customer.example", rcpt_tos=("support@example.com",), source="smtp")
+        mail_id = intake.store(make_mail(subject="deadly"), env)
+        other = intake.store(make_mail(subject="fine", sender="B <b@customer.example>"), env)
+        for tries in (1, 2):
+            p = subprocess.run([sys.executable, "-c", CRASH, str(cfg), str(mail_id)], capture_output=True,
+                               timeout=60)
+            assert p.returncode == 70, (tries, p.stderr[-3000:])
+            assert intake.pending() == [mail_id, other]
+            with app.sessions() as s:
+                assert s.get(InboundMail, mail_id).attempts == tries
+        a, b = intake.thread([mail_id, other])
+        assert (a.outcome, a.reason) == ("quarantined", "over budget: no outcome after 2 tries")
+        assert b.outcome == "ticket"
+        assert intake.pending() == []
+    finally:
+        app.close()
