@@ -17,6 +17,10 @@ class TicketCreated:
     ticket: Ticket
     mail_id: int | None = None  # the inbound mail that opened it, if any
     auto: bool = False  # opened from an automated source
+    # imported: caused by an import of old mail, dated in the past (gateway.history): the SLA records what was
+    # already due at the import without escalating it. quiet: nothing is mailed for it (`ingest` without --notify)
+    imported: bool = False
+    quiet: bool = False
 
 
 @dataclass
@@ -25,6 +29,8 @@ class CommentAdded:
     comment: Comment
     mail_id: int | None = None
     seen_by: frozenset[str] = frozenset()  # addresses that had the mail itself (its To/Cc): not mailed again
+    imported: bool = False
+    quiet: bool = False
 
 
 @dataclass
@@ -33,6 +39,8 @@ class TicketChanged:
     changes: dict[str, tuple[Any, Any]]  # field -> (old, new)
     by: Contact | None = None
     at: datetime | None = None
+    imported: bool = False
+    quiet: bool = False
 
 
 @dataclass
@@ -42,6 +50,8 @@ class MailIgnored:
     reason: str
     ticket: Ticket | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    imported: bool = False
+    quiet: bool = False
 
 
 @dataclass
@@ -49,6 +59,8 @@ class MailRejected:
     mail_id: int
     sender: str | None
     reason: str
+    imported: bool = False
+    quiet: bool = False
 
 
 Event = TicketCreated | CommentAdded | TicketChanged | MailIgnored | MailRejected

@@ -223,12 +223,19 @@ class Directory:
 
 
 class Tickets:
-    def __init__(self, session: Session, *, clock: Clock, listeners: Listeners | None = None) -> None:
+    def __init__(self, session: Session, *, clock: Clock, listeners: Listeners | None = None,
+                 imported: bool = False, quiet: bool = False) -> None:
+        """imported: the changes come from an import of old mail (gateway.history); quiet: nothing is to be
+        mailed for them. Every event says so."""
         self.s = session
         self.clock = clock
         self.listeners = listeners if listeners is not None else []
+        self.imported = imported
+        self.quiet = quiet
 
     def emit(self, event: Event) -> None:
+        event.imported = event.imported or self.imported
+        event.quiet = event.quiet or self.quiet
         for listener in self.listeners:
             listener(self.s, event)
 
@@ -382,7 +389,8 @@ class Tickets:
                     by_staff=bool(author and author.is_staff) if by_staff is None else by_staff, source=source,
                     inbound_mail=mail, created_at=now)
         self.s.add(c)
-        ticket.updated_at = now
+        if at is None or ticket.updated_at is None or now > ticket.updated_at:  # an old mail imported late
+            ticket.updated_at = now                                             # does not turn it back
         self.s.flush()
         self.emit(CommentAdded(ticket, c, mail_id=mail.id if mail is not None else None,
                                seen_by=frozenset(normalise_email(a) for a in seen_by if a)))
@@ -431,9 +439,11 @@ class Tickets:
                               .where(TicketLink.other_ticket_id == ticket.id)).all()
         return [(k, n) for k, n in rows] + [(f"{k} (from)", n) for k, n in back]
 
-    def change(self, ticket: Ticket, *, by: Contact | None = None, **fields: Any) -> dict[str, tuple[Any, Any]]:
-        """Change status, priority, type, assignee (a Contact or None), group, tags, remind_at."""
-        now = self.clock()
+    def change(self, ticket: Ticket, *, by: Contact | None = None, at: datetime | None = None,
+               **fields: Any) -> dict[str, tuple[Any, Any]]:
+        """Change status, priority, type, assignee (a Contact or None), group, tags, remind_at.
+        at: when it happened (an imported mail's Date), else now."""
+        now = at or self.clock()
         changes: dict[str, tuple[Any, Any]] = {}
         for name, value in fields.items():
             choices = _CHOICES.get(name)
@@ -455,7 +465,8 @@ class Tickets:
         if "status" in changes:
             _stamp_status(ticket, changes["status"][1], now)
         if changes:
-            ticket.updated_at = now
+            if at is None or ticket.updated_at is None or now > ticket.updated_at:
+                ticket.updated_at = now
             self.s.flush()
             self.emit(TicketChanged(ticket, changes, by=by, at=now))
         return changes

@@ -11,12 +11,15 @@ def handle(ctx: MailContext) -> None:
     p = ctx.parsed
     assert p is not None and ctx.reporter is not None
     relay.mark_sender(ctx)
+    at = ctx.written_at()
+    if ctx.historic:
+        ctx.note(f"thread: imported, dated {at.isoformat() if at else 'now (no plausible Date)'}")
     if ctx.ticket is None:
         route = ctx.routing
         ctx.ticket = ctx.tickets.create(watchers=relay.cc_watchers(ctx),
             subject=p.subject, reporter=ctx.reporter, sender_email=ctx.sender_email, description=ctx.body,
             description_full=ctx.full_text, description_html=ctx.html, priority=route.get("priority", "medium"),
-            type=route.get("type", "incident"), group=route.get("group"), source_mail=ctx.mail,
+            type=route.get("type", "incident"), group=route.get("group"), source_mail=ctx.mail, at=at,
             message_ids=[p.message_id] if p.message_id else [])
         ctx.created = True
         ctx.note(f"thread: opened ticket #{ctx.ticket.number}")
@@ -30,12 +33,12 @@ def handle(ctx: MailContext) -> None:
         ctx.comment = ctx.tickets.add_comment(ticket, author=ctx.sender or ctx.reporter,
                                               author_email=ctx.sender_email, body=ctx.body,
                                               full_text=ctx.full_text, html=ctx.html, internal=internal,
-                                              mail=ctx.mail, seen_by=[a for _, a in p.to + p.cc])
+                                              mail=ctx.mail, seen_by=[a for _, a in p.to + p.cc], at=at)
         ctx.tickets.remember_message_id(ticket, p.message_id, "in")
         ctx.note(f"thread: {'staff' if staff else 'customer'} {'internal note' if internal else 'comment'} "
                  f"on #{ticket.number}")
         if ticket.status in ("closed", "resolved") or (ticket.status == "pending" and not staff):
             old = ticket.status
-            ctx.tickets.change(ticket, by=ctx.sender, status="open")
+            ctx.tickets.change(ticket, by=ctx.sender, status="open", at=at)
             ctx.note(f"thread: #{ticket.number} {old} -> open (reply from {'staff' if staff else 'customer'})")
         relay.add_cc_watchers(ctx)
