@@ -13,61 +13,59 @@ from gateway.models import Comment, Contact, Ticket
 
 
 @dataclass
-class TicketCreated:
-    ticket: Ticket
-    mail_id: int | None = None  # the inbound mail that opened it, if any
-    auto: bool = False  # opened from an automated source
-    # imported: caused by an import of old mail, dated in the past (gateway.history): the SLA records what was
-    # already due at the import without escalating it. quiet: nothing is mailed for it (`ingest` without --notify)
-    imported: bool = False
-    quiet: bool = False
+class Origin:
+    """Where an event comes from. imported: an import of old mail, dated in the past (gateway.history): the
+    SLA records what was already due at the import without escalating it. quiet: nothing is mailed for it
+    (`ingest` without --notify)."""
+
+    imported: bool = field(default=False, kw_only=True)
+    quiet: bool = field(default=False, kw_only=True)
 
 
 @dataclass
-class CommentAdded:
+class TicketCreated(Origin):
+    ticket: Ticket
+    mail_id: int | None = None  # the inbound mail that opened it, if any
+    auto: bool = False  # opened from an automated source
+
+
+@dataclass
+class CommentAdded(Origin):
     ticket: Ticket
     comment: Comment
     mail_id: int | None = None
     seen_by: frozenset[str] = frozenset()  # addresses that had the mail itself (its To/Cc): not mailed again
-    imported: bool = False
-    quiet: bool = False
 
 
 @dataclass
-class TicketChanged:
+class TicketChanged(Origin):
     ticket: Ticket
     changes: dict[str, tuple[Any, Any]]  # field -> (old, new)
     by: Contact | None = None
     at: datetime | None = None
-    imported: bool = False
-    quiet: bool = False
 
 
 @dataclass
-class WatcherAdded:
+class WatcherAdded(Origin):
     ticket: Ticket
     contact: Contact
     vouched: str | None = None  # why the gateway may mail them (gateway.guard.relay); None: it may not
 
 
 @dataclass
-class MailIgnored:
+class MailIgnored(Origin):
     mail_id: int
     kind: str  # auto_reply | bounce | bulk | list | loop
     reason: str
     ticket: Ticket | None = None
     details: dict[str, Any] = field(default_factory=dict)
-    imported: bool = False
-    quiet: bool = False
 
 
 @dataclass
-class MailRejected:
+class MailRejected(Origin):
     mail_id: int
     sender: str | None
     reason: str
-    imported: bool = False
-    quiet: bool = False
 
 
 Event = TicketCreated | CommentAdded | TicketChanged | WatcherAdded | MailIgnored | MailRejected

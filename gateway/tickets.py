@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, lazyload
 
 from gateway.clock import Clock
 from gateway.db import drop_memo, insert_attached, insert_ignoring_duplicates, write_locked_memo
-from gateway.events import CommentAdded, Event, Listeners, TicketChanged, TicketCreated, WatcherAdded
+from gateway.events import CommentAdded, Event, Listeners, Origin, TicketChanged, TicketCreated, WatcherAdded
 from gateway.models import (
     PRIORITIES,
     STATUSES,
@@ -234,8 +234,9 @@ class Tickets:
         self.quiet = quiet
 
     def emit(self, event: Event) -> None:
-        event.imported = event.imported or self.imported
-        event.quiet = event.quiet or self.quiet
+        if (self.imported or self.quiet) and isinstance(event, Origin):
+            event.imported = event.imported or self.imported
+            event.quiet = event.quiet or self.quiet
         for listener in self.listeners:
             listener(self.s, event)
 
