@@ -46,6 +46,8 @@ from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 
+from gateway import addresses
+
 __all__ = ["MailParseError", "Part", "ParsedMail", "parse_mail", "safe_filename"]
 
 
@@ -96,6 +98,10 @@ class ParsedMail:
     html: str | None
     attachments: list[Part] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    # plain words: why the mail must act as nobody (several authors, or a header naming a person that the
+    # standard RFC 5322 reading reads as someone else); None when its people are read one way
+    ambiguous: str | None = None
+    bounds: list[str] = field(default_factory=list)  # the bounds this mail hit (what was not read, and why)
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,6 +113,9 @@ _WS = re.compile(r"\s+")
 # bidi overrides/isolates/marks, zero-width chars, BOM, line/paragraph separators, Arabic letter mark
 _INVISIBLE = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u200b-\u200d\ufeff\u2028\u2029\u061c]")
 _MAX_DEFECTS = 200
+# Bounds on what a mail may make the parser do (issue 12): past each, the rest is not read and
+# ParsedMail.bounds says so (the decision trace shows it); the mail still becomes what can be read.
+MAX_ADDRESSES = 1000  # addresses read from one address header (To, Cc, Reply-To): watchers take 10, routing 1
 _MAX_HEADER_TEXT = 998
 
 
@@ -441,151 +450,19 @@ def _content_type(part: Message, defects: list[str]) -> tuple[str, dict[str, str
 
 
 # --------------------------------------------------------------------------------------------
-# addresses
-
-# The character classes below name every non-ASCII character (U+0080 and up) by leaving it out of a negated
-# class: the same sets as [A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff] (atext), [A-Za-z0-9_\u0080-\U0010ffff]
-# (label ends) and [A-Za-z0-9_\-\u0080-\U0010ffff] (label inside), checked for every code point in
-# tests/unit/test_mime_address_classes.py -- but compiled in a fraction of the time (start-up of every MTA pipe process).
-_ATEXT_CLASS = r"""[^\x00-\x20"(),.:;<>@\[\\\]\x7f]"""
-_LABEL_END = r"[^\x00-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"
-_LABEL_INSIDE = r"[^\x00-\x2c\x2e\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"
-_ATEXT = _ATEXT_CLASS + "+"
-_LABEL = rf"{_LABEL_END}(?:{_LABEL_INSIDE}*{_LABEL_END})?"
-_ADDR_SPEC = re.compile(
-    rf'(?:{_ATEXT}(?:\.{_ATEXT})*|"(?:[^"\\\r\n]|\\.)*")@'
-    # domain labels: letters, digits, hyphens inside; '_' is tolerated (seen in real mail)
-    rf"(?:{_LABEL}(?:\.{_LABEL})*"
-    r"|\[[^\[\]\\\s]*\])"
-)
+# addresses: gateway.addresses is the one reader
 
 
-def _split_address_list(value: str) -> list[str]:
-    """Split an address list on ',' (and group ';'), outside quotes, comments and <>; drop group names."""
-    entries: list[str] = []
-    buf: list[str] = []
-    quoted = False
-    escaped = False
-    comment = 0
-    angle = False
-    for ch in value:
-        if escaped:
-            buf.append(ch)
-            escaped = False
-            continue
-        if ch == "\\" and (quoted or comment):
-            buf.append(ch)
-            escaped = True
-            continue
-        if quoted:
-            buf.append(ch)
-            if ch == '"':
-                quoted = False
-            continue
-        if comment:
-            buf.append(ch)
-            if ch == "(":
-                comment += 1
-            elif ch == ")":
-                comment -= 1
-            continue
-        if ch == '"':
-            quoted = True
-        elif ch == "(":
-            comment = 1
-        elif ch == "<":
-            angle = True
-        elif ch == ">":
-            angle = False
-        elif ch in ",;" and not angle:
-            entries.append("".join(buf))
-            buf = []
-            continue
-        elif ch == ":" and not angle:
-            # "group-name:" -- forget the phrase before it
-            buf = []
-            continue
-        buf.append(ch)
-    entries.append("".join(buf))
-    return [e.strip() for e in entries if e.strip()]
-
-
-def _strip_comments(s: str) -> tuple[str, str]:
-    """Return (text without (comments), the comment texts joined)."""
-    out: list[str] = []
-    comments: list[str] = []
-    depth = 0
-    cur: list[str] = []
-    quoted = False
-    escaped = False
-    for ch in s:
-        if escaped:
-            (cur if depth else out).append(ch)
-            escaped = False
-        elif ch == "\\" and (depth or quoted):
-            escaped = True
-            if not depth:
-                out.append(ch)
-        elif quoted:
-            out.append(ch)
-            if ch == '"':
-                quoted = False
-        elif ch == '"' and not depth:
-            quoted = True
-            out.append(ch)
-        elif ch == "(":
-            if depth:
-                cur.append(ch)
-            depth += 1
-        elif ch == ")" and depth:
-            depth -= 1
-            if depth:
-                cur.append(ch)
-            else:
-                comments.append("".join(cur))
-                cur = []
-        elif depth:
-            cur.append(ch)
-        else:
-            out.append(ch)
-    return "".join(out), " ".join(c.strip() for c in comments if c.strip())
-
-
-def _parse_entry(entry: str, defects: list[str], what: str) -> tuple[str, str, bool]:
-    """One address-list entry -> (display name, address, address_is_valid)."""
-    m = re.search(r"<([^<>]*)>", entry)
-    if m:
-        addr = m.group(1).strip()
-        if addr.startswith("@") and ":" in addr:  # obsolete source route <@a,@b:user@host>
-            addr = addr.split(":", 1)[1]
-        name_part = (entry[: m.start()] + entry[m.end() :]).strip()
-        name_part, comment = _strip_comments(name_part)
-        name = name_part.strip() or comment
-    else:
-        addr_part, comment = _strip_comments(entry)
-        addr = addr_part.strip()
-        name = comment
-    name = _unquote(name) if name.startswith('"') else name
-    name = _oneline(_decode_words(name, defects, what))
-    addr = _oneline(addr).replace(" ", "")
-    if name.strip("'\" <>").lower() == addr.lower():
-        name = ""  # a display name that only repeats the address carries nothing
-    return name, addr, bool(_ADDR_SPEC.fullmatch(addr))
-
-
-def _address_list(values: list[str], defects: list[str], what: str) -> list[tuple[str, str]]:
-    result: list[tuple[str, str]] = []
-    bad = 0
-    for value in values:
-        for entry in _split_address_list(value):
-            name, addr, ok = _parse_entry(entry, defects, what)
-            if ok:
-                result.append((name, addr.lower()))
-            else:
-                bad += 1
+def _address_list(values: list[str], defects: list[str], what: str, limit: int,
+                  bounds: list[str], conflicts: list[str]) -> list[tuple[str, str]]:
+    lst = addresses.read_list(values, what, limit=limit, decode=lambda s: _decode_words(s, defects, what))
+    bad = lst.malformed
     if bad:
         defects.append(f"{what}: {bad} malformed address{'es' if bad > 1 else ''} skipped")
-    return result
+    if lst.more:
+        bounds.append(f"{what} has more than {limit} addresses: only the first {limit} read (bound MAX_ADDRESSES)")
+    conflicts.extend(lst.conflicts)
+    return lst.addresses
 
 
 # --------------------------------------------------------------------------------------------
@@ -1283,6 +1160,7 @@ def parse_mail(
     max_depth: int = 50,
     max_parts: int = 1000,
     max_header_bytes: int = 1_000_000,
+    max_addresses: int = MAX_ADDRESSES,
 ) -> ParsedMail:
     """Parse one raw mail.
 
@@ -1291,10 +1169,12 @@ def parse_mail(
     handled and noted in ``defects``.  Header values longer than ``max_header_bytes`` are
     interpreted from their first ``max_header_bytes`` characters only.
     """
-    return _parse(raw, max_depth=max_depth, max_parts=max_parts, max_header_bytes=max_header_bytes, big_min=_BIG_BODY)
+    return _parse(raw, max_depth=max_depth, max_parts=max_parts, max_header_bytes=max_header_bytes, big_min=_BIG_BODY,
+                  max_addresses=max_addresses)
 
 
-def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int, big_min: int | None) -> ParsedMail:
+def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int, big_min: int | None,
+           max_addresses: int = MAX_ADDRESSES) -> ParsedMail:
     """``parse_mail``; ``big_min=None`` disables the large-body fast path (tests compare both paths)."""
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise MailParseError("input is not bytes")
@@ -1321,7 +1201,7 @@ def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int,
         big = {}
     _check_tree(msg, max_depth, max_parts)
     try:
-        return _build(msg, raw, defects, max_header_bytes, big)
+        return _build(msg, raw, defects, max_header_bytes, big, max_addresses)
     except MailParseError:
         raise
     except RecursionError:
@@ -1438,7 +1318,7 @@ def _parse_fast(
 
 
 def _build(
-    msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: int, big: _Big
+    msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: int, big: _Big, max_addresses: int = MAX_ADDRESSES
 ) -> ParsedMail:
     nl = raw.find(b"\n")
     first_line_cr = raw.endswith(b"\r") if nl < 0 else raw.startswith(b"\r", nl - 1) and nl > 0
@@ -1468,33 +1348,24 @@ def _build(
     subjects = header("Subject")
     subject = _oneline(_decode_words(subjects[0], defects, "Subject")) if subjects else ""
 
-    # sender
-    from_values = header("From")
-    from_addr: str | None = None
-    from_name = ""
-    from_problem: str | None = None
-    if not from_values or not any(v.strip() for v in from_values):
-        from_problem = "no From header" if not from_values else "From header is empty"
-    elif len(from_values) > 1:
-        from_problem = f"message has {len(from_values)} From headers"
-    else:
-        entries = _split_address_list(from_values[0])
-        if len(entries) == 0:
-            from_problem = "From header is empty"
-        elif len(entries) > 1:
-            from_problem = f"From has {len(entries)} addresses"
-        else:
-            name, addr, ok = _parse_entry(entries[0], defects, "From")
-            from_name = name
-            if ok:
-                from_addr = addr.lower()
-            else:
-                shown = _oneline(_decode_words(from_values[0], defects, "From"), 200)
-                from_problem = f"From address is malformed: {shown}"
-
-    reply_to = [a for _, a in _address_list(header("Reply-To"), defects, "Reply-To")]
-    to = _address_list(header("To"), defects, "To")
-    cc = _address_list(header("Cc"), defects, "Cc")
+    # sender, recipients: gateway.addresses reads every header that names a person
+    bounds: list[str] = []
+    conflicts: list[str] = []
+    author = addresses.read_author(header("From"), decode=lambda s: _decode_words(s, defects, "From"))
+    from_addr, from_name, from_problem = author.addr, author.name, author.problem
+    defects.extend(author.notes)
+    ambiguous = author.ambiguous
+    if ambiguous is None:
+        senders = header("Sender")
+        agent = addresses.read_author(senders, "Sender") if senders else None
+        if agent is not None and agent.ambiguous:
+            ambiguous = agent.ambiguous
+    reply_to = [a for _, a in _address_list(header("Reply-To"), defects, "Reply-To", max_addresses, bounds, conflicts)]
+    to = _address_list(header("To"), defects, "To", max_addresses, bounds, conflicts)
+    cc = _address_list(header("Cc"), defects, "Cc", max_addresses, bounds, conflicts)
+    _address_list(header("Return-Path"), defects, "Return-Path", 1, bounds, conflicts)
+    if ambiguous is None and conflicts:
+        ambiguous = f"{conflicts[0]}; a mail that names people ambiguously acts as nobody"
     dates = header("Date")
     date = _parse_date(dates[0]) if dates else None
     if dates and date is None:
@@ -1579,4 +1450,6 @@ def _build(
         html=_no_surrogates(html) if html is not None else None,
         attachments=attachments,
         defects=all_defects,
+        ambiguous=ambiguous,
+        bounds=bounds,
     )
