@@ -75,11 +75,12 @@ def html_size_bomb(mib: int) -> bytes:
 
 
 def rfc2231_bomb(n: int) -> bytes:
-    params = ";\r\n ".join(f"filename*{i}*=utf-8''part{i}" if i == 0 else f"filename*{i}*=part{i}" for i in range(n))
+    params = ";\r\n ".join(f"name*{i}*=part{i}" if i else "name*0*=utf-8''part0" for i in range(n))
     return (_head("Bomber <bomber@evil.example>", f"{n} RFC 2231 continuations",
                   'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n')
             + "\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attachment\r\n--b\r\n"
-            + f"Content-Type: application/octet-stream\r\nContent-Disposition: attachment;\r\n {params}\r\n"
+            + f"Content-Type: application/octet-stream;\r\n {params}\r\nContent-Disposition: attachment;\r\n "
+            + params.replace("name", "filename") + "\r\n"
             + "Content-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--b--\r\n").encode()
 
 

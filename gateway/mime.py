@@ -116,6 +116,10 @@ _MAX_DEFECTS = 200
 # Bounds on what a mail may make the parser do (issue 12): past each, the rest is not read and
 # ParsedMail.bounds says so (the decision trace shows it); the mail still becomes what can be read.
 MAX_ADDRESSES = 1000  # addresses read from one address header (To, Cc, Reply-To): watchers take 10, routing 1
+MAX_MESSAGE_IDS = 100  # ids of References (the first, the root, and the last 99) and of In-Reply-To
+MAX_MIME_PARAMS = 200  # parameters (RFC 2231 sections count one each) of one Content-Type/-Disposition header
+MAX_HTML_CHARS = 2_000_000  # characters of a text/html body read; the rest is cut (html_to_text, nh3 are linear)
+MAX_HTML_DEPTH = 500  # element nesting of a text/html body; deeper HTML is read as text (nh3 is quadratic in it)
 _MAX_HEADER_TEXT = 998
 
 
@@ -396,6 +400,10 @@ def _parse_mime_header(value: str | None, defects: list[str]) -> tuple[str, dict
     """'text/plain; charset="utf-8"' -> ('text/plain', {'charset': 'utf-8'}), RFC 2231 decoded."""
     if value is None:
         return "", {}
+    if value.count(";") > MAX_MIME_PARAMS:
+        value = ";".join(value.split(";", MAX_MIME_PARAMS + 1)[: MAX_MIME_PARAMS + 1])
+        defects.append(f"bound: a MIME header has more than {MAX_MIME_PARAMS} parameters: the rest not read "
+                       "(bound MAX_MIME_PARAMS)")
     items = _split_params(value)
     main = items[0].strip().lower()
     plain: dict[str, str] = {}
@@ -476,17 +484,20 @@ def _norm_msgid(s: str) -> str | None:
     return s[:_MAX_HEADER_TEXT] or None
 
 
-def _msgids(value: str | None) -> list[str]:
+def _msgids(value: str | None, what: str = "References", bounds: list[str] | None = None) -> list[str]:
+    """The distinct ids, in order; at most MAX_MESSAGE_IDS: the first (the thread's root) and the last ones
+    (the nearest parents), as RFC 5322 suggests trimming References."""
     if value is None:
         return []
     found = _MSGID_BRACKETED.findall(value)
     if not found:  # broken clients: bare ids separated by whitespace
         found = [t for t in value.split() if "@" in t]
-    result: list[str] = []
-    for f in found:
-        n = _norm_msgid(f)
-        if n and n not in result:
-            result.append(n)
+    result = list(dict.fromkeys(n for n in map(_norm_msgid, found) if n))
+    if len(result) > MAX_MESSAGE_IDS:
+        if bounds is not None:
+            bounds.append(f"{what} has {len(result)} Message-IDs: only the first and the last {MAX_MESSAGE_IDS - 1} "
+                          "read (bound MAX_MESSAGE_IDS)")
+        result = result[:1] + result[len(result) - MAX_MESSAGE_IDS + 1 :]
     return result
 
 
@@ -1119,6 +1130,10 @@ class _Policy(_policy.EmailPolicy):
     same answer, without the work."""
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
+        if len(value) > _HEADER_CACHE_VALUE and value.count(";") > MAX_MIME_PARAMS and not hasattr(value, "name"):
+            # the stdlib's parameter parser is quadratic in RFC 2231 sections: it sees the first ones only
+            # (gateway.mime reads the same bound from the raw header and notes it)
+            value = ";".join(value.split(";", MAX_MIME_PARAMS + 1)[: MAX_MIME_PARAMS + 1])
         if hasattr(value, "name") or len(value) > _HEADER_CACHE_VALUE:
             return super().header_fetch_parse(name, value)
         key = (name, value)
@@ -1317,6 +1332,38 @@ def _parse_fast(
     return msg, big, defects
 
 
+_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)[^<>]*?(/?)>")
+_HTML_VOID = frozenset("area base br col embed hr img input link meta param source track wbr".split())
+
+
+def _html_depth(html: str, limit: int) -> int:
+    """The element nesting of `html` (tags counted by a regex, void and self-closed elements not), up to limit."""
+    depth = top = 0
+    for m in _HTML_TAG.finditer(html):
+        if m.group(1):
+            depth = max(depth - 1, 0)
+        elif not m.group(3) and m.group(2).lower() not in _HTML_VOID:
+            depth += 1
+            if depth > top:
+                top = depth
+                if top > limit:
+                    break
+    return top
+
+
+def _bounded_html(html: str, bounds: list[str]) -> str:
+    """The HTML body within MAX_HTML_CHARS and MAX_HTML_DEPTH (nesting deeper than that is read as text)."""
+    if len(html) > MAX_HTML_CHARS:
+        bounds.append(f"the HTML body has {len(html)} characters: only the first {MAX_HTML_CHARS} read "
+                      "(bound MAX_HTML_CHARS)")
+        html = html[:MAX_HTML_CHARS]
+    if html.count("<") > 2 * MAX_HTML_DEPTH and _html_depth(html, MAX_HTML_DEPTH) > MAX_HTML_DEPTH:
+        bounds.append(f"the HTML body nests elements more than {MAX_HTML_DEPTH} deep: read as text without its "
+                      "tags (bound MAX_HTML_DEPTH)")
+        html = _HTML_TAG.sub(" ", html)
+    return html
+
+
 def _build(
     msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: int, big: _Big, max_addresses: int = MAX_ADDRESSES
 ) -> ParsedMail:
@@ -1342,14 +1389,14 @@ def _build(
     if mids:
         found = _msgids(mids[0])
         message_id = found[0] if found else _norm_msgid(mids[0])
-    in_reply_to = _msgids(" ".join(header("In-Reply-To")))
-    references = _msgids(" ".join(header("References")))
+    bounds: list[str] = []
+    in_reply_to = _msgids(" ".join(header("In-Reply-To")), "In-Reply-To", bounds)
+    references = _msgids(" ".join(header("References")), "References", bounds)
 
     subjects = header("Subject")
     subject = _oneline(_decode_words(subjects[0], defects, "Subject")) if subjects else ""
 
     # sender, recipients: gateway.addresses reads every header that names a person
-    bounds: list[str] = []
     conflicts: list[str] = []
     author = addresses.read_author(header("From"), decode=lambda s: _decode_words(s, defects, "From"))
     from_addr, from_name, from_problem = author.addr, author.name, author.problem
@@ -1388,7 +1435,7 @@ def _build(
         return "\n".join(chunks)
 
     text = body_text(text_parts, "plain") if text_parts else ""
-    html = body_text(html_parts, "html") if html_parts else None
+    html = _bounded_html(body_text(html_parts, "html"), bounds) if html_parts else None
 
     attachments: list[Part] = []
     used: set[str] = set()
@@ -1429,6 +1476,7 @@ def _build(
         if d not in seen:
             seen.add(d)
             all_defects.append(d)
+    bounds.extend(d[len("bound: "):] for d in all_defects if d.startswith("bound: "))
     if len(all_defects) > _MAX_DEFECTS:
         extra = len(all_defects) - _MAX_DEFECTS
         all_defects = all_defects[:_MAX_DEFECTS] + [f"... and {extra} more defects"]

@@ -70,11 +70,14 @@ FORMS: list[tuple[str, str, tuple[str, str, frozenset[str] | None]]] = [
     ("reply-to-conflict", f"From: {EVIL}\r\nReply-To: {VICTIM} <r@evil.example>", (Q, STD, None)),
     ("reply-to-quoted", f'From: {EVIL}\r\nReply-To: "{VICTIM}" <r@evil.example>', ("ticket", EVIL, frozenset())),
     # Cc: the same forms; the victim never becomes a watcher
-    ("cc-quoted-angle", f'Cc: "{VICTIM} <{VICTIM}>" <c@evil.example>', ("ticket", EVIL, frozenset({"c@evil.example"}))),
+    ("cc-quoted-angle", f'Cc: "{VICTIM} <{VICTIM}>" <c@evil.example>',
+     ("ticket", EVIL, frozenset({"c@evil.example"}))),
     ("cc-comment", f"Cc: ({VICTIM}) c@evil.example", ("ticket", EVIL, frozenset({"c@evil.example"}))),
-    ("cc-encoded-comma", f"Cc: =?utf-8?q?{VICTIM}=2C_x?= <c@evil.example>", ("ticket", EVIL, frozenset({"c@evil.example"}))),
+    ("cc-encoded-comma", f"Cc: =?utf-8?q?{VICTIM}=2C_x?= <c@evil.example>",
+     ("ticket", EVIL, frozenset({"c@evil.example"}))),
     ("cc-conflict", f"Cc: {VICTIM} <c@evil.example>", (Q, STD, None)),
-    ("cc-group", "Cc: friends: c@evil.example, d@evil.example;", ("ticket", EVIL, frozenset({"c@evil.example", "d@evil.example"}))),
+    ("cc-group", "Cc: friends: c@evil.example, d@evil.example;",
+     ("ticket", EVIL, frozenset({"c@evil.example", "d@evil.example"}))),
     ("cc-cve", f"Cc: alice@example.org)<{VICTIM}>", ("ticket", EVIL, frozenset())),
     ("cc-trailing-dot", "Cc: Carol <carol@partner.example.>", ("ticket", EVIL, frozenset({"carol@partner.example"}))),
 ]
@@ -95,9 +98,10 @@ FIRST = (f"From: Victim <{VICTIM}>\r\nTo: support@example.com\r\nSubject: Printe
 
 def _outcomes(app) -> dict[str, tuple[str, str, frozenset[str] | None]]:
     """Message-ID -> (outcome, sender or reason, watchers of the ticket the mail opened)."""
-    out = {}
+    out: dict[str, tuple[str, str, frozenset[str] | None]] = {}
     with app.sessions() as s:
         for m in s.scalars(select(InboundMail)):
+            assert m.message_id is not None
             if m.outcome == Q:
                 out[m.message_id] = (Q, m.reason or "", None)
             elif m.outcome == "ticket":
