@@ -120,6 +120,8 @@ MAX_MESSAGE_IDS = 100  # ids of References (the first, the root, and the last 99
 MAX_MIME_PARAMS = 200  # parameters (RFC 2231 sections count one each) of one Content-Type/-Disposition header
 MAX_HTML_CHARS = 2_000_000  # characters of a text/html body read; the rest is cut (html_to_text, nh3 are linear)
 MAX_HTML_DEPTH = 500  # element nesting of a text/html body; deeper HTML is read as text (nh3 is quadratic in it)
+MAX_HEADER_FIELDS = 1000  # fields of the mail's header block read: the first and the last 500 (each lookup scans all)
+MAX_ATTACHMENTS = 100  # attachments kept per mail (each is a durable file); the rest stay in the original mail
 _MAX_HEADER_TEXT = 998
 
 
@@ -1200,6 +1202,9 @@ def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int,
         defects.append("leading blank lines before the header block removed")
         raw = stripped
     del stripped
+    raw, header_bound = _bound_header_fields(raw)
+    if header_bound:
+        defects.append(header_bound)
     if not raw or raw.isspace():
         raise MailParseError("not an email: the input is empty")
     if not _looks_like_mail(raw):
@@ -1221,6 +1226,28 @@ def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int,
         raise
     except RecursionError:
         raise MailParseError("MIME nesting too deep to process") from None
+
+
+def _bound_header_fields(raw: bytes) -> tuple[bytes, str | None]:
+    """The mail with at most MAX_HEADER_FIELDS fields in its header block (the first and the last half), and
+    the bound's note; the mail as it is when it has fewer (one count of newlines for the common case)."""
+    ends = [e for e in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if e >= 0]
+    end = min(ends) + 1 if ends else len(raw)
+    if raw.count(b"\n", 0, end) <= MAX_HEADER_FIELDS:
+        return raw, None
+    fields: list[bytes] = []
+    for line in raw[:end].splitlines(keepends=True):
+        if fields and line[:1] in (b" ", b"\t"):
+            fields[-1] += line
+        else:
+            fields.append(line)
+    if len(fields) <= MAX_HEADER_FIELDS:
+        return raw, None
+    half = MAX_HEADER_FIELDS // 2
+    kept = fields[:half] + fields[-half:]
+    note = (f"bound: the header has {len(fields)} fields: only the first and the last {half} read "
+            "(bound MAX_HEADER_FIELDS)")
+    return b"".join(kept) + raw[end:], note
 
 
 _PLACEHOLDER = "[gateway.mime placeholder {index} {nonce}, a body of {size} bytes kept out of the parsed tree]"
@@ -1439,12 +1466,16 @@ def _build(
 
     attachments: list[Part] = []
     used: set[str] = set()
+    not_kept = 0
     for leaf in walker.leaves(msg):
         key = id(leaf)
         if key in walker.body_ids:
             continue
         if key in walker.dropped_ids:
             defects.append(f"unused alternative {walker.info(leaf).ctype} body not kept as attachment")
+            continue
+        if len(attachments) >= MAX_ATTACHMENTS:
+            not_kept += 1
             continue
         info = walker.info(leaf)
         index = len(attachments) + 1
@@ -1467,6 +1498,9 @@ def _build(
         inline = info.disposition == "inline" or (not info.disposition and cid is not None)
         attachments.append(Part(filename=filename, content_type=info.ctype, data=data, content_id=cid, inline=inline))
 
+    if not_kept:
+        bounds.append(f"{MAX_ATTACHMENTS + not_kept} attachments: only the first {MAX_ATTACHMENTS} kept, the rest stay "
+                      "in the original mail (bound MAX_ATTACHMENTS)")
     notes: list[str] = []
     _defect_notes(msg, notes)
     all_defects: list[str] = []
@@ -1477,6 +1511,7 @@ def _build(
             seen.add(d)
             all_defects.append(d)
     bounds.extend(d[len("bound: "):] for d in all_defects if d.startswith("bound: "))
+    all_defects = [d for d in all_defects if not d.startswith("bound: ")]
     if len(all_defects) > _MAX_DEFECTS:
         extra = len(all_defects) - _MAX_DEFECTS
         all_defects = all_defects[:_MAX_DEFECTS] + [f"... and {extra} more defects"]

@@ -51,12 +51,25 @@ def _html_size(i: int) -> bytes:
     return (_head(i, "Content-Type: text/html; charset=utf-8\r\n") + "\r\n" + body).encode()
 
 
+def _headers(i: int) -> bytes:
+    junk = "".join(f"X-Junk-{k}: value {k}\r\n" for k in range(20000))
+    return (_head(i, junk) + "\r\nmany header fields\r\n").encode()
+
+
+def _parts(i: int) -> bytes:
+    parts = "".join(f'--b\r\nContent-Type: text/plain; name="p{k}.txt"\r\nContent-Disposition: attachment\r\n\r\n'
+                    f"part {k}\r\n" for k in range(120))
+    return (_head(i, 'Content-Type: multipart/mixed; boundary="b"\r\n') + "\r\n" + parts + "--b--\r\n").encode()
+
+
 BOMBS = [
     (_cc, "Cc has more than 1000 addresses: only the first 1000 read"),
     (_references, "References has 20000 Message-IDs: only the first and the last 99 read"),
     (_divs, "nests elements more than 500 deep: read as text without its tags"),
     (_rfc2231, "a MIME header has more than 200 parameters: the rest not read"),
     (_html_size, "only the first 2000000 read (bound MAX_HTML_CHARS)"),
+    (_headers, "the header has 20006 fields: only the first and the last 500 read"),
+    (_parts, "120 attachments: only the first 100 kept, the rest stay in the original mail"),
 ]
 
 
@@ -79,6 +92,11 @@ def _check(app) -> None:
                 assert a.filename.startswith("p0p1p2") and len(a.filename) <= 255
             elif i == 4:
                 assert t.description.startswith("word word")
+            elif i == 5:
+                assert t.subject == "bomb 5" and t.description == "many header fields"
+            elif i == 6:
+                names = sorted(a.filename for a in s.scalars(select(Attachment).where(Attachment.ticket_id == t.id)))
+                assert len(names) == 100 and "p0.txt" in names and "p99.txt" in names and "p100.txt" not in names
 
 
 @pytest.mark.parametrize("lmtp", [False], ids=["smtp"])
