@@ -159,3 +159,14 @@ def test_address_forms_through_ingest(tmp_path, sqlite_url):
         _check(_outcomes(app))
     finally:
         app.close()
+
+
+def test_admin_replay_releases_an_ambiguous_sender(make_app):
+    """Quarantined for its ambiguous From; an admin's replay reads it as the gateway does (the angle-addr)."""
+    from gateway.intake import Envelope
+
+    app = make_app()
+    res = app.intake().ingest(_raw(0, f"From: {VICTIM} <{EVIL}>"), Envelope(EVIL, ("support@example.com",), "smtp"))
+    assert res.outcome == Q and res.reason is not None and res.reason.startswith("ambiguous sender: ")
+    again = app.intake().replay(res.mail_id)
+    assert again.outcome == "ticket" and any("released by an admin" in line for line in again.trace)
