@@ -9,7 +9,6 @@ from gateway import addresses
 from gateway.outcomes import Ignore, Quarantine, Reject
 from gateway.pipeline import MailContext
 
-
 AMBIGUOUS = "ambiguous sender"  # the quarantine reason's prefix; `mail replay` releases it
 
 
