@@ -46,6 +46,8 @@ from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 
+from gateway.headerblock import rejoin_lost_folds, skip_leading_junk
+
 __all__ = ["MailParseError", "Part", "ParsedMail", "parse_mail", "safe_filename"]
 
 
@@ -1307,6 +1309,11 @@ def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int,
     del stripped
     if not raw or raw.isspace():
         raise MailParseError("not an email: the input is empty")
+    raw, note = skip_leading_junk(raw)
+    if note:
+        defects.append(note)
+    raw, notes = rejoin_lost_folds(raw)
+    defects.extend(notes)
     if not _looks_like_mail(raw):
         raise MailParseError("not an email: no header block at the start of the input")
 
