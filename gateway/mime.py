@@ -39,6 +39,7 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 from email import errors as _errors
 from email import policy as _policy
@@ -46,7 +47,8 @@ from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 
-from gateway import addresses
+from gateway import addresses, charsets
+from gateway.headerblock import rejoin_lost_folds, skip_leading_junk
 
 __all__ = ["MailParseError", "Part", "ParsedMail", "parse_mail", "safe_filename"]
 
@@ -142,14 +144,100 @@ def _raw_to_bytes(s: str) -> bytes:
     return s.encode("utf-8", "surrogateescape")
 
 
-def _bytes_to_text(b: bytes) -> str:
-    """Undeclared 8-bit bytes (headers): utf-8, else windows-1252, else latin-1."""
-    for enc in ("utf-8", "windows-1252"):
-        try:
-            return b.decode(enc)
-        except UnicodeDecodeError:
-            continue
+def _bytes_to_text(b: bytes, undeclared: _Undeclared | None = None) -> str:
+    """Undeclared 8-bit bytes (headers): utf-8, else the mail's undeclared charset (``_Undeclared``), else
+    windows-1252, else latin-1 (which decodes every byte: nothing is lost)."""
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    codec = undeclared.codec() if undeclared is not None else charsets.guess(b)
+    for enc in (codec, "windows-1252"):
+        if enc:
+            try:
+                return b.decode(enc)
+            except (UnicodeDecodeError, LookupError):
+                continue
     return b.decode("latin-1")
+
+
+class _Undeclared:
+    """The charset of one mail's undeclared 8-bit header bytes, found once and only when asked: the charset its
+    body declares (``hint``) when that decodes them, else a guess over all of them together (and a sample of the
+    body's own undeclared bytes): a name or a subject alone is too short to tell GBK from Big5 or EUC-KR."""
+
+    __slots__ = ("_hint", "_values", "_body", "_codec", "_done", "_prior")
+
+    def __init__(self, hint: str | None, values: list[bytes], body: Callable[[], bytes],
+                 prior: tuple[str, ...] = ()) -> None:
+        self._hint = hint
+        self._prior = prior
+        self._values = values
+        self._body = body
+        self._codec: str | None = None
+        self._done = False
+
+    def codec(self) -> str | None:
+        if not self._done:
+            self._done = True
+            sample = b"\n".join(v for v in self._values if not _is_utf8(v))
+            if sample:
+                self._codec = charsets.guess(sample + b"\n" + self._body()[:4096], self._hint, self._prior)
+        return self._codec
+
+
+def _eight_bit_values(index: dict[str, list[object]]) -> list[bytes]:
+    """The raw bytes of every header value in ``index`` that carries undeclared 8-bit bytes."""
+    out: list[bytes] = []
+    for values in index.values():
+        for v in values:
+            text = str(v)
+            if not text.isascii():
+                out.append(_raw_to_bytes(text))
+    return out
+
+
+_WORD_CHARSET = re.compile(r"=\?([^?\s*]{1,40})[^?\s]{0,40}\?[bBqQ]\?")
+_DOMAIN = re.compile(r"@([A-Za-z0-9.-]{1,253})")
+
+
+def _encoded_word_charset(index: dict[str, list[object]]) -> str | None:
+    """The first charset other than ASCII/UTF-8 that an RFC 2047 word of the From, Subject, To or Cc names: the
+    sender's mail program writes its undeclared bytes in the charset it declares elsewhere."""
+    for name in ("subject", "from", "to", "cc"):
+        for v in index.get(name, ()):
+            for m in _WORD_CHARSET.finditer(str(v)[:4096]):
+                cs = _norm_charset(m.group(1))
+                if cs and cs not in ("ascii", "utf-8"):
+                    return cs
+    return None
+
+
+def _from_domain(index: dict[str, list[object]]) -> str | None:
+    values = index.get("from")
+    m = _DOMAIN.search(str(values[0])[:4096]) if values else None
+    return m.group(1) if m else None
+
+
+def _declared_charset(walker: _Walker, parts: list[Message]) -> str | None:
+    """The first charset the body parts declare that says something about 8-bit text (not ASCII, not UTF-8)."""
+    for part in parts:
+        cs = _norm_charset(walker.info(part).params.get("charset"))
+        if cs and cs not in ("ascii", "utf-8"):
+            try:
+                if codecs.lookup(cs).name.replace("-", "_") not in _FORBIDDEN_CODECS:
+                    return cs
+            except LookupError:
+                continue
+    return None
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,8 +306,9 @@ def _mostly_decodable(data: bytes, cs: str) -> str | None:
     return None
 
 
-def _decode_text(data: bytes, charset: str | None, what: str, defects: list[str]) -> str:
-    """Decode with the declared charset, falling back to utf-8, windows-1252, latin-1."""
+def _decode_text(data: bytes, charset: str | None, what: str, defects: list[str], hint: str | None = None) -> str:
+    """Decode with the declared charset, falling back to utf-8, the detected charset (``charsets.guess``, with
+    ``hint``: the charset the mail's body declares), windows-1252, latin-1."""
     cs = _norm_charset(charset)
     if cs is not None:
         try:
@@ -238,19 +327,35 @@ def _decode_text(data: bytes, charset: str | None, what: str, defects: list[str]
             problem = f"charset {cs!r} failed ({type(exc).__name__})"
     else:
         problem = None
-    for enc in ("utf-8", "windows-1252", "latin-1"):
-        if enc == cs:
+    if cs != "utf-8":
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            if problem is not None:
+                defects.append(f"{what}: {problem}, decoded as utf-8")
+            return text
+    return _fallback(data, cs, what, problem, defects, hint)
+
+
+def _fallback(data: bytes, cs: str | None, what: str, problem: str | None, defects: list[str],
+              hint: str | None) -> str:
+    """Bytes that are not the declared charset (or declare none) and not UTF-8: the detected charset, else
+    windows-1252, else latin-1."""
+    guessed = charsets.guess(data, hint if hint != cs else None)
+    for enc in (guessed, "windows-1252", "latin-1"):
+        if enc is None or enc == cs:
             continue
         try:
             text = data.decode(enc)
         except UnicodeDecodeError:
             continue
-        if problem is not None:
-            defects.append(f"{what}: {problem}, decoded as {enc}")
-        elif enc != "utf-8":
-            defects.append(f"{what}: undeclared 8-bit bytes, decoded as {enc}")
+        shown = f"{charsets.display_name(enc)} (detected)" if enc == guessed else enc
+        defects.append(f"{what}: {problem}, decoded as {shown}" if problem is not None
+                       else f"{what}: undeclared 8-bit bytes, decoded as {shown}")
         return text
-    raise AssertionError("latin-1 decodes everything")  # pragma: no cover
+    return data.decode("latin-1")  # pragma: no cover - latin-1 decodes everything
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,11 +437,11 @@ def _raw_headers(msg: Message, name: str) -> list[str]:
     return values
 
 
-def _header_text(hvalue: object) -> str:
+def _header_text(hvalue: object, undeclared: _Undeclared | None = None) -> str:
     try:
         text = _unfold(str(hvalue))
         if _SURROGATES.search(text) or not text.isascii():
-            text = _bytes_to_text(_raw_to_bytes(text))
+            text = _bytes_to_text(_raw_to_bytes(text), undeclared)
     except Exception:  # pragma: no cover - defensive
         text = _no_surrogates(str(hvalue))
     return _no_surrogates(text)
@@ -1207,6 +1312,11 @@ def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int,
         defects.append(header_bound)
     if not raw or raw.isspace():
         raise MailParseError("not an email: the input is empty")
+    raw, note = skip_leading_junk(raw)
+    if note:
+        defects.append(note)
+    raw, notes = rejoin_lost_folds(raw)
+    defects.extend(notes)
     if not _looks_like_mail(raw):
         raise MailParseError("not an email: no header block at the start of the input")
 
@@ -1399,9 +1509,16 @@ def _build(
     linesep = "\r\n" if first_line_cr else "\n"
 
     header_values = _raw_header_index(msg)
+    walker = _Walker(defects)
+    text_parts, html_parts = walker.select(msg)
+    walker.body_ids = {id(p) for p in text_parts + html_parts}
+    hint = _declared_charset(walker, text_parts + html_parts)
+    undeclared = _Undeclared(hint or _encoded_word_charset(header_values), _eight_bit_values(header_values),
+                             lambda: _payload_bytes(text_parts[0], [], big) if text_parts and not hint else b"",
+                             charsets.prior_for(_from_domain(header_values)))
 
     def header(name: str) -> list[str]:
-        values = [_header_text(v) for v in header_values.get(name.lower(), ())]
+        values = [_header_text(v, undeclared) for v in header_values.get(name.lower(), ())]
         out = []
         for v in values:
             if len(v) > max_header_bytes:
@@ -1446,15 +1563,11 @@ def _build(
         defects.append(f"Date header is not a valid date: {_oneline(dates[0], 100)}")
 
     # body and attachments
-    walker = _Walker(defects)
-    text_parts, html_parts = walker.select(msg)
-    walker.body_ids = {id(p) for p in text_parts + html_parts}
-
     def body_text(parts: list[Message], kind: str) -> str:
         chunks = []
         for p in parts:
             data = _payload_bytes(p, defects, big)
-            t = _decode_text(data, walker.info(p).params.get("charset"), f"text/{kind} body", defects)
+            t = _decode_text(data, walker.info(p).params.get("charset"), f"text/{kind} body", defects, hint)
             if "\x00" in t:
                 defects.append(f"NUL characters removed from the text/{kind} body")
                 t = t.replace("\x00", "")
