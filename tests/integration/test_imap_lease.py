@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(120)
 TTL = 2  # lease_seconds in these tests: a takeover is due within TTL + TTL/3
 
 
-def wait_for(cond, timeout: float = 20.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+def wait_for(cond, timeout: float = 20.0, step: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -35,7 +35,7 @@ def wait_for(cond, timeout: float = 20.0, step: float = 0.05) -> bool:  # type: 
     return bool(cond())
 
 
-def counts(app) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]
+def counts(app) -> tuple[int, int, int]:
     """(tickets, inbound mails, inbound mails still `received`)."""
     with app.sessions() as s:
         return (s.scalar(select(func.count()).select_from(Ticket)) or 0,
@@ -139,7 +139,7 @@ def test_two_drains_racing_without_the_service_loop_leave_nothing_received(make_
     pa, pb = ImapPoller(a, cfg), ImapPoller(b, cfg)
     barrier = threading.Barrier(2)
 
-    def poll(p: ImapPoller):  # type: ignore[no-untyped-def]
+    def poll(p: ImapPoller):
         p.connect()
         barrier.wait()
         try:
