@@ -36,6 +36,13 @@ class TicketChanged:
 
 
 @dataclass
+class WatcherAdded:
+    ticket: Ticket
+    contact: Contact
+    vouched: str | None = None  # why the gateway may mail them (gateway.guard.relay); None: it may not
+
+
+@dataclass
 class MailIgnored:
     mail_id: int
     kind: str  # auto_reply | bounce | bulk | list | loop
@@ -51,7 +58,7 @@ class MailRejected:
     reason: str
 
 
-Event = TicketCreated | CommentAdded | TicketChanged | MailIgnored | MailRejected
+Event = TicketCreated | CommentAdded | TicketChanged | WatcherAdded | MailIgnored | MailRejected
 
 
 class Listener(Protocol):

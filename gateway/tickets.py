@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, lazyload
 
 from gateway.clock import Clock
 from gateway.db import drop_memo, insert_attached, insert_ignoring_duplicates, write_locked_memo
-from gateway.events import CommentAdded, Event, Listeners, TicketChanged, TicketCreated
+from gateway.events import CommentAdded, Event, Listeners, TicketChanged, TicketCreated, WatcherAdded
 from gateway.models import (
     PRIORITIES,
     STATUSES,
@@ -400,11 +400,13 @@ class Tickets:
                     w.vouched = vouched
                     if flush:
                         self.s.flush()
+                    self.emit(WatcherAdded(ticket, contact, vouched))
                 return False
         ticket.watchers.append(Watcher(contact_id=contact.id, contact=contact, vouched=vouched,
                                        created_at=at or self.clock()))
         if flush:
             self.s.flush()
+        self.emit(WatcherAdded(ticket, contact, vouched))
         return True
 
     def remember_message_id(self, ticket: Ticket, message_id: str | None, direction: str = "in") -> None:
