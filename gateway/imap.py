@@ -30,6 +30,20 @@ it stays in `processed_folder`.) When the database is unreachable the message st
 poller tries again later (backing off); stored mail whose threading was postponed is threaded on the next
 drain.
 
+One poller per mailbox across instances: every `serve` (and `imap poll`) sharing the database polls an
+account only while it holds the account's lease (gateway.lease, name `imap:<account>`). The service loop
+takes it when it is free, renews it every third of `lease_seconds` (also while it waits in IDLE or sleeps),
+and checks it before every batch it stores; an instance without it stands by (no IMAP connection) and tries
+again every third of `lease_seconds`, so it takes over within about 1.3 times `lease_seconds` of the holder's
+death. A drain that lost the lease stops like a stopped one (what is committed is moved); the new holder
+threads whatever its predecessor stored and did not thread. `imap poll` skips an account another instance
+holds.
+
+TLS: `security` 'tls' (implicit) or 'starttls', the certificate and host name verified against `ca_file` (or
+the system's CAs). A certificate that is not accepted, or a `ca_file` that cannot be loaded, raises
+TlsSetupError: the service loop logs it once, shows it in the account's state (/healthz) and stops polling
+that account (no retries: the operator must act); `imap poll` exits 78.
+
 Running it:
 
 - once (tests, cron, `ticket-gateway imap poll`): `ImapPoller(app, account).poll_once()` drains the folder
@@ -248,7 +262,7 @@ class ImapPoller:
         elif a.security == "none":
             client = IMAPClient(a.host, port=a.effective_port, ssl=False, timeout=timeout)
         else:
-            client = self._connect_tls(timeout)
+            client = connect_tls(a, timeout)
         try:
             client.login(a.user, a.secret())
             self.capabilities = frozenset(c.upper() for c in client.capabilities())
@@ -260,29 +274,6 @@ class ImapPoller:
             raise
         self.log.debug("connected to %s:%s as %s", a.host, a.effective_port, a.user)
         return client
-
-    def _connect_tls(self, timeout: Any) -> IMAPClient:
-        """Implicit TLS or STARTTLS, the certificate verified (ca_file or the system's CAs). A certificate that
-        is not accepted raises TlsSetupError; network trouble raises as usual (retried)."""
-        from imapclient import IMAPClient
-
-        a = self.account
-        context = a.ssl_context()
-        client: IMAPClient | None = None
-        try:
-            if a.security == "tls":
-                return IMAPClient(a.host, port=a.effective_port, ssl=True, ssl_context=context, timeout=timeout)
-            client = IMAPClient(a.host, port=a.effective_port, ssl=False, timeout=timeout)
-            client.starttls(context)
-            return client
-        except ssl.SSLCertVerificationError as e:
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    client.shutdown()
-            where = f"{a.host}:{a.effective_port} ({a.security})"
-            trust = f"ca_file {a.ca_file}" if a.ca_file else "the system's CAs (set ca_file for a private CA)"
-            raise TlsSetupError(f"the certificate of {where} was not accepted: {e.verify_message or e} "
-                                f"(verified against {trust})") from e
 
     def disconnect(self) -> None:
         if self.client is not None:
@@ -337,7 +328,7 @@ class ImapPoller:
             if not was_connected:
                 self.disconnect()
             if not had_lease:
-                self._release()
+                release_quietly(self.lease, self.log)
 
     def drain(self, *, thread: bool = True) -> PollResult:
         """Take every message out of the folder, in batches, until it is empty (or the store is down); then
@@ -390,7 +381,7 @@ class ImapPoller:
             return True
         if not self.lease.ensure():
             self.log.warning("lost the lease on this mailbox (%s): stopping this drain",
-                             self.lease.last.describe() if self.lease.last else "not renewed in time")
+                             self.lease.seen())
             return True
         return False
 
@@ -410,7 +401,7 @@ class ImapPoller:
             self.log.warning("database unavailable (%s): %d message(s) left for later", e, result.deferred)
             return False
         if not held:
-            result.standby = self.lease.last.describe() if self.lease.last else "held by another instance"
+            result.standby = self.lease.seen()
             return False
         if fresh:  # a new tenure: thread whatever an earlier holder stored and did not thread
             self._thread_floor = 0
@@ -418,13 +409,11 @@ class ImapPoller:
                           self.lease.ttl)
         return True
 
-    def _release(self) -> None:
-        try:
-            self.lease.release()
-        except Exception as e:  # noqa: BLE001 -- it expires by itself
-            if not is_unavailable(e):
-                raise
-            self.log.debug("could not release the lease (%s); it expires in %.0f s", e, self.lease.ttl)
+    def _still_ours(self) -> None:
+        """Right before a store: a fetch that outlasted the lease (another instance took over and fetches the
+        same messages) stores nothing."""
+        if not self.lease.ensure():
+            raise Stopped()
 
     @property
     def decoupled(self) -> bool:
@@ -521,6 +510,7 @@ class ImapPoller:
                 fresh.append((uid, raw))
             del data
         if fresh:
+            self._still_ours()
             ids = self._store_fresh(uidvalidity, fresh, result)
             new = {uid: mail_id for (uid, _), mail_id in zip(fresh, ids)}
             del fresh
@@ -765,6 +755,7 @@ class ImapPoller:
                 fresh.append((uid, bytes(raw)))
                 mail_ids[uid] = 0
         if fresh:
+            self._still_ours()
             ids = self._store_fresh(uidvalidity, fresh, result)
             for (uid, _), mail_id in zip(fresh, ids):
                 mail_ids[uid] = mail_id
@@ -949,7 +940,7 @@ class ImapPoller:
                 if (result.deferred or result.postponed or result.paused) and not stop.is_set():
                     # the store is down: keep the connection, retry after a growing pause
                     self.state = "backoff"
-                    self._wait(stop, backoff)
+                    wait_renewing(self.lease, stop, backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
                 backoff = BACKOFF_FIRST
@@ -957,7 +948,7 @@ class ImapPoller:
                     self._idle(stop)
                 else:
                     self.state = "waiting"
-                    self._wait(stop, a.poll_seconds)
+                    wait_renewing(self.lease, stop, a.poll_seconds)
             except TlsSetupError as e:
                 self._give_up(e)
                 return
@@ -974,10 +965,10 @@ class ImapPoller:
                         self.log.debug("IMAP error (%s: %s); reconnecting in %.0f s", type(e).__name__, e, backoff)
                 self.disconnect()
                 self.state = "backoff"
-                self._wait(stop, backoff)
+                wait_renewing(self.lease, stop, backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
         self.disconnect()
-        self._release()
+        release_quietly(self.lease, self.log)
         self._stop = None
         self.state = "stopped"
         self.log.info("stopped")
@@ -989,25 +980,12 @@ class ImapPoller:
             return self.lease.claim()
         return self.lease.ensure()
 
-    def _wait(self, stop: threading.Event, seconds: float) -> None:
-        """Wait `seconds` (or until `stop`), renewing the lease when it is due; returns early when it is lost."""
-        deadline = time.monotonic() + seconds
-        while not stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            if self.lease.generation is not None:
-                if self.lease.due() and not self.lease.ensure():
-                    return
-                remaining = min(remaining, max(self.lease.renew_in(), 0.05))
-            stop.wait(remaining)
-
     def _standby(self, stop: threading.Event) -> None:
         """Another instance polls this mailbox: no connection; try to take over every third of the lease."""
         a = self.account
         if self.client is not None or self.state not in ("standby", "new"):
             self.disconnect()
-        detail = self.lease.last.describe() if self.lease.last else "held by another instance"
+        detail = self.lease.seen()
         if self.state != "standby":
             self.log.info("standby: another instance polls this mailbox (%s)", detail)
         self.state = "standby"
@@ -1023,7 +1001,7 @@ class ImapPoller:
         self.error = str(e)
         self.disconnect()
         with contextlib.suppress(Exception):
-            self._release()
+            release_quietly(self.lease, self.log)
         self.app.observe(ImapPollError(a.name))
         self.app.observe.state(f"imap {a.name}", False, f"TLS: {e}; not retried", role="failed")
         self.log.error("%s; this account is not polled until the configuration is fixed and the service "
@@ -1136,6 +1114,54 @@ def _batches(uids: Sequence[int], sizes: Mapping[int, int], count: int, max_byte
         size += s
     if batch:
         yield batch
+
+
+# TLS and the lease ---------------------------------------------------------------------------------------------
+def connect_tls(a: ImapAccount, timeout: Any) -> IMAPClient:
+    """Implicit TLS or STARTTLS, the certificate verified (ca_file or the system's CAs). A certificate that
+    is not accepted raises TlsSetupError; network trouble raises as usual (retried)."""
+    from imapclient import IMAPClient
+
+    context = a.ssl_context()
+    client: IMAPClient | None = None
+    try:
+        if a.security == "tls":
+            return IMAPClient(a.host, port=a.effective_port, ssl=True, ssl_context=context, timeout=timeout)
+        client = IMAPClient(a.host, port=a.effective_port, ssl=False, timeout=timeout)
+        client.starttls(context)
+        return client
+    except ssl.SSLCertVerificationError as e:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+        where = f"{a.host}:{a.effective_port} ({a.security})"
+        trust = f"ca_file {a.ca_file}" if a.ca_file else "the system's CAs (set ca_file for a private CA)"
+        raise TlsSetupError(f"the certificate of {where} was not accepted: {e.verify_message or e} "
+                            f"(verified against {trust})") from e
+
+
+def wait_renewing(lease: Lease, stop: threading.Event, seconds: float) -> None:
+    """Wait `seconds` (or until `stop`), renewing the lease when it is due; returns early when it is lost."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        if lease.generation is not None:
+            if lease.due() and not lease.ensure():
+                return
+            remaining = min(remaining, max(lease.renew_in(), 0.05))
+        stop.wait(remaining)
+
+
+def release_quietly(lease: Lease, log: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> None:
+    """Give the lease up; when the database is down it expires by itself."""
+    try:
+        lease.release()
+    except Exception as e:  # noqa: BLE001 -- it expires by itself
+        if not is_unavailable(e):
+            raise
+        log.debug("could not release the lease (%s); it expires in %.0f s", e, lease.ttl)
 
 
 # Service helpers ----------------------------------------------------------------------------------------------

@@ -87,6 +87,10 @@ class Lease:
     def renew_every(self) -> float:
         return self.ttl / 3
 
+    def seen(self) -> str:
+        """What the last claim saw, for logs and health: 'held by HOLDER for N s more', 'free'."""
+        return self.last.describe() if self.last is not None else "not confirmed yet"
+
     def held(self) -> bool:
         return self.generation is not None and self._monotonic() < self._valid_until
 
