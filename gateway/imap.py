@@ -249,6 +249,7 @@ class ImapPoller:
         # one poller per mailbox across every instance on this database (gateway.lease)
         self.lease = Lease(app.sessions, f"imap:{self.account.name}", app.instance, self.account.lease_seconds)
         self.error: str = ""  # set when the poller gave up for good (TlsSetupError)
+        self._tenure: int | None = None  # the lease generation the last drain ran under
 
     # Connection ---------------------------------------------------------------------------------------------
     def connect(self) -> IMAPClient:
@@ -389,9 +390,8 @@ class ImapPoller:
     def _own_lease(self, result: PollResult) -> bool:
         """Hold (take or renew) the mailbox's lease before draining. False: another instance holds it
         (`result.standby` says who), or the database is down (`result.deferred`: the mail stays)."""
-        fresh = self.lease.generation is None
         try:
-            held = self.lease.claim() if fresh else self.lease.ensure()
+            held = self.lease.claim() if self.lease.generation is None else self.lease.ensure()
         except Exception as e:
             if not is_unavailable(e):
                 raise
@@ -403,8 +403,8 @@ class ImapPoller:
         if not held:
             result.standby = self.lease.seen()
             return False
-        if fresh:  # a new tenure: thread whatever an earlier holder stored and did not thread
-            self._thread_floor = 0
+        if self.lease.generation != self._tenure:  # a new tenure: thread what an earlier holder did not
+            self._tenure, self._thread_floor = self.lease.generation, 0
             self.log.info("polling this mailbox (lease generation %s, %.0f s)", self.lease.generation,
                           self.lease.ttl)
         return True
