@@ -96,7 +96,7 @@ def test_users_orgs_and_staff_reply(cfg):
     assert run_cli("users", "add", "dana@example.com", "--name", "Dana", "--staff", config=cfg).returncode == 0
     users = j(run_cli("users", "list", "--json", config=cfg))
     assert users == [{"email": "dana@example.com", "name": "Dana", "role": "staff", "organisation": None,
-                      "auto_registered": False, "undeliverable": False}]
+                      "auto_registered": False, "undeliverable": False, "blocked": False, "blocked_reason": None}]
     run_cli("ingest", config=cfg, input=make_mail())
     run_cli("ingest", config=cfg, input=make_mail(sender="dana@example.com", subject="Re: [#1] x", body="On it."))
     t = j(run_cli("tickets", "show", "1", "--json", config=cfg))

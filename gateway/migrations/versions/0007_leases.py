@@ -1,13 +1,13 @@
 """leases: one holder per named job across instances sharing the database (the IMAP poller of a mailbox)
 
-Revision ID: 0006_leases
+Revision ID: 0007_leases
 Revises: 0001_core
 Create Date: 2026-12-06
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0006_leases'
+revision = '0007_leases'
 down_revision = '0001_core'
 branch_labels = None
 depends_on = None
