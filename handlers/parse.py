@@ -10,7 +10,13 @@ from gateway.pipeline import MailContext
 
 def handle(ctx: MailContext) -> None:
     limits = ctx.config.limits
-    prep = ctx.prepared  # parsed ahead in the import's worker process (gateway.prepare), or None
+    prep = ctx.prepared  # parsed ahead in the worker process (gateway.prepare), or None
+    if prep is not None and prep.over_budget:  # the worker was killed: limits.mail_cpu_seconds
+        ctx.note(f"parse: more than limits.mail_cpu_seconds ({limits['mail_cpu_seconds']:g} s of CPU)")
+        raise Quarantine("over budget")
+    if prep is not None and prep.crashed:
+        ctx.note("parse: the preparation worker died on this mail, twice")
+        raise Quarantine("over budget: the mail crashed the preparation worker twice")
     try:
         if prep is not None and prep.parse_error is not None:
             raise MailParseError(prep.parse_error)
