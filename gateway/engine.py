@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import select, update
 
@@ -63,14 +62,17 @@ class ImportStopped(Exception):
     the open transaction was stored (its sources are still there)."""
 
 
-@dataclass
-class Source:
-    """One mail of an import: where it is, its raw bytes (None: unreadable), how many there are (a hint)."""
+class ImportSource(Protocol):
+    """One mail of an import: where it is, and its raw bytes (None: not read)."""
 
-    kind: str
-    ref: str
-    raw: bytes | None
-    total: int | None
+    @property
+    def ref(self) -> str: ...
+
+    @property
+    def raw(self) -> bytes | None: ...
+
+
+S = TypeVar("S", bound=ImportSource)
 
 
 class Engine:
@@ -134,16 +136,16 @@ class Engine:
             return self.intake.process_many(ids, prepared=prepared, raws=raws, counted=counted, exhausted=exhausted)
 
     # Imports ---------------------------------------------------------------------------------------------
-    def import_stream(self, sources: Iterable[Source], envelope: Callable[[Source], Envelope], *,
-                      report: Callable[[Source, Result], None], unreadable: Callable[[Source], None],
+    def import_stream(self, sources: Iterable[S], envelope: Callable[[S], Envelope], *,
+                      report: Callable[[S, Result], None], unreadable: Callable[[S], None],
                       ahead: ParseAhead | None = None, batch_mails: int = 200,
                       disk_low: Callable[[], bool] = lambda: False) -> None:
         """Store and thread new mails in batches (`Intake.batch`: one write transaction, a savepoint each), the
         worker preparing the next chunk ahead; `report` hears of each mail once the commit holding it returned,
         `unreadable` of a source whose bytes could not be read. Raises ImportStopped (the open batch is rolled
         back: nothing of it is stored)."""
-        stream = ahead.stream((s.kind, s.ref, s.raw, s) for s in sources) if ahead is not None else (
-            ((s.kind, s.ref, s.raw, s), None) for s in sources)
+        stream = ahead.stream((None, s.ref, s.raw, s) for s in sources) if ahead is not None else (
+            ((None, s.ref, s.raw, s), None) for s in sources)
         run = _ImportRun(self.intake, envelope, report, unreadable, batch_mails, disk_low)
         try:
             for chunk in _chunks(stream, PREFETCH if ahead is not None else 1):
@@ -153,15 +155,15 @@ class Engine:
             run.close()
 
 
-class _ImportRun:
-    def __init__(self, intake: Intake, envelope: Callable[[Source], Envelope], report: Callable[[Source, Result],
-                 None], unreadable: Callable[[Source], None], batch_mails: int, disk_low: Callable[[], bool]) -> None:
+class _ImportRun(Generic[S]):
+    def __init__(self, intake: Intake, envelope: Callable[[S], Envelope], report: Callable[[S, Result], None],
+                 unreadable: Callable[[S], None], batch_mails: int, disk_low: Callable[[], bool]) -> None:
         self.intake, self.envelope, self.report, self.unreadable = intake, envelope, report, unreadable
         self.batch_mails, self.disk_low = batch_mails, disk_low
         self.batch: IngestBatch | None = None
-        self.done: list[tuple[Source, Result]] = []
+        self.done: list[tuple[S, Result]] = []
 
-    def chunk(self, items: list[tuple[Source, Any]], *, prefetch: bool) -> None:
+    def chunk(self, items: list[tuple[S, Any]], *, prefetch: bool) -> None:
         for i, (src, prepared) in enumerate(items):
             if src.raw is None:
                 self.unreadable(src)
@@ -179,7 +181,7 @@ class _ImportRun:
             if batch.count >= self.batch_mails or batch.size >= BATCH_BYTES or batch.age() >= BATCH_SECONDS:
                 self.commit()
 
-    def _open(self, src: Source) -> IngestBatch:
+    def _open(self, src: S) -> IngestBatch:
         if self.batch is None:
             if self.disk_low():  # the data directory filled up during the import
                 raise ImportStopped(f"free space in {self.intake.app.config.data_dir} is low: stopped before "
@@ -217,4 +219,4 @@ def _chunks(items: Iterator[Any], n: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-__all__ = ["Engine", "ImportStopped", "MAX_TRIES", "Source", "start_worker"]
+__all__ = ["Engine", "ImportSource", "ImportStopped", "MAX_TRIES", "start_worker"]

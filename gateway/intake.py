@@ -210,12 +210,18 @@ class Intake:
                 raise
         raise AssertionError("unreachable")
 
-    def _context(self, session: Any, mail: InboundMail, raw: bytes, dry_run: bool, prepared: Any = None) -> MailContext:
+    def _context(self, session: Any, mail: InboundMail, raw: bytes, dry_run: bool, prepared: Any = None,
+                 envelope: Envelope | None = None) -> MailContext:
+        """envelope: the new mail's (an import of old mail is dated by its Date and may mail nobody); None for a
+        stored mail threaded later, which is live mail."""
         app = self.app
+        historic = envelope is not None and envelope.historic
+        quiet = envelope is not None and envelope.quiet
         return MailContext(session=session, config=app.config, clock=app.clock, blobs=app.blobs,
-                           tickets=Tickets(session, clock=app.clock, listeners=app.listeners),
+                           tickets=Tickets(session, clock=app.clock, listeners=app.listeners, imported=historic,
+                                           quiet=quiet),
                            directory=Directory(session, app.clock), mail=mail, raw=raw, dry_run=dry_run,
-                           trace=list(mail.trace or []), prepared=prepared)
+                           trace=list(mail.trace or []), prepared=prepared, historic=historic)
 
     def prefetch(self, session: Any, items: list[tuple[Envelope, Any]]) -> None:
         """Before running these mails (envelope, Prepared or None): make the lookups their handlers will make,
@@ -265,7 +271,7 @@ class Intake:
                 mail = self._new_row(raw, envelope)
                 s.add(mail)
                 s.flush()
-                result = self._run(s, mail, raw, dry_run=dry_run, prepared=prepared)
+                result = self._run(s, mail, raw, dry_run=dry_run, prepared=prepared, envelope=envelope)
                 if dry_run:
                     result.mail_id = 0
                     s.rollback()
@@ -285,10 +291,10 @@ class Intake:
         return self._result(mail, fresh=True)
 
     def _run(self, s: Any, mail: InboundMail, raw: bytes, *, dry_run: bool, prepared: Any = None,
-             counted: bool = False) -> Result:
+             counted: bool = False, envelope: Envelope | None = None) -> Result:
         """The pipeline over one written mail row, inside the caller's transaction, in a savepoint: an outcome
         that keeps nothing (reject, quarantine) rolls back what the handlers did and keeps the mail row."""
-        ctx = self._context(s, mail, raw, dry_run, prepared)
+        ctx = self._context(s, mail, raw, dry_run, prepared, envelope)
         if not counted:
             mail.attempts += 1
         sp = s.begin_nested()
@@ -314,7 +320,7 @@ class Intake:
             if mail.id is None:
                 s.add(mail)  # written with its ticket or comment, on first use of ctx.mail_id, or by _record
             # else: added by _record (one INSERT with the outcome), on first use of ctx.mail_id, or with a comment
-            ctx = self._context(s, mail, raw, False, prepared)
+            ctx = self._context(s, mail, raw, False, prepared, envelope)
             mail = self._settle(ctx, sp, run(ctx, self.handlers), envelope=envelope)
         except BaseException:
             if sp.is_active:

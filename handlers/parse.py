@@ -1,4 +1,5 @@
-"""Parse the raw bytes (stdlib email, policy.default) with depth, part-count and charset guards."""
+"""Parse the raw bytes (stdlib email, policy.default) with depth, part-count and charset guards; the bounds the
+mail hit (gateway.mime: addresses, Message-IDs, header fields, parameter sections) go to the trace."""
 
 from __future__ import annotations
 
@@ -34,3 +35,5 @@ def handle(ctx: MailContext) -> None:
     p = ctx.parsed
     ctx.note(f"parse: Message-ID {p.message_id or '(none)'}, {len(p.attachments)} attachment(s)"
              + (f", defects: {'; '.join(p.defects[:5])}" if p.defects else ""))
+    for bound in p.bounds:
+        ctx.note(f"parse: bound hit, truncated: {bound}")

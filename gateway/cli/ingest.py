@@ -1,5 +1,11 @@
 """`ticket-gateway ingest [PATH ...]`: message files, Maildirs, mboxes, or one message on stdin (MTA pipe).
 
+Files, Maildirs (with Maildir++ subfolders) and mboxes are an import of old mail: tickets and comments keep
+the mail's Date where plausible (gateway.history), the SLA records what was already due at the import without
+escalating it, and nobody is mailed unless --notify. Stdin is live mail (an MTA pipe): notified, dated now.
+A mail over `limits.max_message_size` is refused: not read, not stored, left where it is, reported
+('refused', exit 65); on stdin the MTA bounces it (exit 65, as `deliver` and SMTP's 552).
+
 Exit 0 when every mail was stored (ticket, comment, ignored, duplicate, rejected and quarantined all count),
 75 (EX_TEMPFAIL) when a mail could not be stored so that the MTA tries again, 64 on usage errors, 65/66
 when an input cannot be read, 67 (EX_NOUSER) when a --recipient is not a gateway address (nothing is stored:
@@ -13,16 +19,15 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.cli.base import UsageError
+from gateway.cli.sources import Source, iter_sources
 from gateway.exitcodes import EX_DATAERR, EX_NOINPUT, EX_NOUSER, EX_OK, EX_TEMPFAIL
 
 if TYPE_CHECKING:
     from gateway.app import App
     from gateway.config import Config
-    from gateway.engine import Source
     from gateway.envelope import Envelope
     from gateway.intake import Result
     from gateway.prepare import ParseAhead
@@ -45,54 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--helo", metavar="NAME", help="the SMTP client's HELO name, for SPF (MTA pipe: ${client_helo})")
     p.add_argument("--batch", type=int, default=BATCH_MAILS, metavar="N",
                    help=f"files, Maildirs, mboxes: at most N mails per write transaction (default {BATCH_MAILS})")
+    p.add_argument("--notify", action="store_true",
+                   help="files, Maildirs, mboxes: send the notifications (acknowledgements, ...) as for live mail; "
+                        "by default an import mails nobody")
     p.add_argument("--no-parse-ahead", dest="parse_ahead", action="store_false",
                    help="prepare (parse) in the main process only: no worker process, no CPU budget per mail")
     p.set_defaults(func=run)
-
-
-def _is_maildir(p: Path) -> bool:
-    return p.is_dir() and (p / "cur").is_dir() and (p / "new").is_dir()
-
-
-def _is_mbox(p: Path) -> bool:
-    try:
-        with p.open("rb") as f:
-            return f.read(5) == b"From "
-    except OSError:
-        return False
-
-
-def iter_sources(paths: list[str]) -> Iterator[tuple[str, str, bytes | None, int | None]]:
-    """(source, ref, raw bytes or None when unreadable, total count hint)."""
-    import mailbox
-
-    for arg in paths:
-        p = Path(arg)
-        if _is_maildir(p):
-            files = sorted(f for d in ("new", "cur") for f in (p / d).iterdir() if f.is_file())
-            for f in files:
-                yield "maildir", str(f), _read(f), len(files)
-        elif p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file())
-            for f in files:
-                yield "file", str(f), _read(f), len(files)
-        elif _is_mbox(p):
-            box = mailbox.mbox(str(p), create=False)
-            try:
-                keys = box.keys()
-                for k in keys:
-                    yield "mbox", f"{p}#{k}", box.get_bytes(k), len(keys)
-            finally:
-                box.close()
-        else:
-            yield "file", str(p), _read(p), 1
-
-
-def _read(p: Path) -> bytes | None:
-    try:
-        return p.read_bytes()
-    except OSError:
-        return None
 
 
 class Progress:
@@ -137,16 +100,27 @@ def _worker(args: argparse.Namespace, config: Config) -> ParseAhead | None:
 class Reporter:
     """What ingest prints about each mail, and the counts for the summary."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, max_size: int) -> None:
         self.args = args
+        self.max_size = max_size
         self.counts: dict[str, int] = {}
         self.progress = Progress(sys.stderr.isatty() and not args.json)
         self.status = EX_OK
 
     def unreadable(self, src: Source) -> None:
+        """A source not read: unreadable, or (its size given) over limits.max_message_size, left in place."""
         self.progress.step(src.total)
-        print(f"ticket-gateway: ingest: cannot read {src.ref}", file=sys.stderr)
         self.status = self.status or EX_DATAERR
+        if src.size is None:
+            print(f"ticket-gateway: ingest: cannot read {src.ref}", file=sys.stderr)
+            return
+        reason = (f"too large: {src.size} bytes, over limits.max_message_size = {self.max_size}; not imported, "
+                  "left in place")
+        self.counts["refused"] = self.counts.get("refused", 0) + 1
+        if self.args.json:
+            print(json.dumps({"mail_id": None, "outcome": "refused", "reason": reason, "ticket": None,
+                              "comment_id": None, "trace": [], "source": src.ref}))
+        print(f"ticket-gateway: ingest: {src.ref}: {reason}", file=sys.stderr)
 
     def report(self, src: Source, result: Result) -> None:
         self.progress.step(src.total)
@@ -185,7 +159,7 @@ def _one_by_one(app: App, sources: Iterator[Source], envelope: Callable[[Source]
             out.unreadable(src)
             continue
         env = envelope(src)
-        if src.kind == "stdin" and app.auth.active:  # sender authentication on arrival (gateway.auth)
+        if src.source == "stdin" and app.auth.active:  # sender authentication on arrival (gateway.auth)
             env = app.auth.envelope(src.raw, env)
         prepared = ahead.prepare([src.raw], [env.mail_from])[0] if ahead is not None else None
         try:
@@ -228,23 +202,34 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 def _ingest(args: argparse.Namespace, config: Config, app: App, ahead: ParseAhead | None, stdin: bool,
             paths: list[str]) -> int:
-    from gateway.engine import Engine, ImportStopped, Source
+    from gateway.engine import Engine, ImportStopped
     from gateway.envelope import Envelope
 
     rcpts = tuple(a.lower() for a in args.recipient)
 
     def envelope(src: Source) -> Envelope:
-        return Envelope(mail_from=args.sender, rcpt_tos=rcpts, source=src.kind,
-                        source_ref=None if src.kind == "stdin" else src.ref, client_ip=args.client_ip or None,
-                        client_helo=args.helo or None)
+        historic = src.source != "stdin"  # files, Maildirs, mboxes: old mail (see the module's text)
+        return Envelope(mail_from=args.sender, rcpt_tos=rcpts, source=src.source,
+                        source_ref=None if src.source == "stdin" else src.ref, client_ip=args.client_ip or None,
+                        client_helo=args.helo or None, historic=historic, quiet=historic and not args.notify)
 
     if not args.dry_run and app.disk.low():
         print(f"ticket-gateway: free space in {config.data_dir} is below limits.free_space_factor x "
               "limits.max_message_size: try again later", file=sys.stderr)
         return EX_TEMPFAIL
-    sources = (iter([Source("stdin", "stdin", sys.stdin.buffer.read(), 1)]) if stdin else
-               (Source(*item) for item in iter_sources(paths)))
-    out = Reporter(args)
+    max_size = int(config.limits["max_message_size"])
+    if stdin:
+        from gateway.deliver import read_limited
+
+        raw = read_limited(sys.stdin.buffer, max_size)
+        if raw is None:  # the MTA bounces it to its sender, as SMTP's 552 and `deliver` do
+            print(f"ticket-gateway: ingest: 5.3.4 message too large (over limits.max_message_size = {max_size} "
+                  "bytes)", file=sys.stderr)
+            return EX_DATAERR
+        sources: Iterator[Source] = iter([Source("stdin", "stdin", raw, 1, len(raw))])
+    else:
+        sources = iter_sources(paths, max_size)
+    out = Reporter(args, max_size)
     try:
         if stdin or args.dry_run:
             _one_by_one(app, sources, envelope, ahead, out)
