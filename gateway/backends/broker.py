@@ -34,6 +34,7 @@ from gateway.backends.desk import (
 from gateway.backends.settings import Settings
 from gateway.backends.store import BackendCustomer, BackendItem, BackendLink, BackendPush, BackendState
 from gateway.db import transaction
+from gateway.guard.relay import mailable
 from gateway.models import Attachment, Comment, Ticket
 
 log = logging.getLogger("gateway.backends")
@@ -192,7 +193,12 @@ class Broker:
             await d.update(job.remote_key, status=job.params.get("status"), priority=job.params.get("priority"))
             return job.params.get("status")
         if job.op == "participants":
-            ids = [await self.customer(e, n) for e, n in job.watchers]
+            if not d.has_participants:
+                return None
+            wanted = {e.lower() for e in job.params.get("emails") or []}
+            ids = [await self.customer(e, n) for e, n in job.watchers if e.lower() in wanted]
+            if not ids:
+                return None  # no longer a watcher the gateway may mail
             await d.participants(job.remote_key, ids)
             return None
         raise Rejected(f"unknown push operation {job.op!r}")
@@ -291,7 +297,8 @@ class Broker:
                       type=t.type, priority=t.priority,
                       reporter=(t.sender_email or (rep.email if rep is not None else ""),
                                 (rep.name or "") if rep is not None else ""),
-                      watchers=[(w.contact.email, w.contact.name or "") for w in t.watchers][:50])
+                      # only those the gateway may mail: the desk mails its participants (gateway.guard.relay)
+                      watchers=[(w.contact.email, w.contact.name or "") for w in t.watchers if mailable(w)][:50])
             if row.op == "comment":
                 c = s.get(Comment, job.params.get("comment_id"))
                 if c is None:

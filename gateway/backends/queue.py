@@ -19,7 +19,8 @@ from gateway import backoff as _backoff
 from gateway.backends.settings import Settings
 from gateway.backends.store import BackendLink, BackendPush
 from gateway.db import transaction
-from gateway.events import CommentAdded, TicketChanged, TicketCreated
+from gateway.events import CommentAdded, TicketChanged, TicketCreated, WatcherAdded
+from gateway.guard.relay import contact_mailable
 
 log = logging.getLogger("gateway.backends")
 
@@ -47,6 +48,8 @@ class Enqueue:
                 self.push(session, event.ticket.id, "comment", {"comment_id": event.comment.id})
         elif isinstance(event, TicketChanged):
             self.changed(session, event)
+        elif isinstance(event, WatcherAdded):
+            self.watcher(session, event)
 
     def created(self, s: Session, ev: TicketCreated) -> None:
         now = self.clock()
@@ -67,6 +70,21 @@ class Enqueue:
             params["priority"] = self.settings.priorities[ev.changes["priority"][1]]
         if params:
             self.push(s, ev.ticket.id, "update", params)
+
+    def watcher(self, s: Session, ev: WatcherAdded) -> None:
+        """A watcher the gateway may mail becomes a request participant. The desk mails its participants, so a
+        watcher the relay rules do not vouch for (gateway.guard.relay) is never pushed. One added before the
+        create is sent rides on the create, which reads the ticket's vouched watchers when it runs."""
+        if ev.ticket.id is None or not (ev.vouched or contact_mailable(ev.contact)):
+            return
+        name, tid = self.settings.name, ev.ticket.id
+        if s.scalar(select(BackendLink.id).where(BackendLink.backend == name, BackendLink.ticket_id == tid)) is None:
+            return  # the ticket is being made: its create is queued next and carries the watchers
+        create_waiting = s.scalar(select(BackendPush.id).where(
+            BackendPush.backend == name, BackendPush.ticket_id == tid, BackendPush.status == "queued",
+            BackendPush.op == "create").limit(1))
+        if create_waiting is None:
+            self.push(s, tid, "participants", {"emails": [ev.contact.email.lower()]})
 
     def push(self, s: Session, ticket_id: int, op: str, params: dict[str, Any]) -> None:
         now = self.clock()

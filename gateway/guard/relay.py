@@ -141,7 +141,7 @@ def add_cc_watchers(ctx: MailContext) -> None:
         named = {a.lower() for _, a in ctx.parsed.cc[:1000]}
         for w in ctx.ticket.watchers:
             if not mailable(w) and w.contact.email in named:
-                w.vouched = why
+                ctx.tickets.add_watcher(ctx.ticket, w.contact, vouched=why)  # known: vouched, said to listeners
                 ctx.note(f"relay: watcher {w.contact.email} may be mailed from now on ({why})")
     added = []
     for name, addr in plan.take:

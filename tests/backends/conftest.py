@@ -72,9 +72,10 @@ def gateway(desk, tmp_path, db_url):
     clock = Clock(datetime.now(UTC).replace(microsecond=0))
     apps = []
 
-    def factory(**backend: Any) -> Gateway:
+    def factory(authentication: dict[str, Any] | None = None, **backend: Any) -> Gateway:
+        extra = {"authentication": authentication} if authentication else {}
         cfg = make_config(tmp_path, db_url, backend=backend_config(desk, tmp_path, **backend),
-                          sla={"policies": [{"name": "std", "response": 60, "resolution": 480}]})
+                          sla={"policies": [{"name": "std", "response": 60, "resolution": 480}]}, **extra)
         app = build_app(cfg, clock=clock)
         apps.append(app)
         return Gateway(app, desk, clock)

@@ -73,17 +73,52 @@ def test_customer_found_or_created_once(gateway):
         assert {r["RequestedByPerson"] for r in desk.requests.values()} == {alice[0]["Id"]}
 
 
+def authenticated(domain: str = "customer.example") -> dict[str, str]:
+    """Headers our MTA (trusted as mx.gw.test) puts on a mail whose From domain passed DMARC."""
+    return {"Authentication-Results": f"mx.gw.test; dmarc=pass header.from={domain}",
+            "Received": f"from mail.{domain} by mx.gw.test; Mon, 2 Nov 2026 09:00:00 +0000"}
+
+
+def participants(gw, key: str) -> list[str]:
+    desk = gw.desk
+    by_id = {c["accountId"]: e for e, c in desk.customers.items()}
+    return sorted(by_id[a] for a in desk.issues[key]["participants"])
+
+
 def test_participants_from_cc(gateway):
-    gw = gateway()
-    gw.mail(first_mail(cc="Bob <bob@customer.example>"), ALICE)
+    """Cc'd people become request participants only when the gateway itself may mail them (gateway.guard.relay):
+    the desk mails its participants, so pushing a stranger's Cc list would make the desk the relay."""
+    gw = gateway(authentication={"trusted_authserv_ids": ["mx.gw.test"], "verify": False})
+    gw.mail(first_mail(cc="Bob <bob@customer.example>", headers=authenticated()), ALICE)
     delivered(gw)
     desk = gw.desk
     if desk.kind == "jira":
-        issue = desk.issues[desk.keys()[0]]
-        bob = desk.customers["bob@customer.example"]["accountId"]
-        assert issue["participants"] == [bob]
+        assert participants(gw, desk.keys()[0]) == ["bob@customer.example"]
     else:  # Zammad and SMAX have no request participants: the request is made all the same
         assert len(desk.keys()) == 1
+
+
+def test_participants_never_unvouched_and_added_later(gateway):
+    gw = gateway(authentication={"trusted_authserv_ids": ["mx.gw.test"], "verify": False})
+    raw = first_mail(cc="Mallory List <victims@elsewhere.example>")  # no authentication result at all
+    assert gw.mail(raw, ALICE).outcome == "ticket"
+    delivered(gw)
+    desk = gw.desk
+    (key,) = desk.keys()
+    assert [w.contact.email for w in gw.ticket().watchers] == ["victims@elsewhere.example"]  # kept, not mailed
+    if desk.kind == "jira":
+        assert participants(gw, key) == [] and "victims@elsewhere.example" not in desk.customers
+    # her authenticated reply adds Carol: pushed after the create, on its own
+    later = reply(raw, "Adding Carol from accounting.", cc="Carol <carol@customer.example>", headers=authenticated())
+    assert gw.mail(later, ALICE).outcome == "comment"
+    assert [r.op for r in gw.rows(BackendPush, status="queued")] == ["comment", "participants"]
+    assert gw.flush().failed == 0
+    assert not gw.rows(BackendPush, status="queued")
+    if desk.kind == "jira":
+        assert participants(gw, key) == ["carol@customer.example"]
+        assert desk.calls("POST", f"/rest/servicedeskapi/request/{key}/participant") == 1
+    elif desk.kind == "zammad":
+        assert not [u for u in desk.users.values() if u.get("email") == "carol@customer.example"]
 
 
 def test_staff_comment_and_status_back(gateway):
