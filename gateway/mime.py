@@ -162,17 +162,17 @@ def _bytes_to_text(b: bytes, undeclared: _Undeclared | None = None) -> str:
 
 
 class _Undeclared:
-    """The charset of one mail's undeclared 8-bit header bytes, found once and only when asked: the charset its
-    body declares (``hint``) when that decodes them, else a guess over all of them together (and a sample of the
-    body's own undeclared bytes): a name or a subject alone is too short to tell GBK from Big5 or EUC-KR."""
+    """The charset of one mail's undeclared 8-bit header bytes, found once and only when asked (ASCII and UTF-8
+    mail never asks): the charset its body declares (``hint``) when that decodes them, else the charset of an
+    encoded word elsewhere in its headers, else a guess over all of them together (and a sample of the body's own
+    undeclared bytes; a name or a subject alone is too short to tell GBK from Big5 or EUC-KR), the sender's
+    country breaking ties."""
 
-    __slots__ = ("_hint", "_values", "_body", "_codec", "_done", "_prior")
+    __slots__ = ("_hint", "_index", "_body", "_codec", "_done")
 
-    def __init__(self, hint: str | None, values: list[bytes], body: Callable[[], bytes],
-                 prior: tuple[str, ...] = ()) -> None:
+    def __init__(self, hint: str | None, index: dict[str, list[object]], body: Callable[[], bytes]) -> None:
         self._hint = hint
-        self._prior = prior
-        self._values = values
+        self._index = index
         self._body = body
         self._codec: str | None = None
         self._done = False
@@ -180,9 +180,12 @@ class _Undeclared:
     def codec(self) -> str | None:
         if not self._done:
             self._done = True
-            sample = b"\n".join(v for v in self._values if not _is_utf8(v))
+            sample = b"\n".join(v for v in _eight_bit_values(self._index) if not _is_utf8(v))
             if sample:
-                self._codec = charsets.guess(sample + b"\n" + self._body()[:4096], self._hint, self._prior)
+                hint = self._hint or _encoded_word_charset(self._index)
+                prior = charsets.prior_for(_from_domain(self._index))
+                body = self._body()[:4096] if self._hint is None else b""
+                self._codec = charsets.guess(sample + b"\n" + body, hint, prior)
         return self._codec
 
 
@@ -1538,9 +1541,7 @@ def _build(
     text_parts, html_parts = walker.select(msg)
     walker.body_ids = {id(p) for p in text_parts + html_parts}
     hint = _declared_charset(walker, text_parts + html_parts)
-    undeclared = _Undeclared(hint or _encoded_word_charset(header_values), _eight_bit_values(header_values),
-                             lambda: _payload_bytes(text_parts[0], [], big) if text_parts and not hint else b"",
-                             charsets.prior_for(_from_domain(header_values)))
+    undeclared = _Undeclared(hint, header_values, lambda: _payload_bytes(text_parts[0], [], big) if text_parts else b"")
 
     def header(name: str) -> list[str]:
         values = [_header_text(v, undeclared) for v in header_values.get(name.lower(), ())]
