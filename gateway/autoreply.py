@@ -565,8 +565,12 @@ def _list_manager_notice(msg: Message, sender_local: str, subject: str) -> str |
     """Evidence that a list manager (Mailman, Majordomo, fml, Sympa, LISTSERV, ezmlm ...) wrote the mail."""
     if _FORWARD_PREFIX.match(subject):
         return None  # a person forwarding a notice to support
+    try:
+        present = {str(k).lower() for k in msg.keys()}
+    except Exception:  # pragma: no cover - defensive
+        present = set()
     for name in _LIST_SOFTWARE_HEADERS:
-        if _has_header(msg, name):
+        if name.lower() in present:
             return f"{name} header"
     if sender_local and _LIST_MANAGER_NAMES.match(sender_local):
         return f"From {sender_local}"
