@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -52,6 +53,8 @@ def build_app(config: Config, *, clock: Clock = system_clock, pipeline: Sequence
     from gateway.auth import Authenticator
     from gateway.guard.diskspace import DiskGuard
 
+    for warning in config.warnings:  # deprecated keys: said once per start
+        logging.getLogger("gateway").warning("config: %s", warning)
     app.disk = DiskGuard.for_config(config)
     app.auth = Authenticator(config)
     for install in _FEATURES:

@@ -146,6 +146,13 @@ def summary(config: Config) -> list[tuple[str, str]]:
     rows.append(("imap accounts", "; ".join(imap) or "none"))
     routes = [f"{r['address']} -> group {r['group'] or '-'}, {r['priority']}, {r['type']}" for r in config.routes]
     rows.append(("routes", "; ".join(routes) or "none"))
+    st = config.staff
+    note = (f"{config.gateway_addresses[0].replace('@', '+' + st['note_subaddress'] + '@', 1)}"
+            if st["note_subaddress"] else "off")
+    rows.append(("staff by mail", f"commands {'on' if st['commands'] else 'off'}, note address {note}, "
+                 f"customer replies to {' > '.join(st['notify']) or 'watching staff only'}"
+                 + (f", {len(config.groups)} group(s)" if config.groups else "")))
+    rows += [("warning", w) for w in config.warnings]
     rows.append(("outgoing mail", _outgoing(config)))
     rows.append(("database", redact(config.database_url)))
     data = config.data_dir

@@ -160,6 +160,16 @@ def _statuses(v: dict[str, Any]) -> str | None:
     return None
 
 
+NOTIFY_RULES = ("assignee", "group", "all")
+
+
+def _notify_rules(v: list[str]) -> str | None:
+    bad = [r for r in v if r not in NOTIFY_RULES]
+    if bad:
+        return f"{bad[0]!r} is not one of {', '.join(NOTIFY_RULES)}"
+    return "a rule is listed twice" if len(set(v)) != len(v) else None
+
+
 def _sla_policies(v: list[Any]) -> str | None:
     from gateway.sla_definitions import check_seed  # only when the config seeds policies
 
@@ -197,11 +207,58 @@ SCHEMA: dict[str, Section] = {
             "body_delimiters_regex": Key(bool, False, "Treat gateway.body_delimiters as regular expressions "
                                          "(Python syntax) matched against whole lines."),
             "staff_comments_internal": Key(bool, False,
-                                           "Comments that staff send by mail are internal notes (else public)."),
+                                           "DEPRECATED (a start-up warning says so): every comment staff send by "
+                                           "mail becomes an internal note, so no customer gets an answer by "
+                                           "mail. Mark a single mail instead: the /internal command, or mail to "
+                                           "the note address (staff.note_subaddress)."),
             "refuse_close_while_blocked": Key(
                 bool, True, "Resolving or closing a ticket that another open ticket blocks (a 'blocks' link: "
                 "`tickets link N M --kind blocked-by`) is refused with the reason; false allows it."),
         },
+    ),
+    "staff": Section(
+        "Staff working by mail: commands at the top of their mails, internal notes, and who hears of a "
+        "customer's reply (per group: [[groups]]).",
+        {
+            "commands": Key(bool, True, "Staff may change a ticket with /command lines at the top of their mail "
+                            "(/status, /assign, /tag, /link, /time, /internal, ...). Only staff contacts, and where "
+                            "sender authentication is configured only mail that passes it; anyone else's slash "
+                            "lines are plain text. Each such mail is confirmed to its sender by one automatic "
+                            "mail."),
+            "note_subaddress": Key(str, "note", "Mail from staff to <gateway address local part>+<this>@<domain> "
+                                   "(support+note@example.com) is an internal note on the ticket it names "
+                                   "(In-Reply-To, subject tag); staff notifications also show a per-ticket note "
+                                   "address (support+note-<ticket>-<signature>@...), the Reply-To of internal-note "
+                                   "notices. Empty: no note address (the /internal command still works).",
+                                   check=lambda v: None if not v or re.fullmatch(r"[a-z][a-z0-9_]{0,30}", v)
+                                   else "lower-case letters, digits, _ (1-31), starting with a letter"),
+            "notify": Key(list, ["assignee", "group", "all"], "Who hears of a customer's public comment: the "
+                          "first of these rules that names anyone -- 'assignee' (the ticket's assignee), 'group' "
+                          "(the members of the ticket's group, [[groups]] members), 'all' (every staff contact). "
+                          "Staff watching the ticket always hear of it. A group's own notify replaces this list "
+                          "for its tickets. Empty: nobody but the watching staff.", item_type=str,
+                          check=lambda v: _notify_rules(v)),
+            "max_notices_per_ticket_hour": Key(int, 200, "Staff notices are never held back by the loop caps "
+                                               "meant for customers (notifications.max_per_ticket_10min, "
+                                               "max_per_recipient_day); this separate bound stops a ticket that "
+                                               "misbehaves: at most this many mails to staff per ticket in an "
+                                               "hour, the rest are suppressed (listed in the outbox).",
+                                               check=_positive),
+        },
+    ),
+    "groups": Section(
+        "Staff groups ([[groups]], any number): who belongs to a ticket's group (tickets.group, set by "
+        "[[routes]], /group, `tickets set --group`) and how its members hear of customers.",
+        {
+            "name": Key(str, None, "Required: the group's name as tickets carry it.",
+                        check=lambda v: None if 1 <= len(v) <= 100 else "1-100 characters"),
+            "members": Key(list, [], "The members' addresses (staff contacts; they are mailed as listed).",
+                           item_type=str, check=_addresses),
+            "notify": Key(list, ["assignee", "group", "all"], "staff.notify for this group's tickets.",
+                          item_type=str, check=lambda v: _notify_rules(v)),
+        },
+        many=True,
+        example_items=({"name": "first-level", "members": ["bob@example.com"], "notify": ["assignee", "group"]},),
     ),
     "database": Section(
         "Where tickets live.",
@@ -411,7 +468,10 @@ SCHEMA: dict[str, Section] = {
             "max_per_ticket_10min": Key(int, 10, "Most notification rounds caused by inbound mail per ticket in "
                                         "10 minutes; more are suppressed (loop guard).", check=_positive),
             "max_per_recipient_day": Key(int, 40, "Most mails caused by inbound mail to one address in 24 hours; "
-                                         "more are suppressed (loop guard).", check=_positive),
+                                         "more are suppressed (loop guard). Mail to staff is not counted "
+                                         "(staff.max_notices_per_ticket_hour bounds it).", check=_positive),
+            "commands": Key(bool, True, "Confirm a staff member's mail commands to them: one automatic mail "
+                            "listing what changed and what was refused, and why."),
         },
     ),
     "imap": Section(
@@ -579,6 +639,7 @@ class Config:
     values: dict[str, Any]
     source: str = "built-in defaults"
     base_dir: Path = field(default_factory=Path.cwd)
+    warnings: list[str] = field(default_factory=list)  # deprecated keys in use: logged at start-up
 
     def get(self, section: str, key: str) -> Any:
         return self.values[section][key]
@@ -698,6 +759,11 @@ def validate(data: Mapping[str, Any], *, source: str = "built-in defaults", base
     errors += _cross_checks(config, data)
     if errors:
         raise ConfigError("\n".join(errors), errors)
+    if config.values["gateway"]["staff_comments_internal"]:
+        config.warnings.append(
+            "gateway.staff_comments_internal is deprecated: every staff reply by mail is an internal note, so "
+            "customers get no answer by mail; remove it and mark single mails with /internal or the note address "
+            "(staff.note_subaddress)")
     return config
 
 
@@ -709,6 +775,10 @@ def _cross_checks(config: Config, data: Mapping[str, Any]) -> list[str]:
         if isinstance(addr, str) and _ADDR.match(addr) and not config.is_gateway_address(addr):
             errors.append(f"routes[{i}].address: {addr!r} is not one of gateway.addresses "
                           f"({', '.join(config.gateway_addresses)}): no mail would ever match it")
+    names = [g.get("name") for g in config.values["groups"]]
+    for i, name in enumerate(names):
+        if isinstance(name, str) and name in names[:i]:
+            errors.append(f"groups[{i}].name: group {name!r} is defined twice")
     return errors
 
 

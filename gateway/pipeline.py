@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sqlalchemy import inspect
@@ -37,8 +38,10 @@ BUILTIN: tuple[str, ...] = (
     "match",        # which ticket: In-Reply-To/References, subject tag; participants only
     "route",        # defaults for a new ticket (group, priority, type) from the recipient address
     "extract",      # visible text (quotes and signatures stripped), full text, sanitised HTML
+    "commands",     # staff: /command lines at the top are taken out; /internal or the note address: a note
     "thread",       # create the ticket or add the comment; Cc -> watchers
     "attachments",  # store attachments content-addressed, linked to the ticket/comment
+    "act",          # staff: the commands applied to the ticket, confirmed to the sender by one mail
 )
 
 Handler = Callable[["MailContext"], None]
@@ -84,6 +87,18 @@ class MailContext:
     trace: list[str] = field(default_factory=list)
     prepared: Any = None                # gateway.prepare.Prepared: the pure work done ahead (batch imports)
     auth: Any = None                    # gateway.auth.AuthResult: the sender authentication (handler authenticate)
+    commands: Any = None                # gateway.mailcommands.Parsed: a staff member's commands (handler commands)
+    internal: str = ""                  # why this staff mail is an internal note ("": a public comment)
+    historic: bool = False              # an import of old mail: dated by its Date, nothing mailed (gateway.history)
+
+    def written_at(self) -> datetime | None:
+        """When the mail's ticket or comment happened: its Date for an import of old mail, where plausible
+        (gateway.history); None (now) for live mail."""
+        if not self.historic or self.parsed is None:
+            return None
+        from gateway.history import written_at
+
+        return written_at(self.parsed.date, self.clock())
 
     def note(self, text: str) -> None:
         self.trace.append(text)
