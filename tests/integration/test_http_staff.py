@@ -5,7 +5,6 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -104,24 +103,15 @@ def test_patch_fields_time_entries_and_watchers(gw) -> None:
         problem(ro.post(f"/api/v1/tickets/{n}/watchers", json={"email": "x@y.example"}), 403)
 
 
-def _wait(cond: Any, timeout: float = 20) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
-
 def test_merge_then_mail_to_the_merged_ticket_lands_on_the_target(gw) -> None:
     g = gw()
     with g.client("write") as c:
         target = _new(c, "VPN down", "alice@customer.example")
         first = make_mail(sender="Bob <bob@other.example>", subject="VPN down here too")
         g.smtp(first)
-        source = _wait(lambda: next((t["number"] for t in c.get("/api/v1/tickets").json()["items"]
-                                     if t["subject"] == "VPN down here too"), None))
+        (mail,) = g.running.wait_processed(1)
+        assert mail.outcome == "ticket"
+        source = c.get(f"/api/v1/mail/{mail.id}").json()["ticket"]
         assert c.post(f"/api/v1/tickets/{source}/comments", json={"body": "Looking."}).status_code == 201
         c.post(f"/api/v1/tickets/{source}/time-entries", json={"minutes": 10})
         r = c.post(f"/api/v1/tickets/{source}/merge", json={"into": target})
@@ -135,8 +125,9 @@ def test_merge_then_mail_to_the_merged_ticket_lands_on_the_target(gw) -> None:
         # Bob replies to his first mail: it lands on the target, where he is a watcher now
         g.smtp(make_mail(sender="Bob <bob@other.example>", subject="Re: VPN down here too",
                          in_reply_to=message_id_of(first), body="Still down."))
-        comments = _wait(lambda: [x["body"] for x in all_pages(c, f"/api/v1/tickets/{target}/comments")
-                                  if x["body"] == "Still down."] and all_pages(c, f"/api/v1/tickets/{target}/comments"))
+        reply = g.running.wait_processed(2)[-1]
+        assert reply.outcome == "comment" and c.get(f"/api/v1/mail/{reply.id}").json()["ticket"] == target
+        comments = all_pages(c, f"/api/v1/tickets/{target}/comments")
         assert [x["body"] for x in comments] == ["Looking.", "Still down."]
         t = c.get(f"/api/v1/tickets/{target}").json()
         assert "bob@other.example" in t["watchers"] and t["time_minutes"] == 10
