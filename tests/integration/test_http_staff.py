@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 from mails import message_id_of
+from sqlalchemy import select
 from test_http_api import all_pages, gateways, problem
 from test_smtp import make_mail
 
+from gateway import ourmail
+from gateway.models import OutboxMail
 from gateway.ops import tickets as ticket_ops
 from gateway.ops import work
 from gateway.ops.errors import Conflict
@@ -129,6 +132,16 @@ def test_merge_then_mail_to_the_merged_ticket_lands_on_the_target(gw) -> None:
         assert reply.outcome == "comment" and c.get(f"/api/v1/mail/{reply.id}").json()["ticket"] == target
         comments = all_pages(c, f"/api/v1/tickets/{target}/comments")
         assert [x["body"] for x in comments] == ["Looking.", "Still down."]
+        # ... and so does a new mail to the signed reply address his acknowledgement of the merged ticket gave
+        with g.app.sessions() as sess:
+            ack = sess.scalars(select(OutboxMail).where(OutboxMail.recipient == "bob@other.example",
+                                                        OutboxMail.event == "ticket_created")).one()
+            parsed = ourmail.parse_token(ack.token or "")
+            assert ack.token and parsed is not None and parsed.number == source
+        g.smtp(make_mail(sender="Bob <bob@other.example>", to=ourmail.token_address("support@example.com", ack.token),
+                         subject="one more thing", body="And DNS too."), rcpt="support@example.com")
+        third = g.running.wait_processed(3)[-1]
+        assert third.outcome == "comment" and c.get(f"/api/v1/mail/{third.id}").json()["ticket"] == target
         t = c.get(f"/api/v1/tickets/{target}").json()
         assert "bob@other.example" in t["watchers"] and t["time_minutes"] == 10
         assert c.get(f"/api/v1/tickets/{source}").json()["comment_count"] == 0
