@@ -442,15 +442,17 @@ class Tickets:
             self.s.flush()
 
     def links(self, ticket: Ticket, limit: int = 200) -> list[tuple[str, int]]:
-        """(kind as read from this ticket, the other ticket's number): 'blocks 7', 'blocked-by 3', ..."""
-        rows = self.s.execute(select(TicketLink.kind, Ticket.number)
+        """(kind as read from this ticket, the other ticket's number), oldest link first: 'blocks 7',
+        'blocked-by 3', ..."""
+        rows = self.s.execute(select(TicketLink.id, TicketLink.kind, Ticket.number)
                               .join(Ticket, Ticket.id == TicketLink.other_ticket_id)
                               .where(TicketLink.ticket_id == ticket.id).order_by(TicketLink.id).limit(limit)).all()
-        back = self.s.execute(select(TicketLink.kind, Ticket.number)
+        back = self.s.execute(select(TicketLink.id, TicketLink.kind, Ticket.number)
                               .join(Ticket, Ticket.id == TicketLink.ticket_id)
                               .where(TicketLink.other_ticket_id == ticket.id).order_by(TicketLink.id)
                               .limit(limit)).all()
-        return [(k, n) for k, n in rows] + [(LINK_INVERSE.get(k, f"{k} (from)"), n) for k, n in back]
+        both = [(i, k, n) for i, k, n in rows] + [(i, LINK_INVERSE.get(k, f"{k} (from)"), n) for i, k, n in back]
+        return [(k, n) for _, k, n in sorted(both)]
 
     def followed(self, ticket: Ticket) -> Ticket:
         """The ticket a merged ticket was merged into (along the chain, bounded), else the ticket itself: mail
