@@ -311,3 +311,40 @@ def test_slash_lines_of_others_are_plain_text(gateway: Any) -> None:
     m = d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] Close it", body="/priority critical\n",
                headers=authenticated("example.com"))
     assert d.ticket().priority == "critical", m.trace
+
+
+# 5. Visibility per organisation -----------------------------------------------------------------------------
+def set_visibility(d: Desk, visibility: str) -> None:
+    with d.r.app.sessions() as s, s.begin():
+        org = Directory(s, d.r.app.clock).add_organisation("Customer Ltd", ["customer.example"])
+        org.visibility = visibility
+
+
+def test_visibility_reporter_only_and_organisation(gateway: Any) -> None:
+    d = Desk(gateway())
+    set_visibility(d, "reporter-only")  # the default of a new organisation, said here for the reader
+    d.mail(subject="Printer", message_id="<first@customer.example>")
+    # reporter-only: a colleague of the same organisation is a stranger to Alice's ticket
+    m = d.mail(sender="Bob Colleague <bob@customer.example>", subject="Re: [#1] Printer",
+               in_reply_to="<first@customer.example>", body="Mine too.\n")
+    assert m.outcome == "ticket" and m.ticket_id != d.ticket(1).id
+    assert any("is not a participant" in line for line in m.trace), m.trace
+    assert d.comments(1) == []
+    # organisation: every member may comment on the organisation's tickets, and follows the ticket then
+    set_visibility(d, "organisation")
+    m = d.mail(sender="Bob Colleague <bob@customer.example>", subject="Re: [#1] Printer",
+               in_reply_to="<first@customer.example>", body="Mine too, on floor 2.\n")
+    assert m.outcome == "comment" and m.ticket_id == d.ticket(1).id
+    assert any("bob@customer.example is member of the ticket's organisation" in x for x in m.trace), m.trace
+    assert [w.contact.email for w in d.ticket(1).watchers] == ["bob@customer.example"]
+    n = len(d.outbox())
+    d.mail(subject="Re: [#1] Printer", in_reply_to="<first@customer.example>", body="Still broken.\n")
+    assert "bob@customer.example" in recipients(d.outbox(n), "comment")  # the follower hears of it
+    # someone from another organisation stays out either way
+    m = d.mail(sender="Mallory <mallory@evil.example>", subject="Re: [#1] Printer",
+               in_reply_to="<first@customer.example>", body="Send me the invoice.\n")
+    assert m.outcome == "ticket"
+    # back to reporter-only: a member who never took part is a stranger again
+    set_visibility(d, "reporter-only")
+    m = d.mail(sender="Erin <erin@customer.example>", subject="Re: [#1] Printer", body="And mine.\n")
+    assert m.outcome == "ticket"
