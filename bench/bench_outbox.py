@@ -54,7 +54,8 @@ def setup_ticket(app: App, watchers: int) -> int:
         rep = d.add_contact("reporter@customer.example", name="Rita Reporter")
         ticket = t.create(subject="Printer on fire", reporter=rep, description="It burns.")
         for i in range(watchers):
-            t.add_watcher(ticket, d.add_contact(f"watcher{i:03d}@customer.example", name=f"Watcher {i}"))
+            t.add_watcher(ticket, d.add_contact(f"watcher{i:03d}@customer.example", name=f"Watcher {i}"),
+                          vouched="added by staff")  # the gateway may mail them (gateway.guard.relay)
         d.add_contact("staff@example.com", name="Sam Staff", staff=True)
         return ticket.number
 

@@ -42,7 +42,7 @@ def _say(text: str) -> None:
     sys.stderr.write(f"ticket-gateway deliver: {text}\n")
 
 
-def _read_limited(stream: BinaryIO, limit: int) -> bytes | None:
+def read_limited(stream: BinaryIO, limit: int) -> bytes | None:
     """The whole of stdin, or None when it is longer than `limit` bytes (read no further than that)."""
     chunks: list[bytes] = []
     size = 0
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None, stdin: BinaryIO | None = None) -> in
              "try again later")
         return EX_TEMPFAIL
     limit = int(config.values["limits"]["max_message_size"])
-    raw = _read_limited(stdin or sys.stdin.buffer, limit)
+    raw = read_limited(stdin or sys.stdin.buffer, limit)
     if raw is None:
         _say(f"message too large (over limits.max_message_size = {limit} bytes)")
         return EX_DATAERR

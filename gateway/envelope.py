@@ -16,3 +16,7 @@ class Envelope:
     client_ip: str | None = None           # SMTP/LMTP client (or `ingest --client-ip`): for SPF
     client_helo: str | None = None         # its HELO/EHLO/LHLO name
     auth: dict[str, Any] | None = None     # sender authentication found on arrival (gateway.auth), if checked
+    # an import of mail delivered long ago (`ingest` of files, Maildirs, mboxes): its ticket or comment keeps
+    # the mail's Date where plausible (gateway.history); quiet: nothing is mailed for it (no `--notify`)
+    historic: bool = False
+    quiet: bool = False

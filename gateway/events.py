@@ -13,14 +13,24 @@ from gateway.models import Comment, Contact, Ticket
 
 
 @dataclass
-class TicketCreated:
+class Origin:
+    """Where an event comes from. imported: an import of old mail, dated in the past (gateway.history): the
+    SLA records what was already due at the import without escalating it. quiet: nothing is mailed for it
+    (`ingest` without --notify)."""
+
+    imported: bool = field(default=False, kw_only=True)
+    quiet: bool = field(default=False, kw_only=True)
+
+
+@dataclass
+class TicketCreated(Origin):
     ticket: Ticket
     mail_id: int | None = None  # the inbound mail that opened it, if any
     auto: bool = False  # opened from an automated source
 
 
 @dataclass
-class CommentAdded:
+class CommentAdded(Origin):
     ticket: Ticket
     comment: Comment
     mail_id: int | None = None
@@ -28,7 +38,7 @@ class CommentAdded:
 
 
 @dataclass
-class TicketChanged:
+class TicketChanged(Origin):
     ticket: Ticket
     changes: dict[str, tuple[Any, Any]]  # field -> (old, new)
     by: Contact | None = None
@@ -36,14 +46,14 @@ class TicketChanged:
 
 
 @dataclass
-class WatcherAdded:
+class WatcherAdded(Origin):
     ticket: Ticket
     contact: Contact
     vouched: str | None = None  # why the gateway may mail them (gateway.guard.relay); None: it may not
 
 
 @dataclass
-class MailIgnored:
+class MailIgnored(Origin):
     mail_id: int
     kind: str  # auto_reply | bounce | bulk | list | loop
     reason: str
@@ -52,14 +62,14 @@ class MailIgnored:
 
 
 @dataclass
-class MailRejected:
+class MailRejected(Origin):
     mail_id: int
     sender: str | None
     reason: str
 
 
 @dataclass
-class CommandsDone:
+class CommandsDone(Origin):
     """A staff member's mail commands were applied (handlers/act.py): what changed, what was refused and why."""
 
     ticket: Ticket

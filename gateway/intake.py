@@ -176,12 +176,18 @@ class Intake:
                 raise
         raise AssertionError("unreachable")
 
-    def _context(self, session: Any, mail: InboundMail, raw: bytes, dry_run: bool, prepared: Any = None) -> MailContext:
+    def _context(self, session: Any, mail: InboundMail, raw: bytes, dry_run: bool, prepared: Any = None,
+                 envelope: Envelope | None = None) -> MailContext:
+        """envelope: the new mail's (an import of old mail is dated by its Date and may mail nobody); None for a
+        stored mail threaded later, which is live mail."""
         app = self.app
+        historic = envelope is not None and envelope.historic
+        quiet = envelope is not None and envelope.quiet
         return MailContext(session=session, config=app.config, clock=app.clock, blobs=app.blobs,
-                           tickets=Tickets(session, clock=app.clock, listeners=app.listeners),
+                           tickets=Tickets(session, clock=app.clock, listeners=app.listeners, imported=historic,
+                                           quiet=quiet),
                            directory=Directory(session, app.clock), mail=mail, raw=raw, dry_run=dry_run,
-                           trace=list(mail.trace or []), prepared=prepared)
+                           trace=list(mail.trace or []), prepared=prepared, historic=historic)
 
     def _process_stored(self, mail_id: int) -> Result:
         with self.app.sessions() as s:
@@ -203,7 +209,7 @@ class Intake:
                 mail = self._new_row(raw, envelope)
                 s.add(mail)
                 s.flush()
-                result = self._run(s, mail, raw, dry_run=dry_run)
+                result = self._run(s, mail, raw, dry_run=dry_run, envelope=envelope)
                 if dry_run:
                     result.mail_id = 0
                     s.rollback()
@@ -214,10 +220,10 @@ class Intake:
                 s.rollback()
                 raise
 
-    def _run(self, s: Any, mail: InboundMail, raw: bytes, *, dry_run: bool) -> Result:
+    def _run(self, s: Any, mail: InboundMail, raw: bytes, *, dry_run: bool, envelope: Envelope | None = None) -> Result:
         """The pipeline over one mail row, inside the caller's transaction. Handlers run in a savepoint: an
         outcome that writes nothing (reject, quarantine) rolls back what they did and keeps the mail row."""
-        ctx = self._context(s, mail, raw, dry_run)
+        ctx = self._context(s, mail, raw, dry_run, envelope=envelope)
         mail.attempts += 1
         sp = s.begin_nested()
         try:
@@ -261,7 +267,7 @@ class Intake:
             if mail.id is None:
                 s.add(mail)  # written with its ticket or comment, on first use of ctx.mail_id, or by _record
             # else: added by _record (one INSERT with the outcome), on first use of ctx.mail_id, or with a comment
-            ctx = self._context(s, mail, raw, False, prepared)
+            ctx = self._context(s, mail, raw, False, prepared, envelope)
             try:
                 outcome = run(ctx, self.handlers)
                 self._record(ctx, outcome, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sqlalchemy import inspect
@@ -88,6 +89,16 @@ class MailContext:
     auth: Any = None                    # gateway.auth.AuthResult: the sender authentication (handler authenticate)
     commands: Any = None                # gateway.mailcommands.Parsed: a staff member's commands (handler commands)
     internal: str = ""                  # why this staff mail is an internal note ("": a public comment)
+    historic: bool = False              # an import of old mail: dated by its Date, nothing mailed (gateway.history)
+
+    def written_at(self) -> datetime | None:
+        """When the mail's ticket or comment happened: its Date for an import of old mail, where plausible
+        (gateway.history); None (now) for live mail."""
+        if not self.historic or self.parsed is None:
+            return None
+        from gateway.history import written_at
+
+        return written_at(self.parsed.date, self.clock())
 
     def note(self, text: str) -> None:
         self.trace.append(text)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, lazyload
 
 from gateway.clock import Clock
 from gateway.db import drop_memo, insert_attached, insert_ignoring_duplicates, write_locked_memo
-from gateway.events import CommentAdded, Event, Listeners, TicketChanged, TicketCreated, WatcherAdded
+from gateway.events import CommentAdded, Event, Listeners, Origin, TicketChanged, TicketCreated, WatcherAdded
 from gateway.models import (
     PRIORITIES,
     STATUSES,
@@ -232,12 +232,20 @@ class Directory:
 
 
 class Tickets:
-    def __init__(self, session: Session, *, clock: Clock, listeners: Listeners | None = None) -> None:
+    def __init__(self, session: Session, *, clock: Clock, listeners: Listeners | None = None,
+                 imported: bool = False, quiet: bool = False) -> None:
+        """imported: the changes come from an import of old mail (gateway.history); quiet: nothing is to be
+        mailed for them. Every event says so."""
         self.s = session
         self.clock = clock
         self.listeners = listeners if listeners is not None else []
+        self.imported = imported
+        self.quiet = quiet
 
     def emit(self, event: Event) -> None:
+        if (self.imported or self.quiet) and isinstance(event, Origin):
+            event.imported = event.imported or self.imported
+            event.quiet = event.quiet or self.quiet
         for listener in self.listeners:
             listener(self.s, event)
 
@@ -393,7 +401,8 @@ class Tickets:
                     by_staff=bool(author and author.is_staff) if by_staff is None else by_staff, source=source,
                     inbound_mail=mail, created_at=now)
         self.s.add(c)
-        ticket.updated_at = now
+        if at is None or ticket.updated_at is None or now > ticket.updated_at:  # an old mail imported late
+            ticket.updated_at = now                                             # does not turn it back
         if not internal and ticket.customer_spoke_last == c.by_staff:  # who spoke last in public
             ticket.customer_spoke_last = not c.by_staff
         self.s.flush()
@@ -462,10 +471,12 @@ class Tickets:
             ticket = nxt
         return ticket
 
-    def change(self, ticket: Ticket, *, by: Contact | None = None, **fields: Any) -> dict[str, tuple[Any, Any]]:
+    def change(self, ticket: Ticket, *, by: Contact | None = None, at: datetime | None = None,
+               **fields: Any) -> dict[str, tuple[Any, Any]]:
         """Change status, priority, type, assignee (a Contact or None), organisation (an Organisation or
-        None), group, tags, remind_at, merged_into (a Ticket: the bookkeeping of gateway.workflow's merge)."""
-        now = self.clock()
+        None), group, tags, remind_at, merged_into (a Ticket: the bookkeeping of gateway.workflow's merge).
+        at: when it happened (an imported mail's Date), else now."""
+        now = at or self.clock()
         changes: dict[str, tuple[Any, Any]] = {}
         for name, value in fields.items():
             choices = _CHOICES.get(name)
@@ -483,7 +494,8 @@ class Tickets:
         if "status" in changes:
             _stamp_status(ticket, changes["status"][1], now)
         if changes:
-            ticket.updated_at = now
+            if at is None or ticket.updated_at is None or now > ticket.updated_at:
+                ticket.updated_at = now
             self.s.flush()
             self.emit(TicketChanged(ticket, changes, by=by, at=now))
         return changes

@@ -3,6 +3,8 @@ limits.max_watchers_per_mail (gateway.guard.relay says which of them the gateway
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from gateway.guard import relay
 from gateway.pipeline import MailContext
 from gateway.tickets import MEMBER
@@ -12,12 +14,15 @@ def handle(ctx: MailContext) -> None:
     p = ctx.parsed
     assert p is not None and ctx.reporter is not None
     relay.mark_sender(ctx)
+    at = ctx.written_at()
+    if ctx.historic:
+        ctx.note(f"thread: imported, dated {at.isoformat() if at else 'now (no plausible Date)'}")
     if ctx.ticket is None:
         route = ctx.routing
         ctx.ticket = ctx.tickets.create(watchers=relay.cc_watchers(ctx),
             subject=p.subject, reporter=ctx.reporter, sender_email=ctx.sender_email, description=ctx.body,
             description_full=ctx.full_text, description_html=ctx.html, priority=route.get("priority", "medium"),
-            type=route.get("type", "incident"), group=route.get("group"), source_mail=ctx.mail,
+            type=route.get("type", "incident"), group=route.get("group"), source_mail=ctx.mail, at=at,
             message_ids=[p.message_id] if p.message_id else [])
         ctx.created = True
         ctx.note(f"thread: opened ticket #{ctx.ticket.number}")
@@ -27,7 +32,7 @@ def handle(ctx: MailContext) -> None:
         if ctx.internal:
             ctx.note(f"thread: a new ticket's first mail is its description, not an internal note ({ctx.internal})")
     else:
-        _comment(ctx)
+        _comment(ctx, at)
         _follow(ctx)
         relay.add_cc_watchers(ctx)
 
@@ -43,7 +48,7 @@ def _follow(ctx: MailContext) -> None:
         ctx.note(f"thread: {sender.email} follows #{ticket.number} (a member of its organisation)")
 
 
-def _comment(ctx: MailContext) -> None:
+def _comment(ctx: MailContext, at: datetime | None) -> None:
     p = ctx.parsed
     assert p is not None and ctx.ticket is not None
     ticket = ctx.ticket
@@ -56,7 +61,7 @@ def _comment(ctx: MailContext) -> None:
     ctx.comment = ctx.tickets.add_comment(ticket, author=ctx.sender or ctx.reporter,
                                           author_email=ctx.sender_email, body=ctx.body,
                                           full_text=ctx.full_text, html=ctx.html, internal=internal,
-                                          mail=ctx.mail, seen_by=[a for _, a in p.to + p.cc])
+                                          mail=ctx.mail, seen_by=[a for _, a in p.to + p.cc], at=at)
     why = ctx.internal or "gateway.staff_comments_internal (deprecated)"
     ctx.note(f"thread: {'staff' if staff else 'customer'} {f'internal note ({why})' if internal else 'comment'} "
              f"on #{ticket.number}")
@@ -65,5 +70,5 @@ def _comment(ctx: MailContext) -> None:
     sets_status = ctx.commands is not None and any(c.name in ("status", "pending") for c in ctx.commands.commands)
     if (ticket.status in ("closed", "resolved") and not sets_status) or (ticket.status == "pending" and not staff):
         old = ticket.status
-        ctx.tickets.change(ticket, by=ctx.sender, status="open")
+        ctx.tickets.change(ticket, by=ctx.sender, status="open", at=at)
         ctx.note(f"thread: #{ticket.number} {old} -> open (reply from {'staff' if staff else 'customer'})")

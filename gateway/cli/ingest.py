@@ -1,5 +1,11 @@
 """`ticket-gateway ingest [PATH ...]`: message files, Maildirs, mboxes, or one message on stdin (MTA pipe).
 
+Files, Maildirs (with Maildir++ subfolders) and mboxes are an import of old mail: tickets and comments keep
+the mail's Date where plausible (gateway.history), the SLA records what was already due at the import without
+escalating it, and nobody is mailed unless --notify. Stdin is live mail (an MTA pipe): notified, dated now.
+A mail over `limits.max_message_size` is refused: not read, not stored, left where it is, reported
+('refused', exit 65); on stdin the MTA bounces it (exit 65, as `deliver` and SMTP's 552).
+
 Exit 0 when every mail was stored (ticket, comment, ignored, duplicate, rejected and quarantined all count),
 75 (EX_TEMPFAIL) when a mail could not be stored so that the MTA tries again, 64 on usage errors, 65/66
 when an input cannot be read, 67 (EX_NOUSER) when a --recipient is not a gateway address (nothing is stored:
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import Iterator, TypeVar
 
 from gateway.cli.base import UsageError
+from gateway.cli.sources import Source, is_mbox, iter_sources
 from gateway.exitcodes import EX_DATAERR, EX_NOINPUT, EX_NOUSER, EX_OK, EX_TEMPFAIL
 
 T = TypeVar("T")
@@ -43,54 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--helo", metavar="NAME", help="the SMTP client's HELO name, for SPF (MTA pipe: ${client_helo})")
     p.add_argument("--batch", type=int, default=BATCH_MAILS, metavar="N",
                    help=f"files, Maildirs, mboxes: at most N mails per write transaction (default {BATCH_MAILS})")
+    p.add_argument("--notify", action="store_true",
+                   help="files, Maildirs, mboxes: send the notifications (acknowledgements, ...) as for live mail; "
+                        "by default an import mails nobody")
     p.add_argument("--no-parse-ahead", dest="parse_ahead", action="store_false",
                    help="files, Maildirs, mboxes: parse in the main process only (no worker process)")
     p.set_defaults(func=run)
-
-
-def _is_maildir(p: Path) -> bool:
-    return p.is_dir() and (p / "cur").is_dir() and (p / "new").is_dir()
-
-
-def _is_mbox(p: Path) -> bool:
-    try:
-        with p.open("rb") as f:
-            return f.read(5) == b"From "
-    except OSError:
-        return False
-
-
-def iter_sources(paths: list[str]) -> Iterator[tuple[str, str, bytes | None, int | None]]:
-    """(source, ref, raw bytes or None when unreadable, total count hint)."""
-    import mailbox
-
-    for arg in paths:
-        p = Path(arg)
-        if _is_maildir(p):
-            files = sorted(f for d in ("new", "cur") for f in (p / d).iterdir() if f.is_file())
-            for f in files:
-                yield "maildir", str(f), _read(f), len(files)
-        elif p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file())
-            for f in files:
-                yield "file", str(f), _read(f), len(files)
-        elif _is_mbox(p):
-            box = mailbox.mbox(str(p), create=False)
-            try:
-                keys = box.keys()
-                for k in keys:
-                    yield "mbox", f"{p}#{k}", box.get_bytes(k), len(keys)
-            finally:
-                box.close()
-        else:
-            yield "file", str(p), _read(p), 1
-
-
-def _read(p: Path) -> bytes | None:
-    try:
-        return p.read_bytes()
-    except OSError:
-        return None
 
 
 class Progress:
@@ -142,7 +107,7 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
     # The worker is forked before the database is opened: it holds no connection of ours.
     ahead = None
     if (not stdin and not args.dry_run and args.parse_ahead and args.batch >= 1
-            and (len(paths) > 1 or any(os.path.isdir(a) or _is_mbox(Path(a)) for a in paths))):
+            and (len(paths) > 1 or any(os.path.isdir(a) or is_mbox(Path(a)) for a in paths))):
         from gateway.autoreply import own_domains_of
         from gateway.prepare import ParseAhead
 
@@ -165,11 +130,21 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
     intake = app.intake()
     rcpts = tuple(a.lower() for a in args.recipient)
     status = EX_OK
+    max_size = int(config.limits["max_message_size"])
     if stdin:
-        raw = sys.stdin.buffer.read()
-        sources: Iterator[tuple[str, str, bytes | None, int | None]] = iter([("stdin", "stdin", raw, 1)])
+        from gateway.deliver import read_limited
+
+        raw = read_limited(sys.stdin.buffer, max_size)
+        if raw is None:  # the MTA bounces it to its sender, as SMTP's 552 and `deliver` do
+            print(f"ticket-gateway: ingest: 5.3.4 message too large (over limits.max_message_size = {max_size} "
+                  "bytes)", file=sys.stderr)
+            if ahead is not None:
+                ahead.close()
+            app.close()
+            return EX_DATAERR
+        sources: Iterator[Source] = iter([Source("stdin", "stdin", raw, 1, len(raw))])
     else:
-        sources = iter_sources(paths)
+        sources = iter_sources(paths, max_size)
     progress = Progress(sys.stderr.isatty() and not args.json)
     counts: dict[str, int] = {}
 
@@ -208,16 +183,25 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
             report(*item)
         done.clear()
 
-    stream: Iterator[tuple[tuple[str, str, bytes | None, int | None], object]]
+    stream: Iterator[tuple[Source, object]]
     if ahead is not None and batched:
         stream = ahead.stream(sources)
     else:
         stream = ((item, None) for item in sources)
 
     def envelope(source: str, ref: str) -> Envelope:
+        historic = source != "stdin"  # files, Maildirs, mboxes: old mail (see the module's text)
         return Envelope(mail_from=args.sender, rcpt_tos=rcpts, source=source,
                         source_ref=None if source == "stdin" else ref, client_ip=args.client_ip or None,
-                        client_helo=args.helo or None)
+                        client_helo=args.helo or None, historic=historic, quiet=historic and not args.notify)
+
+    def refuse(ref: str, size: int) -> None:
+        reason = f"too large: {size} bytes, over limits.max_message_size = {max_size}; not imported, left in place"
+        counts["refused"] = counts.get("refused", 0) + 1
+        if args.json:
+            print(json.dumps({"mail_id": None, "outcome": "refused", "reason": reason, "ticket": None,
+                              "comment_id": None, "trace": [], "source": ref}))
+        print(f"ticket-gateway: ingest: {ref}: {reason}", file=sys.stderr)
 
     if not args.dry_run and app.disk.low():
         print(f"ticket-gateway: free space in {config.data_dir} is below limits.free_space_factor x "
@@ -229,10 +213,13 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
 
     try:
         for chunk in _chunks(stream, PREFETCH if ahead is not None else 1):
-            for i, ((source, ref, raw, total), prepared) in enumerate(chunk):
+            for i, ((source, ref, raw, total, size), prepared) in enumerate(chunk):
                 progress.step(total)
                 if raw is None:
-                    print(f"ticket-gateway: ingest: cannot read {ref}", file=sys.stderr)
+                    if size is not None:
+                        refuse(ref, size)
+                    else:
+                        print(f"ticket-gateway: ingest: cannot read {ref}", file=sys.stderr)
                     status = status or EX_DATAERR
                     continue
                 env = envelope(source, ref)

@@ -20,6 +20,7 @@ shown in the text, and the Reply-To of internal-note notices, so that a reply to
 * MailRejected: one polite notice per sender per day.
 * MailIgnored (bounce): a permanent failure reported to one of our VERP addresses marks the contact the
   token was issued to undeliverable.
+* Nothing for a quiet event: an import of old mail (`ingest` of files, Maildirs, mboxes without --notify).
 
 Queueing is cheap (it runs inside the transaction of the change, e.g. while a mail is ingested): one small
 row per recipient with its Message-ID and signed reply token fixed now, the rate-cap decision taken now, and
@@ -124,6 +125,8 @@ class Outbound:
 
     def relevant(self, event: Event) -> bool:
         """False when `dispatch` would certainly do nothing for this event (cheap, no queries)."""
+        if event.quiet:  # an import of old mail (`ingest` without --notify): nothing is mailed, and an old
+            return False  # bounce marks nobody undeliverable today
         n = self.n
         if isinstance(event, TicketCreated):
             return bool(n["ticket_created"] or n["staff_new_ticket"])

@@ -13,6 +13,9 @@
       running deadlines are recomputed (met ones stay met).
   After every event the ticket's SlaClock row (derived warning times, `next_at` for the sweep) is refreshed.
 
+An import of old mail (events marked `imported`) keeps the mail's dates; what was already due at the import is
+recorded as suppressed, not mailed (`SlaListener.settle_past`).
+
 Escalations already recorded for a clock follow its deadline across pauses (a resume moves their deadline
 with the clock), so a pause never causes a second warning; a new deadline from a policy change or a reopen
 can escalate again.
@@ -28,10 +31,20 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from gateway.events import CommentAdded, Event, TicketChanged, TicketCreated
-from gateway.models import Comment, SlaClock, SlaEscalation, Ticket
+from gateway.models import Comment, SlaClock, SlaEscalation, Ticket, table_of
 from gateway.sla import state as st
+from gateway.sla.dbutil import insert_many_ignore
 from gateway.sla.store import PolicyStore, StoredPolicy, cached_policies, transaction_cache
-from gateway.sla_policy import Policy, change_policy, choose_policy, deadlines, reopen, resume, warn_times
+from gateway.sla_policy import (
+    Policy,
+    change_policy,
+    choose_policy,
+    deadlines,
+    escalations_due,
+    reopen,
+    resume,
+    warn_times,
+)
 
 if TYPE_CHECKING:
     from gateway.host import AppHost
@@ -69,6 +82,40 @@ class SlaListener:
             self.commented(session, event.ticket, event.comment)
         elif isinstance(event, TicketChanged):
             self.changed(session, event.ticket, event.changes, event.at or event.ticket.updated_at)
+        else:
+            return
+        if event.imported:
+            self.settle_past(session, event.ticket)
+
+    def settle_past(self, s: Session, t: Ticket) -> None:
+        """An import of old mail: the deadlines follow the mail's Date (reports say honestly what was met and
+        what was breached back then), but what was already due when the import ran is recorded as suppressed,
+        never mailed: importing years of mail does not fire years of escalations. A threshold still ahead
+        escalates as usual; a later live event on the ticket finds these records and sends nothing for them."""
+        clock = s.get(SlaClock, t.id)
+        now = self.app.clock()
+        if clock is None or clock.next_at is None or clock.next_at > now:
+            return
+        sent = sent_kinds(s, t)
+        rows: list[dict[str, Any]] = []
+        for esc in escalations_due(now, response_due=t.response_due_at, resolution_due=t.resolution_due_at,
+                                   first_response_at=t.first_response_at, resolved_at=t.resolved_at,
+                                   paused_at=t.sla_paused_at, warn_response_at=clock.warn_response_at,
+                                   warn_resolution_at=clock.warn_resolution_at, sent=sent):
+            kinds = [esc.kind] + ([esc.kind.replace("_breach", "_warning")] if esc.kind.endswith("_breach") else [])
+            deadline = st.due_for_kind(t, esc.kind)
+            for kind in kinds:
+                if kind not in sent and deadline is not None:
+                    rows.append(dict(ticket_id=t.id, kind=kind, deadline=deadline, due_at=esc.at, sent_at=now,
+                                     recipients=[], suppressed=True, outbox_ref=None))
+                    sent.add(kind)
+        if rows:
+            insert_many_ignore(s, table_of(SlaEscalation), rows, ["ticket_id", "kind", "deadline"])
+            for r in rows:
+                note_recorded(s, t.id, r["kind"], r["deadline"])
+            log.info("ticket #%s (imported): %s already due at the import, recorded without mail", t.number,
+                     ", ".join(r["kind"] for r in rows))
+        clock.next_at = st.next_at(t, clock.warn_response_at, clock.warn_resolution_at, sent)
 
     # Policies ------------------------------------------------------------------------------------------------
     def policies(self, session: Session) -> list[StoredPolicy]:
