@@ -4,6 +4,8 @@ organisation. Every expectation is a row the mail made (outbox, comments, fields
 
 from __future__ import annotations
 
+import email
+import email.policy
 import email.utils
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -348,3 +350,31 @@ def test_visibility_reporter_only_and_organisation(gateway: Any) -> None:
     set_visibility(d, "reporter-only")
     m = d.mail(sender="Erin <erin@customer.example>", subject="Re: [#1] Printer", body="And mine.\n")
     assert m.outcome == "ticket"
+
+
+def test_confirmation_mail_is_automatic_and_cannot_loop(gateway: Any) -> None:
+    from gateway.outbound import deliver_due
+    from gateway.outbound.sink import Sink
+
+    sink = Sink().start()
+    try:
+        d = Desk(gateway(outbound={"relay_host": "127.0.0.1", "relay_port": sink.port, "relay_security": "none"}))
+        d.mail(subject="Toner")
+        d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] Toner", body="/priority low\n/frob\n")
+        deliver_due(d.r.app)
+        (got,) = [m for m in sink.received if "bob@example.com" in m.rcpt_tos
+                  and b"Your commands" in m.data]
+        msg = email.message_from_bytes(got.data, policy=email.policy.default)
+        assert str(msg["Auto-Submitted"]) == "auto-replied" and str(msg["Subject"]).startswith("[#1] Your commands")
+        text = msg.get_body(("plain",)).get_content()
+        assert "priority: medium -> low" in text and "/frob: unknown command /frob" in text
+        assert "For an internal note (staff only), write to support+note-1-" in text
+        # the confirmation coming back (an auto-forward, a mail client's auto-reply) is never a comment
+        n = len(d.comments())
+        code, _ = send(d.port, got.data, "bob@example.com")
+        assert code == 250
+        d.sent += 1
+        back = d.r.wait_processed(d.sent)[-1]
+        assert back.outcome == "ignored" and len(d.comments()) == n
+    finally:
+        sink.stop()
