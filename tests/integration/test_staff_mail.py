@@ -254,7 +254,7 @@ def test_refused_commands_say_why_and_change_nothing_else(gateway: Any) -> None:
     n = len(d.outbox())
     d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] VPN down", body=(
         "/status closed\n/assign nobody@example.com\n/assign alice@customer.example\n/link 99 relates\n"
-        "/frobnicate now\n/pending 2020-01-01\n/unwatch zed@example.com\n/priority critical\n"))
+        "/frobnicate now\n/pending 2020-01-01\n/unwatch zed@example.com\n/status done\n/priority critical\n"))
     t = d.ticket()
     assert (t.status, t.priority, t.assignee) == ("open", "critical", None)  # what was not refused is done
     row = confirmation(d, n)
@@ -267,6 +267,7 @@ def test_refused_commands_say_why_and_change_nothing_else(gateway: Any) -> None:
     assert refused["/frobnicate now"] == "unknown command /frobnicate"
     assert "not in the future" in refused["/pending 2020-01-01"]
     assert "not watching" in refused["/unwatch zed@example.com"]
+    assert refused["/status done"].startswith("unknown status 'done'")
     assert d.comments() == []
     # once #2 is resolved, #1 closes
     d.change(2, status="resolved")

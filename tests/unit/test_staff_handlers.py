@@ -109,3 +109,19 @@ def test_act_applies_through_the_workflow_and_reports(make_app: Any) -> None:
     assert dict(done.refused) == {"/link 99 relates": "no ticket #99",
                                   "/internal": "no note made: a new ticket's first mail is its description, "
                                                "and a mail of commands only has no text"}
+
+
+def test_staff_config_is_checked() -> None:
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        validate({"staff": {"notify": ["assignee", "boss"], "note_subaddress": "No+te"},
+                  "groups": [{"name": "a", "members": ["not-an-address"]}, {"name": "a"}, {"members": []}]})
+    errors = "\n".join(e.value.errors)
+    for text in ("staff.notify: 'boss' is not one of assignee, group, all", "staff.note_subaddress:",
+                 "groups[0].members: not an email address", "groups[1].name: group 'a' is defined twice",
+                 "groups[2].name: required key is missing"):
+        assert text in errors, errors
+    ok = validate({"gateway": {"staff_comments_internal": True}})
+    assert ok.warnings and "deprecated" in ok.warnings[0]
+    assert validate({}).warnings == []
