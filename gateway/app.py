@@ -14,6 +14,7 @@ from gateway.blobs import BlobStore
 from gateway.clock import Clock, system_clock
 from gateway.config import Config
 from gateway.events import Listeners
+from gateway.lease import instance_id
 from gateway.observe import Observer
 from gateway.pipeline import BUILTIN, Handler, load_handlers
 
@@ -30,6 +31,8 @@ class App:
     disk: Any = None        # gateway.guard.diskspace.DiskGuard: intake pauses while the data directory is full
     auth: Any = None        # gateway.auth.Authenticator: sender authentication on arrival
     observe: Observer = field(default_factory=Observer)  # log lines and metrics (gateway.observe)
+    instance: str = field(default_factory=instance_id)  # this process among all sharing the database (leases)
+    ahead: Any = None       # gateway.prepare.ParseAhead: the preparation worker (serve starts one), or None
 
     def intake(self):  # type: ignore[no-untyped-def]
         from gateway.intake import Intake

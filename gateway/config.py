@@ -282,6 +282,11 @@ SCHEMA: dict[str, Section] = {
             "max_mime_depth": Key(int, 50, "Deepest MIME nesting parsed; deeper mail is quarantined.",
                                   check=_positive),
             "max_mime_parts": Key(int, 1000, "Most MIME parts parsed; more is quarantined.", check=_positive),
+            "mail_cpu_seconds": Key(float, 2.0, "CPU seconds the preparation of one mail (parsing, HTML to text, "
+                                    "sanitising, classifying, attachments) may take. It runs in a worker process "
+                                    "that is killed when a mail goes over: that mail is quarantined with the "
+                                    "reason 'over budget' and the other mails go on.",
+                                    check=lambda v: None if v > 0 else "must be > 0"),
             "max_sessions": Key(int, 100, "SMTP/LMTP: most concurrent sessions over all listeners; more are "
                                 "answered 421 and closed.", check=_positive),
             "max_recipients": Key(int, 100, "SMTP/LMTP: most recipients per mail; more get 452.", check=_positive),
@@ -484,8 +489,14 @@ SCHEMA: dict[str, Section] = {
                         else "letters, digits, . _ - only (1-100)"),
             "host": Key(str, None, "Required: the IMAP server's host name."),
             "port": Key(int, 0, "TCP port. 0: 993 for security 'tls', else 143.", check=_port),
-            "security": Key(str, "tls", "Connection security (certificates are verified).",
-                            choices=("tls", "starttls", "none")),
+            "security": Key(str, "tls", "Connection security: 'tls' (implicit TLS, port 993), 'starttls' (STARTTLS "
+                            "on port 143, required: no login without it), 'none' (plain text; loopback and tests "
+                            "only). The server's certificate and host name are verified; a certificate that is not "
+                            "accepted stops this account's poller with an error (shown by /healthz and `imap "
+                            "poll`), it is not retried.", choices=("tls", "starttls", "none")),
+            "ca_file": Key(str, "", "PEM file with the CA certificate(s) that signed the server's certificate (a "
+                           "private CA; relative to the config file). Only these CAs are trusted then. Empty: the "
+                           "system's CAs."),
             "user": Key(str, None, "Required: the login name."),
             "password": Key(str, "", "The password (prefer password_file)."),
             "password_file": Key(str, "", "File whose first line is the password (relative to the config file)."),
@@ -503,6 +514,11 @@ SCHEMA: dict[str, Section] = {
                                 "clients after 30 minutes; NAT boxes sooner).", check=_positive),
             "batch_size": Key(int, 50, "Messages fetched per FETCH command.", check=_positive),
             "timeout_seconds": Key(int, 60, "Network timeout for connecting and for every read.", check=_positive),
+            "lease_seconds": Key(int, 30, "Instances sharing one database poll a mailbox one at a time: the poller "
+                                 "holds a lease in the database for this long and renews it every third of it; "
+                                 "when its instance dies another takes over within about 1.3 times this (40 s "
+                                 "by default). Instances must name a shared mailbox alike (the lease is per "
+                                 "account name).", check=lambda v: None if v >= 2 else "must be >= 2"),
         },
         many=True,
         example_items=({"name": "support", "host": "imap.example.com", "security": "tls",

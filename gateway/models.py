@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -445,6 +446,22 @@ class ImapSeen(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     __table_args__ = (UniqueConstraint("account", "folder", "uidvalidity", "uid", name="uq_imap_seen_key"),
                       Index("ix_imap_seen_mail_id", "mail_id"))
+
+
+# Leases (gateway/lease.py) --------------------------------------------------------------------------------
+class Lease(Base):
+    """A named lease shared by every instance on one database (gateway.lease): `holder` may do the work named
+    `name` (e.g. 'imap:support', the one poller of that mailbox) until `expires_at`, and renews it while it
+    works. Times are seconds since the epoch on the database's clock (every instance compares against the same
+    clock); `generation` counts the hand-overs (a holder that sees another generation lost the lease)."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200), default="")
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    expires_at: Mapped[float] = mapped_column(Float, default=0.0)
+    acquired_at: Mapped[float] = mapped_column(Float, default=0.0)
+    renewed_at: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 # HTTP API (gateway/api, gateway/ops) -----------------------------------------------------------------------
