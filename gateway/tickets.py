@@ -55,6 +55,9 @@ _NEXT_TICKET_NUMBER = (update(_COUNTERS).where(_COUNTERS.c.name == "ticket").val
                        .returning(_COUNTERS.c.value))
 
 
+MEMBER = "member of the ticket's organisation (visibility 'organisation')"
+
+
 class InvalidChange(ValueError):
     pass
 
@@ -312,8 +315,9 @@ class Tickets:
             absent.update(dict.fromkeys(set(numbers).difference(t.number for t in found), True))
 
     def is_participant(self, ticket: Ticket, contact: Contact | None, email: str | None) -> str | None:
-        """Why this sender may write to the ticket, or None: reporter, first sender, watcher, staff,
-        member of the ticket's organisation."""
+        """Why this sender may write to the ticket, or None: reporter, first sender, watcher, staff, and
+        member of the ticket's organisation where that organisation's visibility is 'organisation' (under
+        'reporter-only', the default, its members are strangers to each other's tickets)."""
         email = normalise_email(email) if email else None
         if contact is not None and contact.is_staff:
             return "staff"
@@ -324,8 +328,9 @@ class Tickets:
         if email and any(w.contact.email == email for w in ticket.watchers):
             return "watcher"
         if (contact is not None and contact.organisation_id is not None
-                and contact.organisation_id == ticket.organisation_id):
-            return "member of the ticket's organisation"
+                and contact.organisation_id == ticket.organisation_id and ticket.organisation is not None
+                and ticket.organisation.visibility == "organisation"):
+            return MEMBER
         return None
 
     # Changes --------------------------------------------------------------
