@@ -306,19 +306,20 @@ def deliver_due(app: AppHost, now: datetime | None = None, *, limit: int | None 
     counts = Counts(claimed=len(ids))
     if not ids:
         return counts
-    results: list[Result] = []
     sending = _Round(app, transport)
+    recorder = Recorder(app, token, now, counts)
     try:
         for start in range(0, len(ids), 50):
             chunk = ids[start:start + 50]
             ready, failed = build_claimed(app, token, chunk, notifier)
-            results.extend(failed)
-            results.extend(sending.send(row_id, ready[row_id]) for row_id in chunk if row_id in ready)
-            # a row missing from `ready` lost its claim (the lease expired, someone else took it) or failed
-            _record(app, token, now, results, counts)
+            recorder.add(failed)
+            for row_id in chunk:  # a row missing from `ready` lost its claim (the lease expired) or failed
+                if row_id in ready:
+                    recorder.check()  # the store is gone: send no more than we can record
+                    recorder.add([sending.send(row_id, ready[row_id])])  # marked sent as soon as accepted
     finally:
         sending.close()
-        _record(app, token, now, results, counts)
+        recorder.close()
     target = "outgoing mail (" + (f"relay {cfg['relay_host']}:{cfg['relay_port']}" if cfg["relay_host"]
                                   else "local Maildir") + ")"
     if sending.down:  # one line when it goes down (and when it is back), not one per round
@@ -361,6 +362,69 @@ class _Round:
     def close(self) -> None:
         if self.own and self.transport is not None:
             self.transport.close()
+
+
+class Recorder:
+    """Records each mail's result as soon as it is known, while the next mail is sent: a thread commits what
+    has come in since its last commit (group commit: one fsync for the mails accepted meanwhile, usually one
+    to three). At most MAX_UNRECORDED results wait (then the sender waits for the recorder), so a sender that
+    dies leaves at most that many mails accepted by the relay but not marked sent: those, and only those, are
+    sent once more when their lease expires; every other mail was marked sent the moment the relay took it.
+    A failing store stops the round (`check` raises): nothing more is sent than can be recorded."""
+
+    MAX_UNRECORDED = 8
+
+    def __init__(self, app: AppHost, token: str, now: datetime, counts: Counts) -> None:
+        import queue
+        import threading
+
+        self.app, self.token, self.now, self.counts = app, token, now, counts
+        self.queue: queue.Queue[list[Result] | None] = queue.Queue(maxsize=self.MAX_UNRECORDED)
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+        self._threading = threading
+
+    def add(self, results: list[Result]) -> None:
+        if not results:
+            return
+        if self.thread is None:
+            self.thread = self._threading.Thread(target=self._run, name="outbox-recorder", daemon=True)
+            self.thread.start()
+        self.queue.put(results)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        import queue
+
+        done = False
+        while not done:
+            item = self.queue.get()
+            batch: list[Result] = []
+            while True:
+                if item is None:
+                    done = True
+                else:
+                    batch.extend(item)
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch and self.error is None:
+                try:
+                    _record(self.app, self.token, self.now, batch, self.counts)
+                except BaseException as e:  # noqa: BLE001 -- raised in the sending thread (check, close)
+                    self.error = e
+
+    def close(self) -> None:
+        """Wait until every result is recorded; raises what recording raised."""
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+        self.check()
 
 
 def _record(app: AppHost, token: str, now: datetime, results: list[Result], counts: Counts) -> None:
