@@ -14,8 +14,10 @@ failed with the reason and goes on with the others.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +27,7 @@ from sqlalchemy.orm import Session
 from gateway.guard import relay
 from gateway.models import Attachment, Comment, InboundMail, OutboxMail, Ticket, TicketMessageId
 from gateway.outbound import compose, ratelimit
-from gateway.outbound.render import context, describe_error, fmt_time
+from gateway.outbound.render import Rendered, context, describe_error, fmt_time
 
 if TYPE_CHECKING:
     from gateway.outbound.notify import Outbound
@@ -39,19 +41,38 @@ class BuildError(Exception):
     """This row cannot be built; the message says why (shown by `outbox list`)."""
 
 
+@dataclass
+class Shared:
+    """What the copies of one notification share, kept for one delivery round: the rendered templates (one
+    rendering per notification when its templates use nothing personal, see Templates.personal) and the
+    MIME content built from them (compose.Content: the parts, encoded once)."""
+
+    renders: dict[tuple[Any, ...], Rendered] = field(default_factory=dict)
+    contents: dict[tuple[Any, ...], compose.Content] = field(default_factory=dict)
+    # what `Builder.prepare` loaded, for the round's later chunks (the objects' loaded attributes are read)
+    tickets: dict[int, Ticket | None] = field(default_factory=dict)
+    tctx: dict[int, dict[str, Any]] = field(default_factory=dict)
+    comments: dict[int, dict[str, Any] | None] = field(default_factory=dict)
+    inbound: dict[int, list[tuple[str, datetime]]] = field(default_factory=dict)
+    triggers: dict[int, str | None] = field(default_factory=dict)
+    cc: dict[tuple[int, datetime], tuple[list[tuple[str, str]], list[tuple[str, str]]]] = field(default_factory=dict)
+
+
 class Builder:
     """Builds claimed rows with caches shared by the rows of one delivery round (one ticket's 200 copies
-    load the ticket, its thread and its watchers once)."""
+    load the ticket, its thread and its watchers once, and are rendered and encoded once where the templates
+    allow: only the headers are each copy's own)."""
 
-    def __init__(self, ob: Outbound, session: Session) -> None:
+    def __init__(self, ob: Outbound, session: Session, shared: Shared | None = None) -> None:
         self.ob = ob
         self.s = session
-        self.tickets: dict[int, Ticket | None] = {}
-        self.tctx: dict[int, dict[str, Any]] = {}
-        self.comments: dict[int, dict[str, Any] | None] = {}
-        self.inbound: dict[int, list[tuple[str, datetime]]] = {}
-        self.triggers: dict[int, str | None] = {}
-        self.cc: dict[tuple[int, datetime], tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {}
+        self.shared = shared = shared or Shared()
+        self.tickets = shared.tickets
+        self.tctx = shared.tctx
+        self.comments = shared.comments
+        self.inbound = shared.inbound
+        self.triggers = shared.triggers
+        self.cc = shared.cc
         # (ticket, recipient) -> [(outbox id, message id)] of its non-suppressed copies (for In-Reply-To)
         self.history: dict[tuple[int, str], list[tuple[int, str]]] = defaultdict(list)
 
@@ -165,26 +186,23 @@ class Builder:
                       original_subject=p.get("original_subject") or "")
         if p.get("extra"):
             ctx.update(p["extra"])
-        try:
-            out = ob.templates.render(row.event, ctx)
-        except Exception as e:  # noqa: BLE001 -- jinja2 raises many kinds
-            raise BuildError(f"cannot render the mail: {describe_error(e, row.event)}") from e
+        out = self._render(row, p, ctx)
         subject = out.subject
         if ticket is not None and ob.tag(ticket).lower() not in subject.lower():
             subject = f"{ob.tag(ticket)} {subject}"
         to, cc = self._recipients(row, ticket, p)
         irt, refs = self._thread(row, ticket, p)
         when = row.created_at
-        files, text = self._files(comment, out.text)
         try:
+            content = self._content(row, comment, out)
             raw = compose.build(compose.Outgoing(
                 from_name=ob.from_name, from_addr=ob.from_addr, to=to, cc=cc, subject=subject,
-                text=text, html=out.html, attachments=files, message_id=row.message_id, date=when, reply_to=reply,
+                text=out.text, html=out.html, message_id=row.message_id, date=when, reply_to=reply,
                 in_reply_to=irt, references=refs, auto_submitted=p.get("auto") or "auto-generated",
                 precedence_bulk=bool(p.get("bulk")), loop_value=ob.domain,
                 thread_topic=ticket.subject if ticket is not None else None,
                 thread_index=(compose.thread_index(ticket.created_at, f"{ob.domain}/{ticket.id}", when)
-                              if ticket is not None else None)))
+                              if ticket is not None else None)), content=content)
         except ValueError as e:
             raise BuildError(f"cannot build the mail: {e}") from e
         if ticket is not None:  # later rows of this round to the same recipient thread under this copy
@@ -193,6 +211,32 @@ class Builder:
                 hist.append((row.id, row.message_id))
                 hist.sort()
         return raw, subject
+
+    def _render(self, row: OutboxMail, p: dict[str, Any], ctx: dict[str, Any]) -> Rendered:
+        """The templates for this row; rendered once for every copy of a notification unless they use
+        something personal (then once per copy)."""
+        ob = self.ob
+        personal: tuple[Any, ...] = ()
+        if ob.templates.personal(row.event):
+            personal = (row.recipient, p.get("name") or "", bool(p.get("staff")), ctx["reply_address"])
+        common = json.dumps({k: v for k, v in p.items() if k not in ("name", "staff")}, sort_keys=True, default=str)
+        key = (row.event, row.ticket_id, row.comment_id, common, personal)
+        hit = self.shared.renders.get(key)
+        if hit is None:
+            try:
+                hit = self.shared.renders[key] = ob.templates.render(row.event, ctx)
+            except Exception as e:  # noqa: BLE001 -- jinja2 raises many kinds
+                raise BuildError(f"cannot render the mail: {describe_error(e, row.event)}") from e
+        return hit
+
+    def _content(self, row: OutboxMail, comment: dict[str, Any] | None, out: Rendered) -> compose.Content:
+        """The MIME content (text, HTML, the comment's files), encoded once per distinct rendering."""
+        key = (out.text, out.html, row.comment_id)
+        hit = self.shared.contents.get(key)
+        if hit is None:
+            files, text = self._files(comment, out.text)
+            hit = self.shared.contents[key] = compose.make_content(text, out.html, files)
+        return hit
 
     def _subjects(self, row: OutboxMail, p: dict[str, Any]) -> tuple[Ticket | None, dict[str, Any] | None]:
         """The row's ticket and comment (template context), loaded by `prepare`; BuildError when gone."""

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 EVENTS: tuple[str, ...] = ("ticket_created", "staff_new_ticket", "comment", "internal_note", "status",
                            "assignment", "rejected")
 PARTS: tuple[str, ...] = ("subject", "txt", "html")
+# template variables that differ between the copies of one notification
+PERSONAL = frozenset({"recipient", "reply_address"})
 
 
 class TemplateError(Exception):
@@ -64,6 +66,7 @@ class Templates:
         self.dirs.append(builtin_dir())
         self._env: Environment | None = None
         self._cache: dict[str, Template] = {}
+        self._personal: dict[str, bool] = {}
         self.checked = False  # the full sample render passed in this process
 
     @property
@@ -103,6 +106,30 @@ class Templates:
                 h.update(b"\0f\0" + name.encode("utf-8", "surrogateescape") + b"\0"
                          + str(len(data)).encode() + b"\0" + data)
         return h.hexdigest()
+
+    def personal(self, event: str) -> bool:
+        """Whether the event's templates (with what they include or extend) use a variable that differs from
+        one recipient to the next (PERSONAL): if not, one rendering serves every copy of a notification."""
+        hit = self._personal.get(event)
+        if hit is None:
+            seen: set[str] = set()
+            hit = self._personal[event] = any(self._uses(f"{event}.{part}.j2", seen) for part in PARTS)
+        return hit
+
+    def _uses(self, name: str, seen: set[str]) -> bool:
+        if name in seen:
+            return False
+        seen.add(name)
+        from jinja2 import meta
+
+        env = self.env
+        assert env.loader is not None
+        source = env.loader.get_source(env, name)[0]
+        ast = env.parse(source)
+        if meta.find_undeclared_variables(ast) & PERSONAL:
+            return True
+        # a template named at run time (include of a variable) could use anything: personal
+        return any(ref is None or self._uses(ref, seen) for ref in meta.find_referenced_templates(ast))
 
     def render(self, event: str, context: dict[str, Any]) -> Rendered:
         out = []

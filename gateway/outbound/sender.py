@@ -34,11 +34,13 @@ from gateway.models import OutboxMail, table_of
 
 if TYPE_CHECKING:
     from gateway.host import AppHost
+    from gateway.outbound.build import Shared
     from gateway.outbound.notify import Outbound
 
 log = logging.getLogger("gateway.outbound.sender")
 
 Result = tuple[int, str, str | None]  # (outbox id, sent | retry | failed, error)
+BUILD_CHUNK = 50  # rows built (and their bytes stored) together, while the chunk before is sent
 
 
 def backoff(attempt: int, base_seconds: float, cap_seconds: float) -> timedelta:
@@ -249,8 +251,8 @@ def _outbound(app: AppHost) -> Outbound:
     return ob
 
 
-def build_claimed(app: AppHost, token: str, ids: list[int], notifier: Outbound | None = None
-                  ) -> tuple[dict[int, tuple[str, str, bytes]], list[Result]]:
+def build_claimed(app: AppHost, token: str, ids: list[int], notifier: Outbound | None = None,
+                  shared: Shared | None = None) -> tuple[dict[int, tuple[str, str, bytes]], list[Result]]:
     """The bytes of claimed rows: stored ones as they are; the others rendered and built now (by `notifier`,
     default: the App's) and stored on the row (only while the claim is ours) before anything is sent.
     Returns ({id: (envelope_from, recipient, raw)}, failures as (id, "failed", reason))."""
@@ -269,7 +271,7 @@ def build_claimed(app: AppHost, token: str, ids: list[int], notifier: Outbound |
             else:
                 todo.append(row_id)
         if todo:
-            builder = Builder(notifier or _outbound(app), s)
+            builder = Builder(notifier or _outbound(app), s, shared)
             rows = list(s.scalars(select(OutboxMail).where(OutboxMail.id.in_(todo), OutboxMail.claim_token == token)
                                   .order_by(OutboxMail.id)))
             builder.prepare(rows)
@@ -306,18 +308,34 @@ def deliver_due(app: AppHost, now: datetime | None = None, *, limit: int | None 
     counts = Counts(claimed=len(ids))
     if not ids:
         return counts
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.outbound.build import Shared
+
     sending = _Round(app, transport)
     recorder = Recorder(app, token, now, counts)
+    shared = Shared()  # the copies of one notification are rendered and encoded once (where templates allow)
+    chunks = [ids[start:start + BUILD_CHUNK] for start in range(0, len(ids), BUILD_CHUNK)]
+    # the next chunk is built (and its bytes stored) while this one is sent: the sending thread mostly waits
+    # for the relay's answers, the building one uses that time
+    ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-build") if len(chunks) > 1 else None
     try:
-        for start in range(0, len(ids), 50):
-            chunk = ids[start:start + 50]
-            ready, failed = build_claimed(app, token, chunk, notifier)
+        following = ahead.submit(build_claimed, app, token, chunks[0], notifier, shared) if ahead else None
+        for k, chunk in enumerate(chunks):
+            if following is not None:
+                ready, failed = following.result()
+                following = (ahead.submit(build_claimed, app, token, chunks[k + 1], notifier, shared)
+                             if ahead is not None and k + 1 < len(chunks) else None)
+            else:
+                ready, failed = build_claimed(app, token, chunk, notifier, shared)
             recorder.add(failed)
             for row_id in chunk:  # a row missing from `ready` lost its claim (the lease expired) or failed
                 if row_id in ready:
                     recorder.check()  # the store is gone: send no more than we can record
                     recorder.add([sending.send(row_id, ready[row_id])])  # marked sent as soon as accepted
     finally:
+        if ahead is not None:
+            ahead.shutdown(wait=True, cancel_futures=True)
         sending.close()
         recorder.close()
     target = "outgoing mail (" + (f"relay {cfg['relay_host']}:{cfg['relay_port']}" if cfg["relay_host"]
@@ -428,50 +446,65 @@ class Recorder:
 
 
 def _record(app: AppHost, token: str, now: datetime, results: list[Result], counts: Counts) -> None:
+    """Record results in one transaction (only for rows whose claim is still `token`'s); then one log line
+    and metric per delivery (gateway.observe)."""
     if not results:
         return
+    from gateway.observe import Delivery
+
+    answers = {row_id: err for row_id, what, err in results if what == "sent"}
+    rest = [r for r in results if r[1] != "sent"]
+    done: list[Delivery] = []
+    with transaction(app.sessions) as s:
+        if answers:  # the common case: one UPDATE for every mail the relay took
+            t = table_of(OutboxMail)
+            for row_id, rcpt, event in s.execute(
+                    update(t).where(t.c.id.in_(list(answers)), t.c.claim_token == token)
+                    .values(status="sent", sent_at=now, next_attempt_at=None, claim_token=None, claimed_until=None)
+                    .returning(t.c.id, t.c.recipient, t.c.event)):
+                done.append(Delivery(row_id, rcpt, event, "sent", answers[row_id]))
+        if rest:
+            done += _record_unsent(app, s, token, now, rest, counts)
+    counts.sent += sum(1 for d in done if d.result == "sent")
+    results.clear()
+    for d in done:  # once committed: one line per delivery (gateway.observe)
+        app.observe(d)
+
+
+def _record_unsent(app: AppHost, s: Any, token: str, now: datetime, results: list[Result], counts: Counts
+                   ) -> list[Any]:
+    """Failed (never again) and deferred (retried with backoff, until outbound.give_up_hours) rows."""
     from gateway.observe import Delivery
 
     cfg = app.config.outbound
     give_up = timedelta(hours=cfg["give_up_hours"])
     done: list[Delivery] = []
-    with transaction(app.sessions) as s:
-        rows = {r.id: r for r in s.scalars(select(OutboxMail).where(
-            OutboxMail.id.in_([i for i, _, _ in results]), OutboxMail.claim_token == token))}
-        for row_id, what, err in results:
-            row = rows.get(row_id)
-            if row is None:
-                continue
-            row.claim_token = None
-            row.claimed_until = None
-            if what == "sent":
-                row.status = "sent"
-                row.sent_at = now
-                row.next_attempt_at = None
-                counts.sent += 1
-            elif what == "failed":
-                row.status = "failed"
-                row.last_error = err
-                row.next_attempt_at = None
-                counts.failed += 1
-                counts.errors.append(f"outbox {row_id}: {err}")
-            else:
-                if now - row.created_at >= give_up:
-                    row.status = "failed"
-                    row.last_error = f"gave up after {row.attempts} attempts over {cfg['give_up_hours']} hours: {err}"
-                    row.next_attempt_at = None
-                    counts.failed += 1
-                else:
-                    row.last_error = err
-                    row.next_attempt_at = now + backoff(row.attempts, cfg["retry_base_seconds"],
-                                                        cfg["retry_max_seconds"])
-                    counts.deferred += 1
-            done.append(Delivery(row.id, row.recipient, row.event,
-                                 "sent" if row.status == "sent" else row.status if row.status == "failed"
-                                 else "deferred", err if row.status != "failed" else row.last_error))
-    results.clear()
-    for d in done:  # once committed: one line per delivery (gateway.observe)
-        app.observe(d)
+    rows = {r.id: r for r in s.scalars(select(OutboxMail).where(
+        OutboxMail.id.in_([i for i, _, _ in results]), OutboxMail.claim_token == token))}
+    for row_id, what, err in results:
+        row = rows.get(row_id)
+        if row is None:
+            continue
+        row.claim_token = None
+        row.claimed_until = None
+        if what == "failed":
+            row.status = "failed"
+            row.last_error = err
+            row.next_attempt_at = None
+            counts.failed += 1
+            counts.errors.append(f"outbox {row_id}: {err}")
+        elif now - row.created_at >= give_up:
+            row.status = "failed"
+            row.last_error = f"gave up after {row.attempts} attempts over {cfg['give_up_hours']} hours: {err}"
+            row.next_attempt_at = None
+            counts.failed += 1
+        else:
+            row.last_error = err
+            row.next_attempt_at = now + backoff(row.attempts, cfg["retry_base_seconds"], cfg["retry_max_seconds"])
+            counts.deferred += 1
+        done.append(Delivery(row.id, row.recipient, row.event, row.status if row.status == "failed" else "deferred",
+                             err if row.status != "failed" else row.last_error))
+    return done
 
 
 def flush(app: AppHost, now: Callable[[], datetime] | None = None, *, max_rounds: int = 10_000) -> Counts:
