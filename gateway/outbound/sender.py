@@ -41,6 +41,7 @@ log = logging.getLogger("gateway.outbound.sender")
 
 Result = tuple[int, str, str | None]  # (outbox id, sent | retry | failed, error)
 BUILD_CHUNK = 50  # rows built (and their bytes stored) together, while the chunk before is sent
+BUILD_FIRST = 5   # the first chunk of a round
 
 
 def backoff(attempt: int, base_seconds: float, cap_seconds: float) -> timedelta:
@@ -315,7 +316,9 @@ def deliver_due(app: AppHost, now: datetime | None = None, *, limit: int | None 
     sending = _Round(app, transport)
     recorder = Recorder(app, token, now, counts)
     shared = Shared()  # the copies of one notification are rendered and encoded once (where templates allow)
-    chunks = [ids[start:start + BUILD_CHUNK] for start in range(0, len(ids), BUILD_CHUNK)]
+    # a small first chunk: sending starts after a few mails are built, not fifty
+    chunks = [ids[:BUILD_FIRST]] + [ids[start:start + BUILD_CHUNK] for start in range(BUILD_FIRST, len(ids),
+                                                                                       BUILD_CHUNK)]
     # the next chunk is built (and its bytes stored) while this one is sent: the sending thread mostly waits
     # for the relay's answers, the building one uses that time
     ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-build") if len(chunks) > 1 else None
