@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from gateway import ourmail
 from gateway.guard import relay
 from gateway.models import Attachment, Comment, InboundMail, OutboxMail, Ticket, TicketMessageId
 from gateway.outbound import compose, ratelimit
+from gateway.outbound.dkimsign import DkimError
 from gateway.outbound.render import Rendered, context, describe_error, fmt_time
 
 if TYPE_CHECKING:
@@ -56,6 +58,7 @@ class Shared:
     inbound: dict[int, list[tuple[str, datetime]]] = field(default_factory=dict)
     triggers: dict[int, str | None] = field(default_factory=dict)
     cc: dict[tuple[int, datetime], tuple[list[tuple[str, str]], list[tuple[str, str]]]] = field(default_factory=dict)
+    watchers: dict[int, frozenset[str]] = field(default_factory=dict)  # ticket id -> its watchers' addresses
 
 
 class Builder:
@@ -202,8 +205,12 @@ class Builder:
                 precedence_bulk=bool(p.get("bulk")), loop_value=ob.domain,
                 thread_topic=ticket.subject if ticket is not None else None,
                 thread_index=(compose.thread_index(ticket.created_at, f"{ob.domain}/{ticket.id}", when)
-                              if ticket is not None else None)), content=content)
-        except ValueError as e:
+                              if ticket is not None else None),
+                extra_headers=self._unsubscribe(row, ticket)), content=content)
+            signer = ob.dkim()
+            if signer is not None:
+                raw = signer.sign(raw)
+        except (ValueError, DkimError) as e:
             raise BuildError(f"cannot build the mail: {e}") from e
         if ticket is not None:  # later rows of this round to the same recipient thread under this copy
             hist = self.history[(ticket.id, row.recipient)]
@@ -237,6 +244,27 @@ class Builder:
             files, text = self._files(comment, out.text)
             hit = self.shared.contents[key] = compose.make_content(text, out.html, files)
         return hit
+
+    def _unsubscribe(self, row: OutboxMail, ticket: Ticket | None) -> list[tuple[str, str]]:
+        """List-Unsubscribe for a copy to a watcher of the ticket (not its reporter): a signed mailto address
+        (the inbound pipeline removes that watcher, handlers/unsubscribe.py) and, with
+        outbound.unsubscribe_url, the RFC 8058 one-click URL of the HTTP API."""
+        if ticket is None:
+            return []
+        watching = self.shared.watchers.get(ticket.id)
+        if watching is None:
+            watching = self.shared.watchers[ticket.id] = frozenset(w.contact.email.lower() for w in ticket.watchers)
+        ob = self.ob
+        rep = ob.reporter_of(ticket)
+        if row.recipient not in watching or (rep is not None and rep.email == row.recipient):
+            return []
+        token = ourmail.make_unsubscribe_token(ob.secret, ticket_id=ticket.id, ticket_number=ticket.number,
+                                               recipient=row.recipient)
+        value = f"<mailto:{ourmail.token_address(ob.reply_base, token)}?subject=unsubscribe>"
+        if not ob.unsubscribe_url:
+            return [("List-Unsubscribe", value)]
+        return [("List-Unsubscribe", f"{value}, <{ob.unsubscribe_url}/api/v1/unsubscribe/{token}>"),
+                ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
 
     def _subjects(self, row: OutboxMail, p: dict[str, Any]) -> tuple[Ticket | None, dict[str, Any] | None]:
         """The row's ticket and comment (template context), loaded by `prepare`; BuildError when gone."""

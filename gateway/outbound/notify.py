@@ -44,6 +44,7 @@ from gateway.tickets import message_ids_written
 if TYPE_CHECKING:
     from gateway.clock import Clock
     from gateway.host import AppHost
+    from gateway.outbound.dkimsign import Signer
 
 log = logging.getLogger("gateway.outbound")
 
@@ -80,6 +81,16 @@ class Outbound:
         self.tag_prefix = config.gateway["subject_tag_prefix"]
         self.default_reporter = config.gateway["default_reporter"].lower()
         self.caps = ratelimit.Caps(n["max_per_ticket_10min"], n["max_per_recipient_day"])
+        self.unsubscribe_url = ob["unsubscribe_url"].rstrip("/")
+        self._dkim: list[Signer | None] = []  # loaded on first use (gateway.outbound.dkimsign)
+
+    def dkim(self) -> Signer | None:
+        """The DKIM signer when outbound.dkim_key_file is set (DkimError when the key is unusable)."""
+        if not self._dkim:
+            from gateway.outbound.dkimsign import signer_of
+
+            self._dkim.append(signer_of(self.config))
+        return self._dkim[0]
 
     # Entry point ---------------------------------------------------------------------------------------
     def __call__(self, session: Session, event: Event) -> None:

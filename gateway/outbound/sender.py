@@ -19,6 +19,7 @@ import logging
 import mailbox
 import smtplib
 import ssl
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -121,10 +122,18 @@ class _SMTP_SSL(_SMTP, smtplib.SMTP_SSL):  # MRO: _SMTP, SMTP_SSL, SMTP
 
 
 class SMTPTransport:
+    """One connection to the relay, reused for every mail while it is open: across the rounds of `serve`
+    too (gateway.outbound.feature keeps the transport). A connection idle for a while is checked (NOOP)
+    before it is used, and closed (QUIT) after MAX_IDLE seconds without mail."""
+
+    CHECK_AFTER = 2.0
+    MAX_IDLE = 60.0
+
     def __init__(self, cfg: dict[str, Any], base_dir: Path) -> None:
         self.cfg = cfg
         self.base_dir = base_dir
         self.conn: smtplib.SMTP | None = None
+        self.used = 0.0  # time.monotonic() of the last answer on this connection
 
     def _password(self) -> str:
         p = Path(self.cfg["relay_password_file"])
@@ -155,10 +164,28 @@ class SMTPTransport:
             raise TransportDown(f"relay {host}:{port} unreachable: {type(e).__name__}: {e}") from e
         return conn
 
-    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> str:
-        """Send; returns the relay's answer (e.g. '250 2.0.0 Ok: queued as 4F1...')."""
+    def _usable(self) -> smtplib.SMTP:
+        """The open connection when it still answers, else a new one."""
+        idle = time.monotonic() - self.used
+        if self.conn is not None and idle > self.CHECK_AFTER:
+            try:
+                alive = idle <= self.MAX_IDLE and self.conn.noop()[0] == 250
+            except (OSError, smtplib.SMTPException):
+                alive = False
+            if not alive:
+                self._drop()
         if self.conn is None:
             self.conn = self.connect()
+        return self.conn
+
+    def idle_close(self) -> None:
+        """Close the connection after MAX_IDLE seconds without mail (called between rounds)."""
+        if self.conn is not None and time.monotonic() - self.used > self.MAX_IDLE:
+            self.close()
+
+    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> str:
+        """Send; returns the relay's answer (e.g. '250 2.0.0 Ok: queued as 4F1...')."""
+        self.conn = self._usable()
         try:
             refused = self.conn.sendmail(envelope_from, [rcpt], raw)
         except smtplib.SMTPRecipientsRefused as e:
@@ -174,6 +201,7 @@ class SMTPTransport:
         except (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPException) as e:
             self._drop()
             raise TransportDown(f"relay connection lost: {type(e).__name__}: {e}") from e
+        self.used = time.monotonic()
         if refused:
             code, msg = next(iter(refused.values()))
             _raise_for(code, msg, f"recipient {rcpt} refused")
@@ -518,11 +546,15 @@ def flush(app: AppHost, now: Callable[[], datetime] | None = None, *, max_rounds
     check_app_templates(app, force=True)
     notifier = _outbound(app)  # made once, when outbound.enabled is off: compiles the templates once
     total = Counts()
-    for _ in range(max_rounds):
-        c = deliver_due(app, (now or app.clock)(), notifier=notifier)
-        total.add(c)
-        if c.claimed == 0 or c.sent + c.failed == 0:
-            break
+    transport = make_transport(app)  # one relay connection for every round
+    try:
+        for _ in range(max_rounds):
+            c = deliver_due(app, (now or app.clock)(), notifier=notifier, transport=transport)
+            total.add(c)
+            if c.claimed == 0 or c.sent + c.failed == 0:
+                break
+    finally:
+        transport.close()
     return total
 
 
