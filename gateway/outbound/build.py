@@ -196,6 +196,7 @@ class Builder:
         to, cc = self._recipients(row, ticket, p)
         irt, refs = self._thread(row, ticket, p)
         when = row.created_at
+        unsubscribe = self._unsubscribe(row, ticket)
         try:
             content = self._content(row, comment, out)
             raw = compose.build(compose.Outgoing(
@@ -206,7 +207,7 @@ class Builder:
                 thread_topic=ticket.subject if ticket is not None else None,
                 thread_index=(compose.thread_index(ticket.created_at, f"{ob.domain}/{ticket.id}", when)
                               if ticket is not None else None),
-                extra_headers=self._unsubscribe(row, ticket)), content=content)
+                list_unsubscribe=unsubscribe, one_click=bool(ob.unsubscribe_url)), content=content)
             signer = ob.dkim()
             if signer is not None:
                 raw = signer.sign(raw)
@@ -245,7 +246,7 @@ class Builder:
             hit = self.shared.contents[key] = compose.make_content(text, out.html, files)
         return hit
 
-    def _unsubscribe(self, row: OutboxMail, ticket: Ticket | None) -> list[tuple[str, str]]:
+    def _unsubscribe(self, row: OutboxMail, ticket: Ticket | None) -> list[str]:
         """List-Unsubscribe for a copy to a watcher of the ticket (not its reporter): a signed mailto address
         (the inbound pipeline removes that watcher, handlers/unsubscribe.py) and, with
         outbound.unsubscribe_url, the RFC 8058 one-click URL of the HTTP API."""
@@ -260,11 +261,10 @@ class Builder:
             return []
         token = ourmail.make_unsubscribe_token(ob.secret, ticket_id=ticket.id, ticket_number=ticket.number,
                                                recipient=row.recipient)
-        value = f"<mailto:{ourmail.token_address(ob.reply_base, token)}?subject=unsubscribe>"
-        if not ob.unsubscribe_url:
-            return [("List-Unsubscribe", value)]
-        return [("List-Unsubscribe", f"{value}, <{ob.unsubscribe_url}/api/v1/unsubscribe/{token}>"),
-                ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
+        uris = [f"mailto:{ourmail.token_address(ob.reply_base, token)}?subject=unsubscribe"]
+        if ob.unsubscribe_url:
+            uris.append(f"{ob.unsubscribe_url}/api/v1/unsubscribe/{token}")
+        return uris
 
     def _subjects(self, row: OutboxMail, p: dict[str, Any]) -> tuple[Ticket | None, dict[str, Any] | None]:
         """The row's ticket and comment (template context), loaded by `prepare`; BuildError when gone."""

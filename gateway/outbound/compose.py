@@ -68,7 +68,8 @@ class Outgoing:
     thread_topic: str | None = None
     thread_index: str | None = None
     attachments: list[tuple[str, str, bytes]] = field(default_factory=list)  # (filename, content type, bytes)
-    extra_headers: list[tuple[str, str]] = field(default_factory=list)  # this copy's own (List-Unsubscribe)
+    list_unsubscribe: list[str] = field(default_factory=list)  # this copy's List-Unsubscribe URIs (mailto:, https:)
+    one_click: bool = False  # List-Unsubscribe-Post: List-Unsubscribe=One-Click (RFC 8058)
 
 
 _ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?", re.ASCII)
@@ -233,7 +234,9 @@ def build(m: Outgoing, *, content: Content | None = None) -> bytes:
             refs.append(irt[0])
     if refs:
         ids.append(("References", refs))
-    own = [(name, one_line(value, 900)) for name, value in m.extra_headers]
+    if m.list_unsubscribe:
+        ids.append(("List-Unsubscribe", [_uri(u) for u in m.list_unsubscribe]))
+    own = [("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")] if m.list_unsubscribe and m.one_click else []
     if content is None:
         content = make_content(m.text, m.html, m.attachments)
     personal = reply + b"".join(_id_line(n, v) for n, v in ids) + b"".join(_fold(n, v) for n, v in own)
@@ -271,12 +274,22 @@ def _reply_to_line(from_name: str, reply_to: str) -> bytes | None:
     return line if len(line) <= 80 else None
 
 
+_URI_OK = re.compile(r"^[\x21-\x3b\x3d\x3f-\x7e]{1,900}$")  # printable ASCII without < > and space
+
+
+def _uri(u: str) -> str:
+    if not _URI_OK.match(u):
+        raise ValueError(f"not a usable List-Unsubscribe URI: {u!r}")
+    return u
+
+
 def _id_line(name: str, ids: list[str]) -> bytes:
-    """`Name: <id> <id>...`, folded between ids at 78 characters (the ids are printable ASCII, checked by
-    clean_ids: nothing in them needs encoding or can break the line)."""
+    """`Name: <id> <id>...` (List-Unsubscribe: `<uri>, <uri>`), folded between them at 78 characters (printable
+    ASCII, checked by clean_ids and _uri: nothing in them needs encoding or can break the line)."""
     line, lines = f"{name}:", []
-    for i in ids:
-        word = f" <{i}>"
+    sep = "," if name == "List-Unsubscribe" else ""
+    for n, i in enumerate(ids):
+        word = f" <{i}>" + (sep if n < len(ids) - 1 else "")
         if len(line) + len(word) > 78 and line != f"{name}:":
             lines.append(line)
             line = ""
