@@ -20,6 +20,14 @@ seed and N give the same bytes). Reported in the same run, on the same mails:
      quarantined mail refiled. Reported as the time from the start until every mail is threaded
      (ticket/comment/ignored/...), checked: no mail left `received`.
 
+- baseline `parse`: the bare stdlib parse of the same bytes in memory (bench_parse.stdlib_parse, best of 3):
+  the issue's yardstick, "IMAP until every mail is a ticket >= 0.8 of the parse rate"; both poller phases are
+  reported as a ratio of it;
+- `steady` (--steady-rate R for --steady-seconds T; 0 skips it): two pollers with separate apps (two
+  instances on one database, one holds the lease, gateway.lease) run the service loop (IDLE) while mails are
+  appended at R msg/s; the latency of each mail from its APPEND to its threaded outcome (processed_at),
+  p50/p95/max, checked: every mail threaded, the standby never polled.
+
 Database: a fresh SQLite under bench/out (default) or --db URL (e.g. a scratch PostgreSQL database).
 """
 
@@ -42,8 +50,10 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from dovecot import start_dovecot  # noqa: E402
+from bench_parse import stdlib_parse, timed  # noqa: E402
+from dovecot import DovecotAccount, start_dovecot  # noqa: E402
 
 GEN = Path(os.environ.get("TG_GEN_CORPUS") or ROOT.parent / "shared" / "bench" / "gen_corpus.py")
 OUT = ROOT / "bench" / "out"
@@ -86,6 +96,68 @@ def rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
 
 
+def steady(acct: DovecotAccount, raws: list[bytes], db_url: str | None, work: Path, per_s: float,
+           seconds: float) -> dict[str, Any]:
+    """Two instances' pollers (service loop, IDLE, the lease) while mails arrive at `per_s`: APPEND -> threaded
+    latency percentiles."""
+    import email
+    import threading
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from gateway.imap import ImapPoller
+    from gateway.models import InboundMail
+
+    if db_url:
+        reset_pg(db_url)
+    work.mkdir()
+    apps = [make_app(db_url, work), make_app(db_url, work)]
+    cfg = acct.account_config("steady", idle_seconds=300, timeout_seconds=120)
+    pollers = [ImapPoller(a, cfg) for a in apps]
+    stop = threading.Event()
+    threads = [threading.Thread(target=p.run, args=(stop,), daemon=True) for p in pollers]
+    for t in threads:
+        t.start()
+    count = min(len(raws), max(1, int(per_s * seconds)))
+    appended: dict[str, datetime] = {}
+    c = acct.client(timeout=60)
+    try:
+        t0 = time.perf_counter()
+        for i, raw in enumerate(raws[:count]):
+            delay = t0 + i / per_s - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            mid = str(email.message_from_bytes(raw.split(b"\n\n", 1)[0] + b"\n\n").get("Message-ID", "")).strip()
+            appended[mid.strip("<>")] = datetime.now(UTC)
+            c.append("INBOX", raw)
+    finally:
+        c.logout()
+    deadline = time.monotonic() + 120
+    lat: list[float] = []
+    while time.monotonic() < deadline:
+        with apps[0].sessions() as s:
+            rows = s.execute(select(InboundMail.message_id, InboundMail.processed_at, InboundMail.outcome)).all()
+        if len(rows) >= count and all(r.outcome != "received" for r in rows):
+            lat = sorted((r.processed_at - appended[(r.message_id or "").strip("<>")]).total_seconds() for r in rows)
+            break
+        time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    states = sorted(p.idle_count > 0 for p in pollers)
+    for a in apps:
+        a.close()
+    assert len(lat) == count, f"not every mail was threaded within 120 s of the last APPEND ({len(lat)}/{count})"
+    assert states == [False, True], "both instances polled: the lease did not hold"
+
+    def pct(q: float) -> float:
+        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 3)
+
+    return {"steady_rate": per_s, "steady_n": count, "steady_p50_s": pct(0.5), "steady_p95_s": pct(0.95),
+            "steady_max_s": round(lat[-1], 3)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=5000, help="mails (default 5000)")
@@ -93,6 +165,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--db", metavar="URL", help="database URL (default: a fresh SQLite under bench/out)")
     ap.add_argument("--no-pipeline-baseline", action="store_true", help="skip the pipeline-only run")
+    ap.add_argument("--steady-rate", type=float, default=20.0, help="msg/s for the steady phase (0: skip it)")
+    ap.add_argument("--steady-seconds", type=float, default=15.0)
     ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = ap.parse_args()
 
@@ -121,6 +195,10 @@ def main() -> int:
             c.append("INBOX", raw)
         c.logout()
         figures["append_msg_s"] = round(rate(len(raws), time.perf_counter() - t0), 1)
+
+        # Baseline: the bare stdlib parse of the same bytes -------------------------------------------------
+        parse_s = min(timed(stdlib_parse, raws) for _ in range(3))
+        figures["parse_msg_s"] = round(rate(len(raws), parse_s), 1)
 
         # Baseline: raw fetch ------------------------------------------------------------------------------
         t0 = time.perf_counter()
@@ -208,6 +286,13 @@ def main() -> int:
         figures["tickets_seconds"] = round(tickets_s, 2)
         figures["tickets_msg_s"] = round(rate(len(raws), tickets_s), 1)
         figures["outcomes"] = dict(Counter(result.outcomes))
+        figures["drain_parse_ratio"] = round(figures["poller_msg_s"] / figures["parse_msg_s"], 3)
+        figures["tickets_parse_ratio"] = round(figures["tickets_msg_s"] / figures["parse_msg_s"], 3)
+
+        # Steady arrival, two instances ----------------------------------------------------------------------
+        if args.steady_rate > 0:
+            figures.update(steady(server.add_user(), raws, args.db, work / "steady", args.steady_rate,
+                                  args.steady_seconds))
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -216,6 +301,7 @@ def main() -> int:
           f"database {args.db or 'sqlite (fresh)'}")
     print(f"  append to Dovecot (setup)      {figures['append_msg_s']:>8} msg/s")
     print(f"  baseline: raw imapclient fetch {figures['raw_fetch_msg_s']:>8} msg/s")
+    print(f"  baseline: stdlib parse         {figures['parse_msg_s']:>8} msg/s  (same bytes, in memory)")
     if "pipeline_only_msg_s" in figures:
         print(f"  baseline: Intake.store only    {figures['store_only_msg_s']:>8} msg/s  (one commit per mail)")
         print(f"  baseline: store+process, no IMAP {figures['pipeline_only_msg_s']:>6} msg/s")
@@ -228,6 +314,13 @@ def main() -> int:
           f"target >= 150 msg/s: {verdict})")
     print(f"  poller until every mail is threaded (drain, then tickets): {figures['tickets_seconds']} s "
           f"= {figures['tickets_msg_s']} msg/s end to end")
+    t_ratio = figures["tickets_parse_ratio"]
+    print(f"  ratios to the stdlib parse: drain {figures['drain_parse_ratio']:.2f}, until threaded {t_ratio:.2f} "
+          f"(target >= 0.8: {'OK' if t_ratio >= 0.8 else 'BELOW TARGET'})")
+    if "steady_n" in figures:
+        print(f"  steady {figures['steady_rate']:g} msg/s, two instances (one holds the lease), "
+              f"{figures['steady_n']} mails: APPEND -> threaded p50 {figures['steady_p50_s']} s, "
+              f"p95 {figures['steady_p95_s']} s, max {figures['steady_max_s']} s")
     print(f"  outcomes: {figures['outcomes']}")
     if args.json:
         print(json.dumps(figures))

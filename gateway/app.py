@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -13,6 +14,7 @@ from gateway.blobs import BlobStore
 from gateway.clock import Clock, system_clock
 from gateway.config import Config
 from gateway.events import Listeners
+from gateway.lease import instance_id
 from gateway.observe import Observer
 from gateway.pipeline import BUILTIN, Handler, load_handlers
 
@@ -29,6 +31,8 @@ class App:
     disk: Any = None        # gateway.guard.diskspace.DiskGuard: intake pauses while the data directory is full
     auth: Any = None        # gateway.auth.Authenticator: sender authentication on arrival
     observe: Observer = field(default_factory=Observer)  # log lines and metrics (gateway.observe)
+    instance: str = field(default_factory=instance_id)  # this process among all sharing the database (leases)
+    ahead: Any = None       # gateway.prepare.ParseAhead: the preparation worker (serve starts one), or None
 
     def intake(self):  # type: ignore[no-untyped-def]
         from gateway.intake import Intake
@@ -52,6 +56,8 @@ def build_app(config: Config, *, clock: Clock = system_clock, pipeline: Sequence
     from gateway.auth import Authenticator
     from gateway.guard.diskspace import DiskGuard
 
+    for warning in config.warnings:  # deprecated keys: said once per start
+        logging.getLogger("gateway").warning("config: %s", warning)
     app.disk = DiskGuard.for_config(config)
     app.auth = Authenticator(config)
     for install in _FEATURES:

@@ -71,10 +71,19 @@ def _listeners(config: Config, errors: list[str], warnings: list[str]) -> None:
 
 
 def _imap(config: Config, errors: list[str], warnings: list[str]) -> None:
-    from gateway.imap import accounts
+    from gateway.imap import TlsSetupError, accounts
 
     for i, acct in enumerate(_call(errors, lambda: accounts(config)) or []):
         where = f"imap[{i}]"
+        if acct.ca_file:
+            try:
+                acct.ssl_context()
+            except TlsSetupError as e:
+                errors.append(f"{where}.{e}")
+            if acct.security == "none":
+                warnings.append(f"{where}.ca_file: not used with security 'none'")
+        if acct.security == "none" and acct.host not in ("127.0.0.1", "::1", "localhost"):
+            warnings.append(f"{where}.security: 'none' sends the password in plain text to {acct.host}")
         if acct.password_file:
             _readable(f"{where}.password_file", _path(config, acct.password_file), errors, first_line=True)
         elif not acct.password:
@@ -148,11 +157,19 @@ def summary(config: Config) -> list[tuple[str, str]]:
     if isinstance(http, dict):  # the HTTP API, where this version has one
         rows.append(("http", ", ".join(f"{k} {v}" for k, v in http.items() if k in ("enabled", "host", "port", "path"))
                      or "configured"))
-    imap = [f"{a.name}: {a.user}@{a.host}:{a.effective_port} ({a.security}), {a.folder} -> "
-            f"{a.processed_folder or '(deleted)'}" for a in accounts(config)]
+    imap = [f"{a.name}: {a.user}@{a.host}:{a.effective_port} ({a.security}"
+            f"{f', ca_file {a.ca_file}' if a.ca_file and a.security != 'none' else ''}), {a.folder} -> "
+            f"{a.processed_folder or '(deleted)'}, lease {a.lease_seconds:.0f} s" for a in accounts(config)]
     rows.append(("imap accounts", "; ".join(imap) or "none"))
     routes = [f"{r['address']} -> group {r['group'] or '-'}, {r['priority']}, {r['type']}" for r in config.routes]
     rows.append(("routes", "; ".join(routes) or "none"))
+    st = config.staff
+    note = (f"{config.gateway_addresses[0].replace('@', '+' + st['note_subaddress'] + '@', 1)}"
+            if st["note_subaddress"] else "off")
+    rows.append(("staff by mail", f"commands {'on' if st['commands'] else 'off'}, note address {note}, "
+                 f"customer replies to {' > '.join(st['notify']) or 'watching staff only'}"
+                 + (f", {len(config.groups)} group(s)" if config.groups else "")))
+    rows += [("warning", w) for w in config.warnings]
     rows.append(("outgoing mail", _outgoing(config)))
     rows.append(("database", redact(config.database_url)))
     data = config.data_dir

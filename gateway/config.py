@@ -160,6 +160,16 @@ def _statuses(v: dict[str, Any]) -> str | None:
     return None
 
 
+NOTIFY_RULES = ("assignee", "group", "all")
+
+
+def _notify_rules(v: list[str]) -> str | None:
+    bad = [r for r in v if r not in NOTIFY_RULES]
+    if bad:
+        return f"{bad[0]!r} is not one of {', '.join(NOTIFY_RULES)}"
+    return "a rule is listed twice" if len(set(v)) != len(v) else None
+
+
 def _sla_policies(v: list[Any]) -> str | None:
     from gateway.sla_definitions import check_seed  # only when the config seeds policies
 
@@ -197,8 +207,58 @@ SCHEMA: dict[str, Section] = {
             "body_delimiters_regex": Key(bool, False, "Treat gateway.body_delimiters as regular expressions "
                                          "(Python syntax) matched against whole lines."),
             "staff_comments_internal": Key(bool, False,
-                                           "Comments that staff send by mail are internal notes (else public)."),
+                                           "DEPRECATED (a start-up warning says so): every comment staff send by "
+                                           "mail becomes an internal note, so no customer gets an answer by "
+                                           "mail. Mark a single mail instead: the /internal command, or mail to "
+                                           "the note address (staff.note_subaddress)."),
+            "refuse_close_while_blocked": Key(
+                bool, True, "Resolving or closing a ticket that another open ticket blocks (a 'blocks' link: "
+                "`tickets link N M --kind blocked-by`) is refused with the reason; false allows it."),
         },
+    ),
+    "staff": Section(
+        "Staff working by mail: commands at the top of their mails, internal notes, and who hears of a "
+        "customer's reply (per group: [[groups]]).",
+        {
+            "commands": Key(bool, True, "Staff may change a ticket with /command lines at the top of their mail "
+                            "(/status, /assign, /tag, /link, /time, /internal, ...). Only staff contacts, and where "
+                            "sender authentication is configured only mail that passes it; anyone else's slash "
+                            "lines are plain text. Each such mail is confirmed to its sender by one automatic "
+                            "mail."),
+            "note_subaddress": Key(str, "note", "Mail from staff to <gateway address local part>+<this>@<domain> "
+                                   "(support+note@example.com) is an internal note on the ticket it names "
+                                   "(In-Reply-To, subject tag); staff notifications also show a per-ticket note "
+                                   "address (support+note-<ticket>-<signature>@...), the Reply-To of internal-note "
+                                   "notices. Empty: no note address (the /internal command still works).",
+                                   check=lambda v: None if not v or re.fullmatch(r"[a-z][a-z0-9_]{0,30}", v)
+                                   else "lower-case letters, digits, _ (1-31), starting with a letter"),
+            "notify": Key(list, ["assignee", "group", "all"], "Who hears of a customer's public comment: the "
+                          "first of these rules that names anyone -- 'assignee' (the ticket's assignee), 'group' "
+                          "(the members of the ticket's group, [[groups]] members), 'all' (every staff contact). "
+                          "Staff watching the ticket always hear of it. A group's own notify replaces this list "
+                          "for its tickets. Empty: nobody but the watching staff.", item_type=str,
+                          check=lambda v: _notify_rules(v)),
+            "max_notices_per_ticket_hour": Key(int, 200, "Staff notices are never held back by the loop caps "
+                                               "meant for customers (notifications.max_per_ticket_10min, "
+                                               "max_per_recipient_day); this separate bound stops a ticket that "
+                                               "misbehaves: at most this many mails to staff per ticket in an "
+                                               "hour, the rest are suppressed (listed in the outbox).",
+                                               check=_positive),
+        },
+    ),
+    "groups": Section(
+        "Staff groups ([[groups]], any number): who belongs to a ticket's group (tickets.group, set by "
+        "[[routes]], /group, `tickets set --group`) and how its members hear of customers.",
+        {
+            "name": Key(str, None, "Required: the group's name as tickets carry it.",
+                        check=lambda v: None if 1 <= len(v) <= 100 else "1-100 characters"),
+            "members": Key(list, [], "The members' addresses (staff contacts; they are mailed as listed).",
+                           item_type=str, check=_addresses),
+            "notify": Key(list, ["assignee", "group", "all"], "staff.notify for this group's tickets.",
+                          item_type=str, check=lambda v: _notify_rules(v)),
+        },
+        many=True,
+        example_items=({"name": "first-level", "members": ["bob@example.com"], "notify": ["assignee", "group"]},),
     ),
     "database": Section(
         "Where tickets live.",
@@ -222,6 +282,11 @@ SCHEMA: dict[str, Section] = {
             "max_mime_depth": Key(int, 50, "Deepest MIME nesting parsed; deeper mail is quarantined.",
                                   check=_positive),
             "max_mime_parts": Key(int, 1000, "Most MIME parts parsed; more is quarantined.", check=_positive),
+            "mail_cpu_seconds": Key(float, 2.0, "CPU seconds the preparation of one mail (parsing, HTML to text, "
+                                    "sanitising, classifying, attachments) may take. It runs in a worker process "
+                                    "that is killed when a mail goes over: that mail is quarantined with the "
+                                    "reason 'over budget' and the other mails go on.",
+                                    check=lambda v: None if v > 0 else "must be > 0"),
             "max_sessions": Key(int, 100, "SMTP/LMTP: most concurrent sessions over all listeners; more are "
                                 "answered 421 and closed.", check=_positive),
             "max_recipients": Key(int, 100, "SMTP/LMTP: most recipients per mail; more get 452.", check=_positive),
@@ -423,7 +488,10 @@ SCHEMA: dict[str, Section] = {
             "max_per_ticket_10min": Key(int, 10, "Most notification rounds caused by inbound mail per ticket in "
                                         "10 minutes; more are suppressed (loop guard).", check=_positive),
             "max_per_recipient_day": Key(int, 40, "Most mails caused by inbound mail to one address in 24 hours; "
-                                         "more are suppressed (loop guard).", check=_positive),
+                                         "more are suppressed (loop guard). Mail to staff is not counted "
+                                         "(staff.max_notices_per_ticket_hour bounds it).", check=_positive),
+            "commands": Key(bool, True, "Confirm a staff member's mail commands to them: one automatic mail "
+                            "listing what changed and what was refused, and why."),
         },
     ),
     "imap": Section(
@@ -436,8 +504,14 @@ SCHEMA: dict[str, Section] = {
                         else "letters, digits, . _ - only (1-100)"),
             "host": Key(str, None, "Required: the IMAP server's host name."),
             "port": Key(int, 0, "TCP port. 0: 993 for security 'tls', else 143.", check=_port),
-            "security": Key(str, "tls", "Connection security (certificates are verified).",
-                            choices=("tls", "starttls", "none")),
+            "security": Key(str, "tls", "Connection security: 'tls' (implicit TLS, port 993), 'starttls' (STARTTLS "
+                            "on port 143, required: no login without it), 'none' (plain text; loopback and tests "
+                            "only). The server's certificate and host name are verified; a certificate that is not "
+                            "accepted stops this account's poller with an error (shown by /healthz and `imap "
+                            "poll`), it is not retried.", choices=("tls", "starttls", "none")),
+            "ca_file": Key(str, "", "PEM file with the CA certificate(s) that signed the server's certificate (a "
+                           "private CA; relative to the config file). Only these CAs are trusted then. Empty: the "
+                           "system's CAs."),
             "user": Key(str, None, "Required: the login name."),
             "password": Key(str, "", "The password (prefer password_file)."),
             "password_file": Key(str, "", "File whose first line is the password (relative to the config file)."),
@@ -455,6 +529,11 @@ SCHEMA: dict[str, Section] = {
                                 "clients after 30 minutes; NAT boxes sooner).", check=_positive),
             "batch_size": Key(int, 50, "Messages fetched per FETCH command.", check=_positive),
             "timeout_seconds": Key(int, 60, "Network timeout for connecting and for every read.", check=_positive),
+            "lease_seconds": Key(int, 30, "Instances sharing one database poll a mailbox one at a time: the poller "
+                                 "holds a lease in the database for this long and renews it every third of it; "
+                                 "when its instance dies another takes over within about 1.3 times this (40 s "
+                                 "by default). Instances must name a shared mailbox alike (the lease is per "
+                                 "account name).", check=lambda v: None if v >= 2 else "must be >= 2"),
         },
         many=True,
         example_items=({"name": "support", "host": "imap.example.com", "security": "tls",
@@ -591,6 +670,7 @@ class Config:
     values: dict[str, Any]
     source: str = "built-in defaults"
     base_dir: Path = field(default_factory=Path.cwd)
+    warnings: list[str] = field(default_factory=list)  # deprecated keys in use: logged at start-up
 
     def get(self, section: str, key: str) -> Any:
         return self.values[section][key]
@@ -710,6 +790,11 @@ def validate(data: Mapping[str, Any], *, source: str = "built-in defaults", base
     errors += _cross_checks(config, data)
     if errors:
         raise ConfigError("\n".join(errors), errors)
+    if config.values["gateway"]["staff_comments_internal"]:
+        config.warnings.append(
+            "gateway.staff_comments_internal is deprecated: every staff reply by mail is an internal note, so "
+            "customers get no answer by mail; remove it and mark single mails with /internal or the note address "
+            "(staff.note_subaddress)")
     return config
 
 
@@ -724,6 +809,10 @@ def _cross_checks(config: Config, data: Mapping[str, Any]) -> list[str]:
     ob = config.values["outbound"]
     if bool(ob["dkim_key_file"]) != bool(ob["dkim_selector"]):
         errors.append("outbound.dkim_key_file and outbound.dkim_selector: set both (DKIM signing) or neither")
+    names = [g.get("name") for g in config.values["groups"]]
+    for i, name in enumerate(names):
+        if isinstance(name, str) and name in names[:i]:
+            errors.append(f"groups[{i}].name: group {name!r} is defined twice")
     return errors
 
 

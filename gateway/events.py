@@ -68,7 +68,18 @@ class MailRejected(Origin):
     reason: str
 
 
-Event = TicketCreated | CommentAdded | TicketChanged | WatcherAdded | MailIgnored | MailRejected
+@dataclass
+class CommandsDone(Origin):
+    """A staff member's mail commands were applied (handlers/act.py): what changed, what was refused and why."""
+
+    ticket: Ticket
+    by: Contact
+    done: list[str]
+    refused: list[tuple[str, str]]  # (the command line, why)
+    mail_id: int | None = None
+
+
+Event = TicketCreated | CommentAdded | TicketChanged | WatcherAdded | MailIgnored | MailRejected | CommandsDone
 
 
 class Listener(Protocol):

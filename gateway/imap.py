@@ -30,6 +30,20 @@ it stays in `processed_folder`.) When the database is unreachable the message st
 poller tries again later (backing off); stored mail whose threading was postponed is threaded on the next
 drain.
 
+One poller per mailbox across instances: every `serve` (and `imap poll`) sharing the database polls an
+account only while it holds the account's lease (gateway.lease, name `imap:<account>`). The service loop
+takes it when it is free, renews it every third of `lease_seconds` (also while it waits in IDLE or sleeps),
+and checks it before every batch it stores; an instance without it stands by (no IMAP connection) and tries
+again every third of `lease_seconds`, so it takes over within about 1.3 times `lease_seconds` of the holder's
+death. A drain that lost the lease stops like a stopped one (what is committed is moved); the new holder
+threads whatever its predecessor stored and did not thread. `imap poll` skips an account another instance
+holds.
+
+TLS: `security` 'tls' (implicit) or 'starttls', the certificate and host name verified against `ca_file` (or
+the system's CAs). A certificate that is not accepted, or a `ca_file` that cannot be loaded, raises
+TlsSetupError: the service loop logs it once, shows it in the account's state (/healthz) and stops polling
+that account (no retries: the operator must act); `imap poll` exits 78.
+
 Running it:
 
 - once (tests, cron, `ticket-gateway imap poll`): `ImapPoller(app, account).poll_once()` drains the folder
@@ -58,6 +72,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 from sqlalchemy import func, select, tuple_
 
 from gateway.db import StoreUnavailable, is_unavailable, retry_on_conflict, transaction
+from gateway.lease import Lease
 from gateway.models import ImapSeen
 
 if TYPE_CHECKING:
@@ -74,6 +89,7 @@ MAX_BATCH_BYTES = 32 * 1024 * 1024  # a batch's fetch stops growing at this many
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 300.0
 THREAD_CHUNK = 100  # mails threaded between two records of their outcomes
+THREAD_BATCH = 16   # mails threaded in one write transaction (a savepoint each)
 STOP_CHECK = 1.0  # how often a blocking wait looks at the stop event, in seconds
 
 
@@ -96,6 +112,8 @@ class ImapAccount:
     idle_seconds: float = 300.0
     batch_size: int = 50
     timeout_seconds: float = 60.0
+    ca_file: str = ""
+    lease_seconds: float = 30.0
     base_dir: Path = field(default_factory=Path.cwd)
 
     @classmethod
@@ -108,13 +126,26 @@ class ImapAccount:
     def effective_port(self) -> int:
         return self.port or (993 if self.security == "tls" else 143)
 
+    def _path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
     def secret(self) -> str:
         if self.password_file:
-            p = Path(self.password_file).expanduser()
-            p = p if p.is_absolute() else self.base_dir / p
-            lines = p.read_text().splitlines()
+            lines = self._path(self.password_file).read_text().splitlines()
             return lines[0] if lines else ""
         return self.password
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Certificates and host name verified, against `ca_file` only when given, else the system's CAs.
+        Raises TlsSetupError when the CA file cannot be used."""
+        if not self.ca_file:
+            return ssl.create_default_context()
+        path = self._path(self.ca_file)
+        try:
+            return ssl.create_default_context(cafile=str(path))
+        except (OSError, ssl.SSLError) as e:
+            raise TlsSetupError(f"ca_file {path}: cannot load CA certificates: {e}") from e
 
     def ref(self, folder: str, uidvalidity: int, uid: int) -> str:
         return f"{self.name}/{folder}/{uidvalidity}/{uid}"
@@ -156,6 +187,7 @@ class PollResult:
     threaded: int = 0        # stored mails threaded in this drain (also ones stored by an earlier drain)
     postponed: int = 0       # stored and moved, threading postponed (store unavailable, stopping)
     paused: bool = False     # nothing fetched: the data directory is nearly full (gateway.guard.diskspace)
+    standby: str = ""        # nothing done: another instance polls this mailbox (who holds the lease)
     outcomes: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -167,7 +199,7 @@ class PollResult:
                 "fetched": self.fetched, "stored": self.stored, "known": self.known, "moved": self.moved,
                 "quarantined": self.quarantined, "oversize": self.oversize, "deferred": self.deferred,
                 "failed": self.failed, "threaded": self.threaded, "postponed": self.postponed,
-                "paused": self.paused, "outcomes": dict(self.outcomes)}
+                "paused": self.paused, "standby": self.standby, "outcomes": dict(self.outcomes)}
 
 
 class Deferred(Exception):
@@ -175,7 +207,12 @@ class Deferred(Exception):
 
 
 class Stopped(Exception):
-    """The stop event was set: the drain ends after the mails in hand are moved."""
+    """The stop event was set, or the lease was lost: the drain ends after the mails in hand are moved."""
+
+
+class TlsSetupError(Exception):
+    """TLS cannot work with this configuration: the server's certificate was not accepted (unknown CA,
+    expired, wrong host name) or the CA file cannot be used. Not retried: the operator must act."""
 
 
 class _Prefixed(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -210,6 +247,10 @@ class ImapPoller:
         self.idle_count = 0  # IDLE commands issued
         self.log = _Prefixed(log, {"account": self.account.name})
         self._stop: threading.Event | None = None  # set by run(): a drain stops between mails
+        # one poller per mailbox across every instance on this database (gateway.lease)
+        self.lease = Lease(app.sessions, f"imap:{self.account.name}", app.instance, self.account.lease_seconds)
+        self.error: str = ""  # set when the poller gave up for good (TlsSetupError)
+        self._tenure: int | None = None  # the lease generation the last drain ran under
 
     # Connection ---------------------------------------------------------------------------------------------
     def connect(self) -> IMAPClient:
@@ -220,13 +261,10 @@ class ImapPoller:
         timeout = SocketTimeout(connect=a.timeout_seconds, read=a.timeout_seconds)
         if self._client_factory is not None:
             client = self._client_factory(a)
-        elif a.security == "tls":
-            client = IMAPClient(a.host, port=a.effective_port, ssl=True, ssl_context=ssl.create_default_context(),
-                                timeout=timeout)
-        else:
+        elif a.security == "none":
             client = IMAPClient(a.host, port=a.effective_port, ssl=False, timeout=timeout)
-            if a.security == "starttls":
-                client.starttls(ssl.create_default_context())
+        else:
+            client = connect_tls(a, timeout)
         try:
             client.login(a.user, a.secret())
             self.capabilities = frozenset(c.upper() for c in client.capabilities())
@@ -283,6 +321,7 @@ class ImapPoller:
         """Connect (if not connected), drain the folder, and return the counts. Leaves the connection open
         when it was open before (the service loop), else logs out."""
         was_connected = self.client is not None
+        had_lease = self.lease.generation is not None
         if not was_connected:
             self.connect()
         try:
@@ -290,6 +329,8 @@ class ImapPoller:
         finally:
             if not was_connected:
                 self.disconnect()
+            if not had_lease:
+                release_quietly(self.lease, self.log)
 
     def drain(self, *, thread: bool = True) -> PollResult:
         """Take every message out of the folder, in batches, until it is empty (or the store is down); then
@@ -298,6 +339,8 @@ class ImapPoller:
         total = PollResult(self.account.name)
         if self.app.disk is not None and self.app.disk.low():
             total.paused = True  # the data directory is nearly full: the mail stays on the server for now
+            return total
+        if not self._own_lease(total):
             return total
         self._moved_here = set()
         self._failed_here = set()
@@ -335,7 +378,43 @@ class ImapPoller:
         return total
 
     def _stopping(self) -> bool:
-        return self._stop is not None and self._stop.is_set()
+        """Stop requested, or the lease on this mailbox was lost (another instance polls it now)."""
+        if self._stop is not None and self._stop.is_set():
+            return True
+        if not self.lease.ensure():
+            self.log.warning("lost the lease on this mailbox (%s): stopping this drain",
+                             self.lease.seen())
+            return True
+        return False
+
+    # The lease: one poller per mailbox across instances -----------------------------------------------------
+    def _own_lease(self, result: PollResult) -> bool:
+        """Hold (take or renew) the mailbox's lease before draining. False: another instance holds it
+        (`result.standby` says who), or the database is down (`result.deferred`: the mail stays)."""
+        try:
+            held = self.lease.claim() if self.lease.generation is None else self.lease.ensure()
+        except Exception as e:
+            if not is_unavailable(e):
+                raise
+            assert self.client is not None
+            self._select()
+            result.deferred = len(self.client.search(["UNDELETED"]))
+            self.log.warning("database unavailable (%s): %d message(s) left for later", e, result.deferred)
+            return False
+        if not held:
+            result.standby = self.lease.seen()
+            return False
+        if self.lease.generation != self._tenure:  # a new tenure: thread what an earlier holder did not
+            self._tenure, self._thread_floor = self.lease.generation, 0
+            self.log.info("polling this mailbox (lease generation %s, %.0f s)", self.lease.generation,
+                          self.lease.ttl)
+        return True
+
+    def _still_ours(self) -> None:
+        """Right before a store: a fetch that outlasted the lease (another instance took over and fetches the
+        same messages) stores nothing."""
+        if not self.lease.ensure():
+            raise Stopped()
 
     @property
     def decoupled(self) -> bool:
@@ -355,7 +434,7 @@ class ImapPoller:
         left_before = result.moved + result.quarantined
         try:
             for chunk in _chunks(uids, max(self.account.batch_size, 1) * 4):
-                if self._stop is not None and self._stop.is_set():
+                if self._stopping():
                     raise Stopped()
                 self._drain_chunk(uidvalidity, chunk, result)
         except Deferred:
@@ -400,14 +479,16 @@ class ImapPoller:
         self._move_batch(uidvalidity, to_processed, to_quarantine, result)
         if not decoupled:
             for batch in _batches(todo, sizes, max(a.batch_size, 1), MAX_BATCH_BYTES):
+                if self._stopping():
+                    raise Stopped()
                 self._handle_batch(uidvalidity, batch, known, result)
             return
         if to_file:
             self._store_and_file(uidvalidity, [], to_file, result)
         for batch in _batches(todo, sizes, max(a.batch_size, 1), MAX_BATCH_BYTES):
-            self._store_and_file(uidvalidity, batch, {}, result)
             if self._stopping():
                 raise Stopped()
+            self._store_and_file(uidvalidity, batch, {}, result)
 
     # The fast path: store, move, thread later -------------------------------------------------------------
     def _store_and_file(self, uidvalidity: int, batch: list[int], stored: dict[int, int],
@@ -430,6 +511,7 @@ class ImapPoller:
                 fresh.append((uid, raw))
             del data
         if fresh:
+            self._still_ours()
             ids = self._store_fresh(uidvalidity, fresh, result)
             new = {uid: mail_id for (uid, _), mail_id in zip(fresh, ids)}
             del fresh
@@ -504,6 +586,21 @@ class ImapPoller:
                 raise
             self.log.warning("could not mark %d message(s) as moved: %s", len(mail_ids), e)
 
+    def _thread_batch(self, mail_ids: list[int]) -> dict[int, Any]:
+        """Thread these stored mails as one batch (the intake engine: one transaction, a savepoint each); their
+        results by mail id. Empty when the batch failed: each mail is then threaded alone (and its failure is
+        handled as such)."""
+        if not mail_ids or self._stopping():
+            return {}
+        out: dict[int, Any] = {}
+        try:
+            for i in range(0, len(mail_ids), THREAD_BATCH):  # the write lock is held for one batch at a time
+                out.update((r.mail_id, r) for r in self.intake.thread(mail_ids[i:i + THREAD_BATCH]))
+            return out
+        except Exception as e:  # noqa: BLE001
+            self.log.debug("threading %d mail(s) as one batch failed (%s); one by one", len(mail_ids), e)
+            return {}
+
     def thread_stored(self, result: PollResult) -> bool:
         """Thread (Intake.process, in the order they were stored) every mail this account stored and has not
         seen threaded yet, record the outcomes, and move the quarantined ones from processed_folder to
@@ -529,6 +626,7 @@ class ImapPoller:
                 break
             last = rows[-1].mail_id
             done: list[tuple[Any, str]] = []
+            batched = self._thread_batch([r.mail_id for r in rows if r.mail_id not in self._failed_here])
             for row in rows:
                 if row.mail_id in self._failed_here:
                     left(row.mail_id)
@@ -538,7 +636,7 @@ class ImapPoller:
                     left(row.mail_id)
                     break
                 try:
-                    res = self.intake.process(row.mail_id)
+                    res = batched.get(row.mail_id) or self.intake.process(row.mail_id)
                 except Exception as e:  # noqa: BLE001
                     left(row.mail_id)
                     if isinstance(e, StoreUnavailable) or is_unavailable(e):
@@ -674,6 +772,7 @@ class ImapPoller:
                 fresh.append((uid, bytes(raw)))
                 mail_ids[uid] = 0
         if fresh:
+            self._still_ours()
             ids = self._store_fresh(uidvalidity, fresh, result)
             for (uid, _), mail_id in zip(fresh, ids):
                 mail_ids[uid] = mail_id
@@ -843,16 +942,22 @@ class ImapPoller:
         self.log.info("polling %s@%s:%s folder %r", a.user, a.host, a.effective_port, a.folder)
         while not stop.is_set():
             try:
+                if not self._lease_for_loop():
+                    self._standby(stop)
+                    continue
                 if self.client is None:
                     self.state = "connecting"
                     self.connect()
-                    self.app.observe.state(f"imap {a.name}", True, f"{a.user}@{a.host}:{a.effective_port}")
+                    self.app.observe.state(f"imap {a.name}", True, f"{a.user}@{a.host}:{a.effective_port}",
+                                           role="poller")
                 self.state = "draining"
                 result = self.drain()
+                if result.standby or not self.lease.held():
+                    continue  # lost the lease: standby at the top of the loop
                 if (result.deferred or result.postponed or result.paused) and not stop.is_set():
                     # the store is down: keep the connection, retry after a growing pause
                     self.state = "backoff"
-                    stop.wait(backoff)
+                    wait_renewing(self.lease, stop, backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
                 backoff = BACKOFF_FIRST
@@ -860,7 +965,10 @@ class ImapPoller:
                     self._idle(stop)
                 else:
                     self.state = "waiting"
-                    stop.wait(a.poll_seconds)
+                    wait_renewing(self.lease, stop, a.poll_seconds)
+            except TlsSetupError as e:
+                self._give_up(e)
+                return
             except Exception as e:  # noqa: BLE001 -- network, server or database trouble: reconnect later
                 # one line per change of state (gateway.observe), the retries themselves at DEBUG
                 if is_unavailable(e) and not isinstance(e, (OSError,)):
@@ -874,12 +982,49 @@ class ImapPoller:
                         self.log.debug("IMAP error (%s: %s); reconnecting in %.0f s", type(e).__name__, e, backoff)
                 self.disconnect()
                 self.state = "backoff"
-                stop.wait(backoff)
+                wait_renewing(self.lease, stop, backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
         self.disconnect()
+        release_quietly(self.lease, self.log)
         self._stop = None
         self.state = "stopped"
         self.log.info("stopped")
+
+    def _lease_for_loop(self) -> bool:
+        """The service loop's ownership check: take the lease when free, renew it when due. Database errors
+        propagate (the loop backs off)."""
+        if self.lease.generation is None:
+            return self.lease.claim()
+        return self.lease.ensure()
+
+    def _standby(self, stop: threading.Event) -> None:
+        """Another instance polls this mailbox: no connection; try to take over every third of the lease."""
+        a = self.account
+        if self.client is not None or self.state not in ("standby", "new"):
+            self.disconnect()
+        detail = self.lease.seen()
+        if self.state != "standby":
+            self.log.info("standby: another instance polls this mailbox (%s)", detail)
+        self.state = "standby"
+        self.app.observe.state(f"imap {a.name}", True, f"standby: {detail}", role="standby")
+        stop.wait(self.lease.renew_every)
+
+    def _give_up(self, e: TlsSetupError) -> None:
+        """A TLS set-up that cannot work: one clear error, no retries (the operator fixes the certificate or
+        ca_file and restarts). The lease is released: an instance configured differently may take over."""
+        from gateway.observe import ImapPollError
+
+        a = self.account
+        self.error = str(e)
+        self.disconnect()
+        with contextlib.suppress(Exception):
+            release_quietly(self.lease, self.log)
+        self.app.observe(ImapPollError(a.name))
+        self.app.observe.state(f"imap {a.name}", False, f"TLS: {e}; not retried", role="failed")
+        self.log.error("%s; this account is not polled until the configuration is fixed and the service "
+                       "restarted", e)
+        self._stop = None
+        self.state = "failed"
 
     def _idle(self, stop: threading.Event) -> None:
         """IDLE until new mail, `idle_seconds` (then re-issued by the caller) or `stop`. Raises ConnectionError
@@ -898,7 +1043,10 @@ class ImapPoller:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                wait = min(STOP_CHECK, remaining)
+                if self.lease.due() and not self.lease.ensure():
+                    self.log.warning("lost the lease on this mailbox during IDLE")
+                    break
+                wait = min(STOP_CHECK, remaining, max(self.lease.renew_in(), 0.05))
                 started = time.monotonic()
                 responses = client.idle_check(timeout=wait)
                 if not responses:
@@ -983,6 +1131,54 @@ def _batches(uids: Sequence[int], sizes: Mapping[int, int], count: int, max_byte
         size += s
     if batch:
         yield batch
+
+
+# TLS and the lease ---------------------------------------------------------------------------------------------
+def connect_tls(a: ImapAccount, timeout: Any) -> IMAPClient:
+    """Implicit TLS or STARTTLS, the certificate verified (ca_file or the system's CAs). A certificate that
+    is not accepted raises TlsSetupError; network trouble raises as usual (retried)."""
+    from imapclient import IMAPClient
+
+    context = a.ssl_context()
+    client: IMAPClient | None = None
+    try:
+        if a.security == "tls":
+            return IMAPClient(a.host, port=a.effective_port, ssl=True, ssl_context=context, timeout=timeout)
+        client = IMAPClient(a.host, port=a.effective_port, ssl=False, timeout=timeout)
+        client.starttls(context)
+        return client
+    except ssl.SSLCertVerificationError as e:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+        where = f"{a.host}:{a.effective_port} ({a.security})"
+        trust = f"ca_file {a.ca_file}" if a.ca_file else "the system's CAs (set ca_file for a private CA)"
+        raise TlsSetupError(f"the certificate of {where} was not accepted: {e.verify_message or e} "
+                            f"(verified against {trust})") from e
+
+
+def wait_renewing(lease: Lease, stop: threading.Event, seconds: float) -> None:
+    """Wait `seconds` (or until `stop`), renewing the lease when it is due; returns early when it is lost."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        if lease.generation is not None:
+            if lease.due() and not lease.ensure():
+                return
+            remaining = min(remaining, max(lease.renew_in(), 0.05))
+        stop.wait(remaining)
+
+
+def release_quietly(lease: Lease, log: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> None:
+    """Give the lease up; when the database is down it expires by itself."""
+    try:
+        lease.release()
+    except Exception as e:  # noqa: BLE001 -- it expires by itself
+        if not is_unavailable(e):
+            raise
+        log.debug("could not release the lease (%s); it expires in %.0f s", e, lease.ttl)
 
 
 # Service helpers ----------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -30,6 +31,11 @@ PRIORITIES = ("low", "medium", "high", "critical")
 TYPES = ("incident", "problem", "service_request", "change_request")
 ROLES = ("customer", "staff", "correspondent")  # correspondent: wrote to us, has no account
 MAIL_OUTCOMES = ("received", "ticket", "comment", "ignored", "duplicate", "rejected", "quarantined")
+VISIBILITIES = ("reporter-only", "organisation")  # who of an organisation takes part in its tickets
+# Ticket links as stored (ticket_id -> other_ticket_id): "A blocks B", "A duplicates B", "A caused-by B" (B is
+# the root cause), "A relates B"; the automatic ones of threading: related, follow_up_of. Each is read from the
+# other end by its inverse (gateway.workflow.LINK_INVERSE).
+LINK_KINDS = ("relates", "duplicates", "caused-by", "blocks", "related", "follow_up_of")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -63,6 +69,8 @@ class Organisation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # reporter-only: a ticket's participants are its reporter and watchers; organisation: every member too
+    visibility: Mapped[str] = mapped_column(String(16), default="reporter-only")
     domains: Mapped[list[OrganisationDomain]] = relationship(back_populates="organisation", lazy="selectin")
 
 
@@ -90,6 +98,9 @@ class Contact(Base):
     # Why the gateway may mail this address on its own (it wrote to the gateway, an admin added it); None: it
     # was only named by others (Cc) and is mailed only where its watcher row says so (gateway.relay).
     vouched: Mapped[str | None] = mapped_column(String(200), nullable=True, default=None)
+    # Blocked (`users block`): every mail from this address is quarantined with blocked_reason
+    blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    blocked_reason: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
     organisation: Mapped[Organisation | None] = relationship(lazy="joined")
 
     @property
@@ -127,6 +138,10 @@ class Ticket(Base):
     resolution_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     sla_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     remind_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Merged into another ticket (closed; mail to this one lands on that one: gateway.tickets.Tickets.followed)
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"), nullable=True)
+    # Who spoke last in public: True while the customer waits for an answer (the work queue's order)
+    customer_spoke_last: Mapped[bool] = mapped_column(Boolean, default=True)
 
     reporter: Mapped[Contact] = relationship(foreign_keys=[reporter_id], lazy="joined")
     assignee: Mapped[Contact | None] = relationship(foreign_keys=[assignee_id], lazy="joined")
@@ -151,10 +166,24 @@ class TicketLink(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
     other_ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(32), default="related")  # related | follow_up_of
+    kind: Mapped[str] = mapped_column(String(32), default="related")  # one of LINK_KINDS
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     __table_args__ = (UniqueConstraint("ticket_id", "other_ticket_id", "kind"),)
+
+
+class TimeEntry(Base):
+    """Time spent on a ticket: who, when, how many minutes, what for."""
+
+    __tablename__ = "time_entries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"), nullable=True)
+    author_email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    minutes: Mapped[int] = mapped_column(Integer)
+    note: Mapped[str] = mapped_column(Text, default="")
+    spent_at: Mapped[datetime] = mapped_column(UTCDateTime)  # when the work was done
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Watcher(Base):
@@ -417,6 +446,22 @@ class ImapSeen(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     __table_args__ = (UniqueConstraint("account", "folder", "uidvalidity", "uid", name="uq_imap_seen_key"),
                       Index("ix_imap_seen_mail_id", "mail_id"))
+
+
+# Leases (gateway/lease.py) --------------------------------------------------------------------------------
+class Lease(Base):
+    """A named lease shared by every instance on one database (gateway.lease): `holder` may do the work named
+    `name` (e.g. 'imap:support', the one poller of that mailbox) until `expires_at`, and renews it while it
+    works. Times are seconds since the epoch on the database's clock (every instance compares against the same
+    clock); `generation` counts the hand-overs (a holder that sees another generation lost the lease)."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200), default="")
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    expires_at: Mapped[float] = mapped_column(Float, default=0.0)
+    acquired_at: Mapped[float] = mapped_column(Float, default=0.0)
+    renewed_at: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 # HTTP API (gateway/api, gateway/ops) -----------------------------------------------------------------------

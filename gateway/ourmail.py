@@ -10,6 +10,9 @@ ticket). Both import this leaf module, so the core needs nothing from the option
   mac = HMAC-SHA256(secret, "<ticket id>:<recipient>") truncated to 120 bits, in lowercase base32 (local
   parts are often lowercased on the way back). The secret comes from the config or is generated once
   into the data directory (`load_secret`).
+* Note address `support+note-<number>-<mac>@example.com` (staff only): the same, signed over
+  "note:<ticket id>:<recipient>"; mail from that staff member to it is an internal note on the ticket. The
+  plain `support+note@example.com` (staff.note_subaddress) marks a mail as a note without naming a ticket.
 
 Pure apart from the secret file; no email package import (the MTA pipe's `ingest` starts fast).
 """
@@ -32,7 +35,8 @@ from gateway.config import Config, ConfigError
 LOOP_HEADER = "X-Ticket-Gateway-Loop"
 
 MAC_BYTES = 15  # 120 bits
-_TOKEN_RE = re.compile(r"^(\d{1,12})-([a-z2-7]{24})$")
+_TOKEN_RE = re.compile(r"^(note-)?(\d{1,12})-([a-z2-7]{24})$")
+NOTE_PREFIX = "note-"
 SECRET_FILE = "reply-secret"
 MIN_SECRET_CHARS = 24
 _OUR_MSGID = re.compile(r"^tg\.[0-9a-f]{32}\.\d+@(.+)$", re.I)
@@ -61,26 +65,27 @@ def is_our_message_id(message_id: str | None, domain: str) -> bool:
 class ParsedToken:
     number: int
     mac: str
+    note: bool = False  # a note address: mail to it is an internal note
 
 
-def _mac(secret: bytes, ticket_id: int, recipient: str) -> str:
-    msg = f"{int(ticket_id)}:{recipient.strip().lower()}".encode()
+def _mac(secret: bytes, ticket_id: int, recipient: str, note: bool = False) -> str:
+    msg = f"{'note:' if note else ''}{int(ticket_id)}:{recipient.strip().lower()}".encode()
     digest = hmac.new(secret, msg, hashlib.sha256).digest()[:MAC_BYTES]
     return base64.b32encode(digest).decode("ascii").lower().rstrip("=")
 
 
-def make_token(secret: bytes, *, ticket_id: int, ticket_number: int, recipient: str) -> str:
-    return f"{int(ticket_number)}-{_mac(secret, ticket_id, recipient)}"
+def make_token(secret: bytes, *, ticket_id: int, ticket_number: int, recipient: str, note: bool = False) -> str:
+    return f"{NOTE_PREFIX if note else ''}{int(ticket_number)}-{_mac(secret, ticket_id, recipient, note)}"
 
 
 def parse_token(token: str) -> ParsedToken | None:
     m = _TOKEN_RE.match(token.strip().lower())
-    return ParsedToken(int(m.group(1)), m.group(2)) if m else None
+    return ParsedToken(int(m.group(2)), m.group(3), note=bool(m.group(1))) if m else None
 
 
 def verify(secret: bytes, token: str, *, ticket_id: int, recipient: str) -> bool:
     p = parse_token(token)
-    return p is not None and hmac.compare_digest(p.mac, _mac(secret, ticket_id, recipient))
+    return p is not None and hmac.compare_digest(p.mac, _mac(secret, ticket_id, recipient, p.note))
 
 
 def token_address(base_address: str, token: str) -> str:
@@ -131,13 +136,17 @@ def verify_unsubscribe(secret: bytes, token: str, *, ticket_id: int, recipient: 
 
 def unsubscribe_token_of_address(addr: str | None, bases: tuple[str, ...]) -> str | None:
     """The token in `local+u<number>-<mac>@domain` when local@domain is one of `bases` (lowercase), else None."""
+    token = subaddress_of(addr, bases)
+    return token if token and parse_unsubscribe_token(token) else None
+
+
+def subaddress_of(addr: str | None, bases: tuple[str, ...]) -> str | None:
+    """The `+detail` of `local+detail@domain` (lowercase) when local@domain is one of `bases`, else None."""
     if not addr:
         return None
     local, _, domain = addr.strip().strip("<>").lower().rpartition("@")
-    base, plus, token = local.partition("+")
-    if not plus or f"{base}@{domain}" not in bases:
-        return None
-    return token if parse_unsubscribe_token(token) else None
+    base, plus, detail = local.partition("+")
+    return detail if plus and f"{base}@{domain}" in bases else None
 
 
 def load_secret(configured: str, data_dir: Path) -> bytes:

@@ -60,6 +60,12 @@ class InvalidChange(ValueError):
     pass
 
 
+# A link read from its other end (stored "A blocks B" is, on B, "blocked-by A"); see gateway.models.LINK_KINDS
+LINK_INVERSE = {"relates": "relates", "duplicates": "duplicated-by", "caused-by": "causes", "blocks": "blocked-by",
+                "related": "related (from)", "follow_up_of": "follow_up_of (from)"}
+MAX_MERGE_HOPS = 20
+
+
 def normalise_email(addr: str) -> str:
     return addr.strip().lower()
 
@@ -393,6 +399,8 @@ class Tickets:
         self.s.add(c)
         if at is None or ticket.updated_at is None or now > ticket.updated_at:  # an old mail imported late
             ticket.updated_at = now                                             # does not turn it back
+        if not internal and ticket.customer_spoke_last == c.by_staff:  # who spoke last in public
+            ticket.customer_spoke_last = not c.by_staff
         self.s.flush()
         self.emit(CommentAdded(ticket, c, mail_id=mail.id if mail is not None else None,
                                seen_by=frozenset(normalise_email(a) for a in seen_by if a)))
@@ -450,18 +458,35 @@ class Tickets:
                                   created_at=self.clock()))
             self.s.flush()
 
-    def links(self, ticket: Ticket) -> list[tuple[str, int]]:
+    def links(self, ticket: Ticket, limit: int = 200) -> list[tuple[str, int]]:
+        """(kind as read from this ticket, the other ticket's number): 'blocks 7', 'blocked-by 3', ..."""
         rows = self.s.execute(select(TicketLink.kind, Ticket.number)
                               .join(Ticket, Ticket.id == TicketLink.other_ticket_id)
-                              .where(TicketLink.ticket_id == ticket.id)).all()
+                              .where(TicketLink.ticket_id == ticket.id).order_by(TicketLink.id).limit(limit)).all()
         back = self.s.execute(select(TicketLink.kind, Ticket.number)
                               .join(Ticket, Ticket.id == TicketLink.ticket_id)
-                              .where(TicketLink.other_ticket_id == ticket.id)).all()
-        return [(k, n) for k, n in rows] + [(f"{k} (from)", n) for k, n in back]
+                              .where(TicketLink.other_ticket_id == ticket.id).order_by(TicketLink.id)
+                              .limit(limit)).all()
+        return [(k, n) for k, n in rows] + [(LINK_INVERSE.get(k, f"{k} (from)"), n) for k, n in back]
+
+    def followed(self, ticket: Ticket) -> Ticket:
+        """The ticket a merged ticket was merged into (along the chain, bounded), else the ticket itself: mail
+        that names a merged ticket lands on the one it was merged into."""
+        seen = {ticket.id}
+        for _ in range(MAX_MERGE_HOPS):
+            if ticket.merged_into_id is None:
+                return ticket
+            nxt = self.s.get(Ticket, ticket.merged_into_id, options=_LIGHT)
+            if nxt is None or nxt.id in seen:
+                return ticket
+            seen.add(nxt.id)
+            ticket = nxt
+        return ticket
 
     def change(self, ticket: Ticket, *, by: Contact | None = None, at: datetime | None = None,
                **fields: Any) -> dict[str, tuple[Any, Any]]:
-        """Change status, priority, type, assignee (a Contact or None), group, tags, remind_at.
+        """Change status, priority, type, assignee (a Contact or None), organisation (an Organisation or
+        None), group, tags, remind_at, merged_into (a Ticket: the bookkeeping of gateway.workflow's merge).
         at: when it happened (an imported mail's Date), else now."""
         now = at or self.clock()
         changes: dict[str, tuple[Any, Any]] = {}
@@ -469,12 +494,8 @@ class Tickets:
             choices = _CHOICES.get(name)
             if choices is not None and value not in choices:
                 raise InvalidChange(f"unknown {name} {value!r} (one of {', '.join(choices)})")
-            if name == "assignee":
-                old = ticket.assignee
-                if (old.id if old else None) != (value.id if value else None):
-                    changes["assignee"] = (old.email if old else None, value.email if value else None)
-                    ticket.assignee_id = value.id if value else None
-                    ticket.assignee = value
+            if name in _RELATED:
+                _change_related(ticket, name, value, changes)
                 continue
             if name not in _SETTABLE:
                 raise InvalidChange(f"cannot change {name!r}")
@@ -493,6 +514,25 @@ class Tickets:
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {"status": STATUSES, "priority": PRIORITIES, "type": TYPES}
+# field -> (foreign key column, relationship or None, what the change records of the row)
+_RELATED: dict[str, tuple[str, str | None, str]] = {
+    "assignee": ("assignee_id", "assignee", "email"), "organisation": ("organisation_id", "organisation", "name"),
+    "merged_into": ("merged_into_id", None, "number")}
+
+
+def _change_related(ticket: Ticket, name: str, value: Any, changes: dict[str, tuple[Any, Any]]) -> None:
+    """A many-to-one field set to a row (or None); the change records the rows' email, name or number."""
+    column, rel, shown = _RELATED[name]
+    old_id = getattr(ticket, column)
+    new_id = value.id if value is not None else None
+    if old_id == new_id:
+        return
+    old = getattr(ticket, rel) if rel else None
+    old_shown = getattr(old, shown) if old is not None else (None if old_id is None else old_id)
+    changes[name] = (old_shown, getattr(value, shown) if value is not None else None)
+    setattr(ticket, column, new_id)
+    if rel:
+        setattr(ticket, rel, value)
 _SETTABLE = frozenset({"status", "priority", "type", "group", "tags", "remind_at"})
 
 

@@ -30,7 +30,15 @@ def _candidates(ctx: MailContext) -> list[tuple[str, Ticket]]:
         tagged = ctx.tickets.get(int(m.group(1)))
         if tagged is not None:
             found.append((f"subject tag {m.group(0)}", tagged))
-    return found
+    return [_followed(ctx, how, t) for how, t in found]
+
+
+def _followed(ctx: MailContext, how: str, ticket: Ticket) -> tuple[str, Ticket]:
+    """A merged ticket stands for the one it was merged into."""
+    if ticket.merged_into_id is None:
+        return how, ticket
+    into = ctx.tickets.followed(ticket)
+    return f"{how} (#{ticket.number}, merged into #{into.number})", into
 
 
 def handle(ctx: MailContext) -> None:

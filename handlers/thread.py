@@ -3,6 +3,8 @@ limits.max_watchers_per_mail (gateway.guard.relay says which of them the gateway
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from gateway.guard import relay
 from gateway.pipeline import MailContext
 
@@ -26,19 +28,34 @@ def handle(ctx: MailContext) -> None:
         if ctx.related is not None:
             ctx.tickets.link(ctx.ticket, ctx.related, kind=ctx.related_kind, reason=ctx.related_reason)
             ctx.note(f"thread: linked #{ctx.ticket.number} to #{ctx.related.number} ({ctx.related_kind})")
+        if ctx.internal:
+            ctx.note(f"thread: a new ticket's first mail is its description, not an internal note ({ctx.internal})")
     else:
-        ticket = ctx.ticket
-        staff = bool(ctx.sender and ctx.sender.is_staff)
-        internal = staff and ctx.config.gateway["staff_comments_internal"]
-        ctx.comment = ctx.tickets.add_comment(ticket, author=ctx.sender or ctx.reporter,
-                                              author_email=ctx.sender_email, body=ctx.body,
-                                              full_text=ctx.full_text, html=ctx.html, internal=internal,
-                                              mail=ctx.mail, seen_by=[a for _, a in p.to + p.cc], at=at)
-        ctx.tickets.remember_message_id(ticket, p.message_id, "in")
-        ctx.note(f"thread: {'staff' if staff else 'customer'} {'internal note' if internal else 'comment'} "
-                 f"on #{ticket.number}")
-        if ticket.status in ("closed", "resolved") or (ticket.status == "pending" and not staff):
-            old = ticket.status
-            ctx.tickets.change(ticket, by=ctx.sender, status="open", at=at)
-            ctx.note(f"thread: #{ticket.number} {old} -> open (reply from {'staff' if staff else 'customer'})")
+        _comment(ctx, at)
         relay.add_cc_watchers(ctx)
+
+
+def _comment(ctx: MailContext, at: datetime | None) -> None:
+    p = ctx.parsed
+    assert p is not None and ctx.ticket is not None
+    ticket = ctx.ticket
+    staff = bool(ctx.sender and ctx.sender.is_staff)
+    ctx.tickets.remember_message_id(ticket, p.message_id, "in")
+    if ctx.commands is not None and not ctx.body.strip() and not p.attachments:
+        ctx.note(f"thread: only commands: no comment on #{ticket.number}")
+        return
+    internal = staff and bool(ctx.internal or ctx.config.gateway["staff_comments_internal"])
+    ctx.comment = ctx.tickets.add_comment(ticket, author=ctx.sender or ctx.reporter,
+                                          author_email=ctx.sender_email, body=ctx.body,
+                                          full_text=ctx.full_text, html=ctx.html, internal=internal,
+                                          mail=ctx.mail, seen_by=[a for _, a in p.to + p.cc], at=at)
+    why = ctx.internal or "gateway.staff_comments_internal (deprecated)"
+    ctx.note(f"thread: {'staff' if staff else 'customer'} {f'internal note ({why})' if internal else 'comment'} "
+             f"on #{ticket.number}")
+    if internal:
+        return  # a note among staff changes nothing for the customer
+    sets_status = ctx.commands is not None and any(c.name in ("status", "pending") for c in ctx.commands.commands)
+    if (ticket.status in ("closed", "resolved") and not sets_status) or (ticket.status == "pending" and not staff):
+        old = ticket.status
+        ctx.tickets.change(ticket, by=ctx.sender, status="open", at=at)
+        ctx.note(f"thread: #{ticket.number} {old} -> open (reply from {'staff' if staff else 'customer'})")

@@ -60,7 +60,13 @@ def handle(ctx: MailContext) -> None:
             ctx.note(f"token: {addr} names no ticket we know: ignored (forged)")
             continue
         if ourmail.verify(secret, tok, ticket_id=ticket.id, recipient=ctx.sender_email):
-            ctx.note(f"token: reply address {addr} signed for {ctx.sender_email} -> ticket #{ticket.number}")
+            ctx.note(f"token: {'note' if parsed.note else 'reply'} address {addr} signed for {ctx.sender_email} "
+                     f"-> ticket #{ticket.number}")
+            if parsed.note and ctx.sender is not None and ctx.sender.is_staff:
+                ctx.internal = f"sent to the note address {addr}"
+            if ticket.merged_into_id is not None:
+                ticket = ctx.tickets.followed(ticket)
+                ctx.note(f"token: #{parsed.number} was merged into #{ticket.number}")
             if ticket.status == "closed":
                 closed = ticket.closed_at or ticket.updated_at
                 days = ctx.config.gateway["reopen_days"]

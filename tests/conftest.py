@@ -20,7 +20,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from dovecot import dovecot, dovecot_server  # noqa: E402,F401 -- a real IMAP server (tests/dovecot.py)
+from dovecot import (  # noqa: E402,F401 -- a real IMAP server (tests/dovecot.py)
+    dovecot,
+    dovecot_server,
+    dovecot_tls,
+    dovecot_tls_server,
+)
 
 PG_ADMIN_URL = os.environ.get("TG_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 

@@ -18,6 +18,10 @@ Fixtures:
 - `dovecot` (function): a fresh mail account on that server, as a `DovecotAccount` (host, port, user, password,
   plus helpers to append, list and reset folders). Every test gets its own user, so tests never see each
   other's mail.
+- `dovecot_tls_server` (session) / `dovecot_tls` (function): the same with `ssl = required`: implicit TLS on
+  `tls_port`, STARTTLS on `port`, a certificate for 127.0.0.1 signed by a test CA made for the run
+  (`make_test_ca`, the `openssl` command); `ca_file` is the CA's certificate, `other_ca_file` a CA that did
+  not sign it.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ info_log_path = {root}/dovecot.log
 debug_log_path = {root}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 default_login_user = {login_user}
@@ -93,7 +97,7 @@ mail_access_groups =
 mail_plugins =
 mailbox_idle_check_interval = 1 secs
 imap_idle_notify_interval = 10 secs
-login_trusted_networks = 127.0.0.0/8
+{trusted}
 auth_cache_size = 0
 verbose_proctitle = no
 shutdown_clients = yes
@@ -119,7 +123,8 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {tls_port}
   }}
   process_min_avail = 1
   service_count = 0
@@ -156,6 +161,9 @@ class DovecotServer:
     port: int
     proc: subprocess.Popen[bytes]
     pool: int = 0
+    tls_port: int = 0               # implicit TLS (imaps); 0: none
+    ca_file: Path | None = None     # the test CA that signed the server's certificate (TLS servers)
+    other_ca_file: Path | None = None  # a test CA that did not
     _users: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -199,6 +207,10 @@ class DovecotAccount:
         from imapclient import IMAPClient
 
         c = IMAPClient(self.host, port=self.port, ssl=False, timeout=timeout)
+        if self.server.ca_file is not None:
+            import ssl
+
+            c.starttls(ssl.create_default_context(cafile=str(self.server.ca_file)))
         c.login(self.user, self.password)
         return c
 
@@ -277,8 +289,42 @@ class DovecotAccount:
         return DovecotAccount._Session(self)
 
 
-def start_dovecot(root: Path, *, port: int | None = None, users: int = 1000, timeout: float = 20) -> DovecotServer:
-    """Start Dovecot under `root` with accounts user1..user<users> (password PASSWORD)."""
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+@dataclass(frozen=True)
+class TestCA:
+    ca_file: Path       # the CA certificate (what ca_file names)
+    cert: Path          # the server certificate (subjectAltName IP:127.0.0.1), signed by the CA
+    key: Path
+    other_ca_file: Path  # a CA that signed nothing here
+
+
+def make_test_ca(root: Path) -> TestCA:
+    """A CA, a server certificate for 127.0.0.1 signed by it, and an unrelated CA (EC P-256, one day)."""
+    root.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for name in ("ca", "other-ca"):
+        _openssl("req", "-x509", *ec, "-keyout", str(root / f"{name}.key"), "-out", str(root / f"{name}.pem"),
+                 "-days", "1", "-subj", f"/CN=ticket-gateway test {name}",
+                 "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    _openssl("req", *ec, "-keyout", str(root / "server.key"), "-out", str(root / "server.csr"),
+             "-subj", "/CN=127.0.0.1")
+    (root / "server.ext").write_text("subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n"
+                                     "basicConstraints = CA:FALSE\n")
+    _openssl("x509", "-req", "-in", str(root / "server.csr"), "-CA", str(root / "ca.pem"), "-CAkey",
+             str(root / "ca.key"), "-CAcreateserial", "-out", str(root / "server.pem"), "-days", "1",
+             "-extfile", str(root / "server.ext"))
+    for f in root.iterdir():
+        os.chmod(f, 0o644)  # Dovecot's config reader (root) and the test (any user) read them
+    return TestCA(root / "ca.pem", root / "server.pem", root / "server.key", root / "other-ca.pem")
+
+
+def start_dovecot(root: Path, *, port: int | None = None, users: int = 1000, timeout: float = 20,
+                  tls: TestCA | None = None) -> DovecotServer:
+    """Start Dovecot under `root` with accounts user1..user<users> (password PASSWORD). With `tls`:
+    `ssl = required`, implicit TLS on `tls_port` and STARTTLS on `port`, with tls's certificate."""
     binary = dovecot_binary()
     if binary is None:
         raise FileNotFoundError("dovecot is not installed (Debian: apt-get install -y dovecot-imapd)")
@@ -312,14 +358,19 @@ def start_dovecot(root: Path, *, port: int | None = None, users: int = 1000, tim
     last_err = ""
     for _attempt in range(5):
         the_port = port or free_port()
+        tls_port = free_port() if tls else 0
+        ssl_conf = (f"ssl = required\nssl_cert = <{tls.cert}\nssl_key = <{tls.key}\nssl_min_protocol = TLSv1.2"
+                    if tls else "ssl = no")
         conf = root / "dovecot.conf"
         conf.write_text(_CONF.format(root=root, port=the_port, uid=uid, gid=gid, login_user=login_user,
-                                     internal_user=internal_user))
+                                     internal_user=internal_user, ssl=ssl_conf, tls_port=tls_port,
+                                     trusted="" if tls else "login_trusted_networks = 127.0.0.0/8"))
         log = (root / "dovecot.stdout").open("ab")
         proc = subprocess.Popen([binary, "-F", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
-        server = DovecotServer(root, "127.0.0.1", the_port, proc, pool=users)
+        server = DovecotServer(root, "127.0.0.1", the_port, proc, pool=users, tls_port=tls_port,
+                               ca_file=tls.ca_file if tls else None, other_ca_file=tls.other_ca_file if tls else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -357,3 +408,23 @@ def dovecot_server() -> Iterator[DovecotServer]:
 def dovecot(dovecot_server: DovecotServer) -> DovecotAccount:
     """A fresh IMAP account: .host, .port, .user, .password (and helpers: append, messages, count...)."""
     return dovecot_server.add_user()
+
+
+@pytest.fixture(scope="session")
+def dovecot_tls_server() -> Iterator[DovecotServer]:
+    if dovecot_binary() is None:
+        pytest.fail("dovecot is not installed (Debian: apt-get install -y dovecot-imapd); "
+                    "the README's test command installs it")
+    root = Path(tempfile.mkdtemp(prefix="tg-dovecot-tls-"))
+    server = start_dovecot(root, users=50, tls=make_test_ca(root / "ca"))
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def dovecot_tls(dovecot_tls_server: DovecotServer) -> DovecotAccount:
+    """A fresh account on the `ssl = required` server (helpers connect with STARTTLS and the test CA)."""
+    return dovecot_tls_server.add_user()

@@ -109,7 +109,9 @@ def health_report(service: Any, started: float) -> dict[str, Any]:
     for a in imap_accounts(service.config):
         st = states.get(f"imap {a.name}")
         ok = bool(st and st.ok)
-        accounts.append({"name": a.name, "connected": ok, "detail": st.detail if st else "not connected yet"})
+        accounts.append({"name": a.name, "connected": ok and bool(st and st.extra.get("role") != "standby"),
+                         "role": st.extra.get("role", "poller") if st else "starting",
+                         "detail": st.detail if st else "not connected yet"})
         if (st is None and up_for > IMAP_GRACE) or (st is not None and not st.ok):
             reasons.append(f"IMAP account {a.name} not connected" + (f": {st.detail}" if st else ""))
     checks["imap"] = accounts

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from gateway.api import spec
 from gateway.api.spec import Op, Param, array, boolean, email, integer, loose, obj, page_of, ref, string
-from gateway.models import MAIL_OUTCOMES, OUTBOX_STATUSES, PRIORITIES, STATUSES, TOKEN_SCOPES, TYPES
+from gateway.models import MAIL_OUTCOMES, OUTBOX_STATUSES, PRIORITIES, STATUSES, TOKEN_SCOPES, TYPES, VISIBILITIES
 from gateway.ops import directory, mail, outbox, pages, sla, tickets, tokens
 
 if TYPE_CHECKING:
@@ -28,10 +28,13 @@ if TYPE_CHECKING:
 EXTENSIONS: tuple[str, ...] = (  # "module:function" -> list[Op] (links, time entries, watchers, merge, ...)
     "gateway.api.backends:operations",  # POST /backends/{name}/webhook (signed by the desk, no token)
     "gateway.api.unsubscribe:operations",  # RFC 8058 one-click unsubscribe (a signed token in the path)
+    "gateway.api.work:operations",  # ticket links, time entries, watchers, merge
 )
 
 JSON = "application/json"
 STATUS_E, PRIORITY_E, TYPE_E = tuple(STATUSES), tuple(PRIORITIES), tuple(TYPES)
+VISIBILITY_DOC = ("reporter-only (the default): a ticket's participants are its reporter and watchers; organisation: "
+                  "every member of the organisation too")
 
 SCHEMAS: dict[str, spec.Schema] = {
     "Ticket": obj({
@@ -46,8 +49,16 @@ SCHEMAS: dict[str, spec.Schema] = {
         "closed_at": string(fmt="date-time", nullable=True), "comment_count": integer(minimum=0),
         "sla": loose("policy, response_due_at, resolution_due_at, first_response_at, paused_at, remind_at, state "
                      "(breached | paused | at_risk | on_track | met | none)"),
-        "links": array(obj({"kind": string(max_length=64), "number": integer()}), max_items=200),
+        "links": array(ref("Link"), max_items=400),
+        "time_minutes": integer(minimum=0, description="the total of the ticket's time entries"),
+        "merged_into": integer(nullable=True, description="merged into this ticket (closed; mail lands there)"),
+        "customer_spoke_last": boolean("the customer wrote the last public comment (waits for an answer)"),
     }, required=("number", "subject", "status"), additional=True),
+    "Link": obj({"kind": string(max_length=64, description="as read from this ticket: relates, duplicates, "
+                                "duplicated-by, caused-by, causes, blocks, blocked-by (automatic: related, "
+                                "follow_up_of)"),
+                 "number": integer(), "subject": string(max_length=998, nullable=True),
+                 "status": string(enum=STATUS_E, nullable=True)}, required=("kind", "number"), additional=True),
     "TicketCreate": obj({
         "subject": string(max_length=998, min_length=1), "reporter": email(),
         "description": string(max_length=1 << 20), "priority": string(enum=PRIORITY_E),
@@ -63,7 +74,12 @@ SCHEMAS: dict[str, spec.Schema] = {
         "status": string(enum=STATUS_E), "priority": string(enum=PRIORITY_E), "type": string(enum=TYPE_E),
         "assignee": email(nullable=True, description="a staff contact; null unassigns"),
         "group": string(max_length=100, min_length=1, nullable=True, description="null clears it"),
-        "tags": array(string(max_length=100, min_length=1), max_items=tickets.MAX_TAGS),
+        "organisation": string(max_length=200, min_length=1, nullable=True,
+                               description="an existing organisation's name; null clears it"),
+        "tags": array(string(max_length=100, min_length=1), max_items=tickets.MAX_TAGS,
+                      description="the ticket's tags (replaces them)"),
+        "add_tags": array(string(max_length=100, min_length=1), max_items=tickets.MAX_TAGS),
+        "remove_tags": array(string(max_length=100, min_length=1), max_items=tickets.MAX_TAGS),
         "remind_at": string(fmt="date-time", nullable=True,
                             description="pending with a reminder on this date (implies status pending); null "
                                         "clears it"),
@@ -92,22 +108,58 @@ SCHEMAS: dict[str, spec.Schema] = {
         "files": array({"type": "string", "contentMediaType": "application/octet-stream"},
                        max_items=tickets.MAX_ATTACHMENTS, description="the attachments (any part with a file name)"),
     }),
-    "User": obj({"email": email(), "name": string(max_length=200), "role": string(enum=directory.ROLES),
+    "LinkCreate": obj({"number": integer(minimum=1, description="the other ticket"),
+                       "kind": string(max_length=32, description="relates, duplicates, duplicated-by, caused-by "
+                                      "(the other one is the root cause), causes, blocks, blocked-by")},
+                      required=("number", "kind")),
+    "LinkResult": obj({"number": integer(), "other": integer(), "kind": string(max_length=64),
+                       "created": boolean(), "removed": integer(minimum=0),
+                       "links": array(ref("Link"), max_items=400)}, required=("number", "other", "links")),
+    "TimeEntry": obj({"id": integer(), "minutes": integer(minimum=1), "duration": string(max_length=20),
+                      "author": string(max_length=320, nullable=True), "note": string(max_length=2000),
+                      "spent_at": string(fmt="date-time"), "created_at": string(fmt="date-time"),
+                      "number": integer(), "total_minutes": integer(minimum=0), "total": string(max_length=20)},
+                     required=("id", "minutes"), additional=True),
+    "TimeEntryCreate": obj({
+        "duration": string(max_length=20, min_length=1, description="1h30m, 2h, 1.5h, 45m"),
+        "minutes": integer(minimum=1, maximum=6000, description="instead of duration"),
+        "note": string(max_length=2000), "author": email(description="who worked (a contact; default: the help "
+                                                                      "desk)"),
+        "spent_at": string(fmt="date-time", description="when the work was done (default: now)")}),
+    "Watcher": obj({"email": email(), "name": string(max_length=200), "mailed": boolean()}, required=("email",),
+                   additional=True),
+    "WatcherCreate": obj({"email": email()}, required=("email",)),
+    "WatcherResult": obj({"number": integer(), "email": email(), "added": boolean(), "removed": boolean(),
+                          "watchers": array(string(max_length=320), max_items=10_000)},
+                         required=("number", "email", "watchers")),
+    "Merge": obj({"into": integer(minimum=1, description="the ticket this one is merged into"),
+                  "by": email(description="the contact who merges")}, required=("into",)),
+    "MergeResult": obj({"number": integer(), "into": integer(),
+                        "moved": loose("comments, attachments, time_entries, watchers, message_ids: how many "
+                                       "moved")}, required=("number", "into", "moved")),
+    "User": obj({"email": email(), "name": string(max_length=200),
+                 "role": string(enum=("customer", "staff", "correspondent")),
                  "organisation": string(max_length=200, nullable=True), "auto_registered": boolean(),
-                 "undeliverable": boolean()}, required=("email", "role"), additional=True),
+                 "undeliverable": boolean(), "blocked": boolean(),
+                 "blocked_reason": string(max_length=500, nullable=True)}, required=("email", "role"),
+                additional=True),
     "UserCreate": obj({"email": email(), "name": string(max_length=200),
                        "role": string(enum=directory.ROLES),
                        "organisation": string(max_length=200, description="an existing organisation")},
                       required=("email",)),
     "UserPatch": obj({"name": string(max_length=200), "role": string(enum=directory.ROLES),
-                      "organisation": string(max_length=200, nullable=True, description="null: none")}),
-    "Organisation": obj({"name": string(max_length=200), "domains": array(string(max_length=253))},
-                        required=("name", "domains"), additional=True),
+                      "organisation": string(max_length=200, nullable=True, description="null: none"),
+                      "blocked": boolean("true: every mail from this contact is quarantined with blocked_reason"),
+                      "blocked_reason": string(max_length=directory.MAX_REASON)}),
+    "Organisation": obj({"name": string(max_length=200), "domains": array(string(max_length=253)),
+                         "visibility": string(enum=VISIBILITIES)}, required=("name", "domains"), additional=True),
     "OrganisationCreate": obj({"name": string(max_length=200, min_length=1),
-                               "domains": array(string(max_length=253), max_items=directory.MAX_DOMAINS)},
+                               "domains": array(string(max_length=253), max_items=directory.MAX_DOMAINS),
+                               "visibility": string(enum=VISIBILITIES, description=VISIBILITY_DOC)},
                               required=("name",)),
     "OrganisationPatch": obj({"domains": array(string(max_length=253), max_items=directory.MAX_DOMAINS,
-                                               description="the organisation's mail domains (replaces them)")}),
+                                               description="the organisation's mail domains (replaces them)"),
+                              "visibility": string(enum=VISIBILITIES, description=VISIBILITY_DOC)}),
     "SlaPolicy": obj({"name": string(max_length=100), "position": integer(), "active": boolean(),
                       "response_minutes": integer(), "resolution_minutes": integer(),
                       "priorities": array(string(enum=PRIORITY_E)), "types": array(string(enum=TYPE_E)),
@@ -169,7 +221,8 @@ SCHEMAS: dict[str, spec.Schema] = {
                    "checks": loose("database, listeners, http, imap accounts, outbox, quarantine")},
                   required=("status", "reasons", "checks"), additional=True),
 }
-for _name in ("Ticket", "Comment", "Attachment", "User", "Organisation", "SlaPolicy", "Mail", "Outbox", "Token"):
+for _name in ("Ticket", "Comment", "Attachment", "User", "Organisation", "SlaPolicy", "Mail", "Outbox", "Token",
+              "Link", "TimeEntry", "Watcher"):
     SCHEMAS[f"{_name}Page"] = page_of(_name)
 
 LIMIT = Param("limit", integer(minimum=1, maximum=pages.MAX_LIMIT), description=f"items per page (default "
@@ -194,7 +247,7 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 # Tickets -----------------------------------------------------------------------------------------------------
 async def list_tickets(call: Call) -> Response:
     filters: dict[str, Any] = {k: call.query.get(k) for k in ("status", "priority", "type", "assignee", "group",
-                                                               "organisation", "tag")}
+                                                               "organisation", "tag", "sla", "text")}
     return call.page(await call.run(tickets.list_tickets, call.app, **filters, **_paging(call)))
 
 
@@ -276,11 +329,17 @@ async def get_user(call: Call) -> Response:
 
 
 async def patch_user(call: Call) -> Response:
-    b = call.body or {}
-    org = b.get("organisation", None)
-    view, _ = await call.run(directory.save_user, call.app, call.path["email"], name=b.get("name"),
-                             role=b.get("role"), organisation="" if "organisation" in b and org is None else org,
-                             mode="update", write=True)
+    b = dict(call.body or {})
+    blocked, reason = b.pop("blocked", None), b.pop("blocked_reason", None)
+    view: dict[str, Any] = {}
+    if b or blocked is None:
+        org = b.get("organisation", None)
+        view, _ = await call.run(directory.save_user, call.app, call.path["email"], name=b.get("name"),
+                                 role=b.get("role"), organisation="" if "organisation" in b and org is None else org,
+                                 mode="update", write=True)
+    if blocked is not None:
+        view = await call.run(directory.block_user, call.app, call.path["email"], blocked=blocked, reason=reason,
+                              create=False, write=True)
     return _json(view)
 
 
@@ -296,7 +355,7 @@ async def list_orgs(call: Call) -> Response:
 async def create_org(call: Call) -> Response:
     b = call.body
     view, _ = await call.run(directory.save_org, call.app, b["name"], domains=b.get("domains") or [],
-                             mode="create", write=True)
+                             visibility=b.get("visibility"), mode="create", write=True)
     return _json(view, 201)
 
 
@@ -307,7 +366,8 @@ async def get_org(call: Call) -> Response:
 async def patch_org(call: Call) -> Response:
     b = call.body or {}
     view, _ = await call.run(directory.save_org, call.app, call.path["name"], domains=b.get("domains"),
-                             replace_domains="domains" in b, mode="update", write=True)
+                             replace_domains="domains" in b, visibility=b.get("visibility"), mode="update",
+                             write=True)
     return _json(view)
 
 
@@ -395,12 +455,16 @@ def operations(*, metrics_scope: str | None = None) -> list[Op]:
     name = P("name", string(max_length=200), "path")
     email = P("email", string(max_length=320), "path")
     ops = [
-        Op("GET", "/tickets", "listTickets", "List tickets (due pending reminders first, then newest first)",
+        Op("GET", "/tickets", "listTickets", "List tickets (pending reminders due today first, then those where the "
+           "customer spoke last, then the rest; newest first within each)",
            "tickets", "read", list_tickets,
            [P("status", string(enum=STATUS_E)), P("priority", string(enum=PRIORITY_E)), P("type", string(enum=TYPE_E)),
             P("assignee", string(max_length=320), description="a staff email, or 'none'"),
             P("group", string(max_length=100), description="a group, or 'none'"),
-            P("organisation", string(max_length=200)), P("tag", string(max_length=100)), LIMIT, CURSOR],
+            P("organisation", string(max_length=200)), P("tag", string(max_length=100)),
+            P("sla", string(enum=tickets.SLA_STATES), description="only tickets in this SLA state"),
+            P("text", string(max_length=tickets.MAX_TEXT), description="only tickets whose subject or description "
+              "holds this text"), LIMIT, CURSOR],
            responses=_ok("A page of tickets", "TicketPage")),
         Op("POST", "/tickets", "createTicket", "Open a ticket (idempotent with Idempotency-Key or external_id)",
            "tickets", "write", create_ticket,
@@ -445,8 +509,8 @@ def operations(*, metrics_scope: str | None = None) -> list[Op]:
            body=ref("OrganisationCreate"), responses=_ok("The organisation", "Organisation", 201)),
         Op("GET", "/organisations/{name}", "getOrganisation", "One organisation", "directory", "read", get_org,
            [name], responses=_ok("The organisation", "Organisation")),
-        Op("PATCH", "/organisations/{name}", "changeOrganisation", "Set an organisation's domains", "directory",
-           "admin", patch_org, [name], body=ref("OrganisationPatch"),
+        Op("PATCH", "/organisations/{name}", "changeOrganisation", "Set an organisation's domains or visibility",
+           "directory", "admin", patch_org, [name], body=ref("OrganisationPatch"),
            responses=_ok("The organisation", "Organisation")),
         Op("DELETE", "/organisations/{name}", "removeOrganisation", "Remove an organisation without contacts or "
            "tickets", "directory", "admin", delete_org, [name], responses={204: ("Removed", None, JSON)}),

@@ -3,7 +3,11 @@
 Exit 0 when every account was drained and its mail threaded; 75 (EX_TEMPFAIL) when a server could not be
 reached, the database was unavailable or a mail could not be processed (a mail not stored stays on the
 server; a stored mail whose threading was postponed is threaded by the next run); 64 for an unknown
---account; 78 when no `[[imap]]` account is configured.
+--account; 78 when no `[[imap]]` account is configured, or when TLS cannot work as configured (the server's
+certificate was not accepted, the ca_file cannot be loaded): trying again later would not help.
+
+An account that another instance is polling (a running `serve` holds its lease in the database) is skipped,
+which is not an error: its mail is being fetched.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def run_poll(args: argparse.Namespace, config: Config) -> int:
     from gateway.cli.base import open_app
     from gateway.config import ConfigError
     from gateway.db import is_unavailable
-    from gateway.imap import ImapPoller, accounts
+    from gateway.imap import ImapPoller, TlsSetupError, accounts
 
     try:
         configured = accounts(config)
@@ -62,16 +66,24 @@ def run_poll(args: argparse.Namespace, config: Config) -> int:
         for account in selected:
             try:
                 result = ImapPoller(app, account).poll_once()
+            except TlsSetupError as e:
+                if args.json:
+                    print(json.dumps({"account": account.name, "error": f"TLS: {e}"}))
+                print(f"ticket-gateway: imap {account.name}: TLS: {e}", file=sys.stderr)
+                status = EX_CONFIG
+                continue
             except Exception as e:  # noqa: BLE001 -- one account's trouble does not stop the others
                 if args.json:
                     print(json.dumps({"account": account.name, "error": f"{type(e).__name__}: {e}"}))
                 print(f"ticket-gateway: imap {account.name}: {type(e).__name__}: {e}", file=sys.stderr)
-                status = EX_TEMPFAIL
+                status = EX_TEMPFAIL if status == EX_OK else status
                 continue
-            if result.deferred or result.failed or result.postponed:
+            if (result.deferred or result.failed or result.postponed) and status == EX_OK:
                 status = EX_TEMPFAIL
             if args.json:
                 print(json.dumps(result.as_dict(), ensure_ascii=False))
+            elif result.standby:
+                print(f"{account.name}: skipped, another instance polls this mailbox ({result.standby})")
             else:
                 outcomes = ", ".join(f"{n} {k}" for k, n in sorted(result.outcomes.items())) or "nothing new"
                 extra = [f"{getattr(result, k)} {k}" for k in ("known", "oversize", "deferred", "failed",

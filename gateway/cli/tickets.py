@@ -1,4 +1,5 @@
-"""`ticket-gateway tickets list|set|show`."""
+"""`ticket-gateway tickets list|create|set|show|comment|attachment|link|unlink|log|merge|watch|unwatch`: the
+shared operations of gateway.ops.tickets and gateway.ops.work (the rules of gateway.workflow)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
 def register(sub: Subparsers) -> None:
     p = sub.add_parser("tickets", help="list, show, open, change and comment on tickets")
     tsub = p.add_subparsers(dest="tickets_command", metavar="ACTION", required=True)
-    ls = tsub.add_parser("list", help="list tickets: due pending reminders first, then newest first")
+    ls = tsub.add_parser("list", help="the work queue: pending reminders due today first, then tickets where the "
+                         "customer spoke last, then the rest (newest first within each)")
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--status", help="only this status (open, in_progress, pending, resolved, closed)")
     ls.add_argument("--priority", help="only this priority (low, medium, high, critical)")
@@ -27,6 +29,9 @@ def register(sub: Subparsers) -> None:
     ls.add_argument("--group", help="only this group ('none': no group)")
     ls.add_argument("--organisation", metavar="ORG", help="only this organisation's tickets")
     ls.add_argument("--tag", help="only tickets with this tag")
+    ls.add_argument("--sla", metavar="STATE", help="only tickets in this SLA state (breached, paused, at_risk, "
+                    "on_track, met, none)")
+    ls.add_argument("--text", help="only tickets whose subject or description holds this text")
     ls.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
     ls.set_defaults(func=list_tickets)
     cr = tsub.add_parser("create", help="open a ticket (as the API's POST /api/v1/tickets)")
@@ -43,18 +48,22 @@ def register(sub: Subparsers) -> None:
                     "returns the first ticket")
     cr.add_argument("--json", action="store_true")
     cr.set_defaults(func=create_ticket)
-    st = tsub.add_parser("set", help="change a ticket: status, priority, type, assignee, group, tags, pending "
-                         "reminder")
+    st = tsub.add_parser("set", help="change a ticket: status, priority, type, assignee, organisation, group, "
+                         "tags, pending reminder (resolving or closing a ticket an open ticket blocks is refused)")
     st.add_argument("number", type=int)
     st.add_argument("--status", help="open, in_progress, pending, resolved, closed")
     st.add_argument("--priority", help="low, medium, high, critical")
     st.add_argument("--type", help="incident, problem, service_request, change_request")
     st.add_argument("--assignee", metavar="EMAIL", help="a staff contact (users add --staff); 'none' unassigns")
     st.add_argument("--group", help="group (queue); 'none' clears it")
+    st.add_argument("--organisation", metavar="ORG", help="the ticket's organisation (orgs add); 'none' clears it")
     st.add_argument("--tags", metavar="LIST", help="the ticket's tags, comma-separated ('' clears them)")
-    st.add_argument("--remind-at", metavar="ISO-8601",
-                    help="pending reminder: on this date the ticket returns to open and the assignee (or the group) "
-                    "gets a reminder mail; implies --status pending; no zone offset = UTC; 'none' clears it")
+    st.add_argument("--tag", metavar="TAG", action="append", default=[], help="add a tag; repeatable")
+    st.add_argument("--untag", metavar="TAG", action="append", default=[], help="remove a tag; repeatable")
+    st.add_argument("--remind-at", "--pending", dest="remind_at", metavar="DATE",
+                    help="pending reminder (YYYY-MM-DD or an ISO-8601 time; no zone offset = UTC): on this date the "
+                    "ticket returns to open and the assignee (or the group) gets a reminder mail; implies --status "
+                    "pending; 'none' clears it")
     st.add_argument("--by", metavar="EMAIL", help="who makes the change (a contact; default: nobody)")
     st.add_argument("--json", action="store_true", help="print the changes as JSON")
     st.set_defaults(func=set_ticket)
@@ -71,12 +80,47 @@ def register(sub: Subparsers) -> None:
     cm.add_argument("--attach", metavar="FILE", action="append", default=[], help="attach a file; repeatable")
     cm.add_argument("--json", action="store_true")
     cm.set_defaults(func=comment_ticket)
+    _register_work(tsub)
     at = tsub.add_parser("attachment", help="save an attachment of a ticket (ids: tickets show)")
     at.add_argument("number", type=int)
     at.add_argument("id", type=int)
     at.add_argument("-o", "--output", metavar="FILE", help="write here (default: its file name in the current "
                     "directory; '-': standard output)")
     at.set_defaults(func=save_attachment)
+
+
+def _register_work(tsub: Any) -> None:
+    """link, unlink, log, merge, watch, unwatch."""
+    ln = tsub.add_parser("link", help="link two tickets: N blocks M, N duplicates M, N caused-by M (M is the root "
+                         "cause), ...")
+    ln.add_argument("number", type=int)
+    ln.add_argument("other", type=int)
+    ln.add_argument("--kind", required=True, help="relates, duplicates, duplicated-by, caused-by, causes, blocks, "
+                    "blocked-by")
+    ln.set_defaults(func=link_tickets)
+    ul = tsub.add_parser("unlink", help="remove the links between two tickets")
+    ul.add_argument("number", type=int)
+    ul.add_argument("other", type=int)
+    ul.add_argument("--kind", help="only this kind of link")
+    ul.set_defaults(func=unlink_tickets)
+    lg = tsub.add_parser("log", help="log time spent on a ticket (1h30m, 2h, 1.5h, 45m)")
+    lg.add_argument("number", type=int)
+    lg.add_argument("duration")
+    lg.add_argument("--note", default="", help="what the time was spent on")
+    lg.add_argument("--as", dest="author", metavar="EMAIL", help="who worked (a contact; default: the help desk)")
+    lg.add_argument("--at", metavar="ISO-8601", help="when the work was done (default: now)")
+    lg.set_defaults(func=log_time)
+    mg = tsub.add_parser("merge", help="merge a ticket into another: comments, attachments, time, watchers and "
+                         "Message-IDs move; it closes; mail to it lands on the other")
+    mg.add_argument("number", type=int)
+    mg.add_argument("--into", type=int, required=True, metavar="M")
+    mg.add_argument("--by", metavar="EMAIL", help="who merges (a contact)")
+    mg.set_defaults(func=merge_tickets)
+    for name, what in (("watch", "add a watcher (mailed about the ticket)"), ("unwatch", "remove a watcher")):
+        w = tsub.add_parser(name, help=what)
+        w.add_argument("number", type=int)
+        w.add_argument("email")
+        w.set_defaults(func=watch_ticket if name == "watch" else unwatch_ticket)
 
 
 BADGES = {  # state -> (text, ANSI colour)
@@ -110,7 +154,8 @@ def list_tickets(args: argparse.Namespace, config: Config) -> int:
         while True:  # pages of the shared operation, up to --limit (0: all)
             want = min(MAX_LIMIT, args.limit - len(rows)) if args.limit else MAX_LIMIT
             page = list_op(app, status=args.status, priority=args.priority, type=args.type, assignee=args.assignee,
-                           group=args.group, organisation=args.organisation, tag=args.tag, limit=want, cursor=cursor)
+                           group=args.group, organisation=args.organisation, tag=args.tag, sla=args.sla,
+                           text=args.text, limit=want, cursor=cursor)
             rows += page.items
             cursor = page.next_cursor
             if not cursor or (args.limit and len(rows) >= args.limit):
@@ -170,6 +215,12 @@ def _field_changes(args: argparse.Namespace) -> dict[str, Any]:
         fields["assignee"] = None if args.assignee.lower() in ("", "none") else args.assignee
     if args.tags is not None:
         fields["tags"] = [t.strip() for t in args.tags.split(",") if t.strip()]
+    if args.tag:
+        fields["add_tags"] = args.tag
+    if args.untag:
+        fields["remove_tags"] = args.untag
+    if args.organisation is not None:
+        fields["organisation"] = None if args.organisation.lower() in ("", "none") else args.organisation
     if args.remind_at is not None:
         if args.remind_at.lower() in ("", "none"):
             fields["remind_at"] = None
@@ -233,8 +284,17 @@ def show_ticket(args: argparse.Namespace, config: Config) -> int:
         print(f"  assignee {d['assignee'] or '-'}, group {d['group'] or '-'}")
     if d["watchers"]:
         print(f"  watchers {', '.join(d['watchers'])}")
+    if d["tags"]:
+        print(f"  tags {', '.join(d['tags'])}")
+    if d["merged_into"]:
+        print(f"  merged into #{d['merged_into']}")
     for link in d["links"]:
-        print(f"  linked: {link['kind']} #{link['number']}")
+        other = f" ({link['status']}: {link['subject']})" if link.get("status") else ""
+        print(f"  linked: {link['kind']} #{link['number']}{other}")
+    if d["time_minutes"]:
+        from gateway.workflow import format_minutes
+
+        print(f"  time logged {format_minutes(d['time_minutes'])}")
     print(f"  created {d['created_at']}, updated {d['updated_at']}"
           + (f", closed {d['closed_at']}" if d["closed_at"] else ""))
     for line in sla_lines(d["sla"]):
@@ -332,3 +392,65 @@ def sla_lines(sla: dict[str, Any]) -> list[str]:
     if sla.get("remind_at"):
         out.append(f"pending reminder at {sla['remind_at']}")
     return out
+
+
+# Staff work: links, time, merge, watchers (gateway.ops.work) -------------------------------------------------
+def _work(config: Config, op: str, *args: Any, **kw: Any) -> Any:
+    from gateway.cli.base import open_app
+    from gateway.ops import work
+
+    app = open_app(config, upgrade=True)
+    try:
+        return getattr(work, op)(app, *args, **kw)
+    finally:
+        app.close()
+
+
+def _print_links(number: int, links: list[dict[str, Any]]) -> None:
+    for link in links:
+        print(f"#{number}: {link['kind']} #{link['number']} ({link['status']}: {link['subject']})")
+
+
+def link_tickets(args: argparse.Namespace, config: Config) -> int:
+    from gateway.workflow import LINK_INPUT, spelled
+
+    if spelled(args.kind) not in LINK_INPUT:
+        raise UsageError(f"--kind: one of relates, duplicates, duplicated-by, caused-by, causes, blocks, blocked-by "
+                         f"(got {args.kind!r})")
+    r = _work(config, "link_tickets", args.number, args.other, args.kind)
+    print(f"#{r['number']} {r['kind']} #{r['other']}" + ("" if r["created"] else " (linked already)"))
+    return 0
+
+
+def unlink_tickets(args: argparse.Namespace, config: Config) -> int:
+    r = _work(config, "unlink_tickets", args.number, args.other, args.kind)
+    print(f"#{r['number']}: {r['removed']} link(s) to #{r['other']} removed")
+    _print_links(r["number"], r["links"])
+    return 0
+
+
+def log_time(args: argparse.Namespace, config: Config) -> int:
+    at = parse_instant(args.at, "--at") if args.at else None
+    r = _work(config, "log_time", args.number, args.duration, note=args.note, by=args.author, at=at)
+    print(f"#{r['number']}: {r['duration']} logged" + (f" ({r['note']})" if r["note"] else "")
+          + f"; total {r['total']}")
+    return 0
+
+
+def merge_tickets(args: argparse.Namespace, config: Config) -> int:
+    r = _work(config, "merge", args.number, args.into, by=args.by)
+    moved = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in r["moved"].items())
+    print(f"#{r['number']} merged into #{r['into']} (moved: {moved})")
+    return 0
+
+
+def watch_ticket(args: argparse.Namespace, config: Config) -> int:
+    r = _work(config, "watch", args.number, args.email)
+    print(f"#{r['number']}: {r['email']} " + ("watches it now" if r["added"] else "watches it already"))
+    return 0
+
+
+def unwatch_ticket(args: argparse.Namespace, config: Config) -> int:
+    r = _work(config, "unwatch", args.number, args.email)
+    print(f"#{r['number']}: {r['email']} no longer watches it")
+    return 0

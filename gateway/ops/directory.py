@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, exists, or_, select
 
 from gateway.db import drop_memo, transaction
-from gateway.models import Comment, Contact, Organisation, OrganisationDomain, Ticket, Watcher
+from gateway.models import VISIBILITIES, Comment, Contact, Organisation, OrganisationDomain, Ticket, Watcher
 from gateway.ops import pages
 from gateway.ops.errors import Conflict, Invalid, NotFound
 from gateway.ops.pages import Page
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gateway.app import App
 
 ROLES = ("customer", "staff")
+MAX_REASON = 500
 _DOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$")
 MAX_DOMAINS = 100
 
@@ -27,11 +28,13 @@ MAX_DOMAINS = 100
 def user_view(c: Contact) -> dict[str, Any]:
     return {"email": c.email, "name": c.name, "role": c.role,
             "organisation": c.organisation.name if c.organisation else None,
-            "auto_registered": c.auto_registered, "undeliverable": c.undeliverable}
+            "auto_registered": c.auto_registered, "undeliverable": c.undeliverable, "blocked": c.blocked,
+            "blocked_reason": c.blocked_reason}
 
 
 def org_view(o: Organisation) -> dict[str, Any]:
-    return {"name": o.name, "domains": [d.domain for d in sorted(o.domains, key=lambda d: d.domain)]}
+    return {"name": o.name, "domains": [d.domain for d in sorted(o.domains, key=lambda d: d.domain)],
+            "visibility": o.visibility}
 
 
 def list_users(app: App, *, role: str | None = None, limit: int = pages.DEFAULT_LIMIT,
@@ -120,6 +123,26 @@ def remove_user(app: App, email: str) -> None:
         s.info.pop("tg.contacts", None)
 
 
+def block_user(app: App, email: str, *, blocked: bool = True, reason: str | None = None,
+               create: bool = True) -> dict[str, Any]:
+    """Block a contact (every mail from it is quarantined with the reason; an unknown address is added as a
+    blocked correspondent unless create is False) or unblock it."""
+    email = check_email(email, "email")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+        raise Invalid(f"reason: at most {MAX_REASON} characters", field="reason")
+    with transaction(app.sessions) as s:
+        d = Directory(s, app.clock)
+        c = d.contact(email)
+        if c is None:
+            if not blocked or not create:
+                raise NotFound(f"no contact {email}")
+            c = d.register(email, correspondent=True)
+        c.blocked = blocked
+        c.blocked_reason = ((reason or "").strip() or "blocked by an admin") if blocked else None
+        s.flush()
+        return user_view(c)
+
+
 def _domains(values: Any) -> list[str]:
     if not isinstance(values, list) or len(values) > MAX_DOMAINS:
         raise Invalid(f"domains: a list of at most {MAX_DOMAINS} mail domains", field="domains")
@@ -154,12 +177,15 @@ def get_org(app: App, name: str) -> dict[str, Any]:
 
 
 def save_org(app: App, name: str, *, domains: list[str] | None = None, replace_domains: bool = False,
-             mode: str = "upsert") -> tuple[dict[str, Any], bool]:
+             mode: str = "upsert", visibility: str | None = None) -> tuple[dict[str, Any], bool]:
     """Add an organisation or its domains. replace_domains: the list given becomes its domains (the API's
-    PATCH); else the domains are added (the CLI's `orgs add`). A domain of another organisation is a
-    conflict. Returns (organisation, created)."""
+    PATCH, `orgs set --domain`); else the domains are added (the CLI's `orgs add`). A domain of another
+    organisation is a conflict. visibility: reporter-only (the default of a new one) or organisation. Returns
+    (organisation, created)."""
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise Invalid("name: 1-200 characters", field="name")
+    if visibility is not None and visibility not in VISIBILITIES:
+        raise Invalid(f"visibility: one of {', '.join(VISIBILITIES)}", field="visibility")
     wanted = _domains(domains or [])
     with transaction(app.sessions) as s:
         d = Directory(s, app.clock)
@@ -174,6 +200,9 @@ def save_org(app: App, name: str, *, domains: list[str] | None = None, replace_d
                 raise Conflict(f"domain {dom} already belongs to {other.name}")
         created = org is None
         org = d.add_organisation(name, wanted)
+        if visibility is not None and visibility != org.visibility:
+            org.visibility = visibility
+            s.flush()
         if replace_domains:
             gone = [x for x in org.domains if x.domain not in wanted]
             for x in gone:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, cast, exists, func, literal, or_, select, true
+from sqlalchemy import and_, cast, exists, false, func, literal, or_, select, true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -33,16 +35,36 @@ from gateway.ops.errors import Conflict, Invalid, NotFound
 from gateway.ops.pages import Page
 from gateway.tickets import Directory, InvalidChange, Tickets, normalise_email
 from gateway.views import attachment_dict, iso, ticket_dict
+from gateway.workflow import MAX_TAGS, NoSuch, Refused, Workflow, clean_tags
 
 if TYPE_CHECKING:
     from gateway.app import App
 
 _ADDR = re.compile(r"^[^@\s<>,;\"]{1,200}@[^@\s<>,;\"]{1,255}$")
 _CTYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}$")
-MAX_TAGS = 50
 MAX_WATCHERS = 100
 MAX_ATTACHMENTS = 20
-CHANGEABLE = ("status", "priority", "type", "assignee", "group", "tags", "remind_at")
+CHANGEABLE = ("status", "priority", "type", "assignee", "organisation", "group", "tags", "add_tags", "remove_tags",
+              "remind_at")
+
+
+@contextmanager
+def rules() -> Iterator[None]:
+    """The errors of gateway.workflow (the rules mail commands follow too) as the operations' errors."""
+    try:
+        yield
+    except NoSuch as e:
+        raise NotFound(str(e)) from None
+    except Refused as e:
+        raise Conflict(str(e)) from None
+    except InvalidChange as e:
+        text = str(e)
+        head = text.split(":", 1)[0]
+        raise Invalid(text, field=head if ":" in text and head.isidentifier() else None) from None
+
+
+def workflow(s: Session, app: App) -> Workflow:
+    return Workflow.of(s, clock=app.clock, listeners=app.listeners, config=app.config)
 
 
 def check_email(value: Any, what: str) -> str:
@@ -60,13 +82,10 @@ def _choice(value: Any, what: str, known: tuple[str, ...]) -> str:
 def _tags(value: Any) -> list[str]:
     if not isinstance(value, list) or len(value) > MAX_TAGS:
         raise Invalid(f"tags: a list of at most {MAX_TAGS} names", field="tags")
-    out: list[str] = []
-    for t in value:
-        if not isinstance(t, str) or not t.strip() or len(t) > 100:
-            raise Invalid("tags: each 1-100 characters", field="tags")
-        if t.strip() not in out:
-            out.append(t.strip())
-    return out
+    try:
+        return clean_tags(value)
+    except InvalidChange as e:
+        raise Invalid(str(e), field="tags") from None
 
 
 # Views -------------------------------------------------------------------------------------------------------
@@ -78,12 +97,16 @@ def _view(s: Session, t: Ticket, now: datetime, *, full: bool = False) -> dict[s
     d = ticket_dict(s, t, full=full, sla_state=session_ticket_state(s, t, now))
     if not full:
         d["description_html"] = t.description_html
-        d["links"] = [{"kind": k, "number": n} for k, n in Tickets(s, clock=lambda: now).links(t)[:200]]
     d["external_id"] = s.scalar(select(ApiIdempotency.key).where(ApiIdempotency.ticket_id == t.id,
                                                                  ApiIdempotency.key.like("ext:%")).limit(1))
     if d["external_id"]:
         d["external_id"] = d["external_id"][4:]
     d["comment_count"] = s.scalar(select(func.count()).select_from(Comment).where(Comment.ticket_id == t.id))
+    w = Workflow(s, clock=lambda: now)
+    d["links"] = w.links(t)
+    d["time_minutes"] = w.time_total(t)
+    d["merged_into"] = w.tickets.followed(t).number if t.merged_into_id is not None else None
+    d["customer_spoke_last"] = t.customer_spoke_last
     return d
 
 
@@ -132,11 +155,109 @@ def _filters(s: Session, *, status: str | None, priority: str | None, type: str 
     return cond
 
 
+SLA_STATES = ("breached", "paused", "at_risk", "on_track", "met", "none")
+MAX_TEXT = 200
+MAX_SCAN = 2000  # tickets looked at for one page when filtering by SLA state (computed, not stored)
+
+
+@dataclass
+class _Phase:
+    """One part of the list's order: its condition, its order and its keyset."""
+
+    name: str
+    cond: Any
+    order: tuple[Any, ...]
+    reminder: bool = False
+
+    def key(self, t: Ticket) -> dict[str, Any]:
+        if self.reminder:
+            assert t.remind_at is not None
+            return {"ra": t.remind_at.isoformat(), "n": t.number}
+        return {"n": t.number}
+
+    def after(self, key: dict[str, Any]) -> Any:
+        if "n" not in key:
+            return true()
+        n = pages.int_key(key, "n")
+        if self.reminder:
+            try:
+                ra = datetime.fromisoformat(pages.str_key(key, "ra") or "")
+            except ValueError:
+                raise Invalid("cursor: not one this server gave", field="cursor") from None
+            return or_(Ticket.remind_at > ra, and_(Ticket.remind_at == ra, Ticket.number > n))
+        return Ticket.number < n
+
+
+def _phases(now: datetime, with_reminders: bool) -> list[_Phase]:
+    """Pending reminders due today (soonest first), then the tickets where the customer spoke last and waits
+    for an answer, then the rest; newest first within each."""
+    tomorrow = (now.astimezone(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    due = and_(Ticket.status == "pending", Ticket.remind_at.isnot(None), Ticket.remind_at < tomorrow) \
+        if with_reminders else false()
+    waiting = and_(Ticket.customer_spoke_last.is_(True), Ticket.status.notin_(("resolved", "closed")))
+    out = [_Phase("r", due, (Ticket.remind_at, Ticket.number), reminder=True)] if with_reminders else []
+    return out + [_Phase("c", and_(~due, waiting), (Ticket.number.desc(),)),
+                  _Phase("n", and_(~due, ~waiting), (Ticket.number.desc(),))]
+
+
+def _text_filter(text: str) -> Any:
+    if len(text) > MAX_TEXT:
+        raise Invalid(f"text: at most {MAX_TEXT} characters", field="text")
+    pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return or_(Ticket.subject.ilike(pattern, escape="\\"), Ticket.description.ilike(pattern, escape="\\"))
+
+
+class _Scan:
+    """Fills one page from the phases, from a cursor on; with an SLA state wanted, tickets are looked at in
+    batches and at most MAX_SCAN of them (a short page then carries a cursor)."""
+
+    def __init__(self, s: Session, app: App, now: datetime, limit: int, sla: str | None) -> None:
+        self.s, self.app, self.now, self.limit, self.sla = s, app, now, limit, sla
+        self.found: list[tuple[Ticket, bool]] = []
+        self.scanned = 0
+
+    def matching(self, rows: list[Ticket]) -> set[int]:
+        if self.sla is None:
+            return {t.id for t in rows}
+        from gateway.sla.state import ticket_state
+
+        window = timedelta(minutes=self.app.config.get("sla", "at_risk_minutes"))
+        clocks = {k.ticket_id: k for k in self.s.scalars(select(SlaClock).where(
+            SlaClock.ticket_id.in_([t.id for t in rows])))} if rows else {}
+        return {t.id for t in rows if ticket_state(t, clocks.get(t.id), self.now, at_risk_within=window) == self.sla}
+
+    def run(self, phases: list[_Phase], cond: list[Any], cursor: dict[str, Any] | None) -> dict[str, Any] | None:
+        names = [p.name for p in phases]
+        start = names.index(pages.str_key(cursor, "p") or names[0]) if cursor and cursor.get("p") in names else 0
+        batch = self.limit + 1 if self.sla is None else 200
+        for i, phase in enumerate(phases[start:]):
+            key: dict[str, Any] = dict(cursor or {}) if i == 0 else {}
+            while True:
+                q = select(Ticket).where(*cond, phase.cond, phase.after(key)).order_by(*phase.order)
+                rows = list(self.s.scalars(q.limit(batch)))
+                keep = self.matching(rows)
+                for t in rows:
+                    if len(self.found) == self.limit:
+                        return {**key, "p": phase.name}
+                    self.scanned += 1
+                    key = phase.key(t)
+                    if t.id in keep:
+                        self.found.append((t, phase.reminder))
+                    if self.scanned >= MAX_SCAN and len(self.found) < self.limit:
+                        return {**key, "p": phase.name}
+                if len(rows) < batch:
+                    break
+        return None
+
+
 def list_tickets(app: App, *, status: str | None = None, priority: str | None = None, type: str | None = None,
                  assignee: str | None = None, group: str | None = None, organisation: str | None = None,
-                 tag: str | None = None, limit: int = pages.DEFAULT_LIMIT, cursor: str | None = None) -> Page:
-    """Pending tickets whose reminder is due first (oldest reminder first), then the rest newest first; the
-    cursor keeps the instant the first page was made, so the two parts stay apart across pages."""
+                 tag: str | None = None, sla: str | None = None, text: str | None = None,
+                 limit: int = pages.DEFAULT_LIMIT, cursor: str | None = None) -> Page:
+    """The work queue: pending reminders due today first (soonest first), then tickets where the customer spoke
+    last, then the rest, newest first within each. Filters: status, priority, type, assignee ('none'), group
+    ('none'), organisation, tag, sla (an SLA state), text (in the subject or description). The cursor keeps the
+    instant the first page was made, so the parts stay apart across pages."""
     c = pages.decode(cursor)
     now = app.clock()
     if c is not None:
@@ -146,42 +267,17 @@ def list_tickets(app: App, *, status: str | None = None, priority: str | None = 
             raise Invalid("cursor: not one this server gave", field="cursor") from None
         if now.tzinfo is None:
             now = now.replace(tzinfo=UTC)
-    phase = pages.str_key(c, "p") if c is not None else "r"
-    with_reminders = status in (None, "", "pending")
-    due = and_(Ticket.status == "pending", Ticket.remind_at.isnot(None), Ticket.remind_at <= now)
+    if sla:
+        _choice(sla, "sla", SLA_STATES)
     with app.sessions() as s:
         cond = _filters(s, status=status, priority=priority, type=type, assignee=assignee, group=group,
                         organisation=organisation, tag=tag)
-        found: list[tuple[Ticket, bool]] = []
-        nxt: dict[str, Any] | None = None
-        if with_reminders and phase == "r":
-            q = select(Ticket).where(*cond, due).order_by(Ticket.remind_at, Ticket.number)
-            if c is not None and "n" in c:
-                ra = datetime.fromisoformat(pages.str_key(c, "ra") or "")
-                n = pages.int_key(c, "n")
-                q = q.where(or_(Ticket.remind_at > ra, and_(Ticket.remind_at == ra, Ticket.number > n)))
-            rows = list(s.scalars(q.limit(limit + 1)))
-            if len(rows) > limit:
-                last = rows[limit - 1]
-                assert last.remind_at is not None
-                nxt = {"p": "r", "ra": last.remind_at.isoformat(), "n": last.number}
-                rows = rows[:limit]
-            found += [(t, True) for t in rows]
-            phase, c = "n", None
-        if nxt is None and len(found) < limit:
-            q = select(Ticket).where(*cond, ~due if with_reminders else true()).order_by(Ticket.number.desc())
-            if c is not None and "n" in c:
-                q = q.where(Ticket.number < pages.int_key(c, "n"))
-            room = limit - len(found)
-            rows = list(s.scalars(q.limit(room + 1)))
-            if len(rows) > room:
-                rows = rows[:room]
-                nxt = {"p": "n", "n": rows[-1].number}
-            found += [(t, False) for t in rows]
-        if nxt is None and len(found) == limit and found and found[-1][1]:
-            nxt = {"p": "n"}  # the reminders filled the page: the rest starts from the newest
-        items = _list_views(s, app, [t for t, _ in found], now)
-        for item, (_, reminder) in zip(items, found, strict=True):
+        if text:
+            cond.append(_text_filter(text))
+        scan = _Scan(s, app, now, limit, sla or None)
+        nxt = scan.run(_phases(now, status in (None, "", "pending")), cond, c)
+        items = _list_views(s, app, [t for t, _ in scan.found], now)
+        for item, (_, reminder) in zip(items, scan.found, strict=True):
             item["sla"]["reminder_due"] = reminder
     if nxt is not None:
         nxt["now"] = now.isoformat()
@@ -275,55 +371,22 @@ def create_ticket(app: App, data: dict[str, Any], *, idempotency_key: str | None
 
 
 # Changing ----------------------------------------------------------------------------------------------------
-def _change_values(fields: dict[str, Any]) -> dict[str, Any]:
+def change_ticket(app: App, number: int, fields: dict[str, Any], *, by: str | None = None) -> dict[str, Any]:
+    """Change status, priority, type, assignee (a staff email, or None), organisation (a name, or None), group
+    (None clears), tags (replace), add_tags, remove_tags, remind_at (a datetime: pending with a reminder; None
+    clears). The rules are gateway.workflow's: a reminder implies pending, leaving pending drops the reminder,
+    resolving or closing a ticket an open ticket blocks is refused (409). Returns the changes, the SLA figures
+    and the ticket."""
     unknown = sorted(set(fields) - set(CHANGEABLE))
     if unknown:
         raise Invalid(f"{unknown[0]}: cannot be changed here (one of {', '.join(CHANGEABLE)})", field=unknown[0])
     if not fields:
         raise Invalid("nothing to change")
-    fields = dict(fields)
-    for name, known in (("status", STATUSES), ("priority", PRIORITIES), ("type", TYPES)):
-        if name in fields:
-            _choice(fields[name], name, known)
-    if "tags" in fields:
-        fields["tags"] = _tags(fields["tags"])
-    if "group" in fields and fields["group"] is not None and (not isinstance(fields["group"], str)
-                                                               or not 1 <= len(fields["group"]) <= 100):
-        raise Invalid("group: 1-100 characters, or null", field="group")
-    if fields.get("remind_at") is not None:
-        if not isinstance(fields["remind_at"], datetime) or fields["remind_at"].tzinfo is None:
-            raise Invalid("remind_at: an ISO 8601 time with a zone", field="remind_at")
-        fields.setdefault("status", "pending")
-        if fields["status"] != "pending":
-            raise Invalid("remind_at goes with status pending", field="remind_at")
-    return fields
-
-
-def change_ticket(app: App, number: int, fields: dict[str, Any], *, by: str | None = None) -> dict[str, Any]:
-    """Change status, priority, type, assignee (a staff email, or None), group (None clears), tags,
-    remind_at (a datetime: pending with a reminder; None clears). Returns the changes, the SLA figures and
-    the ticket. Rules: a reminder implies pending; leaving pending drops the reminder."""
-    fields = _change_values(fields)
-    with transaction(app.sessions) as s:
-        tickets = Tickets(s, clock=app.clock, listeners=app.listeners)
-        directory = Directory(s, app.clock)
-        t = _ticket(s, app, number)
-        if "assignee" in fields and fields["assignee"] is not None:
-            c = directory.contact(check_email(fields["assignee"], "assignee"))
-            if c is None or not c.is_staff:
-                raise Invalid(f"assignee: {fields['assignee']} is not a staff contact", field="assignee")
-            fields["assignee"] = c
-        who = None
-        if by:
-            who = directory.contact(check_email(by, "by"))
-            if who is None:
-                raise Invalid(f"by: unknown contact {by}", field="by")
-        if fields.get("status", t.status) != "pending" and "remind_at" not in fields and t.remind_at:
-            fields["remind_at"] = None  # a reminder only makes sense while pending
-        try:
-            changes = tickets.change(t, by=who, **fields)
-        except InvalidChange as e:
-            raise Invalid(str(e)) from None
+    with transaction(app.sessions) as s, rules():
+        w = workflow(s, app)
+        t = w.ticket(number)
+        who = w.contact(check_email(by, "by")) if by else None
+        changes = w.set_fields(t, by=who, **fields)
         out = {k: [iso(v) if isinstance(v, datetime) else v for v in pair] for k, pair in changes.items()}
         sla = {"policy": t.sla_policy, "response_due_at": iso(t.response_due_at),
                "resolution_due_at": iso(t.resolution_due_at), "paused_at": iso(t.sla_paused_at),
@@ -379,6 +442,7 @@ def add_comment(app: App, number: int, *, body: str, internal: bool = False, aut
         raise Invalid(f"at most {MAX_ATTACHMENTS} attachments", field="attachments")
     with transaction(app.sessions) as s:
         t = _ticket(s, app, number)
+        t = Tickets(s, clock=app.clock).followed(t)  # a merged ticket's comments go to the one it was merged into
         who = None
         if author:
             who = Directory(s, app.clock).contact(check_email(author, "author"))

@@ -181,12 +181,20 @@ class Builder:
 
             tctx = _empty_ticket()
         reply = row.envelope_from if row.token else None
+        note = p.get("note")
+        if note and row.event == "internal_note":
+            reply = note  # a reply to a note stays a note
         ctx = context(event=row.event, ticket=tctx,
                       recipient={"name": personal_name(p.get("name") or ""), "email": row.recipient,
                                  "is_staff": bool(p.get("staff"))},
                       gateway=ob.gateway_ctx(), reply_address=reply or ob.from_addr, comment=comment,
                       changes=p.get("changes") or [], changed_by=p.get("changed_by") or "",
                       original_subject=p.get("original_subject") or "")
+        if note:
+            ctx["note_address"] = note
+            ctx["reply_hint"] = (f"Reply to this mail to add an internal note (staff only) to ticket {tctx['tag']}."
+                                 if row.event == "internal_note" else
+                                 f"{ctx['reply_hint']} For an internal note (staff only), write to {note}.")
         if p.get("extra"):
             ctx.update(p["extra"])
         out = self._render(row, p, ctx)

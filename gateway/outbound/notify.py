@@ -4,9 +4,18 @@ Who gets what (each recipient gets a copy of their own: a personal signed Reply-
 Message-ID remembered against the ticket, so every reply threads back):
 * TicketCreated: acknowledgement to the reporter (the real sender under 'default-reporter'); new-ticket notice
   to every staff contact.
-* CommentAdded: public -> reporter, watchers, assignee; internal -> assignee and staff watchers. Never to the
-  author, never to the gateway's own addresses, undeliverable contacts or automatic (noreply, daemon)
-  addresses. System notes (bounce summaries) send nothing.
+* CommentAdded: public -> reporter, watchers, assignee; a customer's public comment also -> the staff that
+  `staff.notify` (or its group's `notify`) names: the assignee, else the group's members, else every staff
+  contact; internal -> assignee and staff watchers. Never to the author, never to the gateway's own
+  addresses, undeliverable contacts or automatic (noreply, daemon) addresses. System notes (bounce summaries)
+  send nothing.
+* CommandsDone: one confirmation to the staff member whose mail held commands (what changed, what was
+  refused and why), Auto-Submitted: auto-replied.
+
+Mail to staff is a round of its own, never held back by the loop caps meant for customers
+(notifications.max_per_ticket_10min, max_per_recipient_day); staff.max_notices_per_ticket_hour bounds it per
+ticket. Every copy to staff carries the ticket's note address for that staff member (staff.note_subaddress):
+shown in the text, and the Reply-To of internal-note notices, so that a reply to a note stays a note.
 * TicketChanged: status resolved/closed/pending -> reporter and watchers; new assignee -> the assignee.
 * MailRejected: one polite notice per sender per day.
 * MailIgnored (bounce): a permanent failure reported to one of our VERP addresses marks the contact the
@@ -34,7 +43,7 @@ from sqlalchemy.orm import Session
 from gateway import ourmail
 from gateway.config import Config
 from gateway.db import drop_memo, is_unavailable, write_locked_memo
-from gateway.events import CommentAdded, Event, MailIgnored, MailRejected, TicketChanged, TicketCreated
+from gateway.events import CommandsDone, CommentAdded, Event, MailIgnored, MailRejected, TicketChanged, TicketCreated
 from gateway.guard import relay
 from gateway.models import Contact, InboundMail, OutboxMail, Ticket, TicketMessageId, table_of
 from gateway.outbound import ratelimit
@@ -54,10 +63,11 @@ class Recipient:
     email: str
     name: str = ""
     contact: Contact | None = None
+    staff: bool = False  # staff without a staff contact (a group member listed in the config)
 
     @property
     def is_staff(self) -> bool:
-        return bool(self.contact and self.contact.is_staff)
+        return self.staff or bool(self.contact and self.contact.is_staff)
 
 
 class Outbound:
@@ -81,6 +91,11 @@ class Outbound:
         self.tag_prefix = config.gateway["subject_tag_prefix"]
         self.default_reporter = config.gateway["default_reporter"].lower()
         self.caps = ratelimit.Caps(n["max_per_ticket_10min"], n["max_per_recipient_day"])
+        st = config.values["staff"]
+        self.staff_notify: list[str] = list(st["notify"])
+        self.staff_bound = int(st["max_notices_per_ticket_hour"])
+        self.note_sub: str = st["note_subaddress"]
+        self.groups: dict[str, dict[str, Any]] = {g["name"]: g for g in config.values["groups"]}
         self.unsubscribe_url = ob["unsubscribe_url"].rstrip("/")
         self._dkim: list[Signer | None] = []  # loaded on first use (gateway.outbound.dkimsign)
 
@@ -137,6 +152,8 @@ class Outbound:
             return bool(n["rejected"] and event.sender)
         if isinstance(event, MailIgnored):
             return event.kind == "bounce"
+        if isinstance(event, CommandsDone):
+            return bool(n["commands"])
         return False
 
     def dispatch(self, session: Session, event: Event) -> None:
@@ -150,6 +167,8 @@ class Outbound:
             self._rejected(session, event)
         elif isinstance(event, MailIgnored):
             self._ignored(session, event)
+        elif isinstance(event, CommandsDone):
+            self._commands(session, event)
 
     # Helpers -------------------------------------------------------------------------------------------
     def tag(self, ticket: Ticket) -> str:
@@ -224,7 +243,7 @@ class Outbound:
             staff = [r for r in self.unique(staff, exclude) if self.usable(r)]
             if staff:
                 self.enqueue(s, "staff_new_ticket", t, staff, by_mail=by_mail, mail_id=ev.mail_id, visible=False,
-                             ticket_rounds=rounds)
+                             staff=True)
 
     def _comment(self, s: Session, ev: CommentAdded) -> None:
         t, c = ev.ticket, ev.comment
@@ -240,16 +259,56 @@ class Outbound:
             rs = [r for r in self.unique([assignee, *watchers], author) if r.is_staff and self.usable(r)]
             if rs:
                 self.enqueue(s, "internal_note", t, rs, by_mail=ev.mail_id is not None,
-                             comment_id=c.id, mail_id=ev.mail_id, visible=False)
+                             comment_id=c.id, mail_id=ev.mail_id, visible=False, staff=True)
             return
         if not self.n["comment"]:
             return
         # not again to those who had the mail itself (its To and Cc)
-        rs = [r for r in self.unique([self.reporter_of(t), *watchers, assignee], author | set(ev.seen_by))
-              if self.usable(r)]
-        if rs:
-            self.enqueue(s, "comment", t, rs, by_mail=ev.mail_id is not None, comment_id=c.id,
+        everyone = [self.reporter_of(t), *watchers, assignee]
+        if not c.by_staff:  # a customer spoke: the staff that the rules name hear of it
+            everyone += self.staff_for(s, t)
+        rs = [r for r in self.unique(everyone, author | set(ev.seen_by)) if self.usable(r)]
+        customers = [r for r in rs if not r.is_staff]
+        staff = [r for r in rs if r.is_staff]
+        if customers:
+            self.enqueue(s, "comment", t, customers, by_mail=ev.mail_id is not None, comment_id=c.id,
                          mail_id=ev.mail_id)
+        if staff:
+            self.enqueue(s, "comment", t, staff, by_mail=ev.mail_id is not None, comment_id=c.id,
+                         mail_id=ev.mail_id, staff=True)
+
+    def staff_for(self, s: Session, t: Ticket) -> list[Recipient]:
+        """The staff that hear of a customer's public comment: the first of the rules (the ticket's group's
+        `notify`, else staff.notify) that names anyone -- the assignee, the group's members, every staff
+        contact."""
+        group = self.groups.get(t.group or "")
+        for rule in (group["notify"] if group is not None else self.staff_notify):
+            if rule == "assignee" and t.assignee is not None:
+                return [Recipient(t.assignee.email, t.assignee.name or "", t.assignee)]
+            if rule == "group" and group is not None and group["members"]:
+                return self._members(s, group["members"])
+            if rule == "all":
+                found = [Recipient(c.email, c.name or "", c) for c in self._staff(s)]
+                if found:
+                    return found
+        return []
+
+    @staticmethod
+    def _members(s: Session, emails: list[str]) -> list[Recipient]:
+        """A group's members as configured (mailed as listed; their contacts where they have one)."""
+        wanted = [e.lower() for e in emails]
+        known = {c.email: c for c in s.scalars(select(Contact).where(Contact.email.in_(wanted)))}
+        # a member without a staff contact is still staff to the notice (the admin listed them)
+        return [Recipient(e, (known[e].name or "") if e in known else "", known.get(e), staff=True) for e in wanted]
+
+    def _commands(self, s: Session, ev: CommandsDone) -> None:
+        r = Recipient(ev.by.email, ev.by.name or "", ev.by)
+        if not self.usable(r):
+            return
+        self.enqueue(s, "commands", ev.ticket, [r], by_mail=ev.mail_id is not None, mail_id=ev.mail_id,
+                     visible=False, staff=True, auto_submitted="auto-replied",
+                     extra={"done": list(ev.done), "refused": [{"line": line, "reason": why}
+                                                               for line, why in ev.refused]})
 
     def _changed(self, s: Session, ev: TicketChanged) -> None:
         t = ev.ticket
@@ -269,7 +328,7 @@ class Outbound:
             r = Recipient(t.assignee.email, t.assignee.name or "", t.assignee)
             if r.email not in by and self.usable(r):
                 self.enqueue(s, "assignment", t, [r], by_mail=False, changed_by=changed_by, visible=False,
-                             changes=[{"field": "assignee", "old": old or "", "new": new or ""}])
+                             changes=[{"field": "assignee", "old": old or "", "new": new or ""}], staff=True)
 
     def _rejected(self, s: Session, ev: MailRejected) -> None:
         if not self.n["rejected"] or not ev.sender:
@@ -326,13 +385,19 @@ class Outbound:
                 by_mail: bool, comment_id: int | None = None, changes: list[dict[str, Any]] | None = None,
                 changed_by: str = "", original_subject: str = "", mail_id: int | None = None,
                 auto_submitted: str = "auto-generated", bulk: bool = False, visible: bool = True,
-                extra: dict[str, Any] | None = None, ticket_rounds: int | None = None) -> list[dict[str, Any]]:
+                extra: dict[str, Any] | None = None, ticket_rounds: int | None = None,
+                staff: bool = False) -> list[dict[str, Any]]:
         """Queue one row per recipient (rate caps decided now); returns the rows' values. Nothing is
         rendered here: see gateway.outbound.build. `ticket_rounds`: the ticket's notification rounds in the
-        rate-cap window when the caller knows them (a ticket created in this transaction), else counted."""
+        rate-cap window when the caller knows them (a ticket created in this transaction), else counted.
+        staff: a round to staff only -- never counted against or held back by the loop caps for customers
+        (not `caused_by_mail`), bounded by staff.max_notices_per_ticket_hour instead."""
         now = self.clock()
         suppressed: dict[str, str] = {}
-        if by_mail:
+        if staff:
+            suppressed = self._staff_caps(s, ticket, [r.email for r in recipients], now)
+            by_mail = False
+        elif by_mail:
             suppressed = self._caps(s, ticket, [r.email for r in recipients], now, ticket_rounds)
         rows, ids = self.plan(event, ticket, recipients, now=now, by_mail=by_mail, suppressed=suppressed,
                               comment_id=comment_id, changes=changes, changed_by=changed_by,
@@ -423,12 +488,16 @@ class Outbound:
             reply = ourmail.token_address(self.reply_base, tok) if tok else None
             mid = ourmail.new_message_id(self.domain, ticket.number if ticket is not None else None)
             why = suppressed.get(r.email)
+            params = {**common, "name": r.name, "staff": r.is_staff}
+            if r.is_staff and ticket is not None and self.note_sub:  # where a staff member writes a note
+                params["note"] = ourmail.token_address(self.reply_base, ourmail.make_token(
+                    self.secret, ticket_id=ticket.id, ticket_number=ticket.number, recipient=r.email, note=True))
             rows.append(dict(
                 created_at=now, ticket_id=ticket.id if ticket is not None else None, comment_id=comment_id,
                 event=event, batch=batch, caused_by_mail=by_mail, recipient=r.email,
                 contact_id=r.contact.id if r.contact is not None else None, token=tok,
                 envelope_from=reply or self.from_addr, message_id=mid, subject="",
-                params={**common, "name": r.name, "staff": r.is_staff}, raw=None,
+                params=params, raw=None,
                 status="suppressed" if why else "queued", attempts=0, next_attempt_at=None if why else now,
                 last_error=why, claim_token=None, claimed_until=None, sent_at=None))
             if ticket is not None and not why:
@@ -443,6 +512,18 @@ class Outbound:
         if ids:
             s.connection().execute(_INSERT_MESSAGE_IDS, ids)
             message_ids_written(s, (r["message_id"] for r in ids))
+
+    def _staff_caps(self, s: Session, ticket: Ticket | None, emails: list[str], now: datetime) -> dict[str, str]:
+        """Staff recipients held back by the per-ticket bound for mail to staff (a ticket gone wild)."""
+        if ticket is None:
+            return {}
+        sent = s.scalar(_STAFF_SENT, {"ticket_id": ticket.id, "since": now - STAFF_WINDOW}) or 0
+        if sent + len(emails) <= self.staff_bound:
+            return {}
+        room = max(self.staff_bound - sent, 0)
+        why = (f"staff bound: {sent} mails to staff about ticket #{ticket.number} in an hour "
+               f"(staff.max_notices_per_ticket_hour = {self.staff_bound})")
+        return {e: why for e in emails[room:]}
 
     def _caps(self, s: Session, ticket: Ticket | None, emails: list[str], now: datetime,
               ticket_rounds: int | None = None) -> dict[str, str]:
@@ -469,6 +550,14 @@ class Outbound:
 
 
 _MEMO_FOR = timedelta(minutes=1)
+STAFF_WINDOW = timedelta(hours=1)
+# mail to staff about one ticket in the window: rows to staff contacts, and to group members without one
+# (those carry params.staff, and their contact_id is None): counted by the staff contacts' rows plus theirs
+_STAFF_SENT = select(func.count(OutboxMail.id)).where(
+    OutboxMail.ticket_id == bindparam("ticket_id"), OutboxMail.created_at >= bindparam("since"),
+    OutboxMail.status != "suppressed", OutboxMail.caused_by_mail.is_(False),
+    OutboxMail.event.in_(("staff_new_ticket", "comment", "internal_note", "assignment", "commands")),
+    OutboxMail.contact_id.in_(select(Contact.id).where(Contact.role == "staff")))
 _INSERT_OUTBOX = insert(table_of(OutboxMail))
 _INSERT_MESSAGE_IDS = insert(table_of(TicketMessageId))
 _STAFF = select(Contact).where(Contact.role == "staff").order_by(Contact.id)

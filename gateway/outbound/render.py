@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from jinja2 import Environment, Template
 
 EVENTS: tuple[str, ...] = ("ticket_created", "staff_new_ticket", "comment", "internal_note", "status",
-                           "assignment", "rejected")
+                           "assignment", "rejected", "commands")
 PARTS: tuple[str, ...] = ("subject", "txt", "html")
 # template variables that differ between the copies of one notification
 PERSONAL = frozenset({"recipient", "reply_address"})
@@ -177,7 +177,8 @@ def context(*, event: str, ticket: dict[str, Any], recipient: dict[str, Any], ga
     hint = (f"Reply to this mail to add to ticket {tag}." if tag else "")
     return {"event": event, "ticket": ticket, "recipient": recipient, "gateway": gateway, "comment": comment,
             "changes": changes or [], "changed_by": changed_by, "reply_address": reply_address,
-            "reply_hint": hint, "original_subject": original_subject}
+            "reply_hint": hint, "original_subject": original_subject, "note_address": "", "done": [],
+            "refused": []}
 
 
 def sample_context(event: str) -> dict[str, Any]:
@@ -202,9 +203,13 @@ def sample_context(event: str) -> dict[str, Any]:
         ticket = {"number": 0, "tag": "", "subject": "", "status": "", "priority": "", "type": "", "group": "",
                   "reporter_name": "", "reporter_email": "", "description": "", "description_html": Markup(""),
                   "created_at": ""}
-    return context(event=event, ticket=ticket,
-                   recipient={"name": "Alice Customer", "email": "alice@customer.example", "is_staff": False},
-                   gateway={"from_name": "Support", "address": "support@example.com"},
-                   reply_address="support+42-abcdefghijklmnopqrstuvwx@example.com", comment=comment,
-                   changes=changes, changed_by="Bob Staff" if event in ("status", "assignment") else "",
-                   original_subject="Hello" if event == "rejected" else "")
+    ctx = context(event=event, ticket=ticket,
+                  recipient={"name": "Alice Customer", "email": "alice@customer.example", "is_staff": False},
+                  gateway={"from_name": "Support", "address": "support@example.com"},
+                  reply_address="support+42-abcdefghijklmnopqrstuvwx@example.com", comment=comment,
+                  changes=changes, changed_by="Bob Staff" if event in ("status", "assignment") else "",
+                  original_subject="Hello" if event == "rejected" else "")
+    if event == "commands":
+        ctx.update(done=["status: open -> resolved", "time logged: 1h30m"],
+                   refused=[{"line": "/link 99 blocks", "reason": "no ticket #99"}])
+    return ctx

@@ -112,7 +112,8 @@ level = "debug"
     lines = dict(line.split(": ", 1) for line in p.stdout.decode().splitlines()[1:])
     assert p.stdout.decode().splitlines()[0] == f"config: {cfg}: OK"
     assert lines["listeners"] == "lmtp 127.0.0.1:2424; lmtp unix:/run/ticket-gateway/lmtp.sock (mode 0666)"
-    assert lines["imap accounts"] == "support: support@example.com@imap.example.com:993 (tls), INBOX -> Processed"
+    assert lines["imap accounts"] == ("support: support@example.com@imap.example.com:993 (tls), INBOX -> Processed, "
+                                      "lease 30 s")
     assert lines["routes"] == "billing@example.com -> group billing, high, incident"
     assert lines["outgoing mail"] == "relay 127.0.0.1:25 (plain, no TLS), from Support <support@example.com>"
     assert lines["database"] == f"sqlite:///{tmp_path / 'var' / 'gateway.db'}"

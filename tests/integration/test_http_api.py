@@ -190,7 +190,8 @@ def test_users_and_organisations(gw) -> None:
     g = gw()
     with g.client("admin") as c:
         r = c.post("/api/v1/organisations", json={"name": "Customer Ltd", "domains": ["customer.example"]})
-        assert r.status_code == 201 and r.json() == {"name": "Customer Ltd", "domains": ["customer.example"]}
+        assert r.status_code == 201 and r.json() == {"name": "Customer Ltd", "domains": ["customer.example"],
+                                                  "visibility": "reporter-only"}
         problem(c.post("/api/v1/organisations", json={"name": "Customer Ltd"}), 409)
         problem(c.post("/api/v1/organisations", json={"name": "Other", "domains": ["customer.example"]}), 409)
         problem(c.post("/api/v1/organisations", json={"name": "Bad", "domains": ["not a domain"]}), 422)

@@ -111,8 +111,9 @@ def test_round_trip_ack_reply_and_staff_answer(make_app, sink):
                 rcpt=(reply_addr,))
     assert r2.outcome == "comment" and r2.ticket_number == 1, r2.trace
     assert any(t.startswith("token: reply address") for t in r2.trace)
-    assert deliver_due(app).sent == 1
-    assert to_whom(sink, n) == ["carol@customer.example"]  # never back to its author
+    assert deliver_due(app).sent == 2
+    # never back to its author; staff hear of it (no assignee, no group: every staff member)
+    assert to_whom(sink, n) == ["bob@example.com", "carol@customer.example"]
     note = for_rcpt(sink, "carol@customer.example", n)[0]
     assert "More details." in note.get_body(("plain",)).get_content()
     assert "carol@customer.example" in str(note["Cc"]) and "alice@customer.example" in str(note["To"])
@@ -120,6 +121,7 @@ def test_round_trip_ack_reply_and_staff_answer(make_app, sink):
     # staff answers the new-ticket notice: the customer and the watcher get it, the author does not
     n = len(sink.received)
     notice = for_rcpt(sink, "bob@example.com")[0]
+    assert "For an internal note (staff only), write to support+note-1-" in notice.get_body(("plain",)).get_content()
     r3 = ingest(app, reply_to(notice, sender="Bob Staff <bob@example.com>", body="Fixed it, please check.\n"))
     assert r3.outcome == "comment" and r3.ticket_number == 1, r3.trace
     assert deliver_due(app).sent == 2
@@ -190,8 +192,9 @@ def test_a_notification_that_cannot_be_queued_costs_the_mail_nothing(make_app, s
     assert (r.outcome, r.ticket_number) == ("comment", results[0].ticket_number)
     r = ingest(app, make_mail(sender="dave@customer.example", subject="Third", message_id="<third@customer.example>"))
     assert r.outcome == "ticket"  # and the next new ticket's notifications are queued as usual
-    assert sorted((row.event, row.recipient) for row in outbox(app)) == [
-        ("staff_new_ticket", "bob@example.com"), ("ticket_created", "dave@customer.example")]
+    assert sorted((row.event, row.recipient) for row in outbox(app)) == [  # staff hear of the customer's reply
+        ("comment", "bob@example.com"), ("staff_new_ticket", "bob@example.com"),
+        ("ticket_created", "dave@customer.example")]
 
 
 # Relay down ------------------------------------------------------------------------------------------------
