@@ -39,6 +39,20 @@ if TYPE_CHECKING:
 ATTACHMENTS_MAX_BYTES = 20 * 1024 * 1024
 
 
+# Template variables fixed by what the render key names already (the event, the ticket and comment, the values
+# frozen at enqueue in `params`, the gateway's From): the same for every copy of one notification.
+SHARED_VARIABLES = frozenset({"event", "ticket", "comment", "gateway", "changes", "changed_by", "original_subject"})
+
+
+def _frozen(v: Any) -> Any:
+    """A hashable stand-in for a template value (dicts and lists of plain values)."""
+    if isinstance(v, dict):
+        return tuple(sorted((str(k), _frozen(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_frozen(x) for x in v)
+    return v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
+
+
 class BuildError(Exception):
     """This row cannot be built; the message says why (shown by `outbox list`)."""
 
@@ -229,14 +243,16 @@ class Builder:
         return raw, subject
 
     def _render(self, row: OutboxMail, p: dict[str, Any], ctx: dict[str, Any]) -> Rendered:
-        """The templates for this row; rendered once for every copy of a notification unless they use
-        something personal (then once per copy)."""
+        """The templates for this row, rendered once for every copy of a notification whose context is the
+        same in what the templates read: the key holds the event, ticket, comment and frozen values, and the
+        value of every other variable the templates read (the recipient, the reply and note addresses, the
+        reply hint, ...); when the templates name another template at run time, every variable."""
         ob = self.ob
-        personal: tuple[Any, ...] = ()
-        if ob.templates.personal(row.event):
-            personal = (row.recipient, p.get("name") or "", bool(p.get("staff")), ctx["reply_address"])
+        used = ob.templates.variables(row.event)
         common = json.dumps({k: v for k, v in p.items() if k not in ("name", "staff")}, sort_keys=True, default=str)
-        key = (row.event, row.ticket_id, row.comment_id, common, personal)
+        own = tuple((k, _frozen(v)) for k, v in sorted(ctx.items())
+                    if k not in SHARED_VARIABLES and (used is None or k in used))
+        key = (row.event, row.ticket_id, row.comment_id, common, own)
         hit = self.shared.renders.get(key)
         if hit is None:
             try:

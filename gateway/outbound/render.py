@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 EVENTS: tuple[str, ...] = ("ticket_created", "staff_new_ticket", "comment", "internal_note", "status",
                            "assignment", "rejected", "commands")
 PARTS: tuple[str, ...] = ("subject", "txt", "html")
-# template variables that differ between the copies of one notification
-PERSONAL = frozenset({"recipient", "reply_address"})
 
 
 class TemplateError(Exception):
@@ -66,7 +64,7 @@ class Templates:
         self.dirs.append(builtin_dir())
         self._env: Environment | None = None
         self._cache: dict[str, Template] = {}
-        self._personal: dict[str, bool] = {}
+        self._variables: dict[str, frozenset[str] | None] = {}
         self.checked = False  # the full sample render passed in this process
 
     @property
@@ -107,29 +105,28 @@ class Templates:
                          + str(len(data)).encode() + b"\0" + data)
         return h.hexdigest()
 
-    def personal(self, event: str) -> bool:
-        """Whether the event's templates (with what they include or extend) use a variable that differs from
-        one recipient to the next (PERSONAL): if not, one rendering serves every copy of a notification."""
-        hit = self._personal.get(event)
-        if hit is None:
+    def variables(self, event: str) -> frozenset[str] | None:
+        """The template variables the event's templates (with what they include or extend) read; None when a
+        template names another at run time (then any variable may matter). A variable they do not read cannot
+        change the output: the copies of a notification that differ only there share one rendering."""
+        if event not in self._variables:
+            names: set[str] = set()
             seen: set[str] = set()
-            hit = self._personal[event] = any(self._uses(f"{event}.{part}.j2", seen) for part in PARTS)
-        return hit
+            known = all(self._collect(f"{event}.{part}.j2", names, seen) for part in PARTS)
+            self._variables[event] = frozenset(names) if known else None
+        return self._variables[event]
 
-    def _uses(self, name: str, seen: set[str]) -> bool:
+    def _collect(self, name: str, names: set[str], seen: set[str]) -> bool:
         if name in seen:
-            return False
+            return True
         seen.add(name)
         from jinja2 import meta
 
         env = self.env
         assert env.loader is not None
-        source = env.loader.get_source(env, name)[0]
-        ast = env.parse(source)
-        if meta.find_undeclared_variables(ast) & PERSONAL:
-            return True
-        # a template named at run time (include of a variable) could use anything: personal
-        return any(ref is None or self._uses(ref, seen) for ref in meta.find_referenced_templates(ast))
+        ast = env.parse(env.loader.get_source(env, name)[0])
+        names.update(meta.find_undeclared_variables(ast))
+        return all(ref is not None and self._collect(ref, names, seen) for ref in meta.find_referenced_templates(ast))
 
     def render(self, event: str, context: dict[str, Any]) -> Rendered:
         out = []

@@ -166,3 +166,39 @@ def test_a_wrong_dkim_key_stops_the_start(tmp_path, sqlite_url):
     half = write_config(tmp_path, sqlite_url, extra=f'\n[outbound]\ndkim_key_file = "{bad}"\n')
     p = run_cli("check-config", config=half)
     assert p.returncode != 0 and b"dkim_selector" in p.stdout + p.stderr
+
+
+def test_copies_share_a_rendering_only_where_the_templates_see_the_same(tmp_path, sqlite_url):
+    from gateway.outbound import notifier_of
+
+    with Sink() as relay, gateways(tmp_path, sqlite_url) as start:
+        g = start(outbound={"relay_host": "127.0.0.1", "relay_port": relay.port, "relay_security": "none"})
+        number = ticket_with_watchers(g.app, ["wanda@customer.example", "walt@customer.example"])
+        with g.app.sessions() as s, s.begin():  # two staff members watch too
+            d = Directory(s, g.app.clock)
+            t = Tickets(s, clock=g.app.clock, listeners=[])
+            ticket = t.get(number)
+            assert ticket is not None
+            for who in ("tom@example.com", "tina@example.com"):
+                t.add_watcher(ticket, d.add_contact(who, staff=True), vouched="staff")
+        templates = notifier_of(g.app).templates
+        rendered: list[str] = []
+        real = templates.render
+
+        def counting(event, context):
+            rendered.append(context["recipient"]["email"])
+            return real(event, context)
+
+        templates.render = counting  # type: ignore[method-assign]
+        staff_comment(g.app, number, "Replaced the fuser.\n")
+        assert deliver_due(g.app).sent == 5
+        got = by_recipient(relay, 0)
+    # the reporter and both customer watchers share one rendering; each staff copy names its own note address
+    assert len(rendered) == 3, rendered
+    bodies = {w: m.get_body(("plain",)).get_content() for w, m in got.items()}
+    customers = ["rita@customer.example", "wanda@customer.example", "walt@customer.example"]
+    assert len({bodies[c] for c in customers}) == 1 and "note-" not in bodies["rita@customer.example"]
+    notes = {w: re.search(r"support\+note-[^\s@]+@example\.com", bodies[w]) for w in ("tom@example.com",
+                                                                                      "tina@example.com")}
+    assert all(notes.values()) and notes["tom@example.com"].group(0) != notes["tina@example.com"].group(0)
+    assert all("Replaced the fuser." in bodies[w] for w in ("tom@example.com", "walt@customer.example"))
