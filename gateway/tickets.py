@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, inspect, select, update
 from sqlalchemy.orm import Session, lazyload
 
+from gateway import ourmail
 from gateway.clock import Clock
 from gateway.db import drop_memo, insert_attached, insert_ignoring_duplicates, write_locked_memo
 from gateway.events import CommentAdded, Event, Listeners, Origin, TicketChanged, TicketCreated, WatcherAdded
@@ -430,6 +431,22 @@ class Tickets:
             self.s.flush()
         self.emit(WatcherAdded(ticket, contact, vouched))
         return True
+
+    def unsubscribe(self, secret: bytes, token: str) -> tuple[Ticket, str] | None:
+        """Remove the watcher a signed unsubscribe token names (gateway.ourmail; the List-Unsubscribe address
+        or one-click URL of a notification): (ticket, the watcher's address), or None when the token names no
+        current watcher of an existing ticket (already removed, or forged). The ticket's watchers are bounded
+        (limits.max_watchers_per_mail per mail): each is checked against the token's signature."""
+        parsed = ourmail.parse_unsubscribe_token(token)
+        ticket = self.get(parsed.number) if parsed is not None else None
+        if ticket is None:
+            return None
+        for w in list(ticket.watchers):
+            if ourmail.verify_unsubscribe(secret, token, ticket_id=ticket.id, recipient=w.contact.email):
+                ticket.watchers.remove(w)  # delete-orphan: the row goes
+                self.s.flush()
+                return ticket, w.contact.email
+        return None
 
     def remember_message_id(self, ticket: Ticket, message_id: str | None, direction: str = "in") -> None:
         if not message_id:
