@@ -189,13 +189,9 @@ class ServeProc:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc.poll() is None:  # what it did is checked already: no graceful shutdown to wait for
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 def test_serve_holder_killed_the_other_takes_over_within_the_lease(tmp_path, db_url, dovecot):
@@ -209,8 +205,8 @@ def test_serve_holder_killed_the_other_takes_over_within_the_lease(tmp_path, db_
     app = build_app(make_config(tmp_path, db_url))
     lease = Lease(app.sessions, "imap:shared", app.instance, TTL)
     try:
-        dovecot.append_many(mails(15, "first"))
-        assert wait_for(lambda: counts(app) == (15, 15, 0), timeout=40), (counts(app), procs[0].text()[-2000:])
+        dovecot.append_many(mails(8, "first"))
+        assert wait_for(lambda: counts(app) == (8, 8, 0), timeout=40), (counts(app), procs[0].text()[-2000:])
         state = lease.state()
         assert state is not None and not state.free
         holder = next(p for p in procs if f":{p.proc.pid}:" in state.holder)
@@ -220,7 +216,7 @@ def test_serve_holder_killed_the_other_takes_over_within_the_lease(tmp_path, db_
         holder.proc.send_signal(signal.SIGKILL)
         holder.proc.wait(10)
         killed = time.monotonic()
-        dovecot.append_many(mails(10, "second"))
+        dovecot.append_many(mails(6, "second"))
 
         def taken() -> bool:
             s = lease.state()
@@ -229,8 +225,8 @@ def test_serve_holder_killed_the_other_takes_over_within_the_lease(tmp_path, db_
         assert wait_for(taken, timeout=TTL * 3), lease.state()
         took = time.monotonic() - killed
         assert took <= TTL + TTL / 3 + 1.0, took  # the lease ran out, plus one standby retry (and slack)
-        assert wait_for(lambda: counts(app) == (25, 25, 0), timeout=30), (counts(app), other.text()[-2000:])
-        assert dovecot.count("INBOX") == 0 and dovecot.count("Processed") == 25
+        assert wait_for(lambda: counts(app) == (14, 14, 0), timeout=30), (counts(app), other.text()[-2000:])
+        assert dovecot.count("INBOX") == 0 and dovecot.count("Processed") == 14
     finally:
         for p in procs:
             p.stop()
