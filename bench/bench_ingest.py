@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import IO
@@ -56,8 +57,14 @@ def measured(cmd: list[str], *, stdin: IO[bytes] | None = None,
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert proc.stdout is not None and proc.stderr is not None  # both PIPE
+    # stderr is read beside stdout: a child writing more than a pipe's buffer to stderr (the INFO line per mail of
+    # an import) would otherwise block on it while this process waits for its stdout to end -- forever
+    errs: list[bytes] = []
+    reader = threading.Thread(target=lambda: errs.append(proc.stderr.read()) if proc.stderr else None)
+    reader.start()
     out = proc.stdout.read()
-    err = proc.stderr.read()
+    reader.join()
+    err = errs[0] if errs else b""
     _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     LAST_CPU[0] = ru.ru_utime + ru.ru_stime

@@ -32,6 +32,7 @@ class App:
     auth: Any = None        # gateway.auth.Authenticator: sender authentication on arrival
     observe: Observer = field(default_factory=Observer)  # log lines and metrics (gateway.observe)
     instance: str = field(default_factory=instance_id)  # this process among all sharing the database (leases)
+    ahead: Any = None       # gateway.prepare.ParseAhead: the preparation worker (serve starts one), or None
 
     def intake(self):  # type: ignore[no-untyped-def]
         from gateway.intake import Intake

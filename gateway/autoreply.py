@@ -23,6 +23,8 @@ from email.message import Message
 from email.header import decode_header, make_header
 from typing import Iterable, Iterator
 
+from gateway.addresses import Author, read_author
+
 __all__ = ["Verdict", "BounceInfo", "classify", "bounce_info", "KIND_PRECEDENCE"]
 
 
@@ -180,17 +182,9 @@ def _walk(msg: Message) -> Iterator[tuple[Message, bool]]:
             stack.append((child, depth + 1, child_inside))
 
 
-def _addr_of(value: str | None) -> str | None:
-    if not value:
-        return None
-    m = re.search(r"<([^<>\s]*)>", value)
-    if m:
-        return m.group(1).strip()
-    m = _ADDR_RE.search(value)
-    if m:
-        return m.group(0)
-    v = value.strip()
-    return v or None
+def _author(msg: Message, name: str = "From") -> Author:
+    """The header's one author as gateway.addresses reads it (raw: encoded-words never make an address)."""
+    return read_author([" ".join(v.split()) for v in _raw_header_values(msg, name)], name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,8 +286,9 @@ def _subject(msg: Message) -> str:
 
 
 def _from_address(msg: Message) -> str | None:
-    value = _header(msg, "From")
-    return _addr_of(value)
+    """The From address, or the mailbox as written when it is not one (MAILER-DAEMON without a domain)."""
+    author = _author(msg)
+    return author.addr or author.text or None
 
 
 def _report_types(msg: Message) -> tuple[set[str], set[str]]:
@@ -443,8 +438,7 @@ def _classify(
                 add(Verdict("auto_reply", "envelope sender <>"))
 
     # 4. daemon / noreply senders; "From: Name <>" is a null From address
-    from_header = _header(msg, "From") or ""
-    if re.search(r"<\s*>", from_header) and dsn_evidence is None and not _is_null_sender(envelope_from):
+    if _author(msg).null and dsn_evidence is None and not _is_null_sender(envelope_from):
         ev = _bounce_evidence(msg, subject, ctypes, report_types)
         add(Verdict("bounce", f"From: <> and {ev}") if ev else Verdict("auto_reply", "From: <> (null address)"))
     for who, local in (("From", sender_local), ("envelope sender", env_local)):
@@ -982,8 +976,8 @@ def _bounce_info(msg: Message, orig: Message | None, envelope: list[str], perman
     """The verdict's details; the bounced mail's envelope sender is looked for in the returned headers
     (Return-Path) and in our own addresses the notification names, after those the DSN gave."""
     if orig is not None:
-        rp = _addr_of(_header(orig, "Return-Path"))
-        if rp and "@" in rp:
+        rp = _author(orig, "Return-Path").addr
+        if rp:
             envelope.append(rp)
     envelope.extend(_own_addresses(msg))
     return BounceInfo(

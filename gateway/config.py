@@ -282,6 +282,11 @@ SCHEMA: dict[str, Section] = {
             "max_mime_depth": Key(int, 50, "Deepest MIME nesting parsed; deeper mail is quarantined.",
                                   check=_positive),
             "max_mime_parts": Key(int, 1000, "Most MIME parts parsed; more is quarantined.", check=_positive),
+            "mail_cpu_seconds": Key(float, 2.0, "CPU seconds the preparation of one mail (parsing, HTML to text, "
+                                    "sanitising, classifying, attachments) may take. It runs in a worker process "
+                                    "that is killed when a mail goes over: that mail is quarantined with the "
+                                    "reason 'over budget' and the other mails go on.",
+                                    check=lambda v: None if v > 0 else "must be > 0"),
             "max_sessions": Key(int, 100, "SMTP/LMTP: most concurrent sessions over all listeners; more are "
                                 "answered 421 and closed.", check=_positive),
             "max_recipients": Key(int, 100, "SMTP/LMTP: most recipients per mail; more get 452.", check=_positive),

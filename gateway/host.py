@@ -55,6 +55,9 @@ class IntakeHost(AppHost, Protocol):
     @property
     def blobs(self) -> BlobStore: ...
 
+    @property
+    def ahead(self) -> Any: ...  # gateway.prepare.ParseAhead or None: where a mail's CPU work runs (its budget)
+
 
 class WriteGateHost(Protocol):
     """The service's database write gate (one SQLite writer at a time; urgent stores go first)."""

@@ -89,6 +89,7 @@ MAX_BATCH_BYTES = 32 * 1024 * 1024  # a batch's fetch stops growing at this many
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 300.0
 THREAD_CHUNK = 100  # mails threaded between two records of their outcomes
+THREAD_BATCH = 16   # mails threaded in one write transaction (a savepoint each)
 STOP_CHECK = 1.0  # how often a blocking wait looks at the stop event, in seconds
 
 
@@ -585,6 +586,21 @@ class ImapPoller:
                 raise
             self.log.warning("could not mark %d message(s) as moved: %s", len(mail_ids), e)
 
+    def _thread_batch(self, mail_ids: list[int]) -> dict[int, Any]:
+        """Thread these stored mails as one batch (the intake engine: one transaction, a savepoint each); their
+        results by mail id. Empty when the batch failed: each mail is then threaded alone (and its failure is
+        handled as such)."""
+        if not mail_ids or self._stopping():
+            return {}
+        out: dict[int, Any] = {}
+        try:
+            for i in range(0, len(mail_ids), THREAD_BATCH):  # the write lock is held for one batch at a time
+                out.update((r.mail_id, r) for r in self.intake.thread(mail_ids[i:i + THREAD_BATCH]))
+            return out
+        except Exception as e:  # noqa: BLE001
+            self.log.debug("threading %d mail(s) as one batch failed (%s); one by one", len(mail_ids), e)
+            return {}
+
     def thread_stored(self, result: PollResult) -> bool:
         """Thread (Intake.process, in the order they were stored) every mail this account stored and has not
         seen threaded yet, record the outcomes, and move the quarantined ones from processed_folder to
@@ -610,6 +626,7 @@ class ImapPoller:
                 break
             last = rows[-1].mail_id
             done: list[tuple[Any, str]] = []
+            batched = self._thread_batch([r.mail_id for r in rows if r.mail_id not in self._failed_here])
             for row in rows:
                 if row.mail_id in self._failed_here:
                     left(row.mail_id)
@@ -619,7 +636,7 @@ class ImapPoller:
                     left(row.mail_id)
                     break
                 try:
-                    res = self.intake.process(row.mail_id)
+                    res = batched.get(row.mail_id) or self.intake.process(row.mail_id)
                 except Exception as e:  # noqa: BLE001
                     left(row.mail_id)
                     if isinstance(e, StoreUnavailable) or is_unavailable(e):

@@ -8,17 +8,18 @@ recovered by `process_pending()`.
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
 import hashlib
 import logging
 import time
-import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import func, insert, inspect, select
+from sqlalchemy import func, insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session
 
@@ -26,14 +27,18 @@ from gateway.db import StoreUnavailable, insert_row, is_unavailable, transaction
 from gateway.envelope import Envelope  # a leaf module; importable from here too
 from gateway.events import MailRejected
 from gateway.models import InboundMail, InboundRaw, Ticket, table_of
-from gateway.outcomes import Ignore, Outcome, Quarantine, Reject, TryLater
-from gateway.pipeline import MailContext, run
+from gateway.outcomes import Quarantine
+from gateway.pipeline import Decision, MailContext, run
 from gateway.tickets import Directory, Tickets
 
 if TYPE_CHECKING:
     from gateway.host import IntakeHost
 
 log = logging.getLogger("gateway.intake")
+T = TypeVar("T")
+# A stored mail is tried at most this many times without getting an outcome (each try ended with the process:
+# killed, out of memory); the next time it is quarantined without running.
+MAX_TRIES = 2
 
 _LAST_MAIL_ID = select(func.coalesce(func.max(InboundMail.id), 0))
 
@@ -74,6 +79,18 @@ def _header_summary(raw: bytes) -> tuple[str | None, str | None, str | None]:
         return clean(msg.get("Message-ID")), clean(msg.get("From")), clean(msg.get("Subject"))
     except Exception:  # noqa: BLE001 -- a listing hint only
         return None, None, None
+
+
+def envelope_of(mail: InboundMail) -> Envelope:
+    """The envelope a stored mail came with."""
+    return Envelope(mail_from=mail.envelope_from, rcpt_tos=tuple(mail.envelope_to or ()), source=mail.source,
+                    source_ref=mail.source_ref, client_ip=mail.client_ip, client_helo=mail.client_helo,
+                    auth=mail.auth)
+
+
+def _insert_raw(s: Any, mail_id: int, raw: bytes) -> None:
+    """The raw bytes of a batch's mail row: one plain INSERT."""
+    s.connection().execute(insert(table_of(InboundRaw)), [{"mail_id": mail_id, "data": raw}])
 
 
 class Intake:
@@ -129,8 +146,80 @@ class Intake:
     # Step 2: thread ----------------------------------------------------------------
     def process(self, mail_id: int) -> Result:
         """Thread a stored mail; a mail already processed returns its recorded result."""
+        results = self.thread([mail_id])
+        if not results:
+            raise KeyError(f"no inbound mail {mail_id}")
+        return results[0]
+
+    def process_many(self, mail_ids: Sequence[int], *, prepared: Mapping[int, Any] | None = None,
+                     raws: Mapping[int, bytes] | None = None, counted: bool = False,
+                     exhausted: set[int] | None = None) -> list[Result]:
+        """Thread several stored mails in ONE write transaction (one commit), a savepoint each, in the order
+        given; the lookups their handlers will make are made ahead for all of them (gateway.prefetch) when
+        their preparation is there. prepared: mail id -> gateway.prepare.Prepared (the pure work done ahead, in
+        the worker process); raws: mail id -> raw bytes the caller already holds. A mail already processed
+        returns its recorded result; an unknown id is left out. counted: this try is already counted on the
+        rows (`thread`); exhausted: mails quarantined without running (no outcome after MAX_TRIES tries)."""
         started = time.perf_counter()
-        return self._observed(self._retrying(lambda: self._process_stored(mail_id), f"mail {mail_id}"), started)
+        ids = list(dict.fromkeys(mail_ids))
+        what = f"mail {ids[0]}" if len(ids) == 1 else f"{len(ids)} mails from {ids[0] if ids else '-'}"
+        results = self._retrying(lambda: self._process_stored(ids, prepared or {}, raws or {}, counted,
+                                                              exhausted or set()), what)
+        return [self._observed(r, started) for r in results]
+
+    def thread(self, mail_ids: Sequence[int], *, hold: Callable[[], contextlib.AbstractContextManager[Any]] | None
+               = None, guard: bool = True) -> list[Result]:
+        """Thread stored mails as one batch (`process_many`), the engine's path for stored mail.
+
+        The raw bytes are read and prepared by the app's worker process (parse, HTML, classify, attachment
+        blobs, within limits.mail_cpu_seconds) before `hold()` (the caller's write gate) is taken, so that the
+        write transaction holds only database work. guard: each try is counted on the mail row and committed
+        before it runs (`attempts`); a mail tried before without an outcome runs alone, and one that got no
+        outcome in MAX_TRIES tries (it took the process down) is quarantined without running again."""
+        hold = hold or contextlib.nullcontext
+        ids = list(dict.fromkeys(mail_ids))
+        if not guard:
+            return self._thread_batch(ids, hold, counted=False)
+        tried = self._tried(ids)
+        again = [i for i in ids if tried.get(i, 0) > 0]
+        fresh = [i for i in ids if i not in again]
+        out: list[Result] = []
+        for batch in [[i] for i in again] + ([fresh] if fresh else []):
+            with hold():
+                self._retrying(lambda b=batch: self._count_try(b), "counting a try")  # type: ignore[misc]
+            out.extend(self._thread_batch(batch, hold, counted=True,
+                                          exhausted={i for i in batch if tried.get(i, 0) >= MAX_TRIES}))
+        return out
+
+    def _tried(self, ids: list[int]) -> dict[int, int]:
+        """Tries counted on each mail still to be threaded."""
+        with self.app.sessions() as s:
+            return dict(s.execute(select(InboundMail.id, InboundMail.attempts).where(
+                InboundMail.id.in_(ids), InboundMail.outcome == "received")).all())
+
+    def _count_try(self, ids: list[int]) -> None:
+        with transaction(self.app.sessions) as s:
+            s.execute(update(InboundMail).where(InboundMail.id.in_(ids), InboundMail.outcome == "received")
+                      .values(attempts=InboundMail.attempts + 1))
+
+    def _thread_batch(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]], *,
+                      counted: bool, exhausted: set[int] | None = None) -> list[Result]:
+        raws: dict[int, bytes] = {}
+        prepared: dict[int, Any] = {}
+        ahead = self.app.ahead
+        work = [i for i in ids if i not in (exhausted or ())]
+        if ahead is not None and work:
+            with self.app.sessions() as s:
+                rows = s.execute(select(InboundRaw.mail_id, InboundRaw.data, InboundMail.envelope_from)
+                                 .join(InboundMail, InboundMail.id == InboundRaw.mail_id)
+                                 .where(InboundRaw.mail_id.in_(work), InboundMail.outcome == "received")).all()
+            preps = ahead.prepare([r.data for r in rows], [r.envelope_from for r in rows])
+            for row, prep in zip(rows, preps, strict=True):
+                raws[row.mail_id] = row.data
+                if prep is not None:
+                    prepared[row.mail_id] = prep
+        with hold():
+            return self.process_many(ids, prepared=prepared, raws=raws, counted=counted, exhausted=exhausted)
 
     def _observed(self, result: Result, started: float) -> Result:
         """A committed outcome decided now: its log line and metrics (gateway.observe)."""
@@ -159,7 +248,7 @@ class Intake:
         nothing of the batch is stored before `commit()`, and a crash before it loses nothing but the work."""
         return IngestBatch(self)
 
-    def _retrying(self, fn: Any, what: str) -> Result:
+    def _retrying(self, fn: Callable[[], T], what: str) -> T:
         for attempt in range(5):
             try:
                 return fn()
@@ -189,18 +278,46 @@ class Intake:
                            directory=Directory(session, app.clock), mail=mail, raw=raw, dry_run=dry_run,
                            trace=list(mail.trace or []), prepared=prepared, historic=historic)
 
-    def _process_stored(self, mail_id: int) -> Result:
+    def prefetch(self, session: Any, items: list[tuple[Envelope, Any]]) -> None:
+        """Before running these mails (envelope, Prepared or None): make the lookups their handlers will make,
+        a few queries for all of them instead of a few for each (gateway.prefetch). Saves time, changes no
+        outcome: what it finds is what each handler's own query would find."""
+        from gateway.prefetch import prefetch
+
+        app = self.app
+        try:
+            prefetch(session, app.config, app.clock, app.listeners, items)
+        except Exception as e:
+            if is_unavailable(e):
+                raise StoreUnavailable(str(e)) from e
+            raise
+
+    def _process_stored(self, ids: list[int], prepared: Mapping[int, Any], raws: Mapping[int, bytes],
+                        counted: bool, exhausted: set[int]) -> list[Result]:
         with self.app.sessions() as s:
             with s.begin():
-                q = select(InboundMail).where(InboundMail.id == mail_id)
+                q = select(InboundMail).where(InboundMail.id.in_(ids)).order_by(InboundMail.id)
                 if s.bind is not None and s.bind.dialect.name == "postgresql":
                     q = q.with_for_update()
-                mail = s.scalar(q)
-                if mail is None:
-                    raise KeyError(f"no inbound mail {mail_id}")
-                if mail.outcome != "received":
-                    return self._result(mail)
-                return self._run(s, mail, mail.raw.data, dry_run=False)
+                mails = {m.id: m for m in s.scalars(q)}
+                todo = [m for m in mails.values() if m.outcome == "received"]
+                if len(todo) > 1 and any(prepared.get(m.id) is not None for m in todo):
+                    self.prefetch(s, [(envelope_of(m), prepared.get(m.id)) for m in todo])
+                out = []
+                for mail_id in ids:
+                    mail = mails.get(mail_id)
+                    if mail is None:
+                        continue
+                    if mail.outcome != "received":
+                        out.append(self._result(mail))
+                        continue
+                    raw = raws.get(mail_id)
+                    if mail_id in exhausted:
+                        out.append(self._give_up(s, mail))
+                        continue
+                    out.append(self._run(s, mail, mail.raw.data if raw is None else raw, dry_run=False,
+                                         prepared=prepared.get(mail_id), counted=counted))
+                return out
 
     def _run_new(self, raw: bytes, envelope: Envelope, *, dry_run: bool) -> Result:
         with self.app.sessions() as s:
@@ -220,37 +337,28 @@ class Intake:
                 s.rollback()
                 raise
 
-    def _run(self, s: Any, mail: InboundMail, raw: bytes, *, dry_run: bool, envelope: Envelope | None = None) -> Result:
-        """The pipeline over one mail row, inside the caller's transaction. Handlers run in a savepoint: an
-        outcome that writes nothing (reject, quarantine) rolls back what they did and keeps the mail row."""
-        ctx = self._context(s, mail, raw, dry_run, envelope=envelope)
-        mail.attempts += 1
+    def _give_up(self, s: Any, mail: InboundMail) -> Result:
+        """A mail that got no outcome in MAX_TRIES tries (each ended with the process): quarantined unrun."""
+        ctx = self._context(s, mail, b"", False)
+        ctx.note(f"no outcome after {mail.attempts - 1} tries: the processing of this mail ended with the process")
+        self._settle(ctx, s.begin_nested(), Decision("quarantined", f"over budget: no outcome after "
+                                                                   f"{mail.attempts - 1} tries", keep=False))
+        return self._result(mail, fresh=True)
+
+    def _run(self, s: Any, mail: InboundMail, raw: bytes, *, dry_run: bool, prepared: Any = None,
+             counted: bool = False, envelope: Envelope | None = None) -> Result:
+        """The pipeline over one written mail row, inside the caller's transaction, in a savepoint: an outcome
+        that keeps nothing (reject, quarantine) rolls back what the handlers did and keeps the mail row."""
+        ctx = self._context(s, mail, raw, dry_run, prepared, envelope)
+        if not counted:
+            mail.attempts += 1
         sp = s.begin_nested()
         try:
-            outcome = run(ctx, self.handlers)
-            sp.commit()
-            self._record(ctx, outcome, None)
-        except Ignore as o:  # keeps what handlers wrote (a bounce note on its ticket)
-            sp.commit()
-            self._record(ctx, o.outcome, o.reason)
-        except TryLater as o:
+            decision = run(ctx, self.handlers)
+        except BaseException:
             sp.rollback()
-            raise StoreUnavailable(o.reason) from o
-        except Outcome as o:
-            sp.rollback()
-            self._record(ctx, o.outcome, o.reason)
-            if isinstance(o, Reject):
-                ctx.tickets.emit(MailRejected(mail.id, ctx.sender_email, o.reason))
-        except IntegrityError:
             raise
-        except Exception as e:  # noqa: BLE001 -- every other failure quarantines the mail
-            if is_unavailable(e):
-                raise
-            sp.rollback()
-            reason = f"internal error in pipeline: {type(e).__name__}: {e}"[:2000]
-            ctx.note("traceback: " + "".join(traceback.format_exception_only(type(e), e)).strip()[:1000])
-            self._record(ctx, "quarantined", reason)
-            log.exception("mail %s quarantined", mail.id)
+        self._settle(ctx, sp, decision)
         return self._result(mail, fresh=True)
 
     def _run_batched(self, s: Any, raw: bytes, envelope: Envelope, prepared: Any = None) -> Result:
@@ -268,34 +376,52 @@ class Intake:
                 s.add(mail)  # written with its ticket or comment, on first use of ctx.mail_id, or by _record
             # else: added by _record (one INSERT with the outcome), on first use of ctx.mail_id, or with a comment
             ctx = self._context(s, mail, raw, False, prepared, envelope)
-            try:
-                outcome = run(ctx, self.handlers)
-                self._record(ctx, outcome, None)
-            except Ignore as o:  # keeps what handlers wrote (a bounce note on its ticket)
-                self._record(ctx, o.outcome, o.reason)
-            except TryLater as o:
-                raise StoreUnavailable(o.reason) from o
-            except Outcome as o:
-                sp.rollback()
-                return self._rewrite(s, ctx, raw, envelope, o.outcome, o.reason,
-                                     rejected=o if isinstance(o, Reject) else None)
-            except IntegrityError:
-                raise
-            except Exception as e:  # noqa: BLE001 -- every other failure quarantines the mail
-                if is_unavailable(e):
-                    raise
-                sp.rollback()
-                log.exception("mail quarantined")
-                reason = f"internal error in pipeline: {type(e).__name__}: {e}"[:2000]
-                ctx.note("traceback: " + "".join(traceback.format_exception_only(type(e), e)).strip()[:1000])
-                return self._rewrite(s, ctx, raw, envelope, "quarantined", reason)
-            s.connection().execute(insert(table_of(InboundRaw)), [{"mail_id": mail.id, "data": raw}])
-            sp.commit()
+            mail = self._settle(ctx, sp, run(ctx, self.handlers), envelope=envelope)
         except BaseException:
             if sp.is_active:
                 sp.rollback()
             raise
         return self._result(mail, ctx.ticket, fresh=True)
+
+    def _settle(self, ctx: MailContext, sp: Any, decision: Decision, *,
+                envelope: Envelope | None = None) -> InboundMail:
+        """The one place where a Decision takes effect, for every path: what the handlers wrote is kept (the
+        savepoint `sp` is released) or rolled back, the outcome is recorded on the mail row, listeners hear of
+        a rejection, a temporary condition raises StoreUnavailable (the mail stays as it was).
+
+        envelope: a new mail of a batch whose row was written inside `sp` (its raw bytes too): when nothing is
+        kept, the row is written again, with its outcome, in a fresh savepoint. Returns the mail row."""
+        s = ctx.session
+        if decision.retry:
+            sp.rollback()
+            raise StoreUnavailable(decision.reason or "try again later")
+        if decision.keep:
+            self._record(ctx, decision.outcome, decision.reason)
+            if envelope is not None:
+                _insert_raw(s, ctx.mail.id, ctx.raw)
+            sp.commit()
+            return ctx.mail
+        sp.rollback()
+        if envelope is None:  # the mail row was written before the savepoint: it stays
+            self._record(ctx, decision.outcome, decision.reason)
+            if decision.rejected:
+                ctx.tickets.emit(MailRejected(ctx.mail.id, ctx.sender_email, decision.reason or ""))
+            return ctx.mail
+        mail = self._new_row(ctx.raw, envelope, with_raw=False, hint=False, sha256=ctx.mail.sha256)
+        mail.attempts = 1
+        mail.trace = []
+        with s.begin_nested():
+            mail.id = self._preallocated_id(s)  # type: ignore[assignment]  # None: the database assigns it
+            s.add(mail)
+            s.flush()
+            ctx.mail = mail
+            ctx.ticket = None
+            ctx.comment = None
+            self._record(ctx, decision.outcome, decision.reason)
+            if decision.rejected:
+                ctx.tickets.emit(MailRejected(mail.id, ctx.sender_email, decision.reason or ""))
+            _insert_raw(s, mail.id, ctx.raw)
+        return mail
 
     @staticmethod
     def _preallocated_id(s: Any) -> int | None:
@@ -311,25 +437,6 @@ class Intake:
             last = s.connection().execute(_LAST_MAIL_ID).scalar_one()
         memo["last"] = last + 1
         return int(last + 1)
-
-    def _rewrite(self, s: Any, ctx: MailContext, raw: bytes, envelope: Envelope, outcome: str, reason: str | None,
-                 *, rejected: Reject | None = None) -> Result:
-        """The mail row again after its savepoint was rolled back, with the outcome and the trace so far."""
-        mail = self._new_row(raw, envelope, with_raw=False, hint=False, sha256=ctx.mail.sha256)
-        mail.attempts = 1
-        mail.trace = []
-        with s.begin_nested():
-            mail.id = self._preallocated_id(s)  # type: ignore[assignment]  # None: the database assigns it
-            s.add(mail)
-            s.flush()
-            ctx.mail = mail
-            ctx.ticket = None
-            ctx.comment = None
-            self._record(ctx, outcome, reason)
-            if rejected is not None:
-                ctx.tickets.emit(MailRejected(mail.id, ctx.sender_email, rejected.reason))
-            s.connection().execute(insert(table_of(InboundRaw)), [{"mail_id": mail.id, "data": raw}])
-        return self._result(mail, fresh=True)
 
     def _record(self, ctx: MailContext, outcome: str, reason: str | None) -> None:
         mail = ctx.mail
@@ -413,7 +520,10 @@ class Intake:
                 mail.released = list(mail.released or []) + [mail.reason.partition(":")[0]]
             mail.outcome = "received"
             mail.trace = list(mail.trace or []) + [f"replay requested (was {previous}: {mail.reason})"]
-        return self.process(mail_id)
+        results = self.thread([mail_id], guard=False)  # an admin's decision: run it, whatever its tries
+        if not results:
+            raise KeyError(f"no inbound mail {mail_id}")
+        return results[0]
 
 
 class IngestBatch:
@@ -470,18 +580,8 @@ class IngestBatch:
         raise AssertionError("unreachable")
 
     def prefetch(self, items: list[tuple[Envelope, Any]]) -> None:
-        """Before ingesting these mails (envelope, Prepared or None): make the lookups their handlers will make,
-        a few queries for all of them instead of a few for each (gateway.prefetch). Saves time, changes no
-        outcome: what it finds is what each handler's own query would find."""
-        from gateway.prefetch import prefetch
-
-        app = self.intake.app
-        try:
-            prefetch(self.session, app.config, app.clock, app.listeners, items)
-        except Exception as e:
-            if is_unavailable(e):
-                raise StoreUnavailable(str(e)) from e
-            raise
+        """The lookups of the next mails made ahead (see `Intake.prefetch`)."""
+        self.intake.prefetch(self.session, items)
 
     def _quarantined(self, s: Any, raw: bytes, envelope: Envelope, exc: Exception) -> Result:
         with s.begin_nested():
@@ -494,7 +594,7 @@ class IngestBatch:
             mail.id = self.intake._preallocated_id(s)  # type: ignore[assignment]
             s.add(mail)
             s.flush()
-            s.connection().execute(insert(table_of(InboundRaw)), [{"mail_id": mail.id, "data": raw}])
+            _insert_raw(s, mail.id, raw)
         return Result(mail.id, mail.outcome, mail.reason, None, None, list(mail.trace), transport=mail.source,
                       sender=mail.sender, message_id=mail.message_id, latency=0.0, fresh=True)
 

@@ -39,12 +39,16 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 from email import errors as _errors
 from email import policy as _policy
 from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
+
+from gateway import addresses, charsets
+from gateway.headerblock import rejoin_lost_folds, skip_leading_junk
 
 __all__ = ["MailParseError", "Part", "ParsedMail", "parse_mail", "safe_filename"]
 
@@ -96,6 +100,10 @@ class ParsedMail:
     html: str | None
     attachments: list[Part] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    # plain words: why the mail must act as nobody (several authors, or a header naming a person that the
+    # standard RFC 5322 reading reads as someone else); None when its people are read one way
+    ambiguous: str | None = None
+    bounds: list[str] = field(default_factory=list)  # the bounds this mail hit (what was not read, and why)
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,6 +115,15 @@ _WS = re.compile(r"\s+")
 # bidi overrides/isolates/marks, zero-width chars, BOM, line/paragraph separators, Arabic letter mark
 _INVISIBLE = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u200b-\u200d\ufeff\u2028\u2029\u061c]")
 _MAX_DEFECTS = 200
+# Bounds on what a mail may make the parser do (issue 12): past each, the rest is not read and
+# ParsedMail.bounds says so (the decision trace shows it); the mail still becomes what can be read.
+MAX_ADDRESSES = 1000  # addresses read from one address header (To, Cc, Reply-To): watchers take 10, routing 1
+MAX_MESSAGE_IDS = 100  # ids of References (the first, the root, and the last 99) and of In-Reply-To
+MAX_MIME_PARAMS = 200  # parameters (RFC 2231 sections count one each) of one Content-Type/-Disposition header
+MAX_HTML_CHARS = 2_000_000  # characters of a text/html body read; the rest is cut (html_to_text, nh3 are linear)
+MAX_HTML_DEPTH = 500  # element nesting of a text/html body; deeper HTML is read as text (nh3 is quadratic in it)
+MAX_HEADER_FIELDS = 1000  # fields of the mail's header block read: the first and the last 500 (each lookup scans all)
+MAX_ATTACHMENTS = 100  # attachments kept per mail (each is a durable file); the rest stay in the original mail
 _MAX_HEADER_TEXT = 998
 
 
@@ -127,14 +144,100 @@ def _raw_to_bytes(s: str) -> bytes:
     return s.encode("utf-8", "surrogateescape")
 
 
-def _bytes_to_text(b: bytes) -> str:
-    """Undeclared 8-bit bytes (headers): utf-8, else windows-1252, else latin-1."""
-    for enc in ("utf-8", "windows-1252"):
-        try:
-            return b.decode(enc)
-        except UnicodeDecodeError:
-            continue
+def _bytes_to_text(b: bytes, undeclared: _Undeclared | None = None) -> str:
+    """Undeclared 8-bit bytes (headers): utf-8, else the mail's undeclared charset (``_Undeclared``), else
+    windows-1252, else latin-1 (which decodes every byte: nothing is lost)."""
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    codec = undeclared.codec() if undeclared is not None else charsets.guess(b)
+    for enc in (codec, "windows-1252"):
+        if enc:
+            try:
+                return b.decode(enc)
+            except (UnicodeDecodeError, LookupError):
+                continue
     return b.decode("latin-1")
+
+
+class _Undeclared:
+    """The charset of one mail's undeclared 8-bit header bytes, found once and only when asked: the charset its
+    body declares (``hint``) when that decodes them, else a guess over all of them together (and a sample of the
+    body's own undeclared bytes): a name or a subject alone is too short to tell GBK from Big5 or EUC-KR."""
+
+    __slots__ = ("_hint", "_values", "_body", "_codec", "_done", "_prior")
+
+    def __init__(self, hint: str | None, values: list[bytes], body: Callable[[], bytes],
+                 prior: tuple[str, ...] = ()) -> None:
+        self._hint = hint
+        self._prior = prior
+        self._values = values
+        self._body = body
+        self._codec: str | None = None
+        self._done = False
+
+    def codec(self) -> str | None:
+        if not self._done:
+            self._done = True
+            sample = b"\n".join(v for v in self._values if not _is_utf8(v))
+            if sample:
+                self._codec = charsets.guess(sample + b"\n" + self._body()[:4096], self._hint, self._prior)
+        return self._codec
+
+
+def _eight_bit_values(index: dict[str, list[object]]) -> list[bytes]:
+    """The raw bytes of every header value in ``index`` that carries undeclared 8-bit bytes."""
+    out: list[bytes] = []
+    for values in index.values():
+        for v in values:
+            text = str(v)
+            if not text.isascii():
+                out.append(_raw_to_bytes(text))
+    return out
+
+
+_WORD_CHARSET = re.compile(r"=\?([^?\s*]{1,40})[^?\s]{0,40}\?[bBqQ]\?")
+_DOMAIN = re.compile(r"@([A-Za-z0-9.-]{1,253})")
+
+
+def _encoded_word_charset(index: dict[str, list[object]]) -> str | None:
+    """The first charset other than ASCII/UTF-8 that an RFC 2047 word of the From, Subject, To or Cc names: the
+    sender's mail program writes its undeclared bytes in the charset it declares elsewhere."""
+    for name in ("subject", "from", "to", "cc"):
+        for v in index.get(name, ()):
+            for m in _WORD_CHARSET.finditer(str(v)[:4096]):
+                cs = _norm_charset(m.group(1))
+                if cs and cs not in ("ascii", "utf-8"):
+                    return cs
+    return None
+
+
+def _from_domain(index: dict[str, list[object]]) -> str | None:
+    values = index.get("from")
+    m = _DOMAIN.search(str(values[0])[:4096]) if values else None
+    return m.group(1) if m else None
+
+
+def _declared_charset(walker: _Walker, parts: list[Message]) -> str | None:
+    """The first charset the body parts declare that says something about 8-bit text (not ASCII, not UTF-8)."""
+    for part in parts:
+        cs = _norm_charset(walker.info(part).params.get("charset"))
+        if cs and cs not in ("ascii", "utf-8"):
+            try:
+                if codecs.lookup(cs).name.replace("-", "_") not in _FORBIDDEN_CODECS:
+                    return cs
+            except LookupError:
+                continue
+    return None
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,8 +306,9 @@ def _mostly_decodable(data: bytes, cs: str) -> str | None:
     return None
 
 
-def _decode_text(data: bytes, charset: str | None, what: str, defects: list[str]) -> str:
-    """Decode with the declared charset, falling back to utf-8, windows-1252, latin-1."""
+def _decode_text(data: bytes, charset: str | None, what: str, defects: list[str], hint: str | None = None) -> str:
+    """Decode with the declared charset, falling back to utf-8, the detected charset (``charsets.guess``, with
+    ``hint``: the charset the mail's body declares), windows-1252, latin-1."""
     cs = _norm_charset(charset)
     if cs is not None:
         try:
@@ -223,19 +327,35 @@ def _decode_text(data: bytes, charset: str | None, what: str, defects: list[str]
             problem = f"charset {cs!r} failed ({type(exc).__name__})"
     else:
         problem = None
-    for enc in ("utf-8", "windows-1252", "latin-1"):
-        if enc == cs:
+    if cs != "utf-8":
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            if problem is not None:
+                defects.append(f"{what}: {problem}, decoded as utf-8")
+            return text
+    return _fallback(data, cs, what, problem, defects, hint)
+
+
+def _fallback(data: bytes, cs: str | None, what: str, problem: str | None, defects: list[str],
+              hint: str | None) -> str:
+    """Bytes that are not the declared charset (or declare none) and not UTF-8: the detected charset, else
+    windows-1252, else latin-1."""
+    guessed = charsets.guess(data, hint if hint != cs else None)
+    for enc in (guessed, "windows-1252", "latin-1"):
+        if enc is None or enc == cs:
             continue
         try:
             text = data.decode(enc)
         except UnicodeDecodeError:
             continue
-        if problem is not None:
-            defects.append(f"{what}: {problem}, decoded as {enc}")
-        elif enc != "utf-8":
-            defects.append(f"{what}: undeclared 8-bit bytes, decoded as {enc}")
+        shown = f"{charsets.display_name(enc)} (detected)" if enc == guessed else enc
+        defects.append(f"{what}: {problem}, decoded as {shown}" if problem is not None
+                       else f"{what}: undeclared 8-bit bytes, decoded as {shown}")
         return text
-    raise AssertionError("latin-1 decodes everything")  # pragma: no cover
+    return data.decode("latin-1")  # pragma: no cover - latin-1 decodes everything
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,11 +437,11 @@ def _raw_headers(msg: Message, name: str) -> list[str]:
     return values
 
 
-def _header_text(hvalue: object) -> str:
+def _header_text(hvalue: object, undeclared: _Undeclared | None = None) -> str:
     try:
         text = _unfold(str(hvalue))
         if _SURROGATES.search(text) or not text.isascii():
-            text = _bytes_to_text(_raw_to_bytes(text))
+            text = _bytes_to_text(_raw_to_bytes(text), undeclared)
     except Exception:  # pragma: no cover - defensive
         text = _no_surrogates(str(hvalue))
     return _no_surrogates(text)
@@ -387,6 +507,10 @@ def _parse_mime_header(value: str | None, defects: list[str]) -> tuple[str, dict
     """'text/plain; charset="utf-8"' -> ('text/plain', {'charset': 'utf-8'}), RFC 2231 decoded."""
     if value is None:
         return "", {}
+    if value.count(";") > MAX_MIME_PARAMS:
+        value = ";".join(value.split(";", MAX_MIME_PARAMS + 1)[: MAX_MIME_PARAMS + 1])
+        defects.append(f"bound: a MIME header has more than {MAX_MIME_PARAMS} parameters: the rest not read "
+                       "(bound MAX_MIME_PARAMS)")
     items = _split_params(value)
     main = items[0].strip().lower()
     plain: dict[str, str] = {}
@@ -441,151 +565,19 @@ def _content_type(part: Message, defects: list[str]) -> tuple[str, dict[str, str
 
 
 # --------------------------------------------------------------------------------------------
-# addresses
-
-# The character classes below name every non-ASCII character (U+0080 and up) by leaving it out of a negated
-# class: the same sets as [A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff] (atext), [A-Za-z0-9_\u0080-\U0010ffff]
-# (label ends) and [A-Za-z0-9_\-\u0080-\U0010ffff] (label inside), checked for every code point in
-# tests/unit/test_mime_address_classes.py -- but compiled in a fraction of the time (start-up of every MTA pipe process).
-_ATEXT_CLASS = r"""[^\x00-\x20"(),.:;<>@\[\\\]\x7f]"""
-_LABEL_END = r"[^\x00-\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"
-_LABEL_INSIDE = r"[^\x00-\x2c\x2e\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"
-_ATEXT = _ATEXT_CLASS + "+"
-_LABEL = rf"{_LABEL_END}(?:{_LABEL_INSIDE}*{_LABEL_END})?"
-_ADDR_SPEC = re.compile(
-    rf'(?:{_ATEXT}(?:\.{_ATEXT})*|"(?:[^"\\\r\n]|\\.)*")@'
-    # domain labels: letters, digits, hyphens inside; '_' is tolerated (seen in real mail)
-    rf"(?:{_LABEL}(?:\.{_LABEL})*"
-    r"|\[[^\[\]\\\s]*\])"
-)
+# addresses: gateway.addresses is the one reader
 
 
-def _split_address_list(value: str) -> list[str]:
-    """Split an address list on ',' (and group ';'), outside quotes, comments and <>; drop group names."""
-    entries: list[str] = []
-    buf: list[str] = []
-    quoted = False
-    escaped = False
-    comment = 0
-    angle = False
-    for ch in value:
-        if escaped:
-            buf.append(ch)
-            escaped = False
-            continue
-        if ch == "\\" and (quoted or comment):
-            buf.append(ch)
-            escaped = True
-            continue
-        if quoted:
-            buf.append(ch)
-            if ch == '"':
-                quoted = False
-            continue
-        if comment:
-            buf.append(ch)
-            if ch == "(":
-                comment += 1
-            elif ch == ")":
-                comment -= 1
-            continue
-        if ch == '"':
-            quoted = True
-        elif ch == "(":
-            comment = 1
-        elif ch == "<":
-            angle = True
-        elif ch == ">":
-            angle = False
-        elif ch in ",;" and not angle:
-            entries.append("".join(buf))
-            buf = []
-            continue
-        elif ch == ":" and not angle:
-            # "group-name:" -- forget the phrase before it
-            buf = []
-            continue
-        buf.append(ch)
-    entries.append("".join(buf))
-    return [e.strip() for e in entries if e.strip()]
-
-
-def _strip_comments(s: str) -> tuple[str, str]:
-    """Return (text without (comments), the comment texts joined)."""
-    out: list[str] = []
-    comments: list[str] = []
-    depth = 0
-    cur: list[str] = []
-    quoted = False
-    escaped = False
-    for ch in s:
-        if escaped:
-            (cur if depth else out).append(ch)
-            escaped = False
-        elif ch == "\\" and (depth or quoted):
-            escaped = True
-            if not depth:
-                out.append(ch)
-        elif quoted:
-            out.append(ch)
-            if ch == '"':
-                quoted = False
-        elif ch == '"' and not depth:
-            quoted = True
-            out.append(ch)
-        elif ch == "(":
-            if depth:
-                cur.append(ch)
-            depth += 1
-        elif ch == ")" and depth:
-            depth -= 1
-            if depth:
-                cur.append(ch)
-            else:
-                comments.append("".join(cur))
-                cur = []
-        elif depth:
-            cur.append(ch)
-        else:
-            out.append(ch)
-    return "".join(out), " ".join(c.strip() for c in comments if c.strip())
-
-
-def _parse_entry(entry: str, defects: list[str], what: str) -> tuple[str, str, bool]:
-    """One address-list entry -> (display name, address, address_is_valid)."""
-    m = re.search(r"<([^<>]*)>", entry)
-    if m:
-        addr = m.group(1).strip()
-        if addr.startswith("@") and ":" in addr:  # obsolete source route <@a,@b:user@host>
-            addr = addr.split(":", 1)[1]
-        name_part = (entry[: m.start()] + entry[m.end() :]).strip()
-        name_part, comment = _strip_comments(name_part)
-        name = name_part.strip() or comment
-    else:
-        addr_part, comment = _strip_comments(entry)
-        addr = addr_part.strip()
-        name = comment
-    name = _unquote(name) if name.startswith('"') else name
-    name = _oneline(_decode_words(name, defects, what))
-    addr = _oneline(addr).replace(" ", "")
-    if name.strip("'\" <>").lower() == addr.lower():
-        name = ""  # a display name that only repeats the address carries nothing
-    return name, addr, bool(_ADDR_SPEC.fullmatch(addr))
-
-
-def _address_list(values: list[str], defects: list[str], what: str) -> list[tuple[str, str]]:
-    result: list[tuple[str, str]] = []
-    bad = 0
-    for value in values:
-        for entry in _split_address_list(value):
-            name, addr, ok = _parse_entry(entry, defects, what)
-            if ok:
-                result.append((name, addr.lower()))
-            else:
-                bad += 1
+def _address_list(values: list[str], defects: list[str], what: str, limit: int,
+                  bounds: list[str], conflicts: list[str]) -> list[tuple[str, str]]:
+    lst = addresses.read_list(values, what, limit=limit, decode=lambda s: _decode_words(s, defects, what))
+    bad = lst.malformed
     if bad:
         defects.append(f"{what}: {bad} malformed address{'es' if bad > 1 else ''} skipped")
-    return result
+    if lst.more:
+        bounds.append(f"{what} has more than {limit} addresses: only the first {limit} read (bound MAX_ADDRESSES)")
+    conflicts.extend(lst.conflicts)
+    return lst.addresses
 
 
 # --------------------------------------------------------------------------------------------
@@ -599,17 +591,20 @@ def _norm_msgid(s: str) -> str | None:
     return s[:_MAX_HEADER_TEXT] or None
 
 
-def _msgids(value: str | None) -> list[str]:
+def _msgids(value: str | None, what: str = "References", bounds: list[str] | None = None) -> list[str]:
+    """The distinct ids, in order; at most MAX_MESSAGE_IDS: the first (the thread's root) and the last ones
+    (the nearest parents), as RFC 5322 suggests trimming References."""
     if value is None:
         return []
     found = _MSGID_BRACKETED.findall(value)
     if not found:  # broken clients: bare ids separated by whitespace
         found = [t for t in value.split() if "@" in t]
-    result: list[str] = []
-    for f in found:
-        n = _norm_msgid(f)
-        if n and n not in result:
-            result.append(n)
+    result = list(dict.fromkeys(n for n in map(_norm_msgid, found) if n))
+    if len(result) > MAX_MESSAGE_IDS:
+        if bounds is not None:
+            bounds.append(f"{what} has {len(result)} Message-IDs: only the first and the last {MAX_MESSAGE_IDS - 1} "
+                          "read (bound MAX_MESSAGE_IDS)")
+        result = result[:1] + result[len(result) - MAX_MESSAGE_IDS + 1 :]
     return result
 
 
@@ -1242,6 +1237,10 @@ class _Policy(_policy.EmailPolicy):
     same answer, without the work."""
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
+        if len(value) > _HEADER_CACHE_VALUE and value.count(";") > MAX_MIME_PARAMS and not hasattr(value, "name"):
+            # the stdlib's parameter parser is quadratic in RFC 2231 sections: it sees the first ones only
+            # (gateway.mime reads the same bound from the raw header and notes it)
+            value = ";".join(value.split(";", MAX_MIME_PARAMS + 1)[: MAX_MIME_PARAMS + 1])
         if hasattr(value, "name") or len(value) > _HEADER_CACHE_VALUE:
             return super().header_fetch_parse(name, value)
         key = (name, value)
@@ -1283,6 +1282,7 @@ def parse_mail(
     max_depth: int = 50,
     max_parts: int = 1000,
     max_header_bytes: int = 1_000_000,
+    max_addresses: int = MAX_ADDRESSES,
 ) -> ParsedMail:
     """Parse one raw mail.
 
@@ -1291,10 +1291,12 @@ def parse_mail(
     handled and noted in ``defects``.  Header values longer than ``max_header_bytes`` are
     interpreted from their first ``max_header_bytes`` characters only.
     """
-    return _parse(raw, max_depth=max_depth, max_parts=max_parts, max_header_bytes=max_header_bytes, big_min=_BIG_BODY)
+    return _parse(raw, max_depth=max_depth, max_parts=max_parts, max_header_bytes=max_header_bytes, big_min=_BIG_BODY,
+                  max_addresses=max_addresses)
 
 
-def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int, big_min: int | None) -> ParsedMail:
+def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int, big_min: int | None,
+           max_addresses: int = MAX_ADDRESSES) -> ParsedMail:
     """``parse_mail``; ``big_min=None`` disables the large-body fast path (tests compare both paths)."""
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise MailParseError("input is not bytes")
@@ -1305,8 +1307,16 @@ def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int,
         defects.append("leading blank lines before the header block removed")
         raw = stripped
     del stripped
+    raw, header_bound = _bound_header_fields(raw)
+    if header_bound:
+        defects.append(header_bound)
     if not raw or raw.isspace():
         raise MailParseError("not an email: the input is empty")
+    raw, note = skip_leading_junk(raw)
+    if note:
+        defects.append(note)
+    raw, notes = rejoin_lost_folds(raw)
+    defects.extend(notes)
     if not _looks_like_mail(raw):
         raise MailParseError("not an email: no header block at the start of the input")
 
@@ -1321,11 +1331,33 @@ def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int,
         big = {}
     _check_tree(msg, max_depth, max_parts)
     try:
-        return _build(msg, raw, defects, max_header_bytes, big)
+        return _build(msg, raw, defects, max_header_bytes, big, max_addresses)
     except MailParseError:
         raise
     except RecursionError:
         raise MailParseError("MIME nesting too deep to process") from None
+
+
+def _bound_header_fields(raw: bytes) -> tuple[bytes, str | None]:
+    """The mail with at most MAX_HEADER_FIELDS fields in its header block (the first and the last half), and
+    the bound's note; the mail as it is when it has fewer (one count of newlines for the common case)."""
+    ends = [e for e in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if e >= 0]
+    end = min(ends) + 1 if ends else len(raw)
+    if raw.count(b"\n", 0, end) <= MAX_HEADER_FIELDS:
+        return raw, None
+    fields: list[bytes] = []
+    for line in raw[:end].splitlines(keepends=True):
+        if fields and line[:1] in (b" ", b"\t"):
+            fields[-1] += line
+        else:
+            fields.append(line)
+    if len(fields) <= MAX_HEADER_FIELDS:
+        return raw, None
+    half = MAX_HEADER_FIELDS // 2
+    kept = fields[:half] + fields[-half:]
+    note = (f"bound: the header has {len(fields)} fields: only the first and the last {half} read "
+            "(bound MAX_HEADER_FIELDS)")
+    return b"".join(kept) + raw[end:], note
 
 
 _PLACEHOLDER = "[gateway.mime placeholder {index} {nonce}, a body of {size} bytes kept out of the parsed tree]"
@@ -1437,17 +1469,56 @@ def _parse_fast(
     return msg, big, defects
 
 
+_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)[^<>]*?(/?)>")
+_HTML_VOID = frozenset("area base br col embed hr img input link meta param source track wbr".split())
+
+
+def _html_depth(html: str, limit: int) -> int:
+    """The element nesting of `html` (tags counted by a regex, void and self-closed elements not), up to limit."""
+    depth = top = 0
+    for m in _HTML_TAG.finditer(html):
+        if m.group(1):
+            depth = max(depth - 1, 0)
+        elif not m.group(3) and m.group(2).lower() not in _HTML_VOID:
+            depth += 1
+            if depth > top:
+                top = depth
+                if top > limit:
+                    break
+    return top
+
+
+def _bounded_html(html: str, bounds: list[str]) -> str:
+    """The HTML body within MAX_HTML_CHARS and MAX_HTML_DEPTH (nesting deeper than that is read as text)."""
+    if len(html) > MAX_HTML_CHARS:
+        bounds.append(f"the HTML body has {len(html)} characters: only the first {MAX_HTML_CHARS} read "
+                      "(bound MAX_HTML_CHARS)")
+        html = html[:MAX_HTML_CHARS]
+    if html.count("<") > 2 * MAX_HTML_DEPTH and _html_depth(html, MAX_HTML_DEPTH) > MAX_HTML_DEPTH:
+        bounds.append(f"the HTML body nests elements more than {MAX_HTML_DEPTH} deep: read as text without its "
+                      "tags (bound MAX_HTML_DEPTH)")
+        html = _HTML_TAG.sub(" ", html)
+    return html
+
+
 def _build(
-    msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: int, big: _Big
+    msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: int, big: _Big, max_addresses: int = MAX_ADDRESSES
 ) -> ParsedMail:
     nl = raw.find(b"\n")
     first_line_cr = raw.endswith(b"\r") if nl < 0 else raw.startswith(b"\r", nl - 1) and nl > 0
     linesep = "\r\n" if first_line_cr else "\n"
 
     header_values = _raw_header_index(msg)
+    walker = _Walker(defects)
+    text_parts, html_parts = walker.select(msg)
+    walker.body_ids = {id(p) for p in text_parts + html_parts}
+    hint = _declared_charset(walker, text_parts + html_parts)
+    undeclared = _Undeclared(hint or _encoded_word_charset(header_values), _eight_bit_values(header_values),
+                             lambda: _payload_bytes(text_parts[0], [], big) if text_parts and not hint else b"",
+                             charsets.prior_for(_from_domain(header_values)))
 
     def header(name: str) -> list[str]:
-        values = [_header_text(v) for v in header_values.get(name.lower(), ())]
+        values = [_header_text(v, undeclared) for v in header_values.get(name.lower(), ())]
         out = []
         for v in values:
             if len(v) > max_header_bytes:
@@ -1462,54 +1533,41 @@ def _build(
     if mids:
         found = _msgids(mids[0])
         message_id = found[0] if found else _norm_msgid(mids[0])
-    in_reply_to = _msgids(" ".join(header("In-Reply-To")))
-    references = _msgids(" ".join(header("References")))
+    bounds: list[str] = []
+    in_reply_to = _msgids(" ".join(header("In-Reply-To")), "In-Reply-To", bounds)
+    references = _msgids(" ".join(header("References")), "References", bounds)
 
     subjects = header("Subject")
     subject = _oneline(_decode_words(subjects[0], defects, "Subject")) if subjects else ""
 
-    # sender
-    from_values = header("From")
-    from_addr: str | None = None
-    from_name = ""
-    from_problem: str | None = None
-    if not from_values or not any(v.strip() for v in from_values):
-        from_problem = "no From header" if not from_values else "From header is empty"
-    elif len(from_values) > 1:
-        from_problem = f"message has {len(from_values)} From headers"
-    else:
-        entries = _split_address_list(from_values[0])
-        if len(entries) == 0:
-            from_problem = "From header is empty"
-        elif len(entries) > 1:
-            from_problem = f"From has {len(entries)} addresses"
-        else:
-            name, addr, ok = _parse_entry(entries[0], defects, "From")
-            from_name = name
-            if ok:
-                from_addr = addr.lower()
-            else:
-                shown = _oneline(_decode_words(from_values[0], defects, "From"), 200)
-                from_problem = f"From address is malformed: {shown}"
-
-    reply_to = [a for _, a in _address_list(header("Reply-To"), defects, "Reply-To")]
-    to = _address_list(header("To"), defects, "To")
-    cc = _address_list(header("Cc"), defects, "Cc")
+    # sender, recipients: gateway.addresses reads every header that names a person
+    conflicts: list[str] = []
+    author = addresses.read_author(header("From"), decode=lambda s: _decode_words(s, defects, "From"))
+    from_addr, from_name, from_problem = author.addr, author.name, author.problem
+    defects.extend(author.notes)
+    ambiguous = author.ambiguous
+    if ambiguous is None:
+        senders = header("Sender")
+        agent = addresses.read_author(senders, "Sender") if senders else None
+        if agent is not None and agent.ambiguous:
+            ambiguous = agent.ambiguous
+    reply_to = [a for _, a in _address_list(header("Reply-To"), defects, "Reply-To", max_addresses, bounds, conflicts)]
+    to = _address_list(header("To"), defects, "To", max_addresses, bounds, conflicts)
+    cc = _address_list(header("Cc"), defects, "Cc", max_addresses, bounds, conflicts)
+    _address_list(header("Return-Path"), defects, "Return-Path", 1, bounds, conflicts)
+    if ambiguous is None and conflicts:
+        ambiguous = f"{conflicts[0]}; a mail that names people ambiguously acts as nobody"
     dates = header("Date")
     date = _parse_date(dates[0]) if dates else None
     if dates and date is None:
         defects.append(f"Date header is not a valid date: {_oneline(dates[0], 100)}")
 
     # body and attachments
-    walker = _Walker(defects)
-    text_parts, html_parts = walker.select(msg)
-    walker.body_ids = {id(p) for p in text_parts + html_parts}
-
     def body_text(parts: list[Message], kind: str) -> str:
         chunks = []
         for p in parts:
             data = _payload_bytes(p, defects, big)
-            t = _decode_text(data, walker.info(p).params.get("charset"), f"text/{kind} body", defects)
+            t = _decode_text(data, walker.info(p).params.get("charset"), f"text/{kind} body", defects, hint)
             if "\x00" in t:
                 defects.append(f"NUL characters removed from the text/{kind} body")
                 t = t.replace("\x00", "")
@@ -1517,16 +1575,20 @@ def _build(
         return "\n".join(chunks)
 
     text = body_text(text_parts, "plain") if text_parts else ""
-    html = body_text(html_parts, "html") if html_parts else None
+    html = _bounded_html(body_text(html_parts, "html"), bounds) if html_parts else None
 
     attachments: list[Part] = []
     used: set[str] = set()
+    not_kept = 0
     for leaf in walker.leaves(msg):
         key = id(leaf)
         if key in walker.body_ids:
             continue
         if key in walker.dropped_ids:
             defects.append(f"unused alternative {walker.info(leaf).ctype} body not kept as attachment")
+            continue
+        if len(attachments) >= MAX_ATTACHMENTS:
+            not_kept += 1
             continue
         info = walker.info(leaf)
         index = len(attachments) + 1
@@ -1549,6 +1611,9 @@ def _build(
         inline = info.disposition == "inline" or (not info.disposition and cid is not None)
         attachments.append(Part(filename=filename, content_type=info.ctype, data=data, content_id=cid, inline=inline))
 
+    if not_kept:
+        bounds.append(f"{MAX_ATTACHMENTS + not_kept} attachments: only the first {MAX_ATTACHMENTS} kept, the rest stay "
+                      "in the original mail (bound MAX_ATTACHMENTS)")
     notes: list[str] = []
     _defect_notes(msg, notes)
     all_defects: list[str] = []
@@ -1558,6 +1623,8 @@ def _build(
         if d not in seen:
             seen.add(d)
             all_defects.append(d)
+    bounds.extend(d[len("bound: "):] for d in all_defects if d.startswith("bound: "))
+    all_defects = [d for d in all_defects if not d.startswith("bound: ")]
     if len(all_defects) > _MAX_DEFECTS:
         extra = len(all_defects) - _MAX_DEFECTS
         all_defects = all_defects[:_MAX_DEFECTS] + [f"... and {extra} more defects"]
@@ -1579,4 +1646,6 @@ def _build(
         html=_no_surrogates(html) if html is not None else None,
         attachments=attachments,
         defects=all_defects,
+        ambiguous=ambiguous,
+        bounds=bounds,
     )

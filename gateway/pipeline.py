@@ -1,24 +1,30 @@
 """The create-or-comment pipeline: small named handlers, their order as data, one place for consequences.
 
 Each handler is `handle(ctx: MailContext) -> None` in `gateway.handlers.<name>` (the top-level `handlers/`
-folder). A handler ends the pipeline by raising a typed outcome from `gateway.outcomes`; `run` returns the
-final outcome ('ticket' or 'comment') when every handler has run.
+folder). A handler ends the pipeline by raising a typed outcome from `gateway.outcomes`. `run` is the one
+place that catches them: it returns a `Decision` (the outcome, its reason, and whether what the handlers wrote
+is kept), for every path a mail takes (gateway.intake applies it).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sqlalchemy import inspect
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.blobs import BlobStore
 from gateway.clock import Clock
 from gateway.config import Config
+from gateway.db import is_unavailable
 from gateway.models import Comment, Contact, InboundMail, Ticket
+from gateway.outcomes import Ignore, Outcome, Reject, TryLater
 from gateway.tickets import Directory, Tickets
 
 if TYPE_CHECKING:
@@ -43,6 +49,8 @@ BUILTIN: tuple[str, ...] = (
     "attachments",  # store attachments content-addressed, linked to the ticket/comment
     "act",          # staff: the commands applied to the ticket, confirmed to the sender by one mail
 )
+
+log = logging.getLogger("gateway.intake")
 
 Handler = Callable[["MailContext"], None]
 
@@ -115,7 +123,51 @@ class MailContext:
         return self.mail.id
 
 
-def run(ctx: MailContext, handlers: Sequence[tuple[str, Handler]]) -> str:
-    for name, handler in handlers:
-        handler(ctx)
-    return "ticket" if ctx.created else "comment"
+@dataclass(frozen=True)
+class Decision:
+    """What follows from running the pipeline over one mail.
+
+    outcome: recorded on the mail (ticket, comment, ignored, duplicate, rejected, quarantined), or 'received'
+    for a temporary condition (`retry`: nothing is recorded, the mail is tried again later).
+    keep: what the handlers wrote stays (a ticket, a comment, a bounce note); False: it is rolled back and only
+    the mail row is written, with its outcome.
+    rejected: listeners hear of it (gateway.events.MailRejected)."""
+
+    outcome: str
+    reason: str | None = None
+    keep: bool = True
+    rejected: bool = False
+    retry: bool = False
+
+
+def decide(outcome: Outcome) -> Decision:
+    """The consequence of a typed outcome."""
+    if isinstance(outcome, Ignore):  # keeps what handlers wrote (a bounce note on its ticket)
+        return Decision(outcome.outcome, outcome.reason, keep=True)
+    if isinstance(outcome, TryLater):
+        return Decision("received", outcome.reason, keep=False, retry=True)
+    return Decision(outcome.outcome, outcome.reason, keep=False, rejected=isinstance(outcome, Reject))
+
+
+def failed(ctx: MailContext, e: Exception) -> Decision:
+    """A handler failed (not a typed outcome): the mail is quarantined with the error, nothing else is kept."""
+    ctx.note("traceback: " + "".join(traceback.format_exception_only(type(e), e)).strip()[:1000])
+    return Decision("quarantined", f"internal error in pipeline: {type(e).__name__}: {e}"[:2000], keep=False)
+
+
+def run(ctx: MailContext, handlers: Sequence[tuple[str, Handler]]) -> Decision:
+    """Every handler in order; the one place that catches the typed outcomes. A conflict with a concurrent
+    writer (IntegrityError: run the mail again) and an unavailable store propagate."""
+    try:
+        for _name, handler in handlers:
+            handler(ctx)
+    except Outcome as o:
+        return decide(o)
+    except IntegrityError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- every other failure quarantines the mail
+        if is_unavailable(e):
+            raise
+        log.exception("mail %s: pipeline failed", ctx.mail.id)
+        return failed(ctx, e)
+    return Decision("ticket" if ctx.created else "comment")

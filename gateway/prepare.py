@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import pickle
-from collections import deque
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 log = logging.getLogger("gateway.prepare")
 
-# Mails per task handed to the worker, and tasks in flight: the worker runs at most this far ahead.
+# Mails per chunk handed to the worker: it runs one chunk ahead of the caller.
 CHUNK = 16
-AHEAD = 4
 
 
 @dataclass
@@ -47,6 +48,8 @@ class Prepared:
     classified_for: tuple[str | None, tuple[str, ...]] | None = None   # (envelope sender, own domains)
     verdict: Any = None
     bounce: Any = None
+    over_budget: bool = False               # the worker was killed: the mail took more than its CPU budget
+    crashed: bool = False                   # the worker died twice while preparing this mail
 
 
 def prepare_one(raw: bytes, max_depth: int, max_parts: int, blob_root: str | None,
@@ -97,17 +100,17 @@ def prepare_one(raw: bytes, max_depth: int, max_parts: int, blob_root: str | Non
     return out
 
 
-def prepare_chunk(raws: list[bytes], max_depth: int, max_parts: int, blob_root: str | None,
-                  classify_for: tuple[str | None, tuple[str, ...]] | None = None) -> list[bytes | None]:
-    """In the worker: one pickled Prepared per mail, None where anything went wrong (the main process then
-    does that mail's work itself)."""
-    out: list[bytes | None] = []
-    for raw in raws:
-        try:
-            out.append(pickle.dumps(prepare_one(raw, max_depth, max_parts, blob_root, classify_for), protocol=5))
-        except BaseException:  # noqa: BLE001 -- anything at all: the main process does it
-            out.append(None)
-    return out
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used by a process so far, from /proc; 0.0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+_TICKS = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
 
 
 def _worker_init() -> None:
@@ -118,108 +121,235 @@ def _worker_init() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
-    except Exception:  # noqa: BLE001 -- elsewhere it ends when its next read of the task queue fails
+    except Exception:  # noqa: BLE001 -- elsewhere it ends when its next read of the task pipe fails
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _worker_main(conn: Any) -> None:
+    """The worker process: a task is (raws, envelope senders, (max_depth, max_parts, blob_root, own_domains));
+    it answers one (Prepared or None, CPU seconds used so far) per mail, in order."""
+    _worker_init()
+    while True:
+        try:
+            raws, senders, (max_depth, max_parts, blob_root, own) = conn.recv()
+        except (EOFError, OSError):
+            return
+        for raw, sender in zip(raws, senders):
+            try:
+                prep: Prepared | None = prepare_one(raw, max_depth, max_parts, blob_root,
+                                                    None if own is None else (sender, own))
+                conn.send((prep, time.process_time()))
+            except (EOFError, OSError):
+                return
+            except BaseException:  # noqa: BLE001 -- anything at all (a result that does not pickle): parent does it
+                conn.send((None, time.process_time()))
+
+
+class Worker:
+    """One worker process preparing mails (`prepare_one`) for the main process, fed over a pipe.
+
+    budget: CPU seconds one mail may take in the worker. While the main process waits for a mail's result it
+    watches the worker's CPU time (/proc): a mail over budget gets the worker killed (SIGKILL: whatever code
+    it was stuck in) and a fresh one started for the mails after it; that mail is `over_budget`. A mail during
+    which the worker died is tried once more in a fresh worker; when it dies again, the mail is `crashed`.
+    Without a worker (it cannot be started) every result is None: the main process does the work."""
+
+    POLL = 0.05
+
+    def __init__(self, args: tuple[Any, ...], *, budget: float | None, context: str = "fork") -> None:
+        self.args = args
+        self.budget = budget
+        self.context = context
+        self.proc: Any = None
+        self.conn: Any = None
+        self.broken = False
+        self.killed = 0        # workers killed for a mail over budget (statistics, tests)
+        self._cpu = 0.0        # the worker's CPU seconds when its current mail started
+
+    def start(self) -> bool:
+        if self.proc is not None:
+            return True
+        if self.broken:
+            return False
+        try:
+            import multiprocessing
+
+            ctx: Any = multiprocessing.get_context(self.context)
+            if self.context == "forkserver":
+                ctx.set_forkserver_preload(["gateway.prepare", "gateway.mime", "gateway.quotes", "gateway.autoreply",
+                                            "gateway.blobs"])
+            parent, child = ctx.Pipe(duplex=True)
+            proc = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="tg-prepare")
+            proc.start()
+            child.close()
+        except Exception as e:  # noqa: BLE001 -- no worker: the main process does the work
+            log.warning("preparation worker unavailable (%s: %s); preparing in the main process",
+                        type(e).__name__, e)
+            self.broken = True
+            return False
+        self.proc, self.conn, self._cpu = proc, parent, 0.0
+        return True
+
+    def stop(self) -> None:
+        proc, conn, self.proc, self.conn = self.proc, self.conn, None, None
+        if proc is None:
+            return
+        try:
+            conn.close()
+            proc.join(2)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(2)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _kill(self) -> None:
+        proc, conn, self.proc, self.conn = self.proc, self.conn, None, None
+        try:
+            proc.kill()
+            proc.join(5)
+            conn.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def send(self, raws: list[bytes], senders: list[str | None]) -> bool:
+        """Hand over a chunk (the worker must be idle: every result of the last chunk received)."""
+        if not self.start():
+            return False
+        try:
+            self.conn.send((raws, senders, self.args))
+            return True
+        except (OSError, ValueError):
+            self._kill()
+            return False
+
+    def receive(self) -> tuple[str, Prepared | None]:
+        """The next mail's result: ("ok", Prepared or None), ("over", None): killed over budget, ("died", None)."""
+        conn, proc = self.conn, self.proc
+        if conn is None:
+            return "died", None
+        try:
+            while not conn.poll(self.POLL):
+                if not proc.is_alive():
+                    raise EOFError
+                if self.budget is not None and _cpu_seconds(proc.pid) - self._cpu > self.budget:
+                    self.killed += 1
+                    self._kill()
+                    return "over", None
+            prep, self._cpu = conn.recv()
+            return "ok", prep
+        except (EOFError, OSError, pickle.UnpicklingError, TypeError, ValueError):
+            self._kill()
+            return "died", None
+
+    def begin(self, raws: list[bytes], senders: list[str | None]) -> None:
+        """Hand a chunk to the worker; `finish` collects its results."""
+        self._task = (raws, senders)
+        self._out: list[Prepared | None] = []
+        self._deaths: dict[int, int] = {}
+        self._sent = bool(raws) and self.send(raws, senders)
+
+    def finish(self) -> list[Prepared | None]:
+        """Every mail's Prepared of the chunk begun (None: do it yourself), in order."""
+        raws, senders = self._task
+        out, sent = self._out, self._sent
+        while len(out) < len(raws):
+            if not sent:
+                return out + [None] * (len(raws) - len(out))
+            state, prep = self.receive()
+            if state == "ok":
+                out.append(prep)
+                continue
+            if state == "over":
+                out.append(Prepared(over_budget=True))
+            else:
+                n = self._deaths[len(out)] = self._deaths.get(len(out), 0) + 1
+                if n >= 2:
+                    out.append(Prepared(crashed=True))
+            i = len(out)
+            sent = i < len(raws) and self.send(raws[i:], senders[i:])
+        return out
 
 
 class ParseAhead:
-    """Prepared work for a stream of items (any tuple whose `raw_at` element is the raw bytes or None), in order.
+    """Prepared work for a stream of items (any tuple whose `raw_at` element is the raw bytes or None), in order,
+    or for one batch of mails (`prepare`), by one killable worker process (`Worker`).
 
-    `stream(items)` yields (item, Prepared | None). The worker is started on the first chunk; when it dies or
-    cannot be started, the rest is yielded with None (the main process does the work): slower, never lost."""
+    `stream(items)` yields (item, Prepared | None), the worker one chunk ahead of the caller. When the worker
+    cannot be started, every Prepared is None (the main process does the work): slower, never lost."""
 
     def __init__(self, *, max_depth: int, max_parts: int, blob_root: str | None, raw_at: int = 2,
-                 classify_for: tuple[str | None, tuple[str, ...]] | None = None) -> None:
+                 classify_for: tuple[str | None, tuple[str, ...]] | None = None,
+                 own_domains: tuple[str, ...] | None = None, budget: float | None = None,
+                 context: str = "fork") -> None:
         """classify_for: (envelope sender, own domains) when every mail of the stream has that envelope
-        sender: the worker classifies them too (gateway.handlers.classify uses it only for the same inputs)."""
-        self.args = (max_depth, max_parts, blob_root, classify_for)
+        sender; own_domains: the mails of `prepare` are classified with their own envelope senders.
+        budget: CPU seconds per mail (see Worker); context: how the worker is started (multiprocessing)."""
+        if classify_for is not None:
+            own_domains = classify_for[1]
+        self.sender = classify_for[0] if classify_for is not None else None
+        self.worker = Worker((max_depth, max_parts, blob_root, own_domains), budget=budget, context=context)
         self.raw_at = raw_at
-        self.pool: Any = None
-        self.broken = False
+        self.lock = threading.Lock()
         self.prepared = 0
         self.waited = 0.0  # seconds the main process waited for the worker
 
-    def _submit(self, chunk: list[Any]) -> Any:
-        if self.broken:
-            return None
-        try:
-            if self.pool is None:
-                import multiprocessing
-                from concurrent.futures import ProcessPoolExecutor
-
-                self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
-                                                initializer=_worker_init)
-            raws = [it[self.raw_at] or b"" for it in chunk]
-            return self.pool.submit(prepare_chunk, raws, *self.args)
-        except Exception as e:  # noqa: BLE001 -- no worker: the main process does the work
-            self._broke(e)
-            return None
+    @property
+    def broken(self) -> bool:
+        return self.worker.broken
 
     def start(self) -> None:
-        """Fork the worker now: before the caller opens its database connections, so that the worker holds
-        none of them (a worker outliving a killed import must not keep a transaction of it open)."""
-        fut = self._submit([])
-        if fut is not None:
-            self._results(fut, 0)
+        """Start the worker now: before the caller opens its database connections, so that a forked worker
+        holds none of them (a worker outliving a killed import must not keep a transaction of it open)."""
+        with self.lock:
+            self.worker.start()
 
-    def _broke(self, e: BaseException) -> None:
-        if not self.broken:
-            log.warning("parse-ahead worker unavailable (%s: %s); parsing in the main process", type(e).__name__, e)
-        self.broken = True
-
-    def _results(self, fut: Any, n: int) -> list[Prepared | None]:
-        if fut is None:
-            return [None] * n
-        import time
-
+    def prepare(self, raws: list[bytes], senders: list[str | None]) -> list[Prepared | None]:
+        """The Prepared of each mail (raw bytes, envelope sender), in order; None: do it yourself."""
         t0 = time.perf_counter()
-        try:
-            blobs = fut.result()
-        except BaseException as e:  # noqa: BLE001 -- BrokenProcessPool and the like
-            self._broke(e)
-            return [None] * n
-        finally:
-            self.waited += time.perf_counter() - t0
-        out: list[Prepared | None] = []
-        for b in blobs:
-            try:
-                out.append(pickle.loads(b) if b is not None else None)
-            except Exception:  # noqa: BLE001
-                out.append(None)
+        with self.lock:
+            self.worker.begin(raws, senders)
+            out = self.worker.finish()
+        self.waited += time.perf_counter() - t0
         self.prepared += sum(1 for x in out if x is not None)
         return out
 
     def stream(self, items: Iterable[Any]) -> Iterator[tuple[Any, Prepared | None]]:
         it = iter(items)
-        pending: deque[tuple[list[Any], Any]] = deque()
 
-        def fill() -> bool:
-            chunk = []
+        def chunk() -> list[Any]:
+            out = []
             for item in it:
-                chunk.append(item)
-                if len(chunk) >= CHUNK:
+                out.append(item)
+                if len(out) >= CHUNK:
                     break
-            if not chunk:
-                return False
-            pending.append((chunk, self._submit(chunk)))
-            return True
+            return out
 
-        more = True
-        while more and len(pending) < AHEAD:
-            more = fill()
-        while pending:
-            chunk, fut = pending.popleft()
-            if more:
-                more = fill()
-            for item, prep in zip(chunk, self._results(fut, len(chunk))):
+        current = chunk()
+        if current:
+            self._begin(current)
+        while current:
+            results = self._finish()
+            nxt = chunk()
+            if nxt:
+                self._begin(nxt)  # the worker prepares the next chunk while the caller stores this one
+            for item, prep in zip(current, results):
                 yield item, (prep if item[self.raw_at] is not None else None)
+            current = nxt
+
+    def _begin(self, items: list[Any]) -> None:
+        raws = [item[self.raw_at] or b"" for item in items]
+        self.worker.begin(raws, [self.sender] * len(raws))
+
+    def _finish(self) -> list[Prepared | None]:
+        t0 = time.perf_counter()
+        out = self.worker.finish()
+        self.waited += time.perf_counter() - t0
+        self.prepared += sum(1 for x in out if x is not None)
+        return out
 
     def close(self) -> None:
         log.debug("parse-ahead: %d mails prepared, %.2f s waited for the worker", self.prepared, self.waited)
-        if self.pool is not None:
-            try:
-                self.pool.shutdown(wait=True, cancel_futures=True)
-            except Exception:  # noqa: BLE001
-                pass
-            self.pool = None
+        self.worker.stop()

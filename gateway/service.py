@@ -57,12 +57,14 @@ log = logging.getLogger("gateway.service")
 # Components that add tasks and jobs: "module:function", function(service) called before start.
 COMPONENTS: tuple[str, ...] = (
     "gateway.imap:install_service",
+    "gateway.spooldrain:install_service",  # mail piped by the MTA (`deliver`), drained on the doorbell
     "gateway.outbound:install_service",
     "gateway.sla:install_service",
     "gateway.api:install_service",   # HTTP: API, /healthz, /metrics ([http] listen)
     "gateway.backends:install_service",
 )
 
+THREAD_BATCH = 16          # stored mails threaded in one write transaction (a savepoint each)
 HARD_EXIT_SECONDS = 28.0   # from SIGTERM: whatever still runs then is abandoned (exit 0 stays within 30 s)
 
 
@@ -269,6 +271,8 @@ class Service:
         self.stop_requested = threading.Event()                # the same, for sync code in threads
         self.listeners: list[Any] = []
         self.intake: Any = None
+        self.spool_drainer: Any = None                         # gateway.spooldrain.SpoolDrainer
+        self.ahead: Any = None                                 # gateway.prepare.ParseAhead: the worker process
         self.registry: Any = None
         self.queue: asyncio.Queue[tuple[int, float]] | None = None
         self.gate = WriteGate(False)
@@ -331,6 +335,10 @@ class Service:
         """Thread a stored mail now (raises StoreUnavailable on an outage)."""
         return await asyncio.get_running_loop().run_in_executor(self.process_pool, self._process_sync, mail_id)
 
+    async def process_batch(self, mail_ids: list[int]) -> list[Result]:
+        """Thread stored mails now, as one batch (raises StoreUnavailable on an outage)."""
+        return await asyncio.get_running_loop().run_in_executor(self.process_pool, self._thread_sync, mail_ids)
+
     def enqueue(self, mail_id: int) -> None:
         """Have the workers thread a stored mail (after arriving mail, up to serve.defer_seconds)."""
         if self.queue is not None:
@@ -348,13 +356,25 @@ class Service:
             return self.intake.store_many(items)
 
     def _process_sync(self, mail_id: int) -> Result:
-        with self.gate.hold(urgent=False):
-            t = time.monotonic()
-            try:
-                return self.intake.process(mail_id)
-            finally:
-                held = time.monotonic() - t
-                self.thread_seconds = 0.9 * self.thread_seconds + 0.1 * held
+        results = self._thread_sync([mail_id])
+        if not results:
+            raise KeyError(f"no inbound mail {mail_id}")
+        return results[0]
+
+    def _thread_sync(self, mail_ids: list[int]) -> list[Result]:
+        """Thread stored mails as one batch (Intake.thread): prepared by the worker process first, then one
+        write transaction holding the write gate (a savepoint per mail)."""
+        @contextlib.contextmanager
+        def gate() -> Iterator[None]:
+            with self.gate.hold(urgent=False):
+                t = time.monotonic()
+                try:
+                    yield
+                finally:
+                    held = (time.monotonic() - t) / max(1, len(mail_ids))
+                    self.thread_seconds = 0.9 * self.thread_seconds + 0.1 * held
+
+        return self.intake.thread(mail_ids, hold=gate)
 
     def _may_thread(self, since: float) -> bool:
         """Threading may take its next turn (alternating with store batches at the write gate): no mail
@@ -393,20 +413,20 @@ class Service:
             ids = [i for i in self.intake.pending(older_than=age, limit=100) if i not in seen]
             if not ids:
                 break
-            for mail_id in ids:
+            for i in range(0, len(ids), THREAD_BATCH):
                 if self.stop_requested.is_set():
                     break
-                seen.add(mail_id)
+                chunk = ids[i:i + THREAD_BATCH]
+                seen.update(chunk)
                 self._wait_quiet(started)
                 try:
-                    self._process_sync(mail_id)
-                    done += 1
+                    done += len(self._thread_sync(chunk))
                 except StoreUnavailable:
                     raise
                 except Exception as e:  # noqa: BLE001
                     if is_unavailable(e):
                         raise StoreUnavailable(str(e)) from e
-                    log.exception("sweep: mail %s failed", mail_id)
+                    log.exception("sweep: mails %s failed", chunk)
         if done:
             log.info("sweep: threaded %d stored mail(s)", done)
         return done
@@ -439,19 +459,24 @@ class Service:
             await asyncio.sleep(0.02)
 
     async def _worker(self, n: int) -> None:
+        """Threads what is stored, in batches: the mails queued by the time it takes its turn (at most
+        THREAD_BATCH), one write transaction for them all."""
         assert self.queue is not None
         while True:
-            mail_id, queued = await self.queue.get()
-            while not self._may_thread(queued):
+            batch = [await self.queue.get()]
+            while len(batch) < THREAD_BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            while not self._may_thread(batch[0][1]):
                 await asyncio.sleep(0.02)
+            ids = [mail_id for mail_id, _ in batch]
             try:
-                result = await self.process(mail_id)
-                log.debug("mail %s: %s", mail_id, result.outcome)
-            except StoreUnavailable as e:  # the sweep threads it later; one line per change of state
+                results = await self.process_batch(ids)
+                log.debug("mails %s: %s", ids, [r.outcome for r in results])
+            except StoreUnavailable as e:  # the sweep threads them later; one line per change of state
                 if not self.app.observe.state("database", False, f"{type(e).__name__}: {e}"):
-                    log.debug("mail %s stored, threading postponed (store unavailable: %s)", mail_id, e)
+                    log.debug("mails %s stored, threading postponed (store unavailable: %s)", ids, e)
             except Exception:  # noqa: BLE001
-                log.exception("mail %s: threading failed; the sweep tries again", mail_id)
+                log.exception("mails %s: threading failed; the sweep tries again", ids)
 
     async def _run_task(self, name: str, factory: Callable[[Service], Awaitable[None]]) -> None:
         try:
@@ -527,6 +552,7 @@ class Service:
                 return EX_TEMPFAIL
             raise
         self.intake = app.intake()
+        self.ahead = app.ahead = await loop.run_in_executor(self.pool, self._start_worker)
         release_big_binds(app.engine)
         sqlite = app.engine.dialect.name == "sqlite"
         self.gate = WriteGate(sqlite)
@@ -615,10 +641,27 @@ class Service:
         # 5. threads: in-flight pipeline runs finish (their transactions are short); then close the store
         ok = await loop.run_in_executor(None, self._join_pools, t0 + HARD_EXIT_SECONDS - 2)
         if ok:
+            if self.ahead is not None:
+                self.app.ahead = None
+                self.ahead.close()
             with contextlib.suppress(Exception):
                 self.app.close()
         log.info("stopped after %.1fs", time.monotonic() - t0)
         return 0
+
+    def _start_worker(self) -> Any:
+        """The preparation worker (gateway.prepare): parsing and the rest of the CPU work of a mail run there,
+        within limits.mail_cpu_seconds. Started by a fork server: this process already runs threads."""
+        from gateway.autoreply import own_domains_of
+        from gateway.prepare import ParseAhead
+
+        limits = self.config.limits
+        ahead = ParseAhead(max_depth=limits["max_mime_depth"], max_parts=limits["max_mime_parts"],
+                           blob_root=str(self.config.attachments_dir),
+                           own_domains=own_domains_of(self.config.gateway_addresses),
+                           budget=float(limits["mail_cpu_seconds"]), context="forkserver")
+        ahead.start()
+        return ahead
 
     def _join_pools(self, until: float) -> bool:
         pools = (self.store_pool, self.process_pool, self.pool)

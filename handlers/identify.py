@@ -3,42 +3,42 @@ default-reporter)."""
 
 from __future__ import annotations
 
-import email.utils
 from email.message import Message
 
+from gateway import addresses
 from gateway.outcomes import Ignore, Quarantine, Reject
 from gateway.pipeline import MailContext
 
+AMBIGUOUS = "ambiguous sender"  # the quarantine reason's prefix; `mail replay` releases it
 
-def parse_single_address(msg: Message, header: str) -> str | None:
-    """The one address in a header, lowercased, or None when absent, several or malformed."""
+
+def single_address(msg: Message, header: str) -> str | None:
+    """The one address in a header (gateway.addresses), or None when absent, several, malformed or
+    ambiguous."""
     try:  # raw values: policy.default's address parser is slow on hostile input
-        values = [v for k, v in msg.raw_items() if k.lower() == header.lower()]
-        pairs = email.utils.getaddresses([str(v) for v in values])
+        values = [str(v) for k, v in msg.raw_items() if k.lower() == header.lower()]
     except Exception:  # noqa: BLE001 -- a malformed header is simply not usable
         return None
-    addrs = [a for _, a in pairs if a]
-    if len(addrs) != 1 or addrs[0].count("@") != 1:
-        return None
-    return addrs[0].strip().lower()
+    author = addresses.read_author(values, header) if values else None
+    return author.addr if author is not None and not author.ambiguous else None
 
 
 def _sender_address(ctx: MailContext) -> str:
     p = ctx.parsed
     assert p is not None
+    if p.ambiguous:
+        if AMBIGUOUS not in (ctx.mail.released or []):
+            raise Quarantine(f"{AMBIGUOUS}: {p.ambiguous}")
+        ctx.note(f"identify: {p.ambiguous}; released by an admin (replay): read as this gateway reads it")
     if p.from_addr:
         return p.from_addr
     problem = p.from_problem or "no usable From address"
-    sender_hdr = parse_single_address(p.message, "Sender")
-    if sender_hdr and p.from_problem and "addresses" in p.from_problem:
-        ctx.note(f"identify: {problem}; using the Sender header {sender_hdr}")
-        return sender_hdr
     if p.from_problem == "no From header":
-        env = (ctx.mail.envelope_from or "").strip().strip("<>").lower()
-        if env.count("@") == 1:
+        env = addresses.read_envelope(ctx.mail.envelope_from)
+        if env:
             ctx.note(f"identify: no From header; using the envelope sender {env}")
             return env
-        return_path = parse_single_address(p.message, "Return-Path")
+        return_path = single_address(p.message, "Return-Path")
         if return_path:
             ctx.note(f"identify: no From header; using the Return-Path header {return_path}")
             return return_path

@@ -1,4 +1,5 @@
-"""Parse the raw bytes (stdlib email, policy.default) with depth, part-count and charset guards."""
+"""Parse the raw bytes (stdlib email, policy.default) with depth, part-count and charset guards; the bounds the
+mail hit (gateway.mime: addresses, Message-IDs, header fields, parameter sections) go to the trace."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from gateway.pipeline import MailContext
 
 def handle(ctx: MailContext) -> None:
     limits = ctx.config.limits
-    prep = ctx.prepared  # parsed ahead in the import's worker process (gateway.prepare), or None
+    prep = ctx.prepared  # parsed ahead in the worker process (gateway.prepare), or None
+    if prep is not None and prep.over_budget:  # the worker was killed: limits.mail_cpu_seconds
+        ctx.note(f"parse: more than limits.mail_cpu_seconds ({limits['mail_cpu_seconds']:g} s of CPU)")
+        raise Quarantine("over budget")
+    if prep is not None and prep.crashed:
+        ctx.note("parse: the preparation worker died on this mail, twice")
+        raise Quarantine("over budget: the mail crashed the preparation worker twice")
     try:
         if prep is not None and prep.parse_error is not None:
             raise MailParseError(prep.parse_error)
@@ -28,3 +35,5 @@ def handle(ctx: MailContext) -> None:
     p = ctx.parsed
     ctx.note(f"parse: Message-ID {p.message_id or '(none)'}, {len(p.attachments)} attachment(s)"
              + (f", defects: {'; '.join(p.defects[:5])}" if p.defects else ""))
+    for bound in p.bounds:
+        ctx.note(f"parse: bound hit, truncated: {bound}")

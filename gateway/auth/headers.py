@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import email.utils
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gateway.addresses import read_author
 from gateway.auth.policy import Method
 
 HEAD_LIMIT = 256 * 1024      # bytes of header looked at
@@ -46,17 +46,11 @@ def from_domain(fields: Iterable[tuple[str, str]]) -> str | None:
     """The domain of the one address in the one From field, lowercased; None when there is not exactly one
     (several From fields or authors are for the address reader to quarantine; nothing to authenticate)."""
     values = [v for k, v in fields if k.lower() == "from"]
-    if len(values) != 1:
+    author = read_author(values) if len(values) == 1 else None
+    if author is None or author.addr is None or author.ambiguous:
         return None
-    try:
-        pairs = email.utils.getaddresses(values, strict=True)
-    except TypeError:  # Python without the strict flag
-        pairs = email.utils.getaddresses(values)
-    addrs = [a for _, a in pairs if a]
-    if len(addrs) != 1 or addrs[0].count("@") != 1:
-        return None
-    domain = addrs[0].rpartition("@")[2].strip().rstrip(".").lower()
-    return domain or None
+    domain = author.addr.rpartition("@")[2]
+    return domain if domain and not domain.startswith("[") else None
 
 
 @dataclass

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from email.utils import parseaddr
 from typing import Any
 
+from gateway.addresses import read_author
 from gateway.backends.desk import (
     CheckLine,
     Desk,
@@ -125,7 +125,9 @@ class Zammad(Desk):
             body = str(a.get("body") or "")
             if str(a.get("content_type", "")).startswith("text/html"):
                 body = html_to_text(body)
-            name, addr = parseaddr(str(a.get("from") or ""))
+            who = read_author([str(a.get("from") or "")])  # "Name <addr>", or a name alone
+            addr = who.addr or ""
+            name = who.name or ("" if addr else str(a.get("from") or "").strip())
             sender = a.get("sender")
             out.append(RemoteComment(
                 id=str(a["id"]), body=body, public=not a.get("internal", False),

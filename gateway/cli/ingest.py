@@ -114,7 +114,8 @@ def run(args: argparse.Namespace, config) -> int:  # type: ignore[no-untyped-def
         limits = config.limits
         ahead = ParseAhead(max_depth=limits["max_mime_depth"], max_parts=limits["max_mime_parts"],
                            blob_root=str(config.attachments_dir),
-                           classify_for=(args.sender, own_domains_of(config.gateway_addresses)))
+                           classify_for=(args.sender, own_domains_of(config.gateway_addresses)),
+                           budget=float(limits["mail_cpu_seconds"]))
         ahead.start()
     try:
         app = open_app(config, upgrade=not args.dry_run)

@@ -51,22 +51,11 @@ def run_deliver(args: argparse.Namespace, config: Config) -> int:
 def _spooled(app: App, files: list[Path]) -> list[tuple[bytes, Envelope]]:
     """(raw, Envelope) of each file, sender authentication checked on arrival as for the other live sources
     (DNS work: before the write transaction opens, never under the write lock)."""
-    from gateway import spool
-    from gateway.envelope import Envelope
+    from gateway.spooldrain import read_spooled
 
-    out = []
-    for f in files:
-        try:
-            raw, env = spool.read(f)
-        except ValueError:  # not written by deliver: store what it holds, the pipeline decides
-            raw, env = f.read_bytes(), {}
-        envelope = Envelope(mail_from=env.get("mail_from"),
-                            rcpt_tos=tuple(str(a).lower() for a in env.get("rcpt_tos") or ()),
-                            source="pipe", source_ref=None, client_ip=env.get("client_ip"),
-                            client_helo=env.get("client_helo"))
-        if app.auth is not None and app.auth.active:
-            envelope = app.auth.envelope(raw, envelope)
-        out.append((raw, envelope))
+    out = [read_spooled(f) for f in files]
+    if app.auth is not None and app.auth.active:
+        out = [(raw, app.auth.envelope(raw, envelope)) for raw, envelope in out]
     return out
 
 

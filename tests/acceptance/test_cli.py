@@ -82,7 +82,7 @@ def test_mail_list_show_and_replay_of_quarantined(cfg):
     p = run_cli("ingest", config=cfg, input=b"From: a@x.example, b@x.example\r\nSubject: hm\r\n\r\nbody")
     assert p.returncode == 0  # quarantined counts as stored
     q = j(run_cli("mail", "list", "--status", "quarantined", "--json", config=cfg))
-    assert len(q) == 1 and "2 addresses" in q[0]["reason"]
+    assert len(q) == 1 and "From names 2 authors" in q[0]["reason"]
     shown = run_cli("mail", "show", str(q[0]["id"]), config=cfg)
     assert b"trace:" in shown.stdout and b"outcome: quarantined" in shown.stdout
     replay = run_cli("mail", "replay", str(q[0]["id"]), config=cfg)

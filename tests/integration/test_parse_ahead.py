@@ -99,34 +99,48 @@ def test_parse_ahead_gives_the_same_outcomes_traces_and_rows_as_one_process(tmp_
     assert seq_blobs <= par_blobs
 
 
-def _dies_on_the_second_chunk(raws, *args):  # runs in the worker process
+def _dies_once_on_case_7(raw, *args):  # runs in the worker process
     marker = Path(os.environ["TG_TEST_MARKER"])
-    if marker.exists():
-        os._exit(9)
-    marker.write_text("one chunk done")
-    return _real_prepare_chunk(raws, *args)
+    if b"case 7\n" in raw or b"case 7\r\n" in raw:
+        if os.environ.get("TG_TEST_ALWAYS") or not marker.exists():
+            marker.write_text("died")
+            os._exit(9)
+    return _real_prepare_one(raw, *args)
 
 
-_real_prepare_chunk = gateway.prepare.prepare_chunk
+_real_prepare_one = gateway.prepare.prepare_one
 
 
-def test_a_dying_worker_costs_time_not_mail(tmp_path, capsys, fixed_clock, monkeypatch, caplog):
+@pytest.mark.parametrize("always", [False, True])
+def test_a_dying_worker_costs_time_not_mail(tmp_path, capsys, fixed_clock, monkeypatch, always):
+    """The worker dies on one mail: a fresh worker prepares the rest, and the mail is tried once more; when the
+    worker dies on it again, that mail is quarantined (never tried at every restart), every other is as without
+    the worker."""
     mails = tmp_path / "mails"
     mails.mkdir()
-    for i in range(120):
+    for i in range(40):
         (mails / f"{i:04d}.eml").write_bytes(make_mail(subject=f"case {i}", body=f"mail {i}\n",
                                                        sender=f"C {i} <c{i}@customer{i % 5}.example>"))
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     seq_out, seq_rows, _ = run_ingest(tmp_path / "a", mails, capsys, "--no-parse-ahead")
     monkeypatch.setenv("TG_TEST_MARKER", str(tmp_path / "marker"))
-    monkeypatch.setattr(gateway.prepare, "prepare_chunk", _dies_on_the_second_chunk)
+    if always:
+        monkeypatch.setenv("TG_TEST_ALWAYS", "1")
+    monkeypatch.setattr(gateway.prepare, "prepare_one", _dies_once_on_case_7)
     par_out, par_rows, _ = run_ingest(tmp_path / "b", mails, capsys)
     assert (tmp_path / "marker").exists()
-    assert "parse-ahead worker unavailable" in caplog.text
-    assert par_out == seq_out and len(par_out) == 120
-    for name, rows in seq_rows.items():
-        assert par_rows[name] == rows, name
+    assert len(par_out) == 40
+    if not always:
+        assert par_out == seq_out
+        for name, rows in seq_rows.items():
+            assert par_rows[name] == rows, name
+        return
+    crashed = par_out[7]
+    assert crashed["source"] == "0007.eml" and crashed["outcome"] == "quarantined", crashed
+    assert crashed["reason"] == "over budget: the mail crashed the preparation worker twice"
+    assert [d["outcome"] for d in par_out[:7] + par_out[8:]] == ["ticket"] * 39
+    assert [d["ticket"] for d in par_out[8:]] == [d["ticket"] - 1 for d in seq_out[8:]]
 
 
 def _chunk_of_related_mails(dst: Path) -> list[str]:
