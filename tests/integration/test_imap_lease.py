@@ -4,6 +4,7 @@ mailbox, and two `serve` processes where the holder is killed (SIGKILL) and the 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -163,8 +164,6 @@ def test_two_drains_racing_without_the_service_loop_leave_nothing_received(make_
 
 # Two serve processes ------------------------------------------------------------------------------------------
 def _serve_config(tmp: Path, data: Path, db_url: str, account: dict) -> Path:
-    import json
-
     lines = [f'[gateway]\ndata_dir = "{data}"\naddresses = ["support@example.com"]\nunknown_senders = "register"\n',
              f'[database]\nurl = "{db_url}"\n',
              '[[listen]]\nprotocol = "lmtp"\nport = 0\nhost = "127.0.0.1"\n',
@@ -188,6 +187,11 @@ class ServeProc:
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(config), "serve"],
                                          stdout=subprocess.DEVNULL, stderr=err, env=env)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        from conftest import run_cli
+
+        return run_cli(*args, config=self.config)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -215,6 +219,8 @@ def test_serve_holder_killed_the_other_takes_over_within_the_lease(tmp_path, db_
         assert state is not None and not state.free
         holder = next(p for p in procs if f":{p.proc.pid}:" in state.holder)
         other = next(p for p in procs if p is not holder)
+        out = holder.cli("imap", "status", "--no-connect", "--json")
+        assert out.returncode == 0 and json.loads(out.stdout)["holder"] == state.holder, out
         assert wait_for(lambda: "standby: another instance polls this mailbox" in other.text(), timeout=10), \
             other.text()[-3000:]
         holder.proc.send_signal(signal.SIGKILL)
