@@ -193,6 +193,15 @@ class ServeProc:
 
         return run_cli(*args, config=self.config)
 
+    def healthz(self) -> dict:
+        import re
+
+        import httpx
+
+        m = re.search(r"http: listening on (http://127\.0\.0\.1:\d+)", self.text())
+        assert m, self.text()[-2000:]
+        return dict(httpx.get(m.group(1) + "/healthz", timeout=10).json())
+
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
@@ -221,6 +230,10 @@ def test_serve_holder_killed_the_other_takes_over_within_the_lease(tmp_path, db_
         other = next(p for p in procs if p is not holder)
         out = holder.cli("imap", "status", "--no-connect", "--json")
         assert out.returncode == 0 and json.loads(out.stdout)["holder"] == state.holder, out
+        # the standby is healthy: no IMAP connection is not a fault while another instance polls
+        for proc, role in ((holder, "poller"), (other, "standby")):
+            health = proc.healthz()
+            assert health["status"] == "ok" and health["checks"]["imap"][0]["role"] == role, health
         assert wait_for(lambda: "standby: another instance polls this mailbox" in other.text(), timeout=10), \
             other.text()[-3000:]
         holder.proc.send_signal(signal.SIGKILL)
