@@ -162,6 +162,27 @@ def test_two_drains_racing_without_the_service_loop_leave_nothing_received(make_
     assert dovecot.count("INBOX") == 0
 
 
+def test_cli_imap_poll_skips_a_mailbox_another_instance_polls(tmp_path, make_app, db_url, dovecot):
+    from conftest import run_cli, write_config
+
+    app = make_app()
+    acct = dovecot.account_config("held", lease_seconds=30)
+    extra = "\n[[imap]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in acct.items())
+    cfg = write_config(tmp_path, db_url, extra)
+    dovecot.append(make_mail(subject="not yet", sender="ny@customer.example"))
+    lease = Lease(app.sessions, "imap:held", app.instance, 30)
+    assert lease.claim()
+    out = run_cli("imap", "poll", config=cfg)
+    assert out.returncode == 0, out
+    assert out.stdout.decode().startswith(f"held: skipped, another instance polls this mailbox (held by "
+                                          f"{app.instance} for "), out.stdout
+    assert dovecot.count("INBOX") == 1 and counts(app) == (0, 0, 0)
+    lease.release()
+    out = run_cli("imap", "poll", config=cfg)
+    assert out.returncode == 0 and b"held: 1 fetched (1 ticket)" in out.stdout, out
+    assert counts(app) == (1, 1, 0) and lease.state() is not None and lease.state().free  # released after
+
+
 # Two serve processes ------------------------------------------------------------------------------------------
 def _serve_config(tmp: Path, data: Path, db_url: str, account: dict) -> Path:
     lines = [f'[gateway]\ndata_dir = "{data}"\naddresses = ["support@example.com"]\nunknown_senders = "register"\n',
