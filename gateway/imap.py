@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 from sqlalchemy import func, select, tuple_
 
 from gateway.db import StoreUnavailable, is_unavailable, retry_on_conflict, transaction
+from gateway.engine import Engine
 from gateway.lease import Lease
 from gateway.models import ImapSeen
 
@@ -229,6 +230,7 @@ class ImapPoller:
         self.account = account if isinstance(account, ImapAccount) else ImapAccount.from_config(
             account, app.config.base_dir)
         self.intake = app.intake()
+        self.engine = Engine(app, self.intake)
         self.max_size = int(app.config.get("limits", "max_message_size"))
         self._client_factory = client_factory
         self.client: IMAPClient | None = None
@@ -595,7 +597,7 @@ class ImapPoller:
         out: dict[int, Any] = {}
         try:
             for i in range(0, len(mail_ids), THREAD_BATCH):  # the write lock is held for one batch at a time
-                out.update((r.mail_id, r) for r in self.intake.thread(mail_ids[i:i + THREAD_BATCH]))
+                out.update((r.mail_id, r) for r in self.engine.thread(mail_ids[i:i + THREAD_BATCH]))
             return out
         except Exception as e:  # noqa: BLE001
             self.log.debug("threading %d mail(s) as one batch failed (%s); one by one", len(mail_ids), e)

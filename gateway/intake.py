@@ -8,7 +8,6 @@ recovered by `process_pending()`.
 
 from __future__ import annotations
 
-import contextlib
 import email.parser
 import email.policy
 import hashlib
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import func, insert, inspect, select, update
+from sqlalchemy import func, insert, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session
 
@@ -36,9 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.intake")
 T = TypeVar("T")
-# A stored mail is tried at most this many times without getting an outcome (each try ended with the process:
-# killed, out of memory); the next time it is quarantined without running.
-MAX_TRIES = 2
 
 _LAST_MAIL_ID = select(func.coalesce(func.max(InboundMail.id), 0))
 
@@ -146,7 +142,7 @@ class Intake:
     # Step 2: thread ----------------------------------------------------------------
     def process(self, mail_id: int) -> Result:
         """Thread a stored mail; a mail already processed returns its recorded result."""
-        results = self.thread([mail_id])
+        results = self.process_many([mail_id])
         if not results:
             raise KeyError(f"no inbound mail {mail_id}")
         return results[0]
@@ -167,60 +163,6 @@ class Intake:
                                                               exhausted or set()), what)
         return [self._observed(r, started) for r in results]
 
-    def thread(self, mail_ids: Sequence[int], *, hold: Callable[[], contextlib.AbstractContextManager[Any]] | None
-               = None, guard: bool = True) -> list[Result]:
-        """Thread stored mails as one batch (`process_many`), the engine's path for stored mail.
-
-        The raw bytes are read and prepared by the app's worker process (parse, HTML, classify, attachment
-        blobs, within limits.mail_cpu_seconds) before `hold()` (the caller's write gate) is taken, so that the
-        write transaction holds only database work. guard: each try is counted on the mail row and committed
-        before it runs (`attempts`); a mail tried before without an outcome runs alone, and one that got no
-        outcome in MAX_TRIES tries (it took the process down) is quarantined without running again."""
-        hold = hold or contextlib.nullcontext
-        ids = list(dict.fromkeys(mail_ids))
-        if not guard:
-            return self._thread_batch(ids, hold, counted=False)
-        tried = self._tried(ids)
-        again = [i for i in ids if tried.get(i, 0) > 0]
-        fresh = [i for i in ids if i not in again]
-        out: list[Result] = []
-        for batch in [[i] for i in again] + ([fresh] if fresh else []):
-            with hold():
-                self._retrying(lambda b=batch: self._count_try(b), "counting a try")  # type: ignore[misc]
-            out.extend(self._thread_batch(batch, hold, counted=True,
-                                          exhausted={i for i in batch if tried.get(i, 0) >= MAX_TRIES}))
-        return out
-
-    def _tried(self, ids: list[int]) -> dict[int, int]:
-        """Tries counted on each mail still to be threaded."""
-        with self.app.sessions() as s:
-            return dict(s.execute(select(InboundMail.id, InboundMail.attempts).where(
-                InboundMail.id.in_(ids), InboundMail.outcome == "received")).all())
-
-    def _count_try(self, ids: list[int]) -> None:
-        with transaction(self.app.sessions) as s:
-            s.execute(update(InboundMail).where(InboundMail.id.in_(ids), InboundMail.outcome == "received")
-                      .values(attempts=InboundMail.attempts + 1))
-
-    def _thread_batch(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]], *,
-                      counted: bool, exhausted: set[int] | None = None) -> list[Result]:
-        raws: dict[int, bytes] = {}
-        prepared: dict[int, Any] = {}
-        ahead = self.app.ahead
-        work = [i for i in ids if i not in (exhausted or ())]
-        if ahead is not None and work:
-            with self.app.sessions() as s:
-                rows = s.execute(select(InboundRaw.mail_id, InboundRaw.data, InboundMail.envelope_from)
-                                 .join(InboundMail, InboundMail.id == InboundRaw.mail_id)
-                                 .where(InboundRaw.mail_id.in_(work), InboundMail.outcome == "received")).all()
-            preps = ahead.prepare([r.data for r in rows], [r.envelope_from for r in rows])
-            for row, prep in zip(rows, preps, strict=True):
-                raws[row.mail_id] = row.data
-                if prep is not None:
-                    prepared[row.mail_id] = prep
-        with hold():
-            return self.process_many(ids, prepared=prepared, raws=raws, counted=counted, exhausted=exhausted)
-
     def _observed(self, result: Result, started: float) -> Result:
         """A committed outcome decided now: its log line and metrics (gateway.observe)."""
         if result.fresh and result.mail_id:
@@ -231,16 +173,19 @@ class Intake:
                                       (time.perf_counter() - started) * 1000, result.latency))
         return result
 
-    def ingest(self, raw: bytes, envelope: Envelope, *, dry_run: bool = False, durable_first: bool = True) -> Result:
+    def ingest(self, raw: bytes, envelope: Envelope, *, dry_run: bool = False, durable_first: bool = True,
+               prepared: Any = None) -> Result:
         """Store and thread one mail. durable_first=True commits the raw mail on its own first (a transport
         that must answer quickly threads later); False does both in one transaction, for sources that keep
-        the mail until we return (files, an MTA pipe waiting for the exit code): one commit instead of two."""
+        the mail until we return (files, an MTA pipe waiting for the exit code): one commit instead of two.
+        prepared: the mail's preparation done by the worker process (gateway.prepare), or None."""
         if dry_run:
-            return self._retrying(lambda: self._run_new(raw, envelope, dry_run=True), "dry run")
+            return self._retrying(lambda: self._run_new(raw, envelope, dry_run=True, prepared=prepared), "dry run")
         if durable_first:
             return self.process(self.store(raw, envelope))
         started = time.perf_counter()
-        return self._observed(self._retrying(lambda: self._run_new(raw, envelope, dry_run=False), "mail"), started)
+        return self._observed(self._retrying(lambda: self._run_new(raw, envelope, dry_run=False, prepared=prepared),
+                                             "mail"), started)
 
     def batch(self) -> IngestBatch:
         """Several mails stored and threaded in ONE write transaction (one commit, one fsync), each in its own
@@ -319,14 +264,14 @@ class Intake:
                                          prepared=prepared.get(mail_id), counted=counted))
                 return out
 
-    def _run_new(self, raw: bytes, envelope: Envelope, *, dry_run: bool) -> Result:
+    def _run_new(self, raw: bytes, envelope: Envelope, *, dry_run: bool, prepared: Any = None) -> Result:
         with self.app.sessions() as s:
             s.begin()
             try:
                 mail = self._new_row(raw, envelope)
                 s.add(mail)
                 s.flush()
-                result = self._run(s, mail, raw, dry_run=dry_run, envelope=envelope)
+                result = self._run(s, mail, raw, dry_run=dry_run, prepared=prepared, envelope=envelope)
                 if dry_run:
                     result.mail_id = 0
                     s.rollback()
@@ -520,10 +465,7 @@ class Intake:
                 mail.released = list(mail.released or []) + [mail.reason.partition(":")[0]]
             mail.outcome = "received"
             mail.trace = list(mail.trace or []) + [f"replay requested (was {previous}: {mail.reason})"]
-        results = self.thread([mail_id], guard=False)  # an admin's decision: run it, whatever its tries
-        if not results:
-            raise KeyError(f"no inbound mail {mail_id}")
-        return results[0]
+        return self.process(mail_id)  # an admin's decision: run it, whatever its tries
 
 
 class IngestBatch:

@@ -24,9 +24,10 @@ import os
 import pickle
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 log = logging.getLogger("gateway.prepare")
 
@@ -136,7 +137,7 @@ def _worker_main(conn: Any) -> None:
             raws, senders, (max_depth, max_parts, blob_root, own) = conn.recv()
         except (EOFError, OSError):
             return
-        for raw, sender in zip(raws, senders):
+        for raw, sender in zip(raws, senders, strict=True):
             try:
                 prep: Prepared | None = prepare_one(raw, max_depth, max_parts, blob_root,
                                                     None if own is None else (sender, own))
@@ -335,7 +336,7 @@ class ParseAhead:
             nxt = chunk()
             if nxt:
                 self._begin(nxt)  # the worker prepares the next chunk while the caller stores this one
-            for item, prep in zip(current, results):
+            for item, prep in zip(current, results, strict=True):
                 yield item, (prep if item[self.raw_at] is not None else None)
             current = nxt
 

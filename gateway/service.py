@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -271,6 +272,7 @@ class Service:
         self.stop_requested = threading.Event()                # the same, for sync code in threads
         self.listeners: list[Any] = []
         self.intake: Any = None
+        self.engine: Any = None                                # gateway.engine.Engine: stored mail in batches
         self.spool_drainer: Any = None                         # gateway.spooldrain.SpoolDrainer
         self.ahead: Any = None                                 # gateway.prepare.ParseAhead: the worker process
         self.registry: Any = None
@@ -374,7 +376,7 @@ class Service:
                     held = (time.monotonic() - t) / max(1, len(mail_ids))
                     self.thread_seconds = 0.9 * self.thread_seconds + 0.1 * held
 
-        return self.intake.thread(mail_ids, hold=gate)
+        return self.engine.thread(mail_ids, hold=gate)
 
     def _may_thread(self, since: float) -> bool:
         """Threading may take its next turn (alternating with store batches at the write gate): no mail
@@ -525,8 +527,6 @@ class Service:
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or request_stop). Returns the exit code."""
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
         from gateway.exitcodes import EX_CONFIG, EX_TEMPFAIL
         from gateway.config import ConfigError
         from gateway.migrate import ensure_current
@@ -551,8 +551,13 @@ class Service:
                 log.error("store unavailable at start, giving up (systemd restarts us): %s", e)
                 return EX_TEMPFAIL
             raise
+        from gateway.engine import Engine, start_worker
+
         self.intake = app.intake()
-        self.ahead = app.ahead = await loop.run_in_executor(self.pool, self._start_worker)
+        self.engine = Engine(app, self.intake)
+        # the preparation worker, started by a fork server: this process already runs threads
+        self.ahead = app.ahead = await loop.run_in_executor(
+            self.pool, functools.partial(start_worker, self.config, context="forkserver"))
         release_big_binds(app.engine)
         sqlite = app.engine.dialect.name == "sqlite"
         self.gate = WriteGate(sqlite)
@@ -580,18 +585,11 @@ class Service:
                 loop.add_signal_handler(sig, self.request_stop, what)
             loop.add_signal_handler(signal.SIGHUP, self.reopen_logs)
 
-        scheduler = AsyncIOScheduler(event_loop=loop, timezone=timezone.utc)
-        jobs = [("pending-sweep", self.sweep, self.sweep_seconds, False),
-                ("startup-sweep", lambda: self.sweep(0), 0, True)] + self._jobs
-        for name, func, seconds, start_now in jobs:
-            if seconds <= 0:  # one-off
-                scheduler.add_job(self._job(name, func), "date", run_date=datetime.now(timezone.utc), id=name,
-                                  name=name, misfire_grace_time=None)
-                continue
-            kw: dict[str, Any] = {"next_run_time": datetime.now(timezone.utc)} if start_now else {}
-            scheduler.add_job(self._job(name, func), "interval", seconds=seconds, id=name, name=name,
-                              coalesce=True, max_instances=1, misfire_grace_time=max(1, int(seconds)), **kw)
-        scheduler.start()
+        scheduler = start_scheduler(loop, [("pending-sweep", self._job("pending-sweep", self.sweep),
+                                             self.sweep_seconds, False),
+                                            ("startup-sweep", self._job("startup-sweep", lambda: self.sweep(0)), 0,
+                                             True)]
+                                    + [(n, self._job(n, f), sec, now) for n, f, sec, now in self._jobs])
         self._workers = [loop.create_task(self._worker(i), name=f"worker-{i}") for i in range(self.workers)]
         self._workers.append(loop.create_task(self._watch_ingest(), name="watch-ingest"))
         self._running = [loop.create_task(self._run_task(n, f), name=n) for n, f in self._tasks]
@@ -612,15 +610,7 @@ class Service:
         self.registry.closing = True
         await stop_listeners(self.listeners)
         deadline = t0 + self.grace
-        while self.registry.live and time.monotonic() < deadline:
-            self.registry.close_idle()
-            self.registry.changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.registry.changed.wait(), 0.1)
-        if self.registry.live:
-            log.warning("%d session(s) still busy after %.0fs: closing them (no 250 was given)",
-                        len(self.registry.live), self.grace)
-            self.registry.abort_all()
+        await finish_sessions(self.registry, deadline, self.grace)
         # 2. stores in flight finish (they were committing: their mail is kept and queued)
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=max(0.5, t0 + self.grace + 3 - time.monotonic()))
@@ -639,7 +629,8 @@ class Service:
             t.cancel()
         await asyncio.gather(*self._workers, *self._running, return_exceptions=True)
         # 5. threads: in-flight pipeline runs finish (their transactions are short); then close the store
-        ok = await loop.run_in_executor(None, self._join_pools, t0 + HARD_EXIT_SECONDS - 2)
+        ok = await loop.run_in_executor(None, join_pools, (self.store_pool, self.process_pool, self.pool),
+                                        t0 + HARD_EXIT_SECONDS - 2)
         if ok:
             if self.ahead is not None:
                 self.app.ahead = None
@@ -649,31 +640,50 @@ class Service:
         log.info("stopped after %.1fs", time.monotonic() - t0)
         return 0
 
-    def _start_worker(self) -> Any:
-        """The preparation worker (gateway.prepare): parsing and the rest of the CPU work of a mail run there,
-        within limits.mail_cpu_seconds. Started by a fork server: this process already runs threads."""
-        from gateway.autoreply import own_domains_of
-        from gateway.prepare import ParseAhead
 
-        limits = self.config.limits
-        ahead = ParseAhead(max_depth=limits["max_mime_depth"], max_parts=limits["max_mime_parts"],
-                           blob_root=str(self.config.attachments_dir),
-                           own_domains=own_domains_of(self.config.gateway_addresses),
-                           budget=float(limits["mail_cpu_seconds"]), context="forkserver")
-        ahead.start()
-        return ahead
 
-    def _join_pools(self, until: float) -> bool:
-        pools = (self.store_pool, self.process_pool, self.pool)
-        for p in pools:
-            p.shutdown(wait=False, cancel_futures=True)
-        threads = [t for p in pools for t in getattr(p, "_threads", ())]
-        for t in threads:
-            t.join(max(0.0, until - time.monotonic()))
-        alive = [t.name for t in threads if t.is_alive()]
-        if alive:
-            log.error("threads still running at shutdown: %s", ", ".join(alive))
-        return not alive
+def start_scheduler(loop: asyncio.AbstractEventLoop,
+                    jobs: list[tuple[str, Callable[[], Awaitable[None]], float, bool]]) -> Any:
+    """APScheduler on the loop: each job (name, coroutine function, seconds: 0 once now, start now)."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    scheduler = AsyncIOScheduler(event_loop=loop, timezone=timezone.utc)
+    for name, job, seconds, start_now in jobs:
+        if seconds <= 0:  # one-off
+            scheduler.add_job(job, "date", run_date=datetime.now(timezone.utc), id=name, name=name,
+                              misfire_grace_time=None)
+            continue
+        kw: dict[str, Any] = {"next_run_time": datetime.now(timezone.utc)} if start_now else {}
+        scheduler.add_job(job, "interval", seconds=seconds, id=name, name=name, coalesce=True, max_instances=1,
+                          misfire_grace_time=max(1, int(seconds)), **kw)
+    scheduler.start()
+    return scheduler
+
+
+async def finish_sessions(registry: Any, deadline: float, grace: float) -> None:
+    """Shutdown: 421 to idle sessions; sessions inside a mail go on until the deadline, then are closed."""
+    while registry.live and time.monotonic() < deadline:
+        registry.close_idle()
+        registry.changed.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(registry.changed.wait(), 0.1)
+    if registry.live:
+        log.warning("%d session(s) still busy after %.0fs: closing them (no 250 was given)", len(registry.live),
+                    grace)
+        registry.abort_all()
+
+
+def join_pools(pools: tuple[ThreadPoolExecutor, ...], until: float) -> bool:
+    """Shut the thread pools down and wait for their threads until `until`; False when some still run."""
+    for p in pools:
+        p.shutdown(wait=False, cancel_futures=True)
+    threads = [t for p in pools for t in getattr(p, "_threads", ())]
+    for t in threads:
+        t.join(max(0.0, until - time.monotonic()))
+    alive = [t.name for t in threads if t.is_alive()]
+    if alive:
+        log.error("threads still running at shutdown: %s", ", ".join(alive))
+    return not alive
 
 
 MMAP_THRESHOLD = 1024 * 1024  # see release_big_buffers

@@ -89,9 +89,10 @@ import os, sys
 import gateway.handlers.thread
 from gateway.app import build_app
 from gateway.config import load
+from gateway.engine import Engine
 gateway.handlers.thread.handle = lambda ctx: os._exit(70)  # the process ends while it threads the mail
 app = build_app(load(sys.argv[1]))
-app.intake().process(int(sys.argv[2]))
+Engine(app).thread([int(sys.argv[2])])  # as serve threads stored mail
 """
 
 
@@ -103,6 +104,7 @@ def test_a_mail_that_ends_the_process_is_quarantined_after_one_more_try(tmp_path
 
     from gateway.app import build_app
     from gateway.config import load
+    from gateway.engine import Engine
     from gateway.envelope import Envelope
 
     cfg = write_config(tmp_path, db_url)
@@ -120,7 +122,7 @@ def test_a_mail_that_ends_the_process_is_quarantined_after_one_more_try(tmp_path
             assert intake.pending() == [mail_id, other]
             with app.sessions() as s:
                 assert s.get(InboundMail, mail_id).attempts == tries
-        a, b = intake.thread([mail_id, other])
+        a, b = Engine(app, intake).thread([mail_id, other])
         assert (a.outcome, a.reason) == ("quarantined", "over budget: no outcome after 2 tries")
         assert b.outcome == "ticket"
         assert intake.pending() == []
