@@ -69,6 +69,7 @@ def one_run(app: App, sink: Sink, number: int, expected: int) -> dict[str, float
 
     start_count = len(sink.received)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     with app.sessions() as s, s.begin():
         t = Tickets(s, clock=app.clock, listeners=app.listeners)
         staff = Directory(s, app.clock).contact("staff@example.com")
@@ -82,6 +83,7 @@ def one_run(app: App, sink: Sink, number: int, expected: int) -> dict[str, float
             break
     sink.wait_for(start_count + expected, timeout=120)
     t2 = time.perf_counter()
+    c2 = time.process_time()
     got = len(sink.received) - start_count
     assert got == expected, f"sink got {got} of {expected}"
     with app.sessions() as s:
@@ -90,14 +92,19 @@ def one_run(app: App, sink: Sink, number: int, expected: int) -> dict[str, float
         raws = [r for r in s.scalars(select(OutboxMail.raw).where(OutboxMail.id.in_(ids))) if r is not None]
     # baseline: the same bytes through a plain smtplib client, one connection
     b0 = time.perf_counter()
+    bc0 = time.process_time()
     with smtplib.SMTP("127.0.0.1", sink.port) as conn:
         for i, raw in enumerate(raws):
             conn.sendmail("bench@example.com", [f"watcher{i:03d}@customer.example"], raw)
     b1 = time.perf_counter()
+    bc1 = time.process_time()
     n = len(raws)
     return {"enqueue_s": t1 - t0, "deliver_s": t2 - t1, "total_s": t2 - t0, "outbox_mps": expected / (t2 - t1),
             "end_to_end_mps": expected / (t2 - t0), "baseline_mps": n / (b1 - b0),
-            "bytes_per_mail": sum(map(len, raws)) / max(1, n)}
+            "bytes_per_mail": sum(map(len, raws)) / max(1, n),
+            # CPU of this process (the sink's thread included in both) per mail: what load on the machine costs
+            "cpu_ms_per_mail": (c2 - c0) * 1000 / expected, "baseline_cpu_ms_per_mail": (bc1 - bc0) * 1000 / max(1, n),
+            "ratio": (expected / (t2 - t1)) / (n / (b1 - b0))}
 
 
 def main() -> int:
@@ -126,6 +133,9 @@ def main() -> int:
           f"end to end: {med['end_to_end_mps']:8.0f} mails/s")
     print(f"  baseline (plain smtplib, same bytes, same sink): {med['baseline_mps']:8.0f} mails/s   "
           f"ratio outbox/baseline: {med['outbox_mps'] / med['baseline_mps']:.2f}")
+    print("  ratio per run: " + ", ".join(f"{r['ratio']:.2f}" for r in results))
+    print(f"  CPU per mail (this process, the sink included): outbox {med['cpu_ms_per_mail']:.2f} ms "
+          f"(comment transaction included), baseline {med['baseline_cpu_ms_per_mail']:.2f} ms")
     print(f"  mail size: {med['bytes_per_mail']:.0f} bytes")
     return 0
 

@@ -428,14 +428,16 @@ def _classify(
     if "feedback-report" in report_types or "message/feedback-report" in ctypes:
         add(Verdict("auto_reply", "multipart/report; report-type=feedback-report (abuse report)"))
 
-    # 3. null envelope sender
-    if _is_null_sender(envelope_from):
+    # 3. null envelope sender (as the transport gave it, else as the delivering MTA wrote it into Return-Path)
+    null = "envelope sender <>" if _is_null_sender(envelope_from) else (
+        "Return-Path: <>" if envelope_from is None and _null_return_path(msg) else None)
+    if null:
         if dsn_evidence is None:
             ev = _bounce_evidence(msg, subject, ctypes, report_types)
             if ev:
-                add(Verdict("bounce", f"envelope sender <> and {ev}"))
+                add(Verdict("bounce", f"{null} and {ev}"))
             else:
-                add(Verdict("auto_reply", "envelope sender <>"))
+                add(Verdict("auto_reply", null))
 
     # 4. daemon / noreply senders; "From: Name <>" is a null From address
     if _author(msg).null and dsn_evidence is None and not _is_null_sender(envelope_from):
@@ -458,7 +460,9 @@ def _classify(
             add(Verdict("bounce", "X-Failed-Recipients header"))
         else:
             info = _text_bounce(msg)
-            if info is not None:
+            # a failure statement alone ("our mails are not delivered") is what a customer writes to support:
+            # a bounce from an ordinary-looking sender also names the address that failed or returns the mail
+            if info is not None and (info.recipients or info.original_message_id):
                 add(Verdict("bounce", f"Subject: {subject[:60]} and delivery failure text"))
     elif dsn_evidence is None and _has_header(msg, "X-Failed-Recipients"):
         add(Verdict("bounce", "X-Failed-Recipients header"))
@@ -502,11 +506,19 @@ def _classify(
         elif token in ("auto_reply", "auto-reply", "autoreply"):
             add(Verdict("auto_reply", f"Precedence: {token}"))
 
-    # 11. mailing lists
+    # 11. mailing lists, and the notices of list managers (confirmations, command results)
     for name in ("List-Id", "List-Unsubscribe"):
         if _has_header(msg, name):
             add(Verdict("list", f"{name} header"))
             break
+    notice = _list_manager_notice(msg, sender_local, subject)
+    if notice:
+        add(Verdict("list", f"mailing-list manager notice ({notice})"))
+
+    # 11b. SMS gateways that answer a mail to a phone with a delivery failure
+    sms = _sms_bounce(msg, sender, subject) if dsn_evidence is None else None
+    if sms:
+        add(Verdict("bounce", f"SMS gateway delivery failure ({sms})"))
 
     # 12. out-of-office subjects
     if subject and (_OOF_SUBJECT.search(subject) or _OOF_SUBJECT_ANYWHERE.search(subject)):
@@ -516,6 +528,87 @@ def _classify(
         return None
     order = {k: i for i, k in enumerate(KIND_PRECEDENCE)}
     return min(found, key=lambda v: order.get(v.kind, len(order)))
+
+
+def _null_return_path(msg: Message) -> bool:
+    """Does the topmost Return-Path (written by the MTA that delivered the mail) say the null sender?"""
+    values = _raw_header_values(msg, "Return-Path")
+    return bool(values) and re.fullmatch(r"\s*<\s*>\s*", values[0]) is not None
+
+
+# Mailing-list managers: their own addresses, the headers they write, the subjects of their notices.
+_LIST_MANAGER_NAMES = re.compile(
+    r"^(?:majordomo|listserv|listproc|sympa|mailman|ecartis|lyris|smartlist|ezmlm|mlmmj|listar|petidomo|fml)$", re.I)
+_LIST_ROLE_ADDRESS = re.compile(
+    r"^owner-.+|.+-(?:request|owner|bounces?|confirm|ctl|subscribe|unsubscribe)(?:[+=].*)?$", re.I)
+_LIST_SOFTWARE_HEADERS = ("X-List-Administrivia", "X-Mailman-Version", "X-ML-Name", "X-MLServer", "X-Sympa-To",
+                          "X-Ecartis-Version", "Mailing-List", "X-Listprocessor-Version", "X-Majordomo-Version")
+_LIST_NOTICE_SUBJECT = re.compile(
+    r"""^\s*(?:
+        confirm\s+[0-9a-f]{8,}
+      | your\s+message\s+to\s+\S+\s+awaits\s+moderator\s+approval
+      | majordomo\s+results | (?:sympa\s+)?command\s+results | results\s+of\s+your\s+commands?
+      | r[ée]sultats?\s+de\s+vos\s+commandes | ergebnis(?:se)?\s+ihrer\s+(?:befehle|kommandos)
+      | welcome\s+to\s+(?:the\s+)?\S+(?:\s+mailing)?\s+list
+      | (?:un)?subscribe\s+request\s+result | fml\s+command\s+status
+      | confirm(?:ation)?\s+(?:of\s+|for\s+)?(?:your\s+)?(?:(?:un)?subscription|(?:un)?subscribe\s+request)
+      | (?:un)?subscription\s+(?:confirmation|request|notice|to\s+\S+\s+(?:confirmed|complete|request))
+      | \S+\s+mailing\s+list\s+(?:reminder|memberships?\s+reminder)
+      | (?:ezmlm|listserv)\s+(?:response|reply|command)
+      | (?:confirmation|(?:un)?subscribe\s+request\s+result|command\s+status\s+report)\s+\(\S+\s+ML\)
+    )""",
+    re.I | re.X,
+)
+
+
+def _list_manager_notice(msg: Message, sender_local: str, subject: str) -> str | None:
+    """Evidence that a list manager (Mailman, Majordomo, fml, Sympa, LISTSERV, ezmlm ...) wrote the mail."""
+    if _FORWARD_PREFIX.match(subject):
+        return None  # a person forwarding a notice to support
+    try:
+        present = {str(k).lower() for k in msg.keys()}
+    except Exception:  # pragma: no cover - defensive
+        present = set()
+    for name in _LIST_SOFTWARE_HEADERS:
+        if name.lower() in present:
+            return f"{name} header"
+    if sender_local and _LIST_MANAGER_NAMES.match(sender_local):
+        return f"From {sender_local}"
+    if subject and _LIST_NOTICE_SUBJECT.match(subject) and sender_local and _LIST_ROLE_ADDRESS.match(sender_local):
+        return f"From {sender_local}, Subject: {subject[:60]}"
+    return None
+
+
+_SMS_WORDS = re.compile(r"\b(?:sms|mms|text\s+message|short\s+message)\b", re.I)
+_SMS_SENDER = re.compile(r"^(?:\+?\d{6,15}|sms|mms|txt|sms[-_.]?(?:gateway|gw|service|noreply|no-reply|admin|delivery)|"
+                         r"(?:email|mail)[-_.]?(?:to|2)[-_.]?sms)$", re.I)
+_SMS_DOMAIN = re.compile(r"(?:^|\.)(?:sms|mms|txt|vtext|tmomail|messaging|text)\.", re.I)
+_SMS_FAILURE = re.compile(
+    r"(?:could\s*not|cannot|can't|was\s+not|has\s+not\s+been|wasn't|not)\s+(?:be\s+)?(?:delivered|sent)|"
+    r"undeliver(?:able|ed)|delivery\s+(?:failed|failure|error|report:\s*(?:failed|undelivered|expired|rejected))|"
+    r"\b(?:failed|rejected|expired|invalid\s+(?:number|recipient|destination))\b",
+    re.I,
+)
+
+
+def _sms_bounce(msg: Message, sender: str, subject: str) -> str | None:
+    """An SMS gateway telling that a message to a phone failed: an SMS-ish sender or subject, and failure words."""
+    if _FORWARD_PREFIX.match(subject):
+        return None
+    local = _local_part(sender).lower()
+    domain = sender.rpartition("@")[2].lower() if "@" in sender else ""
+    # the gateway's own address (or domain) says SMS; a person's mail about SMS ("our SMS alerts are not
+    # delivered") does not come from one
+    if not ((local and (_SMS_SENDER.match(local) or _NOREPLY_LOCALPARTS.match(local))) or _SMS_DOMAIN.search(domain)):
+        return None
+    text = _notification_text(msg)[:4000]
+    if not (_SMS_WORDS.search(subject) or _SMS_WORDS.search(text)):
+        return None
+    for where, value in (("Subject", subject), ("text", text)):
+        m = _SMS_FAILURE.search(value)
+        if m:
+            return f"{where}: {' '.join(m.group(0).split())}"
+    return None
 
 
 # --------------------------------------------------------------------------------------------

@@ -101,6 +101,13 @@ def _outbound(config: Config, errors: list[str], warnings: list[str]) -> None:
                   first_line=True)
     if ob["relay_user"] and not ob["relay_password_file"]:
         errors.append("outbound.relay_password_file: relay_user is set but no password file")
+    if ob["dkim_key_file"] and ob["dkim_selector"]:
+        from gateway.outbound.dkimsign import DkimError, signer_of
+
+        try:
+            signer_of(config)
+        except DkimError as e:
+            errors.append(str(e))
     if ob["from_address"] and not config.is_gateway_address(ob["from_address"]):
         warnings.append(f"outbound.from_address: {ob['from_address']!r} is not one of gateway.addresses: "
                         "replies to notifications would not reach the gateway")

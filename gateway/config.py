@@ -450,6 +450,21 @@ SCHEMA: dict[str, Section] = {
             "batch_size": Key(int, 200, "Most mails claimed by one delivery round.", check=_positive),
             "lease_seconds": Key(int, 300, "A claimed mail not confirmed within this time (crashed sender) is "
                                  "delivered again, with the same Message-ID.", check=_positive),
+            "unsubscribe_url": Key(str, "", "Public base URL of the HTTP listener ([http]), e.g. "
+                                   "https://support.example.com: notifications to watchers then carry an RFC 8058 "
+                                   "one-click List-Unsubscribe URL (<base>/api/v1/unsubscribe/<signed token>) "
+                                   "beside the signed mailto address they always carry. Empty: mailto only.",
+                                   check=lambda v: None if not v or re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", v)
+                                   else "an http:// or https:// URL without query"),
+            "dkim_key_file": Key(str, "", "PEM file with the RSA (or Ed25519) private key to sign outgoing mail "
+                                 "with DKIM, for relays that do not sign. Empty: no signature."),
+            "dkim_selector": Key(str, "", "DKIM selector: the public key is published as TXT at "
+                                 "<selector>._domainkey.<dkim_domain>. Required with dkim_key_file.",
+                                 check=lambda v: None if not v or re.fullmatch(r"[A-Za-z0-9._-]+", v)
+                                 else "letters, digits, dots, dashes"),
+            "dkim_domain": Key(str, "", "DKIM signing domain (d=). Empty: the domain of from_address.",
+                               check=lambda v: None if not v or re.fullmatch(r"[A-Za-z0-9.-]+", v)
+                               else "a domain name like example.com"),
         },
     ),
     "notifications": Section(
@@ -791,6 +806,9 @@ def _cross_checks(config: Config, data: Mapping[str, Any]) -> list[str]:
         if isinstance(addr, str) and _ADDR.match(addr) and not config.is_gateway_address(addr):
             errors.append(f"routes[{i}].address: {addr!r} is not one of gateway.addresses "
                           f"({', '.join(config.gateway_addresses)}): no mail would ever match it")
+    ob = config.values["outbound"]
+    if bool(ob["dkim_key_file"]) != bool(ob["dkim_selector"]):
+        errors.append("outbound.dkim_key_file and outbound.dkim_selector: set both (DKIM signing) or neither")
     names = [g.get("name") for g in config.values["groups"]]
     for i, name in enumerate(names):
         if isinstance(name, str) and name in names[:i]:

@@ -1221,6 +1221,39 @@ def install_service(service: Any) -> None:
         service.add_task(f"imap {account.name}", task)
 
 
+def account_status(app: App, account: ImapAccount, *, connect: bool = True) -> dict[str, Any]:
+    """`imap status`: who polls the account (its lease: holder, seconds left, generation) and, with
+    `connect`, whether this host can log in (TLS verified as the poller does it) and how many messages wait in
+    the folder. Writes nothing (no folder is created, no lease taken)."""
+    from imapclient import IMAPClient
+    from imapclient.imapclient import SocketTimeout
+
+    a = account
+    state = Lease(app.sessions, f"imap:{a.name}", app.instance, a.lease_seconds).state()
+    out: dict[str, Any] = {"account": a.name, "server": f"{a.user}@{a.host}:{a.effective_port} ({a.security})",
+                           "lease": state.describe() if state else "never taken",
+                           "holder": state.holder if state and not state.free else "",
+                           "generation": state.generation if state else 0}
+    if not connect:
+        return out
+    timeout = SocketTimeout(connect=a.timeout_seconds, read=a.timeout_seconds)
+    client: IMAPClient | None = None
+    try:
+        client = (IMAPClient(a.host, port=a.effective_port, ssl=False, timeout=timeout) if a.security == "none"
+                  else connect_tls(a, timeout))
+        client.login(a.user, a.secret())
+        out["waiting"] = int(client.folder_status(a.folder, [b"MESSAGES"])[b"MESSAGES"])
+        out["login"] = "ok"
+    except TlsSetupError as e:
+        out["login"], out["error"] = "tls", f"TLS: {e}"
+    except Exception as e:  # noqa: BLE001 -- reported, not raised: the other accounts are checked too
+        out["login"], out["error"] = "failed", f"{type(e).__name__}: {e}"
+    finally:
+        if client is not None:
+            ImapPoller._close(client)
+    return out
+
+
 def poll_accounts(app: App, names: Sequence[str] | None = None) -> list[PollResult]:
     """Drain every configured account once (the CLI and cron)."""
     out = []
@@ -1231,4 +1264,4 @@ def poll_accounts(app: App, names: Sequence[str] | None = None) -> list[PollResu
     return out
 
 
-__all__ = ["ImapAccount", "ImapPoller", "PollResult", "accounts", "poll_accounts", "install_service", "run_pollers", "start_pollers"]
+__all__ = ["ImapAccount", "ImapPoller", "PollResult", "TlsSetupError", "account_status", "accounts", "poll_accounts", "install_service", "run_pollers", "start_pollers"]

@@ -47,7 +47,7 @@ from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 
-from gateway import addresses, charsets
+from gateway import addresses, charsets, parts
 from gateway.headerblock import rejoin_lost_folds, skip_leading_junk
 
 __all__ = ["MailParseError", "Part", "ParsedMail", "parse_mail", "safe_filename"]
@@ -162,17 +162,17 @@ def _bytes_to_text(b: bytes, undeclared: _Undeclared | None = None) -> str:
 
 
 class _Undeclared:
-    """The charset of one mail's undeclared 8-bit header bytes, found once and only when asked: the charset its
-    body declares (``hint``) when that decodes them, else a guess over all of them together (and a sample of the
-    body's own undeclared bytes): a name or a subject alone is too short to tell GBK from Big5 or EUC-KR."""
+    """The charset of one mail's undeclared 8-bit header bytes, found once and only when asked (ASCII and UTF-8
+    mail never asks): the charset its body declares (``hint``) when that decodes them, else the charset of an
+    encoded word elsewhere in its headers, else a guess over all of them together (and a sample of the body's own
+    undeclared bytes; a name or a subject alone is too short to tell GBK from Big5 or EUC-KR), the sender's
+    country breaking ties."""
 
-    __slots__ = ("_hint", "_values", "_body", "_codec", "_done", "_prior")
+    __slots__ = ("_hint", "_index", "_body", "_codec", "_done")
 
-    def __init__(self, hint: str | None, values: list[bytes], body: Callable[[], bytes],
-                 prior: tuple[str, ...] = ()) -> None:
+    def __init__(self, hint: str | None, index: dict[str, list[object]], body: Callable[[], bytes]) -> None:
         self._hint = hint
-        self._prior = prior
-        self._values = values
+        self._index = index
         self._body = body
         self._codec: str | None = None
         self._done = False
@@ -180,9 +180,12 @@ class _Undeclared:
     def codec(self) -> str | None:
         if not self._done:
             self._done = True
-            sample = b"\n".join(v for v in self._values if not _is_utf8(v))
+            sample = b"\n".join(v for v in _eight_bit_values(self._index) if not _is_utf8(v))
             if sample:
-                self._codec = charsets.guess(sample + b"\n" + self._body()[:4096], self._hint, self._prior)
+                hint = self._hint or _encoded_word_charset(self._index)
+                prior = charsets.prior_for(_from_domain(self._index))
+                body = self._body()[:4096] if self._hint is None else b""
+                self._codec = charsets.guess(sample + b"\n" + body, hint, prior)
         return self._codec
 
 
@@ -977,7 +980,7 @@ def _check_tree(root: Message, max_depth: int, max_parts: int) -> None:
 class _Info:
     """What we need about one MIME node, computed once."""
 
-    __slots__ = ("ctype", "params", "disposition", "filename", "container")
+    __slots__ = ("ctype", "params", "disposition", "filename", "container", "uu")
 
     def __init__(self, part: Message, defects: list[str]) -> None:
         self.ctype, self.params = _content_type(part, defects)
@@ -987,9 +990,17 @@ class _Info:
         self.filename = _decode_words(raw_name, defects, "attachment name") if raw_name else None
         # a container we descend into for body/attachments: multipart/* with a parsed list payload
         self.container = part.is_multipart() and self.ctype.startswith("multipart/")
+        # a uuencoded part (Content-Transfer-Encoding: x-uuencode): a file, never the body text
+        self.uu = (_first_header(part, "content-transfer-encoding") or "").strip().lower() in _UU
 
 
 _DROPPED_ALTERNATIVES = {"text/plain", "text/html", "text/watch-html", "text/enriched", "text/richtext", "text/x-amp-html"}
+
+
+def _blank_leaf(part: Message) -> bool:
+    """A leaf whose (encoded) payload is empty or whitespace: an empty text/plain beside the real html body."""
+    payload = part.get_payload()
+    return isinstance(payload, str) and not payload.strip()
 
 
 class _Walker:
@@ -1010,7 +1021,7 @@ class _Walker:
         i = self.info(part)
         if i.container or i.ctype.startswith("message/"):
             return False
-        if i.disposition == "attachment" or i.filename:
+        if i.disposition == "attachment" or i.filename or i.uu:
             return False
         if i.ctype == f"text/{subtype}":
             return True
@@ -1045,8 +1056,9 @@ class _Walker:
             return text or [], html or []
         # mixed, related, signed, encrypted, report, digest, unknown: the first body-bearing child
         # is the body; later inline text/html parts are appended to its html, later inline
-        # text/plain parts to its text -- but only when it has a text part (a plain footer must not
-        # become the whole text of an html-only body: it stays an attachment)
+        # text/plain parts to its text -- but only when it has such a part (a plain footer must not
+        # become the whole text of an html-only body, nor an html footer the whole html of a plain body:
+        # it stays an attachment, and a small html one is dropped)
         body: tuple[list[Message], list[Message]] | None = None
         for kid in kids:
             if body is None:
@@ -1055,7 +1067,7 @@ class _Walker:
                     body = (list(t), list(h))
             elif body[0] and self.body_leaf(kid, "plain"):
                 body[0].append(kid)
-            elif self.body_leaf(kid, "html"):
+            elif (body[1] or all(_blank_leaf(t) for t in body[0])) and self.body_leaf(kid, "html"):
                 body[1].append(kid)
         return body if body is not None else ([], [])
 
@@ -1338,6 +1350,9 @@ def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int,
         raise MailParseError("MIME nesting too deep to process") from None
 
 
+_FIELD_START = re.compile(rb"\n(?=[^ \t])")
+
+
 def _bound_header_fields(raw: bytes) -> tuple[bytes, str | None]:
     """The mail with at most MAX_HEADER_FIELDS fields in its header block (the first and the last half), and
     the bound's note; the mail as it is when it has fewer (one count of newlines for the common case)."""
@@ -1345,19 +1360,14 @@ def _bound_header_fields(raw: bytes) -> tuple[bytes, str | None]:
     end = min(ends) + 1 if ends else len(raw)
     if raw.count(b"\n", 0, end) <= MAX_HEADER_FIELDS:
         return raw, None
-    fields: list[list[bytes]] = []  # the lines of each field (joined once: a field of 40,000 folded lines
-    for line in raw[:end].splitlines(keepends=True):  # appended to one bytes object is quadratic)
-        if fields and line[:1] in (b" ", b"\t"):
-            fields[-1].append(line)
-        else:
-            fields.append([line])
-    if len(fields) <= MAX_HEADER_FIELDS:
+    starts = [0] + [m.end() for m in _FIELD_START.finditer(raw, 0, end)]  # linear: folded lines stay in their field
+    if len(starts) <= MAX_HEADER_FIELDS:
         return raw, None
     half = MAX_HEADER_FIELDS // 2
-    kept = fields[:half] + fields[-half:]
-    note = (f"bound: the header has {len(fields)} fields: only the first and the last {half} read "
+    kept = [raw[: starts[half]], raw[starts[-half] : end]]
+    note = (f"bound: the header has {len(starts)} fields: only the first and the last {half} read "
             "(bound MAX_HEADER_FIELDS)")
-    return b"".join(line for field in kept for line in field) + raw[end:], note
+    return b"".join(kept) + raw[end:], note
 
 
 _PLACEHOLDER = "[gateway.mime placeholder {index} {nonce}, a body of {size} bytes kept out of the parsed tree]"
@@ -1501,6 +1511,22 @@ def _bounded_html(html: str, bounds: list[str]) -> str:
     return html
 
 
+_SMALL_HTML = 4096  # bytes: a text/html part this small that is not the body is a footer or a fragment
+
+
+def _add_files(attachments: list[Part], used: set[str], files: list[tuple[str, bytes]], where: str,
+               defects: list[str]) -> None:
+    """Files found inside a part (TNEF) or the body (uuencode) as attachments of their own, within the bound."""
+    room = max(0, MAX_ATTACHMENTS - len(attachments))
+    for name, data in files[:room]:
+        ctype = parts.content_type_of(name)
+        filename = _unique(safe_filename(name, content_type=ctype, index=len(attachments) + 1), used)
+        attachments.append(Part(filename=filename, content_type=ctype, data=data, content_id=None, inline=False))
+    if files:
+        defects.append(f"{min(len(files), room)} file(s) taken out of {where}"
+                       + (f"; {len(files) - room} more left in it (bound MAX_ATTACHMENTS)" if len(files) > room else ""))
+
+
 def _build(
     msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: int, big: _Big, max_addresses: int = MAX_ADDRESSES
 ) -> ParsedMail:
@@ -1513,9 +1539,7 @@ def _build(
     text_parts, html_parts = walker.select(msg)
     walker.body_ids = {id(p) for p in text_parts + html_parts}
     hint = _declared_charset(walker, text_parts + html_parts)
-    undeclared = _Undeclared(hint or _encoded_word_charset(header_values), _eight_bit_values(header_values),
-                             lambda: _payload_bytes(text_parts[0], [], big) if text_parts and not hint else b"",
-                             charsets.prior_for(_from_domain(header_values)))
+    undeclared = _Undeclared(hint, header_values, lambda: _payload_bytes(text_parts[0], [], big) if text_parts else b"")
 
     def header(name: str) -> list[str]:
         values = [_header_text(v, undeclared) for v in header_values.get(name.lower(), ())]
@@ -1575,6 +1599,7 @@ def _build(
         return "\n".join(chunks)
 
     text = body_text(text_parts, "plain") if text_parts else ""
+    text, uu_files = parts.split_uuencoded(text)
     html = _bounded_html(body_text(html_parts, "html"), bounds) if html_parts else None
 
     attachments: list[Part] = []
@@ -1596,20 +1621,30 @@ def _build(
             data = _message_part_bytes(leaf, info.ctype, linesep, defects)
             name: str | None = None
             inner = leaf.get_payload()
-            if info.ctype in ("message/rfc822", "message/global") and isinstance(inner, list) and inner:
+            # the name the sender gave it (filename= or name=), else the attached message's subject
+            if info.filename:
+                name = info.filename
+            elif info.ctype in ("message/rfc822", "message/global") and isinstance(inner, list) and inner:
                 subj = _first_header(inner[0], "subject")
                 if subj and _oneline(_decode_words(subj, defects, "attached message Subject")):
                     name = _oneline(_decode_words(subj, defects, "attached message Subject")) + ".eml"
-            if name is None and info.filename:
-                name = info.filename
         else:
             data = _payload_bytes(leaf, defects, big)
             name = info.filename
+            if name is None and info.uu:
+                payload = leaf.get_payload()
+                name = parts.uu_begin_name(payload) if isinstance(payload, str) else None
+            if info.ctype == "text/html" and not name and info.disposition != "attachment" and len(data) <= _SMALL_HTML:
+                defects.append(f"a small text/html part outside the body ({len(data)} bytes) not kept as attachment")
+                continue
         filename = _unique(safe_filename(name, content_type=info.ctype, index=index), used)
         cid_raw = _first_header(leaf, "content-id")
         cid = _norm_msgid(cid_raw) if cid_raw else None
         inline = info.disposition == "inline" or (not info.disposition and cid is not None)
         attachments.append(Part(filename=filename, content_type=info.ctype, data=data, content_id=cid, inline=inline))
+        if parts.is_tnef(info.ctype, name, data):
+            _add_files(attachments, used, parts.tnef_files(data), f"{filename} (TNEF)", defects)
+    _add_files(attachments, used, uu_files, "the text body (uuencoded)", defects)
 
     if not_kept:
         bounds.append(f"{MAX_ATTACHMENTS + not_kept} attachments: only the first {MAX_ATTACHMENTS} kept, the rest stay "

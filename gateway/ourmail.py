@@ -5,6 +5,7 @@ ticket). Both import this leaf module, so the core needs nothing from the option
 
 * Message-ID `tg.<32 hex>.<ticket number>@<our domain>`: unique, recognisable when it comes back.
 * `X-Ticket-Gateway-Loop`: set on everything we send (gateway.autoreply treats the same name as a loop).
+* Unsubscribe tokens `u<number>-<mac>` (List-Unsubscribe: a mailto address and a one-click URL) for watchers.
 * Reply address `support+<number>-<mac>@example.com`: the token binds a ticket and one recipient,
   mac = HMAC-SHA256(secret, "<ticket id>:<recipient>") truncated to 120 bits, in lowercase base32 (local
   parts are often lowercased on the way back). The secret comes from the config or is generated once
@@ -104,6 +105,39 @@ def token_of_address(addr: str | None, bases: tuple[str, ...]) -> str | None:
     if f"{base}@{domain}" not in bases:
         return None
     return token if parse_token(token) else None
+
+
+# Signed unsubscribe tokens (List-Unsubscribe) ---------------------------------------------------------------
+# `u<ticket number>-<mac>`, mac = HMAC-SHA256(secret, "unsubscribe:<ticket id>:<watcher's address>") truncated
+# like a reply token's: a different message, so a reply token is never an unsubscribe token or the reverse.
+# In the mailto address `support+u42-<mac>@example.com` and in the one-click URL .../unsubscribe/u42-<mac>.
+_UNSUB_RE = re.compile(r"^u(\d{1,12})-([a-z2-7]{24})$")
+
+
+def _unsub_mac(secret: bytes, ticket_id: int, recipient: str) -> str:
+    msg = f"unsubscribe:{int(ticket_id)}:{recipient.strip().lower()}".encode()
+    digest = hmac.new(secret, msg, hashlib.sha256).digest()[:MAC_BYTES]
+    return base64.b32encode(digest).decode("ascii").lower().rstrip("=")
+
+
+def make_unsubscribe_token(secret: bytes, *, ticket_id: int, ticket_number: int, recipient: str) -> str:
+    return f"u{int(ticket_number)}-{_unsub_mac(secret, ticket_id, recipient)}"
+
+
+def parse_unsubscribe_token(token: str) -> ParsedToken | None:
+    m = _UNSUB_RE.match(token.strip().lower())
+    return ParsedToken(int(m.group(1)), m.group(2)) if m else None
+
+
+def verify_unsubscribe(secret: bytes, token: str, *, ticket_id: int, recipient: str) -> bool:
+    p = parse_unsubscribe_token(token)
+    return p is not None and hmac.compare_digest(p.mac, _unsub_mac(secret, ticket_id, recipient))
+
+
+def unsubscribe_token_of_address(addr: str | None, bases: tuple[str, ...]) -> str | None:
+    """The token in `local+u<number>-<mac>@domain` when local@domain is one of `bases` (lowercase), else None."""
+    token = subaddress_of(addr, bases)
+    return token if token and parse_unsubscribe_token(token) else None
 
 
 def subaddress_of(addr: str | None, bases: tuple[str, ...]) -> str | None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 BUILTIN: tuple[str, ...] = (
     "parse",        # raw bytes -> ParsedMail (guards: depth, part count, charsets)
     "dedupe",       # the same mail again makes nothing new
+    "unsubscribe",  # a watcher's signed unsubscribe address (List-Unsubscribe): that watcher is removed, ignored
     "classify",     # auto-replies, bounces, bulk and list mail are ignored
     "authenticate", # sender authentication (DMARC/DKIM/SPF, trusted Authentication-Results); a failure quarantines
     "identify",     # who wrote it: known contact, or the unknown-sender policy

@@ -344,7 +344,7 @@ def _is_quoted(line: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def strip_reply(text: str) -> str:
+def strip_reply(text: str, *, keep_signature: bool = False) -> str:
     """Visible part of a plain-text mail body: drops quoted history ("> " lines, and everything from a
     reply header such as 'On <date>, <name> wrote:' / 'Am ... schrieb ...:' / 'Le ... a écrit :' /
     'El ... escribió:' / Outlook '-----Original Message-----' and 'From: ... Sent: ... To: ... Subject:' blocks
@@ -353,7 +353,10 @@ def strip_reply(text: str) -> str:
     style mobile signatures, and signatures after a '-- ' delimiter line). Headers that wrap over 2-3 lines count.
     Never returns an empty string when the input has non-quoted text; if stripping would leave nothing (the
     mail is ALL quote, e.g. a forward), return the input stripped of trailing whitespace. Strips surrounding
-    blank lines. Must be fast: linear-ish, a 1 MB body in well under 1 s (no catastrophic regex backtracking)."""
+    blank lines. Must be fast: linear-ish, a 1 MB body in well under 1 s (no catastrophic regex backtracking).
+
+    ``keep_signature``: the sender's signature stays (a '-- ' block, 'Sent from my iPhone'): the description of a
+    new ticket, where it tells the agent who wrote and how to reach them; only the quoted history goes."""
     if not text:
         return ""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -394,11 +397,11 @@ def strip_reply(text: str) -> str:
             if _FORWARD_RE.match(line):
                 kept.extend(lines[i:])  # keep a forwarded message verbatim
                 break
-            if _is_signature_delimiter(line) or _ORIGINAL_SEPARATOR_RE.match(line):
+            if _ORIGINAL_SEPARATOR_RE.match(line) or (_is_signature_delimiter(line) and not keep_signature):
                 break
             if first_char == "_" and _is_list_footer(lines, i):
                 break
-        if first_char in _MOBILE_SIG_FIRST_CHARS and _is_mobile_signature(line):
+        if not keep_signature and first_char in _MOBILE_SIG_FIRST_CHARS and _is_mobile_signature(line):
             break
         if line.find(":", 0, 40) >= 0 and _header_block_at(scan, i):
             # Drop an untranslated date line glued on top ('Message du : 12/12/2016 13:20').
@@ -758,7 +761,7 @@ def sanitize_html(html: str) -> str:
     )
 
 
-def strip_html_reply(html: str) -> str:
+def strip_html_reply(html: str, *, keep_signature: bool = False) -> str:
     """Visible part of an HTML reply as plain text: drop blockquotes (type=cite, gmail_quote, Outlook
     divRplyFwdMsg / border-top separated blocks, 'moz-cite-prefix'), then html_to_text, then strip_reply."""
     if not html:
@@ -766,5 +769,5 @@ def strip_html_reply(html: str) -> str:
     text = _convert(html, strip_quotes=True)
     if not text.strip():
         # Everything was quoted (e.g. a forward inside a blockquote): keep it all.
-        return strip_reply(html_to_text(html))
-    return strip_reply(text)
+        return strip_reply(html_to_text(html), keep_signature=keep_signature)
+    return strip_reply(text, keep_signature=keep_signature)

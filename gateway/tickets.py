@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, inspect, select, update
 from sqlalchemy.orm import Session, lazyload
 
+from gateway import ourmail
 from gateway.clock import Clock
 from gateway.db import drop_memo, insert_attached, insert_ignoring_duplicates, write_locked_memo
 from gateway.events import CommentAdded, Event, Listeners, Origin, TicketChanged, TicketCreated, WatcherAdded
@@ -53,6 +54,9 @@ _LINK_KNOWN = select(TicketLink.id).where(TicketLink.ticket_id == bindparam("tic
 _COUNTERS = table_of(Counter)
 _NEXT_TICKET_NUMBER = (update(_COUNTERS).where(_COUNTERS.c.name == "ticket").values(value=_COUNTERS.c.value + 1)
                        .returning(_COUNTERS.c.value))
+
+
+MEMBER = "member of the ticket's organisation (visibility 'organisation')"
 
 
 class InvalidChange(ValueError):
@@ -312,8 +316,9 @@ class Tickets:
             absent.update(dict.fromkeys(set(numbers).difference(t.number for t in found), True))
 
     def is_participant(self, ticket: Ticket, contact: Contact | None, email: str | None) -> str | None:
-        """Why this sender may write to the ticket, or None: reporter, first sender, watcher, staff,
-        member of the ticket's organisation."""
+        """Why this sender may write to the ticket, or None: reporter, first sender, watcher, staff, and
+        member of the ticket's organisation where that organisation's visibility is 'organisation' (under
+        'reporter-only', the default, its members are strangers to each other's tickets)."""
         email = normalise_email(email) if email else None
         if contact is not None and contact.is_staff:
             return "staff"
@@ -324,8 +329,9 @@ class Tickets:
         if email and any(w.contact.email == email for w in ticket.watchers):
             return "watcher"
         if (contact is not None and contact.organisation_id is not None
-                and contact.organisation_id == ticket.organisation_id):
-            return "member of the ticket's organisation"
+                and contact.organisation_id == ticket.organisation_id and ticket.organisation is not None
+                and ticket.organisation.visibility == "organisation"):
+            return MEMBER
         return None
 
     # Changes --------------------------------------------------------------
@@ -426,6 +432,22 @@ class Tickets:
         self.emit(WatcherAdded(ticket, contact, vouched))
         return True
 
+    def unsubscribe(self, secret: bytes, token: str) -> tuple[Ticket, str] | None:
+        """Remove the watcher a signed unsubscribe token names (gateway.ourmail; the List-Unsubscribe address
+        or one-click URL of a notification): (ticket, the watcher's address), or None when the token names no
+        current watcher of an existing ticket (already removed, or forged). The ticket's watchers are bounded
+        (limits.max_watchers_per_mail per mail): each is checked against the token's signature."""
+        parsed = ourmail.parse_unsubscribe_token(token)
+        ticket = self.get(parsed.number) if parsed is not None else None
+        if ticket is None:
+            return None
+        for w in list(ticket.watchers):
+            if ourmail.verify_unsubscribe(secret, token, ticket_id=ticket.id, recipient=w.contact.email):
+                ticket.watchers.remove(w)  # delete-orphan: the row goes
+                self.s.flush()
+                return ticket, w.contact.email
+        return None
+
     def remember_message_id(self, ticket: Ticket, message_id: str | None, direction: str = "in") -> None:
         if not message_id:
             return
@@ -442,15 +464,17 @@ class Tickets:
             self.s.flush()
 
     def links(self, ticket: Ticket, limit: int = 200) -> list[tuple[str, int]]:
-        """(kind as read from this ticket, the other ticket's number): 'blocks 7', 'blocked-by 3', ..."""
-        rows = self.s.execute(select(TicketLink.kind, Ticket.number)
+        """(kind as read from this ticket, the other ticket's number), oldest link first: 'blocks 7',
+        'blocked-by 3', ..."""
+        rows = self.s.execute(select(TicketLink.id, TicketLink.kind, Ticket.number)
                               .join(Ticket, Ticket.id == TicketLink.other_ticket_id)
                               .where(TicketLink.ticket_id == ticket.id).order_by(TicketLink.id).limit(limit)).all()
-        back = self.s.execute(select(TicketLink.kind, Ticket.number)
+        back = self.s.execute(select(TicketLink.id, TicketLink.kind, Ticket.number)
                               .join(Ticket, Ticket.id == TicketLink.ticket_id)
                               .where(TicketLink.other_ticket_id == ticket.id).order_by(TicketLink.id)
                               .limit(limit)).all()
-        return [(k, n) for k, n in rows] + [(LINK_INVERSE.get(k, f"{k} (from)"), n) for k, n in back]
+        both = [(i, k, n) for i, k, n in rows] + [(i, LINK_INVERSE.get(k, f"{k} (from)"), n) for i, k, n in back]
+        return [(k, n) for _, k, n in sorted(both)]
 
     def followed(self, ticket: Ticket) -> Ticket:
         """The ticket a merged ticket was merged into (along the chain, bounded), else the ticket itself: mail

@@ -78,6 +78,7 @@ def ticket_dict(session: Session, t: Ticket, *, full: bool = True, sla_state: st
         } for c in comments]
         d["attachments"] = [attachment_dict(a) for a in atts]
         d["description_html"] = t.description_html
+        d["description_full"] = t.description_full  # the first mail's whole text (quoted history included)
         d["links"] = [{"kind": k, "number": n} for k, n in Tickets(session, clock=lambda: t.created_at).links(t)]
     return d
 

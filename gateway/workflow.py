@@ -152,16 +152,18 @@ class Merged:
 
 class Workflow:
     def __init__(self, session: Session, *, clock: Clock, listeners: Listeners | None = None,
-                 refuse_close_while_blocked: bool = True) -> None:
+                 refuse_close_while_blocked: bool = True, tickets: Tickets | None = None) -> None:
+        """tickets: the caller's (the pipeline's, which marks an import's events quiet); else a new one."""
         self.s = session
         self.clock = clock
-        self.tickets = Tickets(session, clock=clock, listeners=listeners)
+        self.tickets = tickets if tickets is not None else Tickets(session, clock=clock, listeners=listeners)
         self.directory = Directory(session, clock)
         self.refuse_close_while_blocked = refuse_close_while_blocked
 
     @classmethod
-    def of(cls, session: Session, *, clock: Clock, listeners: Listeners | None, config: Config) -> Workflow:
-        return cls(session, clock=clock, listeners=listeners,
+    def of(cls, session: Session, *, clock: Clock, listeners: Listeners | None, config: Config,
+           tickets: Tickets | None = None) -> Workflow:
+        return cls(session, clock=clock, listeners=listeners, tickets=tickets,
                    refuse_close_while_blocked=bool(config.gateway["refuse_close_while_blocked"]))
 
     # Lookups -------------------------------------------------------------------------------------------------

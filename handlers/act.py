@@ -130,7 +130,8 @@ class Run:
 
 
 def run(ctx: MailContext, parsed: mailcommands.Parsed) -> Run:
-    flow = Workflow.of(ctx.session, clock=ctx.clock, listeners=ctx.tickets.listeners, config=ctx.config)
+    flow = Workflow.of(ctx.session, clock=ctx.clock, listeners=ctx.tickets.listeners, config=ctx.config,
+                       tickets=ctx.tickets)  # the pipeline's: an import's changes stay quiet
     r = Run(ctx, flow)
     r.refused += [(x.line, x.reason) for x in parsed.refused]
     r.fields([c for c in parsed.commands if c.name in FIELDS])

@@ -6,8 +6,9 @@ import re
 
 from gateway.pipeline import MailContext
 
-# gateway.quotes (nh3, html.parser, the reply patterns) is imported where it is needed: a new ticket from a
-# plain-text mail needs none of it, and an MTA pipe process starts faster without it.
+# gateway.quotes (nh3, html.parser, the reply patterns) is imported where it is needed, when the first mail is
+# extracted: an MTA pipe process that never gets that far starts faster without it.
+_FORWARD_SUBJECT = re.compile(r"^\s*(?:\[[^\]]{0,40}\]\s*)?(?:fwd?|wg|tr|rv|enc|doorst|vl|vb)\s*:", re.I)
 
 
 def cut_at_delimiters(text: str, delimiters: list[str], *, regex: bool = False) -> str:
@@ -53,14 +54,23 @@ def handle(ctx: MailContext) -> None:
     if cut != text:
         ctx.note("extract: text cut at a configured delimiter line")
         text = cut
-    if ctx.ticket is not None:
-        from gateway.quotes import strip_html_reply, strip_reply
+    from gateway.quotes import strip_html_reply, strip_reply
 
+    if ctx.ticket is not None:
         visible = strip_html_reply(p.html) if from_html and p.html and not delimiters else strip_reply(text)
         ctx.body = visible
         if visible != text.strip():
             ctx.note(f"extract: quoted history/signature stripped ({len(text)} -> {len(visible)} characters)")
+    elif _FORWARD_SUBJECT.match(p.subject):
+        ctx.body = text.strip()  # a forward: what was forwarded is what the ticket is about
     else:
-        ctx.body = text.strip()
+        # a new ticket: the quoted history of whatever the sender answered goes (the full text keeps it), the
+        # sender's signature stays -- it tells the agent who wrote and how to reach them
+        visible = (strip_html_reply(p.html, keep_signature=True) if from_html and p.html and not delimiters
+                   else strip_reply(text, keep_signature=True))
+        ctx.body = visible
+        if visible != text.strip():
+            ctx.note(f"extract: quoted history stripped from the description ({len(text)} -> {len(visible)} "
+                     "characters; the full text keeps it)")
     if from_html:
         ctx.note("extract: HTML-only mail turned into text")

@@ -52,7 +52,8 @@ def handle(ctx: MailContext) -> None:
         why = ctx.tickets.is_participant(ticket, ctx.sender, ctx.sender_email)
         if why is None:
             ctx.note(f"match: {how} names ticket #{ticket.number}, but {ctx.sender_email} is not a participant "
-                     "of it (not reporter, watcher, staff or organisation member): opening a ticket of its own")
+                     "of it (not reporter, watcher, staff, nor a member of an organisation whose members share its "
+                     "tickets): opening a ticket of its own")
             if ctx.related is None:
                 ctx.related, ctx.related_kind = ticket, "related"
                 ctx.related_reason = f"{ctx.sender_email} referred to #{ticket.number} ({how}) without being a participant"

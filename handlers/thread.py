@@ -7,6 +7,7 @@ from datetime import datetime
 
 from gateway.guard import relay
 from gateway.pipeline import MailContext
+from gateway.tickets import MEMBER
 
 
 def handle(ctx: MailContext) -> None:
@@ -32,7 +33,19 @@ def handle(ctx: MailContext) -> None:
             ctx.note(f"thread: a new ticket's first mail is its description, not an internal note ({ctx.internal})")
     else:
         _comment(ctx, at)
+        _follow(ctx)
         relay.add_cc_watchers(ctx)
+
+
+def _follow(ctx: MailContext) -> None:
+    """A member of an organisation whose tickets its members share (visibility 'organisation') who writes to
+    one of them follows it from then on: a watcher, mailed about what happens next."""
+    ticket, sender = ctx.ticket, ctx.sender
+    assert ticket is not None
+    if sender is None or ctx.tickets.is_participant(ticket, sender, ctx.sender_email) != MEMBER:
+        return
+    if ctx.tickets.add_watcher(ticket, sender, vouched=relay.WROTE):
+        ctx.note(f"thread: {sender.email} follows #{ticket.number} (a member of its organisation)")
 
 
 def _comment(ctx: MailContext, at: datetime | None) -> None:

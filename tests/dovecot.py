@@ -390,18 +390,23 @@ def start_dovecot(root: Path, *, port: int | None = None, users: int = 1000, tim
     raise RuntimeError(f"dovecot did not start: {last_err[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def dovecot_server() -> Iterator[DovecotServer]:
+def _server_for_the_run(prefix: str, tls: bool = False) -> Iterator[DovecotServer]:
+    """A Dovecot under a temporary directory for the whole run (with tls: ssl = required and a test CA)."""
     if dovecot_binary() is None:
         pytest.fail("dovecot is not installed (Debian: apt-get install -y dovecot-imapd); "
                     "the README's test command installs it")
-    root = Path(tempfile.mkdtemp(prefix="tg-dovecot-"))
-    server = start_dovecot(root)
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    server = (start_dovecot(root, users=50, tls=make_test_ca(root / "ca")) if tls else start_dovecot(root))
     try:
         yield server
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dovecot_server() -> Iterator[DovecotServer]:
+    yield from _server_for_the_run("tg-dovecot-")
 
 
 @pytest.fixture
@@ -412,16 +417,7 @@ def dovecot(dovecot_server: DovecotServer) -> DovecotAccount:
 
 @pytest.fixture(scope="session")
 def dovecot_tls_server() -> Iterator[DovecotServer]:
-    if dovecot_binary() is None:
-        pytest.fail("dovecot is not installed (Debian: apt-get install -y dovecot-imapd); "
-                    "the README's test command installs it")
-    root = Path(tempfile.mkdtemp(prefix="tg-dovecot-tls-"))
-    server = start_dovecot(root, users=50, tls=make_test_ca(root / "ca"))
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    yield from _server_for_the_run("tg-dovecot-tls-", tls=True)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 EXTENSIONS: tuple[str, ...] = (  # "module:function" -> list[Op] (links, time entries, watchers, merge, ...)
     "gateway.api.backends:operations",  # POST /backends/{name}/webhook (signed by the desk, no token)
+    "gateway.api.unsubscribe:operations",  # RFC 8058 one-click unsubscribe (a signed token in the path)
     "gateway.api.work:operations",  # ticket links, time entries, watchers, merge
 )
 

@@ -8,6 +8,11 @@ certificate was not accepted, the ca_file cannot be loaded): trying again later 
 
 An account that another instance is polling (a running `serve` holds its lease in the database) is skipped,
 which is not an error: its mail is being fetched.
+
+`ticket-gateway imap status [--account NAME ...] [--no-connect] [--json]`: per account, which instance polls
+it (its lease: holder host:pid:id, seconds left) and whether this host can log in, the certificate verified
+as the poller verifies it, with the number of messages waiting. Exit 0; 78 when TLS cannot work as
+configured; 75 when a server could not be reached or refused the login.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from gateway.exitcodes import EX_CONFIG, EX_OK, EX_TEMPFAIL
 if TYPE_CHECKING:
     from gateway.cli.base import Subparsers
     from gateway.config import Config
+    from gateway.imap import ImapAccount
 
 
 def register(sub: Subparsers) -> None:
@@ -33,27 +39,80 @@ def register(sub: Subparsers) -> None:
                       help="only this account (repeatable; default: all)")
     poll.add_argument("--json", action="store_true", help="one JSON object per account")
     poll.set_defaults(func=run_poll)
+    status = psub.add_parser("status", help="which instance polls each account (its lease), and whether this "
+                             "host can log in (TLS verified)")
+    status.add_argument("--account", metavar="NAME", action="append", default=[],
+                        help="only this account (repeatable; default: all)")
+    status.add_argument("--no-connect", action="store_true", help="only the leases: do not connect")
+    status.add_argument("--json", action="store_true", help="one JSON object per account")
+    status.set_defaults(func=run_status)
+
+
+def _selected(args: argparse.Namespace, config: Config, command: str) -> list[ImapAccount]:
+    """The accounts named by --account (all when none); ConfigError, UsageError as the commands report them."""
+    from gateway.imap import accounts
+
+    configured = accounts(config)
+    if not configured:
+        raise NoAccounts(f"imap {command}: no [[imap]] account is configured")
+    names = {a.name for a in configured}
+    unknown = [n for n in args.account if n not in names]
+    if unknown:
+        raise UsageError(f"imap {command}: no [[imap]] account named {unknown[0]!r} (known: "
+                         f"{', '.join(sorted(names))})")
+    return [a for a in configured if not args.account or a.name in args.account]
+
+
+class NoAccounts(Exception):
+    pass
+
+
+def run_status(args: argparse.Namespace, config: Config) -> int:
+    """Exit 0 when every account answered (or --no-connect), 78 when TLS cannot work as configured (certificate
+    not accepted, ca_file unusable), 75 when a server could not be reached or refused the login."""
+    from gateway.cli.base import open_app
+    from gateway.config import ConfigError
+    from gateway.imap import account_status
+
+    try:
+        selected = _selected(args, config, "status")
+    except (ConfigError, NoAccounts) as e:
+        print(f"ticket-gateway: {e}", file=sys.stderr)
+        return EX_CONFIG
+    app = open_app(config, upgrade=True)
+    status = EX_OK
+    try:
+        for account in selected:
+            st = account_status(app, account, connect=not args.no_connect)
+            if st.get("login") == "tls":
+                status = EX_CONFIG
+            elif st.get("login") == "failed" and status == EX_OK:
+                status = EX_TEMPFAIL
+            if args.json:
+                print(json.dumps(st, ensure_ascii=False))
+                continue
+            login = {"ok": f"login ok, {st.get('waiting')} message(s) waiting in {account.folder}"}.get(
+                st.get("login", ""), st.get("error", ""))
+            print(f"{st['account']}: {st['server']}; lease {st['lease']}" + (f"; {login}" if login else ""))
+    finally:
+        app.close()
+    return status
 
 
 def run_poll(args: argparse.Namespace, config: Config) -> int:
     from gateway.cli.base import open_app
     from gateway.config import ConfigError
     from gateway.db import is_unavailable
-    from gateway.imap import ImapPoller, TlsSetupError, accounts
+    from gateway.imap import ImapPoller, TlsSetupError
 
     try:
-        configured = accounts(config)
+        selected = _selected(args, config, "poll")
     except ConfigError as e:
         print(f"ticket-gateway: configuration error: {e}", file=sys.stderr)
         return EX_CONFIG
-    if not configured:
-        print("ticket-gateway: imap poll: no [[imap]] account is configured", file=sys.stderr)
+    except NoAccounts as e:
+        print(f"ticket-gateway: {e}", file=sys.stderr)
         return EX_CONFIG
-    names = {a.name for a in configured}
-    unknown = [n for n in args.account if n not in names]
-    if unknown:
-        raise UsageError(f"imap poll: no [[imap]] account named {unknown[0]!r} (known: {', '.join(sorted(names))})")
-    selected = [a for a in configured if not args.account or a.name in args.account]
     try:
         app = open_app(config, upgrade=True)
     except Exception as e:  # noqa: BLE001

@@ -14,18 +14,22 @@ failed with the reason and goes on with the others.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from gateway import ourmail
 from gateway.guard import relay
 from gateway.models import Attachment, Comment, InboundMail, OutboxMail, Ticket, TicketMessageId
 from gateway.outbound import compose, ratelimit
-from gateway.outbound.render import context, describe_error, fmt_time
+from gateway.outbound.dkimsign import DkimError
+from gateway.outbound.render import Rendered, context, describe_error, fmt_time
 
 if TYPE_CHECKING:
     from gateway.outbound.notify import Outbound
@@ -35,23 +39,57 @@ if TYPE_CHECKING:
 ATTACHMENTS_MAX_BYTES = 20 * 1024 * 1024
 
 
+# Template variables fixed by what the render key names already (the event, the ticket and comment, the values
+# frozen at enqueue in `params`, the gateway's From): the same for every copy of one notification.
+SHARED_VARIABLES = frozenset({"event", "ticket", "comment", "gateway", "changes", "changed_by", "original_subject"})
+
+
+def _frozen(v: Any) -> Any:
+    """A hashable stand-in for a template value (dicts and lists of plain values)."""
+    if isinstance(v, dict):
+        return tuple(sorted((str(k), _frozen(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_frozen(x) for x in v)
+    return v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
+
+
 class BuildError(Exception):
     """This row cannot be built; the message says why (shown by `outbox list`)."""
 
 
+@dataclass
+class Shared:
+    """What the copies of one notification share, kept for one delivery round: the rendered templates (one
+    rendering per notification when its templates use nothing personal, see Templates.personal) and the
+    MIME content built from them (compose.Content: the parts, encoded once)."""
+
+    renders: dict[tuple[Any, ...], Rendered] = field(default_factory=dict)
+    contents: dict[tuple[Any, ...], compose.Content] = field(default_factory=dict)
+    # what `Builder.prepare` loaded, for the round's later chunks (the objects' loaded attributes are read)
+    tickets: dict[int, Ticket | None] = field(default_factory=dict)
+    tctx: dict[int, dict[str, Any]] = field(default_factory=dict)
+    comments: dict[int, dict[str, Any] | None] = field(default_factory=dict)
+    inbound: dict[int, list[tuple[str, datetime]]] = field(default_factory=dict)
+    triggers: dict[int, str | None] = field(default_factory=dict)
+    cc: dict[tuple[int, datetime], tuple[list[tuple[str, str]], list[tuple[str, str]]]] = field(default_factory=dict)
+    watchers: dict[int, frozenset[str]] = field(default_factory=dict)  # ticket id -> its watchers' addresses
+
+
 class Builder:
     """Builds claimed rows with caches shared by the rows of one delivery round (one ticket's 200 copies
-    load the ticket, its thread and its watchers once)."""
+    load the ticket, its thread and its watchers once, and are rendered and encoded once where the templates
+    allow: only the headers are each copy's own)."""
 
-    def __init__(self, ob: Outbound, session: Session) -> None:
+    def __init__(self, ob: Outbound, session: Session, shared: Shared | None = None) -> None:
         self.ob = ob
         self.s = session
-        self.tickets: dict[int, Ticket | None] = {}
-        self.tctx: dict[int, dict[str, Any]] = {}
-        self.comments: dict[int, dict[str, Any] | None] = {}
-        self.inbound: dict[int, list[tuple[str, datetime]]] = {}
-        self.triggers: dict[int, str | None] = {}
-        self.cc: dict[tuple[int, datetime], tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {}
+        self.shared = shared = shared or Shared()
+        self.tickets = shared.tickets
+        self.tctx = shared.tctx
+        self.comments = shared.comments
+        self.inbound = shared.inbound
+        self.triggers = shared.triggers
+        self.cc = shared.cc
         # (ticket, recipient) -> [(outbox id, message id)] of its non-suppressed copies (for In-Reply-To)
         self.history: dict[tuple[int, str], list[tuple[int, str]]] = defaultdict(list)
 
@@ -173,27 +211,29 @@ class Builder:
                                  f"{ctx['reply_hint']} For an internal note (staff only), write to {note}.")
         if p.get("extra"):
             ctx.update(p["extra"])
-        try:
-            out = ob.templates.render(row.event, ctx)
-        except Exception as e:  # noqa: BLE001 -- jinja2 raises many kinds
-            raise BuildError(f"cannot render the mail: {describe_error(e, row.event)}") from e
+        out = self._render(row, p, ctx)
         subject = out.subject
         if ticket is not None and ob.tag(ticket).lower() not in subject.lower():
             subject = f"{ob.tag(ticket)} {subject}"
         to, cc = self._recipients(row, ticket, p)
         irt, refs = self._thread(row, ticket, p)
         when = row.created_at
-        files, text = self._files(comment, out.text)
+        unsubscribe = self._unsubscribe(row, ticket)
         try:
+            content = self._content(row, comment, out)
             raw = compose.build(compose.Outgoing(
                 from_name=ob.from_name, from_addr=ob.from_addr, to=to, cc=cc, subject=subject,
-                text=text, html=out.html, attachments=files, message_id=row.message_id, date=when, reply_to=reply,
+                text=out.text, html=out.html, message_id=row.message_id, date=when, reply_to=reply,
                 in_reply_to=irt, references=refs, auto_submitted=p.get("auto") or "auto-generated",
                 precedence_bulk=bool(p.get("bulk")), loop_value=ob.domain,
                 thread_topic=ticket.subject if ticket is not None else None,
                 thread_index=(compose.thread_index(ticket.created_at, f"{ob.domain}/{ticket.id}", when)
-                              if ticket is not None else None)))
-        except ValueError as e:
+                              if ticket is not None else None),
+                list_unsubscribe=unsubscribe, one_click=bool(ob.unsubscribe_url)), content=content)
+            signer = ob.dkim()
+            if signer is not None:
+                raw = signer.sign(raw)
+        except (ValueError, DkimError) as e:
             raise BuildError(f"cannot build the mail: {e}") from e
         if ticket is not None:  # later rows of this round to the same recipient thread under this copy
             hist = self.history[(ticket.id, row.recipient)]
@@ -201,6 +241,54 @@ class Builder:
                 hist.append((row.id, row.message_id))
                 hist.sort()
         return raw, subject
+
+    def _render(self, row: OutboxMail, p: dict[str, Any], ctx: dict[str, Any]) -> Rendered:
+        """The templates for this row, rendered once for every copy of a notification whose context is the
+        same in what the templates read: the key holds the event, ticket, comment and frozen values, and the
+        value of every other variable the templates read (the recipient, the reply and note addresses, the
+        reply hint, ...); when the templates name another template at run time, every variable."""
+        ob = self.ob
+        used = ob.templates.variables(row.event)
+        common = json.dumps({k: v for k, v in p.items() if k not in ("name", "staff")}, sort_keys=True, default=str)
+        own = tuple((k, _frozen(v)) for k, v in sorted(ctx.items())
+                    if k not in SHARED_VARIABLES and (used is None or k in used))
+        key = (row.event, row.ticket_id, row.comment_id, common, own)
+        hit = self.shared.renders.get(key)
+        if hit is None:
+            try:
+                hit = self.shared.renders[key] = ob.templates.render(row.event, ctx)
+            except Exception as e:  # noqa: BLE001 -- jinja2 raises many kinds
+                raise BuildError(f"cannot render the mail: {describe_error(e, row.event)}") from e
+        return hit
+
+    def _content(self, row: OutboxMail, comment: dict[str, Any] | None, out: Rendered) -> compose.Content:
+        """The MIME content (text, HTML, the comment's files), encoded once per distinct rendering."""
+        key = (out.text, out.html, row.comment_id)
+        hit = self.shared.contents.get(key)
+        if hit is None:
+            files, text = self._files(comment, out.text)
+            hit = self.shared.contents[key] = compose.make_content(text, out.html, files)
+        return hit
+
+    def _unsubscribe(self, row: OutboxMail, ticket: Ticket | None) -> list[str]:
+        """List-Unsubscribe for a copy to a watcher of the ticket (not its reporter): a signed mailto address
+        (the inbound pipeline removes that watcher, handlers/unsubscribe.py) and, with
+        outbound.unsubscribe_url, the RFC 8058 one-click URL of the HTTP API."""
+        if ticket is None:
+            return []
+        watching = self.shared.watchers.get(ticket.id)
+        if watching is None:
+            watching = self.shared.watchers[ticket.id] = frozenset(w.contact.email.lower() for w in ticket.watchers)
+        ob = self.ob
+        rep = ob.reporter_of(ticket)
+        if row.recipient not in watching or (rep is not None and rep.email == row.recipient):
+            return []
+        token = ourmail.make_unsubscribe_token(ob.secret, ticket_id=ticket.id, ticket_number=ticket.number,
+                                               recipient=row.recipient)
+        uris = [f"mailto:{ourmail.token_address(ob.reply_base, token)}?subject=unsubscribe"]
+        if ob.unsubscribe_url:
+            uris.append(f"{ob.unsubscribe_url}/api/v1/unsubscribe/{token}")
+        return uris
 
     def _subjects(self, row: OutboxMail, p: dict[str, Any]) -> tuple[Ticket | None, dict[str, Any] | None]:
         """The row's ticket and comment (template context), loaded by `prepare`; BuildError when gone."""

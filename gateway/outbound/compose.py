@@ -18,6 +18,7 @@ from email.headerregistry import Address, BaseHeader
 from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import format_datetime
+from typing import Any
 
 from gateway.ourmail import LOOP_HEADER
 from gateway.outbound.ratelimit import is_sendable_address
@@ -67,6 +68,8 @@ class Outgoing:
     thread_topic: str | None = None
     thread_index: str | None = None
     attachments: list[tuple[str, str, bytes]] = field(default_factory=list)  # (filename, content type, bytes)
+    list_unsubscribe: list[str] = field(default_factory=list)  # this copy's List-Unsubscribe URIs (mailto:, https:)
+    one_click: bool = False  # List-Unsubscribe-Post: List-Unsubscribe=One-Click (RFC 8058)
 
 
 _ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?", re.ASCII)
@@ -147,52 +150,164 @@ def thread_index(root_time: datetime, root_key: str, now: datetime) -> str:
     return base64.b64encode(head + child).decode("ascii")
 
 
-def build(m: Outgoing) -> bytes:
+@dataclass(frozen=True)
+class Content:
+    """The MIME content of a mail (its Content-* headers, MIME-Version and the encoded body), built once and
+    shared by every copy whose text, HTML and files are the same: only the other headers are each copy's."""
+
+    raw: bytes
+    headers: tuple[str, ...]
+
+
+def make_content(text: str, html: str, attachments: list[tuple[str, str, bytes]] | None = None) -> Content:
     msg = EmailMessage(policy=SMTP)
-    sender = _address(m.from_name, m.from_addr)
-    if sender is None:
-        raise ValueError(f"outbound.from_address is not a plain address: {m.from_addr!r}")
-    msg["From"] = sender
-    to = _address_header("To", tuple(m.to))
-    if to is None:
-        raise ValueError("no usable recipient address")
-    msg["To"] = to
-    cc = _address_header("Cc", tuple(m.cc))
-    if cc is not None:
-        msg["Cc"] = cc
-    if m.reply_to:
-        rt = _address(m.from_name, m.reply_to)
-        if rt is not None:
-            msg["Reply-To"] = rt
-    msg["Subject"] = header_text(m.subject) or "(no subject)"
-    msg["Date"] = format_datetime(m.date.astimezone(UTC))
-    msg["Message-ID"] = f"<{m.message_id}>"
-    refs = references_chain(m.references)
-    irt = clean_ids([m.in_reply_to] if m.in_reply_to else [])
-    if irt:
-        msg["In-Reply-To"] = f"<{irt[0]}>"
-        if irt[0] not in refs:
-            refs.append(irt[0])
-    if refs:
-        msg["References"] = " ".join(f"<{i}>" for i in refs)
-    if m.thread_topic:
-        msg["Thread-Topic"] = header_text(m.thread_topic, 255)
-    if m.thread_index:
-        msg["Thread-Index"] = m.thread_index
-    msg["Auto-Submitted"] = m.auto_submitted
-    msg["X-Auto-Response-Suppress"] = "All"
-    if m.precedence_bulk:
-        msg["Precedence"] = "bulk"
-    msg[LOOP_HEADER] = header_text(m.loop_value or m.from_addr, 200)
     # quoted-printable: 7-bit clean for any relay (no 8BITMIME needed), lines always short
-    msg.set_content(m.text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    msg.add_alternative(m.html, subtype="html", charset="utf-8", cte="quoted-printable")
-    for filename, ctype, data in m.attachments:  # the comment's files (multipart/mixed around the alternative)
+    msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
+    for filename, ctype, data in attachments or []:  # the comment's files (multipart/mixed around the alternative)
         maintype, _, subtype = (ctype if "/" in ctype else "application/octet-stream").partition("/")
         msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
     raw = msg.as_bytes(policy=SMTP)
-    _verify_headers(raw, [k for k in msg.keys()])
-    return raw
+    _verify_lines(raw[:raw.find(b"\r\n\r\n") + 2], list(msg.keys()))
+    return Content(raw, tuple(msg.keys()))
+
+
+def _fold(name: str, value: Any) -> bytes:
+    """One header line as EmailMessage and policy.SMTP write it (parsed by the header registry, folded)."""
+    name, parsed = SMTP.header_store_parse(name, value)
+    return SMTP.fold_binary(name, parsed)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_headers(from_name: str, from_addr: str, to: tuple[tuple[str, str], ...], cc: tuple[tuple[str, str], ...],
+                    subject: str, date: datetime, thread_topic: str | None, thread_index: str | None,
+                    auto_submitted: str, precedence_bulk: bool, loop_value: str) -> tuple[bytes, tuple[str, ...]]:
+    """The header lines every copy of a notification shares, folded once."""
+    sender = _address(from_name, from_addr)
+    if sender is None:
+        raise ValueError(f"outbound.from_address is not a plain address: {from_addr!r}")
+    to_h = _address_header("To", to)
+    if to_h is None:
+        raise ValueError("no usable recipient address")
+    pairs: list[tuple[str, Any]] = [("From", sender), ("To", to_h)]
+    cc_h = _address_header("Cc", cc)
+    if cc_h is not None:
+        pairs.append(("Cc", cc_h))
+    pairs += [("Subject", header_text(subject) or "(no subject)"), ("Date", format_datetime(date.astimezone(UTC)))]
+    if thread_topic:
+        pairs.append(("Thread-Topic", header_text(thread_topic, 255)))
+    if thread_index:
+        pairs.append(("Thread-Index", thread_index))
+    pairs += [("Auto-Submitted", auto_submitted), ("X-Auto-Response-Suppress", "All")]
+    if precedence_bulk:
+        pairs.append(("Precedence", "bulk"))
+    pairs.append((LOOP_HEADER, header_text(loop_value or from_addr, 200)))
+    lines = b"".join(_fold(n, v) for n, v in pairs)
+    _verify_lines(lines, [n for n, _ in pairs])
+    return lines, tuple(n for n, _ in pairs)
+
+
+def build(m: Outgoing, *, content: Content | None = None) -> bytes:
+    """The mail's bytes: the shared headers (folded once per notification), this copy's own (Reply-To,
+    Message-ID, threading, List-Unsubscribe), then the content (`content`, or built from m.text, m.html and
+    m.attachments)."""
+    shared, names = _shared_headers(m.from_name, m.from_addr, tuple(m.to), tuple(m.cc), m.subject, m.date,
+                                    m.thread_topic, m.thread_index, m.auto_submitted, m.precedence_bulk,
+                                    m.loop_value)
+    reply = b""
+    if m.reply_to:
+        line = _reply_to_line(m.from_name, m.reply_to)
+        if line is None:
+            rt = _address(m.from_name, m.reply_to)
+            line = _fold("Reply-To", rt) if rt is not None else b""
+        reply = line
+    ids: list[tuple[str, list[str]]] = []  # Message-ID headers: checked ids (clean_ids), written directly
+    mid = clean_ids([m.message_id])
+    if not mid:
+        raise ValueError(f"not a usable Message-ID: {m.message_id!r}")
+    ids.append(("Message-ID", mid))
+    refs = references_chain(m.references)
+    irt = clean_ids([m.in_reply_to] if m.in_reply_to else [])
+    if irt:
+        ids.append(("In-Reply-To", irt))
+        if irt[0] not in refs:
+            refs.append(irt[0])
+    if refs:
+        ids.append(("References", refs))
+    if m.list_unsubscribe:
+        ids.append(("List-Unsubscribe", [_uri(u) for u in m.list_unsubscribe]))
+    own = [("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")] if m.list_unsubscribe and m.one_click else []
+    if content is None:
+        content = make_content(m.text, m.html, m.attachments)
+    personal = reply + b"".join(_id_line(n, v) for n, v in ids) + b"".join(_fold(n, v) for n, v in own)
+    # the header block is checked piece by piece: the shared lines once (_shared_headers), the content's once
+    # (make_content), this copy's here; each piece is whole lines, none continues the one before it
+    _verify_lines(personal, [*(["Reply-To"] if reply else []), *(n for n, _ in ids), *(n for n, _ in own)])
+    return shared + personal + content.raw
+
+
+_PLAIN_ADDRESS = re.compile(r"^[A-Za-z0-9.+_=-]{1,64}@[A-Za-z0-9.-]{1,190}$")
+_PLACEHOLDER = "reply@placeholder.invalid"
+
+
+@functools.lru_cache(maxsize=16)
+def _reply_to_prefix(from_name: str) -> tuple[bytes, bytes] | None:
+    """The Reply-To line for `from_name` as the stdlib folds it, split around its address: every copy's
+    Reply-To differs only in the address (a plain token address), so the display name is encoded once."""
+    addr = _address(from_name, _PLACEHOLDER)
+    if addr is None:
+        return None
+    line = _fold("Reply-To", addr)
+    head, sep, tail = line.partition(f"<{_PLACEHOLDER}>".encode("ascii"))
+    if not sep or b"\r\n" in head or tail != b"\r\n":  # folded, or not the usual shape: no fast path
+        return None
+    return head, tail
+
+
+def _reply_to_line(from_name: str, reply_to: str) -> bytes | None:
+    """`Reply-To: <display name> <address>` without parsing it again, for a plain address on a short line;
+    None: fold it the slow way."""
+    parts = _reply_to_prefix(from_name)
+    if parts is None or not _PLAIN_ADDRESS.match(reply_to) or not is_sendable_address(reply_to):
+        return None
+    line = parts[0] + f"<{reply_to}>".encode("ascii") + parts[1]
+    return line if len(line) <= 80 else None
+
+
+_URI_OK = re.compile(r"^[\x21-\x3b\x3d\x3f-\x7e]{1,900}$")  # printable ASCII without < > and space
+
+
+def _uri(u: str) -> str:
+    if not _URI_OK.match(u):
+        raise ValueError(f"not a usable List-Unsubscribe URI: {u!r}")
+    return u
+
+
+def _id_line(name: str, ids: list[str]) -> bytes:
+    """`Name: <id> <id>...` (List-Unsubscribe: `<uri>, <uri>`), folded between them at 78 characters (printable
+    ASCII, checked by clean_ids and _uri: nothing in them needs encoding or can break the line)."""
+    line, lines = f"{name}:", []
+    sep = "," if name == "List-Unsubscribe" else ""
+    for n, i in enumerate(ids):
+        word = f" <{i}>" + (sep if n < len(ids) - 1 else "")
+        if len(line) + len(word) > 78 and line != f"{name}:":
+            lines.append(line)
+            line = ""
+        line += word
+    lines.append(line)
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def _verify_lines(lines: bytes, expected: list[str]) -> None:
+    """A piece of a header block: whole CRLF-terminated lines, not continuing a line before it, holding
+    exactly the `expected` headers."""
+    if not expected:
+        if lines:
+            raise ValueError("refusing to send: unexpected header lines")
+        return
+    if not lines.endswith(b"\r\n") or lines[:1] in (b" ", b"\t") or b"\r\n\r\n" in lines:
+        raise ValueError("refusing to send: a generated header piece is not whole lines")
+    _verify_headers(lines + b"\r\n", expected)
 
 
 def _verify_headers(raw: bytes, expected: list[str]) -> None:

@@ -30,14 +30,27 @@ def install_service(service: ServiceHost) -> None:
     """Component for gateway.service (COMPONENTS entry "gateway.outbound:install_service"): deliver what is
     due every outbound.deliver_seconds. Not behind the service's write gate: talking to a slow relay must
     never hold up incoming mail (SQLite's busy timeout covers the short claim/record writes)."""
-    from gateway.outbound.sender import deliver_due
+    from gateway.outbound.sender import SMTPTransport, Transport, deliver_due, make_transport
 
     app = service.app
-    if notifier_of(app) is None:
+    notifier = notifier_of(app)
+    if notifier is None:
         return
     check_app_templates(app, force=True)  # serve always runs the full template check
+    from gateway.config import ConfigError
+    from gateway.outbound.dkimsign import DkimError
+
+    try:  # a DKIM key that cannot sign stops the start, not the first mail
+        notifier.dkim()
+    except DkimError as e:
+        raise ConfigError(str(e)) from e
+    kept: list[Transport] = []  # one transport for every round: its relay connection is reused
 
     def job() -> None:
-        deliver_due(app)
+        if not kept:
+            kept.append(make_transport(app))
+        deliver_due(app, transport=kept[0])
+        if isinstance(kept[0], SMTPTransport):
+            kept[0].idle_close()
 
     service.add_job("outbox-deliver", job, service.config.get("outbound", "deliver_seconds"), start_now=True)

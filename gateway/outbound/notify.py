@@ -53,6 +53,7 @@ from gateway.tickets import message_ids_written
 if TYPE_CHECKING:
     from gateway.clock import Clock
     from gateway.host import AppHost
+    from gateway.outbound.dkimsign import Signer
 
 log = logging.getLogger("gateway.outbound")
 
@@ -95,6 +96,16 @@ class Outbound:
         self.staff_bound = int(st["max_notices_per_ticket_hour"])
         self.note_sub: str = st["note_subaddress"]
         self.groups: dict[str, dict[str, Any]] = {g["name"]: g for g in config.values["groups"]}
+        self.unsubscribe_url = ob["unsubscribe_url"].rstrip("/")
+        self._dkim: list[Signer | None] = []  # loaded on first use (gateway.outbound.dkimsign)
+
+    def dkim(self) -> Signer | None:
+        """The DKIM signer when outbound.dkim_key_file is set (DkimError when the key is unusable)."""
+        if not self._dkim:
+            from gateway.outbound.dkimsign import signer_of
+
+            self._dkim.append(signer_of(self.config))
+        return self._dkim[0]
 
     # Entry point ---------------------------------------------------------------------------------------
     def __call__(self, session: Session, event: Event) -> None:

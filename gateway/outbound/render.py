@@ -64,6 +64,7 @@ class Templates:
         self.dirs.append(builtin_dir())
         self._env: Environment | None = None
         self._cache: dict[str, Template] = {}
+        self._variables: dict[str, frozenset[str] | None] = {}
         self.checked = False  # the full sample render passed in this process
 
     @property
@@ -103,6 +104,29 @@ class Templates:
                 h.update(b"\0f\0" + name.encode("utf-8", "surrogateescape") + b"\0"
                          + str(len(data)).encode() + b"\0" + data)
         return h.hexdigest()
+
+    def variables(self, event: str) -> frozenset[str] | None:
+        """The template variables the event's templates (with what they include or extend) read; None when a
+        template names another at run time (then any variable may matter). A variable they do not read cannot
+        change the output: the copies of a notification that differ only there share one rendering."""
+        if event not in self._variables:
+            names: set[str] = set()
+            seen: set[str] = set()
+            known = all(self._collect(f"{event}.{part}.j2", names, seen) for part in PARTS)
+            self._variables[event] = frozenset(names) if known else None
+        return self._variables[event]
+
+    def _collect(self, name: str, names: set[str], seen: set[str]) -> bool:
+        if name in seen:
+            return True
+        seen.add(name)
+        from jinja2 import meta
+
+        env = self.env
+        assert env.loader is not None
+        ast = env.parse(env.loader.get_source(env, name)[0])
+        names.update(meta.find_undeclared_variables(ast))
+        return all(ref is not None and self._collect(ref, names, seen) for ref in meta.find_referenced_templates(ast))
 
     def render(self, event: str, context: dict[str, Any]) -> Rendered:
         out = []

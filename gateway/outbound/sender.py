@@ -19,6 +19,7 @@ import logging
 import mailbox
 import smtplib
 import ssl
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,11 +35,14 @@ from gateway.models import OutboxMail, table_of
 
 if TYPE_CHECKING:
     from gateway.host import AppHost
+    from gateway.outbound.build import Shared
     from gateway.outbound.notify import Outbound
 
 log = logging.getLogger("gateway.outbound.sender")
 
 Result = tuple[int, str, str | None]  # (outbox id, sent | retry | failed, error)
+BUILD_CHUNK = 50  # rows built (and their bytes stored) together, while the chunk before is sent
+BUILD_FIRST = 5   # the first chunk of a round
 
 
 def backoff(attempt: int, base_seconds: float, cap_seconds: float) -> timedelta:
@@ -118,10 +122,18 @@ class _SMTP_SSL(_SMTP, smtplib.SMTP_SSL):  # MRO: _SMTP, SMTP_SSL, SMTP
 
 
 class SMTPTransport:
+    """One connection to the relay, reused for every mail while it is open: across the rounds of `serve`
+    too (gateway.outbound.feature keeps the transport). A connection idle for a while is checked (NOOP)
+    before it is used, and closed (QUIT) after MAX_IDLE seconds without mail."""
+
+    CHECK_AFTER = 2.0
+    MAX_IDLE = 60.0
+
     def __init__(self, cfg: dict[str, Any], base_dir: Path) -> None:
         self.cfg = cfg
         self.base_dir = base_dir
         self.conn: smtplib.SMTP | None = None
+        self.used = 0.0  # time.monotonic() of the last answer on this connection
 
     def _password(self) -> str:
         p = Path(self.cfg["relay_password_file"])
@@ -152,10 +164,28 @@ class SMTPTransport:
             raise TransportDown(f"relay {host}:{port} unreachable: {type(e).__name__}: {e}") from e
         return conn
 
-    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> str:
-        """Send; returns the relay's answer (e.g. '250 2.0.0 Ok: queued as 4F1...')."""
+    def _usable(self) -> smtplib.SMTP:
+        """The open connection when it still answers, else a new one."""
+        idle = time.monotonic() - self.used
+        if self.conn is not None and idle > self.CHECK_AFTER:
+            try:
+                alive = idle <= self.MAX_IDLE and self.conn.noop()[0] == 250
+            except (OSError, smtplib.SMTPException):
+                alive = False
+            if not alive:
+                self._drop()
         if self.conn is None:
             self.conn = self.connect()
+        return self.conn
+
+    def idle_close(self) -> None:
+        """Close the connection after MAX_IDLE seconds without mail (called between rounds)."""
+        if self.conn is not None and time.monotonic() - self.used > self.MAX_IDLE:
+            self.close()
+
+    def send(self, envelope_from: str, rcpt: str, raw: bytes) -> str:
+        """Send; returns the relay's answer (e.g. '250 2.0.0 Ok: queued as 4F1...')."""
+        self.conn = self._usable()
         try:
             refused = self.conn.sendmail(envelope_from, [rcpt], raw)
         except smtplib.SMTPRecipientsRefused as e:
@@ -171,6 +201,7 @@ class SMTPTransport:
         except (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPException) as e:
             self._drop()
             raise TransportDown(f"relay connection lost: {type(e).__name__}: {e}") from e
+        self.used = time.monotonic()
         if refused:
             code, msg = next(iter(refused.values()))
             _raise_for(code, msg, f"recipient {rcpt} refused")
@@ -249,8 +280,8 @@ def _outbound(app: AppHost) -> Outbound:
     return ob
 
 
-def build_claimed(app: AppHost, token: str, ids: list[int], notifier: Outbound | None = None
-                  ) -> tuple[dict[int, tuple[str, str, bytes]], list[Result]]:
+def build_claimed(app: AppHost, token: str, ids: list[int], notifier: Outbound | None = None,
+                  shared: Shared | None = None) -> tuple[dict[int, tuple[str, str, bytes]], list[Result]]:
     """The bytes of claimed rows: stored ones as they are; the others rendered and built now (by `notifier`,
     default: the App's) and stored on the row (only while the claim is ours) before anything is sent.
     Returns ({id: (envelope_from, recipient, raw)}, failures as (id, "failed", reason))."""
@@ -269,7 +300,7 @@ def build_claimed(app: AppHost, token: str, ids: list[int], notifier: Outbound |
             else:
                 todo.append(row_id)
         if todo:
-            builder = Builder(notifier or _outbound(app), s)
+            builder = Builder(notifier or _outbound(app), s, shared)
             rows = list(s.scalars(select(OutboxMail).where(OutboxMail.id.in_(todo), OutboxMail.claim_token == token)
                                   .order_by(OutboxMail.id)))
             builder.prepare(rows)
@@ -306,19 +337,38 @@ def deliver_due(app: AppHost, now: datetime | None = None, *, limit: int | None 
     counts = Counts(claimed=len(ids))
     if not ids:
         return counts
-    results: list[Result] = []
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.outbound.build import Shared
+
     sending = _Round(app, transport)
+    recorder = Recorder(app, token, now, counts)
+    shared = Shared()  # the copies of one notification are rendered and encoded once (where templates allow)
+    # a small first chunk: sending starts after a few mails are built, not fifty
+    chunks = [ids[:BUILD_FIRST]] + [ids[start:start + BUILD_CHUNK] for start in range(BUILD_FIRST, len(ids),
+                                                                                       BUILD_CHUNK)]
+    # the next chunk is built (and its bytes stored) while this one is sent: the sending thread mostly waits
+    # for the relay's answers, the building one uses that time
+    ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-build") if len(chunks) > 1 else None
     try:
-        for start in range(0, len(ids), 50):
-            chunk = ids[start:start + 50]
-            ready, failed = build_claimed(app, token, chunk, notifier)
-            results.extend(failed)
-            results.extend(sending.send(row_id, ready[row_id]) for row_id in chunk if row_id in ready)
-            # a row missing from `ready` lost its claim (the lease expired, someone else took it) or failed
-            _record(app, token, now, results, counts)
+        following = ahead.submit(build_claimed, app, token, chunks[0], notifier, shared) if ahead else None
+        for k, chunk in enumerate(chunks):
+            if following is not None:
+                ready, failed = following.result()
+                following = (ahead.submit(build_claimed, app, token, chunks[k + 1], notifier, shared)
+                             if ahead is not None and k + 1 < len(chunks) else None)
+            else:
+                ready, failed = build_claimed(app, token, chunk, notifier, shared)
+            recorder.add(failed)
+            for row_id in chunk:  # a row missing from `ready` lost its claim (the lease expired) or failed
+                if row_id in ready:
+                    recorder.check()  # the store is gone: send no more than we can record
+                    recorder.add([sending.send(row_id, ready[row_id])])  # marked sent as soon as accepted
     finally:
+        if ahead is not None:
+            ahead.shutdown(wait=True, cancel_futures=True)
         sending.close()
-        _record(app, token, now, results, counts)
+        recorder.close()
     target = "outgoing mail (" + (f"relay {cfg['relay_host']}:{cfg['relay_port']}" if cfg["relay_host"]
                                   else "local Maildir") + ")"
     if sending.down:  # one line when it goes down (and when it is back), not one per round
@@ -363,51 +413,129 @@ class _Round:
             self.transport.close()
 
 
+class Recorder:
+    """Records each mail's result as soon as it is known, while the next mail is sent: a thread commits what
+    has come in since its last commit (group commit: one fsync for the mails accepted meanwhile, usually one
+    to three). At most MAX_UNRECORDED results wait (then the sender waits for the recorder), so a sender that
+    dies leaves at most that many mails accepted by the relay but not marked sent: those, and only those, are
+    sent once more when their lease expires; every other mail was marked sent the moment the relay took it.
+    A failing store stops the round (`check` raises): nothing more is sent than can be recorded."""
+
+    MAX_UNRECORDED = 8
+
+    def __init__(self, app: AppHost, token: str, now: datetime, counts: Counts) -> None:
+        import queue
+        import threading
+
+        self.app, self.token, self.now, self.counts = app, token, now, counts
+        self.queue: queue.Queue[list[Result] | None] = queue.Queue(maxsize=self.MAX_UNRECORDED)
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+        self._threading = threading
+
+    def add(self, results: list[Result]) -> None:
+        if not results:
+            return
+        if self.thread is None:
+            self.thread = self._threading.Thread(target=self._run, name="outbox-recorder", daemon=True)
+            self.thread.start()
+        self.queue.put(results)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        import queue
+
+        done = False
+        while not done:
+            item = self.queue.get()
+            batch: list[Result] = []
+            while True:
+                if item is None:
+                    done = True
+                else:
+                    batch.extend(item)
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch and self.error is None:
+                try:
+                    _record(self.app, self.token, self.now, batch, self.counts)
+                except BaseException as e:  # noqa: BLE001 -- raised in the sending thread (check, close)
+                    self.error = e
+
+    def close(self) -> None:
+        """Wait until every result is recorded; raises what recording raised."""
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+        self.check()
+
+
 def _record(app: AppHost, token: str, now: datetime, results: list[Result], counts: Counts) -> None:
+    """Record results in one transaction (only for rows whose claim is still `token`'s); then one log line
+    and metric per delivery (gateway.observe)."""
     if not results:
         return
+    from gateway.observe import Delivery
+
+    answers = {row_id: err for row_id, what, err in results if what == "sent"}
+    rest = [r for r in results if r[1] != "sent"]
+    done: list[Delivery] = []
+    with transaction(app.sessions) as s:
+        if answers:  # the common case: one UPDATE for every mail the relay took
+            t = table_of(OutboxMail)
+            for row_id, rcpt, event in s.execute(
+                    update(t).where(t.c.id.in_(list(answers)), t.c.claim_token == token)
+                    .values(status="sent", sent_at=now, next_attempt_at=None, claim_token=None, claimed_until=None)
+                    .returning(t.c.id, t.c.recipient, t.c.event)):
+                done.append(Delivery(row_id, rcpt, event, "sent", answers[row_id]))
+        if rest:
+            done += _record_unsent(app, s, token, now, rest, counts)
+    counts.sent += sum(1 for d in done if d.result == "sent")
+    results.clear()
+    for d in done:  # once committed: one line per delivery (gateway.observe)
+        app.observe(d)
+
+
+def _record_unsent(app: AppHost, s: Any, token: str, now: datetime, results: list[Result], counts: Counts
+                   ) -> list[Any]:
+    """Failed (never again) and deferred (retried with backoff, until outbound.give_up_hours) rows."""
     from gateway.observe import Delivery
 
     cfg = app.config.outbound
     give_up = timedelta(hours=cfg["give_up_hours"])
     done: list[Delivery] = []
-    with transaction(app.sessions) as s:
-        rows = {r.id: r for r in s.scalars(select(OutboxMail).where(
-            OutboxMail.id.in_([i for i, _, _ in results]), OutboxMail.claim_token == token))}
-        for row_id, what, err in results:
-            row = rows.get(row_id)
-            if row is None:
-                continue
-            row.claim_token = None
-            row.claimed_until = None
-            if what == "sent":
-                row.status = "sent"
-                row.sent_at = now
-                row.next_attempt_at = None
-                counts.sent += 1
-            elif what == "failed":
-                row.status = "failed"
-                row.last_error = err
-                row.next_attempt_at = None
-                counts.failed += 1
-                counts.errors.append(f"outbox {row_id}: {err}")
-            else:
-                if now - row.created_at >= give_up:
-                    row.status = "failed"
-                    row.last_error = f"gave up after {row.attempts} attempts over {cfg['give_up_hours']} hours: {err}"
-                    row.next_attempt_at = None
-                    counts.failed += 1
-                else:
-                    row.last_error = err
-                    row.next_attempt_at = now + backoff(row.attempts, cfg["retry_base_seconds"],
-                                                        cfg["retry_max_seconds"])
-                    counts.deferred += 1
-            done.append(Delivery(row.id, row.recipient, row.event,
-                                 "sent" if row.status == "sent" else row.status if row.status == "failed"
-                                 else "deferred", err if row.status != "failed" else row.last_error))
-    results.clear()
-    for d in done:  # once committed: one line per delivery (gateway.observe)
-        app.observe(d)
+    rows = {r.id: r for r in s.scalars(select(OutboxMail).where(
+        OutboxMail.id.in_([i for i, _, _ in results]), OutboxMail.claim_token == token))}
+    for row_id, what, err in results:
+        row = rows.get(row_id)
+        if row is None:
+            continue
+        row.claim_token = None
+        row.claimed_until = None
+        if what == "failed":
+            row.status = "failed"
+            row.last_error = err
+            row.next_attempt_at = None
+            counts.failed += 1
+            counts.errors.append(f"outbox {row_id}: {err}")
+        elif now - row.created_at >= give_up:
+            row.status = "failed"
+            row.last_error = f"gave up after {row.attempts} attempts over {cfg['give_up_hours']} hours: {err}"
+            row.next_attempt_at = None
+            counts.failed += 1
+        else:
+            row.last_error = err
+            row.next_attempt_at = now + backoff(row.attempts, cfg["retry_base_seconds"], cfg["retry_max_seconds"])
+            counts.deferred += 1
+        done.append(Delivery(row.id, row.recipient, row.event, row.status if row.status == "failed" else "deferred",
+                             err if row.status != "failed" else row.last_error))
+    return done
 
 
 def flush(app: AppHost, now: Callable[[], datetime] | None = None, *, max_rounds: int = 10_000) -> Counts:
@@ -418,11 +546,15 @@ def flush(app: AppHost, now: Callable[[], datetime] | None = None, *, max_rounds
     check_app_templates(app, force=True)
     notifier = _outbound(app)  # made once, when outbound.enabled is off: compiles the templates once
     total = Counts()
-    for _ in range(max_rounds):
-        c = deliver_due(app, (now or app.clock)(), notifier=notifier)
-        total.add(c)
-        if c.claimed == 0 or c.sent + c.failed == 0:
-            break
+    transport = make_transport(app)  # one relay connection for every round
+    try:
+        for _ in range(max_rounds):
+            c = deliver_due(app, (now or app.clock)(), notifier=notifier, transport=transport)
+            total.add(c)
+            if c.claimed == 0 or c.sent + c.failed == 0:
+                break
+    finally:
+        transport.close()
     return total
 
 

@@ -22,6 +22,7 @@ class Received:
     rcpt_tos: list[str]
     data: bytes
     at: float = field(default_factory=time.monotonic)
+    peer: str = ""  # the client's address and port: one per connection
 
 
 def free_port() -> int:
@@ -55,7 +56,8 @@ class Sink:
         if isinstance(data, str):  # only with decode_data=True, which start() does not use
             data = data.encode("utf-8", "surrogateescape")
         with self.arrived:
-            self.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), bytes(data)))
+            self.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), bytes(data),
+                                          peer=str(session.peer)))
             self.arrived.notify_all()
         return "250 Message accepted"
 

@@ -43,14 +43,6 @@ FOLDERS = (
 
 # (folder, file, kind) -> reason. Expectations a help desk should not meet.
 _DISAGREE: dict[tuple[str, str, str], str] = {
-    ("talon", "standard_replies/iphone.eml", "reply_equals"): (
-        "talon keeps 'Sent from my iPhone'; the gateway drops mobile-client signatures by contract "
-        "(they are noise in a ticket thread)"
-    ),
-    ("talon", "standard_replies/sparrow.eml", "reply_equals"): (
-        "talon keeps the '-- ' signature block ('xxx / Sent with Sparrow'); the gateway drops everything "
-        "after a '-- ' delimiter by contract"
-    ),
     ("talon", "reply-separated-by-hr.html", "reply_html_equals_ignoring_whitespace"): (
         "talon drops the whole <div> holding the <hr>, including the sender's own sign-off 'Bob' above the "
         "separator; an agent should see who signed the reply"
@@ -216,7 +208,10 @@ def _visible(case: Case) -> str:
             # reply-quotations-share-block.eml is marked 'treat_as: plain text (whole file)' upstream, where
             # the file is fed raw to a plain-text extractor. Its text part is base64, so the raw file never
             # shows the quote block; the gateway works on the decoded first text/plain part, which does.
-            return strip_reply(_first_text_plain(path))
+            # These are replies to mails the gateway never sent: each opens a new ticket, whose description loses
+            # the quoted history and keeps the signature (talon strips quotations only: 'Sent from my iPhone' and
+            # a '-- ' block stay). A comment on a known ticket drops the signature as well (tests/unit/test_quotes).
+            return strip_reply(_first_text_plain(path), keep_signature=True)
         return strip_html_reply(_read_text(path))
     return strip_reply(_read_text(path))
 

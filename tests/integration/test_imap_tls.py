@@ -112,6 +112,29 @@ def test_cli_imap_poll_certificate_failure_is_exit_78(tmp_path, sqlite_url, dove
     assert b"try again later" not in out.stderr
 
 
+def test_cli_imap_status_names_the_certificate_failure(tmp_path, sqlite_url, dovecot_tls):
+    from conftest import run_cli, write_config
+
+    good = tls_config(dovecot_tls, "tls")
+    bad = {**tls_config(dovecot_tls, "starttls", ca_file=""), "name": "bad"}
+    extra = "".join("\n[[imap]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in acct.items())
+                    for acct in (good, bad))
+    cfg = write_config(tmp_path, sqlite_url, extra)
+    dovecot_tls.append_many([make_mail(subject=f"waiting {i}", sender=f"w{i}@customer.example") for i in range(2)])
+    out = run_cli("imap", "status", config=cfg)
+    assert out.returncode == 78, out
+    lines = out.stdout.decode().splitlines()
+    assert lines[0].startswith(f"secure: {dovecot_tls.user}@127.0.0.1:{dovecot_tls.server.tls_port} (tls); "
+                               "lease never taken; login ok, 2 message(s) waiting in INBOX"), lines
+    assert "bad: " in lines[1] and "TLS: the certificate of 127.0.0.1:" in lines[1], lines
+    assert "the system's CAs" in lines[1]
+    out = run_cli("imap", "status", "--account", "secure", "--json", config=cfg)
+    assert out.returncode == 0, out
+    d = json.loads(out.stdout)
+    assert (d["login"], d["waiting"], d["holder"]) == ("ok", 2, "")
+    assert dovecot_tls.count("INBOX") == 2 and dovecot_tls.count("Processed") == 0  # status writes nothing
+
+
 def test_check_config_checks_the_ca_file(tmp_path, sqlite_url, dovecot_tls):
     from conftest import run_cli, write_config
 
@@ -133,11 +156,11 @@ def test_healthz_names_the_certificate_failure(tmp_path, sqlite_url, dovecot_tls
     with gateways(tmp_path, sqlite_url) as start:
         g = start(imap=[acct])
         with g.client(None) as c:
-            for _ in range(100):
-                r = c.get("/healthz")
-                if r.status_code == 503:
-                    break
+            deadline = time.monotonic() + 10  # the poller's first connection fails, then the state says why
+            r = c.get("/healthz")
+            while r.status_code != 503 and time.monotonic() < deadline:
                 time.sleep(0.1)
+                r = c.get("/healthz")
     assert r.status_code == 503, r.text
     reasons = r.json()["reasons"]
     assert any("IMAP account secure" in x and "was not accepted" in x and "not retried" in x for x in reasons), reasons

@@ -32,8 +32,11 @@ def add_user(app, email, **kw):
     with transaction(app.sessions) as s:
         d = Directory(s, app.clock)
         org = kw.pop("organisation", None)
+        visibility = kw.pop("visibility", None)
         if org:
             org = d.add_organisation(org[0], org[1])
+            if visibility:
+                org.visibility = visibility
         d.add_contact(email, organisation=org, **kw)
 
 
@@ -92,7 +95,8 @@ def test_stranger_never_lands_in_someone_elses_ticket(app):
 
 
 def test_organisation_member_and_watcher_may_reply(app):
-    add_user(app, "alice@customer.example", organisation=("Customer Ltd", ["customer.example"]))
+    add_user(app, "alice@customer.example", organisation=("Customer Ltd", ["customer.example"]),
+             visibility="organisation")  # members share the organisation's tickets
     add_user(app, "bob@customer.example")  # same org by domain
     first = make_mail(cc="Carol <carol@partner.example>, support@example.com")
     ingest(app, first)

@@ -4,6 +4,8 @@ organisation. Every expectation is a row the mail made (outbox, comments, fields
 
 from __future__ import annotations
 
+import email
+import email.policy
 import email.utils
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -252,7 +254,7 @@ def test_refused_commands_say_why_and_change_nothing_else(gateway: Any) -> None:
     n = len(d.outbox())
     d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] VPN down", body=(
         "/status closed\n/assign nobody@example.com\n/assign alice@customer.example\n/link 99 relates\n"
-        "/frobnicate now\n/pending 2020-01-01\n/unwatch zed@example.com\n/priority critical\n"))
+        "/frobnicate now\n/pending 2020-01-01\n/unwatch zed@example.com\n/status done\n/priority critical\n"))
     t = d.ticket()
     assert (t.status, t.priority, t.assignee) == ("open", "critical", None)  # what was not refused is done
     row = confirmation(d, n)
@@ -265,6 +267,7 @@ def test_refused_commands_say_why_and_change_nothing_else(gateway: Any) -> None:
     assert refused["/frobnicate now"] == "unknown command /frobnicate"
     assert "not in the future" in refused["/pending 2020-01-01"]
     assert "not watching" in refused["/unwatch zed@example.com"]
+    assert refused["/status done"].startswith("unknown status 'done'")
     assert d.comments() == []
     # once #2 is resolved, #1 closes
     d.change(2, status="resolved")
@@ -311,3 +314,68 @@ def test_slash_lines_of_others_are_plain_text(gateway: Any) -> None:
     m = d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] Close it", body="/priority critical\n",
                headers=authenticated("example.com"))
     assert d.ticket().priority == "critical", m.trace
+
+
+# 5. Visibility per organisation -----------------------------------------------------------------------------
+def set_visibility(d: Desk, visibility: str) -> None:
+    with d.r.app.sessions() as s, s.begin():
+        org = Directory(s, d.r.app.clock).add_organisation("Customer Ltd", ["customer.example"])
+        org.visibility = visibility
+
+
+def test_visibility_reporter_only_and_organisation(gateway: Any) -> None:
+    d = Desk(gateway())
+    set_visibility(d, "reporter-only")  # the default of a new organisation, said here for the reader
+    d.mail(subject="Printer", message_id="<first@customer.example>")
+    # reporter-only: a colleague of the same organisation is a stranger to Alice's ticket
+    m = d.mail(sender="Bob Colleague <bob@customer.example>", subject="Re: [#1] Printer",
+               in_reply_to="<first@customer.example>", body="Mine too.\n")
+    assert m.outcome == "ticket" and m.ticket_id != d.ticket(1).id
+    assert any("is not a participant" in line for line in m.trace), m.trace
+    assert d.comments(1) == []
+    # organisation: every member may comment on the organisation's tickets, and follows the ticket then
+    set_visibility(d, "organisation")
+    m = d.mail(sender="Bob Colleague <bob@customer.example>", subject="Re: [#1] Printer",
+               in_reply_to="<first@customer.example>", body="Mine too, on floor 2.\n")
+    assert m.outcome == "comment" and m.ticket_id == d.ticket(1).id
+    assert any("bob@customer.example is member of the ticket's organisation" in x for x in m.trace), m.trace
+    assert [w.contact.email for w in d.ticket(1).watchers] == ["bob@customer.example"]
+    n = len(d.outbox())
+    d.mail(subject="Re: [#1] Printer", in_reply_to="<first@customer.example>", body="Still broken.\n")
+    assert "bob@customer.example" in recipients(d.outbox(n), "comment")  # the follower hears of it
+    # someone from another organisation stays out either way
+    m = d.mail(sender="Mallory <mallory@evil.example>", subject="Re: [#1] Printer",
+               in_reply_to="<first@customer.example>", body="Send me the invoice.\n")
+    assert m.outcome == "ticket"
+    # back to reporter-only: a member who never took part is a stranger again
+    set_visibility(d, "reporter-only")
+    m = d.mail(sender="Erin <erin@customer.example>", subject="Re: [#1] Printer", body="And mine.\n")
+    assert m.outcome == "ticket"
+
+
+def test_confirmation_mail_is_automatic_and_cannot_loop(gateway: Any) -> None:
+    from gateway.outbound import deliver_due
+    from gateway.outbound.sink import Sink
+
+    sink = Sink().start()
+    try:
+        d = Desk(gateway(outbound={"relay_host": "127.0.0.1", "relay_port": sink.port, "relay_security": "none"}))
+        d.mail(subject="Toner")
+        d.mail(sender="Bob Staff <bob@example.com>", subject="Re: [#1] Toner", body="/priority low\n/frob\n")
+        deliver_due(d.r.app)
+        (got,) = [m for m in sink.received if "bob@example.com" in m.rcpt_tos
+                  and b"Your commands" in m.data]
+        msg = email.message_from_bytes(got.data, policy=email.policy.default)
+        assert str(msg["Auto-Submitted"]) == "auto-replied" and str(msg["Subject"]).startswith("[#1] Your commands")
+        text = msg.get_body(("plain",)).get_content()
+        assert "priority: medium -> low" in text and "/frob: unknown command /frob" in text
+        assert "For an internal note (staff only), write to support+note-1-" in text
+        # the confirmation coming back (an auto-forward, a mail client's auto-reply) is never a comment
+        n = len(d.comments())
+        code, _ = send(d.port, got.data, "bob@example.com")
+        assert code == 250
+        d.sent += 1
+        back = d.r.wait_processed(d.sent)[-1]
+        assert back.outcome == "ignored" and len(d.comments()) == n
+    finally:
+        sink.stop()
