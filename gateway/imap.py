@@ -72,7 +72,6 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 from sqlalchemy import func, select, tuple_
 
 from gateway.db import StoreUnavailable, is_unavailable, retry_on_conflict, transaction
-from gateway.engine import Engine
 from gateway.lease import Lease
 from gateway.models import ImapSeen
 
@@ -90,7 +89,6 @@ MAX_BATCH_BYTES = 32 * 1024 * 1024  # a batch's fetch stops growing at this many
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 300.0
 THREAD_CHUNK = 100  # mails threaded between two records of their outcomes
-THREAD_BATCH = 16   # mails threaded in one write transaction (a savepoint each)
 STOP_CHECK = 1.0  # how often a blocking wait looks at the stop event, in seconds
 
 
@@ -230,7 +228,6 @@ class ImapPoller:
         self.account = account if isinstance(account, ImapAccount) else ImapAccount.from_config(
             account, app.config.base_dir)
         self.intake = app.intake()
-        self.engine = Engine(app, self.intake)
         self.max_size = int(app.config.get("limits", "max_message_size"))
         self._client_factory = client_factory
         self.client: IMAPClient | None = None
@@ -588,21 +585,6 @@ class ImapPoller:
                 raise
             self.log.warning("could not mark %d message(s) as moved: %s", len(mail_ids), e)
 
-    def _thread_batch(self, mail_ids: list[int]) -> dict[int, Any]:
-        """Thread these stored mails as one batch (the intake engine: one transaction, a savepoint each); their
-        results by mail id. Empty when the batch failed: each mail is then threaded alone (and its failure is
-        handled as such)."""
-        if not mail_ids or self._stopping():
-            return {}
-        out: dict[int, Any] = {}
-        try:
-            for i in range(0, len(mail_ids), THREAD_BATCH):  # the write lock is held for one batch at a time
-                out.update((r.mail_id, r) for r in self.engine.thread(mail_ids[i:i + THREAD_BATCH]))
-            return out
-        except Exception as e:  # noqa: BLE001
-            self.log.debug("threading %d mail(s) as one batch failed (%s); one by one", len(mail_ids), e)
-            return {}
-
     def thread_stored(self, result: PollResult) -> bool:
         """Thread (Intake.process, in the order they were stored) every mail this account stored and has not
         seen threaded yet, record the outcomes, and move the quarantined ones from processed_folder to
@@ -628,7 +610,6 @@ class ImapPoller:
                 break
             last = rows[-1].mail_id
             done: list[tuple[Any, str]] = []
-            batched = self._thread_batch([r.mail_id for r in rows if r.mail_id not in self._failed_here])
             for row in rows:
                 if row.mail_id in self._failed_here:
                     left(row.mail_id)
@@ -638,7 +619,7 @@ class ImapPoller:
                     left(row.mail_id)
                     break
                 try:
-                    res = batched.get(row.mail_id) or self.intake.process(row.mail_id)
+                    res = self.intake.process(row.mail_id)
                 except Exception as e:  # noqa: BLE001
                     left(row.mail_id)
                     if isinstance(e, StoreUnavailable) or is_unavailable(e):

@@ -148,6 +148,58 @@ def _worker_main(conn: Any) -> None:
                 conn.send((None, time.process_time()))
 
 
+class _Exec:
+    """A worker started as a fresh interpreter (`Worker(context="exec")`), with the Process methods used here."""
+
+    def __init__(self, popen: Any) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+
+    def is_alive(self) -> bool:
+        return bool(self.popen.poll() is None)
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+    def join(self, timeout: float | None = None) -> None:
+        import subprocess
+
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _exec_worker() -> tuple[_Exec, Any]:
+    """A worker in a new interpreter, on a socket pair: nothing of this process comes along (no threads, no
+    database connections, no __main__ run again), so a multi-threaded service may start and restart it."""
+    import socket
+    import subprocess
+    import sys
+    from multiprocessing.connection import Connection
+
+    import gateway
+
+    ours, theirs = socket.socketpair()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(gateway.__file__).resolve().parent.parent)]
+                                        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    try:
+        popen = subprocess.Popen([sys.executable, "-c", "import sys; from gateway.prepare import worker_on_fd; "
+                                  "worker_on_fd(int(sys.argv[1]))", str(theirs.fileno())],
+                                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env, close_fds=True)
+    finally:
+        theirs.close()
+    return _Exec(popen), Connection(ours.detach())
+
+
+def worker_on_fd(fd: int) -> None:
+    """The entry point of an exec'd worker (see _exec_worker)."""
+    from multiprocessing.connection import Connection
+
+    _worker_main(Connection(fd))
+
+
 class Worker:
     """One worker process preparing mails (`prepare_one`) for the main process, fed over a pipe.
 
@@ -160,6 +212,7 @@ class Worker:
     POLL = 0.05
 
     def __init__(self, args: tuple[Any, ...], *, budget: float | None, context: str = "fork") -> None:
+        """context: "fork" (the caller has no threads yet: `ingest`) or "exec" (a fresh interpreter: `serve`)."""
         self.args = args
         self.budget = budget
         self.context = context
@@ -175,16 +228,16 @@ class Worker:
         if self.broken:
             return False
         try:
-            import multiprocessing
+            if self.context == "exec":
+                proc, parent = _exec_worker()
+            else:
+                import multiprocessing
 
-            ctx: Any = multiprocessing.get_context(self.context)
-            if self.context == "forkserver":
-                ctx.set_forkserver_preload(["gateway.prepare", "gateway.mime", "gateway.quotes", "gateway.autoreply",
-                                            "gateway.blobs"])
-            parent, child = ctx.Pipe(duplex=True)
-            proc = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="tg-prepare")
-            proc.start()
-            child.close()
+                ctx: Any = multiprocessing.get_context(self.context)
+                parent, child = ctx.Pipe(duplex=True)
+                proc = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="tg-prepare")
+                proc.start()
+                child.close()
         except Exception as e:  # noqa: BLE001 -- no worker: the main process does the work
             log.warning("preparation worker unavailable (%s: %s); preparing in the main process",
                         type(e).__name__, e)

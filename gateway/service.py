@@ -555,9 +555,9 @@ class Service:
 
         self.intake = app.intake()
         self.engine = Engine(app, self.intake)
-        # the preparation worker, started by a fork server: this process already runs threads
+        # the preparation worker, a fresh interpreter: this process already runs threads
         self.ahead = app.ahead = await loop.run_in_executor(
-            self.pool, functools.partial(start_worker, self.config, context="forkserver"))
+            self.pool, functools.partial(start_worker, self.config, context="exec"))
         release_big_binds(app.engine)
         sqlite = app.engine.dialect.name == "sqlite"
         self.gate = WriteGate(sqlite)
