@@ -128,10 +128,24 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+# A small mail the worker prepares once before it says it is ready: the imports and first-use set-up of the
+# parsing libraries (a fresh interpreter spends a few tenths of a CPU second on them) are charged to no mail.
+_WARM_UP = b"From: warm-up <w@example.invalid>\r\nSubject: warm-up\r\n\r\n<p>warm-up</p>\r\n"
+
+
 def _worker_main(conn: Any) -> None:
-    """The worker process: a task is (raws, envelope senders, (max_depth, max_parts, blob_root, own_domains));
-    it answers one (Prepared or None, CPU seconds used so far) per mail, in order."""
+    """The worker process: first (None, CPU seconds of its start-up), its ready signal; then a task is (raws,
+    envelope senders, (max_depth, max_parts, blob_root, own_domains)); it answers one (Prepared or None, CPU
+    seconds used so far) per mail, in order."""
     _worker_init()
+    try:
+        prepare_one(_WARM_UP, 10, 10, None, None)
+    except Exception:  # noqa: BLE001 -- a warm-up only; the mails will say what fails
+        pass
+    try:
+        conn.send((None, time.process_time()))
+    except (EOFError, OSError):
+        return
     while True:
         try:
             raws, senders, (max_depth, max_parts, blob_root, own) = conn.recv()
@@ -210,6 +224,7 @@ class Worker:
     Without a worker (it cannot be started) every result is None: the main process does the work."""
 
     POLL = 0.05
+    START_SECONDS = 60.0  # wall-clock bound on a worker's start-up (imports and warm-up), charged to no mail
 
     def __init__(self, args: tuple[Any, ...], *, budget: float | None, context: str = "fork") -> None:
         """context: "fork" (the caller has no threads yet: `ingest`) or "exec" (a fresh interpreter: `serve`)."""
@@ -221,6 +236,7 @@ class Worker:
         self.broken = False
         self.killed = 0        # workers killed for a mail over budget (statistics, tests)
         self._cpu = 0.0        # the worker's CPU seconds when its current mail started
+        self._ready = False    # the worker's start-up signal received (its start-up CPU is nobody's budget)
 
     def start(self) -> bool:
         if self.proc is not None:
@@ -243,7 +259,7 @@ class Worker:
                         type(e).__name__, e)
             self.broken = True
             return False
-        self.proc, self.conn, self._cpu = proc, parent, 0.0
+        self.proc, self.conn, self._cpu, self._ready = proc, parent, 0.0, False
         return True
 
     def stop(self) -> None:
@@ -285,6 +301,11 @@ class Worker:
         if conn is None:
             return "died", None
         try:
+            if not self._ready:  # its start-up, not charged to the mail: the CPU it used is the baseline
+                if not conn.poll(self.START_SECONDS):
+                    raise EOFError  # a worker that cannot start in time is one that died
+                _, self._cpu = conn.recv()
+                self._ready = True
             while not conn.poll(self.POLL):
                 if not proc.is_alive():
                     raise EOFError
