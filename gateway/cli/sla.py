@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli.base import UsageError
+from gateway.cli.base import UsageError, parse_instant
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -17,15 +17,6 @@ if TYPE_CHECKING:
     from gateway.cli.base import Subparsers
     from gateway.config import Config
     from gateway.sla.sweep import SweepResult
-
-
-def parse_instant(text: str, what: str = "--now") -> datetime:
-    """ISO-8601; without a zone offset the time is UTC."""
-    try:
-        dt = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise UsageError(f"{what}: not an ISO-8601 time: {text!r} (e.g. 2026-11-02T09:30:00Z)") from None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def register(sub: Subparsers) -> None:
