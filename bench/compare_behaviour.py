@@ -21,8 +21,9 @@ For each commit (any git revision of this repository):
      serve-bench the same with the benchmark corpus (long: not in the default parts);
   3. every table is dumped, ordered by its primary key (the order mails were processed in counts), with what
      is random or a clock reading masked: date/time columns and *_at, ISO and RFC 5322 dates inside text,
-     uuids (`tg.<hex>.` Message-IDs), MIME boundaries, make_msgid ids, the outbox's random batch and claim
-     tokens, the run's own directory; raw mail (inbound_raw) is compared by the SHA-256 of its masked bytes.
+     uuids (`tg.<hex>.` Message-IDs), MIME boundaries, make_msgid ids, Thread-Index values, the SMTP client's
+     port, the outbox's random batch and claim tokens, the run's own directory; raw mail (inbound_raw) is
+     compared by the SHA-256 of its masked bytes.
      Attachment blob files (by name) and the SMTP replies (serve) are compared as two more "tables".
 Then BASE vs HEAD, per part and table: identical, or different with the row counts, the columns that differ,
 and a sample of rows; a table whose rows are equal in another order says so. A column only one side has is
@@ -89,6 +90,8 @@ MASKS = [
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<uuid>"),
     (re.compile(r"={15}\d{6,20}=="), "<boundary>"),
     (re.compile(r"<\d{15,}\.\d+\.\d+@"), "<<msgid>@"),  # email.utils.make_msgid: time, pid, random
+    (re.compile(r"(?mi)^(Thread-Index:)[ \t]*\S+"), r"\1 <time-derived>"),  # Outlook's: a FILETIME and deltas
+    (re.compile(r"\b(127\.0\.0\.1|::1|localhost):\d+"), r"\1:<port>"),  # the SMTP client's port
 ]
 
 
@@ -386,6 +389,15 @@ def _short(v: Any, width: int = 160) -> str:
     return s if len(s) <= width else s[: width - 20] + f"...({len(s)} chars)"
 
 
+def _pair(x: Any, y: Any) -> dict[str, str]:
+    """Two differing values, long strings shown from a little before their first difference."""
+    if isinstance(x, str) and isinstance(y, str) and max(len(x), len(y)) > 160:
+        k = next((i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), min(len(x), len(y)))
+        lo = max(0, k - 60)
+        return {"at": str(k), "BASE": _short(x[lo : lo + 200], 300), "HEAD": _short(y[lo : lo + 200], 300)}
+    return {"BASE": _short(x), "HEAD": _short(y)}
+
+
 def diff_table(a: dict[str, Any] | None, b: dict[str, Any] | None, sample: int) -> dict[str, Any]:
     if a is None or b is None:
         return {
@@ -417,11 +429,7 @@ def diff_table(a: dict[str, Any] | None, b: dict[str, Any] | None, sample: int) 
         res["sample"] = [
             {
                 "row": k,
-                **{
-                    c: {"BASE": _short(x), "HEAD": _short(y)}
-                    for c, x, y in zip(common, ra[k], rb[k], strict=True)
-                    if x != y
-                },
+                **{c: _pair(x, y) for c, x, y in zip(common, ra[k], rb[k], strict=True) if x != y},
             }
             for k in bad[:sample]
         ]
@@ -468,7 +476,15 @@ def print_result(result: dict[str, dict[str, Any]]) -> bool:
     return len(same) == len(result)
 
 
-def compare(parts: list[str], sides: list[Side], runs: Path, folders: dict[str, Path], sample: int) -> bool:
+def remask(d: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    for t in d.values():
+        t["rows"] = [[mask_text(v, "<work>") if isinstance(v, str) else v for v in r] for r in t["rows"]]
+    return d
+
+
+def compare(
+    parts: list[str], sides: list[Side], runs: Path, folders: dict[str, Path], sample: int, rediff: bool = False
+) -> bool:
     summary: dict[str, Any] = {"base": sides[0][0], "head": sides[1][0], "parts": {}}
     all_same = True
     for part in parts:
@@ -477,12 +493,16 @@ def compare(parts: list[str], sides: list[Side], runs: Path, folders: dict[str, 
         dumps, stats = [], []
         for label, side in zip(("BASE", "HEAD"), sides, strict=True):
             work = runs / part / label
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            st, extra = run_part(part, side, work, folder)
-            print(f"  {label} {side[0][:12]}: {json.dumps(st)}  (load {os.getloadavg()[0]:.1f})", flush=True)
-            d = dump(work, extra)
-            (work / "dump.json").write_text(json.dumps(d, default=str, ensure_ascii=False))
+            if rediff:  # the dumps of an earlier run, with today's masks applied again
+                d = remask(json.loads((work / "dump.json").read_text()))
+                st = {"rediff": str(work / "dump.json")}
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+                work.mkdir(parents=True)
+                st, extra = run_part(part, side, work, folder)
+                print(f"  {label} {side[0][:12]}: {json.dumps(st)}  (load {os.getloadavg()[0]:.1f})", flush=True)
+                d = dump(work, extra)
+                (work / "dump.json").write_text(json.dumps(d, default=str, ensure_ascii=False))
             dumps.append(d)
             stats.append(st)
         tables = sorted(set(dumps[0]) | set(dumps[1]))
@@ -569,6 +589,7 @@ def main() -> None:
         help=f"comma-separated, of {', '.join(PARTS)} (default {DEFAULT_PARTS}); '' for none",
     )
     ap.add_argument("--sample", type=int, default=5, help="differing rows shown per table (default 5)")
+    ap.add_argument("--rediff", action="store_true", help="no runs: diff the dumps of the last run again")
     ap.add_argument(
         "--bench-rounds",
         type=int,
@@ -602,7 +623,7 @@ def main() -> None:
         folders = {p: shared_corpus() for p in ("corpus", "corpus-seq", "corpus-notify", "serve")}
     if {"bench", "serve-bench"} & set(parts):
         folders["bench"] = folders["serve-bench"] = bench_corpus(args.n, args.seed)
-    same = compare(parts, sides, runs, folders, args.sample) if parts else True
+    same = compare(parts, sides, runs, folders, args.sample, args.rediff) if parts else True
     if args.bench_rounds:
         ingest_args, smtp_args = args.bench_ingest.split(), args.bench_smtp.split()
         bench_corpora(sides, ingest_args, smtp_args)
