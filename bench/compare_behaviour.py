@@ -579,8 +579,8 @@ def bench_corpora(sides: list[Side], ingest_args: list[str], smtp_args: list[str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("base")
-    ap.add_argument("head")
+    ap.add_argument("base", help="a git revision; with --dumps: BASE's dump.json")
+    ap.add_argument("head", help="a git revision; with --dumps: HEAD's dump.json")
     ap.add_argument("-n", type=int, default=5000, help="benchmark corpus size (default 5000)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument(
@@ -590,6 +590,11 @@ def main() -> None:
     )
     ap.add_argument("--sample", type=int, default=5, help="differing rows shown per table (default 5)")
     ap.add_argument("--rediff", action="store_true", help="no runs: diff the dumps of the last run again")
+    ap.add_argument(
+        "--dumps",
+        action="store_true",
+        help="no runs: BASE and HEAD are two dump.json files of earlier runs (of any pairs), diffed",
+    )
     ap.add_argument(
         "--bench-rounds",
         type=int,
@@ -610,6 +615,11 @@ def main() -> None:
         help="bench_smtp.py's arguments (default: '-n 1000 --clients 1 --no-rss')",
     )
     args = ap.parse_args()
+    if args.dumps:
+        a, b = (remask(json.loads(Path(f).read_text())) for f in (args.base, args.head))
+        sys.exit(
+            0 if print_result({t: diff_table(a.get(t), b.get(t), args.sample) for t in sorted(set(a) | set(b))}) else 1
+        )
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if unknown := [p for p in parts if p not in PARTS]:
         ap.error(f"unknown parts: {unknown}")
