@@ -76,6 +76,7 @@ RANDOM_COLUMNS = {
     "api_tokens": {"secret_sha256", "prefix"},
     "leases": {"holder", "generation"},
 }
+HEAD_BYTES = 16384
 TIME_COLUMNS = {"deadline", "expires_at", "acquired_at", "renewed_at"}
 MASKS = [
     (re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?"), "<time>"),
@@ -343,11 +344,14 @@ def masked(table: str, col: str, decl: str, v: Any, work: str) -> Any:
         return "<random>"
     if col in TIME_COLUMNS or col.endswith("_at") or re.search(r"DATE|TIME", decl, re.I):
         return "<time>"
+    if isinstance(v, bytes) and (table == "inbound_raw" or len(v) > 65536):
+        # raw mail: the head (where a trace field with a date would be) masked, the rest as it is (masking hundreds
+        # of MB of mail text costs minutes), each by its SHA-256
+        head = mask_text(v[:HEAD_BYTES].decode("latin-1"), work).encode("latin-1")
+        rest = hashlib.sha256(v[HEAD_BYTES:]).hexdigest()
+        return f"<{len(v)} bytes, head sha256 {hashlib.sha256(head).hexdigest()}, rest sha256 {rest}>"
     if isinstance(v, bytes):
-        text = mask_text(v.decode("latin-1"), work)
-        if table == "inbound_raw" or len(text) > 65536:
-            return f"<{len(text)} bytes sha256 {hashlib.sha256(text.encode('latin-1')).hexdigest()}>"
-        return text
+        return mask_text(v.decode("latin-1"), work)
     if isinstance(v, str):
         return mask_text(v, work)
     return v
@@ -483,7 +487,13 @@ def remask(d: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def compare(
-    parts: list[str], sides: list[Side], runs: Path, folders: dict[str, Path], sample: int, rediff: bool = False
+    parts: list[str],
+    sides: list[Side],
+    runs: Path,
+    folders: dict[str, Path],
+    sample: int,
+    rediff: bool = False,
+    reuse: bool = False,
 ) -> bool:
     summary: dict[str, Any] = {"base": sides[0][0], "head": sides[1][0], "parts": {}}
     all_same = True
@@ -496,6 +506,11 @@ def compare(
             if rediff:  # the dumps of an earlier run, with today's masks applied again
                 d = remask(json.loads((work / "dump.json").read_text()))
                 st = {"rediff": str(work / "dump.json")}
+            elif reuse and (work / "dump.json").exists():  # the store of an earlier run, dumped again
+                old = json.loads((work / "dump.json").read_text())
+                st = {"reused": str(work)}
+                d = dump(work, {k: v["rows"] for k, v in old.items() if k == "(SMTP replies)"})
+                (work / "dump.json").write_text(json.dumps(d, default=str, ensure_ascii=False))
             else:
                 shutil.rmtree(work, ignore_errors=True)
                 work.mkdir(parents=True)
@@ -633,7 +648,7 @@ def main() -> None:
         folders = {p: shared_corpus() for p in ("corpus", "corpus-seq", "corpus-notify", "serve")}
     if {"bench", "serve-bench"} & set(parts):
         folders["bench"] = folders["serve-bench"] = bench_corpus(args.n, args.seed)
-    same = compare(parts, sides, runs, folders, args.sample, args.rediff) if parts else True
+    same = compare(parts, sides, runs, folders, args.sample, args.rediff, args.reuse) if parts else True
     if args.bench_rounds:
         ingest_args, smtp_args = args.bench_ingest.split(), args.bench_smtp.split()
         bench_corpora(sides, ingest_args, smtp_args)
