@@ -606,6 +606,12 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=5, help="differing rows shown per table (default 5)")
     ap.add_argument("--rediff", action="store_true", help="no runs: diff the dumps of the last run again")
     ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="a part whose run finished before (its dump.json is there) is not run again: its store is dumped again "
+        "(with this version's masks)",
+    )
+    ap.add_argument(
         "--dumps",
         action="store_true",
         help="no runs: BASE and HEAD are two dump.json files of earlier runs (of any pairs), diffed",
