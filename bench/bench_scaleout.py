@@ -233,9 +233,9 @@ def show(r: dict[str, Any], base: dict[str, Any] | None) -> None:
           f"threaded {r['threaded_rate']:.1f} mail/s{ratio}; 250 -> ticket p50 {r['p50']:.2f}s p95 {r['p95']:.2f}s; "
           f"CPU {r['cpu_ms_per_mail']:.0f} ms/mail; outbox drained after {r['outbox_drained_s']:.1f}s; "
           f"load {r['load_before'][0]:.1f} -> {r['load_after'][0]:.1f}", flush=True)
+    verdict = "lost/doubled: " + "; ".join(r["problems"]) if r["problems"] else "0 lost, 0 doubled"
     print(f"    outcomes {r['outcomes']}; {r['tickets']} tickets, {r['comments']} comments; outbox {r['outbox']}, "
-          f"{r['at_sink']} at the sink; {'lost/doubled: ' + '; '.join(r['problems']) if r['problems'] else '0 lost, 0 doubled'}",
-          flush=True)
+          f"{r['at_sink']} at the sink; {verdict}", flush=True)
     waits = ", ".join(f"{q} {100 * f:.0f}%" for q, f in r["lock_waits"]) or "none"
     print(f"    busy backends {r['active_backends']:.1f} on average; waiting for a lock (share of samples): {waits}",
           flush=True)
@@ -268,7 +268,8 @@ def main() -> int:
     if 1 in by:
         one = statistics.median(by[1])
         print("summary (median threaded rate): " + "; ".join(
-            f"{k}: {statistics.median(v):.1f} mail/s = {statistics.median(v) / one:.2f} x one" for k, v in sorted(by.items())))
+            f"{k}: {statistics.median(v):.1f} mail/s = {statistics.median(v) / one:.2f} x one"
+            for k, v in sorted(by.items())))
     (work / "report.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"report: {work / 'report.json'}")
     return 1 if any(r["problems"] for r in results) else 0
