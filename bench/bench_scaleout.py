@@ -121,10 +121,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 def worker_pids(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """Every process below `pid` (the preparation worker and whatever it started)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in task.read_text().split()]
+            except OSError:
+                continue
+            out.extend(kids)
+            todo.extend(kids)
+    return out
 
 
 def counts(app: Any, sink: Any, ok: int) -> dict[str, Any]:
@@ -163,7 +172,7 @@ def counts(app: Any, sink: Any, ok: int) -> dict[str, Any]:
             "at_sink": sum(at_sink.values()), "problems": problems}
 
 
-def one_pass(instances: int, files: list[str], clients: int, work: Path, tag: str) -> dict[str, Any]:
+def one_pass(instances: int, files: list[str], clients: int, work: Path, tag: str, sweep: int) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     from gateway.app import build_app
@@ -179,7 +188,7 @@ def one_pass(instances: int, files: list[str], clients: int, work: Path, tag: st
     app.upgrade_db()
     sink = Sink().start()
     extra = {"sla": {"sweep_seconds": 2, "policies": [{"name": "all", "response": 600, "resolution": 6000}]},
-             "logging": {"level": "WARNING"}}
+             "serve": {"pending_sweep_seconds": sweep}, "logging": {"level": "WARNING"}}
     load0 = os.getloadavg()
     sampler = LockSampler(name)
     cluster = Cluster(root, instances, url, relay_port=sink.port, addresses=[ADDRESS], extra=extra)
@@ -247,18 +256,22 @@ def main() -> int:
     ap.add_argument("--instances", default="1,2,3", help="instance counts, one pass each (default 1,2,3)")
     ap.add_argument("--clients", type=int, default=6, help="SMTP clients in all, spread over the instances")
     ap.add_argument("--rounds", type=int, default=1, help="repeat the passes (alternating order) this often")
+    ap.add_argument("--pending-sweep", type=int, default=60, metavar="SECONDS",
+                    help="serve.pending_sweep_seconds of the instances (default 60, the default): stored mail not "
+                         "threaded after this long is threaded by whichever instance's sweep finds it")
     args = ap.parse_args()
     files = corpus(args.n)
     counts_ = [int(x) for x in args.instances.split(",") if x.strip()]
     print(f"corpus: {len(files)} mails, {sum(os.path.getsize(f) for f in files) / 2**20:.0f} MiB; {args.clients} "
-          f"clients; PostgreSQL {ADMIN_URL.rsplit('@', 1)[-1]}; cpus {os.cpu_count()}; load {os.getloadavg()}",
+          f"clients; pending_sweep_seconds {args.pending_sweep}; PostgreSQL {ADMIN_URL.rsplit('@', 1)[-1]}; "
+          f"cpus {os.cpu_count()}; load {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
           flush=True)
     work = OUT / "scaleout"
     results: list[dict[str, Any]] = []
     for rnd in range(args.rounds):
         order = counts_ if rnd % 2 == 0 else counts_[::-1]
         for k in order:
-            r = one_pass(k, files, args.clients, work, f"r{rnd}_i{k}")
+            r = one_pass(k, files, args.clients, work, f"r{rnd}_i{k}", args.pending_sweep)
             results.append(r)
             base = next((x for x in results if x["instances"] == 1), None)
             show(r, base if k != 1 else None)

@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from gateway.db import StoreUnavailable, transaction
 from gateway.envelope import Envelope
 from gateway.intake import IngestBatch, Intake, Result
-from gateway.models import InboundMail, InboundRaw
+from gateway.models import InboundMail, InboundRaw, table_of
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -87,7 +87,7 @@ class Engine:
 
     # Stored mail --------------------------------------------------------------------------------------------
     def thread(self, mail_ids: Sequence[int], *, hold: Callable[[], contextlib.AbstractContextManager[Any]] | None
-               = None, guard: bool = True) -> list[Result]:
+               = None, guard: bool = True, skip_locked: bool = False) -> list[Result]:
         """Thread stored mails as one batch (`Intake.process_many`): the path of every stored mail.
 
         The raw bytes are read and prepared by the app's worker process (parse, HTML, classify, attachment
@@ -95,19 +95,23 @@ class Engine:
         write transaction holds only database work. guard: each try is counted on the mail row and committed
         before it runs (`attempts`); a mail tried before without an outcome runs alone, and one that got no
         outcome in MAX_TRIES tries (it took the process down) is quarantined without running again. A mail that
-        another thread of this engine is threading now is left out (its try is counted once)."""
+        another thread of this engine is threading now is left out (its try is counted once). skip_locked (the
+        sweep, on PostgreSQL): a mail that another instance sharing the database is threading now (its row is
+        locked) is left out too, instead of waiting for that transaction and then finding the mail done."""
         hold = hold or contextlib.nullcontext
         with self._lock:
             ids = [i for i in dict.fromkeys(mail_ids) if i not in self._busy]
             self._busy.update(ids)
         try:
-            return self._thread_guarded(ids, hold) if guard else self._thread_batch(ids, hold, counted=False)
+            if not guard:
+                return self._thread_batch(ids, hold, counted=False)
+            return self._thread_guarded(ids, hold, skip_locked)
         finally:
             with self._lock:
                 self._busy.difference_update(ids)
 
-    def _thread_guarded(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]]
-                        ) -> list[Result]:
+    def _thread_guarded(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]],
+                        skip_locked: bool = False) -> list[Result]:
         if not ids:
             return []
         tried = self._tried(ids)
@@ -116,7 +120,12 @@ class Engine:
         out: list[Result] = []
         for batch in [[i] for i in again] + ([fresh] if fresh else []):
             with hold():
-                self.intake._retrying(lambda b=batch: self._count_try(b), "counting a try")  # type: ignore[misc]
+                counted = self.intake._retrying(lambda b=batch: self._count_try(b, skip_locked),  # type: ignore[misc]
+                                                "counting a try")
+            if skip_locked:
+                batch = [i for i in batch if i in counted]
+                if not batch:
+                    continue
             out.extend(self._thread_batch(batch, hold, counted=True,
                                           exhausted={i for i in batch if tried.get(i, 0) >= MAX_TRIES}))
         return out
@@ -127,10 +136,18 @@ class Engine:
             return dict(s.execute(select(InboundMail.id, InboundMail.attempts).where(
                 InboundMail.id.in_(ids), InboundMail.outcome == "received")).all())
 
-    def _count_try(self, ids: list[int]) -> None:
+    def _count_try(self, ids: list[int], skip_locked: bool = False) -> set[int]:
+        """Count a try on each of these mails still to be threaded; the ids counted. skip_locked (PostgreSQL):
+        not on a mail whose row another transaction holds (another instance threads it now)."""
         with transaction(self.app.sessions) as s:
-            s.execute(update(InboundMail).where(InboundMail.id.in_(ids), InboundMail.outcome == "received")
-                      .values(attempts=InboundMail.attempts + 1))
+            todo = (InboundMail.id.in_(ids), InboundMail.outcome == "received")
+            if not (skip_locked and s.get_bind().dialect.name == "postgresql"):
+                s.execute(update(InboundMail).where(*todo).values(attempts=InboundMail.attempts + 1))
+                return set(ids)
+            free = select(InboundMail.id).where(*todo).with_for_update(skip_locked=True).scalar_subquery()
+            return set(s.execute(update(table_of(InboundMail)).where(table_of(InboundMail).c.id.in_(free))
+                                 .values(attempts=table_of(InboundMail).c.attempts + 1)
+                                 .returning(table_of(InboundMail).c.id)).scalars())
 
     def _thread_batch(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]], *,
                       counted: bool, exhausted: set[int] | None = None) -> list[Result]:

@@ -56,7 +56,7 @@ def wait_for(cond, timeout: float, step: float = 0.2) -> bool:
 
 
 def parse(data: bytes) -> EmailMessage:
-    return email.message_from_bytes(data, policy=policy.default)  # type: ignore[return-value]
+    return email.message_from_bytes(data, policy=policy.default)
 
 
 def reply(original: EmailMessage, sender: str, body: str) -> tuple[str, bytes]:
@@ -203,7 +203,8 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
         numbers = sorted(s.scalars(select(Ticket.number)))
         subjects = Counter(s.scalars(select(Ticket.subject)))
         per_ticket = Counter(s.scalars(select(Comment.ticket_id)))
-    assert numbers == list(range(1, tickets + 1))
+    # unique numbers (PostgreSQL: a sequence, no lock between instances; a rolled-back try leaves a gap)
+    assert len(set(numbers)) == tickets and numbers[0] >= 1
     assert all(n == 1 for n in subjects.values()), subjects
     assert len(per_ticket) == comments and set(per_ticket.values()) == {1}  # every reply on its own ticket
     # inbound mail: every one stored once, none left `received`
