@@ -126,7 +126,7 @@ class Engine:
                 batch = [i for i in batch if i in counted]
                 if not batch:
                     continue
-            out.extend(self._thread_batch(batch, hold, counted=True,
+            out.extend(self._thread_batch(batch, hold, counted=True, skip_locked=skip_locked,
                                           exhausted={i for i in batch if tried.get(i, 0) >= MAX_TRIES}))
         return out
 
@@ -150,7 +150,7 @@ class Engine:
                                  .returning(table_of(InboundMail).c.id)).scalars())
 
     def _thread_batch(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]], *,
-                      counted: bool, exhausted: set[int] | None = None) -> list[Result]:
+                      counted: bool, exhausted: set[int] | None = None, skip_locked: bool = False) -> list[Result]:
         raws: dict[int, bytes] = {}
         prepared: dict[int, Any] = {}
         ahead = self.app.ahead
@@ -166,7 +166,8 @@ class Engine:
                 if prep is not None:
                     prepared[row.mail_id] = prep
         with hold():
-            return self.intake.process_many(ids, prepared=prepared, raws=raws, counted=counted, exhausted=exhausted)
+            return self.intake.process_many(ids, prepared=prepared, raws=raws, counted=counted, exhausted=exhausted,
+                                            skip_locked=skip_locked)
 
     # Imports ---------------------------------------------------------------------------------------------
     def import_stream(self, sources: Iterable[S], envelope: Callable[[S], Envelope], *,
