@@ -17,7 +17,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import Integer, column, func, select, update
+from sqlalchemy.dialects import postgresql
 
 from gateway.db import StoreUnavailable, transaction
 from gateway.envelope import Envelope
@@ -40,6 +41,9 @@ BATCH_BYTES = 64 * 2**20
 BATCH_SECONDS = 1.0
 # Mails whose lookups are made together (gateway.prefetch), when the worker has prepared them.
 PREFETCH = 16
+# PostgreSQL: the first key of the advisory locks that claim stored mails being threaded (Engine._claimed); the
+# second is the mail's id. gateway.migrate's lock is the one-key 724274.
+CLAIM_LOCK_CLASS = 724275
 
 
 def start_worker(config: Config, *, context: str = "fork", sender: str | None = None,
@@ -105,10 +109,39 @@ class Engine:
         try:
             if not guard:
                 return self._thread_batch(ids, hold, counted=False)
-            return self._thread_guarded(ids, hold, skip_locked)
+            with self._claimed(ids, skip_locked) as mine:
+                return self._thread_guarded(mine, hold, skip_locked)
         finally:
             with self._lock:
                 self._busy.difference_update(ids)
+
+    @contextlib.contextmanager
+    def _claimed(self, ids: list[int], skip_locked: bool) -> Iterator[list[int]]:
+        """skip_locked on PostgreSQL: the mails no other instance threads now, each claimed for the duration by a
+        session-level advisory lock on a connection of its own (released at the end, or by the server when the
+        process dies); another instance's workers and sweep leave them out, so a mail is prepared, counted and
+        run by one instance, not by every one whose sweep found it. Else: all of them, unclaimed."""
+        if not (skip_locked and ids):
+            yield ids
+            return
+        with self.app.sessions() as s:
+            bind = s.get_bind()
+        if bind.dialect.name != "postgresql":
+            yield ids
+            return
+        ints = postgresql.array(ids, type_=Integer)
+        with bind.engine.connect() as conn:
+            mine = list(conn.execute(select(column("id", Integer)).select_from(func.unnest(ints).alias("id"))
+                                     .where(func.pg_try_advisory_lock(CLAIM_LOCK_CLASS, column("id", Integer))))
+                        .scalars())
+            conn.commit()  # the locks are the session's: they outlive the transaction
+            try:
+                yield [i for i in ids if i in set(mine)]
+            finally:
+                if mine:
+                    conn.execute(select(func.pg_advisory_unlock(CLAIM_LOCK_CLASS, column("id", Integer)))
+                                 .select_from(func.unnest(postgresql.array(mine, type_=Integer)).alias("id")))
+                    conn.commit()
 
     def _thread_guarded(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]],
                         skip_locked: bool = False) -> list[Result]:
