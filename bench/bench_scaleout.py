@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -42,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(HERE))
 
-from bench_smtp import ADDRESS, GEN, OUT, _client  # noqa: E402
+from bench_smtp import ADDRESS, GEN, OUT, send_all  # noqa: E402
 from scaleout import Cluster, drop_pg_database, pg_database  # noqa: E402
 
 ADMIN_URL = os.environ.get("TG_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -59,22 +58,9 @@ def corpus(n: int) -> list[str]:
 
 
 def send_spread(ports: list[int], files: list[str], clients: int) -> dict[str, Any]:
-    """`clients` SMTP clients in processes, client k sending every clients-th mail to ports[k % len(ports)]."""
-    ctx = mp.get_context("fork")
-    go = ctx.Event()
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_client, args=((ports[k % len(ports)], files[k::clients], go, results, 0.0),))
-             for k in range(clients)]
-    for p in procs:
-        p.start()
-    time.sleep(0.5 + 0.002 * len(files))  # the clients read their files and connect
-    go.set()
-    rs = [results.get() for _ in procs]
-    for p in procs:
-        p.join()
-    t0, t1 = min(r[0] for r in rs), max(r[1] for r in rs)
-    ok = sum(r[2] for r in rs)
-    return {"t0": t0, "t1": t1, "ok": ok, "retries": sum(r[3] for r in rs), "rate_250": ok / (t1 - t0)}
+    """bench_smtp's clients (processes, one connection each), client k sending to ports[k % len(ports)]."""
+    r = send_all(ports, files, clients)
+    return {"t0": r["t0"], "t1": r["t1"], "ok": r["ok"], "retries": r["retries"], "rate_250": r["rate"]}
 
 
 class LockSampler(threading.Thread):

@@ -46,13 +46,12 @@ def pg_url():
     drop_pg_database(name)
 
 
-def wait_for(cond, timeout: float, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return bool(cond())
+def wait_for(cond, timeout: float) -> bool:
+    """Whether `cond()` came true within `timeout` seconds (asked every 0.2 s)."""
+    end = time.monotonic() + timeout
+    while not (ok := bool(cond())) and time.monotonic() < end:
+        time.sleep(0.2)
+    return ok
 
 
 def parse(data: bytes) -> EmailMessage:
