@@ -101,7 +101,8 @@ class Engine:
         outcome in MAX_TRIES tries (it took the process down) is quarantined without running again. A mail that
         another thread of this engine is threading now is left out (its try is counted once). skip_locked (the
         sweep, on PostgreSQL): a mail that another instance sharing the database is threading now (its row is
-        locked) is left out too, instead of waiting for that transaction and then finding the mail done."""
+        locked) is left out too, instead of waiting for that transaction and then finding the mail done, and so
+        is a mail threaded already (no result for either)."""
         hold = hold or contextlib.nullcontext
         with self._lock:
             ids = [i for i in dict.fromkeys(mail_ids) if i not in self._busy]

@@ -236,3 +236,39 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
     for x in cluster.instances:
         assert "transport=smtp" in x.text(), x.text()[-2000:]
     app.close()
+
+
+def test_a_stored_mail_another_instance_threads_is_left_to_it(tmp_path, pg_url):
+    """Engine.thread(skip_locked=True), what the workers and the sweep of `serve` use: a mail that another
+    instance has claimed (its advisory lock) is neither counted, prepared nor run here, and not waited for."""
+    from conftest import make_config
+
+    from gateway.app import build_app
+    from gateway.engine import Engine
+    from gateway.envelope import Envelope
+
+    a, b = build_app(make_config(tmp_path / "a", pg_url)), build_app(make_config(tmp_path / "b", pg_url))
+    try:
+        ids = [a.intake().store(make_mail(sender=f"s{i}@customer.example", subject=f"stored {i}"),
+                                Envelope(f"s{i}@customer.example", (SUPPORT,), "smtp")) for i in range(3)]
+        ea, eb = Engine(a), Engine(b)
+
+        def attempts() -> list[int]:
+            with a.sessions() as s:
+                return list(s.scalars(select(InboundMail.attempts).where(InboundMail.id.in_(ids))
+                                      .order_by(InboundMail.id)))
+
+        with ea._claimed(ids[:2], True) as mine:  # instance a is threading the first two
+            assert mine == ids[:2]
+            started = time.monotonic()
+            done = eb.thread(ids, skip_locked=True)
+            assert time.monotonic() - started < 10
+            assert [(r.mail_id, r.outcome) for r in done] == [(ids[2], "ticket")]
+            assert attempts() == [0, 0, 1]
+        done = eb.thread(ids, skip_locked=True)  # released: b takes them (the one threaded already is left out)
+        assert [(r.mail_id, r.outcome) for r in done] == [(ids[0], "ticket"), (ids[1], "ticket")]
+        assert attempts() == [1, 1, 1]
+        assert Db(a).count(Ticket) == 3
+    finally:
+        a.close()
+        b.close()
