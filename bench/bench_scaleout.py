@@ -19,7 +19,8 @@ every notification; the load average. Counted in every pass (0 lost, 0 duplicate
 mail (by Message-ID), none left `received`; one ticket per `ticket` outcome and one comment per `comment`
 outcome; every outbox row sent and at the sink exactly once (by Message-ID). While the mail is threaded the
 benchmark samples pg_stat_activity every 0.1 s and reports the statements that waited for a lock (the hot spots
-of several instances), e.g. `UPDATE counters ...: 35% of samples`.
+of several instances) with the number of transactions waiting on it, averaged over the samples (before the
+ticket numbers came from a sequence: `UPDATE counters ...: 0.50` with two instances, 1.20 with three).
 """
 
 from __future__ import annotations
@@ -231,8 +232,9 @@ def show(r: dict[str, Any], base: dict[str, Any] | None) -> None:
     verdict = "lost/doubled: " + "; ".join(r["problems"]) if r["problems"] else "0 lost, 0 doubled"
     print(f"    outcomes {r['outcomes']}; {r['tickets']} tickets, {r['comments']} comments; outbox {r['outbox']}, "
           f"{r['at_sink']} at the sink; {verdict}", flush=True)
-    waits = ", ".join(f"{q} {100 * f:.0f}%" for q, f in r["lock_waits"]) or "none"
-    print(f"    busy backends {r['active_backends']:.1f} on average; waiting for a lock (share of samples): {waits}",
+    waits = "; ".join(f"{q}: {f:.2f}" for q, f in r["lock_waits"]) or "none"
+    print(f"    busy backends {r['active_backends']:.1f} on average; waiting for a lock (transactions, on average "
+          f"over the samples): {waits}",
           flush=True)
 
 
