@@ -18,10 +18,10 @@ Two entry points:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from email.message import Message
 from email.header import decode_header, make_header
-from typing import Iterable, Iterator
+from email.message import Message
 
 from gateway.addresses import Author, read_author
 
@@ -59,7 +59,7 @@ _MAX_TEXT = 64 * 1024
 def _raw_header_values(msg: Message, name: str) -> list[str]:
     lname = name.lower()
     try:
-        items = msg.raw_items() if hasattr(msg, "raw_items") else msg.items()  # type: ignore[attr-defined]
+        items = msg.raw_items() if hasattr(msg, "raw_items") else msg.items()
         out = []
         for k, v in items:
             if str(k).lower() == lname:
@@ -642,7 +642,7 @@ def _dsn_blocks(part: Message) -> list[dict[str, str]]:
 def _raw_items(msg: Message) -> list[tuple[str, str]]:
     try:
         if hasattr(msg, "raw_items"):
-            return [(str(k), str(v)) for k, v in msg.raw_items()]  # type: ignore[attr-defined]
+            return [(str(k), str(v)) for k, v in msg.raw_items()]
         return [(str(k), str(v)) for k, v in msg.items()]
     except Exception:
         return []
@@ -765,7 +765,8 @@ def _dsn_bounce(msg: Message, _nested: bool = True) -> BounceInfo | None:
     dsn_parts = [
         p
         for p, inside in _walk(msg)
-        if not inside and _content_type(p) in ("message/delivery-status", "message/global-delivery-status", "text/delivery-status")
+        if not inside
+        and _content_type(p) in ("message/delivery-status", "message/global-delivery-status", "text/delivery-status")
     ]
     if not dsn_parts:
         # a scanner/gateway may wrap the real DSN in message/rfc822 of a "report-type=delivery-status"
@@ -917,6 +918,7 @@ _QUOTED_HEADER_LINE = re.compile(
     r"errors-to|list-[\w-]+|x-[\w-]+|cc|bcc|to)\s*:",
     re.I,
 )
+_FAILED_RCPT_HEADER = re.compile(r"^[\s>]*(?:x-failed-recipients|error-for)\s*:", re.I)
 _LONE_ADDR_LINE = re.compile(
     r"""^[\s>|]*(?:\d+[.)]\s*|[-*+]\s*)?(?:"[^"]*"\s*)?['"<]?\s*(?P<a>[^\s<>"']+@[^\s<>"':;,()]+?)\s*['">]?\s*
     (?::.*|\.\.\..*|,.*|;.*|\s+on\s+.*|\s+\(.*|\s+-\s.*|\s{2,}.*|\s*<[^>]*>\s*)?$""",
@@ -1001,11 +1003,11 @@ def _candidate_addresses(text: str, sender_domain: str | None) -> list[str]:
             if is_intro:
                 since_intro = 0
             continue
-        if _QUOTED_HEADER_LINE.match(line) and not re.match(r"^[\s>]*(?:x-failed-recipients|error-for)\s*:", line, re.I):
+        if _QUOTED_HEADER_LINE.match(line) and not _FAILED_RCPT_HEADER.match(line):
             if is_intro:
                 since_intro = 0
             continue
-        nxt = " ".join(l.strip() for l in lines[i + 1 : i + 3])
+        nxt = " ".join(ln.strip() for ln in lines[i + 1 : i + 3])
         lone = _LONE_ADDR_LINE.match(line)
         if lone and (since_intro is not None or _FAIL_WORDS.search(line) or _FAIL_WORDS.search(nxt)):
             found.append(lone.group("a"))
@@ -1090,6 +1092,11 @@ _FAIL_STATEMENT = re.compile(
 )
 
 
+_ORIGINAL_RCPT_HEADERS = (
+    "X-MDaemon-Deliver-To", "X-MDRcpt-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "Delivered-To"
+)
+
+
 def _original_recipients(msg: Message) -> list[str]:
     """Fallback when the notification names nobody: the returned original's delivery headers
     (never its To/Cc: those may be a list address)."""
@@ -1097,7 +1104,7 @@ def _original_recipients(msg: Message) -> list[str]:
     if orig is None:
         return []
     out: list[str] = []
-    for name in ("X-MDaemon-Deliver-To", "X-MDRcpt-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "Delivered-To"):
+    for name in _ORIGINAL_RCPT_HEADERS:
         for value in _headers(orig, name):
             out.extend(_norm_addr(a) for a in _ADDR_RE.findall(value))
     return list(dict.fromkeys(out))

@@ -38,14 +38,14 @@ import io
 import os
 import re
 import unicodedata
-from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
 from email import errors as _errors
 from email import policy as _policy
 from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
+from typing import Any
 
 from gateway import addresses, charsets, parts
 from gateway.headerblock import rejoin_lost_folds, skip_leading_junk
@@ -110,6 +110,7 @@ class ParsedMail:
 # small string helpers
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
+_PERCENT_HEX = re.compile(rb"%([0-9A-Fa-f]{2})")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _WS = re.compile(r"\s+")
 # bidi overrides/isolates/marks, zero-width chars, BOM, line/paragraph separators, Arabic letter mark
@@ -541,7 +542,7 @@ def _parse_mime_header(value: str | None, defects: list[str]) -> tuple[str, dict
                 v = _unquote(v)
                 if n == 0 and v.count("'") >= 2:
                     charset, _lang, v = v.split("'", 2)
-                chunks.append(re.sub(rb"%([0-9A-Fa-f]{2})", lambda mm: bytes([int(mm.group(1), 16)]), v.encode("utf-8")))
+                chunks.append(_PERCENT_HEX.sub(lambda mm: bytes([int(mm.group(1), 16)]), v.encode("utf-8")))
             else:
                 chunks.append(v.encode("utf-8"))
         plain[name] = _decode_text(b"".join(chunks), charset or "utf-8", f"parameter {name}", defects)
@@ -622,8 +623,8 @@ def _parse_date(value: str | None) -> _dt.datetime | None:
         return None
     try:
         if d.tzinfo is None:
-            d = d.replace(tzinfo=_dt.timezone.utc)
-        return d.astimezone(_dt.timezone.utc)
+            d = d.replace(tzinfo=_dt.UTC)
+        return d.astimezone(_dt.UTC)
     except (OverflowError, ValueError):
         return None
 
@@ -702,8 +703,7 @@ def safe_filename(name: str | None, *, content_type: str, index: int) -> str:
     s = re.sub(r"[\t\n\r\v\f]", " ", s)
     s = _CONTROL.sub("", s)
     s = _INVISIBLE.sub("", s)
-    s = re.split(r"[/\\]", s.strip())
-    comps = [c for c in s if c.strip()]
+    comps = [c for c in re.split(r"[/\\]", s.strip()) if c.strip()]
     s = comps[-1].strip() if comps else ""
     s = re.sub(r"^[A-Za-z]:", "", s)  # drive letter: C:evil.exe
     s = s.lstrip(". ").rstrip(". ")
@@ -877,7 +877,9 @@ class _Scan:
         if self.parts > self.parts_limit:
             raise _TooMany
 
-    def _multipart(self, pos: int, bounds: tuple[bytes, ...], b: bytes, depth: int, digest: bool, in_message: bool) -> int:
+    def _multipart(
+        self, pos: int, bounds: tuple[bytes, ...], b: bytes, depth: int, digest: bool, in_message: bool
+    ) -> int:
         raw, n = self.raw, self.n
         rx = self._re(b)
         inner = (b, *bounds) if b not in bounds else bounds
@@ -994,7 +996,9 @@ class _Info:
         self.uu = (_first_header(part, "content-transfer-encoding") or "").strip().lower() in _UU
 
 
-_DROPPED_ALTERNATIVES = {"text/plain", "text/html", "text/watch-html", "text/enriched", "text/richtext", "text/x-amp-html"}
+_DROPPED_ALTERNATIVES = {
+    "text/plain", "text/html", "text/watch-html", "text/enriched", "text/richtext", "text/x-amp-html"
+}
 
 
 def _blank_leaf(part: Message) -> bool:
@@ -1167,26 +1171,34 @@ def _payload_bytes(part: Message, defects: list[str], big: _Big | None = None) -
     payload = part.get_payload()
     cte = (_first_header(part, "content-transfer-encoding") or "").strip().lower()
     if cte == "base64" and isinstance(payload, str):
-        data, clean = _b64_lenient(payload.encode("ascii", "replace") if not _SURROGATES.search(payload) else payload.encode("ascii", "surrogateescape"))
+        errors = "surrogateescape" if _SURROGATES.search(payload) else "replace"
+        data, clean = _b64_lenient(payload.encode("ascii", errors))
         if not clean:
             defects.append("InvalidBase64: a base64 part was malformed and decoded leniently")
         return data
     try:
-        data = part.get_payload(decode=True)
+        decoded = part.get_payload(decode=True)
     except Exception as exc:
         defects.append(f"payload could not be decoded ({type(exc).__name__}); kept raw")
         payload = part.get_payload()
-        data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
-    if isinstance(data, bytes):
-        return data
+        decoded = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+    if isinstance(decoded, bytes):
+        return decoded
     return b""
+
+
+def _parsed_payload(node: Message) -> object:
+    """The payload as the parser stored it (a list of parts or a str): get_payload() would decode a str holding
+    surrogates again with the part's charset. The attribute is the stdlib's, undeclared in its type stubs."""
+    return getattr(node, "_payload", None)
 
 
 def _flatten(msg: Message, linesep: str) -> bytes:
     buf = io.BytesIO()
     try:
         pol = _policy.default.clone(linesep=linesep, refold_source="none", max_line_length=0)
-        BytesGenerator(buf, mangle_from_=False, policy=pol).flatten(msg)
+        generator: BytesGenerator[Message] = BytesGenerator(buf, mangle_from_=False, policy=pol)
+        generator.flatten(msg)
         return buf.getvalue()
     except Exception:
         try:
@@ -1420,7 +1432,7 @@ def _parse_fast(
         stack: list[tuple[Message, frozenset[bytes], bool]] = [(msg, frozenset(), False)]
         while stack:
             node, bounds, in_message = stack.pop()
-            payload = node._payload
+            payload = _parsed_payload(node)
             if isinstance(payload, list):
                 maintype = node.get_content_maintype()
                 if maintype == "multipart":
@@ -1465,7 +1477,8 @@ def _parse_fast(
         if keep:
             try:
                 ctype, _params = _content_type(node, scratch)
-                keep = ctype.split("/", 1)[0] not in ("text", "multipart", "message") and node.get_content_maintype() != "text"
+                keep = (ctype.split("/", 1)[0] not in ("text", "multipart", "message")
+                        and node.get_content_maintype() != "text")
                 cte = (_first_header(node, "content-transfer-encoding") or "").strip().lower()
                 scte = str(node.get("content-transfer-encoding", "")).lower()
                 if cte != "base64" and (scte == "base64" or scte in _UU):
@@ -1524,11 +1537,13 @@ def _add_files(attachments: list[Part], used: set[str], files: list[tuple[str, b
         attachments.append(Part(filename=filename, content_type=ctype, data=data, content_id=None, inline=False))
     if files:
         defects.append(f"{min(len(files), room)} file(s) taken out of {where}"
-                       + (f"; {len(files) - room} more left in it (bound MAX_ATTACHMENTS)" if len(files) > room else ""))
+                       + (f"; {len(files) - room} more left in it (bound MAX_ATTACHMENTS)"
+                          if len(files) > room else ""))
 
 
 def _build(
-    msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: int, big: _Big, max_addresses: int = MAX_ADDRESSES
+    msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: int, big: _Big,
+    max_addresses: int = MAX_ADDRESSES,
 ) -> ParsedMail:
     nl = raw.find(b"\n")
     first_line_cr = raw.endswith(b"\r") if nl < 0 else raw.startswith(b"\r", nl - 1) and nl > 0
@@ -1624,7 +1639,8 @@ def _build(
             # the name the sender gave it (filename= or name=), else the attached message's subject
             if info.filename:
                 name = info.filename
-            elif info.ctype in ("message/rfc822", "message/global") and isinstance(inner, list) and inner:
+            elif (info.ctype in ("message/rfc822", "message/global") and isinstance(inner, list) and inner
+                  and isinstance(inner[0], Message)):
                 subj = _first_header(inner[0], "subject")
                 if subj and _oneline(_decode_words(subj, defects, "attached message Subject")):
                     name = _oneline(_decode_words(subj, defects, "attached message Subject")) + ".eml"

@@ -19,12 +19,15 @@ import logging
 import os
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import MISSING, SMTP, Envelope as SMTPEnvelope, Session as SMTPSession
+from aiosmtpd.smtp import MISSING, SMTP
+from aiosmtpd.smtp import Envelope as SMTPEnvelope
+from aiosmtpd.smtp import Session as SMTPSession
 
 from gateway.config import Config, ConfigError
 from gateway.guard import connlimits
