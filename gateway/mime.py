@@ -831,8 +831,8 @@ class _Scan:
             if raw.startswith(b"--", pos) and self._matches(pos, bounds):
                 return pos  # the enclosing boundary ends the header block: empty body
             if not _HEADER_START.match(raw, pos):
-                if raw[pos] in (10, 13):
-                    pos = _EOL.match(raw, pos).end()  # type: ignore[union-attr]
+                if raw[pos] in (10, 13):  # the blank line that ends the header block: CRLF, CR or LF
+                    pos += 2 if raw.startswith(b"\r\n", pos) else 1
                 break
             end = self._line_end(pos)
             c = raw[pos]
