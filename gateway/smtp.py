@@ -183,9 +183,9 @@ class _Sessions(SMTP):
     What aiosmtpd offers as public extension points is used as such: the handler's hooks (`Handler`) decide
     every answer about a mail (MAIL, RCPT, DATA: store, then 250, or 451), `smtp_DATA` is overridden the way
     aiosmtpd's documentation describes for commands (`smtp_<COMMAND>`), and the asyncio protocol methods
-    (connection_made/lost, data_received, eof_received) wrap aiosmtpd's. Three of its private members are
-    used, because aiosmtpd has no hook for them: the stream reader (DATA is read in pieces, see `read_data`),
-    and the idle timer (`_reset_timeout`, `_timeout_cb`: shorter under stress, a 421 said before closing)."""
+    (connection_made/lost, data_received, eof_received) wrap aiosmtpd's. Its private members are used only
+    where aiosmtpd has no hook: the stream reader and writer (DATA is read in pieces, see `read_data`) and the
+    idle timer (`_reset_timeout`, `_timeout_cb`: shorter under stress, a 421 said before closing)."""
 
     line_length_limit = LINE_LIMIT
     registry: SessionRegistry
