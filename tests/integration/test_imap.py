@@ -9,11 +9,11 @@ import threading
 import time
 
 import pytest
+from mails import make_mail, message_id_of
 from sqlalchemy import func, select
 
 from gateway.imap import ImapAccount, ImapPoller, accounts
 from gateway.models import Comment, ImapSeen, InboundMail, Ticket
-from mails import make_mail, message_id_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,8 +32,10 @@ def mails(app) -> list[InboundMail]:
         return list(s.scalars(select(InboundMail).order_by(InboundMail.id)))
 
 
-def poller(app, dovecot, **over) -> ImapPoller:
-    return ImapPoller(app, dovecot.account_config(**over))
+def poller(app, dovecot, options=None, **over) -> ImapPoller:
+    """A poller of the test account; `options`: the poller's own (ImapPoller's keyword options), `over`: the
+    account's settings."""
+    return ImapPoller(app, dovecot.account_config(**over), **(options or {}))
 
 
 def crlf(raws) -> list[bytes]:
@@ -79,7 +81,7 @@ def test_new_mails_become_tickets_and_move_to_processed(make_app, dovecot):
     # where each message went (UIDPLUS COPYUID of the UID MOVE), threaded after the move
     processed_validity = dovecot.uidvalidity("Processed")
     assert [(x.uidvalidity, x.uid, x.state, x.outcome, x.mail_id) for x in filed] == [
-        (processed_validity, u, "processed", "ticket", m.id) for u, m in zip((1, 2, 3), stored)]
+        (processed_validity, u, "processed", "ticket", m.id) for u, m in zip((1, 2, 3), stored, strict=True)]
     # nothing left: a second drain does nothing
     again = poller(app, dovecot).poll_once()
     assert (again.found, again.fetched, again.stored) == (0, 0, 0)
@@ -120,8 +122,7 @@ def test_quarantined_mail_goes_to_the_quarantine_folder(make_app, dovecot, after
     app = make_app()
     good = make_mail(subject="fine")
     dovecot.append_many([NO_FROM, good])
-    p = poller(app, dovecot)
-    p.thread_after_move = after_move
+    p = poller(app, dovecot, {"thread_after_move": after_move})
     r = p.poll_once()
     assert r.outcomes == {"quarantined": 1, "ticket": 1}
     assert (r.moved, r.quarantined) == (1, 1)
@@ -146,9 +147,8 @@ def test_without_move_capability_copy_delete_expunge(make_app, dovecot, after_mo
     app = make_app()
     raws = [make_mail(subject=f"copy {i}", sender=f"k{i}@customer.example") for i in range(3)] + [NO_FROM]
     dovecot.append_many(raws)
-    p = poller(app, dovecot, processed_folder="Archive/Tickets", quarantine_folder="Archive/Bad")
-    p.use_move = False
-    p.thread_after_move = after_move
+    p = poller(app, dovecot, {"use_move": False, "thread_after_move": after_move},
+               processed_folder="Archive/Tickets", quarantine_folder="Archive/Bad")
     r = p.poll_once()
     assert (r.moved, r.quarantined) == (3, 1)
     with dovecot.client() as c:
@@ -164,21 +164,17 @@ def test_crash_between_commit_and_move_makes_no_duplicate(make_app, dovecot, aft
     app = make_app()
     raws = [make_mail(subject=f"crash {i}", sender=f"x{i}@customer.example") for i in range(3)] + [NO_FROM]
     dovecot.append_many(raws)
-    p = poller(app, dovecot)
-    p.thread_after_move = after_move
-
     def die(uids):
         raise Crash(uids)
 
-    p.before_move = die
+    p = poller(app, dovecot, {"thread_after_move": after_move, "before_move": die})
     with pytest.raises(Crash):
         p.poll_once()
     p.disconnect()
     assert len(mails(app)) == 4 and dovecot.count("INBOX") == 4  # committed, not moved
     # threading before the move (no UIDPLUS) has made the tickets; after the move (the fast path) not yet
     assert tickets(app) == (0 if after_move else 3)
-    again = poller(app, dovecot)
-    again.thread_after_move = after_move
+    again = poller(app, dovecot, {"thread_after_move": after_move})
     r = again.poll_once()  # "after the restart"
     assert (r.known, r.fetched, r.stored, r.moved, r.quarantined) == (4, 0, 0, 3, 1)
     assert r.outcomes == ({"ticket": 3, "quarantined": 1} if after_move else {})
@@ -193,7 +189,6 @@ def test_the_batch_is_moved_with_one_uid_move_only_after_its_commit(make_app, do
     app = make_app()
     raws = [make_mail(subject=f"order {i}", sender=f"o{i}@customer.example") for i in range(7)]
     dovecot.append_many(raws)
-    p = poller(app, dovecot, batch_size=3)
     moves: list[list[int]] = []
     seen_before_move: list[tuple[int, int, set[str]]] = []
 
@@ -207,11 +202,16 @@ def test_the_batch_is_moved_with_one_uid_move_only_after_its_commit(make_app, do
             c.select_folder("INBOX", readonly=True)
             assert set(uids) <= set(c.search(["ALL"]))
 
-    p.before_move = check
+    p = poller(app, dovecot, {"before_move": check}, batch_size=3)
     p.connect()
     assert p.decoupled  # Dovecot has UIDPLUS: store, move, then thread
     real_move = p.client.move
-    p.client.move = lambda uids, folder: (moves.append(list(uids)), real_move(uids, folder))[1]
+
+    def move(uids, folder):
+        moves.append(list(uids))
+        return real_move(uids, folder)
+
+    p.client.move = move
     try:
         r = p.drain()
     finally:
@@ -249,17 +249,17 @@ def test_crash_after_the_move_before_threading_makes_no_duplicate(make_app, dove
 
 
 def test_crash_between_threading_and_refile_refiles_on_the_next_drain(make_app, dovecot, monkeypatch):
-    from gateway.imap import ImapPoller
+    from gateway.imap.mailbox import Mailbox
 
     app = make_app()
     good = make_mail(subject="good one")
     dovecot.append_many([good, NO_FROM])
     p = poller(app, dovecot)
 
-    def die(self, keys):
+    def die(self, keys, source, dest):
         raise Crash(keys)
 
-    monkeypatch.setattr(ImapPoller, "_refile", die)
+    monkeypatch.setattr(Mailbox, "refile", die)
     with pytest.raises(Crash):
         p.poll_once()
     p.disconnect()
@@ -314,8 +314,10 @@ def test_uidvalidity_change_makes_no_duplicate(make_app, dovecot):
     app = make_app()
     raws = [make_mail(subject=f"validity {i}", sender=f"v{i}@customer.example") for i in range(2)]
     dovecot.append_many(raws, folder="Support")
-    p = poller(app, dovecot, folder="Support")
-    p.before_move = lambda uids: (_ for _ in ()).throw(Crash(uids))
+    def die(uids):
+        raise Crash(uids)
+
+    p = poller(app, dovecot, {"before_move": die}, folder="Support")
     with pytest.raises(Crash):
         p.poll_once()
     p.disconnect()
@@ -351,6 +353,7 @@ def test_two_accounts_keep_separate_state(make_app, dovecot, dovecot_server):
 # The store is down ---------------------------------------------------------------------------------------------
 def test_database_unreachable_leaves_the_mail_and_it_arrives_later(tmp_path, sqlite_url, clock, dovecot):
     from conftest import make_config
+
     from gateway.app import build_app
 
     app = build_app(make_config(tmp_path, sqlite_url, database={"busy_timeout_ms": 200}), clock=clock)
