@@ -121,6 +121,11 @@ def run_poll(args: argparse.Namespace, config: Config) -> int:
             return EX_TEMPFAIL
         raise
     status = EX_OK
+    from gateway.engine import start_worker
+
+    # the stored mail is threaded as serve threads it: each mail's CPU work in the preparation worker, within
+    # limits.mail_cpu_seconds (a mail over budget is quarantined 'over budget', the others go on)
+    app.ahead = start_worker(config)
     try:
         for account in selected:
             try:
@@ -152,5 +157,7 @@ def run_poll(args: argparse.Namespace, config: Config) -> int:
                       f"{account.quarantine_folder or account.processed_folder or '(deleted)'}"
                       + (f"; {', '.join(extra)}" if extra else ""))
     finally:
+        app.ahead.close()
+        app.ahead = None
         app.close()
     return status

@@ -8,15 +8,16 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.db import is_unavailable
+from gateway.engine import Engine
 from gateway.imap.account import ImapAccount, PollResult, Prefixed, TlsSetupError
 from gateway.imap.drain import BeforeMove, Drain
 from gateway.imap.ledger import Ledger
 from gateway.imap.mailbox import ClientFactory, Mailbox
-from gateway.imap.threads import StoredThreads
+from gateway.imap.threads import THREAD_BATCH, StoredThreads, ThreadBatch
 from gateway.intake import Intake
 from gateway.lease import Lease
 
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from imapclient import IMAPClient
 
     from gateway.host import ImapHost
-    from gateway.intake import Result
 
 log = logging.getLogger("gateway.imap")
 
@@ -57,12 +57,16 @@ class ImapPoller:
       the fast (store, move, thread) or the slow (store, thread, move by outcome) order;
     - before_move(uids): called after a batch's commit and record, right before its move: a fault point
       (raising there is a crash between the commit and the move);
-    - thread(mail_id) -> Result: how a stored mail is threaded (default `Intake.process`)."""
+    - thread(mail_ids) -> results: how a batch of stored mails is threaded; default `Engine.thread` of an
+      engine of its own (gateway.engine: prepared by the app's preparation worker, `app.ahead`, within
+      limits.mail_cpu_seconds, then one write transaction, tries counted). `serve` passes its own engine's,
+      holding its write gate, as for SMTP mail; tests pass one that fails;
+    - thread_batch: stored mails per call of `thread` (default 16, as serve threads SMTP mail)."""
 
     def __init__(self, app: ImapHost, account: ImapAccount | Mapping[str, Any], *,
                  client_factory: ClientFactory | None = None, use_move: bool | None = None,
                  thread_after_move: bool | None = None, before_move: BeforeMove | None = None,
-                 thread: Callable[[int], Result] | None = None) -> None:
+                 thread: ThreadBatch | None = None, thread_batch: int = THREAD_BATCH) -> None:
         self.app = app
         self.account = account if isinstance(account, ImapAccount) else ImapAccount.from_config(
             account, app.config.base_dir)
@@ -73,7 +77,7 @@ class ImapPoller:
         # one poller per mailbox across every instance on this database (gateway.lease)
         self.lease = Lease(app.sessions, f"imap:{self.account.name}", app.instance, self.account.lease_seconds)
         self.threads = StoredThreads(self.account, self.mailbox, self.ledger, self.log,
-                                     thread or (lambda mail_id: self.intake.process(mail_id)), self._stopping)
+                                     thread or Engine(app, self.intake).thread, self._stopping, batch=thread_batch)
         self.drainer = Drain(app, self.account, self.mailbox, self.ledger, self.lease, self.intake, self.threads,
                              self.log, before_move=before_move, thread_after_move=thread_after_move)
         # what the service loop is doing: new | connecting | draining | waiting | idling | backoff | standby |

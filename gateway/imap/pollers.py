@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from gateway.imap.account import ImapAccount, PollResult, TlsSetupError, accounts
 from gateway.imap.loop import ImapPoller
 from gateway.imap.mailbox import close, connect_plain_or_tls
+from gateway.imap.threads import ThreadBatch
 from gateway.lease import Lease
 
 if TYPE_CHECKING:
@@ -55,8 +58,9 @@ def install_service(service: Any) -> None:
     a daemon thread still stuck in a network call then cannot hold up the process's exit."""
     import asyncio
 
+    thread = serve_threading(service)
     for account in accounts(service.config):
-        poller = ImapPoller(service.app, account)
+        poller = ImapPoller(service.app, account, thread=thread)
 
         async def task(svc: Any, poller: ImapPoller = poller) -> None:
             loop = asyncio.get_running_loop()
@@ -73,6 +77,19 @@ def install_service(service: Any) -> None:
             await ended.wait()
 
         service.add_task(f"imap {account.name}", task)
+
+
+def serve_threading(service: Any) -> ThreadBatch | None:
+    """How `serve` threads stored mail, for its pollers: its own engine (shared with its SMTP workers and its
+    sweep, so that a mail is threaded by one of them at a time; its preparation worker and CPU budget)
+    holding its write gate (one SQLite writer at a time), as it threads SMTP mail. None: no engine yet."""
+    engine = getattr(service, "engine", None)
+    if engine is None:
+        return None
+    gate = getattr(service, "gate", None)
+    hold: Callable[[], AbstractContextManager[Any]] | None = (
+        (lambda: gate.hold(urgent=False)) if gate is not None else None)
+    return functools.partial(engine.thread, hold=hold)
 
 
 def account_status(app: ImapHost, account: ImapAccount, *, connect: bool = True) -> dict[str, Any]:

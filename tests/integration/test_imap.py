@@ -222,18 +222,17 @@ def test_the_batch_is_moved_with_one_uid_move_only_after_its_commit(make_app, do
     assert tickets(app) == 7 and dovecot.count("Processed") == 7
 
 
-def test_crash_after_the_move_before_threading_makes_no_duplicate(make_app, dovecot, monkeypatch):
+def test_crash_after_the_move_before_threading_makes_no_duplicate(make_app, dovecot):
     """Stored and moved to Processed, then the process dies before threading: the next drain threads them
     (from the stored mail, no refetch), and refiles the quarantined one into Quarantine."""
     app = make_app()
     raws = [make_mail(subject=f"later {i}", sender=f"t{i}@customer.example") for i in range(3)]
     dovecot.append_many([raws[0], NO_FROM, raws[1], raws[2]])
-    p = poller(app, dovecot)
 
-    def die(mail_id, **kw):
-        raise Crash(mail_id)
+    def die(mail_ids):
+        raise Crash(mail_ids)
 
-    monkeypatch.setattr(p.intake, "process", die)
+    p = poller(app, dovecot, {"thread": die})  # the process dies as the engine takes the first batch
     with pytest.raises(Crash):
         p.poll_once()
     p.disconnect()
@@ -378,50 +377,68 @@ def test_database_unreachable_leaves_the_mail_and_it_arrives_later(tmp_path, sql
         app.close()
 
 
-def test_store_lost_between_store_and_process_recovers(make_app, dovecot, monkeypatch):
+def test_store_lost_between_store_and_process_recovers(make_app, dovecot):
     """The database goes away after the raw mail was committed: the mail stays, nothing is doubled."""
     from gateway.db import StoreUnavailable
+    from gateway.engine import Engine
 
     app = make_app()
     raws = [make_mail(subject=f"flaky {i}", sender=f"f{i}@customer.example") for i in range(3)]
     dovecot.append_many(raws)
-    p = poller(app, dovecot)
-    real = p.intake.process
-    calls = {"n": 0}
+    engine = Engine(app)
+    calls: list[list[int]] = []
 
-    def flaky(mail_id, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def flaky(mail_ids):
+        calls.append(list(mail_ids))
+        if len(calls) == 2:
             raise StoreUnavailable("database went away")
-        return real(mail_id, **kw)
+        return engine.thread(mail_ids)
 
-    monkeypatch.setattr(p.intake, "process", flaky)
-    r = p.poll_once()
-    # all three were committed, so all three left the INBOX; two wait to be threaded
-    assert r.outcomes == {"ticket": 1} and r.moved == 3 and r.postponed == 2 and r.deferred == 0
-    assert dovecot.count("INBOX") == 0 and tickets(app) == 1
+    r = poller(app, dovecot, {"thread": flaky, "thread_batch": 2}).poll_once()
+    # all three were committed, so all three left the INBOX; the first batch (two mails) is threaded, the
+    # second met the outage: its mail waits to be threaded
+    assert [len(c) for c in calls] == [2, 1]
+    assert r.outcomes == {"ticket": 2} and r.moved == 3 and r.postponed == 1 and r.deferred == 0
+    assert dovecot.count("INBOX") == 0 and tickets(app) == 2
     r = poller(app, dovecot).poll_once()
-    assert r.outcomes == {"ticket": 2} and r.stored == 0  # stored with the batch: threaded, not stored again
+    assert r.outcomes == {"ticket": 1} and r.stored == 0  # stored with the batch: threaded, not stored again
     assert tickets(app) == 3 and len(mails(app)) == 3
     assert dovecot.count("Processed") == 3
 
 
-def test_unexpected_error_leaves_that_mail_and_goes_on(make_app, dovecot, monkeypatch):
+class Poisoned:
+    """The poller's threading seam (its `thread` option) over a real engine, where one stored mail (the
+    `which`-th, counting from 0) breaks the pipeline with a bug while `active`: any batch holding it fails as
+    a whole, nothing of it decided (as a transaction rolled back). Records the batches it was given."""
+
+    def __init__(self, app, which: int) -> None:
+        from gateway.engine import Engine
+
+        self.engine = Engine(app)
+        self.which = which
+        self.poison: int | None = None
+        self.active = True
+        self.calls: list[list[int]] = []
+
+    def __call__(self, mail_ids):
+        self.calls.append(list(mail_ids))
+        if self.poison is None:
+            self.poison = sorted(mail_ids)[self.which]
+        if self.active and self.poison in mail_ids:
+            raise RuntimeError("a bug")
+        return self.engine.thread(mail_ids)
+
+
+def test_unexpected_error_leaves_that_mail_and_goes_on(make_app, dovecot):
     app = make_app()
     raws = [make_mail(subject=f"poison {i}", sender=f"p{i}@customer.example") for i in range(3)]
     dovecot.append_many(raws)
-    p = poller(app, dovecot)
-    real = p.intake.process
-    calls = {"n": 0}
-
-    def process(mail_id, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("a bug")
-        return real(mail_id, **kw)
-
-    monkeypatch.setattr(p.intake, "process", process)
+    thread = Poisoned(app, 1)
+    p = poller(app, dovecot, {"thread": thread})
     r = p.poll_once()
+    # the batch failed as a whole; threaded again one mail at a time, only the poisoned mail is left
+    a, b, c = sorted(thread.calls[0])
+    assert thread.calls == [[a, b, c], [a], [b], [c]]
     assert (r.failed, r.moved, r.stored) == (1, 3, 3) and r.outcomes == {"ticket": 2}
     assert dovecot.count("INBOX") == 0 and tickets(app) == 2
     r = poller(app, dovecot).poll_once()  # the stored mail is threaded, not stored a second time
@@ -579,30 +596,33 @@ def test_poll_mode_without_idle(make_app, dovecot):
     assert not t.is_alive()
 
 
-def test_stop_during_a_long_drain_moves_what_is_done_and_leaves_the_rest(make_app, dovecot, monkeypatch):
+def test_stop_during_a_long_drain_moves_what_is_done_and_leaves_the_rest(make_app, dovecot):
+    from gateway.engine import Engine
+
     app = make_app()
     raws = [make_mail(subject=f"long {i}", sender=f"l{i}@customer.example") for i in range(40)]
     dovecot.append_many(raws)
-    p = poller(app, dovecot, batch_size=5)
     stop = threading.Event()
-    real = p.intake.process
-    calls = {"n": 0}
+    engine = Engine(app)
+    calls: list[list[int]] = []
 
-    def process(mail_id, **kw):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            stop.set()  # SIGTERM arrives while the 7th mail is threaded
-        return real(mail_id, **kw)
+    def thread(mail_ids):
+        calls.append(list(mail_ids))
+        if len(calls) == 2:
+            stop.set()  # SIGTERM arrives while the 2nd batch (mails 5 to 8) is threaded
+        return engine.thread(mail_ids)
 
-    monkeypatch.setattr(p.intake, "process", process)
+    p = poller(app, dovecot, {"thread": thread, "thread_batch": 4}, batch_size=5)
     t = threading.Thread(target=p.run, args=(stop,), daemon=True)
     t.start()
     t.join(10)
     assert not t.is_alive() and p.state == "stopped"
-    # the drain (store + move) came first: everything is committed and moved; threading stopped after 7
-    assert tickets(app) == 7 and dovecot.count("Processed") == 40 and dovecot.count("INBOX") == 0
+    # the drain (store + move) came first: everything is committed and moved; threading finished the batch
+    # in hand and stopped after 8
+    assert [len(c) for c in calls] == [4, 4]
+    assert tickets(app) == 8 and dovecot.count("Processed") == 40 and dovecot.count("INBOX") == 0
     r = poller(app, dovecot).poll_once()
-    assert r.outcomes == {"ticket": 33} and r.stored == 0 and r.threaded == 33
+    assert r.outcomes == {"ticket": 32} and r.stored == 0 and r.threaded == 32
     assert tickets(app) == 40 and len(mails(app)) == 40
 
 
@@ -715,6 +735,31 @@ def test_cli_imap_poll(tmp_path, sqlite_url, dovecot):
     assert out.returncode == 0 and b"box: 0 fetched (nothing new)" in out.stdout, out
 
 
+def test_cli_imap_poll_threads_within_the_cpu_budget(tmp_path, sqlite_url, dovecot):
+    """`imap poll` threads the stored mail through the intake engine with the preparation worker, as serve
+    does: a mail over limits.mail_cpu_seconds is quarantined 'over budget' and refiled into the quarantine
+    folder; the mails around it become tickets."""
+    from conftest import run_cli, write_config
+    from test_budget import BUDGET, slow_mail
+
+    before, after = make_mail(subject="before the heavy one"), make_mail(subject="after the heavy one",
+                                                                          sender="B <b@customer.example>")
+    dovecot.append_many([before, slow_mail(), after])
+    acct = dovecot.account_config("box")
+    extra = (f"\n[limits]\nmail_cpu_seconds = {BUDGET}\n\n[[imap]]\n"
+             + "".join(f"{k} = {json.dumps(v)}\n" for k, v in acct.items()))
+    out = run_cli("imap", "poll", "--json", config=write_config(tmp_path, sqlite_url, extra))
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["outcomes"] == {"ticket": 2, "quarantined": 1} and (d["moved"], d["quarantined"]) == (2, 1), d
+    assert crlf(dovecot.messages("Processed")) == crlf([before, after])
+    assert crlf(dovecot.messages("Quarantine")) == crlf([slow_mail()])
+    with sqlite3.connect(sqlite_url.split("///", 1)[1]) as db:
+        rows = db.execute("SELECT subject, outcome, reason FROM inbound_mail ORDER BY id").fetchall()
+    assert rows == [("before the heavy one", "ticket", None), ("heavy html", "quarantined", "over budget"),
+                    ("after the heavy one", "ticket", None)]
+
+
 def test_cli_imap_poll_unreachable_server_is_tempfail(tmp_path, sqlite_url):
     from conftest import run_cli, write_config
     from dovecot import free_port
@@ -725,30 +770,24 @@ def test_cli_imap_poll_unreachable_server_is_tempfail(tmp_path, sqlite_url):
     assert out.returncode == 75, out
 
 
-def test_the_same_poller_threads_a_failed_mail_on_its_next_drain(make_app, dovecot, monkeypatch):
+def test_the_same_poller_threads_a_failed_mail_on_its_next_drain(make_app, dovecot):
     """Later drains look only past what is threaded (mail_id index), never past a mail left unthreaded."""
     app = make_app()
     dovecot.append_many([make_mail(subject=f"again {i}", sender=f"g{i}@customer.example") for i in range(4)])
-    p = poller(app, dovecot, batch_size=2)
-    real = p.intake.process
-    calls = {"n": 0}
-
-    def process(mail_id, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("a bug")
-        return real(mail_id, **kw)
-
-    monkeypatch.setattr(p.intake, "process", process)
+    thread = Poisoned(app, 1)
+    p = poller(app, dovecot, {"thread": thread}, batch_size=2)
     p.connect()
     try:
         r = p.drain()
         assert r.failed == 1 and r.outcomes == {"ticket": 3} and tickets(app) == 3
+        a, b, c, d = sorted(thread.calls[0])
+        assert thread.calls == [[a, b, c, d], [a], [b], [c], [d]]
+        thread.active = False  # the bug is gone
         r = p.drain()  # nothing new in the folder: the failed one is threaded, the others are not looked at
         assert (r.found, r.threaded, r.failed) == (0, 1, 0) and r.outcomes == {"ticket": 1}
-        assert calls["n"] == 5
+        assert thread.calls[5:] == [[b]]
         r = p.drain()
-        assert (r.threaded, calls["n"]) == (0, 5)
+        assert r.threaded == 0 and len(thread.calls) == 6
     finally:
         p.disconnect()
     assert tickets(app) == 4 and dovecot.count("Processed") == 4
