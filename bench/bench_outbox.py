@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
     ratios = [g["mps"] / b["mps"] for g, b, _ in rounds]
 
     def med(side: int, key: str) -> float:
-        return statistics.median(r[side][key] for r in rounds)
+        return statistics.median((r[0] if side == 0 else r[1])[key] for r in rounds)
 
     print(f"public comment -> {expected} recipients ({args.watchers} watchers), {args.runs} rounds, medians; "
           f"database {args.db_url.split('://')[0] if args.db_url else 'sqlite'}; DKIM {'on' if args.dkim else 'off'}; "
