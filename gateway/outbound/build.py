@@ -71,7 +71,8 @@ class Shared:
     comments: dict[int, dict[str, Any] | None] = field(default_factory=dict)
     inbound: dict[int, list[tuple[str, datetime]]] = field(default_factory=dict)
     triggers: dict[int, str | None] = field(default_factory=dict)
-    cc: dict[tuple[int, datetime], tuple[list[tuple[str, str]], list[tuple[str, str]]]] = field(default_factory=dict)
+    cc: dict[tuple[int, datetime], tuple[list[tuple[str, str]], list[tuple[str, str]], set[str]]] = field(
+        default_factory=dict)
     watchers: dict[int, frozenset[str]] = field(default_factory=dict)  # ticket id -> its watchers' addresses
 
 
@@ -165,8 +166,9 @@ class Builder:
             ctx = self.tctx[t.id] = self.ob.ticket_ctx(t)
         return ctx
 
-    def visible(self, t: Ticket, at: datetime) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        """To (the reporter) and Cc (the watchers when the row was queued) shown on every copy."""
+    def visible(self, t: Ticket, at: datetime) -> tuple[list[tuple[str, str]], list[tuple[str, str]], set[str]]:
+        """To (the reporter) and Cc (the watchers when the row was queued, not in To) shown on every copy, and
+        every address shown: worked out once per notification, not per copy."""
         key = (t.id, at)
         hit = self.cc.get(key)
         if hit is None:
@@ -179,7 +181,9 @@ class Builder:
                       if (w.created_at is None or w.created_at <= at) and relay.mailable(w)
                       and not ob.config.is_gateway_address(w.contact.email)
                       and ratelimit.is_sendable_address(w.contact.email)]
-            hit = self.cc[key] = (to_vis, cc_vis)
+            shown = {x[1] for x in to_vis}
+            cc_vis = [c for c in cc_vis if c[1] not in shown]
+            hit = self.cc[key] = (to_vis, cc_vis, shown | {c[1] for c in cc_vis})
         return hit
 
     # Building one row -------------------------------------------------------------------------------------
@@ -311,15 +315,13 @@ class Builder:
         name = p.get("name") or ""
         to: list[tuple[str, str]] = []
         cc: list[tuple[str, str]] = []
+        shown: set[str] = set()
         if ticket is not None and p.get("cc"):
-            to_vis, cc_vis = self.visible(ticket, row.created_at)
-            to = list(to_vis)
-            shown = {x[1] for x in to}
-            cc = [c for c in cc_vis if c[1] not in shown]
+            to, cc, shown = self.visible(ticket, row.created_at)
         if not to:
             to, cc = [(name, row.recipient)], [c for c in cc if c[1] != row.recipient]
-        elif row.recipient not in {x[1] for x in to + cc}:
-            to = [(name, row.recipient)] + to
+        elif row.recipient not in shown:
+            to = [(name, row.recipient), *to]
         return to, cc
 
     def _thread(self, row: OutboxMail, ticket: Ticket | None, p: dict[str, Any]) -> tuple[str | None, list[str]]:
