@@ -74,6 +74,11 @@ class Shared:
     cc: dict[tuple[int, datetime], tuple[list[tuple[str, str]], list[tuple[str, str]], set[str]]] = field(
         default_factory=dict)
     watchers: dict[int, frozenset[str]] = field(default_factory=dict)  # ticket id -> its watchers' addresses
+    # the round's claimed ids (lowest, highest): the threading history is then loaded once per ticket and round,
+    # not per chunk; (ticket, recipient) -> [(outbox id, message id)], see Builder._load_history
+    span: tuple[int, int] | None = None
+    history: dict[tuple[int, str], list[tuple[int, str]]] = field(default_factory=lambda: defaultdict(list))
+    history_tickets: set[int] = field(default_factory=set)
 
 
 class Builder:
@@ -92,7 +97,7 @@ class Builder:
         self.triggers = shared.triggers
         self.cc = shared.cc
         # (ticket, recipient) -> [(outbox id, message id)] of its non-suppressed copies (for In-Reply-To)
-        self.history: dict[tuple[int, str], list[tuple[int, str]]] = defaultdict(list)
+        self.history = shared.history
 
     # Loading, a chunk of rows at a time -------------------------------------------------------------------
     def prepare(self, rows: Iterable[OutboxMail]) -> None:
@@ -131,18 +136,28 @@ class Builder:
         self._load_history([r for r in rows if r.ticket_id is not None])
 
     def _load_history(self, rows: list[OutboxMail]) -> None:
-        """This recipient's previous non-suppressed copy on the ticket, as of each row's enqueue: the latest
-        below the chunk's first id per (ticket, recipient), plus every copy inside the chunk's id range."""
+        """Each recipient's previous non-suppressed copy on the ticket, as of each row's enqueue: the latest
+        below the first id per (ticket, recipient), plus every copy from the first id to the last. With the
+        round's span (Shared.span) once per ticket and round, for every recipient; else for the chunk's rows."""
         if not rows:
             return
-        tids = sorted({r.ticket_id for r in rows if r.ticket_id is not None})
-        rcpts = sorted({r.recipient for r in rows})
-        first, last = min(r.id for r in rows), max(r.id for r in rows)
-        base = and_(OutboxMail.ticket_id.in_(tids), OutboxMail.recipient.in_(rcpts),
-                    OutboxMail.status != "suppressed")
+        span = self.shared.span
+        if span is None:
+            self.history.clear()
+            tids = sorted({r.ticket_id for r in rows if r.ticket_id is not None})
+            rcpts = sorted({r.recipient for r in rows})
+            first, last = min(r.id for r in rows), max(r.id for r in rows)
+            base = and_(OutboxMail.ticket_id.in_(tids), OutboxMail.recipient.in_(rcpts),
+                        OutboxMail.status != "suppressed")
+        else:
+            tids = sorted({r.ticket_id for r in rows if r.ticket_id is not None} - self.shared.history_tickets)
+            if not tids:
+                return
+            self.shared.history_tickets.update(tids)
+            first, last = span
+            base = and_(OutboxMail.ticket_id.in_(tids), OutboxMail.status != "suppressed")
         below = select(func.max(OutboxMail.id)).where(base, OutboxMail.id < first).group_by(
             OutboxMail.ticket_id, OutboxMail.recipient)
-        self.history.clear()
         for oid, tid, rcpt, mid in self.s.execute(
                 select(OutboxMail.id, OutboxMail.ticket_id, OutboxMail.recipient, OutboxMail.message_id)
                 .where(base, or_(OutboxMail.id.in_(below), and_(OutboxMail.id >= first, OutboxMail.id <= last)))

@@ -378,7 +378,9 @@ def _built(app: AppHost, token: str, ids: list[int], notifier: Outbound | None, 
 
     from gateway.outbound.build import Shared
 
-    shared = Shared()  # the copies of one notification are rendered and encoded once (where templates allow)
+    # the copies of one notification are rendered and encoded once (where templates allow); what the chunks
+    # load is kept for the round
+    shared = Shared(span=(min(ids), max(ids)))
     # a small first chunk: sending starts after a few mails are built, not fifty
     chunks = [ids[:BUILD_FIRST]] + [ids[start:start + BUILD_CHUNK] for start in range(BUILD_FIRST, len(ids),
                                                                                        BUILD_CHUNK)]
@@ -453,13 +455,15 @@ class _Round:
 
 class Recorder:
     """Records each mail's result as soon as it is known, while the next mail is sent: a thread commits what
-    has come in since its last commit (group commit: one fsync for the mails accepted meanwhile, usually one
-    to three). At most MAX_UNRECORDED results wait (then the sender waits for the recorder), so a sender that
-    dies leaves at most that many mails accepted by the relay but not marked sent: those, and only those, are
-    sent once more when their lease expires; every other mail was marked sent the moment the relay took it.
+    has come in since its last commit (group commit: one fsync for the mails accepted meanwhile, and for those
+    accepted within LINGER of the first of them). At most MAX_UNRECORDED results wait in a batch and as many in
+    the queue (then the sender waits for the recorder), so a sender that dies leaves at most 2 * MAX_UNRECORDED
+    (+ the one in flight) mails accepted by the relay but not marked sent: those, and only those, are sent once
+    more when their lease expires; every other mail was marked sent within LINGER of the relay taking it.
     A failing store stops the round (`check` raises): nothing more is sent than can be recorded."""
 
     MAX_UNRECORDED = 8
+    LINGER = 0.01  # seconds a batch waits for more results before its commit
 
     def __init__(self, app: AppHost, token: str, now: datetime, counts: Counts) -> None:
         import queue
@@ -487,26 +491,33 @@ class Recorder:
             raise self.error
 
     def _run(self) -> None:
-        import queue
-
         done = False
         while not done:
-            item = self.queue.get()
-            batch: list[Result] = []
-            while True:
-                if item is None:
-                    done = True
-                else:
-                    batch.extend(item)
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
+            batch, done = self._collect()
             if batch and self.error is None:
                 try:
                     _record(self.app, self.token, self.now, batch, self.counts)
                 except BaseException as e:  # noqa: BLE001 -- raised in the sending thread (check, close)
                     self.error = e
+
+    def _collect(self) -> tuple[list[Result], bool]:
+        """The next batch: what is waiting, and what comes in within LINGER seconds of the first result, up to
+        MAX_UNRECORDED results (one commit for several mails: with pipelining an answer comes every few ms);
+        True when the round is over."""
+        import queue
+
+        item = self.queue.get()
+        batch: list[Result] = []
+        deadline = time.monotonic() + self.LINGER
+        while item is not None:
+            batch.extend(item)
+            if len(batch) >= self.MAX_UNRECORDED:
+                return batch, False
+            try:
+                item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return batch, False
+        return batch, True
 
     def close(self) -> None:
         """Wait until every result is recorded; raises what recording raised."""
