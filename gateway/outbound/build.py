@@ -73,7 +73,7 @@ class Shared:
     triggers: dict[int, str | None] = field(default_factory=dict)
     cc: dict[tuple[int, datetime], tuple[list[tuple[str, str]], list[tuple[str, str]], set[str]]] = field(
         default_factory=dict)
-    watchers: dict[int, frozenset[str]] = field(default_factory=dict)  # ticket id -> its watchers' addresses
+    watchers: dict[int, frozenset[str]] = field(default_factory=dict)  # ticket id -> its watchers but its reporter
     # the round's claimed ids (lowest, highest): the threading history is then loaded once per ticket and round,
     # not per chunk; (ticket, recipient) -> [(outbox id, message id)], see Builder._load_history
     span: tuple[int, int] | None = None
@@ -295,12 +295,13 @@ class Builder:
         outbound.unsubscribe_url, the RFC 8058 one-click URL of the HTTP API."""
         if ticket is None:
             return []
-        watching = self.shared.watchers.get(ticket.id)
-        if watching is None:
-            watching = self.shared.watchers[ticket.id] = frozenset(w.contact.email.lower() for w in ticket.watchers)
         ob = self.ob
-        rep = ob.reporter_of(ticket)
-        if row.recipient not in watching or (rep is not None and rep.email == row.recipient):
+        watching = self.shared.watchers.get(ticket.id)  # its watchers but its reporter, once per ticket and round
+        if watching is None:
+            rep = ob.reporter_of(ticket)
+            watching = self.shared.watchers[ticket.id] = frozenset(
+                w.contact.email.lower() for w in ticket.watchers) - ({rep.email} if rep is not None else set())
+        if row.recipient not in watching:
             return []
         token = ourmail.make_unsubscribe_token(ob.secret, ticket_id=ticket.id, ticket_number=ticket.number,
                                                recipient=row.recipient)

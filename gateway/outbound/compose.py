@@ -132,6 +132,7 @@ def references_chain(ids: list[str]) -> list[str]:
     return [ids[0]] + ids[-(_MAX_REFERENCES - 1):]
 
 
+@functools.lru_cache(maxsize=64)  # the same for every copy of a notification
 def thread_index(root_time: datetime, root_key: str, now: datetime) -> str:
     """Outlook's Thread-Index: a 22-byte header block (FILETIME of the thread's start, a GUID for the thread)
     and one 5-byte child block for this message's offset from the start."""

@@ -463,7 +463,7 @@ class Recorder:
     A failing store stops the round (`check` raises): nothing more is sent than can be recorded."""
 
     MAX_UNRECORDED = 8
-    LINGER = 0.01  # seconds a batch waits for more results before its commit
+    LINGER = 0.05  # seconds a batch waits for more results before its commit
 
     def __init__(self, app: AppHost, token: str, now: datetime, counts: Counts) -> None:
         import queue
