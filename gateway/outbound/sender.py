@@ -456,21 +456,23 @@ class _Round:
 class Recorder:
     """Records each mail's result as soon as it is known, while the next mail is sent: a thread commits what
     has come in since its last commit (group commit: one fsync for the mails accepted meanwhile, and for those
-    accepted within LINGER of the first of them). At most MAX_UNRECORDED results wait in a batch and as many in
-    the queue (then the sender waits for the recorder), so a sender that dies leaves at most 2 * MAX_UNRECORDED
-    (+ the one in flight) mails accepted by the relay but not marked sent: those, and only those, are sent once
-    more when their lease expires; every other mail was marked sent within LINGER of the relay taking it.
-    A failing store stops the round (`check` raises): nothing more is sent than can be recorded."""
+    accepted within LINGER of the first of them, up to MAX_UNRECORDED). At most MAX_UNRECORDED results wait
+    besides the batch being committed (then the sender waits for the recorder), so a sender that dies leaves at
+    most 2 * MAX_UNRECORDED (+ the one in flight) mails accepted by the relay but not marked sent: those, and
+    only those, are sent once more when their lease expires; every other mail was marked sent within LINGER of
+    the relay taking it. The recorder is woken by the first result of a batch and by a full batch, not by every
+    result. A failing store stops the round (`check` raises): nothing more is sent than can be recorded."""
 
     MAX_UNRECORDED = 8
     LINGER = 0.05  # seconds a batch waits for more results before its commit
 
     def __init__(self, app: AppHost, token: str, now: datetime, counts: Counts) -> None:
-        import queue
         import threading
 
         self.app, self.token, self.now, self.counts = app, token, now, counts
-        self.queue: queue.Queue[list[Result] | None] = queue.Queue(maxsize=self.MAX_UNRECORDED)
+        self.pending: list[Result] = []  # waiting for the next commit
+        self.closing = False
+        self.changed = threading.Condition()
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
         self._threading = threading
@@ -478,10 +480,16 @@ class Recorder:
     def add(self, results: list[Result]) -> None:
         if not results:
             return
-        if self.thread is None:
-            self.thread = self._threading.Thread(target=self._run, name="outbox-recorder", daemon=True)
-            self.thread.start()
-        self.queue.put(results)
+        with self.changed:
+            if self.thread is None:
+                self.thread = self._threading.Thread(target=self._run, name="outbox-recorder", daemon=True)
+                self.thread.start()
+            while len(self.pending) >= self.MAX_UNRECORDED:  # the recorder is behind: wait for it
+                self.changed.wait()
+            first = not self.pending
+            self.pending.extend(results)
+            if first or len(self.pending) >= self.MAX_UNRECORDED:  # a batch begins (its linger) or is full
+                self.changed.notify_all()
 
     def add_one(self, result: Result) -> None:
         self.add([result])
@@ -491,38 +499,39 @@ class Recorder:
             raise self.error
 
     def _run(self) -> None:
-        done = False
-        while not done:
-            batch, done = self._collect()
-            if batch and self.error is None:
+        while True:
+            batch = self._collect()
+            if not batch:
+                return
+            if self.error is None:  # after a failure the rest is dropped: the sender stops at its next check
                 try:
                     _record(self.app, self.token, self.now, batch, self.counts)
                 except BaseException as e:  # noqa: BLE001 -- raised in the sending thread (check, close)
                     self.error = e
 
-    def _collect(self) -> tuple[list[Result], bool]:
-        """The next batch: what is waiting, and what comes in within LINGER seconds of the first result, up to
+    def _collect(self) -> list[Result]:
+        """The next batch: what is waiting, and what comes in within LINGER seconds of its first result, up to
         MAX_UNRECORDED results (one commit for several mails: with pipelining an answer comes every few ms);
-        True when the round is over."""
-        import queue
-
-        item = self.queue.get()
-        batch: list[Result] = []
-        deadline = time.monotonic() + self.LINGER
-        while item is not None:
-            batch.extend(item)
-            if len(batch) >= self.MAX_UNRECORDED:
-                return batch, False
-            try:
-                item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                return batch, False
-        return batch, True
+        empty when the round is over."""
+        with self.changed:
+            while not self.pending and not self.closing:
+                self.changed.wait()
+            deadline = time.monotonic() + self.LINGER
+            while self.pending and len(self.pending) < self.MAX_UNRECORDED and not self.closing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.changed.wait(left)
+            batch, self.pending = self.pending, []
+            self.changed.notify_all()  # a sender waiting for room
+            return batch
 
     def close(self) -> None:
         """Wait until every result is recorded; raises what recording raised."""
         if self.thread is not None:
-            self.queue.put(None)
+            with self.changed:
+                self.closing = True
+                self.changed.notify_all()
             self.thread.join()
             self.thread = None
         self.check()
