@@ -79,6 +79,8 @@ class Shared:
     span: tuple[int, int] | None = None
     history: dict[tuple[int, str], list[tuple[int, str]]] = field(default_factory=lambda: defaultdict(list))
     history_tickets: set[int] = field(default_factory=set)
+    # (ticket id, enqueue time) -> (the inbound Message-IDs then, their References chain)
+    threads: dict[tuple[int, datetime], tuple[list[str], list[str]]] = field(default_factory=dict)
 
 
 class Builder:
@@ -345,13 +347,19 @@ class Builder:
         copy, the mail that triggered this one."""
         inbound: list[str] = []
         own: str | None = None
+        chain: list[str] = []
         if ticket is not None:
-            inbound = [m for m, at in self.inbound.get(ticket.id, []) if at is None or at <= row.created_at]
+            key = (ticket.id, row.created_at)
+            hit = self.shared.threads.get(key)  # the inbound thread then: the same for every copy
+            if hit is None:
+                seen = [m for m, at in self.inbound.get(ticket.id, []) if at is None or at <= row.created_at]
+                hit = self.shared.threads[key] = (seen, compose.references_chain(seen))
+            inbound, chain = hit
             for oid, mid in self.history.get((ticket.id, row.recipient), []):
                 if oid >= row.id:
                     break
                 own = mid
-        refs = compose.references_chain(inbound)
+        refs = list(chain)
         if own and own not in refs:
             refs.append(own)
         trigger = self.triggers.get(p["mail_id"]) if p.get("mail_id") is not None else None
