@@ -68,7 +68,7 @@ class _Stream:
         """The next mail with its envelope commands; one whose addresses cannot be written is failed here."""
         for mail in self.mails:
             row_id, env_from, rcpt, raw = mail
-            if not (_PLAIN.match(env_from) and _PLAIN.match(rcpt)):
+            if not ((env_from == "" or _PLAIN.match(env_from)) and _PLAIN.match(rcpt)):  # "": the null sender <>
                 self.done((row_id, "failed", f"not a plain envelope address: {env_from!r} -> {rcpt!r}"))
                 continue
             self.unanswered.append(mail)
