@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from gateway.db import drop_memo
 from gateway.models import (
     PRIORITIES,
     STATUSES,
@@ -44,7 +43,7 @@ from gateway.models import (
     Watcher,
     table_of,
 )
-from gateway.tickets import KNOWN_MESSAGE_IDS, Directory, InvalidChange, Tickets, normalise_email
+from gateway.tickets import Directory, InvalidChange, Tickets, normalise_email
 
 if TYPE_CHECKING:
     from gateway.clock import Clock
@@ -152,18 +151,20 @@ class Merged:
 
 class Workflow:
     def __init__(self, session: Session, *, clock: Clock, listeners: Listeners | None = None,
-                 refuse_close_while_blocked: bool = True, tickets: Tickets | None = None) -> None:
-        """tickets: the caller's (the pipeline's, which marks an import's events quiet); else a new one."""
+                 refuse_close_while_blocked: bool = True, tickets: Tickets | None = None,
+                 directory: Directory | None = None) -> None:
+        """tickets, directory: the caller's (the pipeline's store: it marks an import's events quiet and keeps
+        what its transaction remembers up to date); else new ones."""
         self.s = session
         self.clock = clock
         self.tickets = tickets if tickets is not None else Tickets(session, clock=clock, listeners=listeners)
-        self.directory = Directory(session, clock)
+        self.directory = directory if directory is not None else Directory(session, clock)
         self.refuse_close_while_blocked = refuse_close_while_blocked
 
     @classmethod
     def of(cls, session: Session, *, clock: Clock, listeners: Listeners | None, config: Config,
-           tickets: Tickets | None = None) -> Workflow:
-        return cls(session, clock=clock, listeners=listeners, tickets=tickets,
+           tickets: Tickets | None = None, directory: Directory | None = None) -> Workflow:
+        return cls(session, clock=clock, listeners=listeners, tickets=tickets, directory=directory,
                    refuse_close_while_blocked=bool(config.gateway["refuse_close_while_blocked"]))
 
     # Lookups -------------------------------------------------------------------------------------------------
@@ -370,7 +371,7 @@ class Workflow:
         res = self.s.execute(update(TicketMessageId).where(TicketMessageId.ticket_id == source.id)
                              .values(ticket_id=target.id).execution_options(synchronize_session=False))
         ids = int(getattr(res, "rowcount", 0) or 0)
-        drop_memo(self.s, KNOWN_MESSAGE_IDS)  # what it knew of these Message-IDs points at the source
+        self.tickets.message_ids_written(None)  # what was known of these Message-IDs points at the source
         watchers = 0
         people = [(w.contact, w.vouched) for w in source.watchers]
         people.append((source.reporter, source.reporter.vouched or f"reporter of #{source.number}"))

@@ -42,13 +42,14 @@ from sqlalchemy.orm import Session
 
 from gateway import ourmail
 from gateway.config import Config
-from gateway.db import drop_memo, is_unavailable, write_locked_memo
+from gateway.db import is_unavailable
 from gateway.events import CommandsDone, CommentAdded, Event, MailIgnored, MailRejected, TicketChanged, TicketCreated
 from gateway.guard import relay
 from gateway.models import Contact, InboundMail, OutboxMail, Ticket, TicketMessageId, table_of
 from gateway.outbound import ratelimit
 from gateway.outbound.render import Templates, fmt_time
-from gateway.tickets import message_ids_written
+from gateway.store.memo import SENT_PER_RECIPIENT, STAFF, drop_memo, write_locked_memo
+from gateway.store.sql import message_ids_written
 
 if TYPE_CHECKING:
     from gateway.clock import Clock
@@ -122,16 +123,16 @@ class Outbound:
                 with session.connection().begin_nested():
                     self.dispatch(session, event)
         except Exception as e:  # noqa: BLE001 -- a notification must never cost the mail its ticket
-            drop_memo(session, "sent-per-recipient")  # it may count rows that were rolled back
+            drop_memo(session, SENT_PER_RECIPIENT)  # it may count rows that were rolled back
             if is_unavailable(e):
                 raise
             log.exception("outbound: could not queue notifications for %s", type(event).__name__)
 
     def prefetch(self, session: Session, emails: list[str]) -> None:
         """For the next mails of a batch import (gateway.prefetch): the rate-cap counts of their senders, the
-        recipients of their first notifications, in one query (kept where gateway.db.write_locked_memo can)."""
+        recipients of their first notifications, in one query (kept where gateway.store.memo.write_locked_memo can)."""
         notifies = self.n["ticket_created"] or self.n["comment"]
-        if notifies and write_locked_memo(session, "sent-per-recipient") is not None:
+        if notifies and write_locked_memo(session, SENT_PER_RECIPIENT) is not None:
             self._sent_today(session, sorted({e.lower() for e in emails}), self.clock())
 
     def relevant(self, event: Event) -> bool:
@@ -410,10 +411,10 @@ class Outbound:
 
     def _sent_today(self, s: Session, emails: list[str], now: datetime) -> dict[str, int]:
         """Mails caused by mail to each address in the rate-cap window. Within one transaction (where
-        gateway.db.write_locked_memo can) a count is asked once and then kept up to date by `enqueue`, for a
+        gateway.store.memo.write_locked_memo can) a count is asked once and then kept up to date by `enqueue`, for a
         minute: after that the window has moved on and it is asked again."""
         since = ratelimit.window_start(now, ratelimit.RECIPIENT_WINDOW)
-        memo = write_locked_memo(s, "sent-per-recipient")
+        memo = write_locked_memo(s, SENT_PER_RECIPIENT)
         if memo is None:
             return self._count_sent(s, emails, since)
         ask = [e for e in emails if e not in memo or since - memo[e][0] > _MEMO_FOR]
@@ -426,7 +427,7 @@ class Outbound:
     @staticmethod
     def _count_written(s: Session, rows: list[dict[str, Any]]) -> None:
         """Keep the counts `_sent_today` remembers up to date with rows caused by mail that were just written."""
-        sent = write_locked_memo(s, "sent-per-recipient")
+        sent = write_locked_memo(s, SENT_PER_RECIPIENT)
         if sent is None:
             return
         for row in rows:
@@ -441,8 +442,8 @@ class Outbound:
         return dict(s.connection().execute(_SENT_PER_RECIPIENT, {"emails": emails, "since": since}).all())
 
     def _staff(self, s: Session) -> list[Contact]:
-        """The staff contacts, by id (remembered for the transaction where gateway.db.write_locked_memo can)."""
-        memo = write_locked_memo(s, "staff")
+        """The staff contacts, by id (remembered for the transaction where gateway.store.memo.write_locked_memo can)."""
+        memo = write_locked_memo(s, STAFF)
         if memo is not None and "all" in memo:
             return memo["all"]
         staff = list(s.scalars(_STAFF))
