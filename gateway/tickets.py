@@ -366,10 +366,7 @@ class Tickets:
                     by_staff=bool(author and author.is_staff) if by_staff is None else by_staff, source=source,
                     inbound_mail=mail, created_at=now)
         self.s.add(c)
-        if at is None or ticket.updated_at is None or now > ticket.updated_at:  # an old mail imported late
-            ticket.updated_at = now                                             # does not turn it back
-        if not internal and ticket.customer_spoke_last == c.by_staff:  # who spoke last in public
-            ticket.customer_spoke_last = not c.by_staff
+        commented(ticket, c, now, at=at)
         self.s.flush()
         self.emit(CommentAdded(ticket, c, mail_id=mail.id if mail is not None else None,
                                seen_by=frozenset(normalise_email(a) for a in seen_by if a)))
@@ -379,22 +376,12 @@ class Tickets:
                     at: datetime | None = None, flush: bool = True) -> bool:
         """vouched: why the gateway may mail this watcher (gateway.guard.relay); an existing watcher that had
         no such reason takes this one."""
-        if contact.id is not None and contact.id == ticket.reporter_id:
-            return False
-        for w in ticket.watchers:
-            if w.contact_id == contact.id:
-                if vouched and not w.vouched:
-                    w.vouched = vouched
-                    if flush:
-                        self.s.flush()
-                    self.emit(WatcherAdded(ticket, contact, vouched))
-                return False
-        ticket.watchers.append(Watcher(contact_id=contact.id, contact=contact, vouched=vouched,
-                                       created_at=at or self.clock()))
-        if flush:
-            self.s.flush()
-        self.emit(WatcherAdded(ticket, contact, vouched))
-        return True
+        done = watched(ticket, contact, vouched, at or self.clock())
+        if done is not None:
+            if flush:
+                self.s.flush()
+            self.emit(WatcherAdded(ticket, contact, vouched))
+        return done == "added"
 
     def unsubscribe(self, secret: bytes, token: str) -> tuple[Ticket, str] | None:
         """Remove the watcher a signed unsubscribe token names (gateway.ourmail; the List-Unsubscribe address
@@ -405,12 +392,12 @@ class Tickets:
         ticket = self.get(parsed.number) if parsed is not None else None
         if ticket is None:
             return None
-        for w in list(ticket.watchers):
-            if ourmail.verify_unsubscribe(secret, token, ticket_id=ticket.id, recipient=w.contact.email):
-                ticket.watchers.remove(w)  # delete-orphan: the row goes
-                self.s.flush()
-                return ticket, w.contact.email
-        return None
+        w = watcher_of_token(ticket, secret, token)
+        if w is None:
+            return None
+        ticket.watchers.remove(w)  # delete-orphan: the row goes
+        self.s.flush()
+        return ticket, w.contact.email
 
     def remember_message_id(self, ticket: Ticket, message_id: str | None, direction: str = "in") -> None:
         if not message_id:
@@ -465,6 +452,38 @@ class Tickets:
             self.s.flush()
             self.emit(TicketChanged(ticket, changes, by=by, at=now))
         return changes
+
+
+def commented(ticket: Ticket, c: Comment, now: datetime, *, at: datetime | None = None) -> None:
+    """What a new comment changes on its ticket (pure): when it was updated, who spoke last in public."""
+    if at is None or ticket.updated_at is None or now > ticket.updated_at:  # an old mail imported late
+        ticket.updated_at = now                                             # does not turn it back
+    if not c.internal and ticket.customer_spoke_last == c.by_staff:  # who spoke last in public
+        ticket.customer_spoke_last = not c.by_staff
+
+
+def watched(ticket: Ticket, contact: Contact, vouched: str | None, now: datetime) -> str | None:
+    """Tickets.add_watcher on the objects alone (pure): 'added' (a new watcher), 'vouched' (an existing watcher
+    without a reason to be mailed takes this one) or None (nothing changed: the reporter, a watcher already)."""
+    if contact.id is not None and contact.id == ticket.reporter_id:
+        return None
+    for w in ticket.watchers:
+        if w.contact_id == contact.id:
+            if vouched and not w.vouched:
+                w.vouched = vouched
+                return "vouched"
+            return None
+    ticket.watchers.append(Watcher(contact_id=contact.id, contact=contact, vouched=vouched, created_at=now))
+    return "added"
+
+
+def watcher_of_token(ticket: Ticket, secret: bytes, token: str) -> Watcher | None:
+    """The watcher of the ticket a signed unsubscribe token names, or None (each watcher is checked against the
+    token's signature; they are bounded: limits.max_watchers_per_mail per mail)."""
+    for w in list(ticket.watchers):
+        if ourmail.verify_unsubscribe(secret, token, ticket_id=ticket.id, recipient=w.contact.email):
+            return w
+    return None
 
 
 def apply_change(ticket: Ticket, fields: dict[str, Any], now: datetime, *, at: datetime | None = None
