@@ -3,7 +3,7 @@ code as the CLI and the API), what was done and refused is traced and told (Comm
 
 from __future__ import annotations
 
-from conftest import NOW, MakeCtx
+from handlerkit import NOW, MakeCtx
 
 from gateway import mailcommands
 from gateway.events import CommandsDone, TicketChanged, WatcherAdded

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-from conftest import MakeCtx
+from handlerkit import MakeCtx
 
 from gateway.handlers import attachments
 from gateway.prepare import prepare_one

@@ -4,7 +4,7 @@ Authentication-Results; a failure quarantines the mail unless an admin released 
 from __future__ import annotations
 
 import pytest
-from conftest import MakeCtx
+from handlerkit import MakeCtx
 from mails import AUTHSERV, TRUST_MX, authenticated
 
 from gateway import auth

@@ -4,7 +4,7 @@ internal note on it; a person's mail goes on."""
 from __future__ import annotations
 
 import pytest
-from conftest import MakeCtx
+from handlerkit import MakeCtx
 from mails import make_mail
 
 from gateway.events import MailIgnored

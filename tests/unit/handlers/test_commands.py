@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import MakeCtx
+from handlerkit import MakeCtx
 
 from gateway import auth
 from gateway.handlers import commands

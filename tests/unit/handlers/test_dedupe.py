@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from conftest import NOW, MakeCtx
+from handlerkit import NOW, MakeCtx
 from mails import make_mail
 
 from gateway.handlers import dedupe

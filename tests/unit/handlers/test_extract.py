@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from conftest import MakeCtx
+from handlerkit import MakeCtx
 from mails import make_mail
 
 from gateway.handlers import extract

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conftest import NOW, MakeCtx
+from handlerkit import NOW, MakeCtx
 
 from gateway.guard import flood as policy
 from gateway.handlers import flood

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import MakeCtx
+from handlerkit import MakeCtx
 
 from gateway.handlers import identify
 from gateway.outcomes import Ignore, Quarantine, Reject

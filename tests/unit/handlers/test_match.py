@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from conftest import NOW, MakeCtx
+from handlerkit import NOW, MakeCtx
 
 from gateway.handlers import match
 from gateway.models import Contact

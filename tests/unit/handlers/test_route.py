@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import MakeCtx
+from handlerkit import MakeCtx
 
 from gateway.handlers import route
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from conftest import MakeCtx
+from handlerkit import MakeCtx
 
 from gateway.events import CommentAdded, TicketChanged, TicketCreated
 from gateway.guard import relay

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conftest import NOW, SECRET, MakeCtx
+from handlerkit import NOW, SECRET, MakeCtx
 
 from gateway import ourmail
 from gateway.events import MailIgnored

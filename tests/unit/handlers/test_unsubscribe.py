@@ -4,7 +4,7 @@ ignored; a token naming no current watcher changes nothing."""
 from __future__ import annotations
 
 import pytest
-from conftest import SECRET, MakeCtx
+from handlerkit import SECRET, MakeCtx
 
 from gateway import ourmail
 from gateway.handlers import unsubscribe

@@ -1,5 +1,7 @@
-"""Each handler alone, on the in-memory store (gateway.store.memory) and a fixed clock (gateway.clock), the way
-GNU Mailman 3's handlers/tests run one handler over one message: no database, no other handler."""
+"""The handlers' unit tests (tests/unit/handlers): each handler alone, on the in-memory store
+(gateway.store.memory) and a fixed clock (gateway.clock), the way GNU Mailman 3's handlers/tests run one handler
+over one message: no database, no other handler. The fixtures `store` and `make_ctx` (tests/conftest.py) are
+`new_store()` and `context_maker(store, tmp_path)`."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from mails import make_mail
 
 from gateway.clock import fixed_clock
@@ -23,16 +24,14 @@ NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 SECRET = "unit-test-reply-secret-0123456789"  # outbound.reply_secret: no secret file is written
 
 
-@pytest.fixture
-def store() -> InMemoryStore:
+def new_store() -> InMemoryStore:
     return InMemoryStore(fixed_clock(NOW))
 
 
 MakeCtx = Callable[..., MailContext]
 
 
-@pytest.fixture
-def make_ctx(store: InMemoryStore, tmp_path: Any) -> MakeCtx:
+def context_maker(store: InMemoryStore, tmp_path: Any) -> MakeCtx:
     """make_ctx(raw=None, *, parsed=True, envelope_from=None, envelope_to=("support@example.com",),
     prepared=None, dry_run=False, config={...} merged into the defaults, **make_mail arguments)."""
 
