@@ -38,7 +38,7 @@ MAX_TRIES = 5
 # lock is never held long enough to starve a concurrent writer (the service's listeners).
 BATCH_BYTES = 64 * 2**20
 BATCH_SECONDS = 1.0
-# Mails whose lookups are made together (gateway.prefetch), when the worker has prepared them.
+# Mails whose lookups are made together (gateway.store.sql.prefetch), when the worker has prepared them.
 PREFETCH = 16
 
 

@@ -159,8 +159,8 @@ class Intake:
                      raws: Mapping[int, bytes] | None = None, counted: bool = False,
                      exhausted: set[int] | None = None) -> list[Result]:
         """Thread several stored mails in ONE write transaction (one commit), a savepoint each, in the order
-        given; the lookups their handlers will make are made ahead for all of them (gateway.prefetch) when
-        their preparation is there. prepared: mail id -> gateway.prepare.Prepared (the pure work done ahead, in
+        given; the lookups their handlers declared are made ahead for all of them (gateway.store.sql.prefetch)
+        when their preparation is there. prepared: mail id -> gateway.prepare.Prepared (the pure work done ahead, in
         the worker process); raws: mail id -> raw bytes the caller already holds. A mail already processed
         returns its recorded result; an unknown id is left out. counted: this try is already counted on the
         rows (`thread`); exhausted: mails quarantined without running (no outcome after MAX_TRIES tries)."""

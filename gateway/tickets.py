@@ -69,23 +69,6 @@ def normalise_email(addr: str) -> str:
     return addr.strip().lower()
 
 
-def found_rows(session: Session, key: str) -> dict[Any, Any]:
-    """A per-session map of rows already found by a unique key (contact email, ticket number, domain).
-
-    A hit is used only while the object is still in the session: one created in a savepoint that was
-    rolled back has left it and is looked up again. Only rows that exist are remembered (a row another
-    writer adds meanwhile is found by the next query); a remembered row is the object the session's
-    identity map would return for the same query anyway, so this saves the round trip and nothing else."""
-    return session.info.setdefault(key, {})
-
-
-def found_row(session: Session, key: str, value: Any) -> Any:
-    obj = found_rows(session, key).get(value)
-    if obj is not None and obj in session:
-        return obj
-    return None
-
-
 def participant_reason(ticket: Ticket, contact: Contact | None, email: str | None) -> str | None:
     """Why this sender may write to the ticket, or None (see Tickets.is_participant). Pure: reads the ticket's
     watchers and organisation, loaded or not."""
@@ -113,54 +96,30 @@ class Directory:
         self.clock = clock
 
     def contact(self, email: str) -> Contact | None:
-        email = normalise_email(email)
-        c = found_row(self.s, "tg.contacts", email)
-        if c is None:
-            if self.known_absent(email):
-                return None
-            with self.s.no_autoflush:  # a contact made in this transaction is remembered (register), not looked up
-                c = self.s.scalar(_CONTACT_BY_EMAIL, {"email": email})
-            if c is not None:
-                found_rows(self.s, "tg.contacts")[email] = c
-        return c
+        with self.s.no_autoflush:
+            return self.s.scalar(_CONTACT_BY_EMAIL, {"email": normalise_email(email)})
 
-    # Hooks for the store (gateway.store.sql), which remembers what a transaction found; here nothing is.
-    def known_absent(self, email: str) -> bool:
-        """Is it known that no contact has this (normalised) address? (No: ask.)"""
-        return False
-
-    def no_organisation(self) -> dict[str, bool] | None:
-        """Domains known to belong to no organisation, kept up to date by `organisation_for_domain`; None: none
-        are remembered."""
-        return None
-
-    def written(self, email: str, *, staff: bool) -> None:
-        """A contact was just written for this address (staff: a staff contact)."""
+    # Hooks for the store (gateway.store.sql: StoreDirectory), which remembers what a session found and what a
+    # transaction found nowhere, and forgets it when it changes; here nothing is remembered.
+    def written(self, c: Contact, *, staff: bool) -> None:
+        """A contact was just registered (staff: a staff contact)."""
 
     def organisations_changed(self) -> None:
-        """An organisation or one of its domains was added."""
+        """An organisation or one of its domains was added or removed."""
 
     def staff_changed(self) -> None:
-        """A contact became staff."""
+        """A contact's role changed to or from staff."""
+
+    def contact_removed(self) -> None:
+        """A contact was deleted."""
 
     def organisation(self, name: str) -> Organisation | None:
         return self.s.scalar(select(Organisation).where(Organisation.name == name))
 
     def organisation_for_domain(self, domain: str) -> Organisation | None:
-        domain = domain.lower()
-        org = found_row(self.s, "tg.domains", domain)
-        if org is None:
-            none = self.no_organisation()
-            if none is not None and domain in none:
-                return None
-            with self.s.no_autoflush:  # organisations and their domains are written as they are made
-                row = self.s.scalar(_DOMAIN, {"domain": domain})
-            org = row.organisation if row else None
-            if org is not None:
-                found_rows(self.s, "tg.domains")[domain] = org
-            elif none is not None:
-                none[domain] = True
-        return org
+        with self.s.no_autoflush:  # organisations and their domains are written as they are made
+            row = self.s.scalar(_DOMAIN, {"domain": domain.lower()})
+        return row.organisation if row else None
 
     def add_organisation(self, name: str, domains: Iterable[str] = ()) -> Organisation:
         org = self.organisation(name)
@@ -220,8 +179,7 @@ class Directory:
         self.s.add(c)
         if flush:
             self.s.flush()
-        found_rows(self.s, "tg.contacts")[email] = c
-        self.written(email, staff=staff)
+        self.written(c, staff=staff)
         return c
 
 
@@ -245,15 +203,8 @@ class Tickets:
 
     # Queries --------------------------------------------------------------
     def get(self, number: int) -> Ticket | None:
-        t = found_row(self.s, "tg.tickets", number)
-        if t is None:
-            if self.known_absent_number(number):
-                return None
-            with self.s.no_autoflush:  # tickets are written as they are made (see by_message_ids)
-                t = self.s.scalar(_TICKET_BY_NUMBER, {"number": number})
-            if t is not None:
-                found_rows(self.s, "tg.tickets")[number] = t
-        return t
+        with self.s.no_autoflush:  # tickets are written as they are made (see by_message_ids)
+            return self.s.scalar(_TICKET_BY_NUMBER, {"number": number})
 
     def by_message_ids(self, ids: Sequence[str]) -> list[tuple[str, Ticket]]:
         """Tickets that know any of these Message-IDs, in the order of `ids` (most relevant first)."""
@@ -273,15 +224,14 @@ class Tickets:
             for mid, ticket_id in sorted(rows, key=lambda r: (order.get(r[0], 1 << 30), -r[1])):
                 t = self.s.get(Ticket, ticket_id, options=LIGHT)
                 if t is not None:
-                    found_rows(self.s, "tg.tickets")[t.number] = t  # a subject tag [#N] of the same mail finds it
+                    self.found(t)  # a subject tag [#N] of the same mail finds it
                     out.append((mid, t))
         return out
 
-    # Hooks for the store (gateway.store.sql), which remembers what a transaction found and writes new rows
-    # its own way; here nothing is remembered and a new row is written by a flush.
-    def known_absent_number(self, number: int) -> bool:
-        """Is it known that no ticket has this number? (No: ask.)"""
-        return False
+    # Hooks for the store (gateway.store.sql: StoreTickets), which remembers what a session found and what a
+    # transaction knows, and writes new rows its own way; here nothing is remembered and a new row is flushed.
+    def found(self, t: Ticket) -> None:
+        """A ticket was just found or made (a later `get` of its number may use it)."""
 
     def known_message_ids(self, ids: Sequence[str]) -> list[tuple[str, int]] | None:
         """(Message-ID, ticket id) of every ticket known to know one of these Message-IDs, when that is known
@@ -339,7 +289,7 @@ class Tickets:
             t.source_mail_id = source_mail.id
         # a reporter registered for this mail (Directory.register(flush=False)) is written first
         self.write_new(([] if inspect(reporter).persistent else [reporter]) + [t])
-        found_rows(self.s, "tg.tickets")[t.number] = t
+        self.found(t)
         rows = [{"message_id": mid, "ticket_id": t.id, "direction": "in", "created_at": now}
                 for mid in dict.fromkeys(m for m in message_ids if m)]  # a new ticket knows none yet: no lookup
         if rows:  # plain rows, read back only by queries (by_message_ids): no ORM objects needed

@@ -14,7 +14,6 @@ from gateway.ops import pages
 from gateway.ops.errors import Conflict, Invalid, NotFound
 from gateway.ops.pages import Page
 from gateway.ops.tickets import check_email
-from gateway.store.memo import NO_ORGANISATION, STAFF, drop_memo
 from gateway.store.sql import directory
 
 if TYPE_CHECKING:
@@ -98,7 +97,7 @@ def save_user(app: App, email: str, *, name: str | None = None, role: str | None
                 c.name = name
             if role is not None and role != c.role:
                 c.role = role
-                drop_memo(s, STAFF)
+                d.staff_changed()
             if organisation is not None:
                 c.organisation_id = org.id if org else None
                 c.organisation = org
@@ -111,7 +110,8 @@ def remove_user(app: App, email: str) -> None:
     tickets it watches lose it as a watcher."""
     email = check_email(email, "email")
     with transaction(app.sessions) as s:
-        c = directory(s, app.clock).contact(email)
+        d = directory(s, app.clock)
+        c = d.contact(email)
         if c is None:
             raise NotFound(f"no contact {email}")
         used = s.scalar(select(exists().where(or_(Ticket.reporter_id == c.id, Ticket.assignee_id == c.id)))) \
@@ -120,8 +120,7 @@ def remove_user(app: App, email: str) -> None:
             raise Conflict(f"contact {email} is the reporter, assignee or author on tickets: it stays")
         s.execute(delete(Watcher).where(Watcher.contact_id == c.id))
         s.delete(c)
-        drop_memo(s, STAFF)
-        s.info.pop("tg.contacts", None)
+        d.contact_removed()
 
 
 def block_user(app: App, email: str, *, blocked: bool = True, reason: str | None = None,
@@ -211,15 +210,15 @@ def save_org(app: App, name: str, *, domains: list[str] | None = None, replace_d
             if gone:
                 s.flush()
                 s.refresh(org)
-                drop_memo(s, NO_ORGANISATION)
-                s.info.pop("tg.domains", None)
+                d.organisations_changed()
         return org_view(org), created
 
 
 def remove_org(app: App, name: str) -> None:
     """Remove an organisation no contact or ticket belongs to (else 409)."""
     with transaction(app.sessions) as s:
-        org = directory(s, app.clock).organisation(name)
+        d = directory(s, app.clock)
+        org = d.organisation(name)
         if org is None:
             raise NotFound(f"no organisation {name!r}")
         used = s.scalar(select(exists().where(Contact.organisation_id == org.id))) \
@@ -228,5 +227,4 @@ def remove_org(app: App, name: str) -> None:
             raise Conflict(f"organisation {name!r} still has contacts or tickets: it stays")
         s.execute(delete(OrganisationDomain).where(OrganisationDomain.organisation_id == org.id))
         s.delete(org)
-        s.info.pop("tg.domains", None)
-        drop_memo(s, NO_ORGANISATION)
+        d.organisations_changed()

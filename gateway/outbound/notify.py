@@ -129,7 +129,7 @@ class Outbound:
             log.exception("outbound: could not queue notifications for %s", type(event).__name__)
 
     def prefetch(self, session: Session, emails: list[str]) -> None:
-        """For the next mails of a batch import (gateway.prefetch): the rate-cap counts of their senders, the
+        """For the next mails of a batch import (gateway.store.sql.prefetch): the rate-cap counts of their senders, the
         recipients of their first notifications, in one query (kept where gateway.store.memo.write_locked_memo can)."""
         notifies = self.n["ticket_created"] or self.n["comment"]
         if notifies and write_locked_memo(session, SENT_PER_RECIPIENT) is not None:

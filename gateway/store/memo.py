@@ -55,3 +55,29 @@ def drop_memo(session: Session, key: str) -> None:
 def drop_all(session: Session) -> None:
     """Everything remembered (a rollback: what was remembered may be undone)."""
     session.info.pop(_MEMO, None)
+
+
+# What a session found, by a unique key: rows that exist (a row another writer adds meanwhile is found by the
+# next query). A hit is used only while the object is still in the session: one created in a savepoint that was
+# rolled back has left it and is looked up again. A remembered row is the object the session's identity map
+# would return for the same query anyway, so this saves the round trip and nothing else. Kept for the session
+# (not only the transaction: the objects stay valid, expire_on_commit is off); whoever deletes such a row or
+# changes its key forgets the map (`forget_found`).
+CONTACTS_FOUND = "tg.contacts"   # address -> Contact
+TICKETS_FOUND = "tg.tickets"     # number -> Ticket
+DOMAINS_FOUND = "tg.domains"     # domain -> Organisation
+
+
+def found_rows(session: Session, key: str) -> dict[Any, Any]:
+    return session.info.setdefault(key, {})
+
+
+def found_row(session: Session, key: str, value: Any) -> Any:
+    obj = found_rows(session, key).get(value)
+    if obj is not None and obj in session:
+        return obj
+    return None
+
+
+def forget_found(session: Session, key: str) -> None:
+    session.info.pop(key, None)

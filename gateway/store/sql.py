@@ -25,21 +25,27 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import MANYTOONE, Session, make_transient_to_detached, sessionmaker
 
-from gateway.models import Attachment, Comment, Contact, InboundMail, OutboxMail, Ticket, table_of
+from gateway.models import Attachment, Comment, Contact, InboundMail, Organisation, OutboxMail, Ticket, table_of
 from gateway.store.base import Asks, ClaimHolder, Flow
 from gateway.store.memo import (
     ABSENT_CLAIMS,
     ABSENT_CONTACTS,
     ABSENT_NUMBERS,
+    CONTACTS_FOUND,
+    DOMAINS_FOUND,
     KNOWN_MESSAGE_IDS,
     MAIL_IDS,
     NO_ORGANISATION,
     STAFF,
+    TICKETS_FOUND,
     drop_all,
     drop_memo,
+    forget_found,
+    found_row,
+    found_rows,
     write_locked_memo,
 )
-from gateway.tickets import LIGHT, TICKETS_BY_MESSAGE_ID, Directory, Tickets, found_row, found_rows, normalise_email
+from gateway.tickets import LIGHT, TICKETS_BY_MESSAGE_ID, Directory, Tickets, normalise_email
 
 if TYPE_CHECKING:
     from gateway.blobs import BlobStore
@@ -169,28 +175,56 @@ def preallocated_mail_id(session: Session) -> int | None:
 
 # What the transaction remembers -----------------------------------------------------------------------------
 class StoreDirectory(Directory):
-    """gateway.tickets.Directory with the transaction's memos: addresses known to have no contact (loaded ahead
-    by `prefetch`), domains known to have no organisation; it forgets what it writes."""
+    """gateway.tickets.Directory with what the session found (contacts by address, organisations by domain)
+    and the transaction's memos (addresses known to have no contact: loaded ahead by `prefetch`; domains known
+    to have no organisation); it forgets what it writes."""
 
-    def known_absent(self, email: str) -> bool:
-        absent = write_locked_memo(self.s, ABSENT_CONTACTS)
-        return absent is not None and email in absent
+    def contact(self, email: str) -> Contact | None:
+        email = normalise_email(email)
+        c: Contact | None = found_row(self.s, CONTACTS_FOUND, email)
+        if c is None:
+            absent = write_locked_memo(self.s, ABSENT_CONTACTS)
+            if absent is not None and email in absent:
+                return None
+            # a contact registered in this transaction is remembered (`written`), not looked up: it may not be
+            # flushed yet (register(flush=False): written with the ticket or comment)
+            c = super().contact(email)
+            if c is not None:
+                found_rows(self.s, CONTACTS_FOUND)[email] = c
+        return c
 
-    def no_organisation(self) -> dict[str, bool] | None:
-        return write_locked_memo(self.s, NO_ORGANISATION)
+    def organisation_for_domain(self, domain: str) -> Organisation | None:
+        domain = domain.lower()
+        org: Organisation | None = found_row(self.s, DOMAINS_FOUND, domain)
+        if org is None:
+            none = write_locked_memo(self.s, NO_ORGANISATION)
+            if none is not None and domain in none:
+                return None
+            org = super().organisation_for_domain(domain)
+            if org is not None:
+                found_rows(self.s, DOMAINS_FOUND)[domain] = org
+            elif none is not None:
+                none[domain] = True
+        return org
 
-    def written(self, email: str, *, staff: bool) -> None:
+    def written(self, c: Contact, *, staff: bool) -> None:
+        found_rows(self.s, CONTACTS_FOUND)[c.email] = c
         absent = write_locked_memo(self.s, ABSENT_CONTACTS)
         if absent:
-            absent.pop(email, None)
+            absent.pop(c.email, None)
         if staff:
             drop_memo(self.s, STAFF)
 
     def organisations_changed(self) -> None:
         drop_memo(self.s, NO_ORGANISATION)
+        forget_found(self.s, DOMAINS_FOUND)
 
     def staff_changed(self) -> None:
         drop_memo(self.s, STAFF)
+
+    def contact_removed(self) -> None:
+        drop_memo(self.s, STAFF)
+        forget_found(self.s, CONTACTS_FOUND)
 
 
 class StoreTickets(Tickets):
@@ -198,9 +232,19 @@ class StoreTickets(Tickets):
     a Message-ID: loaded ahead by `prefetch`), forgotten as rows for them are written; a new ticket (and the
     contact registered for it) written by one plain INSERT each."""
 
-    def known_absent_number(self, number: int) -> bool:
-        absent = write_locked_memo(self.s, ABSENT_NUMBERS)
-        return absent is not None and number in absent
+    def get(self, number: int) -> Ticket | None:
+        t: Ticket | None = found_row(self.s, TICKETS_FOUND, number)
+        if t is None:
+            absent = write_locked_memo(self.s, ABSENT_NUMBERS)
+            if absent is not None and number in absent:
+                return None
+            t = super().get(number)
+            if t is not None:
+                self.found(t)
+        return t
+
+    def found(self, t: Ticket) -> None:
+        found_rows(self.s, TICKETS_FOUND)[t.number] = t
 
     def known_message_ids(self, ids: Sequence[str]) -> list[tuple[str, int]] | None:
         known = write_locked_memo(self.s, KNOWN_MESSAGE_IDS)
@@ -292,11 +336,11 @@ def _preload_contacts(session: Session, emails: Iterable[str]) -> None:
     """These addresses' contacts in one query, remembered as `Directory.contact` remembers one it found; an
     address found nowhere is known absent (SQLite) until a contact is registered for it."""
     wanted = {normalise_email(e) for e in emails if e}
-    wanted = {e for e in wanted if found_row(session, "tg.contacts", e) is None}
+    wanted = {e for e in wanted if found_row(session, CONTACTS_FOUND, e) is None}
     if not wanted:
         return
     found = session.scalars(_CONTACTS_BY_EMAIL, {"emails": sorted(wanted)}).unique().all()
-    known = found_rows(session, "tg.contacts")
+    known = found_rows(session, CONTACTS_FOUND)
     for c in found:
         known[c.email] = c
     absent = write_locked_memo(session, ABSENT_CONTACTS)
@@ -309,14 +353,14 @@ def _preload_tickets(session: Session, message_ids: Iterable[str], numbers: Iter
     later lookups find them in the session. On SQLite, which tickets know each Message-ID and which numbers exist
     nowhere is remembered too, until a row for it is written."""
     ids = list(dict.fromkeys(m for m in message_ids if m))
-    numbers = [n for n in dict.fromkeys(numbers) if found_row(session, "tg.tickets", n) is None]
+    numbers = [n for n in dict.fromkeys(numbers) if found_row(session, TICKETS_FOUND, n) is None]
     if not ids and not numbers:
         return
     rows = session.connection().execute(TICKETS_BY_MESSAGE_ID, {"ids": ids}).all() if ids else []
     ticket_ids = sorted({r[1] for r in rows})
     found = session.scalars(_TICKETS_BY_ID_OR_NUMBER, {"ids": ticket_ids, "numbers": numbers}).all() \
         if ticket_ids or numbers else []
-    known = found_rows(session, "tg.tickets")
+    known = found_rows(session, TICKETS_FOUND)
     for t in found:
         known[t.number] = t
     known_ids = write_locked_memo(session, KNOWN_MESSAGE_IDS)
