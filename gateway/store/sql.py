@@ -16,7 +16,7 @@ test_parse_ahead.py runs the same mails both ways and compares the tables).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -174,38 +174,37 @@ def preallocated_mail_id(session: Session) -> int | None:
 
 
 # What the transaction remembers -----------------------------------------------------------------------------
+def _remembered(session: Session, found: str, absent: str, key: Any, ask: Callable[[Any], Any], *,
+                note_absent: bool = False) -> Any:
+    """The row of a unique key: the one the session found before; else None where the transaction knows there
+    is none (the memo `absent`: loaded ahead, or noted here with note_absent); else asked, and remembered."""
+    row = found_row(session, found, key)
+    if row is not None:
+        return row
+    none = write_locked_memo(session, absent)
+    if none is not None and key in none:
+        return None
+    row = ask(key)
+    if row is not None:
+        found_rows(session, found)[key] = row
+    elif note_absent and none is not None:
+        none[key] = True
+    return row
+
+
 class StoreDirectory(Directory):
     """gateway.tickets.Directory with what the session found (contacts by address, organisations by domain)
     and the transaction's memos (addresses known to have no contact: loaded ahead by `prefetch`; domains known
     to have no organisation); it forgets what it writes."""
 
     def contact(self, email: str) -> Contact | None:
-        email = normalise_email(email)
-        c: Contact | None = found_row(self.s, CONTACTS_FOUND, email)
-        if c is None:
-            absent = write_locked_memo(self.s, ABSENT_CONTACTS)
-            if absent is not None and email in absent:
-                return None
-            # a contact registered in this transaction is remembered (`written`), not looked up: it may not be
-            # flushed yet (register(flush=False): written with the ticket or comment)
-            c = super().contact(email)
-            if c is not None:
-                found_rows(self.s, CONTACTS_FOUND)[email] = c
-        return c
+        # a contact registered in this transaction is remembered (`written`), not looked up: it may not be
+        # flushed yet (register(flush=False): written with the ticket or comment)
+        return _remembered(self.s, CONTACTS_FOUND, ABSENT_CONTACTS, normalise_email(email), super().contact)
 
     def organisation_for_domain(self, domain: str) -> Organisation | None:
-        domain = domain.lower()
-        org: Organisation | None = found_row(self.s, DOMAINS_FOUND, domain)
-        if org is None:
-            none = write_locked_memo(self.s, NO_ORGANISATION)
-            if none is not None and domain in none:
-                return None
-            org = super().organisation_for_domain(domain)
-            if org is not None:
-                found_rows(self.s, DOMAINS_FOUND)[domain] = org
-            elif none is not None:
-                none[domain] = True
-        return org
+        return _remembered(self.s, DOMAINS_FOUND, NO_ORGANISATION, domain.lower(), super().organisation_for_domain,
+                           note_absent=True)
 
     def written(self, c: Contact, *, staff: bool) -> None:
         found_rows(self.s, CONTACTS_FOUND)[c.email] = c
@@ -233,15 +232,7 @@ class StoreTickets(Tickets):
     contact registered for it) written by one plain INSERT each."""
 
     def get(self, number: int) -> Ticket | None:
-        t: Ticket | None = found_row(self.s, TICKETS_FOUND, number)
-        if t is None:
-            absent = write_locked_memo(self.s, ABSENT_NUMBERS)
-            if absent is not None and number in absent:
-                return None
-            t = super().get(number)
-            if t is not None:
-                self.found(t)
-        return t
+        return _remembered(self.s, TICKETS_FOUND, ABSENT_NUMBERS, number, super().get)
 
     def found(self, t: Ticket) -> None:
         found_rows(self.s, TICKETS_FOUND)[t.number] = t
