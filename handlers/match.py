@@ -71,7 +71,8 @@ def handle(ctx: MailContext) -> None:
                      "tickets): opening a ticket of its own")
             if ctx.related is None:
                 ctx.related, ctx.related_kind = ticket, "related"
-                ctx.related_reason = f"{ctx.sender_email} referred to #{ticket.number} ({how}) without being a participant"
+                ctx.related_reason = (f"{ctx.sender_email} referred to #{ticket.number} ({how}) without being a "
+                                      "participant")
             continue
         ctx.note(f"match: {how} -> ticket #{ticket.number} ({ctx.sender_email} is {why})")
         if ticket.status == "closed":
