@@ -19,19 +19,19 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import insert, inspect, select
+from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session
 
 from gateway.db import StoreUnavailable, is_unavailable, transaction
 from gateway.envelope import Envelope  # a leaf module; importable from here too
 from gateway.events import MailRejected
-from gateway.models import InboundMail, InboundRaw, Ticket, table_of
+from gateway.models import InboundMail, InboundRaw, Ticket
 from gateway.outcomes import Quarantine
 from gateway.pipeline import Decision, MailContext, declared, run
 from gateway.store.ahead import Ahead
 from gateway.store.base import Upcoming
-from gateway.store.sql import SqlStore, insert_row, preallocated_mail_id, prefetch
+from gateway.store.sql import SqlStore, insert_raw, insert_row, preallocated_mail_id, prefetch
 
 if TYPE_CHECKING:
     from gateway.host import IntakeHost
@@ -83,11 +83,6 @@ def envelope_of(mail: InboundMail) -> Envelope:
     return Envelope(mail_from=mail.envelope_from, rcpt_tos=tuple(mail.envelope_to or ()), source=mail.source,
                     source_ref=mail.source_ref, client_ip=mail.client_ip, client_helo=mail.client_helo,
                     auth=mail.auth)
-
-
-def _insert_raw(s: Any, mail_id: int, raw: bytes) -> None:
-    """The raw bytes of a batch's mail row: one plain INSERT."""
-    s.connection().execute(insert(table_of(InboundRaw)), [{"mail_id": mail_id, "data": raw}])
 
 
 def _session(ctx: MailContext) -> Any:
@@ -352,7 +347,7 @@ class Intake:
         if decision.keep:
             self._record(ctx, decision.outcome, decision.reason)
             if envelope is not None:
-                _insert_raw(s, ctx.mail.id, ctx.raw)
+                insert_raw(s, ctx.mail.id, ctx.raw)
             sp.commit()
             return ctx.mail
         sp.rollback()
@@ -374,7 +369,7 @@ class Intake:
             self._record(ctx, decision.outcome, decision.reason)
             if decision.rejected:
                 ctx.store.emit(MailRejected(mail.id, ctx.sender_email, decision.reason or ""))
-            _insert_raw(s, mail.id, ctx.raw)
+            insert_raw(s, mail.id, ctx.raw)
         return mail
 
     def _record(self, ctx: MailContext, outcome: str, reason: str | None) -> None:
@@ -531,7 +526,7 @@ class IngestBatch:
             mail.id = preallocated_mail_id(s)  # type: ignore[assignment]
             s.add(mail)
             s.flush()
-            _insert_raw(s, mail.id, raw)
+            insert_raw(s, mail.id, raw)
         return Result(mail.id, mail.outcome, mail.reason, None, None, list(mail.trace), transport=mail.source,
                       sender=mail.sender, message_id=mail.message_id, latency=0.0, fresh=True)
 

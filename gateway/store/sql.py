@@ -25,7 +25,17 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import MANYTOONE, Session, make_transient_to_detached, sessionmaker
 
-from gateway.models import Attachment, Comment, Contact, InboundMail, Organisation, OutboxMail, Ticket, table_of
+from gateway.models import (
+    Attachment,
+    Comment,
+    Contact,
+    InboundMail,
+    InboundRaw,
+    Organisation,
+    OutboxMail,
+    Ticket,
+    table_of,
+)
 from gateway.store.base import Asks, ClaimHolder, Flow
 from gateway.store.memo import (
     ABSENT_CLAIMS,
@@ -153,6 +163,15 @@ def _expunge_rolled_back(session: Session, previous: Any) -> None:
         else:
             keep.append((obj, chain))
     session.info[_ATTACHED] = keep
+
+
+_RAWS = table_of(InboundRaw)
+
+
+def insert_raw(session: Session, mail_id: int, raw: bytes) -> None:
+    """The raw bytes of a batch's mail row: one plain INSERT (the row is written apart from its mail row, which
+    is written once at the end: `insert_row`)."""
+    session.connection().execute(insert(_RAWS), [{"mail_id": mail_id, "data": raw}])
 
 
 _LAST_MAIL_ID = select(func.coalesce(func.max(InboundMail.id), 0))
