@@ -3,6 +3,11 @@ internal note on it; a person's mail goes on."""
 
 from __future__ import annotations
 
+from email.message import Message
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+
 import pytest
 from handlerkit import MakeCtx
 from mails import make_mail
@@ -15,15 +20,24 @@ from gateway.store.memory import InMemoryStore
 
 
 def bounce_of(message_id: str) -> bytes:
-    return ("From: Mail Delivery System <MAILER-DAEMON@mx.customer.example>\r\n"
-            "To: support@example.com\r\nSubject: Undelivered Mail Returned to Sender\r\n"
-            "Message-ID: <bounce1@mx.customer.example>\r\nMIME-Version: 1.0\r\n"
-            'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
-            "--B\r\nContent-Type: text/plain\r\n\r\nI could not deliver your message.\r\n"
-            "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.customer.example\r\n\r\n"
-            "Final-Recipient: rfc822; gone@customer.example\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
-            f"--B\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <{message_id}>\r\nSubject: x\r\n\r\n"
-            "--B--\r\n").encode()
+    """A delivery status notification (RFC 3464) for the mail `message_id`, built part by part."""
+    dsn = MIMEMultipart("report", report_type="delivery-status")
+    dsn["From"] = "Mail Delivery System <MAILER-DAEMON@mx.customer.example>"
+    dsn["To"] = "support@example.com"
+    dsn["Subject"] = "Undelivered Mail Returned to Sender"
+    dsn["Message-ID"] = "<bounce1@mx.customer.example>"
+    dsn.attach(MIMEText("I could not deliver your message.\n"))
+    per_message, per_recipient = Message(), Message()
+    per_message["Reporting-MTA"] = "dns; mx.customer.example"
+    per_recipient["Final-Recipient"] = "rfc822; gone@customer.example"
+    per_recipient["Action"] = "failed"
+    per_recipient["Status"] = "5.1.1"
+    status = MIMEBase("message", "delivery-status")
+    status.set_payload([per_message, per_recipient])
+    dsn.attach(status)
+    headers = MIMEText(f"Message-ID: <{message_id}>\nSubject: x\n\n", "rfc822-headers")
+    dsn.attach(headers)
+    return dsn.as_bytes()
 
 
 def test_a_person_s_mail_goes_on(make_ctx: MakeCtx, store: InMemoryStore) -> None:
