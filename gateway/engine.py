@@ -17,12 +17,13 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import Integer, column, func, select, update
+from sqlalchemy.dialects import postgresql
 
 from gateway.db import StoreUnavailable, transaction
 from gateway.envelope import Envelope
 from gateway.intake import IngestBatch, Intake, Result
-from gateway.models import InboundMail, InboundRaw
+from gateway.models import InboundMail, InboundRaw, table_of
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -40,6 +41,9 @@ BATCH_BYTES = 64 * 2**20
 BATCH_SECONDS = 1.0
 # Mails whose lookups are made together (gateway.store.sql.prefetch), when the worker has prepared them.
 PREFETCH = 16
+# PostgreSQL: the first key of the advisory locks that claim stored mails being threaded (Engine._claimed); the
+# second is the mail's id. gateway.migrate's lock is the one-key 724274.
+CLAIM_LOCK_CLASS = 724275
 
 
 def start_worker(config: Config, *, context: str = "fork", sender: str | None = None,
@@ -87,7 +91,7 @@ class Engine:
 
     # Stored mail --------------------------------------------------------------------------------------------
     def thread(self, mail_ids: Sequence[int], *, hold: Callable[[], contextlib.AbstractContextManager[Any]] | None
-               = None, guard: bool = True) -> list[Result]:
+               = None, guard: bool = True, skip_locked: bool = False) -> list[Result]:
         """Thread stored mails as one batch (`Intake.process_many`): the path of every stored mail.
 
         The raw bytes are read and prepared by the app's worker process (parse, HTML, classify, attachment
@@ -95,19 +99,53 @@ class Engine:
         write transaction holds only database work. guard: each try is counted on the mail row and committed
         before it runs (`attempts`); a mail tried before without an outcome runs alone, and one that got no
         outcome in MAX_TRIES tries (it took the process down) is quarantined without running again. A mail that
-        another thread of this engine is threading now is left out (its try is counted once)."""
+        another thread of this engine is threading now is left out (its try is counted once). skip_locked (the
+        sweep, on PostgreSQL): a mail that another instance sharing the database is threading now (its row is
+        locked) is left out too, instead of waiting for that transaction and then finding the mail done, and so
+        is a mail threaded already (no result for either)."""
         hold = hold or contextlib.nullcontext
         with self._lock:
             ids = [i for i in dict.fromkeys(mail_ids) if i not in self._busy]
             self._busy.update(ids)
         try:
-            return self._thread_guarded(ids, hold) if guard else self._thread_batch(ids, hold, counted=False)
+            if not guard:
+                return self._thread_batch(ids, hold, counted=False)
+            with self._claimed(ids, skip_locked) as mine:
+                return self._thread_guarded(mine, hold, skip_locked)
         finally:
             with self._lock:
                 self._busy.difference_update(ids)
 
-    def _thread_guarded(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]]
-                        ) -> list[Result]:
+    @contextlib.contextmanager
+    def _claimed(self, ids: list[int], skip_locked: bool) -> Iterator[list[int]]:
+        """skip_locked on PostgreSQL: the mails no other instance threads now, each claimed for the duration by a
+        session-level advisory lock on a connection of its own (released at the end, or by the server when the
+        process dies); another instance's workers and sweep leave them out, so a mail is prepared, counted and
+        run by one instance, not by every one whose sweep found it. Else: all of them, unclaimed."""
+        if not (skip_locked and ids):
+            yield ids
+            return
+        with self.app.sessions() as s:
+            bind = s.get_bind()
+        if bind.dialect.name != "postgresql":
+            yield ids
+            return
+        ints = postgresql.array(ids, type_=Integer)
+        with bind.engine.connect() as conn:
+            mine = list(conn.execute(select(column("id", Integer)).select_from(func.unnest(ints).alias("id"))
+                                     .where(func.pg_try_advisory_lock(CLAIM_LOCK_CLASS, column("id", Integer))))
+                        .scalars())
+            conn.commit()  # the locks are the session's: they outlive the transaction
+            try:
+                yield [i for i in ids if i in set(mine)]
+            finally:
+                if mine:
+                    conn.execute(select(func.pg_advisory_unlock(CLAIM_LOCK_CLASS, column("id", Integer)))
+                                 .select_from(func.unnest(postgresql.array(mine, type_=Integer)).alias("id")))
+                    conn.commit()
+
+    def _thread_guarded(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]],
+                        skip_locked: bool = False) -> list[Result]:
         if not ids:
             return []
         tried = self._tried(ids)
@@ -116,8 +154,13 @@ class Engine:
         out: list[Result] = []
         for batch in [[i] for i in again] + ([fresh] if fresh else []):
             with hold():
-                self.intake._retrying(lambda b=batch: self._count_try(b), "counting a try")  # type: ignore[misc]
-            out.extend(self._thread_batch(batch, hold, counted=True,
+                counted = self.intake._retrying(lambda b=batch: self._count_try(b, skip_locked),  # type: ignore[misc]
+                                                "counting a try")
+            if skip_locked:
+                batch = [i for i in batch if i in counted]
+                if not batch:
+                    continue
+            out.extend(self._thread_batch(batch, hold, counted=True, skip_locked=skip_locked,
                                           exhausted={i for i in batch if tried.get(i, 0) >= MAX_TRIES}))
         return out
 
@@ -127,13 +170,21 @@ class Engine:
             return dict(s.execute(select(InboundMail.id, InboundMail.attempts).where(
                 InboundMail.id.in_(ids), InboundMail.outcome == "received")).all())
 
-    def _count_try(self, ids: list[int]) -> None:
+    def _count_try(self, ids: list[int], skip_locked: bool = False) -> set[int]:
+        """Count a try on each of these mails still to be threaded; the ids counted. skip_locked (PostgreSQL):
+        not on a mail whose row another transaction holds (another instance threads it now)."""
         with transaction(self.app.sessions) as s:
-            s.execute(update(InboundMail).where(InboundMail.id.in_(ids), InboundMail.outcome == "received")
-                      .values(attempts=InboundMail.attempts + 1))
+            todo = (InboundMail.id.in_(ids), InboundMail.outcome == "received")
+            if not (skip_locked and s.get_bind().dialect.name == "postgresql"):
+                s.execute(update(InboundMail).where(*todo).values(attempts=InboundMail.attempts + 1))
+                return set(ids)
+            free = select(InboundMail.id).where(*todo).with_for_update(skip_locked=True).scalar_subquery()
+            return set(s.execute(update(table_of(InboundMail)).where(table_of(InboundMail).c.id.in_(free))
+                                 .values(attempts=table_of(InboundMail).c.attempts + 1)
+                                 .returning(table_of(InboundMail).c.id)).scalars())
 
     def _thread_batch(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]], *,
-                      counted: bool, exhausted: set[int] | None = None) -> list[Result]:
+                      counted: bool, exhausted: set[int] | None = None, skip_locked: bool = False) -> list[Result]:
         raws: dict[int, bytes] = {}
         prepared: dict[int, Any] = {}
         ahead = self.app.ahead
@@ -149,7 +200,8 @@ class Engine:
                 if prep is not None:
                     prepared[row.mail_id] = prep
         with hold():
-            return self.intake.process_many(ids, prepared=prepared, raws=raws, counted=counted, exhausted=exhausted)
+            return self.intake.process_many(ids, prepared=prepared, raws=raws, counted=counted, exhausted=exhausted,
+                                            skip_locked=skip_locked)
 
     # Imports ---------------------------------------------------------------------------------------------
     def import_stream(self, sources: Iterable[S], envelope: Callable[[S], Envelope], *,

@@ -337,9 +337,11 @@ class Service:
         """Thread a stored mail now (raises StoreUnavailable on an outage)."""
         return await asyncio.get_running_loop().run_in_executor(self.process_pool, self._process_sync, mail_id)
 
-    async def process_batch(self, mail_ids: list[int]) -> list[Result]:
-        """Thread stored mails now, as one batch (raises StoreUnavailable on an outage)."""
-        return await asyncio.get_running_loop().run_in_executor(self.process_pool, self._thread_sync, mail_ids)
+    async def process_batch(self, mail_ids: list[int], *, skip_locked: bool = False) -> list[Result]:
+        """Thread stored mails now, as one batch (raises StoreUnavailable on an outage). skip_locked: leave out
+        (no result) a mail that another instance sharing the database threads now (Engine.thread)."""
+        return await asyncio.get_running_loop().run_in_executor(self.process_pool, self._thread_sync, mail_ids,
+                                                                skip_locked)
 
     def enqueue(self, mail_id: int) -> None:
         """Have the workers thread a stored mail (after arriving mail, up to serve.defer_seconds)."""
@@ -363,7 +365,7 @@ class Service:
             raise KeyError(f"no inbound mail {mail_id}")
         return results[0]
 
-    def _thread_sync(self, mail_ids: list[int]) -> list[Result]:
+    def _thread_sync(self, mail_ids: list[int], skip_locked: bool = False) -> list[Result]:
         """Thread stored mails as one batch (Intake.thread): prepared by the worker process first, then one
         write transaction holding the write gate (a savepoint per mail)."""
         @contextlib.contextmanager
@@ -376,7 +378,7 @@ class Service:
                     held = (time.monotonic() - t) / max(1, len(mail_ids))
                     self.thread_seconds = 0.9 * self.thread_seconds + 0.1 * held
 
-        return self.engine.thread(mail_ids, hold=gate)
+        return self.engine.thread(mail_ids, hold=gate, skip_locked=skip_locked)
 
     def _may_thread(self, since: float) -> bool:
         """Threading may take its next turn (alternating with store batches at the write gate): no mail
@@ -422,7 +424,8 @@ class Service:
                 seen.update(chunk)
                 self._wait_quiet(started)
                 try:
-                    done += len(self._thread_sync(chunk))
+                    # a mail another instance sharing the database threads now is its business: not waited for
+                    done += len(self._thread_sync(chunk, skip_locked=True))
                 except StoreUnavailable:
                     raise
                 except Exception as e:  # noqa: BLE001
@@ -472,7 +475,7 @@ class Service:
                 await asyncio.sleep(0.02)
             ids = [mail_id for mail_id, _ in batch]
             try:
-                results = await self.process_batch(ids)
+                results = await self.process_batch(ids, skip_locked=True)
                 log.debug("mails %s: %s", ids, [r.outcome for r in results])
             except StoreUnavailable as e:  # the sweep threads them later; one line per change of state
                 if not self.app.observe.state("database", False, f"{type(e).__name__}: {e}"):
