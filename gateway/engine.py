@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import select, update
 
-from gateway.db import StoreUnavailable, transaction
+from gateway.db import StoreUnavailable, is_unavailable, transaction
 from gateway.envelope import Envelope
 from gateway.intake import IngestBatch, Intake, Result
-from gateway.models import InboundMail, InboundRaw
+from gateway.models import InboundMail, InboundRaw, table_of
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -78,6 +78,32 @@ class ImportSource(Protocol):
 S = TypeVar("S", bound=ImportSource)
 
 
+class Staged:
+    """A batch of stored mails read and prepared (`Engine.stage`), waiting for its write transactions."""
+
+    def __init__(self, engine: Engine, ids: list[int], guard: bool) -> None:
+        self.engine, self.ids, self.guard = engine, ids, guard
+        self.tried: dict[int, int] = {}         # tries counted on each mail still to be threaded
+        self.raws: dict[int, bytes] = {}
+        self.prepared: dict[int, Any] = {}
+
+    def parts(self) -> list[list[int]]:
+        """Its write transactions, in order: guard: each mail tried before without an outcome alone, then the
+        rest together; else all together."""
+        if not self.ids:
+            return []
+        if not self.guard:
+            return [self.ids]
+        again = [i for i in self.ids if self.tried.get(i, 0) > 0]
+        fresh = [i for i in self.ids if self.tried.get(i, 0) == 0]
+        return [[i] for i in again] + ([fresh] if fresh else [])
+
+    def drop(self) -> None:
+        """The mails are the engine's no more (run, or given up: the sweep finds them)."""
+        with self.engine._lock:
+            self.engine._busy.difference_update(self.ids)
+
+
 class Engine:
     def __init__(self, app: IntakeHost, intake: Intake | None = None) -> None:
         self.app = app
@@ -95,61 +121,89 @@ class Engine:
         write transaction holds only database work. guard: each try is counted on the mail row and committed
         before it runs (`attempts`); a mail tried before without an outcome runs alone, and one that got no
         outcome in MAX_TRIES tries (it took the process down) is quarantined without running again. A mail that
-        another thread of this engine is threading now is left out (its try is counted once)."""
-        hold = hold or contextlib.nullcontext
+        another thread of this engine is threading now is left out (its try is counted once).
+
+        `stage` then `run_staged` is the same in two steps: a caller that stages the next batch while this one
+        runs keeps the worker process and the database busy at once (serve)."""
+        return self.run_staged(self.stage(mail_ids, guard=guard), hold=hold)
+
+    def stage(self, mail_ids: Sequence[int], *, guard: bool = True) -> Staged:
+        """The first step of `thread`, outside any write transaction: the mails' rows read (without the write
+        lock) and prepared by the worker process. The mails are this engine's until `run_staged` ran them (or
+        `Staged.drop`)."""
         with self._lock:
             ids = [i for i in dict.fromkeys(mail_ids) if i not in self._busy]
             self._busy.update(ids)
+        staged = Staged(self, ids, guard)
         try:
-            return self._thread_guarded(ids, hold) if guard else self._thread_batch(ids, hold, counted=False)
-        finally:
-            with self._lock:
-                self._busy.difference_update(ids)
+            if ids:
+                self._prepare(staged)
+        except BaseException:
+            staged.drop()
+            raise
+        return staged
 
-    def _thread_guarded(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]]
-                        ) -> list[Result]:
-        if not ids:
-            return []
-        tried = self._tried(ids)
-        again = [i for i in ids if tried.get(i, 0) > 0]
-        fresh = [i for i in ids if i not in again]
+    def run_staged(self, staged: Staged, *, hold: Callable[[], contextlib.AbstractContextManager[Any]] | None
+                   = None) -> list[Result]:
+        """The second step of `thread`: the write transactions, each inside `hold()` (guard: the try counted
+        and committed first, in the same turn)."""
+        hold = hold or contextlib.nullcontext
         out: list[Result] = []
-        for batch in [[i] for i in again] + ([fresh] if fresh else []):
-            with hold():
-                self.intake._retrying(lambda b=batch: self._count_try(b), "counting a try")  # type: ignore[misc]
-            out.extend(self._thread_batch(batch, hold, counted=True,
-                                          exhausted={i for i in batch if tried.get(i, 0) >= MAX_TRIES}))
+        try:
+            for part in staged.parts():
+                exhausted = {i for i in part if staged.tried.get(i, 0) >= MAX_TRIES} if staged.guard else set()
+                with hold():
+                    if staged.guard:
+                        self.intake._retrying(lambda b=part: self._count_try(b), "counting a try")  # type: ignore[misc]
+                    out.extend(self.intake.process_many(part, prepared=staged.prepared, raws=staged.raws,
+                                                        counted=staged.guard, exhausted=exhausted))
+        finally:
+            staged.drop()
         return out
 
-    def _tried(self, ids: list[int]) -> dict[int, int]:
-        """Tries counted on each mail still to be threaded."""
-        with self.app.sessions() as s:
-            return dict(s.execute(select(InboundMail.id, InboundMail.attempts).where(
-                InboundMail.id.in_(ids), InboundMail.outcome == "received")).all())
+    def _prepare(self, staged: Staged) -> None:
+        rows = self._read_stored(staged.ids)
+        staged.tried = {i: attempts for i, (attempts, _, _) in rows.items()}
+        work = [i for i in staged.ids if i in rows and rows[i][2] is not None
+                and not (staged.guard and rows[i][0] >= MAX_TRIES)]
+        staged.raws = {i: rows[i][2] for i in work}  # type: ignore[misc]
+        ahead = self.app.ahead
+        if ahead is None or not work:
+            return
+        preps = ahead.prepare([staged.raws[i] for i in work], [rows[i][1] for i in work])
+        staged.prepared = {i: prep for i, prep in zip(work, preps, strict=True) if prep is not None}
+
+    def _read_stored(self, ids: list[int]) -> dict[int, tuple[int, str | None, bytes | None]]:
+        """id -> (tries counted, envelope sender, raw bytes) of each mail still to be threaded, read without
+        taking the write lock: on SQLite every session begins IMMEDIATE (gateway.db), which would wait for the
+        write transaction of the batch before this one; a plain SELECT on the driver's connection reads the
+        last commit instead."""
+        m, r = table_of(InboundMail), table_of(InboundRaw)
+        q = (select(m.c.id, m.c.attempts, m.c.envelope_from, r.c.data)
+             .select_from(m.outerjoin(r, r.c.mail_id == m.c.id)).where(m.c.id.in_(ids), m.c.outcome == "received"))
+        bind = self.app.sessions.kw.get("bind")
+        try:
+            if bind is not None and bind.dialect.name == "sqlite":
+                compiled = q.compile(dialect=bind.dialect, compile_kwargs={"render_postcompile": True})
+                params = [compiled.params[k] for k in compiled.positiontup or ()]
+                conn = bind.raw_connection()
+                try:
+                    rows = conn.driver_connection.execute(str(compiled), params).fetchall()
+                finally:
+                    conn.close()
+            else:
+                with self.app.sessions() as s:
+                    rows = [tuple(row) for row in s.execute(q)]
+        except Exception as e:
+            if is_unavailable(e):
+                raise StoreUnavailable(str(e)) from e
+            raise
+        return {int(i): (int(attempts or 0), sender, data) for i, attempts, sender, data in rows}
 
     def _count_try(self, ids: list[int]) -> None:
         with transaction(self.app.sessions) as s:
             s.execute(update(InboundMail).where(InboundMail.id.in_(ids), InboundMail.outcome == "received")
                       .values(attempts=InboundMail.attempts + 1))
-
-    def _thread_batch(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]], *,
-                      counted: bool, exhausted: set[int] | None = None) -> list[Result]:
-        raws: dict[int, bytes] = {}
-        prepared: dict[int, Any] = {}
-        ahead = self.app.ahead
-        work = [i for i in ids if i not in (exhausted or ())]
-        if ahead is not None and work:
-            with self.app.sessions() as s:
-                rows = s.execute(select(InboundRaw.mail_id, InboundRaw.data, InboundMail.envelope_from)
-                                 .join(InboundMail, InboundMail.id == InboundRaw.mail_id)
-                                 .where(InboundRaw.mail_id.in_(work), InboundMail.outcome == "received")).all()
-            preps = ahead.prepare([r.data for r in rows], [r.envelope_from for r in rows])
-            for row, prep in zip(rows, preps, strict=True):
-                raws[row.mail_id] = row.data
-                if prep is not None:
-                    prepared[row.mail_id] = prep
-        with hold():
-            return self.intake.process_many(ids, prepared=prepared, raws=raws, counted=counted, exhausted=exhausted)
 
     # Imports ---------------------------------------------------------------------------------------------
     def import_stream(self, sources: Iterable[S], envelope: Callable[[S], Envelope], *,
@@ -235,4 +289,4 @@ def _chunks(items: Iterator[Any], n: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-__all__ = ["Engine", "ImportSource", "ImportStopped", "MAX_TRIES", "start_worker"]
+__all__ = ["Engine", "ImportSource", "ImportStopped", "MAX_TRIES", "Staged", "start_worker"]

@@ -290,6 +290,7 @@ class Service:
         self.http_where: str | None = None                     # the HTTP listener (gateway.api), when on
         self.store_pool = ThreadPoolExecutor(8, thread_name_prefix="store")
         self.process_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="thread")
+        self.stage_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="stage")  # Engine.stage
         self.pool = ThreadPoolExecutor(32, thread_name_prefix="svc")
 
     # Plug-in API ---------------------------------------------------------------------------------------
@@ -366,6 +367,10 @@ class Service:
     def _thread_sync(self, mail_ids: list[int]) -> list[Result]:
         """Thread stored mails as one batch (Intake.thread): prepared by the worker process first, then one
         write transaction holding the write gate (a savepoint per mail)."""
+        return self.engine.thread(mail_ids, hold=self._thread_gate(len(mail_ids)))
+
+    def _thread_gate(self, mails: int) -> Callable[[], contextlib.AbstractContextManager[None]]:
+        """The write gate for a threading transaction of `mails` mails, timed (thread_seconds, _may_thread)."""
         @contextlib.contextmanager
         def gate() -> Iterator[None]:
             with self.gate.hold(urgent=False):
@@ -373,10 +378,10 @@ class Service:
                 try:
                     yield
                 finally:
-                    held = (time.monotonic() - t) / max(1, len(mail_ids))
+                    held = (time.monotonic() - t) / max(1, mails)
                     self.thread_seconds = 0.9 * self.thread_seconds + 0.1 * held
 
-        return self.engine.thread(mail_ids, hold=gate)
+        return gate
 
     def _may_thread(self, since: float) -> bool:
         """Threading may take its next turn (alternating with store batches at the write gate): no mail
@@ -462,9 +467,15 @@ class Service:
 
     async def _worker(self, n: int) -> None:
         """Threads what is stored, in batches: the mails queued by the time it takes its turn (at most
-        THREAD_BATCH), one write transaction for them all."""
+        THREAD_BATCH), one write transaction for them all. Pipelined: the next batch is read and prepared by
+        the worker process (`Engine.stage`) while this one's write transaction runs (`Engine.run_staged`)."""
         assert self.queue is not None
+        loop = asyncio.get_running_loop()
+        running: asyncio.Future[None] | None = None  # the write transactions of the batch before
         while True:
+            if running is not None and self.queue.empty():
+                await running  # nothing to prepare meanwhile
+                running = None
             batch = [await self.queue.get()]
             while len(batch) < THREAD_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
@@ -472,13 +483,29 @@ class Service:
                 await asyncio.sleep(0.02)
             ids = [mail_id for mail_id, _ in batch]
             try:
-                results = await self.process_batch(ids)
-                log.debug("mails %s: %s", ids, [r.outcome for r in results])
-            except StoreUnavailable as e:  # the sweep threads them later; one line per change of state
-                if not self.app.observe.state("database", False, f"{type(e).__name__}: {e}"):
-                    log.debug("mails %s stored, threading postponed (store unavailable: %s)", ids, e)
-            except Exception:  # noqa: BLE001
-                log.exception("mails %s: threading failed; the sweep tries again", ids)
+                staged = await loop.run_in_executor(self.stage_pool, self.engine.stage, ids)
+            except Exception as e:  # noqa: BLE001
+                self._threading_failed(ids, e)
+                continue
+            if running is not None:
+                await running
+            running = loop.run_in_executor(self.process_pool, self._run_staged_sync, staged)
+
+    def _run_staged_sync(self, staged: Any) -> None:
+        """(thread) The write transactions of a staged batch; failures are logged (the sweep tries again)."""
+        try:
+            results = self.engine.run_staged(staged, hold=self._thread_gate(len(staged.ids)))
+            log.debug("mails %s: %s", staged.ids, [r.outcome for r in results])
+        except Exception as e:  # noqa: BLE001
+            self._threading_failed(staged.ids, e)
+
+    def _threading_failed(self, ids: list[int], e: Exception) -> None:
+        if isinstance(e, StoreUnavailable) or is_unavailable(e):  # the sweep threads them later; one line per
+            # change of state
+            if not self.app.observe.state("database", False, f"{type(e).__name__}: {e}"):
+                log.debug("mails %s stored, threading postponed (store unavailable: %s)", ids, e)
+        else:
+            log.error("mails %s: threading failed; the sweep tries again", ids, exc_info=e)
 
     async def _run_task(self, name: str, factory: Callable[[Service], Awaitable[None]]) -> None:
         try:
@@ -629,8 +656,8 @@ class Service:
             t.cancel()
         await asyncio.gather(*self._workers, *self._running, return_exceptions=True)
         # 5. threads: in-flight pipeline runs finish (their transactions are short); then close the store
-        ok = await loop.run_in_executor(None, join_pools, (self.store_pool, self.process_pool, self.pool),
-                                        t0 + HARD_EXIT_SECONDS - 2)
+        pools = (self.store_pool, self.stage_pool, self.process_pool, self.pool)
+        ok = await loop.run_in_executor(None, join_pools, pools, t0 + HARD_EXIT_SECONDS - 2)
         if ok:
             if self.ahead is not None:
                 self.app.ahead = None
