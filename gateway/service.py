@@ -367,21 +367,7 @@ class Service:
     def _thread_sync(self, mail_ids: list[int]) -> list[Result]:
         """Thread stored mails as one batch (Intake.thread): prepared by the worker process first, then one
         write transaction holding the write gate (a savepoint per mail)."""
-        return self.engine.thread(mail_ids, hold=self._thread_gate(len(mail_ids)))
-
-    def _thread_gate(self, mails: int) -> Callable[[], contextlib.AbstractContextManager[None]]:
-        """The write gate for a threading transaction of `mails` mails, timed (thread_seconds, _may_thread)."""
-        @contextlib.contextmanager
-        def gate() -> Iterator[None]:
-            with self.gate.hold(urgent=False):
-                t = time.monotonic()
-                try:
-                    yield
-                finally:
-                    held = (time.monotonic() - t) / max(1, mails)
-                    self.thread_seconds = 0.9 * self.thread_seconds + 0.1 * held
-
-        return gate
+        return self.engine.thread(mail_ids, hold=thread_gate(self, len(mail_ids)))
 
     def _may_thread(self, since: float) -> bool:
         """Threading may take its next turn (alternating with store batches at the write gate): no mail
@@ -464,48 +450,6 @@ class Service:
                 self._last_busy = now
             self.ingest_busy = now - self._last_busy < 0.15
             await asyncio.sleep(0.02)
-
-    async def _worker(self, n: int) -> None:
-        """Threads what is stored, in batches: the mails queued by the time it takes its turn (at most
-        THREAD_BATCH), one write transaction for them all. Pipelined: the next batch is read and prepared by
-        the worker process (`Engine.stage`) while this one's write transaction runs (`Engine.run_staged`)."""
-        assert self.queue is not None
-        loop = asyncio.get_running_loop()
-        running: asyncio.Future[None] | None = None  # the write transactions of the batch before
-        while True:
-            if running is not None and self.queue.empty():
-                await running  # nothing to prepare meanwhile
-                running = None
-            batch = [await self.queue.get()]
-            while len(batch) < THREAD_BATCH and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            while not self._may_thread(batch[0][1]):
-                await asyncio.sleep(0.02)
-            ids = [mail_id for mail_id, _ in batch]
-            try:
-                staged = await loop.run_in_executor(self.stage_pool, self.engine.stage, ids)
-            except Exception as e:  # noqa: BLE001
-                self._threading_failed(ids, e)
-                continue
-            if running is not None:
-                await running
-            running = loop.run_in_executor(self.process_pool, self._run_staged_sync, staged)
-
-    def _run_staged_sync(self, staged: Any) -> None:
-        """(thread) The write transactions of a staged batch; failures are logged (the sweep tries again)."""
-        try:
-            results = self.engine.run_staged(staged, hold=self._thread_gate(len(staged.ids)))
-            log.debug("mails %s: %s", staged.ids, [r.outcome for r in results])
-        except Exception as e:  # noqa: BLE001
-            self._threading_failed(staged.ids, e)
-
-    def _threading_failed(self, ids: list[int], e: Exception) -> None:
-        if isinstance(e, StoreUnavailable) or is_unavailable(e):  # the sweep threads them later; one line per
-            # change of state
-            if not self.app.observe.state("database", False, f"{type(e).__name__}: {e}"):
-                log.debug("mails %s stored, threading postponed (store unavailable: %s)", ids, e)
-        else:
-            log.error("mails %s: threading failed; the sweep tries again", ids, exc_info=e)
 
     async def _run_task(self, name: str, factory: Callable[[Service], Awaitable[None]]) -> None:
         try:
@@ -617,7 +561,7 @@ class Service:
                                             ("startup-sweep", self._job("startup-sweep", lambda: self.sweep(0)), 0,
                                              True)]
                                     + [(n, self._job(n, f), sec, now) for n, f, sec, now in self._jobs])
-        self._workers = [loop.create_task(self._worker(i), name=f"worker-{i}") for i in range(self.workers)]
+        self._workers = [loop.create_task(ThreadingWorker(self).run(), name=f"worker-{i}") for i in range(self.workers)]
         self._workers.append(loop.create_task(self._watch_ingest(), name="watch-ingest"))
         self._running = [loop.create_task(self._run_task(n, f), name=n) for n, f in self._tasks]
         wd = self.notifier.watchdog_interval()
@@ -666,6 +610,82 @@ class Service:
                 self.app.close()
         log.info("stopped after %.1fs", time.monotonic() - t0)
         return 0
+
+
+
+# Threading stored mail ------------------------------------------------------------------------------------
+def thread_gate(service: Service, mails: int) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """The service's write gate for a threading transaction of `mails` mails, timed: Service.thread_seconds, the
+    write-gate time per threaded mail (see Service._may_thread), learns from transactions of MIN_SAMPLE mails or
+    more (a transaction's fixed cost, its commit, spread over one or two mails would read as the cost of each:
+    threading that keeps pace with a steady trickle, in small transactions, would look unable to)."""
+    @contextlib.contextmanager
+    def gate() -> Iterator[None]:
+        with service.gate.hold(urgent=False):
+            t = time.monotonic()
+            try:
+                yield
+            finally:
+                if mails >= MIN_SAMPLE:
+                    held = (time.monotonic() - t) / mails
+                    service.thread_seconds = 0.9 * service.thread_seconds + 0.1 * held
+
+    return gate
+
+
+MIN_SAMPLE = 4  # see thread_gate
+
+
+class ThreadingWorker:
+    """One of serve's threading workers (serve.workers): threads what is stored, in batches: the mails queued by
+    the time it takes its turn (at most THREAD_BATCH), one write transaction for them all. Pipelined: the next
+    batch is read and prepared by the worker process (`Engine.stage`) while this one's write transaction runs
+    (`Engine.run_staged`); failures are logged (the sweep tries again)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def run(self) -> None:
+        svc = self.service
+        queue = svc.queue
+        assert queue is not None
+        loop = asyncio.get_running_loop()
+        running: asyncio.Future[None] | None = None  # the write transactions of the batch before
+        while True:
+            if running is not None and queue.empty():
+                await running  # nothing to prepare meanwhile
+                running = None
+            batch = [await queue.get()]
+            while len(batch) < THREAD_BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            # a short queue: threading keeps pace (see thread_gate); a long one waits its turn (_may_thread)
+            while len(batch) >= MIN_SAMPLE and not svc._may_thread(batch[0][1]):
+                await asyncio.sleep(0.02)
+            ids = [mail_id for mail_id, _ in batch]
+            try:
+                staged = await loop.run_in_executor(svc.stage_pool, svc.engine.stage, ids)
+            except Exception as e:  # noqa: BLE001
+                self.failed(ids, e)
+                continue
+            if running is not None:
+                await running
+            running = loop.run_in_executor(svc.process_pool, self.run_staged, staged)
+
+    def run_staged(self, staged: Any) -> None:
+        """(thread) The write transactions of a staged batch."""
+        try:
+            results = self.service.engine.run_staged(staged, hold=thread_gate(self.service, len(staged.ids)))
+            log.debug("mails %s: %s", staged.ids, [r.outcome for r in results])
+        except Exception as e:  # noqa: BLE001
+            self.failed(staged.ids, e)
+
+    def failed(self, ids: list[int], e: Exception) -> None:
+        if isinstance(e, StoreUnavailable) or is_unavailable(e):  # the sweep threads them later; one line per
+            # change of state
+            if not self.service.app.observe.state("database", False, f"{type(e).__name__}: {e}"):
+                log.debug("mails %s stored, threading postponed (store unavailable: %s)", ids, e)
+        else:
+            log.error("mails %s: threading failed; the sweep tries again", ids, exc_info=e)
 
 
 
