@@ -276,13 +276,13 @@ level = "WARNING"
 
     def threaded_after(self, t: float) -> int:
         """Mails whose outcome was recorded after `t` (epoch seconds)."""
-        from datetime import datetime, timezone
+        from datetime import UTC, datetime
 
         from sqlalchemy import func, select
 
         from gateway.models import InboundMail
 
-        at = datetime.fromtimestamp(t, timezone.utc)
+        at = datetime.fromtimestamp(t, UTC)
         with self.app.sessions() as s:
             return s.scalar(select(func.count()).select_from(InboundMail).where(InboundMail.processed_at > at)) or 0
 
