@@ -667,9 +667,13 @@ class ThreadingWorker:
             except Exception as e:  # noqa: BLE001
                 self.failed(ids, e)
                 continue
-            if running is not None:
-                await running
-            running = loop.run_in_executor(svc.process_pool, self.run_staged, staged)
+            try:
+                if running is not None:
+                    await running
+                running = loop.run_in_executor(svc.process_pool, self.run_staged, staged)
+            except BaseException:  # cancelled (shutdown): not run; stored, threaded at the next start or sweep
+                staged.drop()
+                raise
 
     def run_staged(self, staged: Any) -> None:
         """(thread) The write transactions of a staged batch."""
