@@ -161,12 +161,15 @@ def _client(args: tuple[int, list[str], Event, Queue[Any], float]) -> None:
     results.put((t0, t1, ok, fail))
 
 
-def send_all(port: int, files: list[str], clients: int, rate: float = 0.0) -> dict:
+def send_all(port: int | list[int], files: list[str], clients: int, rate: float = 0.0) -> dict:
+    """`clients` SMTP clients in processes, client i sending every clients-th mail; several ports (instances,
+    bench_scaleout.py): client i sends to port[i % len(port)]."""
     ctx = mp.get_context("fork")
     go = ctx.Event()
     results = ctx.Queue()
     interval = clients / rate if rate else 0.0
-    procs = [ctx.Process(target=_client, args=((port, files[i::clients], go, results, interval),))
+    ports = port if isinstance(port, list) else [port]
+    procs = [ctx.Process(target=_client, args=((ports[i % len(ports)], files[i::clients], go, results, interval),))
              for i in range(clients)]
     for p in procs:
         p.start()

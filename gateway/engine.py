@@ -17,7 +17,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import Integer, column, func, select, update
+from sqlalchemy.dialects import postgresql
 
 from gateway.db import StoreUnavailable, is_unavailable, transaction
 from gateway.envelope import Envelope
@@ -40,6 +41,9 @@ BATCH_BYTES = 64 * 2**20
 BATCH_SECONDS = 1.0
 # Mails whose lookups are made together (gateway.prefetch), when the worker has prepared them.
 PREFETCH = 16
+# PostgreSQL: the first key of the advisory locks that claim stored mails being threaded (Engine._claimed); the
+# second is the mail's id. gateway.migrate's lock is the one-key 724274.
+CLAIM_LOCK_CLASS = 724275
 
 
 def start_worker(config: Config, *, context: str = "fork", sender: str | None = None,
@@ -81,8 +85,9 @@ S = TypeVar("S", bound=ImportSource)
 class Staged:
     """A batch of stored mails read and prepared (`Engine.stage`), waiting for its write transactions."""
 
-    def __init__(self, engine: Engine, ids: list[int], guard: bool) -> None:
-        self.engine, self.ids, self.guard = engine, ids, guard
+    def __init__(self, engine: Engine, ids: list[int], guard: bool, skip_locked: bool = False) -> None:
+        self.engine, self.ids, self.guard, self.skip_locked = engine, ids, guard, skip_locked
+        self.claims = False                     # PostgreSQL, skip_locked: claimed and prepared in the run (thread)
         self.tried: dict[int, int] = {}         # tries counted on each mail still to be threaded
         self.raws: dict[int, bytes] = {}
         self.prepared: dict[int, Any] = {}
@@ -113,7 +118,7 @@ class Engine:
 
     # Stored mail --------------------------------------------------------------------------------------------
     def thread(self, mail_ids: Sequence[int], *, hold: Callable[[], contextlib.AbstractContextManager[Any]] | None
-               = None, guard: bool = True) -> list[Result]:
+               = None, guard: bool = True, skip_locked: bool = False) -> list[Result]:
         """Thread stored mails as one batch (`Intake.process_many`): the path of every stored mail.
 
         The raw bytes are read and prepared by the app's worker process (parse, HTML, classify, attachment
@@ -121,22 +126,38 @@ class Engine:
         write transaction holds only database work. guard: each try is counted on the mail row and committed
         before it runs (`attempts`); a mail tried before without an outcome runs alone, and one that got no
         outcome in MAX_TRIES tries (it took the process down) is quarantined without running again. A mail that
-        another thread of this engine is threading now is left out (its try is counted once).
-
-        `stage` then `run_staged` is the same in two steps: a caller that stages the next batch while this one
-        runs keeps the worker process and the database busy at once (serve)."""
-        return self.run_staged(self.stage(mail_ids, guard=guard), hold=hold)
-
-    def stage(self, mail_ids: Sequence[int], *, guard: bool = True) -> Staged:
-        """The first step of `thread`, outside any write transaction: the mails' rows read (without the write
-        lock) and prepared by the worker process. The mails are this engine's until `run_staged` ran them (or
-        `Staged.drop`)."""
+        another thread of this engine is threading now is left out (its try is counted once). skip_locked (the
+        sweep, on PostgreSQL): a mail that another instance sharing the database is threading now (its row is
+        locked) is left out too, instead of waiting for that transaction and then finding the mail done, and so
+        is a mail threaded already (no result for either)."""
+        hold = hold or contextlib.nullcontext
         with self._lock:
             ids = [i for i in dict.fromkeys(mail_ids) if i not in self._busy]
             self._busy.update(ids)
-        staged = Staged(self, ids, guard)
         try:
-            if ids:
+            if not guard:
+                return self._thread_batch(ids, hold, counted=False)
+            with self._claimed(ids, skip_locked) as mine:
+                return self._thread_guarded(mine, hold, skip_locked)
+        finally:
+            with self._lock:
+                self._busy.difference_update(ids)
+
+    def stage(self, mail_ids: Sequence[int], *, guard: bool = True, skip_locked: bool = False) -> Staged:
+        """`thread` in two steps, `stage` then `run_staged`: a caller that stages the next batch while this one
+        runs keeps the worker process and the database busy at once (serve's workers). This first step, outside
+        any write transaction: the mails' rows read (without the write lock) and prepared by the worker process.
+        The mails are this engine's until `run_staged` ran them (or `Staged.drop`). skip_locked on PostgreSQL
+        (several instances): the claims, the reading and the preparing are left to `run_staged`, as `thread`
+        does them (a mail another instance threads now is neither prepared nor counted here)."""
+        with self._lock:
+            ids = [i for i in dict.fromkeys(mail_ids) if i not in self._busy]
+            self._busy.update(ids)
+        staged = Staged(self, ids, guard, skip_locked)
+        try:
+            if ids and skip_locked and guard and self._dialect() == "postgresql":
+                staged.claims = True
+            elif ids:
                 self._prepare(staged)
         except BaseException:
             staged.drop()
@@ -150,16 +171,24 @@ class Engine:
         hold = hold or contextlib.nullcontext
         out: list[Result] = []
         try:
+            if staged.claims:
+                with self._claimed(staged.ids, True) as mine:
+                    return self._thread_guarded(mine, hold, True)
             for part in staged.parts():
                 exhausted = {i for i in part if staged.tried.get(i, 0) >= MAX_TRIES} if staged.guard else set()
                 with hold():
                     if staged.guard:
                         self.intake._retrying(lambda b=part: self._count_try(b), "counting a try")  # type: ignore[misc]
                     out.extend(self.intake.process_many(part, prepared=staged.prepared, raws=staged.raws,
-                                                        counted=staged.guard, exhausted=exhausted))
+                                                        counted=staged.guard, exhausted=exhausted,
+                                                        skip_locked=staged.skip_locked))
         finally:
             staged.drop()
         return out
+
+    def _dialect(self) -> str:
+        bind = self.app.sessions.kw.get("bind")
+        return str(bind.dialect.name) if bind is not None else ""
 
     def _prepare(self, staged: Staged) -> None:
         rows = self._read_stored(staged.ids)
@@ -200,10 +229,92 @@ class Engine:
             raise
         return {int(i): (int(attempts or 0), sender, data) for i, attempts, sender, data in rows}
 
-    def _count_try(self, ids: list[int]) -> None:
+    @contextlib.contextmanager
+    def _claimed(self, ids: list[int], skip_locked: bool) -> Iterator[list[int]]:
+        """skip_locked on PostgreSQL: the mails no other instance threads now, each claimed for the duration by a
+        session-level advisory lock on a connection of its own (released at the end, or by the server when the
+        process dies); another instance's workers and sweep leave them out, so a mail is prepared, counted and
+        run by one instance, not by every one whose sweep found it. Else: all of them, unclaimed."""
+        if not (skip_locked and ids):
+            yield ids
+            return
+        with self.app.sessions() as s:
+            bind = s.get_bind()
+        if bind.dialect.name != "postgresql":
+            yield ids
+            return
+        ints = postgresql.array(ids, type_=Integer)
+        with bind.engine.connect() as conn:
+            mine = list(conn.execute(select(column("id", Integer)).select_from(func.unnest(ints).alias("id"))
+                                     .where(func.pg_try_advisory_lock(CLAIM_LOCK_CLASS, column("id", Integer))))
+                        .scalars())
+            conn.commit()  # the locks are the session's: they outlive the transaction
+            try:
+                yield [i for i in ids if i in set(mine)]
+            finally:
+                if mine:
+                    conn.execute(select(func.pg_advisory_unlock(CLAIM_LOCK_CLASS, column("id", Integer)))
+                                 .select_from(func.unnest(postgresql.array(mine, type_=Integer)).alias("id")))
+                    conn.commit()
+
+    def _thread_guarded(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]],
+                        skip_locked: bool = False) -> list[Result]:
+        if not ids:
+            return []
+        tried = self._tried(ids)
+        again = [i for i in ids if tried.get(i, 0) > 0]
+        fresh = [i for i in ids if i not in again]
+        out: list[Result] = []
+        for batch in [[i] for i in again] + ([fresh] if fresh else []):
+            with hold():
+                counted = self.intake._retrying(lambda b=batch: self._count_try(b, skip_locked),  # type: ignore[misc]
+                                                "counting a try")
+            if skip_locked:
+                batch = [i for i in batch if i in counted]
+                if not batch:
+                    continue
+            out.extend(self._thread_batch(batch, hold, counted=True, skip_locked=skip_locked,
+                                          exhausted={i for i in batch if tried.get(i, 0) >= MAX_TRIES}))
+        return out
+
+    def _tried(self, ids: list[int]) -> dict[int, int]:
+        """Tries counted on each mail still to be threaded."""
+        with self.app.sessions() as s:
+            return dict(s.execute(select(InboundMail.id, InboundMail.attempts).where(
+                InboundMail.id.in_(ids), InboundMail.outcome == "received")).all())
+
+    def _count_try(self, ids: list[int], skip_locked: bool = False) -> set[int]:
+        """Count a try on each of these mails still to be threaded; the ids counted. skip_locked (PostgreSQL):
+        not on a mail whose row another transaction holds (another instance threads it now)."""
         with transaction(self.app.sessions) as s:
-            s.execute(update(InboundMail).where(InboundMail.id.in_(ids), InboundMail.outcome == "received")
-                      .values(attempts=InboundMail.attempts + 1))
+            todo = (InboundMail.id.in_(ids), InboundMail.outcome == "received")
+            if not (skip_locked and s.get_bind().dialect.name == "postgresql"):
+                s.execute(update(InboundMail).where(*todo).values(attempts=InboundMail.attempts + 1))
+                return set(ids)
+            free = select(InboundMail.id).where(*todo).with_for_update(skip_locked=True).scalar_subquery()
+            return set(s.execute(update(table_of(InboundMail)).where(table_of(InboundMail).c.id.in_(free))
+                                 .values(attempts=table_of(InboundMail).c.attempts + 1)
+                                 .returning(table_of(InboundMail).c.id)).scalars())
+
+    def _thread_batch(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]], *,
+                      counted: bool, exhausted: set[int] | None = None, skip_locked: bool = False) -> list[Result]:
+        raws: dict[int, bytes] = {}
+        prepared: dict[int, Any] = {}
+        ahead = self.app.ahead
+        work = [i for i in ids if i not in (exhausted or ())]
+        if ahead is not None and work:
+            with self.app.sessions() as s:
+                rows = s.execute(select(InboundRaw.mail_id, InboundRaw.data, InboundMail.envelope_from)
+                                 .join(InboundMail, InboundMail.id == InboundRaw.mail_id)
+                                 .where(InboundRaw.mail_id.in_(work), InboundMail.outcome == "received")).all()
+            preps = ahead.prepare([r.data for r in rows], [r.envelope_from for r in rows])
+            for row, prep in zip(rows, preps, strict=True):
+                raws[row.mail_id] = row.data
+                if prep is not None:
+                    prepared[row.mail_id] = prep
+        with hold():
+            return self.intake.process_many(ids, prepared=prepared, raws=raws, counted=counted, exhausted=exhausted,
+                                            skip_locked=skip_locked)
 
     # Imports ---------------------------------------------------------------------------------------------
     def import_stream(self, sources: Iterable[S], envelope: Callable[[S], Envelope], *,

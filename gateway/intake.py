@@ -149,18 +149,20 @@ class Intake:
 
     def process_many(self, mail_ids: Sequence[int], *, prepared: Mapping[int, Any] | None = None,
                      raws: Mapping[int, bytes] | None = None, counted: bool = False,
-                     exhausted: set[int] | None = None) -> list[Result]:
+                     exhausted: set[int] | None = None, skip_locked: bool = False) -> list[Result]:
         """Thread several stored mails in ONE write transaction (one commit), a savepoint each, in the order
         given; the lookups their handlers will make are made ahead for all of them (gateway.prefetch) when
         their preparation is there. prepared: mail id -> gateway.prepare.Prepared (the pure work done ahead, in
         the worker process); raws: mail id -> raw bytes the caller already holds. A mail already processed
         returns its recorded result; an unknown id is left out. counted: this try is already counted on the
-        rows (`thread`); exhausted: mails quarantined without running (no outcome after MAX_TRIES tries)."""
+        rows (`thread`); exhausted: mails quarantined without running (no outcome after MAX_TRIES tries).
+        skip_locked (PostgreSQL): a mail whose row another transaction holds (another instance threads it now) is
+        left out, not waited for."""
         started = time.perf_counter()
         ids = list(dict.fromkeys(mail_ids))
         what = f"mail {ids[0]}" if len(ids) == 1 else f"{len(ids)} mails from {ids[0] if ids else '-'}"
         results = self._retrying(lambda: self._process_stored(ids, prepared or {}, raws or {}, counted,
-                                                              exhausted or set()), what)
+                                                              exhausted or set(), skip_locked), what)
         return [self._observed(r, started) for r in results]
 
     def _observed(self, result: Result, started: float) -> Result:
@@ -238,12 +240,12 @@ class Intake:
             raise
 
     def _process_stored(self, ids: list[int], prepared: Mapping[int, Any], raws: Mapping[int, bytes],
-                        counted: bool, exhausted: set[int]) -> list[Result]:
+                        counted: bool, exhausted: set[int], skip_locked: bool = False) -> list[Result]:
         with self.app.sessions() as s:
             with s.begin():
                 q = select(InboundMail).where(InboundMail.id.in_(ids)).order_by(InboundMail.id)
                 if s.bind is not None and s.bind.dialect.name == "postgresql":
-                    q = q.with_for_update()
+                    q = q.with_for_update(skip_locked=skip_locked)
                 mails = {m.id: m for m in s.scalars(q)}
                 todo = [m for m in mails.values() if m.outcome == "received"]
                 if len(todo) > 1 and any(prepared.get(m.id) is not None for m in todo):

@@ -296,7 +296,8 @@ class TicketMessageId(Base):
 
 
 class Counter(Base):
-    """Named counters (ticket numbers), incremented under a row lock."""
+    """Named counters (ticket numbers on SQLite; PostgreSQL uses the sequence ticket_numbers), incremented under a
+    row lock."""
 
     __tablename__ = "counters"
     name: Mapped[str] = mapped_column(String(32), primary_key=True)

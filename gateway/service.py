@@ -338,9 +338,11 @@ class Service:
         """Thread a stored mail now (raises StoreUnavailable on an outage)."""
         return await asyncio.get_running_loop().run_in_executor(self.process_pool, self._process_sync, mail_id)
 
-    async def process_batch(self, mail_ids: list[int]) -> list[Result]:
-        """Thread stored mails now, as one batch (raises StoreUnavailable on an outage)."""
-        return await asyncio.get_running_loop().run_in_executor(self.process_pool, self._thread_sync, mail_ids)
+    async def process_batch(self, mail_ids: list[int], *, skip_locked: bool = False) -> list[Result]:
+        """Thread stored mails now, as one batch (raises StoreUnavailable on an outage). skip_locked: leave out
+        (no result) a mail that another instance sharing the database threads now (Engine.thread)."""
+        return await asyncio.get_running_loop().run_in_executor(self.process_pool, self._thread_sync, mail_ids,
+                                                                skip_locked)
 
     def enqueue(self, mail_id: int) -> None:
         """Have the workers thread a stored mail (after arriving mail, up to serve.defer_seconds)."""
@@ -364,10 +366,10 @@ class Service:
             raise KeyError(f"no inbound mail {mail_id}")
         return results[0]
 
-    def _thread_sync(self, mail_ids: list[int]) -> list[Result]:
+    def _thread_sync(self, mail_ids: list[int], skip_locked: bool = False) -> list[Result]:
         """Thread stored mails as one batch (Intake.thread): prepared by the worker process first, then one
         write transaction holding the write gate (a savepoint per mail)."""
-        return self.engine.thread(mail_ids, hold=thread_gate(self, len(mail_ids)))
+        return self.engine.thread(mail_ids, hold=thread_gate(self, len(mail_ids)), skip_locked=skip_locked)
 
     def _may_thread(self, since: float) -> bool:
         """Threading may take its next turn (alternating with store batches at the write gate): no mail
@@ -413,7 +415,8 @@ class Service:
                 seen.update(chunk)
                 self._wait_quiet(started)
                 try:
-                    done += len(self._thread_sync(chunk))
+                    # a mail another instance sharing the database threads now is its business: not waited for
+                    done += len(self._thread_sync(chunk, skip_locked=True))
                 except StoreUnavailable:
                     raise
                 except Exception as e:  # noqa: BLE001
@@ -663,7 +666,8 @@ class ThreadingWorker:
                 await asyncio.sleep(0.02)
             ids = [mail_id for mail_id, _ in batch]
             try:
-                staged = await loop.run_in_executor(svc.stage_pool, svc.engine.stage, ids)
+                staged = await loop.run_in_executor(svc.stage_pool, functools.partial(svc.engine.stage, ids,
+                                                                                      skip_locked=True))
             except Exception as e:  # noqa: BLE001
                 self.failed(ids, e)
                 continue

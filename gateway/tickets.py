@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, inspect, select, update
+from sqlalchemy import bindparam, func, insert, inspect, select, update
 from sqlalchemy.orm import Session, lazyload
 
 from gateway import ourmail
@@ -54,6 +54,11 @@ _LINK_KNOWN = select(TicketLink.id).where(TicketLink.ticket_id == bindparam("tic
 _COUNTERS = table_of(Counter)
 _NEXT_TICKET_NUMBER = (update(_COUNTERS).where(_COUNTERS.c.name == "ticket").values(value=_COUNTERS.c.value + 1)
                        .returning(_COUNTERS.c.value))
+# PostgreSQL: a sequence (migration 0008_ticket_numbers). The counter row's lock was held until the opening
+# transaction committed, so instances sharing the database threaded one at a time; nextval() takes no lock (a
+# rolled-back ticket leaves a gap in the numbers).
+TICKET_NUMBER_SEQUENCE = "ticket_numbers"
+_NEXT_TICKET_NUMBER_PG = select(func.nextval(TICKET_NUMBER_SEQUENCE))
 
 
 MEMBER = "member of the ticket's organisation (visibility 'organisation')"
@@ -337,7 +342,9 @@ class Tickets:
     # Changes --------------------------------------------------------------
     def next_number(self) -> int:
         # a Core statement on the session's connection (same transaction): no ORM object holds a counter
-        number = int(self.s.connection().execute(_NEXT_TICKET_NUMBER).scalar_one())
+        conn = self.s.connection()
+        pg = conn.dialect.name == "postgresql"
+        number = int(conn.execute(_NEXT_TICKET_NUMBER_PG if pg else _NEXT_TICKET_NUMBER).scalar_one())
         absent = write_locked_memo(self.s, ABSENT_NUMBERS)
         if absent:
             absent.pop(number, None)

@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from gateway.db import retry_on_conflict, transaction
+from gateway.guard.relay import ADMIN
 from gateway.models import (
     PRIORITIES,
     STATUSES,
@@ -359,9 +360,9 @@ def create_ticket(app: App, data: dict[str, Any], *, idempotency_key: str | None
                                    group=v["group"], tags=v["tags"])
             except InvalidChange as e:
                 raise Invalid(str(e)) from None
-            for w in v["watchers"]:
+            for w in v["watchers"]:  # named by the API or CLI caller (a token holder or an admin): mailed
                 c = d.contact(w) or d.register(w)
-                tickets.add_watcher(t, c)
+                tickets.add_watcher(t, c, vouched=ADMIN)
             for key in keys:
                 s.add(ApiIdempotency(key=key, ticket_id=t.id, request_sha256=digest, created_at=app.clock()))
             s.flush()  # a concurrent create with the same key loses here and runs again (finds the first)

@@ -109,6 +109,9 @@ def test_tickets_create_idempotent_list_paginate_get_patch(gw) -> None:
         assert r.headers["location"] == f"/api/v1/tickets/{first['number']}"
         assert first["priority"] == "high" and first["tags"] == ["deploy", "ci"]
         assert first["watchers"] == ["ops@customer.example"]
+        # the caller named the watcher: the gateway mails it (an unvouched watcher would never hear of the ticket)
+        assert [(w["email"], w["mailed"]) for w in all_pages(c, f"/api/v1/tickets/{first['number']}/watchers")
+                ] == [("ops@customer.example", True)]
         # the retry: the same ticket, 200, never a second one
         again = c.post("/api/v1/tickets", json=body, headers={"Idempotency-Key": "deploy-7"})
         assert again.status_code == 200 and again.json()["number"] == first["number"]
