@@ -18,6 +18,7 @@ from gateway.events import Listeners
 from gateway.lease import instance_id
 from gateway.observe import Observer
 from gateway.pipeline import BUILTIN, Handler, load_handlers
+from gateway.store.sql import session_factory
 
 if TYPE_CHECKING:
     from gateway.auth import Authenticator
@@ -58,7 +59,7 @@ def build_app(config: Config, *, clock: Clock = system_clock, pipeline: Sequence
     if engine is None:
         engine = db.make_engine(config.database_url, busy_timeout_ms=config.get("database", "busy_timeout_ms"),
                                 pool_size=config.get("database", "pool_size"))
-    app = App(config=config, engine=engine, sessions=db.session_factory(engine),
+    app = App(config=config, engine=engine, sessions=session_factory(engine),
               blobs=BlobStore(config.attachments_dir), clock=clock, handlers=load_handlers(pipeline))
     from gateway.auth import Authenticator
     from gateway.guard.diskspace import DiskGuard

@@ -39,7 +39,7 @@ MAX_TRIES = 5
 # lock is never held long enough to starve a concurrent writer (the service's listeners).
 BATCH_BYTES = 64 * 2**20
 BATCH_SECONDS = 1.0
-# Mails whose lookups are made together (gateway.prefetch), when the worker has prepared them.
+# Mails whose lookups are made together (gateway.store.sql.prefetch), when the worker has prepared them.
 PREFETCH = 16
 # PostgreSQL: the first key of the advisory locks that claim stored mails being threaded (Engine._claimed); the
 # second is the mail's id. gateway.migrate's lock is the one-key 724274.

@@ -13,30 +13,31 @@ import email.policy
 import hashlib
 import logging
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import func, insert, inspect, select
+from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session
 
-from gateway.db import StoreUnavailable, insert_row, is_unavailable, transaction, write_locked_memo
+from gateway.db import StoreUnavailable, is_unavailable, transaction
 from gateway.envelope import Envelope  # a leaf module; importable from here too
 from gateway.events import MailRejected
-from gateway.models import InboundMail, InboundRaw, Ticket, table_of
+from gateway.models import InboundMail, InboundRaw, Ticket
 from gateway.outcomes import Quarantine
-from gateway.pipeline import Decision, MailContext, run
-from gateway.tickets import Directory, Tickets
+from gateway.pipeline import Decision, MailContext, declared, run
+from gateway.store.ahead import Ahead
+from gateway.store.base import Upcoming
+from gateway.store.sql import SqlStore, insert_raw, insert_row, preallocated_mail_id, prefetch
 
 if TYPE_CHECKING:
     from gateway.host import IntakeHost
 
 log = logging.getLogger("gateway.intake")
 T = TypeVar("T")
-
-_LAST_MAIL_ID = select(func.coalesce(func.max(InboundMail.id), 0))
 
 
 @dataclass
@@ -84,15 +85,17 @@ def envelope_of(mail: InboundMail) -> Envelope:
                     auth=mail.auth)
 
 
-def _insert_raw(s: Any, mail_id: int, raw: bytes) -> None:
-    """The raw bytes of a batch's mail row: one plain INSERT."""
-    s.connection().execute(insert(table_of(InboundRaw)), [{"mail_id": mail_id, "data": raw}])
+def _session(ctx: MailContext) -> Any:
+    """The session of a mail's store (the intake's are gateway.store.sql.SqlStore)."""
+    assert isinstance(ctx.store, SqlStore)
+    return ctx.store.session
 
 
 class Intake:
     def __init__(self, app: IntakeHost) -> None:
         self.app = app
         self.handlers = app.handlers
+        self._hint_deferred: weakref.WeakSet[InboundMail] = weakref.WeakSet()  # rows whose hint `_record` makes
 
     # Step 1: durable ---------------------------------------------------------------
     def _new_row(self, raw: bytes, envelope: Envelope, *, with_raw: bool = True, hint: bool = True,
@@ -108,7 +111,7 @@ class Intake:
                            trace=[], attempts=0, client_ip=envelope.client_ip,
                            client_helo=envelope.client_helo, auth=envelope.auth)
         if not hint:
-            mail._tg_hint_pending = True  # type: ignore[attr-defined]  # a plain attribute, not a column
+            self._hint_deferred.add(mail)
         if with_raw:
             mail.raw = InboundRaw(data=raw)
         return mail
@@ -151,8 +154,8 @@ class Intake:
                      raws: Mapping[int, bytes] | None = None, counted: bool = False,
                      exhausted: set[int] | None = None, skip_locked: bool = False) -> list[Result]:
         """Thread several stored mails in ONE write transaction (one commit), a savepoint each, in the order
-        given; the lookups their handlers will make are made ahead for all of them (gateway.prefetch) when
-        their preparation is there. prepared: mail id -> gateway.prepare.Prepared (the pure work done ahead, in
+        given; the lookups their handlers declared are made ahead for all of them (gateway.store.sql.prefetch)
+        when their preparation is there. prepared: mail id -> gateway.prepare.Prepared (the pure work done ahead, in
         the worker process); raws: mail id -> raw bytes the caller already holds. A mail already processed
         returns its recorded result; an unknown id is left out. counted: this try is already counted on the
         rows (`thread`); exhausted: mails quarantined without running (no outcome after MAX_TRIES tries).
@@ -219,21 +222,23 @@ class Intake:
         app = self.app
         historic = envelope is not None and envelope.historic
         quiet = envelope is not None and envelope.quiet
-        return MailContext(session=session, config=app.config, clock=app.clock, blobs=app.blobs,
-                           tickets=Tickets(session, clock=app.clock, listeners=app.listeners, imported=historic,
-                                           quiet=quiet),
-                           directory=Directory(session, app.clock), mail=mail, raw=raw, dry_run=dry_run,
-                           trace=list(mail.trace or []), prepared=prepared, historic=historic)
+        store = SqlStore(session, config=app.config, clock=app.clock, listeners=app.listeners, blobs=app.blobs,
+                         imported=historic, quiet=quiet, dry_run=dry_run)
+        return MailContext(store=store, config=app.config, clock=app.clock, mail=mail, raw=raw,
+                           ahead=Ahead(prepared), dry_run=dry_run, trace=list(mail.trace or []), historic=historic)
 
     def prefetch(self, session: Any, items: list[tuple[Envelope, Any]]) -> None:
         """Before running these mails (envelope, Prepared or None): make the lookups their handlers will make,
-        a few queries for all of them instead of a few for each (gateway.prefetch). Saves time, changes no
-        outcome: what it finds is what each handler's own query would find."""
-        from gateway.prefetch import prefetch
-
+        a few queries for all of them instead of a few for each (what the handlers declare: gateway.pipeline.
+        declared; looked up by gateway.store.sql.prefetch). Saves time, changes no outcome: what it finds is what
+        each handler's own query would find."""
         app = self.app
+        upcoming = [Upcoming(prep.parsed, prep.sha256, envelope.mail_from) for envelope, prep in items
+                    if getattr(prep, "parsed", None) is not None and prep.sha256 is not None]
+        if not upcoming:
+            return
         try:
-            prefetch(session, app.config, app.clock, app.listeners, items)
+            prefetch(session, declared(self.handlers, upcoming, app.config), app.listeners)
         except Exception as e:
             if is_unavailable(e):
                 raise StoreUnavailable(str(e)) from e
@@ -288,7 +293,7 @@ class Intake:
         """A mail that got no outcome in MAX_TRIES tries (each ended with the process): quarantined unrun."""
         ctx = self._context(s, mail, b"", False)
         ctx.note(f"no outcome after {mail.attempts - 1} tries: the processing of this mail ended with the process")
-        self._settle(ctx, s.begin_nested(), Decision("quarantined", f"over budget: no outcome after "
+        self._settle(ctx, s, s.begin_nested(), Decision("quarantined", f"over budget: no outcome after "
                                                                    f"{mail.attempts - 1} tries", keep=False))
         return self._result(mail, fresh=True)
 
@@ -305,7 +310,7 @@ class Intake:
         except BaseException:
             sp.rollback()
             raise
-        self._settle(ctx, sp, decision)
+        self._settle(ctx, s, sp, decision)
         return self._result(mail, fresh=True)
 
     def _run_batched(self, s: Any, raw: bytes, envelope: Envelope, prepared: Any = None) -> Result:
@@ -318,19 +323,19 @@ class Intake:
         mail.attempts = 1
         sp = s.begin_nested()
         try:
-            mail.id = self._preallocated_id(s)  # type: ignore[assignment]  # None: the database assigns it
+            mail.id = preallocated_mail_id(s)  # type: ignore[assignment]  # None: the database assigns it
             if mail.id is None:
                 s.add(mail)  # written with its ticket or comment, on first use of ctx.mail_id, or by _record
             # else: added by _record (one INSERT with the outcome), on first use of ctx.mail_id, or with a comment
             ctx = self._context(s, mail, raw, False, prepared, envelope)
-            mail = self._settle(ctx, sp, run(ctx, self.handlers), envelope=envelope)
+            mail = self._settle(ctx, s, sp, run(ctx, self.handlers), envelope=envelope)
         except BaseException:
             if sp.is_active:
                 sp.rollback()
             raise
         return self._result(mail, ctx.ticket, fresh=True)
 
-    def _settle(self, ctx: MailContext, sp: Any, decision: Decision, *,
+    def _settle(self, ctx: MailContext, s: Any, sp: Any, decision: Decision, *,
                 envelope: Envelope | None = None) -> InboundMail:
         """The one place where a Decision takes effect, for every path: what the handlers wrote is kept (the
         savepoint `sp` is released) or rolled back, the outcome is recorded on the mail row, listeners hear of
@@ -338,27 +343,26 @@ class Intake:
 
         envelope: a new mail of a batch whose row was written inside `sp` (its raw bytes too): when nothing is
         kept, the row is written again, with its outcome, in a fresh savepoint. Returns the mail row."""
-        s = ctx.session
         if decision.retry:
             sp.rollback()
             raise StoreUnavailable(decision.reason or "try again later")
         if decision.keep:
             self._record(ctx, decision.outcome, decision.reason)
             if envelope is not None:
-                _insert_raw(s, ctx.mail.id, ctx.raw)
+                insert_raw(s, ctx.mail.id, ctx.raw)
             sp.commit()
             return ctx.mail
         sp.rollback()
         if envelope is None:  # the mail row was written before the savepoint: it stays
             self._record(ctx, decision.outcome, decision.reason)
             if decision.rejected:
-                ctx.tickets.emit(MailRejected(ctx.mail.id, ctx.sender_email, decision.reason or ""))
+                ctx.store.emit(MailRejected(ctx.mail.id, ctx.sender_email, decision.reason or ""))
             return ctx.mail
         mail = self._new_row(ctx.raw, envelope, with_raw=False, hint=False, sha256=ctx.mail.sha256)
         mail.attempts = 1
         mail.trace = []
         with s.begin_nested():
-            mail.id = self._preallocated_id(s)  # type: ignore[assignment]  # None: the database assigns it
+            mail.id = preallocated_mail_id(s)  # type: ignore[assignment]  # None: the database assigns it
             s.add(mail)
             s.flush()
             ctx.mail = mail
@@ -366,30 +370,16 @@ class Intake:
             ctx.comment = None
             self._record(ctx, decision.outcome, decision.reason)
             if decision.rejected:
-                ctx.tickets.emit(MailRejected(mail.id, ctx.sender_email, decision.reason or ""))
-            _insert_raw(s, mail.id, ctx.raw)
+                ctx.store.emit(MailRejected(mail.id, ctx.sender_email, decision.reason or ""))
+            insert_raw(s, mail.id, ctx.raw)
         return mail
-
-    @staticmethod
-    def _preallocated_id(s: Any) -> int | None:
-        """The next mail row's id, known before the row is written, where the transaction holds the write lock
-        (SQLite: nobody else adds mail rows meanwhile; every row of this transaction takes its id from here).
-        A new ticket refers to its mail by this id, and the mail row is written once, at the end, with its
-        outcome and trace. None elsewhere: the row is written first and updated at the end."""
-        memo = write_locked_memo(s, "mail-ids")
-        if memo is None:
-            return None
-        last = memo.get("last")
-        if last is None:
-            last = s.connection().execute(_LAST_MAIL_ID).scalar_one()
-        memo["last"] = last + 1
-        return int(last + 1)
 
     def _record(self, ctx: MailContext, outcome: str, reason: str | None) -> None:
         mail = ctx.mail
         p = ctx.parsed
-        if getattr(mail, "_tg_hint_pending", False):
-            mail._tg_hint_pending = False  # type: ignore[attr-defined]
+        s = _session(ctx)
+        if mail in self._hint_deferred:  # its listing hint was left to here (`_new_row(hint=False)`)
+            self._hint_deferred.discard(mail)
             if p is None or not p.message_id or not (ctx.sender_email or p.from_addr) or not p.subject:
                 mid, sender, subject = _header_summary(ctx.raw)
                 mail.message_id, mail.sender, mail.subject = mid, sender[:320] if sender else None, subject
@@ -415,9 +405,9 @@ class Intake:
         mail.processed_at = self.app.clock()
         if inspect(mail).transient:  # a batch import's row with a preallocated id: written now, once, as a plain
             # row (nothing reads it back in this transaction; the object stays outside the session)
-            insert_row(ctx.session, mail)
+            insert_row(s, mail)
         else:
-            ctx.session.flush()
+            s.flush()
 
     @staticmethod
     def _result(mail: InboundMail, ticket: Ticket | None = None, *, fresh: bool = False) -> Result:
@@ -535,10 +525,10 @@ class IngestBatch:
             mail.trace = [f"outcome: quarantined ({mail.reason})"]
             mail.attempts = 1
             mail.processed_at = self.intake.app.clock()
-            mail.id = self.intake._preallocated_id(s)  # type: ignore[assignment]
+            mail.id = preallocated_mail_id(s)  # type: ignore[assignment]
             s.add(mail)
             s.flush()
-            _insert_raw(s, mail.id, raw)
+            insert_raw(s, mail.id, raw)
         return Result(mail.id, mail.outcome, mail.reason, None, None, list(mail.trace), transport=mail.source,
                       sender=mail.sender, message_id=mail.message_id, latency=0.0, fresh=True)
 

@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-from gateway.blobs import BlobStore
 from gateway.clock import Clock
 from gateway.config import Config
 from gateway.db import is_unavailable
 from gateway.models import Comment, Contact, InboundMail, Ticket
 from gateway.outcomes import Ignore, Outcome, Reject, TryLater
-from gateway.tickets import Directory, Tickets
+from gateway.store.ahead import Ahead
+from gateway.store.base import Asks, Declare, Store, Upcoming
 
 if TYPE_CHECKING:
     from gateway.autoreply import Verdict
@@ -64,18 +64,31 @@ def load_handlers(names: Sequence[str]) -> list[tuple[str, Handler]]:
     return out
 
 
+def declared(handlers: Sequence[tuple[str, Handler]], upcoming: Sequence[Upcoming], config: Config) -> Asks:
+    """What these handlers will ask the store for these mails: each handler module's `asks(upcoming, config)`
+    (gateway.store.base), mail by mail, in the pipeline's order (gateway.store.sql.prefetch looks it up ahead)."""
+    declares: list[Declare] = []
+    for _name, handler in handlers:
+        ask = getattr(sys.modules.get(handler.__module__), "asks", None)
+        if ask is not None:
+            declares.append(ask)
+    out = Asks()
+    for mail in upcoming:
+        for ask in declares:
+            out.add(ask(mail, config))
+    return out
+
+
 @dataclass
 class MailContext:
     """Everything a handler may read or write for one mail."""
 
-    session: Session
+    store: Store                        # every question to the store, every write (gateway.store)
     config: Config
     clock: Clock
-    blobs: BlobStore
-    tickets: Tickets
-    directory: Directory
     mail: InboundMail
     raw: bytes
+    ahead: Ahead = field(default_factory=Ahead)  # the pure work done ahead (parse, HTML, classify, blobs)
     dry_run: bool = False
     parsed: ParsedMail | None = None
     verdict: Verdict | None = None
@@ -94,7 +107,6 @@ class MailContext:
     comment: Comment | None = None
     created: bool = False
     trace: list[str] = field(default_factory=list)
-    prepared: Any = None                # gateway.prepare.Prepared: the pure work done ahead (batch imports)
     auth: Any = None                    # gateway.auth.AuthResult: the sender authentication (handler authenticate)
     commands: Any = None                # gateway.mailcommands.Parsed: a staff member's commands (handler commands)
     internal: str = ""                  # why this staff mail is an internal note ("": a public comment)
@@ -114,14 +126,8 @@ class MailContext:
 
     @property
     def mail_id(self) -> int:
-        """The mail row's id, the row written. A batch import writes its row as late as it can (the dedupe claims
-        and, for a mail that ends early, the outcome then go into its one INSERT): the first use writes it."""
-        state = inspect(self.mail)
-        if not state.persistent:
-            if state.transient:
-                self.session.add(self.mail)
-            self.session.flush()
-        return self.mail.id
+        """The mail row's id, the row written (the store writes it on first use where it is not yet)."""
+        return self.store.mail_id(self.mail)
 
 
 @dataclass(frozen=True)

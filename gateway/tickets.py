@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, lazyload
 
 from gateway import ourmail
 from gateway.clock import Clock
-from gateway.db import drop_memo, insert_attached, insert_ignoring_duplicates, write_locked_memo
+from gateway.db import insert_ignoring_duplicates
 from gateway.events import CommentAdded, Event, Listeners, Origin, TicketChanged, TicketCreated, WatcherAdded
 from gateway.models import (
     PRIORITIES,
@@ -36,17 +36,13 @@ from gateway.models import (
 # The pipeline's lookups, built once: a statement built per call costs more than running it (SQLAlchemy
 # derives its cache key anew each time).
 _CONTACT_BY_EMAIL = select(Contact).where(Contact.email == bindparam("email"))
-_CONTACTS_BY_EMAIL = select(Contact).where(Contact.email.in_(bindparam("emails", expanding=True)))
 _DOMAIN = select(OrganisationDomain).where(OrganisationDomain.domain == bindparam("domain"))
 # The pipeline loads a ticket without joining its reporter, assignee and organisation: they are loaded on first
 # use, from the session when they are there already (the reporter usually is: the sender of the reply).
-_LIGHT = (lazyload(Ticket.reporter), lazyload(Ticket.assignee), lazyload(Ticket.organisation))
-_TICKET_BY_NUMBER = select(Ticket).where(Ticket.number == bindparam("number")).options(*_LIGHT)
-_TICKETS_BY_MESSAGE_ID = (select(TicketMessageId.message_id, TicketMessageId.ticket_id)
-                          .where(TicketMessageId.message_id.in_(bindparam("ids", expanding=True))))
-_TICKETS_BY_ID_OR_NUMBER = (select(Ticket).options(*_LIGHT)
-                            .where(Ticket.id.in_(bindparam("ids", expanding=True))
-                                   | Ticket.number.in_(bindparam("numbers", expanding=True))))
+LIGHT = (lazyload(Ticket.reporter), lazyload(Ticket.assignee), lazyload(Ticket.organisation))
+_TICKET_BY_NUMBER = select(Ticket).where(Ticket.number == bindparam("number")).options(*LIGHT)
+TICKETS_BY_MESSAGE_ID = (select(TicketMessageId.message_id, TicketMessageId.ticket_id)
+                         .where(TicketMessageId.message_id.in_(bindparam("ids", expanding=True))))
 _LINK_KNOWN = select(TicketLink.id).where(TicketLink.ticket_id == bindparam("ticket_id"),
                                           TicketLink.other_ticket_id == bindparam("other_ticket_id"),
                                           TicketLink.kind == bindparam("kind"))
@@ -78,35 +74,22 @@ def normalise_email(addr: str) -> str:
     return addr.strip().lower()
 
 
-# Keys known to be absent from the store, found by `prefetch` for the next mails of a batch import (memos of
-# the write-locked transaction: SQLite only, dropped on every rollback). Whoever writes such a key removes it.
-ABSENT_CONTACTS = "absent-contacts"
-KNOWN_MESSAGE_IDS = "known-message-ids"  # Message-ID -> the ids of the tickets that know it (none: absent)
-ABSENT_NUMBERS = "absent-ticket-numbers"
-
-
-def message_ids_written(session: Session, ids: Iterable[str]) -> None:
-    """Rows of these Message-IDs were just written for a ticket: what was known of them is not any more."""
-    known = write_locked_memo(session, KNOWN_MESSAGE_IDS)
-    if known:
-        for mid in ids:
-            known.pop(mid, None)
-
-
-def _found(session: Session, key: str) -> dict[Any, Any]:
-    """A per-session map of rows already found by a unique key (contact email, ticket number, domain).
-
-    A hit is used only while the object is still in the session: one created in a savepoint that was
-    rolled back has left it and is looked up again. Only rows that exist are remembered (a row another
-    writer adds meanwhile is found by the next query); a remembered row is the object the session's
-    identity map would return for the same query anyway, so this saves the round trip and nothing else."""
-    return session.info.setdefault(key, {})
-
-
-def _cached(session: Session, key: str, value: Any) -> Any:
-    obj = _found(session, key).get(value)
-    if obj is not None and obj in session:
-        return obj
+def participant_reason(ticket: Ticket, contact: Contact | None, email: str | None) -> str | None:
+    """Why this sender may write to the ticket, or None (see Tickets.is_participant). Pure: reads the ticket's
+    watchers and organisation, loaded or not."""
+    email = normalise_email(email) if email else None
+    if contact is not None and contact.is_staff:
+        return "staff"
+    if contact is not None and contact.id == ticket.reporter_id:
+        return "reporter"
+    if email and ticket.sender_email and email == ticket.sender_email:
+        return "original sender"
+    if email and any(w.contact.email == email for w in ticket.watchers):
+        return "watcher"
+    if (contact is not None and contact.organisation_id is not None
+            and contact.organisation_id == ticket.organisation_id and ticket.organisation is not None
+            and ticket.organisation.visibility == "organisation"):
+        return MEMBER
     return None
 
 
@@ -118,57 +101,30 @@ class Directory:
         self.clock = clock
 
     def contact(self, email: str) -> Contact | None:
-        email = normalise_email(email)
-        c = _cached(self.s, "tg.contacts", email)
-        if c is None:
-            absent = write_locked_memo(self.s, ABSENT_CONTACTS)
-            if absent is not None and email in absent:
-                return None
-            with self.s.no_autoflush:  # a contact made in this transaction is remembered (register), not looked up
-                c = self.s.scalar(_CONTACT_BY_EMAIL, {"email": email})
-            if c is not None:
-                _found(self.s, "tg.contacts")[email] = c
-        return c
-
-    def preload(self, emails: Iterable[str]) -> None:
-        """Look up these addresses in one query, for the next mails of a batch import: a contact found is
-        remembered like one `contact()` found; an address found nowhere is known absent while the transaction
-        holds the write lock (SQLite), until `register` writes it or anything rolls back."""
-        wanted = {normalise_email(e) for e in emails if e}
-        wanted = {e for e in wanted if _cached(self.s, "tg.contacts", e) is None}
-        if not wanted:
-            return
         with self.s.no_autoflush:
-            found = self.s.scalars(_CONTACTS_BY_EMAIL, {"emails": sorted(wanted)}).unique().all()
-        known = _found(self.s, "tg.contacts")
-        for c in found:
-            known[c.email] = c
-        absent = write_locked_memo(self.s, ABSENT_CONTACTS)
-        if absent is not None:
-            absent.update(dict.fromkeys(wanted.difference(c.email for c in found), True))
+            return self.s.scalar(_CONTACT_BY_EMAIL, {"email": normalise_email(email)})
+
+    # Hooks for the store (gateway.store.sql: StoreDirectory), which remembers what a session found and what a
+    # transaction found nowhere, and forgets it when it changes; here nothing is remembered.
+    def written(self, c: Contact, *, staff: bool) -> None:
+        """A contact was just registered (staff: a staff contact)."""
+
+    def organisations_changed(self) -> None:
+        """An organisation or one of its domains was added or removed."""
+
+    def staff_changed(self) -> None:
+        """A contact's role changed to or from staff."""
+
+    def contact_removed(self) -> None:
+        """A contact was deleted."""
 
     def organisation(self, name: str) -> Organisation | None:
         return self.s.scalar(select(Organisation).where(Organisation.name == name))
 
     def organisation_for_domain(self, domain: str) -> Organisation | None:
-        domain = domain.lower()
-        org = _cached(self.s, "tg.domains", domain)
-        if org is None:
-            none = self._no_organisation()
-            if none is not None and domain in none:
-                return None
-            with self.s.no_autoflush:  # organisations and their domains are written as they are made
-                row = self.s.scalar(_DOMAIN, {"domain": domain})
-            org = row.organisation if row else None
-            if org is not None:
-                _found(self.s, "tg.domains")[domain] = org
-            elif none is not None:
-                none[domain] = True
-        return org
-
-    def _no_organisation(self) -> dict[str, bool] | None:
-        """Domains known to belong to no organisation (SQLite only: see gateway.db.write_locked_memo)."""
-        return write_locked_memo(self.s, "no-organisation")
+        with self.s.no_autoflush:  # organisations and their domains are written as they are made
+            row = self.s.scalar(_DOMAIN, {"domain": domain.lower()})
+        return row.organisation if row else None
 
     def add_organisation(self, name: str, domains: Iterable[str] = ()) -> Organisation:
         org = self.organisation(name)
@@ -176,7 +132,7 @@ class Directory:
             org = Organisation(name=name, created_at=self.clock())
             self.s.add(org)
             self.s.flush()
-        drop_memo(self.s, "no-organisation")
+        self.organisations_changed()
         for d in domains:
             d = d.strip().lower().lstrip("@")
             if d and self.s.scalar(select(OrganisationDomain).where(OrganisationDomain.domain == d)) is None:
@@ -197,7 +153,7 @@ class Directory:
                 c.name = name
             if staff:
                 c.role = "staff"
-                drop_memo(self.s, "staff")
+                self.staff_changed()
             elif c.role == "correspondent":  # registered now: a customer, in the organisation of their domain
                 c.role = "customer"
                 if organisation is None and c.organisation_id is None:
@@ -228,12 +184,7 @@ class Directory:
         self.s.add(c)
         if flush:
             self.s.flush()
-        _found(self.s, "tg.contacts")[email] = c
-        absent = write_locked_memo(self.s, ABSENT_CONTACTS)
-        if absent:
-            absent.pop(email, None)
-        if staff:
-            drop_memo(self.s, "staff")
+        self.written(c, staff=staff)
         return c
 
 
@@ -257,87 +208,57 @@ class Tickets:
 
     # Queries --------------------------------------------------------------
     def get(self, number: int) -> Ticket | None:
-        t = _cached(self.s, "tg.tickets", number)
-        if t is None:
-            absent = write_locked_memo(self.s, ABSENT_NUMBERS)
-            if absent is not None and number in absent:
-                return None
-            with self.s.no_autoflush:  # tickets are written as they are made (see by_message_ids)
-                t = self.s.scalar(_TICKET_BY_NUMBER, {"number": number})
-            if t is not None:
-                _found(self.s, "tg.tickets")[number] = t
-        return t
+        with self.s.no_autoflush:  # tickets are written as they are made (see by_message_ids)
+            return self.s.scalar(_TICKET_BY_NUMBER, {"number": number})
 
     def by_message_ids(self, ids: Sequence[str]) -> list[tuple[str, Ticket]]:
         """Tickets that know any of these Message-IDs, in the order of `ids` (most relevant first)."""
         if not ids:
             return []
         ids = list(ids)[:200]
-        known = write_locked_memo(self.s, KNOWN_MESSAGE_IDS)
         # no autoflush: these rows are written directly (Core inserts), tickets as they are made; what is still
         # pending (this mail's row, a contact registered for it) is written with the ticket or comment
         with self.s.no_autoflush:
-            rows: Sequence[Any]
-            if known is not None and all(mid in known for mid in ids):  # preloaded (see `preload`)
-                rows = [(mid, tid) for mid in ids for tid in known[mid]]
-            else:
-                rows = self.s.connection().execute(_TICKETS_BY_MESSAGE_ID, {"ids": ids}).all()
+            rows: Sequence[Any] | None = self.known_message_ids(ids)
+            if rows is None:
+                rows = self.s.connection().execute(TICKETS_BY_MESSAGE_ID, {"ids": ids}).all()
             if not rows:  # the common case (a new conversation): one indexed lookup, no ticket loaded
                 return []
             order = {mid: i for i, mid in enumerate(ids)}
             out = []
             for mid, ticket_id in sorted(rows, key=lambda r: (order.get(r[0], 1 << 30), -r[1])):
-                t = self.s.get(Ticket, ticket_id, options=_LIGHT)
+                t = self.s.get(Ticket, ticket_id, options=LIGHT)
                 if t is not None:
-                    _found(self.s, "tg.tickets")[t.number] = t  # a subject tag [#N] of the same mail finds it
+                    self.found(t)  # a subject tag [#N] of the same mail finds it
                     out.append((mid, t))
         return out
 
-    def preload(self, message_ids: Iterable[str], numbers: Iterable[int]) -> None:
-        """The tickets that these Message-IDs and subject-tag numbers name, for the next mails of a batch
-        import, in two queries (and one for their watchers): later lookups find them in the session. Where the
-        transaction holds the write lock (SQLite), which tickets know each Message-ID and which numbers exist
-        nowhere is remembered too, until a row for it is written or anything rolls back."""
-        ids = list(dict.fromkeys(m for m in message_ids if m))
-        numbers = [n for n in dict.fromkeys(numbers) if _cached(self.s, "tg.tickets", n) is None]
-        if not ids and not numbers:
-            return
-        with self.s.no_autoflush:
-            rows = self.s.connection().execute(_TICKETS_BY_MESSAGE_ID, {"ids": ids}).all() if ids else []
-            ticket_ids = sorted({r[1] for r in rows})
-            found = self.s.scalars(_TICKETS_BY_ID_OR_NUMBER, {"ids": ticket_ids, "numbers": numbers}).all() \
-                if ticket_ids or numbers else []
-        known = _found(self.s, "tg.tickets")
-        for t in found:
-            known[t.number] = t
-        known_ids = write_locked_memo(self.s, KNOWN_MESSAGE_IDS)
-        if known_ids is not None:
-            tickets_of: dict[str, list[int]] = {mid: [] for mid in ids}
-            for mid, tid in rows:
-                tickets_of[mid].append(tid)
-            known_ids.update((mid, tuple(tids)) for mid, tids in tickets_of.items())
-        absent = write_locked_memo(self.s, ABSENT_NUMBERS)
-        if absent is not None:
-            absent.update(dict.fromkeys(set(numbers).difference(t.number for t in found), True))
+    # Hooks for the store (gateway.store.sql: StoreTickets), which remembers what a session found and what a
+    # transaction knows, and writes new rows its own way; here nothing is remembered and a new row is flushed.
+    def found(self, t: Ticket) -> None:
+        """A ticket was just found or made (a later `get` of its number may use it)."""
+
+    def known_message_ids(self, ids: Sequence[str]) -> list[tuple[str, int]] | None:
+        """(Message-ID, ticket id) of every ticket known to know one of these Message-IDs, when that is known
+        for all of them; None: ask."""
+        return None
+
+    def number_taken(self, number: int) -> None:
+        """A ticket number was just handed out."""
+
+    def message_ids_written(self, ids: Iterable[str] | None) -> None:
+        """Rows of these Message-IDs were just written for a ticket (None: any, moved by a merge)."""
+
+    def write_new(self, objs: Sequence[Any]) -> None:
+        """Write new rows (a ticket, with the contact registered for it first): a flush."""
+        self.s.add_all(objs)
+        self.s.flush()
 
     def is_participant(self, ticket: Ticket, contact: Contact | None, email: str | None) -> str | None:
         """Why this sender may write to the ticket, or None: reporter, first sender, watcher, staff, and
         member of the ticket's organisation where that organisation's visibility is 'organisation' (under
         'reporter-only', the default, its members are strangers to each other's tickets)."""
-        email = normalise_email(email) if email else None
-        if contact is not None and contact.is_staff:
-            return "staff"
-        if contact is not None and contact.id == ticket.reporter_id:
-            return "reporter"
-        if email and ticket.sender_email and email == ticket.sender_email:
-            return "original sender"
-        if email and any(w.contact.email == email for w in ticket.watchers):
-            return "watcher"
-        if (contact is not None and contact.organisation_id is not None
-                and contact.organisation_id == ticket.organisation_id and ticket.organisation is not None
-                and ticket.organisation.visibility == "organisation"):
-            return MEMBER
-        return None
+        return participant_reason(ticket, contact, email)
 
     # Changes --------------------------------------------------------------
     def next_number(self) -> int:
@@ -345,9 +266,7 @@ class Tickets:
         conn = self.s.connection()
         pg = conn.dialect.name == "postgresql"
         number = int(conn.execute(_NEXT_TICKET_NUMBER_PG if pg else _NEXT_TICKET_NUMBER).scalar_one())
-        absent = write_locked_memo(self.s, ABSENT_NUMBERS)
-        if absent:
-            absent.pop(number, None)
+        self.number_taken(number)
         return number
 
     def create(self, *, subject: str, reporter: Contact, sender_email: str | None = None,
@@ -376,18 +295,14 @@ class Tickets:
             if inspect(source_mail).pending:
                 self.s.flush()  # the mail row first (a batch import on PostgreSQL), with a contact registered for it
             t.source_mail_id = source_mail.id
-        state = inspect(reporter)
-        if not state.persistent:  # registered for this mail (Directory.register(flush=False)): written first
-            if state.pending:
-                self.s.expunge(reporter)
-            insert_attached(self.s, reporter)
-        insert_attached(self.s, t)  # one INSERT, no unit-of-work flush
-        _found(self.s, "tg.tickets")[t.number] = t
+        # a reporter registered for this mail (Directory.register(flush=False)) is written first
+        self.write_new(([] if inspect(reporter).persistent else [reporter]) + [t])
+        self.found(t)
         rows = [{"message_id": mid, "ticket_id": t.id, "direction": "in", "created_at": now}
                 for mid in dict.fromkeys(m for m in message_ids if m)]  # a new ticket knows none yet: no lookup
         if rows:  # plain rows, read back only by queries (by_message_ids): no ORM objects needed
             self.s.connection().execute(insert(table_of(TicketMessageId)), rows)
-            message_ids_written(self.s, (str(r["message_id"]) for r in rows))
+            self.message_ids_written([str(r["message_id"]) for r in rows])
         for contact, vouched in watchers:
             self.add_watcher(t, contact, vouched=vouched, at=now, flush=False)
         if watchers:
@@ -409,10 +324,7 @@ class Tickets:
                     by_staff=bool(author and author.is_staff) if by_staff is None else by_staff, source=source,
                     inbound_mail=mail, created_at=now)
         self.s.add(c)
-        if at is None or ticket.updated_at is None or now > ticket.updated_at:  # an old mail imported late
-            ticket.updated_at = now                                             # does not turn it back
-        if not internal and ticket.customer_spoke_last == c.by_staff:  # who spoke last in public
-            ticket.customer_spoke_last = not c.by_staff
+        commented(ticket, c, now, at=at)
         self.s.flush()
         self.emit(CommentAdded(ticket, c, mail_id=mail.id if mail is not None else None,
                                seen_by=frozenset(normalise_email(a) for a in seen_by if a)))
@@ -422,22 +334,12 @@ class Tickets:
                     at: datetime | None = None, flush: bool = True) -> bool:
         """vouched: why the gateway may mail this watcher (gateway.guard.relay); an existing watcher that had
         no such reason takes this one."""
-        if contact.id is not None and contact.id == ticket.reporter_id:
-            return False
-        for w in ticket.watchers:
-            if w.contact_id == contact.id:
-                if vouched and not w.vouched:
-                    w.vouched = vouched
-                    if flush:
-                        self.s.flush()
-                    self.emit(WatcherAdded(ticket, contact, vouched))
-                return False
-        ticket.watchers.append(Watcher(contact_id=contact.id, contact=contact, vouched=vouched,
-                                       created_at=at or self.clock()))
-        if flush:
-            self.s.flush()
-        self.emit(WatcherAdded(ticket, contact, vouched))
-        return True
+        done = watched(ticket, contact, vouched, at or self.clock())
+        if done is not None:
+            if flush:
+                self.s.flush()
+            self.emit(WatcherAdded(ticket, contact, vouched))
+        return done == "added"
 
     def unsubscribe(self, secret: bytes, token: str) -> tuple[Ticket, str] | None:
         """Remove the watcher a signed unsubscribe token names (gateway.ourmail; the List-Unsubscribe address
@@ -448,12 +350,12 @@ class Tickets:
         ticket = self.get(parsed.number) if parsed is not None else None
         if ticket is None:
             return None
-        for w in list(ticket.watchers):
-            if ourmail.verify_unsubscribe(secret, token, ticket_id=ticket.id, recipient=w.contact.email):
-                ticket.watchers.remove(w)  # delete-orphan: the row goes
-                self.s.flush()
-                return ticket, w.contact.email
-        return None
+        w = watcher_of_token(ticket, secret, token)
+        if w is None:
+            return None
+        ticket.watchers.remove(w)  # delete-orphan: the row goes
+        self.s.flush()
+        return ticket, w.contact.email
 
     def remember_message_id(self, ticket: Ticket, message_id: str | None, direction: str = "in") -> None:
         if not message_id:
@@ -461,7 +363,7 @@ class Tickets:
         insert_ignoring_duplicates(self.s, table_of(TicketMessageId),  # known already: nothing to do
                                    [{"message_id": message_id, "ticket_id": ticket.id, "direction": direction,
                                      "created_at": self.clock()}])
-        message_ids_written(self.s, (message_id,))
+        self.message_ids_written((message_id,))
 
     def link(self, ticket: Ticket, other: Ticket, *, kind: str = "related", reason: str = "") -> None:
         exists = self.s.scalar(_LINK_KNOWN, {"ticket_id": ticket.id, "other_ticket_id": other.id, "kind": kind})
@@ -490,7 +392,7 @@ class Tickets:
         for _ in range(MAX_MERGE_HOPS):
             if ticket.merged_into_id is None:
                 return ticket
-            nxt = self.s.get(Ticket, ticket.merged_into_id, options=_LIGHT)
+            nxt = self.s.get(Ticket, ticket.merged_into_id, options=LIGHT)
             if nxt is None or nxt.id in seen:
                 return ticket
             seen.add(nxt.id)
@@ -503,28 +405,67 @@ class Tickets:
         None), group, tags, remind_at, merged_into (a Ticket: the bookkeeping of gateway.workflow's merge).
         at: when it happened (an imported mail's Date), else now."""
         now = at or self.clock()
-        changes: dict[str, tuple[Any, Any]] = {}
-        for name, value in fields.items():
-            choices = _CHOICES.get(name)
-            if choices is not None and value not in choices:
-                raise InvalidChange(f"unknown {name} {value!r} (one of {', '.join(choices)})")
-            if name in _RELATED:
-                _change_related(ticket, name, value, changes)
-                continue
-            if name not in _SETTABLE:
-                raise InvalidChange(f"cannot change {name!r}")
-            old = getattr(ticket, name)
-            if old != value:
-                changes[name] = (old, value)
-                setattr(ticket, name, value)
-        if "status" in changes:
-            _stamp_status(ticket, changes["status"][1], now)
+        changes = apply_change(ticket, fields, now, at=at)
         if changes:
-            if at is None or ticket.updated_at is None or now > ticket.updated_at:
-                ticket.updated_at = now
             self.s.flush()
             self.emit(TicketChanged(ticket, changes, by=by, at=now))
         return changes
+
+
+def commented(ticket: Ticket, c: Comment, now: datetime, *, at: datetime | None = None) -> None:
+    """What a new comment changes on its ticket (pure): when it was updated, who spoke last in public."""
+    if at is None or ticket.updated_at is None or now > ticket.updated_at:  # an old mail imported late
+        ticket.updated_at = now                                             # does not turn it back
+    if not c.internal and ticket.customer_spoke_last == c.by_staff:  # who spoke last in public
+        ticket.customer_spoke_last = not c.by_staff
+
+
+def watched(ticket: Ticket, contact: Contact, vouched: str | None, now: datetime) -> str | None:
+    """Tickets.add_watcher on the objects alone (pure): 'added' (a new watcher), 'vouched' (an existing watcher
+    without a reason to be mailed takes this one) or None (nothing changed: the reporter, a watcher already)."""
+    if contact.id is not None and contact.id == ticket.reporter_id:
+        return None
+    for w in ticket.watchers:
+        if w.contact_id == contact.id:
+            if vouched and not w.vouched:
+                w.vouched = vouched
+                return "vouched"
+            return None
+    ticket.watchers.append(Watcher(contact_id=contact.id, contact=contact, vouched=vouched, created_at=now))
+    return "added"
+
+
+def watcher_of_token(ticket: Ticket, secret: bytes, token: str) -> Watcher | None:
+    """The watcher of the ticket a signed unsubscribe token names, or None (each watcher is checked against the
+    token's signature; they are bounded: limits.max_watchers_per_mail per mail)."""
+    for w in list(ticket.watchers):
+        if ourmail.verify_unsubscribe(secret, token, ticket_id=ticket.id, recipient=w.contact.email):
+            return w
+    return None
+
+
+def apply_change(ticket: Ticket, fields: dict[str, Any], now: datetime, *, at: datetime | None = None
+                 ) -> dict[str, tuple[Any, Any]]:
+    """Tickets.change on the object alone (pure: nothing written, nobody told); returns what changed."""
+    changes: dict[str, tuple[Any, Any]] = {}
+    for name, value in fields.items():
+        choices = _CHOICES.get(name)
+        if choices is not None and value not in choices:
+            raise InvalidChange(f"unknown {name} {value!r} (one of {', '.join(choices)})")
+        if name in _RELATED:
+            _change_related(ticket, name, value, changes)
+            continue
+        if name not in _SETTABLE:
+            raise InvalidChange(f"cannot change {name!r}")
+        old = getattr(ticket, name)
+        if old != value:
+            changes[name] = (old, value)
+            setattr(ticket, name, value)
+    if "status" in changes:
+        _stamp_status(ticket, changes["status"][1], now)
+    if changes and (at is None or ticket.updated_at is None or now > ticket.updated_at):
+        ticket.updated_at = now
+    return changes
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {"status": STATUSES, "priority": PRIORITIES, "type": TYPES}

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from gateway.db import drop_memo
 from gateway.models import (
     PRIORITIES,
     STATUSES,
@@ -44,7 +43,7 @@ from gateway.models import (
     Watcher,
     table_of,
 )
-from gateway.tickets import KNOWN_MESSAGE_IDS, Directory, InvalidChange, Tickets, normalise_email
+from gateway.tickets import Directory, InvalidChange, Tickets, normalise_email
 
 if TYPE_CHECKING:
     from gateway.clock import Clock
@@ -152,18 +151,20 @@ class Merged:
 
 class Workflow:
     def __init__(self, session: Session, *, clock: Clock, listeners: Listeners | None = None,
-                 refuse_close_while_blocked: bool = True, tickets: Tickets | None = None) -> None:
-        """tickets: the caller's (the pipeline's, which marks an import's events quiet); else a new one."""
+                 refuse_close_while_blocked: bool = True, tickets: Tickets | None = None,
+                 directory: Directory | None = None) -> None:
+        """tickets, directory: the caller's (the pipeline's store: it marks an import's events quiet and keeps
+        what its transaction remembers up to date); else new ones."""
         self.s = session
         self.clock = clock
         self.tickets = tickets if tickets is not None else Tickets(session, clock=clock, listeners=listeners)
-        self.directory = Directory(session, clock)
+        self.directory = directory if directory is not None else Directory(session, clock)
         self.refuse_close_while_blocked = refuse_close_while_blocked
 
     @classmethod
     def of(cls, session: Session, *, clock: Clock, listeners: Listeners | None, config: Config,
-           tickets: Tickets | None = None) -> Workflow:
-        return cls(session, clock=clock, listeners=listeners, tickets=tickets,
+           tickets: Tickets | None = None, directory: Directory | None = None) -> Workflow:
+        return cls(session, clock=clock, listeners=listeners, tickets=tickets, directory=directory,
                    refuse_close_while_blocked=bool(config.gateway["refuse_close_while_blocked"]))
 
     # Lookups -------------------------------------------------------------------------------------------------
@@ -270,19 +271,24 @@ class Workflow:
         a, b = (other, t) if flip else (t, other)
         pairs = [(a.id, b.id)] + ([(b.id, a.id)] if stored == "relates" else [])
         for x, y in pairs:
-            if self.s.scalar(select(TicketLink.id).where(TicketLink.ticket_id == x, TicketLink.other_ticket_id == y,
-                                                         TicketLink.kind == stored)) is not None:
+            if self._linked(x, y, stored):
                 return spelled(kind), False
-        if stored == "blocks" and self.s.scalar(select(TicketLink.id).where(
-                TicketLink.ticket_id == b.id, TicketLink.other_ticket_id == a.id, TicketLink.kind == "blocks")):
+        if stored == "blocks" and self._linked(b.id, a.id, "blocks"):
             raise Refused(f"#{b.number} already blocks #{a.number}: two tickets cannot block each other")
         for end in (t, other):
-            n = self.s.scalar(select(func.count()).select_from(TicketLink).where(
-                (TicketLink.ticket_id == end.id) | (TicketLink.other_ticket_id == end.id)))
-            if (n or 0) >= MAX_LINKS:
+            if self._link_count(end) >= MAX_LINKS:
                 raise Refused(f"#{end.number} has {MAX_LINKS} links already")
         self.tickets.link(a, b, kind=stored)
         return spelled(kind), True
+
+    def _linked(self, ticket_id: int, other_ticket_id: int, kind: str) -> bool:
+        return self.s.scalar(select(TicketLink.id).where(TicketLink.ticket_id == ticket_id,
+                                                         TicketLink.other_ticket_id == other_ticket_id,
+                                                         TicketLink.kind == kind)) is not None
+
+    def _link_count(self, t: Ticket) -> int:
+        return int(self.s.scalar(select(func.count()).select_from(TicketLink).where(
+            (TicketLink.ticket_id == t.id) | (TicketLink.other_ticket_id == t.id))) or 0)
 
     def unlink(self, t: Ticket, other: Ticket, kind: str | None = None) -> int:
         """Remove the links between the two tickets (of this kind, either way round); returns how many."""
@@ -318,9 +324,14 @@ class Workflow:
         now = self.clock()
         e = TimeEntry(ticket_id=t.id, contact_id=by.id if by else None, author_email=by.email if by else None,
                       minutes=m, note=note.strip(), spent_at=at or now, created_at=now)
-        self.s.add(e)
-        self.s.flush()
+        self._write(e)
         return e
+
+    def _write(self, row: Any | None) -> None:
+        """A new row (or None: a change of the objects) written now."""
+        if row is not None:
+            self.s.add(row)
+        self.s.flush()
 
     def time_total(self, t: Ticket) -> int:
         return int(self.s.scalar(select(func.coalesce(func.sum(TimeEntry.minutes), 0))
@@ -346,7 +357,7 @@ class Workflow:
         for w in list(t.watchers):
             if w.contact.email == email:
                 t.watchers.remove(w)
-                self.s.flush()
+                self._write(None)
                 return True
         return False
 
@@ -370,7 +381,7 @@ class Workflow:
         res = self.s.execute(update(TicketMessageId).where(TicketMessageId.ticket_id == source.id)
                              .values(ticket_id=target.id).execution_options(synchronize_session=False))
         ids = int(getattr(res, "rowcount", 0) or 0)
-        drop_memo(self.s, KNOWN_MESSAGE_IDS)  # what it knew of these Message-IDs points at the source
+        self.tickets.message_ids_written(None)  # what was known of these Message-IDs points at the source
         watchers = 0
         people = [(w.contact, w.vouched) for w in source.watchers]
         people.append((source.reporter, source.reporter.vouched or f"reporter of #{source.number}"))

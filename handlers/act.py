@@ -16,8 +16,9 @@ from gateway import mailcommands
 from gateway.events import CommandsDone
 from gateway.models import Contact
 from gateway.pipeline import MailContext
+from gateway.store.base import Flow
 from gateway.tickets import InvalidChange
-from gateway.workflow import NoSuch, Refused, Workflow, format_minutes
+from gateway.workflow import NoSuch, Refused, format_minutes
 
 FIELDS = ("priority", "type", "assign", "unassign", "group", "tag", "untag")
 
@@ -33,7 +34,7 @@ def _changed(changes: dict[str, tuple[Any, Any]]) -> list[str]:
 class Run:
     """One mail's commands on one ticket: what was done and what was refused."""
 
-    def __init__(self, ctx: MailContext, flow: Workflow) -> None:
+    def __init__(self, ctx: MailContext, flow: Flow) -> None:
         assert ctx.ticket is not None and ctx.sender is not None
         self.ctx, self.flow, self.ticket, self.by = ctx, flow, ctx.ticket, ctx.sender
         self.done: list[str] = []
@@ -130,9 +131,7 @@ class Run:
 
 
 def run(ctx: MailContext, parsed: mailcommands.Parsed) -> Run:
-    flow = Workflow.of(ctx.session, clock=ctx.clock, listeners=ctx.tickets.listeners, config=ctx.config,
-                       tickets=ctx.tickets)  # the pipeline's: an import's changes stay quiet
-    r = Run(ctx, flow)
+    r = Run(ctx, ctx.store.workflow())  # the pipeline's: an import's changes stay quiet
     r.refused += [(x.line, x.reason) for x in parsed.refused]
     r.fields([c for c in parsed.commands if c.name in FIELDS])
     for c in parsed.commands:
@@ -161,4 +160,4 @@ def handle(ctx: MailContext) -> None:
         ctx.note(f"act: {line}")
     for line, why in r.refused:
         ctx.note(f"act: refused {line[:80]}: {why}")
-    ctx.tickets.emit(CommandsDone(ctx.ticket, ctx.sender, r.done, r.refused, mail_id=ctx.mail_id))
+    ctx.store.emit(CommandsDone(ctx.ticket, ctx.sender, r.done, r.refused, mail_id=ctx.mail_id))

@@ -5,7 +5,7 @@ A bounce whose original mail is known is attached to that ticket as an internal 
 
 from __future__ import annotations
 
-from gateway.autoreply import bounce_info, classify, own_domains_of
+from gateway.autoreply import own_domains_of
 from gateway.events import MailIgnored
 from gateway.outcomes import Ignore
 from gateway.pipeline import MailContext
@@ -15,13 +15,8 @@ def handle(ctx: MailContext) -> None:
     p = ctx.parsed
     assert p is not None
     own_domains = own_domains_of(ctx.config.gateway_addresses)
-    prep = ctx.prepared  # classified ahead in the import's worker process (gateway.prepare), for these inputs
-    ahead = prep is not None and prep.classified_for == (ctx.mail.envelope_from, own_domains)
-    if ahead:
-        verdict = prep.verdict
-    else:
-        verdict = classify(p.message, envelope_from=ctx.mail.envelope_from, from_addr=p.from_addr,
-                           own_domains=own_domains)
+    verdict = ctx.ahead.classify(p.message, envelope_from=ctx.mail.envelope_from, from_addr=p.from_addr,
+                                 own_domains=own_domains)
     if verdict is None:
         ctx.note("classify: written by a person")
         return
@@ -30,21 +25,21 @@ def handle(ctx: MailContext) -> None:
     details: dict[str, object] = {}
     ticket = None
     if verdict.kind == "bounce":
-        info = prep.bounce if ahead else bounce_info(p.message)
+        info = ctx.ahead.bounce_info(p.message, envelope_from=ctx.mail.envelope_from, own_domains=own_domains)
         if info is not None:
             details = {"permanent": info.permanent, "recipients": list(info.recipients), "status": info.status,
                        "original_message_id": info.original_message_id, "original_to": list(info.original_to)}
             ids = [info.original_message_id] if info.original_message_id else []
-            found = ctx.tickets.by_message_ids(ids)
+            found = ctx.store.tickets_by_message_ids(ids)
             if found:
                 ticket = found[0][1]
                 ctx.ticket = ticket
-                summary = (f"Delivery failure ({'permanent' if info.permanent else 'temporary' if info.permanent is False else 'unknown kind'}"
-                           f"{', status ' + info.status if info.status else ''}) for "
+                kind = 'permanent' if info.permanent else 'temporary' if info.permanent is False else 'unknown kind'
+                summary = (f"Delivery failure ({kind}{', status ' + info.status if info.status else ''}) for "
                            f"{', '.join(info.recipients) or 'an unknown recipient'}.")
-                ctx.comment = ctx.tickets.add_comment(ticket, author=None, author_email=None, body=summary,
-                                                      full_text=p.text or summary, internal=True,
-                                                      source="system", mail=ctx.mail)
+                ctx.comment = ctx.store.add_comment(ticket, author=None, author_email=None, body=summary,
+                                                    full_text=p.text or summary, internal=True,
+                                                    source="system", mail=ctx.mail)
                 ctx.note(f"classify: bounce attached to ticket #{ticket.number} as an internal note")
-    ctx.tickets.emit(MailIgnored(ctx.mail_id, verdict.kind, verdict.reason, ticket=ticket, details=details))
+    ctx.store.emit(MailIgnored(ctx.mail_id, verdict.kind, verdict.reason, ticket=ticket, details=details))
     raise Ignore(f"{verdict.kind}: {verdict.reason}")

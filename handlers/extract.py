@@ -30,25 +30,11 @@ def handle(ctx: MailContext) -> None:
     assert p is not None
     text = p.text.strip("\n")
     from_html = False
-    prep = ctx.prepared  # done ahead in the import's worker process (gateway.prepare), or None
     if not text.strip() and p.html:
-        if prep is not None and prep.html_text is not None:
-            text = prep.html_text
-        else:
-            from gateway.quotes import html_to_text
-
-            text = html_to_text(p.html)
+        text = ctx.ahead.html_to_text(p.html)
         from_html = True
     ctx.full_text = text
-    if p.html:
-        if prep is not None and prep.html_clean is not None:
-            ctx.html = prep.html_clean
-        else:
-            from gateway.quotes import sanitize_html
-
-            ctx.html = sanitize_html(p.html)
-    else:
-        ctx.html = None
+    ctx.html = ctx.ahead.sanitize_html(p.html) if p.html else None
     delimiters = ctx.config.gateway["body_delimiters"]
     cut = cut_at_delimiters(text, delimiters, regex=ctx.config.gateway["body_delimiters_regex"])
     if cut != text:

@@ -21,7 +21,8 @@ def handle(ctx: MailContext) -> None:
     if flood.REASON in (ctx.mail.released or []):
         ctx.note("flood: the cap was released for this mail by an admin (replay)")
         return
-    made = flood.count_recent(ctx.session, sender, ctx.mail.received_at)
+    since, until = flood.window(ctx.mail.received_at)
+    made = ctx.store.mails_made_by(sender, since, until)
     if flood.allowed(policy, made):
         return
     ctx.note(f"flood: {made} tickets and comments from {sender} in the hour before this mail "

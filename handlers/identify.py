@@ -6,8 +6,10 @@ from __future__ import annotations
 from email.message import Message
 
 from gateway import addresses
+from gateway.config import Config
 from gateway.outcomes import Ignore, Quarantine, Reject
 from gateway.pipeline import MailContext
+from gateway.store.base import Asks, Upcoming
 
 AMBIGUOUS = "ambiguous sender"  # the quarantine reason's prefix; `mail replay` releases it
 
@@ -21,6 +23,12 @@ def single_address(msg: Message, header: str) -> str | None:
         return None
     author = addresses.read_author(values, header) if values else None
     return author.addr if author is not None and not author.ambiguous else None
+
+
+def asks(mail: Upcoming, config: Config) -> Asks:
+    """Declared ahead: the sender's contact (the listeners' lookups of the sender too: rate caps)."""
+    addr = mail.parsed.from_addr
+    return Asks(emails=[addr], senders=[addr]) if addr else Asks()
 
 
 def _sender_address(ctx: MailContext) -> str:
@@ -53,24 +61,23 @@ def handle(ctx: MailContext) -> None:
         raise Ignore(f"loop: mail from the gateway's own address {email}")
     ctx.sender_email = email
     ctx.sender_name = p.from_name
-    contact = ctx.directory.contact(email)
+    contact = ctx.store.contact(email)
     if contact is not None:
         ctx.sender = ctx.reporter = contact
         ctx.note(f"identify: known {contact.role} {email}")
         return
     policy = ctx.config.gateway["unknown_senders"]
     if policy == "correspondent":  # the sender is the reporter: no account, no organisation
-        ctx.sender = ctx.reporter = ctx.directory.register(email, name=p.from_name, correspondent=True,
-                                                           flush=False)
+        ctx.sender = ctx.reporter = ctx.store.register(email, name=p.from_name, correspondent=True, flush=False)
         ctx.note(f"identify: new correspondent {email} (policy 'correspondent')")
     elif policy == "register":
-        ctx.sender = ctx.reporter = ctx.directory.register(email, name=p.from_name, auto_registered=True,
-                                                           flush=False)  # written with the ticket or comment
+        ctx.sender = ctx.reporter = ctx.store.register(email, name=p.from_name, auto_registered=True,
+                                                       flush=False)  # written with the ticket or comment
         org = ctx.sender.organisation
         ctx.note(f"identify: registered new customer {email}" + (f" (organisation {org.name})" if org else ""))
     elif policy == "reject":
         raise Reject(f"unknown sender {email} (policy 'reject')")
     else:
         default = ctx.config.gateway["default_reporter"]
-        ctx.reporter = ctx.directory.contact(default) or ctx.directory.add_contact(default, name="Unknown sender")
+        ctx.reporter = ctx.store.contact(default) or ctx.store.add_contact(default, name="Unknown sender")
         ctx.note(f"identify: unknown sender {email}; reporter is {default} (policy 'default-reporter')")

@@ -9,8 +9,10 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+from gateway.config import Config
 from gateway.models import Ticket
 from gateway.pipeline import MailContext
+from gateway.store.base import MAX_PER_MAIL, Asks, Upcoming
 
 
 def tag_pattern(prefix: str) -> re.Pattern[str]:
@@ -19,15 +21,28 @@ def tag_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(r"\[(?:[^\[\]]{0,100}\s)?" + re.escape(prefix) + r"\s*(\d{1,12})\]", re.IGNORECASE)
 
 
+def _referenced(in_reply_to: list[str], references: list[str]) -> list[str]:
+    """The Message-IDs a mail names, most relevant first: In-Reply-To, then References from the newest."""
+    return list(dict.fromkeys(in_reply_to + list(reversed(references))))
+
+
+def asks(mail: Upcoming, config: Config) -> Asks:
+    """Declared ahead: the tickets that know the Message-IDs the mail names, and those its subject tags name
+    (a bounded number of Message-IDs: this is only a look-up ahead)."""
+    p = mail.parsed
+    tags = tag_pattern(config.gateway["subject_tag_prefix"])
+    return Asks(message_ids=_referenced(p.in_reply_to, p.references)[:MAX_PER_MAIL],
+                numbers=[int(m.group(1)) for m in tags.finditer(p.subject)])
+
+
 def _candidates(ctx: MailContext) -> list[tuple[str, Ticket]]:
     p = ctx.parsed
     assert p is not None
     found: list[tuple[str, Ticket]] = []
-    ids = list(dict.fromkeys(p.in_reply_to + list(reversed(p.references))))
-    for mid, t in ctx.tickets.by_message_ids(ids):
+    for mid, t in ctx.store.tickets_by_message_ids(_referenced(p.in_reply_to, p.references)):
         found.append((f"{'In-Reply-To' if mid in p.in_reply_to else 'References'} <{mid}>", t))
     for m in tag_pattern(ctx.config.gateway["subject_tag_prefix"]).finditer(p.subject):
-        tagged = ctx.tickets.get(int(m.group(1)))
+        tagged = ctx.store.ticket(int(m.group(1)))
         if tagged is not None:
             found.append((f"subject tag {m.group(0)}", tagged))
     return [_followed(ctx, how, t) for how, t in found]
@@ -37,7 +52,7 @@ def _followed(ctx: MailContext, how: str, ticket: Ticket) -> tuple[str, Ticket]:
     """A merged ticket stands for the one it was merged into."""
     if ticket.merged_into_id is None:
         return how, ticket
-    into = ctx.tickets.followed(ticket)
+    into = ctx.store.followed(ticket)
     return f"{how} (#{ticket.number}, merged into #{into.number})", into
 
 
@@ -49,14 +64,15 @@ def handle(ctx: MailContext) -> None:
         if ticket.id in seen:
             continue
         seen.add(ticket.id)
-        why = ctx.tickets.is_participant(ticket, ctx.sender, ctx.sender_email)
+        why = ctx.store.is_participant(ticket, ctx.sender, ctx.sender_email)
         if why is None:
             ctx.note(f"match: {how} names ticket #{ticket.number}, but {ctx.sender_email} is not a participant "
                      "of it (not reporter, watcher, staff, nor a member of an organisation whose members share its "
                      "tickets): opening a ticket of its own")
             if ctx.related is None:
                 ctx.related, ctx.related_kind = ticket, "related"
-                ctx.related_reason = f"{ctx.sender_email} referred to #{ticket.number} ({how}) without being a participant"
+                ctx.related_reason = (f"{ctx.sender_email} referred to #{ticket.number} ({how}) without being a "
+                                      "participant")
             continue
         ctx.note(f"match: {how} -> ticket #{ticket.number} ({ctx.sender_email} is {why})")
         if ticket.status == "closed":

@@ -3,30 +3,22 @@ mail hit (gateway.mime: addresses, Message-IDs, header fields, parameter section
 
 from __future__ import annotations
 
-from gateway.mime import MailParseError, parse_mail
+from gateway.mime import MailParseError
 from gateway.outcomes import Quarantine
 from gateway.pipeline import MailContext
+from gateway.store.ahead import OverBudget
 
 
 def handle(ctx: MailContext) -> None:
     limits = ctx.config.limits
-    prep = ctx.prepared  # parsed ahead in the worker process (gateway.prepare), or None
-    if prep is not None and prep.over_budget:  # the worker was killed: limits.mail_cpu_seconds
-        ctx.note(f"parse: more than limits.mail_cpu_seconds ({limits['mail_cpu_seconds']:g} s of CPU)")
-        raise Quarantine("over budget")
-    if prep is not None and prep.crashed:
-        ctx.note("parse: the preparation worker died on this mail, twice")
-        raise Quarantine("over budget: the mail crashed the preparation worker twice")
     try:
-        if prep is not None and prep.parse_error is not None:
-            raise MailParseError(prep.parse_error)
-        if prep is not None and prep.parse_recursion:
-            raise RecursionError("maximum recursion depth exceeded")
-        if prep is not None and prep.parsed is not None:
-            ctx.parsed = prep.parsed
-        else:
-            ctx.parsed = parse_mail(ctx.raw, max_depth=limits["max_mime_depth"],
-                                    max_parts=limits["max_mime_parts"])
+        ctx.parsed = ctx.ahead.parse(ctx.raw, max_depth=limits["max_mime_depth"], max_parts=limits["max_mime_parts"])
+    except OverBudget as e:  # the preparation worker was killed (limits.mail_cpu_seconds), or died twice
+        if e.crashed:
+            ctx.note("parse: the preparation worker died on this mail, twice")
+            raise Quarantine("over budget: the mail crashed the preparation worker twice") from e
+        ctx.note(f"parse: more than limits.mail_cpu_seconds ({limits['mail_cpu_seconds']:g} s of CPU)")
+        raise Quarantine("over budget") from e
     except MailParseError as e:
         ctx.note(f"parse: {e.reason}")
         raise Quarantine(f"unparseable mail: {e.reason}") from e

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import select
-
 from gateway import ourmail
 from gateway.events import MailIgnored
-from gateway.models import OutboxMail
 from gateway.outcomes import Ignore
 from gateway.pipeline import MailContext
 
@@ -40,7 +37,7 @@ def handle(ctx: MailContext) -> None:
     why = _loop(ctx)
     if why:
         ctx.note(f"token: loop: {why}")
-        ctx.tickets.emit(MailIgnored(ctx.mail_id, "loop", why))
+        ctx.store.emit(MailIgnored(ctx.mail_id, "loop", why))
         raise Ignore(f"loop: {why}")
     if ctx.ticket is not None:
         return
@@ -54,7 +51,7 @@ def handle(ctx: MailContext) -> None:
         seen.add(tok)
         parsed = ourmail.parse_token(tok)
         assert parsed is not None
-        ticket = ctx.tickets.get(parsed.number)
+        ticket = ctx.store.ticket(parsed.number)
         secret = ourmail.reply_secret(ctx.config)
         if ticket is None or not ctx.sender_email:
             ctx.note(f"token: {addr} names no ticket we know: ignored (forged)")
@@ -65,7 +62,7 @@ def handle(ctx: MailContext) -> None:
             if parsed.note and ctx.sender is not None and ctx.sender.is_staff:
                 ctx.internal = f"sent to the note address {addr}"
             if ticket.merged_into_id is not None:
-                ticket = ctx.tickets.followed(ticket)
+                ticket = ctx.store.followed(ticket)
                 ctx.note(f"token: #{parsed.number} was merged into #{ticket.number}")
             if ticket.status == "closed":
                 closed = ticket.closed_at or ticket.updated_at
@@ -78,8 +75,7 @@ def handle(ctx: MailContext) -> None:
                     return
             ctx.ticket = ticket
             return
-        issued = ctx.session.scalar(select(OutboxMail.recipient).where(OutboxMail.token == tok).limit(1))
-        if issued is not None:
+        if ctx.store.token_issued(tok):
             ctx.note(f"token: {addr} was issued to someone else, not to {ctx.sender_email}: it grants nothing "
                      "(the sender is judged on their own)")
         else:

@@ -24,7 +24,7 @@ def handle(ctx: MailContext) -> None:
         token = ourmail.unsubscribe_token_of_address(addr, bases)
         if token is None:
             continue
-        done = ctx.tickets.unsubscribe(ourmail.reply_secret(ctx.config), token)
+        done = ctx.store.unsubscribe(ourmail.reply_secret(ctx.config), token)
         if done is None:
             ctx.note(f"unsubscribe: {addr} names no current watcher")
             raise Ignore("unsubscribe: the address names no current watcher")

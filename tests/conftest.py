@@ -200,6 +200,22 @@ def app(make_app):
 
 
 # The CLI as a subprocess ------------------------------------------------------------------------------------
+@pytest.fixture
+def store() -> Any:
+    """An in-memory store with a fixed clock, for a handler's unit test (tests/handlerkit.py)."""
+    from handlerkit import new_store
+
+    return new_store()
+
+
+@pytest.fixture
+def make_ctx(store: Any, tmp_path: Path) -> Any:
+    """make_ctx(raw=None, ...) -> a MailContext on `store` (tests/handlerkit.py: context_maker)."""
+    from handlerkit import context_maker
+
+    return context_maker(store, tmp_path)
+
+
 def run_cli(*args: str, config: Path | None = None, input: bytes | None = None, env: dict | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
     e = dict(os.environ)

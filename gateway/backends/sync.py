@@ -22,7 +22,8 @@ from gateway.backends.queue import IMPORTING
 from gateway.backends.store import BackendItem, BackendLink, BackendState
 from gateway.db import transaction
 from gateway.models import Contact, Ticket
-from gateway.tickets import Directory, Tickets
+from gateway.store.sql import directory
+from gateway.tickets import Tickets
 
 if TYPE_CHECKING:
     from gateway.backends.desk import Desk
@@ -177,7 +178,7 @@ def _author(b: Broker, s: Any, c: RemoteComment, link: BackendLink) -> Contact |
     customer = c.is_agent is False or (c.is_agent is None and link.customer_id and c.author_id == link.customer_id)
     if not c.author_email:
         return None
-    d = Directory(s, b.app.clock)
+    d = directory(s, b.app.clock)  # a new staff contact: forgotten by the staff the notifications remember
     contact = d.contact(c.author_email)
     if contact is not None or customer:
         return contact

@@ -2,8 +2,9 @@
 address in the hour before a mail arrived; further mail from that address is quarantined ('flood'), never
 answered. Staff and `limits.flood_exempt` (addresses or domains) are exempt.
 
-Pure: the caller counts (`count_recent`, one indexed query) and passes the count in; the window is taken
-from the mail's arrival time, never from a clock read here, so a replay later decides the same way.
+Pure: the caller counts (the store's `mails_made_by` over `window(arrived)`, one indexed query) and passes the
+count in; the window is taken from the mail's arrival time, never from a clock read here, so a replay later
+decides the same way.
 """
 
 from __future__ import annotations
@@ -12,14 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, func, select
-from sqlalchemy.orm import Session
-
-from gateway.models import InboundMail
-
 WINDOW = timedelta(hours=1)
 REASON = "flood"
-COUNTED = ("ticket", "comment")
+COUNTED = ("ticket", "comment")  # the outcomes counted (gateway.store: mails_made_by)
 
 
 @dataclass(frozen=True)
@@ -55,16 +51,3 @@ def exemption(policy: FloodPolicy, sender: str, is_staff: bool) -> str | None:
 def allowed(policy: FloodPolicy, made_in_window: int) -> bool:
     """May one more ticket or comment be made, `made_in_window` being made already in the window?"""
     return made_in_window < policy.limit
-
-
-_COUNT = select(func.count(InboundMail.id)).where(
-    InboundMail.sender == bindparam("sender"), InboundMail.outcome.in_(COUNTED),
-    InboundMail.received_at >= bindparam("since"), InboundMail.received_at <= bindparam("until"))
-
-
-def count_recent(session: Session, sender: str, arrived: datetime) -> int:
-    """Tickets and comments made from `sender` by mails that arrived in the hour up to `arrived` (the mail
-    being decided is not counted: its outcome is not recorded yet). One query on (sender, received_at)."""
-    since, until = window(arrived)
-    with session.no_autoflush:
-        return int(session.scalar(_COUNT, {"sender": sender.lower(), "since": since, "until": until}) or 0)

@@ -116,8 +116,8 @@ def _register(ctx: MailContext, addr: str, name: str) -> Contact:
     """A Cc'd address the gateway does not know: a registered customer under unknown_senders = 'register',
     else a correspondent (no account, no organisation), as a sender would be."""
     if ctx.config.gateway["unknown_senders"] == "register":
-        return ctx.directory.register(addr, name=name, auto_registered=True)
-    return ctx.directory.register(addr, name=name, correspondent=True)
+        return ctx.store.register(addr, name=name, auto_registered=True)
+    return ctx.store.register(addr, name=name, correspondent=True)
 
 
 def cc_watchers(ctx: MailContext) -> list[tuple[Contact, str | None]]:
@@ -126,7 +126,7 @@ def cc_watchers(ctx: MailContext) -> list[tuple[Contact, str | None]]:
     plan, why = _plan(ctx, ())
     out = []
     for name, addr in plan.take:
-        contact = ctx.directory.contact(addr) or _register(ctx, addr, name)
+        contact = ctx.store.contact(addr) or _register(ctx, addr, name)
         out.append((contact, why))
     _note(ctx, [c.email for c, _ in out], why)
     return out
@@ -141,11 +141,11 @@ def add_cc_watchers(ctx: MailContext) -> None:
         named = {a.lower() for _, a in ctx.parsed.cc[:1000]}
         for w in ctx.ticket.watchers:
             if not mailable(w) and w.contact.email in named:
-                ctx.tickets.add_watcher(ctx.ticket, w.contact, vouched=why)  # known: vouched, said to listeners
+                ctx.store.add_watcher(ctx.ticket, w.contact, vouched=why)  # known: vouched, said to listeners
                 ctx.note(f"relay: watcher {w.contact.email} may be mailed from now on ({why})")
     added = []
     for name, addr in plan.take:
-        contact = ctx.directory.contact(addr) or _register(ctx, addr, name)
-        if ctx.tickets.add_watcher(ctx.ticket, contact, vouched=why):
+        contact = ctx.store.contact(addr) or _register(ctx, addr, name)
+        if ctx.store.add_watcher(ctx.ticket, contact, vouched=why):
             added.append(addr)
     _note(ctx, added, why)

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, exists, or_, select
 
-from gateway.db import drop_memo, transaction
+from gateway.db import transaction
 from gateway.models import VISIBILITIES, Comment, Contact, Organisation, OrganisationDomain, Ticket, Watcher
 from gateway.ops import pages
 from gateway.ops.errors import Conflict, Invalid, NotFound
 from gateway.ops.pages import Page
 from gateway.ops.tickets import check_email
-from gateway.tickets import Directory
+from gateway.store.sql import directory
 
 if TYPE_CHECKING:
     from gateway.app import App
@@ -57,7 +57,7 @@ def list_users(app: App, *, role: str | None = None, limit: int = pages.DEFAULT_
 
 def get_user(app: App, email: str) -> dict[str, Any]:
     with app.sessions() as s:
-        c = Directory(s, app.clock).contact(check_email(email, "email"))
+        c = directory(s, app.clock).contact(check_email(email, "email"))
         if c is None:
             raise NotFound(f"no contact {email}")
         return user_view(c)
@@ -74,7 +74,7 @@ def save_user(app: App, email: str, *, name: str | None = None, role: str | None
     if name is not None and (not isinstance(name, str) or len(name) > 200):
         raise Invalid("name: at most 200 characters", field="name")
     with transaction(app.sessions) as s:
-        d = Directory(s, app.clock)
+        d = directory(s, app.clock)
         org = None
         if organisation:
             org = d.organisation(organisation)
@@ -97,7 +97,7 @@ def save_user(app: App, email: str, *, name: str | None = None, role: str | None
                 c.name = name
             if role is not None and role != c.role:
                 c.role = role
-                drop_memo(s, "staff")
+                d.staff_changed()
             if organisation is not None:
                 c.organisation_id = org.id if org else None
                 c.organisation = org
@@ -110,7 +110,8 @@ def remove_user(app: App, email: str) -> None:
     tickets it watches lose it as a watcher."""
     email = check_email(email, "email")
     with transaction(app.sessions) as s:
-        c = Directory(s, app.clock).contact(email)
+        d = directory(s, app.clock)
+        c = d.contact(email)
         if c is None:
             raise NotFound(f"no contact {email}")
         used = s.scalar(select(exists().where(or_(Ticket.reporter_id == c.id, Ticket.assignee_id == c.id)))) \
@@ -119,8 +120,7 @@ def remove_user(app: App, email: str) -> None:
             raise Conflict(f"contact {email} is the reporter, assignee or author on tickets: it stays")
         s.execute(delete(Watcher).where(Watcher.contact_id == c.id))
         s.delete(c)
-        drop_memo(s, "staff")
-        s.info.pop("tg.contacts", None)
+        d.contact_removed()
 
 
 def block_user(app: App, email: str, *, blocked: bool = True, reason: str | None = None,
@@ -131,7 +131,7 @@ def block_user(app: App, email: str, *, blocked: bool = True, reason: str | None
     if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
         raise Invalid(f"reason: at most {MAX_REASON} characters", field="reason")
     with transaction(app.sessions) as s:
-        d = Directory(s, app.clock)
+        d = directory(s, app.clock)
         c = d.contact(email)
         if c is None:
             if not blocked or not create:
@@ -170,7 +170,7 @@ def list_orgs(app: App, *, limit: int = pages.DEFAULT_LIMIT, cursor: str | None 
 
 def get_org(app: App, name: str) -> dict[str, Any]:
     with app.sessions() as s:
-        o = Directory(s, app.clock).organisation(name)
+        o = directory(s, app.clock).organisation(name)
         if o is None:
             raise NotFound(f"no organisation {name!r}")
         return org_view(o)
@@ -188,7 +188,7 @@ def save_org(app: App, name: str, *, domains: list[str] | None = None, replace_d
         raise Invalid(f"visibility: one of {', '.join(VISIBILITIES)}", field="visibility")
     wanted = _domains(domains or [])
     with transaction(app.sessions) as s:
-        d = Directory(s, app.clock)
+        d = directory(s, app.clock)
         org = d.organisation(name)
         if org is not None and mode == "create":
             raise Conflict(f"organisation {name!r} exists")
@@ -210,15 +210,15 @@ def save_org(app: App, name: str, *, domains: list[str] | None = None, replace_d
             if gone:
                 s.flush()
                 s.refresh(org)
-                drop_memo(s, "no-organisation")
-                s.info.pop("tg.domains", None)
+                d.organisations_changed()
         return org_view(org), created
 
 
 def remove_org(app: App, name: str) -> None:
     """Remove an organisation no contact or ticket belongs to (else 409)."""
     with transaction(app.sessions) as s:
-        org = Directory(s, app.clock).organisation(name)
+        d = directory(s, app.clock)
+        org = d.organisation(name)
         if org is None:
             raise NotFound(f"no organisation {name!r}")
         used = s.scalar(select(exists().where(Contact.organisation_id == org.id))) \
@@ -227,5 +227,4 @@ def remove_org(app: App, name: str) -> None:
             raise Conflict(f"organisation {name!r} still has contacts or tickets: it stays")
         s.execute(delete(OrganisationDomain).where(OrganisationDomain.organisation_id == org.id))
         s.delete(org)
-        s.info.pop("tg.domains", None)
-        drop_memo(s, "no-organisation")
+        d.organisations_changed()

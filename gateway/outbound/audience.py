@@ -15,9 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.config import Config
-from gateway.db import write_locked_memo
 from gateway.models import Contact, Ticket
 from gateway.outbound import ratelimit
+from gateway.store.memo import STAFF, write_locked_memo
 
 
 @dataclass
@@ -98,8 +98,8 @@ class Audience:
 
     @staticmethod
     def staff(s: Session) -> list[Contact]:
-        """The staff contacts, by id (remembered for the transaction where gateway.db.write_locked_memo can)."""
-        memo = write_locked_memo(s, "staff")
+        """The staff contacts, by id (remembered for the transaction where gateway.store.memo.write_locked_memo can)."""
+        memo = write_locked_memo(s, STAFF)
         if memo is not None and "all" in memo:
             return memo["all"]
         staff = list(s.scalars(_STAFF))

@@ -3,7 +3,7 @@
 Mail caused by mail is held back by the loop guards meant for customers (notifications.max_per_ticket_10min,
 max_per_recipient_day: gateway.outbound.ratelimit decides from the counts asked here); mail to staff is bounded
 per ticket instead (staff.max_notices_per_ticket_hour). The per-recipient counts are remembered for the
-transaction where gateway.db.write_locked_memo can, and kept up to date by the rows written.
+transaction where gateway.store.memo.write_locked_memo can, and kept up to date by the rows written.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from gateway.db import write_locked_memo
 from gateway.models import Contact, OutboxMail, Ticket
 from gateway.outbound import ratelimit
+from gateway.store.memo import SENT_PER_RECIPIENT, write_locked_memo
 
 
 class SendCaps:
@@ -63,10 +63,10 @@ class SendCaps:
 
     def sent_today(self, s: Session, emails: list[str], now: datetime) -> dict[str, int]:
         """Mails caused by mail to each address in the rate-cap window. Within one transaction (where
-        gateway.db.write_locked_memo can) a count is asked once and then kept up to date by `count_written`,
+        gateway.store.memo.write_locked_memo can) a count is asked once and then kept up to date by `count_written`,
         for a minute: after that the window has moved on and it is asked again."""
         since = ratelimit.window_start(now, ratelimit.RECIPIENT_WINDOW)
-        memo = write_locked_memo(s, "sent-per-recipient")
+        memo = write_locked_memo(s, SENT_PER_RECIPIENT)
         if memo is None:
             return self._count_sent(s, emails, since)
         ask = [e for e in emails if e not in memo or since - memo[e][0] > _MEMO_FOR]
@@ -79,7 +79,7 @@ class SendCaps:
     @staticmethod
     def count_written(s: Session, rows: list[dict[str, Any]]) -> None:
         """Keep the counts `sent_today` remembers up to date with rows caused by mail that were just written."""
-        sent = write_locked_memo(s, "sent-per-recipient")
+        sent = write_locked_memo(s, SENT_PER_RECIPIENT)
         if sent is None:
             return
         for row in rows:

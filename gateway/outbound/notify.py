@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from gateway import ourmail
 from gateway.config import Config
-from gateway.db import drop_memo, is_unavailable, write_locked_memo
+from gateway.db import is_unavailable
 from gateway.events import CommandsDone, CommentAdded, Event, MailIgnored, MailRejected, TicketChanged, TicketCreated
 from gateway.guard import relay
 from gateway.models import Contact, InboundMail, OutboxMail, Ticket, TicketMessageId, table_of
@@ -48,7 +48,8 @@ from gateway.outbound import ratelimit
 from gateway.outbound.audience import Audience, Recipient
 from gateway.outbound.caps import SendCaps
 from gateway.outbound.render import Templates, fmt_time
-from gateway.tickets import message_ids_written
+from gateway.store.memo import SENT_PER_RECIPIENT, drop_memo, write_locked_memo
+from gateway.store.sql import message_ids_written
 
 if TYPE_CHECKING:
     from gateway.clock import Clock
@@ -108,16 +109,16 @@ class Outbound:
                 with session.connection().begin_nested():
                     self.dispatch(session, event)
         except Exception as e:  # noqa: BLE001 -- a notification must never cost the mail its ticket
-            drop_memo(session, "sent-per-recipient")  # it may count rows that were rolled back
+            drop_memo(session, SENT_PER_RECIPIENT)  # it may count rows that were rolled back
             if is_unavailable(e):
                 raise
             log.exception("outbound: could not queue notifications for %s", type(event).__name__)
 
     def prefetch(self, session: Session, emails: list[str]) -> None:
-        """For the next mails of a batch import (gateway.prefetch): the rate-cap counts of their senders, the
-        recipients of their first notifications, in one query (kept where gateway.db.write_locked_memo can)."""
+        """For the next mails of a batch import (gateway.store.sql.prefetch): the rate-cap counts of their senders, the
+        recipients of their first notifications, in one query (kept where gateway.store.memo.write_locked_memo can)."""
         notifies = self.n["ticket_created"] or self.n["comment"]
-        if notifies and write_locked_memo(session, "sent-per-recipient") is not None:
+        if notifies and write_locked_memo(session, SENT_PER_RECIPIENT) is not None:
             self.caps.sent_today(session, sorted({e.lower() for e in emails}), self.clock())
 
     def relevant(self, event: Event) -> bool:

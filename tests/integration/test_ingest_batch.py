@@ -69,14 +69,18 @@ def test_a_mail_failing_in_the_pipeline_is_quarantined_alone(make_app, monkeypat
     b = app.intake().batch()
     out = [b.ingest(make_mail(subject=subj, attachments=[("a.txt", "text/plain", subj.encode())]), ENV)
            for subj in ("good 1", "bad", "good 2")]
-    # the bad one's ticket #2 was rolled back with its savepoint: the tag names the ticket made after it
-    tagged = b.ingest(make_mail(subject="Re: [#2] good 2", body="More.\n"), ENV)
+    # the bad one's ticket #2 was rolled back with its savepoint. SQLite's counter row rolled back with it: the
+    # ticket made after it is #2 again. PostgreSQL's sequence (several instances share it) leaves #2 a gap.
+    gap = app.engine.dialect.name == "postgresql"
+    good2 = 3 if gap else 2
+    tagged = b.ingest(make_mail(subject=f"Re: [#{good2}] good 2", body="More.\n"), ENV)
     b.commit()
     assert [r.outcome for r in out] == ["ticket", "quarantined", "ticket"]
-    assert [r.ticket_number for r in out] == [1, None, 2]
-    assert (tagged.outcome, tagged.ticket_number) == ("comment", 2)
+    assert [r.ticket_number for r in out] == [1, None, good2]
+    assert (tagged.outcome, tagged.ticket_number) == ("comment", good2)
     with app.sessions() as s:
-        assert s.scalar(select(Ticket.subject).where(Ticket.number == 2)) == "good 2"
+        assert s.scalar(select(Ticket.subject).where(Ticket.number == good2)) == "good 2"
+        assert s.scalar(select(Ticket.subject).where(Ticket.number == 2)) == (None if gap else "good 2")
     assert "disk on fire" in out[1].reason
     # nothing half-written of the bad one: two tickets, two attachments, its row and raw bytes kept
     assert count(app, Ticket) == 2 and count(app, Attachment) == 2 and count(app, Comment) == 1

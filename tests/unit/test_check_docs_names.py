@@ -28,7 +28,7 @@ def problems(cd: ModuleType, index: object, tmp_path: Path, text: str) -> list[s
 def test_names_of_the_code_pass(cd: ModuleType, index: object, tmp_path: Path) -> None:
     text = ("`gateway.smtp.Handler.handle_DATA`, `Engine.thread`, `gateway/smtp.py`, `handlers/commands.py`,\n"
             "`read_data()`, `SessionRegistry`, `gateway.outbound:install`, `queue.Enqueue`, `Intake._settle`,\n"
-            "`gateway.handlers.<name>`, `TEMPFAIL`, `_direct_savepoints`; in the text gateway.outbound.audience and\n"
+            "`gateway.handlers.<name>`, `TEMPFAIL`, `_remembered`; in the text gateway.outbound.audience and\n"
             "Intake.store_many, and words that are not code: `limits.max_recipients`, `inbound_mail.auth`, `452`.\n")
     assert problems(cd, index, tmp_path, text) == []
 
