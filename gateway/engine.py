@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from sqlalchemy import Integer, column, func, select, update
 from sqlalchemy.dialects import postgresql
 
-from gateway.db import StoreUnavailable, transaction
+from gateway.db import StoreUnavailable, is_unavailable, transaction
 from gateway.envelope import Envelope
 from gateway.intake import IngestBatch, Intake, Result
 from gateway.models import InboundMail, InboundRaw, table_of
@@ -82,6 +82,33 @@ class ImportSource(Protocol):
 S = TypeVar("S", bound=ImportSource)
 
 
+class Staged:
+    """A batch of stored mails read and prepared (`Engine.stage`), waiting for its write transactions."""
+
+    def __init__(self, engine: Engine, ids: list[int], guard: bool, skip_locked: bool = False) -> None:
+        self.engine, self.ids, self.guard, self.skip_locked = engine, ids, guard, skip_locked
+        self.claims = False                     # PostgreSQL, skip_locked: claimed and prepared in the run (thread)
+        self.tried: dict[int, int] = {}         # tries counted on each mail still to be threaded
+        self.raws: dict[int, bytes] = {}
+        self.prepared: dict[int, Any] = {}
+
+    def parts(self) -> list[list[int]]:
+        """Its write transactions, in order: guard: each mail tried before without an outcome alone, then the
+        rest together; else all together."""
+        if not self.ids:
+            return []
+        if not self.guard:
+            return [self.ids]
+        again = [i for i in self.ids if self.tried.get(i, 0) > 0]
+        fresh = [i for i in self.ids if self.tried.get(i, 0) == 0]
+        return [[i] for i in again] + ([fresh] if fresh else [])
+
+    def drop(self) -> None:
+        """The mails are the engine's no more (run, or given up: the sweep finds them)."""
+        with self.engine._lock:
+            self.engine._busy.difference_update(self.ids)
+
+
 class Engine:
     def __init__(self, app: IntakeHost, intake: Intake | None = None) -> None:
         self.app = app
@@ -115,6 +142,92 @@ class Engine:
         finally:
             with self._lock:
                 self._busy.difference_update(ids)
+
+    def stage(self, mail_ids: Sequence[int], *, guard: bool = True, skip_locked: bool = False) -> Staged:
+        """`thread` in two steps, `stage` then `run_staged`: a caller that stages the next batch while this one
+        runs keeps the worker process and the database busy at once (serve's workers). This first step, outside
+        any write transaction: the mails' rows read (without the write lock) and prepared by the worker process.
+        The mails are this engine's until `run_staged` ran them (or `Staged.drop`). skip_locked on PostgreSQL
+        (several instances): the claims, the reading and the preparing are left to `run_staged`, as `thread`
+        does them (a mail another instance threads now is neither prepared nor counted here)."""
+        with self._lock:
+            ids = [i for i in dict.fromkeys(mail_ids) if i not in self._busy]
+            self._busy.update(ids)
+        staged = Staged(self, ids, guard, skip_locked)
+        try:
+            if ids and skip_locked and guard and self._dialect() == "postgresql":
+                staged.claims = True
+            elif ids:
+                self._prepare(staged)
+        except BaseException:
+            staged.drop()
+            raise
+        return staged
+
+    def run_staged(self, staged: Staged, *, hold: Callable[[], contextlib.AbstractContextManager[Any]] | None
+                   = None) -> list[Result]:
+        """The second step of `thread`: the write transactions, each inside `hold()` (guard: the try counted
+        and committed first, in the same turn)."""
+        hold = hold or contextlib.nullcontext
+        out: list[Result] = []
+        try:
+            if staged.claims:
+                with self._claimed(staged.ids, True) as mine:
+                    return self._thread_guarded(mine, hold, True)
+            for part in staged.parts():
+                exhausted = {i for i in part if staged.tried.get(i, 0) >= MAX_TRIES} if staged.guard else set()
+                with hold():
+                    if staged.guard:
+                        self.intake._retrying(lambda b=part: self._count_try(b), "counting a try")  # type: ignore[misc]
+                    out.extend(self.intake.process_many(part, prepared=staged.prepared, raws=staged.raws,
+                                                        counted=staged.guard, exhausted=exhausted,
+                                                        skip_locked=staged.skip_locked))
+        finally:
+            staged.drop()
+        return out
+
+    def _dialect(self) -> str:
+        bind = self.app.sessions.kw.get("bind")
+        return str(bind.dialect.name) if bind is not None else ""
+
+    def _prepare(self, staged: Staged) -> None:
+        rows = self._read_stored(staged.ids)
+        staged.tried = {i: attempts for i, (attempts, _, _) in rows.items()}
+        work = [i for i in staged.ids if i in rows and rows[i][2] is not None
+                and not (staged.guard and rows[i][0] >= MAX_TRIES)]
+        staged.raws = {i: rows[i][2] for i in work}  # type: ignore[misc]
+        ahead = self.app.ahead
+        if ahead is None or not work:
+            return
+        preps = ahead.prepare([staged.raws[i] for i in work], [rows[i][1] for i in work])
+        staged.prepared = {i: prep for i, prep in zip(work, preps, strict=True) if prep is not None}
+
+    def _read_stored(self, ids: list[int]) -> dict[int, tuple[int, str | None, bytes | None]]:
+        """id -> (tries counted, envelope sender, raw bytes) of each mail still to be threaded, read without
+        taking the write lock: on SQLite every session begins IMMEDIATE (gateway.db), which would wait for the
+        write transaction of the batch before this one; a plain SELECT on the driver's connection reads the
+        last commit instead."""
+        m, r = table_of(InboundMail), table_of(InboundRaw)
+        q = (select(m.c.id, m.c.attempts, m.c.envelope_from, r.c.data)
+             .select_from(m.outerjoin(r, r.c.mail_id == m.c.id)).where(m.c.id.in_(ids), m.c.outcome == "received"))
+        bind = self.app.sessions.kw.get("bind")
+        try:
+            if bind is not None and bind.dialect.name == "sqlite":
+                compiled = q.compile(dialect=bind.dialect, compile_kwargs={"render_postcompile": True})
+                params = [compiled.params[k] for k in compiled.positiontup or ()]
+                conn = bind.raw_connection()
+                try:
+                    rows = conn.driver_connection.execute(str(compiled), params).fetchall()
+                finally:
+                    conn.close()
+            else:
+                with self.app.sessions() as s:
+                    rows = [tuple(row) for row in s.execute(q)]
+        except Exception as e:
+            if is_unavailable(e):
+                raise StoreUnavailable(str(e)) from e
+            raise
+        return {int(i): (int(attempts or 0), sender, data) for i, attempts, sender, data in rows}
 
     @contextlib.contextmanager
     def _claimed(self, ids: list[int], skip_locked: bool) -> Iterator[list[int]]:
@@ -287,4 +400,4 @@ def _chunks(items: Iterator[Any], n: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-__all__ = ["Engine", "ImportSource", "ImportStopped", "MAX_TRIES", "start_worker"]
+__all__ = ["Engine", "ImportSource", "ImportStopped", "MAX_TRIES", "Staged", "start_worker"]

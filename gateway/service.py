@@ -290,6 +290,7 @@ class Service:
         self.http_where: str | None = None                     # the HTTP listener (gateway.api), when on
         self.store_pool = ThreadPoolExecutor(8, thread_name_prefix="store")
         self.process_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="thread")
+        self.stage_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="stage")  # Engine.stage
         self.pool = ThreadPoolExecutor(32, thread_name_prefix="svc")
 
     # Plug-in API ---------------------------------------------------------------------------------------
@@ -368,17 +369,7 @@ class Service:
     def _thread_sync(self, mail_ids: list[int], skip_locked: bool = False) -> list[Result]:
         """Thread stored mails as one batch (Intake.thread): prepared by the worker process first, then one
         write transaction holding the write gate (a savepoint per mail)."""
-        @contextlib.contextmanager
-        def gate() -> Iterator[None]:
-            with self.gate.hold(urgent=False):
-                t = time.monotonic()
-                try:
-                    yield
-                finally:
-                    held = (time.monotonic() - t) / max(1, len(mail_ids))
-                    self.thread_seconds = 0.9 * self.thread_seconds + 0.1 * held
-
-        return self.engine.thread(mail_ids, hold=gate, skip_locked=skip_locked)
+        return self.engine.thread(mail_ids, hold=thread_gate(self, len(mail_ids)), skip_locked=skip_locked)
 
     def _may_thread(self, since: float) -> bool:
         """Threading may take its next turn (alternating with store batches at the write gate): no mail
@@ -462,26 +453,6 @@ class Service:
                 self._last_busy = now
             self.ingest_busy = now - self._last_busy < 0.15
             await asyncio.sleep(0.02)
-
-    async def _worker(self, n: int) -> None:
-        """Threads what is stored, in batches: the mails queued by the time it takes its turn (at most
-        THREAD_BATCH), one write transaction for them all."""
-        assert self.queue is not None
-        while True:
-            batch = [await self.queue.get()]
-            while len(batch) < THREAD_BATCH and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            while not self._may_thread(batch[0][1]):
-                await asyncio.sleep(0.02)
-            ids = [mail_id for mail_id, _ in batch]
-            try:
-                results = await self.process_batch(ids, skip_locked=True)
-                log.debug("mails %s: %s", ids, [r.outcome for r in results])
-            except StoreUnavailable as e:  # the sweep threads them later; one line per change of state
-                if not self.app.observe.state("database", False, f"{type(e).__name__}: {e}"):
-                    log.debug("mails %s stored, threading postponed (store unavailable: %s)", ids, e)
-            except Exception:  # noqa: BLE001
-                log.exception("mails %s: threading failed; the sweep tries again", ids)
 
     async def _run_task(self, name: str, factory: Callable[[Service], Awaitable[None]]) -> None:
         try:
@@ -593,7 +564,7 @@ class Service:
                                             ("startup-sweep", self._job("startup-sweep", lambda: self.sweep(0)), 0,
                                              True)]
                                     + [(n, self._job(n, f), sec, now) for n, f, sec, now in self._jobs])
-        self._workers = [loop.create_task(self._worker(i), name=f"worker-{i}") for i in range(self.workers)]
+        self._workers = [loop.create_task(ThreadingWorker(self).run(), name=f"worker-{i}") for i in range(self.workers)]
         self._workers.append(loop.create_task(self._watch_ingest(), name="watch-ingest"))
         self._running = [loop.create_task(self._run_task(n, f), name=n) for n, f in self._tasks]
         wd = self.notifier.watchdog_interval()
@@ -632,8 +603,8 @@ class Service:
             t.cancel()
         await asyncio.gather(*self._workers, *self._running, return_exceptions=True)
         # 5. threads: in-flight pipeline runs finish (their transactions are short); then close the store
-        ok = await loop.run_in_executor(None, join_pools, (self.store_pool, self.process_pool, self.pool),
-                                        t0 + HARD_EXIT_SECONDS - 2)
+        pools = (self.store_pool, self.stage_pool, self.process_pool, self.pool)
+        ok = await loop.run_in_executor(None, join_pools, pools, t0 + HARD_EXIT_SECONDS - 2)
         if ok:
             if self.ahead is not None:
                 self.app.ahead = None
@@ -642,6 +613,87 @@ class Service:
                 self.app.close()
         log.info("stopped after %.1fs", time.monotonic() - t0)
         return 0
+
+
+
+# Threading stored mail ------------------------------------------------------------------------------------
+def thread_gate(service: Service, mails: int) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """The service's write gate for a threading transaction of `mails` mails, timed: Service.thread_seconds, the
+    write-gate time per threaded mail (see Service._may_thread), learns from transactions of MIN_SAMPLE mails or
+    more (a transaction's fixed cost, its commit, spread over one or two mails would read as the cost of each:
+    threading that keeps pace with a steady trickle, in small transactions, would look unable to)."""
+    @contextlib.contextmanager
+    def gate() -> Iterator[None]:
+        with service.gate.hold(urgent=False):
+            t = time.monotonic()
+            try:
+                yield
+            finally:
+                if mails >= MIN_SAMPLE:
+                    held = (time.monotonic() - t) / mails
+                    service.thread_seconds = 0.9 * service.thread_seconds + 0.1 * held
+
+    return gate
+
+
+MIN_SAMPLE = 4  # see thread_gate
+
+
+class ThreadingWorker:
+    """One of serve's threading workers (serve.workers): threads what is stored, in batches: the mails queued by
+    the time it takes its turn (at most THREAD_BATCH), one write transaction for them all. Pipelined: the next
+    batch is read and prepared by the worker process (`Engine.stage`) while this one's write transaction runs
+    (`Engine.run_staged`); failures are logged (the sweep tries again)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def run(self) -> None:
+        svc = self.service
+        queue = svc.queue
+        assert queue is not None
+        loop = asyncio.get_running_loop()
+        running: asyncio.Future[None] | None = None  # the write transactions of the batch before
+        while True:
+            if running is not None and queue.empty():
+                await running  # nothing to prepare meanwhile
+                running = None
+            batch = [await queue.get()]
+            while len(batch) < THREAD_BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            # a short queue: threading keeps pace (see thread_gate); a long one waits its turn (_may_thread)
+            while len(batch) >= MIN_SAMPLE and not svc._may_thread(batch[0][1]):
+                await asyncio.sleep(0.02)
+            ids = [mail_id for mail_id, _ in batch]
+            try:
+                staged = await loop.run_in_executor(svc.stage_pool, functools.partial(svc.engine.stage, ids,
+                                                                                      skip_locked=True))
+            except Exception as e:  # noqa: BLE001
+                self.failed(ids, e)
+                continue
+            try:
+                if running is not None:
+                    await running
+                running = loop.run_in_executor(svc.process_pool, self.run_staged, staged)
+            except BaseException:  # cancelled (shutdown): not run; stored, threaded at the next start or sweep
+                staged.drop()
+                raise
+
+    def run_staged(self, staged: Any) -> None:
+        """(thread) The write transactions of a staged batch."""
+        try:
+            results = self.service.engine.run_staged(staged, hold=thread_gate(self.service, len(staged.ids)))
+            log.debug("mails %s: %s", staged.ids, [r.outcome for r in results])
+        except Exception as e:  # noqa: BLE001
+            self.failed(staged.ids, e)
+
+    def failed(self, ids: list[int], e: Exception) -> None:
+        if isinstance(e, StoreUnavailable) or is_unavailable(e):  # the sweep threads them later; one line per
+            # change of state
+            if not self.service.app.observe.state("database", False, f"{type(e).__name__}: {e}"):
+                log.debug("mails %s stored, threading postponed (store unavailable: %s)", ids, e)
+        else:
+            log.error("mails %s: threading failed; the sweep tries again", ids, exc_info=e)
 
 
 
