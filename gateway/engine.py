@@ -13,12 +13,15 @@ Two roads, one engine:
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 
+from gateway import rawstore
 from gateway.db import StoreUnavailable, transaction
 from gateway.envelope import Envelope
 from gateway.intake import IngestBatch, Intake, Result
@@ -40,6 +43,9 @@ BATCH_BYTES = 64 * 2**20
 BATCH_SECONDS = 1.0
 # Mails whose lookups are made together (gateway.prefetch), when the worker has prepared them.
 PREFETCH = 16
+# A stored mail this large is handed to the worker in a file, not in memory: serve does not hold it while the
+# worker parses it, and the worker is restarted after it (gateway.prepare: what it allocated goes back).
+SPILL_BYTES = 4 * 1024 * 1024
 
 
 def start_worker(config: Config, *, context: str = "fork", sender: str | None = None,
@@ -58,6 +64,31 @@ def start_worker(config: Config, *, context: str = "fork", sender: str | None = 
                        budget=float(limits["mail_cpu_seconds"]), context=context)
     ahead.start()
     return ahead
+
+
+class _Spilled:
+    """Temporary files holding the raw bytes of large mails for the worker (removed on exit)."""
+
+    def __init__(self, app: IntakeHost) -> None:
+        self.dir = app.config.data_dir
+        self.paths: list[str] = []
+
+    def __enter__(self) -> _Spilled:
+        return self
+
+    def spill(self, session: Any, mail_id: int) -> str | bytes:
+        """A file with the mail's raw bytes (its path), written a chunk at a time; b"" when it has none."""
+        fd, path = tempfile.mkstemp(prefix=".prepare-", suffix=".eml", dir=self.dir)
+        self.paths.append(path)
+        try:
+            return path if rawstore.copy_raw(session, mail_id, fd) else b""
+        finally:
+            os.close(fd)
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.paths:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
 
 
 class ImportStopped(Exception):
@@ -139,15 +170,27 @@ class Engine:
         ahead = self.app.ahead
         work = [i for i in ids if i not in (exhausted or ())]
         if ahead is not None and work:
-            with self.app.sessions() as s:
-                rows = s.execute(select(InboundRaw.mail_id, InboundRaw.data, InboundMail.envelope_from)
-                                 .join(InboundMail, InboundMail.id == InboundRaw.mail_id)
-                                 .where(InboundRaw.mail_id.in_(work), InboundMail.outcome == "received")).all()
-            preps = ahead.prepare([r.data for r in rows], [r.envelope_from for r in rows])
+            with _Spilled(self.app) as spilled:
+                with self.app.sessions() as s:
+                    # a large mail's bytes are not read here: the worker reads them from a file (_Spilled)
+                    rows = s.execute(select(InboundRaw.mail_id, InboundMail.envelope_from, InboundMail.size,
+                                            case((InboundMail.size < SPILL_BYTES, InboundRaw.data), else_=None)
+                                            .label("data"))
+                                     .join(InboundMail, InboundMail.id == InboundRaw.mail_id)
+                                     .where(InboundRaw.mail_id.in_(work), InboundMail.outcome == "received")).all()
+                    items = [r.data if r.data is not None else spilled.spill(s, r.mail_id) for r in rows]
+                preps = ahead.prepare(items, [r.envelope_from for r in rows])
             for row, prep in zip(rows, preps, strict=True):
-                raws[row.mail_id] = row.data
+                if row.data is not None:
+                    raws[row.mail_id] = row.data
                 if prep is not None:
                     prepared[row.mail_id] = prep
+            if any(r.data is None for r in rows):
+                with self.app.sessions() as s:  # the large ones, now that the worker is done with them
+                    for r in rows:
+                        raw = rawstore.read_raw(s, r.mail_id) if r.data is None else None
+                        if raw is not None:
+                            raws[r.mail_id] = raw
         with hold():
             return self.intake.process_many(ids, prepared=prepared, raws=raws, counted=counted, exhausted=exhausted)
 

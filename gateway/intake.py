@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import func, insert, inspect, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session
 
+from gateway import rawstore
 from gateway.db import StoreUnavailable, insert_row, is_unavailable, transaction, write_locked_memo
 from gateway.envelope import Envelope  # a leaf module; importable from here too
 from gateway.events import MailRejected
-from gateway.models import InboundMail, InboundRaw, Ticket, table_of
+from gateway.models import InboundMail, InboundRaw, Ticket
 from gateway.outcomes import Quarantine
 from gateway.pipeline import Decision, MailContext, run
 from gateway.tickets import Directory, Tickets
@@ -85,8 +86,8 @@ def envelope_of(mail: InboundMail) -> Envelope:
 
 
 def _insert_raw(s: Any, mail_id: int, raw: bytes) -> None:
-    """The raw bytes of a batch's mail row: one plain INSERT."""
-    s.connection().execute(insert(table_of(InboundRaw)), [{"mail_id": mail_id, "data": raw}])
+    """The raw bytes of a batch's mail row: one plain INSERT (a large mail: gateway.rawstore, no extra copies)."""
+    rawstore.insert_raw(s, mail_id, raw)
 
 
 class Intake:
@@ -115,24 +116,19 @@ class Intake:
 
     def store(self, raw: bytes, envelope: Envelope) -> int:
         """Write the raw mail and commit. Raises StoreUnavailable when it could not be stored."""
-        mail = self._new_row(raw, envelope)
-        try:
-            with transaction(self.app.sessions) as s:
-                s.add(mail)
-                s.flush()
-                return mail.id
-        except Exception as e:
-            if is_unavailable(e):
-                raise StoreUnavailable(str(e)) from e
-            raise
+        return self.store_many([(raw, envelope)])[0]
 
     def store_many(self, items: list[tuple[bytes, Envelope]]) -> list[int]:
         """Several mails in one transaction (group commit): one fsync for all. All or none are stored."""
-        mails = [self._new_row(raw, env) for raw, env in items]
+        # a large mail's raw bytes go in after its row, through gateway.rawstore (no copies of it in SQLite)
+        mails = [self._new_row(raw, env, with_raw=len(raw) < rawstore.BIG) for raw, env in items]
         try:
             with transaction(self.app.sessions) as s:
                 s.add_all(mails)
                 s.flush()
+                for m, (raw, _) in zip(mails, items, strict=True):
+                    if len(raw) >= rawstore.BIG:
+                        rawstore.insert_raw(s, m.id, raw)
                 return [m.id for m in mails]
         except Exception as e:
             if is_unavailable(e):
