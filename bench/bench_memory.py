@@ -80,6 +80,8 @@ class Sampler:
         self.pid, self.every = pid, every
         self.peak_sum = self.peak_root = self.peak_kids = 0
         self.samples = 0
+        self.series: list[tuple[float, int, int]] = []  # (seconds, serve MiB, children MiB)
+        self.t0 = time.monotonic()
         self.max_kids = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -94,6 +96,7 @@ class Sampler:
         while not self._stop.is_set():
             root, kids = self.sample()
             self.samples += 1
+            self.series.append((round(time.monotonic() - self.t0, 2), root // 1024, kids // 1024))
             self.peak_root = max(self.peak_root, root)
             self.peak_kids = max(self.peak_kids, kids)
             self.peak_sum = max(self.peak_sum, root + kids)
@@ -222,7 +225,7 @@ def run_shape(shape: str, size: int, work: Path, db_url: str | None) -> dict:
             "peak_mib": sampler.peak_sum / mib, "peak_serve_mib": sampler.peak_root / mib,
             "peak_children_mib": sampler.peak_kids / mib, "serve_vmhwm_mib": hwm_root / mib,
             "after_mib": (after_root + after_kids) / mib, "samples": sampler.samples,
-            "seconds_to_250": t250, "seconds_to_ticket": t_done, "check": check}
+            "seconds_to_250": t250, "seconds_to_ticket": t_done, "check": check, "series": sampler.series}
 
 
 def main() -> None:

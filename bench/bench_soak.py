@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import smtplib
 import subprocess
 import sys
@@ -31,7 +32,10 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from bench_memory import Sampler  # noqa: E402
+import bench_smtp  # noqa: E402
 from bench_smtp import ADDRESS, GEN, OUT, Serve, _sender, crlf  # noqa: E402
+
+bench_smtp.wait_220.__defaults__ = (300,)  # a loaded machine (and tracemalloc) starts serve slowly
 
 MSGID = re.compile(rb"^Message-ID:[^\r\n]*\r\n", re.I | re.M)
 
@@ -87,6 +91,17 @@ class Sender(threading.Thread):
             pass
 
 
+def trace_diff(prefix: str, top: int = 15) -> None:
+    import tracemalloc
+
+    first, last = tracemalloc.Snapshot.load(f"{prefix}.1"), tracemalloc.Snapshot.load(f"{prefix}.2")
+    print("allocations that grew in serve after the warm-up (tracemalloc):")
+    for stat in last.compare_to(first, "traceback")[:top]:
+        print(f"  {stat.size_diff / 1024:+.0f} KiB ({stat.count_diff:+d} blocks), now {stat.size / 1024:.0f} KiB")
+        for line in stat.traceback.format()[-6:]:
+            print("     ", line)
+
+
 def slope(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of (minute, MiB) points, MiB per minute."""
     if len(points) < 2:
@@ -108,13 +123,21 @@ def main() -> None:
     ap.add_argument("--db-url", help="store for serve (default: SQLite in bench/out)")
     ap.add_argument("--serve-option", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", help="JSON report path (default bench/out/soak/report.json)")
+    ap.add_argument("--trace", action="store_true",
+                    help="debug: tracemalloc in serve (bench/tracehook); the allocations that grew between the end "
+                         "of the warm-up and the end are listed")
     args = ap.parse_args()
     mails = corpus(args.n)
     work = OUT / "soak"
+    dump = str(work / "trace")
+    if args.trace:  # every Python process started from here on (serve, its worker) traces; serve gets SIGUSR2
+        os.environ["TG_TRACE_DUMP"] = dump
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE / "tracehook"), os.environ.get("PYTHONPATH", "")])
     print(f"soak: {args.minutes:g} min at {args.rate:g} mail/s, {len(mails)} distinct mails, warm-up "
           f"{args.warmup:g} min, sample every {args.every:g}s; load {Path('/proc/loadavg').read_text().strip()}",
           flush=True)
     srv = Serve(work / "serve", args.db_url, args.serve_option)
+    traced = 0
     samples: list[dict] = []
     try:
         time.sleep(2.0)
@@ -128,6 +151,9 @@ def main() -> None:
             time.sleep(max(0.0, t0 + (len(samples) + 1) * args.every - time.time()))
             root, kids = sampler.sample()
             m = (time.time() - t0) / 60
+            if args.trace and not traced and m >= args.warmup:
+                os.kill(srv.proc.pid, signal.SIGUSR2)
+                traced = 1
             samples.append({"minute": m, "total_mib": (root + kids) / 1024, "serve_mib": root / 1024,
                             "children_mib": kids / 1024, "load": Path("/proc/loadavg").read_text().split()[0]})
             if len(samples) % max(1, int(60 / args.every)) == 0:
@@ -137,6 +163,10 @@ def main() -> None:
                       f"load {s['load']}", flush=True)
         sender.join()
         time.sleep(2.0)
+        if args.trace:
+            os.kill(srv.proc.pid, signal.SIGUSR2)
+            time.sleep(10.0)
+            trace_diff(f"{dump}.{srv.proc.pid}")
         pending = srv.pending()
         _, outcomes, _ = srv.latencies()
     finally:

@@ -65,6 +65,7 @@ def prepare_one(raw: bytes, max_depth: int, max_parts: int, blob_root: str | Non
         return Prepared(sha256=sha, parse_error=e.reason)
     except RecursionError:
         return Prepared(sha256=sha, parse_recursion=True)
+    del raw  # not needed any more: a large mail's bytes go before its HTML is worked on (the last reference)
     out = Prepared(sha256=sha, parsed=p)
     try:
         if p.html:
@@ -155,11 +156,26 @@ def _worker_main(conn: Any) -> None:
             try:
                 prep: Prepared | None = prepare_one(_read(raw), max_depth, max_parts, blob_root,
                                                     None if own is None else (sender, own))
+                if isinstance(raw, str):  # a large mail: what it needed goes back before its result is sent
+                    _trim()
                 conn.send((prep, time.process_time()))
             except (EOFError, OSError):
                 return
             except BaseException:  # noqa: BLE001 -- anything at all (a result that does not pickle): parent does it
                 conn.send((None, time.process_time()))
+
+
+def _trim() -> None:
+    """Free memory back to the system (glibc malloc_trim), where there is one to ask."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _read(raw: bytes | str) -> bytes:
@@ -398,10 +414,13 @@ class ParseAhead:
         with the next mail): what a large mail made it allocate goes back to the system at once, instead of
         staying in the worker's heap for as long as it lives."""
         t0 = time.perf_counter()
+        large = any(isinstance(r, str) for r in raws)
         with self.lock:
+            if large:  # a fresh worker for it: nothing that earlier mails left in its heap comes on top
+                self.worker.stop()
             self.worker.begin(raws, senders)
             out = self.worker.finish()
-            if any(isinstance(r, str) for r in raws):
+            if large:
                 self.worker.stop()
                 self.recycled += 1
         self.waited += time.perf_counter() - t0
