@@ -31,8 +31,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_memory import Sampler  # noqa: E402
 import bench_smtp  # noqa: E402
+from bench_memory import Sampler  # noqa: E402
 from bench_smtp import ADDRESS, GEN, OUT, Serve, _sender, crlf  # noqa: E402
 
 bench_smtp.wait_220.__defaults__ = (300,)  # a loaded machine (and tracemalloc) starts serve slowly
