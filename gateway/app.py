@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,6 +19,12 @@ from gateway.lease import instance_id
 from gateway.observe import Observer
 from gateway.pipeline import BUILTIN, Handler, load_handlers
 
+if TYPE_CHECKING:
+    from gateway.auth import Authenticator
+    from gateway.guard.diskspace import DiskGuard
+    from gateway.intake import Intake
+    from gateway.prepare import ParseAhead
+
 
 @dataclass
 class App:
@@ -28,13 +35,13 @@ class App:
     clock: Clock
     handlers: list[tuple[str, Handler]]
     listeners: Listeners = field(default_factory=list)
-    disk: Any = None        # gateway.guard.diskspace.DiskGuard: intake pauses while the data directory is full
-    auth: Any = None        # gateway.auth.Authenticator: sender authentication on arrival
+    disk: DiskGuard | None = None  # intake pauses while the data directory is full
+    auth: Authenticator | None = None  # sender authentication on arrival
     observe: Observer = field(default_factory=Observer)  # log lines and metrics (gateway.observe)
     instance: str = field(default_factory=instance_id)  # this process among all sharing the database (leases)
-    ahead: Any = None       # gateway.prepare.ParseAhead: the preparation worker (serve starts one), or None
+    ahead: ParseAhead | None = None  # the preparation worker (serve starts one), or None
 
-    def intake(self):  # type: ignore[no-untyped-def]
+    def intake(self) -> Intake:
         from gateway.intake import Intake
 
         return Intake(self)
@@ -65,9 +72,9 @@ def build_app(config: Config, *, clock: Clock = system_clock, pipeline: Sequence
     return app
 
 
-def _install_features() -> list:  # type: ignore[type-arg]
+def _install_features() -> list[Callable[[App], None]]:
     """Features that listen to ticket events (notifications, SLA) register themselves here."""
-    features: list = []  # type: ignore[type-arg]
+    features: list[Callable[[App], None]] = []
     from gateway.sla import install as install_sla
 
     features.append(install_sla)

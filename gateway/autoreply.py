@@ -18,10 +18,10 @@ Two entry points:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from email.message import Message
 from email.header import decode_header, make_header
-from typing import Iterable, Iterator
+from email.message import Message
 
 from gateway.addresses import Author, read_author
 
@@ -59,7 +59,7 @@ _MAX_TEXT = 64 * 1024
 def _raw_header_values(msg: Message, name: str) -> list[str]:
     lname = name.lower()
     try:
-        items = msg.raw_items() if hasattr(msg, "raw_items") else msg.items()  # type: ignore[attr-defined]
+        items = msg.raw_items() if hasattr(msg, "raw_items") else msg.items()
         out = []
         for k, v in items:
             if str(k).lower() == lname:
@@ -392,34 +392,62 @@ def _fallback_verdict(msg: Message, envelope_from: str | None, exc: Exception) -
     return None
 
 
+@dataclass
+class _Facts:
+    """What the rules of `_classify` read from one mail, read once."""
+
+    msg: Message
+    envelope_from: str | None
+    subject: str
+    report_types: set[str]
+    ctypes: set[str]
+    sender: str
+    sender_local: str
+    env_local: str
+    dsn_evidence: str | None = None  # set by the DSN rule: the mail is a delivery status notification
+
+    def bounce_evidence(self) -> str | None:
+        return _bounce_evidence(self.msg, self.subject, self.ctypes, self.report_types)
+
+
 def _classify(
     msg: Message, *, envelope_from: str | None, from_addr: str | None, loop_header: str
 ) -> Verdict | None:
     found: list[Verdict] = []
-    add = found.append
 
     # 1. our own loop header: the mail is one of ours that came back.
     if loop_header and _has_header(msg, loop_header):
-        add(Verdict("loop", f"{loop_header} header present"))
+        found.append(Verdict("loop", f"{loop_header} header present"))
 
-    subject = _subject(msg)
     report_types, ctypes = _report_types(msg)
     sender = (from_addr or _from_address(msg) or "").strip()
-    sender_local = _local_part(sender).lower()
-    env_local = _local_part(envelope_from).lower() if envelope_from else ""
+    facts = _Facts(msg, envelope_from, _subject(msg), report_types, ctypes, sender,
+                   sender_local=_local_part(sender).lower(),
+                   env_local=_local_part(envelope_from).lower() if envelope_from else "")
+    # the rules in this order (a tie between kinds of equal precedence goes to the first found)
+    for rule in (_report_rules, _null_sender_rules, _daemon_sender_rules, _bounce_subject_rules, _header_rules,
+                 _list_rules):
+        rule(facts, found.append)
 
-    # 2. multipart/report and DSN parts
-    dsn_evidence = None
+    if not found:
+        return None
+    order = {k: i for i, k in enumerate(KIND_PRECEDENCE)}
+    return min(found, key=lambda v: order.get(v.kind, len(order)))
+
+
+def _report_rules(f: _Facts, add: Callable[[Verdict], None]) -> None:
+    """2. multipart/report and DSN parts"""
+    report_types, ctypes = f.report_types, f.ctypes
     if ctypes & {"message/delivery-status", "message/global-delivery-status", "text/delivery-status"} or (
         "delivery-status" in report_types
     ):
-        dsn_evidence = (
+        f.dsn_evidence = (
             "multipart/report; report-type=delivery-status"
             if "delivery-status" in report_types
             else "message/delivery-status part"
         )
-        special = _dsn_kind(msg, subject)
-        add(special or Verdict("bounce", dsn_evidence))
+        special = _dsn_kind(f.msg, f.subject)
+        add(special or Verdict("bounce", f.dsn_evidence))
     if "disposition-notification" in report_types or ctypes & {
         "message/disposition-notification",
         "message/global-disposition-notification",
@@ -428,34 +456,34 @@ def _classify(
     if "feedback-report" in report_types or "message/feedback-report" in ctypes:
         add(Verdict("auto_reply", "multipart/report; report-type=feedback-report (abuse report)"))
 
-    # 3. null envelope sender (as the transport gave it, else as the delivering MTA wrote it into Return-Path)
-    null = "envelope sender <>" if _is_null_sender(envelope_from) else (
-        "Return-Path: <>" if envelope_from is None and _null_return_path(msg) else None)
-    if null:
-        if dsn_evidence is None:
-            ev = _bounce_evidence(msg, subject, ctypes, report_types)
-            if ev:
-                add(Verdict("bounce", f"{null} and {ev}"))
-            else:
-                add(Verdict("auto_reply", null))
 
-    # 4. daemon / noreply senders; "From: Name <>" is a null From address
-    if _author(msg).null and dsn_evidence is None and not _is_null_sender(envelope_from):
-        ev = _bounce_evidence(msg, subject, ctypes, report_types)
+def _null_sender_rules(f: _Facts, add: Callable[[Verdict], None]) -> None:
+    """3. null envelope sender (as the transport gave it, else as the delivering MTA wrote it into Return-Path)"""
+    null = "envelope sender <>" if _is_null_sender(f.envelope_from) else (
+        "Return-Path: <>" if f.envelope_from is None and _null_return_path(f.msg) else None)
+    if null and f.dsn_evidence is None:
+        ev = f.bounce_evidence()
+        add(Verdict("bounce", f"{null} and {ev}") if ev else Verdict("auto_reply", null))
+
+
+def _daemon_sender_rules(f: _Facts, add: Callable[[Verdict], None]) -> None:
+    """4. daemon / noreply senders; "From: Name <>" is a null From address"""
+    if _author(f.msg).null and f.dsn_evidence is None and not _is_null_sender(f.envelope_from):
+        ev = f.bounce_evidence()
         add(Verdict("bounce", f"From: <> and {ev}") if ev else Verdict("auto_reply", "From: <> (null address)"))
-    for who, local in (("From", sender_local), ("envelope sender", env_local)):
+    for who, local in (("From", f.sender_local), ("envelope sender", f.env_local)):
         if local and _DAEMON_LOCALPARTS.match(local):
-            if dsn_evidence is None:
-                ev = _bounce_evidence(msg, subject, ctypes, report_types)
-                if ev:
-                    add(Verdict("bounce", f"{who} {local} and {ev}"))
-                else:
-                    add(Verdict("auto_reply", f"{who} is {local}"))
+            if f.dsn_evidence is None:
+                ev = f.bounce_evidence()
+                add(Verdict("bounce", f"{who} {local} and {ev}") if ev else Verdict("auto_reply", f"{who} is {local}"))
         elif local and _NOREPLY_LOCALPARTS.match(local):
             add(Verdict("auto_reply", f"{who} is {local}"))
 
-    # 5. bounce-like subject with failure text from an ordinary-looking sender
-    if dsn_evidence is None and subject and _BOUNCE_SUBJECT.search(subject) and not _FORWARD_PREFIX.match(subject):
+
+def _bounce_subject_rules(f: _Facts, add: Callable[[Verdict], None]) -> None:
+    """5. bounce-like subject with failure text from an ordinary-looking sender"""
+    msg, subject = f.msg, f.subject
+    if f.dsn_evidence is None and subject and _BOUNCE_SUBJECT.search(subject) and not _FORWARD_PREFIX.match(subject):
         if _has_header(msg, "X-Failed-Recipients"):
             add(Verdict("bounce", "X-Failed-Recipients header"))
         else:
@@ -464,9 +492,13 @@ def _classify(
             # a bounce from an ordinary-looking sender also names the address that failed or returns the mail
             if info is not None and (info.recipients or info.original_message_id):
                 add(Verdict("bounce", f"Subject: {subject[:60]} and delivery failure text"))
-    elif dsn_evidence is None and _has_header(msg, "X-Failed-Recipients"):
+    elif f.dsn_evidence is None and _has_header(msg, "X-Failed-Recipients"):
         add(Verdict("bounce", "X-Failed-Recipients header"))
 
+
+def _header_rules(f: _Facts, add: Callable[[Verdict], None]) -> None:
+    """6.-10.: the headers automatic senders write"""
+    msg = f.msg
     # 6. RFC 3834 Auto-Submitted
     for value in _headers(msg, "Auto-Submitted"):
         token = value.split(";", 1)[0].strip().lower()
@@ -477,8 +509,7 @@ def _classify(
     # 7. X-Auto-Response-Suppress (Exchange)
     for value in _headers(msg, "X-Auto-Response-Suppress"):
         tokens = {t.strip().lower() for t in re.split(r"[,\s]+", value) if t.strip()}
-        hit = tokens & {"oof", "autoreply", "all"}
-        if hit:
+        if tokens & {"oof", "autoreply", "all"}:
             add(Verdict("auto_reply", f"X-Auto-Response-Suppress: {value.strip()[:40]}"))
             break
 
@@ -506,28 +537,27 @@ def _classify(
         elif token in ("auto_reply", "auto-reply", "autoreply"):
             add(Verdict("auto_reply", f"Precedence: {token}"))
 
+
+def _list_rules(f: _Facts, add: Callable[[Verdict], None]) -> None:
+    """11.-12.: mailing lists, SMS gateways, out-of-office subjects"""
+    msg, subject = f.msg, f.subject
     # 11. mailing lists, and the notices of list managers (confirmations, command results)
     for name in ("List-Id", "List-Unsubscribe"):
         if _has_header(msg, name):
             add(Verdict("list", f"{name} header"))
             break
-    notice = _list_manager_notice(msg, sender_local, subject)
+    notice = _list_manager_notice(msg, f.sender_local, subject)
     if notice:
         add(Verdict("list", f"mailing-list manager notice ({notice})"))
 
     # 11b. SMS gateways that answer a mail to a phone with a delivery failure
-    sms = _sms_bounce(msg, sender, subject) if dsn_evidence is None else None
+    sms = _sms_bounce(msg, f.sender, subject) if f.dsn_evidence is None else None
     if sms:
         add(Verdict("bounce", f"SMS gateway delivery failure ({sms})"))
 
     # 12. out-of-office subjects
     if subject and (_OOF_SUBJECT.search(subject) or _OOF_SUBJECT_ANYWHERE.search(subject)):
         add(Verdict("auto_reply", f"Subject: {subject[:60]}"))
-
-    if not found:
-        return None
-    order = {k: i for i, k in enumerate(KIND_PRECEDENCE)}
-    return min(found, key=lambda v: order.get(v.kind, len(order)))
 
 
 def _null_return_path(msg: Message) -> bool:
@@ -642,7 +672,7 @@ def _dsn_blocks(part: Message) -> list[dict[str, str]]:
 def _raw_items(msg: Message) -> list[tuple[str, str]]:
     try:
         if hasattr(msg, "raw_items"):
-            return [(str(k), str(v)) for k, v in msg.raw_items()]  # type: ignore[attr-defined]
+            return [(str(k), str(v)) for k, v in msg.raw_items()]
         return [(str(k), str(v)) for k, v in msg.items()]
     except Exception:
         return []
@@ -765,50 +795,14 @@ def _dsn_bounce(msg: Message, _nested: bool = True) -> BounceInfo | None:
     dsn_parts = [
         p
         for p, inside in _walk(msg)
-        if not inside and _content_type(p) in ("message/delivery-status", "message/global-delivery-status", "text/delivery-status")
+        if not inside
+        and _content_type(p) in ("message/delivery-status", "message/global-delivery-status", "text/delivery-status")
     ]
     if not dsn_parts:
-        # a scanner/gateway may wrap the real DSN in message/rfc822 of a "report-type=delivery-status"
-        # multipart/mixed; look one level down then, never deeper
-        if _param(msg, "report-type") == "delivery-status" and _nested:
-            for part in _children(msg):
-                if _content_type(part) in ("message/rfc822", "message/global"):
-                    for inner in _children(part):
-                        info = _dsn_bounce(inner, _nested=False)
-                        if info is not None and info is not _SUCCESS_ONLY:
-                            return info
-        return None
-    recipients: list[str] = []
-    statuses: list[str] = []
-    actions: list[str] = []
-    envelope: list[str] = []
-    any_record = False
-    for part in dsn_parts:
-        for block in _dsn_blocks(part):
-            for key in ("x-postfix-sender", "x-original-sender", "x-sender", "original-envelope-sender"):
-                a = _dsn_address(block.get(key))
-                if a:
-                    envelope.append(a)
-            if "final-recipient" not in block and "original-recipient" not in block:
-                continue
-            any_record = True
-            action = (block.get("action") or "").split()
-            act = action[0].lower() if action else ""
-            st_m = _STATUS_RE.search(block.get("status", ""))
-            status = ".".join(st_m.groups()) if st_m else None
-            if act in ("delivered", "relayed", "expanded"):
-                continue
-            if not act and status and status.startswith("2"):
-                continue
-            addr = _dsn_address(block.get("final-recipient")) or _dsn_address(block.get("original-recipient"))
-            orig_rcpt = _dsn_address(block.get("original-recipient"))
-            for a in (addr, orig_rcpt):
-                if a and a not in recipients:
-                    recipients.append(a)
-            if status:
-                statuses.append(status)
-            actions.append(act)
-    if any_record and not recipients:
+        return _wrapped_dsn(msg) if _nested else None
+    rec = _dsn_records(dsn_parts)
+    recipients, statuses, actions = rec.recipients, rec.statuses, rec.actions
+    if rec.any_record and not recipients:
         return _SUCCESS_ONLY  # every recipient delivered/relayed/expanded
     # also look at the notification text for codes when the DSN has no usable Status
     text_info = _text_bounce(msg) if not recipients or not statuses else None
@@ -834,7 +828,62 @@ def _dsn_bounce(msg: Message, _nested: bool = True) -> BounceInfo | None:
     msgid = _clean_msgid(_header(orig, "Message-ID")) if orig is not None else None
     if msgid is None:
         msgid = _text_original_msgid(_notification_text(msg, include_returned=True))
-    return _bounce_info(msg, orig, envelope, permanent, recipients, status, msgid)
+    return _bounce_info(msg, orig, rec.envelope, permanent, recipients, status, msgid)
+
+
+def _wrapped_dsn(msg: Message) -> BounceInfo | None:
+    """A scanner/gateway may wrap the real DSN in message/rfc822 of a "report-type=delivery-status"
+    multipart/mixed; look one level down then, never deeper."""
+    if _param(msg, "report-type") != "delivery-status":
+        return None
+    for part in _children(msg):
+        if _content_type(part) in ("message/rfc822", "message/global"):
+            for inner in _children(part):
+                info = _dsn_bounce(inner, _nested=False)
+                if info is not None and info is not _SUCCESS_ONLY:
+                    return info
+    return None
+
+
+@dataclass
+class _DsnRecords:
+    """What the per-recipient records of a DSN say about the recipients that were not delivered."""
+
+    recipients: list[str]
+    statuses: list[str]
+    actions: list[str]
+    envelope: list[str]  # the bounced mail's envelope sender, where the reporting MTA names it
+    any_record: bool  # some record names a recipient (delivered or not)
+
+
+def _dsn_records(dsn_parts: list[Message]) -> _DsnRecords:
+    rec = _DsnRecords([], [], [], [], False)
+    for part in dsn_parts:
+        for block in _dsn_blocks(part):
+            for key in ("x-postfix-sender", "x-original-sender", "x-sender", "original-envelope-sender"):
+                a = _dsn_address(block.get(key))
+                if a:
+                    rec.envelope.append(a)
+            if "final-recipient" not in block and "original-recipient" not in block:
+                continue
+            rec.any_record = True
+            action = (block.get("action") or "").split()
+            act = action[0].lower() if action else ""
+            st_m = _STATUS_RE.search(block.get("status", ""))
+            status = ".".join(st_m.groups()) if st_m else None
+            if act in ("delivered", "relayed", "expanded"):
+                continue
+            if not act and status and status.startswith("2"):
+                continue
+            addr = _dsn_address(block.get("final-recipient")) or _dsn_address(block.get("original-recipient"))
+            orig_rcpt = _dsn_address(block.get("original-recipient"))
+            for a in (addr, orig_rcpt):
+                if a and a not in rec.recipients:
+                    rec.recipients.append(a)
+            if status:
+                rec.statuses.append(status)
+            rec.actions.append(act)
+    return rec
 
 
 # --- heuristics for non-standard bounce formats ------------------------------------------------
@@ -917,6 +966,7 @@ _QUOTED_HEADER_LINE = re.compile(
     r"errors-to|list-[\w-]+|x-[\w-]+|cc|bcc|to)\s*:",
     re.I,
 )
+_FAILED_RCPT_HEADER = re.compile(r"^[\s>]*(?:x-failed-recipients|error-for)\s*:", re.I)
 _LONE_ADDR_LINE = re.compile(
     r"""^[\s>|]*(?:\d+[.)]\s*|[-*+]\s*)?(?:"[^"]*"\s*)?['"<]?\s*(?P<a>[^\s<>"']+@[^\s<>"':;,()]+?)\s*['">]?\s*
     (?::.*|\.\.\..*|,.*|;.*|\s+on\s+.*|\s+\(.*|\s+-\s.*|\s{2,}.*|\s*<[^>]*>\s*)?$""",
@@ -1001,11 +1051,11 @@ def _candidate_addresses(text: str, sender_domain: str | None) -> list[str]:
             if is_intro:
                 since_intro = 0
             continue
-        if _QUOTED_HEADER_LINE.match(line) and not re.match(r"^[\s>]*(?:x-failed-recipients|error-for)\s*:", line, re.I):
+        if _QUOTED_HEADER_LINE.match(line) and not _FAILED_RCPT_HEADER.match(line):
             if is_intro:
                 since_intro = 0
             continue
-        nxt = " ".join(l.strip() for l in lines[i + 1 : i + 3])
+        nxt = " ".join(ln.strip() for ln in lines[i + 1 : i + 3])
         lone = _LONE_ADDR_LINE.match(line)
         if lone and (since_intro is not None or _FAIL_WORDS.search(line) or _FAIL_WORDS.search(nxt)):
             found.append(lone.group("a"))
@@ -1090,6 +1140,11 @@ _FAIL_STATEMENT = re.compile(
 )
 
 
+_ORIGINAL_RCPT_HEADERS = (
+    "X-MDaemon-Deliver-To", "X-MDRcpt-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "Delivered-To"
+)
+
+
 def _original_recipients(msg: Message) -> list[str]:
     """Fallback when the notification names nobody: the returned original's delivery headers
     (never its To/Cc: those may be a list address)."""
@@ -1097,7 +1152,7 @@ def _original_recipients(msg: Message) -> list[str]:
     if orig is None:
         return []
     out: list[str] = []
-    for name in ("X-MDaemon-Deliver-To", "X-MDRcpt-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "Delivered-To"):
+    for name in _ORIGINAL_RCPT_HEADERS:
         for value in _headers(orig, name):
             out.extend(_norm_addr(a) for a in _ADDR_RE.findall(value))
     return list(dict.fromkeys(out))

@@ -59,6 +59,21 @@ class IntakeHost(AppHost, Protocol):
     def ahead(self) -> Any: ...  # gateway.prepare.ParseAhead or None: where a mail's CPU work runs (its budget)
 
 
+class ImapHost(IntakeHost, Protocol):
+    """The App as the IMAP poller sees it (gateway.imap): also the disk guard (intake pauses while the data
+    directory is nearly full), sender authentication on arrival, and this instance's name (the mailbox's
+    lease)."""
+
+    @property
+    def disk(self) -> Any: ...  # gateway.guard.diskspace.DiskGuard or None
+
+    @property
+    def auth(self) -> Any: ...  # gateway.auth.Authenticator or None
+
+    @property
+    def instance(self) -> str: ...
+
+
 class WriteGateHost(Protocol):
     """The service's database write gate (one SQLite writer at a time; urgent stores go first)."""
 
@@ -80,4 +95,4 @@ class ServiceHost(Protocol):
     def add_job(self, name: str, func: Callable[[], Any], seconds: float, *, start_now: bool = False) -> None: ...
 
 
-__all__ = ["AppHost", "IntakeHost", "ServiceHost", "WriteGateHost"]
+__all__ = ["AppHost", "ImapHost", "IntakeHost", "ServiceHost", "WriteGateHost"]

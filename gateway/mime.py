@@ -38,14 +38,14 @@ import io
 import os
 import re
 import unicodedata
-from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
 from email import errors as _errors
 from email import policy as _policy
 from email.generator import BytesGenerator
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
+from typing import Any
 
 from gateway import addresses, charsets, parts
 from gateway.headerblock import rejoin_lost_folds, skip_leading_junk
@@ -110,6 +110,7 @@ class ParsedMail:
 # small string helpers
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
+_PERCENT_HEX = re.compile(rb"%([0-9A-Fa-f]{2})")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _WS = re.compile(r"\s+")
 # bidi overrides/isolates/marks, zero-width chars, BOM, line/paragraph separators, Arabic letter mark
@@ -545,7 +546,7 @@ def _parse_mime_header(value: str | None, defects: list[str]) -> tuple[str, dict
                 v = _unquote(v)
                 if n == 0 and v.count("'") >= 2:
                     charset, _lang, v = v.split("'", 2)
-                chunks.append(re.sub(rb"%([0-9A-Fa-f]{2})", lambda mm: bytes([int(mm.group(1), 16)]), v.encode("utf-8")))
+                chunks.append(_PERCENT_HEX.sub(lambda mm: bytes([int(mm.group(1), 16)]), v.encode("utf-8")))
             else:
                 chunks.append(v.encode("utf-8"))
         plain[name] = _decode_text(b"".join(chunks), charset or "utf-8", f"parameter {name}", defects)
@@ -626,8 +627,8 @@ def _parse_date(value: str | None) -> _dt.datetime | None:
         return None
     try:
         if d.tzinfo is None:
-            d = d.replace(tzinfo=_dt.timezone.utc)
-        return d.astimezone(_dt.timezone.utc)
+            d = d.replace(tzinfo=_dt.UTC)
+        return d.astimezone(_dt.UTC)
     except (OverflowError, ValueError):
         return None
 
@@ -706,8 +707,7 @@ def safe_filename(name: str | None, *, content_type: str, index: int) -> str:
     s = re.sub(r"[\t\n\r\v\f]", " ", s)
     s = _CONTROL.sub("", s)
     s = _INVISIBLE.sub("", s)
-    s = re.split(r"[/\\]", s.strip())
-    comps = [c for c in s if c.strip()]
+    comps = [c for c in re.split(r"[/\\]", s.strip()) if c.strip()]
     s = comps[-1].strip() if comps else ""
     s = re.sub(r"^[A-Za-z]:", "", s)  # drive letter: C:evil.exe
     s = s.lstrip(". ").rstrip(". ")
@@ -837,8 +837,8 @@ class _Scan:
             if raw.startswith(b"--", pos) and self._matches(pos, bounds):
                 return pos  # the enclosing boundary ends the header block: empty body
             if not _HEADER_START.match(raw, pos):
-                if raw[pos] in (10, 13):
-                    pos = _EOL.match(raw, pos).end()  # type: ignore[union-attr]
+                if raw[pos] in (10, 13):  # the blank line that ends the header block: CRLF, CR or LF
+                    pos += 2 if raw.startswith(b"\r\n", pos) else 1
                 break
             end = self._line_end(pos)
             c = raw[pos]
@@ -883,7 +883,9 @@ class _Scan:
         if self.parts > self.parts_limit:
             raise _TooMany
 
-    def _multipart(self, pos: int, bounds: tuple[bytes, ...], b: bytes, depth: int, digest: bool, in_message: bool) -> int:
+    def _multipart(
+        self, pos: int, bounds: tuple[bytes, ...], b: bytes, depth: int, digest: bool, in_message: bool
+    ) -> int:
         raw, n = self.raw, self.n
         rx = self._re(b)
         inner = (b, *bounds) if b not in bounds else bounds
@@ -1000,7 +1002,9 @@ class _Info:
         self.uu = (_first_header(part, "content-transfer-encoding") or "").strip().lower() in _UU
 
 
-_DROPPED_ALTERNATIVES = {"text/plain", "text/html", "text/watch-html", "text/enriched", "text/richtext", "text/x-amp-html"}
+_DROPPED_ALTERNATIVES = {
+    "text/plain", "text/html", "text/watch-html", "text/enriched", "text/richtext", "text/x-amp-html"
+}
 
 
 def _blank_leaf(part: Message) -> bool:
@@ -1045,21 +1049,7 @@ class _Walker:
             return [], []
         kids = _children(part)
         if i.ctype == "multipart/alternative":
-            text: list[Message] | None = None
-            html: list[Message] | None = None
-            for kid in kids:
-                t, h = self.select(kid)
-                if text is None and t:
-                    text = t
-                if html is None and h:
-                    html = h
-            chosen = {id(p) for p in (text or []) + (html or [])}
-            for kid in kids:  # other renderings of the same body are not attachments
-                ki = self.info(kid)
-                if not ki.container and ki.ctype in _DROPPED_ALTERNATIVES and id(kid) not in chosen:
-                    if ki.disposition != "attachment" and not ki.filename:
-                        self.dropped_ids.add(id(kid))
-            return text or [], html or []
+            return self._select_alternative(kids)
         # mixed, related, signed, encrypted, report, digest, unknown: the first body-bearing child
         # is the body; later inline text/html parts are appended to its html, later inline
         # text/plain parts to its text -- but only when it has such a part (a plain footer must not
@@ -1076,6 +1066,24 @@ class _Walker:
             elif (body[1] or all(_blank_leaf(t) for t in body[0])) and self.body_leaf(kid, "html"):
                 body[1].append(kid)
         return body if body is not None else ([], [])
+
+    def _select_alternative(self, kids: list[Message]) -> tuple[list[Message], list[Message]]:
+        """The body leaves of a multipart/alternative: the first text and the first html rendering."""
+        text: list[Message] | None = None
+        html: list[Message] | None = None
+        for kid in kids:
+            t, h = self.select(kid)
+            if text is None and t:
+                text = t
+            if html is None and h:
+                html = h
+        chosen = {id(p) for p in (text or []) + (html or [])}
+        for kid in kids:  # other renderings of the same body are not attachments
+            ki = self.info(kid)
+            if not ki.container and ki.ctype in _DROPPED_ALTERNATIVES and id(kid) not in chosen:
+                if ki.disposition != "attachment" and not ki.filename:
+                    self.dropped_ids.add(id(kid))
+        return text or [], html or []
 
     def leaves(self, root: Message) -> list[Message]:
         """Leaves in document order; message/* parts are leaves (not descended into)."""
@@ -1173,26 +1181,34 @@ def _payload_bytes(part: Message, defects: list[str], big: _Big | None = None) -
     payload = part.get_payload()
     cte = (_first_header(part, "content-transfer-encoding") or "").strip().lower()
     if cte == "base64" and isinstance(payload, str):
-        data, clean = _b64_lenient(payload.encode("ascii", "replace") if not _SURROGATES.search(payload) else payload.encode("ascii", "surrogateescape"))
+        errors = "surrogateescape" if _SURROGATES.search(payload) else "replace"
+        data, clean = _b64_lenient(payload.encode("ascii", errors))
         if not clean:
             defects.append("InvalidBase64: a base64 part was malformed and decoded leniently")
         return data
     try:
-        data = part.get_payload(decode=True)
+        decoded = part.get_payload(decode=True)
     except Exception as exc:
         defects.append(f"payload could not be decoded ({type(exc).__name__}); kept raw")
         payload = part.get_payload()
-        data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
-    if isinstance(data, bytes):
-        return data
+        decoded = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+    if isinstance(decoded, bytes):
+        return decoded
     return b""
+
+
+def _parsed_payload(node: Message) -> object:
+    """The payload as the parser stored it (a list of parts or a str): get_payload() would decode a str holding
+    surrogates again with the part's charset. The attribute is the stdlib's, undeclared in its type stubs."""
+    return getattr(node, "_payload", None)
 
 
 def _flatten(msg: Message, linesep: str) -> bytes:
     buf = io.BytesIO()
     try:
         pol = _policy.default.clone(linesep=linesep, refold_source="none", max_line_length=0)
-        BytesGenerator(buf, mangle_from_=False, policy=pol).flatten(msg)
+        generator: BytesGenerator[Message] = BytesGenerator(buf, mangle_from_=False, policy=pol)
+        generator.flatten(msg)
         return buf.getvalue()
     except Exception:
         try:
@@ -1398,10 +1414,44 @@ def _parse_fast(
     Returns (message, {id(part): body region}, defects).  Large leaves that are text, inside a
     message/* part, or have an encoding this path does not decode get their exact payload back.
     """
+    skeleton, tokens = _skeleton(raw, scan)
+    n_defects = len(defects)
+    msg = _parse_bytes(skeleton, defects)
+    if len(defects) != n_defects:  # the stdlib parser failed on policy.default: take the plain path
+        return None
+    try:
+        found = _placeholders(msg, tokens)
+    except (UnicodeError, RecursionError):
+        return None
+    if found is None or len(found) != len(tokens):
+        return None
+
+    big: _Big = {}
+    scratch: list[str] = []
+    for token, (node, stripped, in_message) in found.items():
+        start, end, eol, _bounds = tokens[token]
+        if stripped:
+            end -= eol
+        if not in_message and _kept_out(node, scratch):
+            big[id(node)] = (raw, start, end)
+        else:  # the exact payload the full parse would have produced (a long text body cut: MAX_TEXT_BYTES)
+            if not in_message and end - start > MAX_TEXT_BYTES and _cuttable(node):
+                keep_n = _text_cut(raw[start : start + MAX_TEXT_BYTES])
+                defects.append(_text_cut_note(end - start, keep_n))
+                end = start + keep_n
+            node.set_payload(raw[start:end].decode("ascii", "surrogateescape"))
+    return msg, big, defects
+
+
+_Tokens = dict[str, tuple[int, int, int, frozenset[bytes]]]  # placeholder -> (start, end, eol, boundaries)
+
+
+def _skeleton(raw: bytes, scan: _Scan) -> tuple[bytes, _Tokens]:
+    """``raw`` with each large body of ``scan`` replaced by a one-line placeholder (plus its last line ending)."""
     nonce = binascii.hexlify(os.urandom(6)).decode()
     view = memoryview(raw)
     pieces: list[bytes] = []
-    tokens: dict[str, tuple[int, int, int, frozenset[bytes]]] = {}
+    tokens: _Tokens = {}
     last = 0
     for index, (start, end, bounds) in enumerate(scan.big):
         if raw.endswith(b"\r\n", start, end):
@@ -1416,80 +1466,62 @@ def _parse_fast(
         tokens[token] = (start, end, eol, bounds)
         last = end
     pieces.append(view[last:].tobytes())
-    skeleton = b"".join(pieces)
-    del pieces
+    return b"".join(pieces), tokens
 
-    n_defects = len(defects)
-    msg = _parse_bytes(skeleton, defects)
-    if len(defects) != n_defects:  # the stdlib parser failed on policy.default: take the plain path
-        return None
 
-    found: dict[str, tuple[Message, bool, bool]] = {}  # token -> (part, line ending stripped, inside message/*)
-    try:
-        stack: list[tuple[Message, frozenset[bytes], bool]] = [(msg, frozenset(), False)]
-        while stack:
-            node, bounds, in_message = stack.pop()
-            payload = node._payload
-            if isinstance(payload, list):
-                maintype = node.get_content_maintype()
-                if maintype == "multipart":
-                    b = node.get_boundary()
-                    if b is None:
-                        return None
-                    kid_bounds = bounds | {b.encode("ascii", "surrogateescape")}
-                else:
-                    kid_bounds = bounds
-                kid_in_message = in_message or maintype == "message"
-                stack.extend((k, kid_bounds, kid_in_message) for k in payload if isinstance(k, Message))
-                continue
-            if not isinstance(payload, str) or not payload.startswith("[gateway.mime placeholder "):
-                continue
-            stripped = False
-            token = payload
-            if token not in tokens:
-                token = payload.rstrip("\r\n")
-                if token not in tokens or len(payload) - len(token) != tokens[token][2]:
+def _placeholders(msg: Message, tokens: _Tokens) -> dict[str, tuple[Message, bool, bool]] | None:
+    """The parts of the parsed skeleton holding a placeholder: token -> (part, line ending stripped, inside
+    message/*); None when one is not where the scan put it (see ``_parse_fast``)."""
+    found: dict[str, tuple[Message, bool, bool]] = {}
+    stack: list[tuple[Message, frozenset[bytes], bool]] = [(msg, frozenset(), False)]
+    while stack:
+        node, bounds, in_message = stack.pop()
+        payload = _parsed_payload(node)
+        if isinstance(payload, list):
+            maintype = node.get_content_maintype()
+            if maintype == "multipart":
+                b = node.get_boundary()
+                if b is None:
                     return None
+                kid_bounds = bounds | {b.encode("ascii", "surrogateescape")}
             else:
-                stripped = tokens[token][2] > 0
-            if token in found or tokens[token][3] != bounds:
+                kid_bounds = bounds
+            kid_in_message = in_message or maintype == "message"
+            stack.extend((k, kid_bounds, kid_in_message) for k in payload if isinstance(k, Message))
+            continue
+        if not isinstance(payload, str) or not payload.startswith("[gateway.mime placeholder "):
+            continue
+        stripped = False
+        token = payload
+        if token not in tokens:
+            token = payload.rstrip("\r\n")
+            if token not in tokens or len(payload) - len(token) != tokens[token][2]:
                 return None
-            if node.get_content_maintype() in ("multipart", "message"):
-                return None
-            if any(isinstance(d, _errors.MissingHeaderBodySeparatorDefect) for d in node.defects):
-                return None
-            found[token] = (node, stripped, in_message)
-    except (UnicodeError, RecursionError):
-        return None
-    if len(found) != len(tokens):
-        return None
+        else:
+            stripped = tokens[token][2] > 0
+        if token in found or tokens[token][3] != bounds:
+            return None
+        if node.get_content_maintype() in ("multipart", "message"):
+            return None
+        if any(isinstance(d, _errors.MissingHeaderBodySeparatorDefect) for d in node.defects):
+            return None
+        found[token] = (node, stripped, in_message)
+    return found
 
-    big: _Big = {}
-    scratch: list[str] = []
-    for token, (node, stripped, in_message) in found.items():
-        start, end, eol, _bounds = tokens[token]
-        if stripped:
-            end -= eol
-        keep = not in_message
-        if keep:
-            try:
-                ctype, _params = _content_type(node, scratch)
-                keep = ctype.split("/", 1)[0] not in ("text", "multipart", "message") and node.get_content_maintype() != "text"
-                cte = (_first_header(node, "content-transfer-encoding") or "").strip().lower()
-                scte = str(node.get("content-transfer-encoding", "")).lower()
-                if cte != "base64" and (scte == "base64" or scte in _UU):
-                    keep = False
-            except Exception:
-                keep = False
-        if keep:
-            big[id(node)] = (raw, start, end)
-        else:  # the exact payload the full parse would have produced (a long text body cut: MAX_TEXT_BYTES)
-            if not in_message and end - start > MAX_TEXT_BYTES and _cuttable(node):
-                keep_n = _text_cut(raw[start : start + MAX_TEXT_BYTES])
-                defects.append(_text_cut_note(end - start, keep_n))
-                end = start + keep_n
-            node.set_payload(raw[start:end].decode("ascii", "surrogateescape"))
-    return msg, big, defects
+
+def _kept_out(node: Message, scratch: list[str]) -> bool:
+    """Does a large leaf stay out of the parsed tree (a binary body this path decodes itself)?"""
+    try:
+        ctype, _params = _content_type(node, scratch)
+        keep = (ctype.split("/", 1)[0] not in ("text", "multipart", "message")
+                and node.get_content_maintype() != "text")
+        cte = (_first_header(node, "content-transfer-encoding") or "").strip().lower()
+        scte = str(node.get("content-transfer-encoding", "")).lower()
+        if cte != "base64" and (scte == "base64" or scte in _UU):
+            keep = False
+    except Exception:
+        keep = False
+    return keep
 
 
 def _cuttable(node: Message) -> bool:
@@ -1505,7 +1537,7 @@ def _cuttable(node: Message) -> bool:
 def _text_cut(head: bytes | str) -> int:
     """How much of a long text payload is read: up to its last line end within MAX_TEXT_BYTES (the payload's
     characters are its bytes, surrogate-escaped, so both paths cut at the same place)."""
-    nl = head.rfind(b"\n" if isinstance(head, bytes) else "\n")
+    nl = head.rfind(b"\n") if isinstance(head, bytes) else head.rfind("\n")
     return nl + 1 if nl > 0 else len(head)
 
 
@@ -1519,7 +1551,7 @@ def _cut_text_leaves(msg: Message, defects: list[str]) -> None:
     stack = [msg]
     while stack:
         node = stack.pop()
-        payload = node._payload
+        payload = node.get_payload()
         if isinstance(payload, list):
             if node.get_content_maintype() != "message":
                 stack.extend(k for k in payload if isinstance(k, Message))
@@ -1575,11 +1607,93 @@ def _add_files(attachments: list[Part], used: set[str], files: list[tuple[str, b
         attachments.append(Part(filename=filename, content_type=ctype, data=data, content_id=None, inline=False))
     if files:
         defects.append(f"{min(len(files), room)} file(s) taken out of {where}"
-                       + (f"; {len(files) - room} more left in it (bound MAX_ATTACHMENTS)" if len(files) > room else ""))
+                       + (f"; {len(files) - room} more left in it (bound MAX_ATTACHMENTS)"
+                          if len(files) > room else ""))
+
+
+def _attachments(msg: Message, walker: _Walker, linesep: str, defects: list[str], big: _Big,
+                 uu_files: list[tuple[str, bytes]]) -> tuple[list[Part], int]:
+    """The attachments (every leaf that is not the body, within MAX_ATTACHMENTS), the files inside TNEF parts
+    and the uuencoded files of the text body; and how many leaves were not kept (the bound)."""
+    attachments: list[Part] = []
+    used: set[str] = set()
+    not_kept = 0
+    for leaf in walker.leaves(msg):
+        key = id(leaf)
+        if key in walker.body_ids:
+            continue
+        if key in walker.dropped_ids:
+            defects.append(f"unused alternative {walker.info(leaf).ctype} body not kept as attachment")
+            continue
+        if len(attachments) >= MAX_ATTACHMENTS:
+            not_kept += 1
+            continue
+        info = walker.info(leaf)
+        index = len(attachments) + 1
+        content = _attachment_content(leaf, info, linesep, defects, big)
+        if content is None:
+            continue
+        data, name = content
+        filename = _unique(safe_filename(name, content_type=info.ctype, index=index), used)
+        cid_raw = _first_header(leaf, "content-id")
+        cid = _norm_msgid(cid_raw) if cid_raw else None
+        inline = info.disposition == "inline" or (not info.disposition and cid is not None)
+        attachments.append(Part(filename=filename, content_type=info.ctype, data=data, content_id=cid, inline=inline))
+        if parts.is_tnef(info.ctype, name, data):
+            _add_files(attachments, used, parts.tnef_files(data), f"{filename} (TNEF)", defects)
+    _add_files(attachments, used, uu_files, "the text body (uuencoded)", defects)
+    return attachments, not_kept
+
+
+def _attachment_content(leaf: Message, info: _Info, linesep: str, defects: list[str],
+                        big: _Big) -> tuple[bytes, str | None] | None:
+    """(data, the name the sender gave it) of a leaf kept as an attachment; None: not kept (a small html part)."""
+    if info.ctype.startswith("message/"):
+        data = _message_part_bytes(leaf, info.ctype, linesep, defects)
+        name: str | None = None
+        inner = leaf.get_payload()
+        # the name the sender gave it (filename= or name=), else the attached message's subject
+        if info.filename:
+            name = info.filename
+        elif (info.ctype in ("message/rfc822", "message/global") and isinstance(inner, list) and inner
+              and isinstance(inner[0], Message)):
+            subj = _first_header(inner[0], "subject")
+            if subj and _oneline(_decode_words(subj, defects, "attached message Subject")):
+                name = _oneline(_decode_words(subj, defects, "attached message Subject")) + ".eml"
+        return data, name
+    data = _payload_bytes(leaf, defects, big)
+    name = info.filename
+    if name is None and info.uu:
+        payload = leaf.get_payload()
+        name = parts.uu_begin_name(payload) if isinstance(payload, str) else None
+    if info.ctype == "text/html" and not name and info.disposition != "attachment" and len(data) <= _SMALL_HTML:
+        defects.append(f"a small text/html part outside the body ({len(data)} bytes) not kept as attachment")
+        return None
+    return data, name
+
+
+def _all_defects(msg: Message, defects: list[str], bounds: list[str]) -> list[str]:
+    """The parser's notes and ours, once each, within _MAX_DEFECTS; notes of a bound go to ``bounds``."""
+    notes: list[str] = []
+    _defect_notes(msg, notes)
+    all_defects: list[str] = []
+    seen: set[str] = set()
+    for d in notes + defects:
+        d = _no_surrogates(d)
+        if d not in seen:
+            seen.add(d)
+            all_defects.append(d)
+    bounds.extend(d[len("bound: "):] for d in all_defects if d.startswith("bound: "))
+    all_defects = [d for d in all_defects if not d.startswith("bound: ")]
+    if len(all_defects) > _MAX_DEFECTS:
+        extra = len(all_defects) - _MAX_DEFECTS
+        all_defects = all_defects[:_MAX_DEFECTS] + [f"... and {extra} more defects"]
+    return all_defects
 
 
 def _build(
-    msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: int, big: _Big, max_addresses: int = MAX_ADDRESSES
+    msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: int, big: _Big,
+    max_addresses: int = MAX_ADDRESSES,
 ) -> ParsedMail:
     nl = raw.find(b"\n")
     first_line_cr = raw.endswith(b"\r") if nl < 0 else raw.startswith(b"\r", nl - 1) and nl > 0
@@ -1653,67 +1767,11 @@ def _build(
     text, uu_files = parts.split_uuencoded(text)
     html = _bounded_html(body_text(html_parts, "html"), bounds) if html_parts else None
 
-    attachments: list[Part] = []
-    used: set[str] = set()
-    not_kept = 0
-    for leaf in walker.leaves(msg):
-        key = id(leaf)
-        if key in walker.body_ids:
-            continue
-        if key in walker.dropped_ids:
-            defects.append(f"unused alternative {walker.info(leaf).ctype} body not kept as attachment")
-            continue
-        if len(attachments) >= MAX_ATTACHMENTS:
-            not_kept += 1
-            continue
-        info = walker.info(leaf)
-        index = len(attachments) + 1
-        if info.ctype.startswith("message/"):
-            data = _message_part_bytes(leaf, info.ctype, linesep, defects)
-            name: str | None = None
-            inner = leaf.get_payload()
-            # the name the sender gave it (filename= or name=), else the attached message's subject
-            if info.filename:
-                name = info.filename
-            elif info.ctype in ("message/rfc822", "message/global") and isinstance(inner, list) and inner:
-                subj = _first_header(inner[0], "subject")
-                if subj and _oneline(_decode_words(subj, defects, "attached message Subject")):
-                    name = _oneline(_decode_words(subj, defects, "attached message Subject")) + ".eml"
-        else:
-            data = _payload_bytes(leaf, defects, big)
-            name = info.filename
-            if name is None and info.uu:
-                payload = leaf.get_payload()
-                name = parts.uu_begin_name(payload) if isinstance(payload, str) else None
-            if info.ctype == "text/html" and not name and info.disposition != "attachment" and len(data) <= _SMALL_HTML:
-                defects.append(f"a small text/html part outside the body ({len(data)} bytes) not kept as attachment")
-                continue
-        filename = _unique(safe_filename(name, content_type=info.ctype, index=index), used)
-        cid_raw = _first_header(leaf, "content-id")
-        cid = _norm_msgid(cid_raw) if cid_raw else None
-        inline = info.disposition == "inline" or (not info.disposition and cid is not None)
-        attachments.append(Part(filename=filename, content_type=info.ctype, data=data, content_id=cid, inline=inline))
-        if parts.is_tnef(info.ctype, name, data):
-            _add_files(attachments, used, parts.tnef_files(data), f"{filename} (TNEF)", defects)
-    _add_files(attachments, used, uu_files, "the text body (uuencoded)", defects)
-
+    attachments, not_kept = _attachments(msg, walker, linesep, defects, big, uu_files)
     if not_kept:
         bounds.append(f"{MAX_ATTACHMENTS + not_kept} attachments: only the first {MAX_ATTACHMENTS} kept, the rest stay "
                       "in the original mail (bound MAX_ATTACHMENTS)")
-    notes: list[str] = []
-    _defect_notes(msg, notes)
-    all_defects: list[str] = []
-    seen: set[str] = set()
-    for d in notes + defects:
-        d = _no_surrogates(d)
-        if d not in seen:
-            seen.add(d)
-            all_defects.append(d)
-    bounds.extend(d[len("bound: "):] for d in all_defects if d.startswith("bound: "))
-    all_defects = [d for d in all_defects if not d.startswith("bound: ")]
-    if len(all_defects) > _MAX_DEFECTS:
-        extra = len(all_defects) - _MAX_DEFECTS
-        all_defects = all_defects[:_MAX_DEFECTS] + [f"... and {extra} more defects"]
+    all_defects = _all_defects(msg, defects, bounds)
 
     return ParsedMail(
         message=msg,

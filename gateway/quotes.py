@@ -381,38 +381,19 @@ def strip_reply(text: str, *, keep_signature: bool = False) -> str:
             i += 1
             continue
 
-        # Unquoted lines wedged between quote lines (no blank line around) are the quote's own
-        # lines re-wrapped by a client that did not prefix them: part of the quote.
-        if i > 0 and quoted[i - 1]:
-            run_end = i
-            while run_end < n and run_end - i < 2 and not quoted[run_end] and lines[run_end].strip():
-                run_end += 1
-            if run_end < n and quoted[run_end]:
-                removed = True
-                i = run_end
-                continue
-
-        first_char = stripped[0]
-        if first_char in _SEPARATOR_CHARS or first_char in "BbAaDdIi":
-            if _FORWARD_RE.match(line):
-                kept.extend(lines[i:])  # keep a forwarded message verbatim
-                break
-            if _ORIGINAL_SEPARATOR_RE.match(line) or (_is_signature_delimiter(line) and not keep_signature):
-                break
-            if first_char == "_" and _is_list_footer(lines, i):
-                break
-        if not keep_signature and first_char in _MOBILE_SIG_FIRST_CHARS and _is_mobile_signature(line):
+        skip_to = _wedged_quote_end(lines, quoted, i)
+        if skip_to is not None:
+            removed = True
+            i = skip_to
+            continue
+        cut = _cut_at(scan, lines, i, stripped[0], keep_signature)
+        if cut == "forward":
+            kept.extend(lines[i:])  # keep a forwarded message verbatim
             break
-        if line.find(":", 0, 40) >= 0 and _header_block_at(scan, i):
-            # Drop an untranslated date line glued on top ('Message du : 12/12/2016 13:20').
-            while (
-                kept
-                and kept[-1].strip()
-                and len(kept[-1]) <= _MAX_HEADER_LINE
-                and _ANY_KEY_LINE_RE.match(kept[-1])
-                and _has_date_digit(kept[-1])
-            ):
-                kept.pop()
+        if cut == "header":
+            _drop_glued_date_lines(kept)
+            break
+        if cut is not None:
             break
         end = _header_end(scan, i) if any(scan.ends[i : i + 3]) else None
         if end is not None:
@@ -428,15 +409,61 @@ def strip_reply(text: str, *, keep_signature: bool = False) -> str:
         removed = False
         i += 1
 
-    # Trailing blank lines and separator lines ('____', '-----', '====') left above a cut.
-    while kept and (not kept[-1].strip() or _SEPARATOR_ONLY_RE.match(kept[-1])):
-        kept.pop()
-    while kept and not kept[0].strip():
-        kept.pop(0)
+    _trim(kept)
     result = "\n".join(kept).strip()
     if not result:
         return text.rstrip()
     return result
+
+
+def _trim(kept: list[str]) -> None:
+    """Trailing blank lines and separator lines ('____', '-----', '====') left above a cut; leading blanks."""
+    while kept and (not kept[-1].strip() or _SEPARATOR_ONLY_RE.match(kept[-1])):
+        kept.pop()
+    while kept and not kept[0].strip():
+        kept.pop(0)
+
+
+def _wedged_quote_end(lines: list[str], quoted: list[bool], i: int) -> int | None:
+    """Unquoted lines wedged between quote lines (no blank line around) are the quote's own lines re-wrapped
+    by a client that did not prefix them: part of the quote. The quote line after them, or None."""
+    if i == 0 or not quoted[i - 1]:
+        return None
+    n = len(lines)
+    run_end = i
+    while run_end < n and run_end - i < 2 and not quoted[run_end] and lines[run_end].strip():
+        run_end += 1
+    return run_end if run_end < n and quoted[run_end] else None
+
+
+def _cut_at(scan: _Scan, lines: list[str], i: int, first_char: str, keep_signature: bool) -> str | None:
+    """Where the visible text ends at line i: "forward" (a forwarded message follows, kept), "header" (a reply
+    header block), "cut" (a separator, signature or list footer), else None."""
+    line = lines[i]
+    if first_char in _SEPARATOR_CHARS or first_char in "BbAaDdIi":
+        if _FORWARD_RE.match(line):
+            return "forward"
+        if _ORIGINAL_SEPARATOR_RE.match(line) or (_is_signature_delimiter(line) and not keep_signature):
+            return "cut"
+        if first_char == "_" and _is_list_footer(lines, i):
+            return "cut"
+    if not keep_signature and first_char in _MOBILE_SIG_FIRST_CHARS and _is_mobile_signature(line):
+        return "cut"
+    if line.find(":", 0, 40) >= 0 and _header_block_at(scan, i):
+        return "header"
+    return None
+
+
+def _drop_glued_date_lines(kept: list[str]) -> None:
+    """Drop an untranslated date line glued on top of a header block ('Message du : 12/12/2016 13:20')."""
+    while (
+        kept
+        and kept[-1].strip()
+        and len(kept[-1]) <= _MAX_HEADER_LINE
+        and _ANY_KEY_LINE_RE.match(kept[-1])
+        and _has_date_digit(kept[-1])
+    ):
+        kept.pop()
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,33 +570,48 @@ class _TextExtractor(HTMLParser):
         if self.stopped:
             return
         tag = tag.lower()
-        if self.drop is not None:
-            if tag == self.drop[0] and tag not in _VOID_TAGS:
-                self.drop = (tag, self.drop[1] + 1)
-            return
-        if self.skip_depth:
-            if tag in _SKIP_CONTENT_TAGS:
-                self.skip_depth += 1
-            return
-        if tag in _SKIP_CONTENT_TAGS:
-            self.skip_depth = 1
+        if self._start_hidden(tag):
             return
         a = self._attrs(attrs)
         if tag in self.depth:
             self.depth[tag] += 1
-        if self.strip_quotes:
-            if a.get("id", "").lower() in _CUT_IDS:
-                self._soft_break()
-                self.stopped = True
-                return
-            if self._is_quote_element(tag, a) and tag not in _VOID_TAGS:
-                self.drop = (tag, 1)
-                self._soft_break()
-                return
-            if tag in ("div", "p", "span", "td") and _BORDER_TOP_RE.search(a.get("style", "")):
-                self._soft_break()
-                self.depth[tag] = self.depth.get(tag, 0) + (0 if tag in self.depth else 1)
-                self.border_marks.append((tag, self.depth[tag], len(self.lines), self.cur))
+        if self.strip_quotes and self._start_quote(tag, a):
+            return
+        self._start_layout(tag, a)
+
+    def _start_hidden(self, tag: str) -> bool:
+        """Inside a dropped quote or a skipped element (or starting one): nothing is written."""
+        if self.drop is not None:
+            if tag == self.drop[0] and tag not in _VOID_TAGS:
+                self.drop = (tag, self.drop[1] + 1)
+            return True
+        if self.skip_depth:
+            if tag in _SKIP_CONTENT_TAGS:
+                self.skip_depth += 1
+            return True
+        if tag in _SKIP_CONTENT_TAGS:
+            self.skip_depth = 1
+            return True
+        return False
+
+    def _start_quote(self, tag: str, a: dict[str, str]) -> bool:
+        """Where the quoted history starts: the rest is cut, or this element dropped (True); a bordered box
+        that may hold an Outlook header is marked (see _end_border)."""
+        if a.get("id", "").lower() in _CUT_IDS:
+            self._soft_break()
+            self.stopped = True
+            return True
+        if self._is_quote_element(tag, a) and tag not in _VOID_TAGS:
+            self.drop = (tag, 1)
+            self._soft_break()
+            return True
+        if tag in ("div", "p", "span", "td") and _BORDER_TOP_RE.search(a.get("style", "")):
+            self._soft_break()
+            self.depth[tag] = self.depth.get(tag, 0) + (0 if tag in self.depth else 1)
+            self.border_marks.append((tag, self.depth[tag], len(self.lines), self.cur))
+        return False
+
+    def _start_layout(self, tag: str, a: dict[str, str]) -> None:
         if tag == "br":
             self._hard_break()
         elif tag == "hr":
@@ -610,28 +652,42 @@ class _TextExtractor(HTMLParser):
         if self.stopped:
             return
         tag = tag.lower()
+        if self._end_hidden(tag):
+            return
+        if tag in self.depth and self._end_border(tag):
+            return
+        self._end_layout(tag)
+
+    def _end_hidden(self, tag: str) -> bool:
+        """Inside a dropped quote or a skipped element: nothing is written."""
         if self.drop is not None:
             if tag == self.drop[0]:
                 level = self.drop[1] - 1
                 self.drop = None if level == 0 else (tag, level)
-            return
+            return True
         if self.skip_depth:
             if tag in _SKIP_CONTENT_TAGS:
                 self.skip_depth -= 1
-            return
-        if tag in self.depth:
-            depth = self.depth[tag]
-            self.depth[tag] = max(depth - 1, 0)
-            if self.border_marks and self.border_marks[-1][0] == tag and self.border_marks[-1][1] == depth:
-                _, _, n_lines, cur = self.border_marks.pop()
-                self._soft_break()
-                inside = "\n".join(self.lines[n_lines:])
-                if len(self.lines) > n_lines and _HTML_HEADER_START_RE.match(inside.lstrip()):
-                    # An Outlook/Windows Mail header box ('From: ... Sent: ...'): the rest is history.
-                    del self.lines[n_lines:]
-                    self.cur = cur
-                    self.stopped = True
-                    return
+            return True
+        return False
+
+    def _end_border(self, tag: str) -> bool:
+        """The end of a tracked element; True when it closed a bordered box that held an Outlook header."""
+        depth = self.depth[tag]
+        self.depth[tag] = max(depth - 1, 0)
+        if self.border_marks and self.border_marks[-1][0] == tag and self.border_marks[-1][1] == depth:
+            _, _, n_lines, cur = self.border_marks.pop()
+            self._soft_break()
+            inside = "\n".join(self.lines[n_lines:])
+            if len(self.lines) > n_lines and _HTML_HEADER_START_RE.match(inside.lstrip()):
+                # An Outlook/Windows Mail header box ('From: ... Sent: ...'): the rest is history.
+                del self.lines[n_lines:]
+                self.cur = cur
+                self.stopped = True
+                return True
+        return False
+
+    def _end_layout(self, tag: str) -> None:
         if tag == "tr":
             self._soft_break()
             if self.cells:

@@ -19,12 +19,15 @@ import logging
 import os
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, AnyStr
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import MISSING, SMTP, Envelope as SMTPEnvelope, Session as SMTPSession
+from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import Envelope as SMTPEnvelope
+from aiosmtpd.smtp import Session as SMTPSession
 
 from gateway.config import Config, ConfigError
 from gateway.guard import connlimits
@@ -156,7 +159,7 @@ class SessionRegistry:
 
     def abort_all(self) -> None:
         for s in list(self.live):
-            if s.transport is not None:
+            if isinstance(s.transport, asyncio.Transport):  # plain or TLS: both are
                 s.transport.abort()
 
 
@@ -173,18 +176,28 @@ class _Refuse(asyncio.Protocol):
         transport.close()
 
 
-class _Sessions:
-    """Mixed into aiosmtpd's SMTP/LMTP: registry, idle timer reset on every byte, a hard session deadline."""
+class _Sessions(SMTP):
+    """aiosmtpd's SMTP (and, mixed with LMTP, its LMTP) with the registry, the idle timer reset on every byte
+    and a hard session deadline.
+
+    What aiosmtpd offers as public extension points is used as such: the handler's hooks (`Handler`) decide
+    every answer about a mail (MAIL, RCPT, DATA: store, then 250, or 451), `smtp_DATA` is overridden the way
+    aiosmtpd's documentation describes for commands (`smtp_<COMMAND>`), and the asyncio protocol methods
+    (connection_made/lost, data_received, eof_received) wrap aiosmtpd's. Its private members are used only
+    where aiosmtpd has no hook: the stream reader and writer (DATA is read in pieces, see `read_data`) and the
+    idle timer (`_reset_timeout`, `_timeout_cb`: shorter under stress, a 421 said before closing)."""
 
     line_length_limit = LINE_LIMIT
     registry: SessionRegistry
-    max_seconds: float
-    transport: Any
-    envelope: Any
-    loop: asyncio.AbstractEventLoop
+    max_seconds: float  # limits.session_max_seconds
+    idle_seconds: float  # limits.session_idle_seconds (the timeout aiosmtpd is given)
+    _client: str | None = None
+    _registered = False
+    _refused = False
+    _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        first = getattr(self, "_registered", False) is False
+        first = not self._registered
         if first:
             self._client = connlimits.client_key(transport.get_extra_info("peername"))
             why = self.registry.refusal(self._client)
@@ -195,7 +208,7 @@ class _Sessions:
                 transport.write(why.encode("ascii") + b"\r\n")
                 transport.close()
                 return
-        super().connection_made(transport)  # type: ignore[misc]
+        super().connection_made(transport)
         if first:
             self._registered = True
             self.registry.add(self)
@@ -209,37 +222,39 @@ class _Sessions:
     def protocol_name(self) -> str:
         return "lmtp" if isinstance(self, LMTP) else "smtp"
 
-    async def push(self, status: Any) -> None:
+    @property
+    def peer(self) -> Any:
+        return self.session.peer if self.session is not None else None
+
+    async def push(self, status: AnyStr) -> None:
         line = status.decode("ascii", "replace") if isinstance(status, bytes) else str(status)
         if line[:1] in ("4", "5"):
             self.registry.refused(self.protocol_name, line)
-        await super().push(status)  # type: ignore[misc]
+        await super().push(status)
 
     def connection_lost(self, error: Exception | None) -> None:
-        if getattr(self, "_refused", False):
+        if self._refused:
             return
         self.registry.discard(self)
-        d = getattr(self, "_deadline", None)
-        if d is not None:
-            d.cancel()
-        super().connection_lost(error)  # type: ignore[misc]
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(error)
 
     def data_received(self, data: bytes) -> None:
-        if getattr(self, "_refused", False):
+        if self._refused:
             return
-        super().data_received(data)  # type: ignore[misc]
+        super().data_received(data)
         if self.transport is not None:
-            self._reset_timeout()  # type: ignore[attr-defined]  # idle means no bytes, also inside DATA
+            self._reset_timeout()  # idle means no bytes, also inside DATA
 
     def eof_received(self) -> bool | None:
-        if getattr(self, "_refused", False):
+        if self._refused:
             return None
-        return super().eof_received()  # type: ignore[misc,no-any-return]
+        return super().eof_received()
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         """aiosmtpd's idle timer, shortened while the service is under stress (gateway.guard.connlimits)."""
-        normal = self._timeout_duration  # type: ignore[attr-defined]
-        super()._reset_timeout(duration or self.registry.idle_timeout(normal))  # type: ignore[misc]
+        super()._reset_timeout(duration or self.registry.idle_timeout(self.idle_seconds))
 
     def rearm(self) -> None:
         """The idle timer again from now, with the timeout that holds now (the service came under stress)."""
@@ -247,47 +262,50 @@ class _Sessions:
             self._reset_timeout()
 
     def _timeout_cb(self) -> None:
-        log.info("%r idle for too long: closing", getattr(self.session, "peer", None))  # type: ignore[attr-defined]
+        log.info("%r idle for too long: closing", self.peer)
         self.goodbye("421 4.4.2 Idle for too long, closing connection")
 
     async def smtp_DATA(self, arg: str) -> None:
         """DATA by `read_data`: pieces up to each "." CRLF, joined once (aiosmtpd keeps a list with one object
-        per line: ~3x the mail in memory, and one await per line).
+        per line: ~3x the mail in memory, and one await per line), then the handler's DATA hook.
 
         Same wire rules as aiosmtpd: only CRLF ends a line, only CRLF "." CRLF ends the mail, a leading dot of a
         line is removed. Lines of any length are data (a bare-LF mail is one long line; nothing in it can end
         the mail or become a command); the only limit is the size: over it, the rest is read and dropped and
         the answer is 552."""
-        if await self.check_helo_needed():  # type: ignore[attr-defined]
+        if await self.check_helo_needed():
             return
-        if await self.check_auth_needed("DATA"):  # type: ignore[attr-defined]
+        if await self.check_auth_needed("DATA"):
             return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")  # type: ignore[attr-defined]
+        envelope = self.envelope
+        assert envelope is not None
+        if not envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
             return
         if arg:
-            await self.push("501 Syntax: DATA")  # type: ignore[attr-defined]
+            await self.push("501 Syntax: DATA")
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")  # type: ignore[attr-defined]
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            content = await read_data(self._reader, self.data_size_limit)  # type: ignore[attr-defined]
+            content = await read_data(self._reader, self.data_size_limit)
         except asyncio.CancelledError:
-            log.info("%r connection lost during DATA", getattr(self.session, "peer", None))  # type: ignore
-            self._writer.close()  # type: ignore[attr-defined]
+            log.info("%r connection lost during DATA", self.peer)
+            self._writer.close()
             raise
         if content is None:
-            self._set_post_data_state()  # type: ignore[attr-defined]
-            await self.push("552 5.3.4 Error: Too much mail data")  # type: ignore[attr-defined]
+            self.envelope = self._create_envelope()
+            await self.push("552 5.3.4 Error: Too much mail data")
             return
-        self.envelope.content = self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")  # type: ignore[attr-defined]
-        self._set_post_data_state()  # type: ignore[attr-defined]
-        await self.push("250 OK" if status is MISSING else status)  # type: ignore[attr-defined]
+        # a bytearray (read_data) passed on as it is: bytes(content) would be a second copy of a large mail
+        envelope.content = envelope.original_content = content  # type: ignore[assignment]
+        handler: Handler = self.event_handler
+        assert self.session is not None  # set by connection_made
+        status = await handler.handle_DATA(self, self.session, envelope)
+        self.envelope = self._create_envelope()
+        await self.push(status)
 
     def _session_too_long(self) -> None:
-        log.info("%r session lasted longer than %ss: closing", getattr(self.session, "peer", None),  # type: ignore
-                 self.max_seconds)
+        log.info("%r session lasted longer than %ss: closing", self.peer, self.max_seconds)
         self.goodbye("421 4.4.2 Session too long, please try again")
 
     def idle(self) -> bool:
@@ -296,7 +314,7 @@ class _Sessions:
 
     def goodbye(self, line: str) -> None:
         t = self.transport
-        if t is not None and not t.is_closing():
+        if isinstance(t, asyncio.WriteTransport) and not t.is_closing():  # plain or TLS: both are
             self.registry.refused(self.protocol_name, line)
             try:
                 t.write(line.encode("ascii") + b"\r\n")
@@ -348,7 +366,7 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytearra
     return buf
 
 
-class GatewaySMTP(_Sessions, SMTP):
+class GatewaySMTP(_Sessions):
     pass
 
 
@@ -425,14 +443,14 @@ class Handler:
 @dataclass
 class Listener:
     spec: dict[str, Any]
-    server: asyncio.AbstractServer
+    server: asyncio.Server
 
     @property
     def where(self) -> str:
         s = self.spec
         if s["path"]:
             return f"{s['protocol']} unix:{s['path']}"
-        socks = self.server.sockets or []
+        socks = self.server.sockets
         addr = socks[0].getsockname() if socks else (s["host"], s["port"])
         return f"{s['protocol']} {addr[0]}:{addr[1]}"
 
@@ -473,6 +491,7 @@ async def start_listeners(config: Config, store: StoreFn, registry: SessionRegis
                             timeout=limits["session_idle_seconds"], command_call_limit=CALL_LIMITS, loop=loop)
                 proto.registry = registry
                 proto.max_seconds = limits["session_max_seconds"]
+                proto.idle_seconds = limits["session_idle_seconds"]
                 return proto
 
             if spec["path"]:

@@ -4,7 +4,8 @@
 # project and its test and dev extras, and a running PostgreSQL on 127.0.0.1:5432 (trust auth for local
 # tests). Postfix is installed with debconf's "No configuration": the tests start private instances of it
 # (tests/postfix.py); the machine's own mail system is neither configured nor started.
-# The checks (ruff, mypy, import-linter, scripts/check_cycles.py) run first; any failure fails the run.
+# The checks (ruff, mypy, import-linter, scripts/check_cycles.py, scripts/check_docs_names.py) run first; any
+# failure fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,11 +45,12 @@ fi
 
 # Checked habits, before the tests (configured in pyproject.toml; the first failure stops the run):
 # lint and complexity, types, the import layers, no import cycle at run time.
-echo "checks: ruff, mypy, import contracts, import cycles"
+echo "checks: ruff, mypy, import contracts, import cycles, names in docs/architecture.md"
 "$venv/bin/ruff" check --quiet .
 "$venv/bin/mypy"
 "$venv/bin/lint-imports" --no-cache
 "$venv/bin/python" scripts/check_cycles.py
+"$venv/bin/python" scripts/check_docs_names.py  # the code names docs/architecture.md uses exist
 
 # Two test processes (pytest-xdist; TG_TEST_WORKERS=0 runs in one; three were measured no faster on 2 cores:
 # 846 s against 861 s of pytest); the 30 slowest tests are listed at the end (the suite must stay under 15 minutes): each has its own PostgreSQL template, SQLite template, Dovecot and temporary directories, and every listener takes a free port.

@@ -46,7 +46,7 @@ def corpus() -> Path:
 _pg_template: str | None = None
 
 
-def _pg_admin():  # type: ignore[no-untyped-def]
+def _pg_admin():
     import psycopg
     from sqlalchemy.engine import make_url
 
@@ -113,7 +113,7 @@ def new_sqlite_database(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def pytest_sessionfinish(session, exitstatus):  # type: ignore[no-untyped-def]
+def pytest_sessionfinish(session, exitstatus):
     if _pg_template is not None:
         try:
             drop_pg_database(_pg_template)
@@ -122,7 +122,7 @@ def pytest_sessionfinish(session, exitstatus):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
-def db_url(request, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def db_url(request, tmp_path) -> Iterator[str]:
     """A fresh, migrated database: the test runs once on SQLite and once on PostgreSQL."""
     if request.param == "sqlite":
         yield new_sqlite_database(tmp_path / "var" / "gateway.db")
@@ -136,7 +136,7 @@ def db_url(request, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def sqlite_url(tmp_path) -> str:  # type: ignore[no-untyped-def]
+def sqlite_url(tmp_path) -> str:
     return new_sqlite_database(tmp_path / "var" / "gateway.db")
 
 
@@ -144,7 +144,7 @@ def sqlite_url(tmp_path) -> str:  # type: ignore[no-untyped-def]
 FIXED_NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 
 
-def make_config(tmp_path: Path, db_url: str, **sections):  # type: ignore[no-untyped-def]
+def make_config(tmp_path: Path, db_url: str, **sections):
     from gateway.config import validate
 
     data: dict[str, Any] = {"gateway": {"data_dir": str(tmp_path / "var"), "addresses": ["support@example.com"],
@@ -167,7 +167,7 @@ class Clock:
     def __call__(self) -> datetime:
         return self.now
 
-    def advance(self, **kw) -> None:  # type: ignore[no-untyped-def]
+    def advance(self, **kw) -> None:
         from datetime import timedelta
 
         self.now = self.now + timedelta(**kw)
@@ -179,12 +179,12 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def make_app(tmp_path, db_url, clock):  # type: ignore[no-untyped-def]
+def make_app(tmp_path, db_url, clock):
     from gateway.app import build_app
 
     apps = []
 
-    def factory(**sections):  # type: ignore[no-untyped-def]
+    def factory(**sections):
         app = build_app(make_config(tmp_path, db_url, **sections), clock=clock)
         apps.append(app)
         return app
@@ -195,7 +195,7 @@ def make_app(tmp_path, db_url, clock):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def app(make_app):  # type: ignore[no-untyped-def]
+def app(make_app):
     return make_app()
 
 

@@ -203,7 +203,7 @@ class DovecotAccount:
     def maildir(self) -> Path:
         return self.server.root / "mail" / self.user
 
-    def client(self, timeout: float = 10):  # type: ignore[no-untyped-def]
+    def client(self, timeout: float = 10):
         from imapclient import IMAPClient
 
         c = IMAPClient(self.host, port=self.port, ssl=False, timeout=timeout)
@@ -214,7 +214,7 @@ class DovecotAccount:
         c.login(self.user, self.password)
         return c
 
-    def account_config(self, name: str = "test", **over) -> dict:  # type: ignore[no-untyped-def]
+    def account_config(self, name: str = "test", **over) -> dict:
         """An `[[imap]]` table for this account (fast timings for tests)."""
         cfg = {"name": name, "host": self.host, "port": self.port, "security": "none", "user": self.user,
                "password": self.password, "folder": "INBOX", "processed_folder": "Processed",
@@ -229,7 +229,7 @@ class DovecotAccount:
                 c.create_folder(folder)
             c.append(folder, raw)
 
-    def append_many(self, raws, folder: str = "INBOX") -> int:  # type: ignore[no-untyped-def]
+    def append_many(self, raws, folder: str = "INBOX") -> int:
         n = 0
         with self._session() as c:
             if not c.folder_exists(folder):
@@ -275,11 +275,11 @@ class DovecotAccount:
         def __init__(self, acct: DovecotAccount) -> None:
             self.acct = acct
 
-        def __enter__(self):  # type: ignore[no-untyped-def]
+        def __enter__(self):
             self.c = self.acct.client()
             return self.c
 
-        def __exit__(self, *exc) -> None:  # type: ignore[no-untyped-def]
+        def __exit__(self, *exc) -> None:
             try:
                 self.c.logout()
             except Exception:  # noqa: BLE001

@@ -113,13 +113,21 @@ def run_poll(args: argparse.Namespace, config: Config) -> int:
     except NoAccounts as e:
         print(f"ticket-gateway: {e}", file=sys.stderr)
         return EX_CONFIG
+    from gateway.engine import start_worker
+
+    # the stored mail is threaded as serve threads it: each mail's CPU work in the preparation worker, within
+    # limits.mail_cpu_seconds (a mail over budget is quarantined 'over budget', the others go on); started
+    # before the database is opened, as `ingest` starts it
+    ahead = start_worker(config)
     try:
         app = open_app(config, upgrade=True)
     except Exception as e:  # noqa: BLE001
+        ahead.close()
         if is_unavailable(e):
             print(f"ticket-gateway: store unavailable, try again later: {e}", file=sys.stderr)
             return EX_TEMPFAIL
         raise
+    app.ahead = ahead
     status = EX_OK
     try:
         for account in selected:
@@ -152,5 +160,7 @@ def run_poll(args: argparse.Namespace, config: Config) -> int:
                       f"{account.quarantine_folder or account.processed_folder or '(deleted)'}"
                       + (f"; {', '.join(extra)}" if extra else ""))
     finally:
+        app.ahead = None
+        ahead.close()
         app.close()
     return status

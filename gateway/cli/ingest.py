@@ -27,6 +27,7 @@ from gateway.exitcodes import EX_DATAERR, EX_NOINPUT, EX_NOUSER, EX_OK, EX_TEMPF
 
 if TYPE_CHECKING:
     from gateway.app import App
+    from gateway.cli.base import Subparsers
     from gateway.config import Config
     from gateway.envelope import Envelope
     from gateway.intake import Result
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 BATCH_MAILS = 200
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     p = sub.add_parser("ingest", help="take mail from files, Maildirs, mboxes or stdin")
     p.add_argument("paths", nargs="*", metavar="PATH", help="message file, Maildir or mbox; '-' or none: stdin")
     p.add_argument("--dry-run", action="store_true", help="show what would happen, write nothing")
@@ -154,19 +155,24 @@ def _one_by_one(app: App, sources: Iterator[Source], envelope: Callable[[Source]
     from gateway.engine import ImportStopped
 
     intake = app.intake()
+    auth = app.auth
     for src in sources:
         if src.raw is None:
             out.unreadable(src)
             continue
         env = envelope(src)
-        if src.source == "stdin" and app.auth.active:  # sender authentication on arrival (gateway.auth)
-            env = app.auth.envelope(src.raw, env)
+        if src.source == "stdin" and auth is not None and auth.active:  # sender authentication on arrival
+            env = auth.envelope(src.raw, env)
         prepared = ahead.prepare([src.raw], [env.mail_from])[0] if ahead is not None else None
         try:
             result = intake.ingest(src.raw, env, dry_run=out.args.dry_run, durable_first=False, prepared=prepared)
         except StoreUnavailable as e:
             raise ImportStopped(f"could not store {src.ref}: {e}") from e
         out.report(src, result)
+
+
+def _never_low() -> bool:
+    return False
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -213,7 +219,8 @@ def _ingest(args: argparse.Namespace, config: Config, app: App, ahead: ParseAhea
                         source_ref=None if src.source == "stdin" else src.ref, client_ip=args.client_ip or None,
                         client_helo=args.helo or None, historic=historic, quiet=historic and not args.notify)
 
-    if not args.dry_run and app.disk.low():
+    disk_low = app.disk.low if app.disk is not None else _never_low
+    if not args.dry_run and disk_low():
         print(f"ticket-gateway: free space in {config.data_dir} is below limits.free_space_factor x "
               "limits.max_message_size: try again later", file=sys.stderr)
         return EX_TEMPFAIL
@@ -237,7 +244,7 @@ def _ingest(args: argparse.Namespace, config: Config, app: App, ahead: ParseAhea
             # files, Maildirs and mboxes stay where they are until we return: many mails go into one write
             # transaction (a savepoint each), and a mail is reported only once the commit holding it returned
             Engine(app).import_stream(sources, envelope, report=out.report, unreadable=out.unreadable, ahead=ahead,
-                                      batch_mails=args.batch, disk_low=app.disk.low)
+                                      batch_mails=args.batch, disk_low=disk_low)
     except ImportStopped as e:
         print(f"ticket-gateway: {e}", file=sys.stderr)
         return EX_TEMPFAIL

@@ -71,8 +71,16 @@ class Shared:
     comments: dict[int, dict[str, Any] | None] = field(default_factory=dict)
     inbound: dict[int, list[tuple[str, datetime]]] = field(default_factory=dict)
     triggers: dict[int, str | None] = field(default_factory=dict)
-    cc: dict[tuple[int, datetime], tuple[list[tuple[str, str]], list[tuple[str, str]]]] = field(default_factory=dict)
-    watchers: dict[int, frozenset[str]] = field(default_factory=dict)  # ticket id -> its watchers' addresses
+    cc: dict[tuple[int, datetime], tuple[list[tuple[str, str]], list[tuple[str, str]], set[str]]] = field(
+        default_factory=dict)
+    watchers: dict[int, frozenset[str]] = field(default_factory=dict)  # ticket id -> its watchers but its reporter
+    # the round's claimed ids (lowest, highest): the threading history is then loaded once per ticket and round,
+    # not per chunk; (ticket, recipient) -> [(outbox id, message id)], see Builder._load_history
+    span: tuple[int, int] | None = None
+    history: dict[tuple[int, str], list[tuple[int, str]]] = field(default_factory=lambda: defaultdict(list))
+    history_tickets: set[int] = field(default_factory=set)
+    # (ticket id, enqueue time) -> (the inbound Message-IDs then, their References chain)
+    threads: dict[tuple[int, datetime], tuple[list[str], list[str]]] = field(default_factory=dict)
 
 
 class Builder:
@@ -91,7 +99,7 @@ class Builder:
         self.triggers = shared.triggers
         self.cc = shared.cc
         # (ticket, recipient) -> [(outbox id, message id)] of its non-suppressed copies (for In-Reply-To)
-        self.history: dict[tuple[int, str], list[tuple[int, str]]] = defaultdict(list)
+        self.history = shared.history
 
     # Loading, a chunk of rows at a time -------------------------------------------------------------------
     def prepare(self, rows: Iterable[OutboxMail]) -> None:
@@ -130,18 +138,28 @@ class Builder:
         self._load_history([r for r in rows if r.ticket_id is not None])
 
     def _load_history(self, rows: list[OutboxMail]) -> None:
-        """This recipient's previous non-suppressed copy on the ticket, as of each row's enqueue: the latest
-        below the chunk's first id per (ticket, recipient), plus every copy inside the chunk's id range."""
+        """Each recipient's previous non-suppressed copy on the ticket, as of each row's enqueue: the latest
+        below the first id per (ticket, recipient), plus every copy from the first id to the last. With the
+        round's span (Shared.span) once per ticket and round, for every recipient; else for the chunk's rows."""
         if not rows:
             return
-        tids = sorted({r.ticket_id for r in rows if r.ticket_id is not None})
-        rcpts = sorted({r.recipient for r in rows})
-        first, last = min(r.id for r in rows), max(r.id for r in rows)
-        base = and_(OutboxMail.ticket_id.in_(tids), OutboxMail.recipient.in_(rcpts),
-                    OutboxMail.status != "suppressed")
+        span = self.shared.span
+        if span is None:
+            self.history.clear()
+            tids = sorted({r.ticket_id for r in rows if r.ticket_id is not None})
+            rcpts = sorted({r.recipient for r in rows})
+            first, last = min(r.id for r in rows), max(r.id for r in rows)
+            base = and_(OutboxMail.ticket_id.in_(tids), OutboxMail.recipient.in_(rcpts),
+                        OutboxMail.status != "suppressed")
+        else:
+            tids = sorted({r.ticket_id for r in rows if r.ticket_id is not None} - self.shared.history_tickets)
+            if not tids:
+                return
+            self.shared.history_tickets.update(tids)
+            first, last = span
+            base = and_(OutboxMail.ticket_id.in_(tids), OutboxMail.status != "suppressed")
         below = select(func.max(OutboxMail.id)).where(base, OutboxMail.id < first).group_by(
             OutboxMail.ticket_id, OutboxMail.recipient)
-        self.history.clear()
         for oid, tid, rcpt, mid in self.s.execute(
                 select(OutboxMail.id, OutboxMail.ticket_id, OutboxMail.recipient, OutboxMail.message_id)
                 .where(base, or_(OutboxMail.id.in_(below), and_(OutboxMail.id >= first, OutboxMail.id <= last)))
@@ -165,8 +183,9 @@ class Builder:
             ctx = self.tctx[t.id] = self.ob.ticket_ctx(t)
         return ctx
 
-    def visible(self, t: Ticket, at: datetime) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        """To (the reporter) and Cc (the watchers when the row was queued) shown on every copy."""
+    def visible(self, t: Ticket, at: datetime) -> tuple[list[tuple[str, str]], list[tuple[str, str]], set[str]]:
+        """To (the reporter) and Cc (the watchers when the row was queued, not in To) shown on every copy, and
+        every address shown: worked out once per notification, not per copy."""
         key = (t.id, at)
         hit = self.cc.get(key)
         if hit is None:
@@ -179,7 +198,9 @@ class Builder:
                       if (w.created_at is None or w.created_at <= at) and relay.mailable(w)
                       and not ob.config.is_gateway_address(w.contact.email)
                       and ratelimit.is_sendable_address(w.contact.email)]
-            hit = self.cc[key] = (to_vis, cc_vis)
+            shown = {x[1] for x in to_vis}
+            cc_vis = [c for c in cc_vis if c[1] not in shown]
+            hit = self.cc[key] = (to_vis, cc_vis, shown | {c[1] for c in cc_vis})
         return hit
 
     # Building one row -------------------------------------------------------------------------------------
@@ -276,12 +297,13 @@ class Builder:
         outbound.unsubscribe_url, the RFC 8058 one-click URL of the HTTP API."""
         if ticket is None:
             return []
-        watching = self.shared.watchers.get(ticket.id)
-        if watching is None:
-            watching = self.shared.watchers[ticket.id] = frozenset(w.contact.email.lower() for w in ticket.watchers)
         ob = self.ob
-        rep = ob.reporter_of(ticket)
-        if row.recipient not in watching or (rep is not None and rep.email == row.recipient):
+        watching = self.shared.watchers.get(ticket.id)  # its watchers but its reporter, once per ticket and round
+        if watching is None:
+            rep = ob.reporter_of(ticket)
+            watching = self.shared.watchers[ticket.id] = frozenset(
+                w.contact.email.lower() for w in ticket.watchers) - ({rep.email} if rep is not None else set())
+        if row.recipient not in watching:
             return []
         token = ourmail.make_unsubscribe_token(ob.secret, ticket_id=ticket.id, ticket_number=ticket.number,
                                                recipient=row.recipient)
@@ -311,15 +333,13 @@ class Builder:
         name = p.get("name") or ""
         to: list[tuple[str, str]] = []
         cc: list[tuple[str, str]] = []
+        shown: set[str] = set()
         if ticket is not None and p.get("cc"):
-            to_vis, cc_vis = self.visible(ticket, row.created_at)
-            to = list(to_vis)
-            shown = {x[1] for x in to}
-            cc = [c for c in cc_vis if c[1] not in shown]
+            to, cc, shown = self.visible(ticket, row.created_at)
         if not to:
             to, cc = [(name, row.recipient)], [c for c in cc if c[1] != row.recipient]
-        elif row.recipient not in {x[1] for x in to + cc}:
-            to = [(name, row.recipient)] + to
+        elif row.recipient not in shown:
+            to = [(name, row.recipient), *to]
         return to, cc
 
     def _thread(self, row: OutboxMail, ticket: Ticket | None, p: dict[str, Any]) -> tuple[str | None, list[str]]:
@@ -327,13 +347,19 @@ class Builder:
         copy, the mail that triggered this one."""
         inbound: list[str] = []
         own: str | None = None
+        chain: list[str] = []
         if ticket is not None:
-            inbound = [m for m, at in self.inbound.get(ticket.id, []) if at is None or at <= row.created_at]
+            key = (ticket.id, row.created_at)
+            hit = self.shared.threads.get(key)  # the inbound thread then: the same for every copy
+            if hit is None:
+                seen = [m for m, at in self.inbound.get(ticket.id, []) if at is None or at <= row.created_at]
+                hit = self.shared.threads[key] = (seen, compose.references_chain(seen))
+            inbound, chain = hit
             for oid, mid in self.history.get((ticket.id, row.recipient), []):
                 if oid >= row.id:
                     break
                 own = mid
-        refs = compose.references_chain(inbound)
+        refs = list(chain)
         if own and own not in refs:
             refs.append(own)
         trigger = self.triggers.get(p["mail_id"]) if p.get("mail_id") is not None else None

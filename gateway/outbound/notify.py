@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from gateway import ourmail
@@ -47,6 +45,8 @@ from gateway.events import CommandsDone, CommentAdded, Event, MailIgnored, MailR
 from gateway.guard import relay
 from gateway.models import Contact, InboundMail, OutboxMail, Ticket, TicketMessageId, table_of
 from gateway.outbound import ratelimit
+from gateway.outbound.audience import Audience, Recipient
+from gateway.outbound.caps import SendCaps
 from gateway.outbound.render import Templates, fmt_time
 from gateway.tickets import message_ids_written
 
@@ -56,18 +56,6 @@ if TYPE_CHECKING:
     from gateway.outbound.dkimsign import Signer
 
 log = logging.getLogger("gateway.outbound")
-
-
-@dataclass
-class Recipient:
-    email: str
-    name: str = ""
-    contact: Contact | None = None
-    staff: bool = False  # staff without a staff contact (a group member listed in the config)
-
-    @property
-    def is_staff(self) -> bool:
-        return self.staff or bool(self.contact and self.contact.is_staff)
 
 
 class Outbound:
@@ -89,13 +77,11 @@ class Outbound:
         self.reply_base = base  # replies go to <local>+<token>@<domain> of a gateway address
         self.domain = ourmail.our_domain(config)
         self.tag_prefix = config.gateway["subject_tag_prefix"]
-        self.default_reporter = config.gateway["default_reporter"].lower()
-        self.caps = ratelimit.Caps(n["max_per_ticket_10min"], n["max_per_recipient_day"])
         st = config.values["staff"]
-        self.staff_notify: list[str] = list(st["notify"])
-        self.staff_bound = int(st["max_notices_per_ticket_hour"])
         self.note_sub: str = st["note_subaddress"]
-        self.groups: dict[str, dict[str, Any]] = {g["name"]: g for g in config.values["groups"]}
+        self.audience = Audience(config)  # who may get what (gateway.outbound.audience)
+        self.caps = SendCaps(ratelimit.Caps(n["max_per_ticket_10min"], n["max_per_recipient_day"]),
+                             int(st["max_notices_per_ticket_hour"]))  # gateway.outbound.caps
         self.unsubscribe_url = ob["unsubscribe_url"].rstrip("/")
         self._dkim: list[Signer | None] = []  # loaded on first use (gateway.outbound.dkimsign)
 
@@ -132,7 +118,7 @@ class Outbound:
         recipients of their first notifications, in one query (kept where gateway.db.write_locked_memo can)."""
         notifies = self.n["ticket_created"] or self.n["comment"]
         if notifies and write_locked_memo(session, "sent-per-recipient") is not None:
-            self._sent_today(session, sorted({e.lower() for e in emails}), self.clock())
+            self.caps.sent_today(session, sorted({e.lower() for e in emails}), self.clock())
 
     def relevant(self, event: Event) -> bool:
         """False when `dispatch` would certainly do nothing for this event (cheap, no queries)."""
@@ -190,35 +176,10 @@ class Outbound:
                 "created_at": fmt_time(ticket.created_at)}
 
     def reporter_of(self, ticket: Ticket) -> Recipient | None:
-        rep = ticket.reporter
-        if rep is not None and rep.email != self.default_reporter:
-            return Recipient(rep.email, rep.name or "", rep)
-        if ticket.sender_email:
-            return Recipient(ticket.sender_email, "", None)
-        return None
+        return self.audience.reporter_of(ticket)
 
     def usable(self, r: Recipient | None) -> bool:
-        if r is None or not ratelimit.is_sendable_address(r.email):
-            return False
-        if self.config.is_gateway_address(r.email) or r.email == self.default_reporter:
-            return False
-        if ratelimit.is_automatic_address(r.email):
-            return False
-        if r.contact is not None and r.contact.undeliverable:
-            return False
-        return True
-
-    @staticmethod
-    def unique(rs: Iterable[Recipient | None], exclude: set[str]) -> list[Recipient]:
-        out: dict[str, Recipient] = {}
-        for r in rs:
-            if r is None:
-                continue
-            e = r.email.lower()
-            if e in exclude or e in out:
-                continue
-            out[e] = r
-        return list(out.values())
+        return self.audience.usable(r)
 
     # Events --------------------------------------------------------------------------------------------
     def _ticket_created(self, s: Session, ev: TicketCreated) -> None:
@@ -232,15 +193,15 @@ class Outbound:
                 # gateway may mail them (gateway.guard.relay)
                 cc = [Recipient(w.contact.email, w.contact.name or "", w.contact) for w in t.watchers
                       if relay.mailable(w)]
-                rs = [r for r in self.unique([rep, *cc], set()) if self.usable(r)]
+                rs = [r for r in self.audience.unique([rep, *cc], set()) if self.usable(r)]
                 rows = self.enqueue(s, "ticket_created", t, rs, by_mail=by_mail, auto_submitted="auto-replied",
                                     bulk=True, mail_id=ev.mail_id, ticket_rounds=rounds)
                 rounds += any(r["status"] != "suppressed" for r in rows)
         if self.n["staff_new_ticket"]:
-            staff = [Recipient(c.email, c.name or "", c) for c in self._staff(s)]
+            staff = [Recipient(c.email, c.name or "", c) for c in self.audience.staff(s)]
             rep = self.reporter_of(t)
             exclude = {rep.email} if rep else set()
-            staff = [r for r in self.unique(staff, exclude) if self.usable(r)]
+            staff = [r for r in self.audience.unique(staff, exclude) if self.usable(r)]
             if staff:
                 self.enqueue(s, "staff_new_ticket", t, staff, by_mail=by_mail, mail_id=ev.mail_id, visible=False,
                              staff=True)
@@ -256,7 +217,7 @@ class Outbound:
         if c.internal:
             if not self.n["internal_note"]:
                 return
-            rs = [r for r in self.unique([assignee, *watchers], author) if r.is_staff and self.usable(r)]
+            rs = [r for r in self.audience.unique([assignee, *watchers], author) if r.is_staff and self.usable(r)]
             if rs:
                 self.enqueue(s, "internal_note", t, rs, by_mail=ev.mail_id is not None,
                              comment_id=c.id, mail_id=ev.mail_id, visible=False, staff=True)
@@ -266,8 +227,8 @@ class Outbound:
         # not again to those who had the mail itself (its To and Cc)
         everyone = [self.reporter_of(t), *watchers, assignee]
         if not c.by_staff:  # a customer spoke: the staff that the rules name hear of it
-            everyone += self.staff_for(s, t)
-        rs = [r for r in self.unique(everyone, author | set(ev.seen_by)) if self.usable(r)]
+            everyone += self.audience.staff_for(s, t)
+        rs = [r for r in self.audience.unique(everyone, author | set(ev.seen_by)) if self.usable(r)]
         customers = [r for r in rs if not r.is_staff]
         staff = [r for r in rs if r.is_staff]
         if customers:
@@ -276,30 +237,6 @@ class Outbound:
         if staff:
             self.enqueue(s, "comment", t, staff, by_mail=ev.mail_id is not None, comment_id=c.id,
                          mail_id=ev.mail_id, staff=True)
-
-    def staff_for(self, s: Session, t: Ticket) -> list[Recipient]:
-        """The staff that hear of a customer's public comment: the first of the rules (the ticket's group's
-        `notify`, else staff.notify) that names anyone -- the assignee, the group's members, every staff
-        contact."""
-        group = self.groups.get(t.group or "")
-        for rule in (group["notify"] if group is not None else self.staff_notify):
-            if rule == "assignee" and t.assignee is not None:
-                return [Recipient(t.assignee.email, t.assignee.name or "", t.assignee)]
-            if rule == "group" and group is not None and group["members"]:
-                return self._members(s, group["members"])
-            if rule == "all":
-                found = [Recipient(c.email, c.name or "", c) for c in self._staff(s)]
-                if found:
-                    return found
-        return []
-
-    @staticmethod
-    def _members(s: Session, emails: list[str]) -> list[Recipient]:
-        """A group's members as configured (mailed as listed; their contacts where they have one)."""
-        wanted = [e.lower() for e in emails]
-        known = {c.email: c for c in s.scalars(select(Contact).where(Contact.email.in_(wanted)))}
-        # a member without a staff contact is still staff to the notice (the admin listed them)
-        return [Recipient(e, (known[e].name or "") if e in known else "", known.get(e), staff=True) for e in wanted]
 
     def _commands(self, s: Session, ev: CommandsDone) -> None:
         r = Recipient(ev.by.email, ev.by.name or "", ev.by)
@@ -319,7 +256,7 @@ class Outbound:
             if new in ("resolved", "closed", "pending"):
                 watchers = [Recipient(w.contact.email, w.contact.name or "", w.contact) for w in t.watchers
                             if relay.mailable(w)]
-                rs = [r for r in self.unique([self.reporter_of(t), *watchers], by) if self.usable(r)]
+                rs = [r for r in self.audience.unique([self.reporter_of(t), *watchers], by) if self.usable(r)]
                 if rs:
                     self.enqueue(s, "status", t, rs, by_mail=False, changed_by=changed_by,
                                  changes=[{"field": "status", "old": old, "new": new}])
@@ -395,60 +332,18 @@ class Outbound:
         now = self.clock()
         suppressed: dict[str, str] = {}
         if staff:
-            suppressed = self._staff_caps(s, ticket, [r.email for r in recipients], now)
+            suppressed = self.caps.for_staff(s, ticket, [r.email for r in recipients], now)
             by_mail = False
         elif by_mail:
-            suppressed = self._caps(s, ticket, [r.email for r in recipients], now, ticket_rounds)
+            suppressed = self.caps.for_mail(s, ticket, [r.email for r in recipients], now, ticket_rounds)
         rows, ids = self.plan(event, ticket, recipients, now=now, by_mail=by_mail, suppressed=suppressed,
                               comment_id=comment_id, changes=changes, changed_by=changed_by,
                               original_subject=original_subject, mail_id=mail_id, auto_submitted=auto_submitted,
                               bulk=bulk, visible=visible, extra=extra)
         self.write(s, rows, ids)
         if by_mail:
-            self._count_written(s, rows)
+            self.caps.count_written(s, rows)
         return rows
-
-    def _sent_today(self, s: Session, emails: list[str], now: datetime) -> dict[str, int]:
-        """Mails caused by mail to each address in the rate-cap window. Within one transaction (where
-        gateway.db.write_locked_memo can) a count is asked once and then kept up to date by `enqueue`, for a
-        minute: after that the window has moved on and it is asked again."""
-        since = ratelimit.window_start(now, ratelimit.RECIPIENT_WINDOW)
-        memo = write_locked_memo(s, "sent-per-recipient")
-        if memo is None:
-            return self._count_sent(s, emails, since)
-        ask = [e for e in emails if e not in memo or since - memo[e][0] > _MEMO_FOR]
-        if ask:
-            found = self._count_sent(s, ask, since)
-            for e in ask:
-                memo[e] = (since, found.get(e, 0))
-        return {e: memo[e][1] for e in emails}
-
-    @staticmethod
-    def _count_written(s: Session, rows: list[dict[str, Any]]) -> None:
-        """Keep the counts `_sent_today` remembers up to date with rows caused by mail that were just written."""
-        sent = write_locked_memo(s, "sent-per-recipient")
-        if sent is None:
-            return
-        for row in rows:
-            if row["status"] != "suppressed" and row["recipient"] in sent:
-                since, n = sent[row["recipient"]]
-                sent[row["recipient"]] = (since, n + 1)
-
-    @staticmethod
-    def _count_sent(s: Session, emails: list[str], since: datetime) -> dict[str, int]:
-        if len(emails) == 1:  # the common case (the reporter): a plain statement, no IN list to expand
-            return {emails[0]: s.connection().scalar(_SENT_TO_ONE, {"email": emails[0], "since": since}) or 0}
-        return dict(s.connection().execute(_SENT_PER_RECIPIENT, {"emails": emails, "since": since}).all())
-
-    def _staff(self, s: Session) -> list[Contact]:
-        """The staff contacts, by id (remembered for the transaction where gateway.db.write_locked_memo can)."""
-        memo = write_locked_memo(s, "staff")
-        if memo is not None and "all" in memo:
-            return memo["all"]
-        staff = list(s.scalars(_STAFF))
-        if memo is not None:
-            memo["all"] = staff
-        return staff
 
     def plan(self, event: str, ticket: Ticket | None, recipients: list[Recipient], *, now: datetime,
              by_mail: bool = False, suppressed: dict[str, str] | None = None, comment_id: int | None = None,
@@ -513,64 +408,8 @@ class Outbound:
             s.connection().execute(_INSERT_MESSAGE_IDS, ids)
             message_ids_written(s, (r["message_id"] for r in ids))
 
-    def _staff_caps(self, s: Session, ticket: Ticket | None, emails: list[str], now: datetime) -> dict[str, str]:
-        """Staff recipients held back by the per-ticket bound for mail to staff (a ticket gone wild)."""
-        if ticket is None:
-            return {}
-        sent = s.scalar(_STAFF_SENT, {"ticket_id": ticket.id, "since": now - STAFF_WINDOW}) or 0
-        if sent + len(emails) <= self.staff_bound:
-            return {}
-        room = max(self.staff_bound - sent, 0)
-        why = (f"staff bound: {sent} mails to staff about ticket #{ticket.number} in an hour "
-               f"(staff.max_notices_per_ticket_hour = {self.staff_bound})")
-        return {e: why for e in emails[room:]}
-
-    def _caps(self, s: Session, ticket: Ticket | None, emails: list[str], now: datetime,
-              ticket_rounds: int | None = None) -> dict[str, str]:
-        """Recipients held back by the loop guards, with the reason."""
-        out: dict[str, str] = {}
-        if ticket is not None:
-            rounds = ticket_rounds
-            if rounds is None:
-                rounds = s.scalar(select(func.count(func.distinct(OutboxMail.batch))).where(
-                    OutboxMail.ticket_id == ticket.id, OutboxMail.caused_by_mail.is_(True),
-                    OutboxMail.status != "suppressed",
-                    OutboxMail.created_at >= ratelimit.window_start(now, ratelimit.TICKET_WINDOW))) or 0
-            if not ratelimit.ticket_round_allowed(rounds, self.caps):
-                why = (f"rate cap: {rounds} notification rounds for ticket #{ticket.number} in 10 minutes "
-                       f"(notifications.max_per_ticket_10min = {self.caps.max_per_ticket})")
-                return {e: why for e in emails}
-        counts = self._sent_today(s, emails, now)
-        for e in emails:
-            n = counts.get(e, 0)
-            if not ratelimit.recipient_allowed(n, self.caps):
-                out[e] = (f"rate cap: {n} mails to {e} in 24 hours "
-                          f"(notifications.max_per_recipient_day = {self.caps.max_per_recipient})")
-        return out
-
-
-_MEMO_FOR = timedelta(minutes=1)
-STAFF_WINDOW = timedelta(hours=1)
-# mail to staff about one ticket in the window: rows to staff contacts, and to group members without one
-# (those carry params.staff, and their contact_id is None): counted by the staff contacts' rows plus theirs
-_STAFF_SENT = select(func.count(OutboxMail.id)).where(
-    OutboxMail.ticket_id == bindparam("ticket_id"), OutboxMail.created_at >= bindparam("since"),
-    OutboxMail.status != "suppressed", OutboxMail.caused_by_mail.is_(False),
-    OutboxMail.event.in_(("staff_new_ticket", "comment", "internal_note", "assignment", "commands")),
-    OutboxMail.contact_id.in_(select(Contact.id).where(Contact.role == "staff")))
 _INSERT_OUTBOX = insert(table_of(OutboxMail))
 _INSERT_MESSAGE_IDS = insert(table_of(TicketMessageId))
-_STAFF = select(Contact).where(Contact.role == "staff").order_by(Contact.id)
-_SENT_TO_ONE = select(func.count(OutboxMail.id)).where(
-    OutboxMail.recipient == bindparam("email"), OutboxMail.caused_by_mail.is_(True),
-    OutboxMail.status != "suppressed", OutboxMail.created_at >= bindparam("since"))
-_SENT_PER_RECIPIENT = (select(OutboxMail.recipient, func.count(OutboxMail.id))
-                       .where(OutboxMail.recipient.in_(bindparam("emails", expanding=True)),
-                              OutboxMail.caused_by_mail.is_(True), OutboxMail.status != "suppressed",
-                              OutboxMail.created_at >= bindparam("since"))
-                       .group_by(OutboxMail.recipient))
-
-
 def _sanitize(html: str | None) -> str:
     if not html:
         return ""

@@ -34,15 +34,24 @@ def free_port() -> int:
 class Sink:
     """Start/stop an aiosmtpd server in a background thread; `received` collects every accepted mail."""
 
-    def __init__(self, port: int | None = None, *, reject: dict[str, int] | None = None) -> None:
+    def __init__(self, port: int | None = None, *, reject: dict[str, int] | None = None,
+                 pipelining: bool = False) -> None:
         self.port = port or free_port()
         self.received: list[Received] = []
         self.reject = dict(reject or {})  # recipient -> SMTP code to answer at RCPT
+        self.pipelining = pipelining  # announce PIPELINING (RFC 2920), as Postfix does
         self.lock = threading.Lock()
         self.controller: Controller | None = None
         self.arrived = threading.Condition(self.lock)
 
     # aiosmtpd handler hooks
+    async def handle_EHLO(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:  # aiosmtpd reads commands one line after the other: pipelined ones work
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_RCPT(self, server: SMTP, session: SMTPSession, envelope: SMTPEnvelope, address: str,
                           rcpt_options: list[str]) -> str:
         code = self.reject.get(address.lower())

@@ -1,4 +1,5 @@
-"""`ingest` of files in batches (one write transaction per batch): killed mid-run, run again, nothing lost or doubled."""
+"""`ingest` of files in batches (one write transaction per batch): killed mid-run, run again, nothing lost or
+doubled."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import run_cli, write_config
+from mails import make_mail, message_id_of
 from sqlalchemy import create_engine, func, select
 
-from conftest import run_cli, write_config
 from gateway.models import InboundMail
-from mails import make_mail, message_id_of
 
 
 def test_ingest_killed_mid_run_and_run_again_yields_each_mail_exactly_once(tmp_path, db_url):

@@ -142,11 +142,12 @@ def _cases(folder: str, what: str) -> list[Any]:
 
 def _check_attachment_list(pm: ParsedMail, expected: list[dict[str, Any]]) -> None:
     got = [
-        {"filename": a.filename, "content_type": a.content_type, "size": len(a.data), "sha256": hashlib.sha256(a.data).hexdigest()}
+        {"filename": a.filename, "content_type": a.content_type, "size": len(a.data),
+         "sha256": hashlib.sha256(a.data).hexdigest()}
         for a in pm.attachments
     ]
     assert len(got) == len(expected), [g["filename"] for g in got]
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         for key in ("filename", "content_type", "size", "sha256"):
             if key in e:
                 assert g[key] == e[key], (key, g, e)
@@ -173,7 +174,7 @@ def test_django_helpdesk_attachments(folder: str, name: str) -> None:
     pm = parse_mail(_find(folder, name).read_bytes())
     expected = _expected(folder)[name]["attachments"]
     _check_attachment_list(pm, expected)
-    for a, e in zip(pm.attachments, expected):
+    for a, e in zip(pm.attachments, expected, strict=True):
         if "content_startswith" in e:
             assert a.data.startswith(e["content_startswith"].encode("utf-8"))
 
@@ -208,7 +209,8 @@ def _header_cases() -> list[Any]:
     out = []
     for folder in ("redmine", "django-helpdesk", "mail-parser"):
         for name, exp in _expected(folder).items():
-            for what in ("subject", "subject_startswith", "from_email", "from", "to", "cc", "reply_to", "to_count", "to_first_email"):
+            for what in ("subject", "subject_startswith", "from_email", "from", "to", "cc", "reply_to", "to_count",
+                         "to_first_email"):
                 if what in exp and not (folder == "mail-parser" and name == "mail_outlook_1"):
                     reason = XFAIL.get((folder, name, what))
                     marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []

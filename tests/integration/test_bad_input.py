@@ -34,7 +34,8 @@ def wide(parts: int) -> bytes:
 
 def att(name: bytes, data: bytes = b"payload") -> bytes:
     return mail("att" + str(abs(hash(name))), b'Subject: attachment\r\nMIME-Version: 1.0\r\n'
-                b'Content-Type: multipart/mixed; boundary="a"\r\n\r\n--a\r\nContent-Type: text/plain\r\n\r\nsee file\r\n'
+                b'Content-Type: multipart/mixed; boundary="a"\r\n\r\n'
+                b"--a\r\nContent-Type: text/plain\r\n\r\nsee file\r\n"
                 b'--a\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="' + name
                 + b'"\r\nContent-Transfer-Encoding: base64\r\n\r\n' + base64.b64encode(data) + b"\r\n--a--\r\n")
 

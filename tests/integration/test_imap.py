@@ -9,11 +9,11 @@ import threading
 import time
 
 import pytest
+from mails import make_mail, message_id_of
 from sqlalchemy import func, select
 
 from gateway.imap import ImapAccount, ImapPoller, accounts
 from gateway.models import Comment, ImapSeen, InboundMail, Ticket
-from mails import make_mail, message_id_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,8 +32,10 @@ def mails(app) -> list[InboundMail]:
         return list(s.scalars(select(InboundMail).order_by(InboundMail.id)))
 
 
-def poller(app, dovecot, **over) -> ImapPoller:
-    return ImapPoller(app, dovecot.account_config(**over))
+def poller(app, dovecot, options=None, **over) -> ImapPoller:
+    """A poller of the test account; `options`: the poller's own (ImapPoller's keyword options), `over`: the
+    account's settings."""
+    return ImapPoller(app, dovecot.account_config(**over), **(options or {}))
 
 
 def crlf(raws) -> list[bytes]:
@@ -79,7 +81,7 @@ def test_new_mails_become_tickets_and_move_to_processed(make_app, dovecot):
     # where each message went (UIDPLUS COPYUID of the UID MOVE), threaded after the move
     processed_validity = dovecot.uidvalidity("Processed")
     assert [(x.uidvalidity, x.uid, x.state, x.outcome, x.mail_id) for x in filed] == [
-        (processed_validity, u, "processed", "ticket", m.id) for u, m in zip((1, 2, 3), stored)]
+        (processed_validity, u, "processed", "ticket", m.id) for u, m in zip((1, 2, 3), stored, strict=True)]
     # nothing left: a second drain does nothing
     again = poller(app, dovecot).poll_once()
     assert (again.found, again.fetched, again.stored) == (0, 0, 0)
@@ -120,8 +122,7 @@ def test_quarantined_mail_goes_to_the_quarantine_folder(make_app, dovecot, after
     app = make_app()
     good = make_mail(subject="fine")
     dovecot.append_many([NO_FROM, good])
-    p = poller(app, dovecot)
-    p.thread_after_move = after_move
+    p = poller(app, dovecot, {"thread_after_move": after_move})
     r = p.poll_once()
     assert r.outcomes == {"quarantined": 1, "ticket": 1}
     assert (r.moved, r.quarantined) == (1, 1)
@@ -146,9 +147,8 @@ def test_without_move_capability_copy_delete_expunge(make_app, dovecot, after_mo
     app = make_app()
     raws = [make_mail(subject=f"copy {i}", sender=f"k{i}@customer.example") for i in range(3)] + [NO_FROM]
     dovecot.append_many(raws)
-    p = poller(app, dovecot, processed_folder="Archive/Tickets", quarantine_folder="Archive/Bad")
-    p.use_move = False
-    p.thread_after_move = after_move
+    p = poller(app, dovecot, {"use_move": False, "thread_after_move": after_move},
+               processed_folder="Archive/Tickets", quarantine_folder="Archive/Bad")
     r = p.poll_once()
     assert (r.moved, r.quarantined) == (3, 1)
     with dovecot.client() as c:
@@ -164,21 +164,17 @@ def test_crash_between_commit_and_move_makes_no_duplicate(make_app, dovecot, aft
     app = make_app()
     raws = [make_mail(subject=f"crash {i}", sender=f"x{i}@customer.example") for i in range(3)] + [NO_FROM]
     dovecot.append_many(raws)
-    p = poller(app, dovecot)
-    p.thread_after_move = after_move
-
     def die(uids):
         raise Crash(uids)
 
-    p.before_move = die
+    p = poller(app, dovecot, {"thread_after_move": after_move, "before_move": die})
     with pytest.raises(Crash):
         p.poll_once()
     p.disconnect()
     assert len(mails(app)) == 4 and dovecot.count("INBOX") == 4  # committed, not moved
     # threading before the move (no UIDPLUS) has made the tickets; after the move (the fast path) not yet
     assert tickets(app) == (0 if after_move else 3)
-    again = poller(app, dovecot)
-    again.thread_after_move = after_move
+    again = poller(app, dovecot, {"thread_after_move": after_move})
     r = again.poll_once()  # "after the restart"
     assert (r.known, r.fetched, r.stored, r.moved, r.quarantined) == (4, 0, 0, 3, 1)
     assert r.outcomes == ({"ticket": 3, "quarantined": 1} if after_move else {})
@@ -193,7 +189,6 @@ def test_the_batch_is_moved_with_one_uid_move_only_after_its_commit(make_app, do
     app = make_app()
     raws = [make_mail(subject=f"order {i}", sender=f"o{i}@customer.example") for i in range(7)]
     dovecot.append_many(raws)
-    p = poller(app, dovecot, batch_size=3)
     moves: list[list[int]] = []
     seen_before_move: list[tuple[int, int, set[str]]] = []
 
@@ -207,11 +202,16 @@ def test_the_batch_is_moved_with_one_uid_move_only_after_its_commit(make_app, do
             c.select_folder("INBOX", readonly=True)
             assert set(uids) <= set(c.search(["ALL"]))
 
-    p.before_move = check
+    p = poller(app, dovecot, {"before_move": check}, batch_size=3)
     p.connect()
     assert p.decoupled  # Dovecot has UIDPLUS: store, move, then thread
     real_move = p.client.move
-    p.client.move = lambda uids, folder: (moves.append(list(uids)), real_move(uids, folder))[1]
+
+    def move(uids, folder):
+        moves.append(list(uids))
+        return real_move(uids, folder)
+
+    p.client.move = move
     try:
         r = p.drain()
     finally:
@@ -222,18 +222,17 @@ def test_the_batch_is_moved_with_one_uid_move_only_after_its_commit(make_app, do
     assert tickets(app) == 7 and dovecot.count("Processed") == 7
 
 
-def test_crash_after_the_move_before_threading_makes_no_duplicate(make_app, dovecot, monkeypatch):
+def test_crash_after_the_move_before_threading_makes_no_duplicate(make_app, dovecot):
     """Stored and moved to Processed, then the process dies before threading: the next drain threads them
     (from the stored mail, no refetch), and refiles the quarantined one into Quarantine."""
     app = make_app()
     raws = [make_mail(subject=f"later {i}", sender=f"t{i}@customer.example") for i in range(3)]
     dovecot.append_many([raws[0], NO_FROM, raws[1], raws[2]])
-    p = poller(app, dovecot)
 
-    def die(mail_id, **kw):
-        raise Crash(mail_id)
+    def die(mail_ids):
+        raise Crash(mail_ids)
 
-    monkeypatch.setattr(p.intake, "process", die)
+    p = poller(app, dovecot, {"thread": die})  # the process dies as the engine takes the first batch
     with pytest.raises(Crash):
         p.poll_once()
     p.disconnect()
@@ -249,17 +248,17 @@ def test_crash_after_the_move_before_threading_makes_no_duplicate(make_app, dove
 
 
 def test_crash_between_threading_and_refile_refiles_on_the_next_drain(make_app, dovecot, monkeypatch):
-    from gateway.imap import ImapPoller
+    from gateway.imap.mailbox import Mailbox
 
     app = make_app()
     good = make_mail(subject="good one")
     dovecot.append_many([good, NO_FROM])
     p = poller(app, dovecot)
 
-    def die(self, keys):
+    def die(self, keys, source, dest):
         raise Crash(keys)
 
-    monkeypatch.setattr(ImapPoller, "_refile", die)
+    monkeypatch.setattr(Mailbox, "refile", die)
     with pytest.raises(Crash):
         p.poll_once()
     p.disconnect()
@@ -314,8 +313,10 @@ def test_uidvalidity_change_makes_no_duplicate(make_app, dovecot):
     app = make_app()
     raws = [make_mail(subject=f"validity {i}", sender=f"v{i}@customer.example") for i in range(2)]
     dovecot.append_many(raws, folder="Support")
-    p = poller(app, dovecot, folder="Support")
-    p.before_move = lambda uids: (_ for _ in ()).throw(Crash(uids))
+    def die(uids):
+        raise Crash(uids)
+
+    p = poller(app, dovecot, {"before_move": die}, folder="Support")
     with pytest.raises(Crash):
         p.poll_once()
     p.disconnect()
@@ -351,6 +352,7 @@ def test_two_accounts_keep_separate_state(make_app, dovecot, dovecot_server):
 # The store is down ---------------------------------------------------------------------------------------------
 def test_database_unreachable_leaves_the_mail_and_it_arrives_later(tmp_path, sqlite_url, clock, dovecot):
     from conftest import make_config
+
     from gateway.app import build_app
 
     app = build_app(make_config(tmp_path, sqlite_url, database={"busy_timeout_ms": 200}), clock=clock)
@@ -375,50 +377,68 @@ def test_database_unreachable_leaves_the_mail_and_it_arrives_later(tmp_path, sql
         app.close()
 
 
-def test_store_lost_between_store_and_process_recovers(make_app, dovecot, monkeypatch):
+def test_store_lost_between_store_and_process_recovers(make_app, dovecot):
     """The database goes away after the raw mail was committed: the mail stays, nothing is doubled."""
     from gateway.db import StoreUnavailable
+    from gateway.engine import Engine
 
     app = make_app()
     raws = [make_mail(subject=f"flaky {i}", sender=f"f{i}@customer.example") for i in range(3)]
     dovecot.append_many(raws)
-    p = poller(app, dovecot)
-    real = p.intake.process
-    calls = {"n": 0}
+    engine = Engine(app)
+    calls: list[list[int]] = []
 
-    def flaky(mail_id, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def flaky(mail_ids):
+        calls.append(list(mail_ids))
+        if len(calls) == 2:
             raise StoreUnavailable("database went away")
-        return real(mail_id, **kw)
+        return engine.thread(mail_ids)
 
-    monkeypatch.setattr(p.intake, "process", flaky)
-    r = p.poll_once()
-    # all three were committed, so all three left the INBOX; two wait to be threaded
-    assert r.outcomes == {"ticket": 1} and r.moved == 3 and r.postponed == 2 and r.deferred == 0
-    assert dovecot.count("INBOX") == 0 and tickets(app) == 1
+    r = poller(app, dovecot, {"thread": flaky, "thread_batch": 2}).poll_once()
+    # all three were committed, so all three left the INBOX; the first batch (two mails) is threaded, the
+    # second met the outage: its mail waits to be threaded
+    assert [len(c) for c in calls] == [2, 1]
+    assert r.outcomes == {"ticket": 2} and r.moved == 3 and r.postponed == 1 and r.deferred == 0
+    assert dovecot.count("INBOX") == 0 and tickets(app) == 2
     r = poller(app, dovecot).poll_once()
-    assert r.outcomes == {"ticket": 2} and r.stored == 0  # stored with the batch: threaded, not stored again
+    assert r.outcomes == {"ticket": 1} and r.stored == 0  # stored with the batch: threaded, not stored again
     assert tickets(app) == 3 and len(mails(app)) == 3
     assert dovecot.count("Processed") == 3
 
 
-def test_unexpected_error_leaves_that_mail_and_goes_on(make_app, dovecot, monkeypatch):
+class Poisoned:
+    """The poller's threading seam (its `thread` option) over a real engine, where one stored mail (the
+    `which`-th, counting from 0) breaks the pipeline with a bug while `active`: any batch holding it fails as
+    a whole, nothing of it decided (as a transaction rolled back). Records the batches it was given."""
+
+    def __init__(self, app, which: int) -> None:
+        from gateway.engine import Engine
+
+        self.engine = Engine(app)
+        self.which = which
+        self.poison: int | None = None
+        self.active = True
+        self.calls: list[list[int]] = []
+
+    def __call__(self, mail_ids):
+        self.calls.append(list(mail_ids))
+        if self.poison is None:
+            self.poison = sorted(mail_ids)[self.which]
+        if self.active and self.poison in mail_ids:
+            raise RuntimeError("a bug")
+        return self.engine.thread(mail_ids)
+
+
+def test_unexpected_error_leaves_that_mail_and_goes_on(make_app, dovecot):
     app = make_app()
     raws = [make_mail(subject=f"poison {i}", sender=f"p{i}@customer.example") for i in range(3)]
     dovecot.append_many(raws)
-    p = poller(app, dovecot)
-    real = p.intake.process
-    calls = {"n": 0}
-
-    def process(mail_id, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("a bug")
-        return real(mail_id, **kw)
-
-    monkeypatch.setattr(p.intake, "process", process)
+    thread = Poisoned(app, 1)
+    p = poller(app, dovecot, {"thread": thread})
     r = p.poll_once()
+    # the batch failed as a whole; threaded again one mail at a time, only the poisoned mail is left
+    a, b, c = sorted(thread.calls[0])
+    assert thread.calls == [[a, b, c], [a], [b], [c]]
     assert (r.failed, r.moved, r.stored) == (1, 3, 3) and r.outcomes == {"ticket": 2}
     assert dovecot.count("INBOX") == 0 and tickets(app) == 2
     r = poller(app, dovecot).poll_once()  # the stored mail is threaded, not stored a second time
@@ -576,30 +596,33 @@ def test_poll_mode_without_idle(make_app, dovecot):
     assert not t.is_alive()
 
 
-def test_stop_during_a_long_drain_moves_what_is_done_and_leaves_the_rest(make_app, dovecot, monkeypatch):
+def test_stop_during_a_long_drain_moves_what_is_done_and_leaves_the_rest(make_app, dovecot):
+    from gateway.engine import Engine
+
     app = make_app()
     raws = [make_mail(subject=f"long {i}", sender=f"l{i}@customer.example") for i in range(40)]
     dovecot.append_many(raws)
-    p = poller(app, dovecot, batch_size=5)
     stop = threading.Event()
-    real = p.intake.process
-    calls = {"n": 0}
+    engine = Engine(app)
+    calls: list[list[int]] = []
 
-    def process(mail_id, **kw):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            stop.set()  # SIGTERM arrives while the 7th mail is threaded
-        return real(mail_id, **kw)
+    def thread(mail_ids):
+        calls.append(list(mail_ids))
+        if len(calls) == 2:
+            stop.set()  # SIGTERM arrives while the 2nd batch (mails 5 to 8) is threaded
+        return engine.thread(mail_ids)
 
-    monkeypatch.setattr(p.intake, "process", process)
+    p = poller(app, dovecot, {"thread": thread, "thread_batch": 4}, batch_size=5)
     t = threading.Thread(target=p.run, args=(stop,), daemon=True)
     t.start()
     t.join(10)
     assert not t.is_alive() and p.state == "stopped"
-    # the drain (store + move) came first: everything is committed and moved; threading stopped after 7
-    assert tickets(app) == 7 and dovecot.count("Processed") == 40 and dovecot.count("INBOX") == 0
+    # the drain (store + move) came first: everything is committed and moved; threading finished the batch
+    # in hand and stopped after 8
+    assert [len(c) for c in calls] == [4, 4]
+    assert tickets(app) == 8 and dovecot.count("Processed") == 40 and dovecot.count("INBOX") == 0
     r = poller(app, dovecot).poll_once()
-    assert r.outcomes == {"ticket": 33} and r.stored == 0 and r.threaded == 33
+    assert r.outcomes == {"ticket": 32} and r.stored == 0 and r.threaded == 32
     assert tickets(app) == 40 and len(mails(app)) == 40
 
 
@@ -712,6 +735,31 @@ def test_cli_imap_poll(tmp_path, sqlite_url, dovecot):
     assert out.returncode == 0 and b"box: 0 fetched (nothing new)" in out.stdout, out
 
 
+def test_cli_imap_poll_threads_within_the_cpu_budget(tmp_path, sqlite_url, dovecot):
+    """`imap poll` threads the stored mail through the intake engine with the preparation worker, as serve
+    does: a mail over limits.mail_cpu_seconds is quarantined 'over budget' and refiled into the quarantine
+    folder; the mails around it become tickets."""
+    from conftest import run_cli, write_config
+    from test_budget import BUDGET, slow_mail
+
+    before, after = make_mail(subject="before the heavy one"), make_mail(subject="after the heavy one",
+                                                                          sender="B <b@customer.example>")
+    dovecot.append_many([before, slow_mail(), after])
+    acct = dovecot.account_config("box")
+    extra = (f"\n[limits]\nmail_cpu_seconds = {BUDGET}\n\n[[imap]]\n"
+             + "".join(f"{k} = {json.dumps(v)}\n" for k, v in acct.items()))
+    out = run_cli("imap", "poll", "--json", config=write_config(tmp_path, sqlite_url, extra))
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["outcomes"] == {"ticket": 2, "quarantined": 1} and (d["moved"], d["quarantined"]) == (2, 1), d
+    assert crlf(dovecot.messages("Processed")) == crlf([before, after])
+    assert crlf(dovecot.messages("Quarantine")) == crlf([slow_mail()])
+    with sqlite3.connect(sqlite_url.split("///", 1)[1]) as db:
+        rows = db.execute("SELECT subject, outcome, reason FROM inbound_mail ORDER BY id").fetchall()
+    assert rows == [("before the heavy one", "ticket", None), ("heavy html", "quarantined", "over budget"),
+                    ("after the heavy one", "ticket", None)]
+
+
 def test_cli_imap_poll_unreachable_server_is_tempfail(tmp_path, sqlite_url):
     from conftest import run_cli, write_config
     from dovecot import free_port
@@ -722,30 +770,24 @@ def test_cli_imap_poll_unreachable_server_is_tempfail(tmp_path, sqlite_url):
     assert out.returncode == 75, out
 
 
-def test_the_same_poller_threads_a_failed_mail_on_its_next_drain(make_app, dovecot, monkeypatch):
+def test_the_same_poller_threads_a_failed_mail_on_its_next_drain(make_app, dovecot):
     """Later drains look only past what is threaded (mail_id index), never past a mail left unthreaded."""
     app = make_app()
     dovecot.append_many([make_mail(subject=f"again {i}", sender=f"g{i}@customer.example") for i in range(4)])
-    p = poller(app, dovecot, batch_size=2)
-    real = p.intake.process
-    calls = {"n": 0}
-
-    def process(mail_id, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("a bug")
-        return real(mail_id, **kw)
-
-    monkeypatch.setattr(p.intake, "process", process)
+    thread = Poisoned(app, 1)
+    p = poller(app, dovecot, {"thread": thread}, batch_size=2)
     p.connect()
     try:
         r = p.drain()
         assert r.failed == 1 and r.outcomes == {"ticket": 3} and tickets(app) == 3
+        a, b, c, d = sorted(thread.calls[0])
+        assert thread.calls == [[a, b, c, d], [a], [b], [c], [d]]
+        thread.active = False  # the bug is gone
         r = p.drain()  # nothing new in the folder: the failed one is threaded, the others are not looked at
         assert (r.found, r.threaded, r.failed) == (0, 1, 0) and r.outcomes == {"ticket": 1}
-        assert calls["n"] == 5
+        assert thread.calls[5:] == [[b]]
         r = p.drain()
-        assert (r.threaded, calls["n"]) == (0, 5)
+        assert r.threaded == 0 and len(thread.calls) == 6
     finally:
         p.disconnect()
     assert tickets(app) == 4 and dovecot.count("Processed") == 4

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from mails import make_mail, message_id_of
 from sqlalchemy import create_engine, func, select
 
 from gateway.intake import Envelope, Intake
 from gateway.models import Attachment, Comment, InboundMail, InboundRaw, Ticket
-from mails import make_mail, message_id_of
 
 ENV = Envelope(source="file", source_ref="test")
 

@@ -1,6 +1,7 @@
 """Outbox delivery marks each mail sent as soon as the relay accepted it (issue 14.3): a sender killed again and
 again in the middle of a round re-sends at most the few mails in flight at each crash, once, never the same
-mail again and again. A real SMTP sink on loopback, `outbox flush` as a subprocess, SIGKILL."""
+mail again and again. A real SMTP sink on loopback announcing PIPELINING as Postfix does (the mails go out
+pipelined, gateway.outbound.pipelining), `outbox flush` as a subprocess, SIGKILL."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def comment_to_watchers(cfg_path: Path, watchers: int) -> None:
 
 
 def test_killed_sender_resends_only_what_was_in_flight(tmp_path, sqlite_url):
-    with Sink() as sink:
+    with Sink(pipelining=True) as sink:
         cfg = write_config(tmp_path, sqlite_url, extra=f'''
 [outbound]
 relay_host = "127.0.0.1"

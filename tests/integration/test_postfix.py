@@ -353,3 +353,34 @@ def test_relay_domains_accept_support_addresses_refuse_others(host: MailHost) ->
     assert refused["someone@elsewhere.example"][0] == 454  # not ours to relay
     assert not any("nobody@example.com" in x and "status=" in x for x in host.pf.log.splitlines())
     host.pf.wait_log(lambda ls: any("to=<support+whatever@example.com>" in x and "status=sent" in x for x in ls))
+
+
+def test_outbox_mails_pipelined_through_postfix(host: MailHost) -> None:
+    """A public comment's notifications in one delivery round, pipelined (Postfix announces PIPELINING): each
+    arrives once in its mailbox."""
+    pf, gw = host.pf, host.gw
+    made = gw.cli("tickets", "create", "--subject", "Pipelined printer", "--reporter", "alice@customer.example",
+                  "--json")
+    assert made.returncode == 0, made.stderr
+    number = json.loads(made.stdout)["number"]
+    watch = gw.cli("tickets", "watch", str(number), "bob@customer.example")  # added by staff: mailed
+    assert watch.returncode == 0, watch.stderr
+    said = gw.cli("tickets", "comment", str(number), "--body", "The toner is on its way.\n")
+    assert said.returncode == 0, said.stderr
+    for who in ("alice@customer.example", "bob@customer.example"):
+        end = time.monotonic() + 120  # serve's delivery job, then Postfix's: slow on a loaded machine
+        while True:
+            box = pf.mailbox(who) / "new"
+            mails = [email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
+                     for f in (sorted(box.glob("*")) if box.is_dir() else [])]
+            got = [m for m in mails if f"[#{number}]" in str(m["Subject"])
+                   and "toner is on its way" in m.get_body(("plain",)).get_content()]
+            if got:
+                break
+            assert time.monotonic() < end, "\n".join(transcript(pf)[-20:]) + "\n" + gw.log.read_text()[-2000:]
+            time.sleep(0.3)
+        time.sleep(1)  # a second copy would be there by now
+        again = [m for m in (email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
+                             for f in sorted((pf.mailbox(who) / "new").glob("*")))
+                 if str(m["Message-ID"]) == str(got[0]["Message-ID"])]
+        assert len(got) == 1 and len(again) == 1, [str(m["Subject"]) for m in mails]

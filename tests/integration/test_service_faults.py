@@ -20,13 +20,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import (PG_ADMIN_URL, ROOT, _pg_url, drop_pg_database, new_pg_database, new_sqlite_database,
-                            run_cli)
 from mails import make_mail as _make_mail
 
+from tests.conftest import PG_ADMIN_URL, ROOT, _pg_url, drop_pg_database, new_pg_database, new_sqlite_database, run_cli
 
-def make_mail(**kw) -> bytes:  # type: ignore[no-untyped-def]
+
+def make_mail(**kw) -> bytes:
     """A test mail with CRLF line ends, as an MTA puts it on the wire (smtplib sends bytes unchanged)."""
     return _make_mail(**kw).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
@@ -145,10 +144,10 @@ listen = "127.0.0.1:0"
 
 
 @pytest.fixture
-def sqlite_serve(tmp_path):  # type: ignore[no-untyped-def]
+def sqlite_serve(tmp_path):
     servers: list[Serve] = []
 
-    def make(**kw) -> Serve:  # type: ignore[no-untyped-def]
+    def make(**kw) -> Serve:
         s = Serve(tmp_path, new_sqlite_database(tmp_path / "var" / "gateway.db"), **kw)
         servers.append(s)
         return s
@@ -197,7 +196,7 @@ def assert_exactly_once(mails: list[dict], mids: list[str]) -> None:
 
 
 # --- tests --------------------------------------------------------------------------------------------------
-def test_client_dropping_mid_data_leaves_nothing(sqlite_serve) -> None:  # type: ignore[no-untyped-def]
+def test_client_dropping_mid_data_leaves_nothing(sqlite_serve) -> None:
     srv = sqlite_serve()
     srv.start()
     for cut in (10, 5000, 200_000):
@@ -217,14 +216,13 @@ def test_client_dropping_mid_data_leaves_nothing(sqlite_serve) -> None:  # type:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_loses_and_doubles_nothing(sqlite_serve) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_at_random_moments_loses_and_doubles_nothing(sqlite_serve) -> None:
     srv = sqlite_serve()
     srv.start()
     mails = corpus(200, "kill")
     acked: set[str] = set()
-    resent = Counter()
+    resent: Counter[str] = Counter()
     lock = threading.Lock()
-    done = threading.Event()
     rnd = random.Random(3)
 
     def client(chunk: list[tuple[str, str, bytes]]) -> None:
@@ -330,7 +328,7 @@ class Proxy:
 
 @pytest.mark.slow
 @pytest.mark.pg
-def test_database_unreachable_answers_451_and_everything_arrives_later(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_database_unreachable_answers_451_and_everything_arrives_later(tmp_path) -> None:
     from sqlalchemy.engine import make_url
 
     name = new_pg_database()
@@ -341,10 +339,10 @@ def test_database_unreachable_answers_451_and_everything_arrives_later(tmp_path)
     try:
         srv.start()
         mails = corpus(30, "outage")
-        for mid, sender, raw in mails[:10]:
+        for _mid, sender, raw in mails[:10]:
             assert send(srv.smtp, raw, sender) == 250
         proxy.down()
-        codes = [send(srv.smtp, raw, sender) for mid, sender, raw in mails[10:20]]
+        codes = [send(srv.smtp, raw, sender) for _mid, sender, raw in mails[10:20]]
         assert codes == [451] * 10, codes  # temporary, never 5xx
         # LMTP says it per recipient
         lm = smtplib.LMTP("127.0.0.1", srv.lmtp, timeout=10)
@@ -357,7 +355,7 @@ def test_database_unreachable_answers_451_and_everything_arrives_later(tmp_path)
         time.sleep(1.5)  # the sweep runs into the outage too, and the service stays up
         assert srv.proc is not None and srv.proc.poll() is None
         proxy.up()
-        for mid, sender, raw in mails[10:]:  # the senders try again
+        for _mid, sender, raw in mails[10:]:  # the senders try again
             assert send(srv.smtp, raw, sender) == 250
         rows = srv.wait_threaded()
         assert_exactly_once(rows, [m[0] for m in mails])
@@ -371,7 +369,7 @@ def test_database_unreachable_answers_451_and_everything_arrives_later(tmp_path)
 
 
 @pytest.mark.slow
-def test_sigterm_under_load_exits_in_time_and_loses_nothing(sqlite_serve) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_under_load_exits_in_time_and_loses_nothing(sqlite_serve) -> None:
     srv = sqlite_serve()
     srv.start()
     mails = corpus(2000, "term")
@@ -409,7 +407,7 @@ def test_sigterm_under_load_exits_in_time_and_loses_nothing(sqlite_serve) -> Non
     print(f"SIGTERM after {len(acked)} acknowledged mails; exit took {took:.2f}s")
 
 
-def test_startup_threads_mail_stored_before_a_crash(sqlite_serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_startup_threads_mail_stored_before_a_crash(sqlite_serve, tmp_path) -> None:
     from gateway.app import build_app
     from gateway.config import load
     from gateway.intake import Envelope
@@ -417,7 +415,7 @@ def test_startup_threads_mail_stored_before_a_crash(sqlite_serve, tmp_path) -> N
     srv = sqlite_serve()
     app = build_app(load(srv.config))
     intake = app.intake()
-    for mid, sender, raw in corpus(3, "crash"):
+    for _mid, sender, raw in corpus(3, "crash"):
         intake.store(raw, Envelope(mail_from=sender, rcpt_tos=("support@example.com",), source="smtp"))
     app.close()
     assert {m["outcome"] for m in srv.mails()} == {"received"}
@@ -427,7 +425,7 @@ def test_startup_threads_mail_stored_before_a_crash(sqlite_serve, tmp_path) -> N
     srv.term()
 
 
-def test_systemd_notify_ready_watchdog_stopping(sqlite_serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_systemd_notify_ready_watchdog_stopping(sqlite_serve, tmp_path) -> None:
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
@@ -439,7 +437,7 @@ def test_systemd_notify_ready_watchdog_stopping(sqlite_serve, tmp_path) -> None:
         while sum("WATCHDOG=1" in m for m in got) < 3:
             got.append(sock.recv(4096).decode())
         assert any(m.startswith("READY=1") for m in got)
-        assert f"MAINPID={srv.proc.pid}" in "\n".join(got)  # type: ignore[union-attr]
+        assert f"MAINPID={srv.proc.pid}" in "\n".join(got)
         srv.wait_listening()
         rc, _ = srv.term()
         assert rc == 0
@@ -449,13 +447,13 @@ def test_systemd_notify_ready_watchdog_stopping(sqlite_serve, tmp_path) -> None:
         sock.close()
 
 
-def test_sighup_reopens_the_log_file(sqlite_serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sighup_reopens_the_log_file(sqlite_serve, tmp_path) -> None:
     log = tmp_path / "gateway.log"
     srv = sqlite_serve(extra=f'\n[logging]\nfile = "{log}"\n')
     srv.start()
     assert "listening" in log.read_text()
     log.rename(tmp_path / "gateway.log.1")  # logrotate
-    srv.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    srv.proc.send_signal(signal.SIGHUP)
     end = time.monotonic() + 10
     while not (log.exists() and "log file reopened" in log.read_text()):
         assert time.monotonic() < end
@@ -465,7 +463,7 @@ def test_sighup_reopens_the_log_file(sqlite_serve, tmp_path) -> None:  # type: i
     assert "stopped" not in (tmp_path / "gateway.log.1").read_text()
 
 
-def test_unreachable_database_at_start_exits_75(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_unreachable_database_at_start_exits_75(tmp_path) -> None:
     from sqlalchemy.engine import make_url
 
     url = make_url(PG_ADMIN_URL).set(host="127.0.0.1", port=free_port(), database="nothing_here")
@@ -475,12 +473,12 @@ def test_unreachable_database_at_start_exits_75(tmp_path) -> None:  # type: igno
 
 
 # Memory: a large mail's copies do not outlive it ------------------------------------------------------------
-def test_a_connection_that_bound_a_large_mail_is_closed_when_returned(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_a_connection_that_bound_a_large_mail_is_closed_when_returned(tmp_path, sqlite_url) -> None:
     """SQLite keeps its own copy of a bound value in the cached statement: the connection that stored a large
     mail is closed on check-in (the mail is stored; the next transaction opens a fresh connection)."""
+    from conftest import make_config
     from sqlalchemy import event
 
-    from conftest import make_config
     from gateway.app import build_app
     from gateway.intake import Envelope
     from gateway.service import release_big_binds
@@ -540,14 +538,14 @@ print(rss() - base)
 
 
 # IMAP in the service ----------------------------------------------------------------------------------------
-def _toml_table(name: str, values: dict) -> str:  # type: ignore[type-arg]
+def _toml_table(name: str, values: dict) -> str:
     def lit(v: object) -> str:
         return json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
 
     return f"\n[[{name}]]\n" + "".join(f"{k} = {lit(v)}\n" for k, v in values.items())
 
 
-def test_serve_polls_imap_accounts_and_stops_with_them(sqlite_serve, dovecot) -> None:  # type: ignore[no-untyped-def]
+def test_serve_polls_imap_accounts_and_stops_with_them(sqlite_serve, dovecot) -> None:
     """`serve` runs every [[imap]] account's poller: mail already waiting is drained at start, mail appended
     later arrives through IDLE, both become tickets and leave the INBOX; SIGTERM ends the pollers too."""
     srv = sqlite_serve(extra=_toml_table("imap", dovecot.account_config(name="support-box")))

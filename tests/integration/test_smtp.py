@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
-
 from mails import make_mail as _make_mail
+from sqlalchemy import func, select
 
 from gateway.config import validate
 from gateway.db import StoreUnavailable
@@ -55,7 +54,7 @@ def config_for(tmp_path: Path, db_url: str, *, listen: list[dict[str, Any]] | No
 class Running:
     """The service in a background thread with its own loop (no signal handlers there)."""
 
-    def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config) -> None:
         self.service = Service(config, notifier=Notifier({}), handle_signals=False)
         self.code: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -98,7 +97,7 @@ class Running:
 
 
 @pytest.fixture
-def serve(tmp_path, db_url):  # type: ignore[no-untyped-def]
+def serve(tmp_path, db_url):
     running: list[Running] = []
 
     def start(**kw: Any) -> Running:
@@ -146,7 +145,7 @@ class Raw:
 
 # --- the basics ---------------------------------------------------------------------------------------------
 @pytest.mark.pg
-def test_smtp_mail_is_stored_before_250_and_threaded_after(serve) -> None:  # type: ignore[no-untyped-def]
+def test_smtp_mail_is_stored_before_250_and_threaded_after(serve) -> None:
     r = serve()
     raw = make_mail(subject="Printer on fire", message_id="<p1@customer.example>")
     with smtplib.SMTP("127.0.0.1", r.port("smtp"), timeout=10) as s:
@@ -166,7 +165,7 @@ def test_smtp_mail_is_stored_before_250_and_threaded_after(serve) -> None:  # ty
 
 
 @pytest.mark.pg
-def test_rcpt_only_gateway_addresses_and_plus_tokens(serve) -> None:  # type: ignore[no-untyped-def]
+def test_rcpt_only_gateway_addresses_and_plus_tokens(serve) -> None:
     r = serve()
     with smtplib.SMTP("127.0.0.1", r.port("smtp"), timeout=10) as s:
         s.ehlo()
@@ -185,7 +184,7 @@ def test_rcpt_only_gateway_addresses_and_plus_tokens(serve) -> None:  # type: ig
     assert mails[1].envelope_from == ""
 
 
-def test_lmtp_answers_once_per_accepted_recipient(serve) -> None:  # type: ignore[no-untyped-def]
+def test_lmtp_answers_once_per_accepted_recipient(serve) -> None:
     r = serve()
     lm = smtplib.LMTP("127.0.0.1", r.port("lmtp"), timeout=10)
     try:
@@ -205,7 +204,7 @@ def test_lmtp_answers_once_per_accepted_recipient(serve) -> None:  # type: ignor
     assert m.source == "lmtp"
 
 
-def test_lmtp_on_a_unix_socket(serve, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_lmtp_on_a_unix_socket(serve, tmp_path) -> None:
     path = tmp_path / "lmtp.sock"
     r = serve(listen=[{"protocol": "lmtp", "path": str(path), "socket_mode": "0600"}])
     assert path.is_socket() and (path.stat().st_mode & 0o777) == 0o600
@@ -222,7 +221,7 @@ def test_lmtp_on_a_unix_socket(serve, tmp_path) -> None:  # type: ignore[no-unty
     assert not path.exists()
 
 
-def test_helo_and_ehlo_are_not_lmtp(serve) -> None:  # type: ignore[no-untyped-def]
+def test_helo_and_ehlo_are_not_lmtp(serve) -> None:
     r = serve()
     c = Raw(r.port("lmtp"))
     assert c.cmd(b"EHLO x\r\n").startswith(b"500")
@@ -231,7 +230,7 @@ def test_helo_and_ehlo_are_not_lmtp(serve) -> None:  # type: ignore[no-untyped-d
 
 
 # --- size, long lines, smuggling -----------------------------------------------------------------------------
-def test_size_is_advertised_and_enforced(serve) -> None:  # type: ignore[no-untyped-def]
+def test_size_is_advertised_and_enforced(serve) -> None:
     r = serve(limits={"max_message_size": 20_000})
     with smtplib.SMTP("127.0.0.1", r.port("smtp"), timeout=10) as s:
         s.ehlo()
@@ -250,7 +249,7 @@ def test_size_is_advertised_and_enforced(serve) -> None:  # type: ignore[no-unty
 
 
 @pytest.mark.parametrize("smuggle", [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\n..\n"])
-def test_smtp_smuggling_does_not_create_a_second_message(serve, smuggle) -> None:  # type: ignore[no-untyped-def]
+def test_smtp_smuggling_does_not_create_a_second_message(serve, smuggle) -> None:
     r = serve()
     c = Raw(r.port("smtp"))
     assert c.cmd(b"EHLO client.example\r\n").startswith(b"250")
@@ -305,7 +304,7 @@ def test_data_reader_in_pieces_keeps_the_line_rules() -> None:
 
     from gateway.smtp import read_data
 
-    async def run(fn, chunks, stream_limit, size_limit):  # type: ignore[no-untyped-def]
+    async def run(fn, chunks, stream_limit, size_limit):
         reader = asyncio.StreamReader(limit=stream_limit)
         for c in chunks:
             reader.feed_data(c)
@@ -324,7 +323,7 @@ def test_data_reader_in_pieces_keeps_the_line_rules() -> None:
             end = rnd.choice([b"\r\n.\r\n", b".\r\n", b""])  # b"": the client hangs up inside DATA
             stream = body + end + b"QUIT\r\n"
             cuts = sorted(rnd.sample(range(len(stream) + 1), min(3, len(stream) + 1)))
-            chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+            chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
             stream_limit, size_limit = rnd.choice([4, 5, 8, 64, 65536]), rnd.choice([0, 0, 10, 30])
             expected = await run(_line_reader, chunks, stream_limit, size_limit)
             got = await run(read_data, chunks, stream_limit, size_limit)
@@ -333,7 +332,7 @@ def test_data_reader_in_pieces_keeps_the_line_rules() -> None:
     asyncio.run(main())
 
 
-def test_overlong_lines_are_data_and_never_commands(serve) -> None:  # type: ignore[no-untyped-def]
+def test_overlong_lines_are_data_and_never_commands(serve) -> None:
     r = serve()
     c = Raw(r.port("smtp"))
     c.cmd(b"EHLO client.example\r\n")
@@ -359,7 +358,7 @@ def test_overlong_lines_are_data_and_never_commands(serve) -> None:  # type: ign
     c.close()
 
 
-def test_dot_stuffing_is_undone(serve) -> None:  # type: ignore[no-untyped-def]
+def test_dot_stuffing_is_undone(serve) -> None:
     r = serve()
     body = b"Subject: dots\r\nMessage-ID: <dots@customer.example>\r\n\r\n.leading dot\r\n..two\r\nmid.dle\r\n"
     with smtplib.SMTP("127.0.0.1", r.port("smtp"), timeout=10) as s:
@@ -375,7 +374,7 @@ def test_dot_stuffing_is_undone(serve) -> None:  # type: ignore[no-untyped-def]
 # --- failures answer 451, never 5xx ------------------------------------------------------------------------
 @pytest.mark.parametrize("error", [StoreUnavailable("database is down"), OSError(28, "No space left on device"),
                                    RuntimeError("a bug")])
-def test_store_failures_answer_451(serve, monkeypatch, error) -> None:  # type: ignore[no-untyped-def]
+def test_store_failures_answer_451(serve, monkeypatch, error) -> None:
     r = serve()
 
     def broken(*args: Any) -> int:
@@ -420,7 +419,7 @@ def _send_concurrently(port: int, n: int, lmtp: bool = False) -> list[tuple[int,
     return out
 
 
-def test_group_commit_answers_each_after_the_commit_holding_its_mail(serve, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_group_commit_answers_each_after_the_commit_holding_its_mail(serve, monkeypatch) -> None:
     r = serve()
     intake = r.service.intake
     real = intake.store_many
@@ -446,7 +445,7 @@ def test_group_commit_answers_each_after_the_commit_holding_its_mail(serve, monk
     assert len(r.wait_processed(8)) == 8 and r.tickets() == 8
 
 
-def test_group_commit_failure_answers_451_to_the_whole_batch(serve, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_group_commit_failure_answers_451_to_the_whole_batch(serve, monkeypatch) -> None:
     r = serve()
     intake = r.service.intake
     real = intake.store_many
@@ -509,7 +508,7 @@ def test_write_gate_stores_first_but_threading_gets_every_other_turn() -> None:
     assert order == ["store-1", "thread-1", "thread-2", "store-2"]
 
 
-def test_threading_keeps_pace_with_mail_arriving_steadily(serve) -> None:  # type: ignore[no-untyped-def]
+def test_threading_keeps_pace_with_mail_arriving_steadily(serve) -> None:
     """Mail arriving all the time, but slowly enough: threading does not wait for a pause (it used to wait
     up to serve.defer_seconds for every mail)."""
     r = serve()
@@ -528,7 +527,7 @@ def test_threading_keeps_pace_with_mail_arriving_steadily(serve) -> None:  # typ
     assert len(r.wait_processed(30)) == 30
 
 
-def test_threading_yields_to_a_burst(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_threading_yields_to_a_burst(tmp_path, sqlite_url) -> None:
     from gateway.service import WriteGate
 
     svc = Service(config_for(tmp_path, sqlite_url), notifier=Notifier({}), handle_signals=False)
@@ -548,7 +547,7 @@ def test_threading_yields_to_a_burst(tmp_path, sqlite_url) -> None:  # type: ign
     assert svc._may_thread(now) and svc._may_thread(now)
 
 
-def test_handler_errors_answer_451_not_500(serve, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_handler_errors_answer_451_not_500(serve, monkeypatch) -> None:
     r = serve()
 
     def boom(addr: Any) -> bool:
@@ -562,7 +561,7 @@ def test_handler_errors_answer_451_not_500(serve, monkeypatch) -> None:  # type:
         assert (code, msg[:5]) == (451, b"4.3.0")
 
 
-def test_client_dropping_mid_data_stores_nothing(serve) -> None:  # type: ignore[no-untyped-def]
+def test_client_dropping_mid_data_stores_nothing(serve) -> None:
     r = serve()
     c = Raw(r.port("smtp"))
     c.cmd(b"EHLO client.example\r\n")
@@ -576,7 +575,7 @@ def test_client_dropping_mid_data_stores_nothing(serve) -> None:  # type: ignore
 
 
 # --- sessions: cap, timeouts, TLS --------------------------------------------------------------------------
-def test_session_cap(serve) -> None:  # type: ignore[no-untyped-def]
+def test_session_cap(serve) -> None:
     r = serve(limits={"max_sessions": 2})
     a, b = Raw(r.port("smtp")), Raw(r.port("lmtp"))
     assert a.greeting.startswith(b"220") and b.greeting.startswith(b"220")
@@ -590,7 +589,7 @@ def test_session_cap(serve) -> None:  # type: ignore[no-untyped-def]
         x.close()
 
 
-def test_idle_and_slow_clients_are_cut_off(serve) -> None:  # type: ignore[no-untyped-def]
+def test_idle_and_slow_clients_are_cut_off(serve) -> None:
     r = serve(limits={"session_idle_seconds": 1, "session_max_seconds": 3})
     idle = Raw(r.port("smtp"))
     t = time.monotonic()
@@ -614,14 +613,14 @@ def test_idle_and_slow_clients_are_cut_off(serve) -> None:  # type: ignore[no-un
 
 
 @pytest.fixture(scope="module")
-def cert(tmp_path_factory) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+def cert(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("tls")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=gw.test",
                     "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")], check=True, capture_output=True)
     return d / "cert.pem", d / "key.pem"
 
 
-def test_starttls_and_require_starttls(serve, cert) -> None:  # type: ignore[no-untyped-def]
+def test_starttls_and_require_starttls(serve, cert) -> None:
     crt, key = cert
     r = serve(listen=[{"protocol": "smtp", "port": 0, "tls_cert": str(crt), "tls_key": str(key),
                        "require_starttls": True}])
@@ -639,7 +638,7 @@ def test_starttls_and_require_starttls(serve, cert) -> None:  # type: ignore[no-
     r.wait_processed(1)
 
 
-def test_listener_config_errors(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_listener_config_errors(tmp_path, sqlite_url) -> None:
     from gateway.config import ConfigError
     from gateway.smtp import listener_specs
 
@@ -655,7 +654,7 @@ def test_listener_config_errors(tmp_path, sqlite_url) -> None:  # type: ignore[n
     assert listener_specs(cfg)[0]["port"] == 0  # any free port, as everywhere else
 
 
-def test_routes_by_recipient(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+def test_routes_by_recipient(tmp_path, sqlite_url) -> None:
     cfg = config_for(tmp_path, sqlite_url, routes=[
         {"address": "billing@example.com", "group": "finance", "priority": "high", "type": "service_request"},
         {"address": "support@example.com"}])
@@ -665,7 +664,7 @@ def test_routes_by_recipient(tmp_path, sqlite_url) -> None:  # type: ignore[no-u
     assert route_for(cfg, ["other@example.com"]) == {}
 
 
-def test_stop_closes_idle_sessions_with_421(serve) -> None:  # type: ignore[no-untyped-def]
+def test_stop_closes_idle_sessions_with_421(serve) -> None:
     r = serve()
     c = Raw(r.port("smtp"))
     c.cmd(b"EHLO client.example\r\n")

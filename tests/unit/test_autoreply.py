@@ -13,7 +13,7 @@ from gateway.autoreply import BounceInfo, Verdict, bounce_info, classify
 
 def parse(text: str) -> EmailMessage:
     raw = text.lstrip("\n").replace("\n", "\r\n").encode("utf-8")
-    return email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[return-value]
+    return email.message_from_bytes(raw, policy=email.policy.default)
 
 
 def human(*headers: str, subject: str = "Printer on floor 3 is broken", body: str = "It jams.\n") -> EmailMessage:
@@ -30,7 +30,13 @@ Message-ID: <abc123@example.org>
     )
 
 
-def run(msg: EmailMessage, *, envelope_from: str | None = "alice@example.org", from_addr: str | None = "alice@example.org", **kw) -> Verdict | None:
+def run(
+    msg: EmailMessage,
+    *,
+    envelope_from: str | None = "alice@example.org",
+    from_addr: str | None = "alice@example.org",
+    **kw,
+) -> Verdict | None:
     return classify(msg, envelope_from=envelope_from, from_addr=from_addr, **kw)
 
 
@@ -81,7 +87,11 @@ def test_human_mail_is_none() -> None:
 
 
 def test_reply_to_our_own_message_id_is_not_a_loop() -> None:
-    msg = human("In-Reply-To: <ticket-42.1@help.example.com>", "References: <ticket-42.1@help.example.com>", subject="Re: [#42] Your ticket")
+    msg = human(
+        "In-Reply-To: <ticket-42.1@help.example.com>",
+        "References: <ticket-42.1@help.example.com>",
+        subject="Re: [#42] Your ticket",
+    )
     assert run(msg, own_domains=("help.example.com",)) is None
 
 
@@ -145,7 +155,10 @@ def test_x_auto_response_suppress_other_values_are_human() -> None:
 
 @pytest.mark.parametrize(
     "header",
-    ["X-MS-Exchange-Generated-Message-Source: Mailbox Rules Agent", "X-MS-Exchange-Inbox-Rules-Loop: alice@example.org"],
+    [
+        "X-MS-Exchange-Generated-Message-Source: Mailbox Rules Agent",
+        "X-MS-Exchange-Inbox-Rules-Loop: alice@example.org",
+    ],
 )
 def test_microsoft_generated(header: str) -> None:
     v = run(human(header))
@@ -175,7 +188,9 @@ def test_list_headers(header: str) -> None:
 # --- senders --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("addr", ["noreply@shop.example", "no-reply@shop.example", "NoReply@shop.example", "do-not-reply@shop.example"])
+@pytest.mark.parametrize(
+    "addr", ["noreply@shop.example", "no-reply@shop.example", "NoReply@shop.example", "do-not-reply@shop.example"]
+)
 def test_noreply_sender(addr: str) -> None:
     v = run(human(), envelope_from=addr, from_addr=addr)
     assert v is not None and v.kind == "auto_reply"
@@ -379,7 +394,7 @@ def test_bounce_info_delayed_is_temporary() -> None:
     msg = parse(DSN.replace("Action: failed", "Action: delayed").replace("Status: 5.1.1", "Status: 4.4.1"))
     info = bounce_info(msg)
     assert info is not None and info.permanent is False and info.status == "4.4.1"
-    assert run(msg, envelope_from="", from_addr=None).kind == "bounce"  # type: ignore[union-attr]
+    assert run(msg, envelope_from="", from_addr=None).kind == "bounce"
 
 
 def test_bounce_info_failed_action_with_4xx_status_gave_up() -> None:
@@ -388,9 +403,7 @@ def test_bounce_info_failed_action_with_4xx_status_gave_up() -> None:
 
 
 def test_bounce_info_rfc822_headers_part() -> None:
-    msg = parse(
-        DSN.replace("Content-Type: message/rfc822\n", "Content-Type: text/rfc822-headers\n")
-    )
+    msg = parse(DSN.replace("Content-Type: message/rfc822\n", "Content-Type: text/rfc822-headers\n"))
     info = bounce_info(msg)
     assert info is not None and info.original_message_id == "ticket-42.1@help.example.com"
 
@@ -498,14 +511,18 @@ def test_forwarded_bounce_from_a_customer_is_not_a_bounce() -> None:
 # --- robustness -----------------------------------------------------------------------------
 
 MALFORMED = [
-    b"From: =?x-unknown-charset?q?abc?= <a@b\r\nSubject: =?utf-8?b?!!!?=\r\nContent-Type: text/plain; charset=x-does-not-exist\r\n\r\n\xff\xfe body",
+    b"From: =?x-unknown-charset?q?abc?= <a@b\r\nSubject: =?utf-8?b?!!!?=\r\n"
+    b"Content-Type: text/plain; charset=x-does-not-exist\r\n\r\n\xff\xfe body",
     b"Content-Type: multipart/report; report-type=delivery-status\r\n\r\nno boundary at all",
-    b"Content-Type: multipart/report; report-type=delivery-status; boundary=X\r\n\r\n--X\r\nContent-Type: message/delivery-status\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!not base64\r\n--X--",
+    b"Content-Type: multipart/report; report-type=delivery-status; boundary=X\r\n\r\n"
+    b"--X\r\nContent-Type: message/delivery-status\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!not base64\r\n--X--",
     b"From: <>\r\nTo: ,,,@@@\r\nAuto-Submitted:\r\nPrecedence:\r\nMessage-ID: <<<>>>\r\n\r\n",
     b"\x00\x01\x02 garbage without headers",
     b"",
     b"Content-Type: message/rfc822\r\n\r\n" * 60,
-    b"Subject: Undeliverable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n=ZZ=\r\n" + b"x@y.z " * 20000,
+    b"Subject: Undeliverable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: quoted-printable\r\n\r\n=ZZ=\r\n"
+    + b"x@y.z " * 20000,
 ]
 
 
@@ -513,9 +530,9 @@ MALFORMED = [
 @pytest.mark.parametrize("env", [None, "", "MAILER-DAEMON@x.example"])
 def test_never_raises(raw: bytes, env: str | None) -> None:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
-    v = classify(msg, envelope_from=env, from_addr=None)  # type: ignore[arg-type]
+    v = classify(msg, envelope_from=env, from_addr=None)
     assert v is None or isinstance(v, Verdict)
-    info = bounce_info(msg)  # type: ignore[arg-type]
+    info = bounce_info(msg)
     assert info is None or isinstance(info, BounceInfo)
 
 

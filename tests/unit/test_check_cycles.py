@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "check_cycles.py"
+from loadscript import load_script
 
 
 @pytest.fixture(scope="module")
 def cc() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_cycles", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["check_cycles"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("check_cycles")
 
 
 def write(root: Path, files: dict[str, str]) -> dict[str, Path]:

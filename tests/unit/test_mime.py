@@ -108,7 +108,7 @@ def test_simple_mail_fields() -> None:
     assert pm.to == [("", "desk@example.org")]
     assert pm.cc == [("Bob, B.", "bob@example.com"), ("", "carol@example.net")]
     assert pm.reply_to == ["help@example.com"]
-    assert pm.date == dt.datetime(2023, 8, 1, 8, 0, tzinfo=dt.timezone.utc)
+    assert pm.date == dt.datetime(2023, 8, 1, 8, 0, tzinfo=dt.UTC)
     assert pm.text == "Body line\n"
     assert pm.html is None
     assert pm.attachments == []
@@ -210,13 +210,16 @@ def test_from_empty_and_garbage() -> None:
 
 
 def test_bad_to_entries_skipped_never_raise() -> None:
-    pm = parse_mail(mail("From: a@example.com\nTo: good@example.com, bad@@x, \"unterminated <x@y>, undisclosed-recipients:;\n", base=False))
+    to = 'good@example.com, bad@@x, "unterminated <x@y>, undisclosed-recipients:;'
+    pm = parse_mail(mail(f"From: a@example.com\nTo: {to}\n", base=False))
     assert ("", "good@example.com") in pm.to
     assert all("@" in a for _, a in pm.to)
 
 
 def test_group_syntax() -> None:
-    pm = parse_mail(mail("From: a@example.com\nTo: Team: b@example.com, C <c@example.com>;, d@example.com\n", base=False))
+    pm = parse_mail(
+        mail("From: a@example.com\nTo: Team: b@example.com, C <c@example.com>;, d@example.com\n", base=False)
+    )
     assert pm.to == [("", "b@example.com"), ("C", "c@example.com"), ("", "d@example.com")]
 
 
@@ -359,7 +362,11 @@ def test_mixed_several_inline_text_parts_are_the_body() -> None:
         "mixed",
         [
             leaf("text/plain", "first"),
-            leaf("image/png", base64.b64encode(b"\x89PNG").decode(), "Content-Transfer-Encoding: base64\nContent-Disposition: attachment; filename=a.png\n"),
+            leaf(
+                "image/png",
+                base64.b64encode(b"\x89PNG").decode(),
+                "Content-Transfer-Encoding: base64\nContent-Disposition: attachment; filename=a.png\n",
+            ),
             leaf("text/plain", "second"),
         ],
     )
@@ -390,7 +397,11 @@ def test_related_html_with_inline_image_keeps_content_id() -> None:
                 "related",
                 [
                     leaf("text/html", '<img src="cid:img1@x">'),
-                    leaf("image/png", base64.b64encode(png).decode(), "Content-Transfer-Encoding: base64\nContent-ID: <img1@x>\n"),
+                    leaf(
+                        "image/png",
+                        base64.b64encode(png).decode(),
+                        "Content-Transfer-Encoding: base64\nContent-ID: <img1@x>\n",
+                    ),
                 ],
                 "REL",
             ),
@@ -407,19 +418,31 @@ def test_related_html_with_inline_image_keeps_content_id() -> None:
 def test_unused_alternatives_are_not_attachments_but_calendar_is() -> None:
     pm = parse_multipart(
         "alternative",
-        [leaf("text/plain", "p"), leaf("text/watch-html", "<b>w</b>"), leaf("text/html", "<b>h</b>"), leaf("text/calendar; method=REQUEST", "BEGIN:VCALENDAR")],
+        [
+            leaf("text/plain", "p"),
+            leaf("text/watch-html", "<b>w</b>"),
+            leaf("text/html", "<b>h</b>"),
+            leaf("text/calendar; method=REQUEST", "BEGIN:VCALENDAR"),
+        ],
     )
     assert [(a.filename, a.content_type) for a in pm.attachments] == [("attachment-1.ics", "text/calendar")]
 
 
 def test_root_attachment_only() -> None:
-    pm = parse_mail(mail("Content-Type: application/pdf; name=\"x.pdf\"\nContent-Transfer-Encoding: base64\n", base64.b64encode(b"PDF").decode()))
+    pm = parse_mail(
+        mail(
+            'Content-Type: application/pdf; name="x.pdf"\nContent-Transfer-Encoding: base64\n',
+            base64.b64encode(b"PDF").decode(),
+        )
+    )
     assert pm.text == "" and pm.html is None
     assert [(a.filename, a.data) for a in pm.attachments] == [("x.pdf", b"PDF")]
 
 
 def test_missing_mime_boundary() -> None:
-    raw = mail("MIME-Version: 1.0\nContent-Type: multipart/mixed\n", "--foo\nContent-Type: text/plain\n\nhello\n--foo--\n")
+    raw = mail(
+        "MIME-Version: 1.0\nContent-Type: multipart/mixed\n", "--foo\nContent-Type: text/plain\n\nhello\n--foo--\n"
+    )
     pm = parse_mail(raw)
     assert "hello" in pm.text
     assert any("NoBoundaryInMultipartDefect" in d for d in pm.defects)
@@ -433,7 +456,10 @@ def test_declared_boundary_never_found() -> None:
 
 
 def test_missing_close_boundary() -> None:
-    raw = mail('MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n', "--b\nContent-Type: text/plain\n\nbody text\n")
+    raw = mail(
+        'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n',
+        "--b\nContent-Type: text/plain\n\nbody text\n",
+    )
     pm = parse_mail(raw)
     assert "body text" in pm.text
     assert any("CloseBoundaryNotFoundDefect" in d for d in pm.defects)
@@ -466,28 +492,49 @@ def test_rfc2231_and_rfc2047_filenames() -> None:
         "mixed",
         [
             leaf("text/plain", "b"),
-            leaf("application/octet-stream", "x", "Content-Disposition: attachment; filename*=utf-8''%E3%83%86%E3%82%B9%E3%83%88.txt\n"),
-            leaf("application/octet-stream", "x", 'Content-Disposition: attachment; filename="=?utf-8?B?w4RyZ2VyLnBkZg==?="\n'),
-            leaf("application/octet-stream", "x", "Content-Disposition: attachment;\n filename*0*=iso-8859-1''caf%E9;\n filename*1=\".doc\"\n"),
+            leaf(
+                "application/octet-stream",
+                "x",
+                "Content-Disposition: attachment; filename*=utf-8''%E3%83%86%E3%82%B9%E3%83%88.txt\n",
+            ),
+            leaf(
+                "application/octet-stream",
+                "x",
+                'Content-Disposition: attachment; filename="=?utf-8?B?w4RyZ2VyLnBkZg==?="\n',
+            ),
+            leaf(
+                "application/octet-stream",
+                "x",
+                "Content-Disposition: attachment;\n filename*0*=iso-8859-1''caf%E9;\n filename*1=\".doc\"\n",
+            ),
             leaf('application/octet-stream; name="from-content-type.bin"', "x"),
-            leaf('application/octet-stream; name="ct.bin"', "x", 'Content-Disposition: attachment; filename="cd.bin"\n'),
+            leaf(
+                'application/octet-stream; name="ct.bin"', "x", 'Content-Disposition: attachment; filename="cd.bin"\n'
+            ),
         ],
     )
-    assert [a.filename for a in pm.attachments] == ["テスト.txt", "Ärger.pdf", "café.doc", "from-content-type.bin", "cd.bin"]
+    assert [a.filename for a in pm.attachments] == [
+        "テスト.txt",
+        "Ärger.pdf",
+        "café.doc",
+        "from-content-type.bin",
+        "cd.bin",
+    ]
 
 
 def test_duplicate_names_made_unique() -> None:
     parts = [leaf("text/plain", "body")]
-    parts += [leaf("application/pdf", "x", 'Content-Disposition: attachment; filename="report.pdf"\n') for _ in range(3)]
+    parts += [
+        leaf("application/pdf", "x", 'Content-Disposition: attachment; filename="report.pdf"\n') for _ in range(3)
+    ]
     parts.append(leaf("application/pdf", "x", 'Content-Disposition: attachment; filename="REPORT.pdf"\n'))
     pm = parse_multipart("mixed", parts)
     assert [a.filename for a in pm.attachments] == ["report.pdf", "report (2).pdf", "report (3).pdf", "REPORT (4).pdf"]
 
 
 def test_nested_message_is_one_attachment() -> None:
-    inner = (
-        "From: x@example.com\nSubject: Original: problem\nMessage-ID: <inner@x>\n"
-        + multipart("mixed", [leaf("text/plain", "inner body"), leaf("application/pdf; name=inner.pdf", "x")], "INNER")
+    inner = "From: x@example.com\nSubject: Original: problem\nMessage-ID: <inner@x>\n" + multipart(
+        "mixed", [leaf("text/plain", "inner body"), leaf("application/pdf; name=inner.pdf", "x")], "INNER"
     )
     pm = parse_multipart(
         "mixed",
@@ -513,7 +560,9 @@ def test_nested_message_raw_bytes_crlf_and_8bit() -> None:
     inner = b"From: x@example.com\r\nSubject: Gr\xc3\xbc\xc3\x9fe\r\n\r\nbody \xe9\r\n"
     outer = (
         b"From: a@example.com\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
-        b"--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"\r\n--b--\r\n"
+        b"--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n"
+        + inner
+        + b"\r\n--b--\r\n"
     )
     pm = parse_mail(outer)
     assert [a.filename for a in pm.attachments] == ["Grüße.eml"]
@@ -527,29 +576,51 @@ def test_winmail_dat_kept_as_is() -> None:
         "mixed",
         [
             leaf("text/plain", "body"),
-            leaf('application/ms-tnef; name="winmail.dat"', base64.b64encode(blob).decode(), "Content-Transfer-Encoding: base64\n"),
+            leaf(
+                'application/ms-tnef; name="winmail.dat"',
+                base64.b64encode(blob).decode(),
+                "Content-Transfer-Encoding: base64\n",
+            ),
         ],
     )
-    assert [(a.filename, a.content_type, a.data) for a in pm.attachments] == [("winmail.dat", "application/ms-tnef", blob)]
+    assert [(a.filename, a.content_type, a.data) for a in pm.attachments] == [
+        ("winmail.dat", "application/ms-tnef", blob)
+    ]
 
 
 def test_pgp_signed_body_and_signature_attachment() -> None:
     pm = parse_multipart(
         'signed; micalg=pgp-sha256; protocol="application/pgp-signature"',
         [
-            multipart("mixed", [leaf("text/plain", "signed body"), leaf("text/plain; name=a.txt", "att", "Content-Disposition: attachment\n")], "IN"),
-            leaf('application/pgp-signature; name="signature.asc"', "-----BEGIN PGP SIGNATURE-----\n...\n-----END PGP SIGNATURE-----"),
+            multipart(
+                "mixed",
+                [
+                    leaf("text/plain", "signed body"),
+                    leaf("text/plain; name=a.txt", "att", "Content-Disposition: attachment\n"),
+                ],
+                "IN",
+            ),
+            leaf(
+                'application/pgp-signature; name="signature.asc"',
+                "-----BEGIN PGP SIGNATURE-----\n...\n-----END PGP SIGNATURE-----",
+            ),
         ],
     )
     assert pm.text.strip() == "signed body"
-    assert [(a.filename, a.content_type) for a in pm.attachments] == [("a.txt", "text/plain"), ("signature.asc", "application/pgp-signature")]
+    assert [(a.filename, a.content_type) for a in pm.attachments] == [
+        ("a.txt", "text/plain"),
+        ("signature.asc", "application/pgp-signature"),
+    ]
     assert pm.attachments[1].data.startswith(b"-----BEGIN PGP SIGNATURE-----")
 
 
 def test_pgp_encrypted_gives_no_body_and_two_attachments() -> None:
     pm = parse_multipart(
         'encrypted; protocol="application/pgp-encrypted"',
-        [leaf("application/pgp-encrypted", "Version: 1"), leaf('application/octet-stream; name="encrypted.asc"', "-----BEGIN PGP MESSAGE-----")],
+        [
+            leaf("application/pgp-encrypted", "Version: 1"),
+            leaf('application/octet-stream; name="encrypted.asc"', "-----BEGIN PGP MESSAGE-----"),
+        ],
     )
     assert pm.text == "" and pm.html is None
     assert [a.content_type for a in pm.attachments] == ["application/pgp-encrypted", "application/octet-stream"]
@@ -560,7 +631,10 @@ def test_delivery_report_parts() -> None:
         "report; report-type=delivery-status",
         [
             leaf("text/plain", "Your message could not be delivered."),
-            leaf("message/delivery-status", "Reporting-MTA: dns; mx.example.com\n\nFinal-Recipient: rfc822; gone@example.com\nStatus: 5.1.1\n"),
+            leaf(
+                "message/delivery-status",
+                "Reporting-MTA: dns; mx.example.com\n\nFinal-Recipient: rfc822; gone@example.com\nStatus: 5.1.1\n",
+            ),
             leaf("text/rfc822-headers", "From: a@example.com\nSubject: hi\n"),
         ],
     )
@@ -630,7 +704,10 @@ def test_safe_filename_surrogates_removed() -> None:
     ],
 )
 def test_attachment_names_are_safe_in_parse_mail(disposition: str, expected: str) -> None:
-    pm = parse_multipart("mixed", [leaf("text/plain", "b"), leaf("application/pdf", "x", f"Content-Disposition: attachment; {disposition}\n")])
+    pm = parse_multipart(
+        "mixed",
+        [leaf("text/plain", "b"), leaf("application/pdf", "x", f"Content-Disposition: attachment; {disposition}\n")],
+    )
     assert [a.filename for a in pm.attachments] == [expected]
 
 
@@ -678,7 +755,9 @@ def test_nested_message_rfc822_counts_towards_depth() -> None:
 
 def test_50000_part_message_is_rejected_quickly() -> None:
     body = b"".join(b"--p\nContent-Type: text/plain\n\nx\n" for _ in range(50000)) + b"--p--\n"
-    raw = b'From: a@example.com\nSubject: many\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="p"\n\n' + body
+    raw = (
+        b'From: a@example.com\nSubject: many\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="p"\n\n' + body
+    )
     t0 = time.process_time()
     with pytest.raises(MailParseError) as exc:
         parse_mail(raw)
@@ -693,7 +772,8 @@ def test_part_limit_is_exact() -> None:
 
     pm = parse_mail(many(1000))  # read; the first MAX_ATTACHMENTS kept, and said so
     assert len(pm.attachments) == 100 and pm.bounds == [
-        "1000 attachments: only the first 100 kept, the rest stay in the original mail (bound MAX_ATTACHMENTS)"]
+        "1000 attachments: only the first 100 kept, the rest stay in the original mail (bound MAX_ATTACHMENTS)"
+    ]
     with pytest.raises(MailParseError):
         parse_mail(many(1001))
     assert len(parse_mail(many(20), max_parts=20).attachments) == 20
@@ -714,7 +794,11 @@ def test_mutated_mails_never_crash(seed: int) -> None:
                 "mixed",
                 [
                     leaf("text/plain; charset=utf-8", "hällo"),
-                    leaf("application/pdf; name*=utf-8''r%C3%A9.pdf", base64.b64encode(b"x" * 50).decode(), "Content-Transfer-Encoding: base64\n"),
+                    leaf(
+                        "application/pdf; name*=utf-8''r%C3%A9.pdf",
+                        base64.b64encode(b"x" * 50).decode(),
+                        "Content-Transfer-Encoding: base64\n",
+                    ),
                     leaf("message/rfc822", "Subject: in\n\nx"),
                 ],
             ).split("\n\n", 1)[1],
@@ -755,14 +839,27 @@ def slow_parse(raw: bytes, **kw: int) -> ParsedMail:
 
 def fields(pm: ParsedMail) -> tuple:
     return (
-        pm.message_id, pm.in_reply_to, pm.references, pm.subject, pm.from_addr, pm.from_name, pm.from_problem,
-        pm.reply_to, pm.to, pm.cc, pm.date, pm.text, pm.html,
-        [(a.filename, a.content_type, a.data, a.content_id, a.inline) for a in pm.attachments], pm.defects,
+        pm.message_id,
+        pm.in_reply_to,
+        pm.references,
+        pm.subject,
+        pm.from_addr,
+        pm.from_name,
+        pm.from_problem,
+        pm.reply_to,
+        pm.to,
+        pm.cc,
+        pm.date,
+        pm.text,
+        pm.html,
+        [(a.filename, a.content_type, a.data, a.content_id, a.inline) for a in pm.attachments],
+        pm.defects,
     )
 
 
 def placeholders(pm: ParsedMail) -> int:
-    return sum(1 for p in pm.message.walk() if isinstance(p._payload, str) and p._payload.startswith(PLACEHOLDER))
+    payloads = (_mime._parsed_payload(p) for p in pm.message.walk())
+    return sum(1 for p in payloads if isinstance(p, str) and p.startswith(PLACEHOLDER))
 
 
 def assert_same_as_slow(raw: bytes, *, fast: bool = True) -> ParsedMail:
@@ -782,12 +879,14 @@ def b64(data: bytes, nl: str = "\n") -> str:
 
 def att(ctype: str, body: str, name: str, cte: str = "base64", nl: str = "\n", extra: str = "") -> str:
     return (
-        f"Content-Type: {ctype}; name=\"{name}\"{nl}Content-Transfer-Encoding: {cte}{nl}"
-        f"Content-Disposition: attachment; filename=\"{name}\"{nl}{extra}{nl}{body}"
+        f'Content-Type: {ctype}; name="{name}"{nl}Content-Transfer-Encoding: {cte}{nl}'
+        f'Content-Disposition: attachment; filename="{name}"{nl}{extra}{nl}{body}'
     )
 
 
-def mp(subtype: str, parts: list[str], boundary: str, nl: str = "\n", close: bool = True, pre: str = "", epi: str = "") -> str:
+def mp(
+    subtype: str, parts: list[str], boundary: str, nl: str = "\n", close: bool = True, pre: str = "", epi: str = ""
+) -> str:
     body = pre + "".join(f"--{boundary}{nl}{p}{nl}" for p in parts) + (f"--{boundary}--{nl}{epi}" if close else "")
     return f'Content-Type: multipart/{subtype}; boundary="{boundary}"{nl}{nl}{body}'
 
@@ -804,14 +903,31 @@ def test_big_nested_multiparts_same_as_slow_path(nl: str) -> None:
         "alternative",
         [
             f"Content-Type: text/plain{nl}{nl}plain body",
-            mp("related", [f"Content-Type: text/html{nl}{nl}<img src=cid:i>",
-                           att("image/png", b64(png, nl), "i.png", nl=nl, extra=f"Content-ID: <i>{nl}")], "REL", nl),
+            mp(
+                "related",
+                [
+                    f"Content-Type: text/html{nl}{nl}<img src=cid:i>",
+                    att("image/png", b64(png, nl), "i.png", nl=nl, extra=f"Content-ID: <i>{nl}"),
+                ],
+                "REL",
+                nl,
+            ),
         ],
-        "ALT", nl,
+        "ALT",
+        nl,
     )
     nested = mp("mixed", [att("application/zip", b64(zipb, nl), "z.zip", nl=nl)], "IN2", nl)
-    raw = top(mp("mixed", [inner, att("application/pdf", b64(pdf, nl), "r.pdf", nl=nl), nested], "OUT", nl,
-                 pre=f"preamble{nl}--OUTx not a boundary{nl}", epi=f"epilogue{nl}--OUT{nl}"), nl)
+    raw = top(
+        mp(
+            "mixed",
+            [inner, att("application/pdf", b64(pdf, nl), "r.pdf", nl=nl), nested],
+            "OUT",
+            nl,
+            pre=f"preamble{nl}--OUTx not a boundary{nl}",
+            epi=f"epilogue{nl}--OUT{nl}",
+        ),
+        nl,
+    )
     pm = assert_same_as_slow(raw)
     assert [(a.filename, a.data) for a in pm.attachments] == [("i.png", png), ("r.pdf", pdf), ("z.zip", zipb)]
     assert pm.text == "plain body" and placeholders(pm) == 3
@@ -823,13 +939,21 @@ def test_big_quoted_printable_and_8bit_bodies(nl: str) -> None:
     text = "".join(f"line {i} caf\u00e9 = {'x' * (i % 90)}\n" for i in range(3000))
     qp = __import__("quopri").encodestring(text.encode()).decode().replace("\n", nl)
     binary = bytes(b % 256 for b in rnd(200_000, 4)).replace(b"\n--B", b"\n-xB")  # bare CRs, NULs, ...
-    raw = top(mp("mixed", [
-        "Content-Type: text/plain\n\nbody".replace("\n", nl),
-        att("application/octet-stream", qp, "q.txt.bin", cte="quoted-printable", nl=nl),
-        att("application/octet-stream", "@@BIN@@", "raw.bin", cte="8bit", nl=nl),
-        att("application/octet-stream", "@@BIN@@", "seven.bin", cte="7bit", nl=nl),
-        att("application/x-thing", "@@BIN@@", "b.bin", cte="binary", nl=nl),
-    ], "B", nl), nl).replace(b"@@BIN@@", binary.replace(b"\r", b"\r" + b"x"))
+    raw = top(
+        mp(
+            "mixed",
+            [
+                "Content-Type: text/plain\n\nbody".replace("\n", nl),
+                att("application/octet-stream", qp, "q.txt.bin", cte="quoted-printable", nl=nl),
+                att("application/octet-stream", "@@BIN@@", "raw.bin", cte="8bit", nl=nl),
+                att("application/octet-stream", "@@BIN@@", "seven.bin", cte="7bit", nl=nl),
+                att("application/x-thing", "@@BIN@@", "b.bin", cte="binary", nl=nl),
+            ],
+            "B",
+            nl,
+        ),
+        nl,
+    ).replace(b"@@BIN@@", binary.replace(b"\r", b"\r" + b"x"))
     pm = assert_same_as_slow(raw)
     assert pm.attachments[0].data == text.replace("\n", nl).encode()
     assert placeholders(pm) == 4
@@ -848,16 +972,28 @@ def test_big_quoted_printable_and_8bit_bodies(nl: str) -> None:
         lambda s: s.replace("\n", " \t\n"),  # trailing blanks
     ],
 )
-def test_big_bad_base64_same_as_slow_path(mangle) -> None:  # type: ignore[no-untyped-def]
-    raw = top(mp("mixed", ["Content-Type: text/plain\n\nb", att("application/pdf", mangle(b64(rnd(100_001, 5))), "x.pdf")], "B"))
+def test_big_bad_base64_same_as_slow_path(mangle) -> None:
+    raw = top(
+        mp(
+            "mixed",
+            ["Content-Type: text/plain\n\nb", att("application/pdf", mangle(b64(rnd(100_001, 5))), "x.pdf")],
+            "B",
+        )
+    )
     assert_same_as_slow(raw)
 
 
 @pytest.mark.parametrize("trailing", ["\n", "", "\r\n", "\n\n\n"])
 def test_big_missing_close_boundary(trailing: str) -> None:
     data = rnd(150_000, 6)
-    raw = top(mp("mixed", ["Content-Type: text/plain\n\nb", att("application/pdf", b64(data).rstrip("\n") + trailing, "x.pdf")],
-                 "B", close=False)[:-1])
+    raw = top(
+        mp(
+            "mixed",
+            ["Content-Type: text/plain\n\nb", att("application/pdf", b64(data).rstrip("\n") + trailing, "x.pdf")],
+            "B",
+            close=False,
+        )[:-1]
+    )
     pm = assert_same_as_slow(raw)
     assert pm.attachments[0].data == data
     assert any("CloseBoundaryNotFound" in d for d in pm.defects)
@@ -868,8 +1004,17 @@ def test_big_boundary_text_inside_body_not_at_line_start() -> None:
     # "--B" inside lines, "--B" + more text at a line start, "--Bx": none of them is a boundary line
     enc = enc[:1000] + "--B--B\n" + enc[1000:50000] + "\nx--B\n--Bx\n--B-- x\n" + enc[50000:]
     binary = "abc--B\r--Bxyz\n" * 8000 + "\r--B \t\n"  # ... but "\r--B \t" ends the part (a bare CR ends a line)
-    raw = top(mp("mixed", [att("application/pdf", enc, "x.pdf"), att("application/octet-stream", binary, "y.bin", cte="8bit"),
-                           "Content-Type: text/plain\n\nafter"], "B"))
+    raw = top(
+        mp(
+            "mixed",
+            [
+                att("application/pdf", enc, "x.pdf"),
+                att("application/octet-stream", binary, "y.bin", cte="8bit"),
+                "Content-Type: text/plain\n\nafter",
+            ],
+            "B",
+        )
+    )
     pm = assert_same_as_slow(raw)
     assert [a.filename for a in pm.attachments][:2] == ["x.pdf", "y.bin"]
 
@@ -877,20 +1022,34 @@ def test_big_boundary_text_inside_body_not_at_line_start() -> None:
 def test_big_outer_boundary_ends_unclosed_inner_multipart() -> None:
     data = rnd(100_000, 9)
     inner = mp("mixed", [att("application/pdf", b64(data), "in.pdf")], "INNER", close=False)
-    raw = top(mp("mixed", ["Content-Type: text/plain\n\nbody", inner, att("image/gif", b64(rnd(80_000, 10)), "g.gif")], "OUTER"))
+    raw = top(
+        mp(
+            "mixed",
+            ["Content-Type: text/plain\n\nbody", inner, att("image/gif", b64(rnd(80_000, 10)), "g.gif")],
+            "OUTER",
+        )
+    )
     pm = assert_same_as_slow(raw)
     assert pm.attachments[0].data == data and placeholders(pm) == 2
 
 
 def test_big_bodies_in_message_rfc822_text_and_root() -> None:
     data = rnd(100_000, 11)
-    fwd = "From: x@example.com\nSubject: fwd\n" + mp("mixed", ["Content-Type: text/plain\n\ninner", att("application/pdf", b64(data), "in.pdf")], "IN")
+    fwd = "From: x@example.com\nSubject: fwd\n" + mp(
+        "mixed", ["Content-Type: text/plain\n\ninner", att("application/pdf", b64(data), "in.pdf")], "IN"
+    )
     big_text = "log line\n" * 20_000
-    raw = top(mp("mixed", [
-        "Content-Type: text/plain\n\n" + big_text,
-        "Content-Type: message/rfc822\n\n" + fwd,
-        att("text/plain", big_text, "server.log", cte="8bit"),
-    ], "B"))
+    raw = top(
+        mp(
+            "mixed",
+            [
+                "Content-Type: text/plain\n\n" + big_text,
+                "Content-Type: message/rfc822\n\n" + fwd,
+                att("text/plain", big_text, "server.log", cte="8bit"),
+            ],
+            "B",
+        )
+    )
     pm = assert_same_as_slow(raw, fast=False)  # text and forwarded messages keep their payloads in the tree
     assert pm.attachments[0].filename == "fwd.eml" and b64(data).encode()[:1000] in pm.attachments[0].data
     root = top(f"Content-Type: application/pdf; name=r.pdf\nContent-Transfer-Encoding: base64\n\n{b64(data)}")
@@ -906,7 +1065,11 @@ def test_big_odd_structures_same_as_slow_path() -> None:
         # a part without the blank line after its headers: the stdlib reads the body from the first non-header line
         top(mp("mixed", [f"Content-Type: application/pdf\nContent-Transfer-Encoding: base64\n{data}"], "B")),
         # consecutive boundary lines, close boundary swallowed by them, whitespace after boundaries
-        top(mp("mixed", [att("application/pdf", data, "a.pdf"), "", att("application/pdf", data, "b.pdf")], "B").replace("--B\n\n--B\n", "--B \t\n--B--\n--B\n")),
+        top(
+            mp(
+                "mixed", [att("application/pdf", data, "a.pdf"), "", att("application/pdf", data, "b.pdf")], "B"
+            ).replace("--B\n\n--B\n", "--B \t\n--B--\n--B\n")
+        ),
         # the declared boundary never occurs; no boundary at all
         top('Content-Type: multipart/mixed; boundary="nothere"\n\n' + data),
         top("Content-Type: multipart/mixed\n\n" + data),
@@ -916,7 +1079,8 @@ def test_big_odd_structures_same_as_slow_path() -> None:
         top(mp("mixed", [att("application/pdf", data, "a.pdf")], "a.b*c+(d)?")),
         top(mp("mixed", [att("application/pdf", data, "a.pdf")], "Q")).replace(b'boundary="Q"', b"boundary*=''Q"),
         # an mbox From line and a last header line starting with "From "
-        b"From alice Sat Jan  3 01:05:34 1996\n" + top(mp("mixed", [att("application/pdf", data, "a.pdf", extra="From nobody\n")], "B")),
+        b"From alice Sat Jan  3 01:05:34 1996\n"
+        + top(mp("mixed", [att("application/pdf", data, "a.pdf", extra="From nobody\n")], "B")),
     ]
     for raw in cases:
         pm = parse_mail(raw)
@@ -928,12 +1092,37 @@ def test_mutated_big_mails_same_as_slow_path(seed: int) -> None:
     """Random damage to a structured mail; with every body counted as large, both paths agree."""
     rng = random.Random(seed)
     nl = rng.choice(["\n", "\r\n"])
-    raw = bytearray(top(mp("mixed", [
-        "Content-Type: text/plain\n\nbody".replace("\n", nl),
-        mp("alternative", [f"Content-Type: text/plain{nl}{nl}p", att("application/pdf", b64(rnd(900, seed), nl), "a.pdf", nl=nl)], "ALT", nl),
-        att("image/png", b64(rnd(700, seed + 1), nl), "i.png", nl=nl, cte=rng.choice(["base64", "quoted-printable", "8bit"])),
-        "Content-Type: message/rfc822" + nl + nl + "Subject: in" + nl + nl + "x",
-    ], "OUT", nl, pre="pre" + nl), nl))
+    raw = bytearray(
+        top(
+            mp(
+                "mixed",
+                [
+                    "Content-Type: text/plain\n\nbody".replace("\n", nl),
+                    mp(
+                        "alternative",
+                        [
+                            f"Content-Type: text/plain{nl}{nl}p",
+                            att("application/pdf", b64(rnd(900, seed), nl), "a.pdf", nl=nl),
+                        ],
+                        "ALT",
+                        nl,
+                    ),
+                    att(
+                        "image/png",
+                        b64(rnd(700, seed + 1), nl),
+                        "i.png",
+                        nl=nl,
+                        cte=rng.choice(["base64", "quoted-printable", "8bit"]),
+                    ),
+                    "Content-Type: message/rfc822" + nl + nl + "Subject: in" + nl + nl + "x",
+                ],
+                "OUT",
+                nl,
+                pre="pre" + nl,
+            ),
+            nl,
+        )
+    )
     for _ in range(rng.randint(1, 12)):
         pos = rng.randrange(len(raw))
         op = rng.random()
@@ -942,16 +1131,18 @@ def test_mutated_big_mails_same_as_slow_path(seed: int) -> None:
         elif op < 0.5:
             del raw[pos : pos + rng.randint(1, 30)]
         else:
-            raw[pos:pos] = rng.choice([b"\n", b"\r", nl.encode(), b"--OUT\n", b"--ALT--\n", b"\n--OUT--", b"=", b"!", b"\n\n"])
-    raw = bytes(raw)
+            raw[pos:pos] = rng.choice(
+                [b"\n", b"\r", nl.encode(), b"--OUT\n", b"--ALT--\n", b"\n--OUT--", b"=", b"!", b"\n\n"]
+            )
+    mangled = bytes(raw)
     args = {"max_depth": 50, "max_parts": 1000, "max_header_bytes": 1_000_000}
     try:
-        expected = fields(slow_parse(raw))
+        expected = fields(slow_parse(mangled))
     except MailParseError as exc:
         with pytest.raises(MailParseError, match=re.escape(exc.reason)):
-            _mime._parse(raw, big_min=1, **args)
+            _mime._parse(mangled, big_min=1, **args)
         return
-    assert fields(_mime._parse(raw, big_min=1, **args)) == expected
+    assert fields(_mime._parse(mangled, big_min=1, **args)) == expected
 
 
 def test_24mb_mail_memory_bound() -> None:
@@ -972,7 +1163,9 @@ def test_24mb_mail_memory_bound() -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert [(a.filename, a.content_type, a.data == data) for a in pm.attachments] == [("big.bin", "application/octet-stream", True)]
+    assert [(a.filename, a.content_type, a.data == data) for a in pm.attachments] == [
+        ("big.bin", "application/octet-stream", True)
+    ]
     assert pm.text == "The printer is on fire.\n"
     assert peak < 4 * len(raw), f"peak {peak / 2**20:.1f} MiB for a {len(raw) / 2**20:.1f} MiB mail"
     assert cpu < 2.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import email.policy
 
 import pytest
+from mails import make_mail
 
 from gateway import mime
-from mails import make_mail
 
 
 def parsed_fields(raw: bytes) -> dict:

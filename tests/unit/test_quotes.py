@@ -49,7 +49,8 @@ HEADER_CASES = {
         "Objet : Imprimante\n\nancien texte\n"
     ),
     "outlook_block_es": (
-        "De: Juana Ruiz <juana@example.es>\nEnviado: lunes, 4 de marzo de 2024 10:12\nPara: Soporte <support@example.com>\n"
+        "De: Juana Ruiz <juana@example.es>\nEnviado: lunes, 4 de marzo de 2024 10:12\n"
+        "Para: Soporte <support@example.com>\n"
         "Asunto: Impresora\n\ntexto viejo\n"
     ),
     "outlook_block_wrapped_from": (
@@ -160,7 +161,8 @@ def test_surrounding_blank_lines_and_crlf() -> None:
 
 
 def test_rewrapped_quote_lines_count_as_quote() -> None:
-    body = "Answer.\n\nOn 4 Mar 2024, X <x@example.com> wrote:\n> a long quoted line that the client\nwrapped badly\n> end\n"
+    body = ("Answer.\n\nOn 4 Mar 2024, X <x@example.com> wrote:\n"
+            "> a long quoted line that the client\nwrapped badly\n> end\n")
     assert strip_reply(body) == "Answer."
 
 
@@ -260,7 +262,8 @@ def test_border_top_without_header_is_not_cut() -> None:
 
 
 def test_sanitize_removes_scripts_and_handlers() -> None:
-    out = sanitize_html('<p onclick="x()">Hi<script>alert(1)</script><img src="https://x/a.png" onerror="alert(2)"></p>')
+    html = '<p onclick="x()">Hi<script>alert(1)</script><img src="https://x/a.png" onerror="alert(2)"></p>'
+    out = sanitize_html(html)
     assert "script" not in out and "alert" not in out and "onerror" not in out and "onclick" not in out
     assert "<p>Hi" in out and 'src="https://x/a.png"' in out
 
