@@ -13,17 +13,20 @@ Two roads, one engine:
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import Integer, column, func, select, update
+from sqlalchemy import Integer, case, column, func, select, update
 from sqlalchemy.dialects import postgresql
 
 from gateway.db import StoreUnavailable, is_unavailable, transaction
 from gateway.envelope import Envelope
 from gateway.intake import IngestBatch, Intake, Result
 from gateway.models import InboundMail, InboundRaw, table_of
+from gateway.store import raw as rawstore
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -44,6 +47,9 @@ PREFETCH = 16
 # PostgreSQL: the first key of the advisory locks that claim stored mails being threaded (Engine._claimed); the
 # second is the mail's id. gateway.migrate's lock is the one-key 724274.
 CLAIM_LOCK_CLASS = 724275
+# A stored mail this large is handed to the worker in a file, not in memory: serve does not hold it while the
+# worker parses it, and the worker is restarted after it (gateway.prepare: what it allocated goes back).
+SPILL_BYTES = 4 * 1024 * 1024
 
 
 def start_worker(config: Config, *, context: str = "fork", sender: str | None = None,
@@ -62,6 +68,31 @@ def start_worker(config: Config, *, context: str = "fork", sender: str | None = 
                        budget=float(limits["mail_cpu_seconds"]), context=context)
     ahead.start()
     return ahead
+
+
+class _Spilled:
+    """Temporary files holding the raw bytes of large mails for the worker (removed on exit)."""
+
+    def __init__(self, app: IntakeHost) -> None:
+        self.dir = app.config.data_dir
+        self.paths: list[str] = []
+
+    def __enter__(self) -> _Spilled:
+        return self
+
+    def spill(self, session: Any, mail_id: int) -> str | bytes:
+        """A file with the mail's raw bytes (its path), written a chunk at a time; b"" when it has none."""
+        fd, path = tempfile.mkstemp(prefix=".prepare-", suffix=".eml", dir=self.dir)
+        self.paths.append(path)
+        try:
+            return path if rawstore.copy_raw(session, mail_id, fd) else b""
+        finally:
+            os.close(fd)
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.paths:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
 
 
 class ImportStopped(Exception):
@@ -192,23 +223,38 @@ class Engine:
 
     def _prepare(self, staged: Staged) -> None:
         rows = self._read_stored(staged.ids)
-        staged.tried = {i: attempts for i, (attempts, _, _) in rows.items()}
-        work = [i for i in staged.ids if i in rows and rows[i][2] is not None
+        staged.tried = {i: attempts for i, (attempts, _, _, _) in rows.items()}
+        work = [i for i in staged.ids if i in rows and rows[i][3]
                 and not (staged.guard and rows[i][0] >= MAX_TRIES)]
-        staged.raws = {i: rows[i][2] for i in work}  # type: ignore[misc]
+        small: dict[int, bytes] = {i: rows[i][2] for i in work if rows[i][2] is not None}  # type: ignore[misc]
+        large = [i for i in work if i not in small]  # SPILL_BYTES or more: not read by _read_stored
         ahead = self.app.ahead
-        if ahead is None or not work:
-            return
-        preps = ahead.prepare([staged.raws[i] for i in work], [rows[i][1] for i in work])
-        staged.prepared = {i: prep for i, prep in zip(work, preps, strict=True) if prep is not None}
+        if ahead is not None and work:
+            with _Spilled(self.app) as spilled:
+                files: dict[int, str | bytes] = {}
+                if large:  # the worker reads a large mail from a file: serve does not hold it meanwhile
+                    with self.app.sessions() as s:
+                        files = {i: spilled.spill(s, i) for i in large}
+                preps = ahead.prepare([small[i] if i in small else files[i] for i in work], [rows[i][1] for i in work])
+            staged.prepared = {i: prep for i, prep in zip(work, preps, strict=True) if prep is not None}
+        staged.raws = small | self._read_large(large)
 
-    def _read_stored(self, ids: list[int]) -> dict[int, tuple[int, str | None, bytes | None]]:
-        """id -> (tries counted, envelope sender, raw bytes) of each mail still to be threaded, read without
-        taking the write lock: on SQLite every session begins IMMEDIATE (gateway.db), which would wait for the
-        write transaction of the batch before this one; a plain SELECT on the driver's connection reads the
-        last commit instead."""
+    def _read_large(self, ids: list[int]) -> dict[int, bytes]:
+        """The raw bytes of the large mails among a batch (one copy each, gateway.store.raw)."""
+        if not ids:
+            return {}
+        with self.app.sessions() as s:
+            found = {i: rawstore.read_raw(s, i) for i in ids}
+        return {i: data for i, data in found.items() if data is not None}
+
+    def _read_stored(self, ids: list[int]) -> dict[int, tuple[int, str | None, bytes | None, bool]]:
+        """id -> (tries counted, envelope sender, raw bytes, raw bytes stored) of each mail still to be threaded,
+        read without taking the write lock: on SQLite every session begins IMMEDIATE (gateway.db), which would
+        wait for the write transaction of the batch before this one; a plain SELECT on the driver's connection
+        reads the last commit instead. A mail of SPILL_BYTES or more: its bytes are not read here (None)."""
         m, r = table_of(InboundMail), table_of(InboundRaw)
-        q = (select(m.c.id, m.c.attempts, m.c.envelope_from, r.c.data)
+        q = (select(m.c.id, m.c.attempts, m.c.envelope_from,
+                    case((m.c.size < SPILL_BYTES, r.c.data), else_=None), r.c.mail_id.is_not(None))
              .select_from(m.outerjoin(r, r.c.mail_id == m.c.id)).where(m.c.id.in_(ids), m.c.outcome == "received"))
         bind = self.app.sessions.kw.get("bind")
         try:
@@ -227,7 +273,8 @@ class Engine:
             if is_unavailable(e):
                 raise StoreUnavailable(str(e)) from e
             raise
-        return {int(i): (int(attempts or 0), sender, data) for i, attempts, sender, data in rows}
+        return {int(i): (int(attempts or 0), sender, data, bool(stored))
+                for i, attempts, sender, data, stored in rows}
 
     @contextlib.contextmanager
     def _claimed(self, ids: list[int], skip_locked: bool) -> Iterator[list[int]]:
@@ -303,15 +350,27 @@ class Engine:
         ahead = self.app.ahead
         work = [i for i in ids if i not in (exhausted or ())]
         if ahead is not None and work:
-            with self.app.sessions() as s:
-                rows = s.execute(select(InboundRaw.mail_id, InboundRaw.data, InboundMail.envelope_from)
-                                 .join(InboundMail, InboundMail.id == InboundRaw.mail_id)
-                                 .where(InboundRaw.mail_id.in_(work), InboundMail.outcome == "received")).all()
-            preps = ahead.prepare([r.data for r in rows], [r.envelope_from for r in rows])
+            with _Spilled(self.app) as spilled:
+                with self.app.sessions() as s:
+                    # a large mail's bytes are not read here: the worker reads them from a file (_Spilled)
+                    rows = s.execute(select(InboundRaw.mail_id, InboundMail.envelope_from, InboundMail.size,
+                                            case((InboundMail.size < SPILL_BYTES, InboundRaw.data), else_=None)
+                                            .label("data"))
+                                     .join(InboundMail, InboundMail.id == InboundRaw.mail_id)
+                                     .where(InboundRaw.mail_id.in_(work), InboundMail.outcome == "received")).all()
+                    items = [r.data if r.data is not None else spilled.spill(s, r.mail_id) for r in rows]
+                preps = ahead.prepare(items, [r.envelope_from for r in rows])
             for row, prep in zip(rows, preps, strict=True):
-                raws[row.mail_id] = row.data
+                if row.data is not None:
+                    raws[row.mail_id] = row.data
                 if prep is not None:
                     prepared[row.mail_id] = prep
+            if any(r.data is None for r in rows):
+                with self.app.sessions() as s:  # the large ones, now that the worker is done with them
+                    for r in rows:
+                        raw = rawstore.read_raw(s, r.mail_id) if r.data is None else None
+                        if raw is not None:
+                            raws[r.mail_id] = raw
         with hold():
             return self.intake.process_many(ids, prepared=prepared, raws=raws, counted=counted, exhausted=exhausted,
                                             skip_locked=skip_locked)

@@ -31,6 +31,7 @@ from gateway.outcomes import Quarantine
 from gateway.pipeline import Decision, MailContext, declared, run
 from gateway.store.ahead import Ahead
 from gateway.store.base import Upcoming
+from gateway.store.raw import BIG as RAW_BIG
 from gateway.store.sql import SqlStore, insert_raw, insert_row, preallocated_mail_id, prefetch
 
 if TYPE_CHECKING:
@@ -118,24 +119,19 @@ class Intake:
 
     def store(self, raw: bytes, envelope: Envelope) -> int:
         """Write the raw mail and commit. Raises StoreUnavailable when it could not be stored."""
-        mail = self._new_row(raw, envelope)
-        try:
-            with transaction(self.app.sessions) as s:
-                s.add(mail)
-                s.flush()
-                return mail.id
-        except Exception as e:
-            if is_unavailable(e):
-                raise StoreUnavailable(str(e)) from e
-            raise
+        return self.store_many([(raw, envelope)])[0]
 
     def store_many(self, items: list[tuple[bytes, Envelope]]) -> list[int]:
         """Several mails in one transaction (group commit): one fsync for all. All or none are stored."""
-        mails = [self._new_row(raw, env) for raw, env in items]
+        # a large mail's raw bytes go in after its row, through gateway.store.raw (no copies of it in SQLite)
+        mails = [self._new_row(raw, env, with_raw=len(raw) < RAW_BIG) for raw, env in items]
         try:
             with transaction(self.app.sessions) as s:
                 s.add_all(mails)
                 s.flush()
+                for m, (raw, _) in zip(mails, items, strict=True):
+                    if len(raw) >= RAW_BIG:
+                        insert_raw(s, m.id, raw)
                 return [m.id for m in mails]
         except Exception as e:
             if is_unavailable(e):

@@ -125,6 +125,10 @@ MAX_HTML_CHARS = 2_000_000  # characters of a text/html body read; the rest is c
 MAX_HTML_DEPTH = 500  # element nesting of a text/html body; deeper HTML is read as text (nh3 is quadratic in it)
 MAX_HEADER_FIELDS = 1000  # fields of the mail's header block read: the first and the last 500 (each lookup scans all)
 MAX_ATTACHMENTS = 100  # attachments kept per mail (each is a durable file); the rest stay in the original mail
+# bytes of a text part without a file name (a body) read: the rest is cut at a line end and stays in the original
+# mail. A 25 MB text body otherwise costs its size several times over (payload, decoded bytes, text, the tree
+# sent back by the worker, the comment): see bench/bench_memory.py. Above MAX_HTML_CHARS: that bound still holds.
+MAX_TEXT_BYTES = 4 * 1024 * 1024
 _MAX_HEADER_TEXT = 998
 
 
@@ -740,6 +744,8 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 # the stdlib FeedParser's headerRE (email.feedparser), on bytes
 _HEADER_START = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
 _BIG_BODY = 64 * 1024  # leaf bodies at least this large are split off before the stdlib parser runs
+_LARGE_MAIL = 4 * 1024 * 1024  # ... and in a mail this large, bodies of _BIG_BODY_IN_LARGE_MAIL
+_BIG_BODY_IN_LARGE_MAIL = 4 * 1024
 _TEXT_CT = re.compile(rb"(?i)\s*text/")
 
 
@@ -862,8 +868,8 @@ class _Scan:
             self.big_min is not None
             and end - pos >= self.big_min
             and not in_message
-            and ct is not None
-            and not _TEXT_CT.match(b"".join(ct))
+            # a text leaf only when MAX_TEXT_BYTES cuts it (then it must not become a string whole first)
+            and (end - pos > MAX_TEXT_BYTES or (ct is not None and not _TEXT_CT.match(b"".join(ct))))
         ):
             self.big.append((pos, end, frozenset(bounds)))
         return end
@@ -1319,7 +1325,9 @@ def parse_mail(
     handled and noted in ``defects``.  Header values longer than ``max_header_bytes`` are
     interpreted from their first ``max_header_bytes`` characters only.
     """
-    return _parse(raw, max_depth=max_depth, max_parts=max_parts, max_header_bytes=max_header_bytes, big_min=_BIG_BODY,
+    # a large mail: smaller bodies are kept out of the stdlib parser too (900 parts of 20 KB are 25 MB of lines)
+    big_min = _BIG_BODY if len(raw) < _LARGE_MAIL else _BIG_BODY_IN_LARGE_MAIL
+    return _parse(raw, max_depth=max_depth, max_parts=max_parts, max_header_bytes=max_header_bytes, big_min=big_min,
                   max_addresses=max_addresses)
 
 
@@ -1357,6 +1365,7 @@ def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int,
     else:
         msg = _parse_bytes(raw, defects)
         big = {}
+        _cut_text_leaves(msg, defects)  # the fast path cut them before they became strings
     _check_tree(msg, max_depth, max_parts)
     try:
         return _build(msg, raw, defects, max_header_bytes, big, max_addresses)
@@ -1425,7 +1434,11 @@ def _parse_fast(
             end -= eol
         if not in_message and _kept_out(node, scratch):
             big[id(node)] = (raw, start, end)
-        else:  # the exact payload the full parse would have produced
+        else:  # the exact payload the full parse would have produced (a long text body cut: MAX_TEXT_BYTES)
+            if not in_message and end - start > MAX_TEXT_BYTES and _cuttable(node):
+                keep_n = _text_cut(raw[start : start + MAX_TEXT_BYTES])
+                defects.append(_text_cut_note(end - start, keep_n))
+                end = start + keep_n
             node.set_payload(raw[start:end].decode("ascii", "surrogateescape"))
     return msg, big, defects
 
@@ -1509,6 +1522,44 @@ def _kept_out(node: Message, scratch: list[str]) -> bool:
     except Exception:
         keep = False
     return keep
+
+
+def _cuttable(node: Message) -> bool:
+    """A text leaf that may be a body (no file name, not an attachment, not uuencoded): MAX_TEXT_BYTES holds."""
+    try:
+        info = _Info(node, [])
+    except Exception:  # noqa: BLE001 -- unreadable headers: not cut (as the full parse would read it)
+        return False
+    return (not info.container and info.ctype.startswith("text/") and info.disposition != "attachment"
+            and not info.filename and not info.uu)
+
+
+def _text_cut(head: bytes | str) -> int:
+    """How much of a long text payload is read: up to its last line end within MAX_TEXT_BYTES (the payload's
+    characters are its bytes, surrogate-escaped, so both paths cut at the same place)."""
+    nl = head.rfind(b"\n") if isinstance(head, bytes) else head.rfind("\n")
+    return nl + 1 if nl > 0 else len(head)
+
+
+def _text_cut_note(size: int, kept: int) -> str:
+    return (f"bound: a text part of {size} bytes: only the first {kept} read (bound MAX_TEXT_BYTES); the whole "
+            "stays in the original mail")
+
+
+def _cut_text_leaves(msg: Message, defects: list[str]) -> None:
+    """MAX_TEXT_BYTES on the full parse: the text leaves outside message/* parts, as `_parse_fast` cuts them."""
+    stack = [msg]
+    while stack:
+        node = stack.pop()
+        payload = node.get_payload()
+        if isinstance(payload, list):
+            if node.get_content_maintype() != "message":
+                stack.extend(k for k in payload if isinstance(k, Message))
+            continue
+        if isinstance(payload, str) and len(payload) > MAX_TEXT_BYTES and _cuttable(node):
+            kept = _text_cut(payload[:MAX_TEXT_BYTES])
+            defects.append(_text_cut_note(len(payload), kept))
+            node.set_payload(payload[:kept])
 
 
 _HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)[^<>]*?(/?)>")

@@ -65,6 +65,7 @@ def prepare_one(raw: bytes, max_depth: int, max_parts: int, blob_root: str | Non
         return Prepared(sha256=sha, parse_error=e.reason)
     except RecursionError:
         return Prepared(sha256=sha, parse_recursion=True)
+    del raw  # not needed any more: a large mail's bytes go before its HTML is worked on (the last reference)
     out = Prepared(sha256=sha, parsed=p)
     try:
         if p.html:
@@ -153,13 +154,36 @@ def _worker_main(conn: Any) -> None:
             return
         for raw, sender in zip(raws, senders, strict=True):
             try:
-                prep: Prepared | None = prepare_one(raw, max_depth, max_parts, blob_root,
+                prep: Prepared | None = prepare_one(_read(raw), max_depth, max_parts, blob_root,
                                                     None if own is None else (sender, own))
+                if isinstance(raw, str):  # a large mail: what it needed goes back before its result is sent
+                    _trim()
                 conn.send((prep, time.process_time()))
             except (EOFError, OSError):
                 return
             except BaseException:  # noqa: BLE001 -- anything at all (a result that does not pickle): parent does it
                 conn.send((None, time.process_time()))
+
+
+def _trim() -> None:
+    """Free memory back to the system (glibc malloc_trim), where there is one to ask."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _read(raw: bytes | str) -> bytes:
+    """A mail handed over in memory, or in a file (its path: a large mail, see ParseAhead.prepare)."""
+    if isinstance(raw, str):
+        with open(raw, "rb") as f:
+            return f.read()
+    return raw
 
 
 class _Exec:
@@ -284,7 +308,7 @@ class Worker:
         except Exception:  # noqa: BLE001
             pass
 
-    def send(self, raws: list[bytes], senders: list[str | None]) -> bool:
+    def send(self, raws: list[bytes | str], senders: list[str | None]) -> bool:
         """Hand over a chunk (the worker must be idle: every result of the last chunk received)."""
         if not self.start():
             return False
@@ -319,7 +343,7 @@ class Worker:
             self._kill()
             return "died", None
 
-    def begin(self, raws: list[bytes], senders: list[str | None]) -> None:
+    def begin(self, raws: list[bytes | str], senders: list[str | None]) -> None:
         """Hand a chunk to the worker; `finish` collects its results."""
         self._task = (raws, senders)
         self._out: list[Prepared | None] = []
@@ -370,6 +394,7 @@ class ParseAhead:
         self.lock = threading.Lock()
         self.prepared = 0
         self.waited = 0.0  # seconds the main process waited for the worker
+        self.recycled = 0  # workers stopped after a large mail (statistics, tests)
 
     @property
     def broken(self) -> bool:
@@ -381,12 +406,23 @@ class ParseAhead:
         with self.lock:
             self.worker.start()
 
-    def prepare(self, raws: list[bytes], senders: list[str | None]) -> list[Prepared | None]:
-        """The Prepared of each mail (raw bytes, envelope sender), in order; None: do it yourself."""
+    def prepare(self, raws: list[bytes | str], senders: list[str | None]) -> list[Prepared | None]:
+        """The Prepared of each mail (raw bytes, envelope sender), in order; None: do it yourself.
+
+        A mail may be handed over as the path of a file holding it (str): a large mail, which the caller then
+        need not hold while the worker parses it. After such a mail the worker is stopped (a fresh one starts
+        with the next mail): what a large mail made it allocate goes back to the system at once, instead of
+        staying in the worker's heap for as long as it lives."""
         t0 = time.perf_counter()
+        large = any(isinstance(r, str) for r in raws)
         with self.lock:
+            if large:  # a fresh worker for it: nothing that earlier mails left in its heap comes on top
+                self.worker.stop()
             self.worker.begin(raws, senders)
             out = self.worker.finish()
+            if large:
+                self.worker.stop()
+                self.recycled += 1
         self.waited += time.perf_counter() - t0
         self.prepared += sum(1 for x in out if x is not None)
         return out

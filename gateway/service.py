@@ -742,6 +742,7 @@ def join_pools(pools: tuple[ThreadPoolExecutor, ...], until: float) -> bool:
 
 
 MMAP_THRESHOLD = 1024 * 1024  # see release_big_buffers
+ARENAS = 2  # glibc malloc arenas for all of serve's threads (see release_big_buffers)
 
 
 def release_big_buffers(threshold: int = MMAP_THRESHOLD) -> bool:
@@ -752,7 +753,10 @@ def release_big_buffers(threshold: int = MMAP_THRESHOLD) -> bool:
     of them by mmap, but freeing it raises its (dynamic) mmap threshold to that size (up to 32 MiB): from then
     on buffers of a mail's size come from the heap arenas, and what is freed there largely stays in RSS and
     fragments, so the copies of storing and threading add up. A fixed threshold turns the dynamic adjustment
-    off. Returns False where there is no glibc mallopt (musl, macOS)."""
+    off. The heap arenas are capped at ARENAS too: glibc gives each of serve's threads (stores, threading,
+    HTTP, jobs) up to 8 per core, and each one grows and fragments on its own, so RSS crept up under steady
+    mail (bench/bench_soak.py: about 1 MiB/min with the default, ~12 MiB less and flat with 2). Returns False
+    where there is no glibc mallopt (musl, macOS)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -761,8 +765,8 @@ def release_big_buffers(threshold: int = MMAP_THRESHOLD) -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    M_MMAP_THRESHOLD = -3
-    return bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))
+    M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
+    return bool(mallopt(M_MMAP_THRESHOLD, int(threshold))) and bool(mallopt(M_ARENA_MAX, ARENAS))
 
 
 BIG_BIND = 1024 * 1024  # see release_big_binds

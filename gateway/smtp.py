@@ -296,7 +296,8 @@ class _Sessions(SMTP):
             self.envelope = self._create_envelope()
             await self.push("552 5.3.4 Error: Too much mail data")
             return
-        envelope.content = envelope.original_content = content
+        # a bytearray (read_data) passed on as it is: bytes(content) would be a second copy of a large mail
+        envelope.content = envelope.original_content = content  # type: ignore[assignment]
         handler: Handler = self.event_handler
         assert self.session is not None  # set by connection_made
         status = await handler.handle_DATA(self, self.session, envelope)
@@ -324,7 +325,7 @@ class _Sessions(SMTP):
 END_LINE = b".\r\n"
 
 
-async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytes | None:
+async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytearray | None:
     """The mail after DATA, dot-unstuffed; None when it was over `limit` bytes (the rest is read and dropped).
 
     The wire rules of a line reader, applied to pieces as large as the stream gives: a line starts at the
@@ -332,7 +333,7 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytes | 
     first "." CRLF that starts a line; a "." that starts any other line is removed. A piece ends where "."
     CRLF is (`readuntil`) or where the stream limit is reached: one await per such place, not one per line.
     Bytes after the end line stay in the reader (pipelined commands)."""
-    pieces: list[bytes] = []
+    buf = bytearray()  # grown in place (a large mail is one buffer, not its pieces and then their join)
     size = 0
     too_big = False
     tail = b"\r\n"  # the last two bytes read: the data starts at a line start
@@ -350,19 +351,19 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytes | 
         size += len(data)
         if limit and size > limit:
             too_big = True
-            pieces = []
+            buf = bytearray()
         elif not too_big and data:
             if b"\r\n." in data or b"\r\n." in tail + data[:2]:
                 # a dot that starts a line (here or right after the previous piece's CRLF) is removed; the
                 # two bytes of `tail` are never removed, so they are cut off again
                 data = (tail + data).replace(b"\r\n.", b"\r\n")[2:]
-            pieces.append(data)
+            buf += data
         if done:
             break
         tail = (tail + piece)[-2:]
     if too_big:
         return None
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    return buf
 
 
 class GatewaySMTP(_Sessions):
@@ -414,10 +415,11 @@ class Handler:
         helo = session.host_name if isinstance(session.host_name, str) else None
         env = Envelope(mail_from=sender, rcpt_tos=tuple(envelope.rcpt_tos), source=self.protocol, source_ref=ref,
                        client_ip=connlimits.client_key(peer), client_helo=helo[:255] if helo else None)
-        raw = raw if isinstance(raw, bytes) else bytes(raw)
+        # a bytearray from read_data, stored as it is (bytes(raw) would be a second copy of a large mail; only
+        # sender authentication, when configured, gets one, for DKIM's parser, freed before the mail is stored)
         try:
             if self.authenticate is not None:
-                env = await self.authenticate(raw, env)
+                env = await self.authenticate(bytes(raw), env)
             mail_id = await self.store(raw, env)
         except asyncio.CancelledError:
             raise

@@ -36,6 +36,7 @@ from gateway.models import (
     Ticket,
     table_of,
 )
+from gateway.store import raw as raw_io
 from gateway.store.base import Asks, ClaimHolder, Flow
 from gateway.store.memo import (
     ABSENT_CLAIMS,
@@ -170,7 +171,10 @@ _RAWS = table_of(InboundRaw)
 
 def insert_raw(session: Session, mail_id: int, raw: bytes) -> None:
     """The raw bytes of a batch's mail row: one plain INSERT (the row is written apart from its mail row, which
-    is written once at the end: `insert_row`)."""
+    is written once at the end: `insert_row`). A large mail: gateway.store.raw (SQLite: no extra copies)."""
+    if len(raw) >= raw_io.BIG:
+        raw_io.insert_raw(session, mail_id, raw)
+        return
     session.connection().execute(insert(_RAWS), [{"mail_id": mail_id, "data": raw}])
 
 
