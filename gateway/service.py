@@ -45,9 +45,10 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from gateway.config import Config
 from gateway.db import StoreUnavailable, is_unavailable
@@ -501,10 +502,10 @@ class Service:
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or request_stop). Returns the exit code."""
-        from gateway.exitcodes import EX_CONFIG, EX_TEMPFAIL
         from gateway.config import ConfigError
-        from gateway.migrate import ensure_current
+        from gateway.exitcodes import EX_CONFIG, EX_TEMPFAIL
         from gateway.guard.connlimits import ConnLimits
+        from gateway.migrate import ensure_current
         from gateway.smtp import SessionRegistry, quiet_aiosmtpd, start_listeners, stop_listeners
 
         loop = self._loop = asyncio.get_running_loop()
@@ -702,13 +703,13 @@ def start_scheduler(loop: asyncio.AbstractEventLoop,
     """APScheduler on the loop: each job (name, coroutine function, seconds: 0 once now, start now)."""
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-    scheduler = AsyncIOScheduler(event_loop=loop, timezone=timezone.utc)
+    scheduler = AsyncIOScheduler(event_loop=loop, timezone=UTC)
     for name, job, seconds, start_now in jobs:
         if seconds <= 0:  # one-off
-            scheduler.add_job(job, "date", run_date=datetime.now(timezone.utc), id=name, name=name,
+            scheduler.add_job(job, "date", run_date=datetime.now(UTC), id=name, name=name,
                               misfire_grace_time=None)
             continue
-        kw: dict[str, Any] = {"next_run_time": datetime.now(timezone.utc)} if start_now else {}
+        kw: dict[str, Any] = {"next_run_time": datetime.now(UTC)} if start_now else {}
         scheduler.add_job(job, "interval", seconds=seconds, id=name, name=name, coalesce=True, max_instances=1,
                           misfire_grace_time=max(1, int(seconds)), **kw)
     scheduler.start()

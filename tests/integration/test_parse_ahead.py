@@ -11,14 +11,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import FIXED_NOW, Clock, corpus_root, write_config
+from mails import make_mail, message_id_of
 from sqlalchemy import create_engine, select
 
 import gateway.app
 import gateway.prepare
-from conftest import FIXED_NOW, Clock, corpus_root, write_config
 from gateway.cli import main
 from gateway.models import Base
-from mails import make_mail, message_id_of
 
 SKIP_NAMES = ("LICENSE", "README", "COPYING")
 # random by design (uuid4 per notification round / Message-ID / signed token): compared by shape only
@@ -27,7 +27,7 @@ RANDOM = {"outbox": {"batch", "token", "envelope_from"}}
 _UUID = re.compile(r"tg\.[0-9a-f]{32}\.")
 
 
-def _masked(v):  # type: ignore[no-untyped-def]
+def _masked(v):
     return _UUID.sub("tg.UUID.", v) if isinstance(v, str) else v
 
 
@@ -62,7 +62,7 @@ def run_ingest(tmp: Path, mails: Path, capsys, *extra: str) -> tuple[list[dict],
             got = []
             for r in conn.execute(select(*cols).order_by(*table.primary_key.columns)):
                 got.append(tuple(Path(v).name if c.name == "source_ref" and v else _masked(v)
-                                 for c, v in zip(cols, r)))
+                                 for c, v in zip(cols, r, strict=True)))
             rows[table.name] = got
     engine.dispose()
     blobs = {p.name for p in (tmp / "var").rglob("*") if p.is_file() and len(p.name) == 64}
@@ -79,8 +79,11 @@ def test_parse_ahead_gives_the_same_outcomes_traces_and_rows_as_one_process(tmp_
     mails = corpus_dir(tmp_path / "mails")
     prepared = []
     close = gateway.prepare.ParseAhead.close
-    monkeypatch.setattr(gateway.prepare.ParseAhead, "close", lambda self: (prepared.append(self.prepared),
-                                                                           close(self)))
+    def recording_close(self):
+        prepared.append(self.prepared)
+        close(self)
+
+    monkeypatch.setattr(gateway.prepare.ParseAhead, "close", recording_close)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     seq_out, seq_rows, seq_blobs = run_ingest(tmp_path / "a", mails, capsys, "--no-parse-ahead")
@@ -187,7 +190,7 @@ def test_lookups_made_ahead_for_a_chunk_see_what_its_earlier_mails_wrote(tmp_pat
     expected = _chunk_of_related_mails(tmp_path / "mails")
     selects: list[int] = []
 
-    def count(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+    def count(conn, cursor, statement, *args):
         if statement.lstrip().upper().startswith("SELECT"):
             selects[-1] += 1
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
 
 import pytest
+from mails import make_mail, message_id_of
 from sqlalchemy import func, select
 
 from gateway.db import transaction
@@ -13,7 +13,6 @@ from gateway.intake import Envelope
 from gateway.models import Attachment, Comment, InboundMail, Ticket, TicketLink
 from gateway.tickets import Directory, Tickets
 from gateway.views import ticket_dict
-from mails import make_mail, message_id_of
 
 ENV = Envelope(mail_from="alice@customer.example", rcpt_tos=("support@example.com",), source="smtp")
 
@@ -358,7 +357,11 @@ def test_inline_images_forwarded_mail_and_winmail_dat_are_kept(app):
     outer["Message-ID"] = "<fwd1@customer.example>"
     outer.set_content("see below")
     outer.add_alternative('<p>see <img src="cid:logo1@x"></p>', subtype="html")
-    outer.get_payload()[1].add_related(b"\x89PNG fake", maintype="image", subtype="png", cid="<logo1@x>")
+    parts = outer.get_payload()
+    assert isinstance(parts, list)
+    html_part = parts[1]
+    assert isinstance(html_part, EmailMessage)
+    html_part.add_related(b"\x89PNG fake", maintype="image", subtype="png", cid="<logo1@x>")
     outer.make_mixed()
     import email as _email
     outer.add_attachment(_email.message_from_bytes(inner, policy=_email.policy.default))  # message/rfc822
