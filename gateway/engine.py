@@ -249,26 +249,14 @@ class Engine:
 
     def _read_stored(self, ids: list[int]) -> dict[int, tuple[int, str | None, bytes | None, bool]]:
         """id -> (tries counted, envelope sender, raw bytes, raw bytes stored) of each mail still to be threaded,
-        read without taking the write lock: on SQLite every session begins IMMEDIATE (gateway.db), which would
-        wait for the write transaction of the batch before this one; a plain SELECT on the driver's connection
-        reads the last commit instead. A mail of SPILL_BYTES or more: its bytes are not read here (None)."""
+        read without waiting for the write transaction of the batch before this one (gateway.store.raw
+        read_last_commit). A mail of SPILL_BYTES or more: its bytes are not read here (None)."""
         m, r = table_of(InboundMail), table_of(InboundRaw)
         q = (select(m.c.id, m.c.attempts, m.c.envelope_from,
                     case((m.c.size < SPILL_BYTES, r.c.data), else_=None), r.c.mail_id.is_not(None))
              .select_from(m.outerjoin(r, r.c.mail_id == m.c.id)).where(m.c.id.in_(ids), m.c.outcome == "received"))
-        bind = self.app.sessions.kw.get("bind")
         try:
-            if bind is not None and bind.dialect.name == "sqlite":
-                compiled = q.compile(dialect=bind.dialect, compile_kwargs={"render_postcompile": True})
-                params = [compiled.params[k] for k in compiled.positiontup or ()]
-                conn = bind.raw_connection()
-                try:
-                    rows = conn.driver_connection.execute(str(compiled), params).fetchall()
-                finally:
-                    conn.close()
-            else:
-                with self.app.sessions() as s:
-                    rows = [tuple(row) for row in s.execute(q)]
+            rows = rawstore.read_last_commit(self.app.sessions, q)
         except Exception as e:
             if is_unavailable(e):
                 raise StoreUnavailable(str(e)) from e

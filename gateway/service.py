@@ -44,7 +44,6 @@ import socket
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -53,6 +52,7 @@ from typing import Any
 from gateway.config import Config
 from gateway.db import StoreUnavailable, is_unavailable
 from gateway.intake import Envelope, Result
+from gateway.store import raw as rawstore
 
 log = logging.getLogger("gateway.service")
 
@@ -533,7 +533,7 @@ class Service:
         # the preparation worker, a fresh interpreter: this process already runs threads
         self.ahead = app.ahead = await loop.run_in_executor(
             self.pool, functools.partial(start_worker, self.config, context="exec"))
-        release_big_binds(app.engine)
+        rawstore.release_big_binds(app.engine)
         sqlite = app.engine.dialect.name == "sqlite"
         self.gate = WriteGate(sqlite)
         self.group_commit = GroupCommit(self._store_many_sync, self.store_pool, parallel=1 if sqlite else 4)
@@ -768,49 +768,6 @@ def release_big_buffers(threshold: int = MMAP_THRESHOLD) -> bool:
         return False
     M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
     return bool(mallopt(M_MMAP_THRESHOLD, int(threshold))) and bool(mallopt(M_ARENA_MAX, ARENAS))
-
-
-BIG_BIND = 1024 * 1024  # see release_big_binds
-_RELEASING: weakref.WeakSet[Any] = weakref.WeakSet()  # engines that release_big_binds was installed on
-
-
-def release_big_binds(engine: Any, threshold: int = BIG_BIND) -> bool:
-    """SQLite only: a pooled connection that bound a value of `threshold` bytes or more (a large mail's raw
-    bytes) is closed when it goes back to the pool; the pool opens a new one when it needs one.
-
-    Python's sqlite3 keeps its prepared statements in a cache, and SQLite keeps its own copy of every value
-    bound to a statement (SQLITE_TRANSIENT) until the statement is bound again: after a 25 MB mail was
-    stored, the connection that stored it holds another 25 MB for as long as it lives, and the threading that
-    follows (which reads the mail back) comes on top of that. Closing the connection finalizes its statements.
-    Returns False for other databases (nothing to do)."""
-    from sqlalchemy import event
-
-    if engine.dialect.name != "sqlite":
-        return False
-    if engine in _RELEASING:
-        return True
-    _RELEASING.add(engine)
-
-    def values(parameters: Any) -> Iterator[Any]:  # one row or many, positional or named
-        for p in parameters.values() if isinstance(parameters, dict) else parameters or ():
-            if isinstance(p, (tuple, list)):
-                yield from p
-            elif isinstance(p, dict):
-                yield from p.values()
-            else:
-                yield p
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def _mark(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if any(isinstance(v, (bytes, bytearray, memoryview)) and len(v) >= threshold for v in values(parameters)):
-            conn.info["tg_big_bind"] = True
-
-    @event.listens_for(engine.pool, "checkin")
-    def _release(dbapi_connection, record):  # type: ignore[no-untyped-def]
-        if record is not None and record.info.pop("tg_big_bind", False):
-            record.invalidate()  # closes the DBAPI connection (and its statements); reopened on demand
-
-    return True
 
 
 def serve(config: Config, *, verbose: bool = False) -> int:

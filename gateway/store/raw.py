@@ -5,12 +5,16 @@ inserting a 25 MB mail the usual way costs two more copies of it, and reading it
 value, then Python's bytes). For a mail of BIG bytes or more on SQLite the row is inserted with a zeroblob of
 its size and the bytes are written (and read) through SQLite's incremental blob I/O, a CHUNK at a time: only
 the caller's own buffer is ever whole in memory. Other databases (PostgreSQL) take the plain statement.
-Runs inside the caller's session and transaction.
+Runs inside the caller's session and transaction. Also here, the other driver-level care a large mail needs:
+`release_big_binds` (SQLite keeps a copy of every bound value) and `read_last_commit` (a read that does not
+wait for the write lock).
 """
 
 from __future__ import annotations
 
 import os
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import func, insert, select
@@ -88,3 +92,63 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+BIG_BIND = 1024 * 1024  # see release_big_binds
+_RELEASING: weakref.WeakSet[Any] = weakref.WeakSet()  # engines that release_big_binds was installed on
+
+
+def release_big_binds(engine: Any, threshold: int = BIG_BIND) -> bool:
+    """SQLite only: a pooled connection that bound a value of `threshold` bytes or more (a large mail's raw
+    bytes) is closed when it goes back to the pool; the pool opens a new one when it needs one.
+
+    Python's sqlite3 keeps its prepared statements in a cache, and SQLite keeps its own copy of every value
+    bound to a statement (SQLITE_TRANSIENT) until the statement is bound again: after a 25 MB mail was
+    stored, the connection that stored it holds another 25 MB for as long as it lives, and the threading that
+    follows (which reads the mail back) comes on top of that. Closing the connection finalizes its statements.
+    Returns False for other databases (nothing to do)."""
+    from sqlalchemy import event
+
+    if engine.dialect.name != "sqlite":
+        return False
+    if engine in _RELEASING:
+        return True
+    _RELEASING.add(engine)
+
+    def values(parameters: Any) -> Iterator[Any]:  # one row or many, positional or named
+        for p in parameters.values() if isinstance(parameters, dict) else parameters or ():
+            if isinstance(p, (tuple, list)):
+                yield from p
+            elif isinstance(p, dict):
+                yield from p.values()
+            else:
+                yield p
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _mark(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if any(isinstance(v, (bytes, bytearray, memoryview)) and len(v) >= threshold for v in values(parameters)):
+            conn.info["tg_big_bind"] = True
+
+    @event.listens_for(engine.pool, "checkin")
+    def _release(dbapi_connection, record):  # type: ignore[no-untyped-def]
+        if record is not None and record.info.pop("tg_big_bind", False):
+            record.invalidate()  # closes the DBAPI connection (and its statements); reopened on demand
+
+    return True
+
+
+def read_last_commit(sessions: Any, query: Any) -> list[tuple[Any, ...]]:
+    """The rows of `query`, read without taking the write lock: on SQLite every session begins IMMEDIATE
+    (gateway.db), which would wait for another thread's write transaction; a plain SELECT on the driver's
+    connection reads the last commit instead (WAL). Other databases: a session's plain read."""
+    bind = sessions.kw.get("bind")
+    if bind is not None and bind.dialect.name == "sqlite":
+        compiled = query.compile(dialect=bind.dialect, compile_kwargs={"render_postcompile": True})
+        params = [compiled.params[k] for k in compiled.positiontup or ()]
+        conn = bind.raw_connection()
+        try:
+            return [tuple(r) for r in conn.driver_connection.execute(str(compiled), params).fetchall()]
+        finally:
+            conn.close()
+    with sessions() as s:
+        return [tuple(row) for row in s.execute(query)]

@@ -481,7 +481,7 @@ def test_a_connection_that_bound_a_large_mail_is_closed_when_returned(tmp_path, 
 
     from gateway.app import build_app
     from gateway.intake import Envelope
-    from gateway.service import release_big_binds
+    from gateway.store.raw import release_big_binds
 
     app = build_app(make_config(tmp_path, sqlite_url))
     try:
