@@ -52,6 +52,7 @@ echo "checks: ruff, mypy, import contracts, import cycles, names in docs/archite
 "$venv/bin/python" scripts/check_cycles.py
 "$venv/bin/python" scripts/check_docs_names.py  # the code names docs/architecture.md uses exist
 
-# Two test processes (pytest-xdist; TG_TEST_WORKERS=0 runs in one; three were measured no faster on 2 cores:
+# Two test processes (pytest-xdist, work stealing: a process that is done takes tests the other has not begun;
+# TG_TEST_WORKERS=0 runs in one; three were measured no faster on 2 cores:
 # 846 s against 861 s of pytest); the 30 slowest tests are listed at the end (the suite must stay under 15 minutes): each has its own PostgreSQL template, SQLite template, Dovecot and temporary directories, and every listener takes a free port.
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=30 -n "${TG_TEST_WORKERS:-2}" "$@"
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=30 -n "${TG_TEST_WORKERS:-2}" --dist worksteal "$@"

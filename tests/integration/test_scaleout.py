@@ -116,7 +116,9 @@ class Db:
             return list(s.scalars(select(SlaEscalation).order_by(SlaEscalation.id)))
 
 
-@pytest.mark.parametrize("instances", [2, 3])
+# three instances (two were run too; they cost the suite another minute of its 15 and show nothing three do
+# not: bench/bench_scaleout.py measures one, two and three)
+@pytest.mark.parametrize("instances", [3])
 def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, dovecot, instances):
     from conftest import make_config
 
