@@ -61,11 +61,16 @@ class Result:
                 "ticket": self.ticket_number, "comment_id": self.comment_id, "trace": self.trace}
 
 
+HINT_HEAD = 256 * 1024  # bytes of header read for a listing hint (`_header_summary`)
+
+
 def _header_summary(raw: bytes) -> tuple[str | None, str | None, str | None]:
     """Best-effort (message_id, sender, subject) for listings; the pipeline fills in the parsed values."""
     try:
-        end = raw.find(b"\n\n")
-        head = raw[: end if 0 <= end < 256 * 1024 else 256 * 1024]
+        # the header ends at the first empty line, LF or CRLF (mail over SMTP has CRLF line ends: looking for
+        # LF LF only, the parser was given the whole body of such a mail too); only HINT_HEAD bytes are looked at
+        ends = [e for e in (raw.find(b"\n\n", 0, HINT_HEAD + 1), raw.find(b"\r\n\r\n", 0, HINT_HEAD + 3)) if e >= 0]
+        head = raw[: min(ends) if ends and min(ends) < HINT_HEAD else HINT_HEAD]
         msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
 
         def clean(v: Any) -> str | None:
