@@ -346,7 +346,7 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytearra
             raise ConnectionResetError("connection closed during DATA") from None
         if not piece:
             raise ConnectionResetError("connection closed during DATA")
-        done = piece.endswith(END_LINE) and (tail + piece[:-3])[-2:] == b"\r\n"
+        done = piece.endswith(END_LINE) and (tail + piece[-5:-3])[-2:] == b"\r\n"  # (no copy of the piece)
         data = piece[:-3] if done else piece  # the end line itself is not data
         size += len(data)
         if limit and size > limit:
@@ -360,7 +360,7 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytearra
             buf += data
         if done:
             break
-        tail = (tail + piece)[-2:]
+        tail = (tail + piece[-2:])[-2:]
     if too_big:
         return None
     return buf

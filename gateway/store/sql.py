@@ -137,6 +137,33 @@ def insert_row(session: Session, obj: Any) -> None:
             setattr(obj, key, pk[0])
 
 
+def insert_given(session: Session, obj: Any) -> None:
+    """Write a new object's row with one plain INSERT of what it was given, the object left outside the session:
+    the row a flush would write (a column given no value gets its Python default, or none: the database's), and
+    a key the database assigns is set on it. For a row without relationships to write (a mail just stored);
+    `insert_row` writes every column (a JSON column not given is JSON null there, NULL here)."""
+    mapper = sa_inspect(type(obj))
+    state = sa_inspect(obj)
+    assert state.transient, "insert_given takes a new object, not yet in a session"
+    values: dict[str, Any] = {}
+    assigned = []  # primary key attributes the database assigns
+    for attr in mapper.column_attrs:
+        col = attr.columns[0]
+        if attr.key in state.dict:
+            values[col.key] = state.dict[attr.key]
+        elif col.primary_key:
+            assigned.append(attr.key)
+        elif col.default is not None:
+            d = col.default
+            setattr(obj, attr.key, d.arg(None) if d.is_callable else d.arg)
+            values[col.key] = state.dict[attr.key]
+    pk = session.connection().execute(insert(mapper.local_table), values).inserted_primary_key
+    if assigned:
+        assert pk is not None
+        for key in assigned:
+            setattr(obj, key, pk[0])
+
+
 def insert_attached(session: Session, obj: Any) -> None:
     """`insert_row`, then the object joins the session as persistent, as a flush would leave it. Its later
     changes are flushed as usual. When a transaction it was written in rolls back (a savepoint's too), it
