@@ -75,6 +75,47 @@ def test_staged_batch_runs_a_mail_tried_before_alone_and_gives_up_after_max_trie
         app.close()
 
 
+def test_staged_ahead_prepares_the_next_batch_and_lets_go_of_what_it_did_not_run(tmp_path, sqlite_url) -> None:
+    """StagedAhead (the IMAP poller's threading): told the next batch, it has it staged (read and prepared) while
+    this one runs; a call for other mails drops what was staged ahead, and so does discard(): those mails are
+    the engine's again (another thread of it, or the sweep, threads them). Outcomes as `Engine.thread` has them,
+    each try counted once."""
+    from gateway.engine import StagedAhead
+
+    config = config_for(tmp_path, sqlite_url)
+    app = build_app(config)
+    app.ahead = start_worker(config, context="exec")
+    try:
+        intake = app.intake()
+        env = Envelope(mail_from="a@customer.example", rcpt_tos=("support@example.com",), source="smtp")
+        ids = [intake.store(make_mail(subject=f"ahead {i}", sender=f"S{i} <s{i}@customer.example>",
+                                      message_id=f"<ahead{i}@customer.example>"), env) for i in range(8)]
+        engine = Engine(app, intake)
+        threader = StagedAhead(engine)
+        threader.then(ids[2:4])
+        assert [(r.mail_id, r.outcome) for r in threader(ids[0:2])] == [(i, "ticket") for i in ids[0:2]]
+        ahead = threader._ahead
+        assert ahead is not None and ahead[0] == ids[2:4]
+        assert sorted(ahead[1].result(timeout=60).prepared) == ids[2:4]  # prepared ahead
+        assert engine.stage(ids[2:4]).ids == []  # the engine's until they ran
+        assert [(r.mail_id, r.outcome) for r in threader(ids[2:4])] == [(i, "ticket") for i in ids[2:4]]
+        threader.then(ids[4:6])
+        assert [r.mail_id for r in threader([ids[6]])] == [ids[6]]
+        threader(ids[7:8])  # not the mails staged ahead: they are dropped
+        assert threader._ahead is None
+        threader.then(ids[4:6])
+        threader([ids[7]])  # threaded already: its recorded outcome
+        threader.discard()
+        assert threader._ahead is None and not engine._busy
+        assert [(r.mail_id, r.outcome) for r in engine.thread(ids[4:6])] == [(i, "ticket") for i in ids[4:6]]
+        with app.sessions() as s:
+            assert list(s.scalars(select(InboundMail.attempts).where(InboundMail.id.in_(ids))
+                                  .order_by(InboundMail.id))) == [1] * 8
+    finally:
+        app.ahead.close()
+        app.close()
+
+
 def test_write_gate_time_per_mail_is_learnt_from_transactions_of_several_mails(tmp_path, sqlite_url) -> None:
     """A transaction of one or two mails (a steady trickle, threaded as it comes) is mostly its commit: it must
     not read as the cost of each mail (threading would think it cannot keep pace and wait)."""
