@@ -31,7 +31,7 @@ from gateway.outcomes import Quarantine
 from gateway.pipeline import Decision, MailContext, declared, run
 from gateway.store.ahead import Ahead
 from gateway.store.base import Upcoming
-from gateway.store.sql import SqlStore, insert_given, insert_raw, insert_row, preallocated_mail_id, prefetch
+from gateway.store.sql import SqlStore, insert_raw, insert_row, preallocated_mail_id, prefetch
 
 if TYPE_CHECKING:
     from gateway.host import IntakeHost
@@ -134,7 +134,7 @@ class Intake:
         try:
             with transaction(self.app.sessions) as s:
                 for m, (raw, _) in zip(mails, items, strict=True):
-                    insert_given(s, m)
+                    insert_row(s, m, given_only=True)
                     insert_raw(s, m.id, raw)
                 return [m.id for m in mails]
         except Exception as e:

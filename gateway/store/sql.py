@@ -104,11 +104,13 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 _ATTACHED = "tg.attached"
 
 
-def insert_row(session: Session, obj: Any) -> None:
+def insert_row(session: Session, obj: Any, *, given_only: bool = False) -> None:
     """Write a new object's row with one plain INSERT, the object left outside the session. For a new row
     whose many-to-one relationships point at persistent objects (or none): the foreign keys are taken from
     them, every column not given gets its default on the object too, and a key the database assigns is set
-    on it. (A flush would do the same through the unit of work, which costs several times the INSERT.)"""
+    on it. (A flush would do the same through the unit of work, which costs several times the INSERT.)
+    given_only: a column given no value and without a default is left out, as a flush leaves it (the
+    database's value: a JSON column NULL, where it is JSON null otherwise): a mail just stored."""
     mapper = sa_inspect(type(obj))
     state = sa_inspect(obj)
     assert state.transient, "insert_row takes a new object, not yet in a session"
@@ -128,35 +130,10 @@ def insert_row(session: Session, obj: Any) -> None:
                 assigned.append(attr.key)
                 continue
             d = col.default
+            if d is None and given_only:
+                continue
             setattr(obj, attr.key, None if d is None else (d.arg(None) if d.is_callable else d.arg))
         values[col.key] = state.dict[attr.key]
-    pk = session.connection().execute(insert(mapper.local_table), values).inserted_primary_key
-    if assigned:
-        assert pk is not None
-        for key in assigned:
-            setattr(obj, key, pk[0])
-
-
-def insert_given(session: Session, obj: Any) -> None:
-    """Write a new object's row with one plain INSERT of what it was given, the object left outside the session:
-    the row a flush would write (a column given no value gets its Python default, or none: the database's), and
-    a key the database assigns is set on it. For a row without relationships to write (a mail just stored);
-    `insert_row` writes every column (a JSON column not given is JSON null there, NULL here)."""
-    mapper = sa_inspect(type(obj))
-    state = sa_inspect(obj)
-    assert state.transient, "insert_given takes a new object, not yet in a session"
-    values: dict[str, Any] = {}
-    assigned = []  # primary key attributes the database assigns
-    for attr in mapper.column_attrs:
-        col = attr.columns[0]
-        if attr.key in state.dict:
-            values[col.key] = state.dict[attr.key]
-        elif col.primary_key:
-            assigned.append(attr.key)
-        elif col.default is not None:
-            d = col.default
-            setattr(obj, attr.key, d.arg(None) if d.is_callable else d.arg)
-            values[col.key] = state.dict[attr.key]
     pk = session.connection().execute(insert(mapper.local_table), values).inserted_primary_key
     if assigned:
         assert pk is not None
