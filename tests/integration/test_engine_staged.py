@@ -3,7 +3,10 @@ prepared while the write transaction of the one before runs, so staging must not
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from mails import make_mail
 from servehelp import config_for
@@ -16,6 +19,25 @@ from gateway.models import InboundMail
 from gateway.service import MIN_SAMPLE, Notifier, Service, WriteGate, thread_gate
 
 
+@contextlib.contextmanager
+def _with_worker(config: Any) -> Iterator[Any]:
+    """The app of this configuration with its preparation worker (as serve starts it), closed after."""
+    app = build_app(config)
+    app.ahead = start_worker(config, context="exec")
+    try:
+        yield app
+    finally:
+        app.ahead.close()
+        app.close()
+
+
+def _stored(intake: Any, tag: str, n: int) -> list[int]:
+    """n new conversations stored (not threaded), each from its own sender: their ids."""
+    env = Envelope(mail_from="a@customer.example", rcpt_tos=("support@example.com",), source="smtp")
+    return [intake.store(make_mail(subject=f"{tag} {i}", sender=f"S{i} <s{i}@customer.example>",
+                                   message_id=f"<{tag}{i}@customer.example>"), env) for i in range(n)]
+
+
 def test_a_batch_is_staged_while_another_transaction_holds_the_write_lock(tmp_path, db_url) -> None:
     """Stage (read + prepare) while a writer holds the lock (on SQLite every session begins IMMEDIATE: a staging
     read through a session would wait for the whole busy timeout); then the staged run threads the batch, its try
@@ -25,9 +47,7 @@ def test_a_batch_is_staged_while_another_transaction_holds_the_write_lock(tmp_pa
     app.ahead = start_worker(config, context="exec")
     try:
         intake = app.intake()
-        env = Envelope(mail_from="a@customer.example", rcpt_tos=("support@example.com",), source="smtp")
-        ids = [intake.store(make_mail(subject=f"staged {i}", sender=f"S{i} <s{i}@customer.example>",
-                                      message_id=f"<staged{i}@customer.example>"), env) for i in range(3)]
+        ids = _stored(intake, "staged", 3)
         engine = Engine(app, intake)
         writer = app.sessions()
         writer.begin()
@@ -82,15 +102,10 @@ def test_staged_ahead_prepares_the_next_batch_and_lets_go_of_what_it_did_not_run
     each try counted once."""
     from gateway.engine import StagedAhead
 
-    config = config_for(tmp_path, sqlite_url)
-    app = build_app(config)
-    app.ahead = start_worker(config, context="exec")
-    try:
+    with _with_worker(config_for(tmp_path, sqlite_url)) as app:
         intake = app.intake()
-        env = Envelope(mail_from="a@customer.example", rcpt_tos=("support@example.com",), source="smtp")
-        ids = [intake.store(make_mail(subject=f"ahead {i}", sender=f"S{i} <s{i}@customer.example>",
-                                      message_id=f"<ahead{i}@customer.example>"), env) for i in range(8)]
         engine = Engine(app, intake)
+        ids = _stored(intake, "ahead", 8)
         threader = StagedAhead(engine)
         threader.then(ids[2:4])
         assert [(r.mail_id, r.outcome) for r in threader(ids[0:2])] == [(i, "ticket") for i in ids[0:2]]
@@ -111,9 +126,6 @@ def test_staged_ahead_prepares_the_next_batch_and_lets_go_of_what_it_did_not_run
         with app.sessions() as s:
             assert list(s.scalars(select(InboundMail.attempts).where(InboundMail.id.in_(ids))
                                   .order_by(InboundMail.id))) == [1] * 8
-    finally:
-        app.ahead.close()
-        app.close()
 
 
 def test_write_gate_time_per_mail_is_learnt_from_transactions_of_several_mails(tmp_path, sqlite_url) -> None:
