@@ -17,7 +17,6 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Integer, case, column, func, select, update
@@ -139,67 +138,6 @@ class Staged:
         """The mails are the engine's no more (run, or given up: the sweep finds them)."""
         with self.engine._lock:
             self.engine._busy.difference_update(self.ids)
-
-
-class StagedAhead:
-    """`Engine.thread` for batches that come one after another (an IMAP account's stored mail), pipelined as
-    serve's SMTP workers thread: `then(ids)` names the batch that comes next; the call that threads this batch
-    starts staging that one (`Engine.stage`: its rows read, the worker process preparing it, in a daemon thread)
-    once this one is staged, and then runs this one's write transactions (`Engine.run_staged`), so that the
-    worker prepares the next batch while the database writes this one. A call for other mails than those staged
-    ahead drops what was staged (the mails are the engine's no more) and stages its own; `discard()` drops it
-    too (the caller stopped). One caller at a time."""
-
-    def __init__(self, engine: Engine, *, hold: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
-                 skip_locked: bool = False) -> None:
-        self.engine, self.hold, self.skip_locked = engine, hold, skip_locked
-        self._next: list[int] | None = None  # the batch named by `then`
-        self._ahead: tuple[list[int], Future[Staged]] | None = None  # the batch being staged ahead
-
-    def then(self, mail_ids: Sequence[int] | None) -> None:
-        self._next = list(mail_ids) if mail_ids else None
-
-    def __call__(self, mail_ids: Sequence[int]) -> list[Result]:
-        ids = list(mail_ids)
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] != ids:
-            _drop(ahead[1])
-            ahead = None
-        staged = ahead[1].result() if ahead is not None else self._stage(ids)
-        nxt, self._next = self._next, None
-        if nxt is not None and nxt != ids:
-            self._ahead = (nxt, self._start(nxt))
-        return self.engine.run_staged(staged, hold=self.hold)
-
-    def discard(self) -> None:
-        self._next = None
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            _drop(ahead[1])
-
-    def _stage(self, ids: list[int]) -> Staged:
-        return self.engine.stage(ids, skip_locked=self.skip_locked)
-
-    def _start(self, ids: list[int]) -> Future[Staged]:
-        fut: Future[Staged] = Future()
-
-        def stage() -> None:
-            try:
-                fut.set_result(self._stage(ids))
-            except BaseException as e:  # noqa: BLE001 -- the caller that runs it hears of it
-                fut.set_exception(e)
-
-        threading.Thread(target=stage, name="stage-ahead", daemon=True).start()
-        return fut
-
-
-def _drop(fut: Future[Staged]) -> None:
-    """A batch staged ahead and not run: its mails are the engine's no more (a failed staging dropped them)."""
-    try:
-        staged = fut.result()
-    except Exception:  # noqa: BLE001 -- staging failed: nothing to drop; the mails are threaded later
-        return
-    staged.drop()
 
 
 class Engine:
@@ -509,4 +447,4 @@ def _chunks(items: Iterator[Any], n: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-__all__ = ["Engine", "ImportSource", "ImportStopped", "MAX_TRIES", "Staged", "StagedAhead", "start_worker"]
+__all__ = ["Engine", "ImportSource", "ImportStopped", "MAX_TRIES", "Staged", "start_worker"]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.db import is_unavailable
-from gateway.engine import Engine, StagedAhead
+from gateway.engine import Engine
 from gateway.imap.account import ImapAccount, PollResult, Prefixed, TlsSetupError
 from gateway.imap.drain import BeforeMove, Drain
 from gateway.imap.ledger import Ledger
@@ -77,8 +77,7 @@ class ImapPoller:
         # one poller per mailbox across every instance on this database (gateway.lease)
         self.lease = Lease(app.sessions, f"imap:{self.account.name}", app.instance, self.account.lease_seconds)
         self.threads = StoredThreads(self.account, self.mailbox, self.ledger, self.log,
-                                     thread or StagedAhead(Engine(app, self.intake)), self._stopping,
-                                     batch=thread_batch)
+                                     thread or Engine(app, self.intake).thread, self._stopping, batch=thread_batch)
         self.drainer = Drain(app, self.account, self.mailbox, self.ledger, self.lease, self.intake, self.threads,
                              self.log, before_move=before_move, thread_after_move=thread_after_move)
         # what the service loop is doing: new | connecting | draining | waiting | idling | backoff | standby |

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from gateway.engine import StagedAhead
 from gateway.imap.account import ImapAccount, PollResult, TlsSetupError, accounts
 from gateway.imap.loop import ImapPoller
 from gateway.imap.mailbox import close, connect_plain_or_tls
@@ -89,7 +89,7 @@ def serve_threading(service: Any) -> ThreadBatch | None:
     gate = getattr(service, "gate", None)
     hold: Callable[[], AbstractContextManager[Any]] | None = (
         (lambda: gate.hold(urgent=False)) if gate is not None else None)
-    return StagedAhead(engine, hold=hold)  # engine.thread, the next batch prepared while one is written
+    return functools.partial(engine.thread, hold=hold)
 
 
 def account_status(app: ImapHost, account: ImapAccount, *, connect: bool = True) -> dict[str, Any]:

@@ -26,11 +26,10 @@ ThreadBatch = Callable[[Sequence[int]], "list[Result]"]
 class StoredThreads:
     """Threads stored mails through the intake engine, in batches. thread(mail_ids) -> results: one batch of
     stored mails (default `Engine.thread`: prepared by the app's worker within limits.mail_cpu_seconds, then
-    one write transaction; one with `then`/`discard`, gateway.engine.StagedAhead, is told the next batch, which
-    the worker prepares while this one is written); a mail it leaves out (another thread of the engine has it)
-    is threaded later. stopping() says to stop between batches (stop requested, lease lost). A batch that fails
-    for another reason than the store is threaded again one mail at a time: only the mail that fails alone is
-    left (logged, counted as failed, tried again on the next drain)."""
+    one write transaction); a mail it leaves out (another thread of the engine has it) is threaded later.
+    stopping() says to stop between batches (stop requested, lease lost). A batch that fails for another
+    reason than the store is threaded again one mail at a time: only the mail that fails alone is left (logged,
+    counted as failed, tried again on the next drain)."""
 
     def __init__(self, account: ImapAccount, mailbox: Mailbox, ledger: Ledger,
                  log: logging.LoggerAdapter[logging.Logger], thread: ThreadBatch, stopping: Callable[[], bool], *,
@@ -81,19 +80,11 @@ class StoredThreads:
         done: list[tuple[Any, str]] = []
         left = [r.mail_id for r in rows if r.mail_id in self.failed_here]
         todo = [r for r in rows if r.mail_id not in self.failed_here]
-        try:
-            return self._thread_todo(todo, done, left, result)
-        finally:
-            self._discard()
-
-    def _thread_todo(self, todo: list[Any], done: list[tuple[Any, str]], left: list[int], result: PollResult
-                     ) -> tuple[list[tuple[Any, str]], list[int], bool]:
         for i in range(0, len(todo), self.batch):
             batch = todo[i:i + self.batch]
             if self.stopping():
                 left += [r.mail_id for r in todo[i:]]
                 return done, left, False
-            self._then([r.mail_id for r in todo[i + self.batch:i + 2 * self.batch]])
             try:
                 results = self._thread_ids([r.mail_id for r in batch], result)
             except StoreUnavailable as e:
@@ -109,19 +100,6 @@ class StoredThreads:
                 result.outcomes[res.outcome] += 1
                 done.append((row, res.outcome))
         return done, left, True
-
-    def _then(self, mail_ids: list[int]) -> None:
-        """Name the batch that comes next: a `thread` that stages ahead (gateway.engine.StagedAhead) has the
-        worker prepare it while this batch is written."""
-        then = getattr(self.thread, "then", None)
-        if then is not None:
-            then(mail_ids)
-
-    def _discard(self) -> None:
-        """Whatever was staged ahead and not run is let go (the mails are threaded later)."""
-        discard = getattr(self.thread, "discard", None)
-        if discard is not None:
-            discard()
 
     def _thread_ids(self, ids: list[int], result: PollResult) -> dict[int, Result]:
         """Thread a batch: mail id -> result. Raises StoreUnavailable (the database is down: nothing of this
@@ -176,29 +154,25 @@ class StoredThreads:
         unavailable: BaseException | None = None
         stopped = False
         items = list(mail_ids.items())
-        try:
-            for i in range(0, len(items), self.batch):
-                batch = items[i:i + self.batch]
-                if unavailable is not None or stopped or (stop is not None and stop.is_set()):
-                    stopped = unavailable is None
-                    pending += batch  # stays in the folder for the next drain
+        for i in range(0, len(items), self.batch):
+            batch = items[i:i + self.batch]
+            if unavailable is not None or stopped or (stop is not None and stop.is_set()):
+                stopped = unavailable is None
+                pending += batch  # stays in the folder for the next drain
+                continue
+            try:
+                results = self._thread_ids([m for _, m in batch], result)
+            except StoreUnavailable as e:
+                unavailable = e
+                pending += batch
+                continue
+            for uid, mail_id in batch:
+                res = results.get(mail_id)
+                if res is None:
+                    pending.append((uid, mail_id))
                     continue
-                self._then([m for _, m in items[i + self.batch:i + 2 * self.batch]])
-                try:
-                    results = self._thread_ids([m for _, m in batch], result)
-                except StoreUnavailable as e:
-                    unavailable = e
-                    pending += batch
-                    continue
-                for uid, mail_id in batch:
-                    res = results.get(mail_id)
-                    if res is None:
-                        pending.append((uid, mail_id))
-                        continue
-                    result.outcomes[res.outcome] += 1
-                    done.append((uid, mail_id, res.outcome))
-        finally:
-            self._discard()
+                result.outcomes[res.outcome] += 1
+                done.append((uid, mail_id, res.outcome))
         return done, pending, unavailable, stopped
 
     def refile(self, keys: dict[int, tuple[int, int]]) -> set[int]:

@@ -3,10 +3,7 @@ prepared while the write transaction of the one before runs, so staging must not
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
-from typing import Any
 
 from mails import make_mail
 from servehelp import config_for
@@ -19,25 +16,6 @@ from gateway.models import InboundMail
 from gateway.service import MIN_SAMPLE, Notifier, Service, WriteGate, thread_gate
 
 
-@contextlib.contextmanager
-def _with_worker(config: Any) -> Iterator[Any]:
-    """The app of this configuration with its preparation worker (as serve starts it), closed after."""
-    app = build_app(config)
-    app.ahead = start_worker(config, context="exec")
-    try:
-        yield app
-    finally:
-        app.ahead.close()
-        app.close()
-
-
-def _stored(intake: Any, tag: str, n: int) -> list[int]:
-    """n new conversations stored (not threaded), each from its own sender: their ids."""
-    env = Envelope(mail_from="a@customer.example", rcpt_tos=("support@example.com",), source="smtp")
-    return [intake.store(make_mail(subject=f"{tag} {i}", sender=f"S{i} <s{i}@customer.example>",
-                                   message_id=f"<{tag}{i}@customer.example>"), env) for i in range(n)]
-
-
 def test_a_batch_is_staged_while_another_transaction_holds_the_write_lock(tmp_path, db_url) -> None:
     """Stage (read + prepare) while a writer holds the lock (on SQLite every session begins IMMEDIATE: a staging
     read through a session would wait for the whole busy timeout); then the staged run threads the batch, its try
@@ -47,7 +25,9 @@ def test_a_batch_is_staged_while_another_transaction_holds_the_write_lock(tmp_pa
     app.ahead = start_worker(config, context="exec")
     try:
         intake = app.intake()
-        ids = _stored(intake, "staged", 3)
+        env = Envelope(mail_from="a@customer.example", rcpt_tos=("support@example.com",), source="smtp")
+        ids = [intake.store(make_mail(subject=f"staged {i}", sender=f"S{i} <s{i}@customer.example>",
+                                      message_id=f"<staged{i}@customer.example>"), env) for i in range(3)]
         engine = Engine(app, intake)
         writer = app.sessions()
         writer.begin()
@@ -93,39 +73,6 @@ def test_staged_batch_runs_a_mail_tried_before_alone_and_gives_up_after_max_trie
         assert [results[i].outcome for i in (ids[0], ids[1], ids[3])] == ["ticket"] * 3
     finally:
         app.close()
-
-
-def test_staged_ahead_prepares_the_next_batch_and_lets_go_of_what_it_did_not_run(tmp_path, sqlite_url) -> None:
-    """StagedAhead (the IMAP poller's threading): told the next batch, it has it staged (read and prepared) while
-    this one runs; a call for other mails drops what was staged ahead, and so does discard(): those mails are
-    the engine's again (another thread of it, or the sweep, threads them). Outcomes as `Engine.thread` has them,
-    each try counted once."""
-    from gateway.engine import StagedAhead
-
-    with _with_worker(config_for(tmp_path, sqlite_url)) as app:
-        intake = app.intake()
-        engine = Engine(app, intake)
-        ids = _stored(intake, "ahead", 8)
-        threader = StagedAhead(engine)
-        threader.then(ids[2:4])
-        assert [(r.mail_id, r.outcome) for r in threader(ids[0:2])] == [(i, "ticket") for i in ids[0:2]]
-        ahead = threader._ahead
-        assert ahead is not None and ahead[0] == ids[2:4]
-        assert sorted(ahead[1].result(timeout=60).prepared) == ids[2:4]  # prepared ahead
-        assert engine.stage(ids[2:4]).ids == []  # the engine's until they ran
-        assert [(r.mail_id, r.outcome) for r in threader(ids[2:4])] == [(i, "ticket") for i in ids[2:4]]
-        threader.then(ids[4:6])
-        assert [r.mail_id for r in threader([ids[6]])] == [ids[6]]
-        threader(ids[7:8])  # not the mails staged ahead: they are dropped
-        assert threader._ahead is None
-        threader.then(ids[4:6])
-        threader([ids[7]])  # threaded already: its recorded outcome
-        threader.discard()
-        assert threader._ahead is None and not engine._busy
-        assert [(r.mail_id, r.outcome) for r in engine.thread(ids[4:6])] == [(i, "ticket") for i in ids[4:6]]
-        with app.sessions() as s:
-            assert list(s.scalars(select(InboundMail.attempts).where(InboundMail.id.in_(ids))
-                                  .order_by(InboundMail.id))) == [1] * 8
 
 
 def test_write_gate_time_per_mail_is_learnt_from_transactions_of_several_mails(tmp_path, sqlite_url) -> None:
