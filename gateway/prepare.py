@@ -59,14 +59,16 @@ def prepare_one(raw: bytes, max_depth: int, max_parts: int, blob_root: str | Non
     from gateway.mime import MailParseError, parse_mail
 
     sha = hashlib.sha256(raw).hexdigest()
-    try:
-        p = parse_mail(raw, max_depth=max_depth, max_parts=max_parts)
+    try:  # with a blob store, a large attachment is decoded into it a piece at a time, never whole (_put_blobs)
+        p = parse_mail(raw, max_depth=max_depth, max_parts=max_parts, stream_large=blob_root is not None)
     except MailParseError as e:
         return Prepared(sha256=sha, parse_error=e.reason)
     except RecursionError:
         return Prepared(sha256=sha, parse_recursion=True)
-    del raw  # not needed any more: a large mail's bytes go before its HTML is worked on (the last reference)
+    del raw  # the last reference but the attachments' sources: the blobs are written first, then it goes
     out = Prepared(sha256=sha, parsed=p)
+    if p.attachments and blob_root is not None:
+        _put_blobs(out, p.attachments, blob_root)
     try:
         if p.html:
             from gateway.quotes import html_to_text, sanitize_html
@@ -87,19 +89,31 @@ def prepare_one(raw: bytes, max_depth: int, max_parts: int, blob_root: str | Non
             out.classified_for = classify_for
         except Exception:  # noqa: BLE001 -- the main process classifies it (and meets the same failure)
             out.classified_for = out.verdict = out.bounce = None
-    if p.attachments and blob_root is not None:
-        try:
-            from gateway.blobs import BlobStore
-
-            store = BlobStore(Path(blob_root))
-            shas = [store.put(a.data) for a in p.attachments]
-            out.sizes = [len(a.data) for a in p.attachments]
-            out.shas = shas
-            for a in p.attachments:
-                a.data = b""  # not sent back: the blob store has it
-        except Exception:  # noqa: BLE001 -- the main process writes them (and meets the same failure)
-            out.shas = out.sizes = None
     return out
+
+
+def _put_blobs(out: Prepared, attachments: list[Any], blob_root: str) -> None:
+    """Each attachment into the blob store (`out.shas`, `out.sizes`); its data is not sent back. One left encoded
+    in the raw mail (`Part.source`) is decoded into its blob a piece at a time. On a failure the main process
+    writes them (and meets the same failure): each is sent back with its data."""
+    from gateway.blobs import BlobStore
+
+    try:
+        store = BlobStore(Path(blob_root))
+        stored = [store.put_stream(a.source.chunks()) if a.source is not None else (store.put(a.data), len(a.data))
+                  for a in attachments]
+        out.shas = [sha for sha, _ in stored]
+        out.sizes = [size for _, size in stored]
+        for a in attachments:
+            a.data = b""
+    except Exception:  # noqa: BLE001
+        out.shas = out.sizes = None
+        for a in attachments:
+            if a.source is not None:
+                a.data = b"".join(a.source.chunks())
+    finally:
+        for a in attachments:
+            a.source = None  # it holds the raw mail: not kept, not sent back
 
 
 def _cpu_seconds(pid: int) -> float:
