@@ -52,6 +52,13 @@ class Prepared:
     over_budget: bool = False               # the worker was killed: the mail took more than its CPU budget
     crashed: bool = False                   # the worker died twice while preparing this mail
 
+    @property
+    def answers_parse(self) -> bool:
+        """Does it answer the parse of its mail (gateway.store.ahead.Ahead.parse: the parsed mail, or the error
+        to raise), so that nothing parses the raw bytes again?"""
+        return (self.parsed is not None or self.parse_error is not None or self.parse_recursion
+                or self.over_budget or self.crashed)
+
 
 def prepare_one(raw: bytes, max_depth: int, max_parts: int, blob_root: str | None,
                 classify_for: tuple[str | None, tuple[str, ...]] | None = None) -> Prepared:

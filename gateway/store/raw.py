@@ -54,17 +54,19 @@ def insert_raw(session: Any, mail_id: int, raw: bytes) -> None:
             blob.write(view[at:at + CHUNK])
 
 
-def read_raw(session: Any, mail_id: int) -> bytes | None:
-    """The raw bytes of mail `mail_id` (one copy in memory), None when it has none."""
+def read_raw(session: Any, mail_id: int, limit: int | None = None) -> bytes | None:
+    """The raw bytes of mail `mail_id` (one copy in memory), None when it has none; limit: its first `limit`
+    bytes only."""
     db = _sqlite(session)
     if db is None:
-        data = session.execute(select(InboundRaw.data).where(InboundRaw.mail_id == mail_id)).scalar()
+        column = InboundRaw.data if limit is None else func.substr(InboundRaw.data, 1, limit)
+        data = session.execute(select(column).where(InboundRaw.mail_id == mail_id)).scalar()
         return None if data is None else bytes(data)
     rowid = _rowid(db, mail_id)
     if rowid is None:
         return None
     with db.blobopen("inbound_raw", "data", rowid, readonly=True) as blob:
-        return bytes(blob.read())
+        return bytes(blob.read(-1 if limit is None else limit))
 
 
 def copy_raw(session: Any, mail_id: int, fd: int) -> bool:
