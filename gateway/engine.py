@@ -75,7 +75,7 @@ def start_worker(config: Config, *, context: str = "fork", sender: str | None = 
 
 
 class _Spilled:
-    """Temporary files holding the raw bytes of large mails for the worker (removed on exit)."""
+    """Temporary files holding the raw bytes of large mails for the worker, and its results (removed on exit)."""
 
     def __init__(self, app: IntakeHost) -> None:
         self.dir = app.config.data_dir
@@ -94,9 +94,12 @@ class _Spilled:
             os.close(fd)
 
     def __exit__(self, *exc: object) -> None:
+        from gateway.prepare import RESULT_SUFFIX
+
         for p in self.paths:
-            with contextlib.suppress(OSError):
-                os.unlink(p)
+            for path in (p, p + RESULT_SUFFIX):  # and the worker's result, when it was not read
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
 
 class ImportStopped(Exception):

@@ -1877,9 +1877,9 @@ def _build(
     # body and attachments
     def body_text(parts: list[Message], kind: str) -> str:
         chunks = []
-        for p in parts:
-            data = _payload_bytes(p, defects, big)
-            t = _decode_text(data, walker.info(p).params.get("charset"), f"text/{kind} body", defects, hint)
+        for p in parts:  # the payload's bytes are not kept past their decoding (a body may be MAX_TEXT_BYTES)
+            t = _decode_text(_payload_bytes(p, defects, big), walker.info(p).params.get("charset"),
+                             f"text/{kind} body", defects, hint)
             if "\x00" in t:
                 defects.append(f"NUL characters removed from the text/{kind} body")
                 t = t.replace("\x00", "")

@@ -11,7 +11,8 @@ import binascii
 import mimetypes
 import re
 
-__all__ = ["MAX_FILES", "TNEF_SIGNATURE", "content_type_of", "is_tnef", "split_uuencoded", "tnef_files", "uu_begin_name"]
+__all__ = ["MAX_FILES", "TNEF_SIGNATURE", "content_type_of", "is_tnef", "split_uuencoded", "tnef_files",
+           "uu_begin_name"]
 
 MAX_FILES = 100
 _BEGIN = re.compile(r"^begin(?:-base64)? [0-7]{3,4} ([^\n]{1,255}?)[ \t\r]*$", re.M)

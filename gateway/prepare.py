@@ -177,13 +177,39 @@ def _worker_main(conn: Any) -> None:
             try:
                 prep: Prepared | None = prepare_one(_read(raw), max_depth, max_parts, blob_root,
                                                     None if own is None else (sender, own))
-                if isinstance(raw, str):  # a large mail: what it needed goes back before its result is sent
+                if isinstance(raw, str):  # a large mail: its result goes in a file (see ParseAhead.prepare)
                     _trim()
-                conn.send((prep, time.process_time()))
+                    with open(raw + RESULT_SUFFIX, "wb") as f:
+                        pickle.dump(prep, f, protocol=pickle.HIGHEST_PROTOCOL)
+                    prep = None
+                    conn.send((IN_FILE, time.process_time()))
+                else:
+                    conn.send((prep, time.process_time()))
             except (EOFError, OSError):
                 return
             except BaseException:  # noqa: BLE001 -- anything at all (a result that does not pickle): parent does it
                 conn.send((None, time.process_time()))
+
+
+# A large mail's result (handed over in a file, its path P) is written to P + RESULT_SUFFIX; IN_FILE is sent instead
+# of it. The parent loads it once the worker is gone: the two never hold their copies of it at the same time.
+RESULT_SUFFIX = ".prepared"
+IN_FILE = "in-file"
+
+
+def _load_result(path: str) -> Prepared | None:
+    """The result a worker left in a file for the large mail in `path` (None: none, do it yourself); removed."""
+    try:
+        with open(path + RESULT_SUFFIX, "rb") as f:
+            prep = pickle.load(f)
+        return prep if isinstance(prep, Prepared) else None
+    except Exception:  # noqa: BLE001 -- not written, or not whole (the worker died): the main process does it
+        return None
+    finally:
+        try:
+            os.unlink(path + RESULT_SUFFIX)
+        except OSError:
+            pass
 
 
 def _trim() -> None:
@@ -433,17 +459,20 @@ class ParseAhead:
         A mail may be handed over as the path of a file holding it (str): a large mail, which the caller then
         need not hold while the worker parses it. After such a mail the worker is stopped (a fresh one starts
         with the next mail): what a large mail made it allocate goes back to the system at once, instead of
-        staying in the worker's heap for as long as it lives."""
+        staying in the worker's heap for as long as it lives. Its result comes in a file, read once the worker
+        is stopped."""
         t0 = time.perf_counter()
         large = any(isinstance(r, str) for r in raws)
         with self.lock:
             if large:  # a fresh worker for it: nothing that earlier mails left in its heap comes on top
                 self.worker.stop()
             self.worker.begin(raws, senders)
-            out = self.worker.finish()
+            out: list[Any] = self.worker.finish()
             if large:
                 self.worker.stop()
                 self.recycled += 1
+                out = [_load_result(r) if isinstance(r, str) and p == IN_FILE else p
+                       for r, p in zip(raws, out, strict=True)]
         self.waited += time.perf_counter() - t0
         self.prepared += sum(1 for x in out if x is not None)
         return out

@@ -11,7 +11,7 @@ import smtplib
 
 from mails import make_mail
 from servehelp import Running, config_for
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from gateway.engine import SPILL_BYTES
 from gateway.mime import MAX_TEXT_BYTES
@@ -115,8 +115,7 @@ def test_of_a_large_mail_the_worker_prepared_only_the_header_is_read_back(tmp_pa
             if app.ahead is not None:
                 app.ahead.close()
             with app.sessions() as s, s.begin():  # the next round's mails are not duplicates of these
-                s.execute(InboundMail.__table__.update().values(message_id=None, claim_msgid=None,
-                                                                claim_sha256=None))
+                s.execute(update(InboundMail).values(message_id=None, claim_msgid=None, claim_sha256=None))
     finally:
         if app.ahead is not None:
             app.ahead.close()

@@ -7,6 +7,7 @@ import datetime as dt
 import random
 import re
 import time
+from typing import Any
 
 import pytest
 
@@ -833,7 +834,7 @@ PLACEHOLDER = "[gateway.mime placeholder "
 
 def slow_parse(raw: bytes, **kw: int) -> ParsedMail:
     """The plain path: the whole mail through the stdlib parser."""
-    args = {"max_depth": 50, "max_parts": 1000, "max_header_bytes": 1_000_000, **kw}
+    args: dict[str, Any] = {"max_depth": 50, "max_parts": 1000, "max_header_bytes": 1_000_000, **kw}
     return _mime._parse(raw, big_min=None, **args)
 
 
@@ -1146,7 +1147,7 @@ def test_mutated_big_mails_same_as_slow_path(seed: int) -> None:
                 [b"\n", b"\r", nl.encode(), b"--OUT\n", b"--ALT--\n", b"\n--OUT--", b"=", b"!", b"\n\n"]
             )
     mangled = bytes(raw)
-    args = {"max_depth": 50, "max_parts": 1000, "max_header_bytes": 1_000_000}
+    args: dict[str, Any] = {"max_depth": 50, "max_parts": 1000, "max_header_bytes": 1_000_000}
     try:
         expected = fields(slow_parse(mangled))
     except MailParseError as exc:
