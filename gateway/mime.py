@@ -1169,6 +1169,7 @@ def _b64_clean(raw: bytes, start: int, end: int) -> bool:
     return True
 
 
+_PIECE = 256 * 1024  # bytes of encoded text decoded at a time by Encoded.chunks
 _NOT_B64 = bytes(sorted(set(range(256)) - set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")))
 _NOT_B64_OR_PAD = _NOT_B64.replace(b"=", b"")
 
@@ -1183,7 +1184,7 @@ class Encoded:
     def __init__(self, raw: bytes, start: int, end: int, cte: str) -> None:
         self.raw, self.start, self.end, self.cte = raw, start, end, cte
 
-    def chunks(self, size: int = _CHUNK) -> Iterator[bytes]:
+    def chunks(self, size: int = _PIECE) -> Iterator[bytes]:
         """The decoded bytes, in pieces of about `size` bytes (of encoded text each)."""
         raw, start, end = self.raw, self.start, self.end
         if self.cte == "base64":
