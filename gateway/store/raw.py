@@ -4,7 +4,8 @@ SQLite copies every value bound to a statement (SQLITE_TRANSIENT) and builds the
 inserting a 25 MB mail the usual way costs two more copies of it, and reading it back a third one (the column
 value, then Python's bytes). For a mail of BIG bytes or more on SQLite the row is inserted with a zeroblob of
 its size and the bytes are written (and read) through SQLite's incremental blob I/O, a CHUNK at a time: only
-the caller's own buffer is ever whole in memory. Other databases (PostgreSQL) take the plain statement.
+the caller's own buffer is ever whole in memory. PostgreSQL (psycopg): the row goes in by COPY, a CHUNK at a
+time, and `copy_raw` reads it a slice at a time. Other databases take the plain statement.
 Runs inside the caller's session and transaction. Also here, the other driver-level care a large mail needs:
 `release_big_binds` (SQLite keeps a copy of every bound value) and `read_last_commit` (a read that does not
 wait for the write lock).
@@ -12,6 +13,7 @@ wait for the write lock).
 
 from __future__ import annotations
 
+import binascii
 import os
 import weakref
 from collections.abc import Iterator
@@ -23,12 +25,22 @@ from gateway.models import InboundRaw, table_of
 
 BIG = 1024 * 1024
 CHUNK = 1024 * 1024
+PIECE = 2 * 1024 * 1024  # bytes of a slice read by copy_raw on other databases (a compressed value is
+# decompressed up to the slice's end for each: larger slices, fewer passes)
 
 
 def _sqlite(session: Any) -> Any:
     """The session's sqlite3 connection, or None on another database."""
     conn = session.connection()
     if conn.dialect.name != "sqlite":
+        return None
+    return conn.connection.driver_connection
+
+
+def _postgresql(session: Any) -> Any:
+    """The session's psycopg connection, or None on another database (or driver)."""
+    conn = session.connection()
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
         return None
     return conn.connection.driver_connection
 
@@ -43,6 +55,10 @@ def insert_raw(session: Any, mail_id: int, raw: bytes) -> None:
     table = table_of(InboundRaw)
     db = _sqlite(session) if len(raw) >= BIG else None
     if db is None:
+        pg = _postgresql(session) if len(raw) >= BIG else None
+        if pg is not None:
+            _copy_in(pg, mail_id, raw)
+            return
         session.connection().execute(insert(table), [{"mail_id": mail_id, "data": raw}])
         return
     session.connection().execute(insert(table).values(mail_id=mail_id, data=func.zeroblob(len(raw))))
@@ -52,6 +68,17 @@ def insert_raw(session: Any, mail_id: int, raw: bytes) -> None:
     with db.blobopen("inbound_raw", "data", rowid) as blob:
         for at in range(0, len(view), CHUNK):
             blob.write(view[at:at + CHUNK])
+
+
+def _copy_in(pg: Any, mail_id: int, raw: bytes) -> None:
+    """PostgreSQL: the row inserted by COPY, its bytes sent a CHUNK at a time (in COPY's text form, hex): a bound
+    parameter would be another copy of them, and a text one twice their size."""
+    view = memoryview(raw)
+    with pg.cursor() as cur, cur.copy("COPY inbound_raw (mail_id, data) FROM STDIN") as copy:
+        copy.write(b"%d\t\\\\x" % mail_id)  # the value \x<hex>, its backslash escaped for COPY
+        for at in range(0, len(view), CHUNK):
+            copy.write(binascii.hexlify(view[at:at + CHUNK]))
+        copy.write(b"\n")
 
 
 def read_raw(session: Any, mail_id: int, limit: int | None = None) -> bytes | None:
@@ -73,12 +100,17 @@ def copy_raw(session: Any, mail_id: int, fd: int) -> bool:
     """Write the raw bytes of mail `mail_id` to the file descriptor `fd` (SQLite: a CHUNK at a time); False
     when it has none."""
     db = _sqlite(session)
-    if db is None:
-        data = read_raw(session, mail_id)
-        if data is None:
-            return False
-        _write_all(fd, data)
-        return True
+    if db is None:  # a slice at a time (PostgreSQL reads only the TOAST chunks of an uncompressed value's slice)
+        at = 1
+        while True:
+            piece = session.execute(select(func.substr(InboundRaw.data, at, PIECE))
+                                    .where(InboundRaw.mail_id == mail_id)).scalar()
+            if piece is None:
+                return at > 1
+            _write_all(fd, piece)
+            at += len(piece)
+            if len(piece) < PIECE:
+                return True
     rowid = _rowid(db, mail_id)
     if rowid is None:
         return False
