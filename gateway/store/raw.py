@@ -100,17 +100,26 @@ def copy_raw(session: Any, mail_id: int, fd: int) -> bool:
     """Write the raw bytes of mail `mail_id` to the file descriptor `fd` (SQLite: a CHUNK at a time); False
     when it has none."""
     db = _sqlite(session)
-    if db is None:  # a slice at a time (PostgreSQL reads only the TOAST chunks of an uncompressed value's slice)
-        at = 1
-        while True:
-            piece = session.execute(select(func.substr(InboundRaw.data, at, PIECE))
-                                    .where(InboundRaw.mail_id == mail_id)).scalar()
-            if piece is None:
-                return at > 1
-            _write_all(fd, piece)
-            at += len(piece)
-            if len(piece) < PIECE:
-                return True
+    if db is None:
+        pg = _postgresql(session)
+        if pg is None:
+            data = read_raw(session, mail_id)
+            if data is not None:
+                _write_all(fd, data)
+            return data is not None
+        # a slice at a time, in binary (not twice its size in hex, in libpq's buffer that stays with the
+        # connection); PostgreSQL reads only the TOAST chunks of an uncompressed value's slice
+        with pg.cursor(binary=True) as cur:
+            at = 1
+            while True:
+                cur.execute("SELECT substr(data, %s, %s) FROM inbound_raw WHERE mail_id = %s", (at, PIECE, mail_id))
+                row = cur.fetchone()
+                if row is None or row[0] is None:
+                    return at > 1
+                _write_all(fd, row[0])
+                at += len(row[0])
+                if len(row[0]) < PIECE:
+                    return True
     rowid = _rowid(db, mail_id)
     if rowid is None:
         return False
