@@ -1306,6 +1306,26 @@ def _payload_bytes(part: Message, defects: list[str], big: _Big | None = None) -
     return b""
 
 
+_ASCII_SAFE = (None, "ascii", "utf-8")  # charsets (as _norm_charset names them) that read ASCII bytes as ASCII
+
+
+def _ascii_body(part: Message, charset: str | None) -> str | None:
+    """A body part's text, when it is its payload as it is: an ASCII payload, not transfer-encoded, in a charset
+    that reads ASCII as ASCII. ``_decode_text(_payload_bytes(part))`` gives the same string, without notes, by way
+    of two copies of it (its bytes, then their decoding); a 4 MiB body costs 8 MiB less. None: decode it."""
+    payload = _parsed_payload(part)
+    try:
+        if not (isinstance(payload, str) and payload.isascii() and _norm_charset(charset) in _ASCII_SAFE):
+            return None
+        if (_first_header(part, "content-transfer-encoding") or "").strip().lower() == "base64":
+            return None
+        if str(part.get("content-transfer-encoding", "")).lower() in ("quoted-printable", "base64", *_UU):
+            return None
+    except Exception:  # noqa: BLE001 -- headers the stdlib cannot read: the general way meets them
+        return None
+    return payload
+
+
 def _parsed_payload(node: Message) -> object:
     """The payload as the parser stored it (a list of parts or a str): get_payload() would decode a str holding
     surrogates again with the part's charset. The attribute is the stdlib's, undeclared in its type stubs."""
@@ -1879,8 +1899,10 @@ def _build(
     def body_text(parts: list[Message], kind: str) -> str:
         chunks = []
         for p in parts:  # the payload's bytes are not kept past their decoding (a body may be MAX_TEXT_BYTES)
-            t = _decode_text(_payload_bytes(p, defects, big), walker.info(p).params.get("charset"),
-                             f"text/{kind} body", defects, hint)
+            charset = walker.info(p).params.get("charset")
+            t = _ascii_body(p, charset)
+            if t is None:
+                t = _decode_text(_payload_bytes(p, defects, big), charset, f"text/{kind} body", defects, hint)
             if "\x00" in t:
                 defects.append(f"NUL characters removed from the text/{kind} body")
                 t = t.replace("\x00", "")

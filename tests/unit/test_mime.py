@@ -1270,3 +1270,30 @@ def test_streamed_large_mail_holds_no_decoded_copy() -> None:
     assert digest.digest() == __import__("hashlib").sha256(data).digest()
     assert pm.attachments[0].data == b""
     assert peak < len(raw) // 4, f"peak {peak / 2**20:.1f} MiB for a {len(raw) / 2**20:.1f} MiB mail"
+
+
+@pytest.mark.parametrize("charset", [None, "utf-8", "UTF8", "us-ascii", "iso-8859-1", "utf-16", "utf-7", "x-bogus"])
+def test_an_ascii_body_taken_as_it_is_reads_as_decoded(monkeypatch, charset) -> None:
+    """_ascii_body (an ASCII payload in an ASCII-reading charset is its own text) changes nothing: the same
+    fields and notes as decoding its bytes, for every transfer encoding and charset, in a mail of any size."""
+    bodies = ["plain line\r\nsecond =3D line\r\n", "nul \x00 inside\n", "caf\u00e9 not ascii\n", "+AGEA- seven\n",
+              "<p>html</p>\r\n" * 3, "x" * 70_000 + "\n"]  # the last one large: kept out of the stdlib parser
+    mails = []
+    for body in bodies:
+        for cte in [None, "7bit", "8bit", "binary", "quoted-printable", "base64", "x-uuencode"]:
+            for ctype in ["text/plain", "text/html"]:
+                head = f"Content-Type: {ctype}" + (f"; charset={charset}" if charset else "") + "\n"
+                head += f"Content-Transfer-Encoding: {cte}\n" if cte else ""
+                data = body.encode("utf-8")
+                if cte == "base64":
+                    data = base64.encodebytes(data)
+                mails.append(mail(head, data))
+                alt = mp("alternative", [f"Content-Type: {ctype}\n" + head.split("\n", 1)[1] + "\n" + body,
+                                         "Content-Type: text/plain\n\nother"], "ALT")
+                mails.append(top(alt))
+    assert len(mails) == 2 * 2 * 7 * len(bodies)
+    got = [fields(parse_mail(raw)) for raw in mails]
+    slow = [fields(slow_parse(raw)) for raw in mails]
+    monkeypatch.setattr(_mime, "_ascii_body", lambda part, charset: None)
+    assert got == [fields(parse_mail(raw)) for raw in mails]
+    assert slow == [fields(slow_parse(raw)) for raw in mails]
