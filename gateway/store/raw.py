@@ -4,8 +4,8 @@ SQLite copies every value bound to a statement (SQLITE_TRANSIENT) and builds the
 inserting a 25 MB mail the usual way costs two more copies of it, and reading it back a third one (the column
 value, then Python's bytes). For a mail of BIG bytes or more on SQLite the row is inserted with a zeroblob of
 its size and the bytes are written (and read) through SQLite's incremental blob I/O, a CHUNK at a time: only
-the caller's own buffer is ever whole in memory. PostgreSQL (psycopg): the row goes in by COPY, a CHUNK at a
-time, and `copy_raw` reads it a slice at a time. Other databases take the plain statement.
+the caller's own buffer is ever whole in memory. PostgreSQL (psycopg): the row goes in by a binary COPY, a CHUNK
+at a time, and `copy_raw` reads it a slice at a time. Other databases take the plain statement.
 Runs inside the caller's session and transaction. Also here, the other driver-level care a large mail needs:
 `release_big_binds` (SQLite keeps a copy of every bound value) and `read_last_commit` (a read that does not
 wait for the write lock).
@@ -13,8 +13,8 @@ wait for the write lock).
 
 from __future__ import annotations
 
-import binascii
 import os
+import struct
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -71,14 +71,15 @@ def insert_raw(session: Any, mail_id: int, raw: bytes) -> None:
 
 
 def _copy_in(pg: Any, mail_id: int, raw: bytes) -> None:
-    """PostgreSQL: the row inserted by COPY, its bytes sent a CHUNK at a time (in COPY's text form, hex): a bound
-    parameter would be another copy of them, and a text one twice their size."""
+    """PostgreSQL: the row inserted by a binary COPY, its bytes sent a CHUNK at a time: a bound parameter would be
+    another copy of them. The binary form: a header, one tuple of two fields (the mail id an int4, as
+    inbound_raw.mail_id is; the bytes), the trailer."""
     view = memoryview(raw)
-    with pg.cursor() as cur, cur.copy("COPY inbound_raw (mail_id, data) FROM STDIN") as copy:
-        copy.write(b"%d\t\\\\x" % mail_id)  # the value \x<hex>, its backslash escaped for COPY
+    with pg.cursor() as cur, cur.copy("COPY inbound_raw (mail_id, data) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack("!iihii", 0, 0, 2, 4, mail_id) + struct.pack("!i", len(raw)))
         for at in range(0, len(view), CHUNK):
-            copy.write(binascii.hexlify(view[at:at + CHUNK]))
-        copy.write(b"\n")
+            copy.write(view[at:at + CHUNK])
+        copy.write(struct.pack("!h", -1))
 
 
 def read_raw(session: Any, mail_id: int, limit: int | None = None) -> bytes | None:
