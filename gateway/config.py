@@ -200,6 +200,10 @@ SCHEMA: dict[str, Section] = {
             "subject_tag_prefix": Key(str, "#", "Subject tag prefix: '#' gives '[#42]'.", check=_tag_prefix),
             "reopen_days": Key(int, 14, "A reply to a closed ticket reopens it within this many days of closing; "
                                "later it opens a new ticket linked to the old one.", check=_non_negative),
+            "reply_wait_seconds": Key(int, 300, "A reply whose original (a mail its In-Reply-To or References names) "
+                                      "is stored but not threaded yet waits for it, at most this many seconds from "
+                                      "its arrival, so that it becomes a comment on the original's ticket; then it "
+                                      "is threaded without it. 0: never wait.", check=_non_negative),
             "body_delimiters": Key(list, [], "Lines that end the useful text of a mail (for example "
                                    "'--- Reply above this line ---'); the text from such a line on is dropped from "
                                    "the visible text (also when quoted with '>'). The full text is kept.",

@@ -36,6 +36,16 @@ def msgid_claim_of(message_id: str | None, from_addr: str | None, envelope_from:
     return msgid_claim(message_id, sender) if message_id else None
 
 
+def stored_forms(message_ids: Sequence[str]) -> dict[str, str]:
+    """The forms a Message-ID may have on a mail row not threaded yet -> the Message-ID: as parsed, and with
+    its angle brackets (the listing hint a transport stored, gateway.intake; threading writes the parsed one)."""
+    out: dict[str, str] = {}
+    for mid in message_ids:
+        out.setdefault(mid, mid)
+        out.setdefault(f"<{mid}>", mid)
+    return out
+
+
 @dataclass(frozen=True)
 class ClaimHolder:
     """The first mail that holds a dedupe claim a new mail would take."""
@@ -141,6 +151,11 @@ class Store(Protocol):
 
     def followed(self, ticket: Ticket) -> Ticket:
         """The ticket a merged ticket was merged into (along the chain), else the ticket itself."""
+        ...
+
+    def unthreaded(self, message_ids: Sequence[str], own_id: int | None) -> list[tuple[str, int]]:
+        """Stored mails not threaded yet (outcome 'received'), other than `own_id`, whose Message-ID is one of
+        these: (Message-ID, mail id), in the order of `message_ids` (the `wait` handler: a reply's original)."""
         ...
 
     def is_participant(self, ticket: Ticket, contact: Contact | None, email: str | None) -> str | None: ...

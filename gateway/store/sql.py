@@ -37,7 +37,7 @@ from gateway.models import (
     table_of,
 )
 from gateway.store import raw as raw_io
-from gateway.store.base import Asks, ClaimHolder, Flow
+from gateway.store.base import Asks, ClaimHolder, Flow, stored_forms
 from gateway.store.memo import (
     ABSENT_CLAIMS,
     ABSENT_CONTACTS,
@@ -489,6 +489,19 @@ class SqlStore:
 
     def is_participant(self, ticket: Ticket, contact: Contact | None, email: str | None) -> str | None:
         return self.tickets.is_participant(ticket, contact, email)
+
+    def unthreaded(self, message_ids: Sequence[str], own_id: int | None) -> list[tuple[str, int]]:
+        forms = stored_forms(message_ids)
+        if not forms:
+            return []
+        q = (select(InboundMail.message_id, InboundMail.id)
+             .where(InboundMail.message_id.in_(list(forms)), InboundMail.outcome == "received")
+             .order_by(InboundMail.id).limit(len(forms)))
+        if own_id is not None:
+            q = q.where(InboundMail.id != own_id)
+        order = {mid: i for i, mid in enumerate(message_ids)}
+        found = [(forms[str(mid)], int(i)) for mid, i in self.session.execute(q)]
+        return sorted(found, key=lambda r: order[r[0]])
 
     def token_issued(self, token: str) -> bool:
         return self.session.scalar(_TOKEN_ISSUED, {"token": token}) is not None
