@@ -271,8 +271,8 @@ class Intake:
                         waiting.append(len(out) - 1)
                 # a reply that waited for its original threaded later in this batch: once more, after it
                 if waiting and any(r.fresh and r.outcome in ("ticket", "comment") for r in out):
-                    for k in waiting:
-                        out[k] = self._run_stored(s, mails[out[k].mail_id], raws, prepared, counted)
+                    for k in waiting:  # (its try, given back when it waited, counted again)
+                        out[k] = self._run_stored(s, mails[out[k].mail_id], raws, prepared, counted=False)
                 return out
 
     def _run_stored(self, s: Any, mail: InboundMail, raws: Mapping[int, bytes], prepared: Mapping[int, Any],
