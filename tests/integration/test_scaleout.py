@@ -274,3 +274,72 @@ def test_a_stored_mail_another_instance_threads_is_left_to_it(tmp_path, pg_url):
     finally:
         a.close()
         b.close()
+
+
+def test_a_reply_at_instance_b_waits_for_its_original_that_instance_a_threads(tmp_path, pg_url):
+    """Two `serve` instances: the original goes to instance A over SMTP, and A is slow to thread it (the test holds
+    the claim, the advisory lock, that A's workers and every sweep take before threading a mail: as if A were
+    threading it now); the reply goes to instance B, which threads it first. The reply waits (handlers/wait.py)
+    instead of opening a ticket of its own; once the original is threaded, it is its comment."""
+    from conftest import make_config
+    from sqlalchemy import text
+
+    from gateway.app import build_app
+    from gateway.engine import CLAIM_LOCK_CLASS
+
+    app = build_app(make_config(tmp_path / "operator", pg_url))
+    db = Db(app)
+    who = "alice@customer.example"
+    original = make_mail(sender=who, subject="Printer on fire", message_id="<original@customer.example>")
+    answer = make_mail(sender=who, subject="Re: Printer on fire", message_id="<reply@customer.example>",
+                       in_reply_to="<original@customer.example>", references="<original@customer.example>")
+
+    def mail(message_id: str) -> InboundMail | None:
+        with app.sessions() as s:
+            return s.scalar(select(InboundMail).where(InboundMail.message_id.in_(
+                [message_id, f"<{message_id}>"])))
+
+    cluster = Cluster(tmp_path, 2, pg_url, addresses=[SUPPORT])
+    try:
+        a, b = cluster.ports
+        with app.engine.connect() as conn:
+            # the ids the next mails get: claimed here, so no instance threads them while claimed
+            nxt = int(conn.scalar(text("SELECT last_value + CASE WHEN is_called THEN 1 ELSE 0 END FROM "
+                                       + str(conn.scalar(text("SELECT pg_get_serial_sequence('inbound_mail', "
+                                                              "'id')"))))))
+            claimed = list(range(nxt, nxt + 20))
+
+            def unlock(ids: list[int]) -> None:
+                for i in ids:
+                    conn.execute(select(func.pg_advisory_unlock(CLAIM_LOCK_CLASS, i)))
+                conn.commit()
+
+            for i in claimed:
+                conn.execute(select(func.pg_advisory_lock(CLAIM_LOCK_CLASS, i)))
+            conn.commit()
+            assert send_many(a, [(who, [SUPPORT], original)]) == 1  # 250: stored by A
+            first = mail("original@customer.example")
+            assert first is not None and first.id in claimed and first.outcome == "received"
+            unlock([i for i in claimed if i != first.id])  # only the original stays claimed ("A threads it")
+            assert send_many(b, [(who, [SUPPORT], answer)]) == 1
+
+            def waited() -> bool:
+                m = mail("reply@customer.example")
+                return m is not None and any(t.startswith("wait: waiting for <original@customer.example>")
+                                             for t in m.trace or [])
+
+            assert wait_for(waited, 60), cluster.logs()
+            reply_row = mail("reply@customer.example")
+            assert reply_row is not None and reply_row.outcome == "received" and db.count(Ticket) == 0
+            unlock([first.id])  # A is done with it: threaded now (by a worker or a sweep of either instance)
+        assert wait_for(lambda: db.outcomes() == {"ticket": 1, "comment": 1}, 60), (db.outcomes(), cluster.logs())
+        codes = cluster.stop()
+    finally:
+        cluster.stop()
+    assert codes == [0, 0], cluster.logs()
+    assert db.count(Ticket) == 1 and db.count(Comment) == 1
+    done_first, done_reply = mail("original@customer.example"), mail("reply@customer.example")
+    assert done_first is not None and done_reply is not None
+    assert (done_first.outcome, done_reply.outcome) == ("ticket", "comment")
+    assert done_reply.ticket_id == done_first.ticket_id
+    app.close()
