@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from handlerkit import NOW, MakeCtx
@@ -25,7 +26,7 @@ def stored(store: InMemoryStore, message_id: str, outcome: str = "received") -> 
                                       trace=[], attempts=0))
 
 
-def waiting_ctx(make_ctx: MakeCtx, **mail: str) -> MailContext:
+def waiting_ctx(make_ctx: MakeCtx, **mail: Any) -> MailContext:
     ctx = make_ctx(**mail)
     ctx.may_wait = True
     return ctx
