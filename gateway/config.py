@@ -277,6 +277,13 @@ SCHEMA: dict[str, Section] = {
         "Attachment storage (content-addressed by sha256).",
         {
             "path": Key(str, "", "Directory. Empty: <gateway.data_dir>/attachments."),
+            "prune_minutes": Key(int, 10, "serve looks for orphaned blobs this often (blobs no attachment "
+                                 "refers to: written for a mail that then kept nothing, a duplicate, an ignored or "
+                                 "quarantined mail), at most 5000 blobs a time, and removes them. 0: never (then "
+                                 "`ticket-gateway db prune-attachments` does it).", check=_non_negative),
+            "prune_grace_hours": Key(int, 24, "A blob no attachment refers to is removed only when it was not "
+                                     "written for this many hours (a mail being threaded now has its blobs "
+                                     "written just before).", check=_positive),
         },
     ),
     "limits": Section(

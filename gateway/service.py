@@ -63,6 +63,7 @@ COMPONENTS: tuple[str, ...] = (
     "gateway.outbound:install_service",
     "gateway.sla:install_service",
     "gateway.api:install_service",   # HTTP: API, /healthz, /metrics ([http] listen)
+    "gateway.blobprune:install_service",  # orphaned attachment blobs ([attachments] prune_minutes)
     "gateway.backends:install_service",
 )
 
