@@ -148,9 +148,22 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
         for i, who in enumerate(reporters):
             to = URGENT if i < URGENT_TICKETS else SUPPORT
             raw = make_mail(sender=who, to=to, subject=f"case {i}", cc=WATCHERS[i % len(WATCHERS)],
-                            body=f"Case {i} is broken.\n", headers=authenticated())
+                            body=f"Case {i} is broken.\n", headers=authenticated(),
+                            message_id=f"<case{i}@customer.example>")
             jobs[i % len(ports)].append((who, [to], raw))
         spread(ports, jobs)
+        # ... and at once (each original stored: its 250 came) a follow-up of each to the next instance, In-Reply-To
+        # the original: threaded before its original (which another instance has), it waits for it and is its
+        # comment (handlers/wait.py), whatever the order the instances thread them in
+        jobs = [[] for _ in ports]
+        for i, who in enumerate(reporters):
+            to = URGENT if i < URGENT_TICKETS else SUPPORT
+            raw = make_mail(sender=who, to=to, subject=f"Re: case {i}", in_reply_to=f"<case{i}@customer.example>",
+                            references=f"<case{i}@customer.example>", body=f"Forgot to say: case {i} smokes.\n",
+                            headers=authenticated())
+            jobs[(i + 1) % len(ports)].append((who, [to], raw))
+        spread(ports, jobs)
+        followups = len(reporters)
         # ... and new tickets into the one mailbox all instances list
         imap_reporters = [f"m{i}@imap.example" for i in range(IMAP_TICKETS)]
         dovecot.append_many([make_mail(sender=who, subject=f"imap case {i}", body=f"Mailbox case {i}.\n")
@@ -166,7 +179,8 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
                     out[r.rcpt_tos[0]] = msg
             return out
 
-        assert wait_for(lambda: db.outcomes() == {"ticket": tickets} and len(acknowledged()) == tickets, 90), \
+        assert wait_for(lambda: db.outcomes() == {"ticket": tickets, "comment": followups}
+                        and len(acknowledged()) == tickets, 90), \
             (db.outcomes(), len(acknowledged()), cluster.logs())
         # 2. every reporter answers the acknowledgement: over SMTP at the next instance, or into the mailbox
         ack = acknowledged()
@@ -177,10 +191,10 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
         spread(ports, jobs)
         dovecot.append_many([reply(ack[who], who, f"More on mailbox case {i}.\n")[1]
                              for i, who in enumerate(imap_reporters)])
-        comments = len(reporters) + len(imap_reporters)
-        # notifications: acks; the staff notice of each new ticket; each comment to the watcher (SMTP ones) and to
-        # staff (no assignee, no group: every staff member); SLA mails to the lead
-        notices = acks + tickets + (len(reporters) + comments)
+        comments = followups + len(reporters) + len(imap_reporters)
+        # notifications: acks; the staff notice of each new ticket; each comment to the watcher (SMTP ones: the
+        # follow-up and the reply) and to staff (no assignee, no group: every staff member); SLA mails to the lead
+        notices = acks + tickets + (followups + len(reporters) + comments)
 
         def escalated() -> bool:
             kinds = Counter(e.kind for e in db.escalations())
@@ -207,14 +221,15 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
     # unique numbers (PostgreSQL: a sequence, no lock between instances; a rolled-back try leaves a gap)
     assert len(set(numbers)) == tickets and numbers[0] >= 1
     assert all(n == 1 for n in subjects.values()), subjects
-    assert len(per_ticket) == comments and set(per_ticket.values()) == {1}  # every reply on its own ticket
+    # every follow-up and reply on its own ticket (over SMTP: the follow-up and the reply; IMAP: the reply)
+    assert sorted(per_ticket.values()) == [1] * IMAP_TICKETS + [2] * len(reporters), per_ticket
     # inbound mail: every one stored once, none left `received`
     sent_in = tickets + comments
     assert db.count(InboundMail) == sent_in and db.outcomes() == {"ticket": tickets, "comment": comments}
     with app.sessions() as s:
         assert s.scalar(select(func.count(func.distinct(InboundMail.message_id)))) == sent_in
         transports = Counter(s.scalars(select(InboundMail.source)))
-    assert transports == {"smtp": 2 * len(reporters), "imap": 2 * IMAP_TICKETS}, transports
+    assert transports == {"smtp": 3 * len(reporters), "imap": 2 * IMAP_TICKETS}, transports
     assert dovecot.count("INBOX") == 0 and dovecot.count("Processed") == 2 * IMAP_TICKETS
 
     # escalations: one claim per (ticket, kind); the breach mailed to the lead once per ticket
@@ -232,7 +247,7 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
     assert set(at_sink) == {r.message_id for r in rows}
     assert len(sink.received) == len(rows)
     assert Counter(r.recipient for r in rows if r.event == "comment") == Counter(
-        [w for i, w in ((i, WATCHERS[i % len(WATCHERS)]) for i in range(len(reporters)))] + [STAFF] * comments)
+        [WATCHERS[i % len(WATCHERS)] for i in range(len(reporters))] * 2 + [STAFF] * comments)
 
     # the load was spread: every instance took mail in over SMTP and threaded some of it
     for x in cluster.instances:
