@@ -21,15 +21,14 @@ def handle(ctx: MailContext) -> None:
         return
     limit = ctx.config.gateway["reply_wait_seconds"]
     age = (ctx.clock() - ctx.mail.received_at).total_seconds()
-    waiting = ctx.store.unthreaded(ids, ctx.mail.id)
-    if waiting:
-        mid, mail_id = waiting[0]
+    found = ctx.store.originals(ids, ctx.mail.id)
+    if found.waiting:
+        mid, mail_id = found.waiting[0]
         if may_wait(age, limit):
             raise Wait(f"waiting for <{mid}> (mail {mail_id}), stored but not threaded yet")
         ctx.note(f"wait: <{mid}> (mail {mail_id}) is still not threaded after {limit} s: threaded without it")
         return
-    # another instance may have threaded the original between `match`'s look-up and this one (PostgreSQL, READ
-    # COMMITTED): a ticket knows it now, so run again (on SQLite the look-up is remembered: nobody else writes)
-    late = ctx.store.tickets_by_message_ids(ids)
-    if late and may_wait(age, limit):
-        raise Wait(f"<{late[0][0]}> was threaded meanwhile (ticket #{late[0][1].number}): running again")
+    # another instance threaded the original between `match`'s look-up and this one (PostgreSQL, READ
+    # COMMITTED): a ticket knows it now, so the mail runs again (it joins that ticket then)
+    if found.threaded and may_wait(age, limit):
+        raise Wait(f"<{found.threaded[0]}> was threaded meanwhile: running again")

@@ -47,6 +47,14 @@ def stored_forms(message_ids: Sequence[str]) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class Originals:
+    """See `Store.originals`; both in the order of the Message-IDs asked about."""
+
+    waiting: list[tuple[str, int]]  # (Message-ID, mail id): stored, not threaded yet
+    threaded: list[str]             # Message-IDs a ticket knows
+
+
+@dataclass(frozen=True)
 class ClaimHolder:
     """The first mail that holds a dedupe claim a new mail would take."""
 
@@ -153,9 +161,10 @@ class Store(Protocol):
         """The ticket a merged ticket was merged into (along the chain), else the ticket itself."""
         ...
 
-    def unthreaded(self, message_ids: Sequence[str], own_id: int | None) -> list[tuple[str, int]]:
-        """Stored mails not threaded yet (outcome 'received'), other than `own_id`, whose Message-ID is one of
-        these: (Message-ID, mail id), in the order of `message_ids` (the `wait` handler: a reply's original)."""
+    def originals(self, message_ids: Sequence[str], own_id: int | None) -> Originals:
+        """What became of the mails with these Message-IDs (the `wait` handler: a reply's original), seen at one
+        moment (one statement): the stored mails not threaded yet, other than `own_id`, and the Message-IDs a
+        ticket knows."""
         ...
 
     def is_participant(self, ticket: Ticket, contact: Contact | None, email: str | None) -> str | None: ...

@@ -92,6 +92,37 @@ def spread(ports: list[int], jobs: list[list[tuple[str, list[str], bytes]]]) -> 
     assert not errors, errors
 
 
+class Claims:
+    """Holds the claims (session advisory locks, gateway.engine.CLAIM_LOCK_CLASS) that serve's workers and sweeps
+    take before threading a stored mail, on the ids the next `n` stored mails get: while a claim is held, no
+    instance threads that mail, as if another instance were threading it now (slowly). Deterministic, no timing."""
+
+    def __init__(self, app, n: int) -> None:
+        from sqlalchemy import text
+
+        from gateway.engine import CLAIM_LOCK_CLASS
+
+        self.lock_class = CLAIM_LOCK_CLASS
+        self.conn = app.engine.connect()
+        seq = self.conn.scalar(text("SELECT pg_get_serial_sequence('inbound_mail', 'id')"))
+        nxt = int(self.conn.scalar(text(f"SELECT last_value + CASE WHEN is_called THEN 1 ELSE 0 END FROM {seq}")))
+        self.held = set(range(nxt, nxt + n))
+        for i in sorted(self.held):
+            self.conn.execute(select(func.pg_advisory_lock(self.lock_class, i)))
+        self.conn.commit()
+
+    def release(self, ids) -> None:
+        for i in sorted(self.held & set(ids)):
+            self.conn.execute(select(func.pg_advisory_unlock(self.lock_class, i)))
+            self.held.discard(i)
+        self.conn.commit()
+
+    def close(self) -> None:
+        if not self.conn.closed:
+            self.release(list(self.held))
+            self.conn.close()
+
+
 class Db:
     """Counts read from the shared database (an App of its own, like an operator's CLI)."""
 
@@ -140,9 +171,12 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
     }
     sink = Sink().start()
     cluster = Cluster(tmp_path, instances, pg_url, relay_port=sink.port, addresses=[SUPPORT, URGENT], extra=extra)
+    claims: Claims | None = None
     try:
         ports = cluster.ports
-        # 1. new tickets over SMTP, spread over the instances (the urgent ones first: their SLA clock runs)
+        # 1. new tickets over SMTP, spread over the instances (the urgent ones first: their SLA clock runs); their
+        # threading held back (Claims) until the follow-ups below were threaded
+        claims = Claims(app, 4 * (URGENT_TICKETS + SMTP_TICKETS))
         reporters = [f"c{i}@customer.example" for i in range(URGENT_TICKETS + SMTP_TICKETS)]
         jobs: list[list[tuple[str, list[str], bytes]]] = [[] for _ in ports]
         for i, who in enumerate(reporters):
@@ -152,9 +186,12 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
                             message_id=f"<case{i}@customer.example>")
             jobs[i % len(ports)].append((who, [to], raw))
         spread(ports, jobs)
-        # ... and at once (each original stored: its 250 came) a follow-up of each to the next instance, In-Reply-To
-        # the original: threaded before its original (which another instance has), it waits for it and is its
-        # comment (handlers/wait.py), whatever the order the instances thread them in
+        with app.sessions() as s:
+            originals = set(s.scalars(select(InboundMail.id)))
+        assert len(originals) == len(reporters) and originals <= claims.held
+        claims.release(claims.held - originals)  # only the originals stay held: "another instance threads them"
+        # ... and a follow-up of each to the next instance, In-Reply-To the original: threaded before its original
+        # (which another instance holds), it waits for it (handlers/wait.py) and becomes its comment
         jobs = [[] for _ in ports]
         for i, who in enumerate(reporters):
             to = URGENT if i < URGENT_TICKETS else SUPPORT
@@ -164,6 +201,15 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
             jobs[(i + 1) % len(ports)].append((who, [to], raw))
         spread(ports, jobs)
         followups = len(reporters)
+
+        def waited() -> int:
+            with app.sessions() as s:
+                return sum(1 for trace in s.scalars(select(InboundMail.trace).where(InboundMail.id.not_in(originals)))
+                           if any(t.startswith("wait: waiting for <case") for t in trace or []))
+
+        assert wait_for(lambda: waited() == followups, 60), (waited(), db.outcomes(), cluster.logs())
+        assert db.count(Ticket) == 0
+        claims.close()  # the originals are threaded now (by a worker or a sweep), then their follow-ups
         # ... and new tickets into the one mailbox all instances list
         imap_reporters = [f"m{i}@imap.example" for i in range(IMAP_TICKETS)]
         dovecot.append_many([make_mail(sender=who, subject=f"imap case {i}", body=f"Mailbox case {i}.\n")
@@ -208,6 +254,8 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
         time.sleep(3)  # every instance's outbox and SLA sweep run a few more rounds: nothing more may come
         codes = cluster.stop()
     finally:
+        if claims is not None:
+            claims.close()
         cluster.stop()
         sink.stop()
     assert codes == [0] * instances, (codes, cluster.logs())
@@ -297,10 +345,8 @@ def test_a_reply_at_instance_b_waits_for_its_original_that_instance_a_threads(tm
     threading it now); the reply goes to instance B, which threads it first. The reply waits (handlers/wait.py)
     instead of opening a ticket of its own; once the original is threaded, it is its comment."""
     from conftest import make_config
-    from sqlalchemy import text
 
     from gateway.app import build_app
-    from gateway.engine import CLAIM_LOCK_CLASS
 
     app = build_app(make_config(tmp_path / "operator", pg_url))
     db = Db(app)
@@ -317,25 +363,12 @@ def test_a_reply_at_instance_b_waits_for_its_original_that_instance_a_threads(tm
     cluster = Cluster(tmp_path, 2, pg_url, addresses=[SUPPORT])
     try:
         a, b = cluster.ports
-        with app.engine.connect() as conn:
-            # the ids the next mails get: claimed here, so no instance threads them while claimed
-            nxt = int(conn.scalar(text("SELECT last_value + CASE WHEN is_called THEN 1 ELSE 0 END FROM "
-                                       + str(conn.scalar(text("SELECT pg_get_serial_sequence('inbound_mail', "
-                                                              "'id')"))))))
-            claimed = list(range(nxt, nxt + 20))
-
-            def unlock(ids: list[int]) -> None:
-                for i in ids:
-                    conn.execute(select(func.pg_advisory_unlock(CLAIM_LOCK_CLASS, i)))
-                conn.commit()
-
-            for i in claimed:
-                conn.execute(select(func.pg_advisory_lock(CLAIM_LOCK_CLASS, i)))
-            conn.commit()
+        claims = Claims(app, 20)
+        try:
             assert send_many(a, [(who, [SUPPORT], original)]) == 1  # 250: stored by A
             first = mail("original@customer.example")
-            assert first is not None and first.id in claimed and first.outcome == "received"
-            unlock([i for i in claimed if i != first.id])  # only the original stays claimed ("A threads it")
+            assert first is not None and first.id in claims.held and first.outcome == "received"
+            claims.release(claims.held - {first.id})  # only the original stays claimed ("A threads it")
             assert send_many(b, [(who, [SUPPORT], answer)]) == 1
 
             def waited() -> bool:
@@ -346,7 +379,8 @@ def test_a_reply_at_instance_b_waits_for_its_original_that_instance_a_threads(tm
             assert wait_for(waited, 60), cluster.logs()
             reply_row = mail("reply@customer.example")
             assert reply_row is not None and reply_row.outcome == "received" and db.count(Ticket) == 0
-            unlock([first.id])  # A is done with it: threaded now (by a worker or a sweep of either instance)
+        finally:
+            claims.close()  # A is done with it: threaded now (by a worker or a sweep of either instance)
         assert wait_for(lambda: db.outcomes() == {"ticket": 1, "comment": 1}, 60), (db.outcomes(), cluster.logs())
         codes = cluster.stop()
     finally:
