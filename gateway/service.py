@@ -379,8 +379,11 @@ class Service:
         queued again when their `retry_in` has passed (the sweep is the fallback). Returns the results."""
         loop = self._loop
         for r in results:
-            if r.retry_in is not None and loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(loop.call_later, r.retry_in, self.enqueue, r.mail_id)
+            if r.retry_in is not None and loop is not None:
+                try:
+                    loop.call_soon_threadsafe(loop.call_later, r.retry_in, self.enqueue, r.mail_id)
+                except RuntimeError:  # the loop is closed (shutdown): the sweep of the next start threads it
+                    break
         return results
 
     def _may_thread(self, since: float) -> bool:
