@@ -267,7 +267,7 @@ class Intake:
                         out.append(self._give_up(s, mail))
                         continue
                     out.append(self._run_stored(s, mail, raws, prepared, counted))
-                    if out[-1].outcome == "received":
+                    if out[-1].retry_in is not None:
                         waiting.append(len(out) - 1)
                 # a reply that waited for its original threaded later in this batch: once more, after it
                 if waiting and any(r.fresh and r.outcome in ("ticket", "comment") for r in out):
