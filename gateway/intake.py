@@ -23,7 +23,7 @@ from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session
 
-from gateway.db import StoreUnavailable, is_unavailable, transaction
+from gateway.db import StoreUnavailable, is_conflict, is_unavailable, transaction
 from gateway.envelope import Envelope  # a leaf module; importable from here too
 from gateway.events import MailRejected
 from gateway.models import InboundMail, InboundRaw, Ticket
@@ -208,6 +208,11 @@ class Intake:
             except StoreUnavailable:
                 raise
             except Exception as e:
+                if is_conflict(e) and attempt < 4:
+                    # a deadlock with another instance's transaction (PostgreSQL chose this one): run it again
+                    # now, not after the pending sweep
+                    log.info("%s: %s, running again", what, type(getattr(e, "orig", e)).__name__)
+                    continue
                 if is_unavailable(e):
                     raise StoreUnavailable(str(e)) from e
                 raise
