@@ -53,7 +53,7 @@ from gateway.config import Config
 from gateway.db import StoreUnavailable, is_unavailable
 from gateway.intake import Envelope, Result
 from gateway.store import raw as rawstore
-from gateway.thread_policy import THREAD_BATCH, CostModel, arrival_rate, may_thread, sender_rate
+from gateway.thread_policy import THREAD_BATCH, CostModel, arrival_rate, gate_need, may_thread, sender_rate
 
 log = logging.getLogger("gateway.service")
 
@@ -379,9 +379,15 @@ class Service:
         with at most serve.thread_share of the write gate; or the mail it is about to thread has waited
         serve.defer_seconds since `since` (gateway.thread_policy.may_thread)."""
         now = time.monotonic()
+        costs = self.cost_model.costs(now)
         verdict = may_thread(single_writer=self.gate.enabled, arriving=self.ingest_busy, rate=self.arrivals,
-                             costs=self.cost_model.costs(now), share=self.share, batch=THREAD_BATCH,
-                             burst=self.burst, queued_at=since, now=now, defer=self.defer)
+                             costs=costs, share=self.share, batch=THREAD_BATCH, burst=self.burst, queued_at=since,
+                             now=now, defer=self.defer)
+        if verdict.burst != self.burst:
+            log.debug("%s: %.0f mail/s arriving, threading them would need %.0f%% of the write gate (%.1f ms a "
+                      "transaction + %.1f ms a mail)", "burst, arriving mail first" if verdict.burst else
+                      "burst over", self.arrivals, 100 * gate_need(self.arrivals, costs, THREAD_BATCH),
+                      1000 * costs.per_txn, 1000 * costs.per_mail)
         self.burst = verdict.burst
         return verdict.thread
 

@@ -4,10 +4,12 @@ No I/O and no clock reads: every function takes the times it needs as arguments 
 clock), so the module is tested with fixed clocks. `gateway.service` owns the measuring and the waiting.
 
 On SQLite one writer holds the database at a time; `serve`'s write gate alternates between a store batch
-(senders wait for their 250) and one threading transaction (stored mail turned into tickets). A threading
-transaction of n mails holds the gate for about `per_txn + n * per_mail` seconds (`Costs`): a fixed part (the
-commit, its fsync, the bookkeeping) and a part per mail. Threading *keeps pace* with mail arriving at `rate`
-mail/s when, in transactions of at most `batch` mails, it needs at most `share` of the gate:
+(senders wait for their 250) and one threading transaction (stored mail turned into tickets). Threading n
+mails in one transaction takes about `per_txn + n * per_mail` seconds from arriving mail (`Costs`; serve
+measures the time the transaction holds the gate plus the CPU time of staging it, when the SMTP sessions wait
+for the interpreter): a fixed part (the commit, its fsync, the bookkeeping) and a part per mail. Threading
+*keeps pace* with mail arriving at `rate` mail/s when, in transactions of at most `batch` mails, it needs at
+most `share` of that time:
 
     rate * (per_txn / batch + per_mail) <= share                                     (gate_need)
 
@@ -21,8 +23,10 @@ A *burst* is mail arriving faster than that: threading could not keep pace anywa
 first (senders get their 250 sooner) and threading catches up after it, each mail waiting at most `defer`
 seconds since it was queued. A burst ends when the need falls below 3/4 of the share (hysteresis).
 
-`CostModel` learns `Costs` from the transactions threading ran (least squares of held seconds on mails,
-older transactions weighing less); `arrival_rate` smooths the measured arrival rate.
+`CostModel` learns `Costs` from the transactions threading ran (least squares of seconds on mails, older
+transactions weighing less, fading back to a cautious prior while threading waits); `sender_rate` is the
+arrival rate of one sample as the senders would have sent without threading holding them back, and
+`arrival_rate` smooths it.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ THREAD_BATCH = 16   # the most mails threaded in one transaction (gateway.servic
 
 @dataclass(frozen=True)
 class Costs:
-    """Write-gate seconds of a threading transaction of n mails: per_txn + n * per_mail."""
+    """Seconds a threading transaction of n mails takes from arriving mail: per_txn + n * per_mail."""
 
     per_txn: float
     per_mail: float
@@ -58,8 +62,8 @@ PRIOR = Costs(per_txn=0.02, per_mail=0.008)
 
 
 def gate_need(rate: float, costs: Costs, batch: int) -> float:
-    """The share of the write gate threading needs to keep pace with `rate` mail/s in transactions of at most
-    `batch` mails (more than 1: it cannot)."""
+    """The share of the write gate (and of the interpreter) threading needs to keep pace with `rate` mail/s in
+    transactions of at most `batch` mails (more than 1: it cannot)."""
     return max(0.0, rate) * (costs.per_txn / max(1, batch) + costs.per_mail)
 
 

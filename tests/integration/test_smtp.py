@@ -525,6 +525,8 @@ def test_threading_keeps_pace_with_mail_arriving_steadily(serve) -> None:
         threaded = sum(m.outcome != "received" for m in r.mails()[:20])
     assert threaded >= 15, threaded
     assert len(r.wait_processed(30)) == 30
+    if r.service.gate.enabled:  # SQLite: what threading costs was learnt from the workers' transactions
+        assert r.service.cost_model.weight > 0
 
 
 def test_threading_yields_to_a_burst(tmp_path, sqlite_url) -> None:
