@@ -53,7 +53,7 @@ from gateway.config import Config
 from gateway.db import StoreUnavailable, is_unavailable
 from gateway.intake import Envelope, Result
 from gateway.store import raw as rawstore
-from gateway.thread_policy import THREAD_BATCH, CostModel, arrival_rate, gate_need, may_thread, sender_rate
+from gateway.thread_policy import SAMPLE_SECONDS, THREAD_BATCH, CostModel, arrival_rate, gate_need, may_thread
 
 log = logging.getLogger("gateway.service")
 
@@ -267,7 +267,6 @@ class Service:
         self.cost_model = CostModel()                          # what threading costs (see thread_gate)
         self.burst = False                                     # mail arrives faster than threading keeps pace
         self._stored_count = 0
-        self._store_wait = 0.0                                 # seconds store batches waited for the gate
         self._last_busy = 0.0
         self.stopping: asyncio.Event | None = None            # set when shutdown starts (tasks end on it)
         self.stop_requested = threading.Event()                # the same, for sync code in threads
@@ -356,9 +355,7 @@ class Service:
             return self.intake.store(raw, envelope)
 
     def _store_many_sync(self, items: list[tuple[bytes, Envelope]]) -> list[int]:
-        t = time.monotonic()
         with self.gate.hold(urgent=True):
-            self._store_wait += time.monotonic() - t  # (one batch in flight on SQLite: no lost updates)
             return self.intake.store_many(items)
 
     def _process_sync(self, mail_id: int) -> Result:
@@ -447,24 +444,18 @@ class Service:
 
     async def _watch_ingest(self) -> None:
         """ingest_busy: a store in flight or a session inside a mail now or in the last 150 ms. arrivals: mails
-        stored per second, sampled every 200 ms, the senders' own rate (gateway.thread_policy.sender_rate: the
-        time stores waited for the write gate does not count unless the senders were idle meanwhile),
-        averaged over about a second; a clear burst counts at once (arrival_rate)."""
-        sampled = checked = time.monotonic()
-        idle = 0.0  # seconds of this sample without a mail being received or stored
+        stored per second, sampled every SAMPLE_SECONDS, averaged over about a second; a clear burst counts at
+        once (gateway.thread_policy.arrival_rate)."""
+        sampled = time.monotonic()
         while True:
             now = time.monotonic()
-            if now - sampled >= 0.2:
-                rate = sender_rate(self._stored_count, now - sampled, self._store_wait, idle)
-                self._stored_count, self._store_wait, idle = 0, 0.0, 0.0
+            if now - sampled >= SAMPLE_SECONDS:
+                rate, self._stored_count = self._stored_count / (now - sampled), 0
                 self.arrivals = arrival_rate(self.arrivals, rate, self.cost_model.costs(now), self.share,
                                              THREAD_BATCH)
                 sampled = now
             if self._inflight or (self.registry is not None and self.registry.in_transaction()):
                 self._last_busy = now
-            else:
-                idle += now - checked
-            checked = now
             self.ingest_busy = now - self._last_busy < 0.15
             await asyncio.sleep(0.02)
 

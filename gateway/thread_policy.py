@@ -24,9 +24,8 @@ first (senders get their 250 sooner) and threading catches up after it, each mai
 seconds since it was queued. A burst ends when the need falls below 3/4 of the share (hysteresis).
 
 `CostModel` learns `Costs` from the transactions threading ran (least squares of seconds on mails, older
-transactions weighing less, fading back to a cautious prior while threading waits); `sender_rate` is the
-arrival rate of one sample as the senders would have sent without threading holding them back, and
-`arrival_rate` smooths it.
+transactions weighing less, fading back to a cautious prior while threading waits); `arrival_rate`
+smooths the arrival rate, but lets a burst count at once.
 """
 
 from __future__ import annotations
@@ -34,11 +33,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["PRIOR", "THREAD_BATCH", "CostModel", "Costs", "Verdict", "arrival_rate", "gate_need", "may_thread",
-           "pace_batch", "sender_rate"]
+           "pace_batch"]
 
 HYSTERESIS = 0.75   # a burst ends when the need falls below this part of the share
-CLEAR_BURST = 2.0   # a sample needing this many times the share counts at once (not smoothed)
-SMOOTHING = 0.2     # weight of a new arrival-rate sample
+CLEAR_BURST = 1.0   # a sample needing more than this many times the share counts at once (not smoothed)
+SAMPLE_SECONDS = 0.4  # the arrival rate is sampled this often (see arrival_rate)
+SMOOTHING = 0.35    # weight of a new arrival-rate sample (about a second remembered)
 HALF_LIFE = 2.0     # seconds after which a learned transaction weighs half (see CostModel)
 PRIOR_WEIGHT = 1.0  # the prior counts as this many transactions of 1 and of THREAD_BATCH mails
 OUTLIER = 3.0       # a transaction counts as at most this many times what the model expected of it
@@ -98,21 +98,13 @@ def may_thread(*, single_writer: bool, arriving: bool, rate: float, costs: Costs
     return Verdict(not burst or now - queued_at >= defer, burst)
 
 
-def sender_rate(stored: int, seconds: float, waited: float, idle: float) -> float:
-    """Mails stored per second over a sample of `seconds`: the senders' own pace. Stores that waited for the
-    gate (`waited` seconds) held back senders that wait for their 250 before sending the next mail, so that
-    time does not count -- unless the senders were idle for part of the sample (`idle`: no mail being
-    received or stored), which a sender held back is not: a paced stream whose stores waited for a long
-    transaction is not read as a burst. At most 9/10 of the sample is taken off."""
-    if seconds <= 0:
-        return 0.0
-    held = min(max(0.0, waited - max(0.0, idle)), 0.9 * seconds)
-    return max(0, stored) / (seconds - held)
-
-
 def arrival_rate(before: float, sample: float, costs: Costs, share: float, batch: int) -> float:
-    """The arrival rate after a new sample (`sender_rate`): smoothed over about a second of 200 ms samples,
-    but a sample that is clearly a burst (needing CLEAR_BURST times the share) counts at once."""
+    """The arrival rate (mail/s) after a new sample (the mails stored in SAMPLE_SECONDS, per second): smoothed
+    over about a second, but a sample that alone is a burst (needing more than CLEAR_BURST times the share)
+    counts at once, so that senders who wait for each 250 are not held back by threading first (it would
+    slow them down to a pace it keeps up with). What was stored, not a guess at the senders' own pace: taking
+    off the time stores waited for the gate, as before, read paced streams as bursts whenever a threading
+    transaction was long (a 20 mail/s stream as 500 mail/s)."""
     smooth = (1 - SMOOTHING) * before + SMOOTHING * sample
     return max(sample, smooth) if gate_need(sample, costs, batch) > CLEAR_BURST * share else smooth
 
