@@ -62,6 +62,13 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def status_kib(pid: int, key: str) -> int:
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
@@ -88,7 +95,9 @@ class Sampler:
 
     def sample(self) -> tuple[int, int]:
         root = status_kib(self.pid, "VmRSS")
-        kids = children(self.pid)
+        # a child still running serve's program is a fork that has not exec'd the worker yet (subprocess.Popen):
+        # its pages are serve's, counted once already (read as its own, the sum jumps by serve's size for a moment)
+        kids = [k for k in children(self.pid) if cmdline(k) != cmdline(self.pid)]
         self.max_kids = max(self.max_kids, len(kids))
         return root, sum(status_kib(k, "VmRSS") for k in kids)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -28,27 +29,77 @@ class BlobStore:
             return sha
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dfd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _write(fd, tmp, [data])
+        _move(tmp, final)
         return sha
+
+    def put_stream(self, chunks: Iterable[bytes]) -> tuple[str, int]:
+        """(sha256, size) of the bytes `chunks` yields, stored a chunk at a time: they are never whole in memory.
+        They go to a temporary file at the root first (their path comes from the hash of all of them), which is
+        dropped when that content is stored already."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        digest = hashlib.sha256()
+        size = 0
+
+        def hashed() -> Iterator[bytes]:
+            nonlocal size
+            for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+                yield chunk
+
+        _write(fd, tmp, hashed())
+        sha = digest.hexdigest()
+        final = self.path_for(sha)
+        try:
+            if final.exists() and final.stat().st_size == size:
+                os.unlink(tmp)
+                return sha, size
+            final.parent.mkdir(parents=True, exist_ok=True)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        _move(tmp, final)
+        return sha, size
 
     def get(self, sha256: str) -> bytes:
         return self.path_for(sha256).read_bytes()
 
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).exists()
+
+
+def _write(fd: int, tmp: str, chunks: Iterable[bytes]) -> None:
+    """Write `chunks` to the new temporary file `tmp` (open as `fd`) and make them durable; on failure it is
+    removed."""
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _move(tmp: str, final: Path) -> None:
+    """The durable temporary file `tmp` becomes `final`, durably (tmp + fsync + rename + fsync(dir))."""
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    dfd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

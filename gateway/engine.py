@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from sqlalchemy import Integer, case, column, func, select, update
 from sqlalchemy.dialects import postgresql
 
+from gateway.auth.headers import HEAD_LIMIT
 from gateway.db import StoreUnavailable, is_unavailable, transaction
 from gateway.envelope import Envelope
 from gateway.intake import IngestBatch, Intake, Result
@@ -50,6 +51,9 @@ CLAIM_LOCK_CLASS = 724275
 # A stored mail this large is handed to the worker in a file, not in memory: serve does not hold it while the
 # worker parses it, and the worker is restarted after it (gateway.prepare: what it allocated goes back).
 SPILL_BYTES = 4 * 1024 * 1024
+# Of a large mail the worker parsed, the bytes read back for the handlers: its header block, as much of it as
+# gateway.auth reads (header_fields finds the same end of the header within HEAD_LIMIT and the 4 bytes after).
+HEAD_BYTES = HEAD_LIMIT + 4
 
 
 def start_worker(config: Config, *, context: str = "fork", sender: str | None = None,
@@ -71,7 +75,7 @@ def start_worker(config: Config, *, context: str = "fork", sender: str | None = 
 
 
 class _Spilled:
-    """Temporary files holding the raw bytes of large mails for the worker (removed on exit)."""
+    """Temporary files holding the raw bytes of large mails for the worker, and its results (removed on exit)."""
 
     def __init__(self, app: IntakeHost) -> None:
         self.dir = app.config.data_dir
@@ -90,9 +94,12 @@ class _Spilled:
             os.close(fd)
 
     def __exit__(self, *exc: object) -> None:
+        from gateway.prepare import RESULT_SUFFIX
+
         for p in self.paths:
-            with contextlib.suppress(OSError):
-                os.unlink(p)
+            for path in (p, p + RESULT_SUFFIX):  # and the worker's result, when it was not read
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
 
 class ImportStopped(Exception):
@@ -221,11 +228,16 @@ class Engine:
         bind = self.app.sessions.kw.get("bind")
         return str(bind.dialect.name) if bind is not None else ""
 
-    def _prepare(self, staged: Staged) -> None:
+    def _prepare(self, staged: Staged, exhausted: set[int] | None = None) -> None:
+        """The batch's mails read and prepared by the worker (`staged.raws`, `.prepared`, `.tried`), but those
+        `exhausted` (default: guard, and tried MAX_TRIES times already). A large mail (SPILL_BYTES or more) goes
+        to the worker in a file; once the worker prepared it, only its header block is read here: the raw bytes
+        the handlers read of a mail the worker parsed (`Prepared.answers_parse`; gateway.auth reads the header)."""
         rows = self._read_stored(staged.ids)
         staged.tried = {i: attempts for i, (attempts, _, _, _) in rows.items()}
-        work = [i for i in staged.ids if i in rows and rows[i][3]
-                and not (staged.guard and rows[i][0] >= MAX_TRIES)]
+        if exhausted is None:
+            exhausted = {i for i, (attempts, _, _, _) in rows.items() if staged.guard and attempts >= MAX_TRIES}
+        work = [i for i in staged.ids if i in rows and rows[i][3] and i not in exhausted]
         small: dict[int, bytes] = {i: rows[i][2] for i in work if rows[i][2] is not None}  # type: ignore[misc]
         large = [i for i in work if i not in small]  # SPILL_BYTES or more: not read by _read_stored
         ahead = self.app.ahead
@@ -237,14 +249,16 @@ class Engine:
                         files = {i: spilled.spill(s, i) for i in large}
                 preps = ahead.prepare([small[i] if i in small else files[i] for i in work], [rows[i][1] for i in work])
             staged.prepared = {i: prep for i, prep in zip(work, preps, strict=True) if prep is not None}
-        staged.raws = small | self._read_large(large)
+        heads = {i for i in large if i in staged.prepared and staged.prepared[i].answers_parse}
+        staged.raws = small | self._read_large(large, heads)
 
-    def _read_large(self, ids: list[int]) -> dict[int, bytes]:
-        """The raw bytes of the large mails among a batch (one copy each, gateway.store.raw)."""
+    def _read_large(self, ids: list[int], heads: set[int]) -> dict[int, bytes]:
+        """The raw bytes of the large mails among a batch (one copy each, gateway.store.raw); of those in
+        `heads`, the first HEAD_BYTES only."""
         if not ids:
             return {}
         with self.app.sessions() as s:
-            found = {i: rawstore.read_raw(s, i) for i in ids}
+            found = {i: rawstore.read_raw(s, i, limit=HEAD_BYTES if i in heads else None) for i in ids}
         return {i: data for i, data in found.items() if data is not None}
 
     def _read_stored(self, ids: list[int]) -> dict[int, tuple[int, str | None, bytes | None, bool]]:
@@ -333,35 +347,12 @@ class Engine:
 
     def _thread_batch(self, ids: list[int], hold: Callable[[], contextlib.AbstractContextManager[Any]], *,
                       counted: bool, exhausted: set[int] | None = None, skip_locked: bool = False) -> list[Result]:
-        raws: dict[int, bytes] = {}
-        prepared: dict[int, Any] = {}
-        ahead = self.app.ahead
-        work = [i for i in ids if i not in (exhausted or ())]
-        if ahead is not None and work:
-            with _Spilled(self.app) as spilled:
-                with self.app.sessions() as s:
-                    # a large mail's bytes are not read here: the worker reads them from a file (_Spilled)
-                    rows = s.execute(select(InboundRaw.mail_id, InboundMail.envelope_from, InboundMail.size,
-                                            case((InboundMail.size < SPILL_BYTES, InboundRaw.data), else_=None)
-                                            .label("data"))
-                                     .join(InboundMail, InboundMail.id == InboundRaw.mail_id)
-                                     .where(InboundRaw.mail_id.in_(work), InboundMail.outcome == "received")).all()
-                    items = [r.data if r.data is not None else spilled.spill(s, r.mail_id) for r in rows]
-                preps = ahead.prepare(items, [r.envelope_from for r in rows])
-            for row, prep in zip(rows, preps, strict=True):
-                if row.data is not None:
-                    raws[row.mail_id] = row.data
-                if prep is not None:
-                    prepared[row.mail_id] = prep
-            if any(r.data is None for r in rows):
-                with self.app.sessions() as s:  # the large ones, now that the worker is done with them
-                    for r in rows:
-                        raw = rawstore.read_raw(s, r.mail_id) if r.data is None else None
-                        if raw is not None:
-                            raws[r.mail_id] = raw
+        staged = Staged(self, ids, guard=False, skip_locked=skip_locked)
+        if ids:
+            self._prepare(staged, exhausted or set())
         with hold():
-            return self.intake.process_many(ids, prepared=prepared, raws=raws, counted=counted, exhausted=exhausted,
-                                            skip_locked=skip_locked)
+            return self.intake.process_many(ids, prepared=staged.prepared, raws=staged.raws, counted=counted,
+                                            exhausted=exhausted, skip_locked=skip_locked)
 
     # Imports ---------------------------------------------------------------------------------------------
     def import_stream(self, sources: Iterable[S], envelope: Callable[[S], Envelope], *,

@@ -38,7 +38,7 @@ import io
 import os
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email import errors as _errors
 from email import policy as _policy
@@ -67,9 +67,12 @@ class Part:
 
     filename: str  # safe display name; never a filesystem path
     content_type: str  # lowercase maintype/subtype
-    data: bytes  # decoded payload
+    data: bytes  # decoded payload (b"" when `source` holds it)
     content_id: str | None  # without <>
     inline: bool
+    # parse_mail(stream_large=True) only: a large body left encoded in the raw mail, its decoded bytes read a
+    # chunk at a time from here (`Encoded.chunks`) instead of held in `data`
+    source: Encoded | None = None
 
 
 @dataclass
@@ -1129,43 +1132,149 @@ _UU = ("x-uuencode", "uuencode", "uue", "x-uue")
 _CHUNK = 1 << 20
 
 
+_B64_TAIL = 4096  # bytes after a region's first '=' handled the short way (else: the slow, exact way)
+
+
 def _b64_region(raw: bytes, start: int, end: int) -> tuple[bytes, bool]:
     """``_b64_lenient(raw[start:end])`` without copying the encoded text first.
 
     Non-strict ``a2b_base64`` skips every non-alphabet byte (whitespace included) the same way
-    whether or not whitespace was removed first, so it decodes the region directly.  Whether the
-    strict decode of the whitespace-free text would succeed ("clean") depends only on: every byte
-    being alphabet, '=' or whitespace; the number of alphabet characters before the first '=' mod 4;
-    and what follows that '='.  That short equivalent is handed to the strict decoder itself."""
+    whether or not whitespace was removed first, so it decodes the region directly.  Whether it is
+    clean: ``_b64_clean``."""
     try:
         out = binascii.a2b_base64(memoryview(raw)[start:end])
     except (binascii.Error, ValueError):
         return _b64_lenient(raw[start:end])  # rare: the slow, copying way
+    return out, _b64_clean(raw, start, end)
+
+
+def _b64_clean(raw: bytes, start: int, end: int) -> bool:
+    """Would the strict decode of ``raw[start:end]`` without its whitespace succeed (``_b64_lenient``'s
+    "clean")?  That depends only on: every byte being alphabet, '=' or whitespace; the number of alphabet
+    characters before the first '=' mod 4; and what follows that '='.  That short equivalent is handed to
+    the strict decoder itself (the slow, exact way when '=' is far from the end)."""
     for i in range(start, end, _CHUNK):  # 1 MiB at a time: never a copy of the whole region
         if raw[i : min(i + _CHUNK, end)].translate(None, _B64_CLEAN_BYTES):
-            return out, False
+            return False
     eq = raw.find(b"=", start, end)
     stop = end if eq < 0 else eq
-    if end - stop > 4096:  # '=' far from the end (concatenated chunks?): the slow, exact way
-        return out, _b64_lenient(raw[start:end])[1]
+    if end - stop > _B64_TAIL:  # '=' far from the end (concatenated chunks?): the slow, exact way
+        return _b64_lenient(raw[start:end])[1]
     alphabet = (stop - start) - sum(raw.count(c, start, stop) for c in (b" ", b"\t", b"\n", b"\r", b"\x0b", b"\x0c"))
     head = b"A" * (alphabet % 4 + (4 if alphabet >= 4 else 0))
     try:
         binascii.a2b_base64(head + b"".join(raw[stop:end].split()), strict_mode=True)
     except (binascii.Error, ValueError):
-        return out, False
-    return out, True
+        return False
+    return True
+
+
+_PIECE = 256 * 1024  # bytes of encoded text decoded at a time by Encoded.chunks
+_NOT_B64 = bytes(sorted(set(range(256)) - set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")))
+_NOT_B64_OR_PAD = _NOT_B64.replace(b"=", b"")
+
+
+class Encoded:
+    """A large body of the raw mail, still encoded: `chunks` yields the bytes that ``_region_bytes`` returns for
+    it, a piece at a time (a 25 MB attachment is written to the blob store without ever being whole in memory).
+    Made by ``_encoded`` only for the regions it can stream exactly."""
+
+    __slots__ = ("raw", "start", "end", "cte")
+
+    def __init__(self, raw: bytes, start: int, end: int, cte: str) -> None:
+        self.raw, self.start, self.end, self.cte = raw, start, end, cte
+
+    def chunks(self, size: int = _PIECE) -> Iterator[bytes]:
+        """The decoded bytes, in pieces of about `size` bytes (of encoded text each)."""
+        raw, start, end = self.raw, self.start, self.end
+        if self.cte == "base64":
+            yield from _b64_chunks(raw, start, end, size)
+        elif self.cte == "quoted-printable":
+            yield from _qp_chunks(raw, start, end, size)
+        else:
+            for at in range(start, end, size):
+                yield raw[at : min(at + size, end)]
+
+
+def _b64_chunks(raw: bytes, start: int, end: int, size: int) -> Iterator[bytes]:
+    """``_b64_region(raw, start, end)[0]`` a piece at a time (the region's first '=' within _B64_TAIL of its end).
+
+    Before the first '=' only alphabet characters count (non-strict ``a2b_base64`` skips every other byte
+    without a change of state), and after a whole number of quads of them the decoder is back in its
+    first state: so that part is decoded a quad-aligned piece at a time, and what follows (at most
+    _B64_TAIL bytes and a partial quad) as the whole region's decode would end it, or, when that would
+    fail, as ``_b64_lenient`` would (every '=' dropped, a lone last character dropped, padded)."""
+    eq = raw.find(b"=", start, end)
+    stop = end if eq < 0 else eq
+    carry = b""
+    for at in range(start, stop, size):
+        alpha = carry + raw[at : min(at + size, stop)].translate(None, _NOT_B64)
+        cut = len(alpha) - len(alpha) % 4
+        if cut:
+            yield binascii.a2b_base64(alpha[:cut])
+        carry = alpha[cut:]
+    try:
+        last = binascii.a2b_base64(carry + raw[stop:end].translate(None, _NOT_B64_OR_PAD))
+    except (binascii.Error, ValueError):
+        clean = carry + raw[stop:end].translate(None, _NOT_B64)
+        if len(clean) % 4 == 1:
+            clean = clean[:-1]
+        last = binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
+    if last:
+        yield last
+
+
+def _qp_chunks(raw: bytes, start: int, end: int, size: int) -> Iterator[bytes]:
+    """``binascii.a2b_qp(raw[start:end])`` a piece at a time: each piece ends with a line end (what follows an
+    '=' never reaches past it), so the pieces decode as the whole does; a piece is as long as its longest
+    line when that is longer than `size`."""
+    at = start
+    while at < end:
+        stop = min(at + size, end)
+        if stop < end:
+            nl = raw.rfind(b"\n", at, stop)
+            if nl < 0:
+                nl = raw.find(b"\n", stop, end)
+            stop = end if nl < 0 else nl + 1
+        yield binascii.a2b_qp(memoryview(raw)[at:stop])
+        at = stop
+
+
+_INVALID_BASE64 = "InvalidBase64: a base64 part was malformed and decoded leniently"
+
+
+def _region_cte(part: Message) -> str:
+    """How a body kept out of the parsed tree is decoded: "base64", "quoted-printable" or "" (as it is)."""
+    cte = (_first_header(part, "content-transfer-encoding") or "").strip().lower()
+    if cte == "base64":
+        return cte
+    if str(part.get("content-transfer-encoding", "")).lower() == "quoted-printable":
+        return "quoted-printable"
+    return ""
+
+
+def _encoded(part: Message, raw: bytes, start: int, end: int, defects: list[str]) -> Encoded | None:
+    """The large body ``raw[start:end]`` of ``part`` to be decoded a piece at a time, with the note that
+    ``_region_bytes`` makes; None when it is not streamed (base64 with an '=' far from its end: decoded whole)."""
+    cte = _region_cte(part)
+    if cte == "base64":
+        eq = raw.find(b"=", start, end)
+        if eq >= 0 and end - eq > _B64_TAIL:
+            return None
+        if not _b64_clean(raw, start, end):
+            defects.append(_INVALID_BASE64)
+    return Encoded(raw, start, end, cte)
 
 
 def _region_bytes(part: Message, raw: bytes, start: int, end: int, defects: list[str]) -> bytes:
     """What ``_payload_bytes`` returns for ``part`` had its payload been ``raw[start:end]`` (``_parse_fast``)."""
-    cte = (_first_header(part, "content-transfer-encoding") or "").strip().lower()
+    cte = _region_cte(part)
     if cte == "base64":
         data, clean = _b64_region(raw, start, end)
         if not clean:
-            defects.append("InvalidBase64: a base64 part was malformed and decoded leniently")
+            defects.append(_INVALID_BASE64)
         return data
-    if str(part.get("content-transfer-encoding", "")).lower() == "quoted-printable":
+    if cte == "quoted-printable":
         return binascii.a2b_qp(memoryview(raw)[start:end])
     return raw[start:end]
 
@@ -1184,7 +1293,7 @@ def _payload_bytes(part: Message, defects: list[str], big: _Big | None = None) -
         errors = "surrogateescape" if _SURROGATES.search(payload) else "replace"
         data, clean = _b64_lenient(payload.encode("ascii", errors))
         if not clean:
-            defects.append("InvalidBase64: a base64 part was malformed and decoded leniently")
+            defects.append(_INVALID_BASE64)
         return data
     try:
         decoded = part.get_payload(decode=True)
@@ -1195,6 +1304,26 @@ def _payload_bytes(part: Message, defects: list[str], big: _Big | None = None) -
     if isinstance(decoded, bytes):
         return decoded
     return b""
+
+
+_ASCII_SAFE = (None, "ascii", "utf-8")  # charsets (as _norm_charset names them) that read ASCII bytes as ASCII
+
+
+def _ascii_body(part: Message, charset: str | None) -> str | None:
+    """A body part's text, when it is its payload as it is: an ASCII payload, not transfer-encoded, in a charset
+    that reads ASCII as ASCII. ``_decode_text(_payload_bytes(part))`` gives the same string, without notes, by way
+    of two copies of it (its bytes, then their decoding); a 4 MiB body costs 8 MiB less. None: decode it."""
+    payload = _parsed_payload(part)
+    try:
+        if not (isinstance(payload, str) and payload.isascii() and _norm_charset(charset) in _ASCII_SAFE):
+            return None
+        if (_first_header(part, "content-transfer-encoding") or "").strip().lower() == "base64":
+            return None
+        if str(part.get("content-transfer-encoding", "")).lower() in ("quoted-printable", "base64", *_UU):
+            return None
+    except Exception:  # noqa: BLE001 -- headers the stdlib cannot read: the general way meets them
+        return None
+    return payload
 
 
 def _parsed_payload(node: Message) -> object:
@@ -1317,6 +1446,7 @@ def parse_mail(
     max_parts: int = 1000,
     max_header_bytes: int = 1_000_000,
     max_addresses: int = MAX_ADDRESSES,
+    stream_large: bool = False,
 ) -> ParsedMail:
     """Parse one raw mail.
 
@@ -1324,15 +1454,19 @@ def parse_mail(
     input), a MIME tree deeper than ``max_depth``, more than ``max_parts`` parts.  Anything else is
     handled and noted in ``defects``.  Header values longer than ``max_header_bytes`` are
     interpreted from their first ``max_header_bytes`` characters only.
+
+    stream_large: an attachment whose body was kept out of the stdlib parser (see the module's notes) is
+    not decoded here: its ``data`` is b"" and its ``source`` yields the same bytes a piece at a time (the
+    caller writes them to the blob store; the source holds ``raw``).  Everything else is the same.
     """
     # a large mail: smaller bodies are kept out of the stdlib parser too (900 parts of 20 KB are 25 MB of lines)
     big_min = _BIG_BODY if len(raw) < _LARGE_MAIL else _BIG_BODY_IN_LARGE_MAIL
     return _parse(raw, max_depth=max_depth, max_parts=max_parts, max_header_bytes=max_header_bytes, big_min=big_min,
-                  max_addresses=max_addresses)
+                  max_addresses=max_addresses, stream_large=stream_large)
 
 
 def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int, big_min: int | None,
-           max_addresses: int = MAX_ADDRESSES) -> ParsedMail:
+           max_addresses: int = MAX_ADDRESSES, stream_large: bool = False) -> ParsedMail:
     """``parse_mail``; ``big_min=None`` disables the large-body fast path (tests compare both paths)."""
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise MailParseError("input is not bytes")
@@ -1368,7 +1502,7 @@ def _parse(raw: bytes, *, max_depth: int, max_parts: int, max_header_bytes: int,
         _cut_text_leaves(msg, defects)  # the fast path cut them before they became strings
     _check_tree(msg, max_depth, max_parts)
     try:
-        return _build(msg, raw, defects, max_header_bytes, big, max_addresses)
+        return _build(msg, raw, defects, max_header_bytes, big, max_addresses, stream_large)
     except MailParseError:
         raise
     except RecursionError:
@@ -1612,9 +1746,10 @@ def _add_files(attachments: list[Part], used: set[str], files: list[tuple[str, b
 
 
 def _attachments(msg: Message, walker: _Walker, linesep: str, defects: list[str], big: _Big,
-                 uu_files: list[tuple[str, bytes]]) -> tuple[list[Part], int]:
+                 uu_files: list[tuple[str, bytes]], stream: bool = False) -> tuple[list[Part], int]:
     """The attachments (every leaf that is not the body, within MAX_ATTACHMENTS), the files inside TNEF parts
-    and the uuencoded files of the text body; and how many leaves were not kept (the bound)."""
+    and the uuencoded files of the text body; and how many leaves were not kept (the bound). stream: the
+    bodies kept out of the parsed tree are left encoded (`Part.source`) where they can be."""
     attachments: list[Part] = []
     used: set[str] = set()
     not_kept = 0
@@ -1630,24 +1765,26 @@ def _attachments(msg: Message, walker: _Walker, linesep: str, defects: list[str]
             continue
         info = walker.info(leaf)
         index = len(attachments) + 1
-        content = _attachment_content(leaf, info, linesep, defects, big)
+        content = _attachment_content(leaf, info, linesep, defects, big, stream)
         if content is None:
             continue
-        data, name = content
+        data, name, source = content
         filename = _unique(safe_filename(name, content_type=info.ctype, index=index), used)
         cid_raw = _first_header(leaf, "content-id")
         cid = _norm_msgid(cid_raw) if cid_raw else None
         inline = info.disposition == "inline" or (not info.disposition and cid is not None)
-        attachments.append(Part(filename=filename, content_type=info.ctype, data=data, content_id=cid, inline=inline))
+        attachments.append(Part(filename=filename, content_type=info.ctype, data=data, content_id=cid, inline=inline,
+                                source=source))
         if parts.is_tnef(info.ctype, name, data):
             _add_files(attachments, used, parts.tnef_files(data), f"{filename} (TNEF)", defects)
     _add_files(attachments, used, uu_files, "the text body (uuencoded)", defects)
     return attachments, not_kept
 
 
-def _attachment_content(leaf: Message, info: _Info, linesep: str, defects: list[str],
-                        big: _Big) -> tuple[bytes, str | None] | None:
-    """(data, the name the sender gave it) of a leaf kept as an attachment; None: not kept (a small html part)."""
+def _attachment_content(leaf: Message, info: _Info, linesep: str, defects: list[str], big: _Big,
+                        stream: bool) -> tuple[bytes, str | None, Encoded | None] | None:
+    """(data, the name the sender gave it, the source of its data when that is left encoded: see _attachments) of
+    a leaf kept as an attachment; None: not kept (a small html part)."""
     if info.ctype.startswith("message/"):
         data = _message_part_bytes(leaf, info.ctype, linesep, defects)
         name: str | None = None
@@ -1660,16 +1797,23 @@ def _attachment_content(leaf: Message, info: _Info, linesep: str, defects: list[
             subj = _first_header(inner[0], "subject")
             if subj and _oneline(_decode_words(subj, defects, "attached message Subject")):
                 name = _oneline(_decode_words(subj, defects, "attached message Subject")) + ".eml"
-        return data, name
-    data = _payload_bytes(leaf, defects, big)
+        return data, name, None
     name = info.filename
     if name is None and info.uu:
         payload = leaf.get_payload()
         name = parts.uu_begin_name(payload) if isinstance(payload, str) else None
+    region = big.get(id(leaf)) if stream else None
+    # a TNEF stream is read whole (the files in it), a text part may be a small html one: decoded here
+    if region is not None and not info.ctype.startswith("text/") and not parts.is_tnef(info.ctype, name,
+                                                                                        parts.TNEF_SIGNATURE):
+        source = _encoded(leaf, *region, defects)
+        if source is not None:
+            return b"", name, source
+    data = _payload_bytes(leaf, defects, big)
     if info.ctype == "text/html" and not name and info.disposition != "attachment" and len(data) <= _SMALL_HTML:
         defects.append(f"a small text/html part outside the body ({len(data)} bytes) not kept as attachment")
         return None
-    return data, name
+    return data, name, None
 
 
 def _all_defects(msg: Message, defects: list[str], bounds: list[str]) -> list[str]:
@@ -1693,7 +1837,7 @@ def _all_defects(msg: Message, defects: list[str], bounds: list[str]) -> list[st
 
 def _build(
     msg: EmailMessage, raw: bytes, defects: list[str], max_header_bytes: int, big: _Big,
-    max_addresses: int = MAX_ADDRESSES,
+    max_addresses: int = MAX_ADDRESSES, stream_large: bool = False,
 ) -> ParsedMail:
     nl = raw.find(b"\n")
     first_line_cr = raw.endswith(b"\r") if nl < 0 else raw.startswith(b"\r", nl - 1) and nl > 0
@@ -1754,9 +1898,11 @@ def _build(
     # body and attachments
     def body_text(parts: list[Message], kind: str) -> str:
         chunks = []
-        for p in parts:
-            data = _payload_bytes(p, defects, big)
-            t = _decode_text(data, walker.info(p).params.get("charset"), f"text/{kind} body", defects, hint)
+        for p in parts:  # the payload's bytes are not kept past their decoding (a body may be MAX_TEXT_BYTES)
+            charset = walker.info(p).params.get("charset")
+            t = _ascii_body(p, charset)
+            if t is None:
+                t = _decode_text(_payload_bytes(p, defects, big), charset, f"text/{kind} body", defects, hint)
             if "\x00" in t:
                 defects.append(f"NUL characters removed from the text/{kind} body")
                 t = t.replace("\x00", "")
@@ -1767,7 +1913,7 @@ def _build(
     text, uu_files = parts.split_uuencoded(text)
     html = _bounded_html(body_text(html_parts, "html"), bounds) if html_parts else None
 
-    attachments, not_kept = _attachments(msg, walker, linesep, defects, big, uu_files)
+    attachments, not_kept = _attachments(msg, walker, linesep, defects, big, uu_files, stream_large)
     if not_kept:
         bounds.append(f"{MAX_ATTACHMENTS + not_kept} attachments: only the first {MAX_ATTACHMENTS} kept, the rest stay "
                       "in the original mail (bound MAX_ATTACHMENTS)")

@@ -11,7 +11,8 @@ import binascii
 import mimetypes
 import re
 
-__all__ = ["MAX_FILES", "content_type_of", "is_tnef", "split_uuencoded", "tnef_files", "uu_begin_name"]
+__all__ = ["MAX_FILES", "TNEF_SIGNATURE", "content_type_of", "is_tnef", "split_uuencoded", "tnef_files",
+           "uu_begin_name"]
 
 MAX_FILES = 100
 _BEGIN = re.compile(r"^begin(?:-base64)? [0-7]{3,4} ([^\n]{1,255}?)[ \t\r]*$", re.M)
@@ -83,14 +84,14 @@ def uu_begin_name(payload: str) -> str | None:
     return m.group(1).strip() if m else None
 
 
-_TNEF_SIGNATURE = b"\x78\x9f\x3e\x22"
+TNEF_SIGNATURE = b"\x78\x9f\x3e\x22"
 
 
 def is_tnef(content_type: str, filename: str | None, data: bytes) -> bool:
     """An Outlook TNEF stream: application/(vnd.)ms-tnef or a winmail.dat, with the TNEF signature."""
     named = (filename or "").lower() in ("winmail.dat", "win.dat")
     return (content_type in ("application/ms-tnef", "application/vnd.ms-tnef") or named) and data.startswith(
-        _TNEF_SIGNATURE)
+        TNEF_SIGNATURE)
 
 
 def tnef_files(data: bytes) -> list[tuple[str, bytes]]:

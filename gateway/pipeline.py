@@ -87,6 +87,8 @@ class MailContext:
     config: Config
     clock: Clock
     mail: InboundMail
+    # the raw mail; of a stored mail of engine.SPILL_BYTES or more that the worker parsed, only its header block
+    # (engine.HEAD_BYTES: what gateway.auth reads; the parse is the worker's, `ahead`)
     raw: bytes
     ahead: Ahead = field(default_factory=Ahead)  # the pure work done ahead (parse, HTML, classify, blobs)
     dry_run: bool = False

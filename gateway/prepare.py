@@ -52,6 +52,13 @@ class Prepared:
     over_budget: bool = False               # the worker was killed: the mail took more than its CPU budget
     crashed: bool = False                   # the worker died twice while preparing this mail
 
+    @property
+    def answers_parse(self) -> bool:
+        """Does it answer the parse of its mail (gateway.store.ahead.Ahead.parse: the parsed mail, or the error
+        to raise), so that nothing parses the raw bytes again?"""
+        return (self.parsed is not None or self.parse_error is not None or self.parse_recursion
+                or self.over_budget or self.crashed)
+
 
 def prepare_one(raw: bytes, max_depth: int, max_parts: int, blob_root: str | None,
                 classify_for: tuple[str | None, tuple[str, ...]] | None = None) -> Prepared:
@@ -59,14 +66,16 @@ def prepare_one(raw: bytes, max_depth: int, max_parts: int, blob_root: str | Non
     from gateway.mime import MailParseError, parse_mail
 
     sha = hashlib.sha256(raw).hexdigest()
-    try:
-        p = parse_mail(raw, max_depth=max_depth, max_parts=max_parts)
+    try:  # with a blob store, a large attachment is decoded into it a piece at a time, never whole (_put_blobs)
+        p = parse_mail(raw, max_depth=max_depth, max_parts=max_parts, stream_large=blob_root is not None)
     except MailParseError as e:
         return Prepared(sha256=sha, parse_error=e.reason)
     except RecursionError:
         return Prepared(sha256=sha, parse_recursion=True)
-    del raw  # not needed any more: a large mail's bytes go before its HTML is worked on (the last reference)
+    del raw  # the last reference but the attachments' sources: the blobs are written first, then it goes
     out = Prepared(sha256=sha, parsed=p)
+    if p.attachments and blob_root is not None:
+        _put_blobs(out, p.attachments, blob_root)
     try:
         if p.html:
             from gateway.quotes import html_to_text, sanitize_html
@@ -87,19 +96,31 @@ def prepare_one(raw: bytes, max_depth: int, max_parts: int, blob_root: str | Non
             out.classified_for = classify_for
         except Exception:  # noqa: BLE001 -- the main process classifies it (and meets the same failure)
             out.classified_for = out.verdict = out.bounce = None
-    if p.attachments and blob_root is not None:
-        try:
-            from gateway.blobs import BlobStore
-
-            store = BlobStore(Path(blob_root))
-            shas = [store.put(a.data) for a in p.attachments]
-            out.sizes = [len(a.data) for a in p.attachments]
-            out.shas = shas
-            for a in p.attachments:
-                a.data = b""  # not sent back: the blob store has it
-        except Exception:  # noqa: BLE001 -- the main process writes them (and meets the same failure)
-            out.shas = out.sizes = None
     return out
+
+
+def _put_blobs(out: Prepared, attachments: list[Any], blob_root: str) -> None:
+    """Each attachment into the blob store (`out.shas`, `out.sizes`); its data is not sent back. One left encoded
+    in the raw mail (`Part.source`) is decoded into its blob a piece at a time. On a failure the main process
+    writes them (and meets the same failure): each is sent back with its data."""
+    from gateway.blobs import BlobStore
+
+    try:
+        store = BlobStore(Path(blob_root))
+        stored = [store.put_stream(a.source.chunks()) if a.source is not None else (store.put(a.data), len(a.data))
+                  for a in attachments]
+        out.shas = [sha for sha, _ in stored]
+        out.sizes = [size for _, size in stored]
+        for a in attachments:
+            a.data = b""
+    except Exception:  # noqa: BLE001
+        out.shas = out.sizes = None
+        for a in attachments:
+            if a.source is not None:
+                a.data = b"".join(a.source.chunks())
+    finally:
+        for a in attachments:
+            a.source = None  # it holds the raw mail: not kept, not sent back
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -156,13 +177,39 @@ def _worker_main(conn: Any) -> None:
             try:
                 prep: Prepared | None = prepare_one(_read(raw), max_depth, max_parts, blob_root,
                                                     None if own is None else (sender, own))
-                if isinstance(raw, str):  # a large mail: what it needed goes back before its result is sent
+                if isinstance(raw, str):  # a large mail: its result goes in a file (see ParseAhead.prepare)
                     _trim()
-                conn.send((prep, time.process_time()))
+                    with open(raw + RESULT_SUFFIX, "wb") as f:
+                        pickle.dump(prep, f, protocol=pickle.HIGHEST_PROTOCOL)
+                    prep = None
+                    conn.send((IN_FILE, time.process_time()))
+                else:
+                    conn.send((prep, time.process_time()))
             except (EOFError, OSError):
                 return
             except BaseException:  # noqa: BLE001 -- anything at all (a result that does not pickle): parent does it
                 conn.send((None, time.process_time()))
+
+
+# A large mail's result (handed over in a file, its path P) is written to P + RESULT_SUFFIX; IN_FILE is sent instead
+# of it. The parent loads it once the worker is gone: the two never hold their copies of it at the same time.
+RESULT_SUFFIX = ".prepared"
+IN_FILE = "in-file"
+
+
+def _load_result(path: str) -> Prepared | None:
+    """The result a worker left in a file for the large mail in `path` (None: none, do it yourself); removed."""
+    try:
+        with open(path + RESULT_SUFFIX, "rb") as f:
+            prep = pickle.load(f)
+        return prep if isinstance(prep, Prepared) else None
+    except Exception:  # noqa: BLE001 -- not written, or not whole (the worker died): the main process does it
+        return None
+    finally:
+        try:
+            os.unlink(path + RESULT_SUFFIX)
+        except OSError:
+            pass
 
 
 def _trim() -> None:
@@ -412,17 +459,20 @@ class ParseAhead:
         A mail may be handed over as the path of a file holding it (str): a large mail, which the caller then
         need not hold while the worker parses it. After such a mail the worker is stopped (a fresh one starts
         with the next mail): what a large mail made it allocate goes back to the system at once, instead of
-        staying in the worker's heap for as long as it lives."""
+        staying in the worker's heap for as long as it lives. Its result comes in a file, read once the worker
+        is stopped."""
         t0 = time.perf_counter()
         large = any(isinstance(r, str) for r in raws)
         with self.lock:
             if large:  # a fresh worker for it: nothing that earlier mails left in its heap comes on top
                 self.worker.stop()
             self.worker.begin(raws, senders)
-            out = self.worker.finish()
+            out: list[Any] = self.worker.finish()
             if large:
                 self.worker.stop()
                 self.recycled += 1
+                out = [_load_result(r) if isinstance(r, str) and p == IN_FILE else p
+                       for r, p in zip(raws, out, strict=True)]
         self.waited += time.perf_counter() - t0
         self.prepared += sum(1 for x in out if x is not None)
         return out

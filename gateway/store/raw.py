@@ -4,7 +4,8 @@ SQLite copies every value bound to a statement (SQLITE_TRANSIENT) and builds the
 inserting a 25 MB mail the usual way costs two more copies of it, and reading it back a third one (the column
 value, then Python's bytes). For a mail of BIG bytes or more on SQLite the row is inserted with a zeroblob of
 its size and the bytes are written (and read) through SQLite's incremental blob I/O, a CHUNK at a time: only
-the caller's own buffer is ever whole in memory. Other databases (PostgreSQL) take the plain statement.
+the caller's own buffer is ever whole in memory. PostgreSQL (psycopg): the row goes in by a binary COPY, a CHUNK
+at a time, and `copy_raw` reads it a slice at a time. Other databases take the plain statement.
 Runs inside the caller's session and transaction. Also here, the other driver-level care a large mail needs:
 `release_big_binds` (SQLite keeps a copy of every bound value) and `read_last_commit` (a read that does not
 wait for the write lock).
@@ -13,6 +14,7 @@ wait for the write lock).
 from __future__ import annotations
 
 import os
+import struct
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -23,12 +25,22 @@ from gateway.models import InboundRaw, table_of
 
 BIG = 1024 * 1024
 CHUNK = 1024 * 1024
+PIECE = 2 * 1024 * 1024  # bytes of a slice read by copy_raw on other databases (a compressed value is
+# decompressed up to the slice's end for each: larger slices, fewer passes)
 
 
 def _sqlite(session: Any) -> Any:
     """The session's sqlite3 connection, or None on another database."""
     conn = session.connection()
     if conn.dialect.name != "sqlite":
+        return None
+    return conn.connection.driver_connection
+
+
+def _postgresql(session: Any) -> Any:
+    """The session's psycopg connection, or None on another database (or driver)."""
+    conn = session.connection()
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
         return None
     return conn.connection.driver_connection
 
@@ -43,6 +55,10 @@ def insert_raw(session: Any, mail_id: int, raw: bytes) -> None:
     table = table_of(InboundRaw)
     db = _sqlite(session) if len(raw) >= BIG else None
     if db is None:
+        pg = _postgresql(session) if len(raw) >= BIG else None
+        if pg is not None:
+            _copy_in(pg, mail_id, raw)
+            return
         session.connection().execute(insert(table), [{"mail_id": mail_id, "data": raw}])
         return
     session.connection().execute(insert(table).values(mail_id=mail_id, data=func.zeroblob(len(raw))))
@@ -54,17 +70,31 @@ def insert_raw(session: Any, mail_id: int, raw: bytes) -> None:
             blob.write(view[at:at + CHUNK])
 
 
-def read_raw(session: Any, mail_id: int) -> bytes | None:
-    """The raw bytes of mail `mail_id` (one copy in memory), None when it has none."""
+def _copy_in(pg: Any, mail_id: int, raw: bytes) -> None:
+    """PostgreSQL: the row inserted by a binary COPY, its bytes sent a CHUNK at a time: a bound parameter would be
+    another copy of them. The binary form: a header, one tuple of two fields (the mail id an int4, as
+    inbound_raw.mail_id is; the bytes), the trailer."""
+    view = memoryview(raw)
+    with pg.cursor() as cur, cur.copy("COPY inbound_raw (mail_id, data) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack("!iihii", 0, 0, 2, 4, mail_id) + struct.pack("!i", len(raw)))
+        for at in range(0, len(view), CHUNK):
+            copy.write(view[at:at + CHUNK])
+        copy.write(struct.pack("!h", -1))
+
+
+def read_raw(session: Any, mail_id: int, limit: int | None = None) -> bytes | None:
+    """The raw bytes of mail `mail_id` (one copy in memory), None when it has none; limit: its first `limit`
+    bytes only."""
     db = _sqlite(session)
     if db is None:
-        data = session.execute(select(InboundRaw.data).where(InboundRaw.mail_id == mail_id)).scalar()
+        column = InboundRaw.data if limit is None else func.substr(InboundRaw.data, 1, limit)
+        data = session.execute(select(column).where(InboundRaw.mail_id == mail_id)).scalar()
         return None if data is None else bytes(data)
     rowid = _rowid(db, mail_id)
     if rowid is None:
         return None
     with db.blobopen("inbound_raw", "data", rowid, readonly=True) as blob:
-        return bytes(blob.read())
+        return bytes(blob.read(-1 if limit is None else limit))
 
 
 def copy_raw(session: Any, mail_id: int, fd: int) -> bool:
@@ -72,11 +102,25 @@ def copy_raw(session: Any, mail_id: int, fd: int) -> bool:
     when it has none."""
     db = _sqlite(session)
     if db is None:
-        data = read_raw(session, mail_id)
-        if data is None:
-            return False
-        _write_all(fd, data)
-        return True
+        pg = _postgresql(session)
+        if pg is None:
+            data = read_raw(session, mail_id)
+            if data is not None:
+                _write_all(fd, data)
+            return data is not None
+        # a slice at a time, in binary (not twice its size in hex, in libpq's buffer that stays with the
+        # connection); PostgreSQL reads only the TOAST chunks of an uncompressed value's slice
+        with pg.cursor(binary=True) as cur:
+            at = 1
+            while True:
+                cur.execute("SELECT substr(data, %s, %s) FROM inbound_raw WHERE mail_id = %s", (at, PIECE, mail_id))
+                row = cur.fetchone()
+                if row is None or row[0] is None:
+                    return at > 1
+                _write_all(fd, row[0])
+                at += len(row[0])
+                if len(row[0]) < PIECE:
+                    return True
     rowid = _rowid(db, mail_id)
     if rowid is None:
         return False

@@ -265,7 +265,7 @@ def test_fast_path_same_as_full_parse(folder: str, path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(mime, "_TEXT_CT", re.compile(rb"(?!)"))
     raw = path.read_bytes()
-    args = {"max_depth": 50, "max_parts": 1000, "max_header_bytes": 1_000_000}
+    args: dict[str, Any] = {"max_depth": 50, "max_parts": 1000, "max_header_bytes": 1_000_000}
     try:
         slow = _fields(mime._parse(raw, big_min=None, **args))
     except MailParseError as exc:

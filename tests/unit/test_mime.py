@@ -7,6 +7,7 @@ import datetime as dt
 import random
 import re
 import time
+from typing import Any
 
 import pytest
 
@@ -833,7 +834,7 @@ PLACEHOLDER = "[gateway.mime placeholder "
 
 def slow_parse(raw: bytes, **kw: int) -> ParsedMail:
     """The plain path: the whole mail through the stdlib parser."""
-    args = {"max_depth": 50, "max_parts": 1000, "max_header_bytes": 1_000_000, **kw}
+    args: dict[str, Any] = {"max_depth": 50, "max_parts": 1000, "max_header_bytes": 1_000_000, **kw}
     return _mime._parse(raw, big_min=None, **args)
 
 
@@ -862,10 +863,20 @@ def placeholders(pm: ParsedMail) -> int:
     return sum(1 for p in payloads if isinstance(p, str) and p.startswith(PLACEHOLDER))
 
 
+def streamed(pm: ParsedMail) -> ParsedMail:
+    """A mail parsed with stream_large=True, its attachments' data read from their sources (small pieces)."""
+    for a in pm.attachments:
+        if a.source is not None:
+            assert a.data == b""
+            a.data, a.source = b"".join(a.source.chunks(size=1000)), None
+    return pm
+
+
 def assert_same_as_slow(raw: bytes, *, fast: bool = True) -> ParsedMail:
     pm = parse_mail(raw)
     assert fields(pm) == fields(slow_parse(raw))
     assert (placeholders(pm) > 0) == fast, "fast path taken" if not fast else "fast path not taken"
+    assert fields(streamed(parse_mail(raw, stream_large=True))) == fields(pm)
     return pm
 
 
@@ -931,6 +942,7 @@ def test_big_nested_multiparts_same_as_slow_path(nl: str) -> None:
     pm = assert_same_as_slow(raw)
     assert [(a.filename, a.data) for a in pm.attachments] == [("i.png", png), ("r.pdf", pdf), ("z.zip", zipb)]
     assert pm.text == "plain body" and placeholders(pm) == 3
+    assert [a.source is not None for a in parse_mail(raw, stream_large=True).attachments] == [True, True, True]
     assert pm.message.get_content_type() == "multipart/mixed"  # the tree is still there for classify
 
 
@@ -1135,7 +1147,7 @@ def test_mutated_big_mails_same_as_slow_path(seed: int) -> None:
                 [b"\n", b"\r", nl.encode(), b"--OUT\n", b"--ALT--\n", b"\n--OUT--", b"=", b"!", b"\n\n"]
             )
     mangled = bytes(raw)
-    args = {"max_depth": 50, "max_parts": 1000, "max_header_bytes": 1_000_000}
+    args: dict[str, Any] = {"max_depth": 50, "max_parts": 1000, "max_header_bytes": 1_000_000}
     try:
         expected = fields(slow_parse(mangled))
     except MailParseError as exc:
@@ -1143,6 +1155,7 @@ def test_mutated_big_mails_same_as_slow_path(seed: int) -> None:
             _mime._parse(mangled, big_min=1, **args)
         return
     assert fields(_mime._parse(mangled, big_min=1, **args)) == expected
+    assert fields(streamed(_mime._parse(mangled, big_min=1, stream_large=True, **args))) == expected
 
 
 def test_24mb_mail_memory_bound() -> None:
@@ -1183,3 +1196,104 @@ def test_b64_region_matches_lenient_decoder() -> None:
         body += rng.choice([b"", b"=", b"==", b"===", b"\n", b"=\n", b"= =\n"])
         raw = b"xx" + bytes(body) + b"yy"
         assert _mime._b64_region(raw, 2, len(raw) - 2) == _mime._b64_lenient(bytes(body)), bytes(body)
+
+
+def test_streamed_bodies_decode_as_the_whole() -> None:
+    """A large body decoded a piece at a time (Encoded.chunks, any piece size) gives the bytes and the note that
+    decoding it whole gives (_region_bytes), for base64 however damaged, quoted-printable and bodies as they are;
+    base64 with an '=' far from its end is not streamed (None: decoded whole)."""
+    rng = random.Random(14)
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    qp_bytes = b"abc =\r\n\t09AFaf=_"
+    headers = {"base64": "Content-Transfer-Encoding: base64\n", "quoted-printable":
+               "Content-Transfer-Encoding: quoted-printable\n", "": "Content-Transfer-Encoding: 8bit\n"}
+    not_streamed = 0
+    for i in range(4000):
+        cte = ("base64", "quoted-printable", "")[i % 3]
+        n = rng.randrange(0, 300)
+        if cte == "base64":
+            body = bytearray(rng.choice(alphabet) for _ in range(n))
+            for _ in range(rng.randrange(0, 5)):
+                body.insert(rng.randrange(len(body) + 1), rng.choice(b"= \n\r\t=!-."))
+            body += rng.choice([b"", b"=", b"==", b"===", b"\n", b"=\n", b"= =\n", b"A=", b"AB=\nC"])
+        elif cte == "quoted-printable":
+            body = bytearray(rng.choice(qp_bytes) for _ in range(n))
+        else:
+            body = bytearray(rng.randbytes(n))
+        raw = b"xx" + bytes(body) + b"yy"
+        part = _mime.Message()
+        for line in headers[cte].splitlines():
+            name, value = line.split(": ")
+            part[name] = value
+        whole_notes: list[str] = []
+        whole = _mime._region_bytes(part, raw, 2, len(raw) - 2, whole_notes)
+        notes: list[str] = []
+        source = _mime._encoded(part, raw, 2, len(raw) - 2, notes)
+        if source is None:
+            assert cte == "base64" and len(raw) - 2 - raw.find(b"=") > _mime._B64_TAIL
+            not_streamed += 1
+            continue
+        assert notes == whole_notes, bytes(body)
+        for size in (1, 2, 3, 5, 7, 64, 1 << 20):
+            assert b"".join(source.chunks(size)) == whole, (cte, bytes(body), size)
+    assert not_streamed == 0  # bodies of 300 bytes: every one streamed
+
+
+def test_streamed_base64_with_an_early_pad_is_decoded_whole() -> None:
+    """An '=' far from the end of a large base64 body (chunks glued together): not streamed, as decoded before."""
+    data = rnd(200_000, 8)
+    body = b64(rnd(301, 9)) + b64(data)  # 301 bytes: its base64 ends with "=="
+    raw = top(mp("mixed", ["Content-Type: text/plain\n\nb", att("application/pdf", body, "x.pdf")], "B"))
+    pm = parse_mail(raw, stream_large=True)
+    assert [(a.source, a.data) for a in pm.attachments] == [(None, parse_mail(raw).attachments[0].data)]
+
+
+def test_streamed_large_mail_holds_no_decoded_copy() -> None:
+    """stream_large: a 24 MB mail's 18 MiB attachment is not decoded while parsing, and decoding it a piece at a
+    time holds about one piece: the peak of Python allocations is a small part of the mail's size."""
+    import os
+    import tracemalloc
+
+    from tests.mails import make_mail
+
+    data = os.urandom(18 * 2**20)
+    raw = make_mail(attachments=[("big.bin", "application/octet-stream", data)])
+    tracemalloc.start()
+    try:
+        pm = parse_mail(raw, stream_large=True)
+        digest = __import__("hashlib").sha256()
+        for chunk in pm.attachments[0].source.chunks():
+            digest.update(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert digest.digest() == __import__("hashlib").sha256(data).digest()
+    assert pm.attachments[0].data == b""
+    assert peak < len(raw) // 4, f"peak {peak / 2**20:.1f} MiB for a {len(raw) / 2**20:.1f} MiB mail"
+
+
+@pytest.mark.parametrize("charset", [None, "utf-8", "UTF8", "us-ascii", "iso-8859-1", "utf-16", "utf-7", "x-bogus"])
+def test_an_ascii_body_taken_as_it_is_reads_as_decoded(monkeypatch, charset) -> None:
+    """_ascii_body (an ASCII payload in an ASCII-reading charset is its own text) changes nothing: the same
+    fields and notes as decoding its bytes, for every transfer encoding and charset, in a mail of any size."""
+    bodies = ["plain line\r\nsecond =3D line\r\n", "nul \x00 inside\n", "caf\u00e9 not ascii\n", "+AGEA- seven\n",
+              "<p>html</p>\r\n" * 3, "x" * 70_000 + "\n"]  # the last one large: kept out of the stdlib parser
+    mails = []
+    for body in bodies:
+        for cte in [None, "7bit", "8bit", "binary", "quoted-printable", "base64", "x-uuencode"]:
+            for ctype in ["text/plain", "text/html"]:
+                head = f"Content-Type: {ctype}" + (f"; charset={charset}" if charset else "") + "\n"
+                head += f"Content-Transfer-Encoding: {cte}\n" if cte else ""
+                data = body.encode("utf-8")
+                if cte == "base64":
+                    data = base64.encodebytes(data)
+                mails.append(mail(head, data))
+                alt = mp("alternative", [f"Content-Type: {ctype}\n" + head.split("\n", 1)[1] + "\n" + body,
+                                         "Content-Type: text/plain\n\nother"], "ALT")
+                mails.append(top(alt))
+    assert len(mails) == 2 * 2 * 7 * len(bodies)
+    got = [fields(parse_mail(raw)) for raw in mails]
+    slow = [fields(slow_parse(raw)) for raw in mails]
+    monkeypatch.setattr(_mime, "_ascii_body", lambda part, charset: None)
+    assert got == [fields(parse_mail(raw)) for raw in mails]
+    assert slow == [fields(slow_parse(raw)) for raw in mails]

@@ -4,12 +4,14 @@ attachment) is never cut."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from gateway import mime
 from gateway.mime import MAX_TEXT_BYTES
 
-ARGS = {"max_depth": 50, "max_parts": 1000, "max_header_bytes": 1_000_000}
+ARGS: dict[str, Any] = {"max_depth": 50, "max_parts": 1000, "max_header_bytes": 1_000_000}
 
 
 def _body(n_bytes: int) -> str:
