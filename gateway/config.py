@@ -200,6 +200,10 @@ SCHEMA: dict[str, Section] = {
             "subject_tag_prefix": Key(str, "#", "Subject tag prefix: '#' gives '[#42]'.", check=_tag_prefix),
             "reopen_days": Key(int, 14, "A reply to a closed ticket reopens it within this many days of closing; "
                                "later it opens a new ticket linked to the old one.", check=_non_negative),
+            "reply_wait_seconds": Key(int, 300, "A reply whose original (a mail its In-Reply-To or References names) "
+                                      "is stored but not threaded yet waits for it, at most this many seconds from "
+                                      "its arrival, so that it becomes a comment on the original's ticket; then it "
+                                      "is threaded without it. 0: never wait.", check=_non_negative),
             "body_delimiters": Key(list, [], "Lines that end the useful text of a mail (for example "
                                    "'--- Reply above this line ---'); the text from such a line on is dropped from "
                                    "the visible text (also when quoted with '>'). The full text is kept.",
@@ -273,6 +277,13 @@ SCHEMA: dict[str, Section] = {
         "Attachment storage (content-addressed by sha256).",
         {
             "path": Key(str, "", "Directory. Empty: <gateway.data_dir>/attachments."),
+            "prune_minutes": Key(int, 10, "serve looks for orphaned blobs this often (blobs no attachment "
+                                 "refers to: written for a mail that then kept nothing, a duplicate, an ignored or "
+                                 "quarantined mail), at most 5000 blobs a time, and removes them. 0: never (then "
+                                 "`ticket-gateway db prune-attachments` does it).", check=_non_negative),
+            "prune_grace_hours": Key(int, 24, "A blob no attachment refers to is removed only when it was not "
+                                     "written for this many hours (a mail being threaded now has its blobs "
+                                     "written just before).", check=_positive),
         },
     ),
     "limits": Section(

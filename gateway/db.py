@@ -82,11 +82,17 @@ def retry_on_conflict(fn: Callable[[], T], *, attempts: int = 5) -> T:
             if i == attempts - 1:
                 raise
         except OperationalError as e:
-            code = getattr(getattr(e, "orig", None), "sqlstate", None)
-            if code not in ("40001", "40P01") or i == attempts - 1:
+            if not is_conflict(e) or i == attempts - 1:
                 raise
         time.sleep(0.01 * (i + 1))
     raise AssertionError("unreachable")
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """PostgreSQL ended the transaction for a concurrent one (a deadlock, a serialization failure): running it
+    again succeeds; the store is not unavailable."""
+    return isinstance(exc, OperationalError) and getattr(getattr(exc, "orig", None), "sqlstate", None) in (
+        "40001", "40P01")
 
 
 @contextlib.contextmanager

@@ -23,12 +23,13 @@ from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session
 
-from gateway.db import StoreUnavailable, is_unavailable, transaction
+from gateway.db import StoreUnavailable, is_conflict, is_unavailable, transaction
 from gateway.envelope import Envelope  # a leaf module; importable from here too
 from gateway.events import MailRejected
 from gateway.models import InboundMail, InboundRaw, Ticket
 from gateway.outcomes import Quarantine
 from gateway.pipeline import Decision, MailContext, declared, run
+from gateway.replywait import retry_after
 from gateway.store.ahead import Ahead
 from gateway.store.base import Upcoming
 from gateway.store.raw import BIG as RAW_BIG
@@ -55,6 +56,7 @@ class Result:
     message_id: str | None = None
     latency: float | None = None  # seconds from storing to the outcome
     fresh: bool = False           # the outcome was decided now (not a recorded one read again)
+    retry_in: float | None = None  # the mail waits for another (outcome 'received'): try again in this many seconds
 
     def as_dict(self) -> dict[str, Any]:
         return {"mail_id": self.mail_id, "outcome": self.outcome, "reason": self.reason,
@@ -206,6 +208,11 @@ class Intake:
             except StoreUnavailable:
                 raise
             except Exception as e:
+                if is_conflict(e) and attempt < 4:
+                    # a deadlock with another instance's transaction (PostgreSQL chose this one): run it again
+                    # now, not after the pending sweep
+                    log.info("%s: %s, running again", what, type(getattr(e, "orig", e)).__name__)
+                    continue
                 if is_unavailable(e):
                     raise StoreUnavailable(str(e)) from e
                 raise
@@ -221,7 +228,8 @@ class Intake:
         store = SqlStore(session, config=app.config, clock=app.clock, listeners=app.listeners, blobs=app.blobs,
                          imported=historic, quiet=quiet, dry_run=dry_run)
         return MailContext(store=store, config=app.config, clock=app.clock, mail=mail, raw=raw,
-                           ahead=Ahead(prepared), dry_run=dry_run, trace=list(mail.trace or []), historic=historic)
+                           ahead=Ahead(prepared), dry_run=dry_run, trace=list(mail.trace or []), historic=historic,
+                           may_wait=envelope is None and not dry_run)
 
     def prefetch(self, session: Any, items: list[tuple[Envelope, Any]]) -> None:
         """Before running these mails (envelope, Prepared or None): make the lookups their handlers will make,
@@ -252,6 +260,7 @@ class Intake:
                 if len(todo) > 1 and any(prepared.get(m.id) is not None for m in todo):
                     self.prefetch(s, [(envelope_of(m), prepared.get(m.id)) for m in todo])
                 out = []
+                waiting: list[int] = []  # indexes in `out` of the mails that wait for another (the `wait` handler)
                 for mail_id in ids:
                     mail = mails.get(mail_id)
                     if mail is None:
@@ -259,13 +268,23 @@ class Intake:
                     if mail.outcome != "received":
                         out.append(self._result(mail))
                         continue
-                    raw = raws.get(mail_id)
                     if mail_id in exhausted:
                         out.append(self._give_up(s, mail))
                         continue
-                    out.append(self._run(s, mail, mail.raw.data if raw is None else raw, dry_run=False,
-                                         prepared=prepared.get(mail_id), counted=counted))
+                    out.append(self._run_stored(s, mail, raws, prepared, counted))
+                    if out[-1].retry_in is not None:
+                        waiting.append(len(out) - 1)
+                # a reply that waited for its original threaded later in this batch: once more, after it
+                if waiting and any(r.fresh and r.outcome in ("ticket", "comment") for r in out):
+                    for k in waiting:  # (its try, given back when it waited, counted again)
+                        out[k] = self._run_stored(s, mails[out[k].mail_id], raws, prepared, counted=False)
                 return out
+
+    def _run_stored(self, s: Any, mail: InboundMail, raws: Mapping[int, bytes], prepared: Mapping[int, Any],
+                    counted: bool) -> Result:
+        raw = raws.get(mail.id)
+        return self._run(s, mail, mail.raw.data if raw is None else raw, dry_run=False, prepared=prepared.get(mail.id),
+                         counted=counted)
 
     def _run_new(self, raw: bytes, envelope: Envelope, *, dry_run: bool, prepared: Any = None) -> Result:
         with self.app.sessions() as s:
@@ -307,7 +326,11 @@ class Intake:
             sp.rollback()
             raise
         self._settle(ctx, s, sp, decision)
-        return self._result(mail, fresh=True)
+        result = self._result(mail, fresh=not decision.wait)
+        if decision.wait:
+            age = (self.app.clock() - mail.received_at).total_seconds()
+            result.retry_in = retry_after(age, self.app.config.gateway["reply_wait_seconds"])
+        return result
 
     def _run_batched(self, s: Any, raw: bytes, envelope: Envelope, prepared: Any = None) -> Result:
         """`_run` for a new mail inside an IngestBatch: the mail row, what the handlers write and the raw
@@ -342,6 +365,15 @@ class Intake:
         if decision.retry:
             sp.rollback()
             raise StoreUnavailable(decision.reason or "try again later")
+        if decision.wait:  # threaded again later (a stored mail: its row was written before the savepoint)
+            sp.rollback()
+            mail = ctx.mail
+            mail.attempts = max(0, (mail.attempts or 0) - 1)  # waiting is not a try (engine.MAX_TRIES)
+            mail.reason = decision.reason
+            mail.trace = list(mail.trace or []) + [f"wait: {decision.reason}"]
+            s.flush()
+            log.info("mail %s: %s", mail.id, decision.reason)
+            return mail
         if decision.keep:
             self._record(ctx, decision.outcome, decision.reason)
             if envelope is not None:

@@ -42,3 +42,11 @@ class TryLater(Outcome):
     """A temporary condition (the store is unavailable): the mail stays 'received' and is tried again."""
 
     outcome = "received"
+
+
+class Wait(Outcome):
+    """Not yet: the mail waits for another stored mail to be threaded first (a reply for its original,
+    gateway.replywait). Nothing is written, the try is not counted, the mail stays 'received' and is threaded
+    again later; the reason goes into its trace."""
+
+    outcome = "received"

@@ -23,7 +23,7 @@ from gateway.clock import Clock
 from gateway.config import Config
 from gateway.db import is_unavailable
 from gateway.models import Comment, Contact, InboundMail, Ticket
-from gateway.outcomes import Ignore, Outcome, Reject, TryLater
+from gateway.outcomes import Ignore, Outcome, Reject, TryLater, Wait
 from gateway.store.ahead import Ahead
 from gateway.store.base import Asks, Declare, Store, Upcoming
 
@@ -43,6 +43,7 @@ BUILTIN: tuple[str, ...] = (
     "flood",        # more than limits.mails_per_sender_per_hour from one sender: quarantined ('flood')
     "token",        # our own mail coming back is a loop; a signed reply address names its ticket
     "match",        # which ticket: In-Reply-To/References, subject tag; participants only
+    "wait",         # a reply whose original is stored but not threaded yet waits for it (bounded)
     "route",        # defaults for a new ticket (group, priority, type) from the recipient address
     "extract",      # visible text (quotes and signatures stripped), full text, sanitised HTML
     "commands",     # staff: /command lines at the top are taken out; /internal or the note address: a note
@@ -113,6 +114,7 @@ class MailContext:
     commands: Any = None                # gateway.mailcommands.Parsed: a staff member's commands (handler commands)
     internal: str = ""                  # why this staff mail is an internal note ("": a public comment)
     historic: bool = False              # an import of old mail: dated by its Date, nothing mailed (gateway.history)
+    may_wait: bool = False              # a stored mail, threaded again later if it waits (the `wait` handler)
 
     def written_at(self) -> datetime | None:
         """When the mail's ticket or comment happened: its Date for an import of old mail, where plausible
@@ -140,13 +142,15 @@ class Decision:
     for a temporary condition (`retry`: nothing is recorded, the mail is tried again later).
     keep: what the handlers wrote stays (a ticket, a comment, a bounce note); False: it is rolled back and only
     the mail row is written, with its outcome.
-    rejected: listeners hear of it (gateway.events.MailRejected)."""
+    rejected: listeners hear of it (gateway.events.MailRejected).
+    wait: the mail waits for another one (gateway.outcomes.Wait): it stays 'received', its try not counted."""
 
     outcome: str
     reason: str | None = None
     keep: bool = True
     rejected: bool = False
     retry: bool = False
+    wait: bool = False
 
 
 def decide(outcome: Outcome) -> Decision:
@@ -155,6 +159,8 @@ def decide(outcome: Outcome) -> Decision:
         return Decision(outcome.outcome, outcome.reason, keep=True)
     if isinstance(outcome, TryLater):
         return Decision("received", outcome.reason, keep=False, retry=True)
+    if isinstance(outcome, Wait):
+        return Decision("received", outcome.reason, keep=False, wait=True)
     return Decision(outcome.outcome, outcome.reason, keep=False, rejected=isinstance(outcome, Reject))
 
 

@@ -13,7 +13,7 @@ main process as it always was: `Prepared` fields that are None mean "compute it 
 the handlers (`parse`, `classify`, `extract`, `attachments`) use a prepared value only when it is there, so
 outcomes, traces and rows are the same with or without the worker. A blob the worker wrote for a mail that
 then keeps nothing (a duplicate, an ignored or rejected mail) stays in the store unreferenced, like a blob of
-a rolled-back transaction.
+a rolled-back transaction, until gateway.blobprune removes it.
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ COMPONENTS: tuple[str, ...] = (
     "gateway.outbound:install_service",
     "gateway.sla:install_service",
     "gateway.api:install_service",   # HTTP: API, /healthz, /metrics ([http] listen)
+    "gateway.blobprune:install_service",  # orphaned attachment blobs ([attachments] prune_minutes)
     "gateway.backends:install_service",
 )
 
@@ -367,8 +368,20 @@ class Service:
     def _thread_sync(self, mail_ids: list[int], skip_locked: bool = False) -> list[Result]:
         """Thread stored mails as one batch (Intake.thread): prepared by the worker process first, then one
         write transaction holding the write gate (a savepoint per mail)."""
-        return self.engine.thread(mail_ids, hold=thread_gate(self, len(mail_ids), learn=False),
-                                  skip_locked=skip_locked)
+        return self.waiting(self.engine.thread(mail_ids, hold=thread_gate(self, len(mail_ids), learn=False),
+                                               skip_locked=skip_locked))
+
+    def waiting(self, results: list[Result]) -> list[Result]:
+        """(thread) The mails among these that wait for another (a reply for its original, handlers/wait.py) are
+        queued again when their `retry_in` has passed (the sweep is the fallback). Returns the results."""
+        loop = self._loop
+        for r in results:
+            if r.retry_in is not None and loop is not None:
+                try:
+                    loop.call_soon_threadsafe(loop.call_later, r.retry_in, self.enqueue, r.mail_id)
+                except RuntimeError:  # the loop is closed (shutdown): the sweep of the next start threads it
+                    break
+        return results
 
     def _may_thread(self, since: float) -> bool:
         """Threading may take its next turn (alternating with store batches at the write gate): no mail
@@ -696,8 +709,8 @@ class ThreadingWorker:
     def run_staged(self, staged: Any, staged_cpu: float = 0.0) -> None:
         """(thread) The write transactions of a staged batch."""
         try:
-            results = self.service.engine.run_staged(staged, hold=thread_gate(self.service, len(staged.ids),
-                                                                              staged_cpu=staged_cpu))
+            results = self.service.waiting(self.service.engine.run_staged(
+                staged, hold=thread_gate(self.service, len(staged.ids), staged_cpu=staged_cpu)))
             log.debug("mails %s: %s", staged.ids, [r.outcome for r in results])
         except Exception as e:  # noqa: BLE001
             self.failed(staged.ids, e)

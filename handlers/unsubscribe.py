@@ -4,6 +4,12 @@ gateway.ourmail) removes that watcher from the ticket and ends as `ignored`: no 
 The token is the authority (like RFC 8058's one-click URL): it names one ticket and one watcher, so it runs
 before sender authentication and before the sender is looked up or registered. A token that names no current
 watcher (already removed, or forged) changes nothing and is ignored too.
+
+An import of old mail (`ingest` of files, Maildirs, mboxes: `ctx.historic`) never acts on it: the request was
+made when the mail was written, perhaps years ago, and the watcher may have been added again since (by staff, or
+by writing to the ticket). Such a mail is recorded as ignored, with the reason, and changes nothing. Live mail
+acts on a token of any age, as the one-click link (gateway.api.unsubscribe) does: a watcher who wants to stop
+the notifications uses whichever one is at hand.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ def handle(ctx: MailContext) -> None:
         token = ourmail.unsubscribe_token_of_address(addr, bases)
         if token is None:
             continue
+        if ctx.historic:
+            ctx.note(f"unsubscribe: {addr} is an unsubscribe address, but an imported mail is not acted on")
+            raise Ignore("unsubscribe: an imported mail is not acted on")
         done = ctx.store.unsubscribe(ourmail.reply_secret(ctx.config), token)
         if done is None:
             ctx.note(f"unsubscribe: {addr} names no current watcher")

@@ -23,6 +23,11 @@ def register(sub: Subparsers) -> None:
     bk.add_argument("file", metavar="FILE", help="the copy to write (not overwritten unless --force)")
     bk.add_argument("--force", action="store_true", help="replace FILE if it exists")
     bk.set_defaults(func=db_backup)
+    pr = dsub.add_parser("prune-attachments", help="remove attachment blobs nothing refers to (older than "
+                                                   "[attachments] prune_grace_hours)")
+    pr.add_argument("--limit", type=int, default=1_000_000, metavar="N",
+                    help="look at no more than N blobs (default 1000000; the whole store is looked at once at most)")
+    pr.set_defaults(func=db_prune_attachments)
 
 
 def check_config(args: argparse.Namespace, config: Config) -> int:
@@ -70,6 +75,26 @@ def db_upgrade(args: argparse.Namespace, config: Config) -> int:
     finally:
         engine.dispose()
     print(f"database {_redact(config.database_url)}: {before or 'empty'} -> {after}")
+    return 0
+
+
+def db_prune_attachments(args: argparse.Namespace, config: Config) -> int:
+    """What serve's job `attachments-prune` does, over the whole store (bounded by --limit)."""
+    from gateway.app import build_app
+    from gateway.blobprune import Pruner
+    from gateway.exitcodes import EX_USAGE
+
+    if args.limit < 1:
+        print("ticket-gateway: --limit must be at least 1", file=sys.stderr)
+        return EX_USAGE
+    app = build_app(config)
+    try:
+        done = Pruner(app.sessions, app.blobs, config.values["attachments"]["prune_grace_hours"] * 3600.0).run(
+            args.limit)
+    finally:
+        app.close()
+    print(f"{done.removed} orphaned blob(s) removed; {done.looked} looked at ({done.referenced} in use, "
+          f"{done.recent} written within the last {config.values['attachments']['prune_grace_hours']} hours)")
     return 0
 
 

@@ -93,7 +93,7 @@ class StoredThreads:
                 return done, left, False
             for row in batch:
                 res = results.get(row.mail_id)
-                if res is None:
+                if res is None or res.outcome == "received":  # left out, or waits for its original
                     left.append(row.mail_id)
                     continue
                 result.threaded += 1
@@ -168,7 +168,7 @@ class StoredThreads:
                 continue
             for uid, mail_id in batch:
                 res = results.get(mail_id)
-                if res is None:
+                if res is None or res.outcome == "received":  # left out, or waits for its original
                     pending.append((uid, mail_id))
                     continue
                 result.outcomes[res.outcome] += 1

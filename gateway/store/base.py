@@ -36,6 +36,24 @@ def msgid_claim_of(message_id: str | None, from_addr: str | None, envelope_from:
     return msgid_claim(message_id, sender) if message_id else None
 
 
+def stored_forms(message_ids: Sequence[str]) -> dict[str, str]:
+    """The forms a Message-ID may have on a mail row not threaded yet -> the Message-ID: as parsed, and with
+    its angle brackets (the listing hint a transport stored, gateway.intake; threading writes the parsed one)."""
+    out: dict[str, str] = {}
+    for mid in message_ids:
+        out.setdefault(mid, mid)
+        out.setdefault(f"<{mid}>", mid)
+    return out
+
+
+@dataclass(frozen=True)
+class Originals:
+    """See `Store.originals`; both in the order of the Message-IDs asked about."""
+
+    waiting: list[tuple[str, int]]  # (Message-ID, mail id): stored, not threaded yet
+    threaded: list[str]             # Message-IDs a ticket knows
+
+
 @dataclass(frozen=True)
 class ClaimHolder:
     """The first mail that holds a dedupe claim a new mail would take."""
@@ -141,6 +159,12 @@ class Store(Protocol):
 
     def followed(self, ticket: Ticket) -> Ticket:
         """The ticket a merged ticket was merged into (along the chain), else the ticket itself."""
+        ...
+
+    def originals(self, message_ids: Sequence[str], own_id: int | None) -> Originals:
+        """What became of the mails with these Message-IDs (the `wait` handler: a reply's original), seen at one
+        moment (one statement): the stored mails not threaded yet, other than `own_id`, and the Message-IDs a
+        ticket knows."""
         ...
 
     def is_participant(self, ticket: Ticket, contact: Contact | None, email: str | None) -> str | None: ...

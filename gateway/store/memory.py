@@ -37,7 +37,7 @@ from gateway.models import (
     TicketLink,
     TimeEntry,
 )
-from gateway.store.base import ClaimHolder, Flow
+from gateway.store.base import ClaimHolder, Flow, Originals, stored_forms
 from gateway.tickets import (
     MAX_MERGE_HOPS,
     InvalidChange,
@@ -188,6 +188,14 @@ class InMemoryStore:
 
     def is_participant(self, ticket: Ticket, contact: Contact | None, email: str | None) -> str | None:
         return participant_reason(ticket, contact, email)
+
+    def originals(self, message_ids: Sequence[str], own_id: int | None) -> Originals:
+        forms = stored_forms(message_ids)
+        order = {mid: i for i, mid in enumerate(message_ids)}
+        found = [(forms[m.message_id], i) for i, m in sorted(self.mails.items())
+                 if i != own_id and m.outcome == "received" and m.message_id in forms]
+        return Originals(sorted(found, key=lambda r: order[r[0]]),
+                         [mid for mid in dict.fromkeys(message_ids) if self.message_ids.get(mid)])
 
     def token_issued(self, token: str) -> bool:
         return token in self.issued_tokens

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, event, func, insert, or_, select
+from sqlalchemy import bindparam, event, func, insert, literal, or_, select, union_all
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import MANYTOONE, Session, make_transient_to_detached, sessionmaker
@@ -34,10 +34,11 @@ from gateway.models import (
     Organisation,
     OutboxMail,
     Ticket,
+    TicketMessageId,
     table_of,
 )
 from gateway.store import raw as raw_io
-from gateway.store.base import Asks, ClaimHolder, Flow
+from gateway.store.base import Asks, ClaimHolder, Flow, Originals, stored_forms
 from gateway.store.memo import (
     ABSENT_CLAIMS,
     ABSENT_CONTACTS,
@@ -489,6 +490,27 @@ class SqlStore:
 
     def is_participant(self, ticket: Ticket, contact: Contact | None, email: str | None) -> str | None:
         return self.tickets.is_participant(ticket, contact, email)
+
+    def originals(self, message_ids: Sequence[str], own_id: int | None) -> Originals:
+        forms = stored_forms(message_ids)
+        if not forms:
+            return Originals([], [])
+        # one statement (PostgreSQL: one snapshot): the commit that threads an original changes its row and adds
+        # its Message-ID to a ticket at once, so it is seen either waiting or known, never neither
+        mails = (select(InboundMail.message_id.label("mid"), InboundMail.id.label("ref"),
+                        literal("mail").label("kind"))
+                 .where(InboundMail.message_id.in_(list(forms)), InboundMail.outcome == "received",
+                        InboundMail.id != (own_id if own_id is not None else -1))
+                 .order_by(InboundMail.id).limit(len(forms)).subquery())
+        known = (select(TicketMessageId.message_id.label("mid"), TicketMessageId.ticket_id.label("ref"),
+                        literal("ticket").label("kind"))
+                 .where(TicketMessageId.message_id.in_(list(message_ids))).limit(len(forms)).subquery())
+        rows = self.session.execute(union_all(select(mails), select(known))).all()
+        order = {mid: i for i, mid in enumerate(message_ids)}
+        waiting = sorted(((forms[str(mid)], int(ref)) for mid, ref, kind in rows if kind == "mail"),
+                         key=lambda r: order[r[0]])
+        threaded = sorted({str(mid) for mid, _, kind in rows if kind == "ticket"}, key=lambda m: order[m])
+        return Originals(waiting, threaded)
 
     def token_issued(self, token: str) -> bool:
         return self.session.scalar(_TOKEN_ISSUED, {"token": token}) is not None

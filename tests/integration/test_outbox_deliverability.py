@@ -202,3 +202,41 @@ def test_copies_share_a_rendering_only_where_the_templates_see_the_same(tmp_path
                                                                                       "tina@example.com")}
     assert all(notes.values()) and notes["tom@example.com"].group(0) != notes["tina@example.com"].group(0)
     assert all("Replaced the fuser." in bodies[w] for w in ("tom@example.com", "walt@customer.example"))
+
+
+def test_an_imported_old_unsubscribe_mail_removes_no_watcher(tmp_path, sqlite_url):
+    """`ingest` of an archive (an mbox) that holds a watcher's old unsubscribe mail: an import of old mail does
+    not act on it (the watcher may have been added again since); the same mail live (stdin, an MTA pipe) does."""
+    from conftest import run_cli, write_config
+
+    from gateway.app import build_app
+    from gateway.config import load
+    from gateway.ourmail import make_unsubscribe_token, reply_secret
+
+    cfg = write_config(tmp_path, sqlite_url, extra='\n[outbound]\nreply_secret = "import-test-secret-0123456789abc"\n')
+    app = build_app(load(cfg))
+    try:
+        number = ticket_with_watchers(app, ["wanda@customer.example"])
+        with app.sessions() as s:
+            ticket_id = s.scalar(select(Ticket.id).where(Ticket.number == number))
+        token = make_unsubscribe_token(reply_secret(app.config), ticket_id=ticket_id, ticket_number=number,
+                                       recipient="wanda@customer.example")
+        old = make_mail(sender="wanda@customer.example", to=f"support+{token}@example.com", subject="unsubscribe",
+                        body="\n")
+        archive = tmp_path / "archive.mbox"
+        archive.write_bytes(b"From wanda@customer.example Mon Nov  2 09:00:00 2026\n" + old.replace(b"\r\n", b"\n")
+                            + b"\n")
+        p = run_cli("ingest", str(archive), config=cfg)
+        assert p.returncode == 0, p.stderr
+        with app.sessions() as s:
+            mail = s.scalars(select(InboundMail).order_by(InboundMail.id.desc())).first()
+            assert mail is not None and (mail.outcome, mail.reason) == (
+                "ignored", "unsubscribe: an imported mail is not acted on")
+        assert watching(app, number) == ["wanda@customer.example"]
+        live = make_mail(sender="wanda@customer.example", to=f"support+{token}@example.com", subject="unsubscribe",
+                         body="\n")
+        p = run_cli("ingest", config=cfg, input=live)
+        assert p.returncode == 0, p.stderr
+        assert watching(app, number) == []
+    finally:
+        app.close()

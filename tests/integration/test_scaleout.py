@@ -92,6 +92,37 @@ def spread(ports: list[int], jobs: list[list[tuple[str, list[str], bytes]]]) -> 
     assert not errors, errors
 
 
+class Claims:
+    """Holds the claims (session advisory locks, gateway.engine.CLAIM_LOCK_CLASS) that serve's workers and sweeps
+    take before threading a stored mail, on the ids the next `n` stored mails get: while a claim is held, no
+    instance threads that mail, as if another instance were threading it now (slowly). Deterministic, no timing."""
+
+    def __init__(self, app, n: int) -> None:
+        from sqlalchemy import text
+
+        from gateway.engine import CLAIM_LOCK_CLASS
+
+        self.lock_class = CLAIM_LOCK_CLASS
+        self.conn = app.engine.connect()
+        seq = self.conn.scalar(text("SELECT pg_get_serial_sequence('inbound_mail', 'id')"))
+        nxt = int(self.conn.scalar(text(f"SELECT last_value + CASE WHEN is_called THEN 1 ELSE 0 END FROM {seq}")))
+        self.held = set(range(nxt, nxt + n))
+        for i in sorted(self.held):
+            self.conn.execute(select(func.pg_advisory_lock(self.lock_class, i)))
+        self.conn.commit()
+
+    def release(self, ids) -> None:
+        for i in sorted(self.held & set(ids)):
+            self.conn.execute(select(func.pg_advisory_unlock(self.lock_class, i)))
+            self.held.discard(i)
+        self.conn.commit()
+
+    def close(self) -> None:
+        if not self.conn.closed:
+            self.release(list(self.held))
+            self.conn.close()
+
+
 class Db:
     """Counts read from the shared database (an App of its own, like an operator's CLI)."""
 
@@ -140,17 +171,45 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
     }
     sink = Sink().start()
     cluster = Cluster(tmp_path, instances, pg_url, relay_port=sink.port, addresses=[SUPPORT, URGENT], extra=extra)
+    claims: Claims | None = None
     try:
         ports = cluster.ports
-        # 1. new tickets over SMTP, spread over the instances (the urgent ones first: their SLA clock runs)
+        # 1. new tickets over SMTP, spread over the instances (the urgent ones first: their SLA clock runs); their
+        # threading held back (Claims) until the follow-ups below were threaded
+        claims = Claims(app, 4 * (URGENT_TICKETS + SMTP_TICKETS))
         reporters = [f"c{i}@customer.example" for i in range(URGENT_TICKETS + SMTP_TICKETS)]
         jobs: list[list[tuple[str, list[str], bytes]]] = [[] for _ in ports]
         for i, who in enumerate(reporters):
             to = URGENT if i < URGENT_TICKETS else SUPPORT
             raw = make_mail(sender=who, to=to, subject=f"case {i}", cc=WATCHERS[i % len(WATCHERS)],
-                            body=f"Case {i} is broken.\n", headers=authenticated())
+                            body=f"Case {i} is broken.\n", headers=authenticated(),
+                            message_id=f"<case{i}@customer.example>")
             jobs[i % len(ports)].append((who, [to], raw))
         spread(ports, jobs)
+        with app.sessions() as s:
+            originals = set(s.scalars(select(InboundMail.id)))
+        assert len(originals) == len(reporters) and originals <= claims.held
+        claims.release(claims.held - originals)  # only the originals stay held: "another instance threads them"
+        # ... and a follow-up of each to the next instance, In-Reply-To the original: threaded before its original
+        # (which another instance holds), it waits for it (handlers/wait.py) and becomes its comment
+        jobs = [[] for _ in ports]
+        for i, who in enumerate(reporters):
+            to = URGENT if i < URGENT_TICKETS else SUPPORT
+            raw = make_mail(sender=who, to=to, subject=f"Re: case {i}", in_reply_to=f"<case{i}@customer.example>",
+                            references=f"<case{i}@customer.example>", body=f"Forgot to say: case {i} smokes.\n",
+                            headers=authenticated())
+            jobs[(i + 1) % len(ports)].append((who, [to], raw))
+        spread(ports, jobs)
+        followups = len(reporters)
+
+        def waited() -> int:
+            with app.sessions() as s:
+                return sum(1 for trace in s.scalars(select(InboundMail.trace).where(InboundMail.id.not_in(originals)))
+                           if any(t.startswith("wait: waiting for <case") for t in trace or []))
+
+        assert wait_for(lambda: waited() == followups, 60), (waited(), db.outcomes(), cluster.logs())
+        assert db.count(Ticket) == 0
+        claims.close()  # the originals are threaded now (by a worker or a sweep), then their follow-ups
         # ... and new tickets into the one mailbox all instances list
         imap_reporters = [f"m{i}@imap.example" for i in range(IMAP_TICKETS)]
         dovecot.append_many([make_mail(sender=who, subject=f"imap case {i}", body=f"Mailbox case {i}.\n")
@@ -166,7 +225,8 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
                     out[r.rcpt_tos[0]] = msg
             return out
 
-        assert wait_for(lambda: db.outcomes() == {"ticket": tickets} and len(acknowledged()) == tickets, 90), \
+        assert wait_for(lambda: db.outcomes() == {"ticket": tickets, "comment": followups}
+                        and len(acknowledged()) == tickets, 90), \
             (db.outcomes(), len(acknowledged()), cluster.logs())
         # 2. every reporter answers the acknowledgement: over SMTP at the next instance, or into the mailbox
         ack = acknowledged()
@@ -177,10 +237,10 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
         spread(ports, jobs)
         dovecot.append_many([reply(ack[who], who, f"More on mailbox case {i}.\n")[1]
                              for i, who in enumerate(imap_reporters)])
-        comments = len(reporters) + len(imap_reporters)
-        # notifications: acks; the staff notice of each new ticket; each comment to the watcher (SMTP ones) and to
-        # staff (no assignee, no group: every staff member); SLA mails to the lead
-        notices = acks + tickets + (len(reporters) + comments)
+        comments = followups + len(reporters) + len(imap_reporters)
+        # notifications: acks; the staff notice of each new ticket; each comment to the watcher (SMTP ones: the
+        # follow-up and the reply) and to staff (no assignee, no group: every staff member); SLA mails to the lead
+        notices = acks + tickets + (followups + len(reporters) + comments)
 
         def escalated() -> bool:
             kinds = Counter(e.kind for e in db.escalations())
@@ -194,6 +254,8 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
         time.sleep(3)  # every instance's outbox and SLA sweep run a few more rounds: nothing more may come
         codes = cluster.stop()
     finally:
+        if claims is not None:
+            claims.close()
         cluster.stop()
         sink.stop()
     assert codes == [0] * instances, (codes, cluster.logs())
@@ -207,14 +269,15 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
     # unique numbers (PostgreSQL: a sequence, no lock between instances; a rolled-back try leaves a gap)
     assert len(set(numbers)) == tickets and numbers[0] >= 1
     assert all(n == 1 for n in subjects.values()), subjects
-    assert len(per_ticket) == comments and set(per_ticket.values()) == {1}  # every reply on its own ticket
+    # every follow-up and reply on its own ticket (over SMTP: the follow-up and the reply; IMAP: the reply)
+    assert sorted(per_ticket.values()) == [1] * IMAP_TICKETS + [2] * len(reporters), per_ticket
     # inbound mail: every one stored once, none left `received`
     sent_in = tickets + comments
     assert db.count(InboundMail) == sent_in and db.outcomes() == {"ticket": tickets, "comment": comments}
     with app.sessions() as s:
         assert s.scalar(select(func.count(func.distinct(InboundMail.message_id)))) == sent_in
         transports = Counter(s.scalars(select(InboundMail.source)))
-    assert transports == {"smtp": 2 * len(reporters), "imap": 2 * IMAP_TICKETS}, transports
+    assert transports == {"smtp": 3 * len(reporters), "imap": 2 * IMAP_TICKETS}, transports
     assert dovecot.count("INBOX") == 0 and dovecot.count("Processed") == 2 * IMAP_TICKETS
 
     # escalations: one claim per (ticket, kind); the breach mailed to the lead once per ticket
@@ -232,7 +295,7 @@ def test_instances_share_the_load_and_lose_or_double_nothing(tmp_path, pg_url, d
     assert set(at_sink) == {r.message_id for r in rows}
     assert len(sink.received) == len(rows)
     assert Counter(r.recipient for r in rows if r.event == "comment") == Counter(
-        [w for i, w in ((i, WATCHERS[i % len(WATCHERS)]) for i in range(len(reporters)))] + [STAFF] * comments)
+        [WATCHERS[i % len(WATCHERS)] for i in range(len(reporters))] * 2 + [STAFF] * comments)
 
     # the load was spread: every instance took mail in over SMTP and threaded some of it
     for x in cluster.instances:
@@ -274,3 +337,58 @@ def test_a_stored_mail_another_instance_threads_is_left_to_it(tmp_path, pg_url):
     finally:
         a.close()
         b.close()
+
+
+def test_a_reply_at_instance_b_waits_for_its_original_that_instance_a_threads(tmp_path, pg_url):
+    """Two `serve` instances: the original goes to instance A over SMTP, and A is slow to thread it (the test holds
+    the claim, the advisory lock, that A's workers and every sweep take before threading a mail: as if A were
+    threading it now); the reply goes to instance B, which threads it first. The reply waits (handlers/wait.py)
+    instead of opening a ticket of its own; once the original is threaded, it is its comment."""
+    from conftest import make_config
+
+    from gateway.app import build_app
+
+    app = build_app(make_config(tmp_path / "operator", pg_url))
+    db = Db(app)
+    who = "alice@customer.example"
+    original = make_mail(sender=who, subject="Printer on fire", message_id="<original@customer.example>")
+    answer = make_mail(sender=who, subject="Re: Printer on fire", message_id="<reply@customer.example>",
+                       in_reply_to="<original@customer.example>", references="<original@customer.example>")
+
+    def mail(message_id: str) -> InboundMail | None:
+        with app.sessions() as s:
+            return s.scalar(select(InboundMail).where(InboundMail.message_id.in_(
+                [message_id, f"<{message_id}>"])))
+
+    cluster = Cluster(tmp_path, 2, pg_url, addresses=[SUPPORT])
+    try:
+        a, b = cluster.ports
+        claims = Claims(app, 20)
+        try:
+            assert send_many(a, [(who, [SUPPORT], original)]) == 1  # 250: stored by A
+            first = mail("original@customer.example")
+            assert first is not None and first.id in claims.held and first.outcome == "received"
+            claims.release(claims.held - {first.id})  # only the original stays claimed ("A threads it")
+            assert send_many(b, [(who, [SUPPORT], answer)]) == 1
+
+            def waited() -> bool:
+                m = mail("reply@customer.example")
+                return m is not None and any(t.startswith("wait: waiting for <original@customer.example>")
+                                             for t in m.trace or [])
+
+            assert wait_for(waited, 60), cluster.logs()
+            reply_row = mail("reply@customer.example")
+            assert reply_row is not None and reply_row.outcome == "received" and db.count(Ticket) == 0
+        finally:
+            claims.close()  # A is done with it: threaded now (by a worker or a sweep of either instance)
+        assert wait_for(lambda: db.outcomes() == {"ticket": 1, "comment": 1}, 60), (db.outcomes(), cluster.logs())
+        codes = cluster.stop()
+    finally:
+        cluster.stop()
+    assert codes == [0, 0], cluster.logs()
+    assert db.count(Ticket) == 1 and db.count(Comment) == 1
+    done_first, done_reply = mail("original@customer.example"), mail("reply@customer.example")
+    assert done_first is not None and done_reply is not None
+    assert (done_first.outcome, done_reply.outcome) == ("ticket", "comment")
+    assert done_reply.ticket_id == done_first.ticket_id
+    app.close()

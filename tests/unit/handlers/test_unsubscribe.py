@@ -46,3 +46,18 @@ def test_other_mail_passes(make_ctx: MakeCtx) -> None:
     ctx = make_ctx()
     unsubscribe.handle(ctx)
     assert ctx.trace == [] and ctx.ticket is None
+
+
+def test_an_imported_old_mail_does_not_act(make_ctx: MakeCtx, store: InMemoryStore) -> None:
+    """`ingest` of an archive holding an old unsubscribe mail: the watcher (added again since, perhaps) stays."""
+    t = store.open_ticket(store.add_contact("alice@customer.example"))
+    carol = store.add_contact("carol@customer.example")
+    store.add_watcher(t, carol)
+    address = unsubscribe_address(t, "carol@customer.example")
+    ctx = make_ctx(sender="carol@customer.example", to=address, envelope_to=())
+    ctx.historic = True
+    with pytest.raises(Ignore) as e:
+        unsubscribe.handle(ctx)
+    assert e.value.reason == "unsubscribe: an imported mail is not acted on"
+    assert ctx.trace == [f"unsubscribe: {address} is an unsubscribe address, but an imported mail is not acted on"]
+    assert [w.contact for w in t.watchers] == [carol] and ctx.ticket is None
