@@ -410,8 +410,9 @@ SCHEMA: dict[str, Section] = {
                                  check=_non_negative),
             "thread_share": Key(float, 0.75, "SQLite (one writer): threading (turning stored mail into tickets) "
                                 "takes every other turn with storing arriving mail as long as keeping pace needs "
-                                "at most this share of the database's write lock (mail/s x seconds per "
-                                "threading transaction). In a burst faster than that (until it falls below 3/4 "
+                                "at most this share of the database's write lock: mail/s x (what a "
+                                "threading transaction costs once / 16 mails + what it costs per mail), "
+                                "measured as serve runs. In a burst faster than that (until it falls below 3/4 "
                                 "of it), arriving mail goes first (senders get their 250 sooner) and threading "
                                 "catches up after it, waiting at most defer_seconds per mail. 0: never while "
                                 "mail arrives.",

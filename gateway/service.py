@@ -8,9 +8,9 @@ Storing uses group commit (`GroupCommit`): mails whose DATA ends while a store c
 next `Intake.store_many` (one transaction, one fsync); each sender gets its 250 after the commit holding its
 mail, a failed batch answers 451 to each of its mails. On SQLite (one writer) the `WriteGate` alternates
 between a store batch and one threading transaction. While mail arrives slowly enough for threading to keep
-pace with at most `serve.thread_share` of the gate, it does; in a burst it could not keep pace with anyway,
-arriving mail goes first and threading catches up after it (at most `serve.defer_seconds` per mail, then it
-takes every other turn).
+pace with at most `serve.thread_share` of the gate, in batches of the size it gets at that pace, it does; in a
+burst it could not keep pace with anyway, arriving mail goes first and threading catches up after it (at most
+`serve.defer_seconds` per mail, then it takes every other turn). The rule is gateway.thread_policy's.
 
 SIGTERM/SIGINT: stop accepting, say 421 to idle sessions, let sessions inside a mail finish (up to
 `serve.shutdown_grace_seconds`), wait for stores in flight, exit 0 -- within 30 s. SIGHUP: reopen the log file.
@@ -53,6 +53,7 @@ from gateway.config import Config
 from gateway.db import StoreUnavailable, is_unavailable
 from gateway.intake import Envelope, Result
 from gateway.store import raw as rawstore
+from gateway.thread_policy import SAMPLE_SECONDS, THREAD_BATCH, CostModel, arrival_rate, gate_need, may_thread
 
 log = logging.getLogger("gateway.service")
 
@@ -67,7 +68,6 @@ COMPONENTS: tuple[str, ...] = (
     "gateway.backends:install_service",
 )
 
-THREAD_BATCH = 16          # stored mails threaded in one write transaction (a savepoint each)
 HARD_EXIT_SECONDS = 28.0   # from SIGTERM: whatever still runs then is abandoned (exit 0 stays within 30 s)
 
 
@@ -265,10 +265,9 @@ class Service:
         self.share = float(serve["thread_share"])              # see _may_thread
         self.ingest_busy = False                               # mail is arriving (see _watch_ingest)
         self.arrivals = 0.0                                    # mails stored per second (moving average)
-        self.thread_seconds = 0.02                             # write-gate time per threaded mail (moving average)
+        self.cost_model = CostModel()                          # what threading costs (see thread_gate)
         self.burst = False                                     # mail arrives faster than threading keeps pace
         self._stored_count = 0
-        self._store_wait = 0.0                                 # seconds store batches waited for the gate
         self._last_busy = 0.0
         self.stopping: asyncio.Event | None = None            # set when shutdown starts (tasks end on it)
         self.stop_requested = threading.Event()                # the same, for sync code in threads
@@ -357,9 +356,7 @@ class Service:
             return self.intake.store(raw, envelope)
 
     def _store_many_sync(self, items: list[tuple[bytes, Envelope]]) -> list[int]:
-        t = time.monotonic()
         with self.gate.hold(urgent=True):
-            self._store_wait += time.monotonic() - t  # (one batch in flight on SQLite: no lost updates)
             return self.intake.store_many(items)
 
     def _process_sync(self, mail_id: int) -> Result:
@@ -371,7 +368,7 @@ class Service:
     def _thread_sync(self, mail_ids: list[int], skip_locked: bool = False) -> list[Result]:
         """Thread stored mails as one batch (Intake.thread): prepared by the worker process first, then one
         write transaction holding the write gate (a savepoint per mail)."""
-        return self.waiting(self.engine.thread(mail_ids, hold=thread_gate(self, len(mail_ids)),
+        return self.waiting(self.engine.thread(mail_ids, hold=thread_gate(self, len(mail_ids), learn=False),
                                                skip_locked=skip_locked))
 
     def waiting(self, results: list[Result]) -> list[Result]:
@@ -390,13 +387,23 @@ class Service:
         """Threading may take its next turn (alternating with store batches at the write gate): no mail
         arriving (or PostgreSQL: no single writer); or mail arrives slowly enough for threading to keep pace
         with at most serve.thread_share of the write gate; or the mail it is about to thread has waited
-        serve.defer_seconds since `since`. In a burst faster than that, threading could not keep pace anyway:
-        the arriving mail goes first (senders get their 250 sooner) and threading catches up after it."""
-        if not self.gate.enabled or not self.ingest_busy:
-            return True
-        need = self.arrivals * self.thread_seconds
-        self.burst = need > (0.75 * self.share if self.burst else self.share)  # a little hysteresis
-        return not self.burst or time.monotonic() - since >= self.defer
+        serve.defer_seconds since `since` (gateway.thread_policy.may_thread)."""
+        now = time.monotonic()
+        costs = self.cost_model.costs(now)
+        verdict = may_thread(single_writer=self.gate.enabled, arriving=self.ingest_busy, rate=self.arrivals,
+                             costs=costs, share=self.share, batch=THREAD_BATCH, burst=self.burst, queued_at=since,
+                             now=now, defer=self.defer)
+        if verdict.burst != self.burst:
+            log.debug("%s: %.0f mail/s arriving, threading them would need %.0f%% of the write gate (%.1f ms a "
+                      "transaction + %.1f ms a mail)", "burst, arriving mail first" if verdict.burst else
+                      "burst over", self.arrivals, 100 * gate_need(self.arrivals, costs, THREAD_BATCH),
+                      1000 * costs.per_txn, 1000 * costs.per_mail)
+        self.burst = verdict.burst
+        return verdict.thread
+
+    def learn_thread_cost(self, mails: int, seconds: float) -> None:
+        """(thread) Threading a batch of `mails` mails took `seconds` from arriving mail (see thread_gate)."""
+        self.cost_model = self.cost_model.learn(mails, seconds, time.monotonic())
 
     def _wait_quiet(self, since: float) -> None:
         """(thread) Let arriving mail go first (see _may_thread)."""
@@ -450,19 +457,15 @@ class Service:
 
     async def _watch_ingest(self) -> None:
         """ingest_busy: a store in flight or a session inside a mail now or in the last 150 ms. arrivals: mails
-        stored per second not counting the time stores waited for the write gate (a sender slowed by threading
-        still counts at its own pace), sampled every 200 ms, averaged over about a second; a clear burst counts
-        at once."""
+        stored per second, sampled every SAMPLE_SECONDS, averaged over about a second; a clear burst counts at
+        once (gateway.thread_policy.arrival_rate)."""
         sampled = time.monotonic()
         while True:
             now = time.monotonic()
-            if now - sampled >= 0.2:
-                # the senders' own rate: without the time their stores waited for threading at the gate
-                waited, self._store_wait = min(self._store_wait, 0.9 * (now - sampled)), 0.0
-                rate, self._stored_count = self._stored_count / (now - sampled - waited), 0
-                smooth = 0.8 * self.arrivals + 0.2 * rate
-                # a clear burst (twice what thread_share allows) counts at once, anything else smoothed
-                self.arrivals = max(rate, smooth) if rate * self.thread_seconds > 2 * self.share else smooth
+            if now - sampled >= SAMPLE_SECONDS:
+                rate, self._stored_count = self._stored_count / (now - sampled), 0
+                self.arrivals = arrival_rate(self.arrivals, rate, self.cost_model.costs(now), self.share,
+                                             THREAD_BATCH)
                 sampled = now
             if self._inflight or (self.registry is not None and self.registry.in_transaction()):
                 self._last_busy = now
@@ -632,11 +635,16 @@ class Service:
 
 
 # Threading stored mail ------------------------------------------------------------------------------------
-def thread_gate(service: Service, mails: int) -> Callable[[], contextlib.AbstractContextManager[None]]:
-    """The service's write gate for a threading transaction of `mails` mails, timed: Service.thread_seconds, the
-    write-gate time per threaded mail (see Service._may_thread), learns from transactions of MIN_SAMPLE mails or
-    more (a transaction's fixed cost, its commit, spread over one or two mails would read as the cost of each:
-    threading that keeps pace with a steady trickle, in small transactions, would look unable to)."""
+def thread_gate(service: Service, mails: int, *, learn: bool = True,
+                staged_cpu: float = 0.0) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """The service's write gate for a threading transaction of `mails` mails. learn: the transaction is the
+    whole of threading those mails (`Engine.run_staged`: the try counted and the mails run in one turn); the
+    time it held the gate plus `staged_cpu`, the CPU seconds this process spent staging them (`Engine.stage`:
+    reading, handing over to the worker process), is what threading them took from arriving mail (the
+    stores wait for the gate, the SMTP sessions for the interpreter), and teaches the service what threading
+    costs (Service.learn_thread_cost: a fixed part per transaction and a part per mail,
+    gateway.thread_policy.CostModel, used by Service._may_thread). Not for `Engine.thread`, which takes the
+    gate twice per batch (a short turn to count the tries first)."""
     @contextlib.contextmanager
     def gate() -> Iterator[None]:
         with service.gate.hold(urgent=False):
@@ -644,14 +652,13 @@ def thread_gate(service: Service, mails: int) -> Callable[[], contextlib.Abstrac
             try:
                 yield
             finally:
-                if mails >= MIN_SAMPLE:
-                    held = (time.monotonic() - t) / mails
-                    service.thread_seconds = 0.9 * service.thread_seconds + 0.1 * held
+                if learn and service.gate.enabled:
+                    service.learn_thread_cost(mails, time.monotonic() - t + staged_cpu)
 
     return gate
 
 
-MIN_SAMPLE = 4  # see thread_gate
+SHORT_QUEUE = 4  # a threading worker that finds fewer mails queued threads them at once (see ThreadingWorker)
 
 
 class ThreadingWorker:
@@ -676,29 +683,34 @@ class ThreadingWorker:
             batch = [await queue.get()]
             while len(batch) < THREAD_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
-            # a short queue: threading keeps pace (see thread_gate); a long one waits its turn (_may_thread)
-            while len(batch) >= MIN_SAMPLE and not svc._may_thread(batch[0][1]):
+            # a short queue: threading keeps pace; a long one waits its turn (_may_thread)
+            while len(batch) >= SHORT_QUEUE and not svc._may_thread(batch[0][1]):
                 await asyncio.sleep(0.02)
             ids = [mail_id for mail_id, _ in batch]
             try:
-                staged = await loop.run_in_executor(svc.stage_pool, functools.partial(svc.engine.stage, ids,
-                                                                                      skip_locked=True))
+                staged, cpu = await loop.run_in_executor(svc.stage_pool, self.stage, ids)
             except Exception as e:  # noqa: BLE001
                 self.failed(ids, e)
                 continue
             try:
                 if running is not None:
                     await running
-                running = loop.run_in_executor(svc.process_pool, self.run_staged, staged)
+                running = loop.run_in_executor(svc.process_pool, self.run_staged, staged, cpu)
             except BaseException:  # cancelled (shutdown): not run; stored, threaded at the next start or sweep
                 staged.drop()
                 raise
 
-    def run_staged(self, staged: Any) -> None:
+    def stage(self, ids: list[int]) -> tuple[Any, float]:
+        """(thread) A batch staged (`Engine.stage`), and the CPU seconds this thread spent on it."""
+        cpu = time.thread_time()
+        staged = self.service.engine.stage(ids, skip_locked=True)
+        return staged, time.thread_time() - cpu
+
+    def run_staged(self, staged: Any, staged_cpu: float = 0.0) -> None:
         """(thread) The write transactions of a staged batch."""
         try:
-            results = self.service.waiting(self.service.engine.run_staged(staged, hold=thread_gate(self.service,
-                                                                                                  len(staged.ids))))
+            results = self.service.waiting(self.service.engine.run_staged(
+                staged, hold=thread_gate(self.service, len(staged.ids), staged_cpu=staged_cpu)))
             log.debug("mails %s: %s", staged.ids, [r.outcome for r in results])
         except Exception as e:  # noqa: BLE001
             self.failed(staged.ids, e)
