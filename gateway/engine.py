@@ -120,6 +120,14 @@ class ImportSource(Protocol):
 S = TypeVar("S", bound=ImportSource)
 
 
+def _tried_alone(ids: list[int], tried: dict[int, int]) -> list[list[int]]:
+    """A guarded batch's write transactions, in order: each mail tried before without an outcome alone (one that
+    takes the process down takes only itself), then the rest together."""
+    again = [i for i in ids if tried.get(i, 0) > 0]
+    fresh = [i for i in ids if tried.get(i, 0) <= 0]
+    return [[i] for i in again] + ([fresh] if fresh else [])
+
+
 class Staged:
     """A batch of stored mails read and prepared (`Engine.stage`), waiting for its write transactions."""
 
@@ -137,9 +145,7 @@ class Staged:
             return []
         if not self.guard:
             return [self.ids]
-        again = [i for i in self.ids if self.tried.get(i, 0) > 0]
-        fresh = [i for i in self.ids if self.tried.get(i, 0) == 0]
-        return [[i] for i in again] + ([fresh] if fresh else [])
+        return _tried_alone(self.ids, self.tried)
 
     def drop(self) -> None:
         """The mails are the engine's no more (run, or given up: the sweep finds them)."""
@@ -311,10 +317,8 @@ class Engine:
         if not ids:
             return []
         tried = self._tried(ids)
-        again = [i for i in ids if tried.get(i, 0) > 0]
-        fresh = [i for i in ids if i not in again]
         out: list[Result] = []
-        for batch in [[i] for i in again] + ([fresh] if fresh else []):
+        for batch in _tried_alone(ids, tried):
             with hold():
                 counted = self.intake._retrying(lambda b=batch: self._count_try(b, skip_locked),  # type: ignore[misc]
                                                 "counting a try")
