@@ -32,7 +32,7 @@ from gateway.store import raw as rawstore
 if TYPE_CHECKING:
     from gateway.config import Config
     from gateway.host import IntakeHost
-    from gateway.prepare import ParseAhead
+    from gateway.prepare import ParseAhead, Preparing
 
 # A stored mail is tried at most this many times without getting an outcome (each try ended with the process:
 # killed, out of memory); the next time it is quarantined without running. Not 2: a service killed often for
@@ -94,6 +94,9 @@ class _Spilled:
             os.close(fd)
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         from gateway.prepare import RESULT_SUFFIX
 
         for p in self.paths:
@@ -137,6 +140,13 @@ class Staged:
         self.tried: dict[int, int] = {}         # tries counted on each mail still to be threaded
         self.raws: dict[int, bytes] = {}
         self.prepared: dict[int, Any] = {}
+        self.pending: Callable[[bool], None] | None = None  # stage(wait=False): the worker's results, not taken
+
+    def ready(self) -> None:
+        """Wait for the worker's preparation of these mails (`Engine.stage(wait=False)`); at once when done."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending(True)
 
     def parts(self) -> list[list[int]]:
         """Its write transactions, in order: guard: each mail tried before without an outcome alone, then the
@@ -148,9 +158,15 @@ class Staged:
         return _tried_alone(self.ids, self.tried)
 
     def drop(self) -> None:
-        """The mails are the engine's no more (run, or given up: the sweep finds them)."""
-        with self.engine._lock:
-            self.engine._busy.difference_update(self.ids)
+        """The mails are the engine's no more (run, or given up: the sweep finds them); the worker's results of a
+        batch given up are taken and thrown away (the worker is free again)."""
+        pending, self.pending = self.pending, None
+        try:
+            if pending is not None:
+                pending(False)
+        finally:
+            with self.engine._lock:
+                self.engine._busy.difference_update(self.ids)
 
 
 class Engine:
@@ -187,10 +203,14 @@ class Engine:
             with self._lock:
                 self._busy.difference_update(ids)
 
-    def stage(self, mail_ids: Sequence[int], *, guard: bool = True, skip_locked: bool = False) -> Staged:
+    def stage(self, mail_ids: Sequence[int], *, guard: bool = True, skip_locked: bool = False,
+              wait: bool = True) -> Staged:
         """`thread` in two steps, `stage` then `run_staged`: a caller that stages the next batch while this one
         runs keeps the worker process and the database busy at once (serve's workers). This first step, outside
         any write transaction: the mails' rows read (without the write lock) and prepared by the worker process.
+        wait=False: the mails are handed to the worker and this returns at once; `run_staged` (or
+        `Staged.ready`) waits for the worker's results, so that one thread writes one batch while the worker
+        prepares the next (`ThreadAhead`); until then the worker is this batch's (`ParseAhead.begin`).
         The mails are this engine's until `run_staged` ran them (or `Staged.drop`). skip_locked on PostgreSQL
         (several instances): the claims, the reading and the preparing are left to `run_staged`, as `thread`
         does them (a mail another instance threads now is neither prepared nor counted here)."""
@@ -202,7 +222,7 @@ class Engine:
             if ids and skip_locked and guard and self._dialect() == "postgresql":
                 staged.claims = True
             elif ids:
-                self._prepare(staged)
+                self._prepare(staged, wait=wait)
         except BaseException:
             staged.drop()
             raise
@@ -215,6 +235,7 @@ class Engine:
         hold = hold or contextlib.nullcontext
         out: list[Result] = []
         try:
+            staged.ready()
             if staged.claims:
                 with self._claimed(staged.ids, True) as mine:
                     return self._thread_guarded(mine, hold, True)
@@ -234,11 +255,12 @@ class Engine:
         bind = self.app.sessions.kw.get("bind")
         return str(bind.dialect.name) if bind is not None else ""
 
-    def _prepare(self, staged: Staged, exhausted: set[int] | None = None) -> None:
+    def _prepare(self, staged: Staged, exhausted: set[int] | None = None, *, wait: bool = True) -> None:
         """The batch's mails read and prepared by the worker (`staged.raws`, `.prepared`, `.tried`), but those
         `exhausted` (default: guard, and tried MAX_TRIES times already). A large mail (SPILL_BYTES or more) goes
         to the worker in a file; once the worker prepared it, only its header block is read here: the raw bytes
-        the handlers read of a mail the worker parsed (`Prepared.answers_parse`; gateway.auth reads the header)."""
+        the handlers read of a mail the worker parsed (`Prepared.answers_parse`; gateway.auth reads the header).
+        wait=False: the worker's results are taken by `staged.ready()` (see `stage`)."""
         rows = self._read_stored(staged.ids)
         staged.tried = {i: attempts for i, (attempts, _, _, _) in rows.items()}
         if exhausted is None:
@@ -247,16 +269,32 @@ class Engine:
         small: dict[int, bytes] = {i: rows[i][2] for i in work if rows[i][2] is not None}  # type: ignore[misc]
         large = [i for i in work if i not in small]  # SPILL_BYTES or more: not read by _read_stored
         ahead = self.app.ahead
+        task: Preparing | None = None
+        spilled = _Spilled(self.app)
         if ahead is not None and work:
-            with _Spilled(self.app) as spilled:
+            try:
                 files: dict[int, str | bytes] = {}
                 if large:  # the worker reads a large mail from a file: serve does not hold it meanwhile
                     with self.app.sessions() as s:
                         files = {i: spilled.spill(s, i) for i in large}
-                preps = ahead.prepare([small[i] if i in small else files[i] for i in work], [rows[i][1] for i in work])
-            staged.prepared = {i: prep for i, prep in zip(work, preps, strict=True) if prep is not None}
-        heads = {i for i in large if i in staged.prepared and staged.prepared[i].answers_parse}
-        staged.raws = small | self._read_large(large, heads)
+                task = ahead.begin([small[i] if i in small else files[i] for i in work], [rows[i][1] for i in work])
+            except BaseException:
+                spilled.close()
+                raise
+
+        def collect(keep: bool) -> None:
+            try:
+                preps = task.results() if task is not None else [None] * len(work)
+            finally:
+                spilled.close()
+            if keep:
+                staged.prepared = {i: prep for i, prep in zip(work, preps, strict=True) if prep is not None}
+                heads = {i for i in large if i in staged.prepared and staged.prepared[i].answers_parse}
+                staged.raws = small | self._read_large(large, heads)
+
+        staged.pending = collect
+        if wait:
+            staged.ready()
 
     def _read_large(self, ids: list[int], heads: set[int]) -> dict[int, bytes]:
         """The raw bytes of the large mails among a batch (one copy each, gateway.store.raw); of those in
@@ -378,6 +416,56 @@ class Engine:
             run.close()
 
 
+class ThreadAhead:
+    """`Engine.thread` for a caller that threads stored mail batch after batch in one thread (the IMAP poller):
+    `thread(ids, then=next_ids)` hands the next batch to the worker process (`Engine.stage(wait=False)`) before
+    this batch's write transactions run (`Engine.run_staged`), and the next call, for those ids, takes the
+    worker's results: the worker prepares one batch while this thread writes the other, with no hand-over
+    between threads (serve's threading workers stage in a thread of their own). `stage(ids)` hands a batch
+    over ahead of other work of the caller's. A batch staged and not threaded next is dropped (`Staged.drop`:
+    its mails stay `received`, no try counted). Called as `thread(ids)` it is `Engine.thread` in one turn."""
+
+    def __init__(self, engine: Engine, hold: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
+                 ) -> None:
+        self.engine, self.hold = engine, hold
+        self._staged: Staged | None = None
+        self._for: tuple[int, ...] = ()
+
+    def __call__(self, mail_ids: Sequence[int], *, then: Sequence[int] = ()) -> list[Result]:
+        staged, self._staged = self._staged, None
+        if staged is not None and self._for != tuple(mail_ids):
+            staged.drop()
+            staged = None
+        if staged is None and not then:
+            return self.engine.thread(mail_ids, hold=self.hold)
+        try:
+            if staged is None:
+                staged = self.engine.stage(mail_ids)
+            staged.ready()  # the worker is free for the next batch
+            self.stage(then)
+        except BaseException:
+            if staged is not None:
+                staged.drop()
+            raise
+        try:
+            return self.engine.run_staged(staged, hold=self.hold)
+        except BaseException:
+            self.drop()
+            raise
+
+    def stage(self, mail_ids: Sequence[int]) -> None:
+        """Hand these mails to the worker now, without waiting: the next call of this threads them."""
+        self.drop()
+        if mail_ids:
+            self._staged, self._for = self.engine.stage(mail_ids, wait=False), tuple(mail_ids)
+
+    def drop(self) -> None:
+        """Give up the batch staged, if any (see `Staged.drop`)."""
+        staged, self._staged = self._staged, None
+        if staged is not None:
+            staged.drop()
+
+
 class _ImportRun(Generic[S]):
     def __init__(self, intake: Intake, envelope: Callable[[S], Envelope], report: Callable[[S, Result], None],
                  unreadable: Callable[[S], None], batch_mails: int, disk_low: Callable[[], bool]) -> None:
@@ -442,4 +530,4 @@ def _chunks(items: Iterator[Any], n: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-__all__ = ["Engine", "ImportSource", "ImportStopped", "MAX_TRIES", "Staged", "start_worker"]
+__all__ = ["Engine", "ImportSource", "ImportStopped", "MAX_TRIES", "Staged", "ThreadAhead", "start_worker"]

@@ -419,11 +419,30 @@ class Worker:
         return out
 
 
+class Preparing:
+    """A batch handed to the worker (`ParseAhead.begin`); `results()` waits for it and gives the worker back."""
+
+    def __init__(self, ahead: ParseAhead, raws: list[bytes | str], large: bool) -> None:
+        self.ahead, self.raws, self.large = ahead, raws, large
+        self.done = False
+
+    def results(self) -> list[Prepared | None]:
+        """Each mail's Prepared (None: do it yourself), in order; once only."""
+        if self.done:
+            raise RuntimeError("the results of this batch were taken already")
+        self.done = True
+        try:
+            return self.ahead._end(self.raws, self.large)
+        finally:
+            self.ahead.lock.release()
+
+
 class ParseAhead:
     """Prepared work for a stream of items (any tuple whose `raw_at` element is the raw bytes or None), in order,
     or for one batch of mails (`prepare`), by one killable worker process (`Worker`).
 
-    `stream(items)` yields (item, Prepared | None), the worker one chunk ahead of the caller. When the worker
+    `stream(items)` yields (item, Prepared | None), the worker one chunk ahead of the caller; `begin(raws,
+    senders)` hands one batch over and returns at once (`Preparing.results()` waits). When the worker
     cannot be started, every Prepared is None (the main process does the work): slower, never lost."""
 
     def __init__(self, *, max_depth: int, max_parts: int, blob_root: str | None, raw_at: int = 2,
@@ -461,18 +480,33 @@ class ParseAhead:
         with the next mail): what a large mail made it allocate goes back to the system at once, instead of
         staying in the worker's heap for as long as it lives. Its result comes in a file, read once the worker
         is stopped."""
-        t0 = time.perf_counter()
-        large = any(isinstance(r, str) for r in raws)
-        with self.lock:
+        return self.begin(raws, senders).results()
+
+    def begin(self, raws: list[bytes | str], senders: list[str | None]) -> Preparing:
+        """`prepare` in two steps, in one thread: the mails are handed to the worker now, and `results()` of
+        what this returns waits for them, so that the caller does other work (its write transactions, IMAP)
+        while the worker prepares. The worker is the caller's until then (another thread's `prepare` waits):
+        `results()` must follow, also when the caller gives the batch up."""
+        self.lock.acquire()
+        try:
+            large = any(isinstance(r, str) for r in raws)
             if large:  # a fresh worker for it: nothing that earlier mails left in its heap comes on top
                 self.worker.stop()
             self.worker.begin(raws, senders)
-            out: list[Any] = self.worker.finish()
-            if large:
-                self.worker.stop()
-                self.recycled += 1
-                out = [_load_result(r) if isinstance(r, str) and p == IN_FILE else p
-                       for r, p in zip(raws, out, strict=True)]
+        except BaseException:
+            self.lock.release()
+            raise
+        return Preparing(self, raws, large)
+
+    def _end(self, raws: list[bytes | str], large: bool) -> list[Prepared | None]:
+        """(holding the lock) The results of the chunk begun (see `begin`)."""
+        t0 = time.perf_counter()
+        out: list[Any] = self.worker.finish()
+        if large:
+            self.worker.stop()
+            self.recycled += 1
+            out = [_load_result(r) if isinstance(r, str) and p == IN_FILE else p
+                   for r, p in zip(raws, out, strict=True)]
         self.waited += time.perf_counter() - t0
         self.prepared += sum(1 for x in out if x is not None)
         return out

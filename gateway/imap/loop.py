@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.db import is_unavailable
-from gateway.engine import Engine
+from gateway.engine import Engine, ThreadAhead
 from gateway.imap.account import ImapAccount, PollResult, Prefixed, TlsSetupError
 from gateway.imap.drain import BeforeMove, Drain
 from gateway.imap.ledger import Ledger
@@ -57,10 +57,11 @@ class ImapPoller:
       the fast (store, move, thread) or the slow (store, thread, move by outcome) order;
     - before_move(uids): called after a batch's commit and record, right before its move: a fault point
       (raising there is a crash between the commit and the move);
-    - thread(mail_ids) -> results: how a batch of stored mails is threaded; default `Engine.thread` of an
+    - thread(mail_ids) -> results: how a batch of stored mails is threaded; default a `ThreadAhead` over an
       engine of its own (gateway.engine: prepared by the app's preparation worker, `app.ahead`, within
-      limits.mail_cpu_seconds, then one write transaction, tries counted). `serve` passes its own engine's,
-      holding its write gate, as for SMTP mail; tests pass one that fails;
+      limits.mail_cpu_seconds, then one write transaction, tries counted; the worker prepares the next batch
+      while this one is written). `serve` passes one over its own engine, holding its write gate, as for SMTP
+      mail; tests pass one that fails;
     - thread_batch: stored mails per call of `thread` (default 16, as serve threads SMTP mail)."""
 
     def __init__(self, app: ImapHost, account: ImapAccount | Mapping[str, Any], *,
@@ -77,7 +78,8 @@ class ImapPoller:
         # one poller per mailbox across every instance on this database (gateway.lease)
         self.lease = Lease(app.sessions, f"imap:{self.account.name}", app.instance, self.account.lease_seconds)
         self.threads = StoredThreads(self.account, self.mailbox, self.ledger, self.log,
-                                     thread or Engine(app, self.intake).thread, self._stopping, batch=thread_batch)
+                                     thread or ThreadAhead(Engine(app, self.intake)), self._stopping,
+                                     batch=thread_batch)
         self.drainer = Drain(app, self.account, self.mailbox, self.ledger, self.lease, self.intake, self.threads,
                              self.log, before_move=before_move, thread_after_move=thread_after_move)
         # what the service loop is doing: new | connecting | draining | waiting | idling | backoff | standby |

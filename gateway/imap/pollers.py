@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from gateway.engine import ThreadAhead
 from gateway.imap.account import ImapAccount, PollResult, TlsSetupError, accounts
 from gateway.imap.loop import ImapPoller
 from gateway.imap.mailbox import close, connect_plain_or_tls
@@ -82,14 +82,15 @@ def install_service(service: Any) -> None:
 def serve_threading(service: Any) -> ThreadBatch | None:
     """How `serve` threads stored mail, for its pollers: its own engine (shared with its SMTP workers and its
     sweep, so that a mail is threaded by one of them at a time; its preparation worker and CPU budget)
-    holding its write gate (one SQLite writer at a time), as it threads SMTP mail. None: no engine yet."""
+    holding its write gate (one SQLite writer at a time), as it threads SMTP mail; a ThreadAhead (the worker
+    prepares the next batch while the poller writes this one). None: no engine yet."""
     engine = getattr(service, "engine", None)
     if engine is None:
         return None
     gate = getattr(service, "gate", None)
     hold: Callable[[], AbstractContextManager[Any]] | None = (
         (lambda: gate.hold(urgent=False)) if gate is not None else None)
-    return functools.partial(engine.thread, hold=hold)
+    return ThreadAhead(engine, hold)
 
 
 def account_status(app: ImapHost, account: ImapAccount, *, connect: bool = True) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.db import StoreUnavailable, is_unavailable
+from gateway.engine import ThreadAhead
 from gateway.imap.account import ImapAccount, PollResult
 from gateway.imap.ledger import Ledger
 from gateway.imap.mailbox import Mailbox
@@ -26,7 +27,9 @@ ThreadBatch = Callable[[Sequence[int]], "list[Result]"]
 class StoredThreads:
     """Threads stored mails through the intake engine, in batches. thread(mail_ids) -> results: one batch of
     stored mails (default `Engine.thread`: prepared by the app's worker within limits.mail_cpu_seconds, then
-    one write transaction); a mail it leaves out (another thread of the engine has it) is threaded later.
+    one write transaction); a mail it leaves out (another thread of the engine has it) is threaded later. A
+    `ThreadAhead` (the default) is told the batch that follows each one: the worker prepares it while this
+    one's write transactions run.
     stopping() says to stop between batches (stop requested, lease lost). A batch that fails for another
     reason than the store is threaded again one mail at a time: only the mail that fails alone is left (logged,
     counted as failed, tried again on the next drain)."""
@@ -54,16 +57,20 @@ class StoredThreads:
         complete = True
         last = self.floor  # every mail id up to here is threaded and recorded
         low: int | None = None  # the lowest mail id left unthreaded (or unrecorded) by this call
-        while complete:
-            rows = self.ledger.unthreaded(last, THREAD_CHUNK)
-            if not rows:
-                break
-            last = rows[-1].mail_id
-            done, left, complete = self._thread_rows(rows, result)
-            if not self._settle(done, result) and done:
-                left.append(done[0][0].mail_id)
-            if left:
-                low = min(left) if low is None else min(low, *left)
+        rows = self.ledger.unthreaded(last, THREAD_CHUNK)
+        try:
+            while complete and rows:
+                last = rows[-1].mail_id
+                # the next chunk, read first: its first batch is prepared while this chunk's last one is written
+                upcoming = self.ledger.unthreaded(last, THREAD_CHUNK)
+                done, left, complete = self._thread_rows(rows, result, upcoming)
+                if not self._settle(done, result) and done:
+                    left.append(done[0][0].mail_id)
+                if left:
+                    low = min(left) if low is None else min(low, *left)
+                rows = upcoming
+        finally:
+            self.drop()
         # later calls start after what is settled (the mail_id index), not at the start of the account's history
         self.floor = max(self.floor, (low - 1) if low is not None else last)
         if not complete:
@@ -75,18 +82,27 @@ class StoredThreads:
                 result.postponed += 1
         return complete
 
-    def _thread_rows(self, rows: list[Any], result: PollResult) -> tuple[list[tuple[Any, str]], list[int], bool]:
-        """(threaded rows with their outcomes, mail ids left unthreaded, complete)."""
+    def drop(self) -> None:
+        """Give up a batch handed to the worker ahead (ThreadAhead), if any."""
+        if isinstance(self.thread, ThreadAhead):
+            self.thread.drop()
+
+    def _thread_rows(self, rows: list[Any], result: PollResult, upcoming: list[Any]
+                     ) -> tuple[list[tuple[Any, str]], list[int], bool]:
+        """(threaded rows with their outcomes, mail ids left unthreaded, complete). upcoming: the rows after
+        these (the first batch of them is handed to the worker while the last batch of these is written)."""
         done: list[tuple[Any, str]] = []
         left = [r.mail_id for r in rows if r.mail_id in self.failed_here]
         todo = [r for r in rows if r.mail_id not in self.failed_here]
+        later = [r.mail_id for r in upcoming if r.mail_id not in self.failed_here][:self.batch]
         for i in range(0, len(todo), self.batch):
             batch = todo[i:i + self.batch]
             if self.stopping():
                 left += [r.mail_id for r in todo[i:]]
                 return done, left, False
+            then = [r.mail_id for r in todo[i + self.batch:i + 2 * self.batch]] or later
             try:
-                results = self._thread_ids([r.mail_id for r in batch], result)
+                results = self._thread_ids([r.mail_id for r in batch], result, then)
             except StoreUnavailable as e:
                 self.log.warning("database unavailable while threading (%s); the rest is threaded later", e)
                 left += [r.mail_id for r in todo[i:]]
@@ -101,11 +117,14 @@ class StoredThreads:
                 done.append((row, res.outcome))
         return done, left, True
 
-    def _thread_ids(self, ids: list[int], result: PollResult) -> dict[int, Result]:
-        """Thread a batch: mail id -> result. Raises StoreUnavailable (the database is down: nothing of this
-        batch is decided). A batch that fails otherwise is threaded again one mail at a time; a mail that fails
-        alone is left out (logged, counted in `result.failed`, not tried again in this drain)."""
+    def _thread_ids(self, ids: list[int], result: PollResult, then: list[int] | None = None) -> dict[int, Result]:
+        """Thread a batch: mail id -> result; `then`: the batch that follows (a ThreadAhead prepares it
+        meanwhile). Raises StoreUnavailable (the database is down: nothing of this batch is decided). A batch
+        that fails otherwise is threaded again one mail at a time; a mail that fails alone is left out (logged,
+        counted in `result.failed`, not tried again in this drain)."""
         try:
+            if then and isinstance(self.thread, ThreadAhead):
+                return {r.mail_id: r for r in self.thread(ids, then=then)}
             return {r.mail_id: r for r in self.thread(ids)}
         except StoreUnavailable:
             raise
