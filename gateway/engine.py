@@ -453,8 +453,16 @@ class ThreadAhead:
             self.drop()
             raise
 
+    @property
+    def staged_for(self) -> tuple[int, ...]:
+        """The mails of the batch handed to the worker ahead (none: ())."""
+        return self._for if self._staged is not None else ()
+
     def stage(self, mail_ids: Sequence[int]) -> None:
-        """Hand these mails to the worker now, without waiting: the next call of this threads them."""
+        """Hand these mails to the worker now, without waiting: the next call of this threads them (staged
+        already: nothing to do)."""
+        if self._staged is not None and self._for == tuple(mail_ids):
+            return
         self.drop()
         if mail_ids:
             self._staged, self._for = self.engine.stage(mail_ids, wait=False), tuple(mail_ids)

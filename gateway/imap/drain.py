@@ -47,6 +47,7 @@ class Drain:
         self.max_size = int(app.config.get("limits", "max_message_size"))
         self.stop: threading.Event | None = None  # the service loop's: a drain stops between batches
         self.tenure: int | None = None  # the lease generation the last drain ran under
+        self.threading = False  # this drain threads between its batches (see _keep_up)
 
     @property
     def decoupled(self) -> bool:
@@ -77,8 +78,26 @@ class Drain:
         if not self._own_lease(total):
             return total
         self.threads.new_drain()
+        # a ThreadAhead threads between the batches: the worker prepares stored mail while the next batch is
+        # fetched and stored (see _keep_up); else the stored mail is threaded after each pass
+        self.threading = thread and self.decoupled and self.threads.ahead
+        try:
+            self._passes(total, thread)
+        finally:
+            self.threading = False
+            self.threads.drop()
+        if total.deferred:
+            self.log.warning("database unavailable: %d message(s) left in %r for later", total.deferred,
+                             self.account.folder)
+        elif total.fetched or total.known or total.oversize or total.threaded:
+            self.log.info("drained %r: %s", self.account.folder, total.as_dict())
+        return total
+
+    def _passes(self, total: PollResult, thread: bool) -> None:
+        """Passes over the folder until it is empty (or the store is down, or a stop); then the threading."""
         tried: set[int] = set()
         uidvalidity: int | None = None
+        interleaved = self.threading
         while True:
             validity = self.mailbox.select()
             if validity != uidvalidity:
@@ -96,19 +115,29 @@ class Drain:
                 self._drain_uids(uidvalidity, uids, total)
             except (Deferred, Stopped):
                 break
+            finally:
+                thread = thread and not (interleaved and not self.threading)  # threading stopped early (_keep_up)
             if thread and self.decoupled and not self.threads.thread_stored(total):
                 # threaded this pass's mail before looking again (a steady stream cannot starve threading);
                 # the store is down or we are stopping: the next drain threads the rest
-                thread = False
+                thread = self.threading = False
             # new mail may have arrived meanwhile: look again (messages tried in this drain are not retried)
         if thread and self.decoupled and not total.deferred and not self.stopping():
             self.threads.thread_stored(total)  # mail stored by an earlier drain that did not get to thread it
-        if total.deferred:
-            self.log.warning("database unavailable: %d message(s) left in %r for later", total.deferred,
-                             self.account.folder)
-        elif total.fetched or total.known or total.oversize or total.threaded:
-            self.log.info("drained %r: %s", self.account.folder, total.as_dict())
-        return total
+
+    def _keep_up(self, result: PollResult) -> None:
+        """Between two batches of a drain that threads (`threading`): thread what is stored so far but its last
+        batch, which the worker prepares while the next batch is fetched and stored (StoredThreads.thread_stored
+        keep_up), so that threading goes on beside the drain instead of after it. When threading stops early
+        (store unavailable, stop requested), this drain threads no more."""
+        try:
+            if self.threads.thread_stored(result, keep_up=True):
+                return
+        except Exception as e:
+            if not is_unavailable(e):
+                raise
+            self.log.warning("database unavailable while threading (%s); the rest is threaded later", e)
+        self.threading = False
 
     def _own_lease(self, result: PollResult) -> bool:
         """Hold (take or renew) the mailbox's lease before draining. False: another instance holds it
@@ -169,6 +198,8 @@ class Drain:
                 raise Stopped()
             if self.decoupled:
                 self._store_and_file(uidvalidity, batch, {}, result)
+                if self.threading:
+                    self._keep_up(result)
             else:
                 self._thread_before_move(uidvalidity, batch, known, result)
 

@@ -49,11 +49,21 @@ class StoredThreads:
         self.moved_here = set()
         self.failed_here = set()
 
-    def thread_stored(self, result: PollResult) -> bool:
+    @property
+    def ahead(self) -> bool:
+        """Can a batch be handed to the worker ahead (a ThreadAhead threads)?"""
+        return isinstance(self.thread, ThreadAhead)
+
+    def thread_stored(self, result: PollResult, *, keep_up: bool = False) -> bool:
         """Thread every mail this account stored and has not seen threaded yet (in the order they were
         stored, in batches), record the outcomes, and move the quarantined ones from processed_folder to
         quarantine_folder. Returns False when it stopped early (store unavailable, stop requested): the rest
-        waits for the next drain (or the service's sweep; threading is idempotent)."""
+        waits for the next drain (or the service's sweep; threading is idempotent).
+
+        keep_up (a drain, between its batches; a ThreadAhead only): the last batch is not threaded but handed
+        to the worker, which prepares it while the drain fetches and stores the next batch; the next call
+        threads it first (a call that does not, or an error, gives it up: `drop`)."""
+        kept = False
         complete = True
         last = self.floor  # every mail id up to here is threaded and recorded
         low: int | None = None  # the lowest mail id left unthreaded (or unrecorded) by this call
@@ -63,14 +73,16 @@ class StoredThreads:
                 last = rows[-1].mail_id
                 # the next chunk, read first: its first batch is prepared while this chunk's last one is written
                 upcoming = self.ledger.unthreaded(last, THREAD_CHUNK)
-                done, left, complete = self._thread_rows(rows, result, upcoming)
+                done, left, complete = self._thread_rows(rows, result, upcoming, keep_up and not upcoming)
                 if not self._settle(done, result) and done:
                     left.append(done[0][0].mail_id)
                 if left:
                     low = min(left) if low is None else min(low, *left)
                 rows = upcoming
+            kept = keep_up and complete
         finally:
-            self.drop()
+            if not kept:
+                self.drop()
         # later calls start after what is settled (the mail_id index), not at the start of the account's history
         self.floor = max(self.floor, (low - 1) if low is not None else last)
         if not complete:
@@ -87,20 +99,31 @@ class StoredThreads:
         if isinstance(self.thread, ThreadAhead):
             self.thread.drop()
 
-    def _thread_rows(self, rows: list[Any], result: PollResult, upcoming: list[Any]
+    def _batches(self, todo: list[Any]) -> list[list[Any]]:
+        """Rows in batches; a batch handed to the worker ahead (ThreadAhead) comes first as it was."""
+        staged = list(self.thread.staged_for) if isinstance(self.thread, ThreadAhead) else []
+        first = len(staged) if staged and [r.mail_id for r in todo[:len(staged)]] == staged else 0
+        return [todo[:first]] * bool(first) + [todo[i:i + self.batch] for i in range(first, len(todo), self.batch)]
+
+    def _thread_rows(self, rows: list[Any], result: PollResult, upcoming: list[Any], keep_last: bool = False
                      ) -> tuple[list[tuple[Any, str]], list[int], bool]:
         """(threaded rows with their outcomes, mail ids left unthreaded, complete). upcoming: the rows after
-        these (the first batch of them is handed to the worker while the last batch of these is written)."""
+        these (the first batch of them is handed to the worker while the last batch of these is written).
+        keep_last: the last batch is handed to the worker and left (see thread_stored)."""
         done: list[tuple[Any, str]] = []
         left = [r.mail_id for r in rows if r.mail_id in self.failed_here]
         todo = [r for r in rows if r.mail_id not in self.failed_here]
         later = [r.mail_id for r in upcoming if r.mail_id not in self.failed_here][:self.batch]
-        for i in range(0, len(todo), self.batch):
-            batch = todo[i:i + self.batch]
+        batches = self._batches(todo)
+        for i, batch in enumerate(batches):
             if self.stopping():
-                left += [r.mail_id for r in todo[i:]]
+                left += [r.mail_id for b in batches[i:] for r in b]
                 return done, left, False
-            then = [r.mail_id for r in todo[i + self.batch:i + 2 * self.batch]] or later
+            then = [r.mail_id for r in batches[i + 1]] if i + 1 < len(batches) else later
+            if keep_last and i + 1 == len(batches) and isinstance(self.thread, ThreadAhead):
+                self.thread.stage([r.mail_id for r in batch])
+                left += [r.mail_id for r in batch]
+                break
             try:
                 results = self._thread_ids([r.mail_id for r in batch], result, then)
             except StoreUnavailable as e:
