@@ -210,7 +210,7 @@ class Engine:
         any write transaction: the mails' rows read (without the write lock) and prepared by the worker process.
         wait=False: the mails are handed to the worker and this returns at once; `run_staged` (or
         `Staged.ready`) waits for the worker's results, so that one thread writes one batch while the worker
-        prepares the next (`ThreadAhead`); until then the worker is this batch's (`ParseAhead.begin`).
+        prepares the next (`ThreadAhead`; `ParseAhead.begin`: another thread may use the worker meanwhile).
         The mails are this engine's until `run_staged` ran them (or `Staged.drop`). skip_locked on PostgreSQL
         (several instances): the claims, the reading and the preparing are left to `run_staged`, as `thread`
         does them (a mail another instance threads now is neither prepared nor counted here)."""
@@ -450,6 +450,7 @@ class ThreadAhead:
         try:
             return self.engine.run_staged(staged, hold=self.hold)
         except BaseException:
+            staged.drop()  # (run_staged did, unless it failed before it began)
             self.drop()
             raise
 

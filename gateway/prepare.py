@@ -420,21 +420,18 @@ class Worker:
 
 
 class Preparing:
-    """A batch handed to the worker (`ParseAhead.begin`); `results()` waits for it and gives the worker back."""
+    """A batch handed to the worker (`ParseAhead.begin`); `results()` waits for it."""
 
     def __init__(self, ahead: ParseAhead, raws: list[bytes | str], large: bool) -> None:
         self.ahead, self.raws, self.large = ahead, raws, large
-        self.done = False
+        self.out: list[Prepared | None] | None = None  # its results, once taken from the worker
 
     def results(self) -> list[Prepared | None]:
-        """Each mail's Prepared (None: do it yourself), in order; once only."""
-        if self.done:
-            raise RuntimeError("the results of this batch were taken already")
-        self.done = True
-        try:
-            return self.ahead._end(self.raws, self.large)
-        finally:
-            self.ahead.lock.release()
+        """Each mail's Prepared (None: do it yourself), in order."""
+        with self.ahead.lock:
+            self.ahead._collect(self)
+        assert self.out is not None
+        return self.out
 
 
 class ParseAhead:
@@ -458,6 +455,7 @@ class ParseAhead:
         self.worker = Worker((max_depth, max_parts, blob_root, own_domains), budget=budget, context=context)
         self.raw_at = raw_at
         self.lock = threading.Lock()
+        self._pending: Preparing | None = None  # the batch begun whose results are still in the worker
         self.prepared = 0
         self.waited = 0.0  # seconds the main process waited for the worker
         self.recycled = 0  # workers stopped after a large mail (statistics, tests)
@@ -485,21 +483,27 @@ class ParseAhead:
     def begin(self, raws: list[bytes | str], senders: list[str | None]) -> Preparing:
         """`prepare` in two steps, in one thread: the mails are handed to the worker now, and `results()` of
         what this returns waits for them, so that the caller does other work (its write transactions, IMAP)
-        while the worker prepares. The worker is the caller's until then (another thread's `prepare` waits):
-        `results()` must follow, also when the caller gives the batch up."""
-        self.lock.acquire()
-        try:
+        while the worker prepares. The worker is not held meanwhile: whoever hands it the next batch (another
+        thread's `prepare` or `begin`) first takes these results from it and keeps them for `results()`."""
+        with self.lock:
+            if self._pending is not None:
+                self._collect(self._pending)
             large = any(isinstance(r, str) for r in raws)
             if large:  # a fresh worker for it: nothing that earlier mails left in its heap comes on top
                 self.worker.stop()
             self.worker.begin(raws, senders)
-        except BaseException:
-            self.lock.release()
-            raise
-        return Preparing(self, raws, large)
+            task = self._pending = Preparing(self, raws, large)
+        return task
+
+    def _collect(self, task: Preparing) -> None:
+        """(holding the lock) The results of a batch begun, taken from the worker unless they were already."""
+        if task.out is None:
+            assert task is self._pending
+            self._pending = None
+            task.out = self._end(task.raws, task.large)
 
     def _end(self, raws: list[bytes | str], large: bool) -> list[Prepared | None]:
-        """(holding the lock) The results of the chunk begun (see `begin`)."""
+        """(holding the lock) The worker's results of the batch begun (see `begin`)."""
         t0 = time.perf_counter()
         out: list[Any] = self.worker.finish()
         if large:

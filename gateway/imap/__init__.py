@@ -10,11 +10,13 @@ For every message in the account's folder (UNDELETED, in UID order, in batches o
 3. only then move the whole batch to `processed_folder` with one UID MOVE of its UID set (UID COPY +
    \\Deleted + UID EXPUNGE without MOVE); the keys become `moved`, and where each message went (the server's
    UIDPLUS COPYUID answer) is recorded as a key in `processed_folder` (state `filed`);
-4. after each pass over the folder, threading runs from the stored mail, as on the SMTP path
-   (`thread_stored`: `Engine.thread` of batches of 16, in the order they were stored, each mail's CPU work
-   in the preparation worker within limits.mail_cpu_seconds); the outcome is recorded on the keys, and a
-   mail the pipeline quarantined is moved on from `processed_folder` to `quarantine_folder` by the UID it got
-   there. Mail over `limits.max_message_size` goes to the quarantine folder unfetched.
+4. threading runs from the stored mail, as on the SMTP path (`thread_stored`: batches of 16 through the intake
+   engine, in the order they were stored, each mail's CPU work in the preparation worker within
+   limits.mail_cpu_seconds), between the batches of the drain and after each pass over the folder: the
+   worker prepares the next batch (`gateway.engine.ThreadAhead`) while this thread writes one or fetches and
+   stores the next batch of the drain; the outcome is recorded on the keys, and a mail the pipeline
+   quarantined is moved on from `processed_folder` to `quarantine_folder` by the UID it got there. Mail over
+   `limits.max_message_size` goes to the quarantine folder unfetched.
 
 Without UIDPLUS (so no way to find a moved message again) and with a quarantine folder of its own, the
 poller threads each batch before it moves it instead (the slower order: stored, threaded, then moved by

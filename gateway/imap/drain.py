@@ -3,8 +3,10 @@
 For every message (UNDELETED, in UID order, in batches of `batch_size`, at most 32 MiB of mail a batch): its
 key is looked up in the ledger (a message already stored is only moved, never fetched again); otherwise the
 batch is fetched (BODY.PEEK[]), stored in one commit and recorded; only then is the batch moved with one UID
-MOVE. Threading follows from the stored mail (gateway.imap.threads). Without UIDPLUS and with a quarantine
-folder of its own, a batch is threaded before it moves instead (stored, threaded, moved by outcome)."""
+MOVE. Threading follows from the stored mail (gateway.imap.threads): between the batches (the worker prepares
+stored mail while the next batch is fetched and stored), and after each pass. Without UIDPLUS and with a
+quarantine folder of its own, a batch is threaded before it moves instead (stored, threaded, moved by
+outcome)."""
 
 from __future__ import annotations
 
@@ -124,6 +126,9 @@ class Drain:
             # new mail may have arrived meanwhile: look again (messages tried in this drain are not retried)
         if thread and self.decoupled and not total.deferred and not self.stopping():
             self.threads.thread_stored(total)  # mail stored by an earlier drain that did not get to thread it
+        elif interleaved and not self.threading:
+            # threading stopped between two batches and the drain went on storing: all that waits is postponed
+            total.postponed = self.threads.unthreaded()
 
     def _keep_up(self, result: PollResult) -> None:
         """Between two batches of a drain that threads (`threading`): thread what is stored so far but its last

@@ -86,13 +86,18 @@ class StoredThreads:
         # later calls start after what is settled (the mail_id index), not at the start of the account's history
         self.floor = max(self.floor, (low - 1) if low is not None else last)
         if not complete:
-            try:
-                result.postponed += self.ledger.count_unthreaded(self.failed_here)
-            except Exception as e:  # noqa: BLE001 -- a count for the report only
-                if not is_unavailable(e):
-                    raise
-                result.postponed += 1
+            result.postponed += self.unthreaded()
         return complete
+
+    def unthreaded(self) -> int:
+        """Stored mails of this account not threaded (but those that failed in this drain): postponed. The
+        database down: 1 (a count for the report only)."""
+        try:
+            return self.ledger.count_unthreaded(self.failed_here)
+        except Exception as e:  # noqa: BLE001 -- a count for the report only
+            if not is_unavailable(e):
+                raise
+            return 1
 
     def drop(self) -> None:
         """Give up a batch handed to the worker ahead (ThreadAhead), if any."""

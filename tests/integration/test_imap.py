@@ -652,6 +652,107 @@ def test_stop_while_storing_moves_the_committed_batch_and_leaves_the_rest(make_a
     assert tickets(app) == 40 and len(mails(app)) == 40
 
 
+def _overlapped(make_app, dovecot, n: int):
+    """An app with its preparation worker (as serve and `imap poll` have it), n mails in the INBOX, and a poller
+    that threads between its drain's batches (ThreadAhead, the default): batches of 5, threaded in 4s."""
+    from gateway.engine import start_worker
+
+    app = make_app()
+    app.ahead = start_worker(app.config, context="exec")
+    dovecot.append_many([make_mail(subject=f"overlap {i}", sender=f"v{i}@customer.example") for i in range(n)])
+    p = poller(app, dovecot, {"thread_batch": 4}, batch_size=5)
+    assert p.threads.ahead
+    return app, p, p.threads.thread.engine
+
+
+def _nothing_held(app, engine) -> None:
+    """No batch is left handed to the worker: the engine holds no mail, the worker is free."""
+    assert engine._busy == set()
+    assert app.ahead.lock.acquire(blocking=False)
+    app.ahead.lock.release()
+
+
+@pytest.mark.parametrize("fault", ["stop", "store down"])
+def test_a_fault_in_an_overlapped_drain_moves_only_what_is_committed_and_leaves_nothing_received(
+        make_app, dovecot, fault):
+    """Threading goes on between the drain's batches, the next batch handed to the worker meanwhile. A stop, or
+    the database lost for threading, in the middle: the batch handed ahead is given up (no try counted, the
+    worker free), no mail left the INBOX before its commit, what waits is counted as postponed, and the next
+    drain threads it all: nothing stays `received`, nothing is doubled."""
+    from gateway.db import StoreUnavailable
+
+    app, p, engine = _overlapped(make_app, dovecot, 40)
+    stop = threading.Event()
+    p.drainer.stop = stop
+    real = engine.run_staged
+    runs: list[list[int]] = []
+
+    def run_staged(staged, **kw):
+        runs.append(list(staged.ids))
+        if len(runs) == 2:
+            if fault == "stop":
+                stop.set()  # SIGTERM while the drain's 2nd batch is threaded
+            else:
+                raise StoreUnavailable("database went away")
+        return real(staged, **kw)
+
+    engine.run_staged = run_staged
+    p.connect()
+    try:
+        r = p.drain()
+    finally:
+        p.disconnect()
+        app.ahead.close()
+    a = runs[0][0]
+    # drain batch 1 (mails a..a+4): 4 threaded, the 5th handed ahead; batch 2: the 5th threaded (the fault),
+    # the next 4 handed ahead and given up
+    assert runs == [[a, a + 1, a + 2, a + 3], [a + 4]]
+    _nothing_held(app, engine)
+    rows = mails(app)
+    with app.sessions() as s:
+        tried = {m.id: m.attempts for m in s.scalars(select(InboundMail))}
+    if fault == "stop":
+        assert (r.stored, r.moved, r.threaded, r.postponed) == (10, 10, 5, 5)
+        assert dovecot.count("Processed") == 10 and dovecot.count("INBOX") == 30
+        assert [m.outcome for m in rows] == ["ticket"] * 5 + ["received"] * 5
+    else:  # the drain goes on storing and moving; threading waits for the next drain
+        assert (r.stored, r.moved, r.threaded, r.postponed, r.deferred) == (40, 40, 4, 36, 0)
+        assert dovecot.count("Processed") == 40 and dovecot.count("INBOX") == 0
+        assert [m.outcome for m in rows] == ["ticket"] * 4 + ["received"] * 36
+    assert all(tried[m.id] == 0 for m in rows if m.outcome == "received")  # handed ahead: no try counted
+    assert r.outcomes == {"ticket": r.threaded}
+    r = poller(app, dovecot).poll_once()
+    assert r.threaded == 40 - (5 if fault == "stop" else 4) and r.stored == (30 if fault == "stop" else 0)
+    assert {m.outcome for m in mails(app)} == {"ticket"} and tickets(app) == 40 and len(mails(app)) == 40
+    assert dovecot.count("Processed") == 40 and dovecot.count("INBOX") == 0
+
+
+def test_an_overlapped_drain_moves_each_batch_only_after_its_commit(make_app, dovecot):
+    """Threading between the batches does not move anything early: each batch is committed (and seen
+    committed by another connection) before its UID MOVE, and threading of earlier batches happened meanwhile."""
+    app, p, engine = _overlapped(make_app, dovecot, 12)
+    seen: list[tuple[int, int, int]] = []
+
+    def check(uids):
+        with app.sessions() as s:
+            rows = list(s.scalars(select(InboundMail)))
+        seen.append((len(uids), len(rows), sum(m.outcome != "received" for m in rows)))
+        with dovecot.client() as c:
+            c.select_folder("INBOX", readonly=True)
+            assert set(uids) <= set(c.search(["ALL"]))
+
+    p.drainer.before_move = check
+    try:
+        r = p.poll_once()
+    finally:
+        app.ahead.close()
+    # batch 2 is committed when 4 mails of batch 1 are threaded (its 5th handed ahead); batch 3 when 9 are (that
+    # 5th and 4 of batch 2; its 5th handed ahead)
+    assert seen == [(5, 5, 0), (5, 10, 4), (2, 12, 9)]
+    assert (r.stored, r.moved, r.threaded, r.postponed) == (12, 12, 12, 0) and r.outcomes == {"ticket": 12}
+    _nothing_held(app, engine)
+
+
 def test_service_helpers_threads_and_asyncio(make_app, dovecot, dovecot_server):
     import asyncio
 

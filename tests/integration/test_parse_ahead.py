@@ -213,3 +213,28 @@ def test_lookups_made_ahead_for_a_chunk_see_what_its_earlier_mails_wrote(tmp_pat
     assert len(seq_rows["watchers"]) == 1 and len(seq_rows["ticket_links"]) == 1
     # the lookups were made ahead (until the first duplicate: a rollback forgets what is known absent)
     assert selects[1] <= selects[0] - 5, selects
+
+
+def test_a_batch_begun_does_not_hold_the_worker_from_another_thread():
+    """ParseAhead.begin hands a batch to the worker and returns; another thread's prepare meanwhile takes that
+    batch's results from the worker (kept for its `results()`), then has its own batch prepared: it is not held
+    up until the first caller comes back (the IMAP poller fetches meanwhile), and nobody gets another's results."""
+    import threading
+
+    ahead = gateway.prepare.ParseAhead(max_depth=10, max_parts=100, blob_root=None, budget=10.0)
+    ahead.start()
+    try:
+        first = [make_mail(subject=f"first {i}") for i in range(3)]
+        second = [make_mail(subject=f"second {i}") for i in range(2)]
+        task = ahead.begin(first, [None] * 3)
+        out: list = []
+        other = threading.Thread(target=lambda: out.append(ahead.prepare(second, [None] * 2)))
+        other.start()
+        other.join(30)
+        assert not other.is_alive()  # not held up by the batch begun and not yet collected
+        assert [p.parsed.subject for p in out[0]] == ["second 0", "second 1"]
+        assert [p.parsed.subject for p in task.results()] == ["first 0", "first 1", "first 2"]
+        assert task.results() == task.results()  # taken once from the worker, kept
+        assert [p.parsed.subject for p in ahead.prepare(first[:1], [None])] == ["first 0"]  # the worker goes on
+    finally:
+        ahead.close()
