@@ -133,7 +133,7 @@ class StoredThreads:
                 results = self._thread_ids([r.mail_id for r in batch], result, then)
             except StoreUnavailable as e:
                 self.log.warning("database unavailable while threading (%s); the rest is threaded later", e)
-                left += [r.mail_id for r in todo[i:]]
+                left += [r.mail_id for b in batches[i:] for r in b]
                 return done, left, False
             for row in batch:
                 res = results.get(row.mail_id)
