@@ -28,8 +28,10 @@ seed and N give the same bytes). Reported in the same run, on the same mails:
   gate), here on a fresh database and a second Dovecot account holding the same mails; from the first fetch
   until every mail is threaded, checked as above. (A poller that hands its batches to the worker ahead,
   gateway.engine.ThreadAhead, threads between the drain's batches; one that cannot, after each pass.)
-  Where the time goes is printed per mail: CPU of this process, of the preparation worker (with those
-  restarted after a large mail) and of Dovecot (its processes), and the wall time.
+  Where the time goes is printed per mail (ms): the wall time; the CPU of this process, of the preparation
+  worker (with those restarted after a large mail) and of Dovecot (its processes); how long this process's
+  thread waited for a CPU (runnable, not running: what other load on the machine costs, from schedstat) and for
+  the worker's results (ParseAhead.waited; before ParseAhead.begin it counted the hand-over too).
 
 - baseline `parse`: the bare stdlib parse of the same bytes in memory (bench_parse.stdlib_parse, best of 3):
   the issue's yardstick, "IMAP until every mail is a ticket >= 0.8 of the parse rate"; the poller's figures
@@ -155,25 +157,31 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
-def cpu_snapshot(app: App, dovecot_pid: int) -> tuple[float, float, float, float]:
-    """(wall, this process's CPU, the preparation workers' CPU, Dovecot's CPU) now. The workers: the live one
-    from /proc plus those already reaped (restarted after a large mail: RUSAGE_CHILDREN; Dovecot, also a child,
-    is reaped only at its stop)."""
+Snapshot = dict[str, float]
+
+
+def cpu_snapshot(app: App, dovecot_pid: int) -> Snapshot:
+    """Seconds so far: wall; CPU of this process (main), of the preparation workers (the live one from /proc
+    plus those reaped, restarted after a large mail: RUSAGE_CHILDREN; Dovecot, also a child, is reaped only at
+    its stop) and of Dovecot (its processes); this thread's wait for a CPU (runnable, not running: the shared
+    machine; /proc/thread-self/schedstat); this process's wait for the worker's results (ParseAhead.waited)."""
     import resource
 
     worker = app.ahead.worker.proc if app.ahead is not None else None
     live = _proc_cpu(worker.pid) if worker is not None else 0.0
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (time.perf_counter(), time.process_time(), live + reaped.ru_utime + reaped.ru_stime,
-            _tree_cpu(dovecot_pid))
+    try:
+        runq = int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        runq = 0.0
+    return {"wall": time.perf_counter(), "main_cpu": time.process_time(),
+            "worker_cpu": live + reaped.ru_utime + reaped.ru_stime, "dovecot_cpu": _tree_cpu(dovecot_pid),
+            "main_runq": runq, "waited": app.ahead.waited if app.ahead is not None else 0.0}
 
 
-def per_mail(n: int, start: tuple[float, float, float, float], end: tuple[float, float, float, float]
-             ) -> dict[str, float]:
-    """ms per mail between two snapshots: wall, main CPU, worker CPU, Dovecot CPU."""
-    return {"wall": round(1000 * (end[0] - start[0]) / n, 2), "main_cpu": round(1000 * (end[1] - start[1]) / n, 2),
-            "worker_cpu": round(1000 * (end[2] - start[2]) / n, 2),
-            "dovecot_cpu": round(1000 * (end[3] - start[3]) / n, 2)}
+def per_mail(n: int, start: Snapshot, end: Snapshot) -> dict[str, float]:
+    """ms per mail between two snapshots (see cpu_snapshot)."""
+    return {k: round(1000 * (end[k] - start[k]) / n, 2) for k in start}
 
 
 def check_drained(app: App, acct: DovecotAccount, result: Any, complete: bool, n: int) -> None:
@@ -223,7 +231,8 @@ def as_serve(server: Any, raws: list[bytes], db_url: str | None, work: Path, bat
     poller.disconnect()
     check_drained(app, acct, result, True, len(raws))
     close_app(app)
-    return {"serve_seconds": round(c1[0] - c0[0], 2), "serve_msg_s": round(rate(len(raws), c1[0] - c0[0]), 1),
+    seconds = c1["wall"] - c0["wall"]
+    return {"serve_seconds": round(seconds, 2), "serve_msg_s": round(rate(len(raws), seconds), 1),
             "serve_ms": per_mail(len(raws), c0, c1), "serve_outcomes": dict(Counter(result.outcomes))}
 
 
@@ -291,7 +300,8 @@ def steady(acct: DovecotAccount, raws: list[bytes], db_url: str | None, work: Pa
 
 def fmt_ms(ms: dict[str, float]) -> str:
     return (f"wall {ms['wall']}, CPU: main {ms['main_cpu']}, worker {ms['worker_cpu']}, "
-            f"Dovecot {ms['dovecot_cpu']}")
+            f"Dovecot {ms['dovecot_cpu']}; main waited for a CPU {ms['main_runq']}, for the worker's results "
+            f"{ms['waited']}")
 
 
 def main() -> int:
