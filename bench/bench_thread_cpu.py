@@ -18,7 +18,7 @@ bench_imap.py `corpus()` does; same seed and N give the same bytes). In one proc
 
 Checked: every mail has an outcome (none left `received`). The load average (/proc/loadavg) is printed at the
 start and the end: the machine is shared. --profile: cProfile over step 2 (the CPU figure of a profiled run is
-not comparable), the top 40 functions by own time.
+not comparable), the top 40 functions by own CPU time; --statements: the 40 most frequent SQL statements.
 
 Database: a fresh SQLite under a temporary directory in bench/out (default) or --db URL, e.g. a scratch
 PostgreSQL database (every table is dropped first).
@@ -33,6 +33,7 @@ import io
 import pstats
 import sys
 import tempfile
+from collections import Counter
 import time
 from pathlib import Path
 
@@ -66,6 +67,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--db", default=None, help="database URL (default: a fresh SQLite)")
     ap.add_argument("--profile", action="store_true", help="cProfile the threading, top 40 by own time")
+    ap.add_argument("--statements", action="store_true", help="the 40 most frequent SQL statements, counted")
+    ap.add_argument("--profile-out", default=None, help="with --profile: also write the pstats to this file")
     args = ap.parse_args()
 
     from sqlalchemy import event, func, select
@@ -92,13 +95,16 @@ def main() -> int:
                                           for j, raw in enumerate(raws[i:i + STORE_BATCH])])
             engine = Engine(app, intake)
             statements = 0
+            texts: Counter[str] = Counter()
 
-            def count(*_: object) -> None:
+            def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
                 nonlocal statements
                 statements += 1
+                if args.statements:
+                    texts[" ".join(statement.split())[:160]] += 1
 
             event.listen(app.engine, "before_cursor_execute", count)
-            prof = cProfile.Profile() if args.profile else None
+            prof = cProfile.Profile(time.process_time) if args.profile else None  # CPU, not waits
             gc.collect()
             c0, w0 = time.process_time(), time.perf_counter()
             if prof is not None:
@@ -130,6 +136,11 @@ def main() -> int:
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(40)
         print(out.getvalue())
+        if args.profile_out:
+            prof.dump_stats(args.profile_out)
+    if args.statements:
+        for text, k in texts.most_common(40):
+            print(f"  {k:6d}  {text}")
     if left:
         print(f"FAILED: {left} mails left received", file=sys.stderr)
         return 1

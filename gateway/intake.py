@@ -32,7 +32,15 @@ from gateway.pipeline import Decision, MailContext, declared, run
 from gateway.replywait import retry_after
 from gateway.store.ahead import Ahead
 from gateway.store.base import Upcoming
-from gateway.store.sql import SqlStore, insert_raw, insert_row, preallocated_mail_id, prefetch
+from gateway.store.sql import (
+    SqlStore,
+    claims_due,
+    flush_row,
+    insert_raw,
+    insert_row,
+    preallocated_mail_id,
+    prefetch,
+)
 
 if TYPE_CHECKING:
     from gateway.host import IntakeHost
@@ -410,6 +418,7 @@ class Intake:
         mail = ctx.mail
         p = ctx.parsed
         s = _session(ctx)
+        claims_due(s, mail)  # the dedupe claims kept aside for this UPDATE (gateway.store.sql.defer_claims)
         if mail in self._hint_deferred:  # its listing hint was left to here (`_new_row(hint=False)`)
             self._hint_deferred.discard(mail)
             if p is None or not p.message_id or not (ctx.sender_email or p.from_addr) or not p.subject:
@@ -439,7 +448,7 @@ class Intake:
             # row (nothing reads it back in this transaction; the object stays outside the session)
             insert_row(s, mail)
         else:
-            s.flush()
+            flush_row(s, mail)  # the flush; one plain UPDATE when only this row changed
 
     @staticmethod
     def _result(mail: InboundMail, ticket: Ticket | None = None, *, fresh: bool = False) -> Result:

@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, event, func, insert, literal, or_, select, union_all
+from sqlalchemy import bindparam, event, func, insert, literal, or_, select, union_all, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import MANYTOONE, Session, make_transient_to_detached, sessionmaker
+from sqlalchemy.orm.base import NO_VALUE
 
 from gateway.models import (
     Attachment,
@@ -97,6 +98,8 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     # a rollback (a savepoint's too) may undo what a memo remembers: drop them all
     event.listen(factory, "after_soft_rollback", lambda session, _previous: drop_all(session))
     event.listen(factory, "after_soft_rollback", _expunge_rolled_back)
+    event.listen(factory, "after_soft_rollback", _claims_rolled_back)
+    event.listen(factory, "after_commit", lambda session: session.info.pop(_CLAIMS, None))
     event.listen(factory, "after_commit", lambda session: session.info.pop(_ATTACHED, None))
     return factory
 
@@ -169,6 +172,84 @@ def _expunge_rolled_back(session: Session, previous: Any) -> None:
         else:
             keep.append((obj, chain))
     session.info[_ATTACHED] = keep
+
+
+# One row's UPDATE without the unit of work -----------------------------------------------------------------
+_UPDATES: dict[tuple[Any, frozenset[str]], Any] = {}  # (table, columns) -> its UPDATE, built once
+
+
+def flush_row(session: Session, obj: Any) -> None:
+    """`session.flush()` where the only change pending in the session is to columns of this one persistent row
+    (a mail row getting its outcome: `Intake._record`): one plain UPDATE of the columns a flush would write, and
+    the object left as a flush leaves it (its changes committed, known to the savepoint it was made in). The
+    unit of work costs several times that UPDATE. Anything else pending (new, deleted or other changed objects, a
+    relationship changed on this one): the flush itself."""
+    state = sa_inspect(obj)
+    if (not state.persistent or session.new or session.deleted or state.expired_attributes
+            or any(o is not obj for o in session.dirty)):
+        session.flush()
+        return
+    mapper = state.mapper
+    committed = state.committed_state
+    values: dict[str, Any] = {}
+    for key, old in committed.items():
+        prop = mapper.attrs.get(key)
+        if prop is None or key not in mapper.column_attrs or len(prop.columns) != 1 or prop.columns[0].primary_key:
+            session.flush()  # a relationship or an unusual column changed: the unit of work decides
+            return
+        new = state.dict.get(key)
+        if hasattr(new, "__clause_element__"):  # a SQL expression as the new value
+            session.flush()
+            return
+        if old is NO_VALUE or not state.manager[key].impl.is_equal(new, old):  # as persistence.py compares
+            values[prop.columns[0].key] = new
+    if values:
+        table = mapper.local_table
+        cols = frozenset(values)
+        stmt = _UPDATES.get((table, cols))
+        if stmt is None:
+            pk = mapper.primary_key[0]
+            stmt = _UPDATES[(table, cols)] = (update(table).where(pk == bindparam("pk_"))
+                                              .values({c: bindparam(c) for c in sorted(cols)}))
+        values["pk_"] = state.identity[0]
+        session.connection().execute(stmt, values)
+    # what the flush does after its UPDATE (sqlalchemy.orm.session: _register_altered, then the state's commit):
+    # a savepoint rolled back later expires the object, as it expires a flushed one
+    session._register_altered([state])
+    state._commit_all(state.dict, session.identity_map)
+
+
+# Dedupe claims made on SQLite: written with the mail row's outcome ------------------------------------------
+_CLAIMS = "tg.claims"  # mail id -> (sha256, Message-ID claim, the transactions open when it was made)
+
+
+def defer_claims(session: Session, mail: InboundMail, sha256: str, msgid_claim: str | None) -> None:
+    """A stored mail's dedupe claims, kept aside until its outcome is recorded (`claims_due`): then they go into
+    the one UPDATE of its row, where they made an UPDATE of their own (and a unit-of-work flush, the next one
+    after the claim: a notification's) before. Dropped when the savepoint they were made in rolls back, as the
+    unflushed change on the row would be."""
+    tx = session.get_nested_transaction() or session.get_transaction()
+    chain = []
+    while tx is not None:
+        chain.append(tx)
+        tx = tx.parent
+    session.info.setdefault(_CLAIMS, {})[mail.id] = (sha256, msgid_claim, chain)
+
+
+def claims_due(session: Session, mail: InboundMail) -> None:
+    """The claims `defer_claims` kept for this mail, set on its row now (its outcome is being recorded)."""
+    held = session.info.get(_CLAIMS)
+    if held and mail.id in held:
+        sha256, msgid_claim, _ = held.pop(mail.id)
+        mail.claim_sha256 = sha256
+        mail.claim_msgid = msgid_claim
+
+
+def _claims_rolled_back(session: Session, previous: Any) -> None:
+    held = session.info.get(_CLAIMS)
+    if held:
+        for mail_id in [i for i, (_, _, chain) in held.items() if any(tx is previous for tx in chain)]:
+            del held[mail_id]
 
 
 _RAWS = table_of(InboundRaw)
@@ -457,8 +538,6 @@ class SqlStore:
         return ClaimHolder(first.id, first.claim_sha256, first.outcome, ticket.number if ticket else None)
 
     def claim(self, mail: InboundMail, sha256: str, msgid_claim: str | None) -> None:
-        mail.claim_sha256 = sha256
-        mail.claim_msgid = msgid_claim
         absent = write_locked_memo(self.session, ABSENT_CLAIMS)
         if absent:  # this mail holds them now
             absent.pop(("s", sha256), None)
@@ -466,8 +545,14 @@ class SqlStore:
         # a stored mail on PostgreSQL: a concurrent winner (another instance) makes this fail, and the intake runs
         # it again (a batch import's row fails the same way when it is written). SQLite has one writer, whose
         # transaction began IMMEDIATE (gateway.db): nobody can take a claim that `claim_holder` found free before
-        # this transaction ends, so the claims go into the mail row's next flush (at the latest its outcome's)
-        if mail.id is not None and self.session.get_bind().dialect.name != "sqlite":
+        # this transaction ends, so the claims of a stored mail go into its outcome's UPDATE (`defer_claims`)
+        sqlite = self.session.get_bind().dialect.name == "sqlite"
+        if mail.id is not None and sqlite and sa_inspect(mail).persistent:
+            defer_claims(self.session, mail, sha256, msgid_claim)
+            return
+        mail.claim_sha256 = sha256
+        mail.claim_msgid = msgid_claim
+        if mail.id is not None and not sqlite:
             self.session.flush()
 
     # People ----------------------------------------------------------------------------------------------
