@@ -115,34 +115,51 @@ def insert_row(session: Session, obj: Any, *, given_only: bool = False) -> None:
     on it. (A flush would do the same through the unit of work, which costs several times the INSERT.)
     given_only: a column given no value and without a default is left out, as a flush leaves it (the
     database's value: a JSON column NULL, where it is JSON null otherwise): a mail just stored."""
-    mapper = sa_inspect(type(obj))
+    stmt, rels, cols = _insert_plan(type(obj))
     state = sa_inspect(obj)
     assert state.transient, "insert_row takes a new object, not yet in a session"
-    for rel in mapper.relationships:  # many-to-one: the foreign key columns from the related object
-        if rel.direction is MANYTOONE and rel.key in state.dict:
-            other = state.dict[rel.key]
-            assert other is None or sa_inspect(other).persistent, f"{rel.key}: the related object is not written yet"
-            for local, remote in rel.local_remote_pairs:
-                value = None if other is None else getattr(other, rel.mapper.get_property_by_column(remote).key)
-                setattr(obj, mapper.get_property_by_column(local).key, value)
+    given = state.dict
+    for key, pairs in rels:  # many-to-one: the foreign key columns from the related object
+        if key in given:
+            other = given[key]
+            assert other is None or sa_inspect(other).persistent, f"{key}: the related object is not written yet"
+            for local, remote in pairs:
+                setattr(obj, local, None if other is None else getattr(other, remote))
     values: dict[str, Any] = {}
     assigned = []  # primary key attributes the database assigns
-    for attr in mapper.column_attrs:
-        col = attr.columns[0]
-        if attr.key not in state.dict:
-            if col.primary_key:
-                assigned.append(attr.key)
+    for key, col_key, primary, d in cols:
+        if key not in given:
+            if primary:
+                assigned.append(key)
                 continue
-            d = col.default
             if d is None and given_only:
                 continue
-            setattr(obj, attr.key, None if d is None else (d.arg(None) if d.is_callable else d.arg))
-        values[col.key] = state.dict[attr.key]
-    pk = session.connection().execute(insert(mapper.local_table), values).inserted_primary_key
+            setattr(obj, key, None if d is None else (d.arg(None) if d.is_callable else d.arg))
+        values[col_key] = given[key]
+    pk = session.connection().execute(stmt, values).inserted_primary_key
     if assigned:
         assert pk is not None
         for key in assigned:
             setattr(obj, key, pk[0])
+
+
+_PLANS: dict[type, tuple[Any, list[tuple[str, list[tuple[str, str]]]], list[tuple[str, str, bool, Any]]]] = {}
+
+
+def _insert_plan(cls: type) -> tuple[Any, list[tuple[str, list[tuple[str, str]]]], list[tuple[str, str, bool, Any]]]:
+    """`insert_row`'s reading of a mapped class, made once per class (the mapper's relationships and columns were
+    walked for every row, and its INSERT built anew): the INSERT; the many-to-one relationships as (key, [(local
+    attribute, the related object's attribute)]); the columns as (attribute, column, primary key, default)."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        mapper = sa_inspect(cls)
+        rels = [(rel.key, [(mapper.get_property_by_column(local).key, rel.mapper.get_property_by_column(remote).key)
+                           for local, remote in rel.local_remote_pairs])
+                for rel in mapper.relationships if rel.direction is MANYTOONE]
+        cols = [(attr.key, attr.columns[0].key, bool(attr.columns[0].primary_key), attr.columns[0].default)
+                for attr in mapper.column_attrs]
+        plan = _PLANS[cls] = (insert(mapper.local_table), rels, cols)
+    return plan
 
 
 def insert_attached(session: Session, obj: Any) -> None:
