@@ -99,7 +99,7 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     event.listen(factory, "after_soft_rollback", lambda session, _previous: drop_all(session))
     event.listen(factory, "after_soft_rollback", _expunge_rolled_back)
     event.listen(factory, "after_soft_rollback", _claims_rolled_back)
-    event.listen(factory, "after_commit", lambda session: session.info.pop(_CLAIMS, None))
+    event.listen(factory, "after_transaction_end", _claims_ended)
     event.listen(factory, "after_commit", lambda session: session.info.pop(_ATTACHED, None))
     return factory
 
@@ -260,6 +260,13 @@ def claims_due(session: Session, mail: InboundMail) -> None:
         sha256, msgid_claim, _ = held.pop(mail.id)
         mail.claim_sha256 = sha256
         mail.claim_msgid = msgid_claim
+
+
+def _claims_ended(session: Session, transaction: Any) -> None:
+    # the session's transaction ended (not a savepoint: after_commit fires for a released savepoint too, and a
+    # notification's savepoint is released between a claim and its outcome)
+    if transaction.parent is None:
+        session.info.pop(_CLAIMS, None)
 
 
 def _claims_rolled_back(session: Session, previous: Any) -> None:

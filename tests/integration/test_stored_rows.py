@@ -87,3 +87,24 @@ def test_the_same_mail_twice_in_one_batch_is_a_duplicate(tmp_path, db_url) -> No
         assert claims == [True, False]
     finally:
         app.close()
+
+
+def test_a_bounce_keeps_its_claims_through_the_notification_savepoint(tmp_path, db_url) -> None:
+    """A bounce is ignored after a notification savepoint of its own (the bounced address is marked), released
+    between the dedupe claim and the outcome: its row still gets the claims (on SQLite they go into the outcome's
+    UPDATE), and its copy in the same batch is a duplicate."""
+    app = build_app(config_for(tmp_path, db_url))
+    try:
+        intake = app.intake()
+        raw = make_mail(sender="MAILER-DAEMON@mx.customer.example", subject="Mail Delivery Problem",
+                        message_id="<bounce@mx.customer.example>", body="Your mail could not be delivered.\n")
+        ids = intake.store_many([(raw, ENVELOPES[2]), (raw, ENVELOPES[2])])
+        results = Engine(app, intake).thread(ids)
+        assert [r.outcome for r in results] == ["ignored", "duplicate"]
+        assert results[0].reason is not None and results[0].reason.startswith("bounce")
+        with app.sessions() as s:
+            claims = s.execute(text("SELECT claim_sha256 IS NOT NULL, claim_msgid IS NOT NULL FROM inbound_mail "
+                                    "ORDER BY id")).all()
+        assert [tuple(c) for c in claims] == [(True, True), (False, False)]
+    finally:
+        app.close()
