@@ -391,6 +391,20 @@ class StoreTickets(Tickets):
             insert_attached(self.s, obj)  # one INSERT, no unit-of-work flush
 
 
+    def write_comment(self, c: Comment, ticket: Ticket) -> None:
+        # where nothing else is pending but its author (registered for this mail) and its ticket's new times: one
+        # INSERT (two with the author) and the ticket's one UPDATE, as the flush would write them; else the flush
+        s = self.s
+        author, mail = c.author, c.inbound_mail
+        fresh = author is not None and sa_inspect(author).pending
+        if ((mail is None or sa_inspect(mail).persistent) and not s.deleted
+                and all(o is author for o in s.new) and all(o is ticket for o in s.dirty)):
+            self.write_new([author, c] if fresh else [c])
+            flush_row(s, ticket)
+            return
+        super().write_comment(c, ticket)
+
+
 def message_ids_written(session: Session, ids: Iterable[str] | None) -> None:
     """Rows of these Message-IDs were just written for a ticket (None: any, moved by a merge): what this
     transaction knew of them is not true any more (the notifications' outgoing Message-IDs come here too)."""
