@@ -29,6 +29,9 @@ NO_ORGANISATION = "no-organisation"      # domains of no organisation: Directory
 STAFF = "staff"                          # the staff contacts (gateway.outbound.notify) / a contact's role changed
 SENT_PER_RECIPIENT = "sent-per-recipient"  # rate-cap counts (gateway.outbound.notify) / kept up to date by it,
 #                                            dropped when a notification round fails
+MADE_BY = "made-by"                      # sender -> (since, until, when each of their tickets and comments in
+#                                          that span arrived): store.prefetch / a mail row's outcome written
+#                                          (gateway.store.sql.made_written)
 MAIL_IDS = "mail-ids"                    # the last mail id handed out ahead (gateway.store.sql.preallocated_mail_id)
 
 _MEMO = "tg.memo"
