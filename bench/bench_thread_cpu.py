@@ -33,8 +33,8 @@ import io
 import pstats
 import sys
 import tempfile
-from collections import Counter
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

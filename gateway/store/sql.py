@@ -153,7 +153,7 @@ def _insert_plan(cls: type) -> tuple[Any, list[tuple[str, list[tuple[str, str]]]
     attribute, the related object's attribute)]); the columns as (attribute, column, primary key, default)."""
     plan = _PLANS.get(cls)
     if plan is None:
-        mapper = sa_inspect(cls)
+        mapper: Any = sa_inspect(cls)
         rels = [(rel.key, [(mapper.get_property_by_column(local).key, rel.mapper.get_property_by_column(remote).key)
                            for local, remote in rel.local_remote_pairs])
                 for rel in mapper.relationships if rel.direction is MANYTOONE]
@@ -533,11 +533,10 @@ def _preload_made(session: Session, made_by: Iterable[tuple[str, datetime, datet
     since, until = min(a[1] for a in asked), max(a[2] for a in asked)
     senders = sorted({a[0] for a in asked})
     times: dict[str, list[datetime]] = {s: [] for s in senders}
-    for sender, at in session.connection().execute(_MADE_SPAN, {"senders": senders, "since": since,
-                                                                "until": until}):
-        times[sender].append(at)
-    for sender, at in times.items():
-        made[sender] = (since, until, at)
+    for row in session.connection().execute(_MADE_SPAN, {"senders": senders, "since": since, "until": until}):
+        times[str(row.sender)].append(row.received_at)
+    for sender, ats in times.items():
+        made[sender] = (since, until, ats)
 
 
 def made_written(session: Session, mail: InboundMail) -> None:
