@@ -33,6 +33,7 @@ from gateway.models import (
     InboundMail,
     InboundRaw,
     Organisation,
+    OrganisationDomain,
     OutboxMail,
     Ticket,
     TicketMessageId,
@@ -429,6 +430,7 @@ _CLAIMED = (select(InboundMail.claim_sha256, InboundMail.claim_msgid)
             .where(or_(InboundMail.claim_sha256.in_(bindparam("shas", expanding=True)),
                        InboundMail.claim_msgid.in_(bindparam("msgids", expanding=True)))))
 _CONTACTS_BY_EMAIL = select(Contact).where(Contact.email.in_(bindparam("emails", expanding=True)))
+_DOMAINS = select(OrganisationDomain).where(OrganisationDomain.domain.in_(bindparam("domains", expanding=True)))
 _TICKETS_BY_ID_OR_NUMBER = (select(Ticket).options(*LIGHT)
                             .where(Ticket.id.in_(bindparam("ids", expanding=True))
                                    | Ticket.number.in_(bindparam("numbers", expanding=True))))
@@ -485,7 +487,26 @@ def _preload_contacts(session: Session, emails: Iterable[str]) -> None:
         known[c.email] = c
     absent = write_locked_memo(session, ABSENT_CONTACTS)
     if absent is not None:
-        absent.update(dict.fromkeys(wanted.difference(c.email for c in found), True))
+        new = wanted.difference(c.email for c in found)
+        absent.update(dict.fromkeys(new, True))
+        _preload_domains(session, {e.rpartition("@")[2].lower() for e in new})
+
+
+def _preload_domains(session: Session, domains: set[str]) -> None:
+    """The organisations of these domains (of addresses without a contact: registering one looks its domain up),
+    in one query, remembered as `Directory.organisation_for_domain` remembers them; a domain of no organisation
+    is known as such (SQLite) until an organisation or domain is added."""
+    none = write_locked_memo(session, NO_ORGANISATION)
+    if none is None:
+        return
+    domains = {d for d in domains if d and d not in none and found_row(session, DOMAINS_FOUND, d) is None}
+    if not domains:
+        return
+    known = found_rows(session, DOMAINS_FOUND)
+    for od in session.scalars(_DOMAINS, {"domains": sorted(domains)}).all():
+        known[od.domain] = od.organisation
+        domains.discard(od.domain)
+    none.update(dict.fromkeys(domains, True))
 
 
 def _preload_tickets(session: Session, message_ids: Iterable[str], numbers: Iterable[int]) -> None:

@@ -108,3 +108,32 @@ def test_a_bounce_keeps_its_claims_through_the_notification_savepoint(tmp_path, 
         assert [tuple(c) for c in claims] == [(True, True), (False, False)]
     finally:
         app.close()
+
+
+def test_new_senders_of_a_prepared_batch_join_the_organisation_of_their_domain(tmp_path, db_url) -> None:
+    """A batch threaded with the preparation worker (the contacts and their domains' organisations looked up ahead,
+    gateway.store.sql.prefetch): a new sender of an organisation's domain (in any case) is registered in it, one
+    of another domain in none, as when each is looked up alone."""
+    from gateway.engine import start_worker
+    from gateway.store.sql import directory
+
+    app = build_app(config_for(tmp_path, db_url))
+    try:
+        with transaction(app.sessions) as s:
+            org = directory(s, app.clock).add_organisation("Acme", ["acme.example"])
+        intake = app.intake()
+        senders = ["Ann <ann@ACME.example>", "bob@other.example", "cid@acme.example"]
+        ids = intake.store_many([(make_mail(sender=a, subject=f"from {a}"), ENVELOPES[0]) for a in senders])
+        app.ahead = start_worker(app.config)
+        try:
+            results = Engine(app, intake).thread(ids)
+        finally:
+            app.ahead.close()
+            app.ahead = None
+        assert [r.outcome for r in results] == ["ticket"] * 3
+        with app.sessions() as s:
+            rows = s.execute(text("SELECT email, organisation_id FROM contacts ORDER BY id")).all()
+        assert [tuple(r) for r in rows] == [("ann@acme.example", org.id), ("bob@other.example", None),
+                                            ("cid@acme.example", org.id)]
+    finally:
+        app.close()
