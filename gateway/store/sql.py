@@ -25,6 +25,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import MANYTOONE, Session, make_transient_to_detached, sessionmaker
 from sqlalchemy.orm.base import NO_VALUE
+from sqlalchemy.sql.elements import ClauseElement
 
 from gateway.models import (
     Attachment,
@@ -195,6 +196,7 @@ def _expunge_rolled_back(session: Session, previous: Any) -> None:
 
 # One row's UPDATE without the unit of work -----------------------------------------------------------------
 _UPDATES: dict[tuple[Any, frozenset[str]], Any] = {}  # (table, columns) -> its UPDATE, built once
+_UPDATABLE: dict[Any, dict[str, str]] = {}  # mapper -> its plain columns, by attribute
 
 
 def flush_row(session: Session, obj: Any) -> None:
@@ -205,23 +207,26 @@ def flush_row(session: Session, obj: Any) -> None:
     relationship changed on this one): the flush itself."""
     state = sa_inspect(obj)
     if (not state.persistent or session.new or session.deleted or state.expired_attributes
-            or any(o is not obj for o in session.dirty)):
+            or len(state.mapper.primary_key) != 1 or any(o is not obj for o in session.dirty)):
         session.flush()
         return
     mapper = state.mapper
-    committed = state.committed_state
+    columns = _UPDATABLE.get(mapper)
+    if columns is None:  # attribute -> column, of the plain columns (one each, not the primary key)
+        columns = _UPDATABLE[mapper] = {a.key: a.columns[0].key for a in mapper.column_attrs
+                                        if len(a.columns) == 1 and not a.columns[0].primary_key}
     values: dict[str, Any] = {}
-    for key, old in committed.items():
-        prop = mapper.attrs.get(key)
-        if prop is None or key not in mapper.column_attrs or len(prop.columns) != 1 or prop.columns[0].primary_key:
+    for key, old in state.committed_state.items():
+        col = columns.get(key)
+        if col is None:
             session.flush()  # a relationship or an unusual column changed: the unit of work decides
             return
         new = state.dict.get(key)
-        if hasattr(new, "__clause_element__"):  # a SQL expression as the new value
+        if isinstance(new, ClauseElement) or hasattr(new, "__clause_element__"):  # a SQL expression as the value
             session.flush()
             return
         if old is NO_VALUE or not state.manager[key].impl.is_equal(new, old):  # as persistence.py compares
-            values[prop.columns[0].key] = new
+            values[col] = new
     if values:
         table = mapper.local_table
         cols = frozenset(values)

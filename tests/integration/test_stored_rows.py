@@ -137,3 +137,37 @@ def test_new_senders_of_a_prepared_batch_join_the_organisation_of_their_domain(t
                                             ("cid@acme.example", org.id)]
     finally:
         app.close()
+
+
+def test_flush_row_writes_what_a_flush_writes_and_a_savepoint_undoes_it(tmp_path, db_url) -> None:
+    """gateway.store.sql.flush_row: one UPDATE of the changed columns (a JSON list among them), the object clean
+    afterwards; a savepoint it wrote in rolled back restores the row and the object; with another object pending
+    it is the flush."""
+    from gateway.models import InboundMail
+    from gateway.store.sql import flush_row
+
+    app = build_app(config_for(tmp_path, db_url))
+    try:
+        intake = app.intake()
+        a, b = intake.store_many([(make_mail(subject="a"), ENVELOPES[0]), (make_mail(subject="b"), ENVELOPES[0])])
+        with transaction(app.sessions) as s:
+            ma, mb = s.get(InboundMail, a), s.get(InboundMail, b)
+            assert ma is not None and mb is not None
+            ma.outcome, ma.trace, ma.reason = "ignored", ["one", "two"], "why"
+            flush_row(s, ma)
+            assert not s.dirty
+            sp = s.begin_nested()
+            ma.outcome = "quarantined"
+            flush_row(s, ma)
+            assert s.execute(text("SELECT outcome FROM inbound_mail WHERE id = :i"), {"i": a}).scalar() == "quarantined"
+            sp.rollback()
+            assert ma.outcome == "ignored"
+            ma.reason, mb.reason = "again", "other"  # two rows changed: the flush writes both
+            flush_row(s, ma)
+            assert not s.dirty
+        with app.sessions() as s:
+            rows = s.execute(text("SELECT outcome, trace, reason FROM inbound_mail ORDER BY id")).all()
+        assert [(r[0], r[2]) for r in rows] == [("ignored", "again"), ("received", "other")]
+        assert rows[0][1] in ('["one", "two"]', ["one", "two"])
+    finally:
+        app.close()
