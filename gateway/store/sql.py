@@ -3,11 +3,13 @@ speed-up of the pipeline's database work, in this one module.
 
 The speed-ups, each marked where it is made:
 - what is loaded ahead: `prefetch`, the lookups a batch's next mails' handlers declared, a few queries for all of
-  them (instead of a few for each);
+  them (instead of a few for each): claims, contacts and their domains' organisations, tickets, the flood counts;
 - what is remembered for the transaction (gateway.store.memo) and when it is forgotten: `StoreDirectory` and
   `StoreTickets` consult the memos and forget what they write; nobody else in the pipeline does;
 - the plain INSERTs: `insert_row`, `insert_attached` (one INSERT instead of a unit-of-work flush), the mail ids
-  handed out ahead (`preallocated_mail_id`);
+  handed out ahead (`preallocated_mail_id`); a new comment (`StoreTickets.write_comment`);
+- the plain UPDATE of one row where nothing else is pending (`flush_row`: a mail's outcome, a commented ticket), and
+  on SQLite a stored mail's dedupe claims written with its outcome (`defer_claims`, `claims_due`);
 - the driver-level savepoints (`direct_savepoints`), installed by `session_factory`.
 
 None of it decides anything: outcomes, traces and rows are the same with or without it (tests/integration/
