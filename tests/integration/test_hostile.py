@@ -152,7 +152,8 @@ def test_flood_counts_what_the_earlier_mails_of_a_prepared_batch_made(make_app, 
     """Stored mail threaded in one batch with the preparation worker (the counts loaded ahead for the batch,
     gateway.store.sql.prefetch): the cap counts the tickets made before the batch and those its earlier mails
     made, as mail threaded one by one does."""
-    from gateway.engine import Engine, start_worker
+    from servehelp import thread_prepared
+
     from gateway.intake import Envelope
 
     app = make_app(limits={"mails_per_sender_per_hour": 3})
@@ -168,12 +169,7 @@ def test_flood_counts_what_the_earlier_mails_of_a_prepared_batch_made(make_app, 
     assert intake.process(first).outcome == "ticket"
     ids = [stored(sender, f"s{i}") for i, sender in enumerate(["x@evil.example", "y@fine.example", "x@evil.example",
                                                                "x@evil.example", "y@fine.example"])]
-    app.ahead = start_worker(app.config)
-    try:
-        results = Engine(app, intake).thread(ids)
-    finally:
-        app.ahead.close()
-        app.ahead = None
+    results = thread_prepared(app, intake, ids)
     assert [r.outcome for r in results] == ["ticket", "ticket", "ticket", "quarantined", "ticket"]
     assert results[3].reason is not None and results[3].reason.startswith("flood")
 

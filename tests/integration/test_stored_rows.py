@@ -5,7 +5,7 @@ duplicate within its own batch (on SQLite the dedupe claims reach the row with i
 from __future__ import annotations
 
 from mails import make_mail
-from servehelp import config_for
+from servehelp import config_for, thread_prepared
 from sqlalchemy import text
 
 from gateway.app import build_app
@@ -114,7 +114,6 @@ def test_new_senders_of_a_prepared_batch_join_the_organisation_of_their_domain(t
     """A batch threaded with the preparation worker (the contacts and their domains' organisations looked up ahead,
     gateway.store.sql.prefetch): a new sender of an organisation's domain (in any case) is registered in it, one
     of another domain in none, as when each is looked up alone."""
-    from gateway.engine import start_worker
     from gateway.store.sql import directory
 
     app = build_app(config_for(tmp_path, db_url))
@@ -124,12 +123,7 @@ def test_new_senders_of_a_prepared_batch_join_the_organisation_of_their_domain(t
         intake = app.intake()
         senders = ["Ann <ann@ACME.example>", "bob@other.example", "cid@acme.example"]
         ids = intake.store_many([(make_mail(sender=a, subject=f"from {a}"), ENVELOPES[0]) for a in senders])
-        app.ahead = start_worker(app.config)
-        try:
-            results = Engine(app, intake).thread(ids)
-        finally:
-            app.ahead.close()
-            app.ahead = None
+        results = thread_prepared(app, intake, ids)
         assert [r.outcome for r in results] == ["ticket"] * 3
         with app.sessions() as s:
             rows = s.execute(text("SELECT email, organisation_id FROM contacts ORDER BY id")).all()
