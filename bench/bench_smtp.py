@@ -10,6 +10,12 @@ clients (separate processes, one SMTP connection each) the corpus is sent
 Reported: ingest rate (mail/s until the last 250) and its ratio to the sink (target >= 80%), the time from the
 250 to the ticket (inbound_mail received_at -> processed_at, p50/p95), the rate until everything was threaded,
 and the peak RSS (VmHWM) of serve while it receives and threads one 25 MB mail (target < 150 MiB).
+
+CPU per mail, each pass: the clients' (their processes, reaped), the sink's or serve's (from /proc: serve, its
+preparation worker, workers it reaped; start-up excluded, from the first mail until every mail was threaded);
+beside it the budget: the most CPU per mail that "everything threaded at 0.8 of the parse rate" leaves when every
+process shares this machine's cores, cores / (0.8 x parse rate). The parse is timed on one core; on 2 cores the
+budget is 2.5 parses per mail, for receiving, parsing, storing and threading, and for the clients here.
 """
 
 from __future__ import annotations
@@ -63,6 +69,35 @@ def wait_220(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> N
         except OSError:
             time.sleep(0.05)
     raise SystemExit("server did not start")
+
+
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of a process and of its children, live or reaped: (the process's own, the
+    children's). Linux /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(p: int) -> list[str]:
+        return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+
+    try:
+        f = stat(pid)
+        own = (int(f[11]) + int(f[12])) / tick
+        kids = (int(f[13]) + int(f[14])) / tick  # reaped children
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                c = stat(int(child))
+                kids += (int(c[11]) + int(c[12]) + int(c[13]) + int(c[14])) / tick
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return own, kids
+
+
+def clients_cpu() -> float:
+    """CPU seconds of every child process reaped so far (the clients: send_all joins them)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def vm(pid: int, key: str) -> float:
@@ -192,7 +227,9 @@ def sink_pass(files: list[str], clients: int, work: Path) -> dict:
     proc = subprocess.Popen([sys.executable, __file__, "--sink", str(port), str(d)])
     try:
         wait_220(port, proc)
+        cpu0, c0 = sum(tree_cpu(proc.pid)), clients_cpu()
         r = send_all(port, files, clients)
+        r["cpu_server_s"], r["cpu_clients_s"] = sum(tree_cpu(proc.pid)) - cpu0, clients_cpu() - c0
         r["hwm_mib"] = vm(proc.pid, "VmHWM")
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -315,9 +352,13 @@ def serve_pass(files: list[str], clients: int, work: Path, db_url: str | None,
                serve_options: list[str] | None = None, rate: float = 0.0) -> dict:
     srv = Serve(work / f"serve-{clients}", db_url, serve_options)
     try:
+        (main0, kids0), c0 = tree_cpu(srv.proc.pid), clients_cpu()
         r = send_all(srv.port, files, clients, rate)
+        r["cpu_clients_s"] = clients_cpu() - c0
         r["hwm_mib"] = vm(srv.proc.pid, "VmHWM")
         srv.wait_threaded()
+        main1, kids1 = tree_cpu(srv.proc.pid)
+        r["cpu_serve_s"], r["cpu_worker_s"] = main1 - main0, kids1 - kids0
         lat, outcomes, last = srv.latencies()
         lat.sort()
         r["p50"] = statistics.median(lat)
@@ -436,7 +477,14 @@ def main() -> None:
             print(f"[{c} client(s)]        threading's own pace: the {srv['backlog']} mails unthreaded at the last 250 "
                   f"threaded at {srv['backlog_rate']:.1f} mail/s = {srv['backlog_rate'] / parse_rate:.2f} of the parse",
                   flush=True)
-        report["passes"].append({"clients": c, "sink": sink, "serve": srv, "ratio": ratio})
+        n = len(files)
+        budget = 1000 * (os.cpu_count() or 1) / (0.8 * parse_rate)
+        print(f"[{c} client(s)]        CPU per mail: sink {1000 * sink['cpu_server_s'] / n:.2f} ms + its clients "
+              f"{1000 * sink['cpu_clients_s'] / n:.2f} ms; serve {1000 * srv['cpu_serve_s'] / n:.2f} ms + its "
+              f"worker {1000 * srv['cpu_worker_s'] / n:.2f} ms + its clients {1000 * srv['cpu_clients_s'] / n:.2f} ms; "
+              f"the parse {1000 / parse_rate:.2f} ms; budget for 0.8 of the parse on {os.cpu_count()} cores: "
+              f"{budget:.2f} ms in all", flush=True)
+        report["passes"].append({"clients": c, "sink": sink, "serve": srv, "ratio": ratio, "budget_ms": budget})
     for rate in [float(x) for x in args.steady.split(",") if x.strip()]:
         part = files[: int(rate * 20)]
         srv = serve_pass(part, 2, work, args.db_url, args.serve_option, rate=rate)

@@ -32,7 +32,16 @@ from gateway.pipeline import Decision, MailContext, declared, run
 from gateway.replywait import retry_after
 from gateway.store.ahead import Ahead
 from gateway.store.base import Upcoming
-from gateway.store.sql import SqlStore, insert_raw, insert_row, preallocated_mail_id, prefetch
+from gateway.store.sql import (
+    SqlStore,
+    claims_due,
+    flush_row,
+    insert_raw,
+    insert_row,
+    made_written,
+    preallocated_mail_id,
+    prefetch,
+)
 
 if TYPE_CHECKING:
     from gateway.host import IntakeHost
@@ -235,13 +244,16 @@ class Intake:
                            ahead=Ahead(prepared), dry_run=dry_run, trace=list(mail.trace or []), historic=historic,
                            may_wait=envelope is None and not dry_run)
 
-    def prefetch(self, session: Any, items: list[tuple[Envelope, Any]]) -> None:
+    def prefetch(self, session: Any, items: list[tuple[Envelope, Any]],
+                 received: Sequence[Any] | None = None) -> None:
         """Before running these mails (envelope, Prepared or None): make the lookups their handlers will make,
         a few queries for all of them instead of a few for each (what the handlers declare: gateway.pipeline.
         declared; looked up by gateway.store.sql.prefetch). Saves time, changes no outcome: what it finds is what
-        each handler's own query would find."""
+        each handler's own query would find. received: when each of these mails was stored (stored mail)."""
         app = self.app
-        upcoming = [Upcoming(prep.parsed, prep.sha256, envelope.mail_from) for envelope, prep in items
+        when = list(received) if received is not None else [None] * len(items)
+        upcoming = [Upcoming(prep.parsed, prep.sha256, envelope.mail_from, at)
+                    for (envelope, prep), at in zip(items, when, strict=True)
                     if getattr(prep, "parsed", None) is not None and prep.sha256 is not None]
         if not upcoming:
             return
@@ -262,7 +274,8 @@ class Intake:
                 mails = {m.id: m for m in s.scalars(q)}
                 todo = [m for m in mails.values() if m.outcome == "received"]
                 if len(todo) > 1 and any(prepared.get(m.id) is not None for m in todo):
-                    self.prefetch(s, [(envelope_of(m), prepared.get(m.id)) for m in todo])
+                    self.prefetch(s, [(envelope_of(m), prepared.get(m.id)) for m in todo],
+                                  [m.received_at for m in todo])
                 out = []
                 waiting: list[int] = []  # indexes in `out` of the mails that wait for another (the `wait` handler)
                 for mail_id in ids:
@@ -410,6 +423,7 @@ class Intake:
         mail = ctx.mail
         p = ctx.parsed
         s = _session(ctx)
+        claims_due(s, mail)  # the dedupe claims kept aside for this UPDATE (gateway.store.sql.defer_claims)
         if mail in self._hint_deferred:  # its listing hint was left to here (`_new_row(hint=False)`)
             self._hint_deferred.discard(mail)
             if p is None or not p.message_id or not (ctx.sender_email or p.from_addr) or not p.subject:
@@ -439,7 +453,8 @@ class Intake:
             # row (nothing reads it back in this transaction; the object stays outside the session)
             insert_row(s, mail)
         else:
-            s.flush()
+            flush_row(s, mail)  # the flush; one plain UPDATE when only this row changed
+        made_written(s, mail)
 
     @staticmethod
     def _result(mail: InboundMail, ticket: Ticket | None = None, *, fresh: bool = False) -> Result:

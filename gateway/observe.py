@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,6 +99,9 @@ def _quote(v: Any) -> str:
     return json.dumps(s, ensure_ascii=False) if (" " in s or '"' in s or "=" in s) else s
 
 
+_MAIL_FIELDS = tuple(f.name for f in dataclass_fields(MailDone))
+
+
 class Observer:
     def __init__(self) -> None:
         self.sinks: list[Callable[[Any], None]] = []
@@ -120,7 +124,9 @@ class Observer:
 
     @staticmethod
     def _log_mail(e: MailDone) -> None:
-        fields = asdict(e)
+        if not mail_log.isEnabledFor(logging.INFO):  # nothing of the line is made when it is not written
+            return
+        fields = {name: getattr(e, name) for name in _MAIL_FIELDS}  # asdict(e) without its deep copy: all scalars
         fields["ms"] = round(e.ms, 1)
         if e.latency is not None:
             fields["latency"] = round(e.latency, 3)

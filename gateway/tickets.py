@@ -254,6 +254,12 @@ class Tickets:
         self.s.add_all(objs)
         self.s.flush()
 
+    def write_comment(self, c: Comment, ticket: Ticket) -> None:
+        """Write a new comment (a contact registered for it and a mail row pending first) and what it changed on
+        its ticket: a flush."""
+        self.s.add(c)
+        self.s.flush()
+
     def is_participant(self, ticket: Ticket, contact: Contact | None, email: str | None) -> str | None:
         """Why this sender may write to the ticket, or None: reporter, first sender, watcher, staff, and
         member of the ticket's organisation where that organisation's visibility is 'organisation' (under
@@ -323,9 +329,8 @@ class Tickets:
                     body=body, full_text=full_text or body, html=html, internal=internal,
                     by_staff=bool(author and author.is_staff) if by_staff is None else by_staff, source=source,
                     inbound_mail=mail, created_at=now)
-        self.s.add(c)
         commented(ticket, c, now, at=at)
-        self.s.flush()
+        self.write_comment(c, ticket)
         self.emit(CommentAdded(ticket, c, mail_id=mail.id if mail is not None else None,
                                seen_by=frozenset(normalise_email(a) for a in seen_by if a)))
         return c

@@ -4,9 +4,24 @@ with the reason 'flood' (never answered; an admin may replay it: `mail replay ID
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from gateway.guard import flood
 from gateway.outcomes import Quarantine
 from gateway.pipeline import MailContext
+from gateway.store.base import Asks, Upcoming
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+
+
+def asks(mail: Upcoming, config: Config) -> Asks:
+    """Declared ahead: the count of the sender's tickets and comments in the hour before a stored mail arrived."""
+    addr = mail.parsed.from_addr
+    if not addr or mail.received_at is None:
+        return Asks()
+    since, until = flood.window(mail.received_at)
+    return Asks(made_by=[(addr, since, until)])
 
 
 def handle(ctx: MailContext) -> None:

@@ -16,6 +16,19 @@ from gateway.models import InboundMail, OutboxMail, Ticket
 from gateway.service import Notifier, Service
 
 
+def thread_prepared(app: Any, intake: Any, ids: list[int]) -> list[Any]:
+    """Stored mails threaded as serve threads them: one batch (Engine.thread), prepared by a preparation worker
+    started for it (the lookups of the batch made ahead, gateway.store.sql.prefetch)."""
+    from gateway.engine import Engine, start_worker
+
+    app.ahead = start_worker(app.config)
+    try:
+        return Engine(app, intake).thread(ids)
+    finally:
+        app.ahead.close()
+        app.ahead = None
+
+
 def config_for(tmp_path: Path, db_url: str, **sections: Any):
     data: dict[str, Any] = {
         "gateway": {"data_dir": str(tmp_path / "var"), "addresses": ["support@example.com"],

@@ -71,6 +71,7 @@ class Upcoming:
     parsed: ParsedMail
     sha256: str
     envelope_from: str | None
+    received_at: datetime | None = None  # a stored mail's (None: a new mail, stored with its outcome)
 
 
 @dataclass
@@ -82,6 +83,8 @@ class Asks:
     senders: list[str] = field(default_factory=list)      # the mails' senders (listeners: rate caps)
     message_ids: list[str] = field(default_factory=list)  # tickets by Message-ID
     numbers: list[int] = field(default_factory=list)      # tickets by number
+    made_by: list[tuple[str, datetime, datetime]] = field(default_factory=list)  # (sender, since, until): the
+    #                                                       tickets and comments a sender made then (`mails_made_by`)
 
     def add(self, other: Asks) -> None:
         self.claims += other.claims
@@ -89,6 +92,7 @@ class Asks:
         self.senders += other.senders
         self.message_ids += other.message_ids
         self.numbers += other.numbers
+        self.made_by += other.made_by
 
 
 Declare = Callable[[Upcoming, Any], Asks]  # a handler's `asks(upcoming, config)`

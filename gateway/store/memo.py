@@ -29,15 +29,22 @@ NO_ORGANISATION = "no-organisation"      # domains of no organisation: Directory
 STAFF = "staff"                          # the staff contacts (gateway.outbound.notify) / a contact's role changed
 SENT_PER_RECIPIENT = "sent-per-recipient"  # rate-cap counts (gateway.outbound.notify) / kept up to date by it,
 #                                            dropped when a notification round fails
+MADE_BY = "made-by"                      # sender -> (since, until, when each of their tickets and comments in
+#                                          that span arrived): store.prefetch / a mail row's outcome written
+#                                          (gateway.store.sql.made_written)
 MAIL_IDS = "mail-ids"                    # the last mail id handed out ahead (gateway.store.sql.preallocated_mail_id)
 
 _MEMO = "tg.memo"
+_SQLITE = "tg.sqlite"
 
 
 def write_locked_memo(session: Session, key: str) -> dict[Any, Any] | None:
     """The memo `key` of the current transaction, or None where values cannot be remembered (not SQLite, or no
     transaction). Whoever writes what a memo remembers updates or drops it (`drop_memo`)."""
-    if session.get_bind().dialect.name != "sqlite" or not session.in_transaction():
+    sqlite = session.info.get(_SQLITE)
+    if sqlite is None:  # a session keeps its engine: asked once (get_bind costs more than the rest of this)
+        sqlite = session.info[_SQLITE] = session.get_bind().dialect.name == "sqlite"
+    if not sqlite or not session.in_transaction():
         return None
     root = session.get_transaction()
     held: tuple[Any, dict[str, dict[Any, Any]]] | None = session.info.get(_MEMO)

@@ -148,6 +148,32 @@ def test_flood_window_is_one_hour_by_arrival(make_app, clock):
     assert out == ["ticket", "ticket", "ticket", "quarantined", "quarantined", "ticket"]
 
 
+def test_flood_counts_what_the_earlier_mails_of_a_prepared_batch_made(make_app, clock):
+    """Stored mail threaded in one batch with the preparation worker (the counts loaded ahead for the batch,
+    gateway.store.sql.prefetch): the cap counts the tickets made before the batch and those its earlier mails
+    made, as mail threaded one by one does."""
+    from servehelp import thread_prepared
+
+    from gateway.intake import Envelope
+
+    app = make_app(limits={"mails_per_sender_per_hour": 3})
+    intake = app.intake()
+
+    def stored(sender: str, subject: str) -> int:
+        ids = intake.store_many([(make_mail(sender=sender, subject=subject),
+                                  Envelope(sender, ("support@example.com",), "smtp"))])
+        clock.advance(minutes=5)
+        return ids[0]
+
+    first = stored("x@evil.example", "before")
+    assert intake.process(first).outcome == "ticket"
+    ids = [stored(sender, f"s{i}") for i, sender in enumerate(["x@evil.example", "y@fine.example", "x@evil.example",
+                                                               "x@evil.example", "y@fine.example"])]
+    results = thread_prepared(app, intake, ids)
+    assert [r.outcome for r in results] == ["ticket", "ticket", "ticket", "quarantined", "ticket"]
+    assert results[3].reason is not None and results[3].reason.startswith("flood")
+
+
 # 6. Connections ---------------------------------------------------------------------------------------------
 def _connect(port: int, source: str) -> tuple[socket.socket, bytes]:
     s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))

@@ -5,7 +5,7 @@ duplicate within its own batch (on SQLite the dedupe claims reach the row with i
 from __future__ import annotations
 
 from mails import make_mail
-from servehelp import config_for
+from servehelp import config_for, thread_prepared
 from sqlalchemy import text
 
 from gateway.app import build_app
@@ -85,5 +85,83 @@ def test_the_same_mail_twice_in_one_batch_is_a_duplicate(tmp_path, db_url) -> No
         with app.sessions() as s:
             claims = s.execute(text("SELECT claim_sha256 IS NOT NULL FROM inbound_mail ORDER BY id")).scalars().all()
         assert claims == [True, False]
+    finally:
+        app.close()
+
+
+def test_a_bounce_keeps_its_claims_through_the_notification_savepoint(tmp_path, db_url) -> None:
+    """A bounce is ignored after a notification savepoint of its own (the bounced address is marked), released
+    between the dedupe claim and the outcome: its row still gets the claims (on SQLite they go into the outcome's
+    UPDATE), and its copy in the same batch is a duplicate."""
+    app = build_app(config_for(tmp_path, db_url))
+    try:
+        intake = app.intake()
+        raw = make_mail(sender="MAILER-DAEMON@mx.customer.example", subject="Mail Delivery Problem",
+                        message_id="<bounce@mx.customer.example>", body="Your mail could not be delivered.\n")
+        ids = intake.store_many([(raw, ENVELOPES[2]), (raw, ENVELOPES[2])])
+        results = Engine(app, intake).thread(ids)
+        assert [r.outcome for r in results] == ["ignored", "duplicate"]
+        assert results[0].reason is not None and results[0].reason.startswith("bounce")
+        with app.sessions() as s:
+            claims = s.execute(text("SELECT claim_sha256 IS NOT NULL, claim_msgid IS NOT NULL FROM inbound_mail "
+                                    "ORDER BY id")).all()
+        assert [tuple(c) for c in claims] == [(True, True), (False, False)]
+    finally:
+        app.close()
+
+
+def test_new_senders_of_a_prepared_batch_join_the_organisation_of_their_domain(tmp_path, db_url) -> None:
+    """A batch threaded with the preparation worker (the contacts and their domains' organisations looked up ahead,
+    gateway.store.sql.prefetch): a new sender of an organisation's domain (in any case) is registered in it, one
+    of another domain in none, as when each is looked up alone."""
+    from gateway.store.sql import directory
+
+    app = build_app(config_for(tmp_path, db_url))
+    try:
+        with transaction(app.sessions) as s:
+            org = directory(s, app.clock).add_organisation("Acme", ["acme.example"])
+        intake = app.intake()
+        senders = ["Ann <ann@ACME.example>", "bob@other.example", "cid@acme.example"]
+        ids = intake.store_many([(make_mail(sender=a, subject=f"from {a}"), ENVELOPES[0]) for a in senders])
+        results = thread_prepared(app, intake, ids)
+        assert [r.outcome for r in results] == ["ticket"] * 3
+        with app.sessions() as s:
+            rows = s.execute(text("SELECT email, organisation_id FROM contacts ORDER BY id")).all()
+        assert [tuple(r) for r in rows] == [("ann@acme.example", org.id), ("bob@other.example", None),
+                                            ("cid@acme.example", org.id)]
+    finally:
+        app.close()
+
+
+def test_flush_row_writes_what_a_flush_writes_and_a_savepoint_undoes_it(tmp_path, db_url) -> None:
+    """gateway.store.sql.flush_row: one UPDATE of the changed columns (a JSON list among them), the object clean
+    afterwards; a savepoint it wrote in rolled back restores the row and the object; with another object pending
+    it is the flush."""
+    from gateway.models import InboundMail
+    from gateway.store.sql import flush_row
+
+    app = build_app(config_for(tmp_path, db_url))
+    try:
+        intake = app.intake()
+        a, b = intake.store_many([(make_mail(subject="a"), ENVELOPES[0]), (make_mail(subject="b"), ENVELOPES[0])])
+        with transaction(app.sessions) as s:
+            ma, mb = s.get(InboundMail, a), s.get(InboundMail, b)
+            assert ma is not None and mb is not None
+            ma.outcome, ma.trace, ma.reason = "ignored", ["one", "two"], "why"
+            flush_row(s, ma)
+            assert not s.dirty
+            sp = s.begin_nested()
+            ma.outcome = "quarantined"
+            flush_row(s, ma)
+            assert s.execute(text("SELECT outcome FROM inbound_mail WHERE id = :i"), {"i": a}).scalar() == "quarantined"
+            sp.rollback()
+            assert ma.outcome == "ignored"
+            ma.reason, mb.reason = "again", "other"  # two rows changed: the flush writes both
+            flush_row(s, ma)
+            assert not s.dirty
+        with app.sessions() as s:
+            rows = s.execute(text("SELECT outcome, trace, reason FROM inbound_mail ORDER BY id")).all()
+        assert [(r[0], r[2]) for r in rows] == [("ignored", "again"), ("received", "other")]
+        assert rows[0][1] in ('["one", "two"]', ["one", "two"])
     finally:
         app.close()

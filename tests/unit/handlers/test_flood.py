@@ -12,6 +12,7 @@ from gateway.guard import flood as policy
 from gateway.handlers import flood
 from gateway.models import InboundMail
 from gateway.outcomes import Quarantine
+from gateway.store.base import Upcoming
 from gateway.store.memory import InMemoryStore
 
 LIMIT = {"limits": {"mails_per_sender_per_hour": 3}}
@@ -62,3 +63,12 @@ def test_staff_exempt_senders_and_a_released_mail_pass(make_ctx: MakeCtx, store:
     released.mail.released = [policy.REASON]
     flood.handle(released)
     assert released.trace == ["flood: the cap was released for this mail by an admin (replay)"]
+
+
+def test_it_declares_the_count_of_a_stored_mail_ahead(make_ctx: MakeCtx) -> None:
+    """A stored mail (its arrival known): the sender and the hour before it; a new mail: nothing."""
+    ctx = make_ctx(config=LIMIT)
+    assert ctx.parsed is not None and ctx.parsed.from_addr
+    stored = flood.asks(Upcoming(ctx.parsed, "0" * 64, None, NOW), ctx.config)
+    assert stored.made_by == [(ctx.parsed.from_addr, NOW - policy.WINDOW, NOW)]
+    assert flood.asks(Upcoming(ctx.parsed, "0" * 64, None), ctx.config).made_by == []
