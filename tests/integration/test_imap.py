@@ -655,13 +655,13 @@ def test_stop_while_storing_moves_the_committed_batch_and_leaves_the_rest(make_a
 def _overlapped(make_app, dovecot, n: int):
     """An app with its preparation worker (as serve and `imap poll` have it), n mails in the INBOX, and a poller
     that threads between its drain's batches (ThreadAhead, the default): batches of 5, threaded in 4s."""
-    from gateway.engine import start_worker
+    from gateway.engine import ThreadAhead, start_worker
 
     app = make_app()
     app.ahead = start_worker(app.config, context="exec")
     dovecot.append_many([make_mail(subject=f"overlap {i}", sender=f"v{i}@customer.example") for i in range(n)])
     p = poller(app, dovecot, {"thread_batch": 4}, batch_size=5)
-    assert p.threads.ahead
+    assert p.threads.ahead and isinstance(p.threads.thread, ThreadAhead)
     return app, p, p.threads.thread.engine
 
 
