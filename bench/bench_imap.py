@@ -70,6 +70,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_parse import stdlib_parse, timed  # noqa: E402
 from dovecot import DovecotAccount, start_dovecot  # noqa: E402
+from procstat import proc_cpu, tree_cpu  # noqa: E402
 
 GEN = Path(os.environ.get("TG_GEN_CORPUS") or ROOT.parent / "shared" / "bench" / "gen_corpus.py")
 OUT = ROOT / "bench" / "out"
@@ -130,33 +131,6 @@ def rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
 
 
-def _proc_cpu(pid: int, children: bool = False) -> float:
-    """CPU seconds of a process (user + system; `children`: and of its children it reaped) from /proc."""
-    try:
-        f = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()
-    except OSError:
-        return 0.0
-    return sum(int(x) for x in f[11:15 if children else 13]) / os.sysconf("SC_CLK_TCK")
-
-
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and all its descendants, live or reaped (Dovecot: master, imap, auth...)."""
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                kids.setdefault(int(Path(f"/proc/{d}/stat").read_bytes().rpartition(b")")[2].split()[1]),
-                                []).append(int(d))
-            except (OSError, IndexError, ValueError):
-                continue
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        total += _proc_cpu(p, children=True)
-        todo += kids.get(p, [])
-    return total
-
-
 Snapshot = dict[str, float]
 
 
@@ -168,14 +142,14 @@ def cpu_snapshot(app: App, dovecot_pid: int) -> Snapshot:
     import resource
 
     worker = app.ahead.worker.proc if app.ahead is not None else None
-    live = _proc_cpu(worker.pid) if worker is not None else 0.0
+    live = proc_cpu(worker.pid) if worker is not None else 0.0
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         runq = int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
     except (OSError, IndexError, ValueError):
         runq = 0.0
     return {"wall": time.perf_counter(), "main_cpu": time.process_time(),
-            "worker_cpu": live + reaped.ru_utime + reaped.ru_stime, "dovecot_cpu": _tree_cpu(dovecot_pid),
+            "worker_cpu": live + reaped.ru_utime + reaped.ru_stime, "dovecot_cpu": tree_cpu(dovecot_pid),
             "main_runq": runq, "waited": app.ahead.waited if app.ahead is not None else 0.0}
 
 

@@ -50,6 +50,9 @@ OUT = HERE / "out"
 GEN = Path(os.environ.get("TG_BENCH_GEN", ROOT.parent / "shared" / "bench" / "gen_corpus.py"))
 ADDRESS = "support@helpdesk.example.com"
 
+sys.path.insert(0, str(HERE))
+from procstat import proc_cpu, tree_cpu  # noqa: E402
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -71,25 +74,10 @@ def wait_220(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> N
     raise SystemExit("server did not start")
 
 
-def tree_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) of a process and of its children, live or reaped: (the process's own, the
-    children's). Linux /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def stat(p: int) -> list[str]:
-        return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-
-    try:
-        f = stat(pid)
-        own = (int(f[11]) + int(f[12])) / tick
-        kids = (int(f[13]) + int(f[14])) / tick  # reaped children
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                c = stat(int(child))
-                kids += (int(c[11]) + int(c[12]) + int(c[13]) + int(c[14])) / tick
-    except (OSError, ValueError):
-        return 0.0, 0.0
-    return own, kids
+def serve_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of a process, and of its descendants, live or reaped (bench/procstat.py)."""
+    own = proc_cpu(pid)
+    return own, tree_cpu(pid) - own
 
 
 def clients_cpu() -> float:
@@ -227,9 +215,9 @@ def sink_pass(files: list[str], clients: int, work: Path) -> dict:
     proc = subprocess.Popen([sys.executable, __file__, "--sink", str(port), str(d)])
     try:
         wait_220(port, proc)
-        cpu0, c0 = sum(tree_cpu(proc.pid)), clients_cpu()
+        cpu0, c0 = tree_cpu(proc.pid), clients_cpu()
         r = send_all(port, files, clients)
-        r["cpu_server_s"], r["cpu_clients_s"] = sum(tree_cpu(proc.pid)) - cpu0, clients_cpu() - c0
+        r["cpu_server_s"], r["cpu_clients_s"] = tree_cpu(proc.pid) - cpu0, clients_cpu() - c0
         r["hwm_mib"] = vm(proc.pid, "VmHWM")
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -352,12 +340,12 @@ def serve_pass(files: list[str], clients: int, work: Path, db_url: str | None,
                serve_options: list[str] | None = None, rate: float = 0.0) -> dict:
     srv = Serve(work / f"serve-{clients}", db_url, serve_options)
     try:
-        (main0, kids0), c0 = tree_cpu(srv.proc.pid), clients_cpu()
+        (main0, kids0), c0 = serve_cpu(srv.proc.pid), clients_cpu()
         r = send_all(srv.port, files, clients, rate)
         r["cpu_clients_s"] = clients_cpu() - c0
         r["hwm_mib"] = vm(srv.proc.pid, "VmHWM")
         srv.wait_threaded()
-        main1, kids1 = tree_cpu(srv.proc.pid)
+        main1, kids1 = serve_cpu(srv.proc.pid)
         r["cpu_serve_s"], r["cpu_worker_s"] = main1 - main0, kids1 - kids0
         lat, outcomes, last = srv.latencies()
         lat.sort()
